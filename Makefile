@@ -1,0 +1,132 @@
+# normstat - one non-recursive Makefile; each folder adds its part in a fragment.
+#
+#   make            build every library and program under build/
+#   make run        install missing packages, build, start normstatd
+#   make test       install missing packages, build, run every test (CI)
+#   make help       list all targets and variables
+
+.DEFAULT_GOAL := all
+
+# ---------------------------------------------------------------- directories
+PREFIX      ?= /usr/local
+exec_prefix ?= $(PREFIX)
+bindir      ?= $(exec_prefix)/bin
+sbindir     ?= $(exec_prefix)/sbin
+libdir      ?= $(exec_prefix)/lib
+includedir  ?= $(PREFIX)/include
+datarootdir ?= $(PREFIX)/share
+mandir      ?= $(datarootdir)/man
+pkgconfigdir ?= $(libdir)/pkgconfig
+DESTDIR     ?=
+BUILD       ?= build
+
+# ---------------------------------------------------------------- toolchain
+CC      ?= cc
+AR      ?= ar
+PKG_CONFIG ?= pkg-config
+INSTALL ?= install
+PYTHON  ?= /usr/bin/python3
+CFLAGS  ?= -O2 -g
+ARCH    := $(shell uname -m)
+
+# Warnings and the language level are appended to whatever CFLAGS the user
+# gives, so `make CFLAGS=-O0` still builds warning-clean C11.
+NS_WARN   := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wmissing-prototypes \
+             -Wpointer-arith -Wformat=2 -Wvla
+NS_CFLAGS  = -std=c11 -D_POSIX_C_SOURCE=200809L -fPIC -fvisibility=hidden -fopenmp \
+             -MMD -MP $(NS_WARN) $(CFLAGS)
+NS_LDFLAGS = -fopenmp $(LDFLAGS)
+
+ifeq ($(V),1)
+Q :=
+else
+Q := @
+endif
+
+# pkg-config is asked lazily (only when a recipe needs the flags), so `make
+# deps` can install the packages first within the same invocation.
+pkg_cflags = $(shell $(PKG_CONFIG) --cflags $(1))
+pkg_libs   = $(shell $(PKG_CONFIG) --libs $(1))
+
+# ---------------------------------------------------------------- generic rules
+$(BUILD)/%.o: %.c
+	@mkdir -p $(@D)
+	$(if $(Q),@echo "  CC      $<")
+	$(Q)$(CC) $(NS_CFLAGS) $(NS_ISA_FLAGS) $(NS_INCLUDES) $(NS_EXTRA_CFLAGS) -c -o $@ $<
+
+# make_static(archive, objects)
+define make_static
+	@mkdir -p $(dir $(1))
+	$(if $(Q),@echo "  AR      $(1)")
+	$(Q)rm -f $(1) && $(AR) rcs $(1) $(2)
+endef
+
+# ---------------------------------------------------------------- fragments
+ALL_TARGETS :=
+UNIT_LINK   :=
+UNIT_LIBS   :=
+INSTALL_TARGETS :=
+UNINSTALL_TARGETS :=
+NS_INCLUDES :=
+
+include core/core.mk
+-include proto/proto.mk
+-include server/server.mk
+-include client/client.mk
+include tests/tests.mk
+
+-include $(shell find $(BUILD) -name '*.d' 2>/dev/null)
+
+# ---------------------------------------------------------------- top-level targets
+.PHONY: all deps run test check test-all asan tsan bench install uninstall clean format docker help
+
+all: $(ALL_TARGETS)
+
+deps:
+	$(Q)sh mk/deps.sh build
+
+run: deps
+	$(Q)$(MAKE) --no-print-directory all
+	$(Q)if [ -x $(BUILD)/bin/normstatd ]; then exec $(BUILD)/bin/normstatd $(ARGS); \
+	else echo "normstatd is not built yet in this tree: nothing to start"; fi
+
+# `test` is what CI runs: packages first, then a fresh make that sees them.
+test: deps
+	$(Q)$(MAKE) --no-print-directory test-all
+
+asan:
+	$(Q)$(MAKE) --no-print-directory BUILD=$(BUILD)/asan \
+	    CFLAGS="-O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all" \
+	    LDFLAGS="-fsanitize=address,undefined" check
+
+tsan:
+	$(Q)$(MAKE) --no-print-directory BUILD=$(BUILD)/tsan \
+	    CFLAGS="-O1 -g -fsanitize=thread" LDFLAGS="-fsanitize=thread" check
+
+install: $(INSTALL_TARGETS)
+uninstall: $(UNINSTALL_TARGETS)
+
+clean:
+	rm -rf $(BUILD)
+
+format:
+	clang-format -i $$(git ls-files '*.c' '*.h')
+
+docker:
+	docker build -f docker/Dockerfile -t normstat .
+
+help:
+	@echo "normstat targets:"
+	@echo "  all        build libraries and programs under $(BUILD)/ (default)"
+	@echo "  deps       install missing Debian packages (apt-get, as root)"
+	@echo "  run        deps + all, then start normstatd (ARGS='--listen ...')"
+	@echo "  check      build and run the fast unit tests"
+	@echo "  test       deps + every test: unit (each kernel), exports, integration"
+	@echo "  bench      benchmarks; each prints a table of ratios"
+	@echo "  asan tsan  the unit tests under AddressSanitizer+UBSan / ThreadSanitizer"
+	@echo "  install    install into \$$(DESTDIR)\$$(PREFIX) (PREFIX=$(PREFIX))"
+	@echo "  uninstall  remove what install put there"
+	@echo "  format     clang-format every tracked C file"
+	@echo "  docker     build the container image (needs a Docker engine)"
+	@echo "  clean      remove $(BUILD)/"
+	@echo "variables: CC CFLAGS LDFLAGS V=1 BUILD PREFIX DESTDIR NS_SIMD=scalar"

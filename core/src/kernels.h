@@ -1,0 +1,58 @@
+/* kernels.h - the table of ISA-specific kernels behind libnscore (internal).
+ *
+ * Every ISA file (kernel_scalar.c, kernel_avx2.c) defines one table with the
+ * same signatures; dispatch.c picks one table once per process. Kernels never
+ * allocate and never check arguments: the public wrappers do. The scalar
+ * table is the reference; the vector kernels may differ from it only by
+ * rounding (a different but fixed summation order), bounded as documented in
+ * tests/unit/test_kernels.c. */
+#ifndef NS_CORE_KERNELS_H
+#define NS_CORE_KERNELS_H
+
+#include <stddef.h>
+
+#include <normstat/core.h>
+
+typedef struct ns_kernels_s {
+    const char *name;
+
+    /* Two-pass moments of one block: 'nseg' segments of 'seg_len' floats,
+     * segment i starting at src + i * stride (stride >= seg_len). The block
+     * (nseg * seg_len values, > 0) is small enough to stay in cache, so the
+     * second pass costs no memory bandwidth.
+     *   mean = sum x / n;  m2 = sum (x - mean)^2 */
+    void (*block_moments)(const float *src, size_t seg_len, size_t nseg, size_t stride,
+                          double *mean, double *m2);
+
+    /* Two-pass moments of 'width' adjacent channels over 'rows' rows
+     * (channels-last layout; row r starts at src + r * stride), rows > 0:
+     *   mean[c] = sum_r x[r][c] / rows;  m2[c] = sum_r (x[r][c] - mean[c])^2 */
+    void (*rows_moments)(const float *src, size_t rows, size_t width, size_t stride,
+                         double *mean, double *m2);
+
+    /* SyncBN combination over channels [0, channels) of arrivals that all
+     * have n > 0; 'total' = sum n. Arrivals are visited in array order.
+     *   mean = sum n_w mean_w / total
+     *   var  = sum n_w (var_w + (mean_w - mean)^2) / total */
+    void (*combine)(const ns_arrival_t *src, size_t src_len, size_t channels, double total,
+                    double *mean, double *var);
+
+    /* Index of the first non-finite value, or src_len. */
+    size_t (*find_nonfinite)(const float *src, size_t src_len);
+
+    /* Index of the first value that is not finite and >= 0, or src_len. */
+    size_t (*find_bad_variance)(const float *src, size_t src_len);
+} ns_kernels_t;
+
+extern const ns_kernels_t ns__kernels_scalar;
+#if defined(__x86_64__) || defined(__i386__)
+extern const ns_kernels_t ns__kernels_avx2;
+#endif
+
+/* ns__cpu_has_avx2_fma() : 1 if the CPU and the OS support AVX2 and FMA. */
+int ns__cpu_has_avx2_fma(void);
+
+/* ns__kernels() : the table chosen for this process (decided once). */
+const ns_kernels_t *ns__kernels(void);
+
+#endif /* NS_CORE_KERNELS_H */

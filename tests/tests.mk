@@ -1,0 +1,46 @@
+# tests/tests.mk - unit tests (Check), export lists, integration tests, benchmarks.
+#
+# Every tests/unit/test_<module>.c is one program; `make check` runs them all,
+# once with the kernels this CPU supports and once with NS_SIMD=scalar.
+# Run one case: CK_RUN_CASE=<case> CK_FORK=no build/tests/unit/test_<module>
+
+UNIT_SRCS  := $(wildcard tests/unit/test_*.c)
+UNIT_BINS  := $(UNIT_SRCS:%.c=$(BUILD)/%)
+UNIT_SUPPORT_SRCS := $(filter-out $(UNIT_SRCS),$(wildcard tests/unit/*.c))
+UNIT_SUPPORT_OBJS := $(UNIT_SUPPORT_SRCS:%.c=$(BUILD)/%.o)
+
+$(BUILD)/tests/unit/%.o: NS_EXTRA_CFLAGS = $(call pkg_cflags,check) -Itests/unit -Icore/src
+
+$(BUILD)/tests/unit/test_%: $(BUILD)/tests/unit/test_%.o $(UNIT_SUPPORT_OBJS) $(UNIT_LINK)
+	$(if $(Q),@echo "  LD      $@")
+	$(Q)$(CC) $(NS_LDFLAGS) -o $@ $^ $(UNIT_LIBS) $(call pkg_libs,check) -lm
+
+EXPORT_LISTS := $(wildcard tests/exports/*.exports)
+
+.PHONY: check check-units check-exports test-integration bench
+check: check-units
+
+check-units: $(UNIT_BINS)
+	$(Q)for t in $(UNIT_BINS); do \
+	    echo "== $$t"; $$t || exit 1; \
+	    echo "== $$t (NS_SIMD=scalar)"; NS_SIMD=scalar $$t || exit 1; \
+	done
+
+# Each library's dynamic exports must equal its checked-in list.
+check-exports: $(ALL_TARGETS)
+	$(Q)for f in $(EXPORT_LISTS); do \
+	    lib=$(BUILD)/lib/$$(basename $$f .exports).so; \
+	    nm -D --defined-only $$lib | awk '$$2 == "T" { print $$3 }' | sort | \
+	        diff -u $$f - || { echo "exports of $$lib differ from $$f"; exit 1; }; \
+	    echo "exports of $$lib: ok"; \
+	done
+
+INTEGRATION_TESTS := $(sort $(wildcard tests/integration/test_*.sh tests/integration/test_*.py))
+test-integration: $(ALL_TARGETS)
+	$(Q)for t in $(INTEGRATION_TESTS); do \
+	    echo "== $$t"; \
+	    case $$t in *.py) $(PYTHON) $$t ;; *) sh $$t ;; esac || exit 1; \
+	done
+
+test-all: check-units check-exports test-integration
+	@echo "all tests passed"
