@@ -74,6 +74,7 @@ include core/core.mk
 -include server/server.mk
 -include client/client.mk
 include tests/tests.mk
+-include tests/bench/bench.mk
 
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)
 
@@ -91,7 +92,8 @@ run: deps
 	else echo "normstatd is not built yet in this tree: nothing to start"; fi
 
 # `test` is what CI runs: packages first, then a fresh make that sees them.
-test: deps
+test:
+	$(Q)sh mk/deps.sh build test
 	$(Q)$(MAKE) --no-print-directory test-all
 
 asan:

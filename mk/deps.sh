@@ -1,18 +1,24 @@
 #!/bin/sh
 # deps.sh - install the Debian packages normstat needs, only those missing.
-# Usage: sh mk/deps.sh build|bench
+# Usage: sh mk/deps.sh SET...   (sets: build, test, bench)
 # Non-interactive; needs root (or sudo) only when something is missing.
 set -eu
 
 build_pkgs="gcc make pkg-config libmicrohttpd-dev libjansson-dev libuv1-dev check
 libsqlite3-dev libcurl4-openssl-dev python3"
+# Tests and benchmarks compare against real PyTorch (Debian's python3-torch).
+test_pkgs="python3-torch python3-numpy python3-yaml python3-jsonschema"
 bench_pkgs="python3-torch python3-numpy"
 
-case "${1:-build}" in
-build) want=$build_pkgs ;;
-bench) want=$bench_pkgs ;;
-*) echo "deps.sh: unknown set '$1' (build, bench)" >&2; exit 2 ;;
-esac
+want=
+for set in "${@:-build}"; do
+    case "$set" in
+    build) want="$want $build_pkgs" ;;
+    test) want="$want $test_pkgs" ;;
+    bench) want="$want $bench_pkgs" ;;
+    *) echo "deps.sh: unknown set '$set' (build, test, bench)" >&2; exit 2 ;;
+    esac
+done
 
 missing=
 for p in $want; do

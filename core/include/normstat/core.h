@@ -130,7 +130,8 @@ NS_API int ns_var_bias_f32(float *var, size_t channels, uint64_t n);
 /* EMA state of one layer, PyTorch's running_mean / running_var /
  * num_batches_tracked. The arrays are caller-owned. zero_mean / zero_var are
  * optional (both NULL, or both set): the same average started from zero,
- * kept for the debiased view (ema_debias). */
+ * kept for the debiased view (ema_debias), stored already divided by
+ * (1 - decay) so that view is exact after one step. */
 typedef struct ns_ema_s {
     double *running_mean;         /* [channels], starts at 0 */
     double *running_var;          /* [channels], unbiased, starts at 1 */

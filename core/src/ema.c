@@ -1,0 +1,80 @@
+/* ema.c - PyTorch's BatchNorm running statistics (EMA or cumulative average).
+ *
+ * The debiased view is kept already divided by its weight (1 - decay): with
+ * w_t = 1 - prod(1 - f), the zero-start average z_t = (1-f) z_{t-1} + f x_t
+ * divided by w_t obeys d_t = (1 - a) d_{t-1} + a x_t with a = f / w_t, and
+ * w_t = (1 - f) w_{t-1} + f is computed without cancellation. The first
+ * applied step has a = 1, so the view then equals the step's values exactly
+ * (z / (1 - decay) evaluated literally would be off by rounding). */
+#include <normstat/core.h>
+
+#include <math.h>
+
+void ns_ema_init(ns_ema_t *ema, size_t channels)
+{
+    for (size_t c = 0; c < channels; c++) {
+        ema->running_mean[c] = 0.0;
+        ema->running_var[c] = 1.0;
+    }
+    if (ema->zero_mean != NULL && ema->zero_var != NULL) {
+        for (size_t c = 0; c < channels; c++) {
+            ema->zero_mean[c] = 0.0;
+            ema->zero_var[c] = 0.0;
+        }
+    }
+    ema->decay = 1.0;
+    ema->num_batches_tracked = 0;
+}
+
+int ns_ema_update(ns_ema_t *ema, size_t channels, uint64_t n, const double *mean,
+                  const double *var, double momentum)
+{
+    if (ema == NULL || ema->running_mean == NULL || ema->running_var == NULL)
+        return NS_EINVAL;
+    if ((ema->zero_mean == NULL) != (ema->zero_var == NULL))
+        return NS_EINVAL;
+    if (channels > 0 && (mean == NULL || var == NULL))
+        return NS_EINVAL;
+    if (momentum != NS_MOMENTUM_CUMULATIVE && !(momentum >= 0.0 && momentum <= 1.0))
+        return NS_EINVAL;
+    if (n < 2)
+        return 0; /* PyTorch refuses a training batch of one value */
+
+    ema->num_batches_tracked += 1;
+    const double f = momentum == NS_MOMENTUM_CUMULATIVE
+                         ? 1.0 / (double)ema->num_batches_tracked
+                         : momentum;
+    const double keep = 1.0 - f;
+    const double bessel = (double)n / (double)(n - 1);
+
+    for (size_t c = 0; c < channels; c++) {
+        ema->running_mean[c] = keep * ema->running_mean[c] + f * mean[c];
+        ema->running_var[c] = keep * ema->running_var[c] + f * (var[c] * bessel);
+    }
+
+    if (ema->zero_mean != NULL && f > 0.0) {
+        const double weight = keep * (1.0 - ema->decay) + f;
+        const double a = f / weight;
+        const double b = 1.0 - a;
+        for (size_t c = 0; c < channels; c++) {
+            ema->zero_mean[c] = b * ema->zero_mean[c] + a * mean[c];
+            ema->zero_var[c] = b * ema->zero_var[c] + a * (var[c] * bessel);
+        }
+    }
+    ema->decay *= keep;
+    return 1;
+}
+
+int ns_ema_debiased(const ns_ema_t *ema, size_t channels, double *mean, double *var)
+{
+    if (ema == NULL || ema->zero_mean == NULL || ema->zero_var == NULL)
+        return NS_EINVAL;
+    if (channels > 0 && (mean == NULL || var == NULL))
+        return NS_EINVAL;
+    const int initial = ema->decay == 1.0;
+    for (size_t c = 0; c < channels; c++) {
+        mean[c] = initial ? 0.0 : ema->zero_mean[c];
+        var[c] = initial ? 1.0 : ema->zero_var[c];
+    }
+    return 0;
+}

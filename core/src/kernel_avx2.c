@@ -1,0 +1,274 @@
+/* kernel_avx2.c - the AVX2+FMA kernel table (the only file built with -mavx2 -mfma).
+ *
+ * Same algorithms as kernel_scalar.c; the comments beside each vector step
+ * give the scalar operation it performs, line by line. Floats are widened to
+ * double four at a time (vcvtps2pd) for every sum that reaches a result, so
+ * results are computed in double as in the reference.
+ *  - block_moments keeps several independent accumulators per pass (enough
+ *    to hide the add/FMA latency) and reduces them in a fixed tree, so
+ *    results are deterministic but differ from scalar by rounding (tested
+ *    bound in tests/unit/test_kernels.c). Its first pass runs in float32
+ *    (only an estimate of the mean; see block_moments).
+ *  - rows_moments and combine do, per channel, exactly the scalar operations
+ *    in the same order (mul and add, no FMA), so they equal scalar bitwise;
+ *    channels are independent lanes.
+ *  - the validation scans test 32 floats per iteration with ordered compares
+ *    (false for NaN) and locate the exact index only after a hit. */
+#include "kernels.h"
+
+#include <immintrin.h>
+#include <math.h>
+
+/* (double)p[0..3] */
+static inline __m256d load4(const float *p)
+{
+    return _mm256_cvtps_pd(_mm_loadu_ps(p));
+}
+
+/* l0 + l1 + l2 + l3 in the fixed order (l0 + l1) + (l2 + l3). */
+static inline double hsum(__m256d v)
+{
+    __m128d lo = _mm256_castpd256_pd128(v), hi = _mm256_extractf128_pd(v, 1);
+    double l[4];
+    _mm_storeu_pd(l, lo);
+    _mm_storeu_pd(l + 2, hi);
+    return (l[0] + l[1]) + (l[2] + l[3]);
+}
+
+/* Block moments by the corrected two-pass algorithm (Chan, Golub, LeVeque):
+ *  pass 1 estimates the mean cheaply, summing (x - x0) in float32 (8 lanes x
+ *  4 accumulators, no conversions); pass 2, in double, sums d = x - mean0
+ *  and d^2 and corrects both:
+ *    mean = mean0 + sum d / n,   m2 = sum d^2 - (sum d)^2 / n.
+ *  The correction is exact algebra; its rounding grows only with
+ *  (mean0 - mean)^2 / var, which the float estimate keeps near 1e-10 (and
+ *  x0 itself, used if the float sum overflows, keeps bounded). */
+static void block_moments(const float *src, size_t seg_len, size_t nseg, size_t stride,
+                          double *mean, double *m2)
+{
+    if (stride == seg_len) { /* contiguous segments are one long segment */
+        seg_len *= nseg;
+        nseg = 1;
+    }
+    const double count = (double)seg_len * (double)nseg;
+
+    /* Pass 1 (float): s = sum (x - x0); accumulator k takes x[j + 8k .. j + 8k + 7]. */
+    const __m256 vx0 = _mm256_set1_ps(src[0]);
+    __m256 f0 = _mm256_setzero_ps(), f1 = f0, f2 = f0, f3 = f0;
+    double t = 0.0;
+    for (size_t i = 0; i < nseg; i++) {
+        const float *p = src + i * stride;
+        size_t j = 0;
+        for (; j + 32 <= seg_len; j += 32) {
+            f0 = _mm256_add_ps(f0, _mm256_sub_ps(_mm256_loadu_ps(p + j), vx0));      /* f0 += x[j..j+7] - x0 */
+            f1 = _mm256_add_ps(f1, _mm256_sub_ps(_mm256_loadu_ps(p + j + 8), vx0));  /* f1 += x[j+8..j+15] - x0 */
+            f2 = _mm256_add_ps(f2, _mm256_sub_ps(_mm256_loadu_ps(p + j + 16), vx0)); /* f2 += x[j+16..j+23] - x0 */
+            f3 = _mm256_add_ps(f3, _mm256_sub_ps(_mm256_loadu_ps(p + j + 24), vx0)); /* f3 += x[j+24..j+31] - x0 */
+        }
+        for (; j + 8 <= seg_len; j += 8)
+            f0 = _mm256_add_ps(f0, _mm256_sub_ps(_mm256_loadu_ps(p + j), vx0)); /* f0 += x[j..j+7] - x0 */
+        for (; j < seg_len; j++)
+            t += (double)p[j] - (double)src[0]; /* t += x[j] - x0 */
+    }
+    /* s = widen(f0 + f1 + f2 + f3) summed lane by lane in double, + t */
+    const __m256 fs = _mm256_add_ps(_mm256_add_ps(f0, f1), _mm256_add_ps(f2, f3));
+    const double s = hsum(_mm256_add_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(fs)),
+                                        _mm256_cvtps_pd(_mm256_extractf128_ps(fs, 1)))) + t;
+    double mu0 = (double)src[0] + s / count; /* mean0 = x0 + s / n */
+    if (!isfinite(mu0))
+        mu0 = src[0]; /* the float sum overflowed: x0 is estimate enough */
+
+    /* Pass 2 (double): q = sum d^2, c = sum d with d = x - mean0; 4 + 4 accumulators. */
+    const __m256d vmu = _mm256_set1_pd(mu0);
+    __m256d q0 = _mm256_setzero_pd(), q1 = q0, q2 = q0, q3 = q0;
+    __m256d c0 = q0, c1 = q0, c2 = q0, c3 = q0, d;
+    double u = 0.0, e = 0.0;
+    for (size_t i = 0; i < nseg; i++) {
+        const float *p = src + i * stride;
+        size_t j = 0;
+        for (; j + 16 <= seg_len; j += 16) {
+            d = _mm256_sub_pd(load4(p + j), vmu);      /* d = x[j..j+3] - mean0 */
+            q0 = _mm256_fmadd_pd(d, d, q0);            /* q0 += d * d */
+            c0 = _mm256_add_pd(c0, d);                 /* c0 += d */
+            d = _mm256_sub_pd(load4(p + j + 4), vmu);  /* d = x[j+4..j+7] - mean0 */
+            q1 = _mm256_fmadd_pd(d, d, q1);            /* q1 += d * d */
+            c1 = _mm256_add_pd(c1, d);                 /* c1 += d */
+            d = _mm256_sub_pd(load4(p + j + 8), vmu);  /* d = x[j+8..j+11] - mean0 */
+            q2 = _mm256_fmadd_pd(d, d, q2);            /* ... */
+            c2 = _mm256_add_pd(c2, d);
+            d = _mm256_sub_pd(load4(p + j + 12), vmu); /* d = x[j+12..j+15] - mean0 */
+            q3 = _mm256_fmadd_pd(d, d, q3);
+            c3 = _mm256_add_pd(c3, d);
+        }
+        for (; j + 4 <= seg_len; j += 4) {
+            d = _mm256_sub_pd(load4(p + j), vmu); /* d = x[j..j+3] - mean0 */
+            q0 = _mm256_fmadd_pd(d, d, q0);       /* q0 += d * d */
+            c0 = _mm256_add_pd(c0, d);            /* c0 += d */
+        }
+        for (; j < seg_len; j++) {
+            double dj = (double)p[j] - mu0; /* u += d^2; e += d */
+            u += dj * dj;
+            e += dj;
+        }
+    }
+    const double q = hsum(_mm256_add_pd(_mm256_add_pd(q0, q1), _mm256_add_pd(q2, q3))) + u;
+    const double c = hsum(_mm256_add_pd(_mm256_add_pd(c0, c1), _mm256_add_pd(c2, c3))) + e;
+    const double r = q - c * c / count; /* >= 0 in exact arithmetic (Cauchy-Schwarz) */
+    *mean = mu0 + c / count;
+    *m2 = r < 0.0 ? 0.0 : r; /* keeps NaN */
+}
+
+/* Per channel exactly kernel_scalar.c's operations: 8 channels per step as
+ * two vectors of 4 doubles; the last width % 8 channels in scalar code. */
+static void rows_moments(const float *src, size_t rows, size_t width, size_t stride,
+                         double *mean, double *m2)
+{
+    const size_t vw = width & ~(size_t)7;
+    size_t c;
+
+    for (c = 0; c < width; c++) {
+        m2[c] = src[c]; /* x0[c] = x[0][c] */
+        mean[c] = 0.0;
+    }
+    for (size_t r = 0; r < rows; r++) {
+        const float *p = src + r * stride;
+        for (c = 0; c < vw; c += 8) {
+            __m256d s0 = _mm256_loadu_pd(mean + c), s1 = _mm256_loadu_pd(mean + c + 4);
+            s0 = _mm256_add_pd(s0, _mm256_sub_pd(load4(p + c), _mm256_loadu_pd(m2 + c)));
+            s1 = _mm256_add_pd(s1, _mm256_sub_pd(load4(p + c + 4), _mm256_loadu_pd(m2 + c + 4)));
+            _mm256_storeu_pd(mean + c, s0); /* sum[c] += x[r][c] - x0[c] */
+            _mm256_storeu_pd(mean + c + 4, s1);
+        }
+        for (; c < width; c++)
+            mean[c] += (double)p[c] - m2[c];
+    }
+    const double count = (double)rows;
+    for (c = 0; c < width; c++) {
+        mean[c] = m2[c] + mean[c] / count; /* mean[c] = x0[c] + sum[c] / rows */
+        m2[c] = 0.0;
+    }
+    for (size_t r = 0; r < rows; r++) {
+        const float *p = src + r * stride;
+        for (c = 0; c < vw; c += 8) {
+            __m256d d0 = _mm256_sub_pd(load4(p + c), _mm256_loadu_pd(mean + c));
+            __m256d d1 = _mm256_sub_pd(load4(p + c + 4), _mm256_loadu_pd(mean + c + 4));
+            /* d = x[r][c] - mean[c]; m2[c] += d * d (no FMA: bitwise as scalar) */
+            _mm256_storeu_pd(m2 + c, _mm256_add_pd(_mm256_loadu_pd(m2 + c), _mm256_mul_pd(d0, d0)));
+            _mm256_storeu_pd(m2 + c + 4,
+                             _mm256_add_pd(_mm256_loadu_pd(m2 + c + 4), _mm256_mul_pd(d1, d1)));
+        }
+        for (; c < width; c++) {
+            double d = (double)p[c] - mean[c];
+            m2[c] += d * d;
+        }
+    }
+}
+
+#define COMBINE_TILE 1024
+
+static void combine(const ns_arrival_t *src, size_t src_len, size_t channels, double total,
+                    double *mean, double *var)
+{
+    for (size_t c0 = 0; c0 < channels; c0 += COMBINE_TILE) {
+        const size_t c1 = channels - c0 < COMBINE_TILE ? channels : c0 + COMBINE_TILE;
+        const size_t v1 = c0 + ((c1 - c0) & ~(size_t)7);
+        size_t c;
+
+        for (c = c0; c < c1; c++)
+            mean[c] = 0.0;
+        for (size_t w = 0; w < src_len; w++) {
+            const double nw = (double)src[w].n;
+            const __m256d vn = _mm256_set1_pd(nw);
+            const float *mw = src[w].mean;
+            for (c = c0; c < v1; c += 8) {
+                /* mean[c] += n_w * mean_w[c] */
+                __m256d s0 = _mm256_add_pd(_mm256_loadu_pd(mean + c), _mm256_mul_pd(vn, load4(mw + c)));
+                __m256d s1 =
+                    _mm256_add_pd(_mm256_loadu_pd(mean + c + 4), _mm256_mul_pd(vn, load4(mw + c + 4)));
+                _mm256_storeu_pd(mean + c, s0);
+                _mm256_storeu_pd(mean + c + 4, s1);
+            }
+            for (; c < c1; c++)
+                mean[c] += nw * (double)mw[c];
+        }
+        for (c = c0; c < c1; c++) {
+            mean[c] /= total;
+            var[c] = 0.0;
+        }
+        for (size_t w = 0; w < src_len; w++) {
+            const double nw = (double)src[w].n;
+            const __m256d vn = _mm256_set1_pd(nw);
+            const float *mw = src[w].mean, *vw = src[w].var;
+            for (c = c0; c < v1; c += 8) {
+                /* d = mean_w[c] - mean[c]; var[c] += n_w * (var_w[c] + d * d) */
+                __m256d d0 = _mm256_sub_pd(load4(mw + c), _mm256_loadu_pd(mean + c));
+                __m256d d1 = _mm256_sub_pd(load4(mw + c + 4), _mm256_loadu_pd(mean + c + 4));
+                __m256d t0 = _mm256_mul_pd(vn, _mm256_add_pd(load4(vw + c), _mm256_mul_pd(d0, d0)));
+                __m256d t1 = _mm256_mul_pd(vn, _mm256_add_pd(load4(vw + c + 4), _mm256_mul_pd(d1, d1)));
+                _mm256_storeu_pd(var + c, _mm256_add_pd(_mm256_loadu_pd(var + c), t0));
+                _mm256_storeu_pd(var + c + 4, _mm256_add_pd(_mm256_loadu_pd(var + c + 4), t1));
+            }
+            for (; c < c1; c++) {
+                double d = (double)mw[c] - mean[c];
+                var[c] += nw * ((double)vw[c] + d * d);
+            }
+        }
+        for (c = c0; c < c1; c++)
+            var[c] /= total;
+    }
+}
+
+static size_t find_nonfinite(const float *src, size_t src_len)
+{
+    const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    const __m256 inf = _mm256_set1_ps(INFINITY);
+    size_t i = 0;
+
+    for (; i + 32 <= src_len; i += 32) {
+        /* ok = |x| < inf (ordered: false for NaN), for x[i..i+31] */
+        __m256 f0 = _mm256_cmp_ps(_mm256_and_ps(_mm256_loadu_ps(src + i), absmask), inf, _CMP_LT_OQ);
+        __m256 f1 = _mm256_cmp_ps(_mm256_and_ps(_mm256_loadu_ps(src + i + 8), absmask), inf, _CMP_LT_OQ);
+        __m256 f2 = _mm256_cmp_ps(_mm256_and_ps(_mm256_loadu_ps(src + i + 16), absmask), inf, _CMP_LT_OQ);
+        __m256 f3 = _mm256_cmp_ps(_mm256_and_ps(_mm256_loadu_ps(src + i + 24), absmask), inf, _CMP_LT_OQ);
+        __m256 ok = _mm256_and_ps(_mm256_and_ps(f0, f1), _mm256_and_ps(f2, f3));
+        if (_mm256_movemask_ps(ok) != 0xFF)
+            break; /* a hit in x[i..i+31]: the loop below finds which */
+    }
+    for (; i < src_len; i++)
+        if (!(fabsf(src[i]) < INFINITY))
+            return i;
+    return src_len;
+}
+
+static size_t find_bad_variance(const float *src, size_t src_len)
+{
+    const __m256 zero = _mm256_setzero_ps();
+    const __m256 inf = _mm256_set1_ps(INFINITY);
+    size_t i = 0;
+
+#define NS_VAR_OK(v) _mm256_and_ps(_mm256_cmp_ps(v, zero, _CMP_GE_OQ), _mm256_cmp_ps(v, inf, _CMP_LT_OQ))
+    for (; i + 32 <= src_len; i += 32) {
+        /* ok = x >= 0 && x < inf (ordered: false for NaN; -0.0 >= 0 holds) */
+        __m256 f0 = NS_VAR_OK(_mm256_loadu_ps(src + i));
+        __m256 f1 = NS_VAR_OK(_mm256_loadu_ps(src + i + 8));
+        __m256 f2 = NS_VAR_OK(_mm256_loadu_ps(src + i + 16));
+        __m256 f3 = NS_VAR_OK(_mm256_loadu_ps(src + i + 24));
+        __m256 ok = _mm256_and_ps(_mm256_and_ps(f0, f1), _mm256_and_ps(f2, f3));
+        if (_mm256_movemask_ps(ok) != 0xFF)
+            break;
+    }
+#undef NS_VAR_OK
+    for (; i < src_len; i++)
+        if (!(src[i] >= 0.0f && src[i] < INFINITY))
+            return i;
+    return src_len;
+}
+
+const ns_kernels_t ns__kernels_avx2 = {
+    .name = "avx2",
+    .block_moments = block_moments,
+    .rows_moments = rows_moments,
+    .combine = combine,
+    .find_nonfinite = find_nonfinite,
+    .find_bad_variance = find_bad_variance,
+};

@@ -1,0 +1,131 @@
+/* kernel_scalar.c - the reference kernel table: plain C, one accumulator, no ISA flags.
+ *
+ * Every other table is tested against this one. The algorithms are the ones
+ * the vector kernels implement, written as directly as possible:
+ *  - block and row moments are two-pass. Pass 1 sums (x - x0) with x0 the
+ *    first value, so the running sum stays small and the mean is accurate to
+ *    about one ulp even when |mean| >> std; pass 2 sums (x - mean)^2 over the
+ *    same (cached) values. */
+#include "kernels.h"
+
+#include <math.h>
+
+static void block_moments(const float *src, size_t seg_len, size_t nseg, size_t stride,
+                          double *mean, double *m2)
+{
+    /* Contiguous segments are one long segment. */
+    if (stride == seg_len) {
+        seg_len *= nseg;
+        nseg = 1;
+    }
+    const double x0 = src[0];
+    const double count = (double)seg_len * (double)nseg;
+
+    double s = 0.0;
+    for (size_t i = 0; i < nseg; i++) {
+        const float *p = src + i * stride;
+        for (size_t j = 0; j < seg_len; j++)
+            s += (double)p[j] - x0;
+    }
+    const double mu = x0 + s / count;
+
+    double q = 0.0;
+    for (size_t i = 0; i < nseg; i++) {
+        const float *p = src + i * stride;
+        for (size_t j = 0; j < seg_len; j++) {
+            double d = (double)p[j] - mu;
+            q += d * d;
+        }
+    }
+    *mean = mu;
+    *m2 = q;
+}
+
+/* Row-major so memory is read in order; the outputs serve as accumulators:
+ * m2[] holds x0 (row 0) during pass 1, mean[] the running sum. The vector
+ * kernel does exactly these operations per channel, so the two agree bitwise. */
+static void rows_moments(const float *src, size_t rows, size_t width, size_t stride,
+                         double *mean, double *m2)
+{
+    for (size_t c = 0; c < width; c++) {
+        m2[c] = src[c];
+        mean[c] = 0.0;
+    }
+    for (size_t r = 0; r < rows; r++) {
+        const float *p = src + r * stride;
+        for (size_t c = 0; c < width; c++)
+            mean[c] += (double)p[c] - m2[c];
+    }
+    const double count = (double)rows;
+    for (size_t c = 0; c < width; c++) {
+        mean[c] = m2[c] + mean[c] / count;
+        m2[c] = 0.0;
+    }
+    for (size_t r = 0; r < rows; r++) {
+        const float *p = src + r * stride;
+        for (size_t c = 0; c < width; c++) {
+            double d = (double)p[c] - mean[c];
+            m2[c] += d * d;
+        }
+    }
+}
+
+/* Channel tiles keep mean[tile] and the tile of every arrival's mean in cache
+ * between the two passes. */
+#define COMBINE_TILE 1024
+
+static void combine(const ns_arrival_t *src, size_t src_len, size_t channels, double total,
+                    double *mean, double *var)
+{
+    for (size_t c0 = 0; c0 < channels; c0 += COMBINE_TILE) {
+        size_t c1 = channels - c0 < COMBINE_TILE ? channels : c0 + COMBINE_TILE;
+
+        for (size_t c = c0; c < c1; c++)
+            mean[c] = 0.0;
+        for (size_t w = 0; w < src_len; w++) {
+            const double nw = (double)src[w].n;
+            const float *mw = src[w].mean;
+            for (size_t c = c0; c < c1; c++)
+                mean[c] += nw * (double)mw[c];
+        }
+        for (size_t c = c0; c < c1; c++) {
+            mean[c] /= total;
+            var[c] = 0.0;
+        }
+        for (size_t w = 0; w < src_len; w++) {
+            const double nw = (double)src[w].n;
+            const float *mw = src[w].mean, *vw = src[w].var;
+            for (size_t c = c0; c < c1; c++) {
+                double d = (double)mw[c] - mean[c];
+                var[c] += nw * ((double)vw[c] + d * d);
+            }
+        }
+        for (size_t c = c0; c < c1; c++)
+            var[c] /= total;
+    }
+}
+
+static size_t find_nonfinite(const float *src, size_t src_len)
+{
+    for (size_t i = 0; i < src_len; i++)
+        if (!isfinite(src[i]))
+            return i;
+    return src_len;
+}
+
+static size_t find_bad_variance(const float *src, size_t src_len)
+{
+    for (size_t i = 0; i < src_len; i++)
+        if (!(src[i] >= 0.0f && src[i] < INFINITY)) /* false for NaN; true for -0.0 */
+            return i;
+    return src_len;
+}
+
+const ns_kernels_t ns__kernels_scalar = {
+    .name = "scalar",
+    .block_moments = block_moments,
+    .rows_moments = rows_moments,
+    .combine = combine,
+    .find_nonfinite = find_nonfinite,
+    .find_bad_variance = find_bad_variance,
+};

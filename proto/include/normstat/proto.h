@@ -1,0 +1,249 @@
+/* normstat/proto.h - the wire protocol of normstat (libnsproto), shared by
+ * normstatd and its clients.
+ *
+ * Decoding turns a whole request body into a plain C struct and validates all
+ * of it first: a body either decodes completely or the call fails with one
+ * error that names the offending field by its JSON path, e.g.
+ *   "layers.layer1.0.bn1.mean: expected 64 values, got 63".
+ * Nothing half-decoded is ever returned. Encoding writes responses (JSON or
+ * safetensors) into a byte buffer with a hard ceiling.
+ *
+ * Threads: no global state; every function is reentrant. Objects are not
+ * shared between threads without the caller's locking. */
+#ifndef NORMSTAT_PROTO_H
+#define NORMSTAT_PROTO_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <normstat/core.h>
+#include <normstat/errors.h>
+#include <normstat/export.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Longest run, layer or domain name; names match [A-Za-z0-9_.:-]{1,128}. */
+#define NS_NAME_MAX 128
+
+/* ---------------------------------------------------------------- errors */
+
+/* Detail of a failed call: caller-owned, first error wins (a call does not
+ * overwrite a detail already set), may be NULL where accepted. 'field' is the
+ * JSON path of the offending field ("" when the whole body is at fault);
+ * 'message' is the full text sent to clients, "<field>: <what>". */
+typedef struct ns_error_detail_s {
+    int code; /* NS_E*, 0 while no error is recorded */
+    char field[256];
+    char message[512];
+} ns_error_detail_t;
+
+/*! ns_error_set() :
+ *  Record an error in 'detail' unless one is already there; formats
+ *  "<field>: <fmt...>" (or just fmt when field is "" or NULL).
+ *  @return code, so callers can `return ns_error_set(...)`. */
+NS_API int ns_error_set(ns_error_detail_t *detail, int code, const char *field, const char *fmt,
+                        ...) __attribute__((format(printf, 4, 5)));
+
+/*! ns_name_valid() : 1 if 's' matches [A-Za-z0-9_.:-]{1,128}, else 0. */
+NS_API int ns_name_valid(const char *s);
+
+/* ---------------------------------------------------------------- reports */
+
+/* Which population statistics a report feeds ("update" field). */
+#define NS_UPDATE_EMA 1u
+#define NS_UPDATE_PRECISE 2u
+
+/* Which arrivals a /sync answer combines ("scope" field). */
+typedef enum ns_scope_e { NS_SCOPE_GLOBAL = 0, NS_SCOPE_DOMAIN = 1 } ns_scope_t;
+
+/* One layer of a report. When count == 0 and the body omitted mean and var,
+ * channels == 0 and mean == var == NULL. var is always biased after decoding
+ * (an unbiased report is converted with (n-1)/n). */
+typedef struct ns_layer_report_s {
+    char name[NS_NAME_MAX + 1];
+    uint64_t count;
+    size_t channels;
+    float *mean;
+    float *var;
+} ns_layer_report_t;
+
+/* One worker's report of one step: the body of /batches and /sync. Layers are
+ * sorted by name (strcmp) and unique. */
+typedef struct ns_report_s {
+    uint64_t step;
+    uint32_t worker;
+    char domain[NS_NAME_MAX + 1]; /* "default" when absent */
+    int unbiased;                 /* as sent; var is already converted */
+    unsigned update;              /* NS_UPDATE_* bits; both when absent */
+    ns_scope_t scope;             /* NS_SCOPE_GLOBAL when absent */
+    int64_t world_size;           /* -1 when absent; used when a report creates a run */
+    size_t n_layers;
+    ns_layer_report_t *layers;
+} ns_report_t;
+
+/*! ns_report_decode_json() :
+ *  Decode and fully validate a JSON report body (jansson, duplicate keys
+ *  rejected). On success *dst owns a new report (free with ns_report_free).
+ *  @return 0; NS_EINVAL (400) for malformed JSON, wrong types, missing or
+ *  unknown fields, bad names, mean/var lengths that differ; NS_EVALUE (422)
+ *  for non-finite means or variances and negative variances. On error *dst
+ *  is NULL and 'err' says which field. */
+NS_API int ns_report_decode_json(ns_report_t **dst, const char *src, size_t src_len,
+                                 ns_error_detail_t *err);
+
+/*! ns_report_decode_safetensors() :
+ *  The same report as safetensors: tensors <layer>.mean, <layer>.var (F32,
+ *  [C]) and <layer>.count (I64, []), scalars as strings in __metadata__
+ *  ("step", "worker", "domain", "unbiased", "update" = "ema,precise",
+ *  "scope", "world_size"). The input is hostile: every length, offset, dtype
+ *  and shape is checked before use. @return as ns_report_decode_json(). */
+NS_API int ns_report_decode_safetensors(ns_report_t **dst, const uint8_t *src, size_t src_len,
+                                        ns_error_detail_t *err);
+
+/*! ns_report_free() : free a decoded report; accepts NULL. */
+NS_API void ns_report_free(ns_report_t *report);
+
+/* ---------------------------------------------------------------- run config */
+
+/* Body of PUT /v1/runs/{run}. has_* say which fields the body set. */
+typedef struct ns_run_config_s {
+    int has_world_size, has_momentum, has_sync_timeout_ms, has_on_timeout, has_ema_debias;
+    uint32_t world_size;      /* >= 1; default 1 */
+    double momentum;          /* [0, 1] or NS_MOMENTUM_CUMULATIVE (JSON null); default 0.1 */
+    uint64_t sync_timeout_ms; /* >= 1; default 60000 */
+    int on_timeout_drop;      /* 0 "partial" (default), 1 "drop" */
+    int ema_debias;           /* default 0 */
+} ns_run_config_t;
+
+/*! ns_run_config_defaults() : DESIGN's defaults, every has_* 0. */
+NS_API void ns_run_config_defaults(ns_run_config_t *cfg);
+
+/*! ns_run_config_decode_json() :
+ *  Decode a PUT body into 'dst' (which keeps its values for absent fields,
+ *  and gets has_* set for present ones). An empty body is an empty object.
+ *  @return 0 or NS_EINVAL with 'err' naming the field; dst unchanged on error. */
+NS_API int ns_run_config_decode_json(ns_run_config_t *dst, const char *src, size_t src_len,
+                                     ns_error_detail_t *err);
+
+/* ---------------------------------------------------------------- mixtures */
+
+typedef struct ns_mixture_weight_s {
+    char domain[NS_NAME_MAX + 1];
+    double weight;
+} ns_mixture_weight_t;
+
+/*! ns_mixture_parse() :
+ *  Parse a mixture query "a:0.7,b:0.3" into dst[0..dst_cap), writing the
+ *  count to *dst_len. Weights are finite and >= 0, at least one > 0, domains
+ *  valid names, none repeated.
+ *  @return 0 or NS_EINVAL (field "mixture"). */
+NS_API int ns_mixture_parse(ns_mixture_weight_t *dst, size_t dst_cap, size_t *dst_len,
+                            const char *src, ns_error_detail_t *err);
+
+/* ---------------------------------------------------------------- buffers */
+
+/* A growable byte buffer with a hard ceiling (curl's dynbuf): appending past
+ * 'cap_max' fails with NS_ETOOLARGE, a failed append frees the contents, and
+ * ns_buf_take() hands the bytes to the caller. Zero-initialise, or use
+ * ns_buf_init(). */
+typedef struct ns_buf_s {
+    char *data;
+    size_t len;
+    size_t cap;
+    size_t cap_max;
+} ns_buf_t;
+
+NS_API void ns_buf_init(ns_buf_t *buf, size_t cap_max);
+/*! @return 0, NS_ETOOLARGE past the ceiling or NS_ENOMEM; on error the
+ *  buffer is emptied and freed. */
+NS_API int ns_buf_append(ns_buf_t *buf, const void *src, size_t src_len);
+NS_API int ns_buf_printf(ns_buf_t *buf, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+/*! ns_buf_take() : the bytes (NUL-terminated, *len set if non-NULL) are the
+ *  caller's to free(); the buffer is left empty. Never NULL (empty string). */
+NS_API char *ns_buf_take(ns_buf_t *buf, size_t *len);
+NS_API void ns_buf_free(ns_buf_t *buf);
+
+/* ---------------------------------------------------------------- responses */
+
+typedef enum ns_format_e { NS_FORMAT_JSON = 0, NS_FORMAT_SAFETENSORS = 1 } ns_format_t;
+
+/* A top-level field of a statistics response: JSON member and, in
+ * safetensors, a __metadata__ entry (values become strings there). */
+typedef enum ns_meta_kind_e { NS_META_STRING, NS_META_INT, NS_META_BOOL } ns_meta_kind_t;
+typedef struct ns_meta_s {
+    const char *key;
+    ns_meta_kind_t kind;
+    const char *str; /* NS_META_STRING */
+    int64_t num;     /* NS_META_INT, NS_META_BOOL (0/1) */
+} ns_meta_t;
+
+#define NS_OUT_ARRAYS_MAX 2
+#define NS_OUT_SCALARS_MAX 4
+
+/* One layer of a statistics response: up to two per-channel arrays (served
+ * as float32) and up to four integer scalars (I64 in safetensors). */
+typedef struct ns_out_layer_s {
+    const char *name;
+    size_t channels;
+    size_t n_arrays;
+    const char *array_names[NS_OUT_ARRAYS_MAX]; /* e.g. "running_mean", "running_var" */
+    const double *arrays[NS_OUT_ARRAYS_MAX];
+    size_t n_scalars;
+    const char *scalar_names[NS_OUT_SCALARS_MAX]; /* e.g. "num_batches_tracked", "step" */
+    int64_t scalars[NS_OUT_SCALARS_MAX];
+} ns_out_layer_t;
+
+/*! ns_stats_encode() :
+ *  Encode a statistics or /sync response into 'dst'.
+ *  JSON: {<meta...>, "layers": {<name>: {<arrays as float32 numbers>,
+ *  <scalars>}}}. Safetensors: tensors "<name>.<array>" (F32, [channels]) and
+ *  "<name>.<scalar>" (I64, []), meta as __metadata__ strings, so
+ *  torch's load_state_dict(strict=False) accepts the file.
+ *  @return 0, NS_ETOOLARGE or NS_ENOMEM (dst freed). */
+NS_API int ns_stats_encode(ns_buf_t *dst, ns_format_t format, const ns_meta_t *meta,
+                           size_t n_meta, const ns_out_layer_t *layers, size_t n_layers);
+
+/*! ns_error_encode_json() :
+ *  {"error": {"code": "<wire name>", "message": "<message>"}}.
+ *  @return 0 or NS_ENOMEM. */
+NS_API int ns_error_encode_json(ns_buf_t *dst, int code, const char *message);
+
+/* ---------------------------------------------------------------- safetensors */
+
+/* One tensor of a parsed safetensors file; data points into the input. */
+typedef enum ns_dtype_e { NS_DTYPE_F32, NS_DTYPE_F64, NS_DTYPE_I64, NS_DTYPE_OTHER } ns_dtype_t;
+typedef struct ns_tensor_s {
+    char name[2 * NS_NAME_MAX + 32];
+    ns_dtype_t dtype;
+    size_t ndim;
+    uint64_t shape[4];
+    const uint8_t *data; /* little-endian, possibly unaligned */
+    size_t nbytes;
+} ns_tensor_t;
+
+/* A parsed safetensors file: tensors sorted by data offset, metadata as a
+ * JSON object text (or NULL). Borrowed views into the caller's input. */
+typedef struct ns_safetensors_s ns_safetensors_t;
+
+/*! ns_safetensors_parse() :
+ *  Parse and check a safetensors buffer: 8-byte little-endian header length
+ *  within the buffer and at most 100 MB, a JSON object header, every
+ *  tensor's dtype known, shape product * dtype size == its byte range, ranges
+ *  inside the data area, not overlapping, and covering it.
+ *  @return 0 or NS_EINVAL with 'err'. */
+NS_API int ns_safetensors_parse(ns_safetensors_t **dst, const uint8_t *src, size_t src_len,
+                                ns_error_detail_t *err);
+NS_API size_t ns_safetensors_count(const ns_safetensors_t *st);
+NS_API const ns_tensor_t *ns_safetensors_at(const ns_safetensors_t *st, size_t i);
+NS_API const ns_tensor_t *ns_safetensors_find(const ns_safetensors_t *st, const char *name);
+/*! @return the __metadata__ value of 'key' (borrowed), or NULL. */
+NS_API const char *ns_safetensors_meta(const ns_safetensors_t *st, const char *key);
+NS_API void ns_safetensors_free(ns_safetensors_t *st);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* NORMSTAT_PROTO_H */

@@ -1,0 +1,49 @@
+/* proto_internal.h - helpers shared by the files of libnsproto (not installed). */
+#ifndef NS_PROTO_INTERNAL_H
+#define NS_PROTO_INTERNAL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <jansson.h>
+
+#include <normstat/proto.h>
+
+/* A parsed safetensors buffer (safetensors.c). */
+struct ns_safetensors_s {
+    json_t *header;     /* owns the metadata strings */
+    const json_t *meta; /* borrowed from header, or NULL */
+    size_t n_tensors;
+    ns_tensor_t *tensors; /* sorted by data offset */
+};
+
+/* ns__buf_reserve() : make room for 'extra' more bytes (plus the NUL) without
+ * changing len. @return 0, or NS_ETOOLARGE / NS_ENOMEM with the buffer freed. */
+int ns__buf_reserve(ns_buf_t *buf, size_t extra);
+
+/* ns__buf_append_json_string() : append 's' as a quoted, escaped JSON string. */
+int ns__buf_append_json_string(ns_buf_t *buf, const char *s);
+
+/* ns__report_create() : an empty report with DESIGN's defaults and room for
+ * 'n_layers' zeroed layers. @return NULL when out of memory. */
+ns_report_t *ns__report_create(size_t n_layers);
+
+/* ns__report_finish() : sort layers by name, reject duplicates, check every
+ * value (non-finite, negative variance: NS_EVALUE) and convert unbiased
+ * variances to biased. 'nonfinite_hint' may say why element i of a layer's
+ * array is not finite (e.g. a JSON value outside float32 range); may be NULL.
+ * @return 0 or the error recorded in 'err'. */
+typedef int (*ns__value_hint_fn)(void *ctx, const ns_layer_report_t *layer, int is_var,
+                                 size_t index, char *dst, size_t dst_cap);
+int ns__report_finish(ns_report_t *report, ns_error_detail_t *err, ns__value_hint_fn hint,
+                      void *hint_ctx);
+
+/* ns__update_parse_word() : the NS_UPDATE_* bit of "ema" / "precise" (length
+ * 'len'), or 0 if the word is neither. */
+unsigned ns__update_parse_word(const char *s, size_t len);
+
+/* ns__dtype_size() : bytes per element of a safetensors dtype name, or 0 if
+ * unknown; sets *dtype. */
+size_t ns__dtype_size(const char *name, ns_dtype_t *dtype);
+
+#endif /* NS_PROTO_INTERNAL_H */

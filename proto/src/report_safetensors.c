@@ -1,0 +1,335 @@
+/* report_safetensors.c - decoding a report sent as safetensors: tensors
+ * <layer>.mean, <layer>.var (F32 or F64, [C]) and <layer>.count (I64, []),
+ * the scalar fields as strings in __metadata__. */
+#include <float.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "proto_internal.h"
+
+#define NAME_RULE "[A-Za-z0-9_.:-]{1,128}"
+
+enum { PART_MEAN, PART_VAR, PART_COUNT };
+
+/* One tensor of the file, seen as (layer, part). */
+typedef struct piece_s {
+    char layer[NS_NAME_MAX + 1];
+    int part;
+    const ns_tensor_t *tensor;
+} piece_t;
+
+static int piece_cmp(const void *a, const void *b)
+{
+    const piece_t *x = a, *y = b;
+    int c = strcmp(x->layer, y->layer);
+    return c ? c : (x->part > y->part) - (x->part < y->part);
+}
+
+/* Decimal digits only ("+1", " 1", "1.0" are refused), value <= max. */
+static int parse_uint(const char *s, uint64_t max, uint64_t *out)
+{
+    uint64_t v = 0;
+    if (!s[0])
+        return -1;
+    for (const char *p = s; *p; p++) {
+        if (*p < '0' || *p > '9' || v > (UINT64_MAX - 9) / 10)
+            return -1;
+        v = v * 10 + (uint64_t)(*p - '0');
+    }
+    if (v > max)
+        return -1;
+    *out = v;
+    return 0;
+}
+
+static int decode_meta(ns_report_t *report, const json_t *meta, ns_error_detail_t *err)
+{
+    static const char *const known[] = {"step",  "worker",     "domain", "unbiased", "update",
+                                        "scope", "world_size", "format", NULL};
+    const char *key, *s;
+    json_t *value;
+    uint64_t u;
+    char field[256];
+
+    json_object_foreach((json_t *)meta, key, value) {
+        size_t i = 0;
+        while (known[i] && strcmp(known[i], key) != 0)
+            i++;
+        if (!known[i]) {
+            snprintf(field, sizeof(field), "__metadata__.%.160s", key);
+            return ns_error_set(err, NS_EINVAL, field, "unknown field");
+        }
+    }
+    if (!(s = json_string_value(json_object_get(meta, "step"))))
+        return ns_error_set(err, NS_EINVAL, "__metadata__.step", "missing required field");
+    if (parse_uint(s, INT64_MAX, &report->step))
+        return ns_error_set(err, NS_EINVAL, "__metadata__.step",
+                            "expected a non-negative integer, got \"%.64s\"", s);
+    if (!(s = json_string_value(json_object_get(meta, "worker"))))
+        return ns_error_set(err, NS_EINVAL, "__metadata__.worker", "missing required field");
+    if (parse_uint(s, UINT32_MAX, &u))
+        return ns_error_set(err, NS_EINVAL, "__metadata__.worker",
+                            "expected an integer in [0, 4294967295], got \"%.64s\"", s);
+    report->worker = (uint32_t)u;
+    if ((s = json_string_value(json_object_get(meta, "domain")))) {
+        if (!ns_name_valid(s))
+            return ns_error_set(err, NS_EINVAL, "__metadata__.domain",
+                                "expected a name matching " NAME_RULE);
+        memcpy(report->domain, s, strlen(s) + 1);
+    }
+    if ((s = json_string_value(json_object_get(meta, "unbiased")))) {
+        if (strcmp(s, "true") != 0 && strcmp(s, "false") != 0)
+            return ns_error_set(err, NS_EINVAL, "__metadata__.unbiased",
+                                "expected \"true\" or \"false\", got \"%.64s\"", s);
+        report->unbiased = s[0] == 't';
+    }
+    if ((s = json_string_value(json_object_get(meta, "update")))) {
+        unsigned bits = 0;
+        for (const char *p = s;;) {
+            const char *comma = strchr(p, ',');
+            size_t len = comma ? (size_t)(comma - p) : strlen(p);
+            unsigned bit = ns__update_parse_word(p, len);
+            if (!bit || (bits & bit))
+                return ns_error_set(err, NS_EINVAL, "__metadata__.update",
+                                    "expected \"ema\", \"precise\" or \"ema,precise\", got "
+                                    "\"%.64s\"",
+                                    s);
+            bits |= bit;
+            if (!comma)
+                break;
+            p = comma + 1;
+        }
+        report->update = bits;
+    }
+    if ((s = json_string_value(json_object_get(meta, "scope")))) {
+        if (strcmp(s, "global") == 0)
+            report->scope = NS_SCOPE_GLOBAL;
+        else if (strcmp(s, "domain") == 0)
+            report->scope = NS_SCOPE_DOMAIN;
+        else
+            return ns_error_set(err, NS_EINVAL, "__metadata__.scope",
+                                "expected \"global\" or \"domain\", got \"%.64s\"", s);
+    }
+    if ((s = json_string_value(json_object_get(meta, "world_size")))) {
+        if (parse_uint(s, UINT32_MAX, &u) || u < 1)
+            return ns_error_set(err, NS_EINVAL, "__metadata__.world_size",
+                                "expected an integer in [1, 4294967295], got \"%.64s\"", s);
+        report->world_size = (int64_t)u;
+    }
+    return 0;
+}
+
+/* The dtype as the header spelled it (the header was checked by the parser). */
+static const char *dtype_name(const ns_safetensors_t *st, const ns_tensor_t *t)
+{
+    const char *s = json_string_value(json_object_get(json_object_get(st->header, t->name), "dtype"));
+    return s ? s : "?";
+}
+
+/* Little-endian loads that do not assume alignment or host byte order. */
+static uint64_t load_le64(const uint8_t *p)
+{
+    uint64_t v = 0;
+    for (int i = 7; i >= 0; i--)
+        v = v << 8 | p[i];
+    return v;
+}
+
+#if !(defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__)
+static uint32_t load_le32(const uint8_t *p)
+{
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+#endif
+
+/* A mean or var tensor as float32 values; F64 is narrowed (values beyond
+ * float32's range become infinity and are refused later, as in JSON). */
+static int load_values(const ns_safetensors_t *st, const ns_tensor_t *t, const char *field,
+                       float **out, size_t *len, ns_error_detail_t *err)
+{
+    if (t->dtype != NS_DTYPE_F32 && t->dtype != NS_DTYPE_F64)
+        return ns_error_set(err, NS_EINVAL, field, "expected dtype F32 or F64, got %s",
+                            dtype_name(st, t));
+    if (t->ndim != 1 || t->shape[0] < 1)
+        return ns_error_set(err, NS_EINVAL, field, "expected shape [C] with C >= 1");
+    size_t n = (size_t)t->shape[0];
+    float *values = malloc(n * sizeof(*values));
+    if (!values)
+        return ns_error_set(err, NS_ENOMEM, field, "out of memory");
+    if (t->dtype == NS_DTYPE_F32) {
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+        memcpy(values, t->data, n * sizeof(float));
+#else
+        for (size_t i = 0; i < n; i++) {
+            uint32_t bits = load_le32(t->data + 4 * i);
+            memcpy(&values[i], &bits, sizeof(bits));
+        }
+#endif
+    } else {
+        for (size_t i = 0; i < n; i++) {
+            uint64_t bits = load_le64(t->data + 8 * i);
+            double d;
+            memcpy(&d, &bits, sizeof(d));
+            values[i] = d > FLT_MAX ? INFINITY : d < -FLT_MAX ? -INFINITY : (float)d;
+        }
+    }
+    *out = values;
+    *len = n;
+    return 0;
+}
+
+static int decode_layer(const ns_safetensors_t *st, ns_layer_report_t *layer,
+                        const piece_t *parts[3], ns_error_detail_t *err)
+{
+    char field[256];
+    snprintf(field, sizeof(field), "layers.%s.count", layer->name);
+    const ns_tensor_t *count = parts[PART_COUNT] ? parts[PART_COUNT]->tensor : NULL;
+    if (!count)
+        return ns_error_set(err, NS_EINVAL, field, "missing tensor");
+    if (count->dtype != NS_DTYPE_I64)
+        return ns_error_set(err, NS_EINVAL, field, "expected dtype I64, got %s",
+                            dtype_name(st, count));
+    if (!(count->ndim == 0 || (count->ndim == 1 && count->shape[0] == 1)))
+        return ns_error_set(err, NS_EINVAL, field, "expected shape [] (a scalar)");
+    int64_t n = (int64_t)load_le64(count->data);
+    if (n < 0)
+        return ns_error_set(err, NS_EINVAL, field, "expected a non-negative integer, got %lld",
+                            (long long)n);
+    layer->count = (uint64_t)n;
+
+    if (!parts[PART_MEAN] || !parts[PART_VAR]) {
+        snprintf(field, sizeof(field), "layers.%s.%s", layer->name,
+                 parts[PART_MEAN] ? "var" : "mean");
+        if (parts[PART_MEAN] || parts[PART_VAR])
+            return ns_error_set(err, NS_EINVAL, field, "missing tensor (mean and var come together)");
+        if (layer->count > 0)
+            return ns_error_set(err, NS_EINVAL, field, "missing tensor (required when count > 0)");
+        return 0;
+    }
+    size_t n_mean, n_var;
+    snprintf(field, sizeof(field), "layers.%s.mean", layer->name);
+    int rc = load_values(st, parts[PART_MEAN]->tensor, field, &layer->mean, &n_mean, err);
+    if (rc)
+        return rc;
+    layer->channels = n_mean;
+    snprintf(field, sizeof(field), "layers.%s.var", layer->name);
+    if ((rc = load_values(st, parts[PART_VAR]->tensor, field, &layer->var, &n_var, err)))
+        return rc;
+    if (n_var != n_mean)
+        return ns_error_set(err, NS_EINVAL, field, "expected %zu values, got %zu", n_mean, n_var);
+    return 0;
+}
+
+/* An F64 value that is finite yet not finite as float32 overflowed. */
+static int overflow_hint(void *ctx, const ns_layer_report_t *layer, int is_var, size_t index,
+                         char *dst, size_t dst_cap)
+{
+    char name[NS_NAME_MAX + 8];
+    snprintf(name, sizeof(name), "%s.%s", layer->name, is_var ? "var" : "mean");
+    const ns_tensor_t *t = ns_safetensors_find(ctx, name);
+    if (!t || t->dtype != NS_DTYPE_F64 || index >= t->nbytes / 8)
+        return -1;
+    uint64_t bits = load_le64(t->data + 8 * index);
+    double d;
+    memcpy(&d, &bits, sizeof(d));
+    if (!isfinite(d))
+        return -1;
+    snprintf(dst, dst_cap, "value %g is outside the float32 range", d);
+    return 0;
+}
+
+int ns_report_decode_safetensors(ns_report_t **dst, const uint8_t *src, size_t src_len,
+                                 ns_error_detail_t *err)
+{
+    ns_safetensors_t *st = NULL;
+    ns_report_t *report = NULL;
+    piece_t *pieces = NULL;
+    int rc;
+
+    *dst = NULL;
+    if ((rc = ns_safetensors_parse(&st, src, src_len, err)))
+        return rc;
+    /* Scalars first, as the JSON decoder checks step and worker first. */
+    if (!(report = ns__report_create(0))) {
+        rc = ns_error_set(err, NS_ENOMEM, "", "out of memory");
+        goto out;
+    }
+    if (!st->meta) {
+        rc = ns_error_set(err, NS_EINVAL, "__metadata__.step", "missing required field");
+        goto out;
+    }
+    if ((rc = decode_meta(report, st->meta, err)))
+        goto out;
+    size_t n = st->n_tensors;
+    pieces = calloc(n ? n : 1, sizeof(*pieces));
+    if (!pieces) {
+        rc = ns_error_set(err, NS_ENOMEM, "", "out of memory");
+        goto out;
+    }
+    for (size_t i = 0; i < n; i++) {
+        const ns_tensor_t *t = &st->tensors[i];
+        const char *dot = strrchr(t->name, '.');
+        const char *suffix = dot ? dot + 1 : "";
+        int part = strcmp(suffix, "mean") == 0  ? PART_MEAN
+                   : strcmp(suffix, "var") == 0 ? PART_VAR
+                   : strcmp(suffix, "count") == 0 ? PART_COUNT
+                                                  : -1;
+        if (part < 0) {
+            rc = ns_error_set(err, NS_EINVAL, "",
+                              "safetensors: tensor \"%.200s\" is not named <layer>.mean, "
+                              "<layer>.var or <layer>.count",
+                              t->name);
+            goto out;
+        }
+        size_t len = (size_t)(dot - t->name);
+        if (len < 1 || len > NS_NAME_MAX) {
+            rc = ns_error_set(err, NS_EINVAL, "layers",
+                              "invalid layer name \"%.*s\" (names match " NAME_RULE ")",
+                              (int)(len < 140 ? len : 140), t->name);
+            goto out;
+        }
+        memcpy(pieces[i].layer, t->name, len);
+        pieces[i].layer[len] = '\0';
+        if (!ns_name_valid(pieces[i].layer)) {
+            rc = ns_error_set(err, NS_EINVAL, "layers",
+                              "invalid layer name \"%s\" (names match " NAME_RULE ")",
+                              pieces[i].layer);
+            goto out;
+        }
+        pieces[i].part = part;
+        pieces[i].tensor = t;
+    }
+    qsort(pieces, n, sizeof(*pieces), piece_cmp);
+    size_t n_layers = 0;
+    for (size_t i = 0; i < n; i++)
+        n_layers += i == 0 || strcmp(pieces[i].layer, pieces[i - 1].layer) != 0;
+    if (n_layers == 0) {
+        rc = ns_error_set(err, NS_EINVAL, "layers", "must not be empty");
+        goto out;
+    }
+    if (!(report->layers = calloc(n_layers, sizeof(*report->layers)))) {
+        rc = ns_error_set(err, NS_ENOMEM, "", "out of memory");
+        goto out;
+    }
+    report->n_layers = n_layers;
+    for (size_t i = 0, l = 0; i < n; l++) {
+        const piece_t *parts[3] = {NULL, NULL, NULL};
+        ns_layer_report_t *layer = &report->layers[l];
+        memcpy(layer->name, pieces[i].layer, sizeof(layer->name));
+        for (; i < n && strcmp(pieces[i].layer, layer->name) == 0; i++)
+            parts[pieces[i].part] = &pieces[i];
+        if ((rc = decode_layer(st, layer, parts, err)))
+            goto out;
+    }
+    if ((rc = ns__report_finish(report, err, overflow_hint, st)))
+        goto out;
+    *dst = report;
+    report = NULL;
+out:
+    ns_report_free(report);
+    free(pieces);
+    ns_safetensors_free(st);
+    return rc;
+}

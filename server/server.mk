@@ -1,0 +1,34 @@
+# server/server.mk - normstatd, the daemon; libnsd.a holds its modules for the unit tests.
+
+NSD_SRCS := $(wildcard server/src/*.c)
+NSD_OBJS := $(NSD_SRCS:%.c=$(BUILD)/%.o)
+NSD_LIB_OBJS := $(filter-out $(BUILD)/server/src/main.o,$(NSD_OBJS))
+NSD_A    := $(BUILD)/lib/libnsd.a
+NSD_BIN  := $(BUILD)/bin/normstatd
+NSD_PKGS := libmicrohttpd libuv jansson
+NSD_LIBS  = $(call pkg_libs,$(NSD_PKGS)) -lpthread -lm
+
+$(NSD_OBJS): NS_EXTRA_CFLAGS = $(call pkg_cflags,$(NSD_PKGS)) -Iserver/src
+# Unit tests of server modules include their headers ("routes.h", "registry.h").
+$(BUILD)/tests/unit/%.o: NS_INCLUDES += -Iserver/src $(call pkg_cflags,$(NSD_PKGS))
+
+$(NSD_A): $(NSD_LIB_OBJS)
+	$(call make_static,$@,$^)
+
+$(NSD_BIN): $(BUILD)/server/src/main.o $(NSD_A) $(PROTO_A) $(CORE_A)
+	@mkdir -p $(@D)
+	$(if $(Q),@echo "  LD      $@")
+	$(Q)$(CC) $(NS_LDFLAGS) -o $@ $^ $(NSD_LIBS)
+
+ALL_TARGETS += $(NSD_BIN) $(NSD_A)
+UNIT_LINK   := $(NSD_A) $(UNIT_LINK)
+UNIT_LIBS   += $(call pkg_libs,libmicrohttpd libuv) -lpthread
+
+.PHONY: install-server uninstall-server
+install-server: $(NSD_BIN)
+	$(INSTALL) -d $(DESTDIR)$(sbindir)
+	$(INSTALL) -m 755 $(NSD_BIN) $(DESTDIR)$(sbindir)/normstatd
+uninstall-server:
+	rm -f $(DESTDIR)$(sbindir)/normstatd
+INSTALL_TARGETS   += install-server
+UNINSTALL_TARGETS += uninstall-server

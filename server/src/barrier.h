@@ -1,0 +1,116 @@
+/* barrier.h - pending steps of one layer: arrivals per worker, /sync waiters,
+ * and finalization (the per-domain and pooled combination of a step).
+ *
+ * DESIGN
+ *  - A pending step collects at most one arrival per worker rank
+ *    (0..world_size-1, world_size fixed when the step was created). It is
+ *    complete when every rank arrived, or is closed early by a timeout.
+ *  - Finalization combines the arrivals with ns_combine() in rank order, per
+ *    domain (domains in the run's domain order) and pooled, so the result
+ *    bits never depend on the order in which reports arrived. Arrivals with
+ *    n = 0 count for the barrier and contribute nothing.
+ *  - Finalized steps wait in a per-layer queue until no earlier step of the
+ *    layer is pending; then the run applies them to EMA/PreciseBN in step
+ *    order (run.c).
+ *  - Waiters (/sync) reference the pending step of every layer of their
+ *    report; each finalization fills one layer of the waiter's result and
+ *    the waiter fires when its last layer is done.
+ * Threads: none of its own; the run's lock guards everything here. */
+#ifndef NSD_BARRIER_H
+#define NSD_BARRIER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "registry.h"
+
+/* One worker's statistics of a pending step (arrays copied, owned). */
+typedef struct nsd_arrival_s {
+    int present;
+    uint32_t domain; /* index into the run's domains */
+    uint64_t n;
+    float *mean; /* [channels] or NULL (n == 0 without arrays) */
+    float *var;
+} nsd_arrival_t;
+
+/* A /sync request waiting for the steps of its report's layers. */
+typedef struct nsd_waiter_s {
+    nsd_sync_cb cb;
+    void *arg;
+    nsd_sync_result_t *res; /* layers named, arrays filled when finalized */
+    size_t remaining;       /* layers not finalized yet */
+    int scope;              /* NS_SCOPE_* */
+    uint32_t domain;        /* the caller's domain index (scope domain) */
+    int fired;
+    struct nsd_waiter_s *next; /* in an outbox */
+} nsd_waiter_t;
+
+typedef struct nsd_waitref_s {
+    nsd_waiter_t *waiter;
+    size_t index; /* layer of waiter->res */
+} nsd_waitref_t;
+
+typedef struct nsd_pending_s {
+    uint64_t step;
+    uint32_t world_size;
+    uint32_t arrived;
+    unsigned update;
+    uint64_t created_ms; /* first arrival */
+    size_t bytes;        /* accounted memory */
+    nsd_arrival_t *arrivals; /* [world_size] */
+    nsd_waitref_t *waiters;
+    size_t n_waiters, cap_waiters;
+} nsd_pending_t;
+
+/* One domain's combination at a finalized step. */
+typedef struct nsd_final_domain_s {
+    uint32_t domain;
+    uint64_t count;
+    double *mean; /* [channels] or NULL if channels == 0 */
+    double *var;
+} nsd_final_domain_t;
+
+/* A finalized step of one layer, waiting to be applied. */
+typedef struct nsd_final_s {
+    uint64_t step;
+    unsigned update;
+    int complete;
+    uint32_t workers;
+    size_t channels;
+    uint64_t count; /* pooled */
+    double *mean;   /* pooled, [channels] or NULL */
+    double *var;
+    size_t n_domains;
+    nsd_final_domain_t *domains; /* ascending domain index */
+} nsd_final_t;
+
+/*! nsd_pending_create() :
+ *  An empty pending step for 'world_size' ranks. @return NULL when out of memory. */
+nsd_pending_t *nsd_pending_create(uint64_t step, uint32_t world_size, unsigned update,
+                                  uint64_t now_ms);
+
+/*! nsd_pending_bytes() : accounted memory of a pending step without arrays. */
+size_t nsd_pending_bytes(uint32_t world_size);
+
+/*! nsd_pending_free() : frees arrivals and waiter references (not the
+ *  waiters). Accepts NULL. */
+void nsd_pending_free(nsd_pending_t *p);
+
+/*! nsd_pending_reserve_waiter() : room for one more waiter reference.
+ *  @return 0 or NS_ENOMEM (nothing changed). */
+int nsd_pending_reserve_waiter(nsd_pending_t *p);
+
+/*! nsd_barrier_finalize() :
+ *  Combine the arrivals of 'p' ('channels' per arrival, 0 if no arrival has
+ *  arrays; 'n_domains' domains known to the run).
+ *  @return 0 and *dst, NS_ENOMEM, or NS_EINVAL from libnscore. */
+int nsd_barrier_finalize(const nsd_pending_t *p, size_t channels, size_t n_domains, int threads,
+                         nsd_final_t **dst);
+
+/*! nsd_final_find_domain() : the result of domain index 'domain', or NULL. */
+const nsd_final_domain_t *nsd_final_find_domain(const nsd_final_t *f, uint32_t domain);
+
+/*! nsd_final_free() : accepts NULL. */
+void nsd_final_free(nsd_final_t *f);
+
+#endif /* NSD_BARRIER_H */

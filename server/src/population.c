@@ -1,0 +1,113 @@
+/* population.c - EMA and PreciseBN state of one (run, layer, domain), through
+ * libnscore. */
+#include "population.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include <normstat/proto.h>
+
+size_t nsd_pop_bytes(size_t channels)
+{
+    return sizeof(nsd_pop_t) + 6 * channels * sizeof(double);
+}
+
+/* Points the core structs at their slices of data[]. */
+static void bind_arrays(nsd_pop_t *pop, size_t channels)
+{
+    pop->ema.running_mean = pop->data;
+    pop->ema.running_var = pop->data + channels;
+    pop->ema.zero_mean = pop->data + 2 * channels;
+    pop->ema.zero_var = pop->data + 3 * channels;
+    pop->precise.mean = pop->data + 4 * channels;
+    pop->precise.m2 = pop->data + 5 * channels;
+}
+
+nsd_pop_t *nsd_pop_create(size_t channels, uint64_t generation)
+{
+    if (channels > (SIZE_MAX - sizeof(nsd_pop_t)) / (6 * sizeof(double)))
+        return NULL;
+    nsd_pop_t *pop = malloc(nsd_pop_bytes(channels));
+    if (pop == NULL)
+        return NULL;
+    bind_arrays(pop, channels);
+    ns_ema_init(&pop->ema, channels);
+    ns_precise_init(&pop->precise, channels);
+    pop->generation = generation;
+    pop->ema_step = -1;
+    pop->precise_step = -1;
+    return pop;
+}
+
+void nsd_pop_free(nsd_pop_t *pop)
+{
+    free(pop);
+}
+
+int nsd_pop_apply(nsd_pop_t *pop, size_t channels, unsigned update, uint64_t n,
+                  const double *mean, const double *var, double momentum, uint64_t step)
+{
+    int changed = 0;
+    if (update & NS_UPDATE_EMA) {
+        changed = ns_ema_update(&pop->ema, channels, n, mean, var, momentum);
+        if (changed < 0)
+            return changed;
+        if (changed)
+            pop->ema_step = (int64_t)step;
+    }
+    if ((update & NS_UPDATE_PRECISE) && n > 0) {
+        int rc = ns_precise_add(&pop->precise, channels, n, mean, var);
+        if (rc < 0)
+            return rc;
+        pop->precise_step = (int64_t)step;
+    }
+    return changed;
+}
+
+void nsd_pop_precise_reset(nsd_pop_t *pop, size_t channels, uint64_t generation)
+{
+    ns_precise_init(&pop->precise, channels);
+    pop->generation = generation;
+    pop->precise_step = -1;
+}
+
+void nsd_pop_ema_read(const nsd_pop_t *pop, size_t channels, int debias, double *mean,
+                      double *var)
+{
+    if (pop == NULL) {
+        for (size_t c = 0; c < channels; c++) {
+            mean[c] = 0.0;
+            var[c] = 1.0;
+        }
+        return;
+    }
+    if (debias && ns_ema_debiased(&pop->ema, channels, mean, var) == 0)
+        return;
+    memcpy(mean, pop->ema.running_mean, channels * sizeof(double));
+    memcpy(var, pop->ema.running_var, channels * sizeof(double));
+}
+
+int nsd_pop_precise_pool(ns_precise_t *dst, nsd_pop_t *const *pops, size_t n, size_t channels)
+{
+    ns_precise_init(dst, channels);
+    for (size_t i = 0; i < n; i++) {
+        if (pops[i] == NULL)
+            continue;
+        int rc = ns_precise_merge(dst, &pops[i]->precise, channels);
+        if (rc < 0)
+            return rc;
+    }
+    return 0;
+}
+
+void nsd_pop_copy(nsd_pop_t *dst, const nsd_pop_t *src, size_t channels)
+{
+    memcpy(dst->data, src->data, 6 * channels * sizeof(double));
+    dst->ema.decay = src->ema.decay;
+    dst->ema.num_batches_tracked = src->ema.num_batches_tracked;
+    dst->precise.n = src->precise.n;
+    dst->precise.num_batches = src->precise.num_batches;
+    dst->generation = src->generation;
+    dst->ema_step = src->ema_step;
+    dst->precise_step = src->precise_step;
+}

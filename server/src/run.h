@@ -1,0 +1,169 @@
+/* run.h - the state of one run (config, domains, layers, pending and
+ * finalized steps, population statistics) and the operations on it.
+ *
+ * DESIGN
+ *  - Everything of a run is guarded by run->lock; the registry takes it.
+ *    Functions here never call out: sync callbacks, persistence records and
+ *    wakeups are collected into an nsd_outbox_t that the registry delivers
+ *    after unlocking.
+ *  - A report is applied in three phases: validate every layer (any failure
+ *    returns before anything changed), allocate everything it needs
+ *    (failure frees it all, nothing changed), then commit, which cannot fail,
+ *    followed by finalization of completed steps and applying in step order.
+ *  - Memory: population arrays, last-step arrays and pending arrivals are
+ *    accounted in run->st.memory and the registry-wide ctx->memory, reserved
+ *    before allocation against limits.max_memory.
+ * Threads: every function expects run->lock held, except nsd_run_create and
+ *    nsd_run_unref. */
+#ifndef NSD_RUN_H
+#define NSD_RUN_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <jansson.h>
+
+#include "barrier.h"
+#include "population.h"
+#include "registry.h"
+
+/* What the registry shares with its runs: limits and lock-free counters. */
+typedef struct nsd_ctx_s {
+    nsd_limits_t limits;
+    int persist_steps; /* 1 if a step_finalized hook is installed: build records */
+    _Atomic uint64_t memory;
+    _Atomic uint64_t next_deadline;
+    _Atomic uint64_t steps_finalized, steps_applied, steps_timed_out, steps_dropped,
+        steps_skipped, reports_accepted;
+    _Atomic uint64_t pending_steps, sync_waiters, runs;
+} nsd_ctx_t;
+
+/* A finalized step to hand to the persistence hook (owned copy). */
+typedef struct nsd_record_s {
+    struct nsd_record_s *next;
+    char layer[NS_NAME_MAX + 1];
+    nsd_final_t *final;          /* deep copy */
+    char (*domain_names)[NS_NAME_MAX + 1];
+} nsd_record_t;
+
+/* Things to do once the run lock is released. */
+typedef struct nsd_outbox_s {
+    nsd_waiter_t *fired; /* callbacks to call, in order */
+    nsd_waiter_t *fired_tail;
+    nsd_record_t *records;
+    nsd_record_t *records_tail;
+    int wakeup; /* a deadline may have moved earlier */
+} nsd_outbox_t;
+
+typedef struct nsd_layer_s {
+    char name[NS_NAME_MAX + 1];
+    size_t channels;          /* 0 until a report with arrays fixed it */
+    int64_t *worker_last;     /* [n_workers] last step each worker reported, -1 */
+    uint32_t n_workers;
+    int64_t max_closed;       /* highest finalized or dropped step, -1 */
+    int64_t last_applied;     /* -1 */
+    int64_t max_seen;         /* highest step reported, -1 */
+    nsd_pending_t **pending;  /* ascending step */
+    size_t n_pending, cap_pending;
+    nsd_final_t **ready;      /* finalized, not applied yet; ascending step */
+    size_t n_ready, cap_ready;
+    nsd_pop_t **pops;         /* [cap_pops] by domain index, NULL = never touched */
+    size_t cap_pops;
+    nsd_pop_t *pooled;        /* the "*" EMA; NULL while channels == 0 */
+    /* last finalized step's global statistics (highest step finalized) */
+    int has_last;
+    uint64_t last_step, last_count;
+    double *last_mean;        /* [2 * channels]: mean then var (biased) */
+} nsd_layer_t;
+
+/* The replaceable part of a run (a checkpoint import swaps it whole). */
+typedef struct nsd_run_state_s {
+    ns_run_config_t cfg;
+    char (*domains)[NS_NAME_MAX + 1];
+    uint64_t *domain_gen; /* precise generation per domain */
+    size_t n_domains, cap_domains;
+    nsd_layer_t **layers; /* ascending name */
+    size_t n_layers, cap_layers;
+    uint64_t skipped_steps;
+    uint64_t precise_generation; /* the latest number handed out, 0 at creation */
+    uint64_t memory;             /* accounted bytes */
+} nsd_run_state_t;
+
+typedef struct nsd_run_s {
+    char name[NS_NAME_MAX + 1];
+    pthread_mutex_t lock;
+    _Atomic unsigned refs;
+    int deleted; /* under lock: removed from the map */
+    nsd_ctx_t *ctx;
+    nsd_run_state_t st;
+} nsd_run_t;
+
+/*! nsd_run_create() : a run with 'cfg' (has_* ignored, all values used),
+ *  one reference. @return NULL when out of memory. */
+nsd_run_t *nsd_run_create(nsd_ctx_t *ctx, const char *name, const ns_run_config_t *cfg);
+
+/*! nsd_run_ref() / nsd_run_unref() : the last unref frees the run (its
+ *  state memory is released from ctx; waiters must have been fired). */
+void nsd_run_ref(nsd_run_t *run);
+void nsd_run_unref(nsd_run_t *run);
+
+/*! nsd_run_state_clear() : free every layer, pending step and domain of
+ *  'st', releasing its memory from ctx; waiters still referenced get
+ *  'status' and are put into 'box'. */
+void nsd_run_state_clear(nsd_ctx_t *ctx, nsd_run_state_t *st, int status, nsd_outbox_t *box);
+
+/*! nsd_run_config_apply() : set the fields of 'cfg' that have has_*.
+ *  @return 0 or NS_EINVAL (value out of range, detail in err). */
+int nsd_run_config_apply(nsd_run_t *run, const ns_run_config_t *cfg, ns_error_detail_t *err,
+                         nsd_outbox_t *box);
+
+/*! nsd_run_report() : validate and apply one report (see
+ *  nsd_registry_report). 'waiter' (NULL for /batches) is allocated by the
+ *  caller with res->n_layers == report->n_layers and names set; on success
+ *  the run owns it until it fires (into 'box'). @return 0 or NS_E*. */
+int nsd_run_report(nsd_run_t *run, const ns_report_t *report, uint64_t now_ms,
+                   nsd_waiter_t *waiter, nsd_outbox_t *box, ns_error_detail_t *err);
+
+/*! nsd_run_expire() : time out due pending steps; @return the next deadline
+ *  of the run or UINT64_MAX. */
+uint64_t nsd_run_expire(nsd_run_t *run, uint64_t now_ms, nsd_outbox_t *box);
+
+/*! nsd_run_fire_all() : every waiter of the run gets 'status' now. */
+void nsd_run_fire_all(nsd_run_t *run, int status, nsd_outbox_t *box);
+
+/*! nsd_run_stats() : build a statistics answer (see nsd_registry_stats). */
+int nsd_run_stats(nsd_run_t *run, const nsd_stats_query_t *q, nsd_stats_t **dst,
+                  ns_error_detail_t *err);
+
+/*! nsd_run_precise_reset() : see nsd_registry_precise_reset. */
+int nsd_run_precise_reset(nsd_run_t *run, const char *domain, uint64_t *generation,
+                          ns_error_detail_t *err);
+
+/*! nsd_run_json() / nsd_run_summary_json() : GET bodies (new references). */
+json_t *nsd_run_json(nsd_run_t *run, uint64_t now_ms);
+json_t *nsd_run_summary_json(nsd_run_t *run);
+
+/*! nsd_run_find_domain() : index of 'name', or -1. */
+long nsd_run_find_domain(const nsd_run_state_t *st, const char *name);
+
+/*! nsd_run_find_layer() : the layer 'name', or NULL. */
+nsd_layer_t *nsd_run_find_layer(const nsd_run_state_t *st, const char *name);
+
+/*! nsd_layer_free() : free a layer and everything it holds (pending steps
+ *  and ready finals too, waiters not fired: clear them first). */
+void nsd_layer_free(nsd_layer_t *layer);
+
+/*! nsd_layer_bytes() : accounted memory of a layer's fixed part. */
+size_t nsd_layer_bytes(size_t channels);
+
+/*! nsd_mem_reserve() / nsd_mem_release() : registry-wide accounting.
+ *  reserve fails with NS_EMEMORY above limits.max_memory. */
+int nsd_mem_reserve(nsd_ctx_t *ctx, uint64_t bytes);
+void nsd_mem_release(nsd_ctx_t *ctx, uint64_t bytes);
+
+/*! nsd_outbox_fire() : put a waiter whose result is final into the box. */
+void nsd_outbox_fire(nsd_outbox_t *box, nsd_waiter_t *w);
+
+#endif /* NSD_RUN_H */
