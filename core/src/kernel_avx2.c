@@ -85,8 +85,13 @@ static void block_moments(const float *src, size_t seg_len, size_t nseg, size_t 
     double u = 0.0, e = 0.0;
     for (size_t i = 0; i < nseg; i++) {
         const float *p = src + i * stride;
+        const char *ahead = (const char *)(p + seg_len);
         size_t j = 0;
         for (; j + 16 <= seg_len; j += 16) {
+            /* The callers read channel tiles n-major, so the next block starts
+             * where this segment ends: fetch it while pass 2 runs from L1
+             * (a hint only; it never faults, past the end of the data neither). */
+            _mm_prefetch(ahead + j * sizeof(float), _MM_HINT_T0);
             d = _mm256_sub_pd(load4(p + j), vmu);      /* d = x[j..j+3] - mean0 */
             q0 = _mm256_fmadd_pd(d, d, q0);            /* q0 += d * d */
             c0 = _mm256_add_pd(c0, d);                 /* c0 += d */
@@ -118,49 +123,79 @@ static void block_moments(const float *src, size_t seg_len, size_t nseg, size_t 
     *m2 = r < 0.0 ? 0.0 : r; /* keeps NaN */
 }
 
-/* Per channel exactly kernel_scalar.c's operations: 8 channels per step as
- * two vectors of 4 doubles; the last width % 8 channels in scalar code. */
+/* Row moments of one strip of 4 * V channels (V = 1..4 vectors of 4
+ * doubles), all rows, accumulators in registers. Per channel these are
+ * exactly kernel_scalar.c's operations in the same order (a sequential sum
+ * over rows, mul and add without FMA), so the result equals scalar bitwise;
+ * the strip only decides how many channels run side by side. */
+#define STRIP_LOOP(V, stmt)                                                                        \
+    do { /* stmt for v = 0 .. V-1, written out so acc[v] etc. become registers */                  \
+        { const int v = 0; stmt; }                                                                 \
+        if ((V) > 1) { const int v = 1; stmt; }                                                    \
+        if ((V) > 2) { const int v = 2; stmt; }                                                    \
+        if ((V) > 3) { const int v = 3; stmt; }                                                    \
+    } while (0)
+
+/* Always inlined with a constant V, so acc[] and friends live in registers. */
+static inline __attribute__((always_inline)) void rows_strip(const float *src, size_t rows,
+                                                             size_t stride, double *mean,
+                                                             double *m2, const int V,
+                                                             const float *next)
+{
+    __m256d x0[4], acc[4], mu[4];
+    const double count = (double)rows;
+
+    STRIP_LOOP(V, x0[v] = load4(src + 4 * v));            /* x0[c] = x[0][c] */
+    STRIP_LOOP(V, acc[v] = _mm256_setzero_pd());
+    for (size_t r = 0; r < rows; r++) {
+        const float *p = src + r * stride;
+        STRIP_LOOP(V, acc[v] = _mm256_add_pd(acc[v], _mm256_sub_pd(load4(p + 4 * v), x0[v])));
+        /* sum[c] += x[r][c] - x0[c] */
+    }
+    const __m256d vcount = _mm256_set1_pd(count);
+    STRIP_LOOP(V, mu[v] = _mm256_add_pd(x0[v], _mm256_div_pd(acc[v], vcount)));
+    /* mean[c] = x0[c] + sum[c] / rows */
+    STRIP_LOOP(V, acc[v] = _mm256_setzero_pd());
+    for (size_t r = 0; r < rows; r++) {
+        const float *p = src + r * stride;
+        /* Fetch the strip read next ('next', same rows) while pass 2 runs
+         * from L1 (a hint only: it never faults). */
+        const char *ahead = (const char *)(next + r * stride);
+        _mm_prefetch(ahead, _MM_HINT_T0);
+        _mm_prefetch(ahead + (4 * V - 1) * sizeof(float), _MM_HINT_T0);
+        STRIP_LOOP(V, {
+            __m256d d = _mm256_sub_pd(load4(p + 4 * v), mu[v]); /* d = x[r][c] - mean[c] */
+            acc[v] = _mm256_add_pd(acc[v], _mm256_mul_pd(d, d)); /* m2[c] += d * d */
+        });
+    }
+    STRIP_LOOP(V, _mm256_storeu_pd(mean + 4 * v, mu[v]));
+    STRIP_LOOP(V, _mm256_storeu_pd(m2 + 4 * v, acc[v]));
+}
+
 static void rows_moments(const float *src, size_t rows, size_t width, size_t stride,
                          double *mean, double *m2)
 {
-    const size_t vw = width & ~(size_t)7;
-    size_t c;
-
-    for (c = 0; c < width; c++) {
-        m2[c] = src[c]; /* x0[c] = x[0][c] */
-        mean[c] = 0.0;
-    }
-    for (size_t r = 0; r < rows; r++) {
-        const float *p = src + r * stride;
-        for (c = 0; c < vw; c += 8) {
-            __m256d s0 = _mm256_loadu_pd(mean + c), s1 = _mm256_loadu_pd(mean + c + 4);
-            s0 = _mm256_add_pd(s0, _mm256_sub_pd(load4(p + c), _mm256_loadu_pd(m2 + c)));
-            s1 = _mm256_add_pd(s1, _mm256_sub_pd(load4(p + c + 4), _mm256_loadu_pd(m2 + c + 4)));
-            _mm256_storeu_pd(mean + c, s0); /* sum[c] += x[r][c] - x0[c] */
-            _mm256_storeu_pd(mean + c + 4, s1);
+    /* The strip after the last one is the first of the next chunk, which
+     * callers read next ('rows' rows down). */
+    const float *chunk_next = src + rows * stride;
+    size_t c = 0;
+    for (; c + 16 <= width; c += 16)
+        rows_strip(src + c, rows, stride, mean + c, m2 + c, 4,
+                   c + 16 < width ? src + c + 16 : chunk_next);
+    for (; c + 4 <= width; c += 4)
+        rows_strip(src + c, rows, stride, mean + c, m2 + c, 1, c + 4 < width ? src + c + 4 : chunk_next);
+    for (; c < width; c++) { /* the same operations, one channel */
+        const double x0 = src[c];
+        double s = 0.0, q = 0.0;
+        for (size_t r = 0; r < rows; r++)
+            s += (double)src[r * stride + c] - x0;
+        const double mu = x0 + s / (double)rows;
+        for (size_t r = 0; r < rows; r++) {
+            double d = (double)src[r * stride + c] - mu;
+            q += d * d;
         }
-        for (; c < width; c++)
-            mean[c] += (double)p[c] - m2[c];
-    }
-    const double count = (double)rows;
-    for (c = 0; c < width; c++) {
-        mean[c] = m2[c] + mean[c] / count; /* mean[c] = x0[c] + sum[c] / rows */
-        m2[c] = 0.0;
-    }
-    for (size_t r = 0; r < rows; r++) {
-        const float *p = src + r * stride;
-        for (c = 0; c < vw; c += 8) {
-            __m256d d0 = _mm256_sub_pd(load4(p + c), _mm256_loadu_pd(mean + c));
-            __m256d d1 = _mm256_sub_pd(load4(p + c + 4), _mm256_loadu_pd(mean + c + 4));
-            /* d = x[r][c] - mean[c]; m2[c] += d * d (no FMA: bitwise as scalar) */
-            _mm256_storeu_pd(m2 + c, _mm256_add_pd(_mm256_loadu_pd(m2 + c), _mm256_mul_pd(d0, d0)));
-            _mm256_storeu_pd(m2 + c + 4,
-                             _mm256_add_pd(_mm256_loadu_pd(m2 + c + 4), _mm256_mul_pd(d1, d1)));
-        }
-        for (; c < width; c++) {
-            double d = (double)p[c] - mean[c];
-            m2[c] += d * d;
-        }
+        mean[c] = mu;
+        m2[c] = q;
     }
 }
 

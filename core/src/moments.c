@@ -3,18 +3,24 @@
  * DESIGN
  *  - Accuracy: never sum-of-squares minus square-of-sums. The kernels do two
  *    passes over a block that stays in L1 (the second pass costs no memory
- *    bandwidth); blocks are combined with Chan's pairwise formula.
+ *    bandwidth); blocks are combined with Chan's pairwise formula. The
+ *    running mean of a merge is kept as shift + offset (acc_t), so its
+ *    rounding does not accumulate over thousands of merges: with mean 1e4
+ *    and std 1e-2 a plain running mean drifts by ~sqrt(merges) ulps, which
+ *    costs 1e-11 of the variance; shifted it stays within the bound of
+ *    tests/unit/test_moments.c.
  *  - Determinism: the work is cut by the shape alone, never by the thread
- *    count. A channel's result is a fold, in index order, over fixed *groups*
+ *    count. A channel's result is a fold, in index order, over fixed groups
  *    (GROUP_BLOCKS blocks, or GROUP_CHUNKS row chunks), each group itself a
- *    fold over its blocks in order. Threads only change who computes a group,
- *    so the same input gives the same bits for any 'threads' (for one kernel
- *    table).
- *  - Threads: with many channels, threads take whole channels (NCHW) or
- *    channel tiles (NHWC) and fold them alone. With few channels, threads
- *    compute groups in rounds (an OpenMP 'for' over the next groups), and one
- *    thread merges the round's group results in index order.
- *  - Memory: scratch is on the stack and bounded; nothing is allocated. */
+ *    fold over its blocks in order, materialised as (n, mean, m2). Threads
+ *    only change who computes a group, so the same input gives the same bits
+ *    for any 'threads' (for one kernel table).
+ *  - Threads: with many channels, threads take channel tiles and fold them
+ *    alone. With few channels, threads compute groups in rounds (an OpenMP
+ *    'for' over the next groups) and one thread folds each round in order.
+ *  - Memory: NCHW tiles are read n-major, one contiguous stream of
+ *    tile * inner floats per n. Scratch is on the stack and bounded; nothing
+ *    is allocated. */
 #include <normstat/core.h>
 
 #include <math.h>
@@ -22,14 +28,15 @@
 
 #include "kernels.h"
 
-#define BLOCK_VALUES 4096   /* floats per two-pass block: 16 KiB, stays in L1 */
-#define GROUP_BLOCKS 16     /* blocks (NCHW) per group */
-#define GROUP_CHUNKS 16     /* row chunks (NHWC) per group */
-#define ROUND_GROUPS 256    /* NCHW groups computed per parallel round */
-#define CHUNK_VALUES 8192   /* floats per NHWC chunk (32 KiB) at most */
-#define MAX_TILE 256        /* channels per NHWC tile */
-#define ROW_MODE_CHANNELS 64 /* NHWC: at most this many channels for row-parallel mode */
-#define ROW_MODE_THREADS 8
+#define BLOCK_VALUES 4096       /* floats per two-pass block: 16 KiB, stays in L1 */
+#define GROUP_BLOCKS 16         /* blocks (NCHW) per group */
+#define GROUP_CHUNKS 16         /* row chunks (NHWC) per group */
+#define ROUND_GROUPS 256        /* NCHW groups computed per parallel round */
+#define NCHW_TILE 32            /* NCHW channels read as one stream per n */
+#define CHUNK_VALUES 32768      /* floats per NHWC chunk (128 KiB; the kernel works in L1-sized strips) */
+#define NHWC_TILE 128           /* channels per NHWC tile at most */
+#define ROW_MODE_CHANNELS 64    /* NHWC: at most this many channels for row-parallel mode */
+#define ROW_MODE_THREADS 8      /* and at most this many threads there */
 #define SERIAL_VALUES (1u << 18) /* below this, threads cost more than they save */
 
 static size_t min_size(size_t a, size_t b)
@@ -37,33 +44,38 @@ static size_t min_size(size_t a, size_t b)
     return a < b ? a : b;
 }
 
-/* Chan et al.: merge (nb, mb, qb), nb > 0, into 'a' (which may be empty).
- * The same arithmetic as merge_arrays(), channel by channel. */
-static void merge_into(ns_moments_t *a, double nb, double mb, double qb)
+/* ---------------------------------------------------------------- merging */
+
+/* A running merge: n values, mean = k + s / n, m2. The shift k is the first
+ * merged mean; offsets from it are small, so s / n carries the mean to far
+ * below one ulp of k and the deltas of later merges stay accurate. */
+typedef struct acc_s {
+    double n, k, s, m2;
+} acc_t;
+
+static const acc_t acc_empty = {0.0, 0.0, 0.0, 0.0};
+
+/* Chan et al.: merge nb > 0 values of mean mb and m2 qb into 'a'. */
+static void acc_add(acc_t *a, double nb, double mb, double qb)
 {
     if (a->n == 0.0) {
         a->n = nb;
-        a->mean = mb;
+        a->k = mb;
+        a->s = 0.0;
         a->m2 = qb;
         return;
     }
-    const double n = a->n + nb, f = nb / n, g = a->n * f;
-    const double delta = mb - a->mean;
-    a->mean += delta * f;
-    a->m2 += qb + delta * delta * g;
+    const double db = mb - a->k;
+    const double delta = db - a->s / a->n; /* mb - mean_a */
+    const double n = a->n + nb;
+    a->m2 += qb + delta * delta * (a->n * (nb / n));
+    a->s += nb * db;
     a->n = n;
 }
 
-/* Chan's merge of 'width' channels sharing the counts na > 0 and nb > 0. */
-static void merge_arrays(double *am, double *aq, double na, const double *bm, const double *bq,
-                         double nb, size_t width)
+static double acc_mean(const acc_t *a)
 {
-    const double n = na + nb, f = nb / n, g = na * f;
-    for (size_t c = 0; c < width; c++) {
-        const double delta = bm[c] - am[c];
-        am[c] += delta * f;
-        aq[c] += bq[c] + delta * delta * g;
-    }
+    return a->k + a->s / a->n;
 }
 
 int ns_moments_merge(ns_moments_t *dst, const ns_moments_t *src)
@@ -75,7 +87,15 @@ int ns_moments_merge(ns_moments_t *dst, const ns_moments_t *src)
         return NS_EINVAL;
     if (src->n == 0.0)
         return 0;
-    merge_into(dst, src->n, src->mean, src->m2);
+    if (dst->n == 0.0) {
+        *dst = *src;
+        return 0;
+    }
+    const double n = dst->n + src->n, f = src->n / n;
+    const double delta = src->mean - dst->mean;
+    dst->mean += delta * f;
+    dst->m2 += src->m2 + delta * delta * (dst->n * f);
+    dst->n = n;
     return 0;
 }
 
@@ -124,47 +144,71 @@ static void nchw_plan_init(nchw_plan_t *pl, const float *src, size_t outer, size
     pl->groups = (pl->blocks + GROUP_BLOCKS - 1) / GROUP_BLOCKS;
 }
 
-/* Moments of group g of channel c: the fold of its blocks in order. */
+/* Moments of block b of channel c into *bm, *bq; returns its value count. */
+static double nchw_block(const nchw_plan_t *pl, size_t c, size_t b, double *bm, double *bq)
+{
+    if (pl->per_n) {
+        const size_t n = b / pl->per_n, off = (b % pl->per_n) * pl->blen;
+        const size_t len = min_size(pl->blen, pl->inner - off);
+        pl->k->block_moments(pl->src + n * pl->cstride + c * pl->inner + off, len, 1, len, bm, bq);
+        return (double)len;
+    }
+    const size_t n0 = b * pl->nper, nseg = min_size(pl->nper, pl->outer - n0);
+    pl->k->block_moments(pl->src + n0 * pl->cstride + c * pl->inner, pl->inner, nseg, pl->cstride,
+                         bm, bq);
+    return (double)nseg * (double)pl->inner;
+}
+
+/* Group g of channel c: the fold of its blocks in order. */
 static ns_moments_t nchw_group(const nchw_plan_t *pl, size_t c, size_t g)
 {
-    ns_moments_t acc = {0.0, 0.0, 0.0};
+    acc_t acc = acc_empty;
     const size_t b1 = min_size((g + 1) * GROUP_BLOCKS, pl->blocks);
     double bm, bq;
 
     for (size_t b = g * GROUP_BLOCKS; b < b1; b++) {
-        if (pl->per_n) {
-            const size_t n = b / pl->per_n, off = (b % pl->per_n) * pl->blen;
-            const size_t len = min_size(pl->blen, pl->inner - off);
-            const float *p = pl->src + n * pl->cstride + c * pl->inner + off;
-            pl->k->block_moments(p, len, 1, len, &bm, &bq);
-            merge_into(&acc, (double)len, bm, bq);
-        } else {
-            const size_t n0 = b * pl->nper, nseg = min_size(pl->nper, pl->outer - n0);
-            const float *p = pl->src + n0 * pl->cstride + c * pl->inner;
-            pl->k->block_moments(p, pl->inner, nseg, pl->cstride, &bm, &bq);
-            merge_into(&acc, (double)nseg * (double)pl->inner, bm, bq);
+        double bn = nchw_block(pl, c, b, &bm, &bq);
+        acc_add(&acc, bn, bm, bq);
+    }
+    return (ns_moments_t){acc.n, acc_mean(&acc), acc.m2};
+}
+
+/* Channels [c0, c0 + width), all groups. Each channel sees exactly the fold
+ * of nchw_group() results in group order, but the loop runs n-major over the
+ * tile, so memory is read as one stream (width * inner contiguous floats per
+ * n) rather than jumping C * inner floats after every block. */
+static void nchw_tile(const nchw_plan_t *pl, size_t c0, size_t width, double *mean, double *m2)
+{
+    acc_t grp[NCHW_TILE], chan[NCHW_TILE];
+    const size_t row = pl->per_n ? pl->per_n : 1; /* blocks per step of n */
+    double bm, bq;
+
+    for (size_t i = 0; i < width; i++)
+        grp[i] = chan[i] = acc_empty;
+    for (size_t b0 = 0; b0 < pl->blocks; b0 += row) {
+        for (size_t i = 0; i < width; i++) {
+            for (size_t b = b0; b < b0 + row; b++) {
+                double bn = nchw_block(pl, c0 + i, b, &bm, &bq);
+                acc_add(&grp[i], bn, bm, bq);
+                if (b % 8 == 7 || b + 1 == pl->blocks) {
+                    acc_add(&chan[i], grp[i].n, acc_mean(&grp[i]), grp[i].m2);
+                    grp[i] = acc_empty;
+                }
+            }
         }
     }
-    return acc;
-}
-
-static void nchw_channel(const nchw_plan_t *pl, size_t c, double *mean, double *m2)
-{
-    ns_moments_t acc = {0.0, 0.0, 0.0};
-    for (size_t g = 0; g < pl->groups; g++) {
-        ns_moments_t part = nchw_group(pl, c, g);
-        merge_into(&acc, part.n, part.mean, part.m2);
+    for (size_t i = 0; i < width; i++) {
+        mean[c0 + i] = acc_mean(&chan[i]);
+        m2[c0 + i] = chan[i].m2;
     }
-    mean[c] = acc.mean;
-    m2[c] = acc.m2;
 }
 
-/* Few channels: groups in rounds; one thread merges each round in order. */
+/* Few channels: groups in rounds; one thread folds each round in order. */
 static void nchw_rounds(const nchw_plan_t *pl, size_t channels, double *mean, double *m2,
                         int threads)
 {
     ns_moments_t part[ROUND_GROUPS];
-    ns_moments_t acc = {0.0, 0.0, 0.0};
+    acc_t chan = acc_empty;
     const size_t items = channels * pl->groups;
 
 #pragma omp parallel num_threads(threads)
@@ -177,11 +221,11 @@ static void nchw_rounds(const nchw_plan_t *pl, size_t channels, double *mean, do
         for (size_t i = 0; i < rn; i++) {
             const size_t c = (r0 + i) / pl->groups, g = (r0 + i) % pl->groups;
             if (g == 0)
-                acc.n = acc.mean = acc.m2 = 0.0;
-            merge_into(&acc, part[i].n, part[i].mean, part[i].m2);
+                chan = acc_empty;
+            acc_add(&chan, part[i].n, part[i].mean, part[i].m2);
             if (g + 1 == pl->groups) {
-                mean[c] = acc.mean;
-                m2[c] = acc.m2;
+                mean[c] = acc_mean(&chan);
+                m2[c] = chan.m2;
             }
         }
     }
@@ -207,12 +251,15 @@ int ns_moments_nchw(const float *src, size_t outer, size_t channels, size_t inne
         threads = 1;
 
     if (threads <= 1) {
-        for (size_t c = 0; c < channels; c++)
-            nchw_channel(&pl, c, mean, m2);
+        for (size_t c0 = 0; c0 < channels; c0 += NCHW_TILE)
+            nchw_tile(&pl, c0, min_size(NCHW_TILE, channels - c0), mean, m2);
     } else if (channels >= 8 * (size_t)threads) {
+        /* ceil(C / threads) channels per tile, at most NCHW_TILE */
+        const size_t tile = min_size((channels + (size_t)threads - 1) / (size_t)threads, NCHW_TILE);
+        const size_t tiles = (channels + tile - 1) / tile;
 #pragma omp parallel for num_threads(threads) schedule(static)
-        for (size_t c = 0; c < channels; c++)
-            nchw_channel(&pl, c, mean, m2);
+        for (size_t t = 0; t < tiles; t++)
+            nchw_tile(&pl, t * tile, min_size(tile, channels - t * tile), mean, m2);
     } else {
         nchw_rounds(&pl, channels, mean, m2, threads);
     }
@@ -239,81 +286,80 @@ static void nhwc_plan_init(nhwc_plan_t *pl, const float *src, size_t outer, size
     pl->k = ns__kernels();
     pl->outer = outer;
     pl->channels = channels;
-    pl->rows = min_size(4096, CHUNK_VALUES / min_size(channels, MAX_TILE));
+    pl->rows = min_size(4096, CHUNK_VALUES / min_size(channels, NHWC_TILE));
     const size_t grows = pl->rows * GROUP_CHUNKS;
     pl->groups = (outer + grows - 1) / grows;
 }
 
-/* Moments of channels [c0, c0 + width) over group g's rows into gm/gq, using
- * tm/tq as scratch; returns the group's row count. */
+/* Group g of channels [c0, c0 + width): the fold of its chunks, written as
+ * mean gm[] and m2 gq[]; returns the group's row count. */
 static double nhwc_group(const nhwc_plan_t *pl, size_t c0, size_t width, size_t g, double *gm,
-                         double *gq, double *tm, double *tq)
+                         double *gq)
 {
+    acc_t acc[NHWC_TILE];
+    double tm[NHWC_TILE], tq[NHWC_TILE];
     const size_t r0 = g * pl->rows * GROUP_CHUNKS;
     const size_t r1 = min_size(r0 + pl->rows * GROUP_CHUNKS, pl->outer);
-    double n = 0.0;
 
+    for (size_t i = 0; i < width; i++)
+        acc[i] = acc_empty;
     for (size_t r = r0; r < r1; r += pl->rows) {
         const size_t rows = min_size(pl->rows, r1 - r);
-        const float *p = pl->src + r * pl->channels + c0;
-        if (r == r0) {
-            pl->k->rows_moments(p, rows, width, pl->channels, gm, gq);
-        } else {
-            pl->k->rows_moments(p, rows, width, pl->channels, tm, tq);
-            merge_arrays(gm, gq, n, tm, tq, (double)rows, width);
-        }
-        n += (double)rows;
+        pl->k->rows_moments(pl->src + r * pl->channels + c0, rows, width, pl->channels, tm, tq);
+        for (size_t i = 0; i < width; i++)
+            acc_add(&acc[i], (double)rows, tm[i], tq[i]);
     }
-    return n;
+    for (size_t i = 0; i < width; i++) {
+        gm[i] = acc_mean(&acc[i]);
+        gq[i] = acc[i].m2;
+    }
+    return (double)(r1 - r0);
 }
 
-/* All groups of one tile, folded in order straight into the outputs. */
+/* All groups of one tile, folded in order. */
 static void nhwc_tile(const nhwc_plan_t *pl, size_t c0, size_t width, double *mean, double *m2)
 {
-    double gm[MAX_TILE], gq[MAX_TILE], tm[MAX_TILE], tq[MAX_TILE];
-    double n = 0.0;
+    acc_t chan[NHWC_TILE];
+    double gm[NHWC_TILE], gq[NHWC_TILE];
 
+    for (size_t i = 0; i < width; i++)
+        chan[i] = acc_empty;
     for (size_t g = 0; g < pl->groups; g++) {
-        if (g == 0) {
-            n = nhwc_group(pl, c0, width, g, mean + c0, m2 + c0, tm, tq);
-        } else {
-            double gn = nhwc_group(pl, c0, width, g, gm, gq, tm, tq);
-            merge_arrays(mean + c0, m2 + c0, n, gm, gq, gn, width);
-            n += gn;
-        }
+        double gn = nhwc_group(pl, c0, width, g, gm, gq);
+        for (size_t i = 0; i < width; i++)
+            acc_add(&chan[i], gn, gm[i], gq[i]);
+    }
+    for (size_t i = 0; i < width; i++) {
+        mean[c0 + i] = acc_mean(&chan[i]);
+        m2[c0 + i] = chan[i].m2;
     }
 }
 
-/* Few channels (<= ROW_MODE_CHANNELS): groups in rounds, merged in order. */
+/* Few channels (<= ROW_MODE_CHANNELS): groups in rounds of 'threads', folded
+ * in order by one thread. */
 static void nhwc_rounds(const nhwc_plan_t *pl, double *mean, double *m2, int threads)
 {
     double gm[ROW_MODE_THREADS][ROW_MODE_CHANNELS], gq[ROW_MODE_THREADS][ROW_MODE_CHANNELS];
     double gn[ROW_MODE_THREADS];
-    const size_t width = pl->channels;
-    const size_t round = (size_t)threads;
-    double n = 0.0;
+    acc_t chan[ROW_MODE_CHANNELS];
+    const size_t width = pl->channels, round = (size_t)threads;
 
+    for (size_t i = 0; i < width; i++)
+        chan[i] = acc_empty;
 #pragma omp parallel num_threads(threads)
-    {
-        double tm[ROW_MODE_CHANNELS], tq[ROW_MODE_CHANNELS];
-        for (size_t g0 = 0; g0 < pl->groups; g0 += round) {
-            const size_t rn = min_size(round, pl->groups - g0);
+    for (size_t g0 = 0; g0 < pl->groups; g0 += round) {
+        const size_t rn = min_size(round, pl->groups - g0);
 #pragma omp for schedule(static)
-            for (size_t i = 0; i < rn; i++)
-                gn[i] = nhwc_group(pl, 0, width, g0 + i, gm[i], gq[i], tm, tq);
+        for (size_t j = 0; j < rn; j++)
+            gn[j] = nhwc_group(pl, 0, width, g0 + j, gm[j], gq[j]);
 #pragma omp single
-            for (size_t i = 0; i < rn; i++) {
-                if (g0 + i == 0) {
-                    for (size_t c = 0; c < width; c++) {
-                        mean[c] = gm[i][c];
-                        m2[c] = gq[i][c];
-                    }
-                } else {
-                    merge_arrays(mean, m2, n, gm[i], gq[i], gn[i], width);
-                }
-                n += gn[i];
-            }
-        }
+        for (size_t j = 0; j < rn; j++)
+            for (size_t i = 0; i < width; i++)
+                acc_add(&chan[i], gn[j], gm[j][i], gq[j][i]);
+    }
+    for (size_t i = 0; i < width; i++) {
+        mean[i] = acc_mean(&chan[i]);
+        m2[i] = chan[i].m2;
     }
 }
 
@@ -333,21 +379,19 @@ int ns_moments_nhwc(const float *src, size_t outer, size_t channels, double *mea
         threads = 1;
 
     if (threads <= 1) {
-        for (size_t c0 = 0; c0 < channels; c0 += MAX_TILE)
-            nhwc_tile(&pl, c0, min_size(MAX_TILE, channels - c0), mean, m2);
+        for (size_t c0 = 0; c0 < channels; c0 += NHWC_TILE)
+            nhwc_tile(&pl, c0, min_size(NHWC_TILE, channels - c0), mean, m2);
     } else if (channels >= 16 * (size_t)threads || channels > ROW_MODE_CHANNELS) {
         /* Tiles sized so every thread gets work: ceil(C / threads), a
-         * multiple of 8 (one vector step), at most MAX_TILE. */
+         * multiple of 8 (one vector step), at most NHWC_TILE. */
         size_t tile = (channels + (size_t)threads - 1) / (size_t)threads;
-        tile = min_size((tile + 7) & ~(size_t)7, MAX_TILE);
+        tile = min_size((tile + 7) & ~(size_t)7, NHWC_TILE);
         const size_t tiles = (channels + tile - 1) / tile;
 #pragma omp parallel for num_threads(threads) schedule(static)
         for (size_t t = 0; t < tiles; t++)
             nhwc_tile(&pl, t * tile, min_size(tile, channels - t * tile), mean, m2);
     } else {
-        if (threads > ROW_MODE_THREADS)
-            threads = ROW_MODE_THREADS;
-        nhwc_rounds(&pl, mean, m2, threads);
+        nhwc_rounds(&pl, mean, m2, threads > ROW_MODE_THREADS ? ROW_MODE_THREADS : threads);
     }
     return check_finite(mean, m2, channels);
 }

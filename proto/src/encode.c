@@ -19,7 +19,8 @@ static int encode_json(ns_buf_t *dst, const ns_meta_t *meta, size_t n_meta,
     if ((rc = ns_buf_append(dst, "{", 1)))
         return rc;
     for (size_t i = 0; i < n_meta; i++) {
-        if ((rc = ns__buf_append_json_string(dst, meta[i].key)) || (rc = ns_buf_append(dst, ":", 1)))
+        if ((rc = ns__buf_append_json_string(dst, meta[i].key)) ||
+            (rc = ns_buf_append(dst, ":", 1)))
             return rc;
         switch (meta[i].kind) {
         case NS_META_STRING:

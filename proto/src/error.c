@@ -19,7 +19,9 @@ int ns_error_set(ns_error_detail_t *detail, int code, const char *field, const c
     size_t off = 0;
     if (field[0]) {
         int n = snprintf(detail->message, sizeof(detail->message), "%s: ", field);
-        off = n < 0 ? 0 : (size_t)n < sizeof(detail->message) ? (size_t)n : sizeof(detail->message) - 1;
+        off = n < 0                                 ? 0
+              : (size_t)n < sizeof(detail->message) ? (size_t)n
+                                                    : sizeof(detail->message) - 1;
     }
     va_list ap;
     va_start(ap, fmt);
@@ -61,9 +63,9 @@ int ns_error_encode_json(ns_buf_t *dst, int code, const char *message)
         msg = json_string(ascii);
         free(ascii);
     }
-    json_t *root = msg ? json_pack("{s:{s:s,s:o}}", "error", "code", ns_error_name(code),
-                                   "message", msg)
-                       : NULL;
+    json_t *root =
+        msg ? json_pack("{s:{s:s,s:o}}", "error", "code", ns_error_name(code), "message", msg)
+            : NULL;
     char *text = root ? json_dumps(root, JSON_COMPACT) : NULL;
     json_decref(root);
     if (!text) {

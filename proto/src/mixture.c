@@ -51,7 +51,8 @@ int ns_mixture_parse(ns_mixture_weight_t *dst, size_t dst_cap, size_t *dst_len, 
         memcpy(w->domain, p, name_len);
         w->domain[name_len] = '\0';
         if (!ns_name_valid(w->domain))
-            return ns_error_set(err, NS_EINVAL, "mixture", "\"%s\": invalid domain name", w->domain);
+            return ns_error_set(err, NS_EINVAL, "mixture", "\"%s\": invalid domain name",
+                                w->domain);
         for (size_t i = 0; i < n; i++)
             if (strcmp(dst[i].domain, w->domain) == 0)
                 return ns_error_set(err, NS_EINVAL, "mixture", "\"%s\" appears twice", w->domain);

@@ -38,6 +38,16 @@ typedef int (*ns__value_hint_fn)(void *ctx, const ns_layer_report_t *layer, int 
 int ns__report_finish(ns_report_t *report, ns_error_detail_t *err, ns__value_hint_fn hint,
                       void *hint_ctx);
 
+/* ns__report_decode_json_fast() : decode a well-formed JSON report without
+ * jansson. @return 0 with *dst set, a negative NS_E* code for a value error
+ * (422), or 1 when the body needs the full decoder (anything unusual). */
+int ns__report_decode_json_fast(ns_report_t **dst, const char *src, size_t src_len,
+                                ns_error_detail_t *err);
+
+/* ns__report_decode_json_full() : the jansson decoder (canonical errors). */
+int ns__report_decode_json_full(ns_report_t **dst, const char *src, size_t src_len,
+                                ns_error_detail_t *err);
+
 /* ns__update_parse_word() : the NS_UPDATE_* bit of "ema" / "precise" (length
  * 'len'), or 0 if the word is neither. */
 unsigned ns__update_parse_word(const char *s, size_t len);

@@ -15,12 +15,18 @@
 static const char *describe(const json_t *v, char *dst, size_t dst_cap)
 {
     switch (json_typeof(v)) {
-    case JSON_OBJECT: return "an object";
-    case JSON_ARRAY: return "an array";
-    case JSON_STRING: return "a string";
-    case JSON_TRUE: return "true";
-    case JSON_FALSE: return "false";
-    case JSON_NULL: return "null";
+    case JSON_OBJECT:
+        return "an object";
+    case JSON_ARRAY:
+        return "an array";
+    case JSON_STRING:
+        return "a string";
+    case JSON_TRUE:
+        return "true";
+    case JSON_FALSE:
+        return "false";
+    case JSON_NULL:
+        return "null";
     case JSON_INTEGER:
         snprintf(dst, dst_cap, "%" JSON_INTEGER_FORMAT, json_integer_value(v));
         return dst;
@@ -37,7 +43,8 @@ static int check_known(const json_t *obj, const char *const *known, const char *
 {
     const char *key;
     json_t *value;
-    json_object_foreach((json_t *)obj, key, value) {
+    json_object_foreach((json_t *)obj, key, value)
+    {
         size_t i = 0;
         while (known[i] && strcmp(known[i], key) != 0)
             i++;
@@ -55,8 +62,8 @@ static int get_uint(const json_t *v, const char *field, uint64_t min, uint64_t m
                     const char *expected, uint64_t *out, ns_error_detail_t *err)
 {
     char got[64];
-    if (!json_is_integer(v) || json_integer_value(v) < 0 ||
-        (uint64_t)json_integer_value(v) < min || (uint64_t)json_integer_value(v) > max)
+    if (!json_is_integer(v) || json_integer_value(v) < 0 || (uint64_t)json_integer_value(v) < min ||
+        (uint64_t)json_integer_value(v) > max)
         return ns_error_set(err, NS_EINVAL, field, "expected %s, got %s", expected,
                             describe(v, got, sizeof(got)));
     *out = (uint64_t)json_integer_value(v);
@@ -75,7 +82,8 @@ static int decode_update(const json_t *v, unsigned *out, ns_error_detail_t *err)
     if (json_array_size(v) == 0)
         return ns_error_set(err, NS_EINVAL, "update", "must not be empty");
     unsigned bits = 0;
-    json_array_foreach(v, i, item) {
+    json_array_foreach(v, i, item)
+    {
         snprintf(field, sizeof(field), "update[%zu]", i);
         unsigned bit = json_is_string(item) ? ns__update_parse_word(json_string_value(item),
                                                                     json_string_length(item))
@@ -108,7 +116,8 @@ static int decode_values(const json_t *v, const char *field, float **out, size_t
     float *values = malloc(n * sizeof(*values));
     if (!values)
         return ns_error_set(err, NS_ENOMEM, field, "out of memory");
-    json_array_foreach(v, i, item) {
+    json_array_foreach(v, i, item)
+    {
         if (!json_is_number(item)) {
             free(values);
             char elem[256];
@@ -181,7 +190,8 @@ static int overflow_hint(void *ctx, const ns_layer_report_t *layer, int is_var, 
                          char *dst, size_t dst_cap)
 {
     const json_t *layers = ctx;
-    const json_t *arr = json_object_get(json_object_get(layers, layer->name), is_var ? "var" : "mean");
+    const json_t *arr =
+        json_object_get(json_object_get(layers, layer->name), is_var ? "var" : "mean");
     const json_t *item = json_array_get(arr, index);
     if (!json_is_number(item))
         return -1;
@@ -265,7 +275,8 @@ static int decode_root(ns_report_t **out, const json_t *root, ns_error_detail_t 
     size_t i = 0;
     const char *name;
     json_t *layer;
-    json_object_foreach((json_t *)layers, name, layer) {
+    json_object_foreach((json_t *)layers, name, layer)
+    {
         if ((rc = decode_layer(&report->layers[i++], name, layer, err)))
             goto fail;
     }
@@ -278,16 +289,24 @@ fail:
     return rc;
 }
 
-int ns_report_decode_json(ns_report_t **dst, const char *src, size_t src_len,
-                          ns_error_detail_t *err)
+int ns__report_decode_json_full(ns_report_t **dst, const char *src, size_t src_len,
+                                ns_error_detail_t *err)
 {
     json_error_t jerr;
     *dst = NULL;
     json_t *root = json_loadb(src ? src : "", src ? src_len : 0, JSON_REJECT_DUPLICATES, &jerr);
     if (!root)
-        return ns_error_set(err, NS_EINVAL, "", "invalid JSON at line %d, column %d: %s",
-                            jerr.line, jerr.column, jerr.text);
+        return ns_error_set(err, NS_EINVAL, "", "invalid JSON at line %d, column %d: %s", jerr.line,
+                            jerr.column, jerr.text);
     int rc = decode_root(dst, root, err);
     json_decref(root);
     return rc;
+}
+
+int ns_report_decode_json(ns_report_t **dst, const char *src, size_t src_len,
+                          ns_error_detail_t *err)
+{
+    *dst = NULL;
+    int rc = ns__report_decode_json_fast(dst, src, src_len, err);
+    return rc <= 0 ? rc : ns__report_decode_json_full(dst, src, src_len, err);
 }

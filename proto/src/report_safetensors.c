@@ -53,7 +53,8 @@ static int decode_meta(ns_report_t *report, const json_t *meta, ns_error_detail_
     uint64_t u;
     char field[256];
 
-    json_object_foreach((json_t *)meta, key, value) {
+    json_object_foreach((json_t *)meta, key, value)
+    {
         size_t i = 0;
         while (known[i] && strcmp(known[i], key) != 0)
             i++;
@@ -124,7 +125,8 @@ static int decode_meta(ns_report_t *report, const json_t *meta, ns_error_detail_
 /* The dtype as the header spelled it (the header was checked by the parser). */
 static const char *dtype_name(const ns_safetensors_t *st, const ns_tensor_t *t)
 {
-    const char *s = json_string_value(json_object_get(json_object_get(st->header, t->name), "dtype"));
+    const char *s =
+        json_string_value(json_object_get(json_object_get(st->header, t->name), "dtype"));
     return s ? s : "?";
 }
 
@@ -203,7 +205,8 @@ static int decode_layer(const ns_safetensors_t *st, ns_layer_report_t *layer,
         snprintf(field, sizeof(field), "layers.%s.%s", layer->name,
                  parts[PART_MEAN] ? "var" : "mean");
         if (parts[PART_MEAN] || parts[PART_VAR])
-            return ns_error_set(err, NS_EINVAL, field, "missing tensor (mean and var come together)");
+            return ns_error_set(err, NS_EINVAL, field,
+                                "missing tensor (mean and var come together)");
         if (layer->count > 0)
             return ns_error_set(err, NS_EINVAL, field, "missing tensor (required when count > 0)");
         return 0;
@@ -272,8 +275,8 @@ int ns_report_decode_safetensors(ns_report_t **dst, const uint8_t *src, size_t s
         const ns_tensor_t *t = &st->tensors[i];
         const char *dot = strrchr(t->name, '.');
         const char *suffix = dot ? dot + 1 : "";
-        int part = strcmp(suffix, "mean") == 0  ? PART_MEAN
-                   : strcmp(suffix, "var") == 0 ? PART_VAR
+        int part = strcmp(suffix, "mean") == 0    ? PART_MEAN
+                   : strcmp(suffix, "var") == 0   ? PART_VAR
                    : strcmp(suffix, "count") == 0 ? PART_COUNT
                                                   : -1;
         if (part < 0) {

@@ -31,7 +31,8 @@ static int decode(ns_run_config_t *cfg, const json_t *root, ns_error_detail_t *e
     json_t *v;
     if (!json_is_object(root))
         return ns_error_set(err, NS_EINVAL, "", "request body must be a JSON object");
-    json_object_foreach((json_t *)root, key, v) {
+    json_object_foreach((json_t *)root, key, v)
+    {
         if (strcmp(key, "world_size") == 0) {
             if (!json_is_integer(v) || json_integer_value(v) < 1 ||
                 json_integer_value(v) > UINT32_MAX)
@@ -82,8 +83,8 @@ int ns_run_config_decode_json(ns_run_config_t *dst, const char *src, size_t src_
         return 0; /* an empty body is an empty object */
     json_t *root = json_loadb(src, src_len, JSON_REJECT_DUPLICATES, &jerr);
     if (!root)
-        return ns_error_set(err, NS_EINVAL, "", "invalid JSON at line %d, column %d: %s",
-                            jerr.line, jerr.column, jerr.text);
+        return ns_error_set(err, NS_EINVAL, "", "invalid JSON at line %d, column %d: %s", jerr.line,
+                            jerr.column, jerr.text);
     ns_run_config_t cfg = *dst; /* dst stays unchanged on error */
     int rc = decode(&cfg, root, err);
     json_decref(root);

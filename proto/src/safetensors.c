@@ -17,11 +17,11 @@ static const struct {
     size_t size;
     ns_dtype_t dtype;
 } dtypes[] = {
-    {"F32", 4, NS_DTYPE_F32},      {"F64", 8, NS_DTYPE_F64},      {"I64", 8, NS_DTYPE_I64},
-    {"BOOL", 1, NS_DTYPE_OTHER},   {"U8", 1, NS_DTYPE_OTHER},     {"I8", 1, NS_DTYPE_OTHER},
+    {"F32", 4, NS_DTYPE_F32},       {"F64", 8, NS_DTYPE_F64},       {"I64", 8, NS_DTYPE_I64},
+    {"BOOL", 1, NS_DTYPE_OTHER},    {"U8", 1, NS_DTYPE_OTHER},      {"I8", 1, NS_DTYPE_OTHER},
     {"F8_E5M2", 1, NS_DTYPE_OTHER}, {"F8_E4M3", 1, NS_DTYPE_OTHER}, {"I16", 2, NS_DTYPE_OTHER},
-    {"U16", 2, NS_DTYPE_OTHER},    {"F16", 2, NS_DTYPE_OTHER},    {"BF16", 2, NS_DTYPE_OTHER},
-    {"I32", 4, NS_DTYPE_OTHER},    {"U32", 4, NS_DTYPE_OTHER},    {"U64", 8, NS_DTYPE_OTHER},
+    {"U16", 2, NS_DTYPE_OTHER},     {"F16", 2, NS_DTYPE_OTHER},     {"BF16", 2, NS_DTYPE_OTHER},
+    {"I32", 4, NS_DTYPE_OTHER},     {"U32", 4, NS_DTYPE_OTHER},     {"U64", 8, NS_DTYPE_OTHER},
 };
 
 size_t ns__dtype_size(const char *name, ns_dtype_t *dtype)
@@ -64,7 +64,8 @@ static int parse_tensor(ns_tensor_t *t, span_t *span, const char *name, const js
     memcpy(t->name, name, strlen(name) + 1);
     if (!json_is_object(v))
         return ns_error_set(err, NS_EINVAL, name, "tensor entry must be an object");
-    json_object_foreach((json_t *)v, key, member) {
+    json_object_foreach((json_t *)v, key, member)
+    {
         if (strcmp(key, "dtype") != 0 && strcmp(key, "shape") != 0 &&
             strcmp(key, "data_offsets") != 0)
             return ns_error_set(err, NS_EINVAL, name, "unknown tensor field \"%.64s\"", key);
@@ -82,7 +83,8 @@ static int parse_tensor(ns_tensor_t *t, span_t *span, const char *name, const js
                             "shape: expected an array of at most 4 non-negative integers");
     uint64_t count = 1;
     t->ndim = json_array_size(shape);
-    json_array_foreach(shape, i, dim) {
+    json_array_foreach(shape, i, dim)
+    {
         if (!json_is_integer(dim) || json_integer_value(dim) < 0)
             return ns_error_set(err, NS_EINVAL, name,
                                 "shape: expected an array of at most 4 non-negative integers");
@@ -108,10 +110,9 @@ static int parse_tensor(ns_tensor_t *t, span_t *span, const char *name, const js
                             (unsigned long long)span->begin, (unsigned long long)span->end,
                             (unsigned long long)data_len);
     if (span->end - span->begin != nbytes)
-        return ns_error_set(err, NS_EINVAL, name,
-                            "data_offsets span %llu bytes, but shape and dtype %s need %llu",
-                            (unsigned long long)(span->end - span->begin), dtype,
-                            (unsigned long long)nbytes);
+        return ns_error_set(
+            err, NS_EINVAL, name, "data_offsets span %llu bytes, but shape and dtype %s need %llu",
+            (unsigned long long)(span->end - span->begin), dtype, (unsigned long long)nbytes);
     t->nbytes = (size_t)nbytes;
     return 0;
 }
@@ -126,9 +127,10 @@ int ns_safetensors_parse(ns_safetensors_t **dst, const uint8_t *src, size_t src_
 
     *dst = NULL;
     if (!src || src_len < 8)
-        return ns_error_set(err, NS_EINVAL, "",
-                            "safetensors: body of %zu bytes is shorter than the 8-byte header length",
-                            src ? src_len : 0);
+        return ns_error_set(
+            err, NS_EINVAL, "",
+            "safetensors: body of %zu bytes is shorter than the 8-byte header length",
+            src ? src_len : 0);
     uint64_t header_len = 0;
     for (int i = 7; i >= 0; i--)
         header_len = header_len << 8 | src[i];
@@ -143,8 +145,8 @@ int ns_safetensors_parse(ns_safetensors_t **dst, const uint8_t *src, size_t src_
     st = calloc(1, sizeof(*st));
     if (!st)
         return ns_error_set(err, NS_ENOMEM, "", "out of memory");
-    st->header = json_loadb((const char *)src + 8, (size_t)header_len, JSON_REJECT_DUPLICATES,
-                            &jerr);
+    st->header =
+        json_loadb((const char *)src + 8, (size_t)header_len, JSON_REJECT_DUPLICATES, &jerr);
     if (!st->header) {
         rc = ns_error_set(err, NS_EINVAL, "", "safetensors: header is not valid JSON: %s",
                           jerr.text);
@@ -166,7 +168,8 @@ int ns_safetensors_parse(ns_safetensors_t **dst, const uint8_t *src, size_t src_
             rc = ns_error_set(err, NS_EINVAL, "__metadata__", "expected an object of strings");
             goto fail;
         }
-        json_object_foreach((json_t *)meta, key, value) {
+        json_object_foreach((json_t *)meta, key, value)
+        {
             if (!json_is_string(value)) {
                 char field[256];
                 snprintf(field, sizeof(field), "__metadata__.%.200s", key);
@@ -188,7 +191,8 @@ int ns_safetensors_parse(ns_safetensors_t **dst, const uint8_t *src, size_t src_
         const char *key;
         json_t *value;
         size_t i = 0;
-        json_object_foreach(st->header, key, value) {
+        json_object_foreach(st->header, key, value)
+        {
             if (strcmp(key, "__metadata__") == 0)
                 continue;
             spans[i].index = i;

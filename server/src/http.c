@@ -21,6 +21,9 @@
 #define CONNECTION_TIMEOUT_S 60
 /* Per-connection buffer; larger means fewer, bigger body chunks. */
 #define CONNECTION_MEMORY (128u * 1024u)
+/* Bytes past --max-body read and dropped before a 413, so a client that
+ * ignores the early answer still gets it; beyond, the connection closes. */
+#define DISCARD_MAX (16ull * 1024u * 1024u)
 
 static uint64_t now_ns(void)
 {
@@ -40,11 +43,15 @@ static void queue(nsd_request_t *req, int status, struct MHD_Response *resp,
         MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW, req->allow);
     if (atomic_load(&req->server->shutting_down))
         MHD_add_response_header(resp, MHD_HTTP_HEADER_CONNECTION, "close");
-    if (MHD_queue_response(req->conn, (unsigned)status, resp) != MHD_YES)
+    if (MHD_queue_response(req->conn, (unsigned)status, resp) != MHD_YES) {
+        /* The access handler then returns MHD_NO, which closes the connection. */
         nsd_log(NSD_LOG_WARN, "response_failed", "method=%s status=%d", req->method, status);
+        req->status = -1;
+    } else {
+        req->responded = 1;
+        req->status = status;
+    }
     MHD_destroy_response(resp);
-    req->responded = 1;
-    req->status = status;
 }
 
 void nsd_respond(nsd_request_t *req, int status, const char *content_type, char *data, size_t len)
@@ -317,21 +324,27 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
         *upload_data_size = 0;
         if (req->responded)
             return MHD_YES;
+        /* MHD accepts a response only before or after the body, so an error
+         * found while it arrives is answered once it ended; the rest of the
+         * body is read and dropped, up to a bound past which the connection
+         * is simply closed. */
         if (req->pending_error == 0 && req->route != NULL && req->route->body != NSD_BODY_NONE) {
             int rc = ns_buf_append(&req->body, upload_data, n);
             if (rc != 0) {
                 req->pending_error = rc;
-                respond_pending_error(req);
+                req->discarded = srv->opts->max_body;
             }
-        } else {
-            /* Discarded (error pending or no body expected), still bounded. */
-            req->body.len += n;
-            if (req->body.len > srv->opts->max_body) {
-                req->pending_error = NS_ETOOLARGE;
-                respond_pending_error(req);
-            }
+            return MHD_YES;
         }
-        return req->status < 0 ? MHD_NO : MHD_YES;
+        req->discarded += n;
+        if (req->discarded > srv->opts->max_body && req->pending_error == 0)
+            req->pending_error = NS_ETOOLARGE;
+        if (req->discarded > srv->opts->max_body + DISCARD_MAX) {
+            nsd_log(NSD_LOG_INFO, "request_body_dropped", "method=%s bytes=%llu", req->method,
+                    (unsigned long long)req->discarded);
+            return MHD_NO;
+        }
+        return MHD_YES;
     }
     if (req->responded)
         return MHD_YES;
@@ -342,8 +355,6 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
     } else if (req->pending_error != 0) {
         respond_pending_error(req);
     } else {
-        if (req->route->body == NSD_BODY_NONE)
-            req->body.len = 0;
         req->route->handler(req);
     }
     after_handler(req);
@@ -370,9 +381,6 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     }
     if (req->user_free != NULL)
         req->user_free(req->user);
-    /* A discarded body only counted its length; it has no storage then. */
-    if (req->body.data == NULL)
-        req->body.len = 0;
     ns_buf_free(&req->body);
     pthread_mutex_destroy(&req->wait_lock);
     free(req);
@@ -416,12 +424,13 @@ int nsd_http_start(nsd_server_t *server, char *err, size_t err_cap)
     unsigned threads = (unsigned)server->opts->threads;
     server->daemon = MHD_start_daemon(
         flags, 0, NULL, NULL, on_access, server,
+        /* First, so MHD's own start-up messages come through it too. */
+        MHD_OPTION_EXTERNAL_LOGGER, mhd_logger, NULL,
         MHD_OPTION_SOCK_ADDR, res->ai_addr,
         MHD_OPTION_THREAD_POOL_SIZE, threads > 1 ? threads : 0u,
         MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)CONNECTION_TIMEOUT_S,
         MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)CONNECTION_MEMORY,
         MHD_OPTION_NOTIFY_COMPLETED, on_completed, server,
-        MHD_OPTION_EXTERNAL_LOGGER, mhd_logger, NULL,
         MHD_OPTION_END);
     int family = res->ai_family;
     freeaddrinfo(res);

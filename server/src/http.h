@@ -60,6 +60,7 @@ struct nsd_request_s {
 
     /* private to http.c */
     int pending_error;   /* error found before the handler could run */
+    uint64_t discarded;  /* body bytes read and dropped */
     char allow[64];      /* Allow header of a 405 */
     int responded;
     int status;
@@ -81,6 +82,13 @@ void nsd_http_quiesce(nsd_server_t *server);
 
 /*! nsd_http_stop() : stop the daemon; no connection may be suspended. */
 void nsd_http_stop(nsd_server_t *server);
+
+/*! nsd_probe_run() :
+ *  --probe [URL]: GET the URL (default /readyz on the --listen address,
+ *  0.0.0.0 and :: probed through loopback) with a plain socket.
+ *  @return the exit status: 0 if it answered 200, 1 otherwise, 2 for a
+ *  malformed URL. */
+int nsd_probe_run(const nsd_options_t *opts);
 
 /* ---------------------------------------------------------------- requests */
 

@@ -122,8 +122,10 @@ int nsd_run_config_apply(nsd_run_t *run, const ns_run_config_t *cfg, ns_error_de
 /*! nsd_run_report() : validate and apply one report (see
  *  nsd_registry_report). 'waiter' (NULL for /batches) is allocated by the
  *  caller with res->n_layers == report->n_layers and names set; on success
- *  the run owns it until it fires (into 'box'). @return 0 or NS_E*. */
-int nsd_run_report(nsd_run_t *run, const ns_report_t *report, uint64_t now_ms,
+ *  the run owns it until it fires (into 'box'). On success the layers' mean
+ *  and var arrays are taken from the report (set to NULL there); on error the
+ *  report is untouched. @return 0 or NS_E*. */
+int nsd_run_report(nsd_run_t *run, ns_report_t *report, uint64_t now_ms,
                    nsd_waiter_t *waiter, nsd_outbox_t *box, ns_error_detail_t *err);
 
 /*! nsd_run_expire() : time out due pending steps; @return the next deadline
@@ -144,6 +146,10 @@ int nsd_run_precise_reset(nsd_run_t *run, const char *domain, uint64_t *generati
 /*! nsd_run_json() / nsd_run_summary_json() : GET bodies (new references). */
 json_t *nsd_run_json(nsd_run_t *run, uint64_t now_ms);
 json_t *nsd_run_summary_json(nsd_run_t *run);
+
+/*! nsd_run_config_json() : {"world_size", "momentum" (null = cumulative),
+ *  "sync_timeout_ms", "on_timeout", "ema_debias"}, a new reference. */
+json_t *nsd_run_config_json(const ns_run_config_t *cfg);
 
 /*! nsd_run_find_domain() : index of 'name', or -1. */
 long nsd_run_find_domain(const nsd_run_state_t *st, const char *name);

@@ -4,6 +4,7 @@
 BENCH_CORE     := $(BUILD)/bench/bench_core
 BENCH_CORE_OBJ := $(BUILD)/tests/bench/bench_core.o
 BENCH_REPS     ?= 7
+BENCH_ROUNDS   ?= 4
 
 # -O3 for the read-bandwidth reference loop (its AVX2 version has its own
 # target attribute and is chosen at run time), so the bandwidth the core is
@@ -22,4 +23,5 @@ bench:
 	$(Q)$(MAKE) --no-print-directory bench-core
 
 bench-core: $(BENCH_CORE)
-	$(Q)$(BENCH_CORE) --reps $(BENCH_REPS) --python $(PYTHON) --script tests/bench/torch_var_mean.py
+	$(Q)$(BENCH_CORE) --reps $(BENCH_REPS) --rounds $(BENCH_ROUNDS) \
+	    --python $(PYTHON) --script tests/bench/torch_var_mean.py

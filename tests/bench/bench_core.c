@@ -5,8 +5,9 @@
  * Everything is measured in one run on the same data: the NCHW tensor lives in
  * a memfd that the read-bandwidth loop, ns_moments_nchw, the NS_SIMD=scalar
  * child (this program again, "--child") and tests/bench/torch_var_mean.py all
- * map. Times are the median of --reps repetitions after one warm-up, taken
- * with CLOCK_MONOTONIC. The exit status reports errors only, never targets. */
+ * map. A time is the median of --reps repetitions after one warm-up, taken
+ * with CLOCK_MONOTONIC; every case runs once per round (--rounds) and its
+ * fastest round is shown. The exit status reports errors only, never targets. */
 #define _GNU_SOURCE /* memfd_create: a tensor PyTorch can map, gone when we exit */
 
 #include <errno.h>
@@ -50,7 +51,7 @@ static const int thread_counts[NTHREADS] = {1, 2};
 /* The machine is shared: each case is measured in every round, interleaved
  * with the others, and its fastest median is reported (bandwidth included,
  * which only makes the percentages stricter). */
-#define DEFAULT_ROUNDS 3
+#define DEFAULT_ROUNDS 4
 #define COMBINE_REPS(reps) ((reps) * 3 > 63 ? 63 : (reps) * 3)
 
 typedef struct options_s {

@@ -57,8 +57,9 @@ class Daemon:
     """One normstatd process. Start with start(); stop() sends SIGTERM and
     returns the exit status; kill() is the emergency exit."""
 
-    def __init__(self, *args, persist=False, name="nsd"):
+    def __init__(self, *args, persist=False, name="nsd", env=None):
         self.args = list(args)
+        self.env = env
         self.persist = persist
         self.name = name
         self.proc = None
@@ -80,7 +81,8 @@ class Daemon:
         argv += self.args
         self.argv = argv
         self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.PIPE, cwd=self.data_dir)
+                                     stderr=subprocess.PIPE, cwd=self.data_dir,
+                                     env=self.env)
         _daemons.append(self)
         listening = threading.Event()
 
@@ -164,6 +166,8 @@ class Daemon:
     def _cleanup(self):
         if self._reader is not None:
             self._reader.join(timeout=2)
+            if not self._reader.is_alive() and self.proc.stderr and not self.proc.stderr.closed:
+                self.proc.stderr.close()
         if self.data_dir and os.path.isdir(self.data_dir):
             shutil.rmtree(self.data_dir, ignore_errors=True)
         if self in _daemons and (self.proc is None or self.proc.poll() is not None):
@@ -248,7 +252,8 @@ class Client:
         self.conn = None
         self.schema_errors = []
         self.validated = 0
-        self.reconnects = 0
+        self.reconnects = 0  # reused connections found closed by the server
+        self.closed_by = []  # responses that carried Connection: close
 
     def _connect(self, timeout):
         self.conn = http.client.HTTPConnection(self.host, self.port, timeout=timeout)
@@ -296,6 +301,7 @@ class Client:
                 raise
             resp = Response(method, path, r.status, r.reason, r.getheaders(), data)
             if r.will_close:
+                self.closed_by.append(f"{method} {path.split('?')[0]} -> {r.status}")
                 self.close()
             if validate:
                 self._validate(resp)
@@ -309,6 +315,7 @@ class Client:
         err = sch.validate(resp)
         if err is True:
             self.validated += 1
+            _validated[0] += 1
         elif err:
             self.schema_errors.append(f"{resp.method} {resp.path} -> {resp.status}: {err}")
 
@@ -397,6 +404,8 @@ class Schemas:
         return None
 
     def validate(self, resp):
+        if resp.method == "HEAD" or resp.status == 204:
+            return None
         if resp.content_type not in ("application/json", "application/problem+json") \
                 and not resp.content_type.endswith("+json"):
             return None
@@ -440,6 +449,7 @@ def schemas():
 
 
 _schema_load_error = None
+_validated = [0]  # responses validated against a schema, all clients
 
 
 # ---------------------------------------------------------------- safetensors (independent)
@@ -791,6 +801,13 @@ class Case(unittest.TestCase):
             errs += cl.schema_errors[start:]
         for e in errs:
             print(f"FAIL {self._testMethodName}: response breaks proto/openapi.yaml: {e}")
+        rec = sum(cl.reconnects for cl in self._clients)
+        if rec:
+            self.check(False, "keep-alive: no idle connection was dropped by the daemon",
+                       f"{rec} reused connections found closed")
+        closes = [x for cl in self._clients for x in cl.closed_by]
+        if closes:
+            print(f"note {self._testMethodName}: Connection: close after {closes[:6]}")
         if not self.daemon.alive():
             self._fails.append("daemon died")
             print(f"FAIL {self._testMethodName}: daemon is no longer running\n{self.daemon.log_tail()}")
@@ -891,7 +908,65 @@ def main():
     ok = res.wasSuccessful() and res.testsRun > 0
     if _schema_load_error:
         ok = False
-    sch = "none yet" if schemas() is None else "proto/openapi.yaml"
+    sch = "none yet" if schemas() is None else f"{_validated[0]} responses validated against proto/openapi.yaml"
     print(f"{'PASS' if ok else 'FAIL'} {os.path.basename(sys.argv[0])}: {res.testsRun} tests, "
           f"{len(res.failures)} failed, {len(res.errors)} errors (schemas: {sch})")
     sys.exit(0 if ok else 1)
+
+
+# ---------------------------------------------------------------- concurrency and polling
+
+
+def parallel(fns, limit=30.0):
+    """Run the callables at once (one thread each, released together) and
+    return (results, errors) in order; raises TimeoutError if any is still
+    running after 'limit' seconds."""
+    n = len(fns)
+    results, errors = [None] * n, [None] * n
+    gate = threading.Barrier(n)
+
+    def run(i):
+        try:
+            gate.wait(limit)
+            results[i] = fns[i]()
+        except BaseException as e:  # reported to the caller
+            errors[i] = e
+
+    threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(n)]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + limit
+    for t in threads:
+        t.join(max(0.0, deadline - time.monotonic()))
+    if any(t.is_alive() for t in threads):
+        raise TimeoutError(f"parallel requests still running after {limit}s")
+    return results, errors
+
+
+def poll(fn, limit=10.0, every=0.02):
+    """Call fn() until it returns a true value or 'limit' seconds pass;
+    returns the last value. A bound, not a timing assertion."""
+    deadline = time.monotonic() + limit
+    v = fn()
+    while not v and time.monotonic() < deadline:
+        time.sleep(every)
+        v = fn()
+    return v
+
+
+def torch_bn(steps, channels, momentum):
+    """Real PyTorch BatchNorm1d (float64, training mode) fed the
+    concatenated raw batch of each step; steps with fewer than 2 values are
+    not fed (PyTorch refuses them). Returns (running_mean, running_var,
+    num_batches_tracked) or None when torch is not importable."""
+    try:
+        import torch
+    except Exception:
+        return None
+    bn = torch.nn.BatchNorm1d(channels, momentum=momentum).double()
+    bn.train()
+    with torch.no_grad():
+        for x in steps:
+            if x.shape[0] >= 2:
+                bn(torch.from_numpy(np.asarray(x, dtype=np.float64)))
+    return bn.running_mean.tolist(), bn.running_var.tolist(), int(bn.num_batches_tracked)

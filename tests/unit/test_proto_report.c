@@ -124,7 +124,8 @@ static int check_valid(const char *dir, const ns_report_t *r)
     unsigned update = 0;
     size_t i;
     json_t *item;
-    json_array_foreach(json_object_get(x, "update"), i, item) {
+    json_array_foreach(json_object_get(x, "update"), i, item)
+    {
         update |= strcmp(json_string_value(item), "ema") == 0 ? NS_UPDATE_EMA : NS_UPDATE_PRECISE;
     }
     const char *scope = json_string_value(json_object_get(x, "scope"));
@@ -143,7 +144,8 @@ static int check_valid(const char *dir, const ns_report_t *r)
                 r->n_layers);
         bad = 1;
     } else {
-        json_array_foreach(layers, i, item) {
+        json_array_foreach(layers, i, item)
+        {
             const ns_layer_report_t *l = &r->layers[i];
             if (strcmp(l->name, json_string_value(json_object_get(item, "name"))) != 0 ||
                 l->count != (uint64_t)json_integer_value(json_object_get(item, "count"))) {
@@ -260,15 +262,16 @@ START_TEST(test_random_reports)
             /* distinct names: a numeric suffix keeps them unique */
             random_name(x->name, 1 + ns_test_rand(&rng) % 100, &rng);
             snprintf(x->name + strlen(x->name), sizeof(x->name) - strlen(x->name), "%zu", l);
-            x->count = ns_test_rand(&rng) % 4 == 0 ? ns_test_rand(&rng) % 2
-                                                   : ns_test_rand(&rng) % 1000000;
+            x->count =
+                ns_test_rand(&rng) % 4 == 0 ? ns_test_rand(&rng) % 2 : ns_test_rand(&rng) % 1000000;
             x->channels = 1 + ns_test_rand(&rng) % 300;
             x->mean = malloc(x->channels * sizeof(double));
             x->var = malloc(x->channels * sizeof(double));
             ns_buf_printf(&body, "%s\"%s\":{\"count\":%llu,\"mean\":[", l ? "," : "", x->name,
                           (unsigned long long)x->count);
             for (size_t c = 0; c < x->channels; c++) {
-                x->mean[c] = ns_test_normal(&rng) * pow(10.0, (double)(ns_test_rand(&rng) % 20) - 10);
+                x->mean[c] =
+                    ns_test_normal(&rng) * pow(10.0, (double)(ns_test_rand(&rng) % 20) - 10);
                 ns_buf_printf(&body, "%s%.17g", c ? "," : "", x->mean[c]);
             }
             ns_buf_printf(&body, "],\"var\":[");
@@ -300,8 +303,9 @@ START_TEST(test_random_reports)
                 /* The unbiased -> biased reference in long double. */
                 long double v = (float)ref[l].var[c];
                 if (unbiased)
-                    v = ref[l].count <= 1 ? 0.0L
-                                          : v * (long double)(ref[l].count - 1) / (long double)ref[l].count;
+                    v = ref[l].count <= 1
+                            ? 0.0L
+                            : v * (long double)(ref[l].count - 1) / (long double)ref[l].count;
                 long double diff = fabsl((long double)got->var[c] - v);
                 ck_assert_msg(diff <= v * 1.2e-7L, "var %.9Lg vs %.9g", v, (double)got->var[c]);
             }
@@ -366,8 +370,8 @@ START_TEST(test_name_valid)
     /* Every byte value once, against the rule written as a set. */
     for (int c = 1; c < 256; c++) {
         char s[2] = {(char)c, 0};
-        int expect = strchr("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.:-",
-                            c) != NULL;
+        int expect =
+            strchr("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.:-", c) != NULL;
         ck_assert_int_eq(ns_name_valid(s), expect);
     }
 }

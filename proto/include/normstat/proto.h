@@ -155,6 +155,8 @@ typedef struct ns_buf_s {
     size_t cap_max;
 } ns_buf_t;
 
+/*! ns_buf_init() : an empty buffer holding at most 'cap_max' bytes; 0 means
+ *  no ceiling (so a zero-initialised buffer is unbounded). */
 NS_API void ns_buf_init(ns_buf_t *buf, size_t cap_max);
 /*! @return 0, NS_ETOOLARGE past the ceiling or NS_ENOMEM; on error the
  *  buffer is emptied and freed. */

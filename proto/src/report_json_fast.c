@@ -1,0 +1,444 @@
+/* report_json_fast.c - a fast path for well-formed JSON reports.
+ *
+ * jansson builds one heap object per number, which dominates the cost of a
+ * report with tens of thousands of channels. This scanner reads the report
+ * grammar directly into float arrays. It only ever *accepts*: on anything
+ * unusual (escapes, non-ASCII, unknown or repeated keys, wrong types, values
+ * out of range, float32 overflow, malformed text) it gives up and the caller
+ * decodes the same bytes with jansson, which produces the canonical error.
+ * So the fast path must accept exactly what the jansson path accepts, with
+ * the same result; tests/unit/test_safetensors.c checks this differentially.
+ * Numbers are converted as jansson does: integer tokens with strtoll, others
+ * with strtod, in the "C" locale's number syntax. */
+#include <errno.h>
+#include <float.h>
+#include <locale.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "proto_internal.h"
+
+typedef struct cursor_s {
+    const char *p, *end;
+} cursor_t;
+
+static void skip_ws(cursor_t *c)
+{
+    while (c->p < c->end && (*c->p == ' ' || *c->p == '\t' || *c->p == '\n' || *c->p == '\r'))
+        c->p++;
+}
+
+static int eat(cursor_t *c, char ch)
+{
+    skip_ws(c);
+    if (c->p < c->end && *c->p == ch) {
+        c->p++;
+        return 1;
+    }
+    return 0;
+}
+
+/* A string of printable ASCII without escapes; anything else gives up. */
+static int plain_string(cursor_t *c, const char **s, size_t *len)
+{
+    skip_ws(c);
+    if (c->p >= c->end || *c->p != '"')
+        return 0;
+    const char *begin = ++c->p;
+    while (c->p < c->end && *c->p != '"') {
+        unsigned char ch = (unsigned char)*c->p;
+        if (ch < 0x20 || ch >= 0x7f || ch == '\\')
+            return 0;
+        c->p++;
+    }
+    if (c->p >= c->end)
+        return 0;
+    *s = begin;
+    *len = (size_t)(c->p - begin);
+    c->p++;
+    return 1;
+}
+
+/* Exact powers of ten representable in a double. */
+static const double pow10_exact[] = {1e0,  1e1,  1e2,  1e3,  1e4,  1e5,  1e6,  1e7,
+                                     1e8,  1e9,  1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
+                                     1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22};
+
+/* Clinger's fast path: a decimal with at most 15 significant digits and a
+ * power of ten up to 22 is one correctly rounded multiplication or division,
+ * i.e. exactly what a correctly rounding strtod returns. @return 0 if the
+ * token is outside that case. */
+static int decimal_fast(const char *s, size_t len, double *out)
+{
+    const char *p = s, *end = s + len;
+    int neg = *p == '-', exp10 = 0, digits = 0;
+    uint64_t m = 0;
+    p += neg;
+    for (; p < end && *p >= '0' && *p <= '9'; p++)
+        if (m || *p != '0') {
+            m = m * 10 + (uint64_t)(*p - '0');
+            if (++digits > 15)
+                return 0;
+        }
+    if (p < end && *p == '.')
+        for (p++; p < end && *p >= '0' && *p <= '9'; p++) {
+            if (m || *p != '0') {
+                m = m * 10 + (uint64_t)(*p - '0');
+                if (++digits > 15)
+                    return 0;
+            }
+            exp10--;
+        }
+    if (p < end) { /* exponent */
+        int eneg = 0, e = 0;
+        p++;
+        if (*p == '+' || *p == '-')
+            eneg = *p++ == '-';
+        for (; p < end; p++) {
+            if (e > 1000)
+                return 0;
+            e = e * 10 + (*p - '0');
+        }
+        exp10 += eneg ? -e : e;
+    }
+    double v = (double)m;
+    if (m == 0)
+        v = 0.0;
+    else if (exp10 < -22 || exp10 > 22)
+        return 0;
+    else
+        v = exp10 < 0 ? v / pow10_exact[-exp10] : v * pow10_exact[exp10];
+    *out = neg ? -v : v;
+    return 1;
+}
+
+static int is_digit(const cursor_t *c)
+{
+    return c->p < c->end && *c->p >= '0' && *c->p <= '9';
+}
+
+/* A JSON number token. Integer tokens of at most 18 digits fit int64 (longer
+ * ones are left to jansson, which refuses those beyond int64). */
+static int number(cursor_t *c, int *is_int, long long *ival, double *dval)
+{
+    char text[64];
+    skip_ws(c);
+    const char *begin = c->p;
+    int integer = 1;
+    if (c->p < c->end && *c->p == '-')
+        c->p++;
+    if (!is_digit(c))
+        return 0;
+    if (*c->p == '0')
+        c->p++;
+    else
+        while (is_digit(c))
+            c->p++;
+    if (c->p < c->end && *c->p == '.') {
+        c->p++;
+        if (!is_digit(c))
+            return 0;
+        while (is_digit(c))
+            c->p++;
+        integer = 0;
+    }
+    if (c->p < c->end && (*c->p == 'e' || *c->p == 'E')) {
+        c->p++;
+        if (c->p < c->end && (*c->p == '+' || *c->p == '-'))
+            c->p++;
+        if (!is_digit(c))
+            return 0;
+        while (is_digit(c))
+            c->p++;
+        integer = 0;
+    }
+    size_t len = (size_t)(c->p - begin);
+    if (len >= sizeof(text) || (integer && len - (*begin == '-') > 18))
+        return 0;
+    memcpy(text, begin, len);
+    text[len] = '\0';
+    *is_int = integer;
+    if (integer) {
+        *ival = strtoll(text, NULL, 10);
+        *dval = (double)*ival;
+    } else if (!decimal_fast(text, len, dval)) {
+        errno = 0;
+        *dval = strtod(text, NULL);
+        if (!isfinite(*dval))
+            return 0;
+    }
+    return 1;
+}
+
+static int uint_field(cursor_t *c, uint64_t min, uint64_t max, uint64_t *out)
+{
+    int is_int;
+    long long v;
+    double d;
+    if (!number(c, &is_int, &v, &d) || !is_int || v < 0 || (uint64_t)v < min || (uint64_t)v > max)
+        return 0;
+    *out = (uint64_t)v;
+    return 1;
+}
+
+/* '[' number (',' number)* ']' into float32, giving up on values outside
+ * float32's range (jansson's path explains those). */
+static int float_array(cursor_t *c, float **out, size_t *len)
+{
+    size_t n = 0, cap = 64;
+    float *v;
+    if (!eat(c, '['))
+        return 0;
+    if (!(v = malloc(cap * sizeof(*v))))
+        return 0;
+    do {
+        int is_int;
+        long long i;
+        double d;
+        if (!number(c, &is_int, &i, &d) || d > FLT_MAX || d < -FLT_MAX)
+            goto fail;
+        if (n == cap) {
+            float *grown = realloc(v, (cap *= 2) * sizeof(*v));
+            if (!grown)
+                goto fail;
+            v = grown;
+        }
+        v[n++] = (float)d;
+    } while (eat(c, ','));
+    if (!eat(c, ']'))
+        goto fail;
+    *out = v;
+    *len = n;
+    return 1;
+fail:
+    free(v);
+    return 0;
+}
+
+static int layer_object(cursor_t *c, ns_layer_report_t *layer)
+{
+    unsigned seen = 0;
+    size_t n_mean = 0, n_var = 0;
+    if (!eat(c, '{'))
+        return 0;
+    do {
+        const char *key;
+        size_t len;
+        if (!plain_string(c, &key, &len) || !eat(c, ':'))
+            return 0;
+        if (len == 5 && memcmp(key, "count", 5) == 0 && !(seen & 1)) {
+            seen |= 1;
+            if (!uint_field(c, 0, UINT64_MAX, &layer->count))
+                return 0;
+        } else if (len == 4 && memcmp(key, "mean", 4) == 0 && !(seen & 2)) {
+            seen |= 2;
+            if (!float_array(c, &layer->mean, &n_mean))
+                return 0;
+        } else if (len == 3 && memcmp(key, "var", 3) == 0 && !(seen & 4)) {
+            seen |= 4;
+            if (!float_array(c, &layer->var, &n_var))
+                return 0;
+        } else {
+            return 0;
+        }
+    } while (eat(c, ','));
+    if (!eat(c, '}') || !(seen & 1))
+        return 0;
+    if ((seen & 6) == 0)
+        return layer->count == 0;
+    if ((seen & 6) != 6 || n_mean != n_var)
+        return 0;
+    layer->channels = n_mean;
+    return 1;
+}
+
+static int layer_cmp(const void *a, const void *b)
+{
+    return strcmp(((const ns_layer_report_t *)a)->name, ((const ns_layer_report_t *)b)->name);
+}
+
+static int layers_object(cursor_t *c, ns_report_t *r)
+{
+    size_t cap = 0;
+    if (!eat(c, '{'))
+        return 0;
+    do {
+        const char *name;
+        size_t len;
+        if (!plain_string(c, &name, &len) || len < 1 || len > NS_NAME_MAX || !eat(c, ':'))
+            return 0;
+        if (r->n_layers == cap) {
+            size_t grown_cap = cap ? 2 * cap : 64;
+            ns_layer_report_t *grown = realloc(r->layers, grown_cap * sizeof(*grown));
+            if (!grown)
+                return 0;
+            r->layers = grown;
+            cap = grown_cap;
+        }
+        ns_layer_report_t *layer = &r->layers[r->n_layers++];
+        memset(layer, 0, sizeof(*layer));
+        memcpy(layer->name, name, len);
+        layer->name[len] = '\0';
+        if (!ns_name_valid(layer->name) || !layer_object(c, layer))
+            return 0;
+    } while (eat(c, ','));
+    if (!eat(c, '}'))
+        return 0;
+    /* Repeated names are jansson's "duplicate object key" error. */
+    qsort(r->layers, r->n_layers, sizeof(*r->layers), layer_cmp);
+    for (size_t i = 0; i + 1 < r->n_layers; i++)
+        if (strcmp(r->layers[i].name, r->layers[i + 1].name) == 0)
+            return 0;
+    return 1;
+}
+
+static int update_array(cursor_t *c, unsigned *out)
+{
+    unsigned bits = 0;
+    if (!eat(c, '['))
+        return 0;
+    do {
+        const char *s;
+        size_t len;
+        if (!plain_string(c, &s, &len))
+            return 0;
+        unsigned bit = ns__update_parse_word(s, len);
+        if (!bit || (bits & bit))
+            return 0;
+        bits |= bit;
+    } while (eat(c, ','));
+    if (!eat(c, ']'))
+        return 0;
+    *out = bits;
+    return 1;
+}
+
+static int literal(cursor_t *c, const char *word)
+{
+    size_t len = strlen(word);
+    skip_ws(c);
+    if ((size_t)(c->end - c->p) < len || memcmp(c->p, word, len) != 0)
+        return 0;
+    c->p += len;
+    return 1;
+}
+
+enum {
+    F_STEP = 1,
+    F_WORKER = 2,
+    F_DOMAIN = 4,
+    F_UNBIASED = 8,
+    F_UPDATE = 16,
+    F_SCOPE = 32,
+    F_WORLD = 64,
+    F_LAYERS = 128
+};
+
+static int root_object(cursor_t *c, ns_report_t *r)
+{
+    unsigned seen = 0;
+    uint64_t u;
+    if (!eat(c, '{'))
+        return 0;
+    do {
+        const char *key, *s;
+        size_t len, slen;
+        unsigned field;
+        if (!plain_string(c, &key, &len) || !eat(c, ':'))
+            return 0;
+#define KEY(lit) (len == sizeof(lit) - 1 && memcmp(key, lit, len) == 0)
+        field = KEY("step")         ? F_STEP
+                : KEY("worker")     ? F_WORKER
+                : KEY("domain")     ? F_DOMAIN
+                : KEY("unbiased")   ? F_UNBIASED
+                : KEY("update")     ? F_UPDATE
+                : KEY("scope")      ? F_SCOPE
+                : KEY("world_size") ? F_WORLD
+                : KEY("layers")     ? F_LAYERS
+                                    : 0;
+#undef KEY
+        if (!field || (seen & field))
+            return 0;
+        seen |= field;
+        switch (field) {
+        case F_STEP:
+            if (!uint_field(c, 0, INT64_MAX, &r->step))
+                return 0;
+            break;
+        case F_WORKER:
+            if (!uint_field(c, 0, UINT32_MAX, &u))
+                return 0;
+            r->worker = (uint32_t)u;
+            break;
+        case F_DOMAIN:
+            if (!plain_string(c, &s, &slen) || slen < 1 || slen > NS_NAME_MAX)
+                return 0;
+            memcpy(r->domain, s, slen);
+            r->domain[slen] = '\0';
+            if (!ns_name_valid(r->domain))
+                return 0;
+            break;
+        case F_UNBIASED:
+            if (literal(c, "true"))
+                r->unbiased = 1;
+            else if (literal(c, "false"))
+                r->unbiased = 0;
+            else
+                return 0;
+            break;
+        case F_UPDATE:
+            if (!update_array(c, &r->update))
+                return 0;
+            break;
+        case F_SCOPE:
+            if (!plain_string(c, &s, &slen))
+                return 0;
+            if (slen == 6 && memcmp(s, "global", 6) == 0)
+                r->scope = NS_SCOPE_GLOBAL;
+            else if (slen == 6 && memcmp(s, "domain", 6) == 0)
+                r->scope = NS_SCOPE_DOMAIN;
+            else
+                return 0;
+            break;
+        case F_WORLD:
+            if (!uint_field(c, 1, UINT32_MAX, &u))
+                return 0;
+            r->world_size = (int64_t)u;
+            break;
+        default:
+            if (!layers_object(c, r))
+                return 0;
+        }
+    } while (eat(c, ','));
+    if (!eat(c, '}'))
+        return 0;
+    skip_ws(c);
+    return c->p == c->end &&
+           (seen & (F_STEP | F_WORKER | F_LAYERS)) == (F_STEP | F_WORKER | F_LAYERS);
+}
+
+int ns__report_decode_json_fast(ns_report_t **dst, const char *src, size_t src_len,
+                                ns_error_detail_t *err)
+{
+    const struct lconv *lc = localeconv();
+    if (!src || strcmp(lc->decimal_point, ".") != 0)
+        return 1; /* strtod would not read JSON numbers */
+    ns_report_t *r = ns__report_create(0);
+    if (!r)
+        return 1;
+    cursor_t c = {src, src + src_len};
+    if (!root_object(&c, r)) {
+        ns_report_free(r);
+        return 1;
+    }
+    /* Well-formed: only value checks (422) remain, as in the jansson path. */
+    int rc = ns__report_finish(r, err, NULL, NULL);
+    if (rc) {
+        ns_report_free(r);
+        return rc;
+    }
+    *dst = r;
+    return 0;
+}

@@ -1,0 +1,443 @@
+/* checkpoint.c - a run's applied state to and from JSON, exactly (see the
+ * format in checkpoint.h). */
+#include "checkpoint.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <normstat/core.h>
+
+/* ---------------------------------------------------------------- export */
+
+static json_t *doubles_json(const double *src, size_t n)
+{
+    json_t *a = json_array();
+    for (size_t i = 0; a != NULL && i < n; i++)
+        if (json_array_append_new(a, json_real(src[i])) != 0) {
+            json_decref(a);
+            return NULL;
+        }
+    return a;
+}
+
+static json_t *ema_json(const nsd_pop_t *pop, size_t c)
+{
+    return json_pack("{s:o, s:o, s:o, s:o, s:f, s:I, s:I}", "running_mean",
+                     doubles_json(pop->ema.running_mean, c), "running_var",
+                     doubles_json(pop->ema.running_var, c), "zero_mean",
+                     doubles_json(pop->ema.zero_mean, c), "zero_var",
+                     doubles_json(pop->ema.zero_var, c), "decay", pop->ema.decay,
+                     "num_batches_tracked", (json_int_t)pop->ema.num_batches_tracked, "step",
+                     (json_int_t)pop->ema_step);
+}
+
+static json_t *precise_json(const nsd_pop_t *pop, size_t c)
+{
+    return json_pack("{s:I, s:I, s:I, s:o, s:o, s:I}", "generation",
+                     (json_int_t)pop->generation, "n", (json_int_t)pop->precise.n, "num_batches",
+                     (json_int_t)pop->precise.num_batches, "mean",
+                     doubles_json(pop->precise.mean, c), "m2", doubles_json(pop->precise.m2, c),
+                     "step", (json_int_t)pop->precise_step);
+}
+
+static json_t *layer_json(const nsd_run_state_t *st, const nsd_layer_t *l)
+{
+    size_t c = l->channels;
+    json_t *doms = json_object();
+    for (size_t d = 0; doms != NULL && d < st->n_domains && d < l->cap_pops; d++) {
+        if (l->pops[d] == NULL)
+            continue;
+        json_t *e = json_pack("{s:o, s:o}", "ema", ema_json(l->pops[d], c), "precise",
+                              precise_json(l->pops[d], c));
+        if (e == NULL || json_object_set_new(doms, st->domains[d], e) != 0) {
+            json_decref(doms);
+            return NULL;
+        }
+    }
+    json_t *last = json_null();
+    if (l->has_last && c > 0)
+        last = json_pack("{s:I, s:I, s:o, s:o}", "step", (json_int_t)l->last_step, "count",
+                         (json_int_t)l->last_count, "mean", doubles_json(l->last_mean, c), "var",
+                         doubles_json(l->last_mean + c, c));
+    json_t *pooled = l->pooled ? ema_json(l->pooled, c) : json_null();
+    return json_pack("{s:I, s:I, s:I, s:o, s:o, s:o}", "channels", (json_int_t)c, "step",
+                     (json_int_t)l->last_applied, "finalized_step", (json_int_t)l->max_closed,
+                     "pooled", pooled, "last", last, "domains", doms);
+}
+
+json_t *nsd_checkpoint_export(const nsd_run_t *run)
+{
+    const nsd_run_state_t *st = &run->st;
+    json_t *domains = json_array(), *layers = json_object();
+    int ok = domains && layers;
+    for (size_t d = 0; ok && d < st->n_domains; d++)
+        ok = json_array_append_new(domains, json_pack("{s:s, s:I}", "domain", st->domains[d],
+                                                      "generation",
+                                                      (json_int_t)st->domain_gen[d])) == 0;
+    for (size_t i = 0; ok && i < st->n_layers; i++) {
+        json_t *l = layer_json(st, st->layers[i]);
+        ok = l != NULL && json_object_set_new(layers, st->layers[i]->name, l) == 0;
+    }
+    if (!ok) {
+        json_decref(domains);
+        json_decref(layers);
+        return NULL;
+    }
+    return json_pack("{s:s, s:i, s:s, s:o, s:I, s:I, s:o, s:o}", "format", "normstat-checkpoint",
+                     "version", NSD_CHECKPOINT_VERSION, "run", run->name, "config",
+                     nsd_run_config_json(&st->cfg), "skipped_steps",
+                     (json_int_t)st->skipped_steps, "precise_generation",
+                     (json_int_t)st->precise_generation, "domains", domains, "layers", layers);
+}
+
+/* ---------------------------------------------------------------- import */
+
+/* Field path helpers: every error names the JSON path. */
+static int bad(ns_error_detail_t *err, const char *path, const char *key, const char *what)
+{
+    char field[768];
+    snprintf(field, sizeof(field), "%s%s%s", path, path[0] && key[0] ? "." : "", key);
+    return ns_error_set(err, NS_EINVAL, field, "%s", what);
+}
+
+static int get_obj(json_t *o, const char *key, const char *path, json_t **dst,
+                   ns_error_detail_t *err)
+{
+    *dst = json_object_get(o, key);
+    if (!json_is_object(*dst))
+        return bad(err, path, key, "expected an object");
+    return 0;
+}
+
+static int get_int(json_t *o, const char *key, const char *path, json_int_t min, json_int_t max,
+                   json_int_t *dst, ns_error_detail_t *err)
+{
+    json_t *v = json_object_get(o, key);
+    if (!json_is_integer(v))
+        return bad(err, path, key, "expected an integer");
+    *dst = json_integer_value(v);
+    if (*dst < min || *dst > max)
+        return bad(err, path, key, "integer out of range");
+    return 0;
+}
+
+static int get_real(json_t *o, const char *key, const char *path, double min, double max,
+                    double *dst, ns_error_detail_t *err)
+{
+    json_t *v = json_object_get(o, key);
+    if (!json_is_number(v))
+        return bad(err, path, key, "expected a number");
+    *dst = json_number_value(v);
+    if (!isfinite(*dst) || *dst < min || *dst > max)
+        return bad(err, path, key, "number out of range");
+    return 0;
+}
+
+/* An array of exactly 'n' finite numbers (>= 0 if nonneg). */
+static int get_doubles(json_t *o, const char *key, const char *path, size_t n, int nonneg,
+                       double *dst, ns_error_detail_t *err)
+{
+    json_t *a = json_object_get(o, key);
+    if (!json_is_array(a) || json_array_size(a) != n) {
+        char what[96];
+        snprintf(what, sizeof(what), "expected an array of %zu numbers", n);
+        return bad(err, path, key, what);
+    }
+    for (size_t i = 0; i < n; i++) {
+        json_t *v = json_array_get(a, i);
+        double x = json_number_value(v);
+        if (!json_is_number(v) || !isfinite(x) || (nonneg && x < 0)) {
+            char field[256];
+            snprintf(field, sizeof(field), "%s.%s.%zu", path, key, i);
+            return ns_error_set(err, NS_EINVAL, field,
+                                nonneg ? "expected a finite number >= 0" : "expected a finite number");
+        }
+        dst[i] = x;
+    }
+    return 0;
+}
+
+static int parse_config(json_t *o, ns_run_config_t *cfg, ns_error_detail_t *err)
+{
+    json_int_t v;
+    ns_run_config_defaults(cfg);
+    if (get_int(o, "world_size", "config", 1, 65536, &v, err))
+        return NS_EINVAL;
+    cfg->world_size = (uint32_t)v;
+    json_t *m = json_object_get(o, "momentum");
+    if (json_is_null(m))
+        cfg->momentum = NS_MOMENTUM_CUMULATIVE;
+    else if (get_real(o, "momentum", "config", 0.0, 1.0, &cfg->momentum, err))
+        return NS_EINVAL;
+    if (get_int(o, "sync_timeout_ms", "config", 1, INT64_MAX, &v, err))
+        return NS_EINVAL;
+    cfg->sync_timeout_ms = (uint64_t)v;
+    json_t *t = json_object_get(o, "on_timeout");
+    if (!json_is_string(t) ||
+        (strcmp(json_string_value(t), "partial") && strcmp(json_string_value(t), "drop")))
+        return bad(err, "config", "on_timeout", "expected \"partial\" or \"drop\"");
+    cfg->on_timeout_drop = strcmp(json_string_value(t), "drop") == 0;
+    json_t *b = json_object_get(o, "ema_debias");
+    if (!json_is_boolean(b))
+        return bad(err, "config", "ema_debias", "expected a boolean");
+    cfg->ema_debias = json_is_true(b);
+    return 0;
+}
+
+static int parse_ema(json_t *o, const char *path, size_t c, nsd_pop_t *pop,
+                     ns_error_detail_t *err)
+{
+    json_int_t v;
+    if (!json_is_object(o))
+        return bad(err, path, "", "expected an object");
+    if (get_doubles(o, "running_mean", path, c, 0, pop->ema.running_mean, err) ||
+        get_doubles(o, "running_var", path, c, 1, pop->ema.running_var, err) ||
+        get_doubles(o, "zero_mean", path, c, 0, pop->ema.zero_mean, err) ||
+        get_doubles(o, "zero_var", path, c, 1, pop->ema.zero_var, err) ||
+        get_real(o, "decay", path, 0.0, 1.0, &pop->ema.decay, err))
+        return NS_EINVAL;
+    if (get_int(o, "num_batches_tracked", path, 0, INT64_MAX, &v, err))
+        return NS_EINVAL;
+    pop->ema.num_batches_tracked = (uint64_t)v;
+    if (get_int(o, "step", path, -1, INT64_MAX, &v, err))
+        return NS_EINVAL;
+    pop->ema_step = v;
+    return 0;
+}
+
+static int parse_precise(json_t *o, const char *path, size_t c, uint64_t max_gen, nsd_pop_t *pop,
+                         ns_error_detail_t *err)
+{
+    json_int_t v;
+    if (!json_is_object(o))
+        return bad(err, path, "", "expected an object");
+    if (get_int(o, "generation", path, 0, (json_int_t)max_gen, &v, err))
+        return NS_EINVAL;
+    pop->generation = (uint64_t)v;
+    if (get_int(o, "n", path, 0, INT64_MAX, &v, err))
+        return NS_EINVAL;
+    pop->precise.n = (uint64_t)v;
+    if (get_int(o, "num_batches", path, 0, INT64_MAX, &v, err))
+        return NS_EINVAL;
+    pop->precise.num_batches = (uint64_t)v;
+    if (get_doubles(o, "mean", path, c, 0, pop->precise.mean, err) ||
+        get_doubles(o, "m2", path, c, 1, pop->precise.m2, err))
+        return NS_EINVAL;
+    if (get_int(o, "step", path, -1, INT64_MAX, &v, err))
+        return NS_EINVAL;
+    pop->precise_step = v;
+    return 0;
+}
+
+static int parse_layer(nsd_run_state_t *st, const char *name, json_t *o, nsd_layer_t **dst,
+                       ns_error_detail_t *err)
+{
+    char path[NS_NAME_MAX + 16];
+    char sub[2 * NS_NAME_MAX + 48];
+    json_int_t v;
+    snprintf(path, sizeof(path), "layers.%s", name);
+    if (!ns_name_valid(name))
+        return bad(err, path, "", "invalid layer name");
+    if (!json_is_object(o))
+        return bad(err, path, "", "expected an object");
+    if (get_int(o, "channels", path, 0, 1 << 24, &v, err))
+        return NS_EINVAL;
+    size_t c = (size_t)v;
+    nsd_layer_t *l = calloc(1, sizeof(*l));
+    if (l == NULL)
+        return ns_error_set(err, NS_ENOMEM, "", "out of memory");
+    *dst = l;
+    snprintf(l->name, sizeof(l->name), "%s", name);
+    l->channels = c;
+    st->memory += sizeof(nsd_layer_t);
+    if (get_int(o, "step", path, -1, INT64_MAX, &v, err))
+        return NS_EINVAL;
+    l->last_applied = v;
+    if (get_int(o, "finalized_step", path, -1, INT64_MAX, &v, err))
+        return NS_EINVAL;
+    l->max_closed = v;
+    l->max_seen = v;
+    if (l->max_closed < l->last_applied)
+        return bad(err, path, "finalized_step", "below step");
+
+    json_t *pooled = json_object_get(o, "pooled");
+    json_t *last = json_object_get(o, "last");
+    json_t *doms = json_object_get(o, "domains");
+    if (!json_is_object(doms))
+        return bad(err, path, "domains", "expected an object");
+    if (c == 0) {
+        if (!json_is_null(pooled) || !json_is_null(last) || json_object_size(doms) != 0)
+            return bad(err, path, "channels", "a layer without channels holds no statistics");
+        return 0;
+    }
+    l->pooled = nsd_pop_create(c, 0);
+    l->last_mean = malloc(2 * c * sizeof(double));
+    l->pops = calloc(st->n_domains ? st->n_domains : 1, sizeof(*l->pops));
+    if (l->pooled == NULL || l->last_mean == NULL || l->pops == NULL)
+        return ns_error_set(err, NS_ENOMEM, "", "out of memory");
+    l->cap_pops = st->n_domains ? st->n_domains : 1;
+    st->memory += nsd_pop_bytes(c) + 2 * c * sizeof(double);
+    snprintf(sub, sizeof(sub), "%s.pooled", path);
+    if (parse_ema(pooled, sub, c, l->pooled, err))
+        return NS_EINVAL;
+    if (!json_is_null(last)) {
+        snprintf(sub, sizeof(sub), "%s.last", path);
+        if (!json_is_object(last))
+            return bad(err, sub, "", "expected an object or null");
+        if (get_int(last, "step", sub, 0, INT64_MAX, &v, err))
+            return NS_EINVAL;
+        l->last_step = (uint64_t)v;
+        if (get_int(last, "count", sub, 0, INT64_MAX, &v, err))
+            return NS_EINVAL;
+        l->last_count = (uint64_t)v;
+        if (get_doubles(last, "mean", sub, c, 0, l->last_mean, err) ||
+            get_doubles(last, "var", sub, c, 1, l->last_mean + c, err))
+            return NS_EINVAL;
+        l->has_last = 1;
+    }
+    const char *dname;
+    json_t *dv;
+    json_object_foreach(doms, dname, dv) {
+        snprintf(sub, sizeof(sub), "%s.domains.%s", path, dname);
+        long d = nsd_run_find_domain(st, dname);
+        if (d < 0)
+            return bad(err, sub, "", "domain not listed in \"domains\"");
+        if (!json_is_object(dv))
+            return bad(err, sub, "", "expected an object");
+        nsd_pop_t *pop = nsd_pop_create(c, 0);
+        if (pop == NULL)
+            return ns_error_set(err, NS_ENOMEM, "", "out of memory");
+        l->pops[d] = pop;
+        st->memory += nsd_pop_bytes(c);
+        char sub2[sizeof(sub) + 16];
+        snprintf(sub2, sizeof(sub2), "%s.ema", sub);
+        if (parse_ema(json_object_get(dv, "ema"), sub2, c, pop, err))
+            return NS_EINVAL;
+        snprintf(sub2, sizeof(sub2), "%s.precise", sub);
+        if (parse_precise(json_object_get(dv, "precise"), sub2, c, st->precise_generation, pop,
+                          err))
+            return NS_EINVAL;
+    }
+    return 0;
+}
+
+static int layer_cmp(const void *a, const void *b)
+{
+    return strcmp((*(nsd_layer_t *const *)a)->name, (*(nsd_layer_t *const *)b)->name);
+}
+
+/* Frees a half-built state that was never accounted in a context. */
+static void state_discard(nsd_run_state_t *st)
+{
+    for (size_t i = 0; i < st->n_layers; i++)
+        nsd_layer_free(st->layers[i]);
+    free(st->layers);
+    free(st->domains);
+    free(st->domain_gen);
+    memset(st, 0, sizeof(*st));
+}
+
+int nsd_checkpoint_parse(nsd_run_state_t *dst, const char *src, size_t src_len,
+                         ns_error_detail_t *err)
+{
+    json_error_t jerr;
+    nsd_run_state_t st;
+    memset(&st, 0, sizeof(st));
+    memset(dst, 0, sizeof(*dst));
+    json_t *root = json_loadb(src, src_len, JSON_REJECT_DUPLICATES, &jerr);
+    if (root == NULL)
+        return ns_error_set(err, NS_EINVAL, "", "invalid JSON at line %d: %s", jerr.line,
+                            jerr.text);
+    int rc = NS_EINVAL;
+    json_int_t v;
+    json_t *cfg, *domains, *layers;
+    if (!json_is_object(root)) {
+        bad(err, "", "", "expected an object");
+        goto out;
+    }
+    json_t *fmt = json_object_get(root, "format");
+    if (!json_is_string(fmt) || strcmp(json_string_value(fmt), "normstat-checkpoint") != 0) {
+        bad(err, "", "format", "expected \"normstat-checkpoint\"");
+        goto out;
+    }
+    if (get_int(root, "version", "", NSD_CHECKPOINT_VERSION, NSD_CHECKPOINT_VERSION, &v, err))
+        goto out;
+    if (get_obj(root, "config", "", &cfg, err) || parse_config(cfg, &st.cfg, err))
+        goto out;
+    if (get_int(root, "skipped_steps", "", 0, INT64_MAX, &v, err))
+        goto out;
+    st.skipped_steps = (uint64_t)v;
+    if (get_int(root, "precise_generation", "", 0, INT64_MAX, &v, err))
+        goto out;
+    st.precise_generation = (uint64_t)v;
+
+    domains = json_object_get(root, "domains");
+    if (!json_is_array(domains)) {
+        bad(err, "", "domains", "expected an array");
+        goto out;
+    }
+    size_t nd = json_array_size(domains);
+    st.domains = calloc(nd ? nd : 1, sizeof(*st.domains));
+    st.domain_gen = calloc(nd ? nd : 1, sizeof(uint64_t));
+    if (st.domains == NULL || st.domain_gen == NULL) {
+        rc = ns_error_set(err, NS_ENOMEM, "", "out of memory");
+        goto out;
+    }
+    st.cap_domains = nd ? nd : 1;
+    for (size_t i = 0; i < nd; i++) {
+        char path[32];
+        snprintf(path, sizeof(path), "domains.%zu", i);
+        json_t *e = json_array_get(domains, i);
+        json_t *name = json_object_get(e, "domain");
+        if (!json_is_object(e) || !json_is_string(name) || !ns_name_valid(json_string_value(name))) {
+            bad(err, path, "domain", "expected a domain name");
+            goto out;
+        }
+        if (nsd_run_find_domain(&st, json_string_value(name)) >= 0) {
+            bad(err, path, "domain", "repeated");
+            goto out;
+        }
+        if (get_int(e, "generation", path, 0, (json_int_t)st.precise_generation, &v, err))
+            goto out;
+        snprintf(st.domains[i], sizeof(st.domains[i]), "%s", json_string_value(name));
+        st.domain_gen[i] = (uint64_t)v;
+        st.n_domains = i + 1;
+    }
+
+    layers = json_object_get(root, "layers");
+    if (!json_is_object(layers)) {
+        bad(err, "", "layers", "expected an object");
+        goto out;
+    }
+    size_t nl = json_object_size(layers);
+    st.layers = calloc(nl ? nl : 1, sizeof(*st.layers));
+    if (st.layers == NULL) {
+        rc = ns_error_set(err, NS_ENOMEM, "", "out of memory");
+        goto out;
+    }
+    st.cap_layers = nl ? nl : 1;
+    const char *lname;
+    json_t *lv;
+    json_object_foreach(layers, lname, lv) {
+        nsd_layer_t *l = NULL;
+        int lrc = parse_layer(&st, lname, lv, &l, err);
+        if (l != NULL)
+            st.layers[st.n_layers++] = l;
+        if (lrc != 0) {
+            rc = lrc;
+            goto out;
+        }
+    }
+    qsort(st.layers, st.n_layers, sizeof(*st.layers), layer_cmp);
+    rc = 0;
+out:
+    json_decref(root);
+    if (rc != 0) {
+        state_discard(&st);
+        return rc;
+    }
+    *dst = st;
+    return 0;
+}

@@ -1,0 +1,664 @@
+/* registry.c - the map of runs, its locking, and delivery of callbacks after
+ * every lock is released (see registry.h).
+ *
+ * DESIGN
+ *  - Lock order: map rwlock, then one run's mutex. Runs are refcounted; the
+ *    map holds one reference, every request in flight another, so a DELETE
+ *    never frees a run another thread is working on; that thread sees
+ *    run->deleted once it has the lock.
+ *  - A report to a missing run creates and fills the run while holding the
+ *    map's write lock, and publishes it only if the report was accepted, so a
+ *    rejected report leaves no run behind.
+ *  - Callbacks (persistence, /sync, wakeup) are collected in an outbox while
+ *    locked and delivered after unlocking: persistence records first, then
+ *    /sync callbacks, then the wakeup. */
+#include "registry.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "checkpoint.h"
+#include "run.h"
+
+struct nsd_registry_s {
+    nsd_ctx_t ctx;
+    pthread_rwlock_t map_lock;
+    nsd_run_t **runs; /* ascending name */
+    size_t n_runs, cap_runs;
+    nsd_persist_t persist;
+    void (*wakeup)(void *arg);
+    void *wakeup_arg;
+    _Atomic int shutdown;
+};
+
+/* ---------------------------------------------------------------- life cycle */
+
+nsd_registry_t *nsd_registry_create(const nsd_limits_t *limits)
+{
+    nsd_registry_t *reg = calloc(1, sizeof(*reg));
+    if (reg == NULL)
+        return NULL;
+    if (pthread_rwlock_init(&reg->map_lock, NULL) != 0) {
+        free(reg);
+        return NULL;
+    }
+    if (limits != NULL)
+        reg->ctx.limits = *limits;
+    if (reg->ctx.limits.max_pending_steps == 0)
+        reg->ctx.limits.max_pending_steps = NSD_DEFAULT_MAX_PENDING_STEPS;
+    atomic_init(&reg->ctx.next_deadline, UINT64_MAX);
+    return reg;
+}
+
+void nsd_registry_free(nsd_registry_t *reg)
+{
+    if (reg == NULL)
+        return;
+    nsd_outbox_t box = {0};
+    for (size_t i = 0; i < reg->n_runs; i++) {
+        nsd_run_t *run = reg->runs[i];
+        /* Waiters still present are freed without a call (see registry.h). */
+        nsd_run_fire_all(run, NS_ESHUTDOWN, &box);
+        nsd_run_unref(run);
+    }
+    while (box.fired) {
+        nsd_waiter_t *w = box.fired;
+        box.fired = w->next;
+        nsd_sync_result_free(w->res);
+        free(w);
+    }
+    while (box.records) {
+        nsd_record_t *r = box.records;
+        box.records = r->next;
+        nsd_final_free(r->final);
+        free(r->domain_names);
+        free(r);
+    }
+    free(reg->runs);
+    pthread_rwlock_destroy(&reg->map_lock);
+    free(reg);
+}
+
+void nsd_registry_set_persist(nsd_registry_t *reg, const nsd_persist_t *hooks)
+{
+    if (hooks)
+        reg->persist = *hooks;
+    else
+        memset(&reg->persist, 0, sizeof(reg->persist));
+    reg->ctx.persist_steps = reg->persist.step_finalized != NULL;
+}
+
+void nsd_registry_set_wakeup(nsd_registry_t *reg, void (*fn)(void *arg), void *arg)
+{
+    reg->wakeup = fn;
+    reg->wakeup_arg = arg;
+}
+
+void nsd_sync_result_free(nsd_sync_result_t *res)
+{
+    if (res == NULL)
+        return;
+    for (size_t i = 0; i < res->n_layers; i++)
+        free(res->layers[i].mean); /* var shares the block */
+    free(res->layers);
+    free(res);
+}
+
+/* ---------------------------------------------------------------- map */
+
+/* Position of 'name' in the map, or where it would go. Map lock held. */
+static size_t map_pos(const nsd_registry_t *reg, const char *name, int *found)
+{
+    size_t lo = 0, hi = reg->n_runs;
+    *found = 0;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        int c = strcmp(reg->runs[mid]->name, name);
+        if (c == 0) {
+            *found = 1;
+            return mid;
+        }
+        if (c < 0)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo;
+}
+
+/* Room for one more run (map write lock held). @return 0 or NS_ENOMEM. */
+static int map_reserve(nsd_registry_t *reg)
+{
+    if (reg->n_runs == reg->cap_runs) {
+        size_t cap = reg->cap_runs ? 2 * reg->cap_runs : 8;
+        nsd_run_t **p = realloc(reg->runs, cap * sizeof(*p));
+        if (p == NULL)
+            return NS_ENOMEM;
+        reg->runs = p;
+        reg->cap_runs = cap;
+    }
+    return 0;
+}
+
+/* Insert a run (map write lock held). @return 0 or NS_ENOMEM. */
+static int map_insert(nsd_registry_t *reg, nsd_run_t *run, size_t pos)
+{
+    if (map_reserve(reg) != 0)
+        return NS_ENOMEM;
+    memmove(reg->runs + pos + 1, reg->runs + pos, (reg->n_runs - pos) * sizeof(*reg->runs));
+    reg->runs[pos] = run;
+    reg->n_runs++;
+    return 0;
+}
+
+/* A referenced run, or NULL. */
+static nsd_run_t *map_get(nsd_registry_t *reg, const char *name)
+{
+    nsd_run_t *run = NULL;
+    int found;
+    pthread_rwlock_rdlock(&reg->map_lock);
+    size_t pos = map_pos(reg, name, &found);
+    if (found) {
+        run = reg->runs[pos];
+        nsd_run_ref(run);
+    }
+    pthread_rwlock_unlock(&reg->map_lock);
+    return run;
+}
+
+/* The run 'name', referenced and locked; NULL with the code in *rc and err
+ * (NS_EINVAL for an invalid name, NS_ENOTFOUND). */
+static nsd_run_t *lock_run(nsd_registry_t *reg, const char *name, int *rc, ns_error_detail_t *err)
+{
+    *rc = 0;
+    if (!ns_name_valid(name)) {
+        *rc = ns_error_set(err, NS_EINVAL, "run", "invalid run name");
+        return NULL;
+    }
+    nsd_run_t *run = map_get(reg, name);
+    if (run != NULL) {
+        pthread_mutex_lock(&run->lock);
+        if (!run->deleted)
+            return run;
+        pthread_mutex_unlock(&run->lock);
+        nsd_run_unref(run);
+    }
+    *rc = ns_error_set(err, NS_ENOTFOUND, "run", "no run '%s'", name);
+    return NULL;
+}
+
+static void unlock_run(nsd_run_t *run)
+{
+    pthread_mutex_unlock(&run->lock);
+    nsd_run_unref(run);
+}
+
+/* Snapshot of every run, referenced. */
+static nsd_run_t **map_snapshot(nsd_registry_t *reg, size_t *n)
+{
+    pthread_rwlock_rdlock(&reg->map_lock);
+    nsd_run_t **runs = malloc((reg->n_runs ? reg->n_runs : 1) * sizeof(*runs));
+    *n = 0;
+    if (runs != NULL) {
+        for (size_t i = 0; i < reg->n_runs; i++) {
+            runs[i] = reg->runs[i];
+            nsd_run_ref(runs[i]);
+        }
+        *n = reg->n_runs;
+    }
+    pthread_rwlock_unlock(&reg->map_lock);
+    return runs;
+}
+
+static void snapshot_free(nsd_run_t **runs, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        nsd_run_unref(runs[i]);
+    free(runs);
+}
+
+/* ---------------------------------------------------------------- outbox */
+
+/* Deliver what was collected under a lock; no lock is held here. */
+static void flush(nsd_registry_t *reg, const char *run, nsd_outbox_t *box)
+{
+    while (box->records) {
+        nsd_record_t *r = box->records;
+        box->records = r->next;
+        const nsd_final_t *f = r->final;
+        nsd_domain_result_t *doms = malloc((f->n_domains ? f->n_domains : 1) * sizeof(*doms));
+        if (reg->persist.step_finalized && doms != NULL) {
+            for (size_t i = 0; i < f->n_domains; i++) {
+                doms[i].domain = r->domain_names[i];
+                doms[i].count = f->domains[i].count;
+                doms[i].mean = f->domains[i].mean;
+                doms[i].var = f->domains[i].var;
+            }
+            nsd_step_record_t rec = {
+                .layer = r->layer,
+                .step = f->step,
+                .update = f->update,
+                .complete = f->complete,
+                .workers = f->workers,
+                .channels = f->channels,
+                .count = f->count,
+                .mean = f->mean,
+                .var = f->var,
+                .n_domains = f->n_domains,
+                .domains = doms,
+            };
+            reg->persist.step_finalized(reg->persist.arg, run, &rec);
+        }
+        free(doms);
+        nsd_final_free(r->final);
+        free(r->domain_names);
+        free(r);
+    }
+    box->records_tail = NULL;
+    while (box->fired) {
+        nsd_waiter_t *w = box->fired;
+        box->fired = w->next;
+        nsd_sync_result_t *res = w->res;
+        w->cb(w->arg, res);
+        free(w);
+    }
+    box->fired_tail = NULL;
+    if (box->wakeup && reg->wakeup)
+        reg->wakeup(reg->wakeup_arg);
+    box->wakeup = 0;
+}
+
+/* ---------------------------------------------------------------- runs */
+
+int nsd_registry_put_run(nsd_registry_t *reg, const char *name, const ns_run_config_t *cfg,
+                         int *created, ns_error_detail_t *err)
+{
+    nsd_outbox_t box = {0};
+    int was_created = 0, rc = 0;
+    ns_run_config_t full;
+    if (created)
+        *created = 0;
+    if (atomic_load(&reg->shutdown))
+        return ns_error_set(err, NS_ESHUTDOWN, "", "server is shutting down");
+    if (!ns_name_valid(name))
+        return ns_error_set(err, NS_EINVAL, "run", "invalid run name");
+
+    pthread_rwlock_wrlock(&reg->map_lock);
+    int found;
+    size_t pos = map_pos(reg, name, &found);
+    nsd_run_t *run;
+    if (found) {
+        run = reg->runs[pos];
+        nsd_run_ref(run);
+        pthread_rwlock_unlock(&reg->map_lock);
+        pthread_mutex_lock(&run->lock);
+        if (run->deleted)
+            rc = ns_error_set(err, NS_ENOTFOUND, "run", "run '%s' was deleted", name);
+        else
+            rc = nsd_run_config_apply(run, cfg, err, &box);
+        full = run->st.cfg;
+        unlock_run(run);
+    } else {
+        ns_run_config_t defaults;
+        ns_run_config_defaults(&defaults);
+        run = nsd_run_create(&reg->ctx, name, &defaults);
+        if (run == NULL) {
+            rc = ns_error_set(err, NS_ENOMEM, "", "out of memory");
+        } else {
+            rc = nsd_run_config_apply(run, cfg, err, &box);
+            if (rc == 0)
+                rc = map_insert(reg, run, pos);
+            if (rc != 0) {
+                ns_error_set(err, rc, "", "out of memory");
+                nsd_run_unref(run);
+            } else {
+                was_created = 1;
+                full = run->st.cfg;
+            }
+        }
+        pthread_rwlock_unlock(&reg->map_lock);
+    }
+    if (rc != 0)
+        return rc;
+    if (created)
+        *created = was_created;
+    if (reg->persist.run_put)
+        reg->persist.run_put(reg->persist.arg, name, &full, was_created);
+    flush(reg, name, &box);
+    return 0;
+}
+
+int nsd_registry_delete_run(nsd_registry_t *reg, const char *name, ns_error_detail_t *err)
+{
+    if (!ns_name_valid(name))
+        return ns_error_set(err, NS_EINVAL, "run", "invalid run name");
+    pthread_rwlock_wrlock(&reg->map_lock);
+    int found;
+    size_t pos = map_pos(reg, name, &found);
+    nsd_run_t *run = found ? reg->runs[pos] : NULL;
+    if (found) {
+        memmove(reg->runs + pos, reg->runs + pos + 1, (reg->n_runs - pos - 1) * sizeof(*reg->runs));
+        reg->n_runs--;
+    }
+    pthread_rwlock_unlock(&reg->map_lock);
+    if (run == NULL)
+        return ns_error_set(err, NS_ENOTFOUND, "run", "no run '%s'", name);
+    nsd_outbox_t box = {0};
+    pthread_mutex_lock(&run->lock);
+    run->deleted = 1;
+    nsd_run_fire_all(run, NS_ENOTFOUND, &box);
+    pthread_mutex_unlock(&run->lock);
+    nsd_run_unref(run); /* the map's reference */
+    if (reg->persist.run_deleted)
+        reg->persist.run_deleted(reg->persist.arg, name);
+    flush(reg, name, &box);
+    return 0;
+}
+
+json_t *nsd_registry_list_json(nsd_registry_t *reg)
+{
+    size_t n;
+    nsd_run_t **runs = map_snapshot(reg, &n);
+    json_t *arr = json_array();
+    if (runs == NULL || arr == NULL) {
+        json_decref(arr);
+        free(runs);
+        return NULL;
+    }
+    for (size_t i = 0; i < n; i++) {
+        pthread_mutex_lock(&runs[i]->lock);
+        json_t *s = runs[i]->deleted ? NULL : nsd_run_summary_json(runs[i]);
+        pthread_mutex_unlock(&runs[i]->lock);
+        if (s != NULL)
+            json_array_append_new(arr, s);
+    }
+    snapshot_free(runs, n);
+    return json_pack("{s:o}", "runs", arr);
+}
+
+json_t *nsd_registry_run_json(nsd_registry_t *reg, const char *name, uint64_t now_ms,
+                              ns_error_detail_t *err)
+{
+    int rc;
+    nsd_run_t *run = lock_run(reg, name, &rc, err);
+    if (run == NULL)
+        return NULL;
+    json_t *j = nsd_run_json(run, now_ms);
+    unlock_run(run);
+    if (j == NULL)
+        ns_error_set(err, NS_ENOMEM, "", "out of memory");
+    return j;
+}
+
+/* ---------------------------------------------------------------- reports */
+
+static nsd_waiter_t *waiter_create(const ns_report_t *report, nsd_sync_cb cb, void *arg)
+{
+    nsd_waiter_t *w = calloc(1, sizeof(*w));
+    nsd_sync_result_t *res = calloc(1, sizeof(*res));
+    nsd_sync_layer_t *layers = calloc(report->n_layers ? report->n_layers : 1, sizeof(*layers));
+    if (w == NULL || res == NULL || layers == NULL) {
+        free(w);
+        free(res);
+        free(layers);
+        return NULL;
+    }
+    for (size_t i = 0; i < report->n_layers; i++)
+        snprintf(layers[i].name, sizeof(layers[i].name), "%s", report->layers[i].name);
+    res->layers = layers;
+    res->n_layers = report->n_layers;
+    res->step = report->step;
+    w->cb = cb;
+    w->arg = arg;
+    w->res = res;
+    return w;
+}
+
+static void waiter_free(nsd_waiter_t *w)
+{
+    if (w == NULL)
+        return;
+    nsd_sync_result_free(w->res);
+    free(w);
+}
+
+int nsd_registry_report(nsd_registry_t *reg, const char *name, ns_report_t *report,
+                        uint64_t now_ms, nsd_sync_cb cb, void *arg, ns_error_detail_t *err)
+{
+    nsd_outbox_t box = {0};
+    nsd_waiter_t *waiter = NULL;
+    int rc, created = 0;
+    ns_run_config_t cfg;
+    if (report == NULL)
+        return ns_error_set(err, NS_EINVAL, "", "no report");
+    if (atomic_load(&reg->shutdown)) {
+        rc = ns_error_set(err, NS_ESHUTDOWN, "", "server is shutting down");
+        goto out;
+    }
+    if (!ns_name_valid(name)) {
+        rc = ns_error_set(err, NS_EINVAL, "run", "invalid run name");
+        goto out;
+    }
+    if (cb != NULL && (waiter = waiter_create(report, cb, arg)) == NULL) {
+        rc = ns_error_set(err, NS_ENOMEM, "", "out of memory");
+        goto out;
+    }
+    for (int attempt = 0;; attempt++) {
+        nsd_run_t *run = map_get(reg, name);
+        if (run != NULL) {
+            pthread_mutex_lock(&run->lock);
+            if (run->deleted && attempt == 0) {
+                unlock_run(run); /* deleted meanwhile: create it anew */
+                continue;
+            }
+            if (run->deleted)
+                rc = ns_error_set(err, NS_ENOTFOUND, "run", "run '%s' was deleted", name);
+            else
+                rc = nsd_run_report(run, report, now_ms, waiter, &box, err);
+            unlock_run(run);
+            break;
+        }
+        /* Create: under the map's write lock, published only on success. */
+        pthread_rwlock_wrlock(&reg->map_lock);
+        int found;
+        size_t pos = map_pos(reg, name, &found);
+        if (found) {
+            pthread_rwlock_unlock(&reg->map_lock);
+            continue; /* created by another thread meanwhile */
+        }
+        ns_run_config_defaults(&cfg);
+        if (report->world_size >= 1) {
+            if (report->world_size > 65536) {
+                pthread_rwlock_unlock(&reg->map_lock);
+                rc = ns_error_set(err, NS_EINVAL, "world_size", "must be in [1, 65536]");
+                break;
+            }
+            cfg.world_size = (uint32_t)report->world_size;
+        }
+        run = map_reserve(reg) == 0 ? nsd_run_create(&reg->ctx, name, &cfg) : NULL;
+        if (run == NULL) {
+            pthread_rwlock_unlock(&reg->map_lock);
+            rc = ns_error_set(err, NS_ENOMEM, "", "out of memory");
+            break;
+        }
+        pthread_mutex_lock(&run->lock);
+        rc = nsd_run_report(run, report, now_ms, waiter, &box, err);
+        if (rc == 0) {
+            map_insert(reg, run, pos); /* cannot fail: room reserved */
+            nsd_run_ref(run);          /* the map's reference */
+            created = 1;
+        }
+        pthread_mutex_unlock(&run->lock);
+        pthread_rwlock_unlock(&reg->map_lock);
+        nsd_run_unref(run);
+        break;
+    }
+    if (rc == 0) {
+        waiter = NULL; /* the run owns it now */
+        if (created && reg->persist.run_put)
+            reg->persist.run_put(reg->persist.arg, name, &cfg, 1);
+    }
+    flush(reg, name, &box);
+out:
+    waiter_free(waiter);
+    ns_report_free(report);
+    return rc;
+}
+
+/* ---------------------------------------------------------------- statistics */
+
+int nsd_registry_stats(nsd_registry_t *reg, const char *name, const nsd_stats_query_t *q,
+                       nsd_stats_t **dst, ns_error_detail_t *err)
+{
+    *dst = NULL;
+    int rc;
+    nsd_run_t *run = lock_run(reg, name, &rc, err);
+    if (run == NULL)
+        return rc;
+    rc = nsd_run_stats(run, q, dst, err);
+    unlock_run(run);
+    return rc;
+}
+
+int nsd_registry_precise_reset(nsd_registry_t *reg, const char *name, const char *domain,
+                               uint64_t *generation, ns_error_detail_t *err)
+{
+    int rc;
+    nsd_run_t *run = lock_run(reg, name, &rc, err);
+    if (run == NULL)
+        return rc;
+    rc = nsd_run_precise_reset(run, domain, generation, err);
+    unlock_run(run);
+    return rc;
+}
+
+/* ---------------------------------------------------------------- checkpoints */
+
+json_t *nsd_registry_checkpoint_export(nsd_registry_t *reg, const char *name,
+                                       ns_error_detail_t *err)
+{
+    int rc;
+    nsd_run_t *run = lock_run(reg, name, &rc, err);
+    if (run == NULL)
+        return NULL;
+    json_t *j = nsd_checkpoint_export(run);
+    unlock_run(run);
+    if (j == NULL)
+        ns_error_set(err, NS_ENOMEM, "", "out of memory");
+    return j;
+}
+
+int nsd_registry_checkpoint_import(nsd_registry_t *reg, const char *name, const char *src,
+                                   size_t src_len, ns_error_detail_t *err)
+{
+    nsd_outbox_t box = {0};
+    nsd_run_state_t st;
+    int created = 0;
+    if (atomic_load(&reg->shutdown))
+        return ns_error_set(err, NS_ESHUTDOWN, "", "server is shutting down");
+    if (!ns_name_valid(name))
+        return ns_error_set(err, NS_EINVAL, "run", "invalid run name");
+    int rc = nsd_checkpoint_parse(&st, src, src_len, err);
+    if (rc != 0)
+        return rc;
+    rc = nsd_mem_reserve(&reg->ctx, st.memory);
+    if (rc != 0) {
+        nsd_run_state_t tmp = st;
+        tmp.memory = 0;
+        nsd_run_state_clear(&reg->ctx, &tmp, 0, NULL);
+        return ns_error_set(err, rc, "", "memory budget of %llu bytes exceeded",
+                            (unsigned long long)reg->ctx.limits.max_memory);
+    }
+    pthread_rwlock_wrlock(&reg->map_lock);
+    int found;
+    size_t pos = map_pos(reg, name, &found);
+    nsd_run_t *run;
+    if (found) {
+        run = reg->runs[pos];
+        nsd_run_ref(run);
+    } else {
+        run = nsd_run_create(&reg->ctx, name, &st.cfg);
+        if (run == NULL || map_insert(reg, run, pos) != 0) {
+            pthread_rwlock_unlock(&reg->map_lock);
+            nsd_run_unref(run);
+            nsd_run_state_clear(&reg->ctx, &st, 0, NULL);
+            return ns_error_set(err, NS_ENOMEM, "", "out of memory");
+        }
+        nsd_run_ref(run);
+        created = 1;
+    }
+    pthread_mutex_lock(&run->lock);
+    pthread_rwlock_unlock(&reg->map_lock);
+    nsd_run_fire_all(run, NS_ECONFLICT, &box);
+    nsd_run_state_clear(&reg->ctx, &run->st, NS_ECONFLICT, &box);
+    run->st = st;
+    ns_run_config_t cfg = st.cfg;
+    unlock_run(run);
+    if (reg->persist.run_put)
+        reg->persist.run_put(reg->persist.arg, name, &cfg, created);
+    flush(reg, name, &box);
+    return 0;
+}
+
+/* ---------------------------------------------------------------- coordinator */
+
+uint64_t nsd_registry_expire(nsd_registry_t *reg, uint64_t now_ms)
+{
+    atomic_store(&reg->ctx.next_deadline, UINT64_MAX);
+    size_t n;
+    nsd_run_t **runs = map_snapshot(reg, &n);
+    uint64_t next = UINT64_MAX;
+    for (size_t i = 0; i < n; i++) {
+        nsd_outbox_t box = {0};
+        pthread_mutex_lock(&runs[i]->lock);
+        if (!runs[i]->deleted) {
+            uint64_t d = nsd_run_expire(runs[i], now_ms, &box);
+            if (d < next)
+                next = d;
+        }
+        pthread_mutex_unlock(&runs[i]->lock);
+        box.wakeup = 0; /* the caller is the one to wake */
+        flush(reg, runs[i]->name, &box);
+    }
+    snapshot_free(runs, n);
+    /* Reports that created steps meanwhile may have lowered it already. */
+    uint64_t cur = atomic_load(&reg->ctx.next_deadline);
+    while (next < cur && !atomic_compare_exchange_weak(&reg->ctx.next_deadline, &cur, next))
+        ;
+    return atomic_load(&reg->ctx.next_deadline);
+}
+
+void nsd_registry_shutdown(nsd_registry_t *reg)
+{
+    atomic_store(&reg->shutdown, 1);
+    size_t n;
+    nsd_run_t **runs = map_snapshot(reg, &n);
+    for (size_t i = 0; i < n; i++) {
+        nsd_outbox_t box = {0};
+        pthread_mutex_lock(&runs[i]->lock);
+        nsd_run_fire_all(runs[i], NS_ESHUTDOWN, &box);
+        pthread_mutex_unlock(&runs[i]->lock);
+        flush(reg, runs[i]->name, &box);
+    }
+    snapshot_free(runs, n);
+}
+
+/* ---------------------------------------------------------------- metrics */
+
+void nsd_registry_counters(nsd_registry_t *reg, nsd_counters_t *dst)
+{
+    const nsd_ctx_t *c = &reg->ctx;
+    dst->steps_finalized = atomic_load(&c->steps_finalized);
+    dst->steps_applied = atomic_load(&c->steps_applied);
+    dst->steps_timed_out = atomic_load(&c->steps_timed_out);
+    dst->steps_dropped = atomic_load(&c->steps_dropped);
+    dst->steps_skipped = atomic_load(&c->steps_skipped);
+    dst->reports_accepted = atomic_load(&c->reports_accepted);
+    dst->pending_steps = atomic_load(&c->pending_steps);
+    dst->sync_waiters = atomic_load(&c->sync_waiters);
+    dst->runs = atomic_load(&c->runs);
+    dst->memory_bytes = atomic_load(&c->memory);
+}

@@ -1,0 +1,453 @@
+"""test_client.py - normstat.Client and the layer-name rules against a real normstatd.
+
+  * Layer names: a real DistributedDataParallel wrapper (gloo, world size 1)
+    and torch.compile-style "_orig_mod" wrappers report the plain module
+    paths; load_stats reports missing and extra layers, refuses a channel
+    mismatch, and strict=True refuses both.
+  * Errors: each rejection raises the normstat.Error subclass of its status
+    with the server's code and message, compared with the error body of the
+    same request sent here with http.client (duplicate_report, stale_step,
+    channel_mismatch, worker_out_of_range, bad_value, bad_request,
+    not_found); transport failures carry status None.
+  * Encodings: the same reports sent as safetensors and as JSON give
+    identical /sync answers and identical statistics (ema, precise, last).
+  * Retries, through a proxy here that misbehaves on purpose: a report whose
+    answer is lost is sent again and counts once (409 duplicate_report and
+    stale_step after a retry are success); a keep-alive connection the
+    server closed while idle is replaced before a non-idempotent request.
+  * Every other endpoint: list/get/delete runs, checkpoint get/put, livez,
+    readyz, metrics, version, one keep-alive connection for many calls.
+"""
+
+import http.client
+import json
+import socket
+import struct
+import threading
+
+import harness as h
+import normstat
+from normstat import safetensors as st
+from normstat.torch import StatsReporter, layer_name, load_stats
+
+import torch
+from torch import nn
+
+
+def raw(d, method, path, body=None, ctype="application/json"):
+    """(status, parsed JSON body) of one request sent with http.client."""
+    conn = http.client.HTTPConnection("127.0.0.1", d.port, timeout=10)
+    hdrs = {"Content-Type": ctype} if body is not None else {}
+    conn.request(method, path, body=body, headers=hdrs)
+    r = conn.getresponse()
+    data = r.read()
+    conn.close()
+    try:
+        return r.status, json.loads(data)
+    except ValueError:
+        return r.status, data
+
+
+def expect_error(checks, d, desc, call, cls, status, code, raw_req):
+    """call() must raise cls with status/code, and .message equal to the
+    message of the same request sent raw (raw_req = (method, path, body,
+    ctype)); raw_req is sent after call() so both meet the same state."""
+    try:
+        call()
+    except normstat.Error as e:
+        rs, rb = raw(d, *raw_req)
+        rerr = rb.get("error", {}) if isinstance(rb, dict) else {}
+        checks.check(isinstance(e, cls), f"{desc}: raises {cls.__name__}", f"got {type(e).__name__}: {e}")
+        checks.eq((e.status, e.code), (status, code), f"{desc}: status and code")
+        checks.eq((e.status, e.code, e.message), (rs, rerr.get("code"), rerr.get("message")),
+                  f"{desc}: status, code and message are the server's")
+        checks.check(bool(e.message), f"{desc}: message non-empty ({e.message!r})")
+        return e
+    checks.check(False, f"{desc}: raises {cls.__name__}", "no exception")
+    return None
+
+
+# ---------------------------------------------------------------- a misbehaving proxy
+
+
+class Proxy:
+    """HTTP/1.1 proxy to the daemon. For each request, action(index,
+    method, path) says: "pass", "lose_answer" (forward, then close the
+    client connection without answering) or "close_after" (answer, then
+    close the client connection, as a server closing an idle connection)."""
+
+    def __init__(self, port, action):
+        self.port_up = port
+        self.action = action
+        self.index = 0
+        self.lock = threading.Lock()
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.port = self.sock.getsockname()[1]
+        self.connections = 0
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                s, _ = self.sock.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self._serve, args=(s,), daemon=True).start()
+
+    def _serve(self, s):
+        up = http.client.HTTPConnection("127.0.0.1", self.port_up, timeout=10)
+        f = s.makefile("rb")
+        try:
+            while True:
+                line = f.readline()
+                if not line:
+                    return
+                method, path, _ = line.decode().split(" ", 2)
+                hdrs = {}
+                while True:
+                    hl = f.readline().decode()
+                    if hl in ("\r\n", "\n", ""):
+                        break
+                    k, v = hl.split(":", 1)
+                    hdrs[k.strip()] = v.strip()
+                n = int(hdrs.get("Content-Length", "0"))
+                body = f.read(n) if n else None
+                with self.lock:
+                    i = self.index
+                    self.index += 1
+                act = self.action(i, method, path)
+                fwd = {k: v for k, v in hdrs.items() if k.lower() in ("content-type", "accept")}
+                up.request(method, path, body=body, headers=fwd)
+                r = up.getresponse()
+                data = r.read()
+                if act == "lose_answer":
+                    return
+                head = f"HTTP/1.1 {r.status} {r.reason}\r\n"
+                for k, v in r.getheaders():
+                    if k.lower() not in ("content-length", "connection", "transfer-encoding"):
+                        head += f"{k}: {v}\r\n"
+                head += f"Content-Length: {len(data)}\r\n\r\n"
+                s.sendall(head.encode() + data)
+                if act == "close_after":
+                    return
+        except (OSError, ValueError):
+            return
+        finally:
+            up.close()
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            s.close()
+
+    def close(self):
+        self.sock.close()
+
+
+# ---------------------------------------------------------------- parts
+
+
+def names(checks, d):
+    checks.eq([layer_name(p) for p in ("module.layer1.0.bn1", "_orig_mod.bn", "module._orig_mod.a.bn",
+                                        "_orig_mod.module.x", "a._orig_mod.b", "bn")],
+              ["layer1.0.bn1", "bn", "a.bn", "x", "a.b", "bn"], "layer_name strips wrapper prefixes")
+    import torch.distributed as dist
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    try:
+        plain = sorted(h.bn_names(h.make_model("cnn")))
+        ddp = nn.parallel.DistributedDataParallel(h.make_model("cnn"))
+
+        class Compiled(nn.Module):  # torch.compile's OptimizedModule keeps the model as _orig_mod
+            def __init__(self, m):
+                super().__init__()
+                self._orig_mod = m
+
+            def forward(self, x):
+                return self._orig_mod(x)
+
+        wrapped = {"DDP": ddp, "_orig_mod": Compiled(h.make_model("cnn")),
+                   "DDP(_orig_mod)": nn.parallel.DistributedDataParallel(Compiled(h.make_model("cnn")))}
+        for tag, model in wrapped.items():
+            run = h.run_name("names")
+            c = d.client()
+            c.put_run(run, world_size=1)
+            with StatsReporter(model, c, run, 0, 1) as rep:
+                x, y = h.make_batch("cnn", 8, torch.Generator().manual_seed(1))
+                model(x).sum().backward()
+                rep.step(0)
+            got = sorted(c.get_run(run)["status"]["layers"])
+            checks.eq(got, plain, f"{tag}: reported layer names are the plain module paths")
+            fresh = h.make_model("cnn", seed=3)
+            res = load_stats(fresh, c, run)
+            checks.eq((res.missing, res.extra), ([], []), f"{tag}: a plain evaluator model loads every layer")
+            res = load_stats(model, c, run)
+            checks.eq((res.missing, res.extra), ([], []), f"{tag}: the wrapped model loads every layer")
+            c.close()
+    finally:
+        dist.destroy_process_group()
+
+    # missing / extra / channel mismatch / strict
+    run = h.run_name("missing")
+    c = d.client()
+    model = h.make_model("cnn")
+    with StatsReporter(model, c, run, 0, 1) as rep:
+        model(h.make_batch("cnn", 8, torch.Generator().manual_seed(2))[0])
+        rep.step(0)
+
+    class Variant(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.features = h.make_model("cnn").features  # features.1, features.4 served
+            self.other = nn.BatchNorm1d(5)  # not served
+            self.untracked = nn.BatchNorm1d(5, track_running_stats=False)  # no buffers to load
+
+    v = Variant()
+    before = v.other.running_mean.clone()
+    res = load_stats(v, c, run)
+    checks.eq((res.missing, res.extra), (["other"], ["head.1"]), "load_stats: missing and extra layers")
+    checks.check(torch.equal(v.other.running_mean, before), "load_stats: a missing layer is left alone")
+    served = c.stats(run)["layers"]["features.4"]["running_var"]
+    checks.close(v.features[4].running_var, torch.tensor(served, dtype=torch.float32),
+                 "load_stats: present layers loaded", rtol=0, atol=0)
+    try:
+        load_stats(Variant(), c, run, strict=True)
+        checks.check(False, "load_stats(strict=True) refuses missing/extra", "no exception")
+    except KeyError:
+        checks.check(True, "load_stats(strict=True) refuses missing/extra")
+    bad = h.make_model("cnn")
+    bad.head[1] = nn.BatchNorm1d(7)
+    try:
+        load_stats(bad, c, run)
+        checks.check(False, "load_stats refuses a channel mismatch", "no exception")
+    except ValueError as e:
+        checks.check("head.1" in str(e), "load_stats refuses a channel mismatch", str(e))
+    c.close()
+
+
+def report_body(step, worker, layers, fmt, **meta):
+    """A report body encoded here, independently of the client."""
+    if fmt == "json":
+        body = {"step": step, "worker": worker, **meta, "layers": layers}
+        return json.dumps(body).encode(), "application/json"
+    tensors, md = {}, {"step": str(step), "worker": str(worker)}
+    for k, v in meta.items():
+        md[k] = ",".join(v) if isinstance(v, list) else str(v).lower() if isinstance(v, bool) else str(v)
+    for name, l in layers.items():
+        tensors[f"{name}.count"] = ("I64", [], [l["count"]])
+        if "mean" in l:
+            tensors[f"{name}.mean"] = ("F32", [len(l["mean"])], struct.pack(f"<{len(l['mean'])}f", *l["mean"]))
+            tensors[f"{name}.var"] = ("F32", [len(l["var"])], struct.pack(f"<{len(l['var'])}f", *l["var"]))
+    return st.encode(tensors, md), "application/safetensors"
+
+
+def errors(checks, d):
+    c = d.client()
+    run = h.run_name("errors")
+    c.put_run(run, world_size=2)
+    L = {"bn": {"count": 4, "mean": [0.5, 1.0, 1.5], "var": [1.0, 2.0, 0.5]}}
+    c.report(run, 0, 0, L)
+    path = f"/v1/runs/{run}/batches"
+    for fmt in ("safetensors", "json"):
+        expect_error(checks, d, f"second report of worker 0, step 0 ({fmt})",
+                     lambda: c.report(run, 0, 0, L, fmt=fmt), normstat.Conflict, 409, "duplicate_report",
+                     ("POST", path) + report_body(0, 0, L, fmt))
+    expect_error(checks, d, "worker 5 of world_size 2", lambda: c.report(run, 0, 5, L),
+                 normstat.Conflict, 409, "worker_out_of_range", ("POST", path) + report_body(0, 5, L, "json"))
+    L4 = {"bn": {"count": 4, "mean": [0.5] * 4, "var": [1.0] * 4}}
+    expect_error(checks, d, "4 channels for a 3-channel layer", lambda: c.report(run, 1, 0, L4),
+                 normstat.Conflict, 409, "channel_mismatch", ("POST", path) + report_body(1, 0, L4, "json"))
+    c.report(run, 0, 1, L)  # completes step 0
+    expect_error(checks, d, "report of a finalized step", lambda: c.report(run, 0, 1, L),
+                 normstat.Conflict, 409, "stale_step", ("POST", path) + report_body(0, 1, L, "json"))
+    Lnan = {"bn": {"count": 4, "mean": [0.5, float("nan"), 1.5], "var": [1.0, 2.0, 0.5]}}
+    expect_error(checks, d, "NaN mean (safetensors)", lambda: c.report(run, 2, 0, Lnan),
+                 normstat.InvalidValue, 422, "bad_value",
+                 ("POST", path) + report_body(2, 0, Lnan, "safetensors"))
+    Lneg = {"bn": {"count": 4, "mean": [0.5, 1.0, 1.5], "var": [1.0, -2.0, 0.5]}}
+    expect_error(checks, d, "negative variance (JSON)", lambda: c.report(run, 2, 0, Lneg, fmt="json"),
+                 normstat.InvalidValue, 422, "bad_value", ("POST", path) + report_body(2, 0, Lneg, "json"))
+    expect_error(checks, d, "momentum 2 in PUT", lambda: c.put_run(run, momentum=2.0),
+                 normstat.BadRequest, 400, "bad_request",
+                 ("PUT", f"/v1/runs/{run}", b'{"momentum": 2.0}', "application/json"))
+    expect_error(checks, d, "GET of a run that does not exist", lambda: c.get_run("no-such-run"),
+                 normstat.NotFound, 404, "not_found", ("GET", "/v1/runs/no-such-run", None, None))
+    expect_error(checks, d, "invalid run name", lambda: c.get_run("bad name!"),
+                 normstat.Error, 400, "bad_request", ("GET", "/v1/runs/bad%20name%21", None, None))
+    expect_error(checks, d, "stats of a run that does not exist", lambda: c.stats("no-such-run"),
+                 normstat.NotFound, 404, "not_found", ("GET", "/v1/runs/no-such-run/stats", None, None))
+    # a rejected report changed nothing: step 2 can still be reported
+    c.report(run, 2, 0, L)
+    checks.check(True, "a rejected report leaves the step open")
+    # transport errors
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    dead = s.getsockname()[1]
+    s.close()
+    try:
+        normstat.Client(f"http://127.0.0.1:{dead}", timeout=2).livez()
+        checks.check(False, "refused connection raises ConnectionFailed", "no exception")
+    except normstat.ConnectionFailed as e:
+        checks.eq((e.status, e.code), (None, "connection_failed"), "refused connection: status None")
+    c.close()
+
+
+def encodings(checks, d):
+    """Identical reports as safetensors and as JSON give identical results."""
+    gen = torch.Generator().manual_seed(5)
+    runs = {}
+    for fmt in ("safetensors", "json"):
+        run = h.run_name(f"enc-{fmt}")
+        runs[fmt] = run
+        d.client().put_run(run, world_size=2, momentum=0.1)
+    answers = {"safetensors": [], "json": []}
+    for step in range(4):
+        reps = []
+        for w in range(2):
+            layers = {}
+            for name, C in (("a.bn", 5), ("b.bn", 3)):
+                n = 0 if (step, w, name) == (1, 1, "a.bn") else 3 + step + w
+                mean = (torch.randn(C, generator=gen) * 3).tolist()
+                var = (torch.rand(C, generator=gen) * 2).tolist()
+                layers[name] = {"count": n, "mean": mean, "var": var} if n else {"count": 0}
+            reps.append(layers)
+        for fmt, run in runs.items():
+            cls = [d.client(fmt=fmt) for _ in range(2)]
+            out = [None, None]
+
+            def go(w, fmt=fmt, run=run, cls=cls, out=out):
+                out[w] = cls[w].sync(run, step, w, reps[w], update=["ema", "precise"],
+                                     unbiased=(step == 2))
+
+            ts = [threading.Thread(target=go, args=(w,)) for w in range(2)]
+            for t in ts:
+                t.start()
+            for t in ts:
+                t.join(timeout=20)
+            answers[fmt].append(out)
+    checks.eq(answers["json"], answers["safetensors"], "/sync answers: safetensors = JSON")
+    c = d.client()
+    for source in ("ema", "precise", "last"):
+        a = c.stats(runs["safetensors"], source=source)
+        b = c.stats(runs["json"], source=source)
+        a.pop("run"), b.pop("run")
+        checks.eq(a, b, f"stats source={source}: safetensors-reported run = JSON-reported run")
+        checks.check(len(a["layers"]) == 2, f"stats source={source}: both layers served", f"{a}")
+        ta, ma = st.decode(c.stats(runs["safetensors"], source=source, format="safetensors"))
+        tb, mb = st.decode(c.stats(runs["json"], source=source, format="safetensors"))
+        checks.eq({k: (v.dtype, v.shape, v.data) for k, v in ta.items()},
+                  {k: (v.dtype, v.shape, v.data) for k, v in tb.items()},
+                  f"stats source={source} as safetensors: identical tensors")
+        for layer, vals in a["layers"].items():
+            for key, val in vals.items():
+                t = ta.get(f"{layer}.{key}")
+                if isinstance(val, list) and t is not None:
+                    # JSON carries float32 values in 9 significant digits: exact after narrowing
+                    checks.close(t.values(), torch.tensor(val, dtype=torch.float32),
+                                 f"{source} {layer}.{key}: safetensors = JSON download", rtol=0, atol=0)
+    c.close()
+
+
+def retries(checks, d):
+    for world in (2, 1):
+        run = h.run_name(f"retry{world}")
+        d.client().put_run(run, world_size=world)
+        # request 0: GET (opens the connection); request 1: the report, whose answer is lost
+        px = Proxy(d.port, lambda i, m, p: "lose_answer" if i == 1 else "pass")
+        c = normstat.Client(f"http://127.0.0.1:{px.port}", timeout=10)
+        c.get_run(run)
+        L = {"bn": {"count": 5, "mean": [1.0, 2.0], "var": [0.5, 0.25]}}
+        try:
+            c.report(run, 0, 0, L)
+            checks.check(True, f"world_size {world}: report with a lost answer succeeds after one retry")
+        except normstat.Error as e:
+            checks.check(False, f"world_size {world}: report with a lost answer succeeds after one retry",
+                         f"{type(e).__name__}: {e}")
+        checks.eq(c.reconnects, 1, f"world_size {world}: one reconnect")
+        info = d.client().get_run(run)
+        checks.eq(info["status"]["workers"][0]["step"], 0, f"world_size {world}: worker 0 at step 0")
+        if world == 1:
+            checks.eq(info["status"]["layers"]["bn"]["num_batches_tracked"], 1,
+                      "world_size 1: the retried report counted once")
+        else:
+            pend = [(p["step"], p["arrived"]) for p in info["status"]["pending"]]
+            checks.eq(pend, [(0, [0])], "world_size 2: one arrival pending")
+        c.close()
+        px.close()
+    # the server closes an idle keep-alive connection: precise_reset (never repeated) still works
+    run = h.run_name("idle")
+    d.client().put_run(run)
+    px = Proxy(d.port, lambda i, m, p: "close_after" if i == 0 else "pass")
+    c = normstat.Client(f"http://127.0.0.1:{px.port}", timeout=10)
+    c.get_run(run)
+    import time
+
+    deadline = time.monotonic() + 5
+    while not c._stale() and time.monotonic() < deadline:  # the close reaches us (bounded)
+        time.sleep(0.01)
+    gen = c.precise_reset(run)
+    checks.eq(gen, 1, "precise_reset on a fresh connection after the server closed the idle one")
+    checks.eq((c.reconnects, px.connections), (1, 2), "idle close: one reconnect, two connections")
+    c.close()
+    px.close()
+
+
+def endpoints(checks, d):
+    c = d.client()
+    checks.eq((c.livez(), c.readyz()), (True, True), "livez and readyz")
+    v = c.version()
+    checks.check(isinstance(v, dict) and "version" in v, "version", f"{v}")
+    run = h.run_name("ep")
+    a = c.put_run(run, world_size=1, momentum=None, sync_timeout_ms=5000, on_timeout="partial",
+                  ema_debias=False)
+    checks.eq(a.created, True, "put_run creates (201)")
+    b = c.put_run(run, momentum=0.2)
+    checks.eq(b.created, False, "put_run updates (200)")
+    checks.eq(c.get_run(run)["config"]["momentum"], 0.2, "get_run shows the update")
+    checks.check(any(r.get("run") == run for r in c.list_runs()), "list_runs lists the run")
+    sock = c._conn.sock
+    for step in range(3):
+        c.report(run, step, 0, {"bn": (4, [0.1 * step, 1.0], [1.0, 2.0])})
+    checks.check(c._conn is not None and c._conn.sock is sock, "one keep-alive connection for many calls")
+    cp = c.checkpoint_get(run)
+    run2 = h.run_name("ep-restored")
+    c.checkpoint_put(run2, cp)
+    s1, s2 = c.stats(run), c.stats(run2)
+    s1.pop("run"), s2.pop("run")
+    checks.eq(s2, s1, "checkpoint_get then checkpoint_put: the same statistics")
+    m = c.metrics()
+    checks.check("normstat_" in m and "# TYPE" in m, "metrics is Prometheus text")
+    c.delete_run(run)
+    try:
+        c.get_run(run)
+        checks.check(False, "delete_run: the run is gone", "still there")
+    except normstat.NotFound:
+        checks.check(True, "delete_run: the run is gone")
+    c.delete_run(run, missing_ok=True)
+    checks.check(True, "delete_run(missing_ok=True) of a deleted run")
+    c.close()
+
+
+def body(checks):
+    d = h.start_daemon()
+    for part in (names, errors, encodings, retries, endpoints):
+        print(f"-- {part.__name__}")
+        try:
+            part(checks, d)
+        except Exception as e:
+            import traceback
+
+            traceback.print_exc()
+            checks.check(False, f"{part.__name__}: no exception", f"{type(e).__name__}: {e}")
+    h.stop_daemon(checks, d)
+
+
+if __name__ == "__main__":
+    h.main(body)

@@ -1,0 +1,478 @@
+/* test_registry.c - the run registry: run life cycle, status and stall
+ * report, query errors, checkpoint validation, shutdown and delete waking
+ * /sync waiters, persistence and wakeup hooks, and concurrent reporters. */
+#include <pthread.h>
+
+#include "nsd_fixture.h"
+
+static ns_run_config_t config(uint32_t world_size)
+{
+    ns_run_config_t cfg;
+    ns_run_config_defaults(&cfg);
+    cfg.has_world_size = 1;
+    cfg.world_size = world_size;
+    return cfg;
+}
+
+START_TEST(test_run_life_cycle)
+{
+    nsd_registry_t *reg = nsd_registry_create(NULL);
+    ns_run_config_t cfg = config(3);
+    ns_error_detail_t err = {0};
+    int created = 0;
+    ck_assert_int_eq(nsd_registry_put_run(reg, "r1", &cfg, &created, &err), 0);
+    ck_assert_int_eq(created, 1);
+    /* Update only what is set. */
+    ns_run_config_t upd;
+    memset(&upd, 0, sizeof(upd));
+    upd.has_momentum = 1;
+    upd.momentum = NS_MOMENTUM_CUMULATIVE;
+    upd.has_on_timeout = 1;
+    upd.on_timeout_drop = 1;
+    ck_assert_int_eq(nsd_registry_put_run(reg, "r1", &upd, &created, &err), 0);
+    ck_assert_int_eq(created, 0);
+    json_t *info = nsd_registry_run_json(reg, "r1", 0, &err);
+    json_t *c = json_object_get(info, "config");
+    ck_assert_int_eq(json_integer_value(json_object_get(c, "world_size")), 3);
+    ck_assert(json_is_null(json_object_get(c, "momentum")));
+    ck_assert_str_eq(json_string_value(json_object_get(c, "on_timeout")), "drop");
+    ck_assert_int_eq(json_integer_value(json_object_get(c, "sync_timeout_ms")), 60000);
+    ck_assert(json_is_false(json_object_get(c, "ema_debias")));
+    json_decref(info);
+    /* Invalid values and names change nothing. */
+    upd.momentum = 1.5;
+    memset(&err, 0, sizeof(err));
+    ck_assert_int_eq(nsd_registry_put_run(reg, "r1", &upd, NULL, &err), NS_EINVAL);
+    ck_assert_str_eq(err.field, "momentum");
+    ns_run_config_t ws0 = config(0);
+    ck_assert_int_eq(nsd_registry_put_run(reg, "r2", &ws0, NULL, NULL), NS_EINVAL);
+    ck_assert_int_eq(nsd_registry_put_run(reg, "bad/name", &cfg, NULL, NULL), NS_EINVAL);
+    ck_assert_ptr_null(nsd_registry_run_json(reg, "r2", 0, NULL));
+    /* A report creates a run with the report's world_size. */
+    float m[2] = {1, 2}, v[2] = {1, 1};
+    fx_layer_t l = {"bn", 4, 2, m, v};
+    fx_opts_t o = {.world_size = 2};
+    ck_assert_int_eq(fx_send(reg, "r0", 0, 1, &o, &l, 1, 0, NULL, NULL), 0);
+    /* A rejected report to a missing run leaves no run behind. */
+    ck_assert_int_eq(fx_send(reg, "r9", 0, 5, &o, &l, 1, 0, NULL, NULL), NS_EWORKER);
+    json_t *list = nsd_registry_list_json(reg);
+    json_t *runs = json_object_get(list, "runs");
+    ck_assert_int_eq(json_array_size(runs), 2);
+    ck_assert_str_eq(json_string_value(json_object_get(json_array_get(runs, 0), "run")), "r0");
+    ck_assert_int_eq(json_integer_value(json_object_get(json_array_get(runs, 0), "world_size")), 2);
+    ck_assert_int_eq(json_integer_value(json_object_get(json_array_get(runs, 0), "pending_steps")),
+                     1);
+    ck_assert_str_eq(json_string_value(json_object_get(json_array_get(runs, 1), "run")), "r1");
+    json_decref(list);
+    nsd_counters_t cnt;
+    nsd_registry_counters(reg, &cnt);
+    ck_assert_uint_eq(cnt.runs, 2);
+    ck_assert_uint_gt(cnt.memory_bytes, 0);
+    /* Delete. */
+    ck_assert_int_eq(nsd_registry_delete_run(reg, "r0", NULL), 0);
+    ck_assert_int_eq(nsd_registry_delete_run(reg, "r0", NULL), NS_ENOTFOUND);
+    ck_assert_int_eq(nsd_registry_delete_run(reg, "r1", NULL), 0);
+    nsd_registry_counters(reg, &cnt);
+    ck_assert_uint_eq(cnt.runs, 0);
+    ck_assert_uint_eq(cnt.memory_bytes, 0);
+    ck_assert_uint_eq(cnt.pending_steps, 0);
+    nsd_registry_free(reg);
+}
+END_TEST
+
+START_TEST(test_stall_report)
+{
+    nsd_registry_t *reg = nsd_registry_create(NULL);
+    ns_run_config_t cfg = config(3);
+    ck_assert_int_eq(nsd_registry_put_run(reg, "r", &cfg, NULL, NULL), 0);
+    float m[2] = {1, 2}, v[2] = {1, 1};
+    fx_layer_t l = {"bn", 4, 2, m, v};
+    /* worker 0 at step 12, worker 2 at 10, worker 1 never reported */
+    ck_assert_int_eq(fx_send(reg, "r", 10, 0, NULL, &l, 1, 100, NULL, NULL), 0);
+    ck_assert_int_eq(fx_send(reg, "r", 10, 2, NULL, &l, 1, 150, NULL, NULL), 0);
+    ck_assert_int_eq(fx_send(reg, "r", 12, 0, NULL, &l, 1, 300, NULL, NULL), 0);
+    json_t *info = nsd_registry_run_json(reg, "r", 1000, NULL);
+    json_t *st = json_object_get(info, "status");
+    json_t *pending = json_object_get(st, "pending");
+    ck_assert_int_eq(json_array_size(pending), 2);
+    json_t *p0 = json_array_get(pending, 0);
+    ck_assert_str_eq(json_string_value(json_object_get(p0, "layer")), "bn");
+    ck_assert_int_eq(json_integer_value(json_object_get(p0, "step")), 10);
+    ck_assert_int_eq(json_integer_value(json_object_get(p0, "age_ms")), 900);
+    ck_assert_int_eq(json_array_size(json_object_get(p0, "arrived")), 2);
+    ck_assert_int_eq(json_array_size(json_object_get(p0, "waiting_for")), 1);
+    ck_assert_int_eq(json_integer_value(json_array_get(json_object_get(p0, "waiting_for"), 0)), 1);
+    json_t *p1 = json_array_get(pending, 1);
+    ck_assert_int_eq(json_integer_value(json_object_get(p1, "step")), 12);
+    ck_assert_int_eq(json_array_size(json_object_get(p1, "waiting_for")), 2);
+    json_t *workers = json_object_get(st, "workers");
+    ck_assert_int_eq(json_array_size(workers), 3);
+    ck_assert_int_eq(json_integer_value(json_object_get(json_array_get(workers, 0), "lag")), 0);
+    ck_assert(json_is_null(json_object_get(json_array_get(workers, 1), "lag")));
+    ck_assert_int_eq(json_integer_value(json_object_get(json_array_get(workers, 2), "lag")), 2);
+    ck_assert_int_eq(json_integer_value(json_object_get(json_array_get(workers, 2), "step")), 10);
+    json_t *layer = json_object_get(json_object_get(st, "layers"), "bn");
+    ck_assert_int_eq(json_integer_value(json_object_get(layer, "channels")), 2);
+    ck_assert_int_eq(json_integer_value(json_object_get(layer, "pending_steps")), 2);
+    ck_assert_int_eq(json_integer_value(json_object_get(json_array_get(json_object_get(st, "domains"), 0), "generation")), 0);
+    ck_assert_str_eq(json_string_value(json_object_get(json_array_get(json_object_get(st, "domains"), 0), "domain")), "default");
+    json_decref(info);
+    nsd_registry_free(reg);
+}
+END_TEST
+
+START_TEST(test_stats_errors)
+{
+    nsd_registry_t *reg = nsd_registry_create(NULL);
+    float m[2] = {1, 2}, v[2] = {1, 1};
+    fx_layer_t l = {"bn", 4, 2, m, v};
+    ck_assert_int_eq(fx_send(reg, "r", 0, 0, NULL, &l, 1, 0, NULL, NULL), 0);
+    nsd_stats_query_t q;
+    nsd_stats_t *s = NULL;
+    ns_error_detail_t err;
+    const char layers[2][NS_NAME_MAX + 1] = {"bn", "nope"};
+
+    memset(&q, 0, sizeof(q));
+    q.n_layers = 2;
+    q.layers = layers;
+    memset(&err, 0, sizeof(err));
+    ck_assert_int_eq(nsd_registry_stats(reg, "r", &q, &s, &err), NS_ENOTFOUND);
+    ck_assert_ptr_nonnull(strstr(err.message, "nope"));
+    ck_assert_ptr_null(s);
+    q.n_layers = 1; /* "bn" only */
+    ck_assert_int_eq(nsd_registry_stats(reg, "r", &q, &s, NULL), 0);
+    ck_assert_uint_eq(s->n_layers, 1);
+    nsd_stats_free(s);
+
+    memset(&q, 0, sizeof(q));
+    snprintf(q.domain, sizeof(q.domain), "photo");
+    memset(&err, 0, sizeof(err));
+    ck_assert_int_eq(nsd_registry_stats(reg, "r", &q, &s, &err), NS_ENOTFOUND);
+    ck_assert_ptr_nonnull(strstr(err.message, "photo"));
+
+    memset(&q, 0, sizeof(q));
+    q.biased = 1;
+    ck_assert_int_eq(nsd_registry_stats(reg, "r", &q, &s, NULL), NS_EINVAL);
+    q.source = NSD_SOURCE_LAST;
+    ck_assert_int_eq(nsd_registry_stats(reg, "r", &q, &s, NULL), NS_EINVAL);
+    q.source = NSD_SOURCE_PRECISE;
+    ck_assert_int_eq(nsd_registry_stats(reg, "r", &q, &s, NULL), 0);
+    nsd_stats_free(s);
+
+    memset(&q, 0, sizeof(q));
+    q.n_mixture = 1;
+    snprintf(q.mixture[0].domain, sizeof(q.mixture[0].domain), "nope");
+    q.mixture[0].weight = 1;
+    ck_assert_int_eq(nsd_registry_stats(reg, "r", &q, &s, NULL), NS_ENOTFOUND);
+    ck_assert_int_eq(nsd_registry_stats(reg, "missing", &q, &s, NULL), NS_ENOTFOUND);
+    ck_assert_int_eq(nsd_registry_precise_reset(reg, "missing", NULL, NULL, NULL), NS_ENOTFOUND);
+    ck_assert_ptr_null(nsd_registry_checkpoint_export(reg, "missing", NULL));
+    nsd_registry_free(reg);
+}
+END_TEST
+
+/* A broken checkpoint is refused with the field named, and changes nothing. */
+START_TEST(test_checkpoint_validation)
+{
+    nsd_registry_t *reg = nsd_registry_create(NULL);
+    float m[2] = {1, 2}, v[2] = {1, 1};
+    fx_layer_t l = {"bn", 4, 2, m, v};
+    for (uint64_t s = 0; s < 3; s++)
+        ck_assert_int_eq(fx_send(reg, "r", s, 0, NULL, &l, 1, 0, NULL, NULL), 0);
+    json_t *cp = nsd_registry_checkpoint_export(reg, "r", NULL);
+    ck_assert_int_eq(json_integer_value(json_object_get(cp, "version")), 1);
+    char *before = fx_snapshot(reg, "r", 0);
+
+    struct {
+        const char *path; /* object path, '/'-separated */
+        json_t *value;
+        const char *field;
+    } cases[] = {
+        {"version", json_integer(2), "version"},
+        {"config/world_size", json_integer(0), "config.world_size"},
+        {"config/on_timeout", json_string("later"), "config.on_timeout"},
+        {"layers/bn/pooled/running_mean", json_pack("[f]", 1.0), "layers.bn.pooled.running_mean"},
+        {"layers/bn/domains/default/precise/m2", json_pack("[f, f]", 1.0, -1.0),
+         "layers.bn.domains.default.precise.m2.1"},
+        {"layers/bn/domains/default/ema/decay", json_real(2.0),
+         "layers.bn.domains.default.ema.decay"},
+        {"layers/bn/domains/default/precise/generation", json_integer(7),
+         "layers.bn.domains.default.precise.generation"},
+        {"layers/bn/domains/other", json_object(), "layers.bn.domains.other"},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        json_t *copy = json_deep_copy(cp);
+        char path[128];
+        snprintf(path, sizeof(path), "%s", cases[i].path);
+        json_t *obj = copy;
+        char *save = NULL, *tok = strtok_r(path, "/", &save), *next;
+        while ((next = strtok_r(NULL, "/", &save)) != NULL) {
+            obj = json_object_get(obj, tok);
+            ck_assert_ptr_nonnull(obj);
+            tok = next;
+        }
+        json_object_set_new(obj, tok, cases[i].value);
+        char *text = json_dumps(copy, JSON_COMPACT);
+        ns_error_detail_t err = {0};
+        ck_assert_int_eq(nsd_registry_checkpoint_import(reg, "r", text, strlen(text), &err),
+                         NS_EINVAL);
+        ck_assert_msg(strcmp(err.field, cases[i].field) == 0, "case %zu: field %s want %s (%s)",
+                      i, err.field, cases[i].field, err.message);
+        free(text);
+        json_decref(copy);
+        char *after = fx_snapshot(reg, "r", 0);
+        ck_assert_str_eq(before, after);
+        free(after);
+    }
+    ck_assert_int_eq(nsd_registry_checkpoint_import(reg, "r", "{", 1, NULL), NS_EINVAL);
+    /* Importing into a new name creates the run. */
+    char *text = json_dumps(cp, JSON_COMPACT);
+    ck_assert_int_eq(nsd_registry_checkpoint_import(reg, "copy", text, strlen(text), NULL), 0);
+    free(text);
+    json_t *cp2 = nsd_registry_checkpoint_export(reg, "copy", NULL);
+    json_object_del(cp2, "run");
+    json_object_del(cp, "run");
+    ck_assert(json_equal(cp, cp2));
+    json_decref(cp2);
+    json_decref(cp);
+    free(before);
+    nsd_registry_free(reg);
+}
+END_TEST
+
+START_TEST(test_shutdown_and_delete_wake_waiters)
+{
+    nsd_registry_t *reg = nsd_registry_create(NULL);
+    ns_run_config_t cfg = config(2);
+    ck_assert_int_eq(nsd_registry_put_run(reg, "a", &cfg, NULL, NULL), 0);
+    ck_assert_int_eq(nsd_registry_put_run(reg, "b", &cfg, NULL, NULL), 0);
+    float m[2] = {1, 2}, v[2] = {1, 1};
+    fx_layer_t two[2] = {{"x", 4, 2, m, v}, {"y", 4, 2, m, v}};
+    fx_sync_t sa = {0}, sb = {0}, sb2 = {0};
+    ck_assert_int_eq(fx_send(reg, "a", 0, 0, NULL, two, 2, 0, fx_sync_cb, &sa), 0);
+    ck_assert_int_eq(fx_send(reg, "b", 0, 0, NULL, two, 2, 0, fx_sync_cb, &sb), 0);
+    ck_assert_int_eq(fx_send(reg, "b", 1, 0, NULL, two, 1, 0, fx_sync_cb, &sb2), 0);
+    nsd_counters_t cnt;
+    nsd_registry_counters(reg, &cnt);
+    ck_assert_uint_eq(cnt.sync_waiters, 3);
+    ck_assert_int_eq(nsd_registry_delete_run(reg, "a", NULL), 0);
+    ck_assert_int_eq(sa.calls, 1);
+    ck_assert_int_eq(sa.res->status, NS_ENOTFOUND);
+    ck_assert_int_eq(sb.calls, 0);
+    nsd_registry_shutdown(reg);
+    ck_assert_int_eq(sb.calls, 1);
+    ck_assert_int_eq(sb.res->status, NS_ESHUTDOWN);
+    ck_assert_int_eq(sb2.calls, 1);
+    ck_assert_int_eq(sb2.res->status, NS_ESHUTDOWN);
+    nsd_registry_counters(reg, &cnt);
+    ck_assert_uint_eq(cnt.sync_waiters, 0);
+    /* After shutdown: reports and PUTs refused, reads work; no double calls. */
+    ck_assert_int_eq(fx_send(reg, "b", 0, 1, NULL, two, 2, 0, fx_sync_cb, &sb), NS_ESHUTDOWN);
+    ck_assert_int_eq(nsd_registry_put_run(reg, "c", &cfg, NULL, NULL), NS_ESHUTDOWN);
+    nsd_registry_expire(reg, UINT64_MAX / 2);
+    ck_assert_int_eq(sb.calls, 1);
+    json_t *info = nsd_registry_run_json(reg, "b", 0, NULL);
+    ck_assert_ptr_nonnull(info);
+    json_decref(info);
+    fx_sync_clear(&sa);
+    fx_sync_clear(&sb);
+    fx_sync_clear(&sb2);
+    nsd_registry_free(reg);
+}
+END_TEST
+
+/* ---------------------------------------------------------------- hooks */
+
+typedef struct hooks_seen_s {
+    int puts, created, deletes, steps, wakeups;
+    uint64_t last_step;
+    uint64_t count;
+    size_t n_domains;
+    char domain0[NS_NAME_MAX + 1];
+    double mean0;
+} hooks_seen_t;
+
+static void h_put(void *arg, const char *run, const ns_run_config_t *cfg, int created)
+{
+    hooks_seen_t *h = arg;
+    (void)run;
+    (void)cfg;
+    h->puts++;
+    h->created += created;
+}
+
+static void h_del(void *arg, const char *run)
+{
+    (void)run;
+    ((hooks_seen_t *)arg)->deletes++;
+}
+
+static void h_step(void *arg, const char *run, const nsd_step_record_t *rec)
+{
+    hooks_seen_t *h = arg;
+    ck_assert_str_eq(run, "r");
+    h->steps++;
+    h->last_step = rec->step;
+    h->count = rec->count;
+    h->n_domains = rec->n_domains;
+    snprintf(h->domain0, sizeof(h->domain0), "%s", rec->domains[0].domain);
+    h->mean0 = rec->domains[0].mean[0];
+}
+
+static void h_wake(void *arg)
+{
+    ((hooks_seen_t *)arg)->wakeups++;
+}
+
+START_TEST(test_persist_and_wakeup_hooks)
+{
+    nsd_registry_t *reg = nsd_registry_create(NULL);
+    hooks_seen_t h;
+    memset(&h, 0, sizeof(h));
+    nsd_persist_t hooks = {.arg = &h, .run_put = h_put, .run_deleted = h_del,
+                           .step_finalized = h_step};
+    nsd_registry_set_persist(reg, &hooks);
+    nsd_registry_set_wakeup(reg, h_wake, &h);
+    ns_run_config_t cfg = config(2);
+    ck_assert_int_eq(nsd_registry_put_run(reg, "r", &cfg, NULL, NULL), 0);
+    ck_assert_int_eq(h.puts, 1);
+    ck_assert_int_eq(h.created, 1);
+    float m0[2] = {1, 2}, m1[2] = {3, 4}, v[2] = {1, 1};
+    fx_layer_t l0 = {"bn", 4, 2, m0, v}, l1 = {"bn", 4, 2, m1, v};
+    fx_opts_t od = {.domain = "d"}, oe = {.domain = "e"};
+    ck_assert_int_eq(fx_send(reg, "r", 5, 0, &od, &l0, 1, 100, NULL, NULL), 0);
+    ck_assert_int_eq(h.wakeups, 1); /* the first deadline */
+    ck_assert_int_eq(fx_send(reg, "r", 5, 1, &oe, &l1, 1, 100, NULL, NULL), 0);
+    ck_assert_int_eq(h.steps, 1);
+    ck_assert_uint_eq(h.last_step, 5);
+    ck_assert_uint_eq(h.count, 8);
+    ck_assert_uint_eq(h.n_domains, 2);
+    ck_assert_str_eq(h.domain0, "d");
+    ck_assert(h.mean0 == 1.0);
+    /* A later deadline does not wake; an earlier one would. */
+    ck_assert_uint_eq(nsd_registry_expire(reg, 0), UINT64_MAX);
+    ck_assert_int_eq(fx_send(reg, "r", 6, 0, &od, &l0, 1, 200, NULL, NULL), 0);
+    ck_assert_int_eq(h.wakeups, 2);
+    ck_assert_int_eq(fx_send(reg, "r", 6, 0, &od, &l0, 1, 200, NULL, NULL), NS_EDUPLICATE);
+    ck_assert_int_eq(fx_send(reg, "r", 7, 0, &od, &l0, 1, 300, NULL, NULL), 0);
+    ck_assert_int_eq(h.wakeups, 2);
+    ck_assert_int_eq(nsd_registry_delete_run(reg, "r", NULL), 0);
+    ck_assert_int_eq(h.deletes, 1);
+    nsd_registry_free(reg);
+}
+END_TEST
+
+/* ---------------------------------------------------------------- threads */
+
+#define T_WORKERS 4
+#define T_STEPS 50
+#define T_C 16
+
+typedef struct thread_arg_s {
+    nsd_registry_t *reg;
+    uint32_t worker;
+    float (*mean)[T_WORKERS][T_C];
+    float (*var)[T_WORKERS][T_C];
+    int fails;
+    int calls;
+    pthread_mutex_t *lock;
+} thread_arg_t;
+
+static void t_cb(void *arg, nsd_sync_result_t *res)
+{
+    thread_arg_t *t = arg;
+    pthread_mutex_lock(t->lock);
+    t->calls++;
+    if (res->status != 0 || !res->complete || res->workers != T_WORKERS)
+        t->fails++;
+    pthread_mutex_unlock(t->lock);
+    nsd_sync_result_free(res);
+}
+
+static void *t_main(void *p)
+{
+    thread_arg_t *t = p;
+    for (uint64_t s = 0; s < T_STEPS; s++) {
+        fx_layer_t l[2] = {{"a", 10 + t->worker, T_C, t->mean[s][t->worker], t->var[s][t->worker]},
+                           {"b", 3, T_C, t->mean[s][t->worker], t->var[s][t->worker]}};
+        ns_report_t *r = fx_report(s, t->worker, NULL, l, 2);
+        ns_error_detail_t err = {0};
+        if (nsd_registry_report(t->reg, "r", r, 0, s % 2 ? t_cb : NULL, t, &err) != 0)
+            t->fails++;
+        if (s % 7 == 0) {
+            nsd_stats_t *st = NULL;
+            nsd_stats_query_t q;
+            memset(&q, 0, sizeof(q));
+            if (nsd_registry_stats(t->reg, "r", &q, &st, NULL) != 0)
+                t->fails++;
+            nsd_stats_free(st);
+        }
+    }
+    return NULL;
+}
+
+/* Concurrent reporters give the same bits as one thread reporting in order. */
+START_TEST(test_concurrent_reports)
+{
+    uint64_t rng = ns_test_seed() + 77;
+    static float mean[T_STEPS][T_WORKERS][T_C], var[T_STEPS][T_WORKERS][T_C];
+    for (int s = 0; s < T_STEPS; s++)
+        for (int w = 0; w < T_WORKERS; w++) {
+            fx_random_floats(&rng, mean[s][w], T_C, -2, 2);
+            fx_random_floats(&rng, var[s][w], T_C, 0, 3);
+        }
+    nsd_limits_t lim = {.threads = 2};
+    nsd_registry_t *conc = nsd_registry_create(&lim), *seq = nsd_registry_create(&lim);
+    ns_run_config_t cfg = config(T_WORKERS);
+    ck_assert_int_eq(nsd_registry_put_run(conc, "r", &cfg, NULL, NULL), 0);
+    ck_assert_int_eq(nsd_registry_put_run(seq, "r", &cfg, NULL, NULL), 0);
+    pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+    pthread_t th[T_WORKERS];
+    thread_arg_t ta[T_WORKERS];
+    for (uint32_t w = 0; w < T_WORKERS; w++) {
+        ta[w] = (thread_arg_t){conc, w, mean, var, 0, 0, &lock};
+        ck_assert_int_eq(pthread_create(&th[w], NULL, t_main, &ta[w]), 0);
+    }
+    for (uint32_t w = 0; w < T_WORKERS; w++)
+        ck_assert_int_eq(pthread_join(th[w], NULL), 0);
+    for (uint64_t s = 0; s < T_STEPS; s++)
+        for (uint32_t w = 0; w < T_WORKERS; w++) {
+            fx_layer_t l[2] = {{"a", 10 + w, T_C, mean[s][w], var[s][w]},
+                               {"b", 3, T_C, mean[s][w], var[s][w]}};
+            ck_assert_int_eq(fx_send(seq, "r", s, w, NULL, l, 2, 0, NULL, NULL), 0);
+        }
+    for (uint32_t w = 0; w < T_WORKERS; w++) {
+        ck_assert_int_eq(ta[w].fails, 0);
+        ck_assert_int_eq(ta[w].calls, T_STEPS / 2);
+    }
+    char *a = fx_snapshot(conc, "r", 0), *b = fx_snapshot(seq, "r", 0);
+    ck_assert_str_eq(a, b);
+    free(a);
+    free(b);
+    nsd_counters_t cnt;
+    nsd_registry_counters(conc, &cnt);
+    ck_assert_uint_eq(cnt.steps_applied, 2 * T_STEPS);
+    ck_assert_uint_eq(cnt.pending_steps, 0);
+    ck_assert_uint_eq(cnt.sync_waiters, 0);
+    nsd_registry_free(conc);
+    nsd_registry_free(seq);
+}
+END_TEST
+
+static Suite *make_suite(void)
+{
+    Suite *s = suite_create("registry");
+    TCase *tc = tcase_create("registry");
+    tcase_set_timeout(tc, 60);
+    tcase_add_test(tc, test_run_life_cycle);
+    tcase_add_test(tc, test_stall_report);
+    tcase_add_test(tc, test_stats_errors);
+    tcase_add_test(tc, test_checkpoint_validation);
+    tcase_add_test(tc, test_shutdown_and_delete_wake_waiters);
+    tcase_add_test(tc, test_persist_and_wakeup_hooks);
+    tcase_add_test(tc, test_concurrent_reports);
+    suite_add_tcase(s, tc);
+    return s;
+}
+
+NS_TEST_MAIN(make_suite)

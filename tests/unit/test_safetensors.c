@@ -1,0 +1,525 @@
+/* test_safetensors.c - the safetensors parser on hostile input: limits,
+ * accessors, a file written by an independent writer, and a seeded mutation
+ * fuzz loop over the parser and the report decoders (run it under ASan). */
+#include <normstat/proto.h>
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "harness.h"
+
+/* The jansson decoder, to check the fast JSON path against (library-internal). */
+int ns__report_decode_json_full(ns_report_t **dst, const char *src, size_t src_len,
+                                ns_error_detail_t *err);
+int ns__report_decode_json_fast(ns_report_t **dst, const char *src, size_t src_len,
+                                ns_error_detail_t *err);
+
+/* Bitwise equality of two decoded reports. */
+static int reports_equal(const ns_report_t *a, const ns_report_t *b)
+{
+    if (a->step != b->step || a->worker != b->worker || strcmp(a->domain, b->domain) != 0 ||
+        a->unbiased != b->unbiased || a->update != b->update || a->scope != b->scope ||
+        a->world_size != b->world_size || a->n_layers != b->n_layers)
+        return 0;
+    for (size_t i = 0; i < a->n_layers; i++) {
+        const ns_layer_report_t *x = &a->layers[i], *y = &b->layers[i];
+        if (strcmp(x->name, y->name) != 0 || x->count != y->count || x->channels != y->channels ||
+            !x->mean != !y->mean || !x->var != !y->var)
+            return 0;
+        if (x->mean && (memcmp(x->mean, y->mean, x->channels * sizeof(float)) != 0 ||
+                        memcmp(x->var, y->var, x->channels * sizeof(float)) != 0))
+            return 0;
+    }
+    return 1;
+}
+
+/* Decode with the public entry (fast path first) and with jansson only; the
+ * outcomes must be identical: same code, same message, same report bits. */
+static int decode_both(const char *src, size_t len)
+{
+    ns_report_t *a = NULL, *b = NULL;
+    ns_error_detail_t ea = {0}, eb = {0};
+    int ra = ns_report_decode_json(&a, src, len, &ea);
+    int rb = ns__report_decode_json_full(&b, src, len, &eb);
+    ck_assert_msg(ra == rb, "fast %d (%s) vs jansson %d (%s) on %.*s", ra, ea.message, rb,
+                  eb.message, (int)(len > 300 ? 300 : len), src);
+    if (ra == 0)
+        ck_assert_msg(reports_equal(a, b), "reports differ on %.*s", (int)(len > 300 ? 300 : len),
+                      src);
+    else
+        ck_assert_str_eq(ea.message, eb.message);
+    ns_report_free(a);
+    ns_report_free(b);
+    return ra;
+}
+
+/* An independent little writer: header text given verbatim, data appended. */
+static uint8_t *make_file(const char *header, const void *data, size_t data_len, size_t *len)
+{
+    size_t h = strlen(header);
+    uint8_t *p = malloc(8 + h + data_len);
+    for (int i = 0; i < 8; i++)
+        p[i] = (uint8_t)((uint64_t)h >> (8 * i));
+    memcpy(p + 8, header, h);
+    if (data_len)
+        memcpy(p + 8 + h, data, data_len);
+    *len = 8 + h + data_len;
+    return p;
+}
+
+static int parse_text(const char *header, const void *data, size_t data_len, ns_error_detail_t *err)
+{
+    size_t len;
+    uint8_t *file = make_file(header, data, data_len, &len);
+    ns_safetensors_t *st = (ns_safetensors_t *)&st;
+    int rc = ns_safetensors_parse(&st, file, len, err);
+    if (rc)
+        ck_assert_ptr_null(st);
+    ns_safetensors_free(st);
+    free(file);
+    return rc;
+}
+
+START_TEST(test_accessors)
+{
+    /* Header keys out of data order; tensors come back sorted by offset. */
+    const char *header = "{\"b\":{\"dtype\":\"I64\",\"shape\":[],\"data_offsets\":[12,20]},"
+                         "\"__metadata__\":{\"k\":\"v\",\"empty\":\"\"},"
+                         "\"a\":{\"dtype\":\"F32\",\"shape\":[3],\"data_offsets\":[0,12]},"
+                         "\"z\":{\"dtype\":\"BF16\",\"shape\":[0,7],\"data_offsets\":[20,20]},"
+                         "\"h\":{\"dtype\":\"F16\",\"shape\":[1,1,1,2],\"data_offsets\":[20,24]}}";
+    uint8_t data[24];
+    for (size_t i = 0; i < sizeof(data); i++)
+        data[i] = (uint8_t)i;
+    size_t len;
+    uint8_t *file = make_file(header, data, sizeof(data), &len);
+    ns_safetensors_t *st = NULL;
+    ns_error_detail_t err = {0};
+    ck_assert_int_eq(ns_safetensors_parse(&st, file, len, &err), 0);
+    ck_assert_uint_eq(ns_safetensors_count(st), 4);
+    const char *order[] = {"a", "b", "z", "h"};
+    const size_t offs[] = {0, 12, 20, 20}, sizes[] = {12, 8, 0, 4};
+    for (size_t i = 0; i < 4; i++) {
+        const ns_tensor_t *t = ns_safetensors_at(st, i);
+        ck_assert_str_eq(t->name, order[i]);
+        ck_assert_ptr_eq(t->data, file + 8 + strlen(header) + offs[i]);
+        ck_assert_uint_eq(t->nbytes, sizes[i]);
+        ck_assert_ptr_eq(ns_safetensors_find(st, order[i]), t);
+    }
+    ck_assert_ptr_null(ns_safetensors_at(st, 4));
+    ck_assert_ptr_null(ns_safetensors_find(st, "nope"));
+    const ns_tensor_t *a = ns_safetensors_find(st, "a");
+    ck_assert_int_eq(a->dtype, NS_DTYPE_F32);
+    ck_assert_uint_eq(a->ndim, 1);
+    ck_assert_uint_eq(a->shape[0], 3);
+    ck_assert_int_eq(ns_safetensors_find(st, "b")->dtype, NS_DTYPE_I64);
+    ck_assert_uint_eq(ns_safetensors_find(st, "b")->ndim, 0);
+    ck_assert_int_eq(ns_safetensors_find(st, "z")->dtype, NS_DTYPE_OTHER);
+    ck_assert_uint_eq(ns_safetensors_find(st, "h")->ndim, 4);
+    ck_assert_str_eq(ns_safetensors_meta(st, "k"), "v");
+    ck_assert_str_eq(ns_safetensors_meta(st, "empty"), "");
+    ck_assert_ptr_null(ns_safetensors_meta(st, "missing"));
+    ns_safetensors_free(st);
+    free(file);
+    ns_safetensors_free(NULL);
+    ck_assert_uint_eq(ns_safetensors_count(NULL), 0);
+}
+END_TEST
+
+START_TEST(test_dtype_sizes)
+{
+    /* Sizes from the safetensors specification, one tensor of 3 elements each. */
+    static const struct {
+        const char *dtype;
+        size_t size;
+    } table[] = {{"BOOL", 1}, {"U8", 1},  {"I8", 1},  {"F8_E5M2", 1}, {"F8_E4M3", 1},
+                 {"I16", 2},  {"U16", 2}, {"F16", 2}, {"BF16", 2},    {"I32", 4},
+                 {"U32", 4},  {"F32", 4}, {"F64", 8}, {"I64", 8},     {"U64", 8}};
+    uint8_t data[24] = {0};
+    char header[200];
+    for (size_t i = 0; i < sizeof(table) / sizeof(table[0]); i++) {
+        size_t n = 3 * table[i].size;
+        snprintf(header, sizeof(header),
+                 "{\"t\":{\"dtype\":\"%s\",\"shape\":[3],\"data_offsets\":[0,%zu]}}",
+                 table[i].dtype, n);
+        ck_assert_msg(parse_text(header, data, n, NULL) == 0, "%s", table[i].dtype);
+        /* One byte short of the right size is refused. */
+        snprintf(header, sizeof(header),
+                 "{\"t\":{\"dtype\":\"%s\",\"shape\":[3],\"data_offsets\":[0,%zu]}}",
+                 table[i].dtype, n - 1);
+        ck_assert_int_eq(parse_text(header, data, n - 1, NULL), NS_EINVAL);
+    }
+    ck_assert_int_eq(parse_text("{\"t\":{\"dtype\":\"f32\",\"shape\":[],\"data_offsets\":[0,4]}}",
+                                data, 4, NULL),
+                     NS_EINVAL);
+    ck_assert_int_eq(
+        parse_text("{\"t\":{\"dtype\":3,\"shape\":[],\"data_offsets\":[0,4]}}", data, 4, NULL),
+        NS_EINVAL);
+}
+END_TEST
+
+START_TEST(test_limits)
+{
+    ns_error_detail_t err = {0};
+    ns_safetensors_t *st = (ns_safetensors_t *)&st;
+    uint8_t small[8] = {0};
+    /* shorter than 8 bytes, NULL */
+    ck_assert_int_eq(ns_safetensors_parse(&st, small, 7, &err), NS_EINVAL);
+    ck_assert_ptr_null(st);
+    ck_assert_int_eq(ns_safetensors_parse(&st, NULL, 0, NULL), NS_EINVAL);
+    /* header length 0: empty is not JSON */
+    ck_assert_int_eq(ns_safetensors_parse(&st, small, 8, NULL), NS_EINVAL);
+    /* the smallest valid file: "{}" */
+    ck_assert_int_eq(parse_text("{}", NULL, 0, NULL), 0);
+    ck_assert_int_eq(parse_text("{}      ", NULL, 0, NULL), 0);
+    ck_assert_int_eq(parse_text("{} x", NULL, 0, NULL), NS_EINVAL);
+    ck_assert_int_eq(parse_text("\"{}\"", NULL, 0, NULL), NS_EINVAL);
+    /* Header length of 2^64-1 must not wrap around. */
+    uint8_t huge[16];
+    memset(huge, 0xff, 8);
+    memcpy(huge + 8, "{}      ", 8);
+    ck_assert_int_eq(ns_safetensors_parse(&st, huge, sizeof(huge), NULL), NS_EINVAL);
+    /* The 100 MB header ceiling: a buffer that holds 100,000,001 header bytes. */
+    size_t n = 8 + 100000001u;
+    uint8_t *big = calloc(1, n);
+    ck_assert_ptr_nonnull(big);
+    uint64_t h = 100000001u;
+    for (int i = 0; i < 8; i++)
+        big[i] = (uint8_t)(h >> (8 * i));
+    ns_error_detail_t e2 = {0};
+    ck_assert_int_eq(ns_safetensors_parse(&st, big, n, &e2), NS_EINVAL);
+    ck_assert_str_eq(e2.message, "safetensors: header length 100000001 exceeds 100000000");
+    free(big);
+    /* Offsets near 2^63 and a shape product that wraps 64 bits. */
+    ck_assert_int_eq(parse_text("{\"t\":{\"dtype\":\"U8\",\"shape\":[1],"
+                                "\"data_offsets\":[9223372036854775807,9223372036854775807]}}",
+                                NULL, 0, NULL),
+                     NS_EINVAL);
+    ck_assert_int_eq(parse_text("{\"t\":{\"dtype\":\"I64\",\"shape\":[2305843009213693952],"
+                                "\"data_offsets\":[0,0]}}",
+                                NULL, 0, NULL),
+                     NS_EINVAL);
+    ck_assert_int_eq(
+        parse_text("{\"t\":{\"dtype\":\"U8\",\"shape\":[],\"data_offsets\":[0]}}", "x", 1, NULL),
+        NS_EINVAL);
+    ck_assert_int_eq(parse_text("{\"t\":{\"dtype\":\"U8\",\"shape\":[],\"data_offsets\":[0,1,1]}}",
+                                "x", 1, NULL),
+                     NS_EINVAL);
+    ck_assert_int_eq(parse_text("{\"t\":{\"dtype\":\"U8\",\"shape\":[1.0],\"data_offsets\":[0,1]}}",
+                                "x", 1, NULL),
+                     NS_EINVAL);
+    ck_assert_int_eq(
+        parse_text("{\"t\":{\"dtype\":\"U8\",\"shape\":[],\"data_offsets\":[0,1]}}", "x", 1, NULL),
+        0);
+    ck_assert_int_eq(parse_text("{\"t\":{\"shape\":[],\"data_offsets\":[0,1]}}", "x", 1, NULL),
+                     NS_EINVAL);
+    ck_assert_int_eq(parse_text("{\"t\":[1]}", NULL, 0, NULL), NS_EINVAL);
+    /* Two zero-sized tensors at one offset tile nothing and overlap nothing. */
+    ck_assert_int_eq(parse_text("{\"a\":{\"dtype\":\"U8\",\"shape\":[0],\"data_offsets\":[1,1]},"
+                                "\"b\":{\"dtype\":\"U8\",\"shape\":[0],\"data_offsets\":[1,1]},"
+                                "\"c\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[0,1]}}",
+                                "x", 1, NULL),
+                     0);
+}
+END_TEST
+
+/* ---------------------------------------------------------------- fuzz */
+
+static uint8_t *load(const char *path, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    ck_assert_msg(f != NULL, "cannot open %s (run from the repository root)", path);
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    uint8_t *p = malloc((size_t)n);
+    ck_assert_uint_eq(fread(p, 1, (size_t)n, f), (size_t)n);
+    fclose(f);
+    *len = (size_t)n;
+    return p;
+}
+
+/* One random edit: flip bits, overwrite with a "dangerous" byte, insert or
+ * delete a byte, truncate, or rewrite the header length. */
+static size_t mutate(uint8_t *buf, size_t len, size_t cap, uint64_t *rng)
+{
+    static const char hot[] = "0123456789[]{},:\"-.eE \\\xff";
+    size_t at = len ? ns_test_rand(rng) % len : 0;
+    switch (ns_test_rand(rng) % 7) {
+    case 0:
+        if (len)
+            buf[at] ^= (uint8_t)(1u << (ns_test_rand(rng) % 8));
+        break;
+    case 1:
+        if (len)
+            buf[at] = (uint8_t)hot[ns_test_rand(rng) % (sizeof(hot) - 1)];
+        break;
+    case 2:
+        if (len < cap) {
+            memmove(buf + at + 1, buf + at, len - at);
+            buf[at] = (uint8_t)hot[ns_test_rand(rng) % (sizeof(hot) - 1)];
+            len++;
+        }
+        break;
+    case 3:
+        if (len) {
+            memmove(buf + at, buf + at + 1, len - at - 1);
+            len--;
+        }
+        break;
+    case 4:
+        len = at;
+        break;
+    case 5:
+        if (len >= 8) {
+            uint64_t h = 0;
+            for (int i = 7; i >= 0; i--)
+                h = h << 8 | buf[i];
+            h += (uint64_t)(int64_t)((int)(ns_test_rand(rng) % 17) - 8);
+            if (ns_test_rand(rng) % 8 == 0)
+                h = ns_test_rand(rng);
+            for (int i = 0; i < 8; i++)
+                buf[i] = (uint8_t)(h >> (8 * i));
+        }
+        break;
+    default:
+        if (len > 8) /* a digit inside the header: offsets and shapes */
+            for (size_t i = 8 + at % (len - 8); i < len; i++)
+                if (buf[i] >= '0' && buf[i] <= '9') {
+                    buf[i] = (uint8_t)('0' + ns_test_rand(rng) % 10);
+                    break;
+                }
+        break;
+    }
+    return len;
+}
+
+/* Every accepted file must describe tensors inside the input. */
+static void check_accepted(const ns_safetensors_t *st, const uint8_t *src, size_t len)
+{
+    size_t n = ns_safetensors_count(st);
+    const uint8_t *prev_end = NULL;
+    for (size_t i = 0; i < n; i++) {
+        const ns_tensor_t *t = ns_safetensors_at(st, i);
+        ck_assert(t->data >= src && t->data + t->nbytes <= src + len);
+        ck_assert(prev_end == NULL || t->data >= prev_end);
+        prev_end = t->data + t->nbytes;
+        ck_assert_uint_le(t->ndim, 4);
+    }
+}
+
+START_TEST(test_fuzz)
+{
+    static const char *seeds[] = {"tests/proto/valid/st_all_metadata/request.safetensors",
+                                  "tests/proto/valid/st_minimal/request.safetensors"};
+    uint64_t rng = ns_test_seed() ^ 0x5afe7e50u;
+    size_t accepted = 0, total = 0;
+    for (size_t s = 0; s < 2; s++) {
+        size_t orig_len;
+        uint8_t *orig = load(seeds[s], &orig_len);
+        size_t cap = orig_len + 64;
+        uint8_t *work = malloc(cap);
+        for (int iter = 0; iter < 6000; iter++) {
+            memcpy(work, orig, orig_len);
+            size_t len = orig_len;
+            int edits = 1 + (int)(ns_test_rand(&rng) % 4);
+            for (int e = 0; e < edits; e++)
+                len = mutate(work, len, cap, &rng);
+            /* An exact-size copy, so ASan sees any read past the end. */
+            uint8_t *exact = malloc(len ? len : 1);
+            memcpy(exact, work, len);
+            ns_safetensors_t *st = NULL;
+            ns_error_detail_t err = {0};
+            int rc = ns_safetensors_parse(&st, exact, len, &err);
+            ck_assert(rc == 0 || (rc == NS_EINVAL && err.code == NS_EINVAL && st == NULL));
+            if (rc == 0) {
+                accepted++;
+                check_accepted(st, exact, len);
+            }
+            ns_safetensors_free(st);
+            ns_report_t *r = NULL;
+            ns_error_detail_t err2 = {0};
+            rc = ns_report_decode_safetensors(&r, exact, len, &err2);
+            ck_assert(rc == 0 || rc == NS_EINVAL || rc == NS_EVALUE);
+            ck_assert(rc == 0 ? r != NULL : (r == NULL && err2.code == rc && err2.message[0]));
+            ns_report_free(r);
+            free(exact);
+            total++;
+        }
+        free(work);
+        free(orig);
+    }
+    fprintf(stderr, "safetensors fuzz: %zu inputs, %zu parsed\n", total, accepted);
+    ck_assert_uint_gt(accepted, 0);
+}
+END_TEST
+
+START_TEST(test_fuzz_json_report)
+{
+    const char *base = "{\"step\":12,\"worker\":3,\"domain\":\"d\",\"unbiased\":true,"
+                       "\"update\":[\"ema\",\"precise\"],\"scope\":\"domain\",\"world_size\":4,"
+                       "\"layers\":{\"a.b\":{\"count\":5,\"mean\":[1,2.5,-3e-3],\"var\":[0,1,2]},"
+                       "\"c\":{\"count\":0}}}";
+    size_t base_len = strlen(base), cap = base_len + 64;
+    uint64_t rng = ns_test_seed() ^ 0x15017u;
+    uint8_t *work = malloc(cap);
+    size_t accepted = 0;
+    for (int iter = 0; iter < 10000; iter++) {
+        memcpy(work, base, base_len);
+        size_t len = base_len;
+        int edits = 1 + (int)(ns_test_rand(&rng) % 3);
+        for (int e = 0; e < edits; e++) {
+            size_t before = len;
+            len = mutate(work, len, cap, &rng);
+            if (len < before / 2) /* keep most truncations short of the start */
+                len = before - 1;
+        }
+        char *exact = malloc(len ? len : 1);
+        memcpy(exact, work, len);
+        ns_report_t *r = NULL;
+        ns_error_detail_t err = {0};
+        int rc = ns_report_decode_json(&r, exact, len, &err);
+        ck_assert(rc == 0 || rc == NS_EINVAL || rc == NS_EVALUE);
+        ck_assert(rc == 0 ? r != NULL : (r == NULL && err.code == rc && err.message[0]));
+        accepted += rc == 0;
+        ns_report_free(r);
+        decode_both(exact, len);
+        free(exact);
+    }
+    free(work);
+    fprintf(stderr, "json report fuzz: 10000 inputs, %zu accepted\n", accepted);
+}
+END_TEST
+
+/* Numbers in many spellings: the fast path's conversion must give the bits
+ * jansson's (strtod / strtoll) gives. */
+START_TEST(test_fast_path_numbers)
+{
+    uint64_t rng = ns_test_seed() ^ 0xf10a7;
+    ns_buf_t body = {0};
+    int fast = 0;
+    for (int iter = 0; iter < 400; iter++) {
+        ns_buf_init(&body, 0);
+        ns_buf_printf(&body, "{\"step\":%d,\"worker\":0,\"layers\":{\"l\":{\"count\":7,\"mean\":[",
+                      iter);
+        int n = 1 + (int)(ns_test_rand(&rng) % 64);
+        for (int i = 0; i < n; i++) {
+            double v = ns_test_normal(&rng) * pow(10.0, (double)(ns_test_rand(&rng) % 74) - 37);
+            switch (ns_test_rand(&rng) % 6) {
+            case 0: /* integers, including -0 and 16+ digit ones */
+                ns_buf_printf(&body, "%s%lld", i ? "," : "",
+                              (long long)(ns_test_normal(&rng) *
+                                          pow(10.0, (double)(ns_test_rand(&rng) % 16))));
+                break;
+            case 1:
+                ns_buf_printf(&body, "%s%s", i ? "," : "", ns_test_rand(&rng) % 2 ? "-0" : "-0.0");
+                break;
+            case 2: /* near float32's limits */
+                ns_buf_printf(&body, "%s%.9g", i ? "," : "",
+                              (ns_test_rand(&rng) % 2 ? 3.4028234e38 : 1.1754943e-38) *
+                                  (1 - 1e-7 * fabs(ns_test_normal(&rng))));
+                break;
+            default:
+                ns_buf_printf(&body, i ? "," : "");
+                switch (ns_test_rand(&rng) % 8) {
+                case 0:
+                    ns_buf_printf(&body, "%.17g", v);
+                    break;
+                case 1:
+                    ns_buf_printf(&body, "%.9g", v);
+                    break;
+                case 2:
+                    ns_buf_printf(&body, "%g", v);
+                    break;
+                case 3:
+                    ns_buf_printf(&body, "%.3e", v);
+                    break;
+                case 4:
+                    ns_buf_printf(&body, "%.15E", v);
+                    break;
+                case 5:
+                    ns_buf_printf(&body, "%.0f", v);
+                    break;
+                case 6:
+                    ns_buf_printf(&body, "%.20f", fabs(v) < 1e20 ? v : 1.5);
+                    break;
+                default:
+                    ns_buf_printf(&body, "%.12g", v);
+                    break;
+                }
+            }
+        }
+        ns_buf_printf(&body, "],\"var\":[");
+        for (int i = 0; i < n; i++)
+            ns_buf_printf(&body, "%s%.*g", i ? "," : "", 1 + (int)(ns_test_rand(&rng) % 17),
+                          fabs(ns_test_normal(&rng)) *
+                              pow(10.0, (double)(ns_test_rand(&rng) % 60) - 30));
+        ns_buf_printf(&body, "]}}}");
+        decode_both(body.data, body.len);
+        ns_report_t *r = NULL;
+        if (ns__report_decode_json_fast(&r, body.data, body.len, NULL) == 0)
+            fast++;
+        ns_report_free(r);
+        ns_buf_free(&body);
+    }
+    /* Most bodies must take the fast path, or this test checks nothing. */
+    ck_assert_msg(fast > 100, "only %d of 400 bodies took the fast path", fast);
+    /* Spellings JSON forbids, or that only jansson's path explains. */
+    static const char *const odd[] = {
+        "{\"step\":1,\"worker\":0,\"layers\":{\"l\":{\"count\":1,\"mean\":[01],\"var\":[1]}}}",
+        "{\"step\":1,\"worker\":0,\"layers\":{\"l\":{\"count\":1,\"mean\":[1.],\"var\":[1]}}}",
+        "{\"step\":1,\"worker\":0,\"layers\":{\"l\":{\"count\":1,\"mean\":[.5],\"var\":[1]}}}",
+        "{\"step\":1,\"worker\":0,\"layers\":{\"l\":{\"count\":1,\"mean\":[+1],\"var\":[1]}}}",
+        "{\"step\":1,\"worker\":0,\"layers\":{\"l\":{\"count\":1,\"mean\":[1e],\"var\":[1]}}}",
+        "{\"step\":1,\"worker\":0,\"layers\":{\"l\":{\"count\":1,\"mean\":[1e+],\"var\":[1]}}}",
+        "{\"step\":1,\"worker\":0,\"layers\":{\"l\":{\"count\":1,\"mean\":[1,],\"var\":[1]}}}",
+        "{\"step\":1,\"worker\":0,\"layers\":{\"l\":{\"count\":1,\"mean\":[1e39],\"var\":[1]}}}",
+        "{\"step\":1,\"worker\":0,\"layers\":{\"l\":{\"count\":1,\"mean\":[1e400],\"var\":[1]}}}",
+        "{\"step\":1,\"worker\":0,\"layers\":{\"l\":{\"count\":1,\"mean\":[1e-400],\"var\":[1]}}}",
+        "{\"step\":1,\"worker\":0,\"layers\":{\"l\":{\"count\":1,\"mean\":[12345678901234567890],"
+        "\"var\":[1]}}}",
+        "{\"step\":1,\"worker\":0,\"layers\":{\"l\":{\"count\":1,\"mean\":[123456789012345678],"
+        "\"var\":[1]}}}",
+        "{\"step\":1,\"worker\":0,\"layers\":{\"l\":{\"count\":1,\"mean\":[1],\"var\":[-1e-50]}}}",
+        "{\"step\":1,\"worker\":0,\"layers\":{\"l\":{\"count\":1,\"mean\":[1],\"var\":[-0]}}}",
+        "{\"step\":1,\"worker\":0,\"layers\":{\"l\":{\"count\":1,\"mean\":[1],\"var\":[-0.0]}}}",
+        "{\"step\":1.0,\"worker\":0,\"layers\":{\"l\":{\"count\":0}}}",
+        "{\"step\":1,\"worker\":0,\"layers\":{\"l\":{\"count\":0}},\"domain\":\"caf\\u00e9\"}",
+        "{\"step\":1,\"worker\":0,\"layers\":{\"l\":{\"count\":0},\"k\":{\"count\":0},\"l\":{"
+        "\"count\":0}}}",
+        "{\"step\":1,\"worker\":0,\"layers\":{\"l\":{\"count\":0}}}\n\n",
+        "{\"step\":1,\"worker\":0,\"layers\":{\"l\":{\"count\":0}}} {}",
+        "{\"step\":1,\"worker\":0,\"update\":[\"ema\",\"ema\"],\"layers\":{\"l\":{\"count\":0}}}",
+        "{\"step\":1,\"worker\":0,\"update\":[],\"layers\":{\"l\":{\"count\":0}}}",
+        "{\"step\":1,\"worker\":0,\"layers\":{}}",
+        "{\"step\":1,\"worker\":0,\"layers\":{\"l\":{}}}",
+        "{\"step\":1,\"worker\":0,\"layers\":{\"l\":{\"count\":0,\"mean\":[],\"var\":[]}}}",
+        "{\"step\":1,\"worker\":0,\"world_size\":0,\"layers\":{\"l\":{\"count\":0}}}",
+        "{\"step\":9223372036854775807,\"worker\":4294967295,\"layers\":{\"l\":{\"count\":"
+        "18446744073709551615}}}",
+        "{\"step\":1,\"worker\":0,\"unbiased\":true,\"layers\":{\"l\":{\"count\":3,\"mean\":[1,2],"
+        "\"var\":[3,4]}}}",
+    };
+    for (size_t i = 0; i < sizeof(odd) / sizeof(odd[0]); i++)
+        decode_both(odd[i], strlen(odd[i]));
+}
+END_TEST
+
+static Suite *safetensors_suite(void)
+{
+    Suite *s = suite_create("safetensors");
+    TCase *tc = tcase_create("safetensors");
+    tcase_set_timeout(tc, 120);
+    tcase_add_test(tc, test_accessors);
+    tcase_add_test(tc, test_dtype_sizes);
+    tcase_add_test(tc, test_limits);
+    tcase_add_test(tc, test_fuzz);
+    tcase_add_test(tc, test_fuzz_json_report);
+    tcase_add_test(tc, test_fast_path_numbers);
+    suite_add_tcase(s, tc);
+    return s;
+}
+
+NS_TEST_MAIN(safetensors_suite)
