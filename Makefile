@@ -64,7 +64,7 @@ endef
 # ---------------------------------------------------------------- fragments
 ALL_TARGETS :=
 UNIT_LINK   :=
-UNIT_LIBS   :=
+UNIT_LIBS   =
 INSTALL_TARGETS :=
 UNINSTALL_TARGETS :=
 NS_INCLUDES :=
@@ -75,6 +75,7 @@ include core/core.mk
 -include client/client.mk
 include tests/tests.mk
 -include tests/bench/bench.mk
+-include tests/e2e/e2e.mk
 
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)
 

@@ -39,8 +39,8 @@ INTEGRATION_TESTS := $(sort $(wildcard tests/integration/test_*.sh tests/integra
 test-integration: $(ALL_TARGETS)
 	$(Q)for t in $(INTEGRATION_TESTS); do \
 	    echo "== $$t"; \
-	    case $$t in *.py) $(PYTHON) $$t ;; *) sh $$t ;; esac || exit 1; \
+	    case $$t in *.py) NS_BUILD=$(BUILD) $(PYTHON) $$t ;; *) NS_BUILD=$(BUILD) sh $$t ;; esac || exit 1; \
 	done
 
-test-all: check-units check-exports test-integration
+test-all: check-units check-exports test-integration test-e2e
 	@echo "all tests passed"

@@ -1,6 +1,6 @@
 /* kernel_avx2.c - the AVX2+FMA kernel table (the only file built with -mavx2 -mfma).
  *
- * Same algorithms as kernel_scalar.c; the comments beside each vector step
+ * Same contracts as kernel_scalar.c; the comments beside each vector step
  * give the scalar operation it performs, line by line. Floats are widened to
  * double four at a time (vcvtps2pd) for every sum that reaches a result, so
  * results are computed in double as in the reference.
@@ -9,15 +9,28 @@
  *    results are deterministic but differ from scalar by rounding (tested
  *    bound in tests/unit/test_kernels.c). Its first pass runs in float32
  *    (only an estimate of the mean; see block_moments).
- *  - rows_moments and combine do, per channel, exactly the scalar operations
- *    in the same order (mul and add, no FMA), so they equal scalar bitwise;
- *    channels are independent lanes.
+ *  - rows_moments works like block_moments, one channel per lane; it differs
+ *    from scalar by rounding (same bound).
+ *  - combine does, per channel, exactly the scalar operations in the same
+ *    order (mul and add, no FMA), so it equals scalar bitwise.
+ *  - moments.c reads channel tiles n-major (and NHWC tiles chunk after
+ *    chunk), so the data a kernel reads next is known: pass 2, which runs
+ *    from L1, prefetches it and keeps the memory stream busy.
  *  - the validation scans test 32 floats per iteration with ordered compares
  *    (false for NaN) and locate the exact index only after a hit. */
 #include "kernels.h"
 
 #include <immintrin.h>
 #include <math.h>
+#include <stdint.h>
+
+/* Prefetch the line at address 'a' into L1. Addresses are integers because
+ * they may lie past the end of the caller's data (a prefetch never faults;
+ * forming such a pointer would be undefined). */
+static inline void prefetch(uintptr_t a)
+{
+    _mm_prefetch((const char *)a, _MM_HINT_T0);
+}
 
 /* (double)p[0..3] */
 static inline __m256d load4(const float *p)
@@ -85,13 +98,13 @@ static void block_moments(const float *src, size_t seg_len, size_t nseg, size_t 
     double u = 0.0, e = 0.0;
     for (size_t i = 0; i < nseg; i++) {
         const float *p = src + i * stride;
-        const char *ahead = (const char *)(p + seg_len);
+        const uintptr_t ahead = (uintptr_t)p + seg_len * sizeof(float);
         size_t j = 0;
         for (; j + 16 <= seg_len; j += 16) {
             /* The callers read channel tiles n-major, so the next block starts
              * where this segment ends: fetch it while pass 2 runs from L1
              * (a hint only; it never faults, past the end of the data neither). */
-            _mm_prefetch(ahead + j * sizeof(float), _MM_HINT_T0);
+            prefetch(ahead + j * sizeof(float));
             d = _mm256_sub_pd(load4(p + j), vmu);      /* d = x[j..j+3] - mean0 */
             q0 = _mm256_fmadd_pd(d, d, q0);            /* q0 += d * d */
             c0 = _mm256_add_pd(c0, d);                 /* c0 += d */
@@ -123,79 +136,118 @@ static void block_moments(const float *src, size_t seg_len, size_t nseg, size_t 
     *m2 = r < 0.0 ? 0.0 : r; /* keeps NaN */
 }
 
-/* Row moments of one strip of 4 * V channels (V = 1..4 vectors of 4
- * doubles), all rows, accumulators in registers. Per channel these are
- * exactly kernel_scalar.c's operations in the same order (a sequential sum
- * over rows, mul and add without FMA), so the result equals scalar bitwise;
- * the strip only decides how many channels run side by side. */
+/* Row moments by the corrected two-pass algorithm of block_moments, per
+ * channel (one channel per vector lane):
+ *   pass 1 (float):  s = sum_r (x[r] - x0),  mean0 = x0 + s / rows
+ *   pass 2 (double): d = x[r] - mean0,  q += d * d (FMA),  e += d
+ *   mean = mean0 + e / rows,  m2 = max(q - e * e / rows, 0)
+ * Pass 1 runs row by row across up to ROWS_SUBTILE channels (memory is read
+ * in order), pass 2 strip by strip from cache with the accumulators in
+ * registers. Every lane and the scalar tails do exactly these operations in
+ * this order, so a channel's result does not depend on where it sits. */
+#define ROWS_SUBTILE 256
+
 #define STRIP_LOOP(V, stmt)                                                                        \
-    do { /* stmt for v = 0 .. V-1, written out so acc[v] etc. become registers */                  \
+    do { /* stmt for v = 0 .. V-1, written out so q[v] etc. become registers */                    \
         { const int v = 0; stmt; }                                                                 \
         if ((V) > 1) { const int v = 1; stmt; }                                                    \
         if ((V) > 2) { const int v = 2; stmt; }                                                    \
         if ((V) > 3) { const int v = 3; stmt; }                                                    \
     } while (0)
 
-/* Always inlined with a constant V, so acc[] and friends live in registers. */
+/* Pass 2 of one strip of 4 * V channels (V = 1 or 4), given pass 1's float
+ * sums fs[] and first values fx0[]. Always inlined with a constant V. */
 static inline __attribute__((always_inline)) void rows_strip(const float *src, size_t rows,
-                                                             size_t stride, double *mean,
+                                                             size_t stride, const float *fx0,
+                                                             const float *fs, double *mean,
                                                              double *m2, const int V,
-                                                             const float *next)
+                                                             uintptr_t next)
 {
-    __m256d x0[4], acc[4], mu[4];
-    const double count = (double)rows;
+    __m256d mu[4], q[4], e[4];
+    const __m256d vcount = _mm256_set1_pd((double)rows);
 
-    STRIP_LOOP(V, x0[v] = load4(src + 4 * v));            /* x0[c] = x[0][c] */
-    STRIP_LOOP(V, acc[v] = _mm256_setzero_pd());
+    STRIP_LOOP(V, {
+        const __m256d x0 = load4(fx0 + 4 * v);
+        __m256d m0 = _mm256_add_pd(x0, _mm256_div_pd(load4(fs + 4 * v), vcount));
+        /* mean0[c] = x0[c] + s[c] / rows, or x0[c] if the float sum overflowed */
+        const __m256d finite = _mm256_cmp_pd(_mm256_sub_pd(m0, m0), _mm256_setzero_pd(), _CMP_EQ_OQ);
+        mu[v] = _mm256_blendv_pd(x0, m0, finite);
+        q[v] = _mm256_setzero_pd();
+        e[v] = _mm256_setzero_pd();
+    });
     for (size_t r = 0; r < rows; r++) {
         const float *p = src + r * stride;
-        STRIP_LOOP(V, acc[v] = _mm256_add_pd(acc[v], _mm256_sub_pd(load4(p + 4 * v), x0[v])));
-        /* sum[c] += x[r][c] - x0[c] */
-    }
-    const __m256d vcount = _mm256_set1_pd(count);
-    STRIP_LOOP(V, mu[v] = _mm256_add_pd(x0[v], _mm256_div_pd(acc[v], vcount)));
-    /* mean[c] = x0[c] + sum[c] / rows */
-    STRIP_LOOP(V, acc[v] = _mm256_setzero_pd());
-    for (size_t r = 0; r < rows; r++) {
-        const float *p = src + r * stride;
-        /* Fetch the strip read next ('next', same rows) while pass 2 runs
-         * from L1 (a hint only: it never faults). */
-        const char *ahead = (const char *)(next + r * stride);
-        _mm_prefetch(ahead, _MM_HINT_T0);
-        _mm_prefetch(ahead + (4 * V - 1) * sizeof(float), _MM_HINT_T0);
+        /* Fetch this strip's row of the next chunk ('rows' rows down, read
+         * next by the callers) while pass 2 runs from cache. A hint only: it
+         * never faults. */
+        const uintptr_t ahead = next + r * stride * sizeof(float);
+        prefetch(ahead);
+        prefetch(ahead + (4 * V - 1) * sizeof(float));
         STRIP_LOOP(V, {
-            __m256d d = _mm256_sub_pd(load4(p + 4 * v), mu[v]); /* d = x[r][c] - mean[c] */
-            acc[v] = _mm256_add_pd(acc[v], _mm256_mul_pd(d, d)); /* m2[c] += d * d */
+            __m256d d = _mm256_sub_pd(load4(p + 4 * v), mu[v]); /* d = x[r][c] - mean0[c] */
+            q[v] = _mm256_fmadd_pd(d, d, q[v]);                 /* q[c] += d * d */
+            e[v] = _mm256_add_pd(e[v], d);                      /* e[c] += d */
         });
     }
-    STRIP_LOOP(V, _mm256_storeu_pd(mean + 4 * v, mu[v]));
-    STRIP_LOOP(V, _mm256_storeu_pd(m2 + 4 * v, acc[v]));
+    STRIP_LOOP(V, {
+        /* mean[c] = mean0[c] + e[c] / rows;  m2[c] = max(q[c] - e[c] * e[c] / rows, 0) */
+        _mm256_storeu_pd(mean + 4 * v, _mm256_add_pd(mu[v], _mm256_div_pd(e[v], vcount)));
+        __m256d r2 = _mm256_sub_pd(q[v], _mm256_div_pd(_mm256_mul_pd(e[v], e[v]), vcount));
+        _mm256_storeu_pd(m2 + 4 * v, _mm256_max_pd(_mm256_setzero_pd(), r2)); /* keeps NaN */
+    });
 }
 
 static void rows_moments(const float *src, size_t rows, size_t width, size_t stride,
                          double *mean, double *m2)
 {
-    /* The strip after the last one is the first of the next chunk, which
-     * callers read next ('rows' rows down). */
-    const float *chunk_next = src + rows * stride;
-    size_t c = 0;
-    for (; c + 16 <= width; c += 16)
-        rows_strip(src + c, rows, stride, mean + c, m2 + c, 4,
-                   c + 16 < width ? src + c + 16 : chunk_next);
-    for (; c + 4 <= width; c += 4)
-        rows_strip(src + c, rows, stride, mean + c, m2 + c, 1, c + 4 < width ? src + c + 4 : chunk_next);
-    for (; c < width; c++) { /* the same operations, one channel */
-        const double x0 = src[c];
-        double s = 0.0, q = 0.0;
-        for (size_t r = 0; r < rows; r++)
-            s += (double)src[r * stride + c] - x0;
-        const double mu = x0 + s / (double)rows;
-        for (size_t r = 0; r < rows; r++) {
-            double d = (double)src[r * stride + c] - mu;
-            q += d * d;
+    float fx0[ROWS_SUBTILE], fs[ROWS_SUBTILE];
+    const double count = (double)rows;
+    /* The next chunk of the same channels starts 'rows' rows down. */
+    const uintptr_t next = (uintptr_t)src + rows * stride * sizeof(float);
+
+    for (size_t c0 = 0; c0 < width; c0 += ROWS_SUBTILE) {
+        const size_t w = width - c0 < ROWS_SUBTILE ? width - c0 : ROWS_SUBTILE;
+        const size_t w8 = w & ~(size_t)7;
+        const float *base = src + c0;
+        size_t c;
+
+        /* Pass 1, row by row: s[c] += x[r][c] - x0[c] (float). */
+        for (c = 0; c < w; c++) {
+            fx0[c] = base[c];
+            fs[c] = 0.0f;
         }
-        mean[c] = mu;
-        m2[c] = q;
+        for (size_t r = 0; r < rows; r++) {
+            const float *p = base + r * stride;
+            for (c = 0; c < w8; c += 8)
+                _mm256_storeu_ps(fs + c, _mm256_add_ps(_mm256_loadu_ps(fs + c),
+                                                       _mm256_sub_ps(_mm256_loadu_ps(p + c),
+                                                                     _mm256_loadu_ps(fx0 + c))));
+            for (; c < w; c++)
+                fs[c] += p[c] - fx0[c];
+        }
+
+        /* Pass 2, strip by strip. */
+        const uintptr_t snext = next + c0 * sizeof(float);
+        for (c = 0; c + 16 <= w; c += 16)
+            rows_strip(base + c, rows, stride, fx0 + c, fs + c, mean + c0 + c, m2 + c0 + c, 4,
+                       snext + c * sizeof(float));
+        for (; c + 4 <= w; c += 4)
+            rows_strip(base + c, rows, stride, fx0 + c, fs + c, mean + c0 + c, m2 + c0 + c, 1,
+                       snext + c * sizeof(float));
+        for (; c < w; c++) { /* one channel: the same operations as a lane */
+            double mu = (double)fx0[c] + (double)fs[c] / count;
+            if (!(mu - mu == 0.0))
+                mu = fx0[c];
+            double q = 0.0, e = 0.0;
+            for (size_t r = 0; r < rows; r++) {
+                double d = (double)base[r * stride + c] - mu;
+                q = fma(d, d, q);
+                e += d;
+            }
+            const double r2 = q - e * e / count;
+            mean[c0 + c] = mu + e / count;
+            m2[c0 + c] = 0.0 > r2 ? 0.0 : r2;
+        }
     }
 }
 

@@ -1,11 +1,12 @@
 /* kernel_scalar.c - the reference kernel table: plain C, one accumulator, no ISA flags.
  *
- * Every other table is tested against this one. The algorithms are the ones
- * the vector kernels implement, written as directly as possible:
+ * Every other table is tested against this one, so it is written as directly
+ * as possible:
  *  - block and row moments are two-pass. Pass 1 sums (x - x0) with x0 the
  *    first value, so the running sum stays small and the mean is accurate to
  *    about one ulp even when |mean| >> std; pass 2 sums (x - mean)^2 over the
- *    same (cached) values. */
+ *    same (cached) values. (kernel_avx2.c estimates the mean in float32
+ *    instead and corrects it in pass 2; combine it does exactly as here.) */
 #include "kernels.h"
 
 #include <math.h>
@@ -42,8 +43,7 @@ static void block_moments(const float *src, size_t seg_len, size_t nseg, size_t 
 }
 
 /* Row-major so memory is read in order; the outputs serve as accumulators:
- * m2[] holds x0 (row 0) during pass 1, mean[] the running sum. The vector
- * kernel does exactly these operations per channel, so the two agree bitwise. */
+ * m2[] holds x0 (row 0) during pass 1, mean[] the running sum. */
 static void rows_moments(const float *src, size_t rows, size_t width, size_t stride,
                          double *mean, double *m2)
 {

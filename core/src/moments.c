@@ -16,8 +16,8 @@
  *    only change who computes a group, so the same input gives the same bits
  *    for any 'threads' (for one kernel table).
  *  - Threads: with many channels, threads take channel tiles and fold them
- *    alone. With few channels, threads compute groups in rounds (an OpenMP
- *    'for' over the next groups) and one thread folds each round in order.
+ *    alone. With few channels, threads compute groups side by side and fold
+ *    them into the channels one at a time in group order (OpenMP 'ordered').
  *  - Memory: NCHW tiles are read n-major, one contiguous stream of
  *    tile * inner floats per n. Scratch is on the stack and bounded; nothing
  *    is allocated. */
@@ -31,12 +31,11 @@
 #define BLOCK_VALUES 4096       /* floats per two-pass block: 16 KiB, stays in L1 */
 #define GROUP_BLOCKS 16         /* blocks (NCHW) per group */
 #define GROUP_CHUNKS 16         /* row chunks (NHWC) per group */
-#define ROUND_GROUPS 256        /* NCHW groups computed per parallel round */
-#define NCHW_TILE 32            /* NCHW channels read as one stream per n */
+#define ROUND_CHANNELS 16       /* NCHW: at most this many channels for group-parallel mode */
+#define NCHW_TILE 64            /* NCHW channels read as one stream per n */
 #define CHUNK_VALUES 32768      /* floats per NHWC chunk (128 KiB; the kernel works in L1-sized strips) */
 #define NHWC_TILE 128           /* channels per NHWC tile at most */
-#define ROW_MODE_CHANNELS 64    /* NHWC: at most this many channels for row-parallel mode */
-#define ROW_MODE_THREADS 8      /* and at most this many threads there */
+#define ROW_MODE_CHANNELS 64    /* NHWC: at most this many channels for group-parallel mode */
 #define SERIAL_VALUES (1u << 18) /* below this, threads cost more than they save */
 
 static size_t min_size(size_t a, size_t b)
@@ -159,43 +158,42 @@ static double nchw_block(const nchw_plan_t *pl, size_t c, size_t b, double *bm, 
     return (double)nseg * (double)pl->inner;
 }
 
-/* Group g of channel c: the fold of its blocks in order. */
-static ns_moments_t nchw_group(const nchw_plan_t *pl, size_t c, size_t g)
+/* Folds blocks [b, b1) of channels [c0, c0 + width) into acc[], n-major: for
+ * each step of n every channel's blocks of that n, so memory is read as one
+ * stream (width * inner contiguous floats per n). Each channel still sees its
+ * own blocks in index order. */
+static void nchw_blocks(const nchw_plan_t *pl, size_t c0, size_t width, size_t b, size_t b1,
+                        acc_t *acc)
 {
-    acc_t acc = acc_empty;
-    const size_t b1 = min_size((g + 1) * GROUP_BLOCKS, pl->blocks);
-    double bm, bq;
-
-    for (size_t b = g * GROUP_BLOCKS; b < b1; b++) {
-        double bn = nchw_block(pl, c, b, &bm, &bq);
-        acc_add(&acc, bn, bm, bq);
-    }
-    return (ns_moments_t){acc.n, acc_mean(&acc), acc.m2};
-}
-
-/* Channels [c0, c0 + width), all groups. Each channel sees exactly the fold
- * of nchw_group() results in group order, but the loop runs n-major over the
- * tile, so memory is read as one stream (width * inner contiguous floats per
- * n) rather than jumping C * inner floats after every block. */
-static void nchw_tile(const nchw_plan_t *pl, size_t c0, size_t width, double *mean, double *m2)
-{
-    acc_t grp[NCHW_TILE], chan[NCHW_TILE];
     const size_t row = pl->per_n ? pl->per_n : 1; /* blocks per step of n */
     double bm, bq;
 
-    for (size_t i = 0; i < width; i++)
-        grp[i] = chan[i] = acc_empty;
-    for (size_t b0 = 0; b0 < pl->blocks; b0 += row) {
-        for (size_t i = 0; i < width; i++) {
-            for (size_t b = b0; b < b0 + row; b++) {
-                double bn = nchw_block(pl, c0 + i, b, &bm, &bq);
-                acc_add(&grp[i], bn, bm, bq);
-                if (b % 8 == 7 || b + 1 == pl->blocks) {
-                    acc_add(&chan[i], grp[i].n, acc_mean(&grp[i]), grp[i].m2);
-                    grp[i] = acc_empty;
-                }
+    while (b < b1) {
+        const size_t end = min_size(b1, (b / row + 1) * row);
+        for (size_t i = 0; i < width; i++)
+            for (size_t k = b; k < end; k++) {
+                double bn = nchw_block(pl, c0 + i, k, &bm, &bq);
+                acc_add(&acc[i], bn, bm, bq);
             }
-        }
+        b = end;
+    }
+}
+
+/* Channels [c0, c0 + width): each channel's groups folded in order into the
+ * outputs. */
+static void nchw_tile(const nchw_plan_t *pl, size_t c0, size_t width, double *mean, double *m2)
+{
+    acc_t grp[NCHW_TILE], chan[NCHW_TILE];
+
+    for (size_t i = 0; i < width; i++)
+        chan[i] = acc_empty;
+    for (size_t g = 0; g < pl->groups; g++) {
+        for (size_t i = 0; i < width; i++)
+            grp[i] = acc_empty;
+        nchw_blocks(pl, c0, width, g * GROUP_BLOCKS, min_size((g + 1) * GROUP_BLOCKS, pl->blocks),
+                    grp);
+        for (size_t i = 0; i < width; i++)
+            acc_add(&chan[i], grp[i].n, acc_mean(&grp[i]), grp[i].m2);
     }
     for (size_t i = 0; i < width; i++) {
         mean[c0 + i] = acc_mean(&chan[i]);
@@ -203,31 +201,30 @@ static void nchw_tile(const nchw_plan_t *pl, size_t c0, size_t width, double *me
     }
 }
 
-/* Few channels: groups in rounds; one thread folds each round in order. */
-static void nchw_rounds(const nchw_plan_t *pl, size_t channels, double *mean, double *m2,
+/* Few channels (<= ROUND_CHANNELS): threads compute groups (all channels of
+ * a range of blocks) side by side; each is folded into the channels in group
+ * order ('ordered'), while the next groups are being computed. */
+static void nchw_groups(const nchw_plan_t *pl, size_t channels, double *mean, double *m2,
                         int threads)
 {
-    ns_moments_t part[ROUND_GROUPS];
-    acc_t chan = acc_empty;
-    const size_t items = channels * pl->groups;
+    acc_t chan[ROUND_CHANNELS];
 
-#pragma omp parallel num_threads(threads)
-    for (size_t r0 = 0; r0 < items; r0 += ROUND_GROUPS) {
-        const size_t rn = min_size(ROUND_GROUPS, items - r0);
-#pragma omp for schedule(static)
-        for (size_t i = 0; i < rn; i++)
-            part[i] = nchw_group(pl, (r0 + i) / pl->groups, (r0 + i) % pl->groups);
-#pragma omp single
-        for (size_t i = 0; i < rn; i++) {
-            const size_t c = (r0 + i) / pl->groups, g = (r0 + i) % pl->groups;
-            if (g == 0)
-                chan = acc_empty;
-            acc_add(&chan, part[i].n, part[i].mean, part[i].m2);
-            if (g + 1 == pl->groups) {
-                mean[c] = acc_mean(&chan);
-                m2[c] = chan.m2;
-            }
-        }
+    for (size_t i = 0; i < channels; i++)
+        chan[i] = acc_empty;
+#pragma omp parallel for ordered schedule(static, 1) num_threads(threads)
+    for (size_t g = 0; g < pl->groups; g++) {
+        acc_t part[ROUND_CHANNELS];
+        for (size_t i = 0; i < channels; i++)
+            part[i] = acc_empty;
+        nchw_blocks(pl, 0, channels, g * GROUP_BLOCKS, min_size((g + 1) * GROUP_BLOCKS, pl->blocks),
+                    part);
+#pragma omp ordered
+        for (size_t i = 0; i < channels; i++)
+            acc_add(&chan[i], part[i].n, acc_mean(&part[i]), part[i].m2);
+    }
+    for (size_t i = 0; i < channels; i++) {
+        mean[i] = acc_mean(&chan[i]);
+        m2[i] = chan[i].m2;
     }
 }
 
@@ -253,7 +250,7 @@ int ns_moments_nchw(const float *src, size_t outer, size_t channels, size_t inne
     if (threads <= 1) {
         for (size_t c0 = 0; c0 < channels; c0 += NCHW_TILE)
             nchw_tile(&pl, c0, min_size(NCHW_TILE, channels - c0), mean, m2);
-    } else if (channels >= 8 * (size_t)threads) {
+    } else if (channels > ROUND_CHANNELS || channels >= 8 * (size_t)threads) {
         /* ceil(C / threads) channels per tile, at most NCHW_TILE */
         const size_t tile = min_size((channels + (size_t)threads - 1) / (size_t)threads, NCHW_TILE);
         const size_t tiles = (channels + tile - 1) / tile;
@@ -261,7 +258,7 @@ int ns_moments_nchw(const float *src, size_t outer, size_t channels, size_t inne
         for (size_t t = 0; t < tiles; t++)
             nchw_tile(&pl, t * tile, min_size(tile, channels - t * tile), mean, m2);
     } else {
-        nchw_rounds(&pl, channels, mean, m2, threads);
+        nchw_groups(&pl, channels, mean, m2, threads);
     }
     return check_finite(mean, m2, channels);
 }
@@ -286,7 +283,7 @@ static void nhwc_plan_init(nhwc_plan_t *pl, const float *src, size_t outer, size
     pl->k = ns__kernels();
     pl->outer = outer;
     pl->channels = channels;
-    pl->rows = min_size(4096, CHUNK_VALUES / min_size(channels, NHWC_TILE));
+    pl->rows = min_size(4096, 4096 / min_size(channels, 16));
     const size_t grows = pl->rows * GROUP_CHUNKS;
     pl->groups = (outer + grows - 1) / grows;
 }
@@ -335,27 +332,22 @@ static void nhwc_tile(const nhwc_plan_t *pl, size_t c0, size_t width, double *me
     }
 }
 
-/* Few channels (<= ROW_MODE_CHANNELS): groups in rounds of 'threads', folded
- * in order by one thread. */
-static void nhwc_rounds(const nhwc_plan_t *pl, double *mean, double *m2, int threads)
+/* Few channels (<= ROW_MODE_CHANNELS): threads compute groups side by side;
+ * each is folded into the channels in group order ('ordered'). */
+static void nhwc_groups(const nhwc_plan_t *pl, double *mean, double *m2, int threads)
 {
-    double gm[ROW_MODE_THREADS][ROW_MODE_CHANNELS], gq[ROW_MODE_THREADS][ROW_MODE_CHANNELS];
-    double gn[ROW_MODE_THREADS];
     acc_t chan[ROW_MODE_CHANNELS];
-    const size_t width = pl->channels, round = (size_t)threads;
+    const size_t width = pl->channels;
 
     for (size_t i = 0; i < width; i++)
         chan[i] = acc_empty;
-#pragma omp parallel num_threads(threads)
-    for (size_t g0 = 0; g0 < pl->groups; g0 += round) {
-        const size_t rn = min_size(round, pl->groups - g0);
-#pragma omp for schedule(static)
-        for (size_t j = 0; j < rn; j++)
-            gn[j] = nhwc_group(pl, 0, width, g0 + j, gm[j], gq[j]);
-#pragma omp single
-        for (size_t j = 0; j < rn; j++)
-            for (size_t i = 0; i < width; i++)
-                acc_add(&chan[i], gn[j], gm[j][i], gq[j][i]);
+#pragma omp parallel for ordered schedule(static, 1) num_threads(threads)
+    for (size_t g = 0; g < pl->groups; g++) {
+        double gm[ROW_MODE_CHANNELS], gq[ROW_MODE_CHANNELS];
+        const double gn = nhwc_group(pl, 0, width, g, gm, gq);
+#pragma omp ordered
+        for (size_t i = 0; i < width; i++)
+            acc_add(&chan[i], gn, gm[i], gq[i]);
     }
     for (size_t i = 0; i < width; i++) {
         mean[i] = acc_mean(&chan[i]);
@@ -391,7 +383,7 @@ int ns_moments_nhwc(const float *src, size_t outer, size_t channels, double *mea
         for (size_t t = 0; t < tiles; t++)
             nhwc_tile(&pl, t * tile, min_size(tile, channels - t * tile), mean, m2);
     } else {
-        nhwc_rounds(&pl, mean, m2, threads > ROW_MODE_THREADS ? ROW_MODE_THREADS : threads);
+        nhwc_groups(&pl, mean, m2, threads);
     }
     return check_finite(mean, m2, channels);
 }

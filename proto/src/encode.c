@@ -90,6 +90,14 @@ static int header_tensor(ns_buf_t *h, const char *layer, const char *part, const
                          dtype, channels, (unsigned long long)begin, (unsigned long long)end);
 }
 
+/* Only the scalars a PyTorch state_dict holds become tensors, so
+ * load_state_dict(strict=False) reports no unexpected keys; the others
+ * ("step", "num_samples", ...) travel as "<layer>.<name>" metadata. */
+static int scalar_is_tensor(const char *name)
+{
+    return strcmp(name, "num_batches_tracked") == 0 || strcmp(name, "count") == 0;
+}
+
 static void store_le32(uint8_t *p, uint32_t v)
 {
     for (int i = 0; i < 4; i++)
@@ -128,6 +136,20 @@ static int encode_safetensors(ns_buf_t *dst, const ns_meta_t *meta, size_t n_met
             (rc = ns_buf_append(&h, ":", 1)) || (rc = ns__buf_append_json_string(&h, value)))
             goto fail;
     }
+    for (size_t l = 0; l < n_layers; l++) {
+        const ns_out_layer_t *layer = &layers[l];
+        for (size_t s = 0; s < layer->n_scalars; s++) {
+            char key[2 * NS_NAME_MAX + 32], num[32];
+            if (scalar_is_tensor(layer->scalar_names[s]))
+                continue;
+            snprintf(key, sizeof(key), "%s.%s", layer->name, layer->scalar_names[s]);
+            snprintf(num, sizeof(num), "%lld", (long long)layer->scalars[s]);
+            if ((h.len > 17 && (rc = ns_buf_append(&h, ",", 1))) ||
+                (rc = ns__buf_append_json_string(&h, key)) || (rc = ns_buf_append(&h, ":", 1)) ||
+                (rc = ns__buf_append_json_string(&h, num)))
+                goto fail;
+        }
+    }
     if ((rc = ns_buf_append(&h, "}", 1)))
         goto fail;
     for (size_t l = 0; l < n_layers; l++) {
@@ -141,10 +163,14 @@ static int encode_safetensors(ns_buf_t *dst, const ns_meta_t *meta, size_t n_met
             if ((rc = header_tensor(&h, layer->name, layer->array_names[a], "F32", 0,
                                     layer->channels, at, at + bytes)))
                 goto fail;
-        for (size_t s = 0; s < layer->n_scalars; s++, at += 8)
+        for (size_t s = 0; s < layer->n_scalars; s++) {
+            if (!scalar_is_tensor(layer->scalar_names[s]))
+                continue;
             if ((rc = header_tensor(&h, layer->name, layer->scalar_names[s], "I64", 1, 0, at,
                                     at + 8)))
                 goto fail;
+            at += 8;
+        }
     }
     if ((rc = ns_buf_append(&h, "}", 1)))
         goto fail;
@@ -173,8 +199,11 @@ static int encode_safetensors(ns_buf_t *dst, const ns_meta_t *meta, size_t n_met
                 memcpy(&bits, &f, sizeof(bits));
                 store_le32(p, bits);
             }
-        for (size_t s = 0; s < layer->n_scalars; s++, p += 8)
-            store_le64(p, (uint64_t)layer->scalars[s]);
+        for (size_t s = 0; s < layer->n_scalars; s++)
+            if (scalar_is_tensor(layer->scalar_names[s])) {
+                store_le64(p, (uint64_t)layer->scalars[s]);
+                p += 8;
+            }
     }
     dst->len += 8 + h.len + (size_t)at;
     dst->data[dst->len] = '\0';

@@ -56,4 +56,9 @@ unsigned ns__update_parse_word(const char *s, size_t len);
  * unknown; sets *dtype. */
 size_t ns__dtype_size(const char *name, ns_dtype_t *dtype);
 
+/* ns__json_load() : parse a JSON body (duplicate keys rejected) into *dst.
+ * @return 0, or NS_EINVAL with 'err' giving the position, or the field's
+ * path when a number is too big for an integer. */
+int ns__json_load(json_t **dst, const char *src, size_t src_len, ns_error_detail_t *err);
+
 #endif /* NS_PROTO_INTERNAL_H */

@@ -292,13 +292,12 @@ fail:
 int ns__report_decode_json_full(ns_report_t **dst, const char *src, size_t src_len,
                                 ns_error_detail_t *err)
 {
-    json_error_t jerr;
+    json_t *root;
     *dst = NULL;
-    json_t *root = json_loadb(src ? src : "", src ? src_len : 0, JSON_REJECT_DUPLICATES, &jerr);
-    if (!root)
-        return ns_error_set(err, NS_EINVAL, "", "invalid JSON at line %d, column %d: %s", jerr.line,
-                            jerr.column, jerr.text);
-    int rc = decode_root(dst, root, err);
+    int rc = ns__json_load(&root, src, src_len, err);
+    if (rc)
+        return rc;
+    rc = decode_root(dst, root, err);
     json_decref(root);
     return rc;
 }

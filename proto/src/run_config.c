@@ -78,15 +78,14 @@ static int decode(ns_run_config_t *cfg, const json_t *root, ns_error_detail_t *e
 int ns_run_config_decode_json(ns_run_config_t *dst, const char *src, size_t src_len,
                               ns_error_detail_t *err)
 {
-    json_error_t jerr;
+    json_t *root;
     if (!src || only_space(src, src_len))
         return 0; /* an empty body is an empty object */
-    json_t *root = json_loadb(src, src_len, JSON_REJECT_DUPLICATES, &jerr);
-    if (!root)
-        return ns_error_set(err, NS_EINVAL, "", "invalid JSON at line %d, column %d: %s", jerr.line,
-                            jerr.column, jerr.text);
+    int rc = ns__json_load(&root, src, src_len, err);
+    if (rc)
+        return rc;
     ns_run_config_t cfg = *dst; /* dst stays unchanged on error */
-    int rc = decode(&cfg, root, err);
+    rc = decode(&cfg, root, err);
     json_decref(root);
     if (rc == 0)
         *dst = cfg;

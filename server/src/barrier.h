@@ -55,8 +55,8 @@ typedef struct nsd_pending_s {
     uint32_t world_size;
     uint32_t arrived;
     unsigned update;
-    uint64_t created_ms; /* first arrival */
-    size_t bytes;        /* accounted memory */
+    uint64_t created_ms;     /* first arrival */
+    size_t bytes;            /* accounted memory */
     nsd_arrival_t *arrivals; /* [world_size] */
     nsd_waitref_t *waiters;
     size_t n_waiters, cap_waiters;
@@ -88,9 +88,6 @@ typedef struct nsd_final_s {
  *  An empty pending step for 'world_size' ranks. @return NULL when out of memory. */
 nsd_pending_t *nsd_pending_create(uint64_t step, uint32_t world_size, unsigned update,
                                   uint64_t now_ms);
-
-/*! nsd_pending_bytes() : accounted memory of a pending step without arrays. */
-size_t nsd_pending_bytes(uint32_t world_size);
 
 /*! nsd_pending_free() : frees arrivals and waiter references (not the
  *  waiters). Accepts NULL. */

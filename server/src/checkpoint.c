@@ -35,8 +35,8 @@ static json_t *ema_json(const nsd_pop_t *pop, size_t c)
 
 static json_t *precise_json(const nsd_pop_t *pop, size_t c)
 {
-    return json_pack("{s:I, s:I, s:I, s:o, s:o, s:I}", "generation",
-                     (json_int_t)pop->generation, "n", (json_int_t)pop->precise.n, "num_batches",
+    return json_pack("{s:I, s:I, s:I, s:o, s:o, s:I}", "generation", (json_int_t)pop->generation,
+                     "n", (json_int_t)pop->precise.n, "num_batches",
                      (json_int_t)pop->precise.num_batches, "mean",
                      doubles_json(pop->precise.mean, c), "m2", doubles_json(pop->precise.m2, c),
                      "step", (json_int_t)pop->precise_step);
@@ -73,9 +73,9 @@ json_t *nsd_checkpoint_export(const nsd_run_t *run)
     json_t *domains = json_array(), *layers = json_object();
     int ok = domains && layers;
     for (size_t d = 0; ok && d < st->n_domains; d++)
-        ok = json_array_append_new(domains, json_pack("{s:s, s:I}", "domain", st->domains[d],
-                                                      "generation",
-                                                      (json_int_t)st->domain_gen[d])) == 0;
+        ok = json_array_append_new(domains,
+                                   json_pack("{s:s, s:I}", "domain", st->domains[d], "generation",
+                                             (json_int_t)st->domain_gen[d])) == 0;
     for (size_t i = 0; ok && i < st->n_layers; i++) {
         json_t *l = layer_json(st, st->layers[i]);
         ok = l != NULL && json_object_set_new(layers, st->layers[i]->name, l) == 0;
@@ -87,9 +87,9 @@ json_t *nsd_checkpoint_export(const nsd_run_t *run)
     }
     return json_pack("{s:s, s:i, s:s, s:o, s:I, s:I, s:o, s:o}", "format", "normstat-checkpoint",
                      "version", NSD_CHECKPOINT_VERSION, "run", run->name, "config",
-                     nsd_run_config_json(&st->cfg), "skipped_steps",
-                     (json_int_t)st->skipped_steps, "precise_generation",
-                     (json_int_t)st->precise_generation, "domains", domains, "layers", layers);
+                     nsd_run_config_json(&st->cfg), "skipped_steps", (json_int_t)st->skipped_steps,
+                     "precise_generation", (json_int_t)st->precise_generation, "domains", domains,
+                     "layers", layers);
 }
 
 /* ---------------------------------------------------------------- import */
@@ -152,7 +152,8 @@ static int get_doubles(json_t *o, const char *key, const char *path, size_t n, i
             char field[256];
             snprintf(field, sizeof(field), "%s.%s.%zu", path, key, i);
             return ns_error_set(err, NS_EINVAL, field,
-                                nonneg ? "expected a finite number >= 0" : "expected a finite number");
+                                nonneg ? "expected a finite number >= 0"
+                                       : "expected a finite number");
         }
         dst[i] = x;
     }
@@ -186,8 +187,7 @@ static int parse_config(json_t *o, ns_run_config_t *cfg, ns_error_detail_t *err)
     return 0;
 }
 
-static int parse_ema(json_t *o, const char *path, size_t c, nsd_pop_t *pop,
-                     ns_error_detail_t *err)
+static int parse_ema(json_t *o, const char *path, size_t c, nsd_pop_t *pop, ns_error_detail_t *err)
 {
     json_int_t v;
     if (!json_is_object(o))
@@ -299,7 +299,8 @@ static int parse_layer(nsd_run_state_t *st, const char *name, json_t *o, nsd_lay
     }
     const char *dname;
     json_t *dv;
-    json_object_foreach(doms, dname, dv) {
+    json_object_foreach(doms, dname, dv)
+    {
         snprintf(sub, sizeof(sub), "%s.domains.%s", path, dname);
         long d = nsd_run_find_domain(st, dname);
         if (d < 0)
@@ -391,7 +392,8 @@ int nsd_checkpoint_parse(nsd_run_state_t *dst, const char *src, size_t src_len,
         snprintf(path, sizeof(path), "domains.%zu", i);
         json_t *e = json_array_get(domains, i);
         json_t *name = json_object_get(e, "domain");
-        if (!json_is_object(e) || !json_is_string(name) || !ns_name_valid(json_string_value(name))) {
+        if (!json_is_object(e) || !json_is_string(name) ||
+            !ns_name_valid(json_string_value(name))) {
             bad(err, path, "domain", "expected a domain name");
             goto out;
         }
@@ -420,7 +422,8 @@ int nsd_checkpoint_parse(nsd_run_state_t *dst, const char *src, size_t src_len,
     st.cap_layers = nl ? nl : 1;
     const char *lname;
     json_t *lv;
-    json_object_foreach(layers, lname, lv) {
+    json_object_foreach(layers, lname, lv)
+    {
         nsd_layer_t *l = NULL;
         int lrc = parse_layer(&st, lname, lv, &l, err);
         if (l != NULL)

@@ -1,4 +1,5 @@
-/* h_checkpoint.c - GET and PUT /v1/runs/{run}/checkpoint: export and restore a run's whole state. */
+/* h_checkpoint.c - GET and PUT /v1/runs/{run}/checkpoint: export and restore a run's whole state.
+ */
 #include "clock.h"
 #include "http.h"
 #include "log.h"
@@ -20,8 +21,8 @@ void nsd_h_checkpoint_put(nsd_request_t *req)
 {
     ns_error_detail_t err = {0};
     const char *body = req->body.data ? req->body.data : "";
-    int rc = nsd_registry_checkpoint_import(req->server->registry, req->run, body, req->body.len,
-                                            &err);
+    int rc =
+        nsd_registry_checkpoint_import(req->server->registry, req->run, body, req->body.len, &err);
     if (rc != 0) {
         nsd_respond_detail(req, rc, &err);
         return;

@@ -23,9 +23,8 @@ void nsd_h_version(nsd_request_t *req)
 {
     const nsd_options_t *o = req->server->opts;
     nsd_respond_json(req, 200,
-                     json_pack("{s:s, s:s, s:I, s:I, s:I}", "version", ns_core_version(),
-                               "kernel", ns_core_kernel(), "core_threads",
-                               (json_int_t)o->core_threads, "openmp_max_threads",
-                               (json_int_t)ns_core_max_threads(), "http_threads",
-                               (json_int_t)o->threads));
+                     json_pack("{s:s, s:s, s:I, s:I, s:I}", "version", ns_core_version(), "kernel",
+                               ns_core_kernel(), "core_threads", (json_int_t)o->core_threads,
+                               "openmp_max_threads", (json_int_t)ns_core_max_threads(),
+                               "http_threads", (json_int_t)o->threads));
 }

@@ -22,7 +22,8 @@ static int parse_body(nsd_request_t *req, char *domain, const char **sel, ns_err
         rc = ns_error_set(err, NS_EINVAL, "", "expected an object");
         goto out;
     }
-    json_object_foreach(root, key, value) {
+    json_object_foreach(root, key, value)
+    {
         if (strcmp(key, "domain") != 0) {
             rc = ns_error_set(err, NS_EINVAL, key, "unknown field");
             goto out;

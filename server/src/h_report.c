@@ -1,4 +1,5 @@
-/* h_report.c - POST /v1/runs/{run}/batches (202 at once) and /sync (answered when the step finalizes). */
+/* h_report.c - POST /v1/runs/{run}/batches (202 at once) and /sync (answered when the step
+ * finalizes). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>

@@ -5,7 +5,7 @@
 #include "http.h"
 #include "registry.h"
 
-static const char *const params[] = {"source", "domain", "mixture", "layers",
+static const char *const params[] = {"source",   "domain", "mixture", "layers",
                                      "variance", "format", NULL};
 
 /* Split "l1,l2" into names. @return 0 or NS_EINVAL (err set); *dst malloc'd. */
@@ -68,23 +68,24 @@ static int parse_query(nsd_request_t *req, nsd_stats_query_t *q, char (**layers)
                                 "expected a domain name or *, got '%.130s'", domain);
         strcpy(q->domain, domain);
     }
-    if (mixture != NULL && ns_mixture_parse(q->mixture, NSD_MIXTURE_MAX, &q->n_mixture, mixture,
-                                            err) != 0)
+    if (mixture != NULL &&
+        ns_mixture_parse(q->mixture, NSD_MIXTURE_MAX, &q->n_mixture, mixture, err) != 0)
         return NS_EINVAL;
 
     v = nsd_request_query(req, "layers");
     if (v != NULL) {
         if (parse_layers(v, layers, &q->n_layers, err) != 0)
             return err->code;
-        q->layers = (const char(*)[NS_NAME_MAX + 1]) * layers;
+        const char(*names)[NS_NAME_MAX + 1] = *layers;
+        q->layers = names;
     }
     v = nsd_request_query(req, "variance");
     if (v != NULL) {
         if (strcmp(v, "biased") == 0)
             q->biased = 1;
         else if (strcmp(v, "unbiased") != 0)
-            return ns_error_set(err, NS_EINVAL, "variance", "expected biased or unbiased, got '%.100s'",
-                                v);
+            return ns_error_set(err, NS_EINVAL, "variance",
+                                "expected biased or unbiased, got '%.100s'", v);
     }
     v = nsd_request_query(req, "format");
     const char *accept = nsd_request_header(req, "Accept");
@@ -113,8 +114,9 @@ void nsd_h_stats(nsd_request_t *req)
     ns_buf_init(&buf, (size_t)1 << 30);
     int rc = q == NULL ? NS_ENOMEM : parse_query(req, q, &layers, &format, &err);
     rc = rc ? rc : nsd_registry_stats(req->server->registry, req->run, q, &stats, &err);
-    rc = rc ? rc : ns_stats_encode(&buf, format, stats->meta, stats->n_meta, stats->layers,
-                                   stats->n_layers);
+    rc = rc ? rc
+            : ns_stats_encode(&buf, format, stats->meta, stats->n_meta, stats->layers,
+                              stats->n_layers);
     if (rc != 0) {
         nsd_respond_detail(req, rc, &err);
     } else {

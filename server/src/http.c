@@ -1,4 +1,5 @@
-/* http.c - the libmicrohttpd daemon: request life cycle, body collection, responses, suspend/resume. */
+/* http.c - the libmicrohttpd daemon: request life cycle, body collection, responses,
+ * suspend/resume. */
 #include "http.h"
 
 #include <errno.h>
@@ -105,16 +106,17 @@ void nsd_respond_error(nsd_request_t *req, int code, const char *message)
         static const char oom[] =
             "{\"error\":{\"code\":\"out_of_memory\",\"message\":\"out of memory\"}}";
         ns_buf_free(&buf);
-        struct MHD_Response *resp = MHD_create_response_from_buffer(
-            sizeof(oom) - 1, (void *)oom, MHD_RESPMEM_PERSISTENT);
+        struct MHD_Response *resp =
+            MHD_create_response_from_buffer(sizeof(oom) - 1, (void *)oom, MHD_RESPMEM_PERSISTENT);
         if (resp != NULL)
             queue(req, 503, resp, "application/json");
         return;
     }
     if (nsd_log_enabled(NSD_LOG_DEBUG)) {
         char q[600];
-        nsd_log_write(NSD_LOG_DEBUG, "request_rejected", "method=%s path=%s status=%d code=%s msg=%s",
-                      req->method, req->path, status, ns_error_name(code),
+        nsd_log_write(NSD_LOG_DEBUG, "request_rejected",
+                      "method=%s path=%s status=%d code=%s msg=%s", req->method, req->path, status,
+                      ns_error_name(code),
                       nsd_log_quote(q, sizeof(q), message ? message : ns_strerror(code)));
     }
     size_t len;
@@ -161,8 +163,7 @@ static enum MHD_Result check_one(void *cls, enum MHD_ValueKind kind, const char 
     return MHD_NO;
 }
 
-int nsd_request_check_query(nsd_request_t *req, const char *const allowed[],
-                            ns_error_detail_t *err)
+int nsd_request_check_query(nsd_request_t *req, const char *const allowed[], ns_error_detail_t *err)
 {
     query_check_t qc = {allowed, err, 0};
     MHD_get_connection_values(req->conn, MHD_GET_ARGUMENT_KIND, check_one, &qc);
@@ -258,8 +259,9 @@ static void respond_pending_error(nsd_request_t *req)
     case NS_EMEDIATYPE: {
         const char *ct = nsd_request_header(req, MHD_HTTP_HEADER_CONTENT_TYPE);
         snprintf(msg, sizeof(msg), "Content-Type %.100s not accepted; use application/json%s",
-                 ct ? ct : "", req->route && req->route->body == NSD_BODY_REPORT
-                                   ? " or application/safetensors" : "");
+                 ct ? ct : "",
+                 req->route && req->route->body == NSD_BODY_REPORT ? " or application/safetensors"
+                                                                   : "");
         nsd_respond_error(req, NS_EMEDIATYPE, msg);
         break;
     }
@@ -291,9 +293,8 @@ static void after_handler(nsd_request_t *req)
 }
 
 static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const char *url,
-                                 const char *method, const char *version,
-                                 const char *upload_data, size_t *upload_data_size,
-                                 void **con_cls)
+                                 const char *method, const char *version, const char *upload_data,
+                                 size_t *upload_data_size, void **con_cls)
 {
     nsd_server_t *srv = cls;
     nsd_request_t *req = *con_cls;
@@ -388,7 +389,8 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     atomic_fetch_sub(&srv->in_flight, 1);
 }
 
-static void mhd_logger(void *cls, const char *fmt, va_list ap) __attribute__((format(printf, 2, 0)));
+static void mhd_logger(void *cls, const char *fmt, va_list ap)
+    __attribute__((format(printf, 2, 0)));
 static void mhd_logger(void *cls, const char *fmt, va_list ap)
 {
     char msg[512], q[600];
@@ -422,8 +424,10 @@ int nsd_http_start(nsd_server_t *server, char *err, size_t err_cap)
     if (res->ai_family == AF_INET6)
         flags |= MHD_USE_IPv6;
     unsigned threads = (unsigned)server->opts->threads;
+    /* One option and its values per line. */
+    /* clang-format off */
     server->daemon = MHD_start_daemon(
-        flags, 0, NULL, NULL, on_access, server,
+        flags, listen->port, NULL, NULL, on_access, server,
         /* First, so MHD's own start-up messages come through it too. */
         MHD_OPTION_EXTERNAL_LOGGER, mhd_logger, NULL,
         MHD_OPTION_SOCK_ADDR, res->ai_addr,
@@ -432,6 +436,7 @@ int nsd_http_start(nsd_server_t *server, char *err, size_t err_cap)
         MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)CONNECTION_MEMORY,
         MHD_OPTION_NOTIFY_COMPLETED, on_completed, server,
         MHD_OPTION_END);
+    /* clang-format on */
     int family = res->ai_family;
     freeaddrinfo(res);
     if (server->daemon == NULL) {
@@ -439,7 +444,8 @@ int nsd_http_start(nsd_server_t *server, char *err, size_t err_cap)
                  listen->host, (unsigned)listen->port);
         return -1;
     }
-    const union MHD_DaemonInfo *info = MHD_get_daemon_info(server->daemon, MHD_DAEMON_INFO_BIND_PORT);
+    const union MHD_DaemonInfo *info =
+        MHD_get_daemon_info(server->daemon, MHD_DAEMON_INFO_BIND_PORT);
     server->port = info != NULL ? info->port : listen->port;
     snprintf(server->addr, sizeof(server->addr), family == AF_INET6 ? "[%s]:%u" : "%s:%u",
              listen->host, (unsigned)server->port);

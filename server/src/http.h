@@ -39,11 +39,11 @@ typedef struct nsd_server_s {
     const nsd_options_t *opts;
     nsd_registry_t *registry;
     struct MHD_Daemon *daemon;
-    uint16_t port;           /* bound port (after nsd_http_start) */
-    char addr[300];          /* "HOST:PORT" as bound, for logs */
-    atomic_int ready;        /* /readyz answers 200 */
+    uint16_t port;    /* bound port (after nsd_http_start) */
+    char addr[300];   /* "HOST:PORT" as bound, for logs */
+    atomic_int ready; /* /readyz answers 200 */
     atomic_int shutting_down;
-    atomic_long in_flight;   /* requests begun and not yet completed */
+    atomic_long in_flight; /* requests begun and not yet completed */
 } nsd_server_t;
 
 struct nsd_request_s {
@@ -54,14 +54,14 @@ struct nsd_request_s {
     const char *path;
     char run[NS_NAME_MAX + 1]; /* the {run} segment, validated */
     ns_buf_t body;
-    ns_format_t body_format;   /* of a NSD_BODY_REPORT body */
-    void *user;                /* handler state; user_free(user) at completion */
+    ns_format_t body_format; /* of a NSD_BODY_REPORT body */
+    void *user;              /* handler state; user_free(user) at completion */
     void (*user_free)(void *user);
 
     /* private to http.c */
-    int pending_error;   /* error found before the handler could run */
-    uint64_t discarded;  /* body bytes read and dropped */
-    char allow[64];      /* Allow header of a 405 */
+    int pending_error;  /* error found before the handler could run */
+    uint64_t discarded; /* body bytes read and dropped */
+    char allow[64];     /* Allow header of a 405 */
     int responded;
     int status;
     int first_call_done;
@@ -116,8 +116,7 @@ void nsd_request_wake(nsd_request_t *req);
  * Each request gets exactly one response. */
 
 /*! nsd_respond() : 'data' (malloc'd, may be NULL when len == 0) is taken. */
-void nsd_respond(nsd_request_t *req, int status, const char *content_type, char *data,
-                 size_t len);
+void nsd_respond(nsd_request_t *req, int status, const char *content_type, char *data, size_t len);
 
 /*! nsd_respond_json() : 'body' is taken (decref'd). NULL answers 503 out_of_memory. */
 void nsd_respond_json(nsd_request_t *req, int status, json_t *body);

@@ -24,7 +24,7 @@ static const int statuses[] = {200, 201, 202, 204, 400, 401, 403, 404, 405,
                                409, 413, 415, 422, 429, 500, 503, 504, 0};
 #define N_STATUSES (sizeof(statuses) / sizeof(statuses[0]))
 static const double buckets[] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
-                                 0.25,   0.5,   1,      2.5,   5,    10,   30,    60};
+                                 0.25,   0.5,   1,      2.5,   5,    10,    30,   60};
 #define N_BUCKETS (sizeof(buckets) / sizeof(buckets[0]))
 
 static const int error_codes[] = {
@@ -89,8 +89,7 @@ static int header(ns_buf_t *dst, const char *name, const char *type, const char 
     return ns_buf_printf(dst, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
 }
 
-static int scalar(ns_buf_t *dst, const char *name, const char *type, const char *help,
-                  double value)
+static int scalar(ns_buf_t *dst, const char *name, const char *type, const char *help, double value)
 {
     int rc = header(dst, name, type, help);
     return rc ? rc : ns_buf_printf(dst, "%s %.17g\n", name, value);
@@ -111,11 +110,12 @@ static int render_process(ns_buf_t *dst)
         unsigned long long size, resident;
         long page = sysconf(_SC_PAGESIZE);
         if (fscanf(f, "%llu %llu", &size, &resident) == 2) {
-            rc = rc ? rc : scalar(dst, "process_virtual_memory_bytes", "gauge",
-                                  "Virtual memory size in bytes.", (double)size * (double)page);
-            rc = rc ? rc : scalar(dst, "process_resident_memory_bytes", "gauge",
-                                  "Resident memory size in bytes.",
-                                  (double)resident * (double)page);
+            rc = rc ? rc
+                    : scalar(dst, "process_virtual_memory_bytes", "gauge",
+                             "Virtual memory size in bytes.", (double)size * (double)page);
+            rc = rc ? rc
+                    : scalar(dst, "process_resident_memory_bytes", "gauge",
+                             "Resident memory size in bytes.", (double)resident * (double)page);
         }
         fclose(f);
     }
@@ -125,15 +125,18 @@ static int render_process(ns_buf_t *dst)
         while (readdir(d) != NULL)
             n++;
         closedir(d);
-        rc = rc ? rc : scalar(dst, "process_open_fds", "gauge", "Number of open file descriptors.",
-                              (double)(n - 3)); /* ".", ".." and the DIR's own fd */
+        rc = rc ? rc
+                : scalar(dst, "process_open_fds", "gauge", "Number of open file descriptors.",
+                         (double)(n - 3)); /* ".", ".." and the DIR's own fd */
     }
     struct rlimit rl;
     if (getrlimit(RLIMIT_NOFILE, &rl) == 0)
-        rc = rc ? rc : scalar(dst, "process_max_fds", "gauge",
-                              "Maximum number of open file descriptors.", (double)rl.rlim_cur);
-    rc = rc ? rc : scalar(dst, "process_start_time_seconds", "gauge",
-                          "Start time of the process since unix epoch in seconds.", start_time);
+        rc = rc ? rc
+                : scalar(dst, "process_max_fds", "gauge",
+                         "Maximum number of open file descriptors.", (double)rl.rlim_cur);
+    rc = rc ? rc
+            : scalar(dst, "process_start_time_seconds", "gauge",
+                     "Start time of the process since unix epoch in seconds.", start_time);
     return rc;
 }
 
@@ -163,8 +166,9 @@ int nsd_metrics_render(ns_buf_t *dst, nsd_registry_t *reg)
                                    label, methods[m], status, (unsigned long long)v);
             }
     }
-    rc = rc ? rc : header(dst, "normstat_http_request_duration_seconds", "histogram",
-                          "Time from a request's first byte of headers to its answer.");
+    rc = rc ? rc
+            : header(dst, "normstat_http_request_duration_seconds", "histogram",
+                     "Time from a request's first byte of headers to its answer.");
     for (size_t r = 0; r <= n_routes && rc == 0; r++) {
         const char *label = r < n_routes ? table[r].label : "unmatched";
         uint64_t counts[N_BUCKETS + 1], total = 0;
@@ -183,22 +187,23 @@ int nsd_metrics_render(ns_buf_t *dst, nsd_registry_t *reg)
                                label, buckets[b], (unsigned long long)cum);
         }
         double sum = (double)atomic_load_explicit(&duration_sum_ns[r], memory_order_relaxed) * 1e-9;
-        rc = rc ? rc : ns_buf_printf(dst,
-                                     "normstat_http_request_duration_seconds_bucket{route=\"%s\","
-                                     "le=\"+Inf\"} %llu\n"
-                                     "normstat_http_request_duration_seconds_sum{route=\"%s\"} %.9f\n"
-                                     "normstat_http_request_duration_seconds_count{route=\"%s\"} %llu\n",
-                                     label, (unsigned long long)total, label, sum, label,
-                                     (unsigned long long)total);
+        rc = rc ? rc
+                : ns_buf_printf(dst,
+                                "normstat_http_request_duration_seconds_bucket{route=\"%s\","
+                                "le=\"+Inf\"} %llu\n"
+                                "normstat_http_request_duration_seconds_sum{route=\"%s\"} %.9f\n"
+                                "normstat_http_request_duration_seconds_count{route=\"%s\"} %llu\n",
+                                label, (unsigned long long)total, label, sum, label,
+                                (unsigned long long)total);
     }
 
-    rc = rc ? rc : header(dst, "normstat_rejections_total", "counter",
-                          "Requests refused, by reason (the error code of the answer).");
+    rc = rc ? rc
+            : header(dst, "normstat_rejections_total", "counter",
+                     "Requests refused, by reason (the error code of the answer).");
     for (size_t i = 0; i < N_ERRORS && rc == 0; i++)
-        rc = ns_buf_printf(dst, "normstat_rejections_total{reason=\"%s\"} %llu\n",
-                           ns_error_name(error_codes[i]),
-                           (unsigned long long)atomic_load_explicit(&rejections[i],
-                                                                    memory_order_relaxed));
+        rc = ns_buf_printf(
+            dst, "normstat_rejections_total{reason=\"%s\"} %llu\n", ns_error_name(error_codes[i]),
+            (unsigned long long)atomic_load_explicit(&rejections[i], memory_order_relaxed));
 
     nsd_counters_t c;
     memset(&c, 0, sizeof(c));
@@ -211,7 +216,8 @@ int nsd_metrics_render(ns_buf_t *dst, nsd_registry_t *reg)
         {"normstat_steps_finalized_total", "counter",
          "Pending steps finalized (complete, or partial at their timeout).",
          offsetof(nsd_counters_t, steps_finalized)},
-        {"normstat_steps_applied_total", "counter", "Finalized steps applied to the population statistics.",
+        {"normstat_steps_applied_total", "counter",
+         "Finalized steps applied to the population statistics.",
          offsetof(nsd_counters_t, steps_applied)},
         {"normstat_steps_timed_out_total", "counter", "Pending steps that reached sync_timeout_ms.",
          offsetof(nsd_counters_t, steps_timed_out)},
@@ -234,12 +240,15 @@ int nsd_metrics_render(ns_buf_t *dst, nsd_registry_t *reg)
         uint64_t v;
         memcpy(&v, (const char *)&c + registry_rows[i].offset, sizeof(v));
         rc = header(dst, registry_rows[i].name, registry_rows[i].type, registry_rows[i].help);
-        rc = rc ? rc : ns_buf_printf(dst, "%s %llu\n", registry_rows[i].name, (unsigned long long)v);
+        rc =
+            rc ? rc : ns_buf_printf(dst, "%s %llu\n", registry_rows[i].name, (unsigned long long)v);
     }
-    rc = rc ? rc : header(dst, "normstat_build_info", "gauge",
-                          "Version and statistics kernel of this daemon (value 1).");
-    rc = rc ? rc : ns_buf_printf(dst, "normstat_build_info{version=\"%s\",kernel=\"%s\"} 1\n",
-                                 NS_VERSION_STRING, ns_core_kernel());
+    rc = rc ? rc
+            : header(dst, "normstat_build_info", "gauge",
+                     "Version and statistics kernel of this daemon (value 1).");
+    rc = rc ? rc
+            : ns_buf_printf(dst, "normstat_build_info{version=\"%s\",kernel=\"%s\"} 1\n",
+                            NS_VERSION_STRING, ns_core_kernel());
     return rc ? rc : render_process(dst);
 }
 
@@ -248,10 +257,12 @@ void nsd_h_metrics(nsd_request_t *req)
     ns_buf_t buf;
     ns_buf_init(&buf, 64u * 1024u * 1024u);
     int rc = nsd_metrics_render(&buf, req->server->registry);
-    rc = rc ? rc : header(&buf, "normstat_http_requests_in_flight", "gauge",
-                          "Requests begun and not yet answered (this one included).");
-    rc = rc ? rc : ns_buf_printf(&buf, "normstat_http_requests_in_flight %ld\n",
-                                 atomic_load(&req->server->in_flight));
+    rc = rc ? rc
+            : header(&buf, "normstat_http_requests_in_flight", "gauge",
+                     "Requests begun and not yet answered (this one included).");
+    rc = rc ? rc
+            : ns_buf_printf(&buf, "normstat_http_requests_in_flight %ld\n",
+                            atomic_load(&req->server->in_flight));
     if (rc != 0) {
         ns_buf_free(&buf);
         nsd_respond_error(req, NS_ENOMEM, NULL);

@@ -18,8 +18,7 @@ void nsd_metrics_init(void);
 /*! nsd_metrics_request() :
  *  Count one answered request: 'route' (NULL when no route matched),
  *  'method', HTTP 'status', and its duration in seconds. */
-void nsd_metrics_request(const nsd_route_t *route, const char *method, int status,
-                         double seconds);
+void nsd_metrics_request(const nsd_route_t *route, const char *method, int status, double seconds);
 
 /*! nsd_metrics_rejection() : count one error answer by its NS_E* code. */
 void nsd_metrics_rejection(int code);

@@ -1,4 +1,5 @@
-/* options.c - parse normstatd's flags and NORMSTAT_* variables, print --help; all from options.def. */
+/* options.c - parse normstatd's flags and NORMSTAT_* variables, print --help; all from options.def.
+ */
 #include "options.h"
 
 #include <arpa/inet.h>
@@ -27,14 +28,22 @@ typedef struct option_row_s {
 
 static const option_row_t rows[] = {
 #define NSD_OPTION(id, flag, env, def, metavar, type, min, max, help)                              \
-    {flag, env, def, metavar, T_##type, (uint64_t)(min), (uint64_t)(max), help,                    \
+    {flag,                                                                                         \
+     env,                                                                                          \
+     def,                                                                                          \
+     metavar,                                                                                      \
+     T_##type,                                                                                     \
+     (uint64_t)(min),                                                                              \
+     (uint64_t)(max),                                                                              \
+     help,                                                                                         \
      offsetof(nsd_options_t, id)},
 #include "options.def"
 #undef NSD_OPTION
 };
 #define N_ROWS (sizeof(rows) / sizeof(rows[0]))
 
-static int fail(char *err, size_t err_cap, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static int fail(char *err, size_t err_cap, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 static int fail(char *err, size_t err_cap, const char *fmt, ...)
 {
     if (err != NULL && err_cap > 0) {
@@ -57,12 +66,26 @@ int nsd_options_parse_size(const char *src, uint64_t *dst)
         return NS_EINVAL;
     unsigned shift = 0;
     switch (*end) {
-    case '\0': break;
-    case 'k': case 'K': shift = 10; break;
-    case 'm': case 'M': shift = 20; break;
-    case 'g': case 'G': shift = 30; break;
-    case 't': case 'T': shift = 40; break;
-    default: return NS_EINVAL;
+    case '\0':
+        break;
+    case 'k':
+    case 'K':
+        shift = 10;
+        break;
+    case 'm':
+    case 'M':
+        shift = 20;
+        break;
+    case 'g':
+    case 'G':
+        shift = 30;
+        break;
+    case 't':
+    case 'T':
+        shift = 40;
+        break;
+    default:
+        return NS_EINVAL;
     }
     if (shift != 0) {
         end++;
@@ -147,8 +170,8 @@ static int set_value(nsd_options_t *dst, const option_row_t *row, const char *va
     switch (row->type) {
     case T_ADDR:
         if (nsd_options_parse_addr(value, field) != 0)
-            return fail(err, err_cap, "%s: expected HOST:PORT (e.g. 127.0.0.1:8750), got '%s'",
-                        who, value);
+            return fail(err, err_cap, "%s: expected HOST:PORT (e.g. 127.0.0.1:8750), got '%s'", who,
+                        value);
         return 0;
     case T_PATH: {
         size_t len = strlen(value);
@@ -166,8 +189,8 @@ static int set_value(nsd_options_t *dst, const option_row_t *row, const char *va
         char *end;
         errno = 0;
         long long v = strtoll(value, &end, 10);
-        if (value[0] == '\0' || isspace((unsigned char)value[0]) || *end != '\0' ||
-            errno != 0 || v < (long long)row->min || (uint64_t)v > row->max)
+        if (value[0] == '\0' || isspace((unsigned char)value[0]) || *end != '\0' || errno != 0 ||
+            v < (long long)row->min || (uint64_t)v > row->max)
             return fail(err, err_cap, "%s: expected an integer in %llu..%llu, got '%s'", who,
                         (unsigned long long)row->min, (unsigned long long)row->max, value);
         *(int64_t *)field = v;
@@ -250,8 +273,7 @@ int nsd_options_parse(nsd_options_t *dst, int argc, char *const argv[], char *co
             if (strlen(rows[i].flag) == name_len && strncmp(rows[i].flag, name, name_len) == 0)
                 row = &rows[i];
         if (row == NULL)
-            return fail(err, err_cap, "unknown option '--%.*s' (see --help)", (int)name_len,
-                        name);
+            return fail(err, err_cap, "unknown option '--%.*s' (see --help)", (int)name_len, name);
         char who[96];
         snprintf(who, sizeof(who), "--%s", row->flag);
         void *field = (char *)dst + row->offset;

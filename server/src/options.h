@@ -26,14 +26,14 @@ typedef struct nsd_url_s {
 typedef char nsd_path_t[4096];
 
 /* C type of each option type of options.def. */
-#define NSD_CTYPE_ADDR nsd_addr_t
-#define NSD_CTYPE_PATH nsd_path_t
-#define NSD_CTYPE_BOOL int
-#define NSD_CTYPE_INT int64_t
-#define NSD_CTYPE_SIZE uint64_t
-#define NSD_CTYPE_LEVEL int /* NSD_LOG_* of log.h */
+#define NSD_CTYPE_ADDR   nsd_addr_t
+#define NSD_CTYPE_PATH   nsd_path_t
+#define NSD_CTYPE_BOOL   int
+#define NSD_CTYPE_INT    int64_t
+#define NSD_CTYPE_SIZE   uint64_t
+#define NSD_CTYPE_LEVEL  int /* NSD_LOG_* of log.h */
 #define NSD_CTYPE_ACTION int
-#define NSD_CTYPE_URL nsd_url_t
+#define NSD_CTYPE_URL    nsd_url_t
 
 typedef struct nsd_options_s {
 #define NSD_OPTION(id, flag, env, def, metavar, type, min, max, help) NSD_CTYPE_##type id;

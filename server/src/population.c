@@ -44,8 +44,8 @@ void nsd_pop_free(nsd_pop_t *pop)
     free(pop);
 }
 
-int nsd_pop_apply(nsd_pop_t *pop, size_t channels, unsigned update, uint64_t n,
-                  const double *mean, const double *var, double momentum, uint64_t step)
+int nsd_pop_apply(nsd_pop_t *pop, size_t channels, unsigned update, uint64_t n, const double *mean,
+                  const double *var, double momentum, uint64_t step)
 {
     int changed = 0;
     if (update & NS_UPDATE_EMA) {
@@ -71,8 +71,7 @@ void nsd_pop_precise_reset(nsd_pop_t *pop, size_t channels, uint64_t generation)
     pop->precise_step = -1;
 }
 
-void nsd_pop_ema_read(const nsd_pop_t *pop, size_t channels, int debias, double *mean,
-                      double *var)
+void nsd_pop_ema_read(const nsd_pop_t *pop, size_t channels, int debias, double *mean, double *var)
 {
     if (pop == NULL) {
         for (size_t c = 0; c < channels; c++) {
@@ -98,16 +97,4 @@ int nsd_pop_precise_pool(ns_precise_t *dst, nsd_pop_t *const *pops, size_t n, si
             return rc;
     }
     return 0;
-}
-
-void nsd_pop_copy(nsd_pop_t *dst, const nsd_pop_t *src, size_t channels)
-{
-    memcpy(dst->data, src->data, 6 * channels * sizeof(double));
-    dst->ema.decay = src->ema.decay;
-    dst->ema.num_batches_tracked = src->ema.num_batches_tracked;
-    dst->precise.n = src->precise.n;
-    dst->precise.num_batches = src->precise.num_batches;
-    dst->generation = src->generation;
-    dst->ema_step = src->ema_step;
-    dst->precise_step = src->precise_step;
 }

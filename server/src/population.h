@@ -11,12 +11,12 @@
 #include <normstat/core.h>
 
 typedef struct nsd_pop_s {
-    ns_ema_t ema;          /* arrays point into data[] (zero-start arrays always kept) */
-    ns_precise_t precise;  /* current generation; arrays point into data[] */
-    uint64_t generation;   /* generation of 'precise' */
-    int64_t ema_step;      /* last step that changed the EMA, -1 if none */
-    int64_t precise_step;  /* last step merged into this generation, -1 if none */
-    double data[];         /* 6 * channels */
+    ns_ema_t ema;         /* arrays point into data[] (zero-start arrays always kept) */
+    ns_precise_t precise; /* current generation; arrays point into data[] */
+    uint64_t generation;  /* generation of 'precise' */
+    int64_t ema_step;     /* last step that changed the EMA, -1 if none */
+    int64_t precise_step; /* last step merged into this generation, -1 if none */
+    double data[];        /* 6 * channels */
 } nsd_pop_t;
 
 /*! nsd_pop_bytes() : the memory one state of 'channels' channels takes. */
@@ -36,8 +36,8 @@ void nsd_pop_free(nsd_pop_t *pop);
  *  has NS_UPDATE_PRECISE.
  *  @return 1 if the EMA changed, 0 if it did not (not asked, or n < 2),
  *  NS_EINVAL from libnscore. */
-int nsd_pop_apply(nsd_pop_t *pop, size_t channels, unsigned update, uint64_t n,
-                  const double *mean, const double *var, double momentum, uint64_t step);
+int nsd_pop_apply(nsd_pop_t *pop, size_t channels, unsigned update, uint64_t n, const double *mean,
+                  const double *var, double momentum, uint64_t step);
 
 /*! nsd_pop_precise_reset() : a fresh accumulator numbered 'generation'. */
 void nsd_pop_precise_reset(nsd_pop_t *pop, size_t channels, uint64_t generation);
@@ -45,17 +45,12 @@ void nsd_pop_precise_reset(nsd_pop_t *pop, size_t channels, uint64_t generation)
 /*! nsd_pop_ema_read() :
  *  The served EMA: running_mean and running_var (unbiased), or the debiased
  *  view. 'pop' NULL reads PyTorch's initial state (0, 1). */
-void nsd_pop_ema_read(const nsd_pop_t *pop, size_t channels, int debias, double *mean,
-                      double *var);
+void nsd_pop_ema_read(const nsd_pop_t *pop, size_t channels, int debias, double *mean, double *var);
 
 /*! nsd_pop_precise_pool() :
  *  Merge the accumulators of pops[0..n) (NULL entries skipped), in order,
  *  into 'dst', whose arrays the caller provides; dst is initialised first.
  *  @return 0 or NS_EINVAL (overflow). */
 int nsd_pop_precise_pool(ns_precise_t *dst, nsd_pop_t *const *pops, size_t n, size_t channels);
-
-/*! nsd_pop_copy() : copy state 'src' into 'dst' (same channels); keeps
- *  dst's array pointers. */
-void nsd_pop_copy(nsd_pop_t *dst, const nsd_pop_t *src, size_t channels);
 
 #endif /* NSD_POPULATION_H */

@@ -1,4 +1,5 @@
-/* probe.c - `normstatd --probe [URL]`: GET /readyz over a plain socket, for Docker's HEALTHCHECK. */
+/* probe.c - `normstatd --probe [URL]`: GET /readyz over a plain socket, for Docker's HEALTHCHECK.
+ */
 #include <netdb.h>
 #include <stdio.h>
 #include <string.h>

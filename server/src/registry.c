@@ -425,8 +425,8 @@ static void waiter_free(nsd_waiter_t *w)
     free(w);
 }
 
-int nsd_registry_report(nsd_registry_t *reg, const char *name, ns_report_t *report,
-                        uint64_t now_ms, nsd_sync_cb cb, void *arg, ns_error_detail_t *err)
+int nsd_registry_report(nsd_registry_t *reg, const char *name, ns_report_t *report, uint64_t now_ms,
+                        nsd_sync_cb cb, void *arg, ns_error_detail_t *err)
 {
     nsd_outbox_t box = {0};
     nsd_waiter_t *waiter = NULL;

@@ -78,11 +78,11 @@ typedef struct nsd_domain_result_s {
 typedef struct nsd_step_record_s {
     const char *layer;
     uint64_t step;
-    unsigned update; /* NS_UPDATE_* bits the arrivals agreed on */
-    int complete;    /* 0 if finalized by a partial timeout */
+    unsigned update;  /* NS_UPDATE_* bits the arrivals agreed on */
+    int complete;     /* 0 if finalized by a partial timeout */
     uint32_t workers; /* arrivals */
     size_t channels;
-    uint64_t count;   /* pooled (all domains) */
+    uint64_t count; /* pooled (all domains) */
     const double *mean;
     const double *var; /* pooled, biased */
     size_t n_domains;
@@ -92,7 +92,11 @@ typedef struct nsd_step_record_s {
 /* Optional callbacks, NULL = none (memory only). Called outside every lock,
  * from the thread that caused the event. For one run, step_finalized calls
  * of different threads may interleave: a store orders them by (layer, step),
- * which is also the order EMA applies them in. */
+ * which is also the order EMA applies them in. step_finalized for a step is
+ * called before the /sync callbacks that step completes, on the same thread,
+ * so a hook that commits before returning makes every /sync answer durable.
+ * Not hooked yet: precise resets and checkpoint imports (an import calls
+ * run_put; a store can snapshot with nsd_registry_checkpoint_export()). */
 typedef struct nsd_persist_s {
     void *arg;
     /* after PUT (created = 1 for a new run) and after a report created a run */
@@ -123,9 +127,10 @@ void nsd_registry_set_wakeup(nsd_registry_t *reg, void (*fn)(void *arg), void *a
  *  fields of 'cfg' without has_* take DESIGN's defaults; for an existing run
  *  only fields with has_* set change. A new world_size applies to pending
  *  steps created afterwards (each pending step keeps the world_size it was
- *  created with). 'created' may be NULL.
- *  @return 0; NS_EINVAL for an invalid name or out-of-range value;
- *  NS_EMEMORY over budget; NS_ESHUTDOWN after shutdown. */
+ *  created with). 'created' may be NULL. Ranges: world_size 1..65536,
+ *  momentum [0, 1] or NS_MOMENTUM_CUMULATIVE, sync_timeout_ms >= 1.
+ *  @return 0; NS_EINVAL for an invalid name or out-of-range value (err
+ *  names the field); NS_ENOMEM; NS_ESHUTDOWN after shutdown. */
 int nsd_registry_put_run(nsd_registry_t *reg, const char *run, const ns_run_config_t *cfg,
                          int *created, ns_error_detail_t *err);
 
@@ -207,7 +212,11 @@ void nsd_sync_result_free(nsd_sync_result_t *res);
  *    NS_ECONFLICT  'update' differs from the step's earlier arrivals
  *    NS_EBUSY      more than max_pending_steps pending steps for a layer
  *    NS_EMEMORY    over max_memory;  NS_ESHUTDOWN after shutdown
- *    NS_EINVAL     invalid names, no layers
+ *    NS_EINVAL     invalid names, no layers, step >= 2^63, a world_size
+ *                  outside 1..65536 for a run the report creates
+ *    NS_ENOMEM     out of memory (nothing changed; an allocation failing
+ *                  later, while the step finalizes, loses that step: its
+ *                  /sync waiters get NS_ENOMEM)
  *  A step completing (world_size arrivals) is finalized and, when no earlier
  *  step of the layer is pending, applied before this function returns
  *  (read-your-writes).
@@ -216,8 +225,8 @@ void nsd_sync_result_free(nsd_sync_result_t *res);
  *  finalized its step (possibly before this function returns, on this
  *  thread) or with an error status; never under a lock. On error returns the
  *  code, fills err, changes nothing and never calls cb. */
-int nsd_registry_report(nsd_registry_t *reg, const char *run, ns_report_t *report,
-                        uint64_t now_ms, nsd_sync_cb cb, void *arg, ns_error_detail_t *err);
+int nsd_registry_report(nsd_registry_t *reg, const char *run, ns_report_t *report, uint64_t now_ms,
+                        nsd_sync_cb cb, void *arg, ns_error_detail_t *err);
 
 /* ---------------------------------------------------------------- statistics */
 
@@ -251,7 +260,10 @@ typedef struct nsd_stats_query_s {
  *             A layer never applied for the domain serves PyTorch's initial
  *             state (0, 1, 0) so load_state_dict works.
  *   precise : running_mean, running_var (unbiased, or biased on request);
- *             num_batches, num_samples, step. Layers without samples in the
+ *             num_batches, num_samples, step. For "*" these are the exact
+ *             merge of the domains' accumulators (num_batches is then the
+ *             sum over domains, a step seen by two domains counts twice).
+ *             Layers without samples in the
  *             current generation (or only one sample and unbiased variance)
  *             are SKIPPED (no error), so a partial collection still loads.
  *   last    : mean, var (biased) of the last finalized step; count, step.

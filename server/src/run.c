@@ -28,11 +28,6 @@ void nsd_mem_release(nsd_ctx_t *ctx, uint64_t bytes)
     atomic_fetch_sub(&ctx->memory, bytes);
 }
 
-size_t nsd_layer_bytes(size_t channels)
-{
-    return sizeof(nsd_layer_t) + 2 * channels * sizeof(double);
-}
-
 /* ---------------------------------------------------------------- outbox */
 
 void nsd_outbox_fire(nsd_outbox_t *box, nsd_waiter_t *w)
@@ -356,8 +351,7 @@ fail:
 }
 
 /* Copy one finalized layer's statistics into every waiter of the step. */
-static void fill_waiters(nsd_ctx_t *ctx, nsd_outbox_t *box, nsd_pending_t *p,
-                         const nsd_final_t *f)
+static void fill_waiters(nsd_ctx_t *ctx, nsd_outbox_t *box, nsd_pending_t *p, const nsd_final_t *f)
 {
     for (size_t k = 0; k < p->n_waiters; k++) {
         nsd_waiter_t *w = p->waiters[k].waiter;
@@ -434,8 +428,7 @@ static void apply_ready(nsd_run_t *run, nsd_layer_t *l)
 
 /* Close pending step 'idx' of the layer: finalize it (drop == 0) or discard
  * it (drop == 1). Applying is left to apply_ready(). */
-static void close_pending(nsd_run_t *run, nsd_layer_t *l, size_t idx, int drop,
-                          nsd_outbox_t *box)
+static void close_pending(nsd_run_t *run, nsd_layer_t *l, size_t idx, int drop, nsd_outbox_t *box)
 {
     nsd_ctx_t *ctx = run->ctx;
     nsd_pending_t *p = l->pending[idx];
@@ -449,8 +442,8 @@ static void close_pending(nsd_run_t *run, nsd_layer_t *l, size_t idx, int drop,
     int status = NS_ETIMEDOUT;
     if (!drop) {
         status = nsd_barrier_finalize(p, l->channels, run->st.n_domains, ctx->limits.threads, &f);
-        if (status == 0 && grow((void **)&l->ready, &l->cap_ready, l->n_ready + 1,
-                                sizeof(*l->ready)) != 0) {
+        if (status == 0 &&
+            grow((void **)&l->ready, &l->cap_ready, l->n_ready + 1, sizeof(*l->ready)) != 0) {
             nsd_final_free(f);
             f = NULL;
             status = NS_ENOMEM;
@@ -468,8 +461,7 @@ static void close_pending(nsd_run_t *run, nsd_layer_t *l, size_t idx, int drop,
         atomic_fetch_add(&ctx->steps_dropped, 1);
     } else {
         atomic_fetch_add(&ctx->steps_finalized, 1);
-        if (f->channels > 0 && l->last_mean != NULL &&
-            (!l->has_last || f->step >= l->last_step)) {
+        if (f->channels > 0 && l->last_mean != NULL && (!l->has_last || f->step >= l->last_step)) {
             l->has_last = 1;
             l->last_step = f->step;
             l->last_count = f->count;
@@ -496,16 +488,16 @@ static void close_pending(nsd_run_t *run, nsd_layer_t *l, size_t idx, int drop,
 /* Everything one layer of a report needs, allocated before anything changes. */
 typedef struct plan_s {
     const ns_layer_report_t *lr;
-    nsd_layer_t *layer;      /* existing layer, or new_layer */
+    nsd_layer_t *layer; /* existing layer, or new_layer */
     int is_new_layer;
-    size_t insert_pos;       /* for a new layer: position among existing ones */
-    nsd_pending_t *pending;  /* existing pending step, or new */
+    size_t insert_pos;      /* for a new layer: position among existing ones */
+    nsd_pending_t *pending; /* existing pending step, or new */
     int is_new_pending;
-    size_t channels;         /* the layer's channel count after this report */
-    int fixes_channels;      /* this report fixes the layer's channel count */
+    size_t channels;    /* the layer's channel count after this report */
+    int fixes_channels; /* this report fixes the layer's channel count */
     nsd_pop_t *new_pooled;
     double *new_last;
-    nsd_pop_t *new_pop;      /* this domain's state on this layer */
+    nsd_pop_t *new_pop; /* this domain's state on this layer */
     uint64_t bytes;
 } plan_t;
 
@@ -541,9 +533,10 @@ static int check_layer(const nsd_run_t *run, const ns_report_t *rep, plan_t *pl,
     pl->channels = l ? l->channels : 0;
     if (lr->channels > 0) {
         if (pl->channels != 0 && lr->channels != pl->channels)
-            return ns_error_set(err, NS_ECHANNELS, field,
-                                "expected %zu channels (fixed by the layer's first report), got %zu",
-                                pl->channels, lr->channels);
+            return ns_error_set(
+                err, NS_ECHANNELS, field,
+                "expected %zu channels (fixed by the layer's first report), got %zu", pl->channels,
+                lr->channels);
         if (pl->channels == 0) {
             pl->channels = lr->channels;
             pl->fixes_channels = 1;
@@ -564,9 +557,8 @@ static int check_layer(const nsd_run_t *run, const ns_report_t *rep, plan_t *pl,
     if (l != NULL) {
         int64_t last = rep->worker < l->n_workers ? l->worker_last[rep->worker] : -1;
         if (p != NULL && p->arrivals[rep->worker].present)
-            return ns_error_set(err, NS_EDUPLICATE, field,
-                                "worker %u already reported step %llu", rep->worker,
-                                (unsigned long long)rep->step);
+            return ns_error_set(err, NS_EDUPLICATE, field, "worker %u already reported step %llu",
+                                rep->worker, (unsigned long long)rep->step);
         if (last >= 0 && (int64_t)rep->step <= last)
             return ns_error_set(err, NS_ESTALE, field,
                                 "worker %u already reported step %lld; steps must increase",
@@ -725,8 +717,7 @@ int nsd_run_report(nsd_run_t *run, ns_report_t *rep, uint64_t now_ms, nsd_waiter
         new_layers += pl[i].is_new_layer;
     }
     if (rc == 0 && dom < 0)
-        rc = grow((void **)&st->domains, &st->cap_domains, st->n_domains + 1,
-                  sizeof(*st->domains));
+        rc = grow((void **)&st->domains, &st->cap_domains, st->n_domains + 1, sizeof(*st->domains));
     if (rc == 0 && dom < 0) {
         /* domain_gen always has cap_domains elements */
         uint64_t *g = realloc(st->domain_gen, st->cap_domains * sizeof(uint64_t));
@@ -865,11 +856,6 @@ int nsd_run_precise_reset(nsd_run_t *run, const char *domain, uint64_t *generati
 
 /* ---------------------------------------------------------------- JSON views */
 
-static json_t *step_json(int64_t step)
-{
-    return json_integer(step);
-}
-
 json_t *nsd_run_summary_json(nsd_run_t *run)
 {
     const nsd_run_state_t *st = &run->st;
@@ -881,9 +867,9 @@ json_t *nsd_run_summary_json(nsd_run_t *run)
             step = st->layers[i]->last_applied;
     }
     return json_pack("{s:s, s:I, s:I, s:I, s:I, s:o, s:I}", "run", run->name, "world_size",
-                     (json_int_t)st->cfg.world_size, "layers", (json_int_t)st->n_layers,
-                     "domains", (json_int_t)st->n_domains, "pending_steps", (json_int_t)pending,
-                     "step", step_json(step), "memory_bytes", (json_int_t)st->memory);
+                     (json_int_t)st->cfg.world_size, "layers", (json_int_t)st->n_layers, "domains",
+                     (json_int_t)st->n_domains, "pending_steps", (json_int_t)pending, "step",
+                     json_integer(step), "memory_bytes", (json_int_t)st->memory);
 }
 
 static json_t *config_json(const ns_run_config_t *c)
@@ -911,19 +897,18 @@ json_t *nsd_run_json(nsd_run_t *run, uint64_t now_ms)
     uint32_t ws = st->cfg.world_size;
 
     for (size_t i = 0; ok && i < st->n_domains; i++)
-        ok = json_array_append_new(domains, json_pack("{s:s, s:I}", "domain", st->domains[i],
-                                                      "generation",
-                                                      (json_int_t)st->domain_gen[i])) == 0;
+        ok = json_array_append_new(domains,
+                                   json_pack("{s:s, s:I}", "domain", st->domains[i], "generation",
+                                             (json_int_t)st->domain_gen[i])) == 0;
     for (size_t i = 0; ok && i < st->n_layers; i++) {
         const nsd_layer_t *l = st->layers[i];
         uint64_t nbt = l->pooled ? l->pooled->ema.num_batches_tracked : 0;
-        ok = json_object_set_new(layers, l->name,
-                                 json_pack("{s:I, s:I, s:I, s:I, s:I}", "channels",
-                                           (json_int_t)l->channels, "step",
-                                           (json_int_t)l->last_applied, "finalized_step",
-                                           (json_int_t)l->max_closed, "num_batches_tracked",
-                                           (json_int_t)nbt, "pending_steps",
-                                           (json_int_t)l->n_pending)) == 0;
+        ok = json_object_set_new(
+                 layers, l->name,
+                 json_pack("{s:I, s:I, s:I, s:I, s:I}", "channels", (json_int_t)l->channels, "step",
+                           (json_int_t)l->last_applied, "finalized_step", (json_int_t)l->max_closed,
+                           "num_batches_tracked", (json_int_t)nbt, "pending_steps",
+                           (json_int_t)l->n_pending)) == 0;
         if (l->max_seen > highest)
             highest = l->max_seen;
         for (size_t k = 0; ok && k < l->n_pending; k++) {
@@ -933,14 +918,13 @@ json_t *nsd_run_json(nsd_run_t *run, uint64_t now_ms)
             for (uint32_t w = 0; ok && w < p->world_size; w++)
                 ok = json_array_append_new(p->arrivals[w].present ? arrived : waiting,
                                            json_integer(w)) == 0;
-            json_t *e = ok ? json_pack("{s:s, s:I, s:I, s:I, s:o, s:o}", "layer", l->name,
-                                       "step", (json_int_t)p->step, "age_ms",
-                                       (json_int_t)(now_ms > p->created_ms
-                                                        ? now_ms - p->created_ms
-                                                        : 0),
-                                       "world_size", (json_int_t)p->world_size, "arrived",
-                                       arrived, "waiting_for", waiting)
-                           : NULL;
+            json_t *e =
+                ok ? json_pack("{s:s, s:I, s:I, s:I, s:o, s:o}", "layer", l->name, "step",
+                               (json_int_t)p->step, "age_ms",
+                               (json_int_t)(now_ms > p->created_ms ? now_ms - p->created_ms : 0),
+                               "world_size", (json_int_t)p->world_size, "arrived", arrived,
+                               "waiting_for", waiting)
+                   : NULL;
             if (e == NULL) {
                 ok = 0;
                 break;
@@ -956,16 +940,15 @@ json_t *nsd_run_json(nsd_run_t *run, uint64_t now_ms)
                 last = l->worker_last[w];
         }
         json_t *lag = last >= 0 ? json_integer(highest - last) : json_null();
-        ok = json_array_append_new(workers, json_pack("{s:I, s:I, s:o}", "worker",
-                                                      (json_int_t)w, "step", (json_int_t)last,
-                                                      "lag", lag)) == 0;
+        ok = json_array_append_new(workers, json_pack("{s:I, s:I, s:o}", "worker", (json_int_t)w,
+                                                      "step", (json_int_t)last, "lag", lag)) == 0;
     }
     if (ok) {
-        json_t *status = json_pack(
-            "{s:O, s:O, s:I, s:I, s:I, s:O, s:O}", "layers", layers, "domains", domains,
-            "skipped_steps", (json_int_t)st->skipped_steps, "precise_generation",
-            (json_int_t)st->precise_generation, "memory_bytes", (json_int_t)st->memory,
-            "pending", pending, "workers", workers);
+        json_t *status =
+            json_pack("{s:O, s:O, s:I, s:I, s:I, s:O, s:O}", "layers", layers, "domains", domains,
+                      "skipped_steps", (json_int_t)st->skipped_steps, "precise_generation",
+                      (json_int_t)st->precise_generation, "memory_bytes", (json_int_t)st->memory,
+                      "pending", pending, "workers", workers);
         root = status ? json_pack("{s:s, s:o, s:o}", "run", run->name, "config",
                                   config_json(&st->cfg), "status", status)
                       : NULL;

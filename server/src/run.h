@@ -35,8 +35,8 @@ typedef struct nsd_ctx_s {
     int persist_steps; /* 1 if a step_finalized hook is installed: build records */
     _Atomic uint64_t memory;
     _Atomic uint64_t next_deadline;
-    _Atomic uint64_t steps_finalized, steps_applied, steps_timed_out, steps_dropped,
-        steps_skipped, reports_accepted;
+    _Atomic uint64_t steps_finalized, steps_applied, steps_timed_out, steps_dropped, steps_skipped,
+        reports_accepted;
     _Atomic uint64_t pending_steps, sync_waiters, runs;
 } nsd_ctx_t;
 
@@ -44,7 +44,7 @@ typedef struct nsd_ctx_s {
 typedef struct nsd_record_s {
     struct nsd_record_s *next;
     char layer[NS_NAME_MAX + 1];
-    nsd_final_t *final;          /* deep copy */
+    nsd_final_t *final; /* deep copy */
     char (*domain_names)[NS_NAME_MAX + 1];
 } nsd_record_t;
 
@@ -59,23 +59,23 @@ typedef struct nsd_outbox_s {
 
 typedef struct nsd_layer_s {
     char name[NS_NAME_MAX + 1];
-    size_t channels;          /* 0 until a report with arrays fixed it */
-    int64_t *worker_last;     /* [n_workers] last step each worker reported, -1 */
+    size_t channels;      /* 0 until a report with arrays fixed it */
+    int64_t *worker_last; /* [n_workers] last step each worker reported, -1 */
     uint32_t n_workers;
-    int64_t max_closed;       /* highest finalized or dropped step, -1 */
-    int64_t last_applied;     /* -1 */
-    int64_t max_seen;         /* highest step reported, -1 */
-    nsd_pending_t **pending;  /* ascending step */
+    int64_t max_closed;      /* highest finalized or dropped step, -1 */
+    int64_t last_applied;    /* -1 */
+    int64_t max_seen;        /* highest step reported, -1 */
+    nsd_pending_t **pending; /* ascending step */
     size_t n_pending, cap_pending;
-    nsd_final_t **ready;      /* finalized, not applied yet; ascending step */
+    nsd_final_t **ready; /* finalized, not applied yet; ascending step */
     size_t n_ready, cap_ready;
-    nsd_pop_t **pops;         /* [cap_pops] by domain index, NULL = never touched */
+    nsd_pop_t **pops; /* [cap_pops] by domain index, NULL = never touched */
     size_t cap_pops;
-    nsd_pop_t *pooled;        /* the "*" EMA; NULL while channels == 0 */
+    nsd_pop_t *pooled; /* the "*" EMA; NULL while channels == 0 */
     /* last finalized step's global statistics (highest step finalized) */
     int has_last;
     uint64_t last_step, last_count;
-    double *last_mean;        /* [2 * channels]: mean then var (biased) */
+    double *last_mean; /* [2 * channels]: mean then var (biased) */
 } nsd_layer_t;
 
 /* The replaceable part of a run (a checkpoint import swaps it whole). */
@@ -125,8 +125,8 @@ int nsd_run_config_apply(nsd_run_t *run, const ns_run_config_t *cfg, ns_error_de
  *  the run owns it until it fires (into 'box'). On success the layers' mean
  *  and var arrays are taken from the report (set to NULL there); on error the
  *  report is untouched. @return 0 or NS_E*. */
-int nsd_run_report(nsd_run_t *run, ns_report_t *report, uint64_t now_ms,
-                   nsd_waiter_t *waiter, nsd_outbox_t *box, ns_error_detail_t *err);
+int nsd_run_report(nsd_run_t *run, ns_report_t *report, uint64_t now_ms, nsd_waiter_t *waiter,
+                   nsd_outbox_t *box, ns_error_detail_t *err);
 
 /*! nsd_run_expire() : time out due pending steps; @return the next deadline
  *  of the run or UINT64_MAX. */
@@ -160,9 +160,6 @@ nsd_layer_t *nsd_run_find_layer(const nsd_run_state_t *st, const char *name);
 /*! nsd_layer_free() : free a layer and everything it holds (pending steps
  *  and ready finals too, waiters not fired: clear them first). */
 void nsd_layer_free(nsd_layer_t *layer);
-
-/*! nsd_layer_bytes() : accounted memory of a layer's fixed part. */
-size_t nsd_layer_bytes(size_t channels);
 
 /*! nsd_mem_reserve() / nsd_mem_release() : registry-wide accounting.
  *  reserve fails with NS_EMEMORY above limits.max_memory. */

@@ -36,12 +36,12 @@ void nsd_stats_free(nsd_stats_t *stats)
  * @return 1 if served, 0 if the layer has nothing to serve for it. */
 typedef struct served_s {
     int64_t step;
-    uint64_t nbt;   /* EMA num_batches_tracked or PreciseBN num_batches */
+    uint64_t nbt; /* EMA num_batches_tracked or PreciseBN num_batches */
     uint64_t samples;
 } served_t;
 
-static int serve_ema(const nsd_run_t *run, const nsd_layer_t *l, long d, double *mean,
-                     double *var, served_t *sv)
+static int serve_ema(const nsd_run_t *run, const nsd_layer_t *l, long d, double *mean, double *var,
+                     served_t *sv)
 {
     const nsd_pop_t *pop = d < 0 ? l->pooled : ((size_t)d < l->cap_pops ? l->pops[d] : NULL);
     nsd_pop_ema_read(pop, l->channels, run->st.cfg.ema_debias, mean, var);
@@ -82,8 +82,8 @@ static int serve_precise(const nsd_run_t *run, const nsd_layer_t *l, long d, int
     return ok;
 }
 
-static int serve_one(const nsd_run_t *run, const nsd_layer_t *l, const nsd_stats_query_t *q,
-                     long d, double *mean, double *var, served_t *sv)
+static int serve_one(const nsd_run_t *run, const nsd_layer_t *l, const nsd_stats_query_t *q, long d,
+                     double *mean, double *var, served_t *sv)
 {
     if (q->source == NSD_SOURCE_EMA)
         return serve_ema(run, l, d, mean, var, sv);
@@ -277,8 +277,8 @@ int nsd_run_stats(nsd_run_t *run, const nsd_stats_query_t *q, nsd_stats_t **dst,
         m[nm++] = (ns_meta_t){.key = "generation", .kind = NS_META_INT, .num = (int64_t)gen};
     }
     if (q->source == NSD_SOURCE_EMA)
-        m[nm++] = (ns_meta_t){.key = "debiased", .kind = NS_META_BOOL,
-                              .num = st->cfg.ema_debias ? 1 : 0};
+        m[nm++] =
+            (ns_meta_t){.key = "debiased", .kind = NS_META_BOOL, .num = st->cfg.ema_debias ? 1 : 0};
     s->pub.meta = s->meta;
     s->pub.n_meta = nm;
     *dst = &s->pub;

@@ -85,7 +85,8 @@ class Daemon:
                         listening.set()
             listening.set()
 
-        threading.Thread(target=read, daemon=True).start()
+        self.reader = threading.Thread(target=read, daemon=True)
+        self.reader.start()
         listening.wait(START_LIMIT_S)
         if self.port is None:
             self.kill()
@@ -131,6 +132,10 @@ class Daemon:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(timeout=5)
+        if self.proc is not None and self.proc.poll() is not None and self.proc.stderr:
+            self.reader.join(timeout=2)
+            if not self.reader.is_alive():
+                self.proc.stderr.close()
         if self.tmp:
             shutil.rmtree(self.tmp, ignore_errors=True)
             self.tmp = None

@@ -1,5 +1,7 @@
 """test_client.py - normstat.Client and the layer-name rules against a real normstatd.
 
+  * normstat.safetensors: known-answer layout checked with struct + json,
+    round trip, and refusal of malformed buffers.
   * Layer names: a real DistributedDataParallel wrapper (gloo, world size 1)
     and torch.compile-style "_orig_mod" wrappers report the plain module
     paths; load_stats reports missing and extra layers, refuses a channel
@@ -9,12 +11,18 @@
     same request sent here with http.client (duplicate_report, stale_step,
     channel_mismatch, worker_out_of_range, bad_value, bad_request,
     not_found); transport failures carry status None.
+  * /sync: a step that times out answers incomplete ("partial") or raises
+    SyncTimeout 504 ("drop"); a /sync waiting when the daemon gets SIGTERM
+    raises Unavailable 503 shutting_down.
   * Encodings: the same reports sent as safetensors and as JSON give
     identical /sync answers and identical statistics (ema, precise, last).
   * Retries, through a proxy here that misbehaves on purpose: a report whose
     answer is lost is sent again and counts once (409 duplicate_report and
     stale_step after a retry are success); a keep-alive connection the
     server closed while idle is replaced before a non-idempotent request.
+  * StatsReporter: a failed background report is raised (ReporterError,
+    with the server's status and code) by the next step() and by close(),
+    but never masks an exception leaving its with-block.
   * Every other endpoint: list/get/delete runs, checkpoint get/put, livez,
     readyz, metrics, version, one keep-alive connection for many calls.
 """
@@ -435,9 +443,152 @@ def endpoints(checks, d):
     c.close()
 
 
+def reporter_errors(checks, d):
+    """A failed background report surfaces on the next step() and on close()."""
+    run = h.run_name("rep-err")
+    c = d.client()
+    c.put_run(run, world_size=2)
+    model = h.make_model("mlp")
+    x = h.make_batch("mlp", 6, torch.Generator().manual_seed(3))[0]
+    rep = StatsReporter(model, c, run, rank=2, world_size=2)  # rank outside world_size
+    model(x)
+    rep.step(0)
+    rep._queue.join()  # the background report has been answered
+    model(x)
+    try:
+        rep.step(1)
+        checks.check(False, "reporter: next step() raises the background error", "no exception")
+    except normstat.ReporterError as e:
+        checks.eq((e.step, e.status, e.code), (0, 409, "worker_out_of_range"),
+                  "reporter: next step() raises ReporterError(step 0, 409 worker_out_of_range)")
+        checks.check(isinstance(e.__cause__, normstat.Conflict), "reporter: the cause is the Conflict",
+                     repr(e.__cause__))
+    try:
+        rep.close()
+        checks.check(False, "reporter: close() raises the error of step 1", "no exception")
+    except normstat.ReporterError as e:
+        checks.eq(e.step, 1, "reporter: close() raises the error of step 1")
+    try:
+        with StatsReporter(model, c, run, rank=3, world_size=2) as rep2:
+            model(x)
+            rep2.step(0)
+            raise KeyError("training failed")
+    except KeyError:
+        checks.check(True, "reporter: an exception in the with-block is not masked by a report error")
+    except normstat.Error as e:
+        checks.check(False, "reporter: an exception in the with-block is not masked by a report error", repr(e))
+    try:
+        StatsReporter(nn.Linear(2, 2), c, run, 0, 2)
+        checks.check(False, "reporter: a model without BatchNorm is refused", "no exception")
+    except ValueError:
+        checks.check(True, "reporter: a model without BatchNorm is refused")
+    c.close()
+
+
+def timeouts(checks, d):
+    """A /sync whose step never completes: partial answer, or 504 with drop."""
+    c = d.client()
+    run = h.run_name("partial")
+    c.put_run(run, world_size=2, sync_timeout_ms=300, on_timeout="partial")
+    L = {"bn": {"count": 4, "mean": [1.0, 2.0], "var": [0.5, 0.5]}}
+    ans = c.sync(run, 0, 0, L)
+    checks.eq((ans["complete"], ans["workers"], ans["layers"]["bn"]["count"]), (False, 1, 4),
+              "sync_timeout with partial: incomplete answer from the one worker")
+    run = h.run_name("drop")
+    c.put_run(run, world_size=2, sync_timeout_ms=300, on_timeout="drop")
+    try:
+        c.sync(run, 0, 0, L)
+        checks.check(False, "sync_timeout with drop raises SyncTimeout", "no exception")
+    except normstat.SyncTimeout as e:
+        checks.eq((e.status, e.code), (504, "sync_timeout"), "sync_timeout with drop raises SyncTimeout 504")
+    except normstat.Error as e:
+        checks.check(False, "sync_timeout with drop raises SyncTimeout", repr(e))
+    c.close()
+
+
+def shutdown(checks):
+    """A /sync waiting when the daemon gets SIGTERM raises Unavailable."""
+    d = h.start_daemon()
+    c = d.client()
+    run = h.run_name("shutdown")
+    c.put_run(run, world_size=2)
+    got = []
+
+    def wait():
+        try:
+            got.append(c.sync(run, 0, 0, {"bn": (4, [1.0], [0.5])}))
+        except normstat.Error as e:
+            got.append(e)
+
+    t = threading.Thread(target=wait)
+    t.start()
+    import time
+
+    deadline = time.monotonic() + 10  # the waiter has arrived (bounded)
+    while time.monotonic() < deadline:
+        if d.client().get_run(run)["status"]["pending"]:
+            break
+        time.sleep(0.02)
+    rc = d.stop()
+    t.join(timeout=15)
+    e = got[0] if got else None
+    checks.check(isinstance(e, normstat.Unavailable) and e.code == "shutting_down",
+                 "a /sync waiting at SIGTERM raises Unavailable(503 shutting_down)", repr(e))
+    checks.eq(rc, 0, "normstatd exit status after SIGTERM with a waiter")
+    c.close()
+
+
+def codec(checks, d):
+    """normstat.safetensors against the format read by hand (struct + json),
+    and its refusal of malformed buffers."""
+    b = st.encode({"a.mean": ("F32", [2], [1.0, -2.5]), "a.count": ("I64", [], [5]),
+                   "z": ("F64", [1, 2], [0.1, 1e300])}, {"step": 3, "unbiased": False})
+    (hlen,) = struct.unpack_from("<Q", b)
+    head = json.loads(b[8:8 + hlen])
+    checks.eq((8 + hlen) % 8, 0, "codec: data area 8-byte aligned")
+    checks.eq(head, {"__metadata__": {"step": "3", "unbiased": "false"},
+                     "a.count": {"dtype": "I64", "shape": [], "data_offsets": [0, 8]},
+                     "a.mean": {"dtype": "F32", "shape": [2], "data_offsets": [8, 16]},
+                     "z": {"dtype": "F64", "shape": [1, 2], "data_offsets": [16, 32]}},
+              "codec: header (name order, offsets, metadata as strings)")
+    data = b[8 + hlen:]
+    checks.eq((struct.unpack("<q", data[0:8]), struct.unpack("<2f", data[8:16]), struct.unpack("<2d", data[16:32])),
+              ((5,), (1.0, -2.5), (0.1, 1e300)), "codec: little-endian data")
+    t, m = st.decode(b)
+    checks.eq((t["a.count"].item(), t["a.mean"].values(), t["z"].values(), t["z"].shape, m),
+              (5, [1.0, -2.5], [0.1, 1e300], [1, 2], {"step": "3", "unbiased": "false"}), "codec: round trip")
+
+    def mk(header, data=b""):
+        hb = json.dumps(header).encode()
+        return struct.pack("<Q", len(hb)) + hb + data
+
+    bad = {
+        "shorter than 8 bytes": b"\x01\x00",
+        "header length past the end": struct.pack("<Q", 100) + b"{}",
+        "header not JSON": struct.pack("<Q", 3) + b"{x}",
+        "header not an object": mk([1]),
+        "offsets past the end": mk({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}, b"\0" * 4),
+        "size differs from shape": mk({"a": {"dtype": "F32", "shape": [3], "data_offsets": [0, 8]}}, b"\0" * 8),
+        "gap": mk({"a": {"dtype": "F32", "shape": [1], "data_offsets": [4, 8]}}, b"\0" * 8),
+        "overlap": mk({"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]},
+                       "b": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}, b"\0" * 4),
+        "trailing bytes": mk({"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}, b"\0" * 8),
+        "unknown dtype": mk({"a": {"dtype": "F16", "shape": [1], "data_offsets": [0, 2]}}, b"\0" * 2),
+        "negative shape": mk({"a": {"dtype": "F32", "shape": [-1], "data_offsets": [0, 0]}}),
+        "metadata not strings": mk({"__metadata__": {"step": 1}}),
+        "extra tensor field": mk({"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4], "x": 1}}, b"\0" * 4),
+    }
+    for what, buf in bad.items():
+        try:
+            st.decode(buf)
+            checks.check(False, f"codec: refuses {what}", "decoded")
+        except st.SafetensorsError:
+            checks.check(True, f"codec: refuses {what}")
+
+
 def body(checks):
     d = h.start_daemon()
-    for part in (names, errors, encodings, retries, endpoints):
+    for part in (codec, names, errors, reporter_errors, timeouts, encodings, retries, endpoints):
         print(f"-- {part.__name__}")
         try:
             part(checks, d)
@@ -447,6 +598,7 @@ def body(checks):
             traceback.print_exc()
             checks.check(False, f"{part.__name__}: no exception", f"{type(e).__name__}: {e}")
     h.stop_daemon(checks, d)
+    shutdown(checks)
 
 
 if __name__ == "__main__":

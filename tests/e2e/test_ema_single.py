@@ -10,7 +10,6 @@ the same buffers. JSON reports (fmt="json") give the same statistics.
 """
 
 import harness as h
-import normstat
 from normstat.torch import StatsReporter, load_stats
 
 import torch

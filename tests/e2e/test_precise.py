@@ -12,7 +12,8 @@ likewise (variance=biased: the biased variance; num_samples: the count), the
 EMA must be untouched, and each model's momentum, training flags and
 num_batches_tracked restored. A second precise_bn pass (new generation, new
 data) must reflect only the second pass's batches, and training reports may
-continue at the returned next_step.
+continue at the returned next_step through the training loop's
+StatsReporter, which stayed open and did not collect the precise forwards.
 """
 
 import threading
@@ -51,15 +52,15 @@ def body(checks):
             cap = h.Capture(model)
             opt = torch.optim.SGD(model.parameters(), lr=0.05)
             gen = torch.Generator().manual_seed(300 + rank)
-            with StatsReporter(model, c, run, rank, WORLD) as rep:
-                for step in range(TRAIN_STEPS):
-                    x, y = h.make_batch("cnn", BATCH[rank], gen)
-                    loss = torch.nn.functional.cross_entropy(model(x), y)
-                    opt.zero_grad()
-                    loss.backward()
-                    opt.step()
-                    rep.step(step)
-                rep.flush()
+            rep = StatsReporter(model, c, run, rank, WORLD)  # stays open across the precise passes
+            for step in range(TRAIN_STEPS):
+                x, y = h.make_batch("cnn", BATCH[rank], gen)
+                loss = torch.nn.functional.cross_entropy(model(x), y)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                rep.step(step)
+            rep.flush()
             cap.take()
             barrier.wait()  # every training report is acknowledged: all steps finalized
             ema_before = c.stats(run, source="ema")
@@ -87,13 +88,14 @@ def body(checks):
                         [m.momentum for m in model.modules() if hasattr(m, "momentum")] == momenta,
                         [int(m.num_batches_tracked) for m in model.modules()
                          if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)] == nbt)
-            # training continues at next_step
+            # training continues at next_step with the training reporter, which
+            # must not have collected the precise passes' forwards
             nxt = passes[-1][0].next_step
             model.train()
-            with StatsReporter(model, c, run, rank, WORLD) as rep:
-                x, y = h.make_batch("cnn", BATCH[rank], gen)
-                model(x)
-                rep.step(nxt)
+            x, y = h.make_batch("cnn", BATCH[rank], gen)
+            model(x)
+            rep.step(nxt)
+            rep.close()
             results[rank] = (passes, ema_before, ema_after, restored)
             c.close()
         except Exception as e:
@@ -146,6 +148,9 @@ def body(checks):
     steps = {l: v.get("finalized_step") for l, v in info["status"]["layers"].items()}
     checks.check(all(s == TRAIN_STEPS + 2 * K for s in steps.values()),
                  "a training step at next_step was accepted and finalized", f"{steps}")
+    last = d.client().stats(run, source="last", layers=["head.1"])["layers"]["head.1"]
+    checks.eq(last["count"], sum(BATCH),
+              "the open training reporter saw only its own batch, not the precise passes'")
     h.stop_daemon(checks, d)
 
 

@@ -6,7 +6,9 @@ training mode and call step() with sync=True each step. Every worker must
 get back, for every BN layer, the global count, mean and biased variance of
 the concatenated inputs of all workers of that step (torch.var_mean in
 float64 over the inputs captured here). A second run uses two domains with
-scope="domain": each worker gets the statistics of its own domain only.
+scope="domain": each worker gets the statistics of its own domain only. A
+third run checks gradient accumulation: three forwards of one worker in one
+step are merged into one arrival, and eval-mode forwards are not reported.
 """
 
 import threading
@@ -101,7 +103,50 @@ def body(checks):
                     if n:
                         checks.close(g["mean"], mean, f"{tag}: mean of the domain's batches")
                         checks.close(g["var"], var, f"{tag}: var of the domain's batches")
+    accumulation(checks, d)
     h.stop_daemon(checks, d)
+
+
+def accumulation(checks, d):
+    """Several forwards in one step (gradient accumulation) are merged into
+    one arrival; eval-mode forwards are not reported."""
+    run = h.run_name("sync-accum")
+    d.client().put_run(run, world_size=2)
+    out = [None, None]
+    errors = []
+
+    def work(rank):
+        try:
+            c = d.client()
+            model = h.make_model("cnn", seed=4)
+            cap = h.Capture(model)
+            gen = torch.Generator().manual_seed(500 + rank)
+            with StatsReporter(model, c, run, rank, 2, sync=True) as rep:
+                sizes = [3, 9, 4] if rank == 0 else [6]
+                with torch.no_grad():
+                    for i, n in enumerate(sizes):
+                        model(h.make_batch("cnn", n, gen, shift=float(i))[0])
+                    model.eval()
+                    model(h.make_batch("cnn", 5, gen, shift=9.0)[0])  # not reported
+                    model.train()
+                out[rank] = (rep.step(0), cap.take())
+            c.close()
+        except Exception as e:
+            errors.append(f"worker {rank}: {type(e).__name__}: {e}")
+
+    threads = [threading.Thread(target=work, args=(r,)) for r in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    checks.eq(errors, [], "accumulation: workers finished without errors")
+    if errors:
+        return
+    for layer, g in out[0][0]["layers"].items():
+        n, mean, var = h.global_stats([out[0][1][layer], out[1][1][layer]])
+        checks.eq(g["count"], n, f"accumulation {layer}: count = all training forwards of both workers")
+        checks.close(g["mean"], mean, f"accumulation {layer}: mean of the merged forwards")
+        checks.close(g["var"], var, f"accumulation {layer}: var of the merged forwards")
 
 
 if __name__ == "__main__":

@@ -73,7 +73,7 @@ class Daemon:
         exe = binary_path()
         if not os.access(exe, os.X_OK):
             raise RuntimeError(f"{exe} is not built (set NS_BUILD or run make)")
-        self.data_dir = tempfile.mkdtemp(prefix="nsd-itest-")
+        self.data_dir = tempfile.mkdtemp(prefix="normstatd-test-")
         argv = [exe, "--listen", "127.0.0.1:0", "--data-dir", self.data_dir,
                 "--log-level", "debug"]
         if not self.persist:
@@ -117,7 +117,7 @@ class Daemon:
                 if r.status == 200:
                     c.close()
                     return self
-            except OSError as e:
+            except (OSError, http.client.HTTPException) as e:
                 last = repr(e)
             time.sleep(0.05)
         c.close()
@@ -172,6 +172,13 @@ class Daemon:
             shutil.rmtree(self.data_dir, ignore_errors=True)
         if self in _daemons and (self.proc is None or self.proc.poll() is not None):
             _daemons.remove(self)
+
+    def sanitizer_reports(self):
+        """Lines of the daemon's stderr where a sanitizer build reported a bug."""
+        marks = ("ERROR: AddressSanitizer", "WARNING: ThreadSanitizer", "runtime error:",
+                 "ERROR: LeakSanitizer", "WARNING: MemorySanitizer")
+        with self._lock:
+            return [line for line in self.lines if any(m in line for m in marks)]
 
     def log_tail(self, n=40):
         with self._lock:
@@ -332,9 +339,9 @@ class Client:
     def delete(self, path, **kw):
         return self.request("DELETE", path, **kw)
 
-    def stats(self, run, **query):
+    def stats(self, run, timeout=None, **query):
         q = urllib.parse.urlencode(query, safe=":,*")
-        return self.get(f"/v1/runs/{run}/stats" + (f"?{q}" if q else ""))
+        return self.get(f"/v1/runs/{run}/stats" + (f"?{q}" if q else ""), timeout=timeout)
 
     def report(self, run, rep, sync=False, **kw):
         return self.post(f"/v1/runs/{run}/{'sync' if sync else 'batches'}", rep, **kw)
@@ -783,6 +790,10 @@ class Case(unittest.TestCase):
     def tearDownClass(cls):
         cls.c.close()
         rc = cls.daemon.stop()
+        san = cls.daemon.sanitizer_reports()
+        if san:
+            print(f"FAIL {cls.__name__}: sanitizer reports in the daemon's log:\n" + "\n".join(san[:10]))
+            raise AssertionError("sanitizer reports")
         if rc != 0:
             print(f"FAIL {cls.__name__}: daemon exit status after SIGTERM is {rc}, expected 0\n"
                   f"{cls.daemon.log_tail()}")

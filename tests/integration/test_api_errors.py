@@ -12,7 +12,6 @@ batch never reaches the running statistics.
 
 import json
 import os
-import struct
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))

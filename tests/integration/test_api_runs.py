@@ -10,6 +10,7 @@ HTTP/1.1 keep-alive, against a real normstatd.
 import os
 import re
 import sys
+import threading
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import nsd  # noqa: E402
@@ -109,6 +110,8 @@ class Runs(nsd.Case):
             r = self.c.put(f"/v1/runs/{run}", {field: value})
             self.check_status(r, 200, f"PUT update {field}={value!r}")
             expect[field] = value
+            if r.status == 200:
+                self.check_eq(config_of(r.json()), expect, f"PUT {field}={value!r} answers the new config")
             got = config_of(self.c.get(f"/v1/runs/{run}").json())
             self.check_eq(got, expect, f"after {field}={value!r} only that field changed")
         full = {"world_size": 3, "momentum": 0.05, "sync_timeout_ms": 777, "on_timeout": "drop",
@@ -276,6 +279,9 @@ class Runs(nsd.Case):
                    "version is a semantic version string", f"{body}")
         kern = [v for v in _leaves(body) if v in ("avx2", "scalar", "neon")]
         self.check(bool(kern), "the SIMD kernel in use is named", flat)
+        threads = {k: v for k, v in body.items() if "thread" in k}
+        self.check(any(isinstance(v, int) and v >= 1 for v in threads.values()),
+                   "OpenMP threads are reported", f"{body}")
         # a second daemon forced to the scalar reference names it
         d = nsd.Daemon(env=dict(os.environ, NS_SIMD="scalar")).start()
         try:
@@ -311,6 +317,9 @@ class Runs(nsd.Case):
                 self.check(fam in types or fam + "_total" in types
                            or (fam.endswith("_total") and fam[:-6] in types),
                            f"documented family {fam} is exported")
+            counters = [f for f, t in types.items() if t == "counter"]
+            empty = [f for f in counters if not any(family_of(n, types) == f for n, _, _ in samples)]
+            self.check(not empty, "every counter family has samples from start-up", f"{empty}")
             rej = rejection_counters(samples)
             for reason in REJECT_REASONS:
                 self.check(rej.get(reason) == 0.0, f"rejection counter reason={reason} exported at 0",
@@ -345,6 +354,27 @@ class Runs(nsd.Case):
         self.check(r3.status == 202 and r4.status == 404 and r5.status == 200
                    and c.conn is not None and c.conn.sock is sock1,
                    "keep-alive survives a POST and a 404", f"{r3.status} {r4.status} {r5.status}")
+        # and a /sync answered after the connection was suspended (world_size 1 answers at once;
+        # world_size 2 with the other worker first makes this one complete the step)
+        c.put("/v1/runs/ka2", {"world_size": 2})
+        self.client().post("/v1/runs/ka2/batches", report(1, worker=0))
+        r6 = c.post("/v1/runs/ka2/sync", report(1, worker=1))
+        r7 = c.get("/livez")
+        self.check(r6.status == 200 and r7.status == 200 and c.conn is not None and c.conn.sock is sock1
+                   and c.reconnects == 0, "keep-alive survives a /sync", f"{r6.short()} {r7.status}")
+        # a /sync that really waits (suspended connection), answered when worker 0 arrives
+        out = {}
+        t = threading.Thread(target=lambda: out.setdefault("r", c.post("/v1/runs/ka2/sync", report(2, worker=1))),
+                             daemon=True)
+        t.start()
+        nsd.poll(lambda: self.client().get("/v1/runs/ka2").json()["status"]["pending"])
+        self.client().post("/v1/runs/ka2/batches", report(2, worker=0))
+        t.join(10)
+        r8 = c.get("/livez")
+        self.check(out.get("r") is not None and out["r"].status == 200 and r8.status == 200
+                   and c.conn is not None and c.conn.sock is sock1 and c.reconnects == 0,
+                   "keep-alive survives a suspended and resumed /sync",
+                   f"{out.get('r') and out['r'].short()} {r8.status}")
 
 
 def _leaves(v):

@@ -57,6 +57,20 @@ def canonical_sync(r):
         return None
 
 
+def resnet50_bn():
+    """BatchNorm layers of torchvision's ResNet-50: name -> channels."""
+    out = {"bn1": 64}
+    for i, (blocks, width) in enumerate(((3, 64), (4, 128), (6, 256), (3, 512)), start=1):
+        for blk in range(blocks):
+            p = f"layer{i}.{blk}"
+            out[f"{p}.bn1"] = width
+            out[f"{p}.bn2"] = width
+            out[f"{p}.bn3"] = width * 4
+            if blk == 0:
+                out[f"{p}.downsample.1"] = width * 4
+    return out
+
+
 class Safetensors(nsd.Case):
 
     def twin_runs(self):
@@ -198,6 +212,44 @@ class Safetensors(nsd.Case):
                    "load_state_dict misses only weight/bias", f"{res.missing_keys}")
         if res.unexpected_keys:
             print(f"note load_state_dict: keys a BatchNorm does not have: {res.unexpected_keys}")
+
+    def test_resnet50_shaped_report(self):
+        """53 BN layers, 26,560 channels: JSON and safetensors reports of the
+        same statistics give identical statistics, equal to the reference."""
+        rng = np.random.default_rng(43)
+        layers = resnet50_bn()
+        self.check_eq((len(layers), sum(layers.values())), (53, 26560), "(self-check) ResNet-50 BN shapes")
+        a, b = self.twin_runs()
+        for run in (a, b):
+            self.check_status(self.c.put(f"/v1/runs/{run}", {"world_size": 1}), 200, f"{run}: world_size 1")
+        emas = {l: nsd.Ema(c) for l, c in layers.items()}
+        for s in (1, 2):
+            rep = {"step": s, "worker": 0, "layers": {}}
+            for l, c in layers.items():
+                mean = nsd.f32_list(rng.normal(0, 1, c))
+                var = nsd.f32_list(rng.uniform(0.1, 4, c))
+                rep["layers"][l] = {"count": 1024, "mean": mean, "var": var}
+                emas[l].apply(1024, mean, var)
+            body = nsd.report_to_safetensors(rep)
+            self.check_status(self.c.report(a, rep, timeout=30), 202, f"step {s}: {len(json.dumps(rep))}-byte JSON report")
+            self.check_status(self.c.report(b, body, content_type=ST, timeout=30), 202,
+                              f"step {s}: {len(body)}-byte safetensors report")
+        ra, rb = self.c.stats(a, timeout=30), self.c.stats(b, timeout=30)
+        self.same(ra, rb, a, b, "ResNet-50: identical statistics from both encodings")
+        got = ra.json()["layers"] if ra.status == 200 else {}
+        worst = max((max(nsd.max_err(got.get(l, {}).get("running_mean", []), e.mean),
+                         nsd.max_err(got.get(l, {}).get("running_var", []), e.var)) for l, e in emas.items()),
+                    default=float("inf"))
+        self.check(worst <= 1 and len(got) == 53, f"ResNet-50: every layer's EMA equals the formula (max err {worst:.3g} of tol)")
+        st = self.c.stats(a, format="safetensors", timeout=30)
+        try:
+            tensors, _ = nsd.st_read(st.body)
+            ok = all(np.array_equal(tensors[f"{l}.running_var"][2], np.asarray(got[l]["running_var"], np.float32))
+                     for l in layers)
+        except (nsd.SafetensorsError, KeyError) as e:
+            ok = False
+            print(f"note {e}")
+        self.check(ok, "ResNet-50: safetensors statistics carry the JSON values")
 
     def test_hostile_bodies(self):
         run = nsd.run_name("hostile")

@@ -9,6 +9,7 @@ must exit with status 0 (bounded wait).
 import os
 import signal
 import sys
+import threading
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import nsd  # noqa: E402
@@ -61,7 +62,6 @@ class Shutdown(nsd.Case):
             except Exception as e:  # a reset connection is a failure of the daemon
                 errors[i] = e
 
-        import threading
         threads = [threading.Thread(target=waiter, args=(i,), daemon=True) for i in range(3)]
         for t in threads:
             t.start()

@@ -9,6 +9,7 @@ batches, plus the DESIGN formulas evaluated separately.
 
 import os
 import sys
+import threading
 
 import numpy as np
 
@@ -47,8 +48,16 @@ def global_ref(data, layer, workers=None):
 
 def tight_ref(reps, layer, workers=None):
     """Exact combination of the float32 reports, as the server should do it."""
+    from fractions import Fraction as F
+
     ws = range(len(reps)) if workers is None else workers
-    return nsd.combine([nsd.arrival_of(reps[w]["layers"][layer]) for w in ws])
+    arrivals = []
+    for w in ws:
+        n, mean, var = nsd.arrival_of(reps[w]["layers"][layer])
+        if n and reps[w].get("unbiased"):  # the server converts with (n-1)/n
+            var = [F(v) * (n - 1) / n for v in var]
+        arrivals.append((n, mean, var))
+    return nsd.combine(arrivals)
 
 
 class Sync(nsd.Case):
@@ -389,6 +398,9 @@ class Sync(nsd.Case):
             for l in LAYERS:
                 lay = ans.json().get("layers", {}).get(l, {}) if ans.status == 200 else {}
                 self.check_eq(lay.get("count"), sum(sizes), f"step {s} {l}: /sync count N={sum(sizes)}")
+                if sum(sizes) == 0:
+                    self.check(lay.get("mean") == [0.0] * LAYERS[l] and lay.get("var") == [0.0] * LAYERS[l],
+                               f"step {s} {l}: N=0 answers count 0 and zeros (proto/openapi.yaml)", f"{lay}")
                 if sum(sizes) == 1:
                     n, mean, var = global_ref(data, l)
                     self.check(nsd.f32_list(lay.get("mean", [])) == nsd.f32_list(mean)
@@ -446,8 +458,6 @@ class Sync(nsd.Case):
         reps = reports(1, data)
         clients = [self.client(timeout=SYNC_TIMEOUT_S) for _ in range(world - 1)]
         out = [None] * (world - 1)
-        import threading
-
         def wait(i):
             try:
                 out[i] = clients[i].report(run, reps[i], sync=True)
@@ -481,7 +491,7 @@ class Sync(nsd.Case):
 
         def wait():
             out["r"] = waiter.report(run, rep, sync=True)
-        import threading
+
         t = threading.Thread(target=wait, daemon=True)
         t.start()
         self.require(nsd.poll(lambda: self.c.get(f"/v1/runs/{run}").json().get("status", {}).get("pending")),
@@ -492,6 +502,50 @@ class Sync(nsd.Case):
         if "r" in out:
             self.check_status(out["r"], 404, "the waiter of a deleted run", code="not_found")
         self.check_status(self.c.get(f"/v1/runs/{run}"), 404, "the run is gone", code="not_found")
+
+    def test_concurrent_reports_deterministic(self):
+        """4 worker threads report 15 steps each at once (/batches, their own
+        pace); the statistics equal, byte for byte, those of the same reports
+        sent one by one in rank order to a twin run."""
+        rng = np.random.default_rng(25)
+        a = nsd.run_name("concA")
+        b = a.replace("concA", "concB")
+        for run in (a, b):
+            self.require(self.c.put(f"/v1/runs/{run}", {"world_size": 4}).status == 201, f"create {run}")
+        steps = [reports(s, make_step(rng, [int(rng.integers(0, 25)) for _ in range(4)])) for s in range(1, 16)]
+        clients = [self.client() for _ in range(4)]
+
+        def worker(w):
+            return [clients[w].report(a, steps[i][w]).status for i in range(len(steps))]
+        res, errs = nsd.parallel([lambda w=w: worker(w) for w in range(4)], limit=30)
+        self.check(all(e is None for e in errs) and all(st == [202] * len(steps) for st in res),
+                   "60 concurrent reports accepted", f"{errs} {res}")
+        for reps in steps:
+            for rep in reps:
+                self.check(self.c.report(b, rep).status == 202, f"{b}: step {rep['step']} worker {rep['worker']}")
+        for q in ({"source": "ema"}, {"source": "precise"}, {"source": "last"}):
+            ra, rb = self.c.stats(a, **q), self.c.stats(b, **q)
+            self.check(ra.status == 200 and ra.body.replace(a.encode(), b.encode()) == rb.body,
+                       f"stats {q}: concurrent arrivals give the bytes of sequential ones",
+                       f"{ra.short(200)} vs {rb.short(200)}")
+        ca, cb = self.c.get(f"/v1/runs/{a}/checkpoint"), self.c.get(f"/v1/runs/{b}/checkpoint")
+        self.check(ca.status == 200 and ca.body.replace(a.encode(), b.encode()) == cb.body,
+                   "checkpoints (full precision) identical too")
+
+    def test_unbiased_reports(self):
+        rng = np.random.default_rng(26)
+        run = nsd.run_name("unbiased")
+        self.require(self.c.put(f"/v1/runs/{run}", {"world_size": 2}).status == 201, "create world 2")
+        data = make_step(rng, [10, 27])
+        reps = reports(1, data)
+        for l, lay in reps[0]["layers"].items():
+            n, _, m2 = nsd.moments(data[0][l])
+            lay["var"] = nsd.f32_list([v / (n - 1) for v in m2])
+        reps[0]["unbiased"] = True
+        reps[1]["unbiased"] = False
+        self.check_status(self.c.report(run, reps[0]), 202, "worker 0 reports unbiased variances")
+        ans = self.c.report(run, reps[1], sync=True, timeout=SYNC_TIMEOUT_S)
+        self.check_sync(ans, 1, data, reps, "unbiased + biased reports combine like the raw batches")
 
     def test_read_your_writes(self):
         rng = np.random.default_rng(21)

@@ -151,6 +151,65 @@ class RouteTable(unittest.TestCase):
                 d.proc.kill()
 
 
+SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[a-zA-Z_][a-zA-Z0-9_]*="[^"\\\n]*"'
+                    r'(,[a-zA-Z_][a-zA-Z0-9_]*="[^"\\\n]*")*\})? (-?[0-9.e+-]+|\+Inf|NaN)$')
+
+
+class Metrics(unittest.TestCase):
+    """/metrics is valid Prometheus text: every sample belongs to a family with
+    HELP and TYPE, rejection counters exist from start-up for every error code."""
+
+    def test_exposition(self):
+        d = Daemon()
+        try:
+            c = d.conn()
+            c.request("GET", "/nope")  # one routing 404, counted
+            c.getresponse().read()
+            c.request("GET", "/metrics")
+            r = c.getresponse()
+            text = r.read().decode()
+            self.assertEqual(r.status, 200)
+            self.assertTrue(r.getheader("Content-Type").startswith("text/plain"))
+            helps, types, samples = set(), {}, []
+            for line in text.splitlines():
+                if line.startswith("# HELP "):
+                    helps.add(line.split()[2])
+                elif line.startswith("# TYPE "):
+                    _, _, name, kind = line.split()
+                    self.assertIn(kind, ("counter", "gauge", "histogram", "summary", "untyped"))
+                    types[name] = kind
+                else:
+                    m = SAMPLE.match(line)
+                    self.assertIsNotNone(m, f"not a sample line: {line!r}")
+                    samples.append((m.group(1), line))
+            for name, line in samples:
+                family = re.sub(r"_(bucket|sum|count)$", "", name)
+                family = family if family in types else name
+                self.assertIn(family, types, line)
+                self.assertIn(family, helps, line)
+            # Every wire code of NS_ERROR_MAP, read from errors.h independently.
+            with open(os.path.join(REPO, "core", "include", "normstat", "errors.h")) as f:
+                codes = re.findall(r'XX\(\w+,\s*-\d+,\s*\d+,\s*"([a-z_]+)"', f.read())
+            self.assertGreater(len(codes), 10)
+            for code in codes:
+                self.assertRegex(text, rf'\nnormstat_rejections_total\{{reason="{code}"\}} \d+\n')
+            self.assertIn('normstat_rejections_total{reason="not_found"} 1\n', text)
+            self.assertIn('normstat_http_requests_total{route="unmatched",method="GET",status="404"} 1\n',
+                          text)
+            for name in ("normstat_steps_finalized_total", "normstat_steps_applied_total",
+                         "normstat_steps_timed_out_total", "normstat_steps_dropped_total",
+                         "normstat_steps_skipped_total", "normstat_pending_steps",
+                         "normstat_sync_waiters", "normstat_runs", "normstat_memory_bytes",
+                         "process_resident_memory_bytes", "process_start_time_seconds"):
+                self.assertRegex(text, rf"\n{name} [0-9.e+]+\n")
+            self.assertEqual(types["normstat_http_request_duration_seconds"], "histogram")
+            c.close()
+            self.assertEqual(d.stop(), 0)
+        finally:
+            if d.proc.poll() is None:
+                d.proc.kill()
+
+
 class CommandLine(unittest.TestCase):
     def run_bad(self, args, env_extra=None, names=None):
         env = {k: v for k, v in os.environ.items() if not k.startswith("NORMSTAT_")}

@@ -104,8 +104,8 @@ static inline int fx_send(nsd_registry_t *reg, const char *run, uint64_t step, u
                           uint64_t now_ms, nsd_sync_cb cb, void *arg)
 {
     ns_error_detail_t err = {0};
-    int rc = nsd_registry_report(reg, run, fx_report(step, worker, o, layers, n_layers), now_ms,
-                                 cb, arg, &err);
+    int rc = nsd_registry_report(reg, run, fx_report(step, worker, o, layers, n_layers), now_ms, cb,
+                                 arg, &err);
     if (rc != 0)
         ck_assert_int_eq(err.code, rc);
     return rc;

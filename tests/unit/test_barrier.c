@@ -45,7 +45,8 @@ static void four_make(four_t *f, uint64_t *rng)
 static int four_send(nsd_registry_t *reg, const four_t *f, uint64_t step, int w, uint64_t now,
                      fx_sync_t *sync)
 {
-    fx_layer_t l = {"bn1", f->n[w], C, f->n[w] ? f->mean[w] : NULL, f->n[w] ? f->var[w] : NULL};
+    /* The empty batch sends arrays too: they must be ignored. */
+    fx_layer_t l = {"bn1", f->n[w], C, f->mean[w], f->var[w]};
     return fx_send(reg, "r", step, (uint32_t)w, NULL, &l, 1, now, sync ? fx_sync_cb : NULL, sync);
 }
 
@@ -413,8 +414,7 @@ START_TEST(test_rejections_change_nothing)
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         int rc = fx_send(reg, "r", cases[i].step, cases[i].worker, cases[i].o, cases[i].layers,
                          cases[i].n, 1, fx_sync_cb, &sync);
-        ck_assert_msg(rc == cases[i].code, "%s: got %d want %d", cases[i].what, rc,
-                      cases[i].code);
+        ck_assert_msg(rc == cases[i].code, "%s: got %d want %d", cases[i].what, rc, cases[i].code);
         if (rc == 0) {
             free(before);
             before = fx_snapshot(reg, "r", 1);
@@ -477,7 +477,8 @@ START_TEST(test_world_size_change)
     json_t *pend = json_array_get(json_object_get(json_object_get(info, "status"), "pending"), 0);
     ck_assert_int_eq(json_integer_value(json_object_get(pend, "world_size")), 4);
     ck_assert_int_eq(json_array_size(json_object_get(pend, "waiting_for")), 1);
-    ck_assert_int_eq(json_integer_value(json_array_get(json_object_get(pend, "waiting_for"), 0)), 1);
+    ck_assert_int_eq(json_integer_value(json_array_get(json_object_get(pend, "waiting_for"), 0)),
+                     1);
     json_decref(info);
     ck_assert_int_eq(fx_send(reg, "r", 1, 1, NULL, &l, 1, 1, NULL, NULL), 0); /* complete */
     /* a new step has world_size 2 */
@@ -498,9 +499,12 @@ START_TEST(test_channels_fixed_by_arrays)
     float m[3] = {1, 2, 3}, v[3] = {1, 1, 1};
     fx_layer_t empty = {"bn", 0, 0, NULL, NULL};
     fx_layer_t two = {"bn", 5, 2, m, v}, three = {"bn", 5, 3, m, v};
+    fx_layer_t empty_two = {"bn", 0, 2, m, v};
     ck_assert_int_eq(fx_send(reg, "r", 1, 0, NULL, &empty, 1, 1, NULL, NULL), 0);
     ck_assert_int_eq(fx_send(reg, "r", 1, 1, NULL, &three, 1, 1, NULL, NULL), 0);
     ck_assert_int_eq(fx_send(reg, "r", 2, 0, NULL, &two, 1, 1, NULL, NULL), NS_ECHANNELS);
+    /* count 0 with arrays: they must still have the layer's channel count */
+    ck_assert_int_eq(fx_send(reg, "r", 2, 0, NULL, &empty_two, 1, 1, NULL, NULL), NS_ECHANNELS);
     ck_assert_int_eq(fx_send(reg, "r", 2, 0, NULL, &three, 1, 1, NULL, NULL), 0);
     nsd_stats_t *s = fx_stats(reg, "r", NSD_SOURCE_LAST, NULL);
     ck_assert_uint_eq(s->layers[0].channels, 3);

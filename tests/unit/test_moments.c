@@ -208,7 +208,7 @@ START_TEST(threads_bitwise_identical)
     uint64_t rng = ns_test_seed() ^ 0x7d;
     /* Shapes with several groups per channel (16 blocks or 16 row chunks
      * each), so the merge order across groups is exercised. */
-    check_threads_identical(16, 3, 8192, 0, &rng);    /* few channels: groups in rounds */
+    check_threads_identical(16, 3, 8192, 0, &rng);    /* few channels: groups side by side */
     check_threads_identical(40, 64, 1100, 0, &rng);   /* many channels: tiles */
     check_threads_identical(300, 5, 300, 0, &rng);    /* several n's per block */
     check_threads_identical(1, 1, 600000, 0, &rng);   /* one channel, many groups */

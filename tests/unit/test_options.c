@@ -1,4 +1,5 @@
-/* test_options.c - normstatd's options: defaults, environment vs flags, sizes, addresses, bad values. */
+/* test_options.c - normstatd's options: defaults, environment vs flags, sizes, addresses, bad
+ * values. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -47,10 +48,15 @@ END_TEST
 
 START_TEST(test_env_applies)
 {
-    char *const env[] = {"PATH=/bin", "NORMSTAT_THREADS=8", "NORMSTAT_LISTEN=0.0.0.0:9000",
-                         "NORMSTAT_MAX_BODY=1M", "NORMSTAT_NO_PERSIST=true",
-                         "NORMSTAT_LOG_LEVEL=debug", "NORMSTAT_DATA_DIR=/tmp/x y",
-                         "NORMSTAT_THREADSX=3", NULL};
+    char *const env[] = {"PATH=/bin",
+                         "NORMSTAT_THREADS=8",
+                         "NORMSTAT_LISTEN=0.0.0.0:9000",
+                         "NORMSTAT_MAX_BODY=1M",
+                         "NORMSTAT_NO_PERSIST=true",
+                         "NORMSTAT_LOG_LEVEL=debug",
+                         "NORMSTAT_DATA_DIR=/tmp/x y",
+                         "NORMSTAT_THREADSX=3",
+                         NULL};
     ck_assert_int_eq(parse(env, NULL), 0);
     ck_assert_int_eq(opts.threads, 8);
     ck_assert_str_eq(opts.listen.host, "0.0.0.0");
@@ -105,8 +111,19 @@ START_TEST(test_sizes)
         ck_assert_msg(nsd_options_parse_size(good[i].text, &v) == 0, "%s", good[i].text);
         ck_assert_msg(v == good[i].bytes, "%s -> %llu", good[i].text, (unsigned long long)v);
     }
-    static const char *const bad[] = {"", "K", "-1", "+1", " 1", "1 ", "1.5M", "12X", "1MM",
-                                      "1Mi", "1iB", "16777216T", "18446744073709551616",
+    static const char *const bad[] = {"",
+                                      "K",
+                                      "-1",
+                                      "+1",
+                                      " 1",
+                                      "1 ",
+                                      "1.5M",
+                                      "12X",
+                                      "1MM",
+                                      "1Mi",
+                                      "1iB",
+                                      "16777216T",
+                                      "18446744073709551616",
                                       "0x10"};
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         uint64_t v = 7;
@@ -132,9 +149,18 @@ START_TEST(test_addresses)
     ck_assert_int_eq(nsd_options_parse_addr("localhost:65535", &a), 0);
     ck_assert_str_eq(a.host, "localhost");
     ck_assert_uint_eq(a.port, 65535);
-    static const char *const bad[] = {"", ":80", "127.0.0.1", "127.0.0.1:", "127.0.0.1:65536",
-                                      "127.0.0.1:-1", "127.0.0.1:8o", "::1:80", "[::1]",
-                                      "[nothex]:80", "a b:80", "host:123456"};
+    static const char *const bad[] = {"",
+                                      ":80",
+                                      "127.0.0.1",
+                                      "127.0.0.1:",
+                                      "127.0.0.1:65536",
+                                      "127.0.0.1:-1",
+                                      "127.0.0.1:8o",
+                                      "::1:80",
+                                      "[::1]",
+                                      "[nothex]:80",
+                                      "a b:80",
+                                      "host:123456"};
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
         ck_assert_msg(nsd_options_parse_addr(bad[i], &a) == NS_EINVAL, "'%s' accepted", bad[i]);
 }
@@ -209,11 +235,25 @@ START_TEST(test_help)
     ck_assert_ptr_nonnull(f);
     nsd_options_help(f, "normstatd");
     fclose(f);
-    static const char *const expect[] = {
-        "--listen HOST:PORT", "NORMSTAT_LISTEN", "127.0.0.1:8750", "--data-dir DIR",
-        "NORMSTAT_DATA_DIR", "--no-persist", "--threads N", "--core-threads N", "--max-body BYTES",
-        "16M", "--max-memory", "--max-pending-steps N", "--log-level LEVEL", "--log-file FILE",
-        "--shutdown-timeout MS", "--routes", "--probe [URL]", "--help", "--version"};
+    static const char *const expect[] = {"--listen HOST:PORT",
+                                         "NORMSTAT_LISTEN",
+                                         "127.0.0.1:8750",
+                                         "--data-dir DIR",
+                                         "NORMSTAT_DATA_DIR",
+                                         "--no-persist",
+                                         "--threads N",
+                                         "--core-threads N",
+                                         "--max-body BYTES",
+                                         "16M",
+                                         "--max-memory",
+                                         "--max-pending-steps N",
+                                         "--log-level LEVEL",
+                                         "--log-file FILE",
+                                         "--shutdown-timeout MS",
+                                         "--routes",
+                                         "--probe [URL]",
+                                         "--help",
+                                         "--version"};
     for (size_t i = 0; i < sizeof(expect) / sizeof(expect[0]); i++)
         ck_assert_msg(strstr(text, expect[i]) != NULL, "missing '%s'", expect[i]);
     free(text);

@@ -6,9 +6,9 @@
 
 #include "nsd_fixture.h"
 
-#define C 4
+#define C     4
 #define STEPS 5
-#define W 3
+#define W     3
 
 static nsd_registry_t *new_run(const char *run, uint32_t world_size, double momentum, int debias)
 {
@@ -126,9 +126,10 @@ static void check_ema(const ns_out_layer_t *l, const ref_ema_t *e, int debias, d
 /* ---------------------------------------------------------------- PyTorch */
 
 /* Runs torch.nn.BatchNorm1d (float64, training) over the global batches of
- * every step (all workers' rows concatenated, as SyncBN sees them) and reads
- * running_mean / running_var. @return 0, or -1 if python3/torch failed. */
-static int torch_running(batch_t b[][W], size_t steps, double momentum, double *rm, double *rv)
+ * every step (all workers' rows concatenated, as SyncBN sees them) once per
+ * momentum (0.1, 0.3, None) and reads running_mean / running_var into
+ * rm[k], rv[k]. @return 0, or -1 if python3/torch failed. */
+static int torch_running(batch_t b[][W], size_t steps, double rm[3][C], double rv[3][C])
 {
     char path[] = "/tmp/nsd_test_torch_XXXXXX";
     int fd = mkstemp(path);
@@ -147,29 +148,32 @@ static int torch_running(batch_t b[][W], size_t steps, double momentum, double *
     }
     fclose(f);
     char cmd[1024];
-    snprintf(cmd, sizeof(cmd),
-             "timeout 120 /usr/bin/python3 -c '"
-             "import sys, torch\n"
-             "tok = open(sys.argv[1]).read().split()\n"
-             "steps, ch = int(tok[0]), int(tok[1]); i = 2\n"
-             "m = None if sys.argv[2] == \"none\" else float(sys.argv[2])\n"
-             "bn = torch.nn.BatchNorm1d(ch, momentum=m).double().train()\n"
-             "for s in range(steps):\n"
-             "    r = int(tok[i]); i += 1\n"
-             "    x = torch.tensor([float(t) for t in tok[i:i + r * ch]], dtype=torch.float32)\n"
-             "    i += r * ch\n"
-             "    bn(x.double().reshape(r, ch))\n"
-             "print(\" \".join(repr(v) for v in bn.running_mean.tolist() + bn.running_var.tolist()))\n"
-             "' %s %s",
-             path, momentum < 0 ? "none" : (momentum == 0.1 ? "0.1" : "0.3"));
+    snprintf(
+        cmd, sizeof(cmd),
+        "timeout 120 /usr/bin/python3 -c '"
+        "import sys, torch\n"
+        "tok = open(sys.argv[1]).read().split()\n"
+        "steps, ch = int(tok[0]), int(tok[1])\n"
+        "for m in (0.1, 0.3, None):\n"
+        "    bn = torch.nn.BatchNorm1d(ch, momentum=m).double().train(); i = 2\n"
+        "    for s in range(steps):\n"
+        "        r = int(tok[i]); i += 1\n"
+        "        x = torch.tensor([float(t) for t in tok[i:i + r * ch]], dtype=torch.float32)\n"
+        "        i += r * ch\n"
+        "        bn(x.double().reshape(r, ch))\n"
+        "    print(\" \".join(repr(v) for v in bn.running_mean.tolist() + "
+        "bn.running_var.tolist()))\n"
+        "' %s",
+        path);
     FILE *p = popen(cmd, "r");
     ck_assert_ptr_nonnull(p);
     int got = 0;
-    for (size_t c = 0; c < 2 * C; c++)
-        got += fscanf(p, "%lf", c < C ? &rm[c] : &rv[c - C]);
+    for (int k = 0; k < 3; k++)
+        for (size_t c = 0; c < 2 * C; c++)
+            got += fscanf(p, "%lf", c < C ? &rm[k][c] : &rv[k][c - C]);
     int status = pclose(p);
     unlink(path);
-    return status == 0 && got == 2 * C ? 0 : -1;
+    return status == 0 && got == 3 * 2 * C ? 0 : -1;
 }
 
 static void make_steps(batch_t b[][W], uint64_t *rng, size_t steps)
@@ -188,13 +192,14 @@ START_TEST(test_ema_matches_pytorch)
     static batch_t b[STEPS][W];
     make_steps(b, &rng, STEPS);
     const double momenta[3] = {0.1, 0.3, NS_MOMENTUM_CUMULATIVE};
+    double trm[3][C], trv[3][C];
+    ck_assert_msg(torch_running(b, STEPS, trm, trv) == 0, "python3/torch failed");
     for (int k = 0; k < 3; k++) {
         nsd_registry_t *reg = new_run("r", W, momenta[k], 0);
         for (size_t s = 0; s < STEPS; s++)
             for (int w = 0; w < W; w++)
                 send_batch(reg, "r", s, (uint32_t)w, &b[s][w], NULL);
-        double tm[C], tv[C];
-        ck_assert_msg(torch_running(b, STEPS, momenta[k], tm, tv) == 0, "python3/torch failed");
+        const double *tm = trm[k], *tv = trv[k];
         nsd_stats_t *st = fx_stats(reg, "r", NSD_SOURCE_EMA, "*");
         const ns_out_layer_t *l = fx_layer_of(st, "bn");
         ck_assert_int_eq(fx_scalar(l, "num_batches_tracked"), STEPS);
@@ -371,6 +376,27 @@ START_TEST(test_precise_domains_and_generations)
     check_precise(reg, "*", 1, b, 0, 2, NULL);
     check_precise(reg, "a", 0, b, 0, 2, "a");
     check_precise(reg, "b", 1, b, 0, 2, "b");
+    /* Mixture a:0.25, b:0.75 of the PreciseBN values (unbiased variances). */
+    nsd_stats_query_t q;
+    memset(&q, 0, sizeof(q));
+    q.source = NSD_SOURCE_PRECISE;
+    q.n_mixture = 2;
+    snprintf(q.mixture[0].domain, sizeof(q.mixture[0].domain), "a");
+    snprintf(q.mixture[1].domain, sizeof(q.mixture[1].domain), "b");
+    q.mixture[0].weight = 0.25;
+    q.mixture[1].weight = 0.75;
+    nsd_stats_t *sm = NULL;
+    ck_assert_int_eq(nsd_registry_stats(reg, "r", &q, &sm, NULL), 0);
+    long double ma[C], va[C], mb[C], vb[C];
+    uint64_t Na = ref_precise(b, 0, 2, "a", ma, va), Nb = ref_precise(b, 0, 2, "b", mb, vb);
+    for (size_t c = 0; c < C; c++) {
+        long double ua = va[c] * Na / (Na - 1), ub = vb[c] * Nb / (Nb - 1);
+        long double mean = 0.25L * ma[c] + 0.75L * mb[c];
+        long double var = 0.25L * (ua + ma[c] * ma[c]) + 0.75L * (ub + mb[c] * mb[c]) - mean * mean;
+        fx_close(sm->layers[0].arrays[0][c], mean, 1e-12, "precise mixture mean", c);
+        fx_close(sm->layers[0].arrays[1][c], var, 1e-11, "precise mixture var", c);
+    }
+    nsd_stats_free(sm);
     nsd_stats_t *st = fx_stats(reg, "r", NSD_SOURCE_PRECISE, NULL);
     ck_assert_int_eq(fx_meta(st, "generation")->num, 0);
     ck_assert_int_eq(fx_scalar(&st->layers[0], "num_batches"), 4); /* 2 steps x 2 domains */

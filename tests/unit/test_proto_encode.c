@@ -211,14 +211,22 @@ START_TEST(test_safetensors_read_back)
                     ck_assert(v == (float)L->arrays[a][c]);
                 }
             }
-            for (int s = 0; s < 2; s++, t++) {
-                const ns_tensor_t *x = ns_safetensors_at(st, t);
-                ck_assert_int_eq(x->dtype, NS_DTYPE_I64);
-                ck_assert_uint_eq(x->ndim, 0);
-                int64_t v;
-                memcpy(&v, x->data, 8);
-                ck_assert_int_eq(v, L->scalars[s]);
-            }
+            /* num_batches_tracked is a state_dict tensor ... */
+            const ns_tensor_t *x = ns_safetensors_at(st, t++);
+            char name[300];
+            snprintf(name, sizeof(name), "%s.num_batches_tracked", L->name);
+            ck_assert_str_eq(x->name, name);
+            ck_assert_int_eq(x->dtype, NS_DTYPE_I64);
+            ck_assert_uint_eq(x->ndim, 0);
+            int64_t v;
+            memcpy(&v, x->data, 8);
+            ck_assert_int_eq(v, L->scalars[0]);
+            /* ... step is not: it travels as metadata "<layer>.step" */
+            char expect[32];
+            snprintf(name, sizeof(name), "%s.step", L->name);
+            snprintf(expect, sizeof(expect), "%lld", (long long)L->scalars[1]);
+            ck_assert_ptr_null(ns_safetensors_find(st, name));
+            ck_assert_str_eq(ns_safetensors_meta(st, name), expect);
         }
         ck_assert_uint_eq(ns_safetensors_count(st), t);
         ns_safetensors_free(st);

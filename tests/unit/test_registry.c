@@ -114,8 +114,12 @@ START_TEST(test_stall_report)
     json_t *layer = json_object_get(json_object_get(st, "layers"), "bn");
     ck_assert_int_eq(json_integer_value(json_object_get(layer, "channels")), 2);
     ck_assert_int_eq(json_integer_value(json_object_get(layer, "pending_steps")), 2);
-    ck_assert_int_eq(json_integer_value(json_object_get(json_array_get(json_object_get(st, "domains"), 0), "generation")), 0);
-    ck_assert_str_eq(json_string_value(json_object_get(json_array_get(json_object_get(st, "domains"), 0), "domain")), "default");
+    ck_assert_int_eq(json_integer_value(json_object_get(
+                         json_array_get(json_object_get(st, "domains"), 0), "generation")),
+                     0);
+    ck_assert_str_eq(json_string_value(json_object_get(
+                         json_array_get(json_object_get(st, "domains"), 0), "domain")),
+                     "default");
     json_decref(info);
     nsd_registry_free(reg);
 }
@@ -216,8 +220,8 @@ START_TEST(test_checkpoint_validation)
         ns_error_detail_t err = {0};
         ck_assert_int_eq(nsd_registry_checkpoint_import(reg, "r", text, strlen(text), &err),
                          NS_EINVAL);
-        ck_assert_msg(strcmp(err.field, cases[i].field) == 0, "case %zu: field %s want %s (%s)",
-                      i, err.field, cases[i].field, err.message);
+        ck_assert_msg(strcmp(err.field, cases[i].field) == 0, "case %zu: field %s want %s (%s)", i,
+                      err.field, cases[i].field, err.message);
         free(text);
         json_decref(copy);
         char *after = fx_snapshot(reg, "r", 0);
@@ -329,8 +333,8 @@ START_TEST(test_persist_and_wakeup_hooks)
     nsd_registry_t *reg = nsd_registry_create(NULL);
     hooks_seen_t h;
     memset(&h, 0, sizeof(h));
-    nsd_persist_t hooks = {.arg = &h, .run_put = h_put, .run_deleted = h_del,
-                           .step_finalized = h_step};
+    nsd_persist_t hooks = {
+        .arg = &h, .run_put = h_put, .run_deleted = h_del, .step_finalized = h_step};
     nsd_registry_set_persist(reg, &hooks);
     nsd_registry_set_wakeup(reg, h_wake, &h);
     ns_run_config_t cfg = config(2);
@@ -365,8 +369,8 @@ END_TEST
 /* ---------------------------------------------------------------- threads */
 
 #define T_WORKERS 4
-#define T_STEPS 50
-#define T_C 16
+#define T_STEPS   50
+#define T_C       16
 
 typedef struct thread_arg_s {
     nsd_registry_t *reg;
@@ -459,6 +463,106 @@ START_TEST(test_concurrent_reports)
 }
 END_TEST
 
+/* ---------------------------------------------------------------- allocation failures */
+
+#if !defined(__SANITIZE_ADDRESS__) && !defined(__SANITIZE_THREAD__)
+#define FAIL_ALLOC_TEST 1
+/* This program replaces malloc/calloc/realloc (glibc allows it) to fail the
+ * Nth allocation after fail_at is set; free stays glibc's, same heap. */
+extern void *__libc_malloc(size_t);
+extern void *__libc_calloc(size_t, size_t);
+extern void *__libc_realloc(void *, size_t);
+static long fail_at = -1, alloc_count;
+
+static int should_fail(void)
+{
+    return fail_at >= 0 && alloc_count++ == fail_at;
+}
+
+void *malloc(size_t n);
+void *calloc(size_t k, size_t n);
+void *realloc(void *p, size_t n);
+
+void *malloc(size_t n)
+{
+    return should_fail() ? NULL : __libc_malloc(n);
+}
+
+void *calloc(size_t k, size_t n)
+{
+    return should_fail() ? NULL : __libc_calloc(k, n);
+}
+
+void *realloc(void *p, size_t n)
+{
+    return should_fail() ? NULL : __libc_realloc(p, n);
+}
+
+/* Fail allocation N = 0, 1, 2, ... of a report that creates a layer, a
+ * domain and completes a /sync step: each failure returns NS_ENOMEM and
+ * leaves the state exactly as it was, without calling back. */
+START_TEST(test_allocation_failures)
+{
+    nsd_registry_t *reg = nsd_registry_create(NULL);
+    ns_run_config_t cfg = config(2);
+    ck_assert_int_eq(nsd_registry_put_run(reg, "r", &cfg, NULL, NULL), 0);
+    float m[3] = {1, 2, 3}, v[3] = {1, 1, 1};
+    fx_layer_t l[2] = {{"a", 4, 3, m, v}, {"b", 4, 3, m, v}};
+    fx_opts_t od = {.domain = "d"};
+    ck_assert_int_eq(fx_send(reg, "r", 0, 0, NULL, l, 2, 0, NULL, NULL), 0);
+    /* layer c is new: created by the failing report */
+    fx_layer_t l3[3] = {l[0], l[1], {"c", 0, 0, NULL, NULL}};
+    char *before = fx_snapshot(reg, "r", 0);
+    int done = 0, enomem_results = 0;
+    for (long n = 0; n < 10000 && !done; n++) {
+        ns_report_t *r = fx_report(0, 1, &od, l3, 3);
+        fx_sync_t sync = {0};
+        ns_error_detail_t err = {0};
+        alloc_count = 0;
+        fail_at = n;
+        int rc = nsd_registry_report(reg, "r", r, 0, fx_sync_cb, &sync, &err);
+        fail_at = -1;
+        if (rc == 0) {
+            /* Allocations after the commit (finalization) may still fail:
+             * the step is then lost and the /sync answer says so. Layer c
+             * waits for worker 0: time it out (partial). */
+            if (sync.calls == 0)
+                nsd_registry_expire(reg, UINT64_MAX / 2);
+            ck_assert_msg(sync.calls == 1, "allocation %ld: no callback", n);
+            ck_assert(sync.res->status == 0 || sync.res->status == NS_ENOMEM);
+            if (sync.res->status == 0) {
+                done = 1;
+            } else {
+                enomem_results++;
+                nsd_registry_delete_run(reg, "r", NULL);
+                ck_assert_int_eq(nsd_registry_put_run(reg, "r", &cfg, NULL, NULL), 0);
+                ck_assert_int_eq(fx_send(reg, "r", 0, 0, NULL, l, 2, 0, NULL, NULL), 0);
+            }
+        } else {
+            ck_assert_int_eq(rc, NS_ENOMEM);
+            ck_assert_int_eq(sync.calls, 0);
+            char *after = fx_snapshot(reg, "r", 0);
+            ck_assert_msg(strcmp(before, after) == 0, "failing allocation %ld changed the state",
+                          n);
+            free(after);
+        }
+        fx_sync_clear(&sync);
+    }
+    ck_assert(done);
+    free(before);
+    /* the successful report finalized a and b with every allocation */
+    nsd_stats_t *st = fx_stats(reg, "r", NSD_SOURCE_LAST, NULL);
+    ck_assert_uint_eq(st->n_layers, 2); /* c has no channels */
+    nsd_stats_free(st);
+    ck_assert_int_gt(enomem_results, 0); /* the loop did reach finalization */
+    nsd_counters_t cnt;
+    nsd_registry_counters(reg, &cnt);
+    ck_assert_uint_eq(cnt.sync_waiters, 0);
+    nsd_registry_free(reg);
+}
+END_TEST
+#endif
+
 static Suite *make_suite(void)
 {
     Suite *s = suite_create("registry");
@@ -471,6 +575,9 @@ static Suite *make_suite(void)
     tcase_add_test(tc, test_shutdown_and_delete_wake_waiters);
     tcase_add_test(tc, test_persist_and_wakeup_hooks);
     tcase_add_test(tc, test_concurrent_reports);
+#ifdef FAIL_ALLOC_TEST
+    tcase_add_test(tc, test_allocation_failures);
+#endif
     suite_add_tcase(s, tc);
     return s;
 }

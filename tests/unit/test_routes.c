@@ -79,9 +79,19 @@ END_TEST
 
 START_TEST(test_not_found)
 {
-    static const char *const paths[] = {"/", "", "/v1", "/v1/run", "/v1/runs/", "/v1/runs//stats",
-                                        "/v1/runs/r1/", "/v1/runs/r1/unknown", "/v1/runs/r1/stats/x",
-                                        "/livez/", "/v1/runs/r1/precise", "/V1/runs", "/metricsx"};
+    static const char *const paths[] = {"/",
+                                        "",
+                                        "/v1",
+                                        "/v1/run",
+                                        "/v1/runs/",
+                                        "/v1/runs//stats",
+                                        "/v1/runs/r1/",
+                                        "/v1/runs/r1/unknown",
+                                        "/v1/runs/r1/stats/x",
+                                        "/livez/",
+                                        "/v1/runs/r1/precise",
+                                        "/V1/runs",
+                                        "/metricsx"};
     for (size_t i = 0; i < sizeof(paths) / sizeof(paths[0]); i++) {
         const nsd_route_t *route = NULL;
         char run[NS_NAME_MAX + 1], allow[64];
@@ -136,9 +146,8 @@ START_TEST(test_bad_run_names)
     snprintf(path, sizeof(path), "/v1/runs/%s", long_name);
     const nsd_route_t *route = NULL;
     char run[NS_NAME_MAX + 1], allow[64];
-    ck_assert_int_eq(nsd_routes_match("DELETE", path, &route, run, sizeof(run), allow,
-                                      sizeof(allow)),
-                     0);
+    ck_assert_int_eq(
+        nsd_routes_match("DELETE", path, &route, run, sizeof(run), allow, sizeof(allow)), 0);
     ck_assert_str_eq(run, long_name);
 }
 END_TEST
@@ -150,8 +159,8 @@ static nsd_server_t server;
 
 static void start_server(void)
 {
-    char *argv[] = {"normstatd", "--listen", "127.0.0.1:0", "--max-body", "4K", "--threads", "2",
-                    NULL};
+    char *argv[] = {"normstatd", "--listen",  "127.0.0.1:0", "--max-body",
+                    "4K",        "--threads", "2",           NULL};
     char err[300];
     ck_assert_int_eq(nsd_options_parse(&opts, 7, argv, NULL, err, sizeof(err)), 0);
     memset(&server, 0, sizeof(server));
@@ -278,8 +287,8 @@ static const char *error_code(const response_t *r)
     ck_assert_msg(root != NULL, "not JSON: %s", r->body);
     const char *c = json_string_value(json_object_get(json_object_get(root, "error"), "code"));
     ck_assert_ptr_nonnull(c);
-    ck_assert_ptr_nonnull(json_string_value(json_object_get(json_object_get(root, "error"),
-                                                            "message")));
+    ck_assert_ptr_nonnull(
+        json_string_value(json_object_get(json_object_get(root, "error"), "message")));
     snprintf(code, sizeof(code), "%s", c);
     json_decref(root);
     return code;
@@ -458,7 +467,8 @@ START_TEST(test_sync_two_workers)
         long double n0 = count[0], n1 = count[1], n = n0 + n1;
         long double m = (n0 * mean[0][c] + n1 * mean[1][c]) / n;
         long double v = (n0 * (var[0][c] + (mean[0][c] - m) * (mean[0][c] - m)) +
-                         n1 * (var[1][c] + (mean[1][c] - m) * (mean[1][c] - m))) / n;
+                         n1 * (var[1][c] + (mean[1][c] - m) * (mean[1][c] - m))) /
+                        n;
         ck_assert_double_eq_tol(json_at(root, "bn", "mean", (size_t)c), (double)m,
                                 1e-6 * (1 + fabsl(m)));
         ck_assert_double_eq_tol(json_at(root, "bn", "var", (size_t)c), (double)v, 1e-6 * (1 + v));

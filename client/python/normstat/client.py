@@ -18,6 +18,7 @@ connection). precise_reset is never repeated (each one starts a generation).
 
 import http.client
 import json
+import os
 import select
 import socket
 import threading
@@ -146,7 +147,8 @@ def _sync_from_safetensors(data):
 class Client:
     """A client of one normstatd.
 
-    url: "http://host:port" (a path prefix is kept; https works too).
+    url: "http://host:port" (a path prefix is kept; https works too); None
+    takes $NORMSTAT_URL, else the default.
     timeout: seconds for connecting and for each answer (None: no limit).
     sync_timeout: seconds a /sync may wait for its step (default: the larger
     of 'timeout' and 120 s, above the server's default sync_timeout_ms).
@@ -156,6 +158,8 @@ class Client:
 
     def __init__(self, url=DEFAULT_URL, timeout=30.0, sync_timeout=None, fmt="safetensors",
                  headers=None):
+        if url is None:
+            url = os.environ.get("NORMSTAT_URL") or DEFAULT_URL
         u = urllib.parse.urlsplit(url)
         if u.scheme not in ("http", "https") or not u.hostname:
             raise ValueError(f"url must be http://host[:port][/prefix], got {url!r}")
@@ -193,6 +197,14 @@ class Client:
 
     def __repr__(self):
         return f"normstat.Client({self.url!r})"
+
+    def __del__(self):
+        conn = getattr(self, "_conn", None)
+        if conn is not None:
+            try:
+                conn.close()
+            except Exception:
+                pass
 
     def _connect(self, timeout):
         cls = http.client.HTTPSConnection if self.scheme == "https" else http.client.HTTPConnection

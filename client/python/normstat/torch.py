@@ -21,6 +21,7 @@ import re
 import struct
 import sys
 import threading
+import weakref
 
 import torch
 
@@ -33,6 +34,7 @@ __all__ = ["StatsReporter", "load_stats", "precise_bn", "bn_layers", "layer_name
 _WRAPPERS = ("module", "_orig_mod")
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 _LITTLE = sys.byteorder == "little"
+_REPORTERS = weakref.WeakSet()  # open StatsReporters, so precise_bn can pause them
 
 
 def layer_name(path):
@@ -161,6 +163,7 @@ class StatsReporter:
         self._error = None
         self._err_lock = threading.Lock()
         self._hooks = [m.register_forward_hook(self._hook(name)) for name, m in self.layers]
+        _REPORTERS.add(self)
         self._queue = None
         self._thread = None
         if not self.sync:
@@ -278,18 +281,19 @@ class StatsReporter:
         'step' (steps must increase). sync (default: the reporter's mode)
         True sends /sync after the queued reports and returns its answer;
         otherwise the report is queued and None returned. Raises the
-        ReporterError of an earlier failed background report."""
+        ReporterError of an earlier failed background report: after queueing
+        this step's report, or (sync) instead of sending it."""
         if self._closed:
             raise RuntimeError("StatsReporter is closed")
-        self._raise_pending()
         layers = self._take()
         sync = self.sync if sync is None else sync
         if sync:
             if self._queue is not None:
                 self._queue.join()
-                self._raise_pending()
+            self._raise_pending()
             return self._send(int(step), layers, True)
         self._queue.put((int(step), layers))
+        self._raise_pending()
         return None
 
     def discard(self):
@@ -312,6 +316,7 @@ class StatsReporter:
                 self._raise_pending()
             return
         self._closed = True
+        _REPORTERS.discard(self)
         for h in self._hooks:
             h.remove()
         self._hooks = []
@@ -450,7 +455,9 @@ def precise_bn(model, loader, client, run, rank, world_size, num_batches=200, do
     model(batch[0]) for tuples/lists, model(**batch) for dicts, moved to the
     model's device). BN momentum, training flags, running buffers and
     num_batches_tracked are restored afterwards (then running_mean/var
-    replaced by the precise values when load is True).
+    replaced by the precise values when load is True). Open StatsReporters
+    on the model (the training loop's) are paused during the pass, so its
+    batches never reach their next step.
     Returns PreciseResult(generation (rank 0, else None), first_step,
     last_step, next_step, batches (this rank's non-empty batches), missing,
     extra)."""
@@ -478,6 +485,12 @@ def precise_bn(model, loader, client, run, rank, world_size, num_batches=200, do
             client.put_run(run, world_size=world_size)
             generation = client.precise_reset(run, domain=which)
     batches = 0
+    # other reporters on this model (the training loop's) must not see these forwards
+    ids = {id(m) for _, m in bns}
+    paused = [r for r in list(_REPORTERS)
+              if r.enabled and any(id(m) in ids for _, m in r.layers)]
+    for r in paused:
+        r.enabled = False
     reporter = StatsReporter(model, client, run, rank, world_size, domain=domain, sync=False,
                              update=("precise",), fmt=fmt)
     try:
@@ -508,6 +521,8 @@ def precise_bn(model, loader, client, run, rank, world_size, num_batches=200, do
                     m.num_batches_tracked.copy_(nbt)
         for m, training in saved_training:
             m.training = training
+        for r in paused:
+            r.enabled = True
     missing, extra = [], []
     if load:
         missing, extra = load_stats(model, client, run, source="precise", domain=domain)

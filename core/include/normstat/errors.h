@@ -4,7 +4,9 @@
  * maps to, the stable wire string used in error bodies and metrics labels, and
  * a default message. The enum, ns_strerror(), ns_error_name() and
  * ns_error_http_status() are all generated from this table, so they cannot
- * drift apart. Codes never change value once released. */
+ * drift apart. Codes never change value once released. The last rows
+ * (connect_failed, request_timeout, bad_response) are raised by clients only,
+ * never sent by the server. */
 #ifndef NORMSTAT_ERRORS_H
 #define NORMSTAT_ERRORS_H
 
@@ -36,7 +38,10 @@ extern "C" {
     XX(EUNAUTHORIZED, -18, 401, "unauthorized", "authentication required")           \
     XX(EFORBIDDEN, -19, 403, "forbidden", "not allowed")                             \
     XX(EINTERNAL, -20, 500, "internal", "internal error")                            \
-    XX(EMEMORY, -21, 429, "memory_budget", "memory budget exceeded")
+    XX(EMEMORY, -21, 429, "memory_budget", "memory budget exceeded")                 \
+    XX(ECONNECT, -22, 503, "connect_failed", "could not connect to the server")      \
+    XX(EREQTIMEOUT, -23, 504, "request_timeout", "no answer within the client's timeout") \
+    XX(EBADRESPONSE, -24, 502, "bad_response", "unexpected response from the server")
 
 typedef enum ns_error_e {
     NS_OK = 0,

@@ -201,9 +201,11 @@ typedef struct ns_out_layer_s {
 /*! ns_stats_encode() :
  *  Encode a statistics or /sync response into 'dst'.
  *  JSON: {<meta...>, "layers": {<name>: {<arrays as float32 numbers>,
- *  <scalars>}}}. Safetensors: tensors "<name>.<array>" (F32, [channels]) and
- *  "<name>.<scalar>" (I64, []), meta as __metadata__ strings, so
- *  torch's load_state_dict(strict=False) accepts the file.
+ *  <scalars>}}}. Safetensors: tensors "<name>.<array>" (F32, [channels]) and,
+ *  for the scalars a state_dict holds ("num_batches_tracked", "count"),
+ *  "<name>.<scalar>" (I64, []); meta and the other scalars ("<name>.step")
+ *  are __metadata__ strings. So torch's load_state_dict(strict=False) takes
+ *  the file with no unexpected keys.
  *  @return 0, NS_ETOOLARGE or NS_ENOMEM (dst freed). */
 NS_API int ns_stats_encode(ns_buf_t *dst, ns_format_t format, const ns_meta_t *meta,
                            size_t n_meta, const ns_out_layer_t *layers, size_t n_layers);
@@ -244,6 +246,25 @@ NS_API const ns_tensor_t *ns_safetensors_find(const ns_safetensors_t *st, const 
 /*! @return the __metadata__ value of 'key' (borrowed), or NULL. */
 NS_API const char *ns_safetensors_meta(const ns_safetensors_t *st, const char *key);
 NS_API void ns_safetensors_free(ns_safetensors_t *st);
+
+/* ---------------------------------------------------------------- report encoding */
+
+/*! ns_report_encode() :
+ *  Append 'report' to 'dst' as the body of /batches or /sync, in JSON or in
+ *  safetensors (the forms ns_report_decode_json() and
+ *  ns_report_decode_safetensors() read). Layers are written in the caller's
+ *  order; a layer with channels == 0 is written as count only. var is sent as
+ *  given, with "unbiased" saying how it is to be read. An empty 'domain' and
+ *  world_size -1 are left out (the server's defaults); scope is written only
+ *  when it is NS_SCOPE_DOMAIN. Non-finite values make JSON fail with
+ *  NS_EVALUE (JSON cannot carry them) and travel as they are in safetensors,
+ *  for the server to reject.
+ *  @return 0; NS_EINVAL for a report the server could never accept (bad
+ *  names, update 0, count > 0 without arrays, no layers); NS_EVALUE;
+ *  NS_ETOOLARGE or NS_ENOMEM. On error 'dst' is freed and 'err' (may be
+ *  NULL) says why. */
+NS_API int ns_report_encode(ns_buf_t *dst, ns_format_t format, const ns_report_t *report,
+                            ns_error_detail_t *err);
 
 #ifdef __cplusplus
 }
