@@ -76,10 +76,23 @@ include core/core.mk
 include tests/tests.mk
 -include tests/bench/bench.mk
 -include tests/e2e/e2e.mk
+-include doc/doc.mk
+
+# The .pc files spell out the install directories: remake them when those change
+# (`make` then `make install PREFIX=/usr`). The stamp is rewritten only on change.
+NS_DIRS_STAMP := $(BUILD)/install-dirs
+$(NS_DIRS_STAMP): FORCE
+	@mkdir -p $(@D)
+	@echo '$(PREFIX) $(exec_prefix) $(libdir) $(includedir)' | cmp -s - $@ 2>/dev/null || \
+	    echo '$(PREFIX) $(exec_prefix) $(libdir) $(includedir)' > $@
+$(filter %.pc,$(ALL_TARGETS)): $(NS_DIRS_STAMP)
+.PHONY: FORCE
+FORCE:
 
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)
 
 # ---------------------------------------------------------------- top-level targets
+.SECONDARY:
 .PHONY: all deps run test check test-all asan tsan bench install uninstall clean format docker help
 
 all: $(ALL_TARGETS)

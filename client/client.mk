@@ -15,25 +15,24 @@ CLI_BIN     := $(BUILD)/bin/normstat
 NS_INCLUDES += -Iclient/include
 
 $(CLIENT_OBJS) $(CLI_OBJS): NS_EXTRA_CFLAGS = $(call pkg_cflags,$(CLIENT_PKGS)) -Iclient/src
+# Users of ns_buf_t and ns_report_t call libnsproto directly, hence -lnsproto in Libs.
 # Unit tests of the client include <uv.h> and <curl/curl.h> through client.h.
 $(BUILD)/tests/unit/%.o: NS_INCLUDES += $(call pkg_cflags,$(CLIENT_PKGS))
 
 $(CLIENT_A): $(CLIENT_OBJS)
 	$(call make_static,$@,$^)
 
-# The shared library carries libnsproto and libnscore inside it (hidden), so
-# its users need only -lnormstat.
-$(CLIENT_SO).$(CLIENT_SOVERSION): $(CLIENT_OBJS) $(PROTO_OBJS) $(CORE_OBJS)
+$(CLIENT_SO).$(CLIENT_SOVERSION): $(CLIENT_OBJS) $(PROTO_SO) $(CORE_SO)
 	@mkdir -p $(@D)
 	$(if $(Q),@echo "  LD      $@")
 	$(Q)$(CC) -shared -Wl,-soname,libnormstat.so.$(CLIENT_SOVERSION) $(NS_LDFLAGS) -o $@ \
-	    $(CLIENT_OBJS) $(PROTO_OBJS) $(CORE_OBJS) $(CLIENT_LIBS)
+	    $(CLIENT_OBJS) -L$(BUILD)/lib -lnsproto -lnscore $(CLIENT_LIBS)
 
 $(CLIENT_SO): $(CLIENT_SO).$(CLIENT_SOVERSION)
 	$(Q)ln -sf libnormstat.so.$(CLIENT_SOVERSION) $@
 
 $(CLIENT_PC): client/client.mk Makefile
-	$(call gen_pc,libnormstat,normstat C client (libcurl; asynchronous on libuv),libcurl libuv jansson,-lnormstat,-lnsproto -lnscore -fopenmp -lpthread -lm)
+	$(call gen_pc,libnormstat,normstat C client (libcurl; asynchronous on libuv),libcurl libuv jansson,-lnormstat -lnsproto -lnscore,-fopenmp -lpthread -lm)
 
 $(CLI_BIN): $(CLI_OBJS) $(CLIENT_A) $(PROTO_A) $(CORE_A)
 	@mkdir -p $(@D)
@@ -62,3 +61,12 @@ uninstall-client:
 	-rmdir $(DESTDIR)$(includedir)/normstat 2>/dev/null
 INSTALL_TARGETS   += install-client
 UNINSTALL_TARGETS += uninstall-client
+
+# A miniature trainer on the library, run by tests/integration/test_cli.py.
+CLIENT_TRAINER := $(BUILD)/tests/integration/client_trainer
+$(BUILD)/tests/integration/client_trainer.o: NS_EXTRA_CFLAGS = $(call pkg_cflags,$(CLIENT_PKGS))
+$(CLIENT_TRAINER): $(BUILD)/tests/integration/client_trainer.o $(CLIENT_A) $(PROTO_A) $(CORE_A)
+	@mkdir -p $(@D)
+	$(if $(Q),@echo "  LD      $@")
+	$(Q)$(CC) $(NS_LDFLAGS) -o $@ $^ $(CLIENT_LIBS)
+test-integration: $(CLIENT_TRAINER)

@@ -5,7 +5,7 @@ NSD_OBJS := $(NSD_SRCS:%.c=$(BUILD)/%.o)
 NSD_LIB_OBJS := $(filter-out $(BUILD)/server/src/main.o,$(NSD_OBJS))
 NSD_A    := $(BUILD)/lib/libnsd.a
 NSD_BIN  := $(BUILD)/bin/normstatd
-NSD_PKGS := libmicrohttpd libuv jansson
+NSD_PKGS := libmicrohttpd libuv jansson sqlite3
 NSD_LIBS  = $(call pkg_libs,$(NSD_PKGS)) -lpthread -lm
 
 $(NSD_OBJS): NS_EXTRA_CFLAGS = $(call pkg_cflags,$(NSD_PKGS)) -Iserver/src
@@ -22,7 +22,7 @@ $(NSD_BIN): $(BUILD)/server/src/main.o $(NSD_A) $(PROTO_A) $(CORE_A)
 
 ALL_TARGETS += $(NSD_BIN) $(NSD_A)
 UNIT_LINK   := $(NSD_A) $(UNIT_LINK)
-UNIT_LIBS   += $(call pkg_libs,libmicrohttpd libuv) -lpthread
+UNIT_LIBS   += $(call pkg_libs,libmicrohttpd libuv sqlite3) -lpthread
 
 .PHONY: install-server uninstall-server
 install-server: $(NSD_BIN)

@@ -11,11 +11,18 @@
  *  completed by calling the request's callback. The multi handle keeps a
  *  pool of connections, so consecutive and concurrent requests reuse
  *  keep-alive connections.
+ *  Order: the server requires each worker's steps to increase, and
+ *  concurrent transfers travel on different connections, so requests of the
+ *  same (run, worker) are sent one at a time in the order they were queued:
+ *  a request waits (not added to the multi handle) while an earlier one of
+ *  its key is in flight, and is started when that one completes. Different
+ *  workers' requests go out concurrently.
  *  Threads: everything runs on the loop's thread; nothing here locks.
  *  Teardown: ns_client_async_free() removes and frees the transfers in
  *  flight (their callbacks are not called), closes the multi handle (which
  *  reports its sockets removed) and closes the uv handles; the client's
  *  memory is freed in the timer's close callback. */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -31,14 +38,16 @@ struct ns_client_async_s {
     ns_client_options_t opts;
     char *base;
     size_t pending;
-    async_req_t *reqs; /* in flight, doubly linked */
-    sock_t *socks;     /* watched sockets, doubly linked */
+    async_req_t *reqs, *reqs_tail; /* queued or in flight, oldest first */
+    sock_t *socks;                 /* watched sockets, doubly linked */
 };
 
 struct async_req_s {
     ns__request_t rq;
     CURL *easy;
     int is_sync;
+    int started;                /* added to the multi handle */
+    char key[NS_NAME_MAX + 16]; /* "<worker>/<run>": requests sent in order */
     ns_async_cb cb;
     void *arg;
     ns_client_async_t *owner;
@@ -61,6 +70,8 @@ static void req_free(async_req_t *r)
         c->reqs = r->next;
     if (r->next)
         r->next->prev = r->prev;
+    else
+        c->reqs_tail = r->prev;
     c->pending--;
     curl_easy_cleanup(r->easy);
     ns__request_close(&r->rq);
@@ -83,6 +94,34 @@ static void sock_close(sock_t *s)
         s->next->prev = s->prev;
     uv_poll_stop(&s->poll);
     uv_close((uv_handle_t *)&s->poll, on_poll_closed);
+}
+
+static int req_start(ns_client_async_t *c, async_req_t *r)
+{
+    if (curl_multi_add_handle(c->multi, r->easy) != CURLM_OK)
+        return NS_ENOMEM;
+    r->started = 1;
+    return 0;
+}
+
+/* Start the oldest waiting request of 'key', if any; one that cannot be
+ * started is completed with the error and the next one is tried. */
+static void start_waiting(ns_client_async_t *c, const char *key)
+{
+    for (;;) {
+        async_req_t *r = c->reqs;
+        while (r && (r->started || strcmp(r->key, key) != 0))
+            r = r->next;
+        if (r == NULL || req_start(c, r) == 0)
+            return;
+        ns_error_detail_t err = {0};
+        ns_async_cb cb = r->cb;
+        void *arg = r->arg;
+        ns_error_set(&err, NS_ENOMEM, "", "could not start the request");
+        req_free(r);
+        if (cb)
+            cb(NS_ENOMEM, &err, NULL, arg);
+    }
 }
 
 /* Collect finished transfers: retry, or complete with the callback. */
@@ -116,8 +155,13 @@ static void check_done(ns_client_async_t *c)
         }
         ns_async_cb cb = r->cb;
         void *arg = r->arg;
+        char key[sizeof(r->key)];
+        memcpy(key, r->key, sizeof(key));
         /* Freed before the callback, so the callback may queue more. */
         req_free(r);
+        /* The next request of this worker goes out before the callback
+         * runs, so one queued from the callback comes after it. */
+        start_waiting(c, key);
         if (cb)
             cb(rc, &err, res, arg);
         else
@@ -247,7 +291,8 @@ void ns_client_async_free(ns_client_async_t *client)
     if (client == NULL)
         return;
     while (client->reqs) {
-        curl_multi_remove_handle(client->multi, client->reqs->easy);
+        if (client->reqs->started)
+            curl_multi_remove_handle(client->multi, client->reqs->easy);
         req_free(client->reqs);
     }
     curl_multi_cleanup(client->multi);
@@ -264,8 +309,7 @@ size_t ns_client_async_pending(const ns_client_async_t *client)
 }
 
 static int queue(ns_client_async_t *c, const char *run, const ns_report_t *report,
-                 ns_format_t format, int is_sync, ns_async_cb cb, void *arg,
-                 ns_error_detail_t *err)
+                 ns_format_t format, int is_sync, ns_async_cb cb, void *arg, ns_error_detail_t *err)
 {
     char path[NS_NAME_MAX + 64];
     ns_buf_t body;
@@ -301,16 +345,23 @@ static int queue(ns_client_async_t *c, const char *run, const ns_report_t *repor
         return ns_error_set(err, NS_ENOMEM, "", "out of memory");
     }
     curl_easy_setopt(r->easy, CURLOPT_PRIVATE, r);
-    if (curl_multi_add_handle(c->multi, r->easy) != CURLM_OK) {
+    snprintf(r->key, sizeof(r->key), "%u/%s", (unsigned)report->worker, run);
+    /* Behind an earlier request of the same worker: wait for it. */
+    int wait = 0;
+    for (async_req_t *q = c->reqs; q && !wait; q = q->next)
+        wait = strcmp(q->key, r->key) == 0;
+    if (!wait && req_start(c, r) != 0) {
         curl_easy_cleanup(r->easy);
         ns__request_close(&r->rq);
         free(r);
         return ns_error_set(err, NS_ENOMEM, "", "could not queue the request");
     }
-    r->next = c->reqs;
-    if (c->reqs)
-        c->reqs->prev = r;
-    c->reqs = r;
+    r->prev = c->reqs_tail;
+    if (c->reqs_tail)
+        c->reqs_tail->next = r;
+    else
+        c->reqs = r;
+    c->reqs_tail = r;
     c->pending++;
     return 0;
 }

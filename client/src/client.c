@@ -157,22 +157,21 @@ int ns_client_run_put(ns_client_t *client, const char *run, const ns_run_config_
         return ns_error_set(err, rc, "", "out of memory");
     size_t len;
     char *text = ns_buf_take(&body, &len);
-    rc = exchange(client, "PUT", path, NULL, text, len, "application/json", NULL,
-                  NS__RETRY_UNSENT, dst, NULL, err);
+    rc = exchange(client, "PUT", path, NULL, text, len, "application/json", NULL, NS__RETRY_UNSENT,
+                  dst, NULL, err);
     if (rc == 0 && created)
         *created = client->last_status == 201;
     return rc;
 }
 
-int ns_client_run_get(ns_client_t *client, const char *run, ns_buf_t *dst,
-                      ns_error_detail_t *err)
+int ns_client_run_get(ns_client_t *client, const char *run, ns_buf_t *dst, ns_error_detail_t *err)
 {
     char path[NS_NAME_MAX + 64];
     int rc;
     if ((rc = ns__path_run(path, sizeof(path), run, "", err)))
         return rc;
-    return exchange(client, "GET", path, NULL, NULL, 0, NULL, "application/json",
-                    NS__RETRY_SAFE, dst, NULL, err);
+    return exchange(client, "GET", path, NULL, NULL, 0, NULL, "application/json", NS__RETRY_SAFE,
+                    dst, NULL, err);
 }
 
 int ns_client_run_delete(ns_client_t *client, const char *run, ns_error_detail_t *err)
@@ -181,8 +180,8 @@ int ns_client_run_delete(ns_client_t *client, const char *run, ns_error_detail_t
     int rc;
     if ((rc = ns__path_run(path, sizeof(path), run, "", err)))
         return rc;
-    return exchange(client, "DELETE", path, NULL, NULL, 0, NULL, NULL, NS__RETRY_UNSENT, NULL,
-                    NULL, err);
+    return exchange(client, "DELETE", path, NULL, NULL, 0, NULL, NULL, NS__RETRY_UNSENT, NULL, NULL,
+                    err);
 }
 
 static const char *media_type(ns_format_t format)
@@ -218,18 +217,16 @@ int ns_client_report(ns_client_t *client, const char *run, const ns_report_t *re
     if ((rc = ns_report_encode(&body, format, report, err)))
         return rc;
     char *text = ns_buf_take(&body, &len);
-    return exchange(client, "POST", path, NULL, text, len, media_type(format),
-                    "application/json", NS__RETRY_REPORT, NULL, NULL, err);
+    return exchange(client, "POST", path, NULL, text, len, media_type(format), "application/json",
+                    NS__RETRY_REPORT, NULL, NULL, err);
 }
 
 /* Decode a /sync or /stats answer by its Content-Type. */
 static int decode_answer(ns__request_t *rq, ns_result_t **dst, ns_error_detail_t *err)
 {
-    ns_format_t f = strcmp(rq->answer_type, "application/safetensors") == 0
-                        ? NS_FORMAT_SAFETENSORS
-                        : NS_FORMAT_JSON;
-    int rc = ns_result_decode(dst, f, rq->answer.data ? rq->answer.data : "", rq->answer.len,
-                              err);
+    ns_format_t f = strcmp(rq->answer_type, "application/safetensors") == 0 ? NS_FORMAT_SAFETENSORS
+                                                                            : NS_FORMAT_JSON;
+    int rc = ns_result_decode(dst, f, rq->answer.data ? rq->answer.data : "", rq->answer.len, err);
     ns__request_close(rq);
     return rc;
 }
@@ -388,12 +385,12 @@ int ns_client_checkpoint_get(ns_client_t *client, const char *run, ns_buf_t *dst
     int rc;
     if ((rc = ns__path_run(path, sizeof(path), run, "/checkpoint", err)))
         return rc;
-    return exchange(client, "GET", path, NULL, NULL, 0, NULL, "application/json",
-                    NS__RETRY_SAFE, dst, NULL, err);
+    return exchange(client, "GET", path, NULL, NULL, 0, NULL, "application/json", NS__RETRY_SAFE,
+                    dst, NULL, err);
 }
 
-int ns_client_checkpoint_put(ns_client_t *client, const char *run, const void *src,
-                             size_t src_len, ns_error_detail_t *err)
+int ns_client_checkpoint_put(ns_client_t *client, const char *run, const void *src, size_t src_len,
+                             ns_error_detail_t *err)
 {
     char path[NS_NAME_MAX + 64];
     int rc;
@@ -445,6 +442,6 @@ int ns_client_version(ns_client_t *client, ns_buf_t *dst, ns_error_detail_t *err
 
 int ns_client_metrics(ns_client_t *client, ns_buf_t *dst, ns_error_detail_t *err)
 {
-    return exchange(client, "GET", "/metrics", NULL, NULL, 0, NULL, NULL, NS__RETRY_SAFE, dst,
-                    NULL, err);
+    return exchange(client, "GET", "/metrics", NULL, NULL, 0, NULL, NULL, NS__RETRY_SAFE, dst, NULL,
+                    err);
 }

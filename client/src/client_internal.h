@@ -3,6 +3,7 @@
 #define NS_CLIENT_INTERNAL_H
 
 #include <curl/curl.h>
+#include <uv.h>
 
 #include <normstat/client.h>
 
@@ -22,14 +23,14 @@ typedef struct ns__request_s {
     char *body;               /* owned, NULL for none */
     size_t body_len;
     ns__retry_t retry;
-    unsigned attempts;        /* made so far */
-    int maybe_landed;         /* an earlier attempt may have reached the server */
-    size_t max_answer;        /* 0: no ceiling */
+    unsigned attempts; /* made so far */
+    int maybe_landed;  /* an earlier attempt may have reached the server */
+    size_t max_answer; /* 0: no ceiling */
     struct curl_slist *headers;
     char errbuf[CURL_ERROR_SIZE];
     /* the answer of the last attempt */
     long status;
-    char answer_type[128];    /* Content-Type, without parameters */
+    char answer_type[128]; /* Content-Type, without parameters */
     ns_buf_t answer;
 } ns__request_t;
 

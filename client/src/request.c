@@ -115,8 +115,7 @@ int ns__request_init(ns__request_t *rq, const char *method, const char *base, co
     size_t n = strlen(base) + strlen(path) + (query ? strlen(query) : 0) + 2;
     if ((rq->url = malloc(n)) == NULL)
         return NS_ENOMEM;
-    snprintf(rq->url, n, "%s%s%s%s", base, path, query && query[0] ? "?" : "",
-             query ? query : "");
+    snprintf(rq->url, n, "%s%s%s%s", base, path, query && query[0] ? "?" : "", query ? query : "");
     return 0;
 }
 
@@ -185,9 +184,9 @@ int ns__request_setup(ns__request_t *rq, CURL *easy, const ns_client_options_t *
         }
         rq->headers = h;
         goto built;
-nomem_list:
+    nomem_list:
         curl_slist_free_all(h);
-nomem:
+    nomem:
         return NS_ENOMEM;
     }
 built:

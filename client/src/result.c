@@ -23,10 +23,14 @@ static int part_of(const char *name)
     static const struct {
         const char *name;
         int part;
-    } parts[] = {{"running_mean", PART_MEAN}, {"mean", PART_MEAN},
-                 {"running_var", PART_VAR},   {"var", PART_VAR},
-                 {"count", PART_COUNT},       {"num_samples", PART_COUNT},
-                 {"num_batches_tracked", PART_BATCHES}, {"num_batches", PART_BATCHES},
+    } parts[] = {{"running_mean", PART_MEAN},
+                 {"mean", PART_MEAN},
+                 {"running_var", PART_VAR},
+                 {"var", PART_VAR},
+                 {"count", PART_COUNT},
+                 {"num_samples", PART_COUNT},
+                 {"num_batches_tracked", PART_BATCHES},
+                 {"num_batches", PART_BATCHES},
                  {"step", PART_STEP}};
     for (size_t i = 0; i < sizeof(parts) / sizeof(parts[0]); i++)
         if (strcmp(parts[i].name, name) == 0)
@@ -186,8 +190,7 @@ done:
     return rc;
 }
 
-static int decode_json(ns_result_t *res, const char *src, size_t src_len,
-                       ns_error_detail_t *err)
+static int decode_json(ns_result_t *res, const char *src, size_t src_len, ns_error_detail_t *err)
 {
     json_error_t jerr;
     json_t *root = json_loadb(src, src_len, JSON_REJECT_DUPLICATES, &jerr), *layers, *body;
@@ -195,8 +198,7 @@ static int decode_json(ns_result_t *res, const char *src, size_t src_len,
     int rc = 0;
     if (!json_is_object(root)) {
         json_decref(root);
-        return ns_error_set(err, NS_EBADRESPONSE, "", "answer is not a JSON object: %s",
-                            jerr.text);
+        return ns_error_set(err, NS_EBADRESPONSE, "", "answer is not a JSON object: %s", jerr.text);
     }
     json_t *v;
     if (json_is_integer(v = json_object_get(root, "step")))
@@ -314,8 +316,8 @@ long ns_result_copy(const ns_result_t *res, const char *name, float *mean_dst, f
     return (long)l->channels;
 }
 
-long ns_result_copy_f64(const ns_result_t *res, const char *name, double *mean_dst,
-                        double *var_dst, size_t dst_cap)
+long ns_result_copy_f64(const ns_result_t *res, const char *name, double *mean_dst, double *var_dst,
+                        size_t dst_cap)
 {
     const ns_result_layer_t *l = ns_result_find(res, name);
     if (l == NULL)

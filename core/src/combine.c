@@ -14,8 +14,8 @@
 #include "kernels.h"
 
 enum {
-    GROUP_MAX = 256,          /* arrivals copied per kernel call (6 KiB of stack) */
-    BLOCK_MIN = 64,           /* channels per block, bounds */
+    GROUP_MAX = 256, /* arrivals copied per kernel call (6 KiB of stack) */
+    BLOCK_MIN = 64,  /* channels per block, bounds */
     BLOCK_MAX = 8192,
     BLOCK_BYTES = 128 * 1024, /* aimed working set of one block: means + vars */
     PARALLEL_MIN = 1 << 16    /* arrivals x channels worth waking threads for */
@@ -35,8 +35,8 @@ static size_t block_channels(size_t live)
 }
 
 /* Combines channels [c0, c0 + len) of the non-empty arrivals of src. */
-static void combine_block(const ns_kernels_t *k, const ns_arrival_t *src, size_t src_len,
-                          size_t c0, size_t len, double *mean, double *var)
+static void combine_block(const ns_kernels_t *k, const ns_arrival_t *src, size_t src_len, size_t c0,
+                          size_t len, double *mean, double *var)
 {
     ns_arrival_t group[GROUP_MAX];
     double gmean[BLOCK_MIN], gvar[BLOCK_MIN];
@@ -76,11 +76,10 @@ static void combine_block(const ns_kernels_t *k, const ns_arrival_t *src, size_t
     }
 }
 
-int ns_combine(const ns_arrival_t *src, size_t src_len, size_t channels, uint64_t *n,
-               double *mean, double *var, int threads)
+int ns_combine(const ns_arrival_t *src, size_t src_len, size_t channels, uint64_t *n, double *mean,
+               double *var, int threads)
 {
-    if ((src == NULL && src_len > 0) || channels == 0 || n == NULL || mean == NULL ||
-        var == NULL)
+    if ((src == NULL && src_len > 0) || channels == 0 || n == NULL || mean == NULL || var == NULL)
         return NS_EINVAL;
 
     uint64_t total = 0;

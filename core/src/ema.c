@@ -26,8 +26,8 @@ void ns_ema_init(ns_ema_t *ema, size_t channels)
     ema->num_batches_tracked = 0;
 }
 
-int ns_ema_update(ns_ema_t *ema, size_t channels, uint64_t n, const double *mean,
-                  const double *var, double momentum)
+int ns_ema_update(ns_ema_t *ema, size_t channels, uint64_t n, const double *mean, const double *var,
+                  double momentum)
 {
     if (ema == NULL || ema->running_mean == NULL || ema->running_var == NULL)
         return NS_EINVAL;
@@ -41,9 +41,8 @@ int ns_ema_update(ns_ema_t *ema, size_t channels, uint64_t n, const double *mean
         return 0; /* PyTorch refuses a training batch of one value */
 
     ema->num_batches_tracked += 1;
-    const double f = momentum == NS_MOMENTUM_CUMULATIVE
-                         ? 1.0 / (double)ema->num_batches_tracked
-                         : momentum;
+    const double f =
+        momentum == NS_MOMENTUM_CUMULATIVE ? 1.0 / (double)ema->num_batches_tracked : momentum;
     const double keep = 1.0 - f;
     const double bessel = (double)n / (double)(n - 1);
 

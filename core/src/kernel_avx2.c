@@ -38,6 +38,9 @@ static inline __m256d load4(const float *p)
     return _mm256_cvtps_pd(_mm_loadu_ps(p));
 }
 
+/* tail_mask + 8 - k: lanes 0..k-1 all ones, the rest zero (k = 1..8). */
+static const int32_t tail_mask[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0};
+
 /* l0 + l1 + l2 + l3 in the fixed order (l0 + l1) + (l2 + l3). */
 static inline double hsum(__m256d v)
 {
@@ -68,25 +71,28 @@ static void block_moments(const float *src, size_t seg_len, size_t nseg, size_t 
     /* Pass 1 (float): s = sum (x - x0); accumulator k takes x[j + 8k .. j + 8k + 7]. */
     const __m256 vx0 = _mm256_set1_ps(src[0]);
     __m256 f0 = _mm256_setzero_ps(), f1 = f0, f2 = f0, f3 = f0;
-    double t = 0.0;
     for (size_t i = 0; i < nseg; i++) {
         const float *p = src + i * stride;
         size_t j = 0;
         for (; j + 32 <= seg_len; j += 32) {
-            f0 = _mm256_add_ps(f0, _mm256_sub_ps(_mm256_loadu_ps(p + j), vx0));      /* f0 += x[j..j+7] - x0 */
-            f1 = _mm256_add_ps(f1, _mm256_sub_ps(_mm256_loadu_ps(p + j + 8), vx0));  /* f1 += x[j+8..j+15] - x0 */
-            f2 = _mm256_add_ps(f2, _mm256_sub_ps(_mm256_loadu_ps(p + j + 16), vx0)); /* f2 += x[j+16..j+23] - x0 */
-            f3 = _mm256_add_ps(f3, _mm256_sub_ps(_mm256_loadu_ps(p + j + 24), vx0)); /* f3 += x[j+24..j+31] - x0 */
+            /* f0 += x[j..j+7] - x0;  f1 += x[j+8..j+15] - x0;  f2 += ...;  f3 += ... */
+            f0 = _mm256_add_ps(f0, _mm256_sub_ps(_mm256_loadu_ps(p + j), vx0));
+            f1 = _mm256_add_ps(f1, _mm256_sub_ps(_mm256_loadu_ps(p + j + 8), vx0));
+            f2 = _mm256_add_ps(f2, _mm256_sub_ps(_mm256_loadu_ps(p + j + 16), vx0));
+            f3 = _mm256_add_ps(f3, _mm256_sub_ps(_mm256_loadu_ps(p + j + 24), vx0));
         }
-        for (; j + 8 <= seg_len; j += 8)
-            f0 = _mm256_add_ps(f0, _mm256_sub_ps(_mm256_loadu_ps(p + j), vx0)); /* f0 += x[j..j+7] - x0 */
-        for (; j < seg_len; j++)
-            t += (double)p[j] - (double)src[0]; /* t += x[j] - x0 */
+        for (; j + 8 <= seg_len; j += 8) /* f0 += x[j..j+7] - x0 */
+            f0 = _mm256_add_ps(f0, _mm256_sub_ps(_mm256_loadu_ps(p + j), vx0));
+        if (j < seg_len) { /* the last 1..7 values; masked lanes are neither read nor summed */
+            const __m256i m = _mm256_loadu_si256((const __m256i *)(tail_mask + 8 - (seg_len - j)));
+            const __m256 v = _mm256_sub_ps(_mm256_maskload_ps(p + j, m), vx0); /* x[j..] - x0 */
+            f1 = _mm256_add_ps(f1, _mm256_and_ps(v, _mm256_castsi256_ps(m)));  /* f1 += that */
+        }
     }
-    /* s = widen(f0 + f1 + f2 + f3) summed lane by lane in double, + t */
+    /* s = widen(f0 + f1 + f2 + f3) summed lane by lane in double */
     const __m256 fs = _mm256_add_ps(_mm256_add_ps(f0, f1), _mm256_add_ps(f2, f3));
     const double s = hsum(_mm256_add_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(fs)),
-                                        _mm256_cvtps_pd(_mm256_extractf128_ps(fs, 1)))) + t;
+                                        _mm256_cvtps_pd(_mm256_extractf128_ps(fs, 1))));
     double mu0 = (double)src[0] + s / count; /* mean0 = x0 + s / n */
     if (!isfinite(mu0))
         mu0 = src[0]; /* the float sum overflowed: x0 is estimate enough */
@@ -95,7 +101,6 @@ static void block_moments(const float *src, size_t seg_len, size_t nseg, size_t 
     const __m256d vmu = _mm256_set1_pd(mu0);
     __m256d q0 = _mm256_setzero_pd(), q1 = q0, q2 = q0, q3 = q0;
     __m256d c0 = q0, c1 = q0, c2 = q0, c3 = q0, d;
-    double u = 0.0, e = 0.0;
     for (size_t i = 0; i < nseg; i++) {
         const float *p = src + i * stride;
         const uintptr_t ahead = (uintptr_t)p + seg_len * sizeof(float);
@@ -105,14 +110,14 @@ static void block_moments(const float *src, size_t seg_len, size_t nseg, size_t 
              * where this segment ends: fetch it while pass 2 runs from L1
              * (a hint only; it never faults, past the end of the data neither). */
             prefetch(ahead + j * sizeof(float));
-            d = _mm256_sub_pd(load4(p + j), vmu);      /* d = x[j..j+3] - mean0 */
-            q0 = _mm256_fmadd_pd(d, d, q0);            /* q0 += d * d */
-            c0 = _mm256_add_pd(c0, d);                 /* c0 += d */
-            d = _mm256_sub_pd(load4(p + j + 4), vmu);  /* d = x[j+4..j+7] - mean0 */
-            q1 = _mm256_fmadd_pd(d, d, q1);            /* q1 += d * d */
-            c1 = _mm256_add_pd(c1, d);                 /* c1 += d */
-            d = _mm256_sub_pd(load4(p + j + 8), vmu);  /* d = x[j+8..j+11] - mean0 */
-            q2 = _mm256_fmadd_pd(d, d, q2);            /* ... */
+            d = _mm256_sub_pd(load4(p + j), vmu);     /* d = x[j..j+3] - mean0 */
+            q0 = _mm256_fmadd_pd(d, d, q0);           /* q0 += d * d */
+            c0 = _mm256_add_pd(c0, d);                /* c0 += d */
+            d = _mm256_sub_pd(load4(p + j + 4), vmu); /* d = x[j+4..j+7] - mean0 */
+            q1 = _mm256_fmadd_pd(d, d, q1);           /* q1 += d * d */
+            c1 = _mm256_add_pd(c1, d);                /* c1 += d */
+            d = _mm256_sub_pd(load4(p + j + 8), vmu); /* d = x[j+8..j+11] - mean0 */
+            q2 = _mm256_fmadd_pd(d, d, q2);           /* ... */
             c2 = _mm256_add_pd(c2, d);
             d = _mm256_sub_pd(load4(p + j + 12), vmu); /* d = x[j+12..j+15] - mean0 */
             q3 = _mm256_fmadd_pd(d, d, q3);
@@ -123,14 +128,17 @@ static void block_moments(const float *src, size_t seg_len, size_t nseg, size_t 
             q0 = _mm256_fmadd_pd(d, d, q0);       /* q0 += d * d */
             c0 = _mm256_add_pd(c0, d);            /* c0 += d */
         }
-        for (; j < seg_len; j++) {
-            double dj = (double)p[j] - mu0; /* u += d^2; e += d */
-            u += dj * dj;
-            e += dj;
+        if (j < seg_len) { /* the last 1..3 values, masked as in pass 1 */
+            const __m128i m = _mm_loadu_si128((const __m128i *)(tail_mask + 8 - (seg_len - j)));
+            d = _mm256_sub_pd(_mm256_cvtps_pd(_mm_maskload_ps(p + j, m)),
+                              vmu); /* d = x[j..] - mean0 */
+            d = _mm256_and_pd(d, _mm256_castsi256_pd(_mm256_cvtepi32_epi64(m)));
+            q1 = _mm256_fmadd_pd(d, d, q1); /* q1 += d * d */
+            c1 = _mm256_add_pd(c1, d);      /* c1 += d */
         }
     }
-    const double q = hsum(_mm256_add_pd(_mm256_add_pd(q0, q1), _mm256_add_pd(q2, q3))) + u;
-    const double c = hsum(_mm256_add_pd(_mm256_add_pd(c0, c1), _mm256_add_pd(c2, c3))) + e;
+    const double q = hsum(_mm256_add_pd(_mm256_add_pd(q0, q1), _mm256_add_pd(q2, q3)));
+    const double c = hsum(_mm256_add_pd(_mm256_add_pd(c0, c1), _mm256_add_pd(c2, c3)));
     const double r = q - c * c / count; /* >= 0 in exact arithmetic (Cauchy-Schwarz) */
     *mean = mu0 + c / count;
     *m2 = r < 0.0 ? 0.0 : r; /* keeps NaN */
@@ -138,7 +146,8 @@ static void block_moments(const float *src, size_t seg_len, size_t nseg, size_t 
 
 /* Row moments by the corrected two-pass algorithm of block_moments, per
  * channel (one channel per vector lane):
- *   pass 1 (float):  s = sum_r (x[r] - x0),  mean0 = x0 + s / rows
+ *   pass 1 (float):  s = sum_r (x[r] - x0) (four partial sums over r % 4),
+ *                    mean0 = x0 + s / rows
  *   pass 2 (double): d = x[r] - mean0,  q += d * d (FMA),  e += d
  *   mean = mean0 + e / rows,  m2 = max(q - e * e / rows, 0)
  * Pass 1 runs row by row across up to ROWS_SUBTILE channels (memory is read
@@ -149,19 +158,29 @@ static void block_moments(const float *src, size_t seg_len, size_t nseg, size_t 
 
 #define STRIP_LOOP(V, stmt)                                                                        \
     do { /* stmt for v = 0 .. V-1, written out so q[v] etc. become registers */                    \
-        { const int v = 0; stmt; }                                                                 \
-        if ((V) > 1) { const int v = 1; stmt; }                                                    \
-        if ((V) > 2) { const int v = 2; stmt; }                                                    \
-        if ((V) > 3) { const int v = 3; stmt; }                                                    \
+        {                                                                                          \
+            const int v = 0;                                                                       \
+            stmt;                                                                                  \
+        }                                                                                          \
+        if ((V) > 1) {                                                                             \
+            const int v = 1;                                                                       \
+            stmt;                                                                                  \
+        }                                                                                          \
+        if ((V) > 2) {                                                                             \
+            const int v = 2;                                                                       \
+            stmt;                                                                                  \
+        }                                                                                          \
+        if ((V) > 3) {                                                                             \
+            const int v = 3;                                                                       \
+            stmt;                                                                                  \
+        }                                                                                          \
     } while (0)
 
 /* Pass 2 of one strip of 4 * V channels (V = 1 or 4), given pass 1's float
  * sums fs[] and first values fx0[]. Always inlined with a constant V. */
-static inline __attribute__((always_inline)) void rows_strip(const float *src, size_t rows,
-                                                             size_t stride, const float *fx0,
-                                                             const float *fs, double *mean,
-                                                             double *m2, const int V,
-                                                             uintptr_t next)
+static inline __attribute__((always_inline)) void
+rows_strip(const float *src, size_t rows, size_t stride, const float *fx0, const float *fs,
+           double *mean, double *m2, const int V, uintptr_t next)
 {
     __m256d mu[4], q[4], e[4];
     const __m256d vcount = _mm256_set1_pd((double)rows);
@@ -170,7 +189,8 @@ static inline __attribute__((always_inline)) void rows_strip(const float *src, s
         const __m256d x0 = load4(fx0 + 4 * v);
         __m256d m0 = _mm256_add_pd(x0, _mm256_div_pd(load4(fs + 4 * v), vcount));
         /* mean0[c] = x0[c] + s[c] / rows, or x0[c] if the float sum overflowed */
-        const __m256d finite = _mm256_cmp_pd(_mm256_sub_pd(m0, m0), _mm256_setzero_pd(), _CMP_EQ_OQ);
+        const __m256d finite =
+            _mm256_cmp_pd(_mm256_sub_pd(m0, m0), _mm256_setzero_pd(), _CMP_EQ_OQ);
         mu[v] = _mm256_blendv_pd(x0, m0, finite);
         q[v] = _mm256_setzero_pd();
         e[v] = _mm256_setzero_pd();
@@ -197,10 +217,10 @@ static inline __attribute__((always_inline)) void rows_strip(const float *src, s
     });
 }
 
-static void rows_moments(const float *src, size_t rows, size_t width, size_t stride,
-                         double *mean, double *m2)
+static void rows_moments(const float *src, size_t rows, size_t width, size_t stride, double *mean,
+                         double *m2)
 {
-    float fx0[ROWS_SUBTILE], fs[ROWS_SUBTILE];
+    float fx0[ROWS_SUBTILE], fs[4][ROWS_SUBTILE];
     const double count = (double)rows;
     /* The next chunk of the same channels starts 'rows' rows down. */
     const uintptr_t next = (uintptr_t)src + rows * stride * sizeof(float);
@@ -211,31 +231,36 @@ static void rows_moments(const float *src, size_t rows, size_t width, size_t str
         const float *base = src + c0;
         size_t c;
 
-        /* Pass 1, row by row: s[c] += x[r][c] - x0[c] (float). */
+        /* Pass 1, row by row: s_k[c] += x[r][c] - x0[c] (float) with k = r % 4,
+         * four independent sums so narrow rows do not wait on one another;
+         * then s[c] = (s_0[c] + s_1[c]) + (s_2[c] + s_3[c]). */
         for (c = 0; c < w; c++) {
             fx0[c] = base[c];
-            fs[c] = 0.0f;
+            fs[0][c] = fs[1][c] = fs[2][c] = fs[3][c] = 0.0f;
         }
         for (size_t r = 0; r < rows; r++) {
             const float *p = base + r * stride;
+            float *acc = fs[r & 3];
             for (c = 0; c < w8; c += 8)
-                _mm256_storeu_ps(fs + c, _mm256_add_ps(_mm256_loadu_ps(fs + c),
-                                                       _mm256_sub_ps(_mm256_loadu_ps(p + c),
-                                                                     _mm256_loadu_ps(fx0 + c))));
+                _mm256_storeu_ps(acc + c, _mm256_add_ps(_mm256_loadu_ps(acc + c),
+                                                        _mm256_sub_ps(_mm256_loadu_ps(p + c),
+                                                                      _mm256_loadu_ps(fx0 + c))));
             for (; c < w; c++)
-                fs[c] += p[c] - fx0[c];
+                acc[c] += p[c] - fx0[c];
         }
+        for (c = 0; c < w; c++)
+            fs[0][c] = (fs[0][c] + fs[1][c]) + (fs[2][c] + fs[3][c]);
 
         /* Pass 2, strip by strip. */
         const uintptr_t snext = next + c0 * sizeof(float);
         for (c = 0; c + 16 <= w; c += 16)
-            rows_strip(base + c, rows, stride, fx0 + c, fs + c, mean + c0 + c, m2 + c0 + c, 4,
+            rows_strip(base + c, rows, stride, fx0 + c, fs[0] + c, mean + c0 + c, m2 + c0 + c, 4,
                        snext + c * sizeof(float));
         for (; c + 4 <= w; c += 4)
-            rows_strip(base + c, rows, stride, fx0 + c, fs + c, mean + c0 + c, m2 + c0 + c, 1,
+            rows_strip(base + c, rows, stride, fx0 + c, fs[0] + c, mean + c0 + c, m2 + c0 + c, 1,
                        snext + c * sizeof(float));
         for (; c < w; c++) { /* one channel: the same operations as a lane */
-            double mu = (double)fx0[c] + (double)fs[c] / count;
+            double mu = (double)fx0[c] + (double)fs[0][c] / count;
             if (!(mu - mu == 0.0))
                 mu = fx0[c];
             double q = 0.0, e = 0.0;
@@ -267,11 +292,14 @@ static void combine(const ns_arrival_t *src, size_t src_len, size_t channels, do
             const double nw = (double)src[w].n;
             const __m256d vn = _mm256_set1_pd(nw);
             const float *mw = src[w].mean;
+            const uintptr_t vnow = (uintptr_t)src[w].var;
             for (c = c0; c < v1; c += 8) {
+                prefetch(vnow + c * sizeof(float)); /* var_w of this tile, read in pass 2 */
                 /* mean[c] += n_w * mean_w[c] */
-                __m256d s0 = _mm256_add_pd(_mm256_loadu_pd(mean + c), _mm256_mul_pd(vn, load4(mw + c)));
-                __m256d s1 =
-                    _mm256_add_pd(_mm256_loadu_pd(mean + c + 4), _mm256_mul_pd(vn, load4(mw + c + 4)));
+                __m256d s0 =
+                    _mm256_add_pd(_mm256_loadu_pd(mean + c), _mm256_mul_pd(vn, load4(mw + c)));
+                __m256d s1 = _mm256_add_pd(_mm256_loadu_pd(mean + c + 4),
+                                           _mm256_mul_pd(vn, load4(mw + c + 4)));
                 _mm256_storeu_pd(mean + c, s0);
                 _mm256_storeu_pd(mean + c + 4, s1);
             }
@@ -286,12 +314,15 @@ static void combine(const ns_arrival_t *src, size_t src_len, size_t channels, do
             const double nw = (double)src[w].n;
             const __m256d vn = _mm256_set1_pd(nw);
             const float *mw = src[w].mean, *vw = src[w].var;
+            const uintptr_t mnext = (uintptr_t)mw + (c1 - c0) * sizeof(float);
             for (c = c0; c < v1; c += 8) {
+                prefetch(mnext + c * sizeof(float)); /* mean_w of the next tile (hint) */
                 /* d = mean_w[c] - mean[c]; var[c] += n_w * (var_w[c] + d * d) */
                 __m256d d0 = _mm256_sub_pd(load4(mw + c), _mm256_loadu_pd(mean + c));
                 __m256d d1 = _mm256_sub_pd(load4(mw + c + 4), _mm256_loadu_pd(mean + c + 4));
                 __m256d t0 = _mm256_mul_pd(vn, _mm256_add_pd(load4(vw + c), _mm256_mul_pd(d0, d0)));
-                __m256d t1 = _mm256_mul_pd(vn, _mm256_add_pd(load4(vw + c + 4), _mm256_mul_pd(d1, d1)));
+                __m256d t1 =
+                    _mm256_mul_pd(vn, _mm256_add_pd(load4(vw + c + 4), _mm256_mul_pd(d1, d1)));
                 _mm256_storeu_pd(var + c, _mm256_add_pd(_mm256_loadu_pd(var + c), t0));
                 _mm256_storeu_pd(var + c + 4, _mm256_add_pd(_mm256_loadu_pd(var + c + 4), t1));
             }
@@ -313,10 +344,14 @@ static size_t find_nonfinite(const float *src, size_t src_len)
 
     for (; i + 32 <= src_len; i += 32) {
         /* ok = |x| < inf (ordered: false for NaN), for x[i..i+31] */
-        __m256 f0 = _mm256_cmp_ps(_mm256_and_ps(_mm256_loadu_ps(src + i), absmask), inf, _CMP_LT_OQ);
-        __m256 f1 = _mm256_cmp_ps(_mm256_and_ps(_mm256_loadu_ps(src + i + 8), absmask), inf, _CMP_LT_OQ);
-        __m256 f2 = _mm256_cmp_ps(_mm256_and_ps(_mm256_loadu_ps(src + i + 16), absmask), inf, _CMP_LT_OQ);
-        __m256 f3 = _mm256_cmp_ps(_mm256_and_ps(_mm256_loadu_ps(src + i + 24), absmask), inf, _CMP_LT_OQ);
+        __m256 f0 =
+            _mm256_cmp_ps(_mm256_and_ps(_mm256_loadu_ps(src + i), absmask), inf, _CMP_LT_OQ);
+        __m256 f1 =
+            _mm256_cmp_ps(_mm256_and_ps(_mm256_loadu_ps(src + i + 8), absmask), inf, _CMP_LT_OQ);
+        __m256 f2 =
+            _mm256_cmp_ps(_mm256_and_ps(_mm256_loadu_ps(src + i + 16), absmask), inf, _CMP_LT_OQ);
+        __m256 f3 =
+            _mm256_cmp_ps(_mm256_and_ps(_mm256_loadu_ps(src + i + 24), absmask), inf, _CMP_LT_OQ);
         __m256 ok = _mm256_and_ps(_mm256_and_ps(f0, f1), _mm256_and_ps(f2, f3));
         if (_mm256_movemask_ps(ok) != 0xFF)
             break; /* a hit in x[i..i+31]: the loop below finds which */
@@ -333,7 +368,8 @@ static size_t find_bad_variance(const float *src, size_t src_len)
     const __m256 inf = _mm256_set1_ps(INFINITY);
     size_t i = 0;
 
-#define NS_VAR_OK(v) _mm256_and_ps(_mm256_cmp_ps(v, zero, _CMP_GE_OQ), _mm256_cmp_ps(v, inf, _CMP_LT_OQ))
+#define NS_VAR_OK(v)                                                                               \
+    _mm256_and_ps(_mm256_cmp_ps(v, zero, _CMP_GE_OQ), _mm256_cmp_ps(v, inf, _CMP_LT_OQ))
     for (; i + 32 <= src_len; i += 32) {
         /* ok = x >= 0 && x < inf (ordered: false for NaN; -0.0 >= 0 holds) */
         __m256 f0 = NS_VAR_OK(_mm256_loadu_ps(src + i));

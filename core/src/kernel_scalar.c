@@ -44,8 +44,8 @@ static void block_moments(const float *src, size_t seg_len, size_t nseg, size_t 
 
 /* Row-major so memory is read in order; the outputs serve as accumulators:
  * m2[] holds x0 (row 0) during pass 1, mean[] the running sum. */
-static void rows_moments(const float *src, size_t rows, size_t width, size_t stride,
-                         double *mean, double *m2)
+static void rows_moments(const float *src, size_t rows, size_t width, size_t stride, double *mean,
+                         double *m2)
 {
     for (size_t c = 0; c < width; c++) {
         m2[c] = src[c];

@@ -52,8 +52,8 @@ int ns_precise_add(ns_precise_t *acc, size_t channels, uint64_t n, const double 
 
 int ns_precise_merge(ns_precise_t *dst, const ns_precise_t *src, size_t channels)
 {
-    if (dst == NULL || src == NULL || dst->mean == NULL || dst->m2 == NULL ||
-        src->mean == NULL || src->m2 == NULL)
+    if (dst == NULL || src == NULL || dst->mean == NULL || dst->m2 == NULL || src->mean == NULL ||
+        src->m2 == NULL)
         return NS_EINVAL;
     if (dst->n > UINT64_MAX - src->n || dst->num_batches > UINT64_MAX - src->num_batches)
         return NS_EINVAL;
@@ -64,8 +64,7 @@ int ns_precise_merge(ns_precise_t *dst, const ns_precise_t *src, size_t channels
     return 0;
 }
 
-int ns_precise_read(const ns_precise_t *acc, size_t channels, int biased, double *mean,
-                    double *var)
+int ns_precise_read(const ns_precise_t *acc, size_t channels, int biased, double *mean, double *var)
 {
     if (acc == NULL || acc->mean == NULL || acc->m2 == NULL || mean == NULL || var == NULL)
         return NS_EINVAL;

@@ -24,8 +24,10 @@ static int check_report(const ns_report_t *report, ns_error_detail_t *err)
     for (size_t i = 0; i < report->n_layers; i++) {
         const ns_layer_report_t *l = &report->layers[i];
         if (!ns_name_valid(l->name))
-            return ns_error_set(err, NS_EINVAL, "layers", "layer %zu: name must match "
-                                "[A-Za-z0-9_.:-]{1,128}", i);
+            return ns_error_set(err, NS_EINVAL, "layers",
+                                "layer %zu: name must match "
+                                "[A-Za-z0-9_.:-]{1,128}",
+                                i);
         snprintf(field, sizeof(field), "layers.%s", l->name);
         if (l->count > (uint64_t)INT64_MAX)
             return ns_error_set(err, NS_EINVAL, field, "count must be at most 2^63-1");
@@ -73,8 +75,8 @@ static int encode_json(ns_buf_t *dst, const ns_report_t *r, ns_error_detail_t *e
         goto nomem;
     if (r->scope == NS_SCOPE_DOMAIN && (rc = ns_buf_printf(dst, ",\"scope\":\"domain\"")))
         goto nomem;
-    if (r->world_size > 0 && (rc = ns_buf_printf(dst, ",\"world_size\":%lld",
-                                                 (long long)r->world_size)))
+    if (r->world_size > 0 &&
+        (rc = ns_buf_printf(dst, ",\"world_size\":%lld", (long long)r->world_size)))
         goto nomem;
     if ((rc = ns_buf_append(dst, ",\"layers\":{", 11)))
         goto nomem;
@@ -132,11 +134,11 @@ static int encode_safetensors(ns_buf_t *dst, const ns_report_t *r, ns_error_deta
         goto fail;
     if (r->domain[0] && (rc = ns_buf_printf(&h, ",\"domain\":\"%s\"", r->domain)))
         goto fail;
-    if ((rc = ns_buf_printf(&h, ",\"unbiased\":\"%s\",\"update\":\"%s%s%s\"",
-                            r->unbiased ? "true" : "false",
-                            (r->update & NS_UPDATE_EMA) ? "ema" : "",
-                            r->update == (NS_UPDATE_EMA | NS_UPDATE_PRECISE) ? "," : "",
-                            (r->update & NS_UPDATE_PRECISE) ? "precise" : "")))
+    if ((rc =
+             ns_buf_printf(&h, ",\"unbiased\":\"%s\",\"update\":\"%s%s%s\"",
+                           r->unbiased ? "true" : "false", (r->update & NS_UPDATE_EMA) ? "ema" : "",
+                           r->update == (NS_UPDATE_EMA | NS_UPDATE_PRECISE) ? "," : "",
+                           (r->update & NS_UPDATE_PRECISE) ? "precise" : "")))
         goto fail;
     if (r->scope == NS_SCOPE_DOMAIN && (rc = ns_buf_printf(&h, ",\"scope\":\"domain\"")))
         goto fail;
@@ -149,20 +151,25 @@ static int encode_safetensors(ns_buf_t *dst, const ns_report_t *r, ns_error_deta
         const ns_layer_report_t *l = &r->layers[i];
         uint64_t bytes = (uint64_t)l->channels * 4;
         if (l->channels > 0) {
-            if ((rc = ns_buf_printf(&h, ",\"%s.mean\":{\"dtype\":\"F32\",\"shape\":[%zu],"
-                                    "\"data_offsets\":[%llu,%llu]}", l->name, l->channels,
-                                    (unsigned long long)at, (unsigned long long)(at + bytes))))
+            if ((rc = ns_buf_printf(&h,
+                                    ",\"%s.mean\":{\"dtype\":\"F32\",\"shape\":[%zu],"
+                                    "\"data_offsets\":[%llu,%llu]}",
+                                    l->name, l->channels, (unsigned long long)at,
+                                    (unsigned long long)(at + bytes))))
                 goto fail;
             at += bytes;
-            if ((rc = ns_buf_printf(&h, ",\"%s.var\":{\"dtype\":\"F32\",\"shape\":[%zu],"
-                                    "\"data_offsets\":[%llu,%llu]}", l->name, l->channels,
-                                    (unsigned long long)at, (unsigned long long)(at + bytes))))
+            if ((rc = ns_buf_printf(&h,
+                                    ",\"%s.var\":{\"dtype\":\"F32\",\"shape\":[%zu],"
+                                    "\"data_offsets\":[%llu,%llu]}",
+                                    l->name, l->channels, (unsigned long long)at,
+                                    (unsigned long long)(at + bytes))))
                 goto fail;
             at += bytes;
         }
-        if ((rc = ns_buf_printf(&h, ",\"%s.count\":{\"dtype\":\"I64\",\"shape\":[],"
-                                "\"data_offsets\":[%llu,%llu]}", l->name,
-                                (unsigned long long)at, (unsigned long long)(at + 8))))
+        if ((rc = ns_buf_printf(&h,
+                                ",\"%s.count\":{\"dtype\":\"I64\",\"shape\":[],"
+                                "\"data_offsets\":[%llu,%llu]}",
+                                l->name, (unsigned long long)at, (unsigned long long)(at + 8))))
             goto fail;
         at += 8;
     }

@@ -29,5 +29,5 @@ void nsd_h_checkpoint_put(nsd_request_t *req)
     }
     nsd_log(NSD_LOG_INFO, "checkpoint_restored", "run=%s bytes=%zu", req->run, req->body.len);
     json_t *run = nsd_registry_run_json(req->server->registry, req->run, nsd_now_ms(), &err);
-    nsd_respond_json(req, 200, run ? run : json_pack("{s:s}", "run", req->run));
+    nsd_respond_durable(req, 200, run ? run : json_pack("{s:s}", "run", req->run));
 }

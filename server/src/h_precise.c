@@ -56,7 +56,7 @@ void nsd_h_precise_reset(nsd_request_t *req)
     }
     nsd_log(NSD_LOG_INFO, "precise_reset", "run=%s domain=%s generation=%llu", req->run,
             sel ? sel : "*", (unsigned long long)generation);
-    nsd_respond_json(req, 200,
-                     json_pack("{s:s, s:s, s:I}", "run", req->run, "domain", sel ? sel : "*",
-                               "generation", (json_int_t)generation));
+    nsd_respond_durable(req, 200,
+                        json_pack("{s:s, s:s, s:I}", "run", req->run, "domain", sel ? sel : "*",
+                                  "generation", (json_int_t)generation));
 }

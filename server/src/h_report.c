@@ -8,6 +8,7 @@
 #include "http.h"
 #include "log.h"
 #include "registry.h"
+#include "store.h"
 
 /* Decode the body as its Content-Type says. @return 0 or the error (err set). */
 static int decode(nsd_request_t *req, ns_report_t **report, ns_error_detail_t *err)
@@ -48,13 +49,28 @@ static void free_result(void *p)
     nsd_sync_result_free(p);
 }
 
-/* The registry's callback: any thread, exactly once, never under a registry lock. */
+/* The store's callback: the step (and everything before it) is committed. */
+static void on_sync_durable(void *arg, int status)
+{
+    nsd_request_t *req = arg;
+    nsd_sync_result_t *result = req->user;
+    if (status != 0)
+        result->status = status;
+    nsd_request_wake(req);
+}
+
+/* The registry's callback: any thread, exactly once, never under a registry
+ * lock, after the step's record went to the store: the answer waits for its
+ * commit. */
 static void on_sync_done(void *arg, nsd_sync_result_t *result)
 {
     nsd_request_t *req = arg;
     req->user = result;
     req->user_free = free_result;
-    nsd_request_wake(req);
+    if (result->status == 0 && req->server->store != NULL)
+        nsd_store_after_commit(req->server->store, on_sync_durable, req);
+    else
+        nsd_request_wake(req);
 }
 
 /* The answer format of /sync: Accept when it names one, else the request's. */

@@ -34,7 +34,7 @@ void nsd_h_run_put(nsd_request_t *req)
         /* Deleted again in between: the PUT itself succeeded. */
         run = json_pack("{s:s}", "run", req->run);
     }
-    nsd_respond_json(req, created ? 201 : 200, run);
+    nsd_respond_durable(req, created ? 201 : 200, run);
 }
 
 void nsd_h_run_get(nsd_request_t *req)
@@ -57,5 +57,5 @@ void nsd_h_run_delete(nsd_request_t *req)
         return;
     }
     nsd_log(NSD_LOG_INFO, "run_deleted", "run=%s", req->run);
-    nsd_respond(req, 204, NULL, NULL, 0);
+    nsd_respond_durable(req, 204, NULL);
 }

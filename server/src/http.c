@@ -17,6 +17,7 @@
 
 #include "log.h"
 #include "metrics.h"
+#include "store.h"
 
 /* Idle keep-alive connections are closed after this many seconds. */
 #define CONNECTION_TIMEOUT_S 60
@@ -130,6 +131,74 @@ void nsd_respond_detail(nsd_request_t *req, int code, const ns_error_detail_t *e
         nsd_respond_error(req, err->code, err->message);
     else
         nsd_respond_error(req, code, NULL);
+}
+
+/* A response held back until the store committed (nsd_respond_durable). */
+typedef struct durable_s {
+    int status;
+    json_t *body;
+    int store_status;
+} durable_t;
+
+static void durable_free(void *p)
+{
+    durable_t *d = p;
+    if (d != NULL)
+        json_decref(d->body);
+    free(d);
+}
+
+/* The store's callback: any thread, exactly once. */
+static void durable_done(void *arg, int status)
+{
+    nsd_request_t *req = arg;
+    ((durable_t *)req->user)->store_status = status;
+    nsd_request_wake(req);
+}
+
+static void durable_answer(nsd_request_t *req)
+{
+    durable_t *d = req->user;
+    if (d->store_status != 0) {
+        nsd_respond_error(req, d->store_status,
+                          d->store_status == NS_EIO
+                              ? "the change is applied in memory but could not be committed to the "
+                                "data directory; it is retried"
+                              : NULL);
+        return;
+    }
+    json_t *body = d->body;
+    d->body = NULL;
+    if (body == NULL)
+        nsd_respond(req, d->status, NULL, NULL, 0);
+    else
+        nsd_respond_json(req, d->status, body);
+}
+
+void nsd_respond_durable(nsd_request_t *req, int status, json_t *body)
+{
+    nsd_store_t *store = req->server->store;
+    if (store == NULL) {
+        if (body == NULL && status != 204)
+            nsd_respond_error(req, NS_ENOMEM, NULL);
+        else if (body == NULL)
+            nsd_respond(req, status, NULL, NULL, 0);
+        else
+            nsd_respond_json(req, status, body);
+        return;
+    }
+    durable_t *d = calloc(1, sizeof(*d));
+    if (d == NULL) {
+        json_decref(body);
+        nsd_respond_error(req, NS_ENOMEM, NULL);
+        return;
+    }
+    d->status = status;
+    d->body = body;
+    req->user = d;
+    req->user_free = durable_free;
+    nsd_request_defer(req, durable_answer);
+    nsd_store_after_commit(store, durable_done, req);
 }
 
 /* ---------------------------------------------------------------- requests */
@@ -270,6 +339,23 @@ static void respond_pending_error(nsd_request_t *req)
     }
 }
 
+/* Writes are refused before recovery finished and while the store fails.
+ * @return 0 or the code to answer with (message in msg). */
+static int write_gate(nsd_request_t *req, const char **msg)
+{
+    if (strcmp(req->route->method, "GET") == 0)
+        return 0;
+    if (!atomic_load(&req->server->ready)) {
+        *msg = "recovering the store; writes are accepted once /readyz answers 200";
+        return NS_ENOTREADY;
+    }
+    if (req->server->store != NULL && nsd_store_status(req->server->store) != 0) {
+        *msg = "commits to the data directory fail (disk full or I/O error); retry later";
+        return NS_EIO;
+    }
+    return 0;
+}
+
 /* After a handler returned: suspend a deferred request unless it was already woken. */
 static void after_handler(nsd_request_t *req)
 {
@@ -356,7 +442,12 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
     } else if (req->pending_error != 0) {
         respond_pending_error(req);
     } else {
-        req->route->handler(req);
+        const char *msg = NULL;
+        int gate = write_gate(req, &msg);
+        if (gate != 0)
+            nsd_respond_error(req, gate, msg);
+        else
+            req->route->handler(req);
     }
     after_handler(req);
     return req->status < 0 ? MHD_NO : MHD_YES;

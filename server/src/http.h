@@ -33,11 +33,13 @@ struct MHD_Connection;
 struct MHD_Daemon;
 typedef struct nsd_registry_s nsd_registry_t;
 typedef struct nsd_coord_s nsd_coord_t;
+typedef struct nsd_store_s nsd_store_t;
 
 /* The daemon's shared state, created by main(). */
 typedef struct nsd_server_s {
     const nsd_options_t *opts;
     nsd_registry_t *registry;
+    nsd_store_t *store; /* NULL with --no-persist */
     struct MHD_Daemon *daemon;
     uint16_t port;    /* bound port (after nsd_http_start) */
     char addr[300];   /* "HOST:PORT" as bound, for logs */
@@ -124,6 +126,13 @@ void nsd_respond_json(nsd_request_t *req, int status, json_t *body);
 /*! nsd_respond_error() : {"error": {"code", "message"}} with the status of
  *  'code'; message NULL uses the code's default. Counted in /metrics. */
 void nsd_respond_error(nsd_request_t *req, int code, const char *message);
+
+/*! nsd_respond_durable() :
+ *  Answer 'status' with 'body' (taken; NULL = no body) once everything
+ *  enqueued to the store so far is committed, so the change the handler made
+ *  is durable before the client hears of it (at once without a store). A
+ *  failed commit answers 503 storage_error instead. Defers the request. */
+void nsd_respond_durable(nsd_request_t *req, int status, json_t *body);
 
 /*! nsd_respond_detail() : nsd_respond_error() from a filled detail; a detail
  *  without a message uses 'code'. */

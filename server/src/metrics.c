@@ -13,6 +13,7 @@
 
 #include "http.h"
 #include "registry.h"
+#include "store.h"
 
 /* Dimensions of the request counters: every route plus "unmatched", a fixed
  * list of methods and statuses (anything else is "other"), so counting is
@@ -252,6 +253,72 @@ int nsd_metrics_render(ns_buf_t *dst, nsd_registry_t *reg)
     return rc ? rc : render_process(dst);
 }
 
+/* The store's counters (all zero with --no-persist, so they always exist). */
+static int render_store(ns_buf_t *dst, nsd_store_t *store)
+{
+    nsd_store_stats_t st;
+    memset(&st, 0, sizeof(st));
+    st.last_snapshot_age_ms = -1;
+    if (store != NULL)
+        nsd_store_stats(store, &st);
+    int rc = header(dst, "normstat_store_enabled", "gauge",
+                    "1 if the persistent store is in use (0 with --no-persist).");
+    rc = rc ? rc : ns_buf_printf(dst, "normstat_store_enabled %d\n", store != NULL);
+    rc = rc ? rc
+            : header(dst, "normstat_store_commits_total", "counter",
+                     "Group-committed store transactions.");
+    rc = rc ? rc
+            : ns_buf_printf(dst, "normstat_store_commits_total %llu\n",
+                            (unsigned long long)st.commits);
+    rc = rc ? rc
+            : header(dst, "normstat_store_commit_failures_total", "counter",
+                     "Store commits that failed (disk full, I/O error); each is retried.");
+    rc = rc ? rc
+            : ns_buf_printf(dst, "normstat_store_commit_failures_total %llu\n",
+                            (unsigned long long)st.commit_failures);
+    rc = rc ? rc
+            : header(dst, "normstat_store_rows_total", "counter",
+                     "Log rows committed (finalized steps, configurations, domains, resets).");
+    rc = rc ? rc
+            : ns_buf_printf(dst, "normstat_store_rows_total %llu\n", (unsigned long long)st.rows);
+    rc = rc ? rc
+            : header(dst, "normstat_store_snapshots_total", "counter",
+                     "Run snapshots committed (periodic and checkpoint imports).");
+    rc = rc ? rc
+            : ns_buf_printf(dst, "normstat_store_snapshots_total %llu\n",
+                            (unsigned long long)st.snapshots);
+    rc = rc ? rc
+            : header(dst, "normstat_store_commit_seconds_total", "counter",
+                     "Time spent committing (sum over commits).");
+    rc = rc ? rc
+            : ns_buf_printf(dst, "normstat_store_commit_seconds_total %.6f\n",
+                            (double)st.commit_seconds_sum_us * 1e-6);
+    rc = rc ? rc
+            : header(dst, "normstat_store_commit_last_seconds", "gauge",
+                     "Duration of the last successful commit.");
+    rc = rc ? rc
+            : ns_buf_printf(dst, "normstat_store_commit_last_seconds %.6f\n",
+                            (double)st.commit_last_us * 1e-6);
+    rc = rc ? rc
+            : header(dst, "normstat_store_queued_jobs", "gauge",
+                     "Changes waiting for the store's writer.");
+    rc = rc ? rc
+            : ns_buf_printf(dst, "normstat_store_queued_jobs %llu\n",
+                            (unsigned long long)st.queued);
+    rc = rc ? rc
+            : header(dst, "normstat_store_failing", "gauge",
+                     "1 while store commits fail (writes are refused with 503).");
+    rc = rc ? rc : ns_buf_printf(dst, "normstat_store_failing %d\n", st.failing);
+    rc = rc ? rc
+            : header(dst, "normstat_store_last_snapshot_age_seconds", "gauge",
+                     "Seconds since the last snapshot was committed (-1: none since start).");
+    rc = rc ? rc
+            : ns_buf_printf(dst, "normstat_store_last_snapshot_age_seconds %.3f\n",
+                            st.last_snapshot_age_ms < 0 ? -1.0
+                                                        : (double)st.last_snapshot_age_ms * 1e-3);
+    return rc;
+}
+
 void nsd_h_metrics(nsd_request_t *req)
 {
     ns_buf_t buf;
@@ -263,6 +330,7 @@ void nsd_h_metrics(nsd_request_t *req)
     rc = rc ? rc
             : ns_buf_printf(&buf, "normstat_http_requests_in_flight %ld\n",
                             atomic_load(&req->server->in_flight));
+    rc = rc ? rc : render_store(&buf, req->server->store);
     if (rc != 0) {
         ns_buf_free(&buf);
         nsd_respond_error(req, NS_ENOMEM, NULL);

@@ -9,9 +9,13 @@
  *  - A report to a missing run creates and fills the run while holding the
  *    map's write lock, and publishes it only if the report was accepted, so a
  *    rejected report leaves no run behind.
- *  - Callbacks (persistence, /sync, wakeup) are collected in an outbox while
- *    locked and delivered after unlocking: persistence records first, then
- *    /sync callbacks, then the wakeup. */
+ *  - Callbacks (/sync, wakeup) are collected in an outbox while locked and
+ *    delivered after unlocking: /sync callbacks, then the wakeup.
+ *  - Persistence hooks are called under the run's lock (persist_locked()),
+ *    so a store's log holds each run's changes in the order they were made:
+ *    a run created, its domains, finalized steps (collected as records by
+ *    run.c), resets, imports, deletion. A /sync callback is delivered after
+ *    the record of its step was handed to the store. */
 #include "registry.h"
 
 #include <pthread.h>
@@ -222,8 +226,8 @@ static void snapshot_free(nsd_run_t **runs, size_t n)
 
 /* ---------------------------------------------------------------- outbox */
 
-/* Deliver what was collected under a lock; no lock is held here. */
-static void flush(nsd_registry_t *reg, const char *run, nsd_outbox_t *box)
+/* Hand the collected records to the persistence hook (run lock held). */
+static void deliver_records(nsd_registry_t *reg, const char *run, nsd_outbox_t *box)
 {
     while (box->records) {
         nsd_record_t *r = box->records;
@@ -249,6 +253,7 @@ static void flush(nsd_registry_t *reg, const char *run, nsd_outbox_t *box)
                 .var = f->var,
                 .n_domains = f->n_domains,
                 .domains = doms,
+                .first_pending = r->first_pending,
             };
             reg->persist.step_finalized(reg->persist.arg, run, &rec);
         }
@@ -258,6 +263,23 @@ static void flush(nsd_registry_t *reg, const char *run, nsd_outbox_t *box)
         free(r);
     }
     box->records_tail = NULL;
+}
+
+/* Persistence of what a locked operation changed (run lock held): a domain
+ * the report added, then its finalized steps. */
+static void persist_locked(nsd_registry_t *reg, nsd_run_t *run, nsd_outbox_t *box)
+{
+    if (box->new_domain > 0 && reg->persist.domain_added)
+        reg->persist.domain_added(reg->persist.arg, run->name,
+                                  run->st.domains[box->new_domain - 1]);
+    box->new_domain = 0;
+    deliver_records(reg, run->name, box);
+}
+
+/* Deliver what was collected under a lock; no lock is held here. */
+static void flush(nsd_registry_t *reg, const char *run, nsd_outbox_t *box)
+{
+    deliver_records(reg, run, box); /* none left after persist_locked() */
     while (box->fired) {
         nsd_waiter_t *w = box->fired;
         box->fired = w->next;
@@ -300,6 +322,8 @@ int nsd_registry_put_run(nsd_registry_t *reg, const char *name, const ns_run_con
         else
             rc = nsd_run_config_apply(run, cfg, err, &box);
         full = run->st.cfg;
+        if (rc == 0 && reg->persist.run_put)
+            reg->persist.run_put(reg->persist.arg, name, &full, 0);
         unlock_run(run);
     } else {
         ns_run_config_t defaults;
@@ -317,6 +341,9 @@ int nsd_registry_put_run(nsd_registry_t *reg, const char *name, const ns_run_con
             } else {
                 was_created = 1;
                 full = run->st.cfg;
+                /* Under the map lock: nothing else can reach the run yet. */
+                if (reg->persist.run_put)
+                    reg->persist.run_put(reg->persist.arg, name, &full, 1);
             }
         }
         pthread_rwlock_unlock(&reg->map_lock);
@@ -325,8 +352,6 @@ int nsd_registry_put_run(nsd_registry_t *reg, const char *name, const ns_run_con
         return rc;
     if (created)
         *created = was_created;
-    if (reg->persist.run_put)
-        reg->persist.run_put(reg->persist.arg, name, &full, was_created);
     flush(reg, name, &box);
     return 0;
 }
@@ -339,21 +364,23 @@ int nsd_registry_delete_run(nsd_registry_t *reg, const char *name, ns_error_deta
     int found;
     size_t pos = map_pos(reg, name, &found);
     nsd_run_t *run = found ? reg->runs[pos] : NULL;
-    if (found) {
-        memmove(reg->runs + pos, reg->runs + pos + 1, (reg->n_runs - pos - 1) * sizeof(*reg->runs));
-        reg->n_runs--;
-    }
-    pthread_rwlock_unlock(&reg->map_lock);
-    if (run == NULL)
+    if (run == NULL) {
+        pthread_rwlock_unlock(&reg->map_lock);
         return ns_error_set(err, NS_ENOTFOUND, "run", "no run '%s'", name);
+    }
+    memmove(reg->runs + pos, reg->runs + pos + 1, (reg->n_runs - pos - 1) * sizeof(*reg->runs));
+    reg->n_runs--;
     nsd_outbox_t box = {0};
+    /* Both locks held while the deletion is logged: a run of the same name
+     * created right after is logged after it. */
     pthread_mutex_lock(&run->lock);
     run->deleted = 1;
     nsd_run_fire_all(run, NS_ENOTFOUND, &box);
-    pthread_mutex_unlock(&run->lock);
-    nsd_run_unref(run); /* the map's reference */
     if (reg->persist.run_deleted)
         reg->persist.run_deleted(reg->persist.arg, name);
+    pthread_mutex_unlock(&run->lock);
+    pthread_rwlock_unlock(&reg->map_lock);
+    nsd_run_unref(run); /* the map's reference */
     flush(reg, name, &box);
     return 0;
 }
@@ -458,6 +485,8 @@ int nsd_registry_report(nsd_registry_t *reg, const char *name, ns_report_t *repo
                 rc = ns_error_set(err, NS_ENOTFOUND, "run", "run '%s' was deleted", name);
             else
                 rc = nsd_run_report(run, report, now_ms, waiter, &box, err);
+            if (rc == 0)
+                persist_locked(reg, run, &box);
             unlock_run(run);
             break;
         }
@@ -490,17 +519,18 @@ int nsd_registry_report(nsd_registry_t *reg, const char *name, ns_report_t *repo
             map_insert(reg, run, pos); /* cannot fail: room reserved */
             nsd_run_ref(run);          /* the map's reference */
             created = 1;
+            if (reg->persist.run_put)
+                reg->persist.run_put(reg->persist.arg, name, &run->st.cfg, 1);
+            persist_locked(reg, run, &box);
         }
         pthread_mutex_unlock(&run->lock);
         pthread_rwlock_unlock(&reg->map_lock);
         nsd_run_unref(run);
         break;
     }
-    if (rc == 0) {
+    if (rc == 0)
         waiter = NULL; /* the run owns it now */
-        if (created && reg->persist.run_put)
-            reg->persist.run_put(reg->persist.arg, name, &cfg, 1);
-    }
+    (void)created;
     flush(reg, name, &box);
 out:
     waiter_free(waiter);
@@ -531,6 +561,9 @@ int nsd_registry_precise_reset(nsd_registry_t *reg, const char *name, const char
     if (run == NULL)
         return rc;
     rc = nsd_run_precise_reset(run, domain, generation, err);
+    if (rc == 0 && reg->persist.precise_reset)
+        reg->persist.precise_reset(reg->persist.arg, name,
+                                   domain == NULL || strcmp(domain, "*") == 0 ? NULL : domain);
     unlock_run(run);
     return rc;
 }
@@ -596,9 +629,19 @@ int nsd_registry_checkpoint_import(nsd_registry_t *reg, const char *name, const 
     nsd_run_state_clear(&reg->ctx, &run->st, NS_ECONFLICT, &box);
     run->st = st;
     ns_run_config_t cfg = st.cfg;
-    unlock_run(run);
-    if (reg->persist.run_put)
+    if (reg->persist.run_snapshot) {
+        /* The store keeps the imported state whole (out of memory: logged as
+         * a configuration only, the import itself succeeded). */
+        json_t *state = nsd_checkpoint_export(run);
+        if (state != NULL)
+            reg->persist.run_snapshot(reg->persist.arg, name, state);
+        else if (reg->persist.run_put)
+            reg->persist.run_put(reg->persist.arg, name, &cfg, created);
+        json_decref(state);
+    } else if (reg->persist.run_put) {
         reg->persist.run_put(reg->persist.arg, name, &cfg, created);
+    }
+    unlock_run(run);
     flush(reg, name, &box);
     return 0;
 }
@@ -618,6 +661,7 @@ uint64_t nsd_registry_expire(nsd_registry_t *reg, uint64_t now_ms)
             uint64_t d = nsd_run_expire(runs[i], now_ms, &box);
             if (d < next)
                 next = d;
+            persist_locked(reg, runs[i], &box);
         }
         pthread_mutex_unlock(&runs[i]->lock);
         box.wakeup = 0; /* the caller is the one to wake */
@@ -644,6 +688,86 @@ void nsd_registry_shutdown(nsd_registry_t *reg)
         flush(reg, runs[i]->name, &box);
     }
     snapshot_free(runs, n);
+}
+
+/* ---------------------------------------------------------------- persistence */
+
+int nsd_registry_snapshot(nsd_registry_t *reg, const char *name, ns_error_detail_t *err)
+{
+    int rc;
+    nsd_run_t *run = lock_run(reg, name, &rc, err);
+    if (run == NULL)
+        return rc;
+    nsd_outbox_t box = {0};
+    json_t *state = nsd_checkpoint_export(run);
+    if (state == NULL) {
+        unlock_run(run);
+        return ns_error_set(err, NS_ENOMEM, "", "out of memory");
+    }
+    if (reg->persist.run_snapshot)
+        reg->persist.run_snapshot(reg->persist.arg, name, state);
+    json_decref(state);
+    if (reg->persist.step_finalized)
+        nsd_run_ready_records(run, &box);
+    deliver_records(reg, name, &box);
+    unlock_run(run);
+    return 0;
+}
+
+/* The run 'name' locked and referenced, created with defaults if missing. */
+static nsd_run_t *lock_or_create(nsd_registry_t *reg, const char *name, int *rc,
+                                 ns_error_detail_t *err)
+{
+    nsd_run_t *run = lock_run(reg, name, rc, err);
+    if (run != NULL || *rc != NS_ENOTFOUND)
+        return run;
+    ns_run_config_t cfg;
+    ns_run_config_defaults(&cfg);
+    cfg.has_world_size = 0;
+    *rc = nsd_registry_put_run(reg, name, &cfg, NULL, err);
+    if (*rc != 0)
+        return NULL;
+    return lock_run(reg, name, rc, err);
+}
+
+int nsd_registry_replay_step(nsd_registry_t *reg, const char *name, const nsd_step_record_t *rec,
+                             ns_error_detail_t *err)
+{
+    int rc;
+    nsd_run_t *run = lock_or_create(reg, name, &rc, err);
+    if (run == NULL)
+        return rc;
+    rc = nsd_run_replay_step(run, rec, err);
+    unlock_run(run);
+    return rc;
+}
+
+int nsd_registry_replay_domain(nsd_registry_t *reg, const char *name, const char *domain,
+                               ns_error_detail_t *err)
+{
+    if (!ns_name_valid(domain))
+        return ns_error_set(err, NS_EINVAL, "domain", "invalid domain name");
+    int rc;
+    nsd_run_t *run = lock_or_create(reg, name, &rc, err);
+    if (run == NULL)
+        return rc;
+    long d = nsd_run_add_domain(run, domain);
+    unlock_run(run);
+    return d < 0 ? ns_error_set(err, (int)d, "", "out of memory") : 0;
+}
+
+size_t nsd_registry_replay_finish(nsd_registry_t *reg)
+{
+    size_t n, applied = 0;
+    nsd_run_t **runs = map_snapshot(reg, &n);
+    for (size_t i = 0; i < n; i++) {
+        pthread_mutex_lock(&runs[i]->lock);
+        if (!runs[i]->deleted)
+            applied += nsd_run_apply_held(runs[i]);
+        pthread_mutex_unlock(&runs[i]->lock);
+    }
+    snapshot_free(runs, n);
+    return applied;
 }
 
 /* ---------------------------------------------------------------- metrics */

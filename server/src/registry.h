@@ -7,8 +7,10 @@
  * Threads: every function may be called from any thread at once. The run map
  * is guarded by one rwlock and every run by its own mutex (runs are
  * refcounted, so DELETE while another request works on the run is safe). No
- * callback (sync, persistence, wakeup) is ever called while a registry lock is
- * held: the registry collects them, unlocks, then calls them.
+ * /sync or wakeup callback is ever called while a registry lock is held: the
+ * registry collects them, unlocks, then calls them. Persistence hooks are the
+ * exception: they run under the run's lock so their order is the order of
+ * the changes (see nsd_persist_t).
  *
  * Errors: functions return 0 or a negative NS_E* code and fill the optional
  * ns_error_detail_t (first error wins); a function that returns an error
@@ -87,24 +89,39 @@ typedef struct nsd_step_record_s {
     const double *var; /* pooled, biased */
     size_t n_domains;
     const nsd_domain_result_t *domains;
+    /* The lowest step of the layer still pending when this one finalized,
+     * -1 if none: while that step is pending, EMA does not apply this one.
+     * Replay (nsd_registry_replay_step) holds it back the same way. */
+    int64_t first_pending;
 } nsd_step_record_t;
 
-/* Optional callbacks, NULL = none (memory only). Called outside every lock,
- * from the thread that caused the event. For one run, step_finalized calls
- * of different threads may interleave: a store orders them by (layer, step),
- * which is also the order EMA applies them in. step_finalized for a step is
- * called before the /sync callbacks that step completes, on the same thread,
- * so a hook that commits before returning makes every /sync answer durable.
- * Not hooked yet: precise resets and checkpoint imports (an import calls
- * run_put; a store can snapshot with nsd_registry_checkpoint_export()). */
+/* Optional callbacks, NULL = none (memory only). The persistence hooks are
+ * called WHILE the run's lock is held (and, for a run being created or
+ * deleted, the map lock), in the order the changes were made to the run, so
+ * a store that appends them to its log in call order replays the run's
+ * history exactly. A hook must therefore only copy and enqueue: never block,
+ * never call back into the registry. step_finalized for a step is called
+ * before the /sync callbacks that step completes, on the same thread, so a
+ * store can make every /sync answer wait for the commit of its step.
+ * Not hooked: pending (not finalized) steps and dropped steps. */
 typedef struct nsd_persist_s {
     void *arg;
-    /* after PUT (created = 1 for a new run) and after a report created a run */
+    /* after PUT (created = 1 for a new run) and after a report created a run
+     * (then before that report's domain_added and step_finalized calls) */
     void (*run_put)(void *arg, const char *run, const ns_run_config_t *cfg, int created);
-    /* after DELETE */
+    /* after DELETE: the run and everything logged for it is gone */
     void (*run_deleted)(void *arg, const char *run);
     /* after each finalized step of one layer */
     void (*step_finalized)(void *arg, const char *run, const nsd_step_record_t *rec);
+    /* a report added 'domain' to the run's domains (at the end) */
+    void (*domain_added)(void *arg, const char *run, const char *domain);
+    /* after a PreciseBN reset: 'domain' NULL for all domains */
+    void (*precise_reset)(void *arg, const char *run, const char *domain);
+    /* the run's whole state as nsd_registry_checkpoint_export() gives it,
+     * after a checkpoint import and from nsd_registry_snapshot(); borrowed:
+     * the hook may json_incref() it and then owns that reference alone (the
+     * registry drops its own reference right after the call). */
+    void (*run_snapshot)(void *arg, const char *run, json_t *state);
 } nsd_persist_t;
 
 /*! nsd_registry_set_persist() :
@@ -336,6 +353,38 @@ uint64_t nsd_registry_expire(nsd_registry_t *reg, uint64_t now_ms);
  *  Every waiting /sync gets its callback with NS_ESHUTDOWN; afterwards
  *  reports, PUTs and imports fail with NS_ESHUTDOWN (reads still work). */
 void nsd_registry_shutdown(nsd_registry_t *reg);
+
+/* ---------------------------------------------------------------- persistence */
+
+/*! nsd_registry_snapshot() :
+ *  Under the run's lock, call the run_snapshot hook with the run's exported
+ *  state, then step_finalized for each finalized step still waiting for an
+ *  earlier pending one (the export leaves those out), so a store that keeps
+ *  the snapshot and drops its log of the run before it loses nothing.
+ *  @return 0, NS_ENOTFOUND, NS_ENOMEM. */
+int nsd_registry_snapshot(nsd_registry_t *reg, const char *run, ns_error_detail_t *err);
+
+/*! nsd_registry_replay_step() :
+ *  Recovery: apply a logged finalized step to 'run' exactly as the live
+ *  path did (same code: last statistics, finalized step, EMA/PreciseBN in
+ *  step order, held back while rec->first_pending is below its step), so
+ *  the state is bit-identical. Creates the run (defaults), the layer and
+ *  missing domains if needed. No hook is called. @return 0, NS_EINVAL
+ *  (channel count differs from the layer's), NS_ENOMEM. */
+int nsd_registry_replay_step(nsd_registry_t *reg, const char *run, const nsd_step_record_t *rec,
+                             ns_error_detail_t *err);
+
+/*! nsd_registry_replay_domain() :
+ *  Recovery: append 'domain' to the run's domains (as a report does) unless
+ *  present. @return 0, NS_ENOTFOUND, NS_EINVAL, NS_ENOMEM. */
+int nsd_registry_replay_domain(nsd_registry_t *reg, const char *run, const char *domain,
+                               ns_error_detail_t *err);
+
+/*! nsd_registry_replay_finish() :
+ *  End of recovery: pending steps did not survive the restart, so finalized
+ *  steps still held back for one are applied now (in step order).
+ *  @return the number of steps applied. */
+size_t nsd_registry_replay_finish(nsd_registry_t *reg);
 
 /* ---------------------------------------------------------------- metrics */
 

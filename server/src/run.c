@@ -335,6 +335,7 @@ static void record_final(nsd_run_t *run, const nsd_layer_t *l, const nsd_final_t
                  run->st.domains[f->domains[i].domain]);
     }
     snprintf(r->layer, sizeof(r->layer), "%s", l->name);
+    r->first_pending = l->n_pending > 0 ? (int64_t)l->pending[0]->step : -1;
     if (box->records_tail)
         box->records_tail->next = r;
     else
@@ -411,11 +412,12 @@ static void apply_final(nsd_run_t *run, nsd_layer_t *l, const nsd_final_t *f)
     atomic_fetch_add(&ctx->steps_applied, 1);
 }
 
-/* Apply finalized steps in step order while no earlier step is pending. */
-static void apply_ready(nsd_run_t *run, nsd_layer_t *l)
+/* Apply finalized steps in step order while they are below 'bound' (the
+ * lowest pending step). Returns how many were applied. */
+static size_t apply_ready_below(nsd_run_t *run, nsd_layer_t *l, uint64_t bound)
 {
     size_t k = 0;
-    while (k < l->n_ready && (l->n_pending == 0 || l->pending[0]->step > l->ready[k]->step)) {
+    while (k < l->n_ready && l->ready[k]->step < bound) {
         apply_final(run, l, l->ready[k]);
         nsd_final_free(l->ready[k]);
         k++;
@@ -424,6 +426,32 @@ static void apply_ready(nsd_run_t *run, nsd_layer_t *l)
         memmove(l->ready, l->ready + k, (l->n_ready - k) * sizeof(*l->ready));
         l->n_ready -= k;
     }
+    return k;
+}
+
+/* Apply finalized steps in step order while no earlier step is pending. */
+static void apply_ready(nsd_run_t *run, nsd_layer_t *l)
+{
+    apply_ready_below(run, l, l->n_pending > 0 ? l->pending[0]->step : UINT64_MAX);
+}
+
+/* A finalized step joins the layer: last statistics, then the ready queue
+ * in step order (a timed-out earlier step may finalize late). Room in
+ * l->ready was reserved. Shared by the live path and replay. */
+static void ready_insert(nsd_layer_t *l, nsd_final_t *f)
+{
+    if (f->channels > 0 && l->last_mean != NULL && (!l->has_last || f->step >= l->last_step)) {
+        l->has_last = 1;
+        l->last_step = f->step;
+        l->last_count = f->count;
+        memcpy(l->last_mean, f->mean, 2 * f->channels * sizeof(double));
+    }
+    size_t pos = l->n_ready;
+    while (pos > 0 && l->ready[pos - 1]->step > f->step)
+        pos--;
+    memmove(l->ready + pos + 1, l->ready + pos, (l->n_ready - pos) * sizeof(*l->ready));
+    l->ready[pos] = f;
+    l->n_ready++;
 }
 
 /* Close pending step 'idx' of the layer: finalize it (drop == 0) or discard
@@ -461,22 +489,10 @@ static void close_pending(nsd_run_t *run, nsd_layer_t *l, size_t idx, int drop, 
         atomic_fetch_add(&ctx->steps_dropped, 1);
     } else {
         atomic_fetch_add(&ctx->steps_finalized, 1);
-        if (f->channels > 0 && l->last_mean != NULL && (!l->has_last || f->step >= l->last_step)) {
-            l->has_last = 1;
-            l->last_step = f->step;
-            l->last_count = f->count;
-            memcpy(l->last_mean, f->mean, 2 * f->channels * sizeof(double));
-        }
         fill_waiters(ctx, box, p, f);
         if (ctx->persist_steps)
             record_final(run, l, f, box);
-        /* Insert in step order (a timed-out earlier step may finalize late). */
-        size_t pos = l->n_ready;
-        while (pos > 0 && l->ready[pos - 1]->step > f->step)
-            pos--;
-        memmove(l->ready + pos + 1, l->ready + pos, (l->n_ready - pos) * sizeof(*l->ready));
-        l->ready[pos] = f;
-        l->n_ready++;
+        ready_insert(l, f);
     }
     nsd_mem_release(ctx, p->bytes);
     run->st.memory -= p->bytes;
@@ -747,6 +763,7 @@ int nsd_run_report(nsd_run_t *run, ns_report_t *rep, uint64_t now_ms, nsd_waiter
         snprintf(st->domains[dom], sizeof(st->domains[dom]), "%s", rep->domain);
         st->domain_gen[dom] = st->precise_generation;
         st->n_domains++;
+        box->new_domain = (size_t)dom + 1;
     }
     for (size_t i = 0; i < rep->n_layers; i++) {
         if (!pl[i].is_new_layer)
@@ -852,6 +869,182 @@ int nsd_run_precise_reset(nsd_run_t *run, const char *domain, uint64_t *generati
     if (generation)
         *generation = gen;
     return 0;
+}
+
+/* ---------------------------------------------------------------- recovery */
+
+long nsd_run_add_domain(nsd_run_t *run, const char *name)
+{
+    nsd_run_state_t *st = &run->st;
+    long d = nsd_run_find_domain(st, name);
+    if (d >= 0)
+        return d;
+    if (grow((void **)&st->domains, &st->cap_domains, st->n_domains + 1, sizeof(*st->domains)) != 0)
+        return NS_ENOMEM;
+    uint64_t *g = realloc(st->domain_gen, st->cap_domains * sizeof(uint64_t));
+    if (g == NULL)
+        return NS_ENOMEM;
+    st->domain_gen = g;
+    d = (long)st->n_domains;
+    snprintf(st->domains[d], sizeof(st->domains[d]), "%s", name);
+    st->domain_gen[d] = st->precise_generation;
+    st->n_domains++;
+    return d;
+}
+
+/* Memory a replayed step adds: accounted like a report's, without the
+ * budget check (what was held before the restart is held again). */
+static void replay_account(nsd_run_t *run, uint64_t bytes)
+{
+    run->st.memory += bytes;
+    atomic_fetch_add(&run->ctx->memory, bytes);
+}
+
+int nsd_run_replay_step(nsd_run_t *run, const nsd_step_record_t *rec, ns_error_detail_t *err)
+{
+    nsd_run_state_t *st = &run->st;
+    size_t c = rec->channels;
+    if (!ns_name_valid(rec->layer))
+        return ns_error_set(err, NS_EINVAL, "layer", "invalid layer name");
+    if (rec->step > (uint64_t)INT64_MAX)
+        return ns_error_set(err, NS_EINVAL, "step", "must be < 2^63");
+    if (c > 0 && (rec->mean == NULL || rec->var == NULL))
+        return ns_error_set(err, NS_EINVAL, "mean", "channels > 0 needs arrays");
+    for (size_t i = 0; i < rec->n_domains; i++)
+        if (!ns_name_valid(rec->domains[i].domain) ||
+            (c > 0 && (rec->domains[i].mean == NULL || rec->domains[i].var == NULL)))
+            return ns_error_set(err, NS_EINVAL, "domains", "invalid domain result");
+    int found;
+    size_t lpos = layer_pos(st, rec->layer, &found);
+    nsd_layer_t *l = found ? st->layers[lpos] : NULL;
+    if (l != NULL && c > 0 && l->channels != 0 && l->channels != c)
+        return ns_error_set(err, NS_EINVAL, "channels", "expected %zu channels, got %zu",
+                            l->channels, c);
+
+    /* Domains a report added before this step finalized. */
+    uint32_t *idx = malloc((rec->n_domains ? rec->n_domains : 1) * sizeof(*idx));
+    if (idx == NULL)
+        return ns_error_set(err, NS_ENOMEM, "", "out of memory");
+    int rc = 0;
+    for (size_t i = 0; i < rec->n_domains && rc == 0; i++) {
+        long d = nsd_run_add_domain(run, rec->domains[i].domain);
+        if (d < 0)
+            rc = (int)d;
+        else
+            idx[i] = (uint32_t)d;
+    }
+    if (rc == 0 && l == NULL) {
+        rc = grow((void **)&st->layers, &st->cap_layers, st->n_layers + 1, sizeof(*st->layers));
+        if (rc == 0 && (l = layer_create(rec->layer)) == NULL)
+            rc = NS_ENOMEM;
+        if (rc == 0) {
+            memmove(st->layers + lpos + 1, st->layers + lpos,
+                    (st->n_layers - lpos) * sizeof(*st->layers));
+            st->layers[lpos] = l;
+            st->n_layers++;
+            replay_account(run, sizeof(nsd_layer_t));
+        }
+    }
+    if (rc == 0 && c > 0 && l->channels == 0) {
+        nsd_pop_t *pooled = nsd_pop_create(c, 0);
+        double *last = malloc(2 * c * sizeof(double));
+        if (pooled == NULL || last == NULL) {
+            nsd_pop_free(pooled);
+            free(last);
+            rc = NS_ENOMEM;
+        } else {
+            l->channels = c;
+            l->pooled = pooled;
+            l->last_mean = last;
+            replay_account(run, nsd_pop_bytes(c) + 2 * c * sizeof(double));
+        }
+    }
+    if (rc == 0)
+        rc = grow((void **)&l->pops, &l->cap_pops, st->n_domains, sizeof(*l->pops));
+    for (size_t i = 0; rc == 0 && c > 0 && i < rec->n_domains; i++) {
+        if (l->pops[idx[i]] != NULL)
+            continue;
+        l->pops[idx[i]] = nsd_pop_create(c, st->domain_gen[idx[i]]);
+        if (l->pops[idx[i]] == NULL)
+            rc = NS_ENOMEM;
+        else
+            replay_account(run, nsd_pop_bytes(c));
+    }
+    if (rc == 0)
+        rc = grow((void **)&l->ready, &l->cap_ready, l->n_ready + 1, sizeof(*l->ready));
+
+    /* The finalized step, as nsd_barrier_finalize() made it. */
+    nsd_final_t *f = rc == 0 ? calloc(1, sizeof(*f)) : NULL;
+    if (rc == 0 && f == NULL)
+        rc = NS_ENOMEM;
+    if (rc == 0) {
+        f->step = rec->step;
+        f->update = rec->update;
+        f->complete = rec->complete;
+        f->workers = rec->workers;
+        f->channels = c;
+        f->count = rec->count;
+        f->domains = calloc(rec->n_domains ? rec->n_domains : 1, sizeof(*f->domains));
+        if (f->domains == NULL || (c > 0 && (f->mean = malloc(2 * c * sizeof(double))) == NULL))
+            rc = NS_ENOMEM;
+    }
+    if (rc == 0 && c > 0) {
+        f->var = f->mean + c;
+        memcpy(f->mean, rec->mean, c * sizeof(double));
+        memcpy(f->var, rec->var, c * sizeof(double));
+    }
+    /* Domains in ascending index order, as finalization lists them. */
+    for (size_t i = 0; rc == 0 && i < rec->n_domains; i++) {
+        size_t pos = f->n_domains;
+        while (pos > 0 && f->domains[pos - 1].domain > idx[i])
+            pos--;
+        memmove(f->domains + pos + 1, f->domains + pos, (f->n_domains - pos) * sizeof(*f->domains));
+        nsd_final_domain_t *d = &f->domains[pos];
+        memset(d, 0, sizeof(*d));
+        f->n_domains++;
+        d->domain = idx[i];
+        d->count = rec->domains[i].count;
+        if (c > 0) {
+            d->mean = malloc(2 * c * sizeof(double));
+            if (d->mean == NULL) {
+                rc = NS_ENOMEM;
+                break;
+            }
+            d->var = d->mean + c;
+            memcpy(d->mean, rec->domains[i].mean, c * sizeof(double));
+            memcpy(d->var, rec->domains[i].var, c * sizeof(double));
+        }
+    }
+    free(idx);
+    if (rc != 0) {
+        nsd_final_free(f);
+        return ns_error_set(err, rc, "", "out of memory");
+    }
+    if ((int64_t)f->step > l->max_closed)
+        l->max_closed = (int64_t)f->step;
+    if ((int64_t)f->step > l->max_seen)
+        l->max_seen = (int64_t)f->step;
+    atomic_fetch_add(&run->ctx->steps_finalized, 1);
+    ready_insert(l, f);
+    apply_ready_below(run, l, rec->first_pending >= 0 ? (uint64_t)rec->first_pending : UINT64_MAX);
+    return 0;
+}
+
+size_t nsd_run_apply_held(nsd_run_t *run)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < run->st.n_layers; i++)
+        n += apply_ready_below(run, run->st.layers[i], UINT64_MAX);
+    return n;
+}
+
+void nsd_run_ready_records(nsd_run_t *run, nsd_outbox_t *box)
+{
+    for (size_t i = 0; i < run->st.n_layers; i++) {
+        const nsd_layer_t *l = run->st.layers[i];
+        for (size_t k = 0; k < l->n_ready; k++)
+            record_final(run, l, l->ready[k], box);
+    }
 }
 
 /* ---------------------------------------------------------------- JSON views */

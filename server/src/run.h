@@ -46,6 +46,7 @@ typedef struct nsd_record_s {
     char layer[NS_NAME_MAX + 1];
     nsd_final_t *final; /* deep copy */
     char (*domain_names)[NS_NAME_MAX + 1];
+    int64_t first_pending; /* see nsd_step_record_t */
 } nsd_record_t;
 
 /* Things to do once the run lock is released. */
@@ -54,7 +55,8 @@ typedef struct nsd_outbox_s {
     nsd_waiter_t *fired_tail;
     nsd_record_t *records;
     nsd_record_t *records_tail;
-    int wakeup; /* a deadline may have moved earlier */
+    int wakeup;        /* a deadline may have moved earlier */
+    size_t new_domain; /* 1 + index of a domain a report added, 0 none */
 } nsd_outbox_t;
 
 typedef struct nsd_layer_s {
@@ -142,6 +144,21 @@ int nsd_run_stats(nsd_run_t *run, const nsd_stats_query_t *q, nsd_stats_t **dst,
 /*! nsd_run_precise_reset() : see nsd_registry_precise_reset. */
 int nsd_run_precise_reset(nsd_run_t *run, const char *domain, uint64_t *generation,
                           ns_error_detail_t *err);
+
+/*! nsd_run_replay_step() : see nsd_registry_replay_step. */
+int nsd_run_replay_step(nsd_run_t *run, const nsd_step_record_t *rec, ns_error_detail_t *err);
+
+/*! nsd_run_add_domain() : index of 'name', appended (as a report does) if new.
+ *  @return the index, or NS_ENOMEM. */
+long nsd_run_add_domain(nsd_run_t *run, const char *name);
+
+/*! nsd_run_apply_held() : apply every finalized step still waiting (end of
+ *  recovery). @return how many. */
+size_t nsd_run_apply_held(nsd_run_t *run);
+
+/*! nsd_run_ready_records() : deep copies of the finalized steps waiting to
+ *  be applied, appended to box->records (for a snapshot). */
+void nsd_run_ready_records(nsd_run_t *run, nsd_outbox_t *box);
 
 /*! nsd_run_json() / nsd_run_summary_json() : GET bodies (new references). */
 json_t *nsd_run_json(nsd_run_t *run, uint64_t now_ms);

@@ -52,6 +52,9 @@ static const int thread_counts[NTHREADS] = {1, 2};
  * with the others, and its fastest median is reported (bandwidth included,
  * which only makes the percentages stricter). */
 #define DEFAULT_ROUNDS 4
+/* No new round starts after this many seconds, so a busy machine cannot
+ * stretch the run much past two minutes. */
+#define ROUNDS_BUDGET_SEC 70.0
 #define COMBINE_REPS(reps) ((reps) * 3 > 63 ? 63 : (reps) * 3)
 
 typedef struct options_s {
@@ -655,7 +658,8 @@ int main(int argc, char **argv)
     fill_tensor(tensor);
 
     bw_init(&bw, tensor, T_LEN);
-    for (int r = 0; r < o.rounds; r++) {
+    int rounds_done = 0;
+    for (int r = 0; r < o.rounds && (r == 0 || now_sec() - t_start < ROUNDS_BUDGET_SEC); r++) {
         static core_times_t round_ours, round_scalar;
         static torch_t round_torch;
         double sec;
@@ -682,6 +686,7 @@ int main(int argc, char **argv)
                     torch.sec[k] = fmin(torch.sec[k], round_torch.sec[k]);
             }
         }
+        rounds_done++;
     }
     cpu_model(cpu, sizeof cpu);
 
@@ -695,9 +700,10 @@ int main(int argc, char **argv)
     printf("- tensor: float32 NCHW %s (256 MiB), the same memory for every row; combine: "
            "%d workers x %d channels (%.1f MB of float32 mean + var)\n",
            T_SHAPE, CB_WORKERS, CB_CHANNELS, CB_BYTES * 1e-6);
-    printf("- times: median of %d runs (combine: %d) after a warm-up, best of %d interleaved rounds; "
+    printf("- times: median of %d runs (combine: %d) after a warm-up, best of %d interleaved rounds%s; "
            "GB = 1e9 bytes read; read bandwidth: float sum over the tensor (%s)\n",
-           o.reps, COMBINE_REPS(o.reps), o.rounds, bw.name);
+           o.reps, COMBINE_REPS(o.reps), rounds_done,
+           rounds_done < o.rounds ? " (time budget)" : "", bw.name);
     if (torch.ok)
         printf("- torch %s: `torch.var_mean(x, dim=(0,2,3), unbiased=False)` on the same "
                "memory, median of %d\n\n",

@@ -22,8 +22,8 @@
 
 typedef struct batch_s {
     size_t w_len, channels;
-    uint64_t *n;       /* [w_len] */
-    float **raw;       /* [w_len][n * channels], value i of channel c at i * channels + c */
+    uint64_t *n; /* [w_len] */
+    float **raw; /* [w_len][n * channels], value i of channel c at i * channels + c */
     float **mean, **var;
     ns_arrival_t *arr; /* [w_len], empty ones with NULL pointers */
 } batch_t;
@@ -57,8 +57,9 @@ static void batch_make(batch_t *b, uint64_t *rng, size_t w_len, size_t channels,
         double shift = 0.5 * scale * ns_test_normal(rng);
         for (size_t i = 0; i < n; i++)
             for (size_t c = 0; c < channels; c++)
-                x[i * channels + c] = (float)(offset + 0.1 * (double)c + shift +
-                                              scale * (1.0 + (double)(c % 5)) * ns_test_normal(rng));
+                x[i * channels + c] =
+                    (float)(offset + 0.1 * (double)c + shift +
+                            scale * (1.0 + (double)(c % 5)) * ns_test_normal(rng));
         /* the worker's own statistics: two-pass in long double, sent as float32 */
         for (size_t c = 0; c < channels; c++)
             sum[c] = ss[c] = 0;
@@ -160,8 +161,8 @@ static void check_formula(const batch_t *b, const double *mean, const double *va
         long double tol_v = 1e-13L * v + 2e-13L * md * ma + 1e-300L;
         ck_assert_msg(fabsl(mean[c] - m) <= tol_m, "c=%zu mean %.17g vs %.20Lg (tol %Lg)", c,
                       mean[c], m, tol_m);
-        ck_assert_msg(fabsl(var[c] - v) <= tol_v, "c=%zu var %.17g vs %.20Lg (tol %Lg)", c,
-                      var[c], v, tol_v);
+        ck_assert_msg(fabsl(var[c] - v) <= tol_v, "c=%zu var %.17g vs %.20Lg (tol %Lg)", c, var[c],
+                      v, tol_v);
     }
 }
 
@@ -179,8 +180,7 @@ static void check_concat(const batch_t *b, const double *mean, const double *var
         long double e = 2 * F32_EPS * ma;
         long double tol_m = 2 * F32_EPS * ma + 1e-13L * ma;
         long double tol_v = 2 * (F32_EPS * v + 2 * md * e + e * e) + 1e-13L * v + 2e-13L * md * ma;
-        ck_assert_msg(fabsl(mean[c] - m) <= tol_m, "c=%zu mean %.17g vs raw %.20Lg", c, mean[c],
-                      m);
+        ck_assert_msg(fabsl(mean[c] - m) <= tol_m, "c=%zu mean %.17g vs raw %.20Lg", c, mean[c], m);
         ck_assert_msg(fabsl(var[c] - v) <= tol_v, "c=%zu var %.17g vs raw %.20Lg (tol %Lg)", c,
                       var[c], v, tol_v);
     }

@@ -123,8 +123,8 @@ START_TEST(test_cumulative_average)
     for (int k = 1; k <= STEPS; k++) {
         step_t st;
         random_step(&st, &rng);
-        ck_assert_int_eq(
-            ns_ema_update(&s.ema, C, st.n, st.mean, st.var, NS_MOMENTUM_CUMULATIVE), 1);
+        ck_assert_int_eq(ns_ema_update(&s.ema, C, st.n, st.mean, st.var, NS_MOMENTUM_CUMULATIVE),
+                         1);
         for (size_t c = 0; c < C; c++) {
             sm[c] += st.mean[c];
             sv[c] += (long double)st.var[c] * st.n / (st.n - 1);
@@ -134,8 +134,7 @@ START_TEST(test_cumulative_average)
         for (size_t c = 0; c < C; c++) {
             long double am = sm[c] / k, av = sv[c] / k;
             ck_assert_msg(fabsl(s.rm[c] - am) <= 1e-14L * (1 + fabsl(am)), "k=%d", k);
-            ck_assert_msg(fabsl(s.rv[c] - av) <= 1e-14L * av, "k=%d %.17g %.17Lg", k, s.rv[c],
-                          av);
+            ck_assert_msg(fabsl(s.rv[c] - av) <= 1e-14L * av, "k=%d %.17g %.17Lg", k, s.rv[c], av);
             /* the first step has f = 1, so there is no bias to remove */
             ck_assert_msg(fabsl(dm[c] - am) <= 1e-14L * (1 + fabsl(am)), "k=%d", k);
             ck_assert_msg(fabsl(dv[c] - av) <= 1e-14L * av, "k=%d", k);
@@ -156,8 +155,7 @@ START_TEST(test_small_batches_skipped)
     memcpy(&before, &s, sizeof(s));
     for (uint64_t n = 0; n < 2; n++) {
         ck_assert_int_eq(ns_ema_update(&s.ema, C, n, st.mean, st.var, 0.1), 0);
-        ck_assert_int_eq(ns_ema_update(&s.ema, C, n, st.mean, st.var, NS_MOMENTUM_CUMULATIVE),
-                         0);
+        ck_assert_int_eq(ns_ema_update(&s.ema, C, n, st.mean, st.var, NS_MOMENTUM_CUMULATIVE), 0);
     }
     ck_assert(memcmp(s.rm, before.rm, sizeof(s.rm)) == 0);
     ck_assert(memcmp(s.rv, before.rv, sizeof(s.rv)) == 0);
@@ -248,8 +246,8 @@ START_TEST(test_debiased_one_step_exact)
         for (size_t c = 0; c < C; c++) {
             /* the mean is the step's bit for bit; the variance is the step's
              * unbiased variance, one rounding of var * n/(n-1) away */
-            ck_assert_msg(dm[c] == st.mean[c], "momentum %g: %.17g vs %.17g", momenta[i],
-                          dm[c], st.mean[c]);
+            ck_assert_msg(dm[c] == st.mean[c], "momentum %g: %.17g vs %.17g", momenta[i], dm[c],
+                          st.mean[c]);
             long double uv = (long double)st.var[c] * st.n / (st.n - 1);
             ck_assert_msg(fabsl(dv[c] - uv) <= 4.5e-16L * uv, "%.17g vs %.17Lg", dv[c], uv);
         }
@@ -271,8 +269,8 @@ START_TEST(test_debiased_weighted_average)
         static step_t steps[STEPS];
         for (int k = 0; k < STEPS; k++) {
             random_step(&steps[k], &rng);
-            ck_assert_int_eq(
-                ns_ema_update(&s.ema, C, steps[k].n, steps[k].mean, steps[k].var, f), 1);
+            ck_assert_int_eq(ns_ema_update(&s.ema, C, steps[k].n, steps[k].mean, steps[k].var, f),
+                             1);
             double dm[C], dv[C];
             ck_assert_int_eq(ns_ema_debiased(&s.ema, C, dm, dv), 0);
             for (size_t c = 0; c < C; c++) {
@@ -287,8 +285,8 @@ START_TEST(test_debiased_weighted_average)
                 av /= wsum;
                 ck_assert_msg(fabsl(dm[c] - am) <= 1e-13L * (1 + fabsl(am)),
                               "f=%g k=%d: %.17g vs %.17Lg", f, k, dm[c], am);
-                ck_assert_msg(fabsl(dv[c] - av) <= 1e-13L * av, "f=%g k=%d: %.17g vs %.17Lg",
-                              f, k, dv[c], av);
+                ck_assert_msg(fabsl(dv[c] - av) <= 1e-13L * av, "f=%g k=%d: %.17g vs %.17Lg", f, k,
+                              dv[c], av);
             }
         }
     }

@@ -48,8 +48,7 @@ START_TEST(test_codes_and_names_unique)
     for (size_t i = 0; i < NROWS; i++)
         for (size_t j = i + 1; j < NROWS; j++) {
             ck_assert_msg(rows[i].code != rows[j].code, "code %d twice", rows[i].code);
-            ck_assert_msg(strcmp(rows[i].name, rows[j].name) != 0, "name %s twice",
-                          rows[i].name);
+            ck_assert_msg(strcmp(rows[i].name, rows[j].name) != 0, "name %s twice", rows[i].name);
         }
 }
 END_TEST

@@ -49,12 +49,30 @@ static void fill_normal(float *x, size_t n, double mu, double sigma, uint64_t *r
 static void pick_distribution(uint64_t *rng, double *mu, double *sigma)
 {
     switch (ns_test_rand(rng) % 6) {
-    case 0: *mu = 0.0; *sigma = 1.0; break;
-    case 1: *mu = 1e6; *sigma = 1e-3; break; /* offset >> spread */
-    case 2: *mu = 1e4; *sigma = 1e-2; break;
-    case 3: *mu = -3.0; *sigma = 1e3; break;
-    case 4: *mu = 1e30; *sigma = 1e29; break; /* huge magnitudes, still finite sums */
-    default: *mu = 5.0; *sigma = 0.0; break;  /* all equal: m2 must be 0 */
+    case 0:
+        *mu = 0.0;
+        *sigma = 1.0;
+        break;
+    case 1:
+        *mu = 1e6;
+        *sigma = 1e-3;
+        break; /* offset >> spread */
+    case 2:
+        *mu = 1e4;
+        *sigma = 1e-2;
+        break;
+    case 3:
+        *mu = -3.0;
+        *sigma = 1e3;
+        break;
+    case 4:
+        *mu = 1e30;
+        *sigma = 1e29;
+        break; /* huge magnitudes, still finite sums */
+    default:
+        *mu = 5.0;
+        *sigma = 0.0;
+        break; /* all equal: m2 must be 0 */
     }
 }
 
@@ -85,13 +103,15 @@ static ref_t ref_strided(const float *src, size_t seg_len, size_t nseg, size_t s
 static int within_bounds(double mean, double m2, ref_t r, double scale)
 {
     long double tm = scale * (1e-13L * fabsl(r.mean) + 1e-13L * r.spread);
-    long double tq = scale * (1e-12L * r.m2 + 1e-12L * r.n * (1e-6L * r.spread) * (1e-6L * r.spread));
+    long double tq =
+        scale * (1e-12L * r.m2 + 1e-12L * r.n * (1e-6L * r.spread) * (1e-6L * r.spread));
     return fabsl(mean - r.mean) <= tm && fabsl(m2 - r.m2) <= tq;
 }
 
 /* ---------------------------------------------------------------- block_moments */
 
-static void check_block(const float *x, size_t seg_len, size_t nseg, size_t stride, const char *what)
+static void check_block(const float *x, size_t seg_len, size_t nseg, size_t stride,
+                        const char *what)
 {
     ref_t r = ref_strided(x, seg_len, nseg, stride);
     double sm = 0, sq = 0;
@@ -110,11 +130,13 @@ static void check_block(const float *x, size_t seg_len, size_t nseg, size_t stri
             ref_t rs = r; /* vector against scalar: twice the bound */
             rs.mean = sm;
             rs.m2 = sq;
-            ck_assert_msg(within_bounds(mean, m2, rs, 2.0), "%s vs scalar %s: %.17g/%.17g vs %.17g/%.17g",
-                          tables[t]->name, what, mean, m2, sm, sq);
+            ck_assert_msg(within_bounds(mean, m2, rs, 2.0),
+                          "%s vs scalar %s: %.17g/%.17g vs %.17g/%.17g", tables[t]->name, what,
+                          mean, m2, sm, sq);
         }
         if (r.spread == 0)
-            ck_assert_msg(m2 == 0.0 && mean == (double)r.mean, "%s: constant block", tables[t]->name);
+            ck_assert_msg(m2 == 0.0 && mean == (double)r.mean, "%s: constant block",
+                          tables[t]->name);
     }
 }
 
@@ -147,10 +169,18 @@ START_TEST(block_random_shapes)
     for (int iter = 0; iter < 3000; iter++) {
         size_t seg_len, nseg, stride;
         switch (iter % 4) {
-        case 0: seg_len = 1 + ns_test_rand(&rng) % 7; break;      /* shorter than a vector */
-        case 1: seg_len = 1 + ns_test_rand(&rng) % 100; break;    /* tails */
-        case 2: seg_len = 4096 + ns_test_rand(&rng) % 64; break;  /* a full block + tail */
-        default: seg_len = 1 + ns_test_rand(&rng) % 600; break;
+        case 0:
+            seg_len = 1 + ns_test_rand(&rng) % 7;
+            break; /* shorter than a vector */
+        case 1:
+            seg_len = 1 + ns_test_rand(&rng) % 100;
+            break; /* tails */
+        case 2:
+            seg_len = 4096 + ns_test_rand(&rng) % 64;
+            break; /* a full block + tail */
+        default:
+            seg_len = 1 + ns_test_rand(&rng) % 600;
+            break;
         }
         nseg = seg_len > 1000 ? 1 + ns_test_rand(&rng) % 3 : 1 + ns_test_rand(&rng) % 9;
         stride = ns_test_rand(&rng) % 3 == 0 ? seg_len : seg_len + ns_test_rand(&rng) % 13;
@@ -203,9 +233,10 @@ START_TEST(rows_random_shapes)
             tables[t]->rows_moments(buf, rows, width, stride, m, q);
             for (size_t c = 0; c < width; c++) {
                 ref_t r = ref_strided(buf + c, 1, rows, stride);
-                ck_assert_msg(within_bounds(m[c], q[c], r, 1.0),
-                              "%s rows=%zu width=%zu stride=%zu c=%zu: %.17g %.17g vs %.17Lg %.17Lg",
-                              tables[t]->name, rows, width, stride, c, m[c], q[c], r.mean, r.m2);
+                ck_assert_msg(
+                    within_bounds(m[c], q[c], r, 1.0),
+                    "%s rows=%zu width=%zu stride=%zu c=%zu: %.17g %.17g vs %.17Lg %.17Lg",
+                    tables[t]->name, rows, width, stride, c, m[c], q[c], r.mean, r.m2);
             }
             if (t == 0) {
                 memcpy(sm, m, sizeof(double) * width);
@@ -227,11 +258,13 @@ START_TEST(rows_random_shapes)
             if (skip < width) {
                 double m1[50], q1[50];
                 tables[t]->rows_moments(buf + skip, rows, width - skip, stride, m1, q1);
-                ck_assert_msg(memcmp(m1, m + skip, sizeof(double) * (width - skip)) == 0 &&
-                                  memcmp(q1, q + skip, sizeof(double) * (width - skip)) == 0,
-                              "%s rows_moments depends on the channel's position (width=%zu skip=%zu)",
-                              tables[t]->name, width, skip);
-            }        }
+                ck_assert_msg(
+                    memcmp(m1, m + skip, sizeof(double) * (width - skip)) == 0 &&
+                        memcmp(q1, q + skip, sizeof(double) * (width - skip)) == 0,
+                    "%s rows_moments depends on the channel's position (width=%zu skip=%zu)",
+                    tables[t]->name, width, skip);
+            }
+        }
     }
     free(buf);
 }
@@ -266,7 +299,8 @@ START_TEST(combine_random)
     ck_assert(mv && vv && m && v && sm && sv);
     for (int iter = 0; iter < 60; iter++) {
         size_t w = 1 + ns_test_rand(&rng) % MAXW;
-        size_t channels = iter % 3 == 0 ? 1 + ns_test_rand(&rng) % 9 : 1 + ns_test_rand(&rng) % MAXC;
+        size_t channels =
+            iter % 3 == 0 ? 1 + ns_test_rand(&rng) % 9 : 1 + ns_test_rand(&rng) % MAXC;
         ns_arrival_t arr[MAXW];
         double total = 0;
         double mu, sigma;
@@ -301,8 +335,8 @@ START_TEST(combine_random)
                 long double rv = q / tot;
                 ck_assert_msg(fabsl(m[c] - rm) <= 1e-13L * (fabsl(rm) + spread) &&
                                   fabsl(v[c] - rv) <= 1e-12L * rv + 1e-24L * spread * spread,
-                              "%s combine w=%zu c=%zu: %.17g %.17g vs %.17Lg %.17Lg", tables[t]->name,
-                              w, c, m[c], v[c], rm, rv);
+                              "%s combine w=%zu c=%zu: %.17g %.17g vs %.17Lg %.17Lg",
+                              tables[t]->name, w, c, m[c], v[c], rm, rv);
             }
             if (t == 0) {
                 memcpy(sm, m, sizeof(double) * channels);

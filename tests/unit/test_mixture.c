@@ -25,8 +25,8 @@ static void reference(const double w[], const double mean[][C_MAX], const double
     *v = s2 - sm * sm;
 }
 
-static void fill(uint64_t *rng, size_t d_len, double w[], double mean[][C_MAX],
-                 double var[][C_MAX], ns_component_t comp[])
+static void fill(uint64_t *rng, size_t d_len, double w[], double mean[][C_MAX], double var[][C_MAX],
+                 ns_component_t comp[])
 {
     for (size_t d = 0; d < d_len; d++) {
         w[d] = 0.05 + 3.0 * ns_test_uniform(rng);
@@ -60,8 +60,8 @@ START_TEST(test_against_formula)
              * magnitude sum w (var + mean^2) that the formula cancels from */
             ck_assert_msg(fabsl(om[c] - m) <= 1e-14L * (1 + sqrtl(scale)),
                           "mean c=%zu %.17g vs %.17Lg", c, om[c], m);
-            ck_assert_msg(fabsl(ov[c] - v) <= 1e-14L * (1 + scale),
-                          "var c=%zu %.17g vs %.17Lg", c, ov[c], v);
+            ck_assert_msg(fabsl(ov[c] - v) <= 1e-14L * (1 + scale), "var c=%zu %.17g vs %.17Lg", c,
+                          ov[c], v);
             ck_assert(ov[c] >= 0);
         }
     }

@@ -115,7 +115,8 @@ static void check_nchw_shape(size_t outer, size_t channels, size_t inner, double
     ck_assert(m && q);
     ck_assert_int_eq(ns_moments_nchw(x, outer, channels, inner, m, q, threads), 0);
     char what[96];
-    snprintf(what, sizeof(what), "nchw %zux%zux%zu mu=%g sigma=%g", outer, channels, inner, mu, sigma);
+    snprintf(what, sizeof(what), "nchw %zux%zux%zu mu=%g sigma=%g", outer, channels, inner, mu,
+             sigma);
     for (size_t c = 0; c < channels; c++)
         assert_close(m[c], q[c], ref_nchw(x, outer, channels, inner, c), what, c);
 
@@ -145,10 +146,18 @@ START_TEST(accuracy_random_shapes)
     for (int iter = 0; iter < 60; iter++) {
         size_t outer = 1 + ns_test_rand(&rng) % 9, channels = 1 + ns_test_rand(&rng) % 20, inner;
         switch (iter % 4) {
-        case 0: inner = 1; break;                                  /* NC */
-        case 1: inner = 1 + ns_test_rand(&rng) % 300; break;       /* small NCHW */
-        case 2: inner = (1 + ns_test_rand(&rng) % 4) * 7 * 7; break; /* NCDHW, D x 7 x 7 */
-        default: inner = 4000 + ns_test_rand(&rng) % 6000; break;  /* several blocks per n */
+        case 0:
+            inner = 1;
+            break; /* NC */
+        case 1:
+            inner = 1 + ns_test_rand(&rng) % 300;
+            break; /* small NCHW */
+        case 2:
+            inner = (1 + ns_test_rand(&rng) % 4) * 7 * 7;
+            break; /* NCDHW, D x 7 x 7 */
+        default:
+            inner = 4000 + ns_test_rand(&rng) % 6000;
+            break; /* several blocks per n */
         }
         const double mus[] = {0.0, 1e4, -250.0, 1e6};
         const double sigmas[] = {1.0, 1e-2, 30.0, 1e-3};
@@ -193,8 +202,8 @@ static void check_threads_identical(size_t outer, size_t channels, size_t inner,
         if (threads > 1)
             ck_assert_msg(memcmp(m1, m, sizeof(double) * channels) == 0 &&
                               memcmp(q1, q, sizeof(double) * channels) == 0,
-                          "%s %zux%zux%zu: threads=%d differs from threads=1", nhwc ? "nhwc" : "nchw",
-                          outer, channels, inner, threads);
+                          "%s %zux%zux%zu: threads=%d differs from threads=1",
+                          nhwc ? "nhwc" : "nchw", outer, channels, inner, threads);
     }
     free(x);
     free(m1);
@@ -208,13 +217,13 @@ START_TEST(threads_bitwise_identical)
     uint64_t rng = ns_test_seed() ^ 0x7d;
     /* Shapes with several groups per channel (16 blocks or 16 row chunks
      * each), so the merge order across groups is exercised. */
-    check_threads_identical(16, 3, 8192, 0, &rng);    /* few channels: groups side by side */
-    check_threads_identical(40, 64, 1100, 0, &rng);   /* many channels: tiles */
-    check_threads_identical(300, 5, 300, 0, &rng);    /* several n's per block */
-    check_threads_identical(1, 1, 600000, 0, &rng);   /* one channel, many groups */
-    check_threads_identical(200000, 8, 1, 1, &rng);   /* channels-last, few channels */
-    check_threads_identical(9000, 300, 1, 1, &rng);   /* channels-last, tiles of varying width */
-    check_threads_identical(3000, 100, 1, 0, &rng);   /* NC goes channels-last */
+    check_threads_identical(16, 3, 8192, 0, &rng);  /* few channels: groups side by side */
+    check_threads_identical(40, 64, 1100, 0, &rng); /* many channels: tiles */
+    check_threads_identical(300, 5, 300, 0, &rng);  /* several n's per block */
+    check_threads_identical(1, 1, 600000, 0, &rng); /* one channel, many groups */
+    check_threads_identical(200000, 8, 1, 1, &rng); /* channels-last, few channels */
+    check_threads_identical(9000, 300, 1, 1, &rng); /* channels-last, tiles of varying width */
+    check_threads_identical(3000, 100, 1, 0, &rng); /* NC goes channels-last */
 }
 END_TEST
 
@@ -232,7 +241,8 @@ START_TEST(argument_errors)
     ck_assert_int_eq(ns_moments_nchw(x, 2, 2, 2, m, NULL, 1), NS_EINVAL);
     ck_assert_int_eq(ns_moments_nchw(x, SIZE_MAX / 2, 3, 1, m, q, 1), NS_EINVAL);
     ck_assert_int_eq(ns_moments_nchw(x, (size_t)1 << 31, 2, (size_t)1 << 31, m, q, 1), NS_EINVAL);
-    ck_assert_int_eq(ns_moments_nchw(x, SIZE_MAX / 3, 1, 1, m, q, 1), NS_EINVAL); /* bytes overflow */
+    ck_assert_int_eq(ns_moments_nchw(x, SIZE_MAX / 3, 1, 1, m, q, 1),
+                     NS_EINVAL); /* bytes overflow */
     ck_assert_int_eq(ns_moments_nhwc(x, 4, 0, m, q, 1), NS_EINVAL);
     ck_assert_int_eq(ns_moments_nhwc(x, 0, 2, m, q, 1), NS_EINVAL);
     ck_assert_int_eq(ns_moments_nhwc(NULL, 4, 2, m, q, 1), NS_EINVAL);
@@ -314,8 +324,8 @@ START_TEST(merge_empty_and_bad)
     ck_assert_double_eq(none.m2, 2);
 
     const ns_moments_t bad[] = {
-        {NAN, 1, 1}, {1, NAN, 1}, {1, 1, NAN}, {INFINITY, 1, 1}, {1, -INFINITY, 1},
-        {1, 1, INFINITY}, {-1, 1, 1}, {1, 1, -1e-300},
+        {NAN, 1, 1},       {1, NAN, 1},      {1, 1, NAN}, {INFINITY, 1, 1},
+        {1, -INFINITY, 1}, {1, 1, INFINITY}, {-1, 1, 1},  {1, 1, -1e-300},
     };
     for (size_t k = 0; k < sizeof(bad) / sizeof(bad[0]); k++) {
         ck_assert_int_eq(ns_moments_merge(&dst, &bad[k]), NS_EINVAL);

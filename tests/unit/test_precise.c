@@ -155,8 +155,8 @@ START_TEST(test_rethinking_estimator)
         am /= d.k;
         long double est = n_total / (n_total - 1) * (a2 - am * am);
         ck_assert_msg(fabsl(var[c] - est) <= 1e-12L * est, "%.17g vs %.17Lg", var[c], est);
-        ck_assert_msg(fabsl(mean[c] - am) <= 1e-13L * (1 + fabsl(am)), "%.17g vs %.17Lg",
-                      mean[c], am);
+        ck_assert_msg(fabsl(mean[c] - am) <= 1e-13L * (1 + fabsl(am)), "%.17g vs %.17Lg", mean[c],
+                      am);
     }
 }
 END_TEST
@@ -220,8 +220,8 @@ START_TEST(test_biased_equals_fvcore)
         }
         long double pv = psq - pm * pm;
         ck_assert_msg(fabsl(var[c] - pv) <= 1e-12L * pv, "%.17g vs %.17Lg", var[c], pv);
-        ck_assert_msg(fabsl(mean[c] - pm) <= 1e-13L * (1 + fabsl(pm)), "%.17g vs %.17Lg",
-                      mean[c], pm);
+        ck_assert_msg(fabsl(mean[c] - pm) <= 1e-13L * (1 + fabsl(pm)), "%.17g vs %.17Lg", mean[c],
+                      pm);
     }
 }
 END_TEST

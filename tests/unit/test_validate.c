@@ -26,8 +26,8 @@ static size_t plain_bad_variance(const float *x, size_t n)
 START_TEST(random_arrays)
 {
     uint64_t rng = ns_test_seed() ^ 0xfa11;
-    const float specials[] = {NAN, INFINITY, -INFINITY, -1.0f, -0.0f, 0.0f, -FLT_MIN,
-                              1e-45f, -1e-45f, FLT_MAX, -FLT_MAX};
+    const float specials[] = {NAN,      INFINITY, -INFINITY, -1.0f,   -0.0f,   0.0f,
+                              -FLT_MIN, 1e-45f,   -1e-45f,   FLT_MAX, -FLT_MAX};
     float *x = malloc(sizeof(float) * 5000);
     ck_assert_ptr_nonnull(x);
     for (int iter = 0; iter < 3000; iter++) {
@@ -36,7 +36,8 @@ START_TEST(random_arrays)
             x[i] = (float)(ns_test_uniform(&rng) * 10.0);
         int hits = (int)(ns_test_rand(&rng) % 4);
         for (int h = 0; h < hits; h++)
-            x[ns_test_rand(&rng) % n] = specials[ns_test_rand(&rng) % (sizeof(specials) / sizeof(specials[0]))];
+            x[ns_test_rand(&rng) % n] =
+                specials[ns_test_rand(&rng) % (sizeof(specials) / sizeof(specials[0]))];
         ck_assert_uint_eq(ns_find_nonfinite(x, n), plain_nonfinite(x, n));
         ck_assert_uint_eq(ns_find_bad_variance(x, n), plain_bad_variance(x, n));
     }

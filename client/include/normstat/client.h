@@ -30,7 +30,11 @@
  * attempt landed, and the call succeeds. /sync is retried only when the
  * connection could not be made, since its answer cannot be recovered from a
  * duplicate. At most options.retries retries, options.retry_delay_ms apart
- * (blocking interface; the asynchronous one retries at once).
+ * (blocking interface; the asynchronous one retries at once). Beneath these
+ * rules libcurl itself resends a request once when a reused keep-alive
+ * connection turns out to have been closed before any byte of the answer
+ * (the usual idle-connection race); for a report that is harmless, and a
+ * /sync resent that way may be answered duplicate_report.
  *
  * Threads. An ns_client_t is used by one thread at a time; create one per
  * thread. An ns_client_async_t and everything queued on it belong to the
@@ -50,8 +54,6 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include <uv.h>
-
 #include <normstat/errors.h>
 #include <normstat/export.h>
 #include <normstat/proto.h>
@@ -66,12 +68,12 @@ extern "C" {
 /* ---------------------------------------------------------------- options */
 
 typedef struct ns_client_options_s {
-    const char *url;          /* base URL, e.g. "http://host:8750"; NULL: the default */
-    long timeout_ms;          /* whole exchange; 0: none. Default 30000 */
-    long connect_timeout_ms;  /* connection set-up; 0: libcurl's. Default 5000 */
-    unsigned retries;         /* extra attempts where safe. Default 2 */
-    long retry_delay_ms;      /* between attempts (blocking). Default 100 */
-    size_t max_response;      /* ceiling of an answer's body in bytes; 0: none */
+    const char *url;         /* base URL, e.g. "http://host:8750"; NULL: the default */
+    long timeout_ms;         /* whole exchange; 0: none. Default 30000 */
+    long connect_timeout_ms; /* connection set-up; 0: libcurl's. Default 5000 */
+    unsigned retries;        /* extra attempts where safe. Default 2 */
+    long retry_delay_ms;     /* between attempts (blocking). Default 100 */
+    size_t max_response;     /* ceiling of an answer's body in bytes; 0: none */
 } ns_client_options_t;
 
 /*! ns_client_options_default() : fills 'opts' with the defaults above. */
@@ -85,11 +87,11 @@ NS_API void ns_client_options_default(ns_client_options_t *opts);
 typedef struct ns_result_layer_s {
     const char *name;
     size_t channels;
-    const float *mean;       /* running_mean (ema, precise), mean (last, sync) */
-    const float *var;        /* running_var (ema, precise), var (last, sync; biased) */
-    int64_t count;           /* values per channel (last, sync); num_samples (precise) */
-    int64_t num_batches;     /* num_batches_tracked (ema); num_batches (precise) */
-    int64_t step;            /* last step applied to the layer (stats answers) */
+    const float *mean;   /* running_mean (ema, precise), mean (last, sync) */
+    const float *var;    /* running_var (ema, precise), var (last, sync; biased) */
+    int64_t count;       /* values per channel (last, sync); num_samples (precise) */
+    int64_t num_batches; /* num_batches_tracked (ema); num_batches (precise) */
+    int64_t step;        /* last step applied to the layer (stats answers) */
 } ns_result_layer_t;
 
 /* The decoded answer of /sync or /stats. Opaque; read with the functions
@@ -125,8 +127,8 @@ NS_API long ns_result_copy_f64(const ns_result_t *res, const char *name, double 
  *  Decode a /sync or /stats answer body ('format' says which encoding) into
  *  a new result. Exposed so that bodies stored in files can be read too.
  *  @return 0 with *dst set, or NS_EBADRESPONSE with 'err'. */
-NS_API int ns_result_decode(ns_result_t **dst, ns_format_t format, const void *src,
-                            size_t src_len, ns_error_detail_t *err);
+NS_API int ns_result_decode(ns_result_t **dst, ns_format_t format, const void *src, size_t src_len,
+                            ns_error_detail_t *err);
 
 /*! ns_result_free() : accepts NULL. */
 NS_API void ns_result_free(ns_result_t *res);
@@ -207,15 +209,14 @@ NS_API int ns_client_stats(ns_client_t *client, const char *run, const ns_stats_
 
 /*! ns_client_stats_fetch() : the raw answer in 'format', appended to 'dst'. */
 NS_API int ns_client_stats_fetch(ns_client_t *client, const char *run,
-                                 const ns_stats_query_t *query, ns_format_t format,
-                                 ns_buf_t *dst, ns_error_detail_t *err);
+                                 const ns_stats_query_t *query, ns_format_t format, ns_buf_t *dst,
+                                 ns_error_detail_t *err);
 
 /*! ns_client_stats_save() :
  *  Write the answer in 'format' to the file 'path' (replaced atomically:
  *  written to "<path>.tmp" and renamed). NS_EIO if the file cannot be written. */
-NS_API int ns_client_stats_save(ns_client_t *client, const char *run,
-                                const ns_stats_query_t *query, ns_format_t format,
-                                const char *path, ns_error_detail_t *err);
+NS_API int ns_client_stats_save(ns_client_t *client, const char *run, const ns_stats_query_t *query,
+                                ns_format_t format, const char *path, ns_error_detail_t *err);
 
 /*! ns_client_precise_reset() :
  *  POST /v1/runs/{run}/precise/reset for 'domain' (NULL: all domains);
@@ -241,8 +242,7 @@ NS_API int ns_client_checkpoint_restore(ns_client_t *client, const char *run, co
 /*! ns_client_health() :
  *  GET /livez ('ready' 0) or /readyz ('ready' 1). @return 0 when the server
  *  answers 200; its JSON body is appended to 'dst' (may be NULL). */
-NS_API int ns_client_health(ns_client_t *client, int ready, ns_buf_t *dst,
-                            ns_error_detail_t *err);
+NS_API int ns_client_health(ns_client_t *client, int ready, ns_buf_t *dst, ns_error_detail_t *err);
 
 /*! ns_client_version() : GET /v1/version; JSON appended to 'dst'. */
 NS_API int ns_client_version(ns_client_t *client, ns_buf_t *dst, ns_error_detail_t *err);
@@ -253,6 +253,10 @@ NS_API int ns_client_metrics(ns_client_t *client, ns_buf_t *dst, ns_error_detail
 /* ---------------------------------------------------------------- asynchronous client */
 
 typedef struct ns_client_async_s ns_client_async_t;
+
+/* libuv's loop (uv_loop_t), declared here so that this header needs <uv.h>
+ * only where the caller already uses libuv. */
+struct uv_loop_s;
 
 /*! ns_async_cb :
  *  Outcome of an asynchronous call, on the loop thread. 'status' is 0 or an
@@ -266,7 +270,7 @@ typedef void (*ns_async_cb)(int status, const ns_error_detail_t *err, ns_result_
 /*! ns_client_async_create() :
  *  An asynchronous client on 'loop' (which the caller runs). The options
  *  are copied. @return 0, NS_EINVAL, NS_ENOMEM. */
-NS_API int ns_client_async_create(ns_client_async_t **dst, uv_loop_t *loop,
+NS_API int ns_client_async_create(ns_client_async_t **dst, struct uv_loop_s *loop,
                                   const ns_client_options_t *opts, ns_error_detail_t *err);
 
 /*! ns_client_async_free() :
@@ -281,6 +285,10 @@ NS_API size_t ns_client_async_pending(const ns_client_async_t *client);
 /*! ns_client_async_report() :
  *  Queue POST /v1/runs/{run}/batches; 'cb' (may be NULL) is called once
  *  with the outcome. The report is encoded before this returns.
+ *  Requests of the same (run, worker), reports and syncs alike, are sent one
+ *  at a time in the order they were queued, because the server requires
+ *  each worker's steps to increase; requests of different workers are sent
+ *  concurrently. A callback may therefore queue the next step at once.
  *  @return 0 (queued), or an error and 'cb' is never called. */
 NS_API int ns_client_async_report(ns_client_async_t *client, const char *run,
                                   const ns_report_t *report, ns_format_t format, ns_async_cb cb,

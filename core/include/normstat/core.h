@@ -103,7 +103,7 @@ typedef struct ns_arrival_s {
  *    N = sum n_w,  mean = sum n_w mean_w / N,
  *    var = sum n_w (var_w + (mean_w - mean)^2) / N   (biased).
  *  Arrivals with n == 0 contribute nothing. If N == 0, mean and var are set
- *  to 0. Writes *n = N.
+ *  to 0. Writes *n = N. The result is the same bits for every 'threads'.
  *  @return 0, or NS_EINVAL on NULL arguments, channels == 0, or an N that
  *  overflows. Inputs are assumed validated (finite, var >= 0). */
 NS_API int ns_combine(const ns_arrival_t *src, size_t src_len, size_t channels, uint64_t *n,
