@@ -108,7 +108,7 @@ run: deps
 # `test` is what CI runs: packages first, then a fresh make that sees them.
 test:
 	$(Q)sh mk/deps.sh build test
-	$(Q)$(MAKE) --no-print-directory test-all
+	$(Q)$(MAKE) -k --no-print-directory test-all
 
 asan:
 	$(Q)$(MAKE) --no-print-directory BUILD=$(BUILD)/asan \

@@ -84,7 +84,9 @@ def _c_value(arg):
         return None
     lits = re.findall(r'"((?:[^"\\]|\\.)*)"', arg)
     if lits and re.fullmatch(r'(\s*"(?:[^"\\]|\\.)*"\s*)+', arg):
-        return "".join(bytes(s, "utf-8").decode("unicode_escape") for s in lits)
+        esc = {"n": "\n", "t": "\t", '"': '"', "\\": "\\", "'": "'"}
+        return "".join(re.sub(r"\\(.)", lambda m: esc.get(m.group(1), m.group(0)), s)
+                       for s in lits)
     return arg
 
 

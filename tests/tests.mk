@@ -21,10 +21,11 @@ EXPORT_LISTS := $(wildcard tests/exports/*.exports)
 check: check-units
 
 check-units: $(UNIT_BINS)
-	$(Q)for t in $(UNIT_BINS); do \
-	    echo "== $$t"; $$t || exit 1; \
-	    echo "== $$t (NS_SIMD=scalar)"; NS_SIMD=scalar $$t || exit 1; \
-	done
+	$(Q)failed=; for t in $(UNIT_BINS); do \
+	    echo "== $$t"; $$t || failed="$$failed $$t"; \
+	    echo "== $$t (NS_SIMD=scalar)"; NS_SIMD=scalar $$t || failed="$$failed $$t(scalar)"; \
+	done; \
+	if [ -n "$$failed" ]; then echo "unit tests failed:$$failed"; exit 1; fi
 
 # Each library's dynamic exports must equal its checked-in list.
 check-exports: $(ALL_TARGETS)
@@ -37,10 +38,12 @@ check-exports: $(ALL_TARGETS)
 
 INTEGRATION_TESTS := $(sort $(wildcard tests/integration/test_*.sh tests/integration/test_*.py))
 test-integration: $(ALL_TARGETS)
-	$(Q)for t in $(INTEGRATION_TESTS); do \
+	$(Q)failed=; for t in $(INTEGRATION_TESTS); do \
 	    echo "== $$t"; \
-	    case $$t in *.py) NS_BUILD=$(BUILD) $(PYTHON) $$t ;; *) NS_BUILD=$(BUILD) sh $$t ;; esac || exit 1; \
-	done
+	    case $$t in *.py) NS_BUILD=$(BUILD) $(PYTHON) $$t ;; *) NS_BUILD=$(BUILD) sh $$t ;; esac \
+	        || failed="$$failed $$t"; \
+	done; \
+	if [ -n "$$failed" ]; then echo "integration tests failed:$$failed"; exit 1; fi
 
 test-all: check-units check-exports test-integration test-e2e
 	@echo "all tests passed"

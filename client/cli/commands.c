@@ -380,10 +380,20 @@ static int cmd_stats(ns_cli_t *cli, int argc, char **argv)
         ns_buf_free(&body);
         return 0;
     }
+    /* The table is read from the JSON answer, which also carries each
+     * layer's step (the safetensors one is state_dict keys only). */
+    ns_buf_t body = {0};
     ns_result_t *res = NULL;
-    if ((rc = ns_client_stats(cli->client, run, &q, &res, &err)))
+    if ((rc = ns_client_stats_fetch(cli->client, run, &q, NS_FORMAT_JSON, &body, &err)) ||
+        (rc = ns_result_decode(&res, NS_FORMAT_JSON, body.data, body.len, &err))) {
+        ns_buf_free(&body);
         return ns_cli_fail("stats", rc, &err);
-    printf("run %s, source %s, step %lld\n", run, q.source ? q.source : "ema",
+    }
+    ns_buf_free(&body);
+    printf("run %s, source %s, domain %s, step %lld\n", run, q.source ? q.source : "ema",
+           q.mixture  ? q.mixture
+           : q.domain ? q.domain
+                      : "*",
            (long long)ns_result_step(res));
     ns_cli_print_result(res);
     ns_result_free(res);

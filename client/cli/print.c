@@ -28,17 +28,29 @@ static void format_values(char *dst, size_t dst_cap, const float *v, size_t n)
         snprintf(dst + at, dst_cap - at, " ...");
 }
 
+/* An integer cell: "-" for a field the answer does not carry (-1). */
+static const char *int_cell(char *dst, size_t dst_cap, int64_t v)
+{
+    if (v < 0)
+        snprintf(dst, dst_cap, "-");
+    else
+        snprintf(dst, dst_cap, "%lld", (long long)v);
+    return dst;
+}
+
 void ns_cli_print_result(const ns_result_t *res)
 {
-    char mean[96], var[96];
+    char mean[96], var[96], count[24], batches[24], step[24];
     printf("%-40s %8s %12s %12s %8s  %-34s %s\n", "LAYER", "CHANNELS", "COUNT", "BATCHES", "STEP",
            "MEAN", "VAR");
     for (size_t i = 0; i < ns_result_count(res); i++) {
         const ns_result_layer_t *l = ns_result_at(res, i);
         format_values(mean, sizeof(mean), l->mean, l->mean ? l->channels : 0);
         format_values(var, sizeof(var), l->var, l->var ? l->channels : 0);
-        printf("%-40s %8zu %12lld %12lld %8lld  %-34s %s\n", l->name, l->channels,
-               (long long)l->count, (long long)l->num_batches, (long long)l->step, mean, var);
+        printf("%-40s %8zu %12s %12s %8s  %-34s %s\n", l->name, l->channels,
+               int_cell(count, sizeof(count), l->count),
+               int_cell(batches, sizeof(batches), l->num_batches),
+               int_cell(step, sizeof(step), l->step), mean, var);
     }
 }
 

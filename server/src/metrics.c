@@ -302,9 +302,9 @@ static int render_store(ns_buf_t *dst, nsd_store_t *store)
     rc = rc ? rc
             : header(dst, "normstat_store_queued_jobs", "gauge",
                      "Changes waiting for the store's writer.");
-    rc = rc ? rc
-            : ns_buf_printf(dst, "normstat_store_queued_jobs %llu\n",
-                            (unsigned long long)st.queued);
+    rc =
+        rc ? rc
+           : ns_buf_printf(dst, "normstat_store_queued_jobs %llu\n", (unsigned long long)st.queued);
     rc = rc ? rc
             : header(dst, "normstat_store_failing", "gauge",
                      "1 while store commits fail (writes are refused with 503).");

@@ -1024,7 +1024,6 @@ int nsd_run_replay_step(nsd_run_t *run, const nsd_step_record_t *rec, ns_error_d
         l->max_closed = (int64_t)f->step;
     if ((int64_t)f->step > l->max_seen)
         l->max_seen = (int64_t)f->step;
-    atomic_fetch_add(&run->ctx->steps_finalized, 1);
     ready_insert(l, f);
     apply_ready_below(run, l, rec->first_pending >= 0 ? (uint64_t)rec->first_pending : UINT64_MAX);
     return 0;

@@ -30,7 +30,8 @@
  *  (nsd_store_after_commit()), the store is stopping, or a retry is due.
  *  Completion: after COMMIT returns, 'committed' = the last seq written;
  *  waiters registered with a seq <= committed are called (outside the mutex)
- *  with 0. Every snapshot_interval ms the writer asks the registry to
+ *  with 0. Every snapshot_interval ms, or sooner once 64 MiB of log were
+ *  written since the last pass, the writer asks the registry to
  *  snapshot each run that has log rows (nsd_registry_snapshot() calls the
  *  run_snapshot hook, which enqueues a job like any other change).
  *  Failure (disk full, I/O error): the transaction is rolled back, so the
@@ -45,19 +46,24 @@
  *  Out of memory in a hook cannot be reported to the registry: the change
  *  is not logged, and every run is snapshotted at the next writer pass,
  *  which makes the log whole again.
+ *  One daemon per directory: nsd_store_open() takes flock(LOCK_EX) on
+ *  --data-dir for the store's lifetime; a second normstatd is refused.
  *  Stop: nsd_store_stop() lets the writer commit what is queued (retrying
  *  until a deadline if failing), calls the remaining callbacks and joins. A
  *  commit in progress always finishes; a kill -9 at any moment leaves the
  *  last committed transaction (SQLite's atomic commit). */
+#define _DEFAULT_SOURCE /* flock() */
 #include "store.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -70,6 +76,9 @@
 #define DEFAULT_RETRY_MS  500u
 #define BUSY_TIMEOUT_MS   5000
 #define STEP_BLOB_VERSION 1
+/* Snapshot early once this much log was written since the last pass, so
+ * the log (and recovery time) stays bounded for large, fast runs. */
+#define SNAPSHOT_LOG_BYTES (64ull << 20)
 
 enum { KIND_PUT = 1, KIND_DOMAIN = 2, KIND_STEP = 3, KIND_RESET = 4 };
 enum { JOB_LOG = 1, JOB_DELETE = 2, JOB_SNAPSHOT = 3 };
@@ -96,6 +105,7 @@ typedef struct waiter_s {
 
 struct nsd_store_s {
     sqlite3 *db;
+    int dir_fd; /* holds flock(LOCK_EX) on --data-dir: one daemon per directory */
     char path[4352];
     nsd_store_config_t cfg;
     nsd_registry_t *reg;
@@ -124,6 +134,7 @@ struct nsd_store_s {
     _Atomic uint64_t last_snapshot_ms; /* 0 = none */
 
     /* writer thread only */
+    uint64_t log_bytes; /* log body bytes committed since the last snapshot pass */
     sqlite3_stmt *ins_log, *del_log_run, *del_log_before, *ins_snap, *del_snap;
 };
 
@@ -222,16 +233,27 @@ static void get_doubles(reader_t *r, double *dst, size_t n)
     }
 }
 
+/* A domain's arrays equal the pooled ones bit for bit (one domain at the
+ * step: the same arrivals combined in the same order); stored once. */
+static int same_as_pooled(const nsd_step_record_t *rec, const nsd_domain_result_t *d)
+{
+    size_t c = rec->channels;
+    return c > 0 && d->count == rec->count && memcmp(d->mean, rec->mean, c * 8) == 0 &&
+           memcmp(d->var, rec->var, c * 8) == 0;
+}
+
 /* STEP body: version, step, update, complete, workers, first_pending,
  * channels, count, n_domains, pooled mean[C] var[C] (if C > 0), then per
- * domain: name, count, mean[C], var[C] (if C > 0). */
+ * domain: name, count, a flag (1: arrays as pooled), mean[C], var[C] (if
+ * C > 0 and the flag is 0). */
 static unsigned char *encode_step(const nsd_step_record_t *rec, size_t *len)
 {
     size_t c = rec->channels;
     size_t arrays = c > 0 ? 2 * c * 8 : 0;
     size_t n = 9 * 8 + arrays;
     for (size_t i = 0; i < rec->n_domains; i++)
-        n += 1 + strlen(rec->domains[i].domain) + 8 + arrays;
+        n += 1 + strlen(rec->domains[i].domain) + 8 + 1 +
+             (same_as_pooled(rec, &rec->domains[i]) ? 0 : arrays);
     unsigned char *buf = malloc(n), *p = buf;
     if (buf == NULL)
         return NULL;
@@ -251,7 +273,9 @@ static unsigned char *encode_step(const nsd_step_record_t *rec, size_t *len)
     for (size_t i = 0; i < rec->n_domains; i++) {
         put_name(&p, rec->domains[i].domain);
         put_u64(&p, rec->domains[i].count);
-        if (c > 0) {
+        int same = same_as_pooled(rec, &rec->domains[i]);
+        *p++ = (unsigned char)same;
+        if (c > 0 && !same) {
             put_doubles(&p, rec->domains[i].mean, c);
             put_doubles(&p, rec->domains[i].var, c);
         }
@@ -315,7 +339,13 @@ static int decode_step(const void *body, size_t len, const char *layer, step_row
         get_name(&r, dst->names[i]);
         dst->domains[i].domain = dst->names[i];
         dst->domains[i].count = get_u64(&r);
-        if (c > 0) {
+        int same = r.ok && r.p < r.end ? *r.p++ : (r.ok = 0);
+        if (c > 0 && same == 1) {
+            dst->domains[i].mean = rec->mean;
+            dst->domains[i].var = rec->var;
+        } else if (same != 0) {
+            r.ok = 0;
+        } else if (c > 0) {
             dst->domains[i].mean = a;
             dst->domains[i].var = a + c;
             get_doubles(&r, a, 2 * c);
@@ -408,10 +438,10 @@ static void hook_put(void *arg, const char *run, const ns_run_config_t *c, int c
 {
     (void)created;
     json_t *m = c->momentum == NS_MOMENTUM_CUMULATIVE ? json_null() : json_real(c->momentum);
-    json_t *o = json_pack("{s:I, s:o, s:I, s:s, s:b}", "world_size", (json_int_t)c->world_size,
-                          "momentum", m, "sync_timeout_ms", (json_int_t)c->sync_timeout_ms,
-                          "on_timeout", c->on_timeout_drop ? "drop" : "partial", "ema_debias",
-                          c->ema_debias);
+    json_t *o =
+        json_pack("{s:I, s:o, s:I, s:s, s:b}", "world_size", (json_int_t)c->world_size, "momentum",
+                  m, "sync_timeout_ms", (json_int_t)c->sync_timeout_ms, "on_timeout",
+                  c->on_timeout_drop ? "drop" : "partial", "ema_debias", c->ema_debias);
     char *text = o ? json_dumps(o, JSON_COMPACT) : NULL;
     json_decref(o);
     enqueue(arg, text ? log_job(run, KIND_PUT, text, strlen(text)) : NULL);
@@ -647,6 +677,9 @@ static int check_db(nsd_store_t *s, nsd_store_error_t *err)
         int ok = res != NULL && strcmp((const char *)res, "ok") == 0;
         char what[200];
         snprintf(what, sizeof(what), "%s", res ? (const char *)res : sqlite3_errmsg(db));
+        for (char *p = what; *p != '\0'; p++) /* one line */
+            if (*p == '\n')
+                *p = ' ';
         sqlite3_finalize(st);
         if (!ok)
             return fail(err, s->path, "database is corrupt (quick_check: %s)", what);
@@ -694,8 +727,8 @@ static int check_db(nsd_store_t *s, nsd_store_error_t *err)
     }
     /* Sequence numbers continue after the highest one stored. */
     int64_t a = query_int(db, "SELECT coalesce(max(seq), 0) FROM log", &rc);
-    int64_t b = rc == SQLITE_OK ? query_int(db, "SELECT coalesce(max(seq), 0) FROM snapshot", &rc)
-                                : 0;
+    int64_t b =
+        rc == SQLITE_OK ? query_int(db, "SELECT coalesce(max(seq), 0) FROM snapshot", &rc) : 0;
     if (rc != SQLITE_OK)
         return fail(err, s->path, "cannot read the database (%s)", sqlite3_errmsg(db));
     s->committed = (uint64_t)(a > b ? a : b);
@@ -715,6 +748,17 @@ int nsd_store_open(nsd_store_t **dst, const char *dir, const nsd_store_config_t 
     if (s == NULL)
         return fail(err, dir, "out of memory");
     snprintf(s->path, sizeof(s->path), "%s/%s", dir, NSD_STORE_FILE);
+    s->dir_fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (s->dir_fd < 0 || flock(s->dir_fd, LOCK_EX | LOCK_NB) != 0) {
+        int e = errno;
+        if (s->dir_fd >= 0)
+            close(s->dir_fd);
+        s->dir_fd = -1;
+        free(s);
+        if (e == EWOULDBLOCK)
+            return fail(err, dir, "data directory is in use by another normstatd");
+        return fail(err, dir, "cannot lock data directory: %s", strerror(e));
+    }
     if (cfg != NULL)
         s->cfg = *cfg;
     if (s->cfg.retry_ms == 0)
@@ -778,8 +822,7 @@ static int apply_row(nsd_registry_t *reg, const char *run, int kind, const char 
         text[len] = '\0';
         if (kind == KIND_DOMAIN)
             return nsd_registry_replay_domain(reg, run, text, e);
-        return nsd_registry_precise_reset(reg, run, body != NULL && len > 0 ? text : NULL, NULL,
-                                          e);
+        return nsd_registry_precise_reset(reg, run, body != NULL && len > 0 ? text : NULL, NULL, e);
     case KIND_STEP: {
         step_row_t row;
         int rc = decode_step(body, len, layer ? layer : "", &row);
@@ -903,9 +946,9 @@ static int prepare_all(nsd_store_t *s)
     int rc = sqlite3_prepare_v2(
         s->db, "INSERT INTO log(seq, run, kind, layer, step, body) VALUES(?1, ?2, ?3, ?4, ?5, ?6)",
         -1, &s->ins_log, NULL);
-    rc = rc ? rc
-            : sqlite3_prepare_v2(s->db, "DELETE FROM log WHERE run = ?1", -1, &s->del_log_run,
-                                 NULL);
+    rc =
+        rc ? rc
+           : sqlite3_prepare_v2(s->db, "DELETE FROM log WHERE run = ?1", -1, &s->del_log_run, NULL);
     rc = rc ? rc
             : sqlite3_prepare_v2(s->db, "DELETE FROM log WHERE run = ?1 AND seq < ?2", -1,
                                  &s->del_log_before, NULL);
@@ -973,8 +1016,8 @@ static int write_job(nsd_store_t *s, const job_t *j, uint64_t *rows)
 
 /* Write a batch in one transaction. @return SQLITE_OK, or the error with
  * its message in why (rolled back). */
-static int write_batch(nsd_store_t *s, const job_t *batch, int inject, uint64_t *rows,
-                       char *why, size_t why_cap)
+static int write_batch(nsd_store_t *s, const job_t *batch, int inject, uint64_t *rows, char *why,
+                       size_t why_cap)
 {
     *rows = 0;
     if (inject) {
@@ -1102,8 +1145,10 @@ static void *writer_main(void *arg)
                 atomic_fetch_add(&s->commit_us_sum, us);
                 atomic_store(&s->commit_last_us, us);
                 uint64_t snaps = 0;
-                for (const job_t *j = batch; j != NULL; j = j->next)
+                for (const job_t *j = batch; j != NULL; j = j->next) {
                     snaps += j->type == JOB_SNAPSHOT;
+                    s->log_bytes += j->body_len;
+                }
                 if (snaps > 0) {
                     atomic_fetch_add(&s->n_snapshots, snaps);
                     atomic_store(&s->last_snapshot_ms, nsd_now_ms());
@@ -1136,14 +1181,15 @@ static void *writer_main(void *arg)
         }
         if (s->stopping)
             break;
-        if (s->snapshot_all || now >= next_snapshot) {
+        if (s->snapshot_all || now >= next_snapshot ||
+            (s->cfg.snapshot_interval_ms && s->log_bytes >= SNAPSHOT_LOG_BYTES)) {
             int all = s->snapshot_all;
             s->snapshot_all = 0;
+            s->log_bytes = 0;
             pthread_mutex_unlock(&s->lock);
             take_snapshots(s, all);
-            next_snapshot = s->cfg.snapshot_interval_ms
-                                ? nsd_now_ms() + s->cfg.snapshot_interval_ms
-                                : UINT64_MAX;
+            next_snapshot = s->cfg.snapshot_interval_ms ? nsd_now_ms() + s->cfg.snapshot_interval_ms
+                                                        : UINT64_MAX;
             pthread_mutex_lock(&s->lock);
             continue;
         }
@@ -1225,6 +1271,8 @@ void nsd_store_free(nsd_store_t *s)
     sqlite3_finalize(s->del_snap);
     if (s->db != NULL)
         sqlite3_close(s->db);
+    if (s->dir_fd >= 0)
+        close(s->dir_fd); /* releases the directory's lock */
     jobs_free(s->retry);
     jobs_free(s->head);
     waiter_t *w = take_waiters(s, 1);

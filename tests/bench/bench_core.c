@@ -541,17 +541,35 @@ static void cpu_model(char *dst, size_t dst_cap)
     fclose(f);
 }
 
-/* The 1-minute load average: how busy the machine was besides us. */
-static double load_average(void)
+/* Reads the aggregate "cpu" line of /proc/stat: total and idle (+iowait) ticks. */
+static int cpu_ticks(unsigned long long *total, unsigned long long *idle)
 {
-    double load = -1.0;
-    FILE *f = fopen("/proc/loadavg", "r");
-    if (f) {
-        if (fscanf(f, "%lf", &load) != 1)
-            load = -1.0;
-        fclose(f);
-    }
-    return load;
+    unsigned long long v[8] = {0};
+    FILE *f = fopen("/proc/stat", "r");
+    if (!f)
+        return -1;
+    int got = fscanf(f, "cpu %llu %llu %llu %llu %llu %llu %llu %llu", &v[0], &v[1], &v[2], &v[3],
+                     &v[4], &v[5], &v[6], &v[7]);
+    fclose(f);
+    if (got < 5)
+        return -1;
+    *total = v[0] + v[1] + v[2] + v[3] + v[4] + v[5] + v[6] + v[7];
+    *idle = v[3] + v[4];
+    return 0;
+}
+
+/* The share of all processors others kept busy over half a second (0..1),
+ * or -1 if unknown: the load average lags too much to tell a quiet moment. */
+static double cpu_busy_before(void)
+{
+    unsigned long long t0, i0, t1, i1;
+    struct timespec half = {0, 500000000L};
+    if (cpu_ticks(&t0, &i0) != 0)
+        return -1.0;
+    nanosleep(&half, NULL);
+    if (cpu_ticks(&t1, &i1) != 0 || t1 <= t0)
+        return -1.0;
+    return 1.0 - (double)(i1 - i0) / (double)(t1 - t0);
 }
 
 static double max_rel_diff(const double *a, const double *ref, size_t len)
@@ -641,7 +659,7 @@ int main(int argc, char **argv)
     if (o.child)
         return child_main(&o);
 
-    double t_start = now_sec(), load_start = load_average();
+    double busy = cpu_busy_before(), t_start = now_sec();
     int fd = memfd_create("normstat-bench-tensor", MFD_CLOEXEC);
     if (fd < 0 || ftruncate(fd, (off_t)T_BYTES) != 0) {
         fprintf(stderr, "bench_core: memfd: %s\n", strerror(errno));
@@ -693,9 +711,9 @@ int main(int argc, char **argv)
     const char *kernel = ns_core_kernel();
     double tb = (double)T_BYTES;
     printf("### libnscore core benchmark\n\n");
-    printf("- CPU: %s, %ld processors online, load average %.2f before the run; libnscore %s, "
-           "kernel `%s` (NS_SIMD=scalar rows: `%s`)\n",
-           cpu, sysconf(_SC_NPROCESSORS_ONLN), load_start, ns_core_version(), kernel,
+    printf("- CPU: %s, %ld processors online, %.0f %% busy with other work just before the "
+           "run; libnscore %s, kernel `%s` (NS_SIMD=scalar rows: `%s`)\n",
+           cpu, sysconf(_SC_NPROCESSORS_ONLN), 100.0 * busy, ns_core_version(), kernel,
            scalar_kernel);
     printf("- tensor: float32 NCHW %s (256 MiB), the same memory for every row; combine: "
            "%d workers x %d channels (%.1f MB of float32 mean + var)\n",
@@ -704,6 +722,10 @@ int main(int argc, char **argv)
            "GB = 1e9 bytes read; read bandwidth: float sum over the tensor (%s)\n",
            o.reps, COMBINE_REPS(o.reps), rounds_done,
            rounds_done < o.rounds ? " (time budget)" : "", bw.name);
+    if (busy > 0.2)
+        printf("- **warning**: the machine was busy (%.0f %%): times, above all at %d "
+               "threads, are not trustworthy; run again when it is idle\n",
+               100.0 * busy, thread_counts[NTHREADS - 1]);
     if (torch.ok)
         printf("- torch %s: `torch.var_mean(x, dim=(0,2,3), unbiased=False)` on the same "
                "memory, median of %d\n\n",

@@ -38,6 +38,12 @@ class Durable(nsd.Daemon):
         self.log_level = log_level
         self.readyz_seen = []  # /readyz statuses observed while starting
         self.not_ready_probes = []  # (check, ok, detail) made while /readyz was 503, all starts
+        self.past_lines = []  # sanitizer lines of earlier starts
+
+    def sanitizer_reports(self):
+        """Sanitizer lines of every start of this daemon."""
+        with self._lock:
+            return self.past_lines + [line for line in self.lines if _sanitizer_line(line)]
 
     def _spawn(self):
         exe = nsd.binary_path()
@@ -45,6 +51,8 @@ class Durable(nsd.Daemon):
             raise RuntimeError(f"{exe} is not built (set NS_BUILD or run make)")
         self.data_dir = None  # nsd.Daemon._cleanup must not delete our directory
         self.port = None
+        with self._lock:
+            self.past_lines += [line for line in self.lines if _sanitizer_line(line)]
         self.lines = []
         self.readyz_seen = []
         argv = [exe, "--listen", "127.0.0.1:0", "--data-dir", self.dir, "--log-level", self.log_level]
@@ -157,6 +165,11 @@ class Durable(nsd.Daemon):
 
     def db_path(self):
         return os.path.join(self.dir, DB_NAME)
+
+
+def _sanitizer_line(line):
+    return any(m in line for m in ("ERROR: AddressSanitizer", "WARNING: ThreadSanitizer", "runtime error:",
+                                   "ERROR: LeakSanitizer", "WARNING: MemorySanitizer"))
 
 
 def error_lines(lines):

@@ -11,6 +11,9 @@ Every wait is bounded: HTTP calls carry a timeout, daemon start-up and
 shutdown have deadlines, and main() arms an alarm that kills the daemons and
 fails the script if it ever runs longer than SCRIPT_LIMIT_S.
 
+NS_TEST_PERSIST=1 runs the daemons with persistence (SQLite in the
+temporary --data-dir) instead of --no-persist; the API must not change.
+
 Test scripts are standalone: `/usr/bin/python3 tests/integration/test_X.py`
 from the repository root; each check prints one line ("ok" or "FAIL").
 """
@@ -57,10 +60,11 @@ class Daemon:
     """One normstatd process. Start with start(); stop() sends SIGTERM and
     returns the exit status; kill() is the emergency exit."""
 
-    def __init__(self, *args, persist=False, name="nsd", env=None):
+    def __init__(self, *args, persist=None, name="nsd", env=None):
         self.args = list(args)
         self.env = env
-        self.persist = persist
+        # memory only unless asked; NS_TEST_PERSIST=1 runs every test on the SQLite store
+        self.persist = os.environ.get("NS_TEST_PERSIST") == "1" if persist is None else persist
         self.name = name
         self.proc = None
         self.port = None

@@ -118,6 +118,19 @@ class Sync(nsd.Case):
                 self.check_eq(got.get("num_batches_tracked"), t[2], f"{desc} {layer}: nbt = torch BatchNorm1d")
         return b
 
+    def check_initial(self, run, desc, sources=("precise", "last")):
+        """Reported layers never applied: EMA serves PyTorch's initial state
+        (0, 1, 0); precise and last leave them out (proto/openapi.yaml)."""
+        b = self.c.stats(run).json()
+        for l, c in LAYERS.items():
+            got = b.get("layers", {}).get(l)
+            self.check(got is not None and got.get("num_batches_tracked") == 0 and got["running_mean"] == [0.0] * c
+                       and got["running_var"] == [1.0] * c, f"{desc}: ema {l} is the initial (0, 1, 0)", f"{got}")
+        for src in sources:
+            r = self.c.stats(run, source=src)
+            self.check(r.status == 200 and r.json().get("layers") == {}, f"{desc}: {src} leaves the layers out",
+                       r.short())
+
     # ------------------------------------------------------------------ tests
 
     def test_barrier_four_workers_one_empty(self):
@@ -252,12 +265,7 @@ class Sync(nsd.Case):
         pend = [(p.get("layer"), p.get("step"), p.get("waiting_for")) for p in st.get("pending", [])]
         exp = sorted((l, s, [1]) for l in LAYERS for s in (1, 2))
         self.check_eq(sorted(pend), exp, "stall report: steps 1 and 2 of each layer wait for worker 1")
-        b = self.c.stats(run).json()
-        for l, c in LAYERS.items():
-            got = b.get("layers", {}).get(l)
-            self.check(got is None or (got.get("num_batches_tracked") == 0 and got["running_mean"] == [0.0] * c
-                                       and got["running_var"] == [1.0] * c),
-                       f"{l}: nothing applied while worker 1 has not reported", f"{got}")
+        self.check_initial(run, "while worker 1 has not reported")
         emas = {l: nsd.Ema(c) for l, c in LAYERS.items()}
         for s in (1, 2):
             ans = self.c.report(run, reps[s - 1][1], sync=True, timeout=SYNC_TIMEOUT_S)
@@ -295,11 +303,11 @@ class Sync(nsd.Case):
         self.check_status(self.c.report(run, r2[0]), 202, "worker 0 reports step 2")
         ans = self.c.report(run, r2[1], sync=True, timeout=SYNC_TIMEOUT_S)
         self.check_sync(ans, 2, s2, r2, "worker 1 /sync step 2 while step 1 is pending")
-        b = self.c.stats(run).json()
-        for l in LAYERS:
-            got = b.get("layers", {}).get(l)
-            self.check(got is None or got.get("num_batches_tracked") == 0,
-                       f"{l}: step 2 not applied while step 1 is pending", f"{got}")
+        # step 2 is finalized (source=last serves it, checked below) but not applied
+        self.check_initial(run, "step 2 not applied while step 1 is pending", sources=("precise",))
+        last = self.c.stats(run, source="last").json()
+        self.check(all(last.get("layers", {}).get(l, {}).get("step") == 2 for l in LAYERS),
+                   "source=last serves the finalized step 2 already", f"{last}")
         st = self.c.get(f"/v1/runs/{run}").json().get("status", {})
         pend = sorted((p.get("layer"), p.get("step"), p.get("waiting_for")) for p in st.get("pending", []))
         self.check_eq(pend, sorted((l, 1, [1]) for l in LAYERS), "stall report: only step 1 pending, waiting for worker 1")
@@ -365,13 +373,7 @@ class Sync(nsd.Case):
         reps = reports(1, data)
         r = self.c.report(run, reps[0], sync=True, timeout=SYNC_TIMEOUT_S)
         self.check_status(r, 504, "/sync of a step that times out with drop", code="sync_timeout")
-        b = self.c.stats(run).json()
-        for l in LAYERS:
-            got = b.get("layers", {}).get(l)
-            self.check(got is None or got.get("num_batches_tracked") == 0, f"{l}: dropped step not applied", f"{got}")
-        last = self.c.stats(run, source="last")
-        self.check(last.status == 200 and last.json().get("layers") == {}, "source=last has nothing after a drop",
-                   last.short())
+        self.check_initial(run, "dropped step not applied")
         r = self.c.report(run, reps[1])
         self.check_status(r, 409, "a report for the dropped step", code="stale_step")
         data2 = make_step(rng, [9, 15])

@@ -15,9 +15,12 @@
   DESTDIR, as the build stage does) run as an unprivileged user (uid 65534,
   no capabilities) in a mount namespace where everything but the data
   directory is read-only, like `docker run --read-only -v data:...`: the
-  daemon starts from NORMSTAT_* variables alone, serves, writes nowhere but
-  its data directory, and exits 0 on SIGTERM; `normstatd --probe` exits 0
-  against it and 1 when nothing listens; the CLI works as that user.
+  daemon starts from NORMSTAT_* variables alone, serves, commits and
+  snapshots its store, writes nowhere but its data directory, exits 0 on
+  SIGTERM, and serves the same statistics after a restart on that
+  directory; it refuses to start on a directory it cannot write;
+  `normstatd --probe` exits 0 against it and 1 when nothing listens; the CLI
+  works as that user.
 * docker/compose.yaml parses (python3-yaml) and names only files, stages,
   services and volumes that exist; its grace period covers the daemon's
   shutdown timeout.
@@ -346,11 +349,24 @@ def can_unshare():
     return r.returncode == 0
 
 
+# A root directory others cannot search (a chroot unpacked from a tar of a
+# mktemp -d directory, mode 0700) lets no unprivileged user run anything; there
+# the unprivileged processes keep CAP_DAC_READ_SEARCH, which bypasses read and
+# search permissions but not write permission.
+ROOT_CLOSED = (os.stat("/").st_mode & 0o005) != 0o005
+CAP_DAC_READ_SEARCH = 1 << 2
+
+
 def as_nobody(argv, env, rw_dir, read_only):
     """argv as uid/gid 65534 without capabilities; with read_only, inside a
     mount namespace where every mount but rw_dir is read-only."""
-    priv = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
-            "--inh-caps=-all", "--bounding-set=-all"]
+    priv = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
+    if ROOT_CLOSED:
+        # only read and search everywhere: writing is still checked like any user's
+        priv += ["--inh-caps=-all,+dac_read_search", "--ambient-caps=-all,+dac_read_search",
+                 "--bounding-set=-all,+dac_read_search"]
+    else:
+        priv += ["--inh-caps=-all", "--bounding-set=-all"]
     if not read_only:
         return priv + argv
     script = ('set -e; mount --bind "$0" "$0"; '
@@ -369,6 +385,9 @@ def test_unprivileged(root, data_dir_in_image):
     read_only = can_unshare()
     if not read_only:
         skip("read-only root", "unshare -m is not permitted here; running as uid 65534 only")
+    if ROOT_CLOSED:
+        print("note / is not searchable by others (mode %o): uid 65534 keeps CAP_DAC_READ_SEARCH"
+              % (os.stat("/").st_mode & 0o777))
     top = tempfile.mkdtemp(prefix="normstat-docker-test-")
     os.chmod(top, 0o755)
     data = os.path.join(top, "data")  # the volume
@@ -380,7 +399,7 @@ def test_unprivileged(root, data_dir_in_image):
     # configured only through the environment, as in the image
     env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/nonexistent",
            "NORMSTAT_LISTEN": "127.0.0.1:0", "NORMSTAT_DATA_DIR": data,
-           "NORMSTAT_LOG_LEVEL": "info"}
+           "NORMSTAT_LOG_LEVEL": "info", "NORMSTAT_SNAPSHOT_INTERVAL": "50"}
     proc = None
     try:
         with open(log, "w") as lf:
@@ -393,8 +412,11 @@ def test_unprivileged(root, data_dir_in_image):
         status = open(f"/proc/{proc.pid}/status").read()
         uids = re.search(r"^Uid:\s+(.*)$", status, re.M).group(1).split()
         cap = re.search(r"^CapEff:\s+(\S+)", status, re.M).group(1)
-        check(uids == [str(NOBODY)] * 4 and int(cap, 16) == 0,
-              "the daemon process has uid 65534 and no capabilities", f"Uid {uids} CapEff {cap}")
+        caps = CAP_DAC_READ_SEARCH if ROOT_CLOSED else 0
+        check(uids == [str(NOBODY)] * 4 and int(cap, 16) == caps,
+              "the daemon process has uid 65534 and no capabilities"
+              + (" but CAP_DAC_READ_SEARCH (/ is not searchable by others here)"
+                 if ROOT_CLOSED else ""), f"Uid {uids} CapEff {cap}")
         # some traffic, so a persisting daemon writes its store
         st, _ = http(port, "PUT", "/v1/runs/docker-test", {"world_size": 1, "momentum": 0.1})
         check(st in (200, 201), "PUT a run", str(st))
@@ -406,6 +428,27 @@ def test_unprivileged(root, data_dir_in_image):
         st, body = http(port, "GET", "/v1/runs/docker-test/stats")
         check(st == 200 and json.loads(body)["layers"]["bn"]["num_batches_tracked"] == 3,
               "statistics served", f"{st} {body[:200]!r}")
+        # with a store, its commits and a snapshot must succeed on the read-only root
+        # (SQLite must not need a temporary directory outside the volume)
+        metrics = {}
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            st, body = http(port, "GET", "/metrics")
+            metrics = dict(re.findall(r"^(normstat_store_\w+) (\S+)$", body.decode(), re.M))
+            if metrics.get("normstat_store_enabled") != "1" or \
+                    float(metrics.get("normstat_store_snapshots_total", 0)) >= 1:
+                break
+            time.sleep(0.05)
+        if metrics.get("normstat_store_enabled") == "1":
+            check(float(metrics.get("normstat_store_snapshots_total", 0)) >= 1
+                  and float(metrics.get("normstat_store_commits_total", 0)) >= 1,
+                  "the store committed and snapshotted (NORMSTAT_SNAPSHOT_INTERVAL=50)",
+                  str(metrics))
+            check(float(metrics.get("normstat_store_commit_failures_total", 1)) == 0
+                  and metrics.get("normstat_store_failing") == "0",
+                  "no store commit failed", str(metrics))
+        else:
+            skip("store commits on a read-only root", "this build has no store metrics")
         # the self-probe, as the HEALTHCHECK runs it: configured by NORMSTAT_LISTEN
         penv = dict(env, NORMSTAT_LISTEN=f"0.0.0.0:{port}")
         r = subprocess.run(as_nobody([sbin, "--probe"], penv, data, False), env=penv,
@@ -445,6 +488,30 @@ def test_unprivileged(root, data_dir_in_image):
             skip("an unwritable volume is refused", "this build writes nothing to the data "
                  "directory yet")
             return
+        # a restarted container finds its statistics in the volume
+        with open(log, "w") as lf:
+            proc = subprocess.Popen(as_nobody([sbin], env, data, read_only), env=env, cwd="/",
+                                    stdin=subprocess.DEVNULL, stdout=lf, stderr=lf)
+        port = free_port_of(log, proc)
+        if check(port is not None, "normstatd restarts on the same volume",
+                 open(log).read()[-1500:]):
+            st, body = b"", b""
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline:  # /readyz turns 200 after the replay
+                st, body = http(port, "GET", "/readyz")
+                if st == 200:
+                    break
+                time.sleep(0.05)
+            st, body = http(port, "GET", "/v1/runs/docker-test/stats")
+            check(st == 200 and json.loads(body)["layers"]["bn"]["num_batches_tracked"] == 3,
+                  "after the restart the run's statistics are served from the volume",
+                  f"{st} {body[:300]!r}")
+        proc.send_signal(signal.SIGTERM)
+        try:
+            rc = proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            rc = None
+        check(rc == 0, "SIGTERM after the restart: exit status 0", str(rc))
         # a volume the user cannot write is refused at start, with a message
         os.chown(data, 0, 0)
         with open(log, "w") as lf:

@@ -5,7 +5,8 @@ and b = workers 2-3) with /sync (and every 4th step /batches), each
 (worker, step, layer) batch generated deterministically. A killer sends
 SIGKILL at seeded random moments (seed printed; NS_DURABILITY_SEED
 reproduces the schedule), at least 20 cycles of 0.2-1.5 s of load, and
-restarts normstatd on the same --data-dir. While it is down:
+restarts normstatd on the same --data-dir (every 4th cycle it is killed
+once more within 30 ms of starting, during recovery). While it is down:
 PRAGMA integrity_check on a copy of the store. After each restart, before
 the workers resume:
  * every layer's last applied step >= the highest step any /sync answered
@@ -145,10 +146,12 @@ class Shared:
         self.sync_checked = 0
         self.sync_bad = []
         self.batches_202 = 0
+        self.rereported = 0  # reports repeated after a restart (their step had not finalized)
 
 
 def worker_main(sh, w):
     my_epoch = 0
+    sent_max = 0
     broken = True
     cl = None
     s = 1
@@ -166,6 +169,7 @@ def worker_main(sh, w):
                 my_epoch = sh.epoch
                 resume = dict(sh.resume)
                 s = min(resume.values()) + 1
+                sh.rereported += max(0, sent_max - s + 1)  # reported before the kill, not finalized
                 port = sh.port
                 broken = False
                 if cl is not None:
@@ -177,6 +181,7 @@ def worker_main(sh, w):
         layers = {l: layer_rep(w, s, l) for l in LAYERS if s > resume[l]}
         rep = {"step": s, "worker": w, "domain": DOMAIN[w], "layers": layers}
         sync = not is_batches(s)
+        sent_max = max(sent_max, s)
         try:
             r = cl.report(RUN, rep, sync=sync, timeout=HTTP_S, validate=False)
         except (OSError, http.client.HTTPException):
@@ -346,6 +351,7 @@ class Crash(nsd.Case):
             sh.epoch = 1
             sh.cond.notify_all()
         cycles_with_acks = 0
+        early_kills = 0  # extra kills during start-up (recovery)
         beyond = []  # per cycle: finalized steps recovered beyond the last acknowledged one
         split = []  # cycles that recovered the layers at different steps
         t0 = time.monotonic()
@@ -363,6 +369,14 @@ class Crash(nsd.Case):
                 desc = f"cycle {cycle} (kill after {load:.2f}s, {acks} /sync acks, acked up to step {acked})"
                 self.check_eq(rc, -9, f"{desc}: the daemon died of SIGKILL")
                 self.check_eq(durable.integrity_check(d.dir), "ok", f"{desc}: PRAGMA integrity_check while down")
+                if cycle % 4 == 0:
+                    # and killed again during start-up/recovery
+                    d._spawn()
+                    time.sleep(krng.uniform(0.0, 0.03))
+                    d.sigkill()
+                    early_kills += 1
+                    self.check_eq(durable.integrity_check(d.dir), "ok",
+                                  f"{desc}: PRAGMA integrity_check after a kill during start-up")
                 try:
                     d.start()
                 except RuntimeError as e:
@@ -416,8 +430,10 @@ class Crash(nsd.Case):
         print(f"note test_kill9_cycles: {CYCLES} kill cycles in {el:.1f}s, {sh.steps_sent} reports answered, "
               f"{sh.total_acks} /sync acks ({cycles_with_acks} cycles with acks), {sh.batches_202} /batches 202, "
               f"last step {sh.acked}, {sh.sync_checked} /sync answers checked")
+        print(f"note test_kill9_cycles: {early_kills} extra kills during start-up")
         print(f"note test_kill9_cycles: {len(beyond)} of {CYCLES} restarts recovered finalized steps beyond the "
-              f"last /sync ack (by {sorted(beyond)}), re-reported steps accepted in every cycle; layers recovered "
+              f"last /sync ack (by {sorted(beyond)}); {sh.rereported} reports re-sent after restarts, all accepted; "
+              f"layers recovered "
               f"at different steps in {len(split)} cycles {split[:3]}")
         n = durable.check_probes(self, d, "restarts")
         print(f"note test_kill9_cycles: {n} probes made while /readyz was 503")

@@ -13,7 +13,11 @@ deleted: new /sync steps succeed again without a restart (bounded wait),
 restart: every view is byte-identical. Phase B (crash while full): fill
 again, /sync until 503, SIGKILL, delete the ballast, restart: the last
 applied step is at least the last acknowledged one, and every view equals
-the one recorded while the daemon had exactly that step applied.
+the one recorded while the daemon had exactly that step applied. Phase C
+(only fire-and-forget reports): fill, /batches until one is refused with
+503 storage_error (/metrics normstat_store_failing 1), delete the ballast,
+/batches accepted again and the gauge back to 0 (bounded waits), SIGTERM,
+restart: byte-identical.
 """
 
 import os
@@ -241,6 +245,39 @@ class DiskFull(nsd.Case):
                               f"kill", f"recorded: {sorted(map(str, recorded))[-6:]}")
         self.check_status(c.get("/v1/runs/newrun"), 200, "phase B restart: newrun still exists")
         self.check_status(c.report(RUN, report(k + 1), sync=True), 200, "phase B restart: /sync works again")
+
+        # ---- phase C: only /batches (the failure is found by the writer, not by a waiting answer)
+        self.fill()
+        s = k + 2
+        deadline = time.monotonic() + RESUME_LIMIT_S
+        while True:
+            r = c.report(RUN, report(s))
+            if r.status != 202 or time.monotonic() > deadline:
+                break
+            s += 1
+            time.sleep(0.02)
+        self.check_status(r, 503, f"phase C full disk: a later /batches (step {s}) is refused", code="storage_error")
+        self.check_eq(durable.metric(c, "normstat_store_failing"), 1.0, "phase C: /metrics normstat_store_failing 1")
+        os.remove(self.ballast)
+        s += 1
+        deadline = time.monotonic() + RESUME_LIMIT_S
+        while True:
+            r = c.report(RUN, report(s))
+            if r.status == 202 or time.monotonic() > deadline:
+                break
+            s += 1
+            time.sleep(0.2)
+        self.check_status(r, 202, f"phase C space back: /batches accepted again (step {s})")
+        ok = nsd.poll(lambda: durable.metric(c, "normstat_store_failing") == 0.0, limit=RESUME_LIMIT_S)
+        self.check(ok, "phase C space back: normstat_store_failing returns to 0 (bounded)")
+        before = durable.views(c, RUN)
+        c.close()
+        self.check_eq(self.d.stop(), 0, "phase C: SIGTERM, exit status 0")
+        self.check_eq(durable.integrity_check(data), "ok", "phase C: PRAGMA integrity_check")
+        c = self.start("restart after phase C")
+        d = durable.diff_views(before, durable.views(c, RUN))
+        self.check(not d, f"phase C restart: {len(before)} views identical bytes (the 202'd steps of the full "
+                          f"disk were committed once space returned)", " | ".join(d[:4]))
         c.close()
         self.check_eq(self.d.stop(), 0, "final SIGTERM: exit status 0")
 

@@ -36,7 +36,7 @@ SYNC_TIMEOUT_S = 20.0
 
 # name -> (domains, mixture) for views()
 RUNS = {"main": (("photo", "sketch"), MIX), "debias": ((), None), "cumavg": ((), None),
-        "configonly": ((), None)}
+        "configonly": ((), None), "reborn": ((), None)}
 
 
 def step_reports(rng, step, sizes, layers=LAYERS, domains=DOMAIN, update=None):
@@ -202,6 +202,16 @@ class Restart(nsd.Case):
         for cl in cls:
             self.check_status(cl.delete("/v1/runs/gone"), 204, "DELETE gone")
 
+        # reborn: deleted after 3 steps and created again with other settings
+        self.put_all(cls, "/v1/runs/reborn", {"world_size": 2, "momentum": 0.3}, (201,), "PUT reborn")
+        for s in range(1, 4):
+            self.feed(both, "reborn", step_reports(rng, s, [4, 5], {"bn": 3}, None), False, f"reborn step {s}")
+        for cl in cls:
+            self.check_status(cl.delete("/v1/runs/reborn"), 204, "DELETE reborn")
+        self.put_all(cls, "/v1/runs/reborn", {"world_size": 1, "momentum": 0.2}, (201,), "PUT reborn again")
+        for s in (1, 2):
+            self.feed(both, "reborn", step_reports(rng, s, [6], {"bn": 3}, None), True, f"reborn (new) step {s}")
+
         # main: 4 workers, 2 domains, 3 layers
         for s in range(1, 9):
             sizes = [int(x) for x in rng.integers(2, 20, 4)]
@@ -365,6 +375,65 @@ class Restart(nsd.Case):
                    " | ".join(d[:4]))
         ca.close()
         self.stop(a, "end")
+
+    def test_finalized_step_waiting(self):
+        """A finalized step that waits for an earlier pending step is durable
+        (DESIGN). World 2: step 1 only from worker 0 (pending), step 2 from
+        both (finalized, waiting for step 1). After a restart the pending
+        step 1 is gone (memory only) and nothing waits any more: step 2 is
+        applied, and the state equals a --no-persist reference run that
+        only ever saw step 2. The re-report of step 1 (now below a finalized
+        step) must change nothing; step 3 then applies on both alike. Once
+        with SIGTERM, once with SIGKILL after the group commit."""
+        rng = np.random.default_rng(404)
+        ref = durable.Durable(os.path.join(self.root, "wref"), persist=False, name="reference")
+        os.makedirs(ref.dir)
+        cr = self.start(ref)
+        layers = {"bn": 3, "bn2": 2}
+        for how in ("SIGTERM", "SIGKILL"):
+            a = durable.Durable(os.path.join(self.root, f"w-{how}"), name=f"persistent-{how}")
+            os.makedirs(a.dir)
+            ca = self.start(a)
+            run = f"wait-{how.lower()}"
+            for cl in (ca, cr):
+                self.check_status(cl.put(f"/v1/runs/{run}", {"world_size": 2}), 201, f"PUT {run}")
+            s1 = step_reports(rng, 1, [5, 7], layers, None)
+            s2 = step_reports(rng, 2, [6, 4], layers, None)
+            s3 = step_reports(rng, 3, [3, 9], layers, None)
+            self.send(a, run, s1, False, f"{run} step 1", workers=[0])
+            self.send(a, run, s2, False, f"{run} step 2")
+            self.send(ref, run, s2, False, f"{run} step 2 [reference: step 2 only]")
+            st = ca.get(f"/v1/runs/{run}").json().get("status", {}).get("layers", {}).get("bn", {})
+            self.check(st.get("finalized_step") == 2 and st.get("num_batches_tracked") == 0,
+                       f"{how}: step 2 finalized, not applied (waits for step 1)", f"{st}")
+            ca.close()
+            if how == "SIGTERM":
+                self.stop(a, f"{how}")
+            else:
+                c2 = self.client_of(a)
+                ok = nsd.poll(lambda: durable.metric(c2, "normstat_store_queued_jobs") == 0.0, limit=10)
+                self.check(ok, "SIGKILL: the store's queue is empty first (group commit done, bounded 10 s)")
+                c2.close()
+                self.check_eq(a.sigkill(), -9, "SIGKILL")
+            self.check_eq(durable.integrity_check(a.dir), "ok", f"{how}: PRAGMA integrity_check")
+            ca = self.start(a)
+            d = durable.diff_views(durable.views(cr, run), durable.views(ca, run))
+            self.check(not d, f"{how} restart: the finalized step 2 survived and is applied, the pending step 1 "
+                              f"is gone: views equal the reference of step 2 alone", " | ".join(d[:4]))
+            answers = []
+            for w in (0, 1):
+                r = ca.report(run, s1[w])
+                answers.append(f"{r.status} {r.error_code() or ''}".strip())
+            print(f"note {how} restart: re-reports of step 1 (below finalized step 2) answered {answers}")
+            for dm in (a, ref):
+                self.send(dm, run, s3, True, f"{run} step 3 [{dm.name}]")
+            d = durable.diff_views(durable.views(cr, run), durable.views(ca, run))
+            self.check(not d, f"{how} restart: after step 3, views equal the reference (steps 2, 3): the "
+                              f"re-reports of step 1 changed nothing", " | ".join(d[:4]))
+            ca.close()
+            self.stop(a, "end")
+        cr.close()
+        self.stop(ref, "end")
 
     def test_checkpoint_import_restart(self):
         rng = np.random.default_rng(402)

@@ -183,7 +183,7 @@ START_TEST(t_same_worker_in_order)
     ck_assert_uint_eq(last, N);
     /* One at a time per worker: the r1 chain and the r2 report were the only
      * transfers ever in flight together, so two connections served all. */
-    ck_assert_uint_eq(fake_http_connections(srv), 2);
+    ck_assert_uint_le(fake_http_connections(srv), 2);
 }
 END_TEST
 

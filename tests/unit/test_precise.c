@@ -24,6 +24,8 @@ static void make_data(data_t *d, uint64_t *rng, size_t k, int equal, double offs
     size_t fixed = 2 + ns_test_rand(rng) % (B_MAX - 1);
     for (size_t s = 0; s < k; s++) {
         d->b[s] = equal ? fixed : 1 + ns_test_rand(rng) % B_MAX;
+        if (s == 0 && d->b[s] < 2)
+            d->b[s] = 2; /* at least 2 values in all, so the unbiased read exists */
         double shift = ns_test_normal(rng); /* batches differ, as real ones do */
         for (size_t i = 0; i < d->b[s]; i++)
             for (size_t c = 0; c < C; c++)

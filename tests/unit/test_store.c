@@ -22,7 +22,13 @@
 /* Waits on the store are bounded so a broken writer fails instead of hanging. */
 #define WAIT_LIMIT_S 30
 
-static uint64_t rng;
+static uint64_t rng, seed0;
+
+/* Every test starts from the printed seed, forked or not. */
+static void reseed(void)
+{
+    rng = seed0 ? seed0 : 1;
+}
 
 static void sleep_ms(long ms)
 {
@@ -192,9 +198,9 @@ static int send(nsd_registry_t *reg, const char *run, uint64_t step, uint32_t wo
             json_array_append_new(m, json_real((float)ns_test_normal(&rng) * 3.0f));
             json_array_append_new(v, json_real((float)(0.1 + 2.0 * ns_test_uniform(&rng))));
         }
-        json_object_set_new(ls, layers[i],
-                            json_pack("{s:I, s:o, s:o}", "count", (json_int_t)count, "mean", m,
-                                      "var", v));
+        json_object_set_new(
+            ls, layers[i],
+            json_pack("{s:I, s:o, s:o}", "count", (json_int_t)count, "mean", m, "var", v));
     }
     json_t *body = json_pack("{s:I, s:I, s:s, s:o}", "step", (json_int_t)step, "worker",
                              (json_int_t)worker, "domain", domain, "layers", ls);
@@ -264,8 +270,8 @@ static char *served_bytes(nsd_registry_t *reg, const char *run, size_t *len)
 static void assert_same_state(nsd_registry_t *a, nsd_registry_t *b, const char *run)
 {
     char *ta = export_text(a, run), *tb = export_text(b, run);
-    ck_assert_msg(strcmp(ta, tb) == 0, "checkpoint of %s differs:\nlive      %.600s\nrecovered %.600s",
-                  run, ta, tb);
+    ck_assert_msg(strcmp(ta, tb) == 0,
+                  "checkpoint of %s differs:\nlive      %.600s\nrecovered %.600s", run, ta, tb);
     free(ta);
     free(tb);
     size_t la, lb;
@@ -300,6 +306,10 @@ START_TEST(test_open_creates_and_reopens)
     ck_assert_int_eq(sql_int(path, "PRAGMA application_id"), NSD_STORE_APPLICATION_ID);
     ck_assert_int_eq(sql_int(path, "SELECT count(*) FROM sqlite_master WHERE name='log'"), 1);
     s = open_ok(dir, 10, 0); /* reopened */
+    /* A second daemon on the same directory is refused while this one runs. */
+    open_refused(dir, "in use by another normstatd");
+    nsd_store_free(s);
+    s = open_ok(dir, 10, 0); /* the lock went with the first */
     nsd_store_free(s);
     remove_tree(base);
     free(base);
@@ -433,8 +443,7 @@ static void history(nsd_registry_t *reg, nsd_store_t *s, int snapshots)
         for (uint32_t k = 0; k < 3; k++) {
             uint32_t w = (uint32_t)((k + st) % 3);
             uint64_t count = (st % 7 == 3 && w == 1) ? 0 : 5 + w;
-            ck_assert_int_eq(
-                send(reg, "r1", st, w, doms[w], layers, ch, 3, count, NULL, now), 0);
+            ck_assert_int_eq(send(reg, "r1", st, w, doms[w], layers, ch, 3, count, NULL, now), 0);
         }
         if (step == 8) {
             ck_assert_int_eq(nsd_registry_precise_reset(reg, "r1", "sketch", NULL, NULL), 0);
@@ -483,6 +492,7 @@ static void check_recovery(int snapshots)
     nsd_registry_t *live = live_registry(s);
     history(live, s, snapshots);
     ck_assert_int_eq(nsd_store_stop(s, 1000), 0);
+    nsd_registry_set_persist(live, NULL);
     nsd_store_free(s);
     db_path(path, sizeof(path), dir);
     ck_assert_int_eq(sql_int(path, "SELECT count(*) FROM log WHERE run = 'r3'"), 0);
@@ -566,6 +576,7 @@ START_TEST(test_periodic_snapshots)
         ck_assert_int_eq(send(live, "p", step, 0, "default", layers, ch, 2, 6, NULL, 0), 0);
     ck_assert_int_eq(wait_commit(s), 0);
     ck_assert_int_eq(nsd_store_stop(s, 1000), 0);
+    nsd_registry_set_persist(live, NULL);
     nsd_store_free(s);
     db_path(path, sizeof(path), dir);
     ck_assert_int_eq(sql_int(path, "SELECT count(*) FROM snapshot"), 1);
@@ -608,6 +619,7 @@ START_TEST(test_recovered_ema_matches_reference)
     }
     ck_assert_int_eq(wait_commit(s), 0);
     nsd_store_stop(s, 1000);
+    nsd_registry_set_persist(live, NULL);
     nsd_store_free(s);
     nsd_store_recovery_t rec;
     nsd_registry_t *back = recovered(dir, &rec);
@@ -663,6 +675,7 @@ START_TEST(test_failed_commit_is_retried)
     nsd_store_stats(s, &st);
     ck_assert_uint_eq(st.commit_failures, 3);
     ck_assert_int_eq(nsd_store_stop(s, 1000), 0);
+    nsd_registry_set_persist(live, NULL);
     nsd_store_free(s);
     nsd_store_recovery_t rec;
     nsd_registry_t *back = recovered(dir, &rec);
@@ -689,6 +702,7 @@ START_TEST(test_stop_reports_lost_changes)
     ck_assert_int_eq(nsd_store_stop(s, 50), NS_EIO);
     /* After the stop, waiting reports that nothing more will be committed. */
     ck_assert_int_eq(wait_commit(s), NS_ESHUTDOWN);
+    nsd_registry_set_persist(live, NULL);
     nsd_store_free(s);
     nsd_store_recovery_t rec;
     nsd_registry_t *back = recovered(dir, &rec);
@@ -702,11 +716,10 @@ END_TEST
 
 static Suite *make_suite(void)
 {
-    rng = ns_test_seed();
-    if (rng == 0)
-        rng = 1;
+    seed0 = ns_test_seed();
     Suite *s = suite_create("store");
     TCase *tc = tcase_create("store");
+    tcase_add_checked_fixture(tc, reseed, NULL);
     tcase_set_timeout(tc, 120);
     tcase_add_test(tc, test_open_creates_and_reopens);
     tcase_add_test(tc, test_open_refuses_unusable);
