@@ -94,16 +94,10 @@ class Errors(ErrorCase):
                (b'{"step": 2, "step": 3, "worker": 0, "layers": {"l1": {"count": 0}}}', "a duplicate key"),
                (b'{"step": 2, "worker": 0, "layers": {"l1": {"count": 8, "mean": [NaN, 0, 0, 0], '
                 b'"var": [1, 1, 1, 1]}}}', "a NaN literal")]
-        for body, what in raw:
-            if what == "a NaN literal":
-                before = self.snapshot(run)
-                r = self.c.post(f"/v1/runs/{run}/batches", body, content_type="application/json")
-                self.check(r.status in (400, 422), f"body with {what} -> 400 or 422", r.short())
-                self.check_unchanged(before, run, f"body with {what}")
-            else:
-                self.reject(run, body, 400, "bad_request", f"body is {what}")
+        for body, what in raw:  # JSON has no NaN literal: malformed (proto/openapi.yaml)
+            self.reject(run, body, 400, "bad_request", f"body is {what}")
         cases = [
-            (rep("2", 0), "step"), (rep(-1, 0), "step"), (rep(2.5, 0), "step"), (rep(2 ** 64, 0), "step"),
+            (rep("2", 0), "step"), (rep(-1, 0), "step"), (rep(2.0, 0), "step"), (rep(2, 0, domain="*"), "domain"), (rep(2.5, 0), "step"), (rep(2 ** 64, 0), "step"),
             (without(rep(2, 0), "step"), "step"),
             (rep(2, "0"), "worker"), (rep(2, -1), "worker"), (rep(2, 0.5), "worker"),
             (without(rep(2, 0), "worker"), "worker"),

@@ -376,7 +376,7 @@ def as_nobody(argv, env, rw_dir, read_only):
     return ["unshare", "-m", "--propagation", "private", "sh", "-c", script, rw_dir] + priv + argv
 
 
-def test_unprivileged(root, data_dir_in_image):
+def test_unprivileged(root):
     if os.geteuid() != 0:
         skip("run as uid 65534", "needs root to change user (the tests run as root in CI)")
         return
@@ -400,11 +400,19 @@ def test_unprivileged(root, data_dir_in_image):
     env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/nonexistent",
            "NORMSTAT_LISTEN": "127.0.0.1:0", "NORMSTAT_DATA_DIR": data,
            "NORMSTAT_LOG_LEVEL": "info", "NORMSTAT_SNAPSHOT_INTERVAL": "50"}
+    cwd = "/"
+    if ROOT_CLOSED:
+        # access(2) ignores capabilities: name the volume relative to the working directory
+        env["NORMSTAT_DATA_DIR"], cwd = ".", data
+
+    def start():
+        with open(log, "w") as lf:
+            return subprocess.Popen(as_nobody([sbin], env, data, read_only), env=env, cwd=cwd,
+                                    stdin=subprocess.DEVNULL, stdout=lf, stderr=lf)
+
     proc = None
     try:
-        with open(log, "w") as lf:
-            proc = subprocess.Popen(as_nobody([sbin], env, data, read_only), env=env, cwd="/",
-                                    stdin=subprocess.DEVNULL, stdout=lf, stderr=lf)
+        proc = start()
         port = free_port_of(log, proc)
         if not check(port is not None, "normstatd starts as uid 65534 from NORMSTAT_* variables"
                      + (" on a read-only root" if read_only else ""), open(log).read()[-2000:]):
@@ -489,9 +497,7 @@ def test_unprivileged(root, data_dir_in_image):
                  "directory yet")
             return
         # a restarted container finds its statistics in the volume
-        with open(log, "w") as lf:
-            proc = subprocess.Popen(as_nobody([sbin], env, data, read_only), env=env, cwd="/",
-                                    stdin=subprocess.DEVNULL, stdout=lf, stderr=lf)
+        proc = start()
         port = free_port_of(log, proc)
         if check(port is not None, "normstatd restarts on the same volume",
                  open(log).read()[-1500:]):
@@ -514,9 +520,7 @@ def test_unprivileged(root, data_dir_in_image):
         check(rc == 0, "SIGTERM after the restart: exit status 0", str(rc))
         # a volume the user cannot write is refused at start, with a message
         os.chown(data, 0, 0)
-        with open(log, "w") as lf:
-            proc = subprocess.Popen(as_nobody([sbin], env, data, read_only), env=env, cwd="/",
-                                    stdin=subprocess.DEVNULL, stdout=lf, stderr=lf)
+        proc = start()
         try:
             rc = proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
@@ -626,7 +630,7 @@ def main():
         runtime, pkgs, data_dir = test_dockerfile(stages, tmp)
         test_packages(pkgs, [os.path.join(tmp, "usr/local/sbin/normstatd"),
                              os.path.join(tmp, "usr/local/bin/normstat")])
-        test_unprivileged(tmp, data_dir)
+        test_unprivileged(tmp)
         test_compose(stages, runtime)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -25,6 +25,7 @@ generates from server/src/options.def and the daemon's /metrics, and the
 
 Run from the repository root: NS_BUILD=build /usr/bin/python3 tests/integration/test_readme.py
 """
+import difflib
 import os
 import re
 import shlex
@@ -245,7 +246,7 @@ def main():
     want = gen_docs.render_readme(text, gen_docs.readme_sections(exe))
     check(want == text, "README's options and metrics tables equal what doc/gen-docs.py "
                         "generates (run: python3 doc/gen-docs.py readme)",
-          "\n".join(l for l in __import__("difflib").unified_diff(
+          "\n".join(l for l in difflib.unified_diff(
               text.splitlines(), want.splitlines(), "README.md", "generated", lineterm=""))[:3000])
     check(re.search(r"^## Benchmarks$", text, re.M) is not None, "README has a Benchmarks section")
     for cmd in ("make run", "make test"):
