@@ -16,12 +16,41 @@ $(BENCH_CORE): $(BENCH_CORE_OBJ) $(CORE_A)
 	$(if $(Q),@echo "  LD      $@")
 	$(Q)$(CC) $(NS_LDFLAGS) -o $@ $^ -lm
 
-.PHONY: bench bench-core
-# Packages first, then a fresh make that sees them (as `make test` does).
+.PHONY: bench bench-core bench-server
+# Packages first, then a fresh make that sees them (as `make test` does); the
+# benchmarks one after the other, never in parallel (they share 2 cores).
 bench:
 	$(Q)sh mk/deps.sh build bench
 	$(Q)$(MAKE) --no-print-directory bench-core
+	$(Q)$(MAKE) --no-print-directory bench-server
 
 bench-core: $(BENCH_CORE)
 	$(Q)$(BENCH_CORE) --reps $(BENCH_REPS) --rounds $(BENCH_ROUNDS) \
 	    --python $(PYTHON) --script tests/bench/torch_var_mean.py
+
+# ---------------------------------------------------------------- server benchmarks
+# Tables 2-5 (ingest, sync, scale, durability): tests/bench/bench_server.py
+# drives normstatd, the bare libmicrohttpd server, the load generator and the
+# torch.distributed gloo peer (tests/bench/sync_gloo.py).
+BENCH_LOADGEN := $(BUILD)/bench/loadgen
+BENCH_BARE    := $(BUILD)/bench/bare_server
+BENCH_SECONDS ?= 3
+BENCH_TABLES  ?= 2,3,4,5
+
+$(BUILD)/tests/bench/loadgen.o: NS_EXTRA_CFLAGS = $(call pkg_cflags,libuv jansson)
+$(BUILD)/tests/bench/bare_server.o: NS_EXTRA_CFLAGS = $(call pkg_cflags,libmicrohttpd)
+
+$(BENCH_LOADGEN): $(BUILD)/tests/bench/loadgen.o $(PROTO_A) $(CORE_A)
+	@mkdir -p $(@D)
+	$(if $(Q),@echo "  LD      $@")
+	$(Q)$(CC) $(NS_LDFLAGS) -o $@ $^ $(call pkg_libs,libuv jansson) -lm
+
+$(BENCH_BARE): $(BUILD)/tests/bench/bare_server.o
+	@mkdir -p $(@D)
+	$(if $(Q),@echo "  LD      $@")
+	$(Q)$(CC) $(NS_LDFLAGS) -o $@ $^ $(call pkg_libs,libmicrohttpd) -lpthread
+
+.PHONY: bench-server
+bench-server: $(BENCH_LOADGEN) $(BENCH_BARE) $(NSD_BIN)
+	$(Q)$(PYTHON) tests/bench/bench_server.py --build $(BUILD) --seconds $(BENCH_SECONDS) \
+	    --tables $(BENCH_TABLES) --python $(PYTHON)

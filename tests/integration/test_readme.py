@@ -29,6 +29,7 @@ import difflib
 import os
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -253,6 +254,10 @@ def main():
         check(cmd in text, f"README tells the command `{cmd}`")
 
     bl = blocks(text)
+    # files the README's commands write under /tmp, removed afterwards if they are new
+    scratch = sorted({m for _, _, body, why in bl if why is None
+                      for m in re.findall(r"/tmp/[\w.-]+", body)})
+    scratch = [p for p in scratch if not os.path.exists(p)]
     daemon = nsd.Daemon().start()
     print(f"note normstatd on 127.0.0.1:{daemon.port}; {len(bl)} code blocks")
     try:
@@ -272,6 +277,11 @@ def main():
         check(daemon.alive(), "the daemon survived every README command", daemon.log_tail())
     finally:
         rc = daemon.stop()
+        for p in scratch:
+            if os.path.isdir(p) and not os.path.islink(p):
+                shutil.rmtree(p, ignore_errors=True)
+            elif os.path.lexists(p):
+                os.unlink(p)
     check(rc == 0, "daemon exits 0 on SIGTERM", str(rc))
     print(f"{'PASS' if not fails else 'FAIL'} test_readme.py: {len(fails)} failed checks")
     return 1 if fails else 0

@@ -1,0 +1,32 @@
+/* f32.h - float32 <-> decimal text for JSON arrays (library-internal). */
+#ifndef NS_PROTO_F32_H
+#define NS_PROTO_F32_H
+
+#include <stddef.h>
+
+/* Longest text ns__f32_format() writes, plus its NUL: "-1.23456789e-45". */
+#define NS__F32_FORMAT_MAX 16
+
+/* ns__f32_parse() :
+ * Convert the JSON number token 'src' (exactly 'src_len' bytes, no sign other
+ * than a leading '-', no surrounding space) to the nearest float32, ties to
+ * even: the value strtof() gives in the "C" locale, whatever the current
+ * locale. A magnitude below the smallest subnormal becomes a signed zero.
+ * @return 0, NS_EINVAL if 'src' is not a JSON number, NS_EVALUE if the value
+ * rounds to infinity (*dst is then +-inf), or NS_ENOMEM (a token longer than
+ * 63 bytes that needs strtof could not be copied). Thread-safe. */
+int ns__f32_parse(const char *src, size_t src_len, float *dst);
+
+/* ns__f32_format() :
+ * Write finite 'value' as the shortest decimal that ns__f32_parse() (and
+ * strtof) reads back to the same float, the nearest such decimal to 'value'
+ * when several qualify (ties to an even last digit): at most 9 significant
+ * digits, a valid JSON number. Notation as "%.9g" chooses it: fixed for
+ * decimal exponents -4..8 ("0.1", "3", "-0", "0.000123"), otherwise
+ * scientific without '+' or leading zeros ("1e-45", "3.4028235e38").
+ * 'dst' has room for NS__F32_FORMAT_MAX bytes; the text is NUL-terminated.
+ * @return its length. Non-finite values are the caller's to handle (they
+ * write "null"); here they give "null" too. Thread-safe. */
+size_t ns__f32_format(char *dst, float value);
+
+#endif /* NS_PROTO_F32_H */

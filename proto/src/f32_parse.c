@@ -1,0 +1,173 @@
+/* f32_parse.c - JSON number text to a correctly rounded float32.
+ *
+ * A report's arrays are float32 values that clients print as decimals (often
+ * Python's repr of the float32 widened to double, 17 digits), so the value
+ * meant is the float nearest the decimal: strtof(), not (float)strtod(),
+ * which rounds twice and differs when the double lands on a midpoint between
+ * two floats. Three ways, cheapest first:
+ *  1. Clinger: a mantissa <= 2^24 and a power of ten <= 10^10 are exact
+ *     floats, so one float multiply or divide is correctly rounded.
+ *  2. Up to 19 significant digits times a power of ten in double: at most a
+ *     few units in the last place of a double away from the decimal, which
+ *     rounds to the same float unless it is within those few units of a
+ *     midpoint between floats (29 more bits make that about 1 in 10^7).
+ *  3. Otherwise (near a midpoint, float subnormals) strtof on a copy of the
+ *     token, in the "C" locale: glibc's strtof honours LC_NUMERIC, and
+ *     although normstatd never calls setlocale, a program linking the
+ *     library may. */
+#include <float.h>
+#include <locale.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <normstat/errors.h>
+
+#include "f32.h"
+
+/* Exact float powers of ten (5^10 < 2^24). */
+static const float pow10_f[] = {1e0f, 1e1f, 1e2f, 1e3f, 1e4f, 1e5f,
+                                1e6f, 1e7f, 1e8f, 1e9f, 1e10f};
+
+/* 10^-65 .. 10^38 as the nearest doubles: below 10^-65 every 19-digit
+ * mantissa gives less than half the smallest float subnormal; from 10^39
+ * every mantissa gives more than FLT_MAX. */
+#define POW10_MIN (-65)
+#define POW10_MAX 38
+static const double pow10_d[] = {
+    1e-65, 1e-64, 1e-63, 1e-62, 1e-61, 1e-60,
+    1e-59, 1e-58, 1e-57, 1e-56, 1e-55, 1e-54,
+    1e-53, 1e-52, 1e-51, 1e-50, 1e-49, 1e-48,
+    1e-47, 1e-46, 1e-45, 1e-44, 1e-43, 1e-42,
+    1e-41, 1e-40, 1e-39, 1e-38, 1e-37, 1e-36,
+    1e-35, 1e-34, 1e-33, 1e-32, 1e-31, 1e-30,
+    1e-29, 1e-28, 1e-27, 1e-26, 1e-25, 1e-24,
+    1e-23, 1e-22, 1e-21, 1e-20, 1e-19, 1e-18,
+    1e-17, 1e-16, 1e-15, 1e-14, 1e-13, 1e-12,
+    1e-11, 1e-10, 1e-9, 1e-8, 1e-7, 1e-6,
+    1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1e0,
+    1e1, 1e2, 1e3, 1e4, 1e5, 1e6,
+    1e7, 1e8, 1e9, 1e10, 1e11, 1e12,
+    1e13, 1e14, 1e15, 1e16, 1e17, 1e18,
+    1e19, 1e20, 1e21, 1e22, 1e23, 1e24,
+    1e25, 1e26, 1e27, 1e28, 1e29, 1e30,
+    1e31, 1e32, 1e33, 1e34, 1e35, 1e36,
+    1e37, 1e38,
+};
+
+/* Units in the last place of the double estimate allowed away from a float
+ * midpoint: the estimate's error is at most 3.1 units (three roundings and
+ * digits beyond the 19th). */
+#define MIDPOINT_MARGIN 16
+
+static pthread_once_t c_locale_once = PTHREAD_ONCE_INIT;
+static locale_t c_locale;
+
+static void c_locale_create(void)
+{
+    c_locale = newlocale(LC_ALL_MASK, "C", (locale_t)0);
+}
+
+/* strtof of the token in the "C" locale. */
+static int parse_slow(const char *src, size_t src_len, float *dst)
+{
+    char small[64], *text = small;
+    if (src_len >= sizeof(small) && !(text = malloc(src_len + 1)))
+        return NS_ENOMEM;
+    memcpy(text, src, src_len);
+    text[src_len] = '\0';
+    pthread_once(&c_locale_once, c_locale_create);
+    locale_t old = c_locale ? uselocale(c_locale) : (locale_t)0;
+    float f = strtof(text, NULL);
+    if (old)
+        uselocale(old);
+    if (text != small)
+        free(text);
+    *dst = f;
+    return isinf(f) ? NS_EVALUE : 0;
+}
+
+int ns__f32_parse(const char *src, size_t src_len, float *dst)
+{
+    const char *p = src, *end = src + src_len;
+    uint64_t m = 0;
+    int neg = 0, digits = 0, exp10 = 0, small = 1;
+
+    /* JSON grammar: -?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)? */
+    if (p < end && *p == '-') {
+        neg = 1;
+        p++;
+    }
+    if (p == end || (unsigned)(*p - '0') > 9)
+        return NS_EINVAL;
+    if (*p == '0') {
+        p++;
+    } else {
+        for (; p < end && (unsigned)(*p - '0') <= 9; p++) {
+            if (digits < 19) {
+                m = m * 10 + (uint64_t)(*p - '0');
+                digits++;
+            } else {
+                exp10++;
+                small = 0; /* digits dropped (counted below) */
+            }
+        }
+    }
+    if (p < end && *p == '.') {
+        p++;
+        if (p == end || (unsigned)(*p - '0') > 9)
+            return NS_EINVAL;
+        for (; p < end && (unsigned)(*p - '0') <= 9; p++) {
+            if (m == 0 && *p == '0') {
+                exp10--; /* a leading zero of the fraction */
+            } else if (digits < 19) {
+                m = m * 10 + (uint64_t)(*p - '0');
+                digits++;
+                exp10--;
+            } else {
+                small = 0;
+            }
+        }
+    }
+    if (p < end && (*p == 'e' || *p == 'E')) {
+        int eneg = 0, e = 0;
+        p++;
+        if (p < end && (*p == '+' || *p == '-'))
+            eneg = *p++ == '-';
+        if (p == end || (unsigned)(*p - '0') > 9)
+            return NS_EINVAL;
+        for (; p < end && (unsigned)(*p - '0') <= 9; p++)
+            if (e < 100000) /* beyond any float; keeps exp10 from overflowing */
+                e = e * 10 + (*p - '0');
+        exp10 += eneg ? -e : e;
+    }
+    if (p != end)
+        return NS_EINVAL;
+
+    float f;
+    if (m == 0) {
+        f = 0.0f;
+    } else if (FLT_EVAL_METHOD == 0 && small && m <= (1u << 24) && exp10 >= -10 &&
+               exp10 <= 10) {
+        f = exp10 < 0 ? (float)m / pow10_f[-exp10] : (float)m * pow10_f[exp10];
+    } else if (exp10 > POW10_MAX) {
+        f = INFINITY; /* at least 10^39 */
+    } else if (exp10 < POW10_MIN) {
+        f = 0.0f; /* below 2^64 * 10^-66, far under half of 2^-149 */
+    } else {
+        double d = (double)m * pow10_d[exp10 - POW10_MIN];
+        uint64_t bits;
+        memcpy(&bits, &d, sizeof(bits));
+        /* A float keeps 23 of the 52 fraction bits; the 29 below decide the
+         * rounding, and only a value near 1 followed by zeros (a midpoint)
+         * can round differently from the exact decimal. */
+        int64_t low = (int64_t)(bits & ((UINT64_C(1) << 29) - 1)) - (INT64_C(1) << 28);
+        if (d < 0x1p-126 || (low < MIDPOINT_MARGIN && low > -MIDPOINT_MARGIN))
+            return parse_slow(src, src_len, dst);
+        f = (float)d;
+    }
+    *dst = neg ? -f : f;
+    return isinf(f) ? NS_EVALUE : 0;
+}

@@ -1,0 +1,521 @@
+"""bench_server.py - tables 2-5 of `make bench`: ingest, /sync, scale, durability.
+
+    /usr/bin/python3 tests/bench/bench_server.py --build BUILD [--seconds S]
+
+Starts normstatd (--listen 127.0.0.1:0), the bare libmicrohttpd server and
+the torch.distributed gloo peer, drives them with BUILD/bench/loadgen, and
+prints markdown tables whose rows are ratios to a reference measured in the
+same run. Everything is bounded in time; the exit status is non-zero only on
+errors (a program that fails to start, a load generator that fails), never
+for a missed target. See tests/bench/README.md for what each row means.
+"""
+import argparse
+import http.client
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ERRORS = []
+
+
+# ---------------------------------------------------------------- processes
+
+class Server:
+    """normstatd or bare_server on 127.0.0.1:0; the port comes from its log."""
+
+    def __init__(self, argv, name):
+        self.name = name
+        self.log = tempfile.NamedTemporaryFile(prefix="nsbench-", suffix=".log", delete=False)
+        self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=self.log)
+        self.port = None
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and self.proc.poll() is None:
+            with open(self.log.name, errors="replace") as f:
+                m = re.search(r"event=listening addr=127\.0\.0\.1:(\d+)", f.read())
+            if m:
+                self.port = int(m.group(1))
+                break
+            time.sleep(0.05)
+        if self.port is None:
+            self.stop()
+            raise RuntimeError("%s did not start: %s" % (name, open(self.log.name).read()[-2000:]))
+        if name == "normstatd":
+            self.wait_ready()
+
+    @property
+    def pid(self):
+        return self.proc.pid
+
+    def wait_ready(self):
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if self.request("GET", "/readyz")[0] == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError("normstatd never became ready")
+
+    def request(self, method, path, body=None, ctype="application/json"):
+        c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        try:
+            c.request(method, path, body=body, headers={"Content-Type": ctype} if body else {})
+            r = c.getresponse()
+            return r.status, r.read()
+        finally:
+            c.close()
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+        os.unlink(self.log.name)
+
+
+def rss_bytes(pid):
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def metric(server, name):
+    """A sample of /metrics: name may carry labels, e.g. x{reason="y"}."""
+    status, body = server.request("GET", "/metrics")
+    for line in body.decode().splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[-1])
+    return float("nan")
+
+
+def run_loadgen(build, *args):
+    argv = [os.path.join(build, "bench", "loadgen")] + [str(a) for a in args]
+    p = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=120,
+                       universal_newlines=True)
+    line = p.stdout.strip().splitlines()[-1] if p.stdout.strip() else ""
+    res = dict(kv.split("=", 1) for kv in line.split() if "=" in kv)
+    for k, v in list(res.items()):
+        try:
+            res[k] = float(v)
+        except ValueError:
+            pass
+    if p.returncode != 0 or not res:
+        ERRORS.append("loadgen %s: exit %d: %s" % (" ".join(argv[1:3]), p.returncode,
+                                                   p.stderr.strip()[-500:]))
+        res["failed"] = True
+    elif res.get("errors", 0):
+        ERRORS.append("loadgen %s: %d requests rejected: %s" %
+                      (" ".join(argv[1:3]), res["errors"], p.stderr.strip()[-300:]))
+    return res
+
+
+def gloo(python, world, specs, iters):
+    argv = [python, os.path.join(HERE, "sync_gloo.py"), str(world), ",".join(specs), str(iters)]
+    try:
+        p = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=300,
+                           universal_newlines=True)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return {}, "gloo: %s" % e
+    out = {}
+    for line in p.stdout.splitlines():
+        res = dict(kv.split("=", 1) for kv in line.split() if "=" in kv)
+        if "spec" in res:
+            out[res["spec"]] = {k: float(v) for k, v in res.items() if k not in ("spec",)}
+    if p.returncode != 0:
+        return out, "gloo: exit %d: %s" % (p.returncode, p.stderr.strip()[-300:])
+    return out, None
+
+
+# ---------------------------------------------------------------- formatting
+
+def table(title, header, rows):
+    print()
+    print("### " + title)
+    print()
+    print("| " + " | ".join(header) + " |")
+    print("|" + "|".join("---" if i == 0 else "---:" for i in range(len(header))) + "|")
+    for r in rows:
+        print("| " + " | ".join(r) + " |")
+    sys.stdout.flush()
+
+
+def f(v, fmt="%.0f"):
+    if v is None or v != v:
+        return "n/a"
+    return fmt % v
+
+
+def ratio(a, b):
+    if a is None or b is None or a != a or b != b or b == 0:
+        return float("nan")
+    return a / b
+
+
+def met(ok):
+    return "**met**" if ok else "**not met**"
+
+
+# ---------------------------------------------------------------- measurements
+
+def ingest(build, srv, fmt, seconds, conns, tag):
+    return run_loadgen(build, "ingest", "--port", srv.port, "--pid", srv.pid, "--format", fmt,
+                       "--conns", conns, "--layers", "resnet50", "--seconds", seconds,
+                       "--max", 2000000, "--run", tag)
+
+
+SYNC_CASES = [(w, spec, iters, fmt) for w in (2, 4) for spec, iters in (("1x256", 300),
+              ("resnet50", 60)) for fmt in ("json", "st")]
+
+
+def sync(build, srv, world, spec, iters, seconds, tag, fmt):
+    return run_loadgen(build, "sync", "--port", srv.port, "--pid", srv.pid, "--format", fmt,
+                       "--workers", world, "--layers", spec, "--iters", iters,
+                       "--seconds", seconds, "--run", tag)
+
+
+def per_report_us(r):
+    if r.get("failed") or not r.get("ok") or r.get("server_cpu", -1) < 0:
+        return float("nan")
+    return r["server_cpu"] / r["ok"] * 1e6
+
+
+def ingest_rows(res, dec, bare):
+    """Rows of table 2 (and 5): (label, result, reference rate, reference name)."""
+    rows = []
+    for label, r, ref in res:
+        rows.append(["%s" % label, f(r.get("rps"), "%.1f"), f(r.get("mbps"), "%.1f"),
+                     f(ratio(r.get("rps"), ref), "%.2fx") if ref else "reference",
+                     f(r.get("client_cpu"), "%.2f"), f(r.get("server_cpu"), "%.2f"),
+                     f(per_report_us(r), "%.0f")])
+    return rows
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--build", required=True)
+    ap.add_argument("--seconds", type=float, default=3.0)
+    ap.add_argument("--conns", type=int, default=2)
+    ap.add_argument("--python", default="/usr/bin/python3")
+    ap.add_argument("--tables", default="2,3,4,5", help="which tables to print, e.g. 2,3")
+    a = ap.parse_args()
+    want = set(a.tables.split(","))
+    build, secs = a.build, a.seconds
+    nsd = os.path.join(build, "bin", "normstatd")
+    bare_bin = os.path.join(build, "bench", "bare_server")
+    t_begin = time.monotonic()
+    load = os.getloadavg()
+    print()
+    print("## normstatd benchmarks (tables 2-5)")
+    print()
+    print("%d CPUs, load average %.2f before the run; normstatd with its defaults "
+          "(--threads 4, --core-threads 1); load generator on libuv, %d keep-alive "
+          "connections, one request in flight each, %.1f s per ingest row; ResNet-50 "
+          "report = 53 layers, 26,560 channels." % (os.cpu_count(), load[0], a.conns, secs))
+    tmp = tempfile.mkdtemp(prefix="nsbench-")
+    try:
+        if want & {"2", "3", "5"}:
+            # ------------------------------------------------ table 2: ingest
+            bare = Server([bare_bin], "bare_server")
+            try:
+                b_st = ingest(build, bare, "st", secs, a.conns, "bare")
+                b_js = ingest(build, bare, "json", secs, a.conns, "bare")
+            finally:
+                bare.stop()
+            dec = run_loadgen(build, "decode", "--layers", "resnet50", "--seconds", secs)
+            d = Server([nsd, "--listen", "127.0.0.1:0", "--no-persist"], "normstatd")
+            try:
+                n_st = ingest(build, d, "st", secs, a.conns, "ing")
+                n_js = ingest(build, d, "json", secs, a.conns, "ing")
+                # ------------------------------------------------ table 3: sync
+                sync_res = {}
+                for w, spec, iters, fmt in SYNC_CASES:
+                    sync_res[(w, spec, fmt)] = sync(build, d, w, spec, iters, secs, "sync", fmt)
+            finally:
+                d.stop()
+        gloo_res = {}
+        gloo_err = []
+        if "3" in want:
+            for w in (2, 4):
+                out, err = gloo(a.python, w, ["1x256", "resnet50"], 300)
+                if err:
+                    gloo_err.append(err)
+                for spec, v in out.items():
+                    gloo_res[(w, spec)] = v
+    
+        if "2" in want:
+            jrate = dec.get("jansson_rps")
+            rows = ingest_rows([("bare libmicrohttpd, safetensors bodies", b_st, None),
+                                ("**normstatd, safetensors**", n_st, b_st.get("rps")),
+                                ("bare libmicrohttpd, JSON bodies", b_js, None),
+                                ("**normstatd, JSON**", n_js, b_js.get("rps"))], dec, None)
+            rows.append(["jansson tree decode of the same JSON report (in-process, 1 thread)",
+                         f(jrate, "%.1f"), f(dec.get("jansson_mbps"), "%.1f"), "reference",
+                         "", "", f(1e6 / jrate if jrate else None, "%.0f")])
+            rows.append(["normstatd JSON ingest vs jansson tree decode", "", "",
+                         f(ratio(n_js.get("rps"), jrate), "%.2fx"), "", "", ""])
+            rows.append(["`ns_report_decode_json` (in-process, 1 thread)",
+                         f(dec.get("ns_json_rps"), "%.1f"),
+                         f(dec.get("ns_json_rps", 0) * dec.get("json_bytes", 0) / 1e6, "%.1f"),
+                         f(ratio(dec.get("ns_json_rps"), jrate), "%.2fx"), "", "",
+                         f(1e6 / dec["ns_json_rps"] if dec.get("ns_json_rps") else None, "%.0f")])
+            rows.append(["`ns_report_decode_safetensors` (in-process, 1 thread)",
+                         f(dec.get("ns_st_rps"), "%.1f"),
+                         f(dec.get("ns_st_rps", 0) * dec.get("st_bytes", 0) / 1e6, "%.1f"), "",
+                         "", "", f(1e6 / dec["ns_st_rps"] if dec.get("ns_st_rps") else None, "%.0f")])
+            table("2. Ingest: ResNet-50 report (JSON %s bytes, safetensors %s bytes), persistence off"
+                  % (f(dec.get("json_bytes")), f(dec.get("st_bytes"))),
+                  ["row", "reports/s", "MB/s", "vs reference", "client CPU s", "server CPU s",
+                   "server CPU us/report"], rows)
+            st_ratio = ratio(n_st.get("rps"), b_st.get("rps"))
+            js_ratio = ratio(n_js.get("rps"), jrate)
+            table("2. Ingest targets", ["target", "measured", "result"], [
+                ["safetensors ingest >= 50% of the bare-server rate", f(st_ratio * 100, "%.1f%%"),
+                 met(st_ratio >= 0.5)],
+                ["JSON ingest >= 4x jansson-tree decode", f(js_ratio, "%.2fx"), met(js_ratio >= 4)]])
+
+        if "3" in want:
+            rows = []
+            targets = []
+            for w, spec, _, fmt in SYNC_CASES:
+                r = sync_res[(w, spec, fmt)]
+                g = gloo_res.get((w, spec), {})
+                label = "W=%d, %s, %s" % (w, "1 layer x 256" if spec == "1x256"
+                                          else "53 layers (26,560 ch)",
+                                          "JSON" if fmt == "json" else "safetensors")
+                rows.append([label, f(r.get("p50_us")), f(r.get("p99_us")),
+                             f(g.get("p50_us")), f(g.get("p99_us")),
+                             f(ratio(g.get("p50_us"), r.get("p50_us")), "%.2fx"),
+                             f(ratio(g.get("p99_us"), r.get("p99_us")), "%.2fx"),
+                             "%d / %d" % (r.get("samples", 0), g.get("samples", 0))])
+                if spec == "1x256":
+                    rr = ratio(g.get("p50_us"), r.get("p50_us"))
+                    targets.append(["/sync p50 <= gloo all_gather p50, W=%d, 256 channels, %s"
+                                    % (w, "JSON" if fmt == "json" else "safetensors"),
+                                    "%s vs %s us (%s)" % (f(r.get("p50_us")), f(g.get("p50_us")),
+                                                          f(rr, "%.2fx")), met(rr >= 1)])
+            table("3. Sync round trip (us, per worker per step; gloo: one all_gather of a "
+                  "concatenated [3, C] float32 tensor per step)",
+                  ["case", "/sync p50", "/sync p99", "gloo p50", "gloo p99",
+                   "p50 gloo / ours", "p99 gloo / ours", "samples ours / gloo"], rows)
+            table("3. Sync targets", ["target", "measured", "result"], targets)
+            for e in gloo_err:
+                print("\n(%s)" % e)
+
+        # ------------------------------------------------ table 4: scale
+        if "4" in want:
+            scale(build, a, secs, tmp)
+
+        # ------------------------------------------------ table 5: durability
+        if "5" in want:
+            ddir = os.path.join(tmp, "data")
+            os.makedirs(ddir)
+            d = Server([nsd, "--listen", "127.0.0.1:0", "--data-dir", ddir], "normstatd")
+            try:
+                p_st = ingest(build, d, "st", secs, a.conns, "dur")
+                p_js = ingest(build, d, "json", secs, a.conns, "dur")
+                p_sync = {}
+                for w, spec, iters, fmt in SYNC_CASES:
+                    p_sync[(w, spec, fmt)] = sync(build, d, w, spec, iters, secs, "dsync", fmt)
+            finally:
+                d.stop()
+            rows = [["ingest safetensors, reports/s", f(n_st.get("rps"), "%.1f"),
+                     f(p_st.get("rps"), "%.1f"), f(ratio(p_st.get("rps"), n_st.get("rps")), "%.2f")],
+                    ["ingest JSON, reports/s", f(n_js.get("rps"), "%.1f"),
+                     f(p_js.get("rps"), "%.1f"), f(ratio(p_js.get("rps"), n_js.get("rps")), "%.2f")]]
+            for w, spec, _, fmt in SYNC_CASES:
+                r, p = sync_res[(w, spec, fmt)], p_sync[(w, spec, fmt)]
+                for q in ("p50", "p99"):
+                    rows.append(["/sync W=%d %s %s %s, us" % (w, spec, fmt, q), f(r.get(q + "_us")),
+                                 f(p.get(q + "_us")),
+                                 f(ratio(p.get(q + "_us"), r.get(q + "_us")), "%.2f")])
+            table("5. Durability cost (persistence on: SQLite in a temp --data-dir, default "
+                  "--commit-interval; off: --no-persist)",
+                  ["row", "off (--no-persist)", "on (--data-dir)", "on / off"], rows)
+    except Exception as e:  # an error, not a missed target
+        ERRORS.append("%s: %s" % (type(e).__name__, e))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print("\n(tables 2-5 took %.0f s)" % (time.monotonic() - t_begin))
+    if ERRORS:
+        print("\nerrors:", file=sys.stderr)
+        for e in ERRORS:
+            print("  " + e, file=sys.stderr)
+        sys.exit(1)
+
+
+def body(build, spec, fmt, worker, world):
+    p = subprocess.run([os.path.join(build, "bench", "loadgen"), "body", "--layers", spec,
+                        "--format", fmt, "--worker", str(worker), "--workers", str(world)],
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, check=True)
+    at = int(re.search(rb"step_offset=(\d+)", p.stderr).group(1))
+    return bytearray(p.stdout), at
+
+
+class Client:
+    """One keep-alive connection for a few hundred requests from Python."""
+
+    def __init__(self, port):
+        self.port = port
+        self.c = None
+
+    def post(self, path, data, ctype="application/safetensors"):
+        for attempt in (0, 1):
+            try:
+                if self.c is None:
+                    self.c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+                self.c.request("POST", path, body=bytes(data), headers={"Content-Type": ctype})
+                r = self.c.getresponse()
+                out = r.status, r.read()
+                if r.getheader("Connection", "").lower() == "close":
+                    self.c.close()
+                    self.c = None
+                return out
+            except (http.client.HTTPException, OSError):
+                if self.c is not None:
+                    self.c.close()
+                self.c = None
+                if attempt:
+                    raise
+
+
+def set_step(b, at, k):
+    b[at:at + 7] = b"%07d" % (1000000 + k)
+
+
+def scale(build, a, secs, tmp):
+    nsd = os.path.join(build, "bin", "normstatd")
+    rows = []
+    N_RUNS, N_PEND = 50, 100
+    d = Server([nsd, "--listen", "127.0.0.1:0", "--no-persist"], "normstatd")
+    try:
+        cl = Client(d.port)
+        b1, at1 = body(build, "resnet50", "st", 0, 1)
+        cl.post("/v1/runs/warm/batches", b1)  # first-touch costs outside the measurement
+        time.sleep(0.2)
+        rss0, m0 = rss_bytes(d.pid), metric(d, "normstat_memory_bytes")
+        for i in range(N_RUNS):
+            st, _ = cl.post("/v1/runs/mrun%d/batches" % i, b1)
+            if st != 202:
+                ERRORS.append("scale: run %d got %d" % (i, st))
+        time.sleep(0.2)
+        rss1, m1 = rss_bytes(d.pid), metric(d, "normstat_memory_bytes")
+        d.request("PUT", "/v1/runs/pend", b'{"world_size": 2}')
+        b2, at2 = body(build, "resnet50", "st", 0, 2)
+        for k in range(N_PEND):
+            set_step(b2, at2, k)
+            st, _ = cl.post("/v1/runs/pend/batches", b2)
+            if st != 202:
+                ERRORS.append("scale: pending step %d got %d" % (k, st))
+        time.sleep(0.2)
+        rss2, m2 = rss_bytes(d.pid), metric(d, "normstat_memory_bytes")
+        # Steps seen: 1k then 10k finalized steps of a small run.
+        r1 = run_loadgen(build, "ingest", "--port", d.port, "--pid", d.pid, "--format", "st",
+                         "--conns", 1, "--layers", "1x256", "--max", 1000, "--seconds", 60,
+                         "--run", "steps", "--run-exact", 1)
+        rss_1k, m_1k = rss_bytes(d.pid), metric(d, "normstat_memory_bytes")
+        r2 = run_loadgen(build, "ingest", "--port", d.port, "--pid", d.pid, "--format", "st",
+                         "--conns", 1, "--layers", "1x256", "--max", 9000, "--seconds", 60,
+                         "--run", "steps", "--run-exact", 1, "--first-step", 1000)
+        rss_10k, m_10k = rss_bytes(d.pid), metric(d, "normstat_memory_bytes")
+        steps_ok = r1.get("ok", 0) + r2.get("ok", 0)
+    finally:
+        d.stop()
+    mb = 1e6
+    rows.append(["per run (ResNet-50 layers, after one step; %d runs)" % N_RUNS,
+                 f((rss1 - rss0) / N_RUNS / mb, "%.3f"), f((m1 - m0) / N_RUNS / mb, "%.3f"),
+                 "26,560 ch: %.1f B/ch (metric)" % ((m1 - m0) / N_RUNS / 26560)])
+    rows.append(["per pending step (ResNet-50, 1 of 2 workers; %d steps)" % N_PEND,
+                 f((rss2 - rss1) / N_PEND / mb, "%.3f"), f((m2 - m1) / N_PEND / mb, "%.3f"),
+                 "%.1f B/ch (metric); report body %d B" % ((m2 - m1) / N_PEND / 26560, len(b2))])
+    rows.append(["after 1k steps seen (1 x 256 ch, total)", f(rss_1k / mb, "%.2f"),
+                 f(m_1k / mb, "%.3f"), ""])
+    rows.append(["after 10k steps seen (total; %d accepted)" % steps_ok, f(rss_10k / mb, "%.2f"),
+                 f(m_10k / mb, "%.3f"),
+                 "RSS 10k/1k = %s; metric 10k/1k = %s" % (f(ratio(rss_10k, rss_1k), "%.3f"),
+                                                         f(ratio(m_10k, m_1k), "%.3f"))])
+    table("4a. Scale: memory (RSS from /proc/PID/status; metric = normstat_memory_bytes)",
+          ["what", "RSS MB", "metric MB", "note"], rows)
+
+    # Budget: pending steps until 429.
+    budget = 8 * 1024 * 1024
+    d = Server([nsd, "--listen", "127.0.0.1:0", "--no-persist", "--max-memory", str(budget)],
+               "normstatd")
+    try:
+        cl = Client(d.port)
+        d.request("PUT", "/v1/runs/budget", b'{"world_size": 2}')
+        b2, at2 = body(build, "resnet50", "st", 0, 2)
+        first429, code, accepted = None, "", 0
+        for k in range(400):
+            set_step(b2, at2, k)
+            st, resp = cl.post("/v1/runs/budget/batches", b2)
+            if st == 429:
+                first429 = k
+                m = re.search(rb'"code"\s*:\s*"([^"]+)"', resp)
+                code = m.group(1).decode() if m else "?"
+                break
+            if st == 202:
+                accepted += 1
+        mem = metric(d, "normstat_memory_bytes")
+        rej = metric(d, 'normstat_rejections_total{reason="memory_budget"}')
+    finally:
+        d.stop()
+    ok = first429 is not None and code == "memory_budget" and mem <= budget and rej >= 1
+    table("4b. Scale: memory budget (--max-memory %d = 8 MiB; pending ResNet-50 steps of a "
+          "2-worker run, one worker reporting)" % budget,
+          ["target", "measured", "result"],
+          [["memory per pending step bounded by --max-memory; 429 + reason memory_budget",
+            "%d steps accepted, then %s (code %s); normstat_memory_bytes %s <= %d; "
+            "rejections{reason=\"memory_budget\"} %s"
+            % (accepted, "429" if first429 is not None else "no 429", code or "-",
+               f(mem), budget, f(rej)), met(ok)]])
+
+    # Cost growth: workers and channels (server CPU per report, safetensors).
+    d = Server([nsd, "--listen", "127.0.0.1:0", "--no-persist"], "normstatd")
+    rows = []
+    try:
+        base = None
+        for w in (1, 4, 16, 64):
+            r = run_loadgen(build, "ingest", "--port", d.port, "--pid", d.pid, "--format", "st",
+                            "--conns", a.conns, "--layers", "1x4096", "--workers", w,
+                            "--seconds", secs / 2, "--run", "w%d" % w)
+            us = per_report_us(r)
+            base = base if base is not None else us
+            rows.append(["W=%d (1 layer x 4096 ch)" % w, f(r.get("rps"), "%.0f"),
+                         f(us, "%.1f"), f(us * w, "%.1f"),
+                         f(ratio(us * w, base), "%.2f") + " (W = %d)" % w])
+        table("4c. Scale: cost vs workers (server CPU per report; a step = W reports)",
+              ["case", "reports/s", "server CPU us/report", "us/step", "step cost vs W=1"],
+              rows)
+        rows = []
+        base = None
+        for c in (64, 1024, 16384, 65536):
+            r = run_loadgen(build, "ingest", "--port", d.port, "--pid", d.pid, "--format", "st",
+                            "--conns", a.conns, "--layers", "1x%d" % c, "--seconds", secs / 2,
+                            "--run", "c%d" % c)
+            us = per_report_us(r)
+            base = base if base is not None else us
+            rows.append(["C=%d" % c, f(r.get("rps"), "%.0f"), f(us, "%.1f"),
+                         f(us * 1000 / c, "%.2f"),
+                         f(ratio(us, base), "%.2f") + " (C x %d)" % (c // 64)])
+        table("4d. Scale: cost vs channels (1 layer, W=1, safetensors)",
+              ["case", "reports/s", "server CPU us/report", "ns/channel",
+               "cost vs C=64"], rows)
+    finally:
+        d.stop()
+
+
+if __name__ == "__main__":
+    main()
