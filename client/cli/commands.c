@@ -57,6 +57,20 @@ static int has_suffix(const char *s, const char *suffix)
     return n >= m && strcmp(s + n - m, suffix) == 0;
 }
 
+/* A client call that fetched a body failed: free what arrived, report it.
+ * @return the exit code. */
+static int fetch_failed(const char *what, int rc, ns_buf_t *body, const ns_error_detail_t *err)
+{
+    ns_buf_free(body);
+    return ns_cli_fail(what, rc, err);
+}
+
+/* The answer as JSON (NULL when it does not parse; jansson accepts NULL). */
+static json_t *body_json(const ns_buf_t *body)
+{
+    return json_loadb(body->data ? body->data : "", body->len, 0, NULL);
+}
+
 /* ---------------------------------------------------------------- runs */
 
 static int cmd_runs(ns_cli_t *cli, int argc, char **argv)
@@ -66,14 +80,12 @@ static int cmd_runs(ns_cli_t *cli, int argc, char **argv)
     int rc;
     if (argc > 0)
         return ns_cli_usage(&ns_cli_commands[0], "unexpected argument '%s'", argv[0]);
-    if ((rc = ns_client_runs_list(cli->client, &body, &err))) {
-        ns_buf_free(&body);
-        return ns_cli_fail("runs", rc, &err);
-    }
+    if ((rc = ns_client_runs_list(cli->client, &body, &err)))
+        return fetch_failed("runs", rc, &body, &err);
     if (cli->json) {
         ns_cli_print_json(body.data, body.len);
     } else {
-        json_t *root = json_loadb(body.data ? body.data : "", body.len, 0, NULL), *r;
+        json_t *root = body_json(&body), *r;
         size_t i;
         printf("%-32s %10s %7s %8s %8s %12s\n", "RUN", "WORLD_SIZE", "LAYERS", "DOMAINS", "PENDING",
                "STEP");
@@ -156,14 +168,12 @@ static int run_create(ns_cli_t *cli, const ns_cli_command_t *me, const char *run
     }
     if (missing)
         return ns_cli_usage(me, "an option needs a value");
-    if ((rc = ns_client_run_put(cli->client, run, &cfg, &created, &body, &err))) {
-        ns_buf_free(&body);
-        return ns_cli_fail("run create", rc, &err);
-    }
+    if ((rc = ns_client_run_put(cli->client, run, &cfg, &created, &body, &err)))
+        return fetch_failed("run create", rc, &body, &err);
     if (cli->json) {
         ns_cli_print_json(body.data, body.len);
     } else {
-        json_t *root = json_loadb(body.data ? body.data : "", body.len, 0, NULL);
+        json_t *root = body_json(&body);
         printf("%s run %s\n", created ? "created" : "updated", run);
         ns_cli_print_object(json_object_get(root, "config"), 2);
         json_decref(root);
@@ -186,14 +196,12 @@ static int cmd_run(ns_cli_t *cli, int argc, char **argv)
     if (argc > 2)
         return ns_cli_usage(me, "unexpected argument '%s'", argv[2]);
     if (strcmp(sub, "show") == 0) {
-        if ((rc = ns_client_run_get(cli->client, run, &body, &err))) {
-            ns_buf_free(&body);
-            return ns_cli_fail("run show", rc, &err);
-        }
+        if ((rc = ns_client_run_get(cli->client, run, &body, &err)))
+            return fetch_failed("run show", rc, &body, &err);
         if (cli->json) {
             ns_cli_print_json(body.data, body.len);
         } else {
-            json_t *root = json_loadb(body.data ? body.data : "", body.len, 0, NULL);
+            json_t *root = body_json(&body);
             ns_cli_print_object(root, 0);
             json_decref(root);
         }
@@ -323,6 +331,21 @@ static int cmd_report(ns_cli_t *cli, int argc, char **argv)
 
 /* ---------------------------------------------------------------- stats */
 
+/* An argument that no option of 'me' took: the run, or a usage error (an
+ * option without its value, an unknown option, a second run).
+ * @return 0 or the exit code. */
+static int take_run(const ns_cli_command_t *me, const char *arg, int missing, const char **run)
+{
+    if (missing)
+        return ns_cli_usage(me, "%s needs a value", arg);
+    if (arg[0] == '-')
+        return ns_cli_usage(me, "unknown option '%s'", arg);
+    if (*run != NULL)
+        return ns_cli_usage(me, "unexpected argument '%s'", arg);
+    *run = arg;
+    return 0;
+}
+
 static int cmd_stats(ns_cli_t *cli, int argc, char **argv)
 {
     const ns_cli_command_t *me = &ns_cli_commands[3];
@@ -345,50 +368,38 @@ static int cmd_stats(ns_cli_t *cli, int argc, char **argv)
         } else if ((v = opt(argc, argv, &i, "-o", &missing)) ||
                    (v = opt(argc, argv, &i, "--output", &missing)))
             out = v;
-        else if (missing)
-            return ns_cli_usage(me, "%s needs a value", argv[i]);
-        else if (argv[i][0] == '-')
-            return ns_cli_usage(me, "unknown option '%s'", argv[i]);
-        else if (run == NULL)
-            run = argv[i];
-        else
-            return ns_cli_usage(me, "unexpected argument '%s'", argv[i]);
+        else if ((rc = take_run(me, argv[i], missing, &run)))
+            return rc;
     }
     if (run == NULL)
         return ns_cli_usage(me, "needs a run");
-    ns_error_detail_t err = {0};
+    /* JSON unless -o names a safetensors file: the table is read from the
+     * JSON answer, which also carries each layer's step (the safetensors one
+     * is state_dict keys only). */
+    ns_format_t format = NS_FORMAT_JSON;
     if (out) {
-        ns_format_t f = has_suffix(out, ".json") ? NS_FORMAT_JSON : NS_FORMAT_SAFETENSORS;
         if (!has_suffix(out, ".json") && !has_suffix(out, ".safetensors"))
             return ns_cli_usage(me, "-o: '%s' must end in .safetensors or .json", out);
-        ns_buf_t body = {0};
-        if ((rc = ns_client_stats_fetch(cli->client, run, &q, f, &body, &err))) {
-            ns_buf_free(&body);
-            return ns_cli_fail("stats", rc, &err);
-        }
+        if (has_suffix(out, ".safetensors"))
+            format = NS_FORMAT_SAFETENSORS;
+    }
+    ns_error_detail_t err = {0};
+    ns_buf_t body = {0};
+    if ((rc = ns_client_stats_fetch(cli->client, run, &q, format, &body, &err)))
+        return fetch_failed("stats", rc, &body, &err);
+    if (out) {
         rc = write_file(out, &body);
         ns_buf_free(&body);
         return rc;
     }
     if (cli->json) {
-        ns_buf_t body = {0};
-        if ((rc = ns_client_stats_fetch(cli->client, run, &q, NS_FORMAT_JSON, &body, &err))) {
-            ns_buf_free(&body);
-            return ns_cli_fail("stats", rc, &err);
-        }
         ns_cli_print_json(body.data, body.len);
         ns_buf_free(&body);
         return 0;
     }
-    /* The table is read from the JSON answer, which also carries each
-     * layer's step (the safetensors one is state_dict keys only). */
-    ns_buf_t body = {0};
     ns_result_t *res = NULL;
-    if ((rc = ns_client_stats_fetch(cli->client, run, &q, NS_FORMAT_JSON, &body, &err)) ||
-        (rc = ns_result_decode(&res, NS_FORMAT_JSON, body.data, body.len, &err))) {
-        ns_buf_free(&body);
-        return ns_cli_fail("stats", rc, &err);
-    }
+    if ((rc = ns_result_decode(&res, NS_FORMAT_JSON, body.data, body.len, &err)))
+        return fetch_failed("stats", rc, &body, &err);
     ns_buf_free(&body);
     printf("run %s, source %s, domain %s, step %lld\n", run, q.source ? q.source : "ema",
            q.mixture  ? q.mixture
@@ -410,14 +421,8 @@ static int cmd_precise_reset(ns_cli_t *cli, int argc, char **argv)
     for (int i = 0; i < argc; i++) {
         if ((v = opt(argc, argv, &i, "--domain", &missing)))
             domain = v;
-        else if (missing)
-            return ns_cli_usage(me, "%s needs a value", argv[i]);
-        else if (argv[i][0] == '-')
-            return ns_cli_usage(me, "unknown option '%s'", argv[i]);
-        else if (run == NULL)
-            run = argv[i];
-        else
-            return ns_cli_usage(me, "unexpected argument '%s'", argv[i]);
+        else if ((rc = take_run(me, argv[i], missing, &run)))
+            return rc;
     }
     if (run == NULL)
         return ns_cli_usage(me, "needs a run");
@@ -446,10 +451,8 @@ static int cmd_checkpoint(ns_cli_t *cli, int argc, char **argv)
         return ns_cli_usage(me, "needs save|restore, a run and a file");
     const char *sub = argv[0], *run = argv[1], *path = argv[2];
     if (strcmp(sub, "save") == 0) {
-        if ((rc = ns_client_checkpoint_get(cli->client, run, &body, &err))) {
-            ns_buf_free(&body);
-            return ns_cli_fail("checkpoint save", rc, &err);
-        }
+        if ((rc = ns_client_checkpoint_get(cli->client, run, &body, &err)))
+            return fetch_failed("checkpoint save", rc, &body, &err);
         rc = write_file(path, &body);
         ns_buf_free(&body);
         if (rc == 0 && strcmp(path, "-") != 0)
@@ -479,10 +482,8 @@ static int cmd_health(ns_cli_t *cli, int argc, char **argv)
     int rc;
     if (argc > 0)
         return ns_cli_usage(me, "unexpected argument '%s'", argv[0]);
-    if ((rc = ns_client_health(cli->client, 0, &live, &err))) {
-        ns_buf_free(&live);
-        return ns_cli_fail("health (livez)", rc, &err);
-    }
+    if ((rc = ns_client_health(cli->client, 0, &live, &err)))
+        return fetch_failed("health (livez)", rc, &live, &err);
     rc = ns_client_health(cli->client, 1, &ready, &err);
     if (cli->json)
         printf("{\"live\":true,\"ready\":%s}\n", rc ? "false" : "true");
@@ -503,14 +504,12 @@ static int cmd_version(ns_cli_t *cli, int argc, char **argv)
     int rc;
     if (argc > 0)
         return ns_cli_usage(me, "unexpected argument '%s'", argv[0]);
-    if ((rc = ns_client_version(cli->client, &body, &err))) {
-        ns_buf_free(&body);
-        return ns_cli_fail("version", rc, &err);
-    }
+    if ((rc = ns_client_version(cli->client, &body, &err)))
+        return fetch_failed("version", rc, &body, &err);
     if (cli->json) {
         ns_cli_print_json(body.data, body.len);
     } else {
-        json_t *root = json_loadb(body.data ? body.data : "", body.len, 0, NULL);
+        json_t *root = body_json(&body);
         printf("normstat client: %s\n", NS_VERSION_STRING);
         ns_cli_print_object(root, 0);
         json_decref(root);
@@ -527,10 +526,8 @@ static int cmd_metrics(ns_cli_t *cli, int argc, char **argv)
     int rc;
     if (argc > 0)
         return ns_cli_usage(me, "unexpected argument '%s'", argv[0]);
-    if ((rc = ns_client_metrics(cli->client, &body, &err))) {
-        ns_buf_free(&body);
-        return ns_cli_fail("metrics", rc, &err);
-    }
+    if ((rc = ns_client_metrics(cli->client, &body, &err)))
+        return fetch_failed("metrics", rc, &body, &err);
     fwrite(body.data ? body.data : "", 1, body.len, stdout);
     ns_buf_free(&body);
     return 0;

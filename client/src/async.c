@@ -252,17 +252,13 @@ int ns_client_async_create(ns_client_async_t **dst, uv_loop_t *loop,
     *dst = NULL;
     if (loop == NULL)
         return ns_error_set(err, NS_EINVAL, "loop", "a uv loop is required");
-    if (ns__curl_init())
-        return ns_error_set(err, NS_ENOMEM, "", "libcurl initialisation failed");
     if ((c = calloc(1, sizeof(*c))) == NULL)
         return ns_error_set(err, NS_ENOMEM, "", "out of memory");
-    ns__options_fill(&c->opts, opts);
-    if ((c->base = ns__base_url(c->opts.url, err)) == NULL) {
-        int rc = err && err->code ? err->code : NS_EINVAL;
+    int rc = ns__client_setup(&c->opts, &c->base, opts, err);
+    if (rc != 0) {
         free(c);
         return rc;
     }
-    c->opts.url = c->base;
     c->loop = loop;
     if ((c->multi = curl_multi_init()) == NULL) {
         free(c->base);
@@ -328,6 +324,7 @@ static int queue(ns_client_async_t *c, const char *run, const ns_report_t *repor
     }
     if ((rc = ns__request_init(&r->rq, "POST", c->base, path, NULL, text, len,
                                is_sync ? NS__RETRY_UNSENT : NS__RETRY_REPORT))) {
+        ns__request_close(&r->rq); /* frees 'text', which the request took */
         free(r);
         return ns_error_set(err, rc, "", "out of memory");
     }

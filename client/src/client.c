@@ -19,17 +19,13 @@ int ns_client_create(ns_client_t **dst, const ns_client_options_t *opts, ns_erro
 {
     ns_client_t *c;
     *dst = NULL;
-    if (ns__curl_init())
-        return ns_error_set(err, NS_ENOMEM, "", "libcurl initialisation failed");
     if ((c = calloc(1, sizeof(*c))) == NULL)
         return ns_error_set(err, NS_ENOMEM, "", "out of memory");
-    ns__options_fill(&c->opts, opts);
-    if ((c->base = ns__base_url(c->opts.url, err)) == NULL) {
-        int rc = err && err->code ? err->code : NS_EINVAL;
+    int rc = ns__client_setup(&c->opts, &c->base, opts, err);
+    if (rc != 0) {
         free(c);
         return rc;
     }
-    c->opts.url = c->base;
     if ((c->easy = curl_easy_init()) == NULL) {
         free(c->base);
         free(c);

@@ -34,12 +34,14 @@ typedef struct ns__request_s {
     ns_buf_t answer;
 } ns__request_t;
 
-/*! ns__curl_init() : curl_global_init() once per process. @return 0 or NS_ENOMEM. */
-int ns__curl_init(void);
-
-/*! ns__base_url() : a copy of 'url' (NULL: the default) without trailing
- *  slashes, checked to be http:// or https://. @return NULL on error (err set). */
-char *ns__base_url(const char *url, ns_error_detail_t *err);
+/*! ns__client_setup() :
+ *  What both clients do first: curl_global_init() once per process, 'dst'
+ *  = 'opts' (NULL: the defaults), and *base = a copy of its URL (NULL or
+ *  "": the default) without trailing slashes, checked to be http:// or
+ *  https://; dst->url then points at *base, which the caller frees.
+ *  @return 0, or NS_ENOMEM / NS_EINVAL (err set, *base NULL). */
+int ns__client_setup(ns_client_options_t *dst, char **base, const ns_client_options_t *opts,
+                     ns_error_detail_t *err);
 
 /*! ns__request_init() :
  *  'base' + 'path' (+ '?' + 'query' when non-empty) with 'method'; 'body'
@@ -69,8 +71,5 @@ int ns__path_run(char *dst, size_t dst_cap, const char *run, const char *suffix,
 
 /*! ns__stats_query() : the query string of 'q' plus "format=..." into 'dst'. */
 int ns__stats_query(ns_buf_t *dst, const ns_stats_query_t *q, ns_format_t format);
-
-/*! ns__options_fill() : 'opts' with the defaults for NULL. */
-void ns__options_fill(ns_client_options_t *dst, const ns_client_options_t *opts);
 
 #endif /* NS_CLIENT_INTERNAL_H */

@@ -20,12 +20,6 @@ static void curl_init_once(void)
     curl_init_rc = curl_global_init(CURL_GLOBAL_DEFAULT) == CURLE_OK ? 0 : NS_ENOMEM;
 }
 
-int ns__curl_init(void)
-{
-    pthread_once(&curl_once, curl_init_once);
-    return curl_init_rc;
-}
-
 void ns_client_options_default(ns_client_options_t *opts)
 {
     memset(opts, 0, sizeof(*opts));
@@ -37,31 +31,31 @@ void ns_client_options_default(ns_client_options_t *opts)
     opts->max_response = 0;
 }
 
-void ns__options_fill(ns_client_options_t *dst, const ns_client_options_t *opts)
+int ns__client_setup(ns_client_options_t *dst, char **base, const ns_client_options_t *opts,
+                     ns_error_detail_t *err)
 {
+    *base = NULL;
+    pthread_once(&curl_once, curl_init_once);
+    if (curl_init_rc != 0)
+        return ns_error_set(err, curl_init_rc, "", "libcurl initialisation failed");
     if (opts)
         *dst = *opts;
     else
         ns_client_options_default(dst);
-}
-
-char *ns__base_url(const char *url, ns_error_detail_t *err)
-{
+    const char *url = dst->url;
     if (url == NULL || url[0] == '\0')
         url = NS_CLIENT_DEFAULT_URL;
-    if (strncasecmp(url, "http://", 7) != 0 && strncasecmp(url, "https://", 8) != 0) {
-        ns_error_set(err, NS_EINVAL, "url", "'%s' is not an http:// or https:// URL", url);
-        return NULL;
-    }
+    if (strncasecmp(url, "http://", 7) != 0 && strncasecmp(url, "https://", 8) != 0)
+        return ns_error_set(err, NS_EINVAL, "url", "'%s' is not an http:// or https:// URL", url);
     char *copy = strdup(url);
-    if (copy == NULL) {
-        ns_error_set(err, NS_ENOMEM, "", "out of memory");
-        return NULL;
-    }
+    if (copy == NULL)
+        return ns_error_set(err, NS_ENOMEM, "", "out of memory");
     size_t n = strlen(copy);
     while (n > 0 && copy[n - 1] == '/')
         copy[--n] = '\0';
-    return copy;
+    dst->url = copy;
+    *base = copy;
+    return 0;
 }
 
 int ns__path_run(char *dst, size_t dst_cap, const char *run, const char *suffix,

@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "f32.h"
 #include "proto_internal.h"
 
 /* Served arrays are float32; a double beyond its range becomes infinity. */
@@ -50,13 +51,11 @@ static int encode_json(ns_buf_t *dst, const ns_meta_t *meta, size_t n_meta,
                 (rc = ns_buf_append(dst, ":[", 2)))
                 return rc;
             for (size_t c = 0; c < layer->channels; c++) {
-                float f = narrow(layer->arrays[a][c]);
-                /* JSON has no NaN or infinity; "%.9g" round-trips float32. */
-                if (isfinite(f))
-                    rc = ns_buf_printf(dst, c ? ",%.9g" : "%.9g", (double)f);
-                else
-                    rc = ns_buf_append(dst, c ? ",null" : "null", c ? 5 : 4);
-                if (rc)
+                /* The shortest text that reads back as the same float32;
+                 * JSON has no NaN or infinity, which become null. */
+                char num[1 + NS__F32_FORMAT_MAX] = ",";
+                size_t n = ns__f32_format(num + 1, narrow(layer->arrays[a][c]));
+                if ((rc = ns_buf_append(dst, c ? num : num + 1, c ? n + 1 : n)))
                     return rc;
             }
             if ((rc = ns_buf_append(dst, "]", 1)))

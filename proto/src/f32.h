@@ -11,7 +11,7 @@
  * Convert the JSON number token 'src' (exactly 'src_len' bytes, no sign other
  * than a leading '-', no surrounding space) to the nearest float32, ties to
  * even: the value strtof() gives in the "C" locale, whatever the current
- * locale. A magnitude below the smallest subnormal becomes a signed zero.
+ * locale. A value that rounds below the smallest subnormal is a signed zero.
  * @return 0, NS_EINVAL if 'src' is not a JSON number, NS_EVALUE if the value
  * rounds to infinity (*dst is then +-inf), or NS_ENOMEM (a token longer than
  * 63 bytes that needs strtof could not be copied). Thread-safe. */

@@ -28,8 +28,7 @@
 #include "f32.h"
 
 /* Exact float powers of ten (5^10 < 2^24). */
-static const float pow10_f[] = {1e0f, 1e1f, 1e2f, 1e3f, 1e4f, 1e5f,
-                                1e6f, 1e7f, 1e8f, 1e9f, 1e10f};
+static const float pow10_f[] = {1e0f, 1e1f, 1e2f, 1e3f, 1e4f, 1e5f, 1e6f, 1e7f, 1e8f, 1e9f, 1e10f};
 
 /* 10^-65 .. 10^38 as the nearest doubles: below 10^-65 every 19-digit
  * mantissa gives less than half the smallest float subnormal; from 10^39
@@ -37,24 +36,14 @@ static const float pow10_f[] = {1e0f, 1e1f, 1e2f, 1e3f, 1e4f, 1e5f,
 #define POW10_MIN (-65)
 #define POW10_MAX 38
 static const double pow10_d[] = {
-    1e-65, 1e-64, 1e-63, 1e-62, 1e-61, 1e-60,
-    1e-59, 1e-58, 1e-57, 1e-56, 1e-55, 1e-54,
-    1e-53, 1e-52, 1e-51, 1e-50, 1e-49, 1e-48,
-    1e-47, 1e-46, 1e-45, 1e-44, 1e-43, 1e-42,
-    1e-41, 1e-40, 1e-39, 1e-38, 1e-37, 1e-36,
-    1e-35, 1e-34, 1e-33, 1e-32, 1e-31, 1e-30,
-    1e-29, 1e-28, 1e-27, 1e-26, 1e-25, 1e-24,
-    1e-23, 1e-22, 1e-21, 1e-20, 1e-19, 1e-18,
-    1e-17, 1e-16, 1e-15, 1e-14, 1e-13, 1e-12,
-    1e-11, 1e-10, 1e-9, 1e-8, 1e-7, 1e-6,
-    1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1e0,
-    1e1, 1e2, 1e3, 1e4, 1e5, 1e6,
-    1e7, 1e8, 1e9, 1e10, 1e11, 1e12,
-    1e13, 1e14, 1e15, 1e16, 1e17, 1e18,
-    1e19, 1e20, 1e21, 1e22, 1e23, 1e24,
-    1e25, 1e26, 1e27, 1e28, 1e29, 1e30,
-    1e31, 1e32, 1e33, 1e34, 1e35, 1e36,
-    1e37, 1e38,
+    1e-65, 1e-64, 1e-63, 1e-62, 1e-61, 1e-60, 1e-59, 1e-58, 1e-57, 1e-56, 1e-55, 1e-54, 1e-53,
+    1e-52, 1e-51, 1e-50, 1e-49, 1e-48, 1e-47, 1e-46, 1e-45, 1e-44, 1e-43, 1e-42, 1e-41, 1e-40,
+    1e-39, 1e-38, 1e-37, 1e-36, 1e-35, 1e-34, 1e-33, 1e-32, 1e-31, 1e-30, 1e-29, 1e-28, 1e-27,
+    1e-26, 1e-25, 1e-24, 1e-23, 1e-22, 1e-21, 1e-20, 1e-19, 1e-18, 1e-17, 1e-16, 1e-15, 1e-14,
+    1e-13, 1e-12, 1e-11, 1e-10, 1e-9,  1e-8,  1e-7,  1e-6,  1e-5,  1e-4,  1e-3,  1e-2,  1e-1,
+    1e0,   1e1,   1e2,   1e3,   1e4,   1e5,   1e6,   1e7,   1e8,   1e9,   1e10,  1e11,  1e12,
+    1e13,  1e14,  1e15,  1e16,  1e17,  1e18,  1e19,  1e20,  1e21,  1e22,  1e23,  1e24,  1e25,
+    1e26,  1e27,  1e28,  1e29,  1e30,  1e31,  1e32,  1e33,  1e34,  1e35,  1e36,  1e37,  1e38,
 };
 
 /* Units in the last place of the double estimate allowed away from a float
@@ -89,6 +78,26 @@ static int parse_slow(const char *src, size_t src_len, float *dst)
     return isinf(f) ? NS_EVALUE : 0;
 }
 
+/* Eight ASCII digits at p as their value, or -1 if they are not all digits:
+ * SWAR on a little-endian 64-bit load (Lemire's published method; each step
+ * combines neighbouring digit groups with one multiply). */
+static int64_t eight_digits(const char *p)
+{
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    uint64_t v;
+    memcpy(&v, p, sizeof(v));
+    if (((v & 0xf0f0f0f0f0f0f0f0u) | (((v + 0x0606060606060606u) & 0xf0f0f0f0f0f0f0f0u) >> 4)) !=
+        0x3333333333333333u)
+        return -1;
+    v = (v & 0x0f0f0f0f0f0f0f0fu) * 2561 >> 8;     /* pairs */
+    v = (v & 0x00ff00ff00ff00ffu) * 6553601 >> 16; /* quads */
+    return (int64_t)((v & 0x0000ffff0000ffffu) * 42949672960001u >> 32 & 0xffffffffu);
+#else
+    (void)p;
+    return -1;
+#endif
+}
+
 int ns__f32_parse(const char *src, size_t src_len, float *dst)
 {
     const char *p = src, *end = src + src_len;
@@ -106,12 +115,19 @@ int ns__f32_parse(const char *src, size_t src_len, float *dst)
         p++;
     } else {
         for (; p < end && (unsigned)(*p - '0') <= 9; p++) {
+            int64_t eight;
+            if (digits <= 11 && end - p >= 8 && (eight = eight_digits(p)) >= 0) {
+                m = m * 100000000u + (uint64_t)eight;
+                digits += 8;
+                p += 7;
+                continue;
+            }
             if (digits < 19) {
                 m = m * 10 + (uint64_t)(*p - '0');
                 digits++;
             } else {
                 exp10++;
-                small = 0; /* digits dropped (counted below) */
+                small = 0; /* a digit past the 19th: dropped, kept in exp10 */
             }
         }
     }
@@ -120,6 +136,14 @@ int ns__f32_parse(const char *src, size_t src_len, float *dst)
         if (p == end || (unsigned)(*p - '0') > 9)
             return NS_EINVAL;
         for (; p < end && (unsigned)(*p - '0') <= 9; p++) {
+            int64_t eight;
+            if (m && digits <= 11 && end - p >= 8 && (eight = eight_digits(p)) >= 0) {
+                m = m * 100000000u + (uint64_t)eight;
+                digits += 8;
+                exp10 -= 8;
+                p += 7;
+                continue;
+            }
             if (m == 0 && *p == '0') {
                 exp10--; /* a leading zero of the fraction */
             } else if (digits < 19) {
@@ -149,8 +173,7 @@ int ns__f32_parse(const char *src, size_t src_len, float *dst)
     float f;
     if (m == 0) {
         f = 0.0f;
-    } else if (FLT_EVAL_METHOD == 0 && small && m <= (1u << 24) && exp10 >= -10 &&
-               exp10 <= 10) {
+    } else if (FLT_EVAL_METHOD == 0 && small && m <= (1u << 24) && exp10 >= -10 && exp10 <= 10) {
         f = exp10 < 0 ? (float)m / pow10_f[-exp10] : (float)m * pow10_f[exp10];
     } else if (exp10 > POW10_MAX) {
         f = INFINITY; /* at least 10^39 */

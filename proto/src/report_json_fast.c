@@ -3,21 +3,24 @@
  * jansson builds one heap object per number, which dominates the cost of a
  * report with tens of thousands of channels. This scanner reads the report
  * grammar directly into float arrays. It only ever *accepts*: on anything
- * unusual (escapes, non-ASCII, unknown or repeated keys, wrong types, values
- * out of range, float32 overflow, malformed text) it gives up and the caller
- * decodes the same bytes with jansson, which produces the canonical error.
- * So the fast path must accept exactly what the jansson path accepts, with
- * the same result; tests/unit/test_safetensors.c checks this differentially.
- * Numbers are converted as jansson does: integer tokens with strtoll, others
- * with strtod, in the "C" locale's number syntax. */
+ * unusual (strings that are not printable ASCII once unescaped, unknown or
+ * repeated keys, wrong types, values out of range, float32 overflow,
+ * malformed text) it gives up and the caller decodes the same bytes with
+ * jansson, which produces the canonical error. So the fast path must accept
+ * exactly what the jansson path accepts, with the same result;
+ * tests/unit/test_safetensors.c checks this differentially.
+ * Integer fields are read with strtoll as jansson does. Array elements become
+ * the float32 nearest their decimal text (strtof's rounding, f32_parse.c);
+ * jansson keeps only a double, which rounds to the same float except on a
+ * midpoint between two floats, so every valid report with real numbers is
+ * decoded here: the only valid bodies left to jansson are those with
+ * integers of 19 digits in an array, which it converts exactly too. */
 #include <errno.h>
-#include <float.h>
-#include <locale.h>
-#include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "f32.h"
 #include "proto_internal.h"
 
 typedef struct cursor_s {
@@ -40,8 +43,19 @@ static int eat(cursor_t *c, char ch)
     return 0;
 }
 
-/* A string of printable ASCII without escapes; anything else gives up. */
-static int plain_string(cursor_t *c, const char **s, size_t *len)
+static int hex_digit(char ch)
+{
+    return ch >= '0' && ch <= '9'   ? ch - '0'
+           : ch >= 'a' && ch <= 'f' ? ch - 'a' + 10
+           : ch >= 'A' && ch <= 'F' ? ch - 'A' + 10
+                                    : -1;
+}
+
+/* A string of printable ASCII: *s points into the body, or into 'scratch'
+ * (NS_NAME_MAX + 1 bytes) when escapes had to be decoded. Anything else gives
+ * up: a key, name or word of a valid report is printable ASCII, so an escape
+ * that decodes to something else (or raw non-ASCII) means jansson's error. */
+static int plain_string(cursor_t *c, char *scratch, const char **s, size_t *len)
 {
     skip_ws(c);
     if (c->p >= c->end || *c->p != '"')
@@ -49,68 +63,54 @@ static int plain_string(cursor_t *c, const char **s, size_t *len)
     const char *begin = ++c->p;
     while (c->p < c->end && *c->p != '"') {
         unsigned char ch = (unsigned char)*c->p;
-        if (ch < 0x20 || ch >= 0x7f || ch == '\\')
+        if (ch == '\\')
+            break;
+        if (ch < 0x20 || ch >= 0x7f)
             return 0;
         c->p++;
     }
     if (c->p >= c->end)
         return 0;
-    *s = begin;
-    *len = (size_t)(c->p - begin);
-    c->p++;
-    return 1;
-}
-
-/* Exact powers of ten representable in a double. */
-static const double pow10_exact[] = {1e0,  1e1,  1e2,  1e3,  1e4,  1e5,  1e6,  1e7,
-                                     1e8,  1e9,  1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
-                                     1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22};
-
-/* Clinger's fast path: a decimal with at most 15 significant digits and a
- * power of ten up to 22 is one correctly rounded multiplication or division,
- * i.e. exactly what a correctly rounding strtod returns. @return 0 if the
- * token is outside that case. */
-static int decimal_fast(const char *s, size_t len, double *out)
-{
-    const char *p = s, *end = s + len;
-    int neg = *p == '-', exp10 = 0, digits = 0;
-    uint64_t m = 0;
-    p += neg;
-    for (; p < end && *p >= '0' && *p <= '9'; p++)
-        if (m || *p != '0') {
-            m = m * 10 + (uint64_t)(*p - '0');
-            if (++digits > 15)
-                return 0;
-        }
-    if (p < end && *p == '.')
-        for (p++; p < end && *p >= '0' && *p <= '9'; p++) {
-            if (m || *p != '0') {
-                m = m * 10 + (uint64_t)(*p - '0');
-                if (++digits > 15)
-                    return 0;
-            }
-            exp10--;
-        }
-    if (p < end) { /* exponent */
-        int eneg = 0, e = 0;
-        p++;
-        if (*p == '+' || *p == '-')
-            eneg = *p++ == '-';
-        for (; p < end; p++) {
-            if (e > 1000)
-                return 0;
-            e = e * 10 + (*p - '0');
-        }
-        exp10 += eneg ? -e : e;
+    size_t n = (size_t)(c->p - begin);
+    if (*c->p == '"') {
+        *s = begin;
+        *len = n;
+        c->p++;
+        return 1;
     }
-    double v = (double)m;
-    if (m == 0)
-        v = 0.0;
-    else if (exp10 < -22 || exp10 > 22)
+    /* Escapes: decode the whole string into scratch. */
+    if (n > NS_NAME_MAX)
         return 0;
-    else
-        v = exp10 < 0 ? v / pow10_exact[-exp10] : v * pow10_exact[exp10];
-    *out = neg ? -v : v;
+    memcpy(scratch, begin, n);
+    while (c->p < c->end && *c->p != '"') {
+        int ch = (unsigned char)*c->p++;
+        if (ch == '\\') {
+            if (c->p >= c->end)
+                return 0;
+            ch = (unsigned char)*c->p++;
+            if (ch == 'u') {
+                int v = 0;
+                for (int i = 0; i < 4; i++) {
+                    int h = c->p < c->end ? hex_digit(*c->p++) : -1;
+                    if (h < 0)
+                        return 0;
+                    v = v * 16 + h;
+                }
+                ch = v;
+            } else if (ch != '"' && ch != '\\' && ch != '/') {
+                return 0; /* \b \f \n \r \t: control characters */
+            }
+        }
+        if (ch < 0x20 || ch >= 0x7f || n >= NS_NAME_MAX)
+            return 0;
+        scratch[n++] = (char)ch;
+    }
+    if (c->p >= c->end)
+        return 0;
+    c->p++;
+    scratch[n] = '\0';
+    *s = scratch;
+    *len = n;
     return 1;
 }
 
@@ -119,14 +119,14 @@ static int is_digit(const cursor_t *c)
     return c->p < c->end && *c->p >= '0' && *c->p <= '9';
 }
 
-/* A JSON number token. Integer tokens of at most 18 digits fit int64 (longer
- * ones are left to jansson, which refuses those beyond int64). */
-static int number(cursor_t *c, int *is_int, long long *ival, double *dval)
+/* A JSON integer that fits int64 (jansson refuses the others). Reals give
+ * up: the fields read with this are integers, and jansson says what else was
+ * sent. */
+static int integer(cursor_t *c, long long *out)
 {
-    char text[64];
+    char text[24];
     skip_ws(c);
     const char *begin = c->p;
-    int integer = 1;
     if (c->p < c->end && *c->p == '-')
         c->p++;
     if (!is_digit(c))
@@ -136,55 +136,56 @@ static int number(cursor_t *c, int *is_int, long long *ival, double *dval)
     else
         while (is_digit(c))
             c->p++;
-    if (c->p < c->end && *c->p == '.') {
-        c->p++;
-        if (!is_digit(c))
-            return 0;
-        while (is_digit(c))
-            c->p++;
-        integer = 0;
-    }
-    if (c->p < c->end && (*c->p == 'e' || *c->p == 'E')) {
-        c->p++;
-        if (c->p < c->end && (*c->p == '+' || *c->p == '-'))
-            c->p++;
-        if (!is_digit(c))
-            return 0;
-        while (is_digit(c))
-            c->p++;
-        integer = 0;
-    }
+    if (c->p < c->end && (*c->p == '.' || *c->p == 'e' || *c->p == 'E'))
+        return 0;
     size_t len = (size_t)(c->p - begin);
-    if (len >= sizeof(text) || (integer && len - (*begin == '-') > 18))
+    if (len - (*begin == '-') > 19)
         return 0;
     memcpy(text, begin, len);
     text[len] = '\0';
-    *is_int = integer;
-    if (integer) {
-        *ival = strtoll(text, NULL, 10);
-        *dval = (double)*ival;
-    } else if (!decimal_fast(text, len, dval)) {
-        errno = 0;
-        *dval = strtod(text, NULL);
-        if (!isfinite(*dval))
-            return 0;
-    }
-    return 1;
+    errno = 0;
+    *out = strtoll(text, NULL, 10);
+    return errno == 0;
 }
 
 static int uint_field(cursor_t *c, uint64_t min, uint64_t max, uint64_t *out)
 {
-    int is_int;
     long long v;
-    double d;
-    if (!number(c, &is_int, &v, &d) || !is_int || v < 0 || (uint64_t)v < min || (uint64_t)v > max)
+    if (!integer(c, &v) || v < 0 || (uint64_t)v < min || (uint64_t)v > max)
         return 0;
     *out = (uint64_t)v;
     return 1;
 }
 
-/* '[' number (',' number)* ']' into float32, giving up on values outside
- * float32's range (jansson's path explains those). */
+/* One element of a mean or var array: the float32 nearest the decimal
+ * (f32_parse.c), and for an integer the float nearest it. Gives up on float32 overflow (jansson's
+ * path explains it) and on integers beyond 18 digits (jansson refuses those beyond int64). */
+static int float_value(cursor_t *c, float *out)
+{
+    skip_ws(c);
+    const char *begin = c->p;
+    int integral = 1;
+    while (c->p < c->end) {
+        char ch = *c->p;
+        if (ch >= '0' && ch <= '9')
+            ;
+        else if (ch == '.' || ch == 'e' || ch == 'E' || ch == '+')
+            integral = 0;
+        else if (ch != '-')
+            break;
+        c->p++;
+    }
+    size_t len = (size_t)(c->p - begin);
+    if (integral && len > (size_t)(18 + (len && *begin == '-')))
+        return 0;
+    if (ns__f32_parse(begin, len, out) != 0)
+        return 0;
+    if (integral && *out == 0)
+        *out = 0.0f; /* "-0" is jansson's integer 0, which has no sign */
+    return 1;
+}
+
+/* '[' number (',' number)* ']' into float32. */
 static int float_array(cursor_t *c, float **out, size_t *len)
 {
     size_t n = 0, cap = 64;
@@ -194,18 +195,14 @@ static int float_array(cursor_t *c, float **out, size_t *len)
     if (!(v = malloc(cap * sizeof(*v))))
         return 0;
     do {
-        int is_int;
-        long long i;
-        double d;
-        if (!number(c, &is_int, &i, &d) || d > FLT_MAX || d < -FLT_MAX)
-            goto fail;
         if (n == cap) {
             float *grown = realloc(v, (cap *= 2) * sizeof(*v));
             if (!grown)
                 goto fail;
             v = grown;
         }
-        v[n++] = (float)d;
+        if (!float_value(c, &v[n++]))
+            goto fail;
     } while (eat(c, ','));
     if (!eat(c, ']'))
         goto fail;
@@ -219,6 +216,7 @@ fail:
 
 static int layer_object(cursor_t *c, ns_layer_report_t *layer)
 {
+    char scratch[NS_NAME_MAX + 1];
     unsigned seen = 0;
     size_t n_mean = 0, n_var = 0;
     if (!eat(c, '{'))
@@ -226,7 +224,7 @@ static int layer_object(cursor_t *c, ns_layer_report_t *layer)
     do {
         const char *key;
         size_t len;
-        if (!plain_string(c, &key, &len) || !eat(c, ':'))
+        if (!plain_string(c, scratch, &key, &len) || !eat(c, ':'))
             return 0;
         if (len == 5 && memcmp(key, "count", 5) == 0 && !(seen & 1)) {
             seen |= 1;
@@ -261,13 +259,14 @@ static int layer_cmp(const void *a, const void *b)
 
 static int layers_object(cursor_t *c, ns_report_t *r)
 {
+    char scratch[NS_NAME_MAX + 1];
     size_t cap = 0;
     if (!eat(c, '{'))
         return 0;
     do {
         const char *name;
         size_t len;
-        if (!plain_string(c, &name, &len) || len < 1 || len > NS_NAME_MAX || !eat(c, ':'))
+        if (!plain_string(c, scratch, &name, &len) || len < 1 || len > NS_NAME_MAX || !eat(c, ':'))
             return 0;
         if (r->n_layers == cap) {
             size_t grown_cap = cap ? 2 * cap : 64;
@@ -296,13 +295,14 @@ static int layers_object(cursor_t *c, ns_report_t *r)
 
 static int update_array(cursor_t *c, unsigned *out)
 {
+    char scratch[NS_NAME_MAX + 1];
     unsigned bits = 0;
     if (!eat(c, '['))
         return 0;
     do {
         const char *s;
         size_t len;
-        if (!plain_string(c, &s, &len))
+        if (!plain_string(c, scratch, &s, &len))
             return 0;
         unsigned bit = ns__update_parse_word(s, len);
         if (!bit || (bits & bit))
@@ -338,6 +338,7 @@ enum {
 
 static int root_object(cursor_t *c, ns_report_t *r)
 {
+    char scratch[NS_NAME_MAX + 1];
     unsigned seen = 0;
     uint64_t u;
     if (!eat(c, '{'))
@@ -346,7 +347,7 @@ static int root_object(cursor_t *c, ns_report_t *r)
         const char *key, *s;
         size_t len, slen;
         unsigned field;
-        if (!plain_string(c, &key, &len) || !eat(c, ':'))
+        if (!plain_string(c, scratch, &key, &len) || !eat(c, ':'))
             return 0;
 #define KEY(lit) (len == sizeof(lit) - 1 && memcmp(key, lit, len) == 0)
         field = KEY("step")         ? F_STEP
@@ -373,7 +374,7 @@ static int root_object(cursor_t *c, ns_report_t *r)
             r->worker = (uint32_t)u;
             break;
         case F_DOMAIN:
-            if (!plain_string(c, &s, &slen) || slen < 1 || slen > NS_NAME_MAX)
+            if (!plain_string(c, scratch, &s, &slen) || slen < 1 || slen > NS_NAME_MAX)
                 return 0;
             memcpy(r->domain, s, slen);
             r->domain[slen] = '\0';
@@ -393,7 +394,7 @@ static int root_object(cursor_t *c, ns_report_t *r)
                 return 0;
             break;
         case F_SCOPE:
-            if (!plain_string(c, &s, &slen))
+            if (!plain_string(c, scratch, &s, &slen))
                 return 0;
             if (slen == 6 && memcmp(s, "global", 6) == 0)
                 r->scope = NS_SCOPE_GLOBAL;
@@ -422,9 +423,8 @@ static int root_object(cursor_t *c, ns_report_t *r)
 int ns__report_decode_json_fast(ns_report_t **dst, const char *src, size_t src_len,
                                 ns_error_detail_t *err)
 {
-    const struct lconv *lc = localeconv();
-    if (!src || strcmp(lc->decimal_point, ".") != 0)
-        return 1; /* strtod would not read JSON numbers */
+    if (!src)
+        return 1;
     ns_report_t *r = ns__report_create(0);
     if (!r)
         return 1;

@@ -117,36 +117,299 @@ static int parse_tensor(ns_tensor_t *t, span_t *span, const char *name, const js
     return 0;
 }
 
-int ns_safetensors_parse(ns_safetensors_t **dst, const uint8_t *src, size_t src_len,
-                         ns_error_detail_t *err)
+/* The ranges, sorted, must tile the data area exactly (no overlap, no hole);
+ * then the tensors are reordered by offset and pointed into the input. */
+static int tile(ns_safetensors_t *st, span_t *spans, size_t n, const uint8_t *data,
+                uint64_t data_len, ns_error_detail_t *err)
+{
+    if (n > 1)
+        qsort(spans, n, sizeof(*spans), span_cmp);
+    uint64_t at = 0;
+    for (size_t i = 0; i < n; i++) {
+        const ns_tensor_t *t = &st->tensors[spans[i].index];
+        if (spans[i].begin != at)
+            return ns_error_set(err, NS_EINVAL, t->name,
+                                spans[i].begin < at
+                                    ? "data_offsets overlap another tensor"
+                                    : "data_offsets leave a hole before this tensor");
+        at = spans[i].end;
+    }
+    if (at != data_len)
+        return ns_error_set(err, NS_EINVAL, "",
+                            "safetensors: tensors cover %llu of the %llu data bytes",
+                            (unsigned long long)at, (unsigned long long)data_len);
+    ns_tensor_t *sorted = malloc((n ? n : 1) * sizeof(*sorted));
+    if (!sorted)
+        return ns_error_set(err, NS_ENOMEM, "", "out of memory");
+    for (size_t i = 0; i < n; i++) {
+        sorted[i] = st->tensors[spans[i].index];
+        sorted[i].data = data + spans[i].begin;
+    }
+    free(st->tensors);
+    st->tensors = sorted;
+    st->n_tensors = n;
+    return 0;
+}
+
+/* ---- the common case without a JSON tree ----
+ * A strict scanner for well-formed headers: strings without escapes, control
+ * or non-ASCII bytes, non-negative integers of at most 18 digits, exactly the
+ * three tensor fields, string metadata, no duplicate key. It only ever
+ * accepts: anything else (including every error) goes to the jansson path,
+ * which then reports it, so messages do not depend on the path taken. The
+ * result matches the jansson path's: st->header holds "__metadata__" and one
+ * {"dtype": ...} object per tensor (what the report decoder looks up). */
+
+typedef struct scan_s {
+    const char *p, *end;
+} scan_t;
+
+static void scan_ws(scan_t *s)
+{
+    while (s->p < s->end && (*s->p == ' ' || *s->p == '\n' || *s->p == '\r' || *s->p == '\t'))
+        s->p++;
+}
+
+/* Consume 'c' if it comes next (after whitespace). */
+static int scan_lit(scan_t *s, char c)
+{
+    scan_ws(s);
+    if (s->p < s->end && *s->p == c) {
+        s->p++;
+        return 1;
+    }
+    return 0;
+}
+
+static int scan_string(scan_t *s, const char **v, size_t *len)
+{
+    if (!scan_lit(s, '"'))
+        return 0;
+    const char *b = s->p;
+    for (; s->p < s->end; s->p++) {
+        unsigned char c = (unsigned char)*s->p;
+        if (c == '"') {
+            *v = b;
+            *len = (size_t)(s->p - b);
+            s->p++;
+            return 1;
+        }
+        if (c == '\\' || c < 0x20 || c >= 0x80)
+            return 0;
+    }
+    return 0;
+}
+
+static int scan_uint(scan_t *s, uint64_t *v)
+{
+    scan_ws(s);
+    const char *b = s->p;
+    uint64_t x = 0;
+    while (s->p < s->end && *s->p >= '0' && *s->p <= '9')
+        x = x * 10 + (uint64_t)(*s->p++ - '0');
+    size_t len = (size_t)(s->p - b);
+    if (len == 0 || len > 18 || (len > 1 && *b == '0'))
+        return 0;
+    if (s->p < s->end && (*s->p == '.' || *s->p == 'e' || *s->p == 'E'))
+        return 0;
+    *v = x;
+    return 1;
+}
+
+static int scan_key_is(const char *k, size_t len, const char *want)
+{
+    return len == strlen(want) && memcmp(k, want, len) == 0;
+}
+
+/* One {"dtype", "shape", "data_offsets"} entry, checked as parse_tensor does. */
+static int scan_tensor(scan_t *s, ns_tensor_t *t, span_t *span, uint64_t data_len,
+                       const char **dtype, size_t *dtype_len)
+{
+    unsigned seen = 0;
+    if (!scan_lit(s, '{'))
+        return 0;
+    for (int k = 0; k < 3; k++) {
+        const char *key;
+        size_t len;
+        if ((k && !scan_lit(s, ',')) || !scan_string(s, &key, &len) || !scan_lit(s, ':'))
+            return 0;
+        if (scan_key_is(key, len, "dtype") && !(seen & 1)) {
+            seen |= 1;
+            if (!scan_string(s, dtype, dtype_len))
+                return 0;
+        } else if (scan_key_is(key, len, "shape") && !(seen & 2)) {
+            seen |= 2;
+            if (!scan_lit(s, '['))
+                return 0;
+            if (!scan_lit(s, ']'))
+                for (;;) {
+                    if (t->ndim == 4 || !scan_uint(s, &t->shape[t->ndim]))
+                        return 0;
+                    t->ndim++;
+                    if (scan_lit(s, ']'))
+                        break;
+                    if (!scan_lit(s, ','))
+                        return 0;
+                }
+        } else if (scan_key_is(key, len, "data_offsets") && !(seen & 4)) {
+            seen |= 4;
+            if (!scan_lit(s, '[') || !scan_uint(s, &span->begin) || !scan_lit(s, ',') ||
+                !scan_uint(s, &span->end) || !scan_lit(s, ']'))
+                return 0;
+        } else {
+            return 0;
+        }
+    }
+    if (!scan_lit(s, '}'))
+        return 0;
+
+    char name[16];
+    if (*dtype_len >= sizeof(name))
+        return 0;
+    memcpy(name, *dtype, *dtype_len);
+    name[*dtype_len] = '\0';
+    size_t elem = ns__dtype_size(name, &t->dtype);
+    if (!elem)
+        return 0;
+    uint64_t count = 1;
+    for (size_t i = 0; i < t->ndim; i++)
+        if (__builtin_mul_overflow(count, t->shape[i], &count))
+            return 0;
+    uint64_t nbytes;
+    if (__builtin_mul_overflow(count, (uint64_t)elem, &nbytes))
+        return 0;
+    if (span->begin > span->end || span->end > data_len || span->end - span->begin != nbytes)
+        return 0;
+    t->nbytes = (size_t)nbytes;
+    return 1;
+}
+
+/* "__metadata__": {string: string, ...} into a new object at *meta. */
+static int scan_meta(scan_t *s, json_t **meta)
+{
+    if (!scan_lit(s, '{') || !(*meta = json_object()))
+        return 0;
+    if (scan_lit(s, '}'))
+        return 1;
+    do {
+        const char *key, *value;
+        size_t klen, vlen;
+        if (!scan_string(s, &key, &klen) || !scan_lit(s, ':') || !scan_string(s, &value, &vlen))
+            return 0;
+        if (json_object_getn(*meta, key, klen) ||
+            json_object_setn_new_nocheck(*meta, key, klen, json_stringn_nocheck(value, vlen)))
+            return 0;
+    } while (scan_lit(s, ','));
+    return scan_lit(s, '}');
+}
+
+/* The {"dtype": ...} object for a dtype spelling, shared by the tensors that
+ * use it (a few distinct spellings are remembered). */
+static json_t *dtype_entry(json_t *cache[4], const char *dtype, size_t len)
+{
+    for (int i = 0; i < 4 && cache[i]; i++) {
+        const char *v = json_string_value(json_object_get(cache[i], "dtype"));
+        if (strlen(v) == len && memcmp(v, dtype, len) == 0)
+            return json_incref(cache[i]);
+    }
+    json_t *e = json_object();
+    if (e && json_object_set_new_nocheck(e, "dtype", json_stringn_nocheck(dtype, len))) {
+        json_decref(e);
+        return NULL;
+    }
+    for (int i = 0; e && i < 4; i++)
+        if (!cache[i]) {
+            cache[i] = json_incref(e);
+            break;
+        }
+    return e;
+}
+
+/* @return 0 with *dst filled, or nonzero: use the jansson path. */
+static int parse_fast(ns_safetensors_t **dst, const char *header, size_t header_len,
+                      const uint8_t *data, uint64_t data_len)
+{
+    scan_t s = {header, header + header_len};
+    json_t *cache[4] = {NULL, NULL, NULL, NULL};
+    span_t *spans = NULL;
+    size_t n = 0, cap = 0;
+    int ok = 0;
+    ns_safetensors_t *st = calloc(1, sizeof(*st));
+    if (!st || !(st->header = json_object()) || !scan_lit(&s, '{'))
+        goto out;
+    if (!scan_lit(&s, '}'))
+        do {
+            const char *name;
+            size_t len;
+            if (!scan_string(&s, &name, &len) || !scan_lit(&s, ':') ||
+                json_object_getn(st->header, name, len))
+                goto out;
+            json_t *entry = NULL;
+            if (scan_key_is(name, len, "__metadata__")) {
+                if (!scan_meta(&s, &entry)) {
+                    json_decref(entry);
+                    goto out;
+                }
+                st->meta = entry;
+            } else {
+                if (len >= sizeof(st->tensors->name))
+                    goto out;
+                if (n == cap) {
+                    size_t ncap = cap ? 2 * cap : 64;
+                    ns_tensor_t *t = realloc(st->tensors, ncap * sizeof(*t));
+                    if (t)
+                        st->tensors = t;
+                    span_t *sp = realloc(spans, ncap * sizeof(*sp));
+                    if (sp)
+                        spans = sp;
+                    if (!t || !sp)
+                        goto out;
+                    cap = ncap;
+                }
+                ns_tensor_t *t = &st->tensors[n];
+                memset(t, 0, sizeof(*t));
+                memcpy(t->name, name, len);
+                spans[n].index = n;
+                const char *dtype;
+                size_t dtype_len;
+                if (!scan_tensor(&s, t, &spans[n], data_len, &dtype, &dtype_len) ||
+                    !(entry = dtype_entry(cache, dtype, dtype_len)))
+                    goto out;
+                n++;
+            }
+            if (json_object_setn_new_nocheck(st->header, name, len, entry))
+                goto out;
+        } while (scan_lit(&s, ','));
+    if (!scan_lit(&s, '}') || (scan_ws(&s), s.p != s.end))
+        goto out;
+    if (!st->tensors && !(st->tensors = malloc(sizeof(*st->tensors))))
+        goto out;
+    ok = tile(st, spans, n, data, data_len, NULL) == 0;
+out:
+    for (int i = 0; i < 4; i++)
+        json_decref(cache[i]);
+    free(spans);
+    if (!ok) {
+        ns_safetensors_free(st);
+        return 1;
+    }
+    *dst = st;
+    return 0;
+}
+
+/* The jansson path: every check in a fixed order, with its message. */
+static int parse_full(ns_safetensors_t **dst, const char *header, size_t header_len,
+                      const uint8_t *data, uint64_t data_len, ns_error_detail_t *err)
 {
     ns_safetensors_t *st = NULL;
     span_t *spans = NULL;
     json_error_t jerr;
     int rc = 0;
 
-    *dst = NULL;
-    if (!src || src_len < 8)
-        return ns_error_set(
-            err, NS_EINVAL, "",
-            "safetensors: body of %zu bytes is shorter than the 8-byte header length",
-            src ? src_len : 0);
-    uint64_t header_len = 0;
-    for (int i = 7; i >= 0; i--)
-        header_len = header_len << 8 | src[i];
-    if (header_len > src_len - 8)
-        return ns_error_set(err, NS_EINVAL, "",
-                            "safetensors: header length %llu exceeds the %zu bytes that follow",
-                            (unsigned long long)header_len, src_len - 8);
-    if (header_len > HEADER_MAX)
-        return ns_error_set(err, NS_EINVAL, "", "safetensors: header length %llu exceeds %u",
-                            (unsigned long long)header_len, HEADER_MAX);
-
     st = calloc(1, sizeof(*st));
     if (!st)
         return ns_error_set(err, NS_ENOMEM, "", "out of memory");
-    st->header =
-        json_loadb((const char *)src + 8, (size_t)header_len, JSON_REJECT_DUPLICATES, &jerr);
+    st->header = json_loadb(header, header_len, JSON_REJECT_DUPLICATES, &jerr);
     if (!st->header) {
         rc = ns_error_set(err, NS_EINVAL, "", "safetensors: header is not valid JSON: %s",
                           jerr.text);
@@ -157,10 +420,8 @@ int ns_safetensors_parse(ns_safetensors_t **dst, const uint8_t *src, size_t src_
         goto fail;
     }
 
-    const uint8_t *data = src + 8 + header_len;
-    uint64_t data_len = src_len - 8 - header_len;
     size_t n = json_object_size(st->header);
-    const json_t *meta = json_object_get(st->header, "__metadata__");
+    json_t *meta = json_object_get(st->header, "__metadata__");
     if (meta) {
         const char *key;
         json_t *value;
@@ -168,7 +429,7 @@ int ns_safetensors_parse(ns_safetensors_t **dst, const uint8_t *src, size_t src_
             rc = ns_error_set(err, NS_EINVAL, "__metadata__", "expected an object of strings");
             goto fail;
         }
-        json_object_foreach((json_t *)meta, key, value)
+        json_object_foreach(meta, key, value)
         {
             if (!json_is_string(value)) {
                 char field[256];
@@ -201,42 +462,8 @@ int ns_safetensors_parse(ns_safetensors_t **dst, const uint8_t *src, size_t src_
             i++;
         }
     }
-
-    /* The ranges, sorted, must tile the data area exactly: no overlap, no hole. */
-    qsort(spans, n, sizeof(*spans), span_cmp);
-    uint64_t at = 0;
-    for (size_t i = 0; i < n; i++) {
-        const ns_tensor_t *t = &st->tensors[spans[i].index];
-        if (spans[i].begin != at) {
-            rc = ns_error_set(err, NS_EINVAL, t->name,
-                              spans[i].begin < at ? "data_offsets overlap another tensor"
-                                                  : "data_offsets leave a hole before this tensor");
-            goto fail;
-        }
-        at = spans[i].end;
-    }
-    if (at != data_len) {
-        rc = ns_error_set(err, NS_EINVAL, "",
-                          "safetensors: tensors cover %llu of the %llu data bytes",
-                          (unsigned long long)at, (unsigned long long)data_len);
+    if ((rc = tile(st, spans, n, data, data_len, err)))
         goto fail;
-    }
-
-    /* Reorder the tensors by offset and point them into the input. */
-    {
-        ns_tensor_t *sorted = malloc((n ? n : 1) * sizeof(*sorted));
-        if (!sorted) {
-            rc = ns_error_set(err, NS_ENOMEM, "", "out of memory");
-            goto fail;
-        }
-        for (size_t i = 0; i < n; i++) {
-            sorted[i] = st->tensors[spans[i].index];
-            sorted[i].data = data + spans[i].begin;
-        }
-        free(st->tensors);
-        st->tensors = sorted;
-        st->n_tensors = n;
-    }
     free(spans);
     *dst = st;
     return 0;
@@ -244,6 +471,74 @@ fail:
     free(spans);
     ns_safetensors_free(st);
     return rc;
+}
+
+/* The header length checks shared by both paths. */
+static int check_lengths(const uint8_t *src, size_t src_len, uint64_t *header_len,
+                         ns_error_detail_t *err)
+{
+    if (!src || src_len < 8)
+        return ns_error_set(
+            err, NS_EINVAL, "",
+            "safetensors: body of %zu bytes is shorter than the 8-byte header length",
+            src ? src_len : 0);
+    uint64_t len = 0;
+    for (int i = 7; i >= 0; i--)
+        len = len << 8 | src[i];
+    if (len > src_len - 8)
+        return ns_error_set(err, NS_EINVAL, "",
+                            "safetensors: header length %llu exceeds the %zu bytes that follow",
+                            (unsigned long long)len, src_len - 8);
+    if (len > HEADER_MAX)
+        return ns_error_set(err, NS_EINVAL, "", "safetensors: header length %llu exceeds %u",
+                            (unsigned long long)len, HEADER_MAX);
+    *header_len = len;
+    return 0;
+}
+
+/* ns__safetensors_parse_full() : ns_safetensors_parse() without the scanner
+ * (library-internal; the unit tests compare both paths). */
+int ns__safetensors_parse_full(ns_safetensors_t **dst, const uint8_t *src, size_t src_len,
+                               ns_error_detail_t *err);
+int ns__safetensors_parse_full(ns_safetensors_t **dst, const uint8_t *src, size_t src_len,
+                               ns_error_detail_t *err)
+{
+    uint64_t header_len;
+    int rc;
+    *dst = NULL;
+    if ((rc = check_lengths(src, src_len, &header_len, err)))
+        return rc;
+    return parse_full(dst, (const char *)src + 8, (size_t)header_len, src + 8 + header_len,
+                      src_len - 8 - header_len, err);
+}
+
+/* ns__safetensors_parse_fast() : the scanner alone (library-internal, for the
+ * unit tests). @return 0 with *dst, or nonzero where the jansson path decides. */
+int ns__safetensors_parse_fast(ns_safetensors_t **dst, const uint8_t *src, size_t src_len);
+int ns__safetensors_parse_fast(ns_safetensors_t **dst, const uint8_t *src, size_t src_len)
+{
+    uint64_t header_len;
+    *dst = NULL;
+    if (check_lengths(src, src_len, &header_len, NULL))
+        return 1;
+    return parse_fast(dst, (const char *)src + 8, (size_t)header_len, src + 8 + header_len,
+                      src_len - 8 - header_len);
+}
+
+int ns_safetensors_parse(ns_safetensors_t **dst, const uint8_t *src, size_t src_len,
+                         ns_error_detail_t *err)
+{
+    uint64_t header_len;
+    int rc;
+    *dst = NULL;
+    if ((rc = check_lengths(src, src_len, &header_len, err)))
+        return rc;
+    const char *header = (const char *)src + 8;
+    const uint8_t *data = src + 8 + header_len;
+    uint64_t data_len = src_len - 8 - header_len;
+    if (parse_fast(dst, header, (size_t)header_len, data, data_len) == 0)
+        return 0;
+    return parse_full(dst, header, (size_t)header_len, data, data_len, err);
 }
 
 size_t ns_safetensors_count(const ns_safetensors_t *st)

@@ -159,7 +159,19 @@ int nsd_barrier_finalize(const nsd_pending_t *p, size_t channels, size_t n_domai
         }
     }
     rc = combine(p, UINT32_MAX, channels, threads, scratch, &f->count, f->mean, f->var);
-    for (size_t i = 0; rc == 0 && i < f->n_domains; i++) {
+    /* With every arrival in one domain, that domain combines the same arrivals
+     * in the same order as the pooled scope: copy instead of recomputing. */
+    int one_domain = f->n_domains == 1;
+    for (uint32_t w = 0; one_domain && w < p->world_size; w++)
+        if (p->arrivals[w].present && p->arrivals[w].domain != f->domains[0].domain)
+            one_domain = 0;
+    if (rc == 0 && one_domain) {
+        nsd_final_domain_t *d = &f->domains[0];
+        d->count = f->count;
+        if (channels > 0)
+            memcpy(d->mean, f->mean, 2 * channels * sizeof(double));
+    }
+    for (size_t i = 0; rc == 0 && !one_domain && i < f->n_domains; i++) {
         nsd_final_domain_t *d = &f->domains[i];
         rc = combine(p, d->domain, channels, threads, scratch, &d->count, d->mean, d->var);
     }

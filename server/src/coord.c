@@ -54,13 +54,19 @@ struct nsd_coord_s {
     int draining;
 };
 
+/* The signals only the loop thread receives. */
+static void loop_signals(sigset_t *set)
+{
+    sigemptyset(set);
+    sigaddset(set, SIGTERM);
+    sigaddset(set, SIGINT);
+    sigaddset(set, SIGHUP);
+}
+
 void nsd_coord_block_signals(sigset_t *old)
 {
     sigset_t set;
-    sigemptyset(&set);
-    sigaddset(&set, SIGTERM);
-    sigaddset(&set, SIGINT);
-    sigaddset(&set, SIGHUP);
+    loop_signals(&set);
     pthread_sigmask(SIG_BLOCK, &set, old);
     struct sigaction sa;
     memset(&sa, 0, sizeof(sa));
@@ -191,10 +197,7 @@ nsd_coord_t *nsd_coord_create(nsd_server_t *server)
 int nsd_coord_run(nsd_coord_t *c)
 {
     sigset_t set;
-    sigemptyset(&set);
-    sigaddset(&set, SIGTERM);
-    sigaddset(&set, SIGINT);
-    sigaddset(&set, SIGHUP);
+    loop_signals(&set);
     pthread_sigmask(SIG_UNBLOCK, &set, NULL);
     run_expire(c);
     uv_run(&c->loop, UV_RUN_DEFAULT);

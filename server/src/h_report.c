@@ -10,29 +10,34 @@
 #include "registry.h"
 #include "store.h"
 
-/* Decode the body as its Content-Type says. @return 0 or the error (err set). */
-static int decode(nsd_request_t *req, ns_report_t **report, ns_error_detail_t *err)
+/* Decode the body as its Content-Type says; a malformed one is answered here.
+ * @return the report, or NULL when the request was answered. */
+static ns_report_t *decode(nsd_request_t *req)
 {
+    ns_error_detail_t err = {0};
+    ns_report_t *report = NULL;
     const char *body = req->body.data ? req->body.data : "";
-    if (req->body_format == NS_FORMAT_SAFETENSORS)
-        return ns_report_decode_safetensors(report, (const uint8_t *)body, req->body.len, err);
-    return ns_report_decode_json(report, body, req->body.len, err);
+    int rc = req->body_format == NS_FORMAT_SAFETENSORS
+                 ? ns_report_decode_safetensors(&report, (const uint8_t *)body, req->body.len, &err)
+                 : ns_report_decode_json(&report, body, req->body.len, &err);
+    if (rc != 0) {
+        nsd_respond_detail(req, rc, &err);
+        return NULL;
+    }
+    return report;
 }
 
 void nsd_h_batches(nsd_request_t *req)
 {
     ns_error_detail_t err = {0};
-    ns_report_t *report = NULL;
-    int rc = decode(req, &report, &err);
-    if (rc != 0) {
-        nsd_respond_detail(req, rc, &err);
+    ns_report_t *report = decode(req);
+    if (report == NULL)
         return;
-    }
     uint64_t step = report->step;
     uint32_t worker = report->worker;
     size_t n_layers = report->n_layers;
-    rc = nsd_registry_report(req->server->registry, req->run, report, nsd_now_ms(), NULL, NULL,
-                             &err);
+    int rc = nsd_registry_report(req->server->registry, req->run, report, nsd_now_ms(), NULL, NULL,
+                                 &err);
     if (rc != 0) {
         nsd_respond_detail(req, rc, &err);
         return;
@@ -147,18 +152,15 @@ static void sync_answer(nsd_request_t *req)
 void nsd_h_sync(nsd_request_t *req)
 {
     ns_error_detail_t err = {0};
-    ns_report_t *report = NULL;
-    int rc = decode(req, &report, &err);
-    if (rc != 0) {
-        nsd_respond_detail(req, rc, &err);
+    ns_report_t *report = decode(req);
+    if (report == NULL)
         return;
-    }
     uint64_t step = report->step;
     uint32_t worker = report->worker;
     /* Deferred before the registry can call back (possibly right away). */
     nsd_request_defer(req, sync_answer);
-    rc = nsd_registry_report(req->server->registry, req->run, report, nsd_now_ms(), on_sync_done,
-                             req, &err);
+    int rc = nsd_registry_report(req->server->registry, req->run, report, nsd_now_ms(),
+                                 on_sync_done, req, &err);
     if (rc != 0) {
         nsd_respond_detail(req, rc, &err);
         return;

@@ -1,5 +1,22 @@
 /* http.c - the libmicrohttpd daemon: request life cycle, body collection, responses,
- * suspend/resume. */
+ * suspend/resume.
+ *
+ * DESIGN
+ *  Threads: MHD's pool (--threads, epoll or poll) calls on_access and
+ *  on_completed; a connection stays on one pool thread. No thread of our own.
+ *  Request life: on_access allocates the nsd_request_t on its first call
+ *  (in_flight + 1) and on_completed frees it (in_flight - 1), whatever
+ *  happened in between; the coordinator's drain waits for in_flight == 0.
+ *  Deferred answers (/sync, nsd_respond_durable): the handler calls
+ *  nsd_request_defer(); the waker calls nsd_request_wake() from any thread
+ *  (a registry or store callback, never under a registry or store lock).
+ *  req->wait_lock orders the two: after_handler() checks 'woken' and, if
+ *  not yet woken, suspends the connection while holding it; the waker sets
+ *  'woken', reads 'suspended' under it and resumes after unlocking. Lock
+ *  order: wait_lock, then MHD's own (MHD_suspend_connection); no registry
+ *  or store lock is ever taken under wait_lock.
+ *  Shutdown: nsd_registry_shutdown() wakes every waiting /sync, so no
+ *  connection is suspended when MHD_stop_daemon() runs. */
 #include "http.h"
 
 #include <errno.h>

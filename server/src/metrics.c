@@ -2,6 +2,7 @@
 #include "metrics.h"
 
 #include <dirent.h>
+#include <stdarg.h>
 #include <stddef.h>
 #include <stdatomic.h>
 #include <stdint.h>
@@ -90,10 +91,24 @@ static int header(ns_buf_t *dst, const char *name, const char *type, const char 
     return ns_buf_printf(dst, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
 }
 
+/* One unlabelled sample with its HELP and TYPE lines; 'fmt' formats the value. */
+static int sample(ns_buf_t *dst, const char *name, const char *type, const char *help,
+                  const char *fmt, ...) __attribute__((format(printf, 5, 6)));
+static int sample(ns_buf_t *dst, const char *name, const char *type, const char *help,
+                  const char *fmt, ...)
+{
+    char value[64];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(value, sizeof(value), fmt, ap);
+    va_end(ap);
+    int rc = header(dst, name, type, help);
+    return rc ? rc : ns_buf_printf(dst, "%s %s\n", name, value);
+}
+
 static int scalar(ns_buf_t *dst, const char *name, const char *type, const char *help, double value)
 {
-    int rc = header(dst, name, type, help);
-    return rc ? rc : ns_buf_printf(dst, "%s %.17g\n", name, value);
+    return sample(dst, name, type, help, "%.17g", value);
 }
 
 /* Process facts from /proc (Linux); absent elsewhere. */
@@ -240,9 +255,8 @@ int nsd_metrics_render(ns_buf_t *dst, nsd_registry_t *reg)
     for (size_t i = 0; i < sizeof(registry_rows) / sizeof(registry_rows[0]) && rc == 0; i++) {
         uint64_t v;
         memcpy(&v, (const char *)&c + registry_rows[i].offset, sizeof(v));
-        rc = header(dst, registry_rows[i].name, registry_rows[i].type, registry_rows[i].help);
-        rc =
-            rc ? rc : ns_buf_printf(dst, "%s %llu\n", registry_rows[i].name, (unsigned long long)v);
+        rc = sample(dst, registry_rows[i].name, registry_rows[i].type, registry_rows[i].help,
+                    "%llu", (unsigned long long)v);
     }
     rc = rc ? rc
             : header(dst, "normstat_build_info", "gauge",
@@ -261,61 +275,44 @@ static int render_store(ns_buf_t *dst, nsd_store_t *store)
     st.last_snapshot_age_ms = -1;
     if (store != NULL)
         nsd_store_stats(store, &st);
-    int rc = header(dst, "normstat_store_enabled", "gauge",
-                    "1 if the persistent store is in use (0 with --no-persist).");
-    rc = rc ? rc : ns_buf_printf(dst, "normstat_store_enabled %d\n", store != NULL);
+    int rc =
+        sample(dst, "normstat_store_enabled", "gauge",
+               "1 if the persistent store is in use (0 with --no-persist).", "%d", store != NULL);
     rc = rc ? rc
-            : header(dst, "normstat_store_commits_total", "counter",
-                     "Group-committed store transactions.");
+            : sample(dst, "normstat_store_commits_total", "counter",
+                     "Group-committed store transactions.", "%llu", (unsigned long long)st.commits);
     rc = rc ? rc
-            : ns_buf_printf(dst, "normstat_store_commits_total %llu\n",
-                            (unsigned long long)st.commits);
+            : sample(dst, "normstat_store_commit_failures_total", "counter",
+                     "Store commits that failed (disk full, I/O error); each is retried.", "%llu",
+                     (unsigned long long)st.commit_failures);
     rc = rc ? rc
-            : header(dst, "normstat_store_commit_failures_total", "counter",
-                     "Store commits that failed (disk full, I/O error); each is retried.");
+            : sample(dst, "normstat_store_rows_total", "counter",
+                     "Log rows committed (finalized steps, configurations, domains, resets).",
+                     "%llu", (unsigned long long)st.rows);
     rc = rc ? rc
-            : ns_buf_printf(dst, "normstat_store_commit_failures_total %llu\n",
-                            (unsigned long long)st.commit_failures);
+            : sample(dst, "normstat_store_snapshots_total", "counter",
+                     "Run snapshots committed (periodic and checkpoint imports).", "%llu",
+                     (unsigned long long)st.snapshots);
     rc = rc ? rc
-            : header(dst, "normstat_store_rows_total", "counter",
-                     "Log rows committed (finalized steps, configurations, domains, resets).");
+            : sample(dst, "normstat_store_commit_seconds_total", "counter",
+                     "Time spent committing (sum over commits).", "%.6f",
+                     (double)st.commit_seconds_sum_us * 1e-6);
     rc = rc ? rc
-            : ns_buf_printf(dst, "normstat_store_rows_total %llu\n", (unsigned long long)st.rows);
+            : sample(dst, "normstat_store_commit_last_seconds", "gauge",
+                     "Duration of the last successful commit.", "%.6f",
+                     (double)st.commit_last_us * 1e-6);
     rc = rc ? rc
-            : header(dst, "normstat_store_snapshots_total", "counter",
-                     "Run snapshots committed (periodic and checkpoint imports).");
+            : sample(dst, "normstat_store_queued_jobs", "gauge",
+                     "Changes waiting for the store's writer.", "%llu",
+                     (unsigned long long)st.queued);
     rc = rc ? rc
-            : ns_buf_printf(dst, "normstat_store_snapshots_total %llu\n",
-                            (unsigned long long)st.snapshots);
-    rc = rc ? rc
-            : header(dst, "normstat_store_commit_seconds_total", "counter",
-                     "Time spent committing (sum over commits).");
-    rc = rc ? rc
-            : ns_buf_printf(dst, "normstat_store_commit_seconds_total %.6f\n",
-                            (double)st.commit_seconds_sum_us * 1e-6);
-    rc = rc ? rc
-            : header(dst, "normstat_store_commit_last_seconds", "gauge",
-                     "Duration of the last successful commit.");
-    rc = rc ? rc
-            : ns_buf_printf(dst, "normstat_store_commit_last_seconds %.6f\n",
-                            (double)st.commit_last_us * 1e-6);
-    rc = rc ? rc
-            : header(dst, "normstat_store_queued_jobs", "gauge",
-                     "Changes waiting for the store's writer.");
+            : sample(dst, "normstat_store_failing", "gauge",
+                     "1 while store commits fail (writes are refused with 503).", "%d", st.failing);
     rc =
         rc ? rc
-           : ns_buf_printf(dst, "normstat_store_queued_jobs %llu\n", (unsigned long long)st.queued);
-    rc = rc ? rc
-            : header(dst, "normstat_store_failing", "gauge",
-                     "1 while store commits fail (writes are refused with 503).");
-    rc = rc ? rc : ns_buf_printf(dst, "normstat_store_failing %d\n", st.failing);
-    rc = rc ? rc
-            : header(dst, "normstat_store_last_snapshot_age_seconds", "gauge",
-                     "Seconds since the last snapshot was committed (-1: none since start).");
-    rc = rc ? rc
-            : ns_buf_printf(dst, "normstat_store_last_snapshot_age_seconds %.3f\n",
-                            st.last_snapshot_age_ms < 0 ? -1.0
-                                                        : (double)st.last_snapshot_age_ms * 1e-3);
+           : sample(dst, "normstat_store_last_snapshot_age_seconds", "gauge",
+                    "Seconds since the last snapshot was committed (-1: none since start).", "%.3f",
+                    st.last_snapshot_age_ms < 0 ? -1.0 : (double)st.last_snapshot_age_ms * 1e-3);
     return rc;
 }
 
@@ -325,11 +322,9 @@ void nsd_h_metrics(nsd_request_t *req)
     ns_buf_init(&buf, 64u * 1024u * 1024u);
     int rc = nsd_metrics_render(&buf, req->server->registry);
     rc = rc ? rc
-            : header(&buf, "normstat_http_requests_in_flight", "gauge",
-                     "Requests begun and not yet answered (this one included).");
-    rc = rc ? rc
-            : ns_buf_printf(&buf, "normstat_http_requests_in_flight %ld\n",
-                            atomic_load(&req->server->in_flight));
+            : sample(&buf, "normstat_http_requests_in_flight", "gauge",
+                     "Requests begun and not yet answered (this one included).", "%ld",
+                     atomic_load(&req->server->in_flight));
     rc = rc ? rc : render_store(&buf, req->server->store);
     if (rc != 0) {
         ns_buf_free(&buf);

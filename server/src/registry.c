@@ -2,7 +2,8 @@
  * every lock is released (see registry.h).
  *
  * DESIGN
- *  - Lock order: map rwlock, then one run's mutex. Runs are refcounted; the
+ *  - Lock order: map rwlock, then one run's mutex, then (inside a
+ *    persistence hook) the store's mutex. Runs are refcounted; the
  *    map holds one reference, every request in flight another, so a DELETE
  *    never frees a run another thread is working on; that thread sees
  *    run->deleted once it has the lock.
@@ -113,24 +114,15 @@ void nsd_sync_result_free(nsd_sync_result_t *res)
 
 /* ---------------------------------------------------------------- map */
 
+static const char *run_name_at(const void *items, size_t i)
+{
+    return ((nsd_run_t *const *)items)[i]->name;
+}
+
 /* Position of 'name' in the map, or where it would go. Map lock held. */
 static size_t map_pos(const nsd_registry_t *reg, const char *name, int *found)
 {
-    size_t lo = 0, hi = reg->n_runs;
-    *found = 0;
-    while (lo < hi) {
-        size_t mid = lo + (hi - lo) / 2;
-        int c = strcmp(reg->runs[mid]->name, name);
-        if (c == 0) {
-            *found = 1;
-            return mid;
-        }
-        if (c < 0)
-            lo = mid + 1;
-        else
-            hi = mid;
-    }
-    return lo;
+    return nsd_run_name_pos(reg->runs, reg->n_runs, run_name_at, name, found);
 }
 
 /* Room for one more run (map write lock held). @return 0 or NS_ENOMEM. */
@@ -457,7 +449,7 @@ int nsd_registry_report(nsd_registry_t *reg, const char *name, ns_report_t *repo
 {
     nsd_outbox_t box = {0};
     nsd_waiter_t *waiter = NULL;
-    int rc, created = 0;
+    int rc;
     ns_run_config_t cfg;
     if (report == NULL)
         return ns_error_set(err, NS_EINVAL, "", "no report");
@@ -518,7 +510,6 @@ int nsd_registry_report(nsd_registry_t *reg, const char *name, ns_report_t *repo
         if (rc == 0) {
             map_insert(reg, run, pos); /* cannot fail: room reserved */
             nsd_run_ref(run);          /* the map's reference */
-            created = 1;
             if (reg->persist.run_put)
                 reg->persist.run_put(reg->persist.arg, name, &run->st.cfg, 1);
             persist_locked(reg, run, &box);
@@ -530,7 +521,6 @@ int nsd_registry_report(nsd_registry_t *reg, const char *name, ns_report_t *repo
     }
     if (rc == 0)
         waiter = NULL; /* the run owns it now */
-    (void)created;
     flush(reg, name, &box);
 out:
     waiter_free(waiter);

@@ -6,11 +6,11 @@
  *
  * Threads: every function may be called from any thread at once. The run map
  * is guarded by one rwlock and every run by its own mutex (runs are
- * refcounted, so DELETE while another request works on the run is safe). No
- * /sync or wakeup callback is ever called while a registry lock is held: the
- * registry collects them, unlocks, then calls them. Persistence hooks are the
- * exception: they run under the run's lock so their order is the order of
- * the changes (see nsd_persist_t).
+ * refcounted, so DELETE while another request works on the run is safe).
+ * Callbacks: /sync callbacks and the wakeup hook are never called while a
+ * registry lock is held (the registry collects them, unlocks, then calls
+ * them). The persistence hooks are the exception: they ARE called under
+ * the run's lock; nsd_persist_t states their rules.
  *
  * Errors: functions return 0 or a negative NS_E* code and fill the optional
  * ns_error_detail_t (first error wins); a function that returns an error
@@ -99,8 +99,11 @@ typedef struct nsd_step_record_s {
  * called WHILE the run's lock is held (and, for a run being created or
  * deleted, the map lock), in the order the changes were made to the run, so
  * a store that appends them to its log in call order replays the run's
- * history exactly. A hook must therefore only copy and enqueue: never block,
- * never call back into the registry. step_finalized for a step is called
+ * history exactly. A hook must therefore only copy and enqueue: never block
+ * (no I/O, no logging, no lock but an innermost one of its own), never call
+ * back into the registry. Hooks run on the thread that made the change:
+ * request threads, the coordinator (timeouts), the caller of
+ * nsd_registry_snapshot(). step_finalized for a step is called
  * before the /sync callbacks that step completes, on the same thread, so a
  * store can make every /sync answer wait for the commit of its step.
  * Not hooked: pending (not finalized) steps and dropped steps. */

@@ -84,14 +84,14 @@ long nsd_run_find_domain(const nsd_run_state_t *st, const char *name)
     return -1;
 }
 
-/* Position of 'name' in the sorted layer array, or where it would go. */
-static size_t layer_pos(const nsd_run_state_t *st, const char *name, int *found)
+size_t nsd_run_name_pos(const void *items, size_t n, nsd_run_name_at_fn name_at, const char *name,
+                        int *found)
 {
-    size_t lo = 0, hi = st->n_layers;
+    size_t lo = 0, hi = n;
     *found = 0;
     while (lo < hi) {
         size_t mid = lo + (hi - lo) / 2;
-        int c = strcmp(st->layers[mid]->name, name);
+        int c = strcmp(name_at(items, mid), name);
         if (c == 0) {
             *found = 1;
             return mid;
@@ -102,6 +102,17 @@ static size_t layer_pos(const nsd_run_state_t *st, const char *name, int *found)
             hi = mid;
     }
     return lo;
+}
+
+static const char *layer_name_at(const void *items, size_t i)
+{
+    return ((nsd_layer_t *const *)items)[i]->name;
+}
+
+/* Position of 'name' in the sorted layer array, or where it would go. */
+static size_t layer_pos(const nsd_run_state_t *st, const char *name, int *found)
+{
+    return nsd_run_name_pos(st->layers, st->n_layers, layer_name_at, name, found);
 }
 
 nsd_layer_t *nsd_run_find_layer(const nsd_run_state_t *st, const char *name)
@@ -307,12 +318,13 @@ static void record_final(nsd_run_t *run, const nsd_layer_t *l, const nsd_final_t
         goto fail;
     r->final = g;
     *g = *f;
+    /* Nothing of f's is owned yet: nsd_final_free(g) must be safe from here. */
     g->mean = NULL;
+    g->n_domains = 0;
     g->domains = calloc(f->n_domains ? f->n_domains : 1, sizeof(*g->domains));
     r->domain_names = calloc(f->n_domains ? f->n_domains : 1, sizeof(*r->domain_names));
     if (g->domains == NULL || r->domain_names == NULL)
         goto fail;
-    g->n_domains = 0;
     if (c > 0) {
         g->mean = malloc(2 * c * sizeof(double));
         if (g->mean == NULL)

@@ -4,8 +4,10 @@
  * DESIGN
  *  - Everything of a run is guarded by run->lock; the registry takes it.
  *    Functions here never call out: sync callbacks, persistence records and
- *    wakeups are collected into an nsd_outbox_t that the registry delivers
- *    after unlocking.
+ *    wakeups are collected into an nsd_outbox_t. The registry hands the
+ *    records to the persistence hook before it unlocks (so the store logs
+ *    them in the order they were made) and delivers callbacks and the
+ *    wakeup after.
  *  - A report is applied in three phases: validate every layer (any failure
  *    returns before anything changed), allocate everything it needs
  *    (failure frees it all, nothing changed), then commit, which cannot fail,
@@ -49,7 +51,8 @@ typedef struct nsd_record_s {
     int64_t first_pending; /* see nsd_step_record_t */
 } nsd_record_t;
 
-/* Things to do once the run lock is released. */
+/* What a locked operation produced: records (persisted before unlocking),
+ * callbacks and a wakeup (delivered after). */
 typedef struct nsd_outbox_s {
     nsd_waiter_t *fired; /* callbacks to call, in order */
     nsd_waiter_t *fired_tail;
@@ -170,6 +173,14 @@ json_t *nsd_run_config_json(const ns_run_config_t *cfg);
 
 /*! nsd_run_find_domain() : index of 'name', or -1. */
 long nsd_run_find_domain(const nsd_run_state_t *st, const char *name);
+
+/*! nsd_run_name_pos() :
+ *  Binary search of 'name' among n items sorted by ascending strcmp() of
+ *  their names; name_at(items, i) gives the name of item i. Sets *found.
+ *  @return the item's index, or the index where it would be inserted. */
+typedef const char *(*nsd_run_name_at_fn)(const void *items, size_t i);
+size_t nsd_run_name_pos(const void *items, size_t n, nsd_run_name_at_fn name_at, const char *name,
+                        int *found);
 
 /*! nsd_run_find_layer() : the layer 'name', or NULL. */
 nsd_layer_t *nsd_run_find_layer(const nsd_run_state_t *st, const char *name);

@@ -43,9 +43,14 @@
  *  log, nor logged out of order: memory and log agree again as soon as a
  *  retry commits, and service resumes. A /sync answered 503 meanwhile had its
  *  step finalized in memory: it becomes durable with the retry.
+ *  Locks: the store's mutex is the innermost lock of the daemon. Hooks take
+ *  it under a run's lock (and sometimes the registry's map lock); the writer
+ *  releases it before any SQLite call, before asking the registry for
+ *  snapshots and before calling waiters, so no run lock ever waits on
+ *  SQLite. Nothing is logged under it.
  *  Out of memory in a hook cannot be reported to the registry: the change
  *  is not logged, and every run is snapshotted at the next writer pass,
- *  which makes the log whole again.
+ *  which makes the log whole again (the writer logs store_enqueue_failed).
  *  One daemon per directory: nsd_store_open() takes flock(LOCK_EX) on
  *  --data-dir for the store's lifetime; a second normstatd is refused.
  *  Stop: nsd_store_stop() lets the writer commit what is queued (retrying
@@ -127,6 +132,7 @@ struct nsd_store_s {
     uint64_t retry_at_ms;
     waiter_t *waiters, *waiters_tail; /* ascending seq */
     int snapshot_all;                 /* a hook lost a change: snapshot every run */
+    uint64_t lost;                    /* changes lost that way, logged by the writer */
     unsigned fail_commits;            /* testing */
 
     _Atomic int failing;
@@ -391,15 +397,16 @@ static void jobs_free(job_t *j)
     }
 }
 
-/* Append a job (NULL: a change could not be copied). */
+/* Append a job (NULL: a change could not be copied). Called by the hooks
+ * under a run's lock, so it does not log: the writer reports lost changes. */
 static void enqueue(nsd_store_t *s, job_t *j)
 {
     pthread_mutex_lock(&s->lock);
     if (j == NULL) {
         s->snapshot_all = 1;
+        s->lost++;
         pthread_cond_signal(&s->cond);
         pthread_mutex_unlock(&s->lock);
-        nsd_log(NSD_LOG_ERROR, "store_enqueue_failed", "reason=out_of_memory");
         return;
     }
     j->seq = s->next_seq++;
@@ -1184,9 +1191,14 @@ static void *writer_main(void *arg)
         if (s->snapshot_all || now >= next_snapshot ||
             (s->cfg.snapshot_interval_ms && s->log_bytes >= SNAPSHOT_LOG_BYTES)) {
             int all = s->snapshot_all;
+            uint64_t lost = s->lost;
             s->snapshot_all = 0;
+            s->lost = 0;
             s->log_bytes = 0;
             pthread_mutex_unlock(&s->lock);
+            if (lost > 0)
+                nsd_log(NSD_LOG_ERROR, "store_enqueue_failed", "reason=out_of_memory changes=%llu",
+                        (unsigned long long)lost);
             take_snapshots(s, all);
             next_snapshot = s->cfg.snapshot_interval_ms ? nsd_now_ms() + s->cfg.snapshot_interval_ms
                                                         : UINT64_MAX;
@@ -1204,8 +1216,12 @@ static void *writer_main(void *arg)
     /* Stopped: whoever still waits learns whether its data made it. */
     s->exited = 1;
     waiter_t *done = take_waiters(s, 1);
-    uint64_t committed = s->committed;
+    uint64_t committed = s->committed, lost = s->lost;
+    s->lost = 0;
     pthread_mutex_unlock(&s->lock);
+    if (lost > 0)
+        nsd_log(NSD_LOG_ERROR, "store_enqueue_failed", "reason=out_of_memory changes=%llu",
+                (unsigned long long)lost);
     call_waiters(done, committed, NS_EIO);
     return NULL;
 }

@@ -31,10 +31,10 @@
 
 #include <normstat/proto.h>
 
-#define STEP_BASE 1000000ull /* 7 digits, rewritten in place */
+#define STEP_BASE   1000000ull /* 7 digits, rewritten in place */
 #define STEP_DIGITS 7
-#define STEP_LAST 9999999ull
-#define HDR_MAX 4096
+#define STEP_LAST   9999999ull
+#define HDR_MAX     4096
 
 /* ---------------------------------------------------------------- options */
 
@@ -143,6 +143,11 @@ static void model_make(model_t *m, const char *spec)
         die("out of memory");
     if (strcmp(spec, "resnet50") == 0) {
         m->n = resnet50_layers(m->names, m->chans, 4096);
+        size_t sum = 0;
+        for (size_t i = 0; i < m->n; i++)
+            sum += m->chans[i];
+        if (m->n != 53 || sum != 26560)
+            die("resnet50 layout: expected 53 layers and 26,560 channels");
     } else {
         unsigned long nl = 0, c = 0;
         if (sscanf(spec, "%lux%lu", &nl, &c) != 2 || nl < 1 || nl > 4096 || c < 1)
@@ -239,7 +244,7 @@ typedef struct gen_s {
     uint64_t issued, done, ok, errors, reconnects, body_bytes;
     int stopping, failed, guard_closed;
     uint64_t last_k; /* sync: every worker sends steps [0, last_k) */
-    double *lat; /* per response, seconds; sync: per worker per step after warm-up */
+    double *lat;     /* per response, seconds; sync: per worker per step after warm-up */
     size_t n_lat, cap_lat;
     uv_timer_t guard;
 } gen_t;
@@ -328,7 +333,8 @@ static void request_done(conn_t *c)
     g->done++;
     if (c->status >= 200 && c->status < 300) {
         g->ok++;
-        int skip = strcmp(g->o.mode, "sync") == 0 && c->k <= g->o.first_step + (uint64_t)g->o.warmup;
+        int skip =
+            strcmp(g->o.mode, "sync") == 0 && c->k <= g->o.first_step + (uint64_t)g->o.warmup;
         if (!skip)
             lat_push(g, t - c->t0);
     } else {
@@ -362,8 +368,7 @@ static int parse_head(conn_t *c)
         return -1;
     c->body_left = 0;
     c->close_after = 0;
-    for (char *line = strstr(c->hdr_in, "\r\n") + 2; line < end;
-         line = strstr(line, "\r\n") + 2) {
+    for (char *line = strstr(c->hdr_in, "\r\n") + 2; line < end; line = strstr(line, "\r\n") + 2) {
         if (strncasecmp(line, "Content-Length:", 15) == 0)
             c->body_left = strtoull(line + 15, NULL, 10);
         else if (strncasecmp(line, "Connection:", 11) == 0 && strstr(line, "close") != NULL &&
@@ -412,7 +417,8 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     conn_t *c = s->data;
     if (nread < 0) {
         if (c->busy)
-            conn_fail(c, nread == UV_EOF ? "closed by the server mid-request" : uv_strerror((int)nread));
+            conn_fail(c, nread == UV_EOF ? "closed by the server mid-request"
+                                         : uv_strerror((int)nread));
         else
             conn_close(c);
         return;
@@ -480,7 +486,8 @@ static void conn_next(conn_t *c)
                 if (g->conns[i].k > g->last_k)
                     g->last_k = g->conns[i].k;
         }
-        if (c->k >= g->o.first_step + g->o.max || (g->last_k != 0 && c->k >= g->last_k) || g->failed) {
+        if (c->k >= g->o.first_step + g->o.max || (g->last_k != 0 && c->k >= g->last_k) ||
+            g->failed) {
             g->stopping = 1;
             conn_close(c);
             return;
@@ -494,12 +501,13 @@ static void conn_next(conn_t *c)
     unsigned w = (unsigned)(c->k % c->n_tpl);
     uint64_t step = STEP_BASE + c->k / c->n_tpl;
     body_set_step(c->tpl[w], c->tpl_step[w], step);
-    int hl = snprintf(c->hdr_out, sizeof(c->hdr_out),
-                      "POST /v1/runs/%s/%s HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                      "Content-Type: %s\r\nContent-Length: %zu\r\n\r\n",
-                      c->run, g->o.path,
-                      g->o.format == NS_FORMAT_JSON ? "application/json" : "application/safetensors",
-                      c->tpl_len[w]);
+    int hl =
+        snprintf(c->hdr_out, sizeof(c->hdr_out),
+                 "POST /v1/runs/%s/%s HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                 "Content-Type: %s\r\nContent-Length: %zu\r\n\r\n",
+                 c->run, g->o.path,
+                 g->o.format == NS_FORMAT_JSON ? "application/json" : "application/safetensors",
+                 c->tpl_len[w]);
     uv_buf_t bufs[2] = {uv_buf_init(c->hdr_out, (unsigned)hl),
                         uv_buf_init(c->tpl[w], (unsigned)c->tpl_len[w])};
     c->k++;
@@ -595,7 +603,8 @@ static int run_http(const opts_t *o)
                                   &c->tpl_len[w], &c->tpl_step[w]);
         c->k = o->first_step * c->n_tpl;
         if (o->run_exact)
-            snprintf(c->run, sizeof(c->run), "%s%s%d", o->run, is_sync ? "" : "-c", is_sync ? 0 : i);
+            snprintf(c->run, sizeof(c->run), "%s%s%d", o->run, is_sync ? "" : "-c",
+                     is_sync ? 0 : i);
         else if (is_sync)
             snprintf(c->run, sizeof(c->run), "%s-%u", o->run, pid);
         else
@@ -619,10 +628,10 @@ static int run_http(const opts_t *o)
            "body_bytes=%zu requests=%" PRIu64 " ok=%" PRIu64 " errors=%" PRIu64
            " reconnects=%" PRIu64 " seconds=%.4f rps=%.3f mbps=%.3f client_cpu=%.4f "
            "server_cpu=%.4f p50_us=%.1f p99_us=%.1f samples=%zu\n",
-           o->mode, o->format == NS_FORMAT_JSON ? "json" : "st", o->layers, m.total, m.n,
-           g.n_conns, o->workers, body_len, g.done, g.ok, g.errors, g.reconnects, el,
-           (double)g.ok / el, (double)g.body_bytes / el / 1e6, cpu, srv,
-           pct(g.lat, g.n_lat, 0.50) * 1e6, pct(g.lat, g.n_lat, 0.99) * 1e6, g.n_lat);
+           o->mode, o->format == NS_FORMAT_JSON ? "json" : "st", o->layers, m.total, m.n, g.n_conns,
+           o->workers, body_len, g.done, g.ok, g.errors, g.reconnects, el, (double)g.ok / el,
+           (double)g.body_bytes / el / 1e6, cpu, srv, pct(g.lat, g.n_lat, 0.50) * 1e6,
+           pct(g.lat, g.n_lat, 0.99) * 1e6, g.n_lat);
     fflush(stdout);
     return g.failed || g.ok == 0 ? 1 : 0;
 }
@@ -726,9 +735,18 @@ int main(int argc, char **argv)
 {
     if (argc < 2)
         die("usage: loadgen ingest|sync|decode [options] (see the top of loadgen.c)");
-    opts_t o = {.mode = argv[1], .port = 0, .format = NS_FORMAT_JSON, .conns = 2,
-                .layers = "resnet50", .workers = 1, .seconds = 3, .max = 1000000,
-                .pid = 0, .run = "bench", .path = NULL, .warmup = 5};
+    opts_t o = {.mode = argv[1],
+                .port = 0,
+                .format = NS_FORMAT_JSON,
+                .conns = 2,
+                .layers = "resnet50",
+                .workers = 1,
+                .seconds = 3,
+                .max = 1000000,
+                .pid = 0,
+                .run = "bench",
+                .path = NULL,
+                .warmup = 5};
     for (int i = 2; i < argc; i++) {
         const char *k = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (v == NULL)

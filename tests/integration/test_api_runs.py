@@ -328,6 +328,17 @@ class Runs(nsd.Case):
             s2, t2, _ = parse_metrics(c.get("/metrics").body.decode())
             empty = [f for f, t in t2.items() if t == "counter" and not any(family_of(n, t2) == f for n, _, _ in s2)]
             self.check(not empty, "every counter family has a series (second scrape)", f"{empty}")
+            table = documented_table()
+            for fam, (typ, labels) in sorted(table.items()):
+                fs = [lab for n, lab, _ in s2 if family_of(n, t2) == fam]
+                extra = {"le"} if typ == "histogram" else set()
+                bad = [lab for lab in fs if set(lab) - extra != set(labels)]
+                self.check(t2.get(fam) == typ and fs and not bad,
+                           f"README's {fam}: type {typ}, labels {labels or '-'}",
+                           f"type {t2.get(fam)}, {len(fs)} series, mismatched labels {bad[:2]}")
+            if table:
+                undocumented = sorted(f for f in t2 if f not in table)
+                self.check(not undocumented, "every exported family is in README's table", f"{undocumented}")
             rej = rejection_counters(samples)
             for reason in REJECT_REASONS:
                 self.check(rej.get(reason) == 0.0, f"rejection counter reason={reason} exported at 0",
@@ -394,6 +405,24 @@ def _leaves(v):
             yield from _leaves(x)
     else:
         yield v
+
+
+def documented_table():
+    """README.md's metrics table (between the BEGIN/END metrics markers):
+    {name: (type, [labels])}; {} when the README has none."""
+    p = os.path.join(nsd.REPO, "README.md")
+    if not os.path.exists(p):
+        return {}
+    with open(p) as f:
+        text = f.read()
+    m = re.search(r"<!-- BEGIN metrics.*?-->(.*?)<!-- END metrics", text, re.S)
+    out = {}
+    for line in (m.group(1) if m else "").splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) >= 3 and cells[0].startswith("`"):
+            labels = re.findall(r"`([a-z_]+)`", cells[2])
+            out[cells[0].strip("`")] = (cells[1], labels)
+    return out
 
 
 def documented_families():
