@@ -46,19 +46,14 @@ int ns_ema_update(ns_ema_t *ema, size_t channels, uint64_t n, const double *mean
     const double keep = 1.0 - f;
     const double bessel = (double)n / (double)(n - 1);
 
-    /* Distinct arrays (restrict) let the loops vectorise; each element still
-     * sees the same operations in the same order, so results do not change
-     * (C11 mode keeps a*b+c uncontracted). */
+    /* Distinct arrays (restrict) let the loops vectorise, and the debiased
+     * view is updated in the same pass; each element still sees the same
+     * operations in the same order, so results do not change (C11 mode keeps
+     * a*b+c uncontracted). */
     double *restrict rm = ema->running_mean;
     double *restrict rv = ema->running_var;
     const double *restrict xm = mean;
     const double *restrict xv = var;
-#pragma omp simd
-    for (size_t c = 0; c < channels; c++) {
-        rm[c] = keep * rm[c] + f * xm[c];
-        rv[c] = keep * rv[c] + f * (xv[c] * bessel);
-    }
-
     if (ema->zero_mean != NULL && f > 0.0) {
         const double weight = keep * (1.0 - ema->decay) + f;
         const double a = f / weight;
@@ -67,8 +62,17 @@ int ns_ema_update(ns_ema_t *ema, size_t channels, uint64_t n, const double *mean
         double *restrict zv = ema->zero_var;
 #pragma omp simd
         for (size_t c = 0; c < channels; c++) {
+            const double unbiased = xv[c] * bessel;
+            rm[c] = keep * rm[c] + f * xm[c];
+            rv[c] = keep * rv[c] + f * unbiased;
             zm[c] = b * zm[c] + a * xm[c];
-            zv[c] = b * zv[c] + a * (xv[c] * bessel);
+            zv[c] = b * zv[c] + a * unbiased;
+        }
+    } else {
+#pragma omp simd
+        for (size_t c = 0; c < channels; c++) {
+            rm[c] = keep * rm[c] + f * xm[c];
+            rv[c] = keep * rv[c] + f * (xv[c] * bessel);
         }
     }
     ema->decay *= keep;

@@ -18,13 +18,23 @@ static void merge_arrays(double *restrict mean_a, double *restrict m2_a, uint64_
     const double dn = (double)(na + nb);
     const double wb = dn_b / dn;          /* share of the new samples */
     const double cross = (double)na * wb; /* na nb / n */
-    /* restrict + simd: vectorised, same per-element operations and order. */
+    /* One loop per form of b, so each vectorises (restrict + simd); every
+     * element sees the same operations in the same order as before. */
+    if (b_is_var) {
 #pragma omp simd
-    for (size_t c = 0; c < channels; c++) {
-        const double delta = mean_b[c] - mean_a[c];
-        const double m2b = b_is_var ? b2[c] * dn_b : b2[c];
-        mean_a[c] += delta * wb;
-        m2_a[c] += m2b + delta * delta * cross;
+        for (size_t c = 0; c < channels; c++) {
+            const double delta = mean_b[c] - mean_a[c];
+            const double m2b = b2[c] * dn_b;
+            mean_a[c] += delta * wb;
+            m2_a[c] += m2b + delta * delta * cross;
+        }
+    } else {
+#pragma omp simd
+        for (size_t c = 0; c < channels; c++) {
+            const double delta = mean_b[c] - mean_a[c];
+            mean_a[c] += delta * wb;
+            m2_a[c] += b2[c] + delta * delta * cross;
+        }
     }
 }
 

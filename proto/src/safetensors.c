@@ -122,7 +122,10 @@ static int parse_tensor(ns_tensor_t *t, span_t *span, const char *name, const js
 static int tile(ns_safetensors_t *st, span_t *spans, size_t n, const uint8_t *data,
                 uint64_t data_len, ns_error_detail_t *err)
 {
-    if (n > 1)
+    size_t in_order = 1; /* writers usually emit offset order: then no sort */
+    while (in_order < n && span_cmp(&spans[in_order - 1], &spans[in_order]) < 0)
+        in_order++;
+    if (in_order < n)
         qsort(spans, n, sizeof(*spans), span_cmp);
     uint64_t at = 0;
     for (size_t i = 0; i < n; i++) {
@@ -181,23 +184,26 @@ static int scan_lit(scan_t *s, char c)
     return 0;
 }
 
+/* Bytes that end a plain string: the quote, and those left to jansson
+ * (escape, control, non-ASCII). */
+static int string_stop(unsigned char c)
+{
+    return c == '"' || c == '\\' || c < 0x20 || c >= 0x80;
+}
+
 static int scan_string(scan_t *s, const char **v, size_t *len)
 {
     if (!scan_lit(s, '"'))
         return 0;
     const char *b = s->p;
-    for (; s->p < s->end; s->p++) {
-        unsigned char c = (unsigned char)*s->p;
-        if (c == '"') {
-            *v = b;
-            *len = (size_t)(s->p - b);
-            s->p++;
-            return 1;
-        }
-        if (c == '\\' || c < 0x20 || c >= 0x80)
-            return 0;
-    }
-    return 0;
+    while (s->p < s->end && !string_stop((unsigned char)*s->p))
+        s->p++;
+    if (s->p == s->end || *s->p != '"')
+        return 0;
+    *v = b;
+    *len = (size_t)(s->p - b);
+    s->p++;
+    return 1;
 }
 
 static int scan_uint(scan_t *s, uint64_t *v)
@@ -305,21 +311,25 @@ static int scan_meta(scan_t *s, json_t **meta)
 
 /* The {"dtype": ...} object for a dtype spelling, shared by the tensors that
  * use it (a few distinct spellings are remembered). */
-static json_t *dtype_entry(json_t *cache[4], const char *dtype, size_t len)
+typedef struct dtype_cache_s {
+    const char *text; /* spelling in the header */
+    size_t len;
+    json_t *entry;
+} dtype_cache_t;
+
+static json_t *dtype_entry(dtype_cache_t cache[4], const char *dtype, size_t len)
 {
-    for (int i = 0; i < 4 && cache[i]; i++) {
-        const char *v = json_string_value(json_object_get(cache[i], "dtype"));
-        if (strlen(v) == len && memcmp(v, dtype, len) == 0)
-            return json_incref(cache[i]);
-    }
+    for (int i = 0; i < 4 && cache[i].entry; i++)
+        if (cache[i].len == len && memcmp(cache[i].text, dtype, len) == 0)
+            return json_incref(cache[i].entry);
     json_t *e = json_object();
     if (e && json_object_set_new_nocheck(e, "dtype", json_stringn_nocheck(dtype, len))) {
         json_decref(e);
         return NULL;
     }
     for (int i = 0; e && i < 4; i++)
-        if (!cache[i]) {
-            cache[i] = json_incref(e);
+        if (!cache[i].entry) {
+            cache[i] = (dtype_cache_t){dtype, len, json_incref(e)};
             break;
         }
     return e;
@@ -330,19 +340,19 @@ static int parse_fast(ns_safetensors_t **dst, const char *header, size_t header_
                       const uint8_t *data, uint64_t data_len)
 {
     scan_t s = {header, header + header_len};
-    json_t *cache[4] = {NULL, NULL, NULL, NULL};
+    dtype_cache_t cache[4] = {{NULL, 0, NULL}, {NULL, 0, NULL}, {NULL, 0, NULL}, {NULL, 0, NULL}};
     span_t *spans = NULL;
     size_t n = 0, cap = 0;
+    size_t guess = header_len / 64 + 4; /* an entry takes 47 bytes or more */
     int ok = 0;
     ns_safetensors_t *st = calloc(1, sizeof(*st));
     if (!st || !(st->header = json_object()) || !scan_lit(&s, '{'))
         goto out;
-    if (!scan_lit(&s, '}'))
+    if (!scan_lit(&s, '}')) {
         do {
             const char *name;
             size_t len;
-            if (!scan_string(&s, &name, &len) || !scan_lit(&s, ':') ||
-                json_object_getn(st->header, name, len))
+            if (!scan_string(&s, &name, &len) || !scan_lit(&s, ':'))
                 goto out;
             json_t *entry = NULL;
             if (scan_key_is(name, len, "__metadata__")) {
@@ -355,7 +365,7 @@ static int parse_fast(ns_safetensors_t **dst, const char *header, size_t header_
                 if (len >= sizeof(st->tensors->name))
                     goto out;
                 if (n == cap) {
-                    size_t ncap = cap ? 2 * cap : 64;
+                    size_t ncap = cap ? 2 * cap : guess;
                     ns_tensor_t *t = realloc(st->tensors, ncap * sizeof(*t));
                     if (t)
                         st->tensors = t;
@@ -377,17 +387,24 @@ static int parse_fast(ns_safetensors_t **dst, const char *header, size_t header_
                     goto out;
                 n++;
             }
-            if (json_object_setn_new_nocheck(st->header, name, len, entry))
+            /* A key seen before replaces its entry: the size tells. */
+            size_t keys = json_object_size(st->header);
+            if (json_object_setn_new_nocheck(st->header, name, len, entry) ||
+                json_object_size(st->header) != keys + 1)
                 goto out;
         } while (scan_lit(&s, ','));
-    if (!scan_lit(&s, '}') || (scan_ws(&s), s.p != s.end))
+        if (!scan_lit(&s, '}'))
+            goto out;
+    }
+    scan_ws(&s);
+    if (s.p != s.end)
         goto out;
     if (!st->tensors && !(st->tensors = malloc(sizeof(*st->tensors))))
         goto out;
     ok = tile(st, spans, n, data, data_len, NULL) == 0;
 out:
     for (int i = 0; i < 4; i++)
-        json_decref(cache[i]);
+        json_decref(cache[i].entry);
     free(spans);
     if (!ok) {
         ns_safetensors_free(st);

@@ -63,7 +63,8 @@ void nsd_final_free(nsd_final_t *f)
     if (f == NULL)
         return;
     for (size_t i = 0; i < f->n_domains; i++)
-        free(f->domains[i].mean); /* var shares the block */
+        if (f->domains[i].mean != f->mean) /* a lone domain may share the pooled block */
+            free(f->domains[i].mean);       /* var shares the block */
     free(f->domains);
     free(f->mean);
     free(f);
@@ -142,6 +143,14 @@ int nsd_barrier_finalize(const nsd_pending_t *p, size_t channels, size_t n_domai
             f->domains[f->n_domains++].domain = d;
     free(seen);
 
+    /* With every arrival in one domain, that domain combines the same arrivals
+     * in the same order as the pooled scope: it shares the pooled result
+     * (read-only, freed once by nsd_final_free) instead of recomputing it. */
+    int one_domain = f->n_domains == 1;
+    for (uint32_t w = 0; one_domain && w < p->world_size; w++)
+        if (p->arrivals[w].present && p->arrivals[w].domain != f->domains[0].domain)
+            one_domain = 0;
+
     scratch = malloc((p->world_size ? p->world_size : 1) * sizeof(*scratch));
     if (scratch == NULL)
         goto out;
@@ -150,7 +159,7 @@ int nsd_barrier_finalize(const nsd_pending_t *p, size_t channels, size_t n_domai
         if (f->mean == NULL)
             goto out;
         f->var = f->mean + channels;
-        for (size_t i = 0; i < f->n_domains; i++) {
+        for (size_t i = 0; !one_domain && i < f->n_domains; i++) {
             nsd_final_domain_t *d = &f->domains[i];
             d->mean = malloc(2 * channels * sizeof(double));
             if (d->mean == NULL)
@@ -159,17 +168,10 @@ int nsd_barrier_finalize(const nsd_pending_t *p, size_t channels, size_t n_domai
         }
     }
     rc = combine(p, UINT32_MAX, channels, threads, scratch, &f->count, f->mean, f->var);
-    /* With every arrival in one domain, that domain combines the same arrivals
-     * in the same order as the pooled scope: copy instead of recomputing. */
-    int one_domain = f->n_domains == 1;
-    for (uint32_t w = 0; one_domain && w < p->world_size; w++)
-        if (p->arrivals[w].present && p->arrivals[w].domain != f->domains[0].domain)
-            one_domain = 0;
     if (rc == 0 && one_domain) {
-        nsd_final_domain_t *d = &f->domains[0];
-        d->count = f->count;
-        if (channels > 0)
-            memcpy(d->mean, f->mean, 2 * channels * sizeof(double));
+        f->domains[0].count = f->count;
+        f->domains[0].mean = f->mean;
+        f->domains[0].var = f->var;
     }
     for (size_t i = 0; rc == 0 && !one_domain && i < f->n_domains; i++) {
         nsd_final_domain_t *d = &f->domains[i];

@@ -25,8 +25,10 @@
  *          (no connection stays suspended, which MHD_stop_daemon forbids);
  *          later reports are refused with 503;
  *       4. a 10 ms drain timer waits until no request is in flight or
- *          --shutdown-timeout passed, then stops the loop; main() stops the
- *          daemon (closing idle keep-alive connections) and exits 0.
+ *          --shutdown-timeout passed, then stops the loop; main() lets the
+ *          store commit what is queued, stops the daemon (closing idle
+ *          keep-alive connections) and exits 0 (1 if the store could not
+ *          commit everything).
  *     A second SIGTERM/SIGINT during the drain stops waiting at once.
  *  Completion: nsd_coord_run() returns when the loop stopped. */
 #include "coord.h"

@@ -23,6 +23,18 @@
 
 extern char **environ;
 
+/* One line in the log, whatever --log-level says, and on stderr too when
+ * the log goes to a file: the daemon exits 1 right after. */
+static void store_unusable(const nsd_store_error_t *serr, const nsd_options_t *opts)
+{
+    char qp[600], qr[600];
+    nsd_log_write(NSD_LOG_ERROR, "store_unusable", "path=%s reason=%s",
+                  nsd_log_quote(qp, sizeof(qp), serr->path),
+                  nsd_log_quote(qr, sizeof(qr), serr->reason));
+    if (opts->log_file[0] != '\0')
+        fprintf(stderr, "normstatd: store unusable: %s: %s\n", serr->path, serr->reason);
+}
+
 int main(int argc, char **argv)
 {
     static nsd_options_t opts;
@@ -91,12 +103,7 @@ int main(int argc, char **argv)
         };
         static nsd_store_error_t serr;
         if (nsd_store_open(&store, opts.data_dir, &scfg, &serr) != 0) {
-            char qr[600];
-            nsd_log_write(NSD_LOG_ERROR, "store_unusable", "path=%s reason=%s",
-                          nsd_log_quote(q, sizeof(q), serr.path),
-                          nsd_log_quote(qr, sizeof(qr), serr.reason));
-            if (opts.log_file[0] != '\0')
-                fprintf(stderr, "normstatd: store unusable: %s: %s\n", serr.path, serr.reason);
+            store_unusable(&serr, &opts);
             nsd_registry_free(server.registry);
             return 1;
         }
@@ -124,12 +131,7 @@ int main(int argc, char **argv)
         static nsd_store_error_t serr;
         nsd_store_recovery_t rec;
         if (nsd_store_recover(store, server.registry, &rec, &serr) != 0) {
-            char qr[600];
-            nsd_log_write(NSD_LOG_ERROR, "store_unusable", "path=%s reason=%s",
-                          nsd_log_quote(q, sizeof(q), serr.path),
-                          nsd_log_quote(qr, sizeof(qr), serr.reason));
-            if (opts.log_file[0] != '\0')
-                fprintf(stderr, "normstatd: store unusable: %s: %s\n", serr.path, serr.reason);
+            store_unusable(&serr, &opts);
             nsd_http_stop(&server);
             nsd_coord_free(coord);
             nsd_store_free(store);

@@ -1,6 +1,7 @@
 /* test_registry.c - the run registry: run life cycle, status and stall
  * report, query errors, checkpoint validation, shutdown and delete waking
- * /sync waiters, persistence and wakeup hooks, and concurrent reporters. */
+ * /sync waiters, persistence and wakeup hooks, concurrent reporters, and
+ * allocation failures (with and without a persistence hook). */
 #include <pthread.h>
 
 #include "nsd_fixture.h"
@@ -498,42 +499,83 @@ void *realloc(void *p, size_t n)
     return should_fail() ? NULL : __libc_realloc(p, n);
 }
 
+static long hook_steps; /* step_finalized calls of the attempt */
+
+static void count_step(void *arg, const char *run, const nsd_step_record_t *rec)
+{
+    (void)arg;
+    (void)run;
+    (void)rec;
+    hook_steps++;
+}
+
+/* Send the report that fails, then time out what it left pending. */
+static int failing_report(nsd_registry_t *reg, const fx_layer_t *l3, fx_sync_t *sync, long n)
+{
+    fx_opts_t od = {.domain = "d"};
+    ns_report_t *r = fx_report(0, 1, &od, l3, 3);
+    ns_error_detail_t err = {0};
+    hook_steps = 0;
+    alloc_count = 0;
+    fail_at = n;
+    int rc = nsd_registry_report(reg, "r", r, 0, fx_sync_cb, sync, &err);
+    fail_at = -1;
+    /* Layer c waits for worker 0: time it out (partial). */
+    if (rc == 0 && sync->calls == 0)
+        nsd_registry_expire(reg, UINT64_MAX / 2);
+    return rc;
+}
+
 /* Fail allocation N = 0, 1, 2, ... of a report that creates a layer, a
  * domain and completes a /sync step: each failure returns NS_ENOMEM and
- * leaves the state exactly as it was, without calling back. */
-START_TEST(test_allocation_failures)
+ * leaves the state exactly as it was, without calling back. With a
+ * persistence hook installed ('persisted'), the copies handed to it are
+ * allocated too: a failure there loses the record, never the step, and
+ * must not crash; the loop then goes on until every record arrived. */
+static void allocation_failures(int persisted)
 {
     nsd_registry_t *reg = nsd_registry_create(NULL);
+    if (persisted) {
+        nsd_persist_t hooks = {0};
+        hooks.step_finalized = count_step;
+        nsd_registry_set_persist(reg, &hooks);
+    }
     ns_run_config_t cfg = config(2);
     ck_assert_int_eq(nsd_registry_put_run(reg, "r", &cfg, NULL, NULL), 0);
     float m[3] = {1, 2, 3}, v[3] = {1, 1, 1};
     fx_layer_t l[2] = {{"a", 4, 3, m, v}, {"b", 4, 3, m, v}};
-    fx_opts_t od = {.domain = "d"};
     ck_assert_int_eq(fx_send(reg, "r", 0, 0, NULL, l, 2, 0, NULL, NULL), 0);
     /* layer c is new: created by the failing report */
     fx_layer_t l3[3] = {l[0], l[1], {"c", 0, 0, NULL, NULL}};
     char *before = fx_snapshot(reg, "r", 0);
-    int done = 0, enomem_results = 0;
-    for (long n = 0; n < 10000 && !done; n++) {
-        ns_report_t *r = fx_report(0, 1, &od, l3, 3);
+    long all_records = 0;
+    if (persisted) {
+        /* How many records the report hands over when nothing fails. */
         fx_sync_t sync = {0};
-        ns_error_detail_t err = {0};
-        alloc_count = 0;
-        fail_at = n;
-        int rc = nsd_registry_report(reg, "r", r, 0, fx_sync_cb, &sync, &err);
-        fail_at = -1;
+        ck_assert_int_eq(failing_report(reg, l3, &sync, -1), 0);
+        all_records = hook_steps;
+        ck_assert_int_eq(all_records, 3);
+        fx_sync_clear(&sync);
+        nsd_registry_delete_run(reg, "r", NULL);
+        ck_assert_int_eq(nsd_registry_put_run(reg, "r", &cfg, NULL, NULL), 0);
+        ck_assert_int_eq(fx_send(reg, "r", 0, 0, NULL, l, 2, 0, NULL, NULL), 0);
+    }
+    int done = 0, enomem_results = 0, lost_records = 0;
+    for (long n = 0; n < 10000 && !done; n++) {
+        fx_sync_t sync = {0};
+        int rc = failing_report(reg, l3, &sync, n);
         if (rc == 0) {
             /* Allocations after the commit (finalization) may still fail:
-             * the step is then lost and the /sync answer says so. Layer c
-             * waits for worker 0: time it out (partial). */
-            if (sync.calls == 0)
-                nsd_registry_expire(reg, UINT64_MAX / 2);
+             * the step is then lost and the /sync answer says so. */
             ck_assert_msg(sync.calls == 1, "allocation %ld: no callback", n);
             ck_assert(sync.res->status == 0 || sync.res->status == NS_ENOMEM);
-            if (sync.res->status == 0) {
+            if (sync.res->status == 0 && hook_steps == all_records) {
                 done = 1;
             } else {
-                enomem_results++;
+                if (sync.res->status == 0)
+                    lost_records++;
+                else
+                    enomem_results++;
                 nsd_registry_delete_run(reg, "r", NULL);
                 ck_assert_int_eq(nsd_registry_put_run(reg, "r", &cfg, NULL, NULL), 0);
                 ck_assert_int_eq(fx_send(reg, "r", 0, 0, NULL, l, 2, 0, NULL, NULL), 0);
@@ -555,10 +597,23 @@ START_TEST(test_allocation_failures)
     ck_assert_uint_eq(st->n_layers, 2); /* c has no channels */
     nsd_stats_free(st);
     ck_assert_int_gt(enomem_results, 0); /* the loop did reach finalization */
+    if (persisted)
+        ck_assert_int_gt(lost_records, 0); /* ... and the copies for the hook */
     nsd_counters_t cnt;
     nsd_registry_counters(reg, &cnt);
     ck_assert_uint_eq(cnt.sync_waiters, 0);
     nsd_registry_free(reg);
+}
+
+START_TEST(test_allocation_failures)
+{
+    allocation_failures(0);
+}
+END_TEST
+
+START_TEST(test_allocation_failures_persisted)
+{
+    allocation_failures(1);
 }
 END_TEST
 #endif
@@ -577,6 +632,7 @@ static Suite *make_suite(void)
     tcase_add_test(tc, test_concurrent_reports);
 #ifdef FAIL_ALLOC_TEST
     tcase_add_test(tc, test_allocation_failures);
+    tcase_add_test(tc, test_allocation_failures_persisted);
 #endif
     suite_add_tcase(s, tc);
     return s;
