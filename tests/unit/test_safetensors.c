@@ -622,6 +622,69 @@ START_TEST(test_scanner_vs_jansson)
 }
 END_TEST
 
+START_TEST(test_scanner_resnet50)
+{
+    /* The daemon's common input: ResNet-50's 53 BatchNorm layers (26,560
+     * channels) as ns_report_encode() writes them take the scanner and give
+     * the jansson result. */
+    static const size_t stage[4][2] = {{3, 64}, {4, 128}, {6, 256}, {3, 512}};
+    enum { LAYERS = 53 };
+    ns_layer_report_t layers[LAYERS];
+    float *values = malloc(2 * 26560 * sizeof(float));
+    size_t n = 0, used = 0;
+    memset(layers, 0, sizeof(layers));
+    snprintf(layers[n].name, sizeof(layers[n].name), "bn1");
+    layers[n++].channels = 64;
+    for (size_t s = 0; s < 4; s++) {
+        for (size_t b = 0; b < stage[s][0]; b++)
+            for (size_t k = 0; k < 3; k++) {
+                snprintf(layers[n].name, sizeof(layers[n].name), "layer%zu.%zu.bn%zu", s + 1, b,
+                         k + 1);
+                layers[n++].channels = k == 2 ? 4 * stage[s][1] : stage[s][1];
+            }
+        snprintf(layers[n].name, sizeof(layers[n].name), "layer%zu.0.downsample.1", s + 1);
+        layers[n++].channels = 4 * stage[s][1];
+    }
+    ck_assert_uint_eq(n, LAYERS);
+    for (size_t l = 0; l < n; l++) {
+        layers[l].count = 200704;
+        layers[l].mean = values + used;
+        layers[l].var = values + used + layers[l].channels;
+        for (size_t c = 0; c < 2 * layers[l].channels; c++)
+            values[used + c] = (float)(c % 17) * 0.25f + 0.5f;
+        used += 2 * layers[l].channels;
+    }
+    ck_assert_uint_eq(used, 2 * 26560);
+    ns_report_t report = {0};
+    report.step = 1234567;
+    report.unbiased = 1;
+    report.update = NS_UPDATE_EMA | NS_UPDATE_PRECISE;
+    report.scope = NS_SCOPE_GLOBAL;
+    report.world_size = 1;
+    report.n_layers = n;
+    report.layers = layers;
+    ns_buf_t buf = {0};
+    ns_error_detail_t err = {0};
+    ck_assert_msg(ns_report_encode(&buf, NS_FORMAT_SAFETENSORS, &report, &err) == 0, "%s",
+                  err.message);
+    int valid;
+    ck_assert(parse_three((const uint8_t *)buf.data, buf.len, "resnet50", &valid));
+    ck_assert(valid);
+    ns_safetensors_t *st = NULL;
+    ck_assert_int_eq(ns__safetensors_parse_fast(&st, (const uint8_t *)buf.data, buf.len), 0);
+    ck_assert_uint_eq(ns_safetensors_count(st), 3 * LAYERS);
+    ck_assert_str_eq(ns_safetensors_meta(st, "step"), "1234567");
+    ns_safetensors_free(st);
+    ns_report_t *back = NULL;
+    ck_assert_int_eq(ns_report_decode_safetensors(&back, (const uint8_t *)buf.data, buf.len, &err),
+                     0);
+    ck_assert_uint_eq(back->n_layers, LAYERS);
+    ns_report_free(back);
+    ns_buf_free(&buf);
+    free(values);
+}
+END_TEST
+
 START_TEST(test_fast_path_numbers)
 {
     uint64_t rng = ns_test_seed() ^ 0xf10a7;
@@ -746,6 +809,7 @@ static Suite *safetensors_suite(void)
     tcase_add_test(tc, test_fuzz_json_report);
     tcase_add_test(tc, test_fast_path_numbers);
     tcase_add_test(tc, test_scanner_vs_jansson);
+    tcase_add_test(tc, test_scanner_resnet50);
     suite_add_tcase(s, tc);
     return s;
 }
