@@ -20,7 +20,8 @@ enum {
 typedef struct ns_cli_s {
     const char *url;
     long timeout_ms;
-    int json; /* JSON output (--json, or stdout is not a terminal) */
+    const char *token; /* bearer token, or NULL */
+    int json;          /* JSON output (--json, or stdout is not a terminal) */
     ns_client_t *client;
 } ns_cli_t;
 

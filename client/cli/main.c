@@ -10,7 +10,8 @@
 
 static void usage_main(FILE *out)
 {
-    fprintf(out, "usage: normstat [--url URL] [--timeout MS] [--json|--table] COMMAND [ARGS]\n"
+    fprintf(out, "usage: normstat [--url URL] [--token TOKEN] [--timeout MS] [--json|--table] "
+                 "COMMAND [ARGS]\n"
                  "\n"
                  "The command-line client of normstatd, the BatchNorm statistics service.\n"
                  "\n"
@@ -20,6 +21,7 @@ static void usage_main(FILE *out)
     fprintf(out, "\n"
                  "global options (also accepted after the command):\n"
                  "  --url URL      server (default $NORMSTAT_URL, else " NS_CLIENT_DEFAULT_URL ")\n"
+                 "  --token TOKEN  send \"Authorization: Bearer TOKEN\" (default $NORMSTAT_TOKEN)\n"
                  "  --timeout MS   give up on an exchange after MS milliseconds (default 30000)\n"
                  "  --json         print JSON (the default when stdout is not a terminal)\n"
                  "  --table        print tables (the default on a terminal)\n"
@@ -65,7 +67,7 @@ static int global_option(ns_cli_t *cli, int argc, char **argv, int *i)
         cli->json = 0;
         return 1;
     }
-    if (strcmp(a, "--url") == 0 || strcmp(a, "--timeout") == 0) {
+    if (strcmp(a, "--url") == 0 || strcmp(a, "--timeout") == 0 || strcmp(a, "--token") == 0) {
         if (*i + 1 >= argc) {
             fprintf(stderr, "normstat: %s needs a value\n", a);
             return -1;
@@ -73,6 +75,8 @@ static int global_option(ns_cli_t *cli, int argc, char **argv, int *i)
         const char *v = argv[++*i];
         if (a[2] == 'u') {
             cli->url = v;
+        } else if (a[3] == 'o') {
+            cli->token = v;
         } else {
             char *end;
             errno = 0;
@@ -89,8 +93,10 @@ static int global_option(ns_cli_t *cli, int argc, char **argv, int *i)
 
 int main(int argc, char **argv)
 {
-    ns_cli_t cli = {
-        .url = getenv("NORMSTAT_URL"), .timeout_ms = 30000, .json = !isatty(STDOUT_FILENO)};
+    ns_cli_t cli = {.url = getenv("NORMSTAT_URL"),
+                    .token = getenv("NORMSTAT_TOKEN"),
+                    .timeout_ms = 30000,
+                    .json = !isatty(STDOUT_FILENO)};
     char **rest = calloc((size_t)argc + 1, sizeof(char *));
     int n_rest = 0, rc;
     if (rest == NULL)
@@ -133,6 +139,7 @@ int main(int argc, char **argv)
     ns_client_options_default(&opts);
     opts.url = cli.url;
     opts.timeout_ms = cli.timeout_ms;
+    opts.token = cli.token;
     if ((rc = ns_client_create(&cli.client, &opts, &err))) {
         fprintf(stderr, "normstat: %s\n", err.message);
         free(rest);

@@ -29,6 +29,7 @@ void ns_client_options_default(ns_client_options_t *opts)
     opts->retries = 2;
     opts->retry_delay_ms = 100;
     opts->max_response = 0;
+    opts->token = NULL;
 }
 
 int ns__client_setup(ns_client_options_t *dst, char **base, const ns_client_options_t *opts,
@@ -47,10 +48,20 @@ int ns__client_setup(ns_client_options_t *dst, char **base, const ns_client_opti
         url = NS_CLIENT_DEFAULT_URL;
     if (strncasecmp(url, "http://", 7) != 0 && strncasecmp(url, "https://", 8) != 0)
         return ns_error_set(err, NS_EINVAL, "url", "'%s' is not an http:// or https:// URL", url);
-    char *copy = strdup(url);
+    const char *token = dst->token != NULL ? dst->token : "";
+    for (const char *t = token; *t; t++)
+        if ((unsigned char)*t <= 0x20 || (unsigned char)*t >= 0x7f)
+            return ns_error_set(err, NS_EINVAL, "token",
+                                "expected visible ASCII characters without spaces");
+    /* One allocation "url\0token\0", so freeing *base frees both copies. */
+    size_t url_len = strlen(url), token_len = strlen(token);
+    char *copy = malloc(url_len + token_len + 2);
     if (copy == NULL)
         return ns_error_set(err, NS_ENOMEM, "", "out of memory");
-    size_t n = strlen(copy);
+    memcpy(copy, url, url_len + 1);
+    memcpy(copy + url_len + 1, token, token_len + 1);
+    dst->token = token_len > 0 ? copy + url_len + 1 : NULL;
+    size_t n = url_len;
     while (n > 0 && copy[n - 1] == '/')
         copy[--n] = '\0';
     dst->url = copy;
@@ -173,6 +184,20 @@ int ns__request_setup(ns__request_t *rq, CURL *easy, const ns_client_options_t *
         if (rq->accept) {
             snprintf(line, sizeof(line), "Accept: %s", rq->accept);
             if ((t = curl_slist_append(h, line)) == NULL)
+                goto nomem_list;
+            h = t;
+        }
+        if (opts->token != NULL) {
+            /* Tokens may be long: built on the heap, wiped once libcurl has its copy. */
+            size_t n = strlen(opts->token) + sizeof("Authorization: Bearer ");
+            char *auth = malloc(n);
+            if (auth == NULL)
+                goto nomem_list;
+            snprintf(auth, n, "Authorization: Bearer %s", opts->token);
+            t = curl_slist_append(h, auth);
+            memset(auth, 0, n);
+            free(auth);
+            if (t == NULL)
                 goto nomem_list;
             h = t;
         }

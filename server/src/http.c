@@ -32,6 +32,7 @@
 
 #include <microhttpd.h>
 
+#include "auth.h"
 #include "log.h"
 #include "metrics.h"
 #include "store.h"
@@ -60,6 +61,9 @@ static void queue(nsd_request_t *req, int status, struct MHD_Response *resp,
         MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, content_type);
     if (status == 405 && req->allow[0] != '\0')
         MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW, req->allow);
+    if (status == 401)
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_WWW_AUTHENTICATE,
+                                "Bearer realm=\"normstat\"");
     if (atomic_load(&req->server->shutting_down))
         MHD_add_response_header(resp, MHD_HTTP_HEADER_CONNECTION, "close");
     if (MHD_queue_response(req->conn, (unsigned)status, resp) != MHD_YES) {
@@ -288,10 +292,20 @@ static int media_is(const char *value, const char *type)
     return strlen(type) == len && strncasecmp(value, type, len) == 0;
 }
 
-/* First call: match the route, check Content-Length and Content-Type. */
+/* First call: authenticate, match the route, check Content-Length and Content-Type. */
 static void request_begin(nsd_request_t *req)
 {
     nsd_server_t *srv = req->server;
+    /* Before anything else: a refused request has no route, so its body is
+     * read and dropped, never collected, and it is answered after it. */
+    if (!nsd_auth_exempt(req->method, req->path)) {
+        const char *authz = nsd_request_header(req, MHD_HTTP_HEADER_AUTHORIZATION);
+        int auth = nsd_auth_check(srv->auth, authz);
+        if (auth != 0) {
+            req->pending_error = auth;
+            return;
+        }
+    }
     int rc = nsd_routes_match(req->method, req->path, &req->route, req->run, sizeof(req->run),
                               req->allow, sizeof(req->allow));
     if (rc == NS_ENOTFOUND || rc == NS_EMETHOD)
@@ -333,6 +347,13 @@ static void respond_pending_error(nsd_request_t *req)
     case NS_EMETHOD:
         snprintf(msg, sizeof(msg), "%.16s not allowed; allowed: %.64s", req->method, req->allow);
         nsd_respond_error(req, NS_EMETHOD, msg);
+        break;
+    case NS_EUNAUTHORIZED:
+        nsd_respond_error(req, NS_EUNAUTHORIZED,
+                          "authentication required: send \"Authorization: Bearer <token>\"");
+        break;
+    case NS_EFORBIDDEN:
+        nsd_respond_error(req, NS_EFORBIDDEN, "the bearer token is not accepted");
         break;
     case NS_EINVAL:
         nsd_respond_error(req, NS_EINVAL, "run: invalid name (expected [A-Za-z0-9_.:-]{1,128})");

@@ -34,12 +34,14 @@ struct MHD_Daemon;
 typedef struct nsd_registry_s nsd_registry_t;
 typedef struct nsd_coord_s nsd_coord_t;
 typedef struct nsd_store_s nsd_store_t;
+typedef struct nsd_auth_s nsd_auth_t;
 
 /* The daemon's shared state, created by main(). */
 typedef struct nsd_server_s {
     const nsd_options_t *opts;
     nsd_registry_t *registry;
-    nsd_store_t *store; /* NULL with --no-persist */
+    nsd_store_t *store;     /* NULL with --no-persist */
+    const nsd_auth_t *auth; /* bearer token required; NULL: none */
     struct MHD_Daemon *daemon;
     uint16_t port;    /* bound port (after nsd_http_start) */
     char addr[300];   /* "HOST:PORT" as bound, for logs */

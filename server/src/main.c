@@ -12,6 +12,7 @@
 
 #include <normstat/core.h>
 
+#include "auth.h"
 #include "clock.h"
 #include "coord.h"
 #include "http.h"
@@ -57,6 +58,11 @@ int main(int argc, char **argv)
     }
     if (opts.probe.set)
         return nsd_probe_run(&opts);
+    static nsd_auth_t auth;
+    if (nsd_auth_load(&auth, &opts, err, sizeof(err)) != 0) {
+        fprintf(stderr, "normstatd: %s\n", err);
+        return 2;
+    }
 
     nsd_log_set_level((int)opts.log_level);
     int rc = nsd_log_open(opts.log_file);
@@ -77,11 +83,11 @@ int main(int argc, char **argv)
     char q[600];
     nsd_log(NSD_LOG_INFO, "starting",
             "version=%s kernel=%s threads=%lld core_threads=%lld max_body=%llu max_memory=%llu "
-            "max_pending_steps=%lld data_dir=%s persist=%d",
+            "max_pending_steps=%lld data_dir=%s persist=%d auth=%d",
             NS_VERSION_STRING, ns_core_kernel(), (long long)opts.threads,
             (long long)opts.core_threads, (unsigned long long)opts.max_body,
             (unsigned long long)opts.max_memory, (long long)opts.max_pending_steps,
-            nsd_log_quote(q, sizeof(q), opts.data_dir), !opts.no_persist);
+            nsd_log_quote(q, sizeof(q), opts.data_dir), !opts.no_persist, auth.len > 0);
 
     nsd_limits_t limits = {
         .max_pending_steps = (uint32_t)opts.max_pending_steps,
@@ -90,6 +96,7 @@ int main(int argc, char **argv)
     };
     static nsd_server_t server;
     server.opts = &opts;
+    server.auth = auth.len > 0 ? &auth : NULL;
     server.registry = nsd_registry_create(&limits);
     if (server.registry == NULL) {
         nsd_log(NSD_LOG_ERROR, "start_failed", "step=registry reason=%s", "out_of_memory");

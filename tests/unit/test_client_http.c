@@ -634,6 +634,74 @@ START_TEST(t_retry_rules)
 }
 END_TEST
 
+/* options.token: "Authorization: Bearer <token>" on every request, the
+ * token copied at creation; none without it; 401/403 map to their codes. */
+START_TEST(t_bearer_token)
+{
+    char v[2048], token[1200], expect[1300];
+    ns_error_detail_t err = {0};
+    reply(200, "application/json", "{\"version\":\"x\"}");
+    ck_assert_int_eq(ns_client_version(cli, NULL, &err), 0);
+    ck_assert_ptr_null(
+        fake_request_header(fake_http_request(srv, 0), "Authorization", v, sizeof(v)));
+
+    ns_client_options_t o;
+    ns_client_options_default(&o);
+    ck_assert_ptr_null(o.token);
+    o.url = fake_http_url(srv);
+    o.retries = 2;
+    o.retry_delay_ms = 1;
+    /* Longer than any fixed header line; visible ASCII of every kind. */
+    for (size_t i = 0; i < 1100; i++)
+        token[i] = (char)('!' + (int)(i % 94));
+    token[1100] = '\0';
+    snprintf(expect, sizeof(expect), "Bearer %s", token);
+    o.token = token;
+    ns_client_t *c = NULL;
+    ck_assert_int_eq(ns_client_create(&c, &o, NULL), 0);
+    memset(token, 'x', 1100); /* the client holds its own copy */
+    reply(200, "application/json", "{\"version\":\"x\"}");
+    ck_assert_int_eq(ns_client_version(c, NULL, &err), 0);
+    reply(201, "application/json", "{}");
+    ck_assert_int_eq(ns_client_run_put(c, "r1", NULL, NULL, NULL, &err), 0);
+    for (size_t i = 1; i <= 2; i++)
+        ck_assert_str_eq(
+            fake_request_header(fake_http_request(srv, i), "Authorization", v, sizeof(v)), expect);
+
+    reply(401, "application/json",
+          "{\"error\":{\"code\":\"unauthorized\",\"message\":\"authentication required\"}}");
+    ck_assert_int_eq(ns_client_version(c, NULL, &err), NS_EUNAUTHORIZED);
+    ck_assert_int_eq(ns_client_last_status(c), 401);
+    reply(403, "application/json",
+          "{\"error\":{\"code\":\"forbidden\",\"message\":\"not accepted\"}}");
+    ck_assert_int_eq(ns_client_version(c, NULL, &err), NS_EFORBIDDEN);
+    ck_assert_int_eq(ns_client_last_status(c), 403);
+    /* Answers, so not retried. */
+    ck_assert_uint_eq(fake_http_count(srv), 5);
+    ns_client_free(c);
+
+    /* A token that cannot be a header value is refused before anything is sent. */
+    static const char *const bad[] = {"two words", "line\r\nX-Injected: 1", "tab\t", "\x7f"};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        o.token = bad[i];
+        c = NULL;
+        memset(&err, 0, sizeof(err));
+        ck_assert_int_eq(ns_client_create(&c, &o, &err), NS_EINVAL);
+        ck_assert_ptr_null(c);
+        ck_assert_str_eq(err.field, "token");
+    }
+    /* "" is no token. */
+    o.token = "";
+    ck_assert_int_eq(ns_client_create(&c, &o, NULL), 0);
+    reply(200, "application/json", "{\"version\":\"x\"}");
+    ck_assert_int_eq(ns_client_version(c, NULL, &err), 0);
+    ck_assert_ptr_null(
+        fake_request_header(fake_http_request(srv, 5), "Authorization", v, sizeof(v)));
+    ck_assert_uint_eq(fake_http_count(srv), 6);
+    ns_client_free(c);
+}
+END_TEST
+
 static Suite *make_suite(void)
 {
     Suite *s = suite_create("client_http");
@@ -657,6 +725,7 @@ static Suite *make_suite(void)
     tcase_add_test(tc, t_retry_report_duplicate_is_success);
     tcase_add_test(tc, t_duplicate_first_attempt_is_error);
     tcase_add_test(tc, t_retry_rules);
+    tcase_add_test(tc, t_bearer_token);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -74,6 +74,8 @@ typedef struct ns_client_options_s {
     unsigned retries;        /* extra attempts where safe. Default 2 */
     long retry_delay_ms;     /* between attempts (blocking). Default 100 */
     size_t max_response;     /* ceiling of an answer's body in bytes; 0: none */
+    const char *token;       /* sent as "Authorization: Bearer <token>"; NULL or "": none.
+                              * Copied; visible ASCII without spaces (else NS_EINVAL) */
 } ns_client_options_t;
 
 /*! ns_client_options_default() : fills 'opts' with the defaults above. */

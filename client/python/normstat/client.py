@@ -153,11 +153,14 @@ class Client:
     sync_timeout: seconds a /sync may wait for its step (default: the larger
     of 'timeout' and 120 s, above the server's default sync_timeout_ms).
     fmt: "safetensors" (default) or "json": how reports are encoded.
-    headers: extra headers sent with every request (e.g. Authorization).
+    headers: extra headers sent with every request.
+    token: bearer token sent as "Authorization: Bearer <token>", for a server
+    started with --auth-token-file; None takes $NORMSTAT_TOKEN, "" sends none.
+    A refusal raises AuthError (code "unauthorized" or "forbidden").
     """
 
     def __init__(self, url=DEFAULT_URL, timeout=30.0, sync_timeout=None, fmt="safetensors",
-                 headers=None):
+                 headers=None, token=None):
         if url is None:
             url = os.environ.get("NORMSTAT_URL") or DEFAULT_URL
         u = urllib.parse.urlsplit(url)
@@ -176,6 +179,12 @@ class Client:
         self.sync_timeout = sync_timeout
         self.fmt = fmt
         self.headers = dict(headers or {})
+        if token is None:
+            token = os.environ.get("NORMSTAT_TOKEN") or None
+        if token:  # "" sends none, whatever $NORMSTAT_TOKEN holds
+            if any(not 0x20 < ord(c) < 0x7f for c in token):
+                raise ValueError("token must be visible ASCII characters without spaces")
+            self.headers["Authorization"] = "Bearer " + token
         self.reconnects = 0  # connections replaced after the server closed one
         self._conn = None
         self._lock = threading.RLock()
