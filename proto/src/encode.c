@@ -97,18 +97,6 @@ static int scalar_is_tensor(const char *name)
     return strcmp(name, "num_batches_tracked") == 0 || strcmp(name, "count") == 0;
 }
 
-static void store_le32(uint8_t *p, uint32_t v)
-{
-    for (int i = 0; i < 4; i++)
-        p[i] = (uint8_t)(v >> (8 * i));
-}
-
-static void store_le64(uint8_t *p, uint64_t v)
-{
-    for (int i = 0; i < 8; i++)
-        p[i] = (uint8_t)(v >> (8 * i));
-}
-
 static int encode_safetensors(ns_buf_t *dst, const ns_meta_t *meta, size_t n_meta,
                               const ns_out_layer_t *layers, size_t n_layers)
 {
@@ -171,24 +159,9 @@ static int encode_safetensors(ns_buf_t *dst, const ns_meta_t *meta, size_t n_met
             at += 8;
         }
     }
-    if ((rc = ns_buf_append(&h, "}", 1)))
+    uint8_t *p;
+    if ((rc = ns__safetensors_frame(dst, &h, at, &p)))
         goto fail;
-    /* Pad with spaces so the data area starts 8-byte aligned, as the
-     * reference implementation does. */
-    while (h.len % 8)
-        if ((rc = ns_buf_append(&h, " ", 1)))
-            goto fail;
-
-    if (at > SIZE_MAX - 8 - h.len) {
-        rc = NS_ETOOLARGE;
-        goto fail;
-    }
-    if ((rc = ns__buf_reserve(dst, 8 + h.len + (size_t)at)))
-        goto fail;
-    uint8_t *p = (uint8_t *)dst->data + dst->len;
-    store_le64(p, h.len);
-    memcpy(p + 8, h.data, h.len);
-    p += 8 + h.len;
     for (size_t l = 0; l < n_layers; l++) {
         const ns_out_layer_t *layer = &layers[l];
         for (size_t a = 0; a < layer->n_arrays; a++)
@@ -196,16 +169,14 @@ static int encode_safetensors(ns_buf_t *dst, const ns_meta_t *meta, size_t n_met
                 float f = narrow(layer->arrays[a][c]);
                 uint32_t bits;
                 memcpy(&bits, &f, sizeof(bits));
-                store_le32(p, bits);
+                ns__store_le32(p, bits);
             }
         for (size_t s = 0; s < layer->n_scalars; s++)
             if (scalar_is_tensor(layer->scalar_names[s])) {
-                store_le64(p, (uint64_t)layer->scalars[s]);
+                ns__store_le64(p, (uint64_t)layer->scalars[s]);
                 p += 8;
             }
     }
-    dst->len += 8 + h.len + (size_t)at;
-    dst->data[dst->len] = '\0';
     ns_buf_free(&h);
     return 0;
 fail:

@@ -61,4 +61,14 @@ size_t ns__dtype_size(const char *name, ns_dtype_t *dtype);
  * path when a number is too big for an integer. */
 int ns__json_load(json_t **dst, const char *src, size_t src_len, ns_error_detail_t *err);
 
+/* Little-endian stores for the safetensors writers. */
+void ns__store_le32(uint8_t *p, uint32_t v);
+void ns__store_le64(uint8_t *p, uint64_t v);
+
+/* ns__safetensors_frame() : close the JSON 'header' (its final "}" is
+ * appended here), pad it to 8 bytes, and append the length prefix and the
+ * header to 'dst' followed by 'data_len' bytes of room, which the caller
+ * fills through *data. @return 0, NS_ETOOLARGE or NS_ENOMEM (dst freed). */
+int ns__safetensors_frame(ns_buf_t *dst, ns_buf_t *header, uint64_t data_len, uint8_t **data);
+
 #endif /* NS_PROTO_INTERNAL_H */

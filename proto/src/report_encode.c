@@ -106,12 +106,6 @@ fail:
     return rc;
 }
 
-static void store_le64(uint8_t *p, uint64_t v)
-{
-    for (int i = 0; i < 8; i++)
-        p[i] = (uint8_t)(v >> (8 * i));
-}
-
 static void store_f32s(uint8_t *p, const float *src, size_t n)
 {
     for (size_t i = 0; i < n; i++, p += 4) {
@@ -173,22 +167,9 @@ static int encode_safetensors(ns_buf_t *dst, const ns_report_t *r, ns_error_deta
             goto fail;
         at += 8;
     }
-    if ((rc = ns_buf_append(&h, "}", 1)))
+    uint8_t *p;
+    if ((rc = ns__safetensors_frame(dst, &h, at, &p)))
         goto fail;
-    /* Spaces align the data area to 8 bytes, as the reference writer does. */
-    while (h.len % 8)
-        if ((rc = ns_buf_append(&h, " ", 1)))
-            goto fail;
-    if (at > SIZE_MAX - 8 - h.len) {
-        rc = NS_ETOOLARGE;
-        goto fail;
-    }
-    if ((rc = ns__buf_reserve(dst, 8 + h.len + (size_t)at)))
-        goto fail;
-    uint8_t *p = (uint8_t *)dst->data + dst->len;
-    store_le64(p, h.len);
-    memcpy(p + 8, h.data, h.len);
-    p += 8 + h.len;
     /* Non-finite values are sent as they are: the server rejects them (422)
      * and counts the rejection, which is what an operator wants to see. */
     for (size_t i = 0; i < r->n_layers; i++) {
@@ -199,11 +180,9 @@ static int encode_safetensors(ns_buf_t *dst, const ns_report_t *r, ns_error_deta
             store_f32s(p, l->var, l->channels);
             p += l->channels * 4;
         }
-        store_le64(p, l->count);
+        ns__store_le64(p, l->count);
         p += 8;
     }
-    dst->len += 8 + h.len + (size_t)at;
-    dst->data[dst->len] = '\0';
     ns_buf_free(&h);
     return 0;
 fail:
