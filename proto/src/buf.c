@@ -31,7 +31,7 @@ void ns_buf_free(ns_buf_t *buf)
     buf->cap = 0;
 }
 
-int ns__buf_reserve(ns_buf_t *buf, size_t extra)
+int ns_buf_reserve(ns_buf_t *buf, size_t extra)
 {
     size_t max = ceiling(buf);
     if (extra > max || buf->len > max - extra) {
@@ -59,7 +59,7 @@ int ns__buf_reserve(ns_buf_t *buf, size_t extra)
 
 int ns_buf_append(ns_buf_t *buf, const void *src, size_t src_len)
 {
-    int rc = ns__buf_reserve(buf, src_len);
+    int rc = ns_buf_reserve(buf, src_len);
     if (rc)
         return rc;
     if (src_len)
@@ -81,7 +81,7 @@ int ns_buf_printf(ns_buf_t *buf, const char *fmt, ...)
         return NS_EINVAL;
     }
     if ((size_t)n >= room) {
-        int rc = ns__buf_reserve(buf, (size_t)n);
+        int rc = ns_buf_reserve(buf, (size_t)n);
         if (rc)
             return rc;
         va_start(ap, fmt);
@@ -118,7 +118,7 @@ int ns__buf_append_json_string(ns_buf_t *buf, const char *s)
         unsigned char c = (unsigned char)s[i];
         out += c == '"' || c == '\\' ? 2 : c < 0x20 ? 6 : 1;
     }
-    int rc = ns__buf_reserve(buf, out);
+    int rc = ns_buf_reserve(buf, out);
     if (rc)
         return rc;
     char *p = buf->data + buf->len;

@@ -17,10 +17,6 @@ struct ns_safetensors_s {
     ns_tensor_t *tensors; /* sorted by data offset */
 };
 
-/* ns__buf_reserve() : make room for 'extra' more bytes (plus the NUL) without
- * changing len. @return 0, or NS_ETOOLARGE / NS_ENOMEM with the buffer freed. */
-int ns__buf_reserve(ns_buf_t *buf, size_t extra);
-
 /* ns__buf_append_json_string() : append 's' as a quoted, escaped JSON string. */
 int ns__buf_append_json_string(ns_buf_t *buf, const char *s);
 

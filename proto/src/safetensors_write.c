@@ -29,7 +29,7 @@ int ns__safetensors_frame(ns_buf_t *dst, ns_buf_t *header, uint64_t data_len, ui
     if (data_len > SIZE_MAX - 8 - header->len)
         return NS_ETOOLARGE;
     size_t total = 8 + header->len + (size_t)data_len;
-    if ((rc = ns__buf_reserve(dst, total)))
+    if ((rc = ns_buf_reserve(dst, total)))
         return rc;
     uint8_t *p = (uint8_t *)dst->data + dst->len;
     ns__store_le64(p, header->len);

@@ -161,6 +161,10 @@ NS_API void ns_buf_init(ns_buf_t *buf, size_t cap_max);
 /*! @return 0, NS_ETOOLARGE past the ceiling or NS_ENOMEM; on error the
  *  buffer is emptied and freed. */
 NS_API int ns_buf_append(ns_buf_t *buf, const void *src, size_t src_len);
+/*! ns_buf_reserve() : make room for 'extra' more bytes (plus the NUL)
+ *  without changing len, e.g. for a body whose Content-Length is known.
+ *  @return as ns_buf_append(). */
+NS_API int ns_buf_reserve(ns_buf_t *buf, size_t extra);
 NS_API int ns_buf_printf(ns_buf_t *buf, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 /*! ns_buf_take() : the bytes (NUL-terminated, *len set if non-NULL) are the
