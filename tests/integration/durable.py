@@ -27,6 +27,34 @@ DB_NAME = "normstat.db"
 REFUSE_LIMIT_S = 6.0  # a daemon that must refuse to start has exited by then
 
 
+class Case(nsd.Case):
+    """A test case without nsd.Case's class-wide daemon: each test starts its
+    own daemons under a fresh temporary directory, self.root (prefix
+    root_prefix), removed by finish()."""
+
+    root_prefix = "normstat-"
+
+    @classmethod
+    def setUpClass(cls):
+        cls.daemon = None
+        cls.c = None
+
+    @classmethod
+    def tearDownClass(cls):
+        pass
+
+    def setUp(self):
+        self._fails = []
+        self._clients = []
+        self.root = tempfile.mkdtemp(prefix=self.root_prefix)
+
+    def finish(self):
+        """Remove self.root, then fail the test if any check failed."""
+        shutil.rmtree(self.root, ignore_errors=True)
+        if self._fails:
+            self.fail(f"{len(self._fails)} failed checks: " + "; ".join(map(str, self._fails[:5])))
+
+
 class Durable(nsd.Daemon):
     """A normstatd on a fixed data directory that is never removed by the
     harness (nsd.Daemon deletes its temporary one); persist=False adds

@@ -27,9 +27,7 @@ bytes must be identical.
 import http.client
 import os
 import random
-import shutil
 import sys
-import tempfile
 import threading
 import time
 
@@ -236,26 +234,15 @@ def check_sync_answer(sh, w, s, r, layers):
             sh.sync_bad.append(f"worker {w} step {s}: " + "; ".join(bad))
 
 
-class Crash(nsd.Case):
+class Crash(durable.Case):
 
-    @classmethod
-    def setUpClass(cls):
-        cls.daemon = None
-        cls.c = None
-
-    @classmethod
-    def tearDownClass(cls):
-        pass
+    root_prefix = "normstat-crash-"
 
     def setUp(self):
-        self._fails = []
-        self._clients = []
-        self.root = tempfile.mkdtemp(prefix="normstat-crash-")
+        super().setUp()
 
     def tearDown(self):
-        shutil.rmtree(self.root, ignore_errors=True)
-        if self._fails:
-            self.fail(f"{len(self._fails)} failed checks: " + "; ".join(map(str, self._fails[:5])))
+        self.finish()
 
     def verify(self, c, sh, ref, desc):
         """State after a restart against the acknowledged steps and the

@@ -20,7 +20,6 @@ import shutil
 import sqlite3
 import subprocess
 import sys
-import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import nsd  # noqa: E402
@@ -39,28 +38,17 @@ PROBLEM = {
 }
 
 
-class DataDir(nsd.Case):
+class DataDir(durable.Case):
 
-    @classmethod
-    def setUpClass(cls):
-        cls.daemon = None
-        cls.c = None
-
-    @classmethod
-    def tearDownClass(cls):
-        pass
+    root_prefix = "normstat-datadir-"
 
     def setUp(self):
-        self._fails = []
-        self._clients = []
-        self.root = tempfile.mkdtemp(prefix="normstat-datadir-")
+        super().setUp()
 
     def tearDown(self):
         for cl in self._clients:
             cl.close()
-        shutil.rmtree(self.root, ignore_errors=True)
-        if self._fails:
-            self.fail(f"{len(self._fails)} failed checks: " + "; ".join(map(str, self._fails[:5])))
+        self.finish()
 
     # ---- helpers
     def make_store(self, name, steps=3):

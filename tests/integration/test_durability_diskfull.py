@@ -22,9 +22,7 @@ restart: byte-identical.
 
 import os
 import re
-import shutil
 import sys
-import tempfile
 import time
 
 import numpy as np
@@ -70,21 +68,12 @@ def applied_step(c, run):
     return steps.pop() if len(steps) == 1 else (None if not steps else tuple(sorted(steps, key=str)))
 
 
-class DiskFull(nsd.Case):
+class DiskFull(durable.Case):
 
-    @classmethod
-    def setUpClass(cls):
-        cls.daemon = None
-        cls.c = None
-
-    @classmethod
-    def tearDownClass(cls):
-        pass
+    root_prefix = "normstat-diskfull-"
 
     def setUp(self):
-        self._fails = []
-        self._clients = []
-        self.root = tempfile.mkdtemp(prefix="normstat-diskfull-")
+        super().setUp()
         self.mnt = os.path.join(self.root, "fs")
         os.makedirs(self.mnt)
         self.mounted = False
@@ -103,9 +92,7 @@ class DiskFull(nsd.Case):
             self.d.kill()
         if self.mounted:
             durable.umount(self.mnt)
-        shutil.rmtree(self.root, ignore_errors=True)
-        if self._fails:
-            self.fail(f"{len(self._fails)} failed checks: " + "; ".join(map(str, self._fails[:5])))
+        self.finish()
 
     def client(self, timeout=nsd.HTTP_TIMEOUT_S):
         cl = self.d.client(timeout=timeout)

@@ -16,10 +16,8 @@ name (and over an existing run) is identical across a restart.
 """
 
 import os
-import shutil
 import signal
 import sys
-import tempfile
 import threading
 import time
 
@@ -53,22 +51,13 @@ def step_reports(rng, step, sizes, layers=LAYERS, domains=DOMAIN, update=None):
     return out
 
 
-class Restart(nsd.Case):
+class Restart(durable.Case):
 
-    @classmethod
-    def setUpClass(cls):
-        cls.daemon = None
-        cls.c = None
-
-    @classmethod
-    def tearDownClass(cls):
-        pass
+    root_prefix = "normstat-durability-"
 
     def setUp(self):
-        self._fails = []
-        self._clients = []
+        super().setUp()
         self.daemons = []
-        self.root = tempfile.mkdtemp(prefix="normstat-durability-")
 
     def tearDown(self):
         for cl in self._clients:
@@ -81,9 +70,7 @@ class Restart(nsd.Case):
             if san:
                 self.check(False, f"{d.name}: no sanitizer reports", "\n".join(san[:10]))
             d.kill()
-        shutil.rmtree(self.root, ignore_errors=True)
-        if self._fails:
-            self.fail(f"{len(self._fails)} failed checks: " + "; ".join(map(str, self._fails[:5])))
+        self.finish()
 
     # ---- daemons and clients
     def start(self, d):

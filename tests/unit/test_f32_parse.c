@@ -12,28 +12,6 @@
 #include "../../proto/src/f32.h"
 #include "harness.h"
 
-/* Check's ck_assert_* reports every passing assertion to the runner (one
- * write each); millions of them would dominate, so only failures call it. */
-#define CHECK(cond, ...)                                                                           \
-    do {                                                                                           \
-        if (!(cond))                                                                               \
-            ck_abort_msg(__VA_ARGS__);                                                             \
-    } while (0)
-
-static uint32_t bits_of(float f)
-{
-    uint32_t u;
-    memcpy(&u, &f, sizeof(u));
-    return u;
-}
-
-static float float_of(uint32_t u)
-{
-    float f;
-    memcpy(&f, &u, sizeof(f));
-    return f;
-}
-
 /* The reference: strtof, with inf meaning "out of range" (NS_EVALUE). */
 static void check_text(const char *text)
 {
