@@ -233,7 +233,8 @@ def daemon_metrics(exe):
                     break
             if port is None:
                 raise RuntimeError(f"{exe} did not start")
-            # the second scrape also shows the request counters' labels (of the first)
+            # the second scrape also shows the request counters' labels: a request is
+            # counted when its answer is queued, before the client can read it
             for _ in range(2):
                 text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics",
                                               timeout=10).read()

@@ -73,6 +73,10 @@ static void queue(nsd_request_t *req, int status, struct MHD_Response *resp,
     } else {
         req->responded = 1;
         req->status = status;
+        /* Counted when queued, before a byte of the answer leaves: a client
+         * that has read this answer always sees it in its next scrape. */
+        nsd_metrics_request(req->route, req->method, status,
+                            (double)(now_ns() - req->start_ns) * 1e-9);
     }
     MHD_destroy_response(resp);
 }
@@ -507,8 +511,6 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     if (req == NULL)
         return;
     double seconds = (double)(now_ns() - req->start_ns) * 1e-9;
-    if (req->responded)
-        nsd_metrics_request(req->route, req->method, req->status, seconds);
     if (nsd_log_enabled(NSD_LOG_DEBUG) || toe != MHD_REQUEST_TERMINATED_COMPLETED_OK) {
         int level = toe == MHD_REQUEST_TERMINATED_COMPLETED_OK ? NSD_LOG_DEBUG : NSD_LOG_INFO;
         char q[300];
