@@ -203,6 +203,17 @@ class Metrics(unittest.TestCase):
                          "process_resident_memory_bytes", "process_start_time_seconds"):
                 self.assertRegex(text, rf"\n{name} [0-9.e+]+\n")
             self.assertEqual(types["normstat_http_request_duration_seconds"], "histogram")
+            # A request is counted before its answer is sent: every scrape that
+            # follows an answered request counts it, whatever the scheduling.
+            livez = re.compile(r'normstat_http_requests_total\{route="livez",method="GET",'
+                               r'status="200"\} (\d+)\n')
+            for n in range(1, 31):
+                c.request("GET", "/livez")
+                c.getresponse().read()
+                c.request("GET", "/metrics")
+                m = livez.search(c.getresponse().read().decode())
+                self.assertIsNotNone(m)
+                self.assertEqual(int(m.group(1)), n)
             c.close()
             self.assertEqual(d.stop(), 0)
         finally:
