@@ -33,6 +33,9 @@ static int encode_json(ns_buf_t *dst, const ns_meta_t *meta, size_t n_meta,
         case NS_META_BOOL:
             rc = ns_buf_printf(dst, "%s", meta[i].num ? "true" : "false");
             break;
+        case NS_META_INT_LIST:
+            rc = ns_buf_printf(dst, "[%s]", meta[i].str ? meta[i].str : "");
+            break;
         }
         if (rc || (rc = ns_buf_append(dst, ",", 1)))
             return rc;
@@ -112,7 +115,7 @@ static int encode_safetensors(ns_buf_t *dst, const ns_meta_t *meta, size_t n_met
     for (size_t i = 0; i < n_meta; i++) {
         char num[32];
         const char *value = num;
-        if (meta[i].kind == NS_META_STRING)
+        if (meta[i].kind == NS_META_STRING || meta[i].kind == NS_META_INT_LIST)
             value = meta[i].str ? meta[i].str : "";
         else if (meta[i].kind == NS_META_BOOL)
             value = meta[i].num ? "true" : "false";

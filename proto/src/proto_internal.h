@@ -34,6 +34,18 @@ typedef int (*ns__value_hint_fn)(void *ctx, const ns_layer_report_t *layer, int 
 int ns__report_finish(ns_report_t *report, ns_error_detail_t *err, ns__value_hint_fn hint,
                       void *hint_ctx);
 
+/* ns__grad_create() : an empty gradient-sum request (dtype F64) with room
+ * for 'n_layers' zeroed layers. @return NULL when out of memory. */
+ns_grad_t *ns__grad_create(size_t n_layers);
+
+/* ns__grad_layer_alloc() : the block of both arrays of 'layer' ('channels'
+ * each). @return 0 or NS_ENOMEM. */
+int ns__grad_layer_alloc(ns_grad_layer_t *layer, size_t channels);
+
+/* ns__grad_finish() : sort layers by name, reject duplicates (400), then
+ * non-finite values (422, naming the element). @return 0 or the error. */
+int ns__grad_finish(ns_grad_t *grad, ns_error_detail_t *err);
+
 /* ns__report_decode_json_fast() : decode a well-formed JSON report without
  * jansson. @return 0 with *dst set, a negative NS_E* code for a value error
  * (422), or 1 when the body needs the full decoder (anything unusual). */
@@ -56,6 +68,27 @@ size_t ns__dtype_size(const char *name, ns_dtype_t *dtype);
  * @return 0, or NS_EINVAL with 'err' giving the position, or the field's
  * path when a number is too big for an integer. */
 int ns__json_load(json_t **dst, const char *src, size_t src_len, ns_error_detail_t *err);
+
+/* ns__parse_decimal() : a __metadata__ integer: decimal digits only ("+1",
+ * " 1", "1.0" are refused), value <= max. @return 0 or -1. */
+int ns__parse_decimal(const char *s, uint64_t max, uint64_t *out);
+
+/* ns__safetensors_dtype_name() : the dtype of 't' as the header spelled it. */
+const char *ns__safetensors_dtype_name(const ns_safetensors_t *st, const ns_tensor_t *t);
+
+/* ns__load_le64() : a little-endian load that assumes no alignment. */
+uint64_t ns__load_le64(const uint8_t *p);
+
+/* JSON decoding helpers (report_json.c). ns__json_describe(): what a client
+ * sent, for "expected X, got Y" ('dst' holds numbers). ns__json_check_known():
+ * NS_EINVAL naming the first member of 'obj' not in 'known' (NULL-terminated),
+ * prefixed by 'prefix'. ns__json_get_uint(): an integer in [min, max]; reals
+ * such as 1.5 or 1.0 are refused. */
+const char *ns__json_describe(const json_t *v, char *dst, size_t dst_cap);
+int ns__json_check_known(const json_t *obj, const char *const *known, const char *prefix,
+                         ns_error_detail_t *err);
+int ns__json_get_uint(const json_t *v, const char *field, uint64_t min, uint64_t max,
+                      const char *expected, uint64_t *out, ns_error_detail_t *err);
 
 /* Little-endian stores for the safetensors writers. */
 void ns__store_le32(uint8_t *p, uint32_t v);

@@ -11,8 +11,7 @@
 
 #define NAME_RULE "[A-Za-z0-9_.:-]{1,128}"
 
-/* A short description of what a client sent, for "expected X, got Y". */
-static const char *describe(const json_t *v, char *dst, size_t dst_cap)
+const char *ns__json_describe(const json_t *v, char *dst, size_t dst_cap)
 {
     switch (json_typeof(v)) {
     case JSON_OBJECT:
@@ -37,9 +36,8 @@ static const char *describe(const json_t *v, char *dst, size_t dst_cap)
     return "?";
 }
 
-/* Reject members of 'obj' not in the NULL-terminated 'known' list. */
-static int check_known(const json_t *obj, const char *const *known, const char *prefix,
-                       ns_error_detail_t *err)
+int ns__json_check_known(const json_t *obj, const char *const *known, const char *prefix,
+                         ns_error_detail_t *err)
 {
     const char *key;
     json_t *value;
@@ -57,15 +55,14 @@ static int check_known(const json_t *obj, const char *const *known, const char *
     return 0;
 }
 
-/* An integer field in [min, max]; reals such as 1.5 or 1.0 are refused. */
-static int get_uint(const json_t *v, const char *field, uint64_t min, uint64_t max,
-                    const char *expected, uint64_t *out, ns_error_detail_t *err)
+int ns__json_get_uint(const json_t *v, const char *field, uint64_t min, uint64_t max,
+                      const char *expected, uint64_t *out, ns_error_detail_t *err)
 {
     char got[64];
     if (!json_is_integer(v) || json_integer_value(v) < 0 || (uint64_t)json_integer_value(v) < min ||
         (uint64_t)json_integer_value(v) > max)
         return ns_error_set(err, NS_EINVAL, field, "expected %s, got %s", expected,
-                            describe(v, got, sizeof(got)));
+                            ns__json_describe(v, got, sizeof(got)));
     *out = (uint64_t)json_integer_value(v);
     return 0;
 }
@@ -78,7 +75,7 @@ static int decode_update(const json_t *v, unsigned *out, ns_error_detail_t *err)
     if (!json_is_array(v))
         return ns_error_set(err, NS_EINVAL, "update",
                             "expected an array of \"ema\" and/or \"precise\", got %s",
-                            describe(v, got, sizeof(got)));
+                            ns__json_describe(v, got, sizeof(got)));
     if (json_array_size(v) == 0)
         return ns_error_set(err, NS_EINVAL, "update", "must not be empty");
     unsigned bits = 0;
@@ -109,7 +106,7 @@ static int decode_values(const json_t *v, const char *field, float **out, size_t
     json_t *item;
     if (!json_is_array(v))
         return ns_error_set(err, NS_EINVAL, field, "expected an array of numbers, got %s",
-                            describe(v, got, sizeof(got)));
+                            ns__json_describe(v, got, sizeof(got)));
     size_t n = json_array_size(v);
     if (n == 0)
         return ns_error_set(err, NS_EINVAL, field, "expected at least 1 value");
@@ -123,7 +120,7 @@ static int decode_values(const json_t *v, const char *field, float **out, size_t
             char elem[256];
             snprintf(elem, sizeof(elem), "%s[%zu]", field, i);
             return ns_error_set(err, NS_EINVAL, elem, "expected a number, got %s",
-                                describe(item, got, sizeof(got)));
+                                ns__json_describe(item, got, sizeof(got)));
         }
         /* The float32 nearest the decimal, as in the fast path (f32_parse.c):
          * an int64 converts with one rounding, and jansson's correctly
@@ -153,9 +150,9 @@ static int decode_layer(ns_layer_report_t *layer, const char *name, const json_t
     snprintf(field, sizeof(field), "layers.%s", lname);
     if (!json_is_object(v))
         return ns_error_set(err, NS_EINVAL, field, "expected an object, got %s",
-                            describe(v, got, sizeof(got)));
+                            ns__json_describe(v, got, sizeof(got)));
     snprintf(field, sizeof(field), "layers.%s.", lname);
-    int rc = check_known(v, known, field, err);
+    int rc = ns__json_check_known(v, known, field, err);
     if (rc)
         return rc;
 
@@ -163,7 +160,8 @@ static int decode_layer(ns_layer_report_t *layer, const char *name, const json_t
     snprintf(field, sizeof(field), "layers.%s.count", lname);
     if (!count)
         return ns_error_set(err, NS_EINVAL, field, "missing required field");
-    rc = get_uint(count, field, 0, UINT64_MAX, "a non-negative integer", &layer->count, err);
+    rc = ns__json_get_uint(count, field, 0, UINT64_MAX, "a non-negative integer", &layer->count,
+                           err);
     if (rc)
         return rc;
 
@@ -217,8 +215,8 @@ static int decode_root(ns_report_t **out, const json_t *root, ns_error_detail_t 
 
     if (!json_is_object(root))
         return ns_error_set(err, NS_EINVAL, "", "request body must be a JSON object, got %s",
-                            describe(root, got, sizeof(got)));
-    if ((rc = check_known(root, known, "", err)))
+                            ns__json_describe(root, got, sizeof(got)));
+    if ((rc = ns__json_check_known(root, known, "", err)))
         return rc;
     if (!json_object_get(root, "step"))
         return ns_error_set(err, NS_EINVAL, "step", "missing required field");
@@ -229,7 +227,7 @@ static int decode_root(ns_report_t **out, const json_t *root, ns_error_detail_t 
         return ns_error_set(err, NS_EINVAL, "layers", "missing required field");
     if (!json_is_object(layers))
         return ns_error_set(err, NS_EINVAL, "layers", "expected an object, got %s",
-                            describe(layers, got, sizeof(got)));
+                            ns__json_describe(layers, got, sizeof(got)));
     if (json_object_size(layers) == 0)
         return ns_error_set(err, NS_EINVAL, "layers", "must not be empty");
 
@@ -237,11 +235,11 @@ static int decode_root(ns_report_t **out, const json_t *root, ns_error_detail_t 
     if (!report)
         return ns_error_set(err, NS_ENOMEM, "", "out of memory");
 
-    if ((rc = get_uint(json_object_get(root, "step"), "step", 0, INT64_MAX,
-                       "a non-negative integer", &report->step, err)))
+    if ((rc = ns__json_get_uint(json_object_get(root, "step"), "step", 0, INT64_MAX,
+                                "a non-negative integer", &report->step, err)))
         goto fail;
-    if ((rc = get_uint(json_object_get(root, "worker"), "worker", 0, UINT32_MAX,
-                       "an integer in [0, 4294967295]", &u, err)))
+    if ((rc = ns__json_get_uint(json_object_get(root, "worker"), "worker", 0, UINT32_MAX,
+                                "an integer in [0, 4294967295]", &u, err)))
         goto fail;
     report->worker = (uint32_t)u;
     if ((v = json_object_get(root, "domain"))) {
@@ -254,7 +252,7 @@ static int decode_root(ns_report_t **out, const json_t *root, ns_error_detail_t 
     if ((v = json_object_get(root, "unbiased"))) {
         if (!json_is_boolean(v)) {
             rc = ns_error_set(err, NS_EINVAL, "unbiased", "expected a boolean, got %s",
-                              describe(v, got, sizeof(got)));
+                              ns__json_describe(v, got, sizeof(got)));
             goto fail;
         }
         report->unbiased = json_is_true(v);
@@ -273,8 +271,8 @@ static int decode_root(ns_report_t **out, const json_t *root, ns_error_detail_t 
         }
     }
     if ((v = json_object_get(root, "world_size"))) {
-        if ((rc = get_uint(v, "world_size", 1, UINT32_MAX, "an integer in [1, 4294967295]", &u,
-                           err)))
+        if ((rc = ns__json_get_uint(v, "world_size", 1, UINT32_MAX, "an integer in [1, 4294967295]",
+                                    &u, err)))
             goto fail;
         report->world_size = (int64_t)u;
     }

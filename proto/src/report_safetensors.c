@@ -27,8 +27,7 @@ static int piece_cmp(const void *a, const void *b)
     return c ? c : (x->part > y->part) - (x->part < y->part);
 }
 
-/* Decimal digits only ("+1", " 1", "1.0" are refused), value <= max. */
-static int parse_uint(const char *s, uint64_t max, uint64_t *out)
+int ns__parse_decimal(const char *s, uint64_t max, uint64_t *out)
 {
     uint64_t v = 0;
     if (!s[0])
@@ -65,12 +64,12 @@ static int decode_meta(ns_report_t *report, const json_t *meta, ns_error_detail_
     }
     if (!(s = json_string_value(json_object_get(meta, "step"))))
         return ns_error_set(err, NS_EINVAL, "__metadata__.step", "missing required field");
-    if (parse_uint(s, INT64_MAX, &report->step))
+    if (ns__parse_decimal(s, INT64_MAX, &report->step))
         return ns_error_set(err, NS_EINVAL, "__metadata__.step",
                             "expected a non-negative integer, got \"%.64s\"", s);
     if (!(s = json_string_value(json_object_get(meta, "worker"))))
         return ns_error_set(err, NS_EINVAL, "__metadata__.worker", "missing required field");
-    if (parse_uint(s, UINT32_MAX, &u))
+    if (ns__parse_decimal(s, UINT32_MAX, &u))
         return ns_error_set(err, NS_EINVAL, "__metadata__.worker",
                             "expected an integer in [0, 4294967295], got \"%.64s\"", s);
     report->worker = (uint32_t)u;
@@ -114,7 +113,7 @@ static int decode_meta(ns_report_t *report, const json_t *meta, ns_error_detail_
                                 "expected \"global\" or \"domain\", got \"%.64s\"", s);
     }
     if ((s = json_string_value(json_object_get(meta, "world_size")))) {
-        if (parse_uint(s, UINT32_MAX, &u) || u < 1)
+        if (ns__parse_decimal(s, UINT32_MAX, &u) || u < 1)
             return ns_error_set(err, NS_EINVAL, "__metadata__.world_size",
                                 "expected an integer in [1, 4294967295], got \"%.64s\"", s);
         report->world_size = (int64_t)u;
@@ -122,16 +121,14 @@ static int decode_meta(ns_report_t *report, const json_t *meta, ns_error_detail_
     return 0;
 }
 
-/* The dtype as the header spelled it (the header was checked by the parser). */
-static const char *dtype_name(const ns_safetensors_t *st, const ns_tensor_t *t)
+const char *ns__safetensors_dtype_name(const ns_safetensors_t *st, const ns_tensor_t *t)
 {
     const char *s =
         json_string_value(json_object_get(json_object_get(st->header, t->name), "dtype"));
     return s ? s : "?";
 }
 
-/* Little-endian loads that do not assume alignment or host byte order. */
-static uint64_t load_le64(const uint8_t *p)
+uint64_t ns__load_le64(const uint8_t *p)
 {
     uint64_t v = 0;
     for (int i = 7; i >= 0; i--)
@@ -153,7 +150,7 @@ static int load_values(const ns_safetensors_t *st, const ns_tensor_t *t, const c
 {
     if (t->dtype != NS_DTYPE_F32 && t->dtype != NS_DTYPE_F64)
         return ns_error_set(err, NS_EINVAL, field, "expected dtype F32 or F64, got %s",
-                            dtype_name(st, t));
+                            ns__safetensors_dtype_name(st, t));
     if (t->ndim != 1 || t->shape[0] < 1)
         return ns_error_set(err, NS_EINVAL, field, "expected shape [C] with C >= 1");
     size_t n = (size_t)t->shape[0];
@@ -171,7 +168,7 @@ static int load_values(const ns_safetensors_t *st, const ns_tensor_t *t, const c
 #endif
     } else {
         for (size_t i = 0; i < n; i++) {
-            uint64_t bits = load_le64(t->data + 8 * i);
+            uint64_t bits = ns__load_le64(t->data + 8 * i);
             double d;
             memcpy(&d, &bits, sizeof(d));
             values[i] = d > FLT_MAX ? INFINITY : d < -FLT_MAX ? -INFINITY : (float)d;
@@ -192,10 +189,10 @@ static int decode_layer(const ns_safetensors_t *st, ns_layer_report_t *layer,
         return ns_error_set(err, NS_EINVAL, field, "missing tensor");
     if (count->dtype != NS_DTYPE_I64)
         return ns_error_set(err, NS_EINVAL, field, "expected dtype I64, got %s",
-                            dtype_name(st, count));
+                            ns__safetensors_dtype_name(st, count));
     if (!(count->ndim == 0 || (count->ndim == 1 && count->shape[0] == 1)))
         return ns_error_set(err, NS_EINVAL, field, "expected shape [] (a scalar)");
-    int64_t n = (int64_t)load_le64(count->data);
+    int64_t n = (int64_t)ns__load_le64(count->data);
     if (n < 0)
         return ns_error_set(err, NS_EINVAL, field, "expected a non-negative integer, got %lld",
                             (long long)n);
@@ -234,7 +231,7 @@ static int overflow_hint(void *ctx, const ns_layer_report_t *layer, int is_var, 
     const ns_tensor_t *t = ns_safetensors_find(ctx, name);
     if (!t || t->dtype != NS_DTYPE_F64 || index >= t->nbytes / 8)
         return -1;
-    uint64_t bits = load_le64(t->data + 8 * index);
+    uint64_t bits = ns__load_le64(t->data + 8 * index);
     double d;
     memcpy(&d, &bits, sizeof(d));
     if (!isfinite(d))

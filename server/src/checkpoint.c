@@ -49,8 +49,15 @@ static json_t *layer_json(const nsd_run_state_t *st, const nsd_layer_t *l)
     for (size_t d = 0; doms != NULL && d < st->n_domains && d < l->cap_pops; d++) {
         if (l->pops[d] == NULL)
             continue;
-        json_t *e = json_pack("{s:o, s:o}", "ema", ema_json(l->pops[d], c), "precise",
-                              precise_json(l->pops[d], c));
+        const nsd_pop_t *pop = l->pops[d];
+        json_t *dlast =
+            pop->last_step < 0
+                ? json_null()
+                : json_pack("{s:I, s:I, s:o, s:o}", "step", (json_int_t)pop->last_step, "count",
+                            (json_int_t)pop->last_count, "mean", doubles_json(pop->last_mean, c),
+                            "var", doubles_json(pop->last_mean + c, c));
+        json_t *e = json_pack("{s:o, s:o, s:o}", "ema", ema_json(pop, c), "precise",
+                              precise_json(pop, c), "last", dlast);
         if (e == NULL || json_object_set_new(doms, st->domains[d], e) != 0) {
             json_decref(doms);
             return NULL;
@@ -320,6 +327,22 @@ static int parse_layer(nsd_run_state_t *st, const char *name, json_t *o, nsd_lay
         if (parse_precise(json_object_get(dv, "precise"), sub2, c, st->precise_generation, pop,
                           err))
             return NS_EINVAL;
+        /* The domain's last finalized step; absent in older checkpoints. */
+        json_t *dlast = json_object_get(dv, "last");
+        if (dlast != NULL && !json_is_null(dlast)) {
+            snprintf(sub2, sizeof(sub2), "%s.last", sub);
+            if (!json_is_object(dlast))
+                return bad(err, sub2, "", "expected an object or null");
+            if (get_int(dlast, "step", sub2, 0, INT64_MAX, &v, err))
+                return NS_EINVAL;
+            pop->last_step = v;
+            if (get_int(dlast, "count", sub2, 0, INT64_MAX, &v, err))
+                return NS_EINVAL;
+            pop->last_count = (uint64_t)v;
+            if (get_doubles(dlast, "mean", sub2, c, 0, pop->last_mean, err) ||
+                get_doubles(dlast, "var", sub2, c, 1, pop->last_mean + c, err))
+                return NS_EINVAL;
+        }
     }
     return 0;
 }

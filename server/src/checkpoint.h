@@ -11,7 +11,8 @@
  *               "finalized_step" (-1),
  *               "pooled": EMA or null (null iff channels == 0),
  *               "last": null or {"step", "count", "mean": [C], "var": [C]},
- *               "domains": {<domain>: {"ema": EMA, "precise": PRECISE}}}}}
+ *               "domains": {<domain>: {"ema": EMA, "precise": PRECISE,
+ *                                      "last": null or as above (absent: null)}}}}}
  *   EMA     = {"running_mean": [C], "running_var": [C], "zero_mean": [C],
  *              "zero_var": [C], "decay", "num_batches_tracked", "step"}
  *   PRECISE = {"generation", "n", "num_batches", "mean": [C], "m2": [C],

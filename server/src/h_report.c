@@ -126,16 +126,33 @@ static void sync_answer(nsd_request_t *req)
         dst->scalar_names[0] = "count";
         dst->scalars[0] = (int64_t)src->count;
     }
-    ns_meta_t meta[3] = {
+    /* An incomplete step names the workers that did not arrive. */
+    char *missing = NULL;
+    if (!res->complete) {
+        ns_buf_t list;
+        ns_buf_init(&list, 0);
+        int lrc = 0;
+        for (size_t i = 0; lrc == 0 && i < res->n_missing; i++)
+            lrc = ns_buf_printf(&list, "%s%u", i ? "," : "", res->missing[i]);
+        missing = lrc == 0 ? ns_buf_take(&list, NULL) : NULL;
+        if (missing == NULL) {
+            free(layers);
+            nsd_respond_error(req, NS_ENOMEM, NULL);
+            return;
+        }
+    }
+    ns_meta_t meta[4] = {
         {"step", NS_META_INT, NULL, (int64_t)res->step},
         {"complete", NS_META_BOOL, NULL, res->complete ? 1 : 0},
         {"workers", NS_META_INT, NULL, (int64_t)res->workers},
+        {"missing", NS_META_INT_LIST, missing, 0},
     };
     ns_format_t format = answer_format(req);
     ns_buf_t buf;
     ns_buf_init(&buf, (size_t)1 << 30);
-    int rc = ns_stats_encode(&buf, format, meta, 3, layers, res->n_layers);
+    int rc = ns_stats_encode(&buf, format, meta, missing ? 4 : 3, layers, res->n_layers);
     free(layers);
+    free(missing);
     if (rc != 0) {
         nsd_respond_error(req, rc, NULL);
         return;

@@ -9,7 +9,7 @@
 
 size_t nsd_pop_bytes(size_t channels)
 {
-    return sizeof(nsd_pop_t) + 6 * channels * sizeof(double);
+    return sizeof(nsd_pop_t) + 8 * channels * sizeof(double);
 }
 
 /* Points the core structs at their slices of data[]. */
@@ -21,11 +21,12 @@ static void bind_arrays(nsd_pop_t *pop, size_t channels)
     pop->ema.zero_var = pop->data + 3 * channels;
     pop->precise.mean = pop->data + 4 * channels;
     pop->precise.m2 = pop->data + 5 * channels;
+    pop->last_mean = pop->data + 6 * channels;
 }
 
 nsd_pop_t *nsd_pop_create(size_t channels, uint64_t generation)
 {
-    if (channels > (SIZE_MAX - sizeof(nsd_pop_t)) / (6 * sizeof(double)))
+    if (channels > (SIZE_MAX - sizeof(nsd_pop_t)) / (8 * sizeof(double)))
         return NULL;
     nsd_pop_t *pop = malloc(nsd_pop_bytes(channels));
     if (pop == NULL)
@@ -36,7 +37,21 @@ nsd_pop_t *nsd_pop_create(size_t channels, uint64_t generation)
     pop->generation = generation;
     pop->ema_step = -1;
     pop->precise_step = -1;
+    pop->last_step = -1;
+    pop->last_count = 0;
+    memset(pop->last_mean, 0, 2 * channels * sizeof(double));
     return pop;
+}
+
+void nsd_pop_set_last(nsd_pop_t *pop, size_t channels, uint64_t step, uint64_t count,
+                      const double *mean, const double *var)
+{
+    if (pop->last_step > (int64_t)step)
+        return;
+    pop->last_step = (int64_t)step;
+    pop->last_count = count;
+    memcpy(pop->last_mean, mean, channels * sizeof(double));
+    memcpy(pop->last_mean + channels, var, channels * sizeof(double));
 }
 
 void nsd_pop_free(nsd_pop_t *pop)

@@ -16,7 +16,10 @@ typedef struct nsd_pop_s {
     uint64_t generation;  /* generation of 'precise' */
     int64_t ema_step;     /* last step that changed the EMA, -1 if none */
     int64_t precise_step; /* last step merged into this generation, -1 if none */
-    double data[];        /* 6 * channels */
+    int64_t last_step;    /* highest finalized step with arrivals of this domain, -1 if none */
+    uint64_t last_count;  /* that step's combined count of this domain */
+    double *last_mean;    /* [2 * channels] into data[]: its mean, then biased var */
+    double data[];        /* 8 * channels */
 } nsd_pop_t;
 
 /*! nsd_pop_bytes() : the memory one state of 'channels' channels takes. */
@@ -38,6 +41,13 @@ void nsd_pop_free(nsd_pop_t *pop);
  *  NS_EINVAL from libnscore. */
 int nsd_pop_apply(nsd_pop_t *pop, size_t channels, unsigned update, uint64_t n, const double *mean,
                   const double *var, double momentum, uint64_t step);
+
+/*! nsd_pop_set_last() :
+ *  Keep a finalized step's combination of this domain as its last
+ *  statistics, unless a higher step is already kept (a timed-out earlier
+ *  step may finalize late). */
+void nsd_pop_set_last(nsd_pop_t *pop, size_t channels, uint64_t step, uint64_t count,
+                      const double *mean, const double *var);
 
 /*! nsd_pop_precise_reset() : a fresh accumulator numbered 'generation'. */
 void nsd_pop_precise_reset(nsd_pop_t *pop, size_t channels, uint64_t generation);

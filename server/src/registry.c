@@ -26,6 +26,7 @@
 #include <string.h>
 
 #include "checkpoint.h"
+#include "gradsum.h"
 #include "run.h"
 
 struct nsd_registry_s {
@@ -75,6 +76,11 @@ void nsd_registry_free(nsd_registry_t *reg)
         nsd_sync_result_free(w->res);
         free(w);
     }
+    while (box.grad_fired) {
+        nsd_grad_waiter_t *w = box.grad_fired;
+        box.grad_fired = w->next;
+        nsd_grad_waiter_free(w);
+    }
     while (box.records) {
         nsd_record_t *r = box.records;
         box.records = r->next;
@@ -109,6 +115,7 @@ void nsd_sync_result_free(nsd_sync_result_t *res)
     for (size_t i = 0; i < res->n_layers; i++)
         free(res->layers[i].mean); /* var shares the block */
     free(res->layers);
+    free(res->missing);
     free(res);
 }
 
@@ -280,6 +287,15 @@ static void flush(nsd_registry_t *reg, const char *run, nsd_outbox_t *box)
         free(w);
     }
     box->fired_tail = NULL;
+    while (box->grad_fired) {
+        nsd_grad_waiter_t *w = box->grad_fired;
+        box->grad_fired = w->next;
+        nsd_grad_result_t *res = w->res;
+        w->res = NULL; /* the callee owns it */
+        w->cb(w->arg, res);
+        nsd_grad_waiter_free(w);
+    }
+    box->grad_fired_tail = NULL;
     if (box->wakeup && reg->wakeup)
         reg->wakeup(reg->wakeup_arg);
     box->wakeup = 0;
@@ -528,6 +544,38 @@ out:
     return rc;
 }
 
+/* ---------------------------------------------------------------- gradient sums */
+
+int nsd_registry_grad(nsd_registry_t *reg, const char *name, ns_grad_t *grad, uint64_t now_ms,
+                      nsd_grad_cb cb, void *arg, ns_error_detail_t *err)
+{
+    nsd_outbox_t box = {0};
+    nsd_grad_waiter_t *waiter = NULL;
+    int rc;
+    if (grad == NULL)
+        return ns_error_set(err, NS_EINVAL, "", "no request");
+    if (atomic_load(&reg->shutdown)) {
+        rc = ns_error_set(err, NS_ESHUTDOWN, "", "server is shutting down");
+        goto out;
+    }
+    if (cb != NULL && (waiter = nsd_grad_waiter_create(grad, cb, arg)) == NULL) {
+        rc = ns_error_set(err, NS_ENOMEM, "", "out of memory");
+        goto out;
+    }
+    nsd_run_t *run = lock_run(reg, name, &rc, err);
+    if (run == NULL)
+        goto out;
+    rc = nsd_gradsum_submit(run, grad, now_ms, waiter, &box, err);
+    unlock_run(run);
+    if (rc == 0)
+        waiter = NULL; /* the run owns it now */
+    flush(reg, name, &box);
+out:
+    nsd_grad_waiter_free(waiter);
+    ns_grad_free(grad);
+    return rc;
+}
+
 /* ---------------------------------------------------------------- statistics */
 
 int nsd_registry_stats(nsd_registry_t *reg, const char *name, const nsd_stats_query_t *q,
@@ -771,6 +819,10 @@ void nsd_registry_counters(nsd_registry_t *reg, nsd_counters_t *dst)
     dst->steps_dropped = atomic_load(&c->steps_dropped);
     dst->steps_skipped = atomic_load(&c->steps_skipped);
     dst->reports_accepted = atomic_load(&c->reports_accepted);
+    dst->grad_steps_completed = atomic_load(&c->grad_steps_completed);
+    dst->grad_steps_timed_out = atomic_load(&c->grad_steps_timed_out);
+    dst->grad_pending_steps = atomic_load(&c->grad_pending_steps);
+    dst->grad_waiters = atomic_load(&c->grad_waiters);
     dst->pending_steps = atomic_load(&c->pending_steps);
     dst->sync_waiters = atomic_load(&c->sync_waiters);
     dst->runs = atomic_load(&c->runs);

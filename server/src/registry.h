@@ -207,6 +207,8 @@ typedef struct nsd_sync_result_s {
     uint64_t step;
     int complete;
     uint32_t workers;
+    uint32_t *missing; /* complete == 0: the workers absent from some layer's step, ascending */
+    size_t n_missing;
     size_t n_layers;
     nsd_sync_layer_t *layers;
 } nsd_sync_result_t;
@@ -248,6 +250,46 @@ void nsd_sync_result_free(nsd_sync_result_t *res);
 int nsd_registry_report(nsd_registry_t *reg, const char *run, ns_report_t *report, uint64_t now_ms,
                         nsd_sync_cb cb, void *arg, ns_error_detail_t *err);
 
+/* ---------------------------------------------------------------- gradient sums */
+
+/* The answer of a POST /grad: 'status' 0 and 'grad' (step, workers, dtype,
+ * layers in the request's order with the sums over the workers), or
+ * NS_ETIMEDOUT (a layer's gradient step timed out), NS_EVALUE (a sum is not
+ * finite), NS_ESHUTDOWN, NS_ENOTFOUND (run deleted), NS_ECONFLICT (run
+ * replaced by a checkpoint import), with 'message' the text for the client
+ * ("" for the code's default). */
+typedef struct nsd_grad_result_s {
+    int status;
+    char message[512];
+    ns_grad_t *grad;
+} nsd_grad_result_t;
+
+/* The callee owns 'result' and frees it with nsd_grad_result_free(). */
+typedef void (*nsd_grad_cb)(void *arg, nsd_grad_result_t *result);
+
+/*! nsd_grad_result_free() : accepts NULL. */
+void nsd_grad_result_free(nsd_grad_result_t *res);
+
+/*! nsd_registry_grad() :
+ *  Accept one worker's gradient sums (POST /grad; see gradsum.h for the
+ *  semantics). Takes ownership of 'grad' in every case. The run must exist
+ *  (NS_ENOTFOUND). Every layer is validated before any is recorded:
+ *    NS_EWORKER    worker >= world_size (the pending step's, else the run's)
+ *    NS_ECHANNELS  length differs from the statistics layer's channel count,
+ *                  or from the first arrival of the pending gradient step
+ *    NS_EDUPLICATE the worker already sent this pending (layer, step)
+ *    NS_ESTALE     step at or below the worker's last completed gradient
+ *                  step of the layer
+ *    NS_EBUSY      more than max_pending_steps pending gradient steps for a
+ *                  layer;  NS_EMEMORY over max_memory
+ *    NS_ESHUTDOWN  after shutdown;  NS_EINVAL invalid names;  NS_ENOMEM
+ *  On success returns 0 and cb(arg, result) is called exactly once, when
+ *  every layer of the request completed (possibly before this function
+ *  returns, on this thread) or with an error status; never under a lock. On
+ *  error returns the code, fills err, changes nothing and never calls cb. */
+int nsd_registry_grad(nsd_registry_t *reg, const char *run, ns_grad_t *grad, uint64_t now_ms,
+                      nsd_grad_cb cb, void *arg, ns_error_detail_t *err);
+
 /* ---------------------------------------------------------------- statistics */
 
 typedef enum nsd_source_e { NSD_SOURCE_EMA = 0, NSD_SOURCE_PRECISE, NSD_SOURCE_LAST } nsd_source_t;
@@ -287,7 +329,9 @@ typedef struct nsd_stats_query_s {
  *             current generation (or only one sample and unbiased variance)
  *             are SKIPPED (no error), so a partial collection still loads.
  *   last    : mean, var (biased) of the last finalized step; count, step.
- *             Layers never finalized (or with no arrays) are skipped.
+ *             With a domain: that domain's combination at the highest
+ *             finalized step where it had arrivals. Layers never finalized
+ *             (for that domain, or with no arrays) are skipped.
  *  Mixtures (ema, precise): ns_mixture() per layer over each domain's served
  *  values; num_batches_tracked / num_batches / num_samples / step are the max
  *  over the components; a precise layer is skipped if any component lacks
@@ -302,7 +346,7 @@ typedef struct nsd_stats_s {
 /*! nsd_registry_stats() :
  *  @return 0 and *dst (free with nsd_stats_free); NS_ENOTFOUND for an unknown
  *  run, layer (named in err) or domain (also of a mixture); NS_EINVAL for
- *  variance=biased with a source other than precise, or domain/mixture with
+ *  variance=biased with a source other than precise, or a mixture with
  *  source last; NS_ENOMEM. */
 int nsd_registry_stats(nsd_registry_t *reg, const char *run, const nsd_stats_query_t *q,
                        nsd_stats_t **dst, ns_error_detail_t *err);
@@ -399,9 +443,13 @@ typedef struct nsd_counters_s {
     uint64_t steps_dropped;
     uint64_t steps_skipped; /* applied with global N < 2 (EMA untouched) */
     uint64_t reports_accepted;
+    uint64_t grad_steps_completed;
+    uint64_t grad_steps_timed_out;
     /* gauges */
     uint64_t pending_steps;
     uint64_t sync_waiters;
+    uint64_t grad_pending_steps;
+    uint64_t grad_waiters;
     uint64_t runs;
     uint64_t memory_bytes;
 } nsd_counters_t;

@@ -11,6 +11,7 @@ static const nsd_route_t table[] = {
     {"DELETE", "/v1/runs/{run}", nsd_h_run_delete, "run_delete", NSD_BODY_NONE},
     {"POST", "/v1/runs/{run}/batches", nsd_h_batches, "batches", NSD_BODY_REPORT},
     {"POST", "/v1/runs/{run}/sync", nsd_h_sync, "sync", NSD_BODY_REPORT},
+    {"POST", "/v1/runs/{run}/grad", nsd_h_grad, "grad", NSD_BODY_REPORT},
     {"GET", "/v1/runs/{run}/stats", nsd_h_stats, "stats", NSD_BODY_NONE},
     {"POST", "/v1/runs/{run}/precise/reset", nsd_h_precise_reset, "precise_reset", NSD_BODY_JSON},
     {"GET", "/v1/runs/{run}/checkpoint", nsd_h_checkpoint_get, "checkpoint_get", NSD_BODY_NONE},

@@ -21,7 +21,8 @@ typedef void (*nsd_handler_fn)(nsd_request_t *req);
 typedef enum nsd_body_e {
     NSD_BODY_NONE = 0,   /* body ignored (still bounded by --max-body) */
     NSD_BODY_JSON = 1,   /* application/json, or no Content-Type */
-    NSD_BODY_REPORT = 2, /* application/json (default) or application/safetensors */
+    NSD_BODY_REPORT = 2, /* application/json (default) or application/safetensors
+                            (reports and gradient sums) */
 } nsd_body_t;
 
 typedef struct nsd_route_s {
@@ -59,6 +60,7 @@ void nsd_h_run_get(nsd_request_t *req);
 void nsd_h_run_delete(nsd_request_t *req);
 void nsd_h_batches(nsd_request_t *req);
 void nsd_h_sync(nsd_request_t *req);
+void nsd_h_grad(nsd_request_t *req);
 void nsd_h_stats(nsd_request_t *req);
 void nsd_h_precise_reset(nsd_request_t *req);
 void nsd_h_checkpoint_get(nsd_request_t *req);

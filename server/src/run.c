@@ -8,6 +8,8 @@
 
 #include <normstat/core.h>
 
+#include "gradsum.h"
+
 #define WORLD_SIZE_MAX 65536u
 
 /* ---------------------------------------------------------------- memory */
@@ -39,6 +41,17 @@ void nsd_outbox_fire(nsd_outbox_t *box, nsd_waiter_t *w)
     else
         box->fired = w;
     box->fired_tail = w;
+}
+
+void nsd_run_note_deadline(nsd_run_t *run, uint64_t deadline, nsd_outbox_t *box)
+{
+    uint64_t cur = atomic_load(&run->ctx->next_deadline);
+    while (deadline < cur) {
+        if (atomic_compare_exchange_weak(&run->ctx->next_deadline, &cur, deadline)) {
+            box->wakeup = 1;
+            break;
+        }
+    }
 }
 
 /* Fire a waiter with an error status now (first error wins). */
@@ -244,6 +257,7 @@ void nsd_run_state_clear(nsd_ctx_t *ctx, nsd_run_state_t *st, int status, nsd_ou
         atomic_fetch_sub(&ctx->pending_steps, l->n_pending);
         nsd_layer_free(l);
     }
+    nsd_gradsum_free(ctx, st->grad, status, box);
     free(st->layers);
     free(st->domains);
     free(st->domain_gen);
@@ -274,6 +288,7 @@ void nsd_run_fire_all(nsd_run_t *run, int status, nsd_outbox_t *box)
             pd->n_waiters = 0;
         }
     }
+    nsd_gradsum_fire_all(run->ctx, run->st.grad, status, box);
 }
 
 /* ---------------------------------------------------------------- config */
@@ -363,6 +378,31 @@ fail:
     }
 }
 
+/* Add the workers that did not arrive at 'p' to the result's missing list
+ * (a sorted union over the layers). @return 0 or NS_ENOMEM. */
+static int note_missing(nsd_sync_result_t *res, const nsd_pending_t *p)
+{
+    uint32_t *m = malloc((res->n_missing + p->world_size + 1) * sizeof(*m));
+    if (m == NULL)
+        return NS_ENOMEM;
+    size_t n = 0, i = 0;
+    for (uint32_t w = 0; w < p->world_size; w++) {
+        if (p->arrivals[w].present)
+            continue;
+        while (i < res->n_missing && res->missing[i] < w)
+            m[n++] = res->missing[i++];
+        if (i < res->n_missing && res->missing[i] == w)
+            i++;
+        m[n++] = w;
+    }
+    while (i < res->n_missing)
+        m[n++] = res->missing[i++];
+    free(res->missing);
+    res->missing = m;
+    res->n_missing = n;
+    return 0;
+}
+
 /* Copy one finalized layer's statistics into every waiter of the step. */
 static void fill_waiters(nsd_ctx_t *ctx, nsd_outbox_t *box, nsd_pending_t *p, const nsd_final_t *f)
 {
@@ -370,6 +410,10 @@ static void fill_waiters(nsd_ctx_t *ctx, nsd_outbox_t *box, nsd_pending_t *p, co
         nsd_waiter_t *w = p->waiters[k].waiter;
         if (w->fired)
             continue;
+        if (!f->complete && note_missing(w->res, p) != 0) {
+            waiter_fail(ctx, box, w, NS_ENOMEM);
+            continue;
+        }
         nsd_sync_layer_t *sl = &w->res->layers[p->waiters[k].index];
         uint64_t count = f->count;
         const double *mean = f->mean;
@@ -447,7 +491,8 @@ static void apply_ready(nsd_run_t *run, nsd_layer_t *l)
     apply_ready_below(run, l, l->n_pending > 0 ? l->pending[0]->step : UINT64_MAX);
 }
 
-/* A finalized step joins the layer: last statistics, then the ready queue
+/* A finalized step joins the layer: last statistics (pooled and of each
+ * domain that had arrivals), then the ready queue
  * in step order (a timed-out earlier step may finalize late). Room in
  * l->ready was reserved. Shared by the live path and replay. */
 static void ready_insert(nsd_layer_t *l, nsd_final_t *f)
@@ -457,6 +502,12 @@ static void ready_insert(nsd_layer_t *l, nsd_final_t *f)
         l->last_step = f->step;
         l->last_count = f->count;
         memcpy(l->last_mean, f->mean, 2 * f->channels * sizeof(double));
+    }
+    for (size_t i = 0; f->channels > 0 && i < f->n_domains; i++) {
+        const nsd_final_domain_t *d = &f->domains[i];
+        nsd_pop_t *pop = d->domain < l->cap_pops ? l->pops[d->domain] : NULL;
+        if (pop != NULL && d->mean != NULL)
+            nsd_pop_set_last(pop, f->channels, f->step, d->count, d->mean, d->var);
     }
     size_t pos = l->n_ready;
     while (pos > 0 && l->ready[pos - 1]->step > f->step)
@@ -683,14 +734,7 @@ static void commit_layer(nsd_run_t *run, ns_report_t *rep, uint32_t dom, plan_t 
         l->n_pending++;
         pl->is_new_pending = 0;
         atomic_fetch_add(&ctx->pending_steps, 1);
-        uint64_t deadline = p->created_ms + run->st.cfg.sync_timeout_ms;
-        uint64_t cur = atomic_load(&ctx->next_deadline);
-        while (deadline < cur) {
-            if (atomic_compare_exchange_weak(&ctx->next_deadline, &cur, deadline)) {
-                box->wakeup = 1;
-                break;
-            }
-        }
+        nsd_run_note_deadline(run, p->created_ms + run->st.cfg.sync_timeout_ms, box);
     }
     /* Take the report's arrays (no copy); the report no longer owns them. */
     nsd_arrival_t *a = &p->arrivals[rep->worker];
@@ -841,7 +885,8 @@ uint64_t nsd_run_expire(nsd_run_t *run, uint64_t now_ms, nsd_outbox_t *box)
         if (closed)
             apply_ready(run, l);
     }
-    return next;
+    uint64_t grad_next = nsd_gradsum_expire(run, now_ms, box);
+    return grad_next < next ? grad_next : next;
 }
 
 /* ---------------------------------------------------------------- precise reset */

@@ -40,7 +40,12 @@ typedef struct nsd_ctx_s {
     _Atomic uint64_t steps_finalized, steps_applied, steps_timed_out, steps_dropped, steps_skipped,
         reports_accepted;
     _Atomic uint64_t pending_steps, sync_waiters, runs;
+    _Atomic uint64_t grad_steps_completed, grad_steps_timed_out, grad_pending_steps, grad_waiters;
 } nsd_ctx_t;
+
+/* The run's pending gradient steps (gradsum.h). */
+typedef struct nsd_gradsum_s nsd_gradsum_t;
+struct nsd_grad_waiter_s;
 
 /* A finalized step to hand to the persistence hook (owned copy). */
 typedef struct nsd_record_s {
@@ -58,6 +63,8 @@ typedef struct nsd_outbox_s {
     nsd_waiter_t *fired_tail;
     nsd_record_t *records;
     nsd_record_t *records_tail;
+    struct nsd_grad_waiter_s *grad_fired; /* /grad callbacks to call, in order */
+    struct nsd_grad_waiter_s *grad_fired_tail;
     int wakeup;        /* a deadline may have moved earlier */
     size_t new_domain; /* 1 + index of a domain a report added, 0 none */
 } nsd_outbox_t;
@@ -94,6 +101,7 @@ typedef struct nsd_run_state_s {
     uint64_t skipped_steps;
     uint64_t precise_generation; /* the latest number handed out, 0 at creation */
     uint64_t memory;             /* accounted bytes */
+    nsd_gradsum_t *grad;         /* pending gradient steps; NULL until the first */
 } nsd_run_state_t;
 
 typedef struct nsd_run_s {
@@ -196,5 +204,9 @@ void nsd_mem_release(nsd_ctx_t *ctx, uint64_t bytes);
 
 /*! nsd_outbox_fire() : put a waiter whose result is final into the box. */
 void nsd_outbox_fire(nsd_outbox_t *box, nsd_waiter_t *w);
+
+/*! nsd_run_note_deadline() : a pending step of the run got 'deadline':
+ *  lower ctx->next_deadline to it and ask for a wakeup if it moved. */
+void nsd_run_note_deadline(nsd_run_t *run, uint64_t deadline, nsd_outbox_t *box);
 
 #endif /* NSD_RUN_H */

@@ -148,9 +148,9 @@ int nsd_run_stats(nsd_run_t *run, const nsd_stats_query_t *q, nsd_stats_t **dst,
 
     if (q->biased && q->source != NSD_SOURCE_PRECISE)
         return ns_error_set(err, NS_EINVAL, "variance", "biased is only served by source=precise");
-    if (q->source == NSD_SOURCE_LAST && (q->n_mixture > 0 || !pooled))
-        return ns_error_set(err, NS_EINVAL, q->n_mixture ? "mixture" : "domain",
-                            "source=last serves the global statistics only");
+    if (q->source == NSD_SOURCE_LAST && q->n_mixture > 0)
+        return ns_error_set(err, NS_EINVAL, "mixture",
+                            "source=last serves one domain or all pooled, not a mixture");
     if (q->n_mixture > NSD_MIXTURE_MAX)
         return ns_error_set(err, NS_EINVAL, "mixture", "at most %d domains", NSD_MIXTURE_MAX);
     for (size_t i = 0; i < q->n_mixture; i++) {
@@ -183,7 +183,10 @@ int nsd_run_stats(nsd_run_t *run, const nsd_stats_query_t *q, nsd_stats_t **dst,
         size_t c = l->channels;
         if (c == 0 || !layer_selected(q, l->name))
             continue;
-        if (q->source == NSD_SOURCE_LAST && !l->has_last)
+        /* source=last: the pooled last step, or the domain's own last step. */
+        const nsd_pop_t *dpop = d >= 0 && (size_t)d < l->cap_pops ? l->pops[d] : NULL;
+        if (q->source == NSD_SOURCE_LAST &&
+            (d < 0 ? !l->has_last : dpop == NULL || dpop->last_step < 0))
             continue;
         double *block = malloc(2 * c * sizeof(double));
         char *name = strdup(l->name);
@@ -195,7 +198,12 @@ int nsd_run_stats(nsd_run_t *run, const nsd_stats_query_t *q, nsd_stats_t **dst,
         double *mean = block, *var = block + c;
         served_t sv = {0};
         int rc;
-        if (q->source == NSD_SOURCE_LAST) {
+        if (q->source == NSD_SOURCE_LAST && d >= 0) {
+            memcpy(block, dpop->last_mean, 2 * c * sizeof(double));
+            sv.step = dpop->last_step;
+            sv.samples = dpop->last_count;
+            rc = 1;
+        } else if (q->source == NSD_SOURCE_LAST) {
             memcpy(block, l->last_mean, 2 * c * sizeof(double));
             sv.step = (int64_t)l->last_step;
             sv.samples = l->last_count;

@@ -217,15 +217,17 @@ class Errors(ErrorCase):
                   "source=ema&variance=biased", "domain=bad$name", "mixture=photo", "mixture=a:-1",
                   "mixture=a:x", "mixture=a:0", "mixture=a:0.5,a:0.5", "mixture=:1", "layers=bad$name",
                   "colour=red", "source=", "format=", "domain=default&mixture=default:1",
-                  "source=last&domain=default", "source=last&mixture=default:1"):
+                  "source=last&mixture=default:1"):
             before = self.snapshot(run)
             r = self.c.get(f"/v1/runs/{run}/stats?{q}")
             self.check_status(r, 400, f"GET stats?{q}", code="bad_request")
             self.check_unchanged(before, run, f"stats?{q}")
         for q in ("source=precise&variance=unbiased", "source=precise&variance=biased", "domain=*",
-                  "domain=default", "mixture=default:2", "layers=l1,l2", "format=json", "source=last"):
+                  "domain=default", "mixture=default:2", "layers=l1,l2", "format=json", "source=last",
+                  "source=last&domain=default"):
             self.check_status(self.c.get(f"/v1/runs/{run}/stats?{q}"), 200, f"GET stats?{q} (valid)")
-        for q in ("layers=nosuch", "domain=nosuch", "mixture=default:1,nosuch:1"):
+        for q in ("layers=nosuch", "domain=nosuch", "mixture=default:1,nosuch:1",
+                  "source=last&domain=nosuch"):
             r = self.c.get(f"/v1/runs/{run}/stats?{q}")
             self.check_status(r, 404, f"GET stats?{q}", code="not_found")
         self.check_status(self.c.stats("no-such-run"), 404, "GET stats of an unknown run", code="not_found")

@@ -125,6 +125,20 @@ def _report_safetensors(step, worker, layers, meta):
     return st.encode(tensors, md)
 
 
+def _grad_floats(values, code, what):
+    """Gradient sums as a flat list of Python floats (bytes: little-endian
+    values of 'code', "F32" or "F64")."""
+    if isinstance(values, (bytes, bytearray, memoryview)):
+        b = bytes(values)
+        size = 4 if code == "F32" else 8
+        if len(b) % size:
+            raise ValueError(f"{what}: {len(b)} bytes is not a whole number of {code} values")
+        return st.Tensor(code, [len(b) // size], b).values()
+    if hasattr(values, "tolist"):
+        values = values.tolist()
+    return [float(v) for v in values]
+
+
 def _sync_from_safetensors(data):
     """A /sync answer in safetensors form as the JSON form's dict."""
     tensors, meta = st.decode(data)
@@ -428,6 +442,31 @@ class Client:
         except (Error, KeyError, TypeError, ValueError):
             return False
 
+    def send_report(self, run, step, worker, body, sync=False, timeout=None,
+                    content_type=SAFETENSORS):
+        """POST an already encoded report (the body report() or sync() would
+        send for this step and worker; safetensors unless content_type says
+        JSON) to /batches, or to /sync when sync is True. Returns None for
+        /batches (a retried copy refused as already delivered counts as
+        delivered, as in report()); for /sync the answer as raw safetensors
+        bytes. Errors raise like report()."""
+        path = self._run_path(run, "/sync" if sync else "/batches")
+        if sync:
+            timeout = self.sync_timeout if timeout is None else timeout
+        else:
+            timeout = self.timeout if timeout is None else timeout
+        status, headers, data, retried = self._request("POST", path, body, content_type=content_type,
+                                                       accept=SAFETENSORS if sync else JSON,
+                                                       timeout=timeout)
+        if sync and status == 200:
+            return data
+        if not sync and status in (200, 201, 202):
+            return None
+        err = self._error("POST", path, status, headers, data)
+        if not sync and retried and self._delivered(run, worker, step, err):
+            return None
+        raise err
+
     def sync(self, run, step, worker, layers, domain=None, unbiased=None, update=None,
              world_size=None, scope=None, fmt=None, timeout=None):
         """POST /sync: report like report() and wait until every worker of
@@ -447,6 +486,73 @@ class Client:
         if headers.get("content-type", "").split(";")[0].strip() == SAFETENSORS:
             return _sync_from_safetensors(data)
         return self._json(data)
+
+    # ------------------------------------------------------------ gradient sums
+
+    def grad(self, run, step, worker, layers, fmt=None, dtype="float32", timeout=None):
+        """POST /grad: one worker's per-channel gradient sums of one step
+        (SyncBatchNorm's backward all-reduce), waiting until every worker of
+        the run sent the same (layer, step); returns {"step", "workers",
+        "layers": {name: {"sum_dy": [C], "sum_dy_xmu": [C]}}} with the sums
+        over the workers, added in worker order in double.
+
+        layers: {name: {"sum_dy": ..., "sum_dy_xmu": ...}} or {name: (sum_dy,
+        sum_dy_xmu)}; values are sequences of numbers, array-likes with
+        tolist(), or little-endian bytes of 'dtype'. fmt: "safetensors" or
+        "json" (default: the Client's); dtype: "float32" or "float64", the
+        safetensors element type both ways (JSON always carries doubles).
+        timeout: seconds to wait (default: the Client's sync_timeout). When
+        a worker has not sent within the run's sync_timeout_ms, the error
+        raised has code "sync_timeout" and a message naming the layer, the
+        step and the missing workers."""
+        fmt = fmt or self.fmt
+        if fmt not in ("safetensors", "json"):
+            raise ValueError(f"fmt must be 'safetensors' or 'json', got {fmt!r}")
+        if dtype not in ("float32", "float64"):
+            raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
+        code = "F32" if dtype == "float32" else "F64"
+        pairs = {}
+        for name, v in layers.items():
+            dy, xmu = (v["sum_dy"], v["sum_dy_xmu"]) if isinstance(v, dict) else v
+            pairs[name] = (dy, xmu)
+        if fmt == "json":
+            jl = {name: {"sum_dy": _grad_floats(dy, code, f"layers.{name}.sum_dy"),
+                         "sum_dy_xmu": _grad_floats(xmu, code, f"layers.{name}.sum_dy_xmu")}
+                  for name, (dy, xmu) in pairs.items()}
+            body = json.dumps({"step": int(step), "worker": int(worker), "layers": jl},
+                              separators=(",", ":")).encode("utf-8")
+            ctype = JSON
+        else:
+            tensors = {}
+            for name, (dy, xmu) in pairs.items():
+                for part, vals in (("sum_dy", dy), ("sum_dy_xmu", xmu)):
+                    data = vals if isinstance(vals, (bytes, bytearray, memoryview)) else \
+                        _grad_floats(vals, code, f"layers.{name}.{part}")
+                    size = 4 if code == "F32" else 8
+                    n = len(data) // size if isinstance(data, (bytes, bytearray, memoryview)) \
+                        else len(data)
+                    tensors[f"{name}.{part}"] = (code, [n], data)
+            body = st.encode(tensors, {"step": str(int(step)), "worker": str(int(worker))})
+            ctype = SAFETENSORS
+        path = self._run_path(run, "/grad")
+        status, headers, data, _ = self._request(
+            "POST", path, body, content_type=ctype, accept=ctype,
+            timeout=self.sync_timeout if timeout is None else timeout)
+        if status != 200:
+            raise self._error("POST", path, status, headers, data)
+        if headers.get("content-type", "").split(";")[0].strip() != SAFETENSORS:
+            out = self._json(data)
+            for entry in out.get("layers", {}).values():  # "6" reads as int 6
+                for part in entry:
+                    entry[part] = [float(v) for v in entry[part]]
+            return out
+        tensors, meta = st.decode(data)
+        out = {"step": int(meta.get("step", step)), "workers": int(meta.get("workers", 0)),
+               "layers": {}}
+        for name, t in tensors.items():
+            layer, _, part = name.rpartition(".")
+            out["layers"].setdefault(layer, {})[part] = t.values()
+        return out
 
     # ------------------------------------------------------------ statistics
 

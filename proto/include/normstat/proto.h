@@ -178,11 +178,18 @@ typedef enum ns_format_e { NS_FORMAT_JSON = 0, NS_FORMAT_SAFETENSORS = 1 } ns_fo
 
 /* A top-level field of a statistics response: JSON member and, in
  * safetensors, a __metadata__ entry (values become strings there). */
-typedef enum ns_meta_kind_e { NS_META_STRING, NS_META_INT, NS_META_BOOL } ns_meta_kind_t;
+/* NS_META_INT_LIST: 'str' holds comma-separated decimal integers ("2,3", or
+ * "" for none), a JSON array of integers and the same string in safetensors. */
+typedef enum ns_meta_kind_e {
+    NS_META_STRING,
+    NS_META_INT,
+    NS_META_BOOL,
+    NS_META_INT_LIST
+} ns_meta_kind_t;
 typedef struct ns_meta_s {
     const char *key;
     ns_meta_kind_t kind;
-    const char *str; /* NS_META_STRING */
+    const char *str; /* NS_META_STRING, NS_META_INT_LIST */
     int64_t num;     /* NS_META_INT, NS_META_BOOL (0/1) */
 } ns_meta_t;
 
@@ -269,6 +276,69 @@ NS_API void ns_safetensors_free(ns_safetensors_t *st);
  *  NULL) says why. */
 NS_API int ns_report_encode(ns_buf_t *dst, ns_format_t format, const ns_report_t *report,
                             ns_error_detail_t *err);
+
+/* ---------------------------------------------------------------- gradient sums */
+
+/* One layer of a gradient-sum request or answer (POST /grad): the
+ * per-channel sums SyncBatchNorm all-reduces in backward. Both arrays live in
+ * one block of 2 * channels doubles: sum_dy owns it (free(sum_dy) frees both),
+ * sum_dy_xmu == sum_dy + channels. */
+typedef struct ns_grad_layer_s {
+    char name[NS_NAME_MAX + 1];
+    size_t channels;
+    double *sum_dy;
+    double *sum_dy_xmu;
+} ns_grad_layer_t;
+
+/* A request (step, worker, layers) or an answer (step, workers, layers) of
+ * POST /v1/runs/{run}/grad. Layers are sorted by name (strcmp) and unique.
+ * 'dtype' is the element type the arrays travelled in: NS_DTYPE_F32 or
+ * NS_DTYPE_F64 for safetensors, NS_DTYPE_F64 for JSON (numbers are read as
+ * doubles); an answer is encoded in it. Values are widened to double on
+ * decoding. */
+typedef struct ns_grad_s {
+    uint64_t step;
+    uint32_t worker;  /* request: the sender */
+    uint32_t workers; /* answer: the workers summed */
+    ns_dtype_t dtype;
+    size_t n_layers;
+    ns_grad_layer_t *layers;
+} ns_grad_t;
+
+/*! ns_grad_decode_json() :
+ *  Decode and fully validate {"step", "worker", "layers": {<layer>:
+ *  {"sum_dy": [C numbers], "sum_dy_xmu": [C numbers]}}}: unknown or missing
+ *  fields, wrong types, bad names, empty or unequal arrays are NS_EINVAL
+ *  (400) naming the field. On success *dst owns a new request (free with
+ *  ns_grad_free()). @return 0, NS_EINVAL or NS_ENOMEM; *dst NULL on error. */
+NS_API int ns_grad_decode_json(ns_grad_t **dst, const char *src, size_t src_len,
+                               ns_error_detail_t *err);
+
+/*! ns_grad_decode_safetensors() :
+ *  The same request as safetensors: tensors <layer>.sum_dy and
+ *  <layer>.sum_dy_xmu, shape [C], all of one dtype, F32 or F64; "step" and
+ *  "worker" as decimal strings in __metadata__ ("format" is ignored, other
+ *  entries refused). Structure errors are NS_EINVAL (400); a non-finite
+ *  value is NS_EVALUE (422) naming the element, e.g.
+ *  "layers.layer1.0.bn1.sum_dy[3]". The input is hostile: everything is
+ *  checked before use. @return as ns_grad_decode_json(), or NS_EVALUE. */
+NS_API int ns_grad_decode_safetensors(ns_grad_t **dst, const uint8_t *src, size_t src_len,
+                                      ns_error_detail_t *err);
+
+/*! ns_grad_free() : free a request or answer and its arrays; accepts NULL. */
+NS_API void ns_grad_free(ns_grad_t *grad);
+
+/*! ns_grad_encode_answer() :
+ *  Append the answer of POST /grad for 'grad' (step, workers, layers) to
+ *  'dst'. JSON: {"step", "workers", "layers": {<layer>: {"sum_dy": [...],
+ *  "sum_dy_xmu": [...]}}}, each double printed in the fewest digits that
+ *  read back as the same double. Safetensors: <layer>.sum_dy and
+ *  <layer>.sum_dy_xmu in grad->dtype (F32: each double rounded once to
+ *  float32; beyond its range it becomes infinity), "step" and "workers" as
+ *  __metadata__ strings. Every value must be finite for JSON.
+ *  @return 0, NS_EVALUE (non-finite value in JSON), NS_ETOOLARGE or NS_ENOMEM
+ *  (dst freed on error). */
+NS_API int ns_grad_encode_answer(ns_buf_t *dst, ns_format_t format, const ns_grad_t *grad);
 
 #ifdef __cplusplus
 }
