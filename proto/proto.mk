@@ -34,13 +34,13 @@ UNIT_LIBS   += $(call pkg_libs,jansson)
 .PHONY: install-proto uninstall-proto
 install-proto: $(PROTO_A) $(PROTO_SO) $(PROTO_PC)
 	$(INSTALL) -d $(DESTDIR)$(includedir)/normstat $(DESTDIR)$(libdir) $(DESTDIR)$(pkgconfigdir)
-	$(INSTALL) -m 644 proto/include/normstat/proto.h $(DESTDIR)$(includedir)/normstat/
+	$(INSTALL) -m 644 proto/include/normstat/*.h $(DESTDIR)$(includedir)/normstat/
 	$(INSTALL) -m 644 $(PROTO_A) $(DESTDIR)$(libdir)/
 	$(INSTALL) -m 755 $(PROTO_SO).$(PROTO_SOVERSION) $(DESTDIR)$(libdir)/
 	ln -sf libnsproto.so.$(PROTO_SOVERSION) $(DESTDIR)$(libdir)/libnsproto.so
 	$(INSTALL) -m 644 $(PROTO_PC) $(DESTDIR)$(pkgconfigdir)/
 uninstall-proto:
-	rm -f $(DESTDIR)$(includedir)/normstat/proto.h \
+	rm -f $(DESTDIR)$(includedir)/normstat/proto.h $(DESTDIR)$(includedir)/normstat/wire_errors.h \
 	      $(DESTDIR)$(libdir)/libnsproto.a $(DESTDIR)$(libdir)/libnsproto.so \
 	      $(DESTDIR)$(libdir)/libnsproto.so.$(PROTO_SOVERSION) $(DESTDIR)$(pkgconfigdir)/libnsproto.pc
 	-rmdir $(DESTDIR)$(includedir)/normstat 2>/dev/null

@@ -36,8 +36,8 @@ static void usage_main(FILE *out)
 
 int ns_cli_fail(const char *what, int code, const ns_error_detail_t *err)
 {
-    const char *msg = err && err->code ? err->message : ns_strerror(code);
-    fprintf(stderr, "normstat: %s: %s (%s)\n", what, msg, ns_error_name(code));
+    const char *msg = err && err->code ? err->message : ns_client_strerror(code);
+    fprintf(stderr, "normstat: %s: %s (%s)\n", what, msg, ns_client_error_name(code));
     if (code == NS_ECONNECT || code == NS_EREQTIMEOUT)
         return NS_EXIT_CONNECT;
     return NS_EXIT_SERVER;

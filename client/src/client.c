@@ -119,37 +119,16 @@ int ns_client_run_put(ns_client_t *client, const char *run, const ns_run_config_
 {
     char path[NS_NAME_MAX + 64];
     ns_buf_t body;
-    int rc, first = 1;
+    int rc;
     if ((rc = ns__path_run(path, sizeof(path), run, "", err)))
         return rc;
-    ns_buf_init(&body, 0);
-    rc = ns_buf_append(&body, "{", 1);
-#define FIELD(...)                                                                                 \
-    do {                                                                                           \
-        if (rc == 0)                                                                               \
-            rc = ns_buf_printf(&body, first ? "" : ",");                                           \
-        if (rc == 0)                                                                               \
-            rc = ns_buf_printf(&body, __VA_ARGS__);                                                \
-        first = 0;                                                                                 \
-    } while (0)
-    if (cfg && cfg->has_world_size)
-        FIELD("\"world_size\":%u", (unsigned)cfg->world_size);
-    if (cfg && cfg->has_momentum) {
-        if (cfg->momentum == NS_MOMENTUM_CUMULATIVE)
-            FIELD("\"momentum\":null");
-        else
-            FIELD("\"momentum\":%.17g", cfg->momentum);
+    ns_run_config_t none;
+    if (cfg == NULL) {
+        ns_run_config_defaults(&none); /* every has_* 0: an empty object */
+        cfg = &none;
     }
-    if (cfg && cfg->has_sync_timeout_ms)
-        FIELD("\"sync_timeout_ms\":%llu", (unsigned long long)cfg->sync_timeout_ms);
-    if (cfg && cfg->has_on_timeout)
-        FIELD("\"on_timeout\":\"%s\"", cfg->on_timeout_drop ? "drop" : "partial");
-    if (cfg && cfg->has_ema_debias)
-        FIELD("\"ema_debias\":%s", cfg->ema_debias ? "true" : "false");
-#undef FIELD
-    if (rc == 0)
-        rc = ns_buf_append(&body, "}", 1);
-    if (rc)
+    ns_buf_init(&body, 0);
+    if ((rc = ns_run_config_encode_json(&body, cfg, NS_RUN_CONFIG_SET)))
         return ns_error_set(err, rc, "", "out of memory");
     size_t len;
     char *text = ns_buf_take(&body, &len);

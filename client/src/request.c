@@ -233,17 +233,6 @@ built:
     return 0;
 }
 
-/* The wire code of an error body mapped back to its NS_E* value (0 if unknown). */
-static int code_of_wire(const char *wire)
-{
-#define NS__WIRE(name, code, status, w, msg)                                                       \
-    if (strcmp(wire, w) == 0)                                                                      \
-        return code;
-    NS_ERROR_MAP(NS__WIRE)
-#undef NS__WIRE
-    return 0;
-}
-
 /* An answer that is not the API's: "HTTP <status>: <start of the body>". */
 static int bad_answer(ns__request_t *rq, ns_error_detail_t *err, const char *what)
 {
@@ -265,7 +254,7 @@ static int server_error(ns__request_t *rq, ns_error_detail_t *err)
     json_t *e = json_object_get(root, "error");
     const char *wire = json_string_value(json_object_get(e, "code"));
     const char *message = json_string_value(json_object_get(e, "message"));
-    int code = wire ? code_of_wire(wire) : 0;
+    int code = ns_error_from_name(wire);
     int rc;
     if (code == 0 || message == NULL)
         rc = bad_answer(rq, err, "not an error of the API");

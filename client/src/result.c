@@ -23,15 +23,15 @@ static int part_of(const char *name)
     static const struct {
         const char *name;
         int part;
-    } parts[] = {{"running_mean", PART_MEAN},
-                 {"mean", PART_MEAN},
-                 {"running_var", PART_VAR},
-                 {"var", PART_VAR},
-                 {"count", PART_COUNT},
-                 {"num_samples", PART_COUNT},
-                 {"num_batches_tracked", PART_BATCHES},
-                 {"num_batches", PART_BATCHES},
-                 {"step", PART_STEP}};
+    } parts[] = {{NS_FIELD_RUNNING_MEAN, PART_MEAN},
+                 {NS_FIELD_MEAN, PART_MEAN},
+                 {NS_FIELD_RUNNING_VAR, PART_VAR},
+                 {NS_FIELD_VAR, PART_VAR},
+                 {NS_FIELD_COUNT, PART_COUNT},
+                 {NS_FIELD_NUM_SAMPLES, PART_COUNT},
+                 {NS_FIELD_NUM_BATCHES_TRACKED, PART_BATCHES},
+                 {NS_FIELD_NUM_BATCHES, PART_BATCHES},
+                 {NS_FIELD_STEP, PART_STEP}};
     for (size_t i = 0; i < sizeof(parts) / sizeof(parts[0]); i++)
         if (strcmp(parts[i].name, name) == 0)
             return parts[i].part;
@@ -132,11 +132,11 @@ static int decode_safetensors(ns_result_t *res, const uint8_t *src, size_t src_l
     if ((rc = ns_safetensors_parse(&st, src, src_len, &perr)))
         return ns_error_set(err, NS_EBADRESPONSE, "", "answer: %s", perr.message);
     const char *m;
-    if ((m = ns_safetensors_meta(st, "step")))
+    if ((m = ns_safetensors_meta(st, NS_FIELD_STEP)))
         res->step = strtoll(m, NULL, 10);
-    if ((m = ns_safetensors_meta(st, "workers")))
+    if ((m = ns_safetensors_meta(st, NS_FIELD_WORKERS)))
         res->workers = strtoll(m, NULL, 10);
-    if ((m = ns_safetensors_meta(st, "complete")))
+    if ((m = ns_safetensors_meta(st, NS_FIELD_COMPLETE)))
         res->complete = strcmp(m, "false") != 0;
     for (size_t i = 0; i < ns_safetensors_count(st); i++) {
         const ns_tensor_t *t = ns_safetensors_at(st, i);
@@ -201,11 +201,11 @@ static int decode_json(ns_result_t *res, const char *src, size_t src_len, ns_err
         return ns_error_set(err, NS_EBADRESPONSE, "", "answer is not a JSON object: %s", jerr.text);
     }
     json_t *v;
-    if (json_is_integer(v = json_object_get(root, "step")))
+    if (json_is_integer(v = json_object_get(root, NS_FIELD_STEP)))
         res->step = json_integer_value(v);
-    if (json_is_integer(v = json_object_get(root, "workers")))
+    if (json_is_integer(v = json_object_get(root, NS_FIELD_WORKERS)))
         res->workers = json_integer_value(v);
-    if (json_is_boolean(v = json_object_get(root, "complete")))
+    if (json_is_boolean(v = json_object_get(root, NS_FIELD_COMPLETE)))
         res->complete = json_is_true(v);
     layers = json_object_get(root, "layers");
     if (!json_is_object(layers)) {

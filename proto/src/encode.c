@@ -94,10 +94,10 @@ static int header_tensor(ns_buf_t *h, const char *layer, const char *part, const
 
 /* Only the scalars a PyTorch state_dict holds become tensors, so
  * load_state_dict(strict=False) reports no unexpected keys; the others
- * ("step", "num_samples", ...) travel as "<layer>.<name>" metadata. */
+ * (NS_FIELD_STEP, NS_FIELD_NUM_SAMPLES, ...) travel as "<layer>.<name>" metadata. */
 static int scalar_is_tensor(const char *name)
 {
-    return strcmp(name, "num_batches_tracked") == 0 || strcmp(name, "count") == 0;
+    return strcmp(name, NS_FIELD_NUM_BATCHES_TRACKED) == 0 || strcmp(name, NS_FIELD_COUNT) == 0;
 }
 
 static int encode_safetensors(ns_buf_t *dst, const ns_meta_t *meta, size_t n_meta,

@@ -23,7 +23,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <normstat/errors.h>
+#include <normstat/wire_errors.h>
 
 #include "f32.h"
 

@@ -66,7 +66,7 @@ int ns__grad_finish(ns_grad_t *grad, ns_error_detail_t *err)
                 int xmu = k >= l->channels;
                 char field[256];
                 snprintf(field, sizeof(field), "layers.%s.%s[%zu]", l->name,
-                         xmu ? "sum_dy_xmu" : "sum_dy", xmu ? k - l->channels : k);
+                         xmu ? NS_FIELD_SUM_DY_XMU : NS_FIELD_SUM_DY, xmu ? k - l->channels : k);
                 return ns_error_set(err, NS_EVALUE, field, "non-finite value %g", l->sum_dy[k]);
             }
     }

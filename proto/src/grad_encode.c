@@ -21,7 +21,7 @@ static int format_double(char *dst, size_t dst_cap, double d)
 
 static int encode_json(ns_buf_t *dst, const ns_grad_t *g)
 {
-    static const char *const arrays[2] = {"sum_dy", "sum_dy_xmu"};
+    static const char *const arrays[2] = {NS_FIELD_SUM_DY, NS_FIELD_SUM_DY_XMU};
     int rc = ns_buf_printf(dst, "{\"step\":%llu,\"workers\":%u,\"layers\":{",
                            (unsigned long long)g->step, g->workers);
     for (size_t l = 0; rc == 0 && l < g->n_layers; l++) {
@@ -54,7 +54,7 @@ static int encode_json(ns_buf_t *dst, const ns_grad_t *g)
 
 static int encode_safetensors(ns_buf_t *dst, const ns_grad_t *g)
 {
-    static const char *const arrays[2] = {"sum_dy", "sum_dy_xmu"};
+    static const char *const arrays[2] = {NS_FIELD_SUM_DY, NS_FIELD_SUM_DY_XMU};
     int f64 = g->dtype == NS_DTYPE_F64;
     size_t elem = f64 ? 8 : 4;
     uint64_t at = 0;

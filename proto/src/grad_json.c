@@ -44,7 +44,7 @@ static void load_values(const json_t *v, double *dst)
 static int decode_layer(ns_grad_layer_t *layer, const char *name, const json_t *v,
                         ns_error_detail_t *err)
 {
-    static const char *const known[] = {"sum_dy", "sum_dy_xmu", NULL};
+    static const char *const known[] = {NS_FIELD_SUM_DY, NS_FIELD_SUM_DY_XMU, NULL};
     char got[64], field[256];
     if (!ns_name_valid(name))
         return ns_error_set(err, NS_EINVAL, "layers",
@@ -58,11 +58,13 @@ static int decode_layer(ns_grad_layer_t *layer, const char *name, const json_t *
     int rc = ns__json_check_known(v, known, field, err);
     if (rc)
         return rc;
-    const json_t *dy = json_object_get(v, "sum_dy"), *xmu = json_object_get(v, "sum_dy_xmu");
-    snprintf(field, sizeof(field), "layers.%s.%s", layer->name, dy ? "sum_dy_xmu" : "sum_dy");
+    const json_t *dy = json_object_get(v, NS_FIELD_SUM_DY),
+                 *xmu = json_object_get(v, NS_FIELD_SUM_DY_XMU);
+    snprintf(field, sizeof(field), "layers.%s.%s", layer->name,
+             dy ? NS_FIELD_SUM_DY_XMU : NS_FIELD_SUM_DY);
     if (!dy || !xmu)
         return ns_error_set(err, NS_EINVAL, field, "missing required field");
-    snprintf(field, sizeof(field), "layers.%s.sum_dy", layer->name);
+    snprintf(field, sizeof(field), "layers.%s." NS_FIELD_SUM_DY, layer->name);
     if ((rc = check_values(dy, field, err)))
         return rc;
     snprintf(field, sizeof(field), "layers.%s.sum_dy_xmu", layer->name);

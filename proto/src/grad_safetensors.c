@@ -93,7 +93,7 @@ static int decode_layer(const ns_safetensors_t *st, ns_grad_layer_t *layer, cons
                         ns_dtype_t *dtype, const char **dtype_field, ns_error_detail_t *err)
 {
     char field[256];
-    const char *names[2] = {"sum_dy", "sum_dy_xmu"};
+    const char *names[2] = {NS_FIELD_SUM_DY, NS_FIELD_SUM_DY_XMU};
     for (int p = 0; p < 2; p++) {
         snprintf(field, sizeof(field), "layers.%s.%s", layer->name, names[p]);
         if (!parts[p])
@@ -139,9 +139,9 @@ int ns_grad_decode_safetensors(ns_grad_t **dst, const uint8_t *src, size_t src_l
         const ns_tensor_t *t = &st->tensors[i];
         const char *dot = strrchr(t->name, '.');
         const char *suffix = dot ? dot + 1 : "";
-        int part = strcmp(suffix, "sum_dy") == 0       ? PART_DY
-                   : strcmp(suffix, "sum_dy_xmu") == 0 ? PART_XMU
-                                                       : -1;
+        int part = strcmp(suffix, NS_FIELD_SUM_DY) == 0       ? PART_DY
+                   : strcmp(suffix, NS_FIELD_SUM_DY_XMU) == 0 ? PART_XMU
+                                                              : -1;
         if (part < 0) {
             rc = ns_error_set(err, NS_EINVAL, "",
                               "safetensors: tensor \"%.200s\" is not named <layer>.sum_dy or "

@@ -58,8 +58,8 @@ static int value_error(const ns_layer_report_t *layer, int is_var, size_t index,
                        ns_error_detail_t *err, ns__value_hint_fn hint, void *hint_ctx)
 {
     char field[256], why[160];
-    snprintf(field, sizeof(field), "layers.%s.%s[%zu]", layer->name, is_var ? "var" : "mean",
-             index);
+    snprintf(field, sizeof(field), "layers.%s.%s[%zu]", layer->name,
+             is_var ? NS_FIELD_VAR : NS_FIELD_MEAN, index);
     if (!isfinite(value)) {
         if (hint && hint(hint_ctx, layer, is_var, index, why, sizeof(why)) == 0)
             return ns_error_set(err, NS_EVALUE, field, "%s", why);

@@ -82,14 +82,14 @@ static int encode_json(ns_buf_t *dst, const ns_report_t *r, ns_error_detail_t *e
         goto nomem;
     for (size_t i = 0; i < r->n_layers; i++) {
         const ns_layer_report_t *l = &r->layers[i];
-        if ((rc = ns_buf_printf(dst, "%s\"%s\":{\"count\":%llu", i ? "," : "", l->name,
+        if ((rc = ns_buf_printf(dst, "%s\"%s\":{\"" NS_FIELD_COUNT "\":%llu", i ? "," : "", l->name,
                                 (unsigned long long)l->count)))
             goto nomem;
         if (l->channels > 0) {
-            if ((rc = ns_buf_append(dst, ",\"mean\":[", 9)) ||
-                (rc = append_floats(dst, l->mean, l->channels, l->name, "mean", err)) ||
-                (rc = ns_buf_append(dst, "],\"var\":[", 9)) ||
-                (rc = append_floats(dst, l->var, l->channels, l->name, "var", err)) ||
+            if ((rc = ns_buf_printf(dst, ",\"" NS_FIELD_MEAN "\":[")) ||
+                (rc = append_floats(dst, l->mean, l->channels, l->name, NS_FIELD_MEAN, err)) ||
+                (rc = ns_buf_printf(dst, "],\"" NS_FIELD_VAR "\":[")) ||
+                (rc = append_floats(dst, l->var, l->channels, l->name, NS_FIELD_VAR, err)) ||
                 (rc = ns_buf_append(dst, "]", 1)))
                 goto fail;
         }

@@ -140,7 +140,7 @@ static int decode_values(const json_t *v, const char *field, float **out, size_t
 static int decode_layer(ns_layer_report_t *layer, const char *name, const json_t *v,
                         ns_error_detail_t *err)
 {
-    static const char *const known[] = {"count", "mean", "var", NULL};
+    static const char *const known[] = {NS_FIELD_COUNT, NS_FIELD_MEAN, NS_FIELD_VAR, NULL};
     char got[64], field[256];
     if (!ns_name_valid(name))
         return ns_error_set(err, NS_EINVAL, "layers",
@@ -156,8 +156,8 @@ static int decode_layer(ns_layer_report_t *layer, const char *name, const json_t
     if (rc)
         return rc;
 
-    const json_t *count = json_object_get(v, "count");
-    snprintf(field, sizeof(field), "layers.%s.count", lname);
+    const json_t *count = json_object_get(v, NS_FIELD_COUNT);
+    snprintf(field, sizeof(field), "layers.%s." NS_FIELD_COUNT, lname);
     if (!count)
         return ns_error_set(err, NS_EINVAL, field, "missing required field");
     rc = ns__json_get_uint(count, field, 0, UINT64_MAX, "a non-negative integer", &layer->count,
@@ -165,9 +165,9 @@ static int decode_layer(ns_layer_report_t *layer, const char *name, const json_t
     if (rc)
         return rc;
 
-    const json_t *mean = json_object_get(v, "mean"), *var = json_object_get(v, "var");
+    const json_t *mean = json_object_get(v, NS_FIELD_MEAN), *var = json_object_get(v, NS_FIELD_VAR);
     if (!mean || !var) {
-        snprintf(field, sizeof(field), "layers.%s.%s", lname, mean ? "var" : "mean");
+        snprintf(field, sizeof(field), "layers.%s.%s", lname, mean ? NS_FIELD_VAR : NS_FIELD_MEAN);
         if (mean || var)
             return ns_error_set(err, NS_EINVAL, field, "missing (mean and var come together)");
         if (layer->count > 0)
@@ -195,8 +195,8 @@ static int overflow_hint(void *ctx, const ns_layer_report_t *layer, int is_var, 
                          char *dst, size_t dst_cap)
 {
     const json_t *layers = ctx;
-    const json_t *arr =
-        json_object_get(json_object_get(layers, layer->name), is_var ? "var" : "mean");
+    const json_t *arr = json_object_get(json_object_get(layers, layer->name),
+                                        is_var ? NS_FIELD_VAR : NS_FIELD_MEAN);
     const json_t *item = json_array_get(arr, index);
     if (!json_is_number(item))
         return -1;

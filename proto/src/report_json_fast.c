@@ -214,6 +214,9 @@ fail:
     return 0;
 }
 
+/* Whether the key of length 'len' is the string literal 'lit'. */
+#define KEY_IS(key, len, lit) ((len) == sizeof(lit) - 1 && memcmp((key), (lit), (len)) == 0)
+
 static int layer_object(cursor_t *c, ns_layer_report_t *layer)
 {
     char scratch[NS_NAME_MAX + 1];
@@ -226,15 +229,15 @@ static int layer_object(cursor_t *c, ns_layer_report_t *layer)
         size_t len;
         if (!plain_string(c, scratch, &key, &len) || !eat(c, ':'))
             return 0;
-        if (len == 5 && memcmp(key, "count", 5) == 0 && !(seen & 1)) {
+        if (KEY_IS(key, len, NS_FIELD_COUNT) && !(seen & 1)) {
             seen |= 1;
             if (!uint_field(c, 0, UINT64_MAX, &layer->count))
                 return 0;
-        } else if (len == 4 && memcmp(key, "mean", 4) == 0 && !(seen & 2)) {
+        } else if (KEY_IS(key, len, NS_FIELD_MEAN) && !(seen & 2)) {
             seen |= 2;
             if (!float_array(c, &layer->mean, &n_mean))
                 return 0;
-        } else if (len == 3 && memcmp(key, "var", 3) == 0 && !(seen & 4)) {
+        } else if (KEY_IS(key, len, NS_FIELD_VAR) && !(seen & 4)) {
             seen |= 4;
             if (!float_array(c, &layer->var, &n_var))
                 return 0;
@@ -349,7 +352,7 @@ static int root_object(cursor_t *c, ns_report_t *r)
         unsigned field;
         if (!plain_string(c, scratch, &key, &len) || !eat(c, ':'))
             return 0;
-#define KEY(lit) (len == sizeof(lit) - 1 && memcmp(key, lit, len) == 0)
+#define KEY(lit) KEY_IS(key, len, lit)
         field = KEY("step")         ? F_STEP
                 : KEY("worker")     ? F_WORKER
                 : KEY("domain")     ? F_DOMAIN

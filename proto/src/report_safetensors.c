@@ -200,7 +200,7 @@ static int decode_layer(const ns_safetensors_t *st, ns_layer_report_t *layer,
 
     if (!parts[PART_MEAN] || !parts[PART_VAR]) {
         snprintf(field, sizeof(field), "layers.%s.%s", layer->name,
-                 parts[PART_MEAN] ? "var" : "mean");
+                 parts[PART_MEAN] ? NS_FIELD_VAR : NS_FIELD_MEAN);
         if (parts[PART_MEAN] || parts[PART_VAR])
             return ns_error_set(err, NS_EINVAL, field,
                                 "missing tensor (mean and var come together)");
@@ -227,7 +227,7 @@ static int overflow_hint(void *ctx, const ns_layer_report_t *layer, int is_var, 
                          char *dst, size_t dst_cap)
 {
     char name[NS_NAME_MAX + 8];
-    snprintf(name, sizeof(name), "%s.%s", layer->name, is_var ? "var" : "mean");
+    snprintf(name, sizeof(name), "%s.%s", layer->name, is_var ? NS_FIELD_VAR : NS_FIELD_MEAN);
     const ns_tensor_t *t = ns_safetensors_find(ctx, name);
     if (!t || t->dtype != NS_DTYPE_F64 || index >= t->nbytes / 8)
         return -1;
@@ -272,10 +272,10 @@ int ns_report_decode_safetensors(ns_report_t **dst, const uint8_t *src, size_t s
         const ns_tensor_t *t = &st->tensors[i];
         const char *dot = strrchr(t->name, '.');
         const char *suffix = dot ? dot + 1 : "";
-        int part = strcmp(suffix, "mean") == 0    ? PART_MEAN
-                   : strcmp(suffix, "var") == 0   ? PART_VAR
-                   : strcmp(suffix, "count") == 0 ? PART_COUNT
-                                                  : -1;
+        int part = strcmp(suffix, NS_FIELD_MEAN) == 0    ? PART_MEAN
+                   : strcmp(suffix, NS_FIELD_VAR) == 0   ? PART_VAR
+                   : strcmp(suffix, NS_FIELD_COUNT) == 0 ? PART_COUNT
+                                                         : -1;
         if (part < 0) {
             rc = ns_error_set(err, NS_EINVAL, "",
                               "safetensors: tensor \"%.200s\" is not named <layer>.mean, "

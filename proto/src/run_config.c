@@ -1,6 +1,8 @@
-/* run_config.c - a run's configuration: defaults and the PUT /v1/runs/{run} body. */
+/* run_config.c - a run's configuration: defaults, and its JSON (the PUT
+ * /v1/runs/{run} body, a run's view, the store's log) in both directions. */
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <jansson.h>
@@ -89,5 +91,47 @@ int ns_run_config_decode_json(ns_run_config_t *dst, const char *src, size_t src_
     json_decref(root);
     if (rc == 0)
         *dst = cfg;
+    return rc;
+}
+
+/* The fields in wire order; with 'only_set', those whose has_* is set. */
+static json_t *config_object(const ns_run_config_t *cfg, int only_set)
+{
+    json_t *o = json_object();
+    int ok = o != NULL;
+    if (ok && (!only_set || cfg->has_world_size))
+        ok = json_object_set_new(o, "world_size", json_integer((json_int_t)cfg->world_size)) == 0;
+    if (ok && (!only_set || cfg->has_momentum))
+        ok = json_object_set_new(o, "momentum",
+                                 cfg->momentum == NS_MOMENTUM_CUMULATIVE
+                                     ? json_null()
+                                     : json_real(cfg->momentum)) == 0;
+    if (ok && (!only_set || cfg->has_sync_timeout_ms))
+        ok = json_object_set_new(o, "sync_timeout_ms",
+                                 json_integer((json_int_t)cfg->sync_timeout_ms)) == 0;
+    if (ok && (!only_set || cfg->has_on_timeout))
+        ok = json_object_set_new(o, "on_timeout",
+                                 json_string(cfg->on_timeout_drop ? "drop" : "partial")) == 0;
+    if (ok && (!only_set || cfg->has_ema_debias))
+        ok = json_object_set_new(o, "ema_debias", json_boolean(cfg->ema_debias)) == 0;
+    if (!ok) {
+        json_decref(o);
+        return NULL;
+    }
+    return o;
+}
+
+int ns_run_config_encode_json(ns_buf_t *dst, const ns_run_config_t *cfg,
+                              ns_run_config_fields_t fields)
+{
+    json_t *o = config_object(cfg, fields == NS_RUN_CONFIG_SET);
+    char *text = o ? json_dumps(o, JSON_COMPACT) : NULL;
+    json_decref(o);
+    if (text == NULL) {
+        ns_buf_free(dst);
+        return NS_ENOMEM;
+    }
+    int rc = ns_buf_append(dst, text, strlen(text));
+    free(text);
     return rc;
 }

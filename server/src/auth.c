@@ -6,7 +6,7 @@
 #include <string.h>
 #include <strings.h>
 
-#include <normstat/errors.h>
+#include <normstat/wire_errors.h>
 
 /* A token is one or more visible ASCII characters (RFC 6750's b64token and more). */
 static int valid_token(const char *s, size_t len)

@@ -117,13 +117,13 @@ static void sync_answer(nsd_request_t *req)
         dst->channels = src->channels;
         if (src->channels > 0 && src->mean != NULL && src->var != NULL) {
             dst->n_arrays = 2;
-            dst->array_names[0] = "mean";
+            dst->array_names[0] = NS_FIELD_MEAN;
             dst->arrays[0] = src->mean;
-            dst->array_names[1] = "var";
+            dst->array_names[1] = NS_FIELD_VAR;
             dst->arrays[1] = src->var;
         }
         dst->n_scalars = 1;
-        dst->scalar_names[0] = "count";
+        dst->scalar_names[0] = NS_FIELD_COUNT;
         dst->scalars[0] = (int64_t)src->count;
     }
     /* An incomplete step names the workers that did not arrive. */
@@ -142,10 +142,10 @@ static void sync_answer(nsd_request_t *req)
         }
     }
     ns_meta_t meta[4] = {
-        {"step", NS_META_INT, NULL, (int64_t)res->step},
-        {"complete", NS_META_BOOL, NULL, res->complete ? 1 : 0},
-        {"workers", NS_META_INT, NULL, (int64_t)res->workers},
-        {"missing", NS_META_INT_LIST, missing, 0},
+        {NS_FIELD_STEP, NS_META_INT, NULL, (int64_t)res->step},
+        {NS_FIELD_COMPLETE, NS_META_BOOL, NULL, res->complete ? 1 : 0},
+        {NS_FIELD_WORKERS, NS_META_INT, NULL, (int64_t)res->workers},
+        {NS_FIELD_MISSING, NS_META_INT_LIST, missing, 0},
     };
     ns_format_t format = answer_format(req);
     ns_buf_t buf;

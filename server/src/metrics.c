@@ -30,8 +30,8 @@ static const double buckets[] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05
 #define N_BUCKETS (sizeof(buckets) / sizeof(buckets[0]))
 
 static const int error_codes[] = {
-#define CODE(name, code, status, wire, msg) code,
-    NS_ERROR_MAP(CODE)
+#define CODE(owner, name, code, status, wire, msg) code,
+    NS_WIRE_ERROR_MAP(CODE)
 #undef CODE
 };
 #define N_ERRORS (sizeof(error_codes) / sizeof(error_codes[0]))

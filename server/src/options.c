@@ -9,7 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <normstat/errors.h>
+#include <normstat/wire_errors.h>
 
 #include "log.h"
 

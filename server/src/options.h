@@ -9,7 +9,7 @@
 #include <stdint.h>
 #include <stdio.h>
 
-#include <normstat/errors.h>
+#include <normstat/wire_errors.h>
 
 /* HOST:PORT; host is an IPv4 address, a bracketed IPv6 address or a name. */
 typedef struct nsd_addr_s {

@@ -227,29 +227,29 @@ int nsd_run_stats(nsd_run_t *run, const nsd_stats_query_t *q, nsd_stats_t **dst,
         o->arrays[0] = mean;
         o->arrays[1] = var;
         if (q->source == NSD_SOURCE_LAST) {
-            o->array_names[0] = "mean";
-            o->array_names[1] = "var";
-            o->scalar_names[0] = "count";
+            o->array_names[0] = NS_FIELD_MEAN;
+            o->array_names[1] = NS_FIELD_VAR;
+            o->scalar_names[0] = NS_FIELD_COUNT;
             o->scalars[0] = (int64_t)sv.samples;
-            o->scalar_names[1] = "step";
+            o->scalar_names[1] = NS_FIELD_STEP;
             o->scalars[1] = sv.step;
             o->n_scalars = 2;
         } else if (q->source == NSD_SOURCE_EMA) {
-            o->array_names[0] = "running_mean";
-            o->array_names[1] = "running_var";
-            o->scalar_names[0] = "num_batches_tracked";
+            o->array_names[0] = NS_FIELD_RUNNING_MEAN;
+            o->array_names[1] = NS_FIELD_RUNNING_VAR;
+            o->scalar_names[0] = NS_FIELD_NUM_BATCHES_TRACKED;
             o->scalars[0] = (int64_t)sv.nbt;
-            o->scalar_names[1] = "step";
+            o->scalar_names[1] = NS_FIELD_STEP;
             o->scalars[1] = sv.step;
             o->n_scalars = 2;
         } else {
-            o->array_names[0] = "running_mean";
-            o->array_names[1] = "running_var";
-            o->scalar_names[0] = "num_batches";
+            o->array_names[0] = NS_FIELD_RUNNING_MEAN;
+            o->array_names[1] = NS_FIELD_RUNNING_VAR;
+            o->scalar_names[0] = NS_FIELD_NUM_BATCHES;
             o->scalars[0] = (int64_t)sv.nbt;
-            o->scalar_names[1] = "num_samples";
+            o->scalar_names[1] = NS_FIELD_NUM_SAMPLES;
             o->scalars[1] = (int64_t)sv.samples;
-            o->scalar_names[2] = "step";
+            o->scalar_names[2] = NS_FIELD_STEP;
             o->scalars[2] = sv.step;
             o->n_scalars = 3;
         }
@@ -279,7 +279,7 @@ int nsd_run_stats(nsd_run_t *run, const nsd_stats_query_t *q, nsd_stats_t **dst,
         snprintf(s->domain, sizeof(s->domain), "%s", dname);
         m[nm++] = (ns_meta_t){.key = "domain", .kind = NS_META_STRING, .str = s->domain};
     }
-    m[nm++] = (ns_meta_t){.key = "step", .kind = NS_META_INT, .num = max_step};
+    m[nm++] = (ns_meta_t){.key = NS_FIELD_STEP, .kind = NS_META_INT, .num = max_step};
     if (q->source == NSD_SOURCE_PRECISE) {
         uint64_t gen = d >= 0 ? st->domain_gen[d] : st->precise_generation;
         m[nm++] = (ns_meta_t){.key = "generation", .kind = NS_META_INT, .num = (int64_t)gen};

@@ -325,7 +325,7 @@ static int run_core(const float *tensor, int reps, core_times_t *out)
     for (int k = 0; k < NTHREADS && rc == 0; k++) {
         int t = thread_counts[k];
         if ((rc = measure(step_moments, &mc, NULL, NULL, t, reps, &out->moments[k])) != 0) {
-            fprintf(stderr, "bench_core: ns_moments_nchw: %s\n", ns_strerror(rc));
+            fprintf(stderr, "bench_core: ns_moments_nchw: error %d\n", rc);
             break;
         }
         /* Cold: the arrivals come from DRAM, as after decoding other requests.
@@ -334,7 +334,7 @@ static int run_core(const float *tensor, int reps, core_times_t *out)
                           &out->combine_cold[k])) != 0 ||
             (rc = measure(step_combine, &cc, NULL, NULL, t, COMBINE_REPS(reps),
                           &out->combine_warm[k])) != 0) {
-            fprintf(stderr, "bench_core: ns_combine: %s\n", ns_strerror(rc));
+            fprintf(stderr, "bench_core: ns_combine: error %d\n", rc);
             break;
         }
     }

@@ -60,7 +60,7 @@ static json_t *result_json(const ns_result_t *res)
 static int fail(const char *what, int rc, const ns_error_detail_t *err)
 {
     fprintf(stderr, "client_trainer: %s: %s (%s)\n", what,
-            err && err->code ? err->message : ns_strerror(rc), ns_error_name(rc));
+            err && err->code ? err->message : ns_client_strerror(rc), ns_client_error_name(rc));
     return 1;
 }
 
@@ -230,8 +230,8 @@ int main(int argc, char **argv)
         return fail("delete", rc, &err);
     ns_result_t *gone = NULL;
     ns_error_detail_t gerr = {0};
-    json_object_set_new(out, "after_delete",
-                        json_string(ns_error_name(ns_client_stats(c, run, NULL, &gone, &gerr))));
+    int gone_rc = ns_client_stats(c, run, NULL, &gone, &gerr);
+    json_object_set_new(out, "after_delete", json_string(ns_client_error_name(gone_rc)));
     if ((rc = ns_client_checkpoint_restore(c, run, argv[5], &err)))
         return fail("checkpoint restore", rc, &err);
     if (ema_into_buffers(c, run, layers, &ema_after))

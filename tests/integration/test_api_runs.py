@@ -20,7 +20,7 @@ DEFAULTS = {"world_size": 1, "momentum": 0.1, "sync_timeout_ms": 60000, "on_time
 CONFIG_KEYS = set(DEFAULTS)
 
 # Every rejection reason a client can cause with a report or PUT (the wire
-# codes of core/include/normstat/errors.h); DESIGN: exported from start-up.
+# codes of proto/include/normstat/wire_errors.h); DESIGN: exported from start-up.
 REJECT_REASONS = ["bad_request", "channel_mismatch", "stale_step", "duplicate_report",
                   "bad_value", "worker_out_of_range", "conflict", "body_too_large",
                   "unsupported_media_type", "too_many_pending"]

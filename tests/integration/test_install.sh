@@ -56,7 +56,7 @@ for lib in libnscore libnsproto libnormstat; do
     check "$lib.pc installed" test -f "$pc"
     check "$lib.pc says prefix=/usr" grep -qx 'prefix=/usr' "$pc"
 done
-for h in core.h errors.h export.h proto.h client.h; do
+for h in core.h errors.h export.h proto.h wire_errors.h client.h; do
     check "usr/include/normstat/$h installed" test -f "$dest/usr/include/normstat/$h"
 done
 

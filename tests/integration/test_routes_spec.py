@@ -187,9 +187,10 @@ class Metrics(unittest.TestCase):
                 family = family if family in types else name
                 self.assertIn(family, types, line)
                 self.assertIn(family, helps, line)
-            # Every wire code of NS_ERROR_MAP, read from errors.h independently.
-            with open(os.path.join(REPO, "core", "include", "normstat", "errors.h")) as f:
-                codes = re.findall(r'XX\(\w+,\s*-\d+,\s*\d+,\s*"([a-z_]+)"', f.read())
+            # Every wire code of NS_WIRE_ERROR_MAP, read from wire_errors.h independently.
+            with open(os.path.join(REPO, "proto", "include", "normstat", "wire_errors.h")) as f:
+                codes = re.findall(r'XX\((?:CORE|PROTO),\s*\w+,\s*-\d+,\s*\d+,\s*"([a-z_]+)"',
+                                   f.read())
             self.assertGreater(len(codes), 10)
             for code in codes:
                 self.assertRegex(text, rf'\nnormstat_rejections_total\{{reason="{code}"\}} \d+\n')

@@ -1,6 +1,6 @@
 /* test_f32_parse.c - JSON number text to float32 (f32_parse.c) against
  * glibc's strtof, which rounds correctly, on millions of generated decimals. */
-#include <normstat/errors.h>
+#include <normstat/wire_errors.h>
 #include <normstat/proto.h>
 
 #include <float.h>

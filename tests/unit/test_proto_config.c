@@ -1,5 +1,5 @@
-/* test_proto_config.c - the run configuration body (PUT /v1/runs/{run}) and the
- * mixture query of GET /stats. */
+/* test_proto_config.c - the run configuration's JSON (PUT /v1/runs/{run}, a
+ * run's view) in both directions, and the mixture query of GET /stats. */
 #include <normstat/proto.h>
 
 #include <stdio.h>
@@ -117,6 +117,76 @@ END_TEST
 
 /* ---------------------------------------------------------------- mixtures */
 
+static void encode(const ns_run_config_t *cfg, ns_run_config_fields_t fields, const char *want)
+{
+    ns_buf_t buf = {0};
+    ck_assert_int_eq(ns_run_config_encode_json(&buf, cfg, fields), 0);
+    ck_assert_str_eq(buf.data ? buf.data : "", want);
+    ns_buf_free(&buf);
+}
+
+START_TEST(test_encode)
+{
+    ns_run_config_t cfg;
+    ns_run_config_defaults(&cfg);
+    encode(&cfg, NS_RUN_CONFIG_ALL,
+           "{\"world_size\":1,\"momentum\":0.10000000000000001,\"sync_timeout_ms\":60000,"
+           "\"on_timeout\":\"partial\",\"ema_debias\":false}");
+    encode(&cfg, NS_RUN_CONFIG_SET, "{}");
+
+    cfg.world_size = 65536;
+    cfg.momentum = NS_MOMENTUM_CUMULATIVE;
+    cfg.sync_timeout_ms = 9007199254740993ull;
+    cfg.on_timeout_drop = cfg.ema_debias = 1;
+    encode(&cfg, NS_RUN_CONFIG_ALL,
+           "{\"world_size\":65536,\"momentum\":null,\"sync_timeout_ms\":9007199254740993,"
+           "\"on_timeout\":\"drop\",\"ema_debias\":true}");
+    cfg.has_momentum = cfg.has_on_timeout = 1;
+    encode(&cfg, NS_RUN_CONFIG_SET, "{\"momentum\":null,\"on_timeout\":\"drop\"}");
+    cfg.momentum = 1.0;
+    encode(&cfg, NS_RUN_CONFIG_SET, "{\"momentum\":1.0,\"on_timeout\":\"drop\"}");
+}
+END_TEST
+
+START_TEST(test_encode_decode_round_trip)
+{
+    const double momenta[] = {
+        0.0, 0.1, 1.0 / 3.0, 0.999999999999, 1.0, 5e-324, NS_MOMENTUM_CUMULATIVE};
+    for (size_t i = 0; i < sizeof(momenta) / sizeof(momenta[0]); i++) {
+        ns_run_config_t cfg, back;
+        ns_run_config_defaults(&cfg);
+        cfg.world_size = (uint32_t)(i + 1) * 1000;
+        cfg.momentum = momenta[i];
+        cfg.sync_timeout_ms = 1 + i;
+        cfg.on_timeout_drop = (int)(i & 1);
+        cfg.ema_debias = (int)(i & 2) != 0;
+        ns_buf_t buf = {0};
+        ck_assert_int_eq(ns_run_config_encode_json(&buf, &cfg, NS_RUN_CONFIG_ALL), 0);
+        ns_run_config_defaults(&back);
+        ck_assert_int_eq(ns_run_config_decode_json(&back, buf.data, buf.len, NULL), 0);
+        ck_assert(back.has_world_size && back.has_momentum && back.has_sync_timeout_ms &&
+                  back.has_on_timeout && back.has_ema_debias);
+        ck_assert_uint_eq(back.world_size, cfg.world_size);
+        ck_assert(memcmp(&back.momentum, &cfg.momentum, sizeof(double)) == 0);
+        ck_assert_uint_eq(back.sync_timeout_ms, cfg.sync_timeout_ms);
+        ck_assert_int_eq(back.on_timeout_drop, cfg.on_timeout_drop);
+        ck_assert_int_eq(back.ema_debias, cfg.ema_debias);
+        ns_buf_free(&buf);
+    }
+}
+END_TEST
+
+START_TEST(test_encode_ceiling)
+{
+    ns_run_config_t cfg;
+    ns_buf_t buf;
+    ns_run_config_defaults(&cfg);
+    ns_buf_init(&buf, 16);
+    ck_assert_int_eq(ns_run_config_encode_json(&buf, &cfg, NS_RUN_CONFIG_ALL), NS_ETOOLARGE);
+    ck_assert_ptr_null(buf.data);
+}
+END_TEST
+
 START_TEST(test_mixture_valid)
 {
     ns_mixture_weight_t w[4];
@@ -185,6 +255,9 @@ static Suite *proto_config_suite(void)
     tcase_add_test(tc, test_defaults);
     tcase_add_test(tc, test_full_and_partial_bodies);
     tcase_add_test(tc, test_rejected_bodies_change_nothing);
+    tcase_add_test(tc, test_encode);
+    tcase_add_test(tc, test_encode_decode_round_trip);
+    tcase_add_test(tc, test_encode_ceiling);
     tcase_add_test(tc, test_mixture_valid);
     tcase_add_test(tc, test_mixture_invalid);
     suite_add_tcase(s, tc);

@@ -11,8 +11,9 @@
  *    delivers the outcome. Concurrent requests share a pool of keep-alive
  *    connections.
  *
- * Errors. Every call returns 0 or a negative NS_E* code (normstat/errors.h)
- * and fills an optional caller-owned ns_error_detail_t (first error wins).
+ * Errors. Every call returns 0 or a negative NS_E* code (the server's, of
+ * normstat/wire_errors.h, or the client's own, NS_CLIENT_ERROR_MAP below) and
+ * fills an optional caller-owned ns_error_detail_t (first error wins).
  * An error answer of the server reaches the caller intact: its wire code
  * ("duplicate_report") is mapped back to its NS_E* value and its message is
  * copied verbatim into detail->message. Failures of the client itself are
@@ -54,7 +55,6 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include <normstat/errors.h>
 #include <normstat/export.h>
 #include <normstat/proto.h>
 
@@ -64,6 +64,30 @@ extern "C" {
 
 /* The server a client talks to when no URL is given (normstatd's default). */
 #define NS_CLIENT_DEFAULT_URL "http://127.0.0.1:8750"
+
+/* ---------------------------------------------------------------- errors */
+
+/* Failures of the client itself, never sent by a server; their codes follow
+ * those of normstat/wire_errors.h and are pinned likewise.
+ * XX(NAME, code, name, default message) */
+#define NS_CLIENT_ERROR_MAP(XX)                                                                    \
+    XX(ECONNECT, -22, "connect_failed", "could not connect to the server")                         \
+    XX(EREQTIMEOUT, -23, "request_timeout", "no answer within the client's timeout")               \
+    XX(EBADRESPONSE, -24, "bad_response", "unexpected response from the server")
+
+#define NS__CLIENT_ENUM(name, code, wire, msg) NS_##name = code,
+enum ns_client_error_e { NS_CLIENT_ERROR_MAP(NS__CLIENT_ENUM) };
+#undef NS__CLIENT_ENUM
+
+/*! ns_client_strerror() :
+ *  @return the default message of any code this library returns: the
+ *  client's own above, else ns_strerror(). Static storage. */
+NS_API const char *ns_client_strerror(int code);
+
+/*! ns_client_error_name() :
+ *  @return the name of any code this library returns: the client's own
+ *  ("connect_failed"), else the wire name of ns_error_name(). */
+NS_API const char *ns_client_error_name(int code);
 
 /* ---------------------------------------------------------------- options */
 

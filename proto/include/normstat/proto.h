@@ -17,8 +17,8 @@
 #include <stdint.h>
 
 #include <normstat/core.h>
-#include <normstat/errors.h>
 #include <normstat/export.h>
+#include <normstat/wire_errors.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -49,10 +49,62 @@ NS_API int ns_error_set(ns_error_detail_t *detail, int code, const char *field, 
 /*! ns_name_valid() : 1 if 's' matches [A-Za-z0-9_.:-]{1,128}, else 0. */
 NS_API int ns_name_valid(const char *s);
 
+/* ---------------------------------------------------------------- buffers */
+
+/* A growable byte buffer with a hard ceiling (curl's dynbuf): appending past
+ * 'cap_max' fails with NS_ETOOLARGE, a failed append frees the contents, and
+ * ns_buf_take() hands the bytes to the caller. Zero-initialise, or use
+ * ns_buf_init(). */
+typedef struct ns_buf_s {
+    char *data;
+    size_t len;
+    size_t cap;
+    size_t cap_max;
+} ns_buf_t;
+
+/*! ns_buf_init() : an empty buffer holding at most 'cap_max' bytes; 0 means
+ *  no ceiling (so a zero-initialised buffer is unbounded). */
+NS_API void ns_buf_init(ns_buf_t *buf, size_t cap_max);
+/*! @return 0, NS_ETOOLARGE past the ceiling or NS_ENOMEM; on error the
+ *  buffer is emptied and freed. */
+NS_API int ns_buf_append(ns_buf_t *buf, const void *src, size_t src_len);
+/*! ns_buf_reserve() : make room for 'extra' more bytes (plus the NUL)
+ *  without changing len, e.g. for a body whose Content-Length is known.
+ *  @return as ns_buf_append(). */
+NS_API int ns_buf_reserve(ns_buf_t *buf, size_t extra);
+NS_API int ns_buf_printf(ns_buf_t *buf, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/*! ns_buf_take() : the bytes (NUL-terminated, *len set if non-NULL) are the
+ *  caller's to free(); the buffer is left empty. Never NULL (empty string). */
+NS_API char *ns_buf_take(ns_buf_t *buf, size_t *len);
+NS_API void ns_buf_free(ns_buf_t *buf);
+
+/* ---------------------------------------------------------------- field names */
+
+/* The names statistics travel under, one spelling for the server and its
+ * clients. Per layer of a report and of a /sync or source=last answer: */
+#define NS_FIELD_MEAN  "mean"
+#define NS_FIELD_VAR   "var"   /* biased in answers; as "unbiased" says in reports */
+#define NS_FIELD_COUNT "count" /* values per channel */
+/* Per layer of a statistics answer, keyed like a PyTorch BatchNorm state_dict
+ * (source=ema); source=precise counts num_batches and num_samples instead. */
+#define NS_FIELD_RUNNING_MEAN        "running_mean"
+#define NS_FIELD_RUNNING_VAR         "running_var"
+#define NS_FIELD_NUM_BATCHES_TRACKED "num_batches_tracked"
+#define NS_FIELD_NUM_BATCHES         "num_batches"
+#define NS_FIELD_NUM_SAMPLES         "num_samples"
+#define NS_FIELD_STEP                "step" /* also the step of a report or answer */
+/* Top level of a /sync answer. */
+#define NS_FIELD_COMPLETE "complete"
+#define NS_FIELD_WORKERS  "workers"
+#define NS_FIELD_MISSING  "missing"
+/* Per layer of a gradient-sum request or answer (POST /grad). */
+#define NS_FIELD_SUM_DY     "sum_dy"
+#define NS_FIELD_SUM_DY_XMU "sum_dy_xmu"
+
 /* ---------------------------------------------------------------- reports */
 
 /* Which population statistics a report feeds ("update" field). */
-#define NS_UPDATE_EMA 1u
+#define NS_UPDATE_EMA     1u
 #define NS_UPDATE_PRECISE 2u
 
 /* Which arrivals a /sync answer combines ("scope" field). */
@@ -107,6 +159,11 @@ NS_API void ns_report_free(ns_report_t *report);
 
 /* ---------------------------------------------------------------- run config */
 
+/* The most workers a run may have. A world_size travels as any integer in
+ * [1, 2^32 - 1] (beyond that a body is malformed); a run refuses one above
+ * this limit with NS_EINVAL, "world_size: must be in [1, 65536]". */
+#define NS_WORLD_SIZE_MAX 65536u
+
 /* Body of PUT /v1/runs/{run}. has_* say which fields the body set. */
 typedef struct ns_run_config_s {
     int has_world_size, has_momentum, has_sync_timeout_ms, has_on_timeout, has_ema_debias;
@@ -127,6 +184,21 @@ NS_API void ns_run_config_defaults(ns_run_config_t *cfg);
 NS_API int ns_run_config_decode_json(ns_run_config_t *dst, const char *src, size_t src_len,
                                      ns_error_detail_t *err);
 
+/* Which fields ns_run_config_encode_json() writes. */
+typedef enum ns_run_config_fields_e {
+    NS_RUN_CONFIG_ALL = 0, /* every field: a run's view, a store's log, a checkpoint */
+    NS_RUN_CONFIG_SET = 1  /* only those whose has_* is set: a PUT changing just them */
+} ns_run_config_fields_t;
+
+/*! ns_run_config_encode_json() :
+ *  Append 'cfg' to 'dst' as compact JSON, the form ns_run_config_decode_json()
+ *  reads: {"world_size", "momentum" (null for NS_MOMENTUM_CUMULATIVE, else a
+ *  number that reads back as the same double), "sync_timeout_ms",
+ *  "on_timeout" ("partial" or "drop"), "ema_debias"} in that order.
+ *  @return 0, NS_ETOOLARGE or NS_ENOMEM (dst freed on error). */
+NS_API int ns_run_config_encode_json(ns_buf_t *dst, const ns_run_config_t *cfg,
+                                     ns_run_config_fields_t fields);
+
 /* ---------------------------------------------------------------- mixtures */
 
 typedef struct ns_mixture_weight_s {
@@ -141,36 +213,6 @@ typedef struct ns_mixture_weight_s {
  *  @return 0 or NS_EINVAL (field "mixture"). */
 NS_API int ns_mixture_parse(ns_mixture_weight_t *dst, size_t dst_cap, size_t *dst_len,
                             const char *src, ns_error_detail_t *err);
-
-/* ---------------------------------------------------------------- buffers */
-
-/* A growable byte buffer with a hard ceiling (curl's dynbuf): appending past
- * 'cap_max' fails with NS_ETOOLARGE, a failed append frees the contents, and
- * ns_buf_take() hands the bytes to the caller. Zero-initialise, or use
- * ns_buf_init(). */
-typedef struct ns_buf_s {
-    char *data;
-    size_t len;
-    size_t cap;
-    size_t cap_max;
-} ns_buf_t;
-
-/*! ns_buf_init() : an empty buffer holding at most 'cap_max' bytes; 0 means
- *  no ceiling (so a zero-initialised buffer is unbounded). */
-NS_API void ns_buf_init(ns_buf_t *buf, size_t cap_max);
-/*! @return 0, NS_ETOOLARGE past the ceiling or NS_ENOMEM; on error the
- *  buffer is emptied and freed. */
-NS_API int ns_buf_append(ns_buf_t *buf, const void *src, size_t src_len);
-/*! ns_buf_reserve() : make room for 'extra' more bytes (plus the NUL)
- *  without changing len, e.g. for a body whose Content-Length is known.
- *  @return as ns_buf_append(). */
-NS_API int ns_buf_reserve(ns_buf_t *buf, size_t extra);
-NS_API int ns_buf_printf(ns_buf_t *buf, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
-/*! ns_buf_take() : the bytes (NUL-terminated, *len set if non-NULL) are the
- *  caller's to free(); the buffer is left empty. Never NULL (empty string). */
-NS_API char *ns_buf_take(ns_buf_t *buf, size_t *len);
-NS_API void ns_buf_free(ns_buf_t *buf);
 
 /* ---------------------------------------------------------------- responses */
 
@@ -193,7 +235,7 @@ typedef struct ns_meta_s {
     int64_t num;     /* NS_META_INT, NS_META_BOOL (0/1) */
 } ns_meta_t;
 
-#define NS_OUT_ARRAYS_MAX 2
+#define NS_OUT_ARRAYS_MAX  2
 #define NS_OUT_SCALARS_MAX 4
 
 /* One layer of a statistics response: up to two per-channel arrays (served
@@ -202,10 +244,10 @@ typedef struct ns_out_layer_s {
     const char *name;
     size_t channels;
     size_t n_arrays;
-    const char *array_names[NS_OUT_ARRAYS_MAX]; /* e.g. "running_mean", "running_var" */
+    const char *array_names[NS_OUT_ARRAYS_MAX]; /* NS_FIELD_*, e.g. NS_FIELD_RUNNING_MEAN */
     const double *arrays[NS_OUT_ARRAYS_MAX];
     size_t n_scalars;
-    const char *scalar_names[NS_OUT_SCALARS_MAX]; /* e.g. "num_batches_tracked", "step" */
+    const char *scalar_names[NS_OUT_SCALARS_MAX]; /* e.g. NS_FIELD_NUM_BATCHES_TRACKED */
     int64_t scalars[NS_OUT_SCALARS_MAX];
 } ns_out_layer_t;
 
@@ -218,8 +260,8 @@ typedef struct ns_out_layer_s {
  *  are __metadata__ strings. So torch's load_state_dict(strict=False) takes
  *  the file with no unexpected keys.
  *  @return 0, NS_ETOOLARGE or NS_ENOMEM (dst freed). */
-NS_API int ns_stats_encode(ns_buf_t *dst, ns_format_t format, const ns_meta_t *meta,
-                           size_t n_meta, const ns_out_layer_t *layers, size_t n_layers);
+NS_API int ns_stats_encode(ns_buf_t *dst, ns_format_t format, const ns_meta_t *meta, size_t n_meta,
+                           const ns_out_layer_t *layers, size_t n_layers);
 
 /*! ns_error_encode_json() :
  *  {"error": {"code": "<wire name>", "message": "<message>"}}.
