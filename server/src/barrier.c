@@ -58,26 +58,6 @@ int nsd_pending_reserve_waiter(nsd_pending_t *p)
     return 0;
 }
 
-void nsd_final_free(nsd_final_t *f)
-{
-    if (f == NULL)
-        return;
-    for (size_t i = 0; i < f->n_domains; i++)
-        if (f->domains[i].mean != f->mean) /* a lone domain may share the pooled block */
-            free(f->domains[i].mean);       /* var shares the block */
-    free(f->domains);
-    free(f->mean);
-    free(f);
-}
-
-const nsd_final_domain_t *nsd_final_find_domain(const nsd_final_t *f, uint32_t domain)
-{
-    for (size_t i = 0; i < f->n_domains; i++)
-        if (f->domains[i].domain == domain)
-            return &f->domains[i];
-    return NULL;
-}
-
 /* Combine the arrivals selected by 'domain' (UINT32_MAX: all) in rank order. */
 static int combine(const nsd_pending_t *p, uint32_t domain, size_t channels, int threads,
                    ns_arrival_t *scratch, uint64_t *n, double *mean, double *var)
@@ -107,82 +87,71 @@ static int combine(const nsd_pending_t *p, uint32_t domain, size_t channels, int
     return ns_combine(scratch, k, channels, n, mean, var, threads);
 }
 
-int nsd_barrier_finalize(const nsd_pending_t *p, size_t channels, size_t n_domains, int threads,
-                         nsd_final_t **dst)
+/* The domains that had arrivals at 'p', in domain index order, added to 's'
+ * (a lone domain shares the pooled block). */
+static int add_domains(nsd_step_t *s, const nsd_pending_t *p,
+                       const char (*domains)[NS_NAME_MAX + 1], size_t n_domains)
 {
-    *dst = NULL;
-    int rc = NS_ENOMEM;
-    ns_arrival_t *scratch = NULL;
-    nsd_final_t *f = calloc(1, sizeof(*f));
-    if (f == NULL)
-        goto out;
-    f->step = p->step;
-    f->update = p->update;
-    f->complete = p->arrived == p->world_size;
-    f->workers = p->arrived;
-    f->channels = channels;
-
-    /* Which domains had arrivals, in domain index order. */
-    size_t used = 0;
     unsigned char *seen = calloc(n_domains ? n_domains : 1, 1);
     if (seen == NULL)
-        goto out;
+        return NS_ENOMEM;
+    size_t used = 0;
     for (uint32_t w = 0; w < p->world_size; w++)
         if (p->arrivals[w].present && p->arrivals[w].domain < n_domains &&
             !seen[p->arrivals[w].domain]) {
             seen[p->arrivals[w].domain] = 1;
             used++;
         }
-    f->domains = calloc(used ? used : 1, sizeof(nsd_final_domain_t));
-    if (f->domains == NULL) {
-        free(seen);
-        goto out;
-    }
-    for (uint32_t d = 0; d < n_domains; d++)
-        if (seen[d])
-            f->domains[f->n_domains++].domain = d;
-    free(seen);
-
     /* With every arrival in one domain, that domain combines the same arrivals
      * in the same order as the pooled scope: it shares the pooled result
-     * (read-only, freed once by nsd_final_free) instead of recomputing it. */
-    int one_domain = f->n_domains == 1;
+     * instead of recomputing it. */
+    int one_domain = used == 1;
     for (uint32_t w = 0; one_domain && w < p->world_size; w++)
-        if (p->arrivals[w].present && p->arrivals[w].domain != f->domains[0].domain)
+        if (p->arrivals[w].present && p->arrivals[w].domain >= n_domains)
             one_domain = 0;
+    int rc = 0;
+    for (uint32_t d = 0; rc == 0 && d < n_domains; d++)
+        if (seen[d] && nsd_step_add_domain(s, d, domains[d], 0, one_domain ? s->mean : NULL,
+                                           NULL) == NULL)
+            rc = NS_ENOMEM;
+    free(seen);
+    return rc;
+}
 
+int nsd_barrier_finalize(const nsd_pending_t *p, const char *layer, size_t channels,
+                         const char (*domains)[NS_NAME_MAX + 1], size_t n_domains, int threads,
+                         nsd_step_t **dst)
+{
+    *dst = NULL;
+    int rc = NS_ENOMEM;
+    ns_arrival_t *scratch = NULL;
+    nsd_step_t *s = nsd_step_create(layer, p->step, channels);
+    if (s == NULL)
+        goto out;
+    s->update = p->update;
+    s->complete = p->arrived == p->world_size;
+    s->workers = p->arrived;
+    rc = add_domains(s, p, domains, n_domains);
+    if (rc != 0)
+        goto out;
+    rc = NS_ENOMEM;
     scratch = malloc((p->world_size ? p->world_size : 1) * sizeof(*scratch));
     if (scratch == NULL)
         goto out;
-    if (channels > 0) {
-        f->mean = malloc(2 * channels * sizeof(double));
-        if (f->mean == NULL)
-            goto out;
-        f->var = f->mean + channels;
-        for (size_t i = 0; !one_domain && i < f->n_domains; i++) {
-            nsd_final_domain_t *d = &f->domains[i];
-            d->mean = malloc(2 * channels * sizeof(double));
-            if (d->mean == NULL)
-                goto out;
-            d->var = d->mean + channels;
-        }
-    }
-    rc = combine(p, UINT32_MAX, channels, threads, scratch, &f->count, f->mean, f->var);
-    if (rc == 0 && one_domain) {
-        f->domains[0].count = f->count;
-        f->domains[0].mean = f->mean;
-        f->domains[0].var = f->var;
-    }
-    for (size_t i = 0; rc == 0 && !one_domain && i < f->n_domains; i++) {
-        nsd_final_domain_t *d = &f->domains[i];
-        rc = combine(p, d->domain, channels, threads, scratch, &d->count, d->mean, d->var);
+    rc = combine(p, UINT32_MAX, channels, threads, scratch, &s->count, s->mean, s->var);
+    for (size_t i = 0; rc == 0 && i < s->n_domains; i++) {
+        nsd_step_domain_t *d = &s->domains[i];
+        if (nsd_step_shares_pooled(s, d))
+            d->count = s->count;
+        else
+            rc = combine(p, d->index, channels, threads, scratch, &d->count, d->mean, d->var);
     }
 out:
     free(scratch);
     if (rc != 0) {
-        nsd_final_free(f);
+        nsd_step_free(s);
         return rc;
     }
-    *dst = f;
+    *dst = s;
     return 0;
 }

@@ -23,6 +23,7 @@
 #include <stdint.h>
 
 #include "registry.h"
+#include "step.h"
 
 /* One worker's statistics of a pending step (arrays copied, owned). */
 typedef struct nsd_arrival_s {
@@ -42,7 +43,7 @@ typedef struct nsd_waiter_s {
     int scope;              /* NS_SCOPE_* */
     uint32_t domain;        /* the caller's domain index (scope domain) */
     int fired;
-    struct nsd_waiter_s *next; /* in an outbox */
+    nsd_qnode_t link; /* in an outbox's queue of fired waiters */
 } nsd_waiter_t;
 
 typedef struct nsd_waitref_s {
@@ -62,28 +63,6 @@ typedef struct nsd_pending_s {
     size_t n_waiters, cap_waiters;
 } nsd_pending_t;
 
-/* One domain's combination at a finalized step. */
-typedef struct nsd_final_domain_s {
-    uint32_t domain;
-    uint64_t count;
-    double *mean; /* [channels] or NULL if channels == 0 */
-    double *var;
-} nsd_final_domain_t;
-
-/* A finalized step of one layer, waiting to be applied. */
-typedef struct nsd_final_s {
-    uint64_t step;
-    unsigned update;
-    int complete;
-    uint32_t workers;
-    size_t channels;
-    uint64_t count; /* pooled */
-    double *mean;   /* pooled, [channels] or NULL */
-    double *var;
-    size_t n_domains;
-    nsd_final_domain_t *domains; /* ascending domain index */
-} nsd_final_t;
-
 /*! nsd_pending_create() :
  *  An empty pending step for 'world_size' ranks. @return NULL when out of memory. */
 nsd_pending_t *nsd_pending_create(uint64_t step, uint32_t world_size, unsigned update,
@@ -98,16 +77,11 @@ void nsd_pending_free(nsd_pending_t *p);
 int nsd_pending_reserve_waiter(nsd_pending_t *p);
 
 /*! nsd_barrier_finalize() :
- *  Combine the arrivals of 'p' ('channels' per arrival, 0 if no arrival has
- *  arrays; 'n_domains' domains known to the run).
+ *  Combine the arrivals of 'p' of layer 'layer' ('channels' per arrival, 0
+ *  if no arrival has arrays; 'domains' the run's n_domains domain names).
  *  @return 0 and *dst, NS_ENOMEM, or NS_EINVAL from libnscore. */
-int nsd_barrier_finalize(const nsd_pending_t *p, size_t channels, size_t n_domains, int threads,
-                         nsd_final_t **dst);
-
-/*! nsd_final_find_domain() : the result of domain index 'domain', or NULL. */
-const nsd_final_domain_t *nsd_final_find_domain(const nsd_final_t *f, uint32_t domain);
-
-/*! nsd_final_free() : accepts NULL. */
-void nsd_final_free(nsd_final_t *f);
+int nsd_barrier_finalize(const nsd_pending_t *p, const char *layer, size_t channels,
+                         const char (*domains)[NS_NAME_MAX + 1], size_t n_domains, int threads,
+                         nsd_step_t **dst);
 
 #endif /* NSD_BARRIER_H */

@@ -157,11 +157,14 @@ static void on_stop_signal(uv_signal_t *s, int signum)
 static void on_hup(uv_signal_t *s, int signum)
 {
     (void)s;
-    int rc = nsd_log_reopen();
-    if (rc != 0)
-        nsd_log(NSD_LOG_ERROR, "log_reopen_failed", "signal=%d errno=%d", signum, -rc);
-    else
+    ns_error_detail_t err = {0};
+    if (nsd_log_reopen(&err) != 0) {
+        char q[600];
+        nsd_log(NSD_LOG_ERROR, "log_reopen_failed", "signal=%d reason=%s", signum,
+                nsd_log_quote(q, sizeof(q), err.message));
+    } else {
         nsd_log(NSD_LOG_INFO, "log_reopened", "signal=%d", signum);
+    }
 }
 
 nsd_coord_t *nsd_coord_create(nsd_server_t *server)

@@ -7,6 +7,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "array.h"
+#include "names.h"
+
 /* How many missing workers a timeout message names before "and N more". */
 #define MISSING_NAMED_MAX 16
 
@@ -44,22 +47,6 @@ struct nsd_gradsum_s {
 
 /* ---------------------------------------------------------------- helpers */
 
-/* Grow an array to hold at least 'need' elements (state-neutral). */
-static int grow(void **arr, size_t *cap, size_t need, size_t elem)
-{
-    if (need <= *cap)
-        return 0;
-    size_t ncap = *cap ? *cap : 4;
-    while (ncap < need)
-        ncap *= 2;
-    void *p = realloc(*arr, ncap * elem);
-    if (p == NULL)
-        return NS_ENOMEM;
-    *arr = p;
-    *cap = ncap;
-    return 0;
-}
-
 static int grow_workers(grad_lane_t *lane, uint32_t need)
 {
     if (need <= lane->n_workers)
@@ -82,7 +69,7 @@ static const char *lane_name_at(const void *items, size_t i)
 static grad_lane_t *find_lane(const nsd_gradsum_t *gs, const char *name, size_t *pos)
 {
     int found = 0;
-    size_t i = gs ? nsd_run_name_pos(gs->lanes, gs->n_lanes, lane_name_at, name, &found) : 0;
+    size_t i = gs ? nsd_name_pos(gs->lanes, gs->n_lanes, lane_name_at, name, &found) : 0;
     if (pos)
         *pos = i;
     return found ? gs->lanes[i] : NULL;
@@ -204,12 +191,7 @@ void nsd_grad_waiter_free(nsd_grad_waiter_t *w)
 static void outbox_fire(nsd_outbox_t *box, nsd_grad_waiter_t *w)
 {
     w->fired = 1;
-    w->next = NULL;
-    if (box->grad_fired_tail)
-        box->grad_fired_tail->next = w;
-    else
-        box->grad_fired = w;
-    box->grad_fired_tail = w;
+    nsd_queue_push(&box->grad_fired, &w->link);
 }
 
 /* Record an error on the waiter (first error wins). */
@@ -291,7 +273,8 @@ static void complete(nsd_run_t *run, grad_lane_t *lane, size_t idx, nsd_outbox_t
                     snprintf(msg, sizeof(msg),
                              "layers.%s.%s[%zu]: the sum over the workers of step %llu is not "
                              "finite (overflow)",
-                             lane->name, xmu ? "sum_dy_xmu" : "sum_dy", xmu ? i - p->channels : i,
+                             lane->name, xmu ? NS_FIELD_SUM_DY_XMU : NS_FIELD_SUM_DY,
+                             xmu ? i - p->channels : i,
                              (unsigned long long)p->step);
                     break;
                 }
@@ -441,14 +424,54 @@ static int prepare_layer(const nsd_run_t *run, const ns_grad_t *g, const ns_grad
     pl->bytes += 2 * gl->channels * sizeof(double);
     /* Capacity only (state-neutral). */
     if (grow_workers(lane, g->worker + 1) ||
-        grow((void **)&lane->pending, &lane->cap_pending, lane->n_pending + 1,
+        nsd_array_grow((void **)&lane->pending, &lane->cap_pending, lane->n_pending + 1,
              sizeof(*lane->pending)) ||
-        (has_waiter && grow((void **)&pl->pending->refs, &pl->pending->cap_refs,
+        (has_waiter && nsd_array_grow((void **)&pl->pending->refs, &pl->pending->cap_refs,
                             pl->pending->n_refs + 1, sizeof(*pl->pending->refs))))
         return NS_ENOMEM;
     if (lane->n_workers > had)
         pl->bytes += (lane->n_workers - had) * sizeof(int64_t);
     return 0;
+}
+
+/* Commit one layer of a request (cannot fail): a new lane or pending step
+ * joins the run, the request's block becomes the worker's arrival. */
+static void commit_layer(nsd_run_t *run, nsd_gradsum_t *gs, ns_grad_t *g, plan_t *pl, size_t i,
+                         nsd_grad_waiter_t *waiter, nsd_outbox_t *box)
+{
+    nsd_ctx_t *ctx = run->ctx;
+    nsd_run_state_t *st = &run->st;
+    grad_lane_t *lane = pl->lane;
+    grad_pending_t *p = pl->pending;
+    if (pl->is_new_lane) {
+        size_t pos;
+        find_lane(gs, lane->name, &pos);
+        memmove(gs->lanes + pos + 1, gs->lanes + pos, (gs->n_lanes - pos) * sizeof(*gs->lanes));
+        gs->lanes[pos] = lane;
+        gs->n_lanes++;
+        pl->is_new_lane = 0;
+    }
+    if (pl->is_new_pending) {
+        int found;
+        size_t pos = pending_pos(lane, g->step, &found);
+        memmove(lane->pending + pos + 1, lane->pending + pos,
+                (lane->n_pending - pos) * sizeof(*lane->pending));
+        lane->pending[pos] = p;
+        lane->n_pending++;
+        pl->is_new_pending = 0;
+        atomic_fetch_add(&ctx->grad_pending_steps, 1);
+        nsd_run_note_deadline(run, p->created_ms + st->cfg.sync_timeout_ms, box);
+    }
+    /* Take the request's block (no copy); the request no longer owns it. */
+    p->arrivals[g->worker] = g->layers[i].sum_dy;
+    g->layers[i].sum_dy = g->layers[i].sum_dy_xmu = NULL;
+    p->arrived++;
+    p->bytes += 2 * p->channels * sizeof(double);
+    if (waiter != NULL) {
+        p->refs[p->n_refs].waiter = waiter;
+        p->refs[p->n_refs].index = i;
+        p->n_refs++;
+    }
 }
 
 int nsd_gradsum_submit(nsd_run_t *run, ns_grad_t *g, uint64_t now_ms, nsd_grad_waiter_t *waiter,
@@ -481,7 +504,7 @@ int nsd_gradsum_submit(nsd_run_t *run, ns_grad_t *g, uint64_t now_ms, nsd_grad_w
         new_lanes += pl[i].is_new_lane;
     }
     if (rc == 0)
-        rc = grow((void **)&gs->lanes, &gs->cap_lanes, gs->n_lanes + new_lanes, sizeof(*gs->lanes));
+        rc = nsd_array_grow((void **)&gs->lanes, &gs->cap_lanes, gs->n_lanes + new_lanes, sizeof(*gs->lanes));
     if (rc != 0) {
         ns_error_set(err, rc, "", "out of memory");
         goto fail_created;
@@ -500,39 +523,8 @@ int nsd_gradsum_submit(nsd_run_t *run, ns_grad_t *g, uint64_t now_ms, nsd_grad_w
         waiter->remaining = g->n_layers;
         atomic_fetch_add(&ctx->grad_waiters, 1);
     }
-    for (size_t i = 0; i < g->n_layers; i++) {
-        grad_lane_t *lane = pl[i].lane;
-        grad_pending_t *p = pl[i].pending;
-        if (pl[i].is_new_lane) {
-            size_t pos;
-            find_lane(gs, lane->name, &pos);
-            memmove(gs->lanes + pos + 1, gs->lanes + pos, (gs->n_lanes - pos) * sizeof(*gs->lanes));
-            gs->lanes[pos] = lane;
-            gs->n_lanes++;
-            pl[i].is_new_lane = 0;
-        }
-        if (pl[i].is_new_pending) {
-            int found;
-            size_t pos = pending_pos(lane, g->step, &found);
-            memmove(lane->pending + pos + 1, lane->pending + pos,
-                    (lane->n_pending - pos) * sizeof(*lane->pending));
-            lane->pending[pos] = p;
-            lane->n_pending++;
-            pl[i].is_new_pending = 0;
-            atomic_fetch_add(&ctx->grad_pending_steps, 1);
-            nsd_run_note_deadline(run, p->created_ms + st->cfg.sync_timeout_ms, box);
-        }
-        /* Take the request's block (no copy); the request no longer owns it. */
-        p->arrivals[g->worker] = g->layers[i].sum_dy;
-        g->layers[i].sum_dy = g->layers[i].sum_dy_xmu = NULL;
-        p->arrived++;
-        p->bytes += 2 * p->channels * sizeof(double);
-        if (waiter != NULL) {
-            p->refs[p->n_refs].waiter = waiter;
-            p->refs[p->n_refs].index = i;
-            p->n_refs++;
-        }
-    }
+    for (size_t i = 0; i < g->n_layers; i++)
+        commit_layer(run, gs, g, &pl[i], i, waiter, box);
     /* Sum the steps this request completed. */
     for (size_t i = 0; i < g->n_layers; i++) {
         grad_lane_t *lane = pl[i].lane;

@@ -32,6 +32,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "queue.h"
 #include "registry.h"
 #include "run.h"
 
@@ -42,7 +43,7 @@ typedef struct nsd_grad_waiter_s {
     nsd_grad_result_t *res; /* answer layers named, arrays allocated */
     size_t remaining;       /* layers not completed or timed out yet */
     int fired;
-    struct nsd_grad_waiter_s *next; /* in an outbox */
+    nsd_qnode_t link; /* in an outbox's queue of fired /grad waiters */
 } nsd_grad_waiter_t;
 
 /*! nsd_grad_waiter_create() :

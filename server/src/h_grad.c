@@ -6,6 +6,7 @@
 
 #include "clock.h"
 #include "http.h"
+#include "size_limits.h"
 #include "log.h"
 #include "registry.h"
 
@@ -72,7 +73,7 @@ static void grad_answer(nsd_request_t *req)
     }
     ns_format_t format = answer_format(req);
     ns_buf_t buf;
-    ns_buf_init(&buf, (size_t)1 << 30);
+    ns_buf_init(&buf, NSD_ANSWER_MAX);
     int rc = ns_grad_encode_answer(&buf, format, res->grad);
     if (rc != 0) {
         nsd_respond_error(req, rc, NULL);

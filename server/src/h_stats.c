@@ -3,6 +3,7 @@
 #include <string.h>
 
 #include "http.h"
+#include "size_limits.h"
 #include "registry.h"
 
 static const char *const params[] = {"source",   "domain", "mixture", "layers",
@@ -111,7 +112,7 @@ void nsd_h_stats(nsd_request_t *req)
     nsd_stats_t *stats = NULL;
     ns_format_t format = NS_FORMAT_JSON;
     ns_buf_t buf;
-    ns_buf_init(&buf, (size_t)1 << 30);
+    ns_buf_init(&buf, NSD_ANSWER_MAX);
     int rc = q == NULL ? NS_ENOMEM : parse_query(req, q, &layers, &format, &err);
     rc = rc ? rc : nsd_registry_stats(req->server->registry, req->run, q, &stats, &err);
     rc = rc ? rc

@@ -33,6 +33,8 @@
 #include <microhttpd.h>
 
 #include "auth.h"
+#include "clock.h"
+#include "size_limits.h"
 #include "log.h"
 #include "metrics.h"
 #include "store.h"
@@ -41,16 +43,6 @@
 #define CONNECTION_TIMEOUT_S 60
 /* Per-connection buffer; larger means fewer, bigger body chunks. */
 #define CONNECTION_MEMORY (128u * 1024u)
-/* Bytes past --max-body read and dropped before a 413, so a client that
- * ignores the early answer still gets it; beyond, the connection closes. */
-#define DISCARD_MAX (16ull * 1024u * 1024u)
-
-static uint64_t now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
 
 /* ---------------------------------------------------------------- responses */
 
@@ -76,7 +68,7 @@ static void queue(nsd_request_t *req, int status, struct MHD_Response *resp,
         /* Counted when queued, before a byte of the answer leaves: a client
          * that has read this answer always sees it in its next scrape. */
         nsd_metrics_request(req->route, req->method, status,
-                            (double)(now_ns() - req->start_ns) * 1e-9);
+                            (double)(nsd_now_ns() - req->start_ns) * 1e-9);
     }
     MHD_destroy_response(resp);
 }
@@ -442,7 +434,7 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
         req->conn = conn;
         req->method = method;
         req->path = url;
-        req->start_ns = now_ns();
+        req->start_ns = nsd_now_ns();
         pthread_mutex_init(&req->wait_lock, NULL);
         ns_buf_init(&req->body, srv->opts->max_body);
         atomic_fetch_add(&srv->in_flight, 1);
@@ -475,7 +467,7 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
         req->discarded += n;
         if (req->discarded > srv->opts->max_body && req->pending_error == 0)
             req->pending_error = NS_ETOOLARGE;
-        if (req->discarded > srv->opts->max_body + DISCARD_MAX) {
+        if (req->discarded > srv->opts->max_body + NSD_DISCARD_MAX) {
             nsd_log(NSD_LOG_INFO, "request_body_dropped", "method=%s bytes=%llu", req->method,
                     (unsigned long long)req->discarded);
             return MHD_NO;
@@ -510,7 +502,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     (void)conn;
     if (req == NULL)
         return;
-    double seconds = (double)(now_ns() - req->start_ns) * 1e-9;
+    double seconds = (double)(nsd_now_ns() - req->start_ns) * 1e-9;
     if (nsd_log_enabled(NSD_LOG_DEBUG) || toe != MHD_REQUEST_TERMINATED_COMPLETED_OK) {
         int level = toe == MHD_REQUEST_TERMINATED_COMPLETED_OK ? NSD_LOG_DEBUG : NSD_LOG_INFO;
         char q[300];
@@ -542,7 +534,7 @@ static void mhd_logger(void *cls, const char *fmt, va_list ap)
 
 /* ---------------------------------------------------------------- daemon */
 
-int nsd_http_start(nsd_server_t *server, char *err, size_t err_cap)
+int nsd_http_start(nsd_server_t *server, ns_error_detail_t *err)
 {
     const nsd_addr_t *listen = &server->opts->listen;
     struct addrinfo hints, *res = NULL;
@@ -554,8 +546,8 @@ int nsd_http_start(nsd_server_t *server, char *err, size_t err_cap)
     snprintf(port, sizeof(port), "%u", (unsigned)listen->port);
     int gai = getaddrinfo(listen->host, port, &hints, &res);
     if (gai != 0 || res == NULL) {
-        snprintf(err, err_cap, "cannot resolve %s: %s", listen->host, gai_strerror(gai));
-        return -1;
+        return ns_error_set(err, NS_EINVAL, "", "cannot resolve %s: %s", listen->host,
+                            gai_strerror(gai));
     }
     unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
     flags |= MHD_is_feature_supported(MHD_FEATURE_EPOLL) == MHD_YES ? MHD_USE_EPOLL : MHD_USE_POLL;
@@ -578,9 +570,9 @@ int nsd_http_start(nsd_server_t *server, char *err, size_t err_cap)
     int family = res->ai_family;
     freeaddrinfo(res);
     if (server->daemon == NULL) {
-        snprintf(err, err_cap, "cannot listen on %s:%u (in use, or not an address of this host)",
-                 listen->host, (unsigned)listen->port);
-        return -1;
+        return ns_error_set(err, NS_EIO, "",
+                            "cannot listen on %s:%u (in use, or not an address of this host)",
+                            listen->host, (unsigned)listen->port);
     }
     const union MHD_DaemonInfo *info =
         MHD_get_daemon_info(server->daemon, MHD_DAEMON_INFO_BIND_PORT);

@@ -78,8 +78,9 @@ struct nsd_request_s {
 /*! nsd_http_start() :
  *  Bind --listen and start MHD's thread pool (--threads) with epoll where
  *  available. Fills server->daemon, port and addr.
- *  @return 0, or -1 with a reason in err[0..err_cap). */
-int nsd_http_start(nsd_server_t *server, char *err, size_t err_cap);
+ *  @return 0, or NS_EINVAL (--listen does not resolve) or NS_EIO (cannot
+ *  listen) with the reason in 'err'. */
+int nsd_http_start(nsd_server_t *server, ns_error_detail_t *err);
 
 /*! nsd_http_quiesce() : stop accepting new connections (existing ones go on). */
 void nsd_http_quiesce(nsd_server_t *server);

@@ -11,6 +11,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "clock.h"
+
 atomic_int nsd__log_threshold = NSD_LOG_INFO;
 
 /* The destination: fd 2 or an O_APPEND file. 'lock' orders writes against
@@ -45,24 +47,27 @@ const char *nsd_log_level_name(int level)
     return level >= 0 && level < 4 ? level_names[level] : "unknown";
 }
 
-static int open_file(const char *path)
+/* The log file opened for appending; -1 with the reason in 'err'. */
+static int open_file(const char *path, ns_error_detail_t *err)
 {
     int fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
-    return fd < 0 ? -errno : fd;
+    if (fd < 0)
+        ns_error_set(err, NS_EIO, "--log-file", "cannot open '%s': %s", path, strerror(errno));
+    return fd;
 }
 
-int nsd_log_open(const char *path)
+int nsd_log_open(const char *path, ns_error_detail_t *err)
 {
     int fd = STDERR_FILENO;
     char *copy = NULL;
     if (path != NULL && path[0] != '\0') {
-        fd = open_file(path);
+        fd = open_file(path, err);
         if (fd < 0)
-            return fd;
+            return NS_EIO;
         copy = strdup(path);
         if (copy == NULL) {
             close(fd);
-            return -ENOMEM;
+            return ns_error_set(err, NS_ENOMEM, "--log-file", "out of memory");
         }
     }
     pthread_mutex_lock(&lock);
@@ -77,14 +82,14 @@ int nsd_log_open(const char *path)
     return 0;
 }
 
-int nsd_log_reopen(void)
+int nsd_log_reopen(ns_error_detail_t *err)
 {
     pthread_mutex_lock(&lock);
     int rc = 0;
     if (log_path != NULL) {
-        int fd = open_file(log_path);
+        int fd = open_file(log_path, err);
         if (fd < 0) {
-            rc = fd;
+            rc = NS_EIO;
         } else {
             close(log_fd);
             log_fd = fd;
@@ -96,7 +101,7 @@ int nsd_log_reopen(void)
 
 void nsd_log_close(void)
 {
-    (void)nsd_log_open(NULL);
+    (void)nsd_log_open(NULL, NULL);
 }
 
 const char *nsd_log_quote(char *dst, size_t dst_cap, const char *s)
@@ -130,9 +135,8 @@ const char *nsd_log_quote(char *dst, size_t dst_cap, const char *s)
 void nsd_log_write(int level, const char *event, const char *fmt, ...)
 {
     char line[4096];
-    struct timespec ts;
+    struct timespec ts = nsd_wall_time();
     struct tm tm;
-    clock_gettime(CLOCK_REALTIME, &ts);
     gmtime_r(&ts.tv_sec, &tm);
     int n =
         snprintf(line, sizeof(line), "ts=%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ level=%s event=%s",

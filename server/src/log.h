@@ -14,6 +14,8 @@
 #include <stdatomic.h>
 #include <stddef.h>
 
+#include <normstat/proto.h>
+
 enum { NSD_LOG_DEBUG = 0, NSD_LOG_INFO = 1, NSD_LOG_WARN = 2, NSD_LOG_ERROR = 3 };
 
 /* Current threshold; read with nsd_log_enabled(). */
@@ -51,13 +53,15 @@ const char *nsd_log_level_name(int level);
 /*! nsd_log_open() :
  *  Log to 'path' (appending, created 0644), or to stderr when path is NULL
  *  or "". The path is kept for nsd_log_reopen().
- *  @return 0, or -errno (the previous destination stays in use). */
-int nsd_log_open(const char *path);
+ *  @return 0, or NS_EIO / NS_ENOMEM with the reason in 'err' (may be NULL;
+ *  the previous destination stays in use). */
+int nsd_log_open(const char *path, ns_error_detail_t *err);
 
 /*! nsd_log_reopen() :
  *  Reopen the log file (after logrotate moved it; SIGHUP). No-op for stderr.
- *  @return 0, or -errno (the old file stays in use). */
-int nsd_log_reopen(void);
+ *  @return 0, or NS_EIO with the reason in 'err' (may be NULL; the old file
+ *  stays in use). */
+int nsd_log_reopen(ns_error_detail_t *err);
 
 /*! nsd_log_close() : go back to stderr and close the file, if any. */
 void nsd_log_close(void);

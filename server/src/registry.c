@@ -12,9 +12,9 @@
  *    rejected report leaves no run behind.
  *  - Callbacks (/sync, wakeup) are collected in an outbox while locked and
  *    delivered after unlocking: /sync callbacks, then the wakeup.
- *  - Persistence hooks are called under the run's lock (persist_locked()),
+ *  - Persistence hooks are called under the run's lock (nsd_registry_persist_locked()),
  *    so a store's log holds each run's changes in the order they were made:
- *    a run created, its domains, finalized steps (collected as records by
+ *    a run created, its domains, finalized steps (copies collected by
  *    run.c), resets, imports, deletion. A /sync callback is delivered after
  *    the record of its step was handed to the store. */
 #include "registry.h"
@@ -27,18 +27,9 @@
 
 #include "checkpoint.h"
 #include "gradsum.h"
-#include "run.h"
+#include "registry_internal.h"
 
-struct nsd_registry_s {
-    nsd_ctx_t ctx;
-    pthread_rwlock_t map_lock;
-    nsd_run_t **runs; /* ascending name */
-    size_t n_runs, cap_runs;
-    nsd_persist_t persist;
-    void (*wakeup)(void *arg);
-    void *wakeup_arg;
-    _Atomic int shutdown;
-};
+
 
 /* ---------------------------------------------------------------- life cycle */
 
@@ -70,24 +61,15 @@ void nsd_registry_free(nsd_registry_t *reg)
         nsd_run_fire_all(run, NS_ESHUTDOWN, &box);
         nsd_run_unref(run);
     }
-    while (box.fired) {
-        nsd_waiter_t *w = box.fired;
-        box.fired = w->next;
+    for (nsd_qnode_t *n; (n = nsd_queue_pop(&box.fired)) != NULL;) {
+        nsd_waiter_t *w = nsd_container_of(n, nsd_waiter_t, link);
         nsd_sync_result_free(w->res);
         free(w);
     }
-    while (box.grad_fired) {
-        nsd_grad_waiter_t *w = box.grad_fired;
-        box.grad_fired = w->next;
-        nsd_grad_waiter_free(w);
-    }
-    while (box.records) {
-        nsd_record_t *r = box.records;
-        box.records = r->next;
-        nsd_final_free(r->final);
-        free(r->domain_names);
-        free(r);
-    }
+    for (nsd_qnode_t *n; (n = nsd_queue_pop(&box.grad_fired)) != NULL;)
+        nsd_grad_waiter_free(nsd_container_of(n, nsd_grad_waiter_t, link));
+    for (nsd_qnode_t *n; (n = nsd_queue_pop(&box.steps)) != NULL;)
+        nsd_step_free(nsd_container_of(n, nsd_step_t, link));
     free(reg->runs);
     pthread_rwlock_destroy(&reg->map_lock);
     free(reg);
@@ -119,188 +101,6 @@ void nsd_sync_result_free(nsd_sync_result_t *res)
     free(res);
 }
 
-/* ---------------------------------------------------------------- map */
-
-static const char *run_name_at(const void *items, size_t i)
-{
-    return ((nsd_run_t *const *)items)[i]->name;
-}
-
-/* Position of 'name' in the map, or where it would go. Map lock held. */
-static size_t map_pos(const nsd_registry_t *reg, const char *name, int *found)
-{
-    return nsd_run_name_pos(reg->runs, reg->n_runs, run_name_at, name, found);
-}
-
-/* Room for one more run (map write lock held). @return 0 or NS_ENOMEM. */
-static int map_reserve(nsd_registry_t *reg)
-{
-    if (reg->n_runs == reg->cap_runs) {
-        size_t cap = reg->cap_runs ? 2 * reg->cap_runs : 8;
-        nsd_run_t **p = realloc(reg->runs, cap * sizeof(*p));
-        if (p == NULL)
-            return NS_ENOMEM;
-        reg->runs = p;
-        reg->cap_runs = cap;
-    }
-    return 0;
-}
-
-/* Insert a run (map write lock held). @return 0 or NS_ENOMEM. */
-static int map_insert(nsd_registry_t *reg, nsd_run_t *run, size_t pos)
-{
-    if (map_reserve(reg) != 0)
-        return NS_ENOMEM;
-    memmove(reg->runs + pos + 1, reg->runs + pos, (reg->n_runs - pos) * sizeof(*reg->runs));
-    reg->runs[pos] = run;
-    reg->n_runs++;
-    return 0;
-}
-
-/* A referenced run, or NULL. */
-static nsd_run_t *map_get(nsd_registry_t *reg, const char *name)
-{
-    nsd_run_t *run = NULL;
-    int found;
-    pthread_rwlock_rdlock(&reg->map_lock);
-    size_t pos = map_pos(reg, name, &found);
-    if (found) {
-        run = reg->runs[pos];
-        nsd_run_ref(run);
-    }
-    pthread_rwlock_unlock(&reg->map_lock);
-    return run;
-}
-
-/* The run 'name', referenced and locked; NULL with the code in *rc and err
- * (NS_EINVAL for an invalid name, NS_ENOTFOUND). */
-static nsd_run_t *lock_run(nsd_registry_t *reg, const char *name, int *rc, ns_error_detail_t *err)
-{
-    *rc = 0;
-    if (!ns_name_valid(name)) {
-        *rc = ns_error_set(err, NS_EINVAL, "run", "invalid run name");
-        return NULL;
-    }
-    nsd_run_t *run = map_get(reg, name);
-    if (run != NULL) {
-        pthread_mutex_lock(&run->lock);
-        if (!run->deleted)
-            return run;
-        pthread_mutex_unlock(&run->lock);
-        nsd_run_unref(run);
-    }
-    *rc = ns_error_set(err, NS_ENOTFOUND, "run", "no run '%s'", name);
-    return NULL;
-}
-
-static void unlock_run(nsd_run_t *run)
-{
-    pthread_mutex_unlock(&run->lock);
-    nsd_run_unref(run);
-}
-
-/* Snapshot of every run, referenced. */
-static nsd_run_t **map_snapshot(nsd_registry_t *reg, size_t *n)
-{
-    pthread_rwlock_rdlock(&reg->map_lock);
-    nsd_run_t **runs = malloc((reg->n_runs ? reg->n_runs : 1) * sizeof(*runs));
-    *n = 0;
-    if (runs != NULL) {
-        for (size_t i = 0; i < reg->n_runs; i++) {
-            runs[i] = reg->runs[i];
-            nsd_run_ref(runs[i]);
-        }
-        *n = reg->n_runs;
-    }
-    pthread_rwlock_unlock(&reg->map_lock);
-    return runs;
-}
-
-static void snapshot_free(nsd_run_t **runs, size_t n)
-{
-    for (size_t i = 0; i < n; i++)
-        nsd_run_unref(runs[i]);
-    free(runs);
-}
-
-/* ---------------------------------------------------------------- outbox */
-
-/* Hand the collected records to the persistence hook (run lock held). */
-static void deliver_records(nsd_registry_t *reg, const char *run, nsd_outbox_t *box)
-{
-    while (box->records) {
-        nsd_record_t *r = box->records;
-        box->records = r->next;
-        const nsd_final_t *f = r->final;
-        nsd_domain_result_t *doms = malloc((f->n_domains ? f->n_domains : 1) * sizeof(*doms));
-        if (reg->persist.step_finalized && doms != NULL) {
-            for (size_t i = 0; i < f->n_domains; i++) {
-                doms[i].domain = r->domain_names[i];
-                doms[i].count = f->domains[i].count;
-                doms[i].mean = f->domains[i].mean;
-                doms[i].var = f->domains[i].var;
-            }
-            nsd_step_record_t rec = {
-                .layer = r->layer,
-                .step = f->step,
-                .update = f->update,
-                .complete = f->complete,
-                .workers = f->workers,
-                .channels = f->channels,
-                .count = f->count,
-                .mean = f->mean,
-                .var = f->var,
-                .n_domains = f->n_domains,
-                .domains = doms,
-                .first_pending = r->first_pending,
-            };
-            reg->persist.step_finalized(reg->persist.arg, run, &rec);
-        }
-        free(doms);
-        nsd_final_free(r->final);
-        free(r->domain_names);
-        free(r);
-    }
-    box->records_tail = NULL;
-}
-
-/* Persistence of what a locked operation changed (run lock held): a domain
- * the report added, then its finalized steps. */
-static void persist_locked(nsd_registry_t *reg, nsd_run_t *run, nsd_outbox_t *box)
-{
-    if (box->new_domain > 0 && reg->persist.domain_added)
-        reg->persist.domain_added(reg->persist.arg, run->name,
-                                  run->st.domains[box->new_domain - 1]);
-    box->new_domain = 0;
-    deliver_records(reg, run->name, box);
-}
-
-/* Deliver what was collected under a lock; no lock is held here. */
-static void flush(nsd_registry_t *reg, const char *run, nsd_outbox_t *box)
-{
-    deliver_records(reg, run, box); /* none left after persist_locked() */
-    while (box->fired) {
-        nsd_waiter_t *w = box->fired;
-        box->fired = w->next;
-        nsd_sync_result_t *res = w->res;
-        w->cb(w->arg, res);
-        free(w);
-    }
-    box->fired_tail = NULL;
-    while (box->grad_fired) {
-        nsd_grad_waiter_t *w = box->grad_fired;
-        box->grad_fired = w->next;
-        nsd_grad_result_t *res = w->res;
-        w->res = NULL; /* the callee owns it */
-        w->cb(w->arg, res);
-        nsd_grad_waiter_free(w);
-    }
-    box->grad_fired_tail = NULL;
-    if (box->wakeup && reg->wakeup)
-        reg->wakeup(reg->wakeup_arg);
-    box->wakeup = 0;
-}
-
 /* ---------------------------------------------------------------- runs */
 
 int nsd_registry_put_run(nsd_registry_t *reg, const char *name, const ns_run_config_t *cfg,
@@ -318,7 +118,7 @@ int nsd_registry_put_run(nsd_registry_t *reg, const char *name, const ns_run_con
 
     pthread_rwlock_wrlock(&reg->map_lock);
     int found;
-    size_t pos = map_pos(reg, name, &found);
+    size_t pos = nsd_registry_map_pos(reg, name, &found);
     nsd_run_t *run;
     if (found) {
         run = reg->runs[pos];
@@ -332,7 +132,7 @@ int nsd_registry_put_run(nsd_registry_t *reg, const char *name, const ns_run_con
         full = run->st.cfg;
         if (rc == 0 && reg->persist.run_put)
             reg->persist.run_put(reg->persist.arg, name, &full, 0);
-        unlock_run(run);
+        nsd_registry_unlock_run(run);
     } else {
         ns_run_config_t defaults;
         ns_run_config_defaults(&defaults);
@@ -342,7 +142,7 @@ int nsd_registry_put_run(nsd_registry_t *reg, const char *name, const ns_run_con
         } else {
             rc = nsd_run_config_apply(run, cfg, err, &box);
             if (rc == 0)
-                rc = map_insert(reg, run, pos);
+                rc = nsd_registry_map_insert(reg, run, pos);
             if (rc != 0) {
                 ns_error_set(err, rc, "", "out of memory");
                 nsd_run_unref(run);
@@ -360,7 +160,7 @@ int nsd_registry_put_run(nsd_registry_t *reg, const char *name, const ns_run_con
         return rc;
     if (created)
         *created = was_created;
-    flush(reg, name, &box);
+    nsd_registry_flush(reg, name, &box);
     return 0;
 }
 
@@ -370,7 +170,7 @@ int nsd_registry_delete_run(nsd_registry_t *reg, const char *name, ns_error_deta
         return ns_error_set(err, NS_EINVAL, "run", "invalid run name");
     pthread_rwlock_wrlock(&reg->map_lock);
     int found;
-    size_t pos = map_pos(reg, name, &found);
+    size_t pos = nsd_registry_map_pos(reg, name, &found);
     nsd_run_t *run = found ? reg->runs[pos] : NULL;
     if (run == NULL) {
         pthread_rwlock_unlock(&reg->map_lock);
@@ -389,14 +189,14 @@ int nsd_registry_delete_run(nsd_registry_t *reg, const char *name, ns_error_deta
     pthread_mutex_unlock(&run->lock);
     pthread_rwlock_unlock(&reg->map_lock);
     nsd_run_unref(run); /* the map's reference */
-    flush(reg, name, &box);
+    nsd_registry_flush(reg, name, &box);
     return 0;
 }
 
 json_t *nsd_registry_list_json(nsd_registry_t *reg)
 {
     size_t n;
-    nsd_run_t **runs = map_snapshot(reg, &n);
+    nsd_run_t **runs = nsd_registry_map_snapshot(reg, &n);
     json_t *arr = json_array();
     if (runs == NULL || arr == NULL) {
         json_decref(arr);
@@ -410,7 +210,7 @@ json_t *nsd_registry_list_json(nsd_registry_t *reg)
         if (s != NULL)
             json_array_append_new(arr, s);
     }
-    snapshot_free(runs, n);
+    nsd_registry_runs_free(runs, n);
     return json_pack("{s:o}", "runs", arr);
 }
 
@@ -418,11 +218,11 @@ json_t *nsd_registry_run_json(nsd_registry_t *reg, const char *name, uint64_t no
                               ns_error_detail_t *err)
 {
     int rc;
-    nsd_run_t *run = lock_run(reg, name, &rc, err);
+    nsd_run_t *run = nsd_registry_lock_run(reg, name, &rc, err);
     if (run == NULL)
         return NULL;
     json_t *j = nsd_run_json(run, now_ms);
-    unlock_run(run);
+    nsd_registry_unlock_run(run);
     if (j == NULL)
         ns_error_set(err, NS_ENOMEM, "", "out of memory");
     return j;
@@ -460,13 +260,56 @@ static void waiter_free(nsd_waiter_t *w)
     free(w);
 }
 
+/* A report to a run that is not in the map: create the run under the map's
+ * write lock and publish it only if the report was accepted. @return 0 or
+ * NS_E* (err), or 1 when another thread created the run meanwhile. */
+static int report_new_run(nsd_registry_t *reg, const char *name, ns_report_t *report,
+                          uint64_t now_ms, nsd_waiter_t *waiter, nsd_outbox_t *box,
+                          ns_error_detail_t *err)
+{
+    ns_run_config_t cfg;
+    pthread_rwlock_wrlock(&reg->map_lock);
+    int found, rc;
+    size_t pos = nsd_registry_map_pos(reg, name, &found);
+    if (found) {
+        pthread_rwlock_unlock(&reg->map_lock);
+        return 1;
+    }
+    ns_run_config_defaults(&cfg);
+    if (report->world_size >= 1) {
+        if (report->world_size > NS_WORLD_SIZE_MAX) {
+            pthread_rwlock_unlock(&reg->map_lock);
+            return ns_error_set(err, NS_EINVAL, "world_size", "must be in [1, %u]",
+                                NS_WORLD_SIZE_MAX);
+        }
+        cfg.world_size = (uint32_t)report->world_size;
+    }
+    nsd_run_t *run = nsd_registry_map_reserve(reg) == 0 ? nsd_run_create(&reg->ctx, name, &cfg) : NULL;
+    if (run == NULL) {
+        pthread_rwlock_unlock(&reg->map_lock);
+        return ns_error_set(err, NS_ENOMEM, "", "out of memory");
+    }
+    pthread_mutex_lock(&run->lock);
+    rc = nsd_run_report(run, report, now_ms, waiter, box, err);
+    if (rc == 0) {
+        nsd_registry_map_insert(reg, run, pos); /* cannot fail: room reserved */
+        nsd_run_ref(run);                       /* the map's reference */
+        if (reg->persist.run_put)
+            reg->persist.run_put(reg->persist.arg, name, &run->st.cfg, 1);
+        nsd_registry_persist_locked(reg, run, box);
+    }
+    pthread_mutex_unlock(&run->lock);
+    pthread_rwlock_unlock(&reg->map_lock);
+    nsd_run_unref(run);
+    return rc;
+}
+
 int nsd_registry_report(nsd_registry_t *reg, const char *name, ns_report_t *report, uint64_t now_ms,
                         nsd_sync_cb cb, void *arg, ns_error_detail_t *err)
 {
     nsd_outbox_t box = {0};
     nsd_waiter_t *waiter = NULL;
     int rc;
-    ns_run_config_t cfg;
     if (report == NULL)
         return ns_error_set(err, NS_EINVAL, "", "no report");
     if (atomic_load(&reg->shutdown)) {
@@ -482,62 +325,30 @@ int nsd_registry_report(nsd_registry_t *reg, const char *name, ns_report_t *repo
         goto out;
     }
     for (int attempt = 0;; attempt++) {
-        nsd_run_t *run = map_get(reg, name);
-        if (run != NULL) {
-            pthread_mutex_lock(&run->lock);
-            if (run->deleted && attempt == 0) {
-                unlock_run(run); /* deleted meanwhile: create it anew */
-                continue;
-            }
-            if (run->deleted)
-                rc = ns_error_set(err, NS_ENOTFOUND, "run", "run '%s' was deleted", name);
-            else
-                rc = nsd_run_report(run, report, now_ms, waiter, &box, err);
-            if (rc == 0)
-                persist_locked(reg, run, &box);
-            unlock_run(run);
-            break;
-        }
-        /* Create: under the map's write lock, published only on success. */
-        pthread_rwlock_wrlock(&reg->map_lock);
-        int found;
-        size_t pos = map_pos(reg, name, &found);
-        if (found) {
-            pthread_rwlock_unlock(&reg->map_lock);
-            continue; /* created by another thread meanwhile */
-        }
-        ns_run_config_defaults(&cfg);
-        if (report->world_size >= 1) {
-            if (report->world_size > 65536) {
-                pthread_rwlock_unlock(&reg->map_lock);
-                rc = ns_error_set(err, NS_EINVAL, "world_size", "must be in [1, 65536]");
-                break;
-            }
-            cfg.world_size = (uint32_t)report->world_size;
-        }
-        run = map_reserve(reg) == 0 ? nsd_run_create(&reg->ctx, name, &cfg) : NULL;
+        nsd_run_t *run = nsd_registry_map_get(reg, name);
         if (run == NULL) {
-            pthread_rwlock_unlock(&reg->map_lock);
-            rc = ns_error_set(err, NS_ENOMEM, "", "out of memory");
+            rc = report_new_run(reg, name, report, now_ms, waiter, &box, err);
+            if (rc == 1)
+                continue; /* created by another thread meanwhile */
             break;
         }
         pthread_mutex_lock(&run->lock);
-        rc = nsd_run_report(run, report, now_ms, waiter, &box, err);
-        if (rc == 0) {
-            map_insert(reg, run, pos); /* cannot fail: room reserved */
-            nsd_run_ref(run);          /* the map's reference */
-            if (reg->persist.run_put)
-                reg->persist.run_put(reg->persist.arg, name, &run->st.cfg, 1);
-            persist_locked(reg, run, &box);
+        if (run->deleted && attempt == 0) {
+            nsd_registry_unlock_run(run); /* deleted meanwhile: create it anew */
+            continue;
         }
-        pthread_mutex_unlock(&run->lock);
-        pthread_rwlock_unlock(&reg->map_lock);
-        nsd_run_unref(run);
+        if (run->deleted)
+            rc = ns_error_set(err, NS_ENOTFOUND, "run", "run '%s' was deleted", name);
+        else
+            rc = nsd_run_report(run, report, now_ms, waiter, &box, err);
+        if (rc == 0)
+            nsd_registry_persist_locked(reg, run, &box);
+        nsd_registry_unlock_run(run);
         break;
     }
     if (rc == 0)
         waiter = NULL; /* the run owns it now */
-    flush(reg, name, &box);
+    nsd_registry_flush(reg, name, &box);
 out:
     waiter_free(waiter);
     ns_report_free(report);
@@ -562,14 +373,14 @@ int nsd_registry_grad(nsd_registry_t *reg, const char *name, ns_grad_t *grad, ui
         rc = ns_error_set(err, NS_ENOMEM, "", "out of memory");
         goto out;
     }
-    nsd_run_t *run = lock_run(reg, name, &rc, err);
+    nsd_run_t *run = nsd_registry_lock_run(reg, name, &rc, err);
     if (run == NULL)
         goto out;
     rc = nsd_gradsum_submit(run, grad, now_ms, waiter, &box, err);
-    unlock_run(run);
+    nsd_registry_unlock_run(run);
     if (rc == 0)
         waiter = NULL; /* the run owns it now */
-    flush(reg, name, &box);
+    nsd_registry_flush(reg, name, &box);
 out:
     nsd_grad_waiter_free(waiter);
     ns_grad_free(grad);
@@ -583,11 +394,11 @@ int nsd_registry_stats(nsd_registry_t *reg, const char *name, const nsd_stats_qu
 {
     *dst = NULL;
     int rc;
-    nsd_run_t *run = lock_run(reg, name, &rc, err);
+    nsd_run_t *run = nsd_registry_lock_run(reg, name, &rc, err);
     if (run == NULL)
         return rc;
     rc = nsd_run_stats(run, q, dst, err);
-    unlock_run(run);
+    nsd_registry_unlock_run(run);
     return rc;
 }
 
@@ -595,14 +406,14 @@ int nsd_registry_precise_reset(nsd_registry_t *reg, const char *name, const char
                                uint64_t *generation, ns_error_detail_t *err)
 {
     int rc;
-    nsd_run_t *run = lock_run(reg, name, &rc, err);
+    nsd_run_t *run = nsd_registry_lock_run(reg, name, &rc, err);
     if (run == NULL)
         return rc;
     rc = nsd_run_precise_reset(run, domain, generation, err);
     if (rc == 0 && reg->persist.precise_reset)
         reg->persist.precise_reset(reg->persist.arg, name,
                                    domain == NULL || strcmp(domain, "*") == 0 ? NULL : domain);
-    unlock_run(run);
+    nsd_registry_unlock_run(run);
     return rc;
 }
 
@@ -612,11 +423,11 @@ json_t *nsd_registry_checkpoint_export(nsd_registry_t *reg, const char *name,
                                        ns_error_detail_t *err)
 {
     int rc;
-    nsd_run_t *run = lock_run(reg, name, &rc, err);
+    nsd_run_t *run = nsd_registry_lock_run(reg, name, &rc, err);
     if (run == NULL)
         return NULL;
     json_t *j = nsd_checkpoint_export(run);
-    unlock_run(run);
+    nsd_registry_unlock_run(run);
     if (j == NULL)
         ns_error_set(err, NS_ENOMEM, "", "out of memory");
     return j;
@@ -645,14 +456,14 @@ int nsd_registry_checkpoint_import(nsd_registry_t *reg, const char *name, const 
     }
     pthread_rwlock_wrlock(&reg->map_lock);
     int found;
-    size_t pos = map_pos(reg, name, &found);
+    size_t pos = nsd_registry_map_pos(reg, name, &found);
     nsd_run_t *run;
     if (found) {
         run = reg->runs[pos];
         nsd_run_ref(run);
     } else {
         run = nsd_run_create(&reg->ctx, name, &st.cfg);
-        if (run == NULL || map_insert(reg, run, pos) != 0) {
+        if (run == NULL || nsd_registry_map_insert(reg, run, pos) != 0) {
             pthread_rwlock_unlock(&reg->map_lock);
             nsd_run_unref(run);
             nsd_run_state_clear(&reg->ctx, &st, 0, NULL);
@@ -679,8 +490,8 @@ int nsd_registry_checkpoint_import(nsd_registry_t *reg, const char *name, const 
     } else if (reg->persist.run_put) {
         reg->persist.run_put(reg->persist.arg, name, &cfg, created);
     }
-    unlock_run(run);
-    flush(reg, name, &box);
+    nsd_registry_unlock_run(run);
+    nsd_registry_flush(reg, name, &box);
     return 0;
 }
 
@@ -690,7 +501,7 @@ uint64_t nsd_registry_expire(nsd_registry_t *reg, uint64_t now_ms)
 {
     atomic_store(&reg->ctx.next_deadline, UINT64_MAX);
     size_t n;
-    nsd_run_t **runs = map_snapshot(reg, &n);
+    nsd_run_t **runs = nsd_registry_map_snapshot(reg, &n);
     uint64_t next = UINT64_MAX;
     for (size_t i = 0; i < n; i++) {
         nsd_outbox_t box = {0};
@@ -699,13 +510,13 @@ uint64_t nsd_registry_expire(nsd_registry_t *reg, uint64_t now_ms)
             uint64_t d = nsd_run_expire(runs[i], now_ms, &box);
             if (d < next)
                 next = d;
-            persist_locked(reg, runs[i], &box);
+            nsd_registry_persist_locked(reg, runs[i], &box);
         }
         pthread_mutex_unlock(&runs[i]->lock);
         box.wakeup = 0; /* the caller is the one to wake */
-        flush(reg, runs[i]->name, &box);
+        nsd_registry_flush(reg, runs[i]->name, &box);
     }
-    snapshot_free(runs, n);
+    nsd_registry_runs_free(runs, n);
     /* Reports that created steps meanwhile may have lowered it already. */
     uint64_t cur = atomic_load(&reg->ctx.next_deadline);
     while (next < cur && !atomic_compare_exchange_weak(&reg->ctx.next_deadline, &cur, next))
@@ -717,95 +528,15 @@ void nsd_registry_shutdown(nsd_registry_t *reg)
 {
     atomic_store(&reg->shutdown, 1);
     size_t n;
-    nsd_run_t **runs = map_snapshot(reg, &n);
+    nsd_run_t **runs = nsd_registry_map_snapshot(reg, &n);
     for (size_t i = 0; i < n; i++) {
         nsd_outbox_t box = {0};
         pthread_mutex_lock(&runs[i]->lock);
         nsd_run_fire_all(runs[i], NS_ESHUTDOWN, &box);
         pthread_mutex_unlock(&runs[i]->lock);
-        flush(reg, runs[i]->name, &box);
+        nsd_registry_flush(reg, runs[i]->name, &box);
     }
-    snapshot_free(runs, n);
-}
-
-/* ---------------------------------------------------------------- persistence */
-
-int nsd_registry_snapshot(nsd_registry_t *reg, const char *name, ns_error_detail_t *err)
-{
-    int rc;
-    nsd_run_t *run = lock_run(reg, name, &rc, err);
-    if (run == NULL)
-        return rc;
-    nsd_outbox_t box = {0};
-    json_t *state = nsd_checkpoint_export(run);
-    if (state == NULL) {
-        unlock_run(run);
-        return ns_error_set(err, NS_ENOMEM, "", "out of memory");
-    }
-    if (reg->persist.run_snapshot)
-        reg->persist.run_snapshot(reg->persist.arg, name, state);
-    json_decref(state);
-    if (reg->persist.step_finalized)
-        nsd_run_ready_records(run, &box);
-    deliver_records(reg, name, &box);
-    unlock_run(run);
-    return 0;
-}
-
-/* The run 'name' locked and referenced, created with defaults if missing. */
-static nsd_run_t *lock_or_create(nsd_registry_t *reg, const char *name, int *rc,
-                                 ns_error_detail_t *err)
-{
-    nsd_run_t *run = lock_run(reg, name, rc, err);
-    if (run != NULL || *rc != NS_ENOTFOUND)
-        return run;
-    ns_run_config_t cfg;
-    ns_run_config_defaults(&cfg);
-    cfg.has_world_size = 0;
-    *rc = nsd_registry_put_run(reg, name, &cfg, NULL, err);
-    if (*rc != 0)
-        return NULL;
-    return lock_run(reg, name, rc, err);
-}
-
-int nsd_registry_replay_step(nsd_registry_t *reg, const char *name, const nsd_step_record_t *rec,
-                             ns_error_detail_t *err)
-{
-    int rc;
-    nsd_run_t *run = lock_or_create(reg, name, &rc, err);
-    if (run == NULL)
-        return rc;
-    rc = nsd_run_replay_step(run, rec, err);
-    unlock_run(run);
-    return rc;
-}
-
-int nsd_registry_replay_domain(nsd_registry_t *reg, const char *name, const char *domain,
-                               ns_error_detail_t *err)
-{
-    if (!ns_name_valid(domain))
-        return ns_error_set(err, NS_EINVAL, "domain", "invalid domain name");
-    int rc;
-    nsd_run_t *run = lock_or_create(reg, name, &rc, err);
-    if (run == NULL)
-        return rc;
-    long d = nsd_run_add_domain(run, domain);
-    unlock_run(run);
-    return d < 0 ? ns_error_set(err, (int)d, "", "out of memory") : 0;
-}
-
-size_t nsd_registry_replay_finish(nsd_registry_t *reg)
-{
-    size_t n, applied = 0;
-    nsd_run_t **runs = map_snapshot(reg, &n);
-    for (size_t i = 0; i < n; i++) {
-        pthread_mutex_lock(&runs[i]->lock);
-        if (!runs[i]->deleted)
-            applied += nsd_run_apply_held(runs[i]);
-        pthread_mutex_unlock(&runs[i]->lock);
-    }
-    snapshot_free(runs, n);
-    return applied;
+    nsd_registry_runs_free(runs, n);
 }
 
 /* ---------------------------------------------------------------- metrics */

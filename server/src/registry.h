@@ -38,6 +38,8 @@
 
 #include <normstat/proto.h>
 
+#include "step.h"
+
 /* Opaque registry: owns every run. */
 typedef struct nsd_registry_s nsd_registry_t;
 
@@ -65,35 +67,10 @@ void nsd_registry_free(nsd_registry_t *reg);
 
 /* ---------------------------------------------------------------- hooks */
 
-/* Persistence hook: one step of one layer that finalized (by completion or a
- * partial timeout; dropped steps are not reported). Arrays are borrowed for
- * the duration of the call, 'channels' long (0 when no arrival of the step
- * carried arrays: then every mean/var is NULL and counts are 0). Domains are
- * the domains that had arrivals at the step, in the run's domain order. */
-typedef struct nsd_domain_result_s {
-    const char *domain;
-    uint64_t count;
-    const double *mean;
-    const double *var; /* biased */
-} nsd_domain_result_t;
-
-typedef struct nsd_step_record_s {
-    const char *layer;
-    uint64_t step;
-    unsigned update;  /* NS_UPDATE_* bits the arrivals agreed on */
-    int complete;     /* 0 if finalized by a partial timeout */
-    uint32_t workers; /* arrivals */
-    size_t channels;
-    uint64_t count; /* pooled (all domains) */
-    const double *mean;
-    const double *var; /* pooled, biased */
-    size_t n_domains;
-    const nsd_domain_result_t *domains;
-    /* The lowest step of the layer still pending when this one finalized,
-     * -1 if none: while that step is pending, EMA does not apply this one.
-     * Replay (nsd_registry_replay_step) holds it back the same way. */
-    int64_t first_pending;
-} nsd_step_record_t;
+/* Persistence hook: one step of one layer that finalized (by completion or
+ * a partial timeout; dropped steps are not reported), as an nsd_step_t
+ * (step.h) borrowed for the duration of the call: the domains are those
+ * that had arrivals at the step, in the run's domain order. */
 
 /* Optional callbacks, NULL = none (memory only). The persistence hooks are
  * called WHILE the run's lock is held (and, for a run being created or
@@ -115,7 +92,7 @@ typedef struct nsd_persist_s {
     /* after DELETE: the run and everything logged for it is gone */
     void (*run_deleted)(void *arg, const char *run);
     /* after each finalized step of one layer */
-    void (*step_finalized)(void *arg, const char *run, const nsd_step_record_t *rec);
+    void (*step_finalized)(void *arg, const char *run, const nsd_step_t *step);
     /* a report added 'domain' to the run's domains (at the end) */
     void (*domain_added)(void *arg, const char *run, const char *domain);
     /* after a PreciseBN reset: 'domain' NULL for all domains */
@@ -147,7 +124,7 @@ void nsd_registry_set_wakeup(nsd_registry_t *reg, void (*fn)(void *arg), void *a
  *  fields of 'cfg' without has_* take DESIGN's defaults; for an existing run
  *  only fields with has_* set change. A new world_size applies to pending
  *  steps created afterwards (each pending step keeps the world_size it was
- *  created with). 'created' may be NULL. Ranges: world_size 1..65536,
+ *  created with). 'created' may be NULL. Ranges: world_size 1..NS_WORLD_SIZE_MAX,
  *  momentum [0, 1] or NS_MOMENTUM_CUMULATIVE, sync_timeout_ms >= 1.
  *  @return 0; NS_EINVAL for an invalid name or out-of-range value (err
  *  names the field); NS_ENOMEM; NS_ESHUTDOWN after shutdown. */
@@ -235,7 +212,7 @@ void nsd_sync_result_free(nsd_sync_result_t *res);
  *    NS_EBUSY      more than max_pending_steps pending steps for a layer
  *    NS_EMEMORY    over max_memory;  NS_ESHUTDOWN after shutdown
  *    NS_EINVAL     invalid names, no layers, step >= 2^63, a world_size
- *                  outside 1..65536 for a run the report creates
+ *                  outside 1..NS_WORLD_SIZE_MAX for a run the report creates
  *    NS_ENOMEM     out of memory (nothing changed; an allocation failing
  *                  later, while the step finalizes, loses that step: its
  *                  /sync waiters get NS_ENOMEM)
@@ -414,11 +391,11 @@ int nsd_registry_snapshot(nsd_registry_t *reg, const char *run, ns_error_detail_
 /*! nsd_registry_replay_step() :
  *  Recovery: apply a logged finalized step to 'run' exactly as the live
  *  path did (same code: last statistics, finalized step, EMA/PreciseBN in
- *  step order, held back while rec->first_pending is below its step), so
+ *  step order, held back while step->first_pending is below its step), so
  *  the state is bit-identical. Creates the run (defaults), the layer and
  *  missing domains if needed. No hook is called. @return 0, NS_EINVAL
  *  (channel count differs from the layer's), NS_ENOMEM. */
-int nsd_registry_replay_step(nsd_registry_t *reg, const char *run, const nsd_step_record_t *rec,
+int nsd_registry_replay_step(nsd_registry_t *reg, const char *run, const nsd_step_t *step,
                              ns_error_detail_t *err);
 
 /*! nsd_registry_replay_domain() :

@@ -47,24 +47,12 @@ typedef struct nsd_ctx_s {
 typedef struct nsd_gradsum_s nsd_gradsum_t;
 struct nsd_grad_waiter_s;
 
-/* A finalized step to hand to the persistence hook (owned copy). */
-typedef struct nsd_record_s {
-    struct nsd_record_s *next;
-    char layer[NS_NAME_MAX + 1];
-    nsd_final_t *final; /* deep copy */
-    char (*domain_names)[NS_NAME_MAX + 1];
-    int64_t first_pending; /* see nsd_step_record_t */
-} nsd_record_t;
-
-/* What a locked operation produced: records (persisted before unlocking),
- * callbacks and a wakeup (delivered after). */
+/* What a locked operation produced: finalized steps to persist (before
+ * unlocking), callbacks and a wakeup (delivered after). */
 typedef struct nsd_outbox_s {
-    nsd_waiter_t *fired; /* callbacks to call, in order */
-    nsd_waiter_t *fired_tail;
-    nsd_record_t *records;
-    nsd_record_t *records_tail;
-    struct nsd_grad_waiter_s *grad_fired; /* /grad callbacks to call, in order */
-    struct nsd_grad_waiter_s *grad_fired_tail;
+    nsd_queue_t fired; /* nsd_waiter_t: /sync callbacks to call, in order */
+    nsd_queue_t steps; /* nsd_step_t copies for the persistence hook, in order */
+    nsd_queue_t grad_fired; /* nsd_grad_waiter_t: /grad callbacks to call, in order */
     int wakeup;        /* a deadline may have moved earlier */
     size_t new_domain; /* 1 + index of a domain a report added, 0 none */
 } nsd_outbox_t;
@@ -79,7 +67,7 @@ typedef struct nsd_layer_s {
     int64_t max_seen;        /* highest step reported, -1 */
     nsd_pending_t **pending; /* ascending step */
     size_t n_pending, cap_pending;
-    nsd_final_t **ready; /* finalized, not applied yet; ascending step */
+    nsd_step_t **ready; /* finalized, not applied yet; ascending step */
     size_t n_ready, cap_ready;
     nsd_pop_t **pops; /* [cap_pops] by domain index, NULL = never touched */
     size_t cap_pops;
@@ -157,7 +145,7 @@ int nsd_run_precise_reset(nsd_run_t *run, const char *domain, uint64_t *generati
                           ns_error_detail_t *err);
 
 /*! nsd_run_replay_step() : see nsd_registry_replay_step. */
-int nsd_run_replay_step(nsd_run_t *run, const nsd_step_record_t *rec, ns_error_detail_t *err);
+int nsd_run_replay_step(nsd_run_t *run, const nsd_step_t *rec, ns_error_detail_t *err);
 
 /*! nsd_run_add_domain() : index of 'name', appended (as a report does) if new.
  *  @return the index, or NS_ENOMEM. */
@@ -167,9 +155,9 @@ long nsd_run_add_domain(nsd_run_t *run, const char *name);
  *  recovery). @return how many. */
 size_t nsd_run_apply_held(nsd_run_t *run);
 
-/*! nsd_run_ready_records() : deep copies of the finalized steps waiting to
- *  be applied, appended to box->records (for a snapshot). */
-void nsd_run_ready_records(nsd_run_t *run, nsd_outbox_t *box);
+/*! nsd_run_ready_steps() : copies of the finalized steps waiting to be
+ *  applied, appended to box->steps (for a snapshot). */
+void nsd_run_ready_steps(nsd_run_t *run, nsd_outbox_t *box);
 
 /*! nsd_run_json() / nsd_run_summary_json() : GET bodies (new references). */
 json_t *nsd_run_json(nsd_run_t *run, uint64_t now_ms);
@@ -182,20 +170,8 @@ json_t *nsd_run_config_json(const ns_run_config_t *cfg);
 /*! nsd_run_find_domain() : index of 'name', or -1. */
 long nsd_run_find_domain(const nsd_run_state_t *st, const char *name);
 
-/*! nsd_run_name_pos() :
- *  Binary search of 'name' among n items sorted by ascending strcmp() of
- *  their names; name_at(items, i) gives the name of item i. Sets *found.
- *  @return the item's index, or the index where it would be inserted. */
-typedef const char *(*nsd_run_name_at_fn)(const void *items, size_t i);
-size_t nsd_run_name_pos(const void *items, size_t n, nsd_run_name_at_fn name_at, const char *name,
-                        int *found);
-
 /*! nsd_run_find_layer() : the layer 'name', or NULL. */
 nsd_layer_t *nsd_run_find_layer(const nsd_run_state_t *st, const char *name);
-
-/*! nsd_layer_free() : free a layer and everything it holds (pending steps
- *  and ready finals too, waiters not fired: clear them first). */
-void nsd_layer_free(nsd_layer_t *layer);
 
 /*! nsd_mem_reserve() / nsd_mem_release() : registry-wide accounting.
  *  reserve fails with NS_EMEMORY above limits.max_memory. */
@@ -208,5 +184,60 @@ void nsd_outbox_fire(nsd_outbox_t *box, nsd_waiter_t *w);
 /*! nsd_run_note_deadline() : a pending step of the run got 'deadline':
  *  lower ctx->next_deadline to it and ask for a wakeup if it moved. */
 void nsd_run_note_deadline(nsd_run_t *run, uint64_t deadline, nsd_outbox_t *box);
+
+/* ---------------------------------------------------------------- between the run's files */
+
+/*! nsd_waiter_fail() : fire a waiter with an error status now (first error wins). */
+void nsd_waiter_fail(nsd_ctx_t *ctx, nsd_outbox_t *box, nsd_waiter_t *w, int status);
+
+/*! nsd_waiter_layer_done() : one layer of the waiter is done; fires it when
+ *  it was the last. */
+void nsd_waiter_layer_done(nsd_ctx_t *ctx, nsd_outbox_t *box, nsd_waiter_t *w);
+
+/*! nsd_run_layer_pos() : position of layer 'name' in st->layers, or where it would go. */
+size_t nsd_run_layer_pos(const nsd_run_state_t *st, const char *name, int *found);
+
+/*! nsd_run_reserve_domain() : room for one more domain (capacity only).
+ *  @return 0 or NS_ENOMEM. */
+int nsd_run_reserve_domain(nsd_run_state_t *st);
+
+/*! nsd_run_append_domain() : append domain 'name' into reserved room; it
+ *  starts at the run's current PreciseBN generation. @return its index. */
+long nsd_run_append_domain(nsd_run_state_t *st, const char *name);
+
+/*! nsd_layer_create() : an empty layer 'name'; NULL when out of memory. */
+nsd_layer_t *nsd_layer_create(const char *name);
+
+/*! nsd_layer_free() : free a layer and everything it holds (pending steps
+ *  and ready steps too, waiters not fired: clear them first). */
+void nsd_layer_free(nsd_layer_t *layer);
+
+/*! nsd_layer_pending_pos() : index of pending step 'step', or where it would go. */
+size_t nsd_layer_pending_pos(const nsd_layer_t *l, uint64_t step, int *found);
+
+/*! nsd_layer_grow_workers() : worker_last for 'need' workers (new ones -1).
+ *  @return 0 or NS_ENOMEM. */
+int nsd_layer_grow_workers(nsd_layer_t *l, uint32_t need);
+
+/*! nsd_layer_persist_step() : a copy of finalized step 'f' for the
+ *  persistence hook, into box->steps (out of memory: not persisted). */
+void nsd_layer_persist_step(const nsd_layer_t *l, const nsd_step_t *f, nsd_outbox_t *box);
+
+/*! nsd_layer_ready_insert() : a finalized step joins the layer (last
+ *  statistics, then the ready queue in step order); room in l->ready was
+ *  reserved. Shared by the live path and replay. */
+void nsd_layer_ready_insert(nsd_layer_t *l, nsd_step_t *f);
+
+/*! nsd_run_close_pending() : close pending step 'idx' of the layer:
+ *  finalize it (drop == 0) or discard it (drop == 1). Applying is left to
+ *  nsd_run_apply_ready(). */
+void nsd_run_close_pending(nsd_run_t *run, nsd_layer_t *l, size_t idx, int drop, nsd_outbox_t *box);
+
+/*! nsd_run_apply_ready_below() : apply the layer's finalized steps in step
+ *  order while they are below 'bound'. @return how many. */
+size_t nsd_run_apply_ready_below(nsd_run_t *run, nsd_layer_t *l, uint64_t bound);
+
+/*! nsd_run_apply_ready() : apply finalized steps while no earlier step is pending. */
+void nsd_run_apply_ready(nsd_run_t *run, nsd_layer_t *l);
 
 #endif /* NSD_RUN_H */

@@ -49,7 +49,9 @@ typedef struct nsd_store_config_s {
     uint64_t retry_ms;             /* after a failed commit (0 = 500) */
 } nsd_store_config_t;
 
-/* Why a data directory cannot be used: the path at fault and one line. */
+/* Why a data directory cannot be used: the path at fault and one line.
+ * Caller-owned, first error wins, may be NULL (as ns_error_detail_t, with
+ * room for a whole path). */
 typedef struct nsd_store_error_s {
     char path[4352];
     char reason[512];

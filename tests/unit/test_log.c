@@ -14,7 +14,7 @@ static void setup(void)
 {
     snprintf(path, sizeof(path), "/tmp/nsd-test-log-%ld.log", (long)getpid());
     unlink(path);
-    ck_assert_int_eq(nsd_log_open(path), 0);
+    ck_assert_int_eq(nsd_log_open(path, NULL), 0);
     nsd_log_set_level(NSD_LOG_INFO);
 }
 
@@ -103,7 +103,7 @@ START_TEST(test_reopen)
     nsd_log(NSD_LOG_INFO, "before", "n=%d", 1);
     ck_assert_int_eq(rename(path, moved), 0);
     nsd_log(NSD_LOG_INFO, "still_old", "n=%d", 2); /* the open file moved with it */
-    ck_assert_int_eq(nsd_log_reopen(), 0);
+    ck_assert_int_eq(nsd_log_reopen(NULL), 0);
     nsd_log(NSD_LOG_INFO, "after", "n=%d", 3);
     const char *old_text = slurp(moved);
     ck_assert_ptr_nonnull(strstr(old_text, "event=before"));
@@ -113,7 +113,7 @@ START_TEST(test_reopen)
     ck_assert_ptr_nonnull(strstr(new_text, "event=after n=3\n"));
     ck_assert_ptr_null(strstr(new_text, "event=before"));
     unlink(moved);
-    ck_assert_int_lt(nsd_log_open("/nonexistent-dir/x.log"), 0);
+    ck_assert_int_lt(nsd_log_open("/nonexistent-dir/x.log", NULL), 0);
 }
 END_TEST
 

@@ -312,7 +312,7 @@ static void h_del(void *arg, const char *run)
     ((hooks_seen_t *)arg)->deletes++;
 }
 
-static void h_step(void *arg, const char *run, const nsd_step_record_t *rec)
+static void h_step(void *arg, const char *run, const nsd_step_t *rec)
 {
     hooks_seen_t *h = arg;
     ck_assert_str_eq(run, "r");
@@ -320,7 +320,7 @@ static void h_step(void *arg, const char *run, const nsd_step_record_t *rec)
     h->last_step = rec->step;
     h->count = rec->count;
     h->n_domains = rec->n_domains;
-    snprintf(h->domain0, sizeof(h->domain0), "%s", rec->domains[0].domain);
+    snprintf(h->domain0, sizeof(h->domain0), "%s", rec->domains[0].name);
     h->mean0 = rec->domains[0].mean[0];
 }
 
@@ -501,7 +501,7 @@ void *realloc(void *p, size_t n)
 
 static long hook_steps; /* step_finalized calls of the attempt */
 
-static void count_step(void *arg, const char *run, const nsd_step_record_t *rec)
+static void count_step(void *arg, const char *run, const nsd_step_t *rec)
 {
     (void)arg;
     (void)run;

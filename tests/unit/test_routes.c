@@ -170,7 +170,7 @@ static void start_server(void)
     ck_assert_ptr_nonnull(server.registry);
     nsd_metrics_init();
     nsd_log_set_level(NSD_LOG_WARN);
-    ck_assert_int_eq(nsd_http_start(&server, err, sizeof(err)), 0);
+    ck_assert_int_eq(nsd_http_start(&server, NULL), 0);
     ck_assert_uint_ne(server.port, 0);
     atomic_store(&server.ready, 1);
 }

@@ -108,7 +108,7 @@ static int64_t sql_int(const char *path, const char *sql)
 static nsd_store_t *open_ok(const char *dir, uint64_t commit_ms, uint64_t snapshot_ms)
 {
     nsd_store_config_t cfg = {commit_ms, snapshot_ms, 20};
-    nsd_store_error_t err;
+    nsd_store_error_t err = {0};
     nsd_store_t *s = NULL;
     int rc = nsd_store_open(&s, dir, &cfg, &err);
     ck_assert_msg(rc == 0, "open %s: %s: %s", dir, err.path, err.reason);
@@ -118,7 +118,7 @@ static nsd_store_t *open_ok(const char *dir, uint64_t commit_ms, uint64_t snapsh
 /* Expect a refusal whose reason contains 'what'. */
 static void open_refused(const char *dir, const char *what)
 {
-    nsd_store_error_t err;
+    nsd_store_error_t err = {0};
     memset(&err, 0, sizeof(err));
     nsd_store_t *s = NULL;
     ck_assert_int_eq(nsd_store_open(&s, dir, NULL, &err), NS_EIO);
@@ -144,7 +144,7 @@ static nsd_registry_t *recovered(const char *dir, nsd_store_recovery_t *out)
 {
     nsd_store_t *s = open_ok(dir, 0, 0);
     nsd_registry_t *reg = nsd_registry_create(NULL);
-    nsd_store_error_t err;
+    nsd_store_error_t err = {0};
     int rc = nsd_store_recover(s, reg, out, &err);
     ck_assert_msg(rc == 0, "recover: %s", err.reason);
     nsd_store_stop(s, 0);

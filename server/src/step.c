@@ -1,0 +1,117 @@
+/* step.c - a finalized step of one layer (see step.h). */
+#include "step.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* One block of 2 * channels doubles: mean, then var. */
+static double *arrays_alloc(size_t channels)
+{
+    return malloc(2 * channels * sizeof(double));
+}
+
+nsd_step_t *nsd_step_create(const char *layer, uint64_t step, size_t channels)
+{
+    nsd_step_t *s = calloc(1, sizeof(*s));
+    if (s == NULL)
+        return NULL;
+    snprintf(s->layer, sizeof(s->layer), "%s", layer);
+    s->step = step;
+    s->first_pending = -1;
+    s->channels = channels;
+    if (channels > 0) {
+        s->mean = arrays_alloc(channels);
+        if (s->mean == NULL) {
+            free(s);
+            return NULL;
+        }
+        s->var = s->mean + channels;
+    }
+    return s;
+}
+
+nsd_step_domain_t *nsd_step_add_domain(nsd_step_t *s, uint32_t index, const char *name,
+                                       uint64_t count, const double *mean, const double *var)
+{
+    size_t c = s->channels;
+    if (s->n_domains == s->cap_domains) {
+        size_t cap = s->cap_domains ? 2 * s->cap_domains : 2;
+        nsd_step_domain_t *p = realloc(s->domains, cap * sizeof(*p));
+        if (p == NULL)
+            return NULL;
+        s->domains = p;
+        s->cap_domains = cap;
+    }
+    double *block = NULL;
+    if (c > 0 && mean == s->mean) {
+        block = s->mean;
+    } else if (c > 0) {
+        block = arrays_alloc(c);
+        if (block == NULL)
+            return NULL;
+        if (mean != NULL && var != NULL) {
+            memcpy(block, mean, c * sizeof(double));
+            memcpy(block + c, var, c * sizeof(double));
+        }
+    }
+    size_t pos = s->n_domains;
+    while (pos > 0 && s->domains[pos - 1].index > index)
+        pos--;
+    memmove(s->domains + pos + 1, s->domains + pos, (s->n_domains - pos) * sizeof(*s->domains));
+    s->n_domains++;
+    nsd_step_domain_t *d = &s->domains[pos];
+    memset(d, 0, sizeof(*d));
+    d->index = index;
+    snprintf(d->name, sizeof(d->name), "%s", name);
+    d->count = count;
+    d->mean = block;
+    d->var = block ? block + c : NULL;
+    return d;
+}
+
+nsd_step_t *nsd_step_dup(const nsd_step_t *src)
+{
+    size_t c = src->channels;
+    nsd_step_t *s = nsd_step_create(src->layer, src->step, c);
+    if (s == NULL)
+        return NULL;
+    s->update = src->update;
+    s->complete = src->complete;
+    s->workers = src->workers;
+    s->first_pending = src->first_pending;
+    s->count = src->count;
+    if (c > 0) {
+        memcpy(s->mean, src->mean, c * sizeof(double));
+        memcpy(s->var, src->var, c * sizeof(double));
+    }
+    for (size_t i = 0; i < src->n_domains; i++) {
+        const nsd_step_domain_t *d = &src->domains[i];
+        const double *mean = nsd_step_shares_pooled(src, d) ? s->mean : d->mean;
+        if (nsd_step_add_domain(s, d->index, d->name, d->count, mean, d->var) == NULL) {
+            nsd_step_free(s);
+            return NULL;
+        }
+    }
+    return s;
+}
+
+const nsd_step_domain_t *nsd_step_find_domain(const nsd_step_t *s, uint32_t index)
+{
+    for (size_t i = 0; i < s->n_domains; i++)
+        if (s->domains[i].index == index)
+            return &s->domains[i];
+    return NULL;
+}
+
+void nsd_step_free(nsd_step_t *s)
+{
+    if (s == NULL)
+        return;
+    for (size_t i = 0; i < s->n_domains; i++)
+        if (!nsd_step_shares_pooled(s, &s->domains[i]))
+            free(s->domains[i].mean); /* var shares the block */
+    free(s->domains);
+    free(s->mean);
+    free(s);
+}
