@@ -19,33 +19,31 @@ static int valid_token(const char *s, size_t len)
     return 1;
 }
 
-int nsd_auth_load(nsd_auth_t *dst, const nsd_options_t *opts, char *err, size_t err_cap)
+int nsd_auth_load(nsd_auth_t *dst, const nsd_options_t *opts, ns_error_detail_t *err)
 {
     memset(dst, 0, sizeof(*dst));
     const char *file = opts->auth_token_file;
     if (file[0] != '\0' && opts->auth_token[0] != '\0') {
-        snprintf(err, err_cap,
-                 "set either --auth-token-file or --auth-token (NORMSTAT_AUTH_TOKEN)"
-                 ", not both");
-        return NS_EINVAL;
+        return ns_error_set(err, NS_EINVAL, "",
+                            "set either --auth-token-file or --auth-token (NORMSTAT_AUTH_TOKEN)"
+                            ", not both");
     }
     const char *who = "--auth-token";
     if (file[0] != '\0') {
         who = "--auth-token-file";
         FILE *f = fopen(file, "r");
         if (f == NULL) {
-            snprintf(err, err_cap, "--auth-token-file: cannot open '%s': %s", file,
-                     strerror(errno));
-            return NS_EINVAL;
+            return ns_error_set(err, NS_EINVAL, "--auth-token-file", "cannot open '%s': %s", file,
+                                strerror(errno));
         }
         dst->len = fread(dst->token, 1, sizeof(dst->token), f);
         int bad = ferror(f) || dst->len == sizeof(dst->token);
         fclose(f);
         if (bad) {
             memset(dst, 0, sizeof(*dst));
-            snprintf(err, err_cap, "--auth-token-file: cannot read '%s' (or longer than %zu bytes)",
-                     file, sizeof(dst->token) - 1);
-            return NS_EINVAL;
+            return ns_error_set(err, NS_EINVAL, "--auth-token-file",
+                                "cannot read '%s' (or longer than %zu bytes)", file,
+                                sizeof(dst->token) - 1);
         }
         dst->token[dst->len] = '\0';
         if (dst->len > 0 && dst->token[dst->len - 1] == '\n')
@@ -60,9 +58,8 @@ int nsd_auth_load(nsd_auth_t *dst, const nsd_options_t *opts, char *err, size_t 
     }
     if (!valid_token(dst->token, dst->len)) {
         memset(dst, 0, sizeof(*dst));
-        snprintf(err, err_cap, "%s: the token must be visible ASCII without spaces, not empty",
-                 who);
-        return NS_EINVAL;
+        return ns_error_set(err, NS_EINVAL, who,
+                            "the token must be visible ASCII without spaces, not empty");
     }
     return 0;
 }

@@ -20,8 +20,8 @@ typedef struct nsd_auth_s {
  *  newline) or else of --auth-token / NORMSTAT_AUTH_TOKEN; neither set
  *  leaves authentication off. Both set, an unreadable file, an empty token
  *  or one with spaces or control characters is an error.
- *  @return 0, or NS_EINVAL with one line in err[0..err_cap) (never the token). */
-int nsd_auth_load(nsd_auth_t *dst, const nsd_options_t *opts, char *err, size_t err_cap);
+ *  @return 0, or NS_EINVAL with one line in 'err' (never the token). */
+int nsd_auth_load(nsd_auth_t *dst, const nsd_options_t *opts, ns_error_detail_t *err);
 
 /*! nsd_auth_exempt() : 1 for the probes (GET /livez, /healthz, /readyz), which stay open. */
 int nsd_auth_exempt(const char *method, const char *path);

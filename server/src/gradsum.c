@@ -274,8 +274,7 @@ static void complete(nsd_run_t *run, grad_lane_t *lane, size_t idx, nsd_outbox_t
                              "layers.%s.%s[%zu]: the sum over the workers of step %llu is not "
                              "finite (overflow)",
                              lane->name, xmu ? NS_FIELD_SUM_DY_XMU : NS_FIELD_SUM_DY,
-                             xmu ? i - p->channels : i,
-                             (unsigned long long)p->step);
+                             xmu ? i - p->channels : i, (unsigned long long)p->step);
                     break;
                 }
         } else {

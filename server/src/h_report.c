@@ -8,6 +8,7 @@
 #include "http.h"
 #include "log.h"
 #include "registry.h"
+#include "size_limits.h"
 #include "store.h"
 
 /* Decode the body as its Content-Type says; a malformed one is answered here.
@@ -149,7 +150,7 @@ static void sync_answer(nsd_request_t *req)
     };
     ns_format_t format = answer_format(req);
     ns_buf_t buf;
-    ns_buf_init(&buf, (size_t)1 << 30);
+    ns_buf_init(&buf, NSD_ANSWER_MAX);
     int rc = ns_stats_encode(&buf, format, meta, missing ? 4 : 3, layers, res->n_layers);
     free(layers);
     free(missing);

@@ -34,9 +34,9 @@
 
 #include "auth.h"
 #include "clock.h"
+#include "counters.h"
 #include "size_limits.h"
 #include "log.h"
-#include "metrics.h"
 #include "store.h"
 
 /* Idle keep-alive connections are closed after this many seconds. */
@@ -67,8 +67,8 @@ static void queue(nsd_request_t *req, int status, struct MHD_Response *resp,
         req->status = status;
         /* Counted when queued, before a byte of the answer leaves: a client
          * that has read this answer always sees it in its next scrape. */
-        nsd_metrics_request(req->route, req->method, status,
-                            (double)(nsd_now_ns() - req->start_ns) * 1e-9);
+        nsd_count_request(req->route, req->method, status,
+                          (double)(nsd_now_ns() - req->start_ns) * 1e-9);
     }
     MHD_destroy_response(resp);
 }
@@ -117,9 +117,9 @@ void nsd_respond_error(nsd_request_t *req, int code, const char *message)
     if (req->responded)
         return;
     ns_buf_t buf;
-    ns_buf_init(&buf, 64 * 1024);
+    ns_buf_init(&buf, NSD_ERROR_BODY_MAX);
     int status = ns_error_http_status(code);
-    nsd_metrics_rejection(code);
+    nsd_count_rejection(code);
     if (ns_error_encode_json(&buf, code, message ? message : ns_strerror(code)) != 0) {
         static const char oom[] =
             "{\"error\":{\"code\":\"out_of_memory\",\"message\":\"out of memory\"}}";

@@ -15,9 +15,9 @@
 #include "auth.h"
 #include "clock.h"
 #include "coord.h"
+#include "counters.h"
 #include "http.h"
 #include "log.h"
-#include "metrics.h"
 #include "options.h"
 #include "registry.h"
 #include "store.h"
@@ -62,9 +62,9 @@ static void daemon_teardown(daemon_t *d)
  * or the exit status. */
 static int configure(daemon_t *d, int argc, char **argv)
 {
-    char err[600];
-    if (nsd_options_parse(&d->opts, argc, argv, environ, err, sizeof(err)) != 0) {
-        fprintf(stderr, "normstatd: %s\n", err);
+    ns_error_detail_t err = {0};
+    if (nsd_options_parse(&d->opts, argc, argv, environ, &err) != 0) {
+        fprintf(stderr, "normstatd: %s\n", err.message);
         return 2;
     }
     if (d->opts.help) {
@@ -81,14 +81,13 @@ static int configure(daemon_t *d, int argc, char **argv)
     }
     if (d->opts.probe.set)
         return nsd_probe_run(&d->opts);
-    if (nsd_auth_load(&d->auth, &d->opts, err, sizeof(err)) != 0) {
-        fprintf(stderr, "normstatd: %s\n", err);
+    if (nsd_auth_load(&d->auth, &d->opts, &err) != 0) {
+        fprintf(stderr, "normstatd: %s\n", err.message);
         return 2;
     }
     nsd_log_set_level((int)d->opts.log_level);
-    ns_error_detail_t lerr = {0};
-    if (nsd_log_open(d->opts.log_file, &lerr) != 0) {
-        fprintf(stderr, "normstatd: %s\n", lerr.message);
+    if (nsd_log_open(d->opts.log_file, &err) != 0) {
+        fprintf(stderr, "normstatd: %s\n", err.message);
         return 2;
     }
     return -1;
@@ -179,7 +178,7 @@ int main(int argc, char **argv)
 #pragma omp parallel num_threads((int)d.opts.core_threads)
     {
     }
-    nsd_metrics_init();
+    nsd_counters_init();
 
     char q[600];
     nsd_log(NSD_LOG_INFO, "starting",

@@ -1,4 +1,7 @@
-/* metrics.c - Prometheus text exposition of normstatd's counters (GET /metrics). */
+/* metrics.c - Prometheus text exposition of normstatd's counters (GET
+ * /metrics): requests and rejections (counters.h), the registry's and the
+ * store's counters, build and process facts. Each family is a table row or
+ * one small function, rendered in a fixed order. */
 #include "metrics.h"
 
 #include <dirent.h>
@@ -12,79 +15,13 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <normstat/core.h>
+
+#include "counters.h"
 #include "http.h"
 #include "registry.h"
+#include "size_limits.h"
 #include "store.h"
-
-/* Dimensions of the request counters: every route plus "unmatched", a fixed
- * list of methods and statuses (anything else is "other"), so counting is
- * one atomic increment with no lock and no allocation. */
-#define MAX_ROUTES 32
-static const char *const methods[] = {"GET", "HEAD", "PUT", "POST", "DELETE", "other"};
-#define N_METHODS (sizeof(methods) / sizeof(methods[0]))
-static const int statuses[] = {200, 201, 202, 204, 400, 401, 403, 404, 405,
-                               409, 413, 415, 422, 429, 500, 503, 504, 0};
-#define N_STATUSES (sizeof(statuses) / sizeof(statuses[0]))
-static const double buckets[] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
-                                 0.25,   0.5,   1,      2.5,   5,    10,    30,   60};
-#define N_BUCKETS (sizeof(buckets) / sizeof(buckets[0]))
-
-static const int error_codes[] = {
-#define CODE(owner, name, code, status, wire, msg) code,
-    NS_WIRE_ERROR_MAP(CODE)
-#undef CODE
-};
-#define N_ERRORS (sizeof(error_codes) / sizeof(error_codes[0]))
-
-static atomic_uint_fast64_t requests[MAX_ROUTES + 1][N_METHODS][N_STATUSES];
-static atomic_uint_fast64_t duration_buckets[MAX_ROUTES + 1][N_BUCKETS + 1];
-static atomic_uint_fast64_t duration_sum_ns[MAX_ROUTES + 1];
-static atomic_uint_fast64_t rejections[N_ERRORS];
-static double start_time;
-
-void nsd_metrics_init(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    start_time = (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
-static size_t route_slot(const nsd_route_t *route)
-{
-    size_t n;
-    nsd_routes_table(&n);
-    if (route == NULL)
-        return n < MAX_ROUTES ? n : MAX_ROUTES;
-    size_t i = nsd_routes_index(route);
-    return i < MAX_ROUTES ? i : MAX_ROUTES;
-}
-
-void nsd_metrics_request(const nsd_route_t *route, const char *method, int status, double seconds)
-{
-    size_t r = route_slot(route), m = N_METHODS - 1, s = N_STATUSES - 1, b = N_BUCKETS;
-    for (size_t i = 0; i + 1 < N_METHODS; i++)
-        if (strcmp(method, methods[i]) == 0)
-            m = i;
-    for (size_t i = 0; i + 1 < N_STATUSES; i++)
-        if (statuses[i] == status)
-            s = i;
-    for (size_t i = 0; i < N_BUCKETS; i++)
-        if (seconds <= buckets[i]) {
-            b = i;
-            break;
-        }
-    atomic_fetch_add_explicit(&requests[r][m][s], 1, memory_order_relaxed);
-    atomic_fetch_add_explicit(&duration_buckets[r][b], 1, memory_order_relaxed);
-    atomic_fetch_add_explicit(&duration_sum_ns[r], (uint_fast64_t)(seconds * 1e9),
-                              memory_order_relaxed);
-}
-
-void nsd_metrics_rejection(int code)
-{
-    for (size_t i = 0; i < N_ERRORS; i++)
-        if (error_codes[i] == code)
-            atomic_fetch_add_explicit(&rejections[i], 1, memory_order_relaxed);
-}
 
 static int header(ns_buf_t *dst, const char *name, const char *type, const char *help)
 {
@@ -152,75 +89,98 @@ static int render_process(ns_buf_t *dst)
                          "Maximum number of open file descriptors.", (double)rl.rlim_cur);
     rc = rc ? rc
             : scalar(dst, "process_start_time_seconds", "gauge",
-                     "Start time of the process since unix epoch in seconds.", start_time);
+                     "Start time of the process since unix epoch in seconds.",
+                     nsd_counters_get()->start_time);
     return rc;
 }
 
-int nsd_metrics_render(ns_buf_t *dst, nsd_registry_t *reg)
+/* The route label of counter slot r. */
+static const char *route_label(const nsd_route_t *table, size_t n_routes, size_t r)
 {
-    size_t n_routes;
-    const nsd_route_t *table = nsd_routes_table(&n_routes);
-    if (n_routes > MAX_ROUTES)
-        n_routes = MAX_ROUTES;
+    return r < n_routes ? table[r].label : "unmatched";
+}
+
+static int render_requests(ns_buf_t *dst, const nsd_route_t *table, size_t n_routes)
+{
+    const nsd_request_counters_t *k = nsd_counters_get();
     int rc = header(dst, "normstat_http_requests_total", "counter",
                     "HTTP requests answered, by route, method and status.");
-    for (size_t r = 0; r <= n_routes && rc == 0; r++) {
-        const char *label = r < n_routes ? table[r].label : "unmatched";
-        for (size_t m = 0; m < N_METHODS; m++)
-            for (size_t s = 0; s < N_STATUSES && rc == 0; s++) {
-                uint64_t v = atomic_load_explicit(&requests[r][m][s], memory_order_relaxed);
+    for (size_t r = 0; r <= n_routes && rc == 0; r++)
+        for (size_t m = 0; m < NSD_COUNTER_METHODS; m++)
+            for (size_t s = 0; s < NSD_COUNTER_STATUSES && rc == 0; s++) {
+                uint64_t v = atomic_load_explicit(&k->requests[r][m][s], memory_order_relaxed);
                 if (v == 0)
                     continue;
                 char status[16];
-                if (statuses[s] != 0)
-                    snprintf(status, sizeof(status), "%d", statuses[s]);
+                if (nsd_counter_statuses[s] != 0)
+                    snprintf(status, sizeof(status), "%d", nsd_counter_statuses[s]);
                 else
                     snprintf(status, sizeof(status), "other");
                 rc = ns_buf_printf(dst,
                                    "normstat_http_requests_total{route=\"%s\",method=\"%s\","
                                    "status=\"%s\"} %llu\n",
-                                   label, methods[m], status, (unsigned long long)v);
+                                   route_label(table, n_routes, r), nsd_counter_methods[m], status,
+                                   (unsigned long long)v);
             }
-    }
-    rc = rc ? rc
-            : header(dst, "normstat_http_request_duration_seconds", "histogram",
-                     "Time from a request's first byte of headers to its answer.");
-    for (size_t r = 0; r <= n_routes && rc == 0; r++) {
-        const char *label = r < n_routes ? table[r].label : "unmatched";
-        uint64_t counts[N_BUCKETS + 1], total = 0;
-        for (size_t b = 0; b <= N_BUCKETS; b++) {
-            counts[b] = atomic_load_explicit(&duration_buckets[r][b], memory_order_relaxed);
-            total += counts[b];
-        }
-        if (total == 0)
-            continue;
-        uint64_t cum = 0;
-        for (size_t b = 0; b < N_BUCKETS && rc == 0; b++) {
-            cum += counts[b];
-            rc = ns_buf_printf(dst,
-                               "normstat_http_request_duration_seconds_bucket{route=\"%s\","
-                               "le=\"%g\"} %llu\n",
-                               label, buckets[b], (unsigned long long)cum);
-        }
-        double sum = (double)atomic_load_explicit(&duration_sum_ns[r], memory_order_relaxed) * 1e-9;
-        rc = rc ? rc
-                : ns_buf_printf(dst,
-                                "normstat_http_request_duration_seconds_bucket{route=\"%s\","
-                                "le=\"+Inf\"} %llu\n"
-                                "normstat_http_request_duration_seconds_sum{route=\"%s\"} %.9f\n"
-                                "normstat_http_request_duration_seconds_count{route=\"%s\"} %llu\n",
-                                label, (unsigned long long)total, label, sum, label,
-                                (unsigned long long)total);
-    }
+    return rc;
+}
 
-    rc = rc ? rc
-            : header(dst, "normstat_rejections_total", "counter",
-                     "Requests refused, by reason (the error code of the answer).");
-    for (size_t i = 0; i < N_ERRORS && rc == 0; i++)
+/* The duration histogram of one route slot (nothing while it has no request). */
+static int render_duration(ns_buf_t *dst, const char *label, size_t r)
+{
+    const nsd_request_counters_t *k = nsd_counters_get();
+    uint64_t counts[NSD_COUNTER_BUCKETS + 1], total = 0;
+    for (size_t b = 0; b <= NSD_COUNTER_BUCKETS; b++) {
+        counts[b] = atomic_load_explicit(&k->duration_buckets[r][b], memory_order_relaxed);
+        total += counts[b];
+    }
+    if (total == 0)
+        return 0;
+    uint64_t cum = 0;
+    int rc = 0;
+    for (size_t b = 0; b < NSD_COUNTER_BUCKETS && rc == 0; b++) {
+        cum += counts[b];
+        rc = ns_buf_printf(dst,
+                           "normstat_http_request_duration_seconds_bucket{route=\"%s\","
+                           "le=\"%g\"} %llu\n",
+                           label, nsd_counter_buckets[b], (unsigned long long)cum);
+    }
+    double sum = (double)atomic_load_explicit(&k->duration_sum_ns[r], memory_order_relaxed) * 1e-9;
+    return rc ? rc
+              : ns_buf_printf(dst,
+                              "normstat_http_request_duration_seconds_bucket{route=\"%s\","
+                              "le=\"+Inf\"} %llu\n"
+                              "normstat_http_request_duration_seconds_sum{route=\"%s\"} %.9f\n"
+                              "normstat_http_request_duration_seconds_count{route=\"%s\"} %llu\n",
+                              label, (unsigned long long)total, label, sum, label,
+                              (unsigned long long)total);
+}
+
+static int render_durations(ns_buf_t *dst, const nsd_route_t *table, size_t n_routes)
+{
+    int rc = header(dst, "normstat_http_request_duration_seconds", "histogram",
+                    "Time from a request's first byte of headers to its answer.");
+    for (size_t r = 0; r <= n_routes && rc == 0; r++)
+        rc = render_duration(dst, route_label(table, n_routes, r), r);
+    return rc;
+}
+
+static int render_rejections(ns_buf_t *dst)
+{
+    const nsd_request_counters_t *k = nsd_counters_get();
+    int rc = header(dst, "normstat_rejections_total", "counter",
+                    "Requests refused, by reason (the error code of the answer).");
+    for (size_t i = 0; i < NSD_COUNTER_ERRORS && rc == 0; i++)
         rc = ns_buf_printf(
-            dst, "normstat_rejections_total{reason=\"%s\"} %llu\n", ns_error_name(error_codes[i]),
-            (unsigned long long)atomic_load_explicit(&rejections[i], memory_order_relaxed));
+            dst, "normstat_rejections_total{reason=\"%s\"} %llu\n",
+            ns_error_name(nsd_counter_errors[i]),
+            (unsigned long long)atomic_load_explicit(&k->rejections[i], memory_order_relaxed));
+    return rc;
+}
 
+static int render_registry(ns_buf_t *dst, nsd_registry_t *reg)
+{
+    int rc = 0;
     nsd_counters_t c;
     memset(&c, 0, sizeof(c));
     if (reg != NULL)
@@ -268,6 +228,19 @@ int nsd_metrics_render(ns_buf_t *dst, nsd_registry_t *reg)
         rc = sample(dst, registry_rows[i].name, registry_rows[i].type, registry_rows[i].help,
                     "%llu", (unsigned long long)v);
     }
+    return rc;
+}
+
+int nsd_metrics_render(ns_buf_t *dst, nsd_registry_t *reg)
+{
+    size_t n_routes;
+    const nsd_route_t *table = nsd_routes_table(&n_routes);
+    if (n_routes > NSD_COUNTER_ROUTES)
+        n_routes = NSD_COUNTER_ROUTES;
+    int rc = render_requests(dst, table, n_routes);
+    rc = rc ? rc : render_durations(dst, table, n_routes);
+    rc = rc ? rc : render_rejections(dst);
+    rc = rc ? rc : render_registry(dst, reg);
     rc = rc ? rc
             : header(dst, "normstat_build_info", "gauge",
                      "Version and statistics kernel of this daemon (value 1).");
@@ -275,6 +248,65 @@ int nsd_metrics_render(ns_buf_t *dst, nsd_registry_t *reg)
             : ns_buf_printf(dst, "normstat_build_info{version=\"%s\",kernel=\"%s\"} 1\n",
                             NS_VERSION_STRING, ns_core_kernel());
     return rc ? rc : render_process(dst);
+}
+
+/* How a store row's value is read from nsd_store_stats_t and printed. */
+enum { STORE_U64 = 1, STORE_US_AS_SECONDS, STORE_FLAG, STORE_AGE_MS_AS_SECONDS };
+
+static const struct {
+    const char *name, *type, *help;
+    int kind;
+    size_t offset;
+} store_rows[] = {
+    {"normstat_store_commits_total", "counter", "Group-committed store transactions.", STORE_U64,
+     offsetof(nsd_store_stats_t, commits)},
+    {"normstat_store_commit_failures_total", "counter",
+     "Store commits that failed (disk full, I/O error); each is retried.", STORE_U64,
+     offsetof(nsd_store_stats_t, commit_failures)},
+    {"normstat_store_rows_total", "counter",
+     "Log rows committed (finalized steps, configurations, domains, resets).", STORE_U64,
+     offsetof(nsd_store_stats_t, rows)},
+    {"normstat_store_snapshots_total", "counter",
+     "Run snapshots committed (periodic and checkpoint imports).", STORE_U64,
+     offsetof(nsd_store_stats_t, snapshots)},
+    {"normstat_store_commit_seconds_total", "counter", "Time spent committing (sum over commits).",
+     STORE_US_AS_SECONDS, offsetof(nsd_store_stats_t, commit_seconds_sum_us)},
+    {"normstat_store_commit_last_seconds", "gauge", "Duration of the last successful commit.",
+     STORE_US_AS_SECONDS, offsetof(nsd_store_stats_t, commit_last_us)},
+    {"normstat_store_queued_jobs", "gauge", "Changes waiting for the store's writer.", STORE_U64,
+     offsetof(nsd_store_stats_t, queued)},
+    {"normstat_store_failing", "gauge",
+     "1 while store commits fail (writes are refused with 503).", STORE_FLAG,
+     offsetof(nsd_store_stats_t, failing)},
+    {"normstat_store_last_snapshot_age_seconds", "gauge",
+     "Seconds since the last snapshot was committed (-1: none since start).",
+     STORE_AGE_MS_AS_SECONDS, offsetof(nsd_store_stats_t, last_snapshot_age_ms)},
+};
+
+static int store_row(ns_buf_t *dst, size_t i, const nsd_store_stats_t *st)
+{
+    const char *field = (const char *)st + store_rows[i].offset;
+    uint64_t u;
+    int64_t age;
+    int flag;
+    switch (store_rows[i].kind) {
+    case STORE_U64:
+        memcpy(&u, field, sizeof(u));
+        return sample(dst, store_rows[i].name, store_rows[i].type, store_rows[i].help, "%llu",
+                      (unsigned long long)u);
+    case STORE_US_AS_SECONDS:
+        memcpy(&u, field, sizeof(u));
+        return sample(dst, store_rows[i].name, store_rows[i].type, store_rows[i].help, "%.6f",
+                      (double)u * 1e-6);
+    case STORE_FLAG:
+        memcpy(&flag, field, sizeof(flag));
+        return sample(dst, store_rows[i].name, store_rows[i].type, store_rows[i].help, "%d",
+                      flag);
+    default:
+        memcpy(&age, field, sizeof(age));
+        return sample(dst, store_rows[i].name, store_rows[i].type, store_rows[i].help, "%.3f",
+                      age < 0 ? -1.0 : (double)age * 1e-3);
+    }
 }
 
 /* The store's counters (all zero with --no-persist, so they always exist). */
@@ -288,48 +320,15 @@ static int render_store(ns_buf_t *dst, nsd_store_t *store)
     int rc =
         sample(dst, "normstat_store_enabled", "gauge",
                "1 if the persistent store is in use (0 with --no-persist).", "%d", store != NULL);
-    rc = rc ? rc
-            : sample(dst, "normstat_store_commits_total", "counter",
-                     "Group-committed store transactions.", "%llu", (unsigned long long)st.commits);
-    rc = rc ? rc
-            : sample(dst, "normstat_store_commit_failures_total", "counter",
-                     "Store commits that failed (disk full, I/O error); each is retried.", "%llu",
-                     (unsigned long long)st.commit_failures);
-    rc = rc ? rc
-            : sample(dst, "normstat_store_rows_total", "counter",
-                     "Log rows committed (finalized steps, configurations, domains, resets).",
-                     "%llu", (unsigned long long)st.rows);
-    rc = rc ? rc
-            : sample(dst, "normstat_store_snapshots_total", "counter",
-                     "Run snapshots committed (periodic and checkpoint imports).", "%llu",
-                     (unsigned long long)st.snapshots);
-    rc = rc ? rc
-            : sample(dst, "normstat_store_commit_seconds_total", "counter",
-                     "Time spent committing (sum over commits).", "%.6f",
-                     (double)st.commit_seconds_sum_us * 1e-6);
-    rc = rc ? rc
-            : sample(dst, "normstat_store_commit_last_seconds", "gauge",
-                     "Duration of the last successful commit.", "%.6f",
-                     (double)st.commit_last_us * 1e-6);
-    rc = rc ? rc
-            : sample(dst, "normstat_store_queued_jobs", "gauge",
-                     "Changes waiting for the store's writer.", "%llu",
-                     (unsigned long long)st.queued);
-    rc = rc ? rc
-            : sample(dst, "normstat_store_failing", "gauge",
-                     "1 while store commits fail (writes are refused with 503).", "%d", st.failing);
-    rc =
-        rc ? rc
-           : sample(dst, "normstat_store_last_snapshot_age_seconds", "gauge",
-                    "Seconds since the last snapshot was committed (-1: none since start).", "%.3f",
-                    st.last_snapshot_age_ms < 0 ? -1.0 : (double)st.last_snapshot_age_ms * 1e-3);
+    for (size_t i = 0; i < sizeof(store_rows) / sizeof(store_rows[0]) && rc == 0; i++)
+        rc = store_row(dst, i, &st);
     return rc;
 }
 
 void nsd_h_metrics(nsd_request_t *req)
 {
     ns_buf_t buf;
-    ns_buf_init(&buf, 64u * 1024u * 1024u);
+    ns_buf_init(&buf, NSD_METRICS_MAX);
     int rc = nsd_metrics_render(&buf, req->server->registry);
     rc = rc ? rc
             : sample(&buf, "normstat_http_requests_in_flight", "gauge",

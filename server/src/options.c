@@ -42,18 +42,8 @@ static const option_row_t rows[] = {
 };
 #define N_ROWS (sizeof(rows) / sizeof(rows[0]))
 
-static int fail(char *err, size_t err_cap, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static int fail(char *err, size_t err_cap, const char *fmt, ...)
-{
-    if (err != NULL && err_cap > 0) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, err_cap, fmt, ap);
-        va_end(ap);
-    }
-    return NS_EINVAL;
-}
+/* An option error: one line naming the flag or variable, in 'err'. */
+#define fail(err, ...) ns_error_set((err), NS_EINVAL, "", __VA_ARGS__)
 
 int nsd_options_parse_size(const char *src, uint64_t *dst)
 {
@@ -164,26 +154,26 @@ static int parse_bool(const char *s, int *dst)
 
 /* Store 'value' into the field of 'row'; 'who' names the flag or variable in errors. */
 static int set_value(nsd_options_t *dst, const option_row_t *row, const char *value,
-                     const char *who, char *err, size_t err_cap)
+                     const char *who, ns_error_detail_t *err)
 {
     void *field = (char *)dst + row->offset;
     switch (row->type) {
     case T_ADDR:
         if (nsd_options_parse_addr(value, field) != 0)
-            return fail(err, err_cap, "%s: expected HOST:PORT (e.g. 127.0.0.1:8750), got '%s'", who,
+            return fail(err, "%s: expected HOST:PORT (e.g. 127.0.0.1:8750), got '%s'", who,
                         value);
         return 0;
     case T_PATH: {
         size_t len = strlen(value);
         if (len >= sizeof(nsd_path_t))
-            return fail(err, err_cap, "%s: path longer than %zu bytes", who,
+            return fail(err, "%s: path longer than %zu bytes", who,
                         sizeof(nsd_path_t) - 1);
         memcpy(field, value, len + 1);
         return 0;
     }
     case T_BOOL:
         if (parse_bool(value, field) != 0)
-            return fail(err, err_cap, "%s: expected true or false, got '%s'", who, value);
+            return fail(err, "%s: expected true or false, got '%s'", who, value);
         return 0;
     case T_INT: {
         char *end;
@@ -191,7 +181,7 @@ static int set_value(nsd_options_t *dst, const option_row_t *row, const char *va
         long long v = strtoll(value, &end, 10);
         if (value[0] == '\0' || isspace((unsigned char)value[0]) || *end != '\0' || errno != 0 ||
             v < (long long)row->min || (uint64_t)v > row->max)
-            return fail(err, err_cap, "%s: expected an integer in %llu..%llu, got '%s'", who,
+            return fail(err, "%s: expected an integer in %llu..%llu, got '%s'", who,
                         (unsigned long long)row->min, (unsigned long long)row->max, value);
         *(int64_t *)field = v;
         return 0;
@@ -199,7 +189,7 @@ static int set_value(nsd_options_t *dst, const option_row_t *row, const char *va
     case T_SIZE: {
         uint64_t v;
         if (nsd_options_parse_size(value, &v) != 0 || v < row->min || v > row->max)
-            return fail(err, err_cap,
+            return fail(err,
                         "%s: expected a size in bytes with an optional K, M or G suffix "
                         "(%llu..%llu), got '%s'",
                         who, (unsigned long long)row->min, (unsigned long long)row->max, value);
@@ -209,7 +199,7 @@ static int set_value(nsd_options_t *dst, const option_row_t *row, const char *va
     case T_LEVEL: {
         int level = nsd_log_level_parse(value);
         if (level < 0)
-            return fail(err, err_cap, "%s: expected debug, info, warn or error, got '%s'", who,
+            return fail(err, "%s: expected debug, info, warn or error, got '%s'", who,
                         value);
         *(int *)field = level;
         return 0;
@@ -218,7 +208,7 @@ static int set_value(nsd_options_t *dst, const option_row_t *row, const char *va
         nsd_url_t *u = field;
         size_t len = strlen(value);
         if (len >= sizeof(u->url))
-            return fail(err, err_cap, "%s: URL longer than %zu bytes", who, sizeof(u->url) - 1);
+            return fail(err, "%s: URL longer than %zu bytes", who, sizeof(u->url) - 1);
         memcpy(u->url, value, len + 1);
         return 0;
     }
@@ -239,7 +229,7 @@ static const char *env_lookup(char *const envp[], const char *name)
 }
 
 int nsd_options_parse(nsd_options_t *dst, int argc, char *const argv[], char *const envp[],
-                      char *err, size_t err_cap)
+                      ns_error_detail_t *err)
 {
     memset(dst, 0, sizeof(*dst));
     for (size_t i = 0; i < N_ROWS; i++) {
@@ -249,12 +239,12 @@ int nsd_options_parse(nsd_options_t *dst, int argc, char *const argv[], char *co
         char who[96];
         snprintf(who, sizeof(who), "default of --%s", row->flag);
         if (row->def[0] != '\0' || row->type == T_PATH)
-            if (set_value(dst, row, row->def, who, err, err_cap) != 0)
+            if (set_value(dst, row, row->def, who, err) != 0)
                 return NS_EINVAL;
     }
     for (size_t i = 0; i < N_ROWS; i++) {
         const char *value = env_lookup(envp, rows[i].env);
-        if (value != NULL && set_value(dst, &rows[i], value, rows[i].env, err, err_cap) != 0)
+        if (value != NULL && set_value(dst, &rows[i], value, rows[i].env, err) != 0)
             return NS_EINVAL;
     }
     for (int a = 1; a < argc; a++) {
@@ -264,7 +254,7 @@ int nsd_options_parse(nsd_options_t *dst, int argc, char *const argv[], char *co
         else if (strcmp(arg, "-V") == 0)
             arg = "--version";
         if (strncmp(arg, "--", 2) != 0 || arg[2] == '\0')
-            return fail(err, err_cap, "unexpected argument '%s' (see --help)", arg);
+            return fail(err, "unexpected argument '%s' (see --help)", arg);
         const char *name = arg + 2;
         const char *eq = strchr(name, '=');
         size_t name_len = eq ? (size_t)(eq - name) : strlen(name);
@@ -273,7 +263,7 @@ int nsd_options_parse(nsd_options_t *dst, int argc, char *const argv[], char *co
             if (strlen(rows[i].flag) == name_len && strncmp(rows[i].flag, name, name_len) == 0)
                 row = &rows[i];
         if (row == NULL)
-            return fail(err, err_cap, "unknown option '--%.*s' (see --help)", (int)name_len, name);
+            return fail(err, "unknown option '--%.*s' (see --help)", (int)name_len, name);
         char who[96];
         snprintf(who, sizeof(who), "--%s", row->flag);
         void *field = (char *)dst + row->offset;
@@ -281,28 +271,28 @@ int nsd_options_parse(nsd_options_t *dst, int argc, char *const argv[], char *co
         switch (row->type) {
         case T_ACTION:
             if (value != NULL)
-                return fail(err, err_cap, "%s takes no value", who);
+                return fail(err, "%s takes no value", who);
             *(int *)field = 1;
             continue;
         case T_BOOL:
             /* "--no-persist" alone means true; "--no-persist=false" is accepted too. */
-            if (set_value(dst, row, value ? value : "true", who, err, err_cap) != 0)
+            if (set_value(dst, row, value ? value : "true", who, err) != 0)
                 return NS_EINVAL;
             continue;
         case T_URL:
             ((nsd_url_t *)field)->set = 1;
             if (value == NULL && a + 1 < argc && strncmp(argv[a + 1], "-", 1) != 0)
                 value = argv[++a];
-            if (value != NULL && set_value(dst, row, value, who, err, err_cap) != 0)
+            if (value != NULL && set_value(dst, row, value, who, err) != 0)
                 return NS_EINVAL;
             continue;
         default:
             if (value == NULL) {
                 if (a + 1 >= argc)
-                    return fail(err, err_cap, "%s needs a value (%s)", who, row->metavar);
+                    return fail(err, "%s needs a value (%s)", who, row->metavar);
                 value = argv[++a];
             }
-            if (set_value(dst, row, value, who, err, err_cap) != 0)
+            if (set_value(dst, row, value, who, err) != 0)
                 return NS_EINVAL;
         }
     }

@@ -9,7 +9,7 @@
 #include <stdint.h>
 #include <stdio.h>
 
-#include <normstat/wire_errors.h>
+#include <normstat/proto.h>
 
 /* HOST:PORT; host is an IPv4 address, a bracketed IPv6 address or a name. */
 typedef struct nsd_addr_s {
@@ -46,10 +46,10 @@ typedef struct nsd_options_s {
  *  variables of 'envp' ("NAME=value" strings, NULL-terminated; may be NULL),
  *  then argv[1..argc). Flags take "--flag VALUE" or "--flag=VALUE"; -h and
  *  -V mean --help and --version.
- *  @return 0, or NS_EINVAL with one line in err[0..err_cap) naming the flag
+ *  @return 0, or NS_EINVAL with one line in err->message naming the flag
  *  or variable and the value ('dst' is then unspecified). */
 int nsd_options_parse(nsd_options_t *dst, int argc, char *const argv[], char *const envp[],
-                      char *err, size_t err_cap);
+                      ns_error_detail_t *err);
 
 /*! nsd_options_help() : write the --help text, generated from options.def. */
 void nsd_options_help(FILE *out, const char *prog);

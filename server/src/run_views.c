@@ -50,7 +50,7 @@ json_t *nsd_run_json(nsd_run_t *run, uint64_t now_ms)
                  layers, l->name,
                  json_pack("{s:I, s:I, s:I, s:I, s:I}", "channels", (json_int_t)l->channels, "step",
                            (json_int_t)l->last_applied, "finalized_step", (json_int_t)l->max_closed,
-                           "num_batches_tracked", (json_int_t)nbt, "pending_steps",
+                           NS_FIELD_NUM_BATCHES_TRACKED, (json_int_t)nbt, "pending_steps",
                            (json_int_t)l->n_pending)) == 0;
         if (l->max_seen > highest)
             highest = l->max_seen;

@@ -10,6 +10,9 @@
 /* One answer body (statistics, /sync, /grad; JSON or safetensors). */
 #define NSD_ANSWER_MAX ((size_t)1 << 30)
 
+/* One error body ({"error": {"code", "message"}}). */
+#define NSD_ERROR_BODY_MAX ((size_t)64 * 1024)
+
 /* One /metrics exposition. */
 #define NSD_METRICS_MAX (64 * NSD_MIB)
 

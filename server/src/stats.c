@@ -32,17 +32,23 @@ void nsd_stats_free(nsd_stats_t *stats)
     free(stats);
 }
 
-/* Served values of one source for one domain index of a layer.
- * @return 1 if served, 0 if the layer has nothing to serve for it. */
+/* What a source served for one layer besides its arrays. */
 typedef struct served_s {
     int64_t step;
     uint64_t nbt; /* EMA num_batches_tracked or PreciseBN num_batches */
     uint64_t samples;
 } served_t;
 
-static int serve_ema(const nsd_run_t *run, const nsd_layer_t *l, long d, double *mean, double *var,
-                     served_t *sv)
+/* A source's reader: the served values of layer 'l' for domain index 'd'
+ * (-1: all domains pooled) into mean[c], var[c].
+ * @return 1 if served, 0 if the layer has nothing to serve, NS_ENOMEM. */
+typedef int (*serve_fn)(const nsd_run_t *run, const nsd_layer_t *l, const nsd_stats_query_t *q,
+                        long d, double *mean, double *var, served_t *sv);
+
+static int serve_ema(const nsd_run_t *run, const nsd_layer_t *l, const nsd_stats_query_t *q, long d,
+                     double *mean, double *var, served_t *sv)
 {
+    (void)q;
     const nsd_pop_t *pop = d < 0 ? l->pooled : ((size_t)d < l->cap_pops ? l->pops[d] : NULL);
     nsd_pop_ema_read(pop, l->channels, run->st.cfg.ema_debias, mean, var);
     sv->step = pop ? pop->ema_step : -1;
@@ -51,13 +57,13 @@ static int serve_ema(const nsd_run_t *run, const nsd_layer_t *l, long d, double 
     return 1;
 }
 
-static int serve_precise(const nsd_run_t *run, const nsd_layer_t *l, long d, int biased,
-                         double *mean, double *var, served_t *sv)
+static int serve_precise(const nsd_run_t *run, const nsd_layer_t *l, const nsd_stats_query_t *q,
+                         long d, double *mean, double *var, served_t *sv)
 {
     size_t c = l->channels;
     if (d >= 0) {
         const nsd_pop_t *pop = (size_t)d < l->cap_pops ? l->pops[d] : NULL;
-        if (pop == NULL || ns_precise_read(&pop->precise, c, biased, mean, var) != 0)
+        if (pop == NULL || ns_precise_read(&pop->precise, c, q->biased, mean, var) != 0)
             return 0;
         sv->step = pop->precise_step;
         sv->nbt = pop->precise.num_batches;
@@ -71,7 +77,7 @@ static int serve_precise(const nsd_run_t *run, const nsd_layer_t *l, long d, int
     ns_precise_t acc = {.mean = tmp, .m2 = tmp + c};
     size_t n = run->st.n_domains < l->cap_pops ? run->st.n_domains : l->cap_pops;
     int ok = nsd_pop_precise_pool(&acc, l->pops, n, c) == 0 &&
-             ns_precise_read(&acc, c, biased, mean, var) == 0;
+             ns_precise_read(&acc, c, q->biased, mean, var) == 0;
     sv->step = -1;
     for (size_t k = 0; k < n; k++)
         if (l->pops[k] != NULL && l->pops[k]->precise_step > sv->step)
@@ -82,13 +88,75 @@ static int serve_precise(const nsd_run_t *run, const nsd_layer_t *l, long d, int
     return ok;
 }
 
-static int serve_one(const nsd_run_t *run, const nsd_layer_t *l, const nsd_stats_query_t *q, long d,
-                     double *mean, double *var, served_t *sv)
+/* The last finalized step: pooled, or the domain's own last step. */
+static int serve_last(const nsd_run_t *run, const nsd_layer_t *l, const nsd_stats_query_t *q,
+                      long d, double *mean, double *var, served_t *sv)
 {
-    if (q->source == NSD_SOURCE_EMA)
-        return serve_ema(run, l, d, mean, var, sv);
-    return serve_precise(run, l, d, q->biased, mean, var, sv);
+    (void)run;
+    (void)q;
+    size_t c = l->channels;
+    const nsd_pop_t *pop = d >= 0 && (size_t)d < l->cap_pops ? l->pops[d] : NULL;
+    if (d < 0 ? !l->has_last : pop == NULL || pop->last_step < 0)
+        return 0;
+    const double *src = d < 0 ? l->last_mean : pop->last_mean;
+    memcpy(mean, src, c * sizeof(double));
+    memcpy(var, src + c, c * sizeof(double));
+    sv->step = d < 0 ? (int64_t)l->last_step : pop->last_step;
+    sv->samples = d < 0 ? l->last_count : pop->last_count;
+    return 1;
 }
+
+/* Which served_t field a scalar of the answer carries. */
+enum { SV_NBT = 1, SV_SAMPLES, SV_STEP };
+
+typedef struct scalar_s {
+    const char *name;
+    int what; /* SV_*; 0 ends the list */
+} scalar_t;
+
+/* Everything that differs between sources, so the view itself does not
+ * branch on the source. */
+typedef struct source_s {
+    const char *name; /* as the query names it, and in the answer's meta */
+    serve_fn serve;
+    int mixable;         /* serves a mixture of domains */
+    int biased;          /* serves variance=biased */
+    const char *arrays[2];
+    scalar_t scalars[4];
+    /* the source's own meta entries */
+    size_t (*meta)(const nsd_run_state_t *st, long d, ns_meta_t *m);
+} source_t;
+
+static size_t meta_precise(const nsd_run_state_t *st, long d, ns_meta_t *m)
+{
+    uint64_t gen = d >= 0 ? st->domain_gen[d] : st->precise_generation;
+    m[0] = (ns_meta_t){.key = "generation", .kind = NS_META_INT, .num = (int64_t)gen};
+    return 1;
+}
+
+static size_t meta_ema(const nsd_run_state_t *st, long d, ns_meta_t *m)
+{
+    (void)d;
+    m[0] = (ns_meta_t){.key = "debiased", .kind = NS_META_BOOL, .num = st->cfg.ema_debias ? 1 : 0};
+    return 1;
+}
+
+static const source_t SOURCES[] = {
+    [NSD_SOURCE_EMA] = {"ema", serve_ema, 1, 0,
+                        {NS_FIELD_RUNNING_MEAN, NS_FIELD_RUNNING_VAR},
+                        {{NS_FIELD_NUM_BATCHES_TRACKED, SV_NBT}, {NS_FIELD_STEP, SV_STEP}},
+                        meta_ema},
+    [NSD_SOURCE_PRECISE] = {"precise", serve_precise, 1, 1,
+                            {NS_FIELD_RUNNING_MEAN, NS_FIELD_RUNNING_VAR},
+                            {{NS_FIELD_NUM_BATCHES, SV_NBT},
+                             {NS_FIELD_NUM_SAMPLES, SV_SAMPLES},
+                             {NS_FIELD_STEP, SV_STEP}},
+                            meta_precise},
+    [NSD_SOURCE_LAST] = {"last", serve_last, 0, 0,
+                         {NS_FIELD_MEAN, NS_FIELD_VAR},
+                         {{NS_FIELD_COUNT, SV_SAMPLES}, {NS_FIELD_STEP, SV_STEP}},
+                         NULL},
+};
 
 /* A mixture of the domains' served values (ns_mixture). */
 static int serve_mixture(const nsd_run_t *run, const nsd_layer_t *l, const nsd_stats_query_t *q,
@@ -106,7 +174,7 @@ static int serve_mixture(const nsd_run_t *run, const nsd_layer_t *l, const nsd_s
     for (size_t i = 0; i < k; i++) {
         served_t one;
         double *m = tmp + 2 * c * i, *v = m + c;
-        rc = serve_one(run, l, q, doms[i], m, v, &one);
+        rc = SOURCES[q->source].serve(run, l, q, doms[i], m, v, &one);
         if (rc <= 0)
             goto out; /* 0: a component has nothing: skip the layer */
         comp[i].weight = q->mixture[i].weight;
@@ -136,19 +204,18 @@ static int layer_selected(const nsd_stats_query_t *q, const char *name)
     return 0;
 }
 
-int nsd_run_stats(nsd_run_t *run, const nsd_stats_query_t *q, nsd_stats_t **dst,
-                  ns_error_detail_t *err)
+/* The checks of a query, and the domain indexes it names: *d for one
+ * domain (-1 pooled), doms[] for a mixture. Nothing is allocated. */
+static int check_query(const nsd_run_t *run, const nsd_stats_query_t *q, long *d, long *doms,
+                       ns_error_detail_t *err)
 {
     const nsd_run_state_t *st = &run->st;
-    *dst = NULL;
+    const source_t *src = &SOURCES[q->source];
     const char *dname = q->domain[0] ? q->domain : "*";
-    int pooled = strcmp(dname, "*") == 0;
-    long d = -1;
-    long doms[NSD_MIXTURE_MAX];
-
-    if (q->biased && q->source != NSD_SOURCE_PRECISE)
+    *d = -1;
+    if (q->biased && !src->biased)
         return ns_error_set(err, NS_EINVAL, "variance", "biased is only served by source=precise");
-    if (q->source == NSD_SOURCE_LAST && q->n_mixture > 0)
+    if (!src->mixable && q->n_mixture > 0)
         return ns_error_set(err, NS_EINVAL, "mixture",
                             "source=last serves one domain or all pooled, not a mixture");
     if (q->n_mixture > NSD_MIXTURE_MAX)
@@ -159,9 +226,9 @@ int nsd_run_stats(nsd_run_t *run, const nsd_stats_query_t *q, nsd_stats_t **dst,
             return ns_error_set(err, NS_ENOTFOUND, "mixture", "no domain '%s' in run '%s'",
                                 q->mixture[i].domain, run->name);
     }
-    if (q->n_mixture == 0 && !pooled) {
-        d = nsd_run_find_domain(st, dname);
-        if (d < 0)
+    if (q->n_mixture == 0 && strcmp(dname, "*") != 0) {
+        *d = nsd_run_find_domain(st, dname);
+        if (*d < 0)
             return ns_error_set(err, NS_ENOTFOUND, "domain", "no domain '%s' in run '%s'", dname,
                                 run->name);
     }
@@ -169,104 +236,73 @@ int nsd_run_stats(nsd_run_t *run, const nsd_stats_query_t *q, nsd_stats_t **dst,
         if (nsd_run_find_layer(st, q->layers[i]) == NULL)
             return ns_error_set(err, NS_ENOTFOUND, "layers", "no layer '%s' in run '%s'",
                                 q->layers[i], run->name);
+    return 0;
+}
 
-    stats_impl_t *s = calloc(1, sizeof(*s));
-    if (s == NULL)
-        return ns_error_set(err, NS_ENOMEM, "", "out of memory");
-    s->pub.layers = calloc(st->n_layers ? st->n_layers : 1, sizeof(ns_out_layer_t));
-    if (s->pub.layers == NULL)
-        goto nomem;
+/* One layer of the answer, named as its source names it. */
+static void out_layer(ns_out_layer_t *o, const source_t *src, char *name, size_t c, double *block,
+                      const served_t *sv)
+{
+    o->name = name;
+    o->channels = c;
+    o->n_arrays = 2;
+    o->arrays[0] = block;
+    o->arrays[1] = block + c;
+    o->array_names[0] = src->arrays[0];
+    o->array_names[1] = src->arrays[1];
+    o->n_scalars = 0;
+    for (const scalar_t *k = src->scalars; k->what != 0; k++) {
+        o->scalar_names[o->n_scalars] = k->name;
+        o->scalars[o->n_scalars++] = k->what == SV_NBT       ? (int64_t)sv->nbt
+                                     : k->what == SV_SAMPLES ? (int64_t)sv->samples
+                                                             : sv->step;
+    }
+}
 
-    int64_t max_step = -1;
+/* Every selected layer with something to serve. @return 0 and the highest
+ * step served in *max_step, or NS_ENOMEM. */
+static int serve_layers(const nsd_run_t *run, const nsd_stats_query_t *q, long d, const long *doms,
+                        nsd_stats_t *out, int64_t *max_step)
+{
+    const nsd_run_state_t *st = &run->st;
+    const source_t *src = &SOURCES[q->source];
+    *max_step = -1;
     for (size_t i = 0; i < st->n_layers; i++) {
         const nsd_layer_t *l = st->layers[i];
         size_t c = l->channels;
         if (c == 0 || !layer_selected(q, l->name))
             continue;
-        /* source=last: the pooled last step, or the domain's own last step. */
-        const nsd_pop_t *dpop = d >= 0 && (size_t)d < l->cap_pops ? l->pops[d] : NULL;
-        if (q->source == NSD_SOURCE_LAST &&
-            (d < 0 ? !l->has_last : dpop == NULL || dpop->last_step < 0))
-            continue;
         double *block = malloc(2 * c * sizeof(double));
         char *name = strdup(l->name);
-        if (block == NULL || name == NULL) {
-            free(block);
-            free(name);
-            goto nomem;
-        }
-        double *mean = block, *var = block + c;
         served_t sv = {0};
-        int rc;
-        if (q->source == NSD_SOURCE_LAST && d >= 0) {
-            memcpy(block, dpop->last_mean, 2 * c * sizeof(double));
-            sv.step = dpop->last_step;
-            sv.samples = dpop->last_count;
-            rc = 1;
-        } else if (q->source == NSD_SOURCE_LAST) {
-            memcpy(block, l->last_mean, 2 * c * sizeof(double));
-            sv.step = (int64_t)l->last_step;
-            sv.samples = l->last_count;
-            rc = 1;
-        } else if (q->n_mixture > 0) {
-            rc = serve_mixture(run, l, q, doms, mean, var, &sv);
-        } else {
-            rc = serve_one(run, l, q, d, mean, var, &sv);
-        }
+        int rc = NS_ENOMEM;
+        if (block != NULL && name != NULL)
+            rc = q->n_mixture > 0 ? serve_mixture(run, l, q, doms, block, block + c, &sv)
+                                  : src->serve(run, l, q, d, block, block + c, &sv);
         if (rc <= 0) {
             free(block);
             free(name);
             if (rc == NS_ENOMEM)
-                goto nomem;
-            continue; /* nothing to serve (precise without samples): skipped */
+                return NS_ENOMEM;
+            continue; /* nothing to serve (e.g. precise without samples): skipped */
         }
-        ns_out_layer_t *o = &s->pub.layers[s->pub.n_layers++];
-        o->name = name;
-        o->channels = c;
-        o->n_arrays = 2;
-        o->arrays[0] = mean;
-        o->arrays[1] = var;
-        if (q->source == NSD_SOURCE_LAST) {
-            o->array_names[0] = NS_FIELD_MEAN;
-            o->array_names[1] = NS_FIELD_VAR;
-            o->scalar_names[0] = NS_FIELD_COUNT;
-            o->scalars[0] = (int64_t)sv.samples;
-            o->scalar_names[1] = NS_FIELD_STEP;
-            o->scalars[1] = sv.step;
-            o->n_scalars = 2;
-        } else if (q->source == NSD_SOURCE_EMA) {
-            o->array_names[0] = NS_FIELD_RUNNING_MEAN;
-            o->array_names[1] = NS_FIELD_RUNNING_VAR;
-            o->scalar_names[0] = NS_FIELD_NUM_BATCHES_TRACKED;
-            o->scalars[0] = (int64_t)sv.nbt;
-            o->scalar_names[1] = NS_FIELD_STEP;
-            o->scalars[1] = sv.step;
-            o->n_scalars = 2;
-        } else {
-            o->array_names[0] = NS_FIELD_RUNNING_MEAN;
-            o->array_names[1] = NS_FIELD_RUNNING_VAR;
-            o->scalar_names[0] = NS_FIELD_NUM_BATCHES;
-            o->scalars[0] = (int64_t)sv.nbt;
-            o->scalar_names[1] = NS_FIELD_NUM_SAMPLES;
-            o->scalars[1] = (int64_t)sv.samples;
-            o->scalar_names[2] = NS_FIELD_STEP;
-            o->scalars[2] = sv.step;
-            o->n_scalars = 3;
-        }
-        if (sv.step > max_step)
-            max_step = sv.step;
+        out_layer(&out->layers[out->n_layers++], src, name, c, block, &sv);
+        if (sv.step > *max_step)
+            *max_step = sv.step;
     }
+    return 0;
+}
 
-    /* Meta. */
+/* The answer's meta: run, source, domain or mixture, step, the source's own. */
+static void fill_meta(stats_impl_t *s, const nsd_run_t *run, const nsd_stats_query_t *q, long d,
+                      int64_t max_step)
+{
+    const source_t *src = &SOURCES[q->source];
     snprintf(s->run, sizeof(s->run), "%s", run->name);
     ns_meta_t *m = s->meta;
     size_t nm = 0;
     m[nm++] = (ns_meta_t){.key = "run", .kind = NS_META_STRING, .str = s->run};
-    m[nm++] = (ns_meta_t){.key = "source",
-                          .kind = NS_META_STRING,
-                          .str = q->source == NSD_SOURCE_EMA       ? "ema"
-                                 : q->source == NSD_SOURCE_PRECISE ? "precise"
-                                                                   : "last"};
+    m[nm++] = (ns_meta_t){.key = "source", .kind = NS_META_STRING, .str = src->name};
     if (q->n_mixture > 0) {
         size_t off = 0;
         for (size_t i = 0; i < q->n_mixture; i++)
@@ -276,22 +312,34 @@ int nsd_run_stats(nsd_run_t *run, const nsd_stats_query_t *q, nsd_stats_t **dst,
         m[nm++] = (ns_meta_t){.key = "domain", .kind = NS_META_STRING, .str = s->domain};
         m[nm++] = (ns_meta_t){.key = "mixture", .kind = NS_META_STRING, .str = s->mixture};
     } else {
-        snprintf(s->domain, sizeof(s->domain), "%s", dname);
+        snprintf(s->domain, sizeof(s->domain), "%s", q->domain[0] ? q->domain : "*");
         m[nm++] = (ns_meta_t){.key = "domain", .kind = NS_META_STRING, .str = s->domain};
     }
     m[nm++] = (ns_meta_t){.key = NS_FIELD_STEP, .kind = NS_META_INT, .num = max_step};
-    if (q->source == NSD_SOURCE_PRECISE) {
-        uint64_t gen = d >= 0 ? st->domain_gen[d] : st->precise_generation;
-        m[nm++] = (ns_meta_t){.key = "generation", .kind = NS_META_INT, .num = (int64_t)gen};
-    }
-    if (q->source == NSD_SOURCE_EMA)
-        m[nm++] =
-            (ns_meta_t){.key = "debiased", .kind = NS_META_BOOL, .num = st->cfg.ema_debias ? 1 : 0};
+    if (src->meta != NULL)
+        nm += src->meta(&run->st, d, m + nm);
     s->pub.meta = s->meta;
     s->pub.n_meta = nm;
+}
+
+int nsd_run_stats(nsd_run_t *run, const nsd_stats_query_t *q, nsd_stats_t **dst,
+                  ns_error_detail_t *err)
+{
+    *dst = NULL;
+    long d, doms[NSD_MIXTURE_MAX];
+    int rc = check_query(run, q, &d, doms, err);
+    if (rc != 0)
+        return rc;
+    stats_impl_t *s = calloc(1, sizeof(*s));
+    if (s == NULL)
+        return ns_error_set(err, NS_ENOMEM, "", "out of memory");
+    s->pub.layers = calloc(run->st.n_layers ? run->st.n_layers : 1, sizeof(ns_out_layer_t));
+    int64_t max_step = -1;
+    if (s->pub.layers == NULL || serve_layers(run, q, d, doms, &s->pub, &max_step) != 0) {
+        nsd_stats_free(&s->pub);
+        return ns_error_set(err, NS_ENOMEM, "", "out of memory");
+    }
+    fill_meta(s, run, q, d, max_step);
     *dst = &s->pub;
     return 0;
-nomem:
-    nsd_stats_free(&s->pub);
-    return ns_error_set(err, NS_ENOMEM, "", "out of memory");
 }

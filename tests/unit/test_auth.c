@@ -11,7 +11,8 @@
 
 static nsd_options_t opts;
 static nsd_auth_t auth;
-static char err[600];
+static ns_error_detail_t detail;
+static const char *const err = detail.message;
 static char dir[] = "/tmp/nsd-test-auth-XXXXXX";
 
 static void setup(void)
@@ -32,9 +33,9 @@ static int load(char *const envp[], const char *a1, const char *a2)
 {
     char *argv[] = {(char *)"normstatd", (char *)a1, (char *)a2, NULL};
     int argc = a1 == NULL ? 1 : a2 == NULL ? 2 : 3;
-    ck_assert_int_eq(nsd_options_parse(&opts, argc, argv, envp, err, sizeof(err)), 0);
-    err[0] = '\0';
-    return nsd_auth_load(&auth, &opts, err, sizeof(err));
+    memset(&detail, 0, sizeof(detail));
+    ck_assert_int_eq(nsd_options_parse(&opts, argc, argv, envp, &detail), 0);
+    return nsd_auth_load(&auth, &opts, &detail);
 }
 
 /* A file under 'dir' holding 'len' bytes of 'content'; its path in 'path'. */

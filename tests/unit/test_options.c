@@ -9,7 +9,8 @@
 #include "options.h"
 
 static nsd_options_t opts;
-static char err[600];
+static ns_error_detail_t detail;
+static const char *const err = detail.message;
 
 /* Parse a NULL-terminated argv (program name added) with environment 'envp'. */
 static int parse(char *const envp[], const char *const args[])
@@ -20,8 +21,8 @@ static int parse(char *const envp[], const char *const args[])
     for (size_t i = 0; args != NULL && args[i] != NULL; i++)
         argv[argc++] = (char *)args[i];
     argv[argc] = NULL;
-    err[0] = '\0';
-    return nsd_options_parse(&opts, argc, argv, envp, err, sizeof(err));
+    memset(&detail, 0, sizeof(detail));
+    return nsd_options_parse(&opts, argc, argv, envp, &detail);
 }
 
 START_TEST(test_defaults)

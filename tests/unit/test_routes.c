@@ -17,7 +17,7 @@
 #include "harness.h"
 #include "http.h"
 #include "log.h"
-#include "metrics.h"
+#include "counters.h"
 #include "options.h"
 #include "registry.h"
 #include "routes.h"
@@ -162,13 +162,12 @@ static void start_server(void)
 {
     char *argv[] = {"normstatd", "--listen",  "127.0.0.1:0", "--max-body",
                     "4K",        "--threads", "2",           NULL};
-    char err[300];
-    ck_assert_int_eq(nsd_options_parse(&opts, 7, argv, NULL, err, sizeof(err)), 0);
+    ck_assert_int_eq(nsd_options_parse(&opts, 7, argv, NULL, NULL), 0);
     memset(&server, 0, sizeof(server));
     server.opts = &opts;
     server.registry = nsd_registry_create(NULL);
     ck_assert_ptr_nonnull(server.registry);
-    nsd_metrics_init();
+    nsd_counters_init();
     nsd_log_set_level(NSD_LOG_WARN);
     ck_assert_int_eq(nsd_http_start(&server, NULL), 0);
     ck_assert_uint_ne(server.port, 0);
