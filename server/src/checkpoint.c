@@ -24,22 +24,22 @@ static json_t *doubles_json(const double *src, size_t n)
 
 static json_t *ema_json(const nsd_pop_t *pop, size_t c)
 {
-    return json_pack("{s:o, s:o, s:o, s:o, s:f, s:I, s:I}", "running_mean",
-                     doubles_json(pop->ema.running_mean, c), "running_var",
+    return json_pack("{s:o, s:o, s:o, s:o, s:f, s:I, s:I}", NS_FIELD_RUNNING_MEAN,
+                     doubles_json(pop->ema.running_mean, c), NS_FIELD_RUNNING_VAR,
                      doubles_json(pop->ema.running_var, c), "zero_mean",
                      doubles_json(pop->ema.zero_mean, c), "zero_var",
                      doubles_json(pop->ema.zero_var, c), "decay", pop->ema.decay,
-                     "num_batches_tracked", (json_int_t)pop->ema.num_batches_tracked, "step",
-                     (json_int_t)pop->ema_step);
+                     NS_FIELD_NUM_BATCHES_TRACKED, (json_int_t)pop->ema.num_batches_tracked,
+                     NS_FIELD_STEP, (json_int_t)pop->ema_step);
 }
 
 static json_t *precise_json(const nsd_pop_t *pop, size_t c)
 {
     return json_pack("{s:I, s:I, s:I, s:o, s:o, s:I}", "generation", (json_int_t)pop->generation,
-                     "n", (json_int_t)pop->precise.n, "num_batches",
-                     (json_int_t)pop->precise.num_batches, "mean",
+                     "n", (json_int_t)pop->precise.n, NS_FIELD_NUM_BATCHES,
+                     (json_int_t)pop->precise.num_batches, NS_FIELD_MEAN,
                      doubles_json(pop->precise.mean, c), "m2", doubles_json(pop->precise.m2, c),
-                     "step", (json_int_t)pop->precise_step);
+                     NS_FIELD_STEP, (json_int_t)pop->precise_step);
 }
 
 static json_t *layer_json(const nsd_run_state_t *st, const nsd_layer_t *l)
@@ -53,9 +53,10 @@ static json_t *layer_json(const nsd_run_state_t *st, const nsd_layer_t *l)
         json_t *dlast =
             pop->last_step < 0
                 ? json_null()
-                : json_pack("{s:I, s:I, s:o, s:o}", "step", (json_int_t)pop->last_step, "count",
-                            (json_int_t)pop->last_count, "mean", doubles_json(pop->last_mean, c),
-                            "var", doubles_json(pop->last_mean + c, c));
+                : json_pack("{s:I, s:I, s:o, s:o}", NS_FIELD_STEP, (json_int_t)pop->last_step,
+                            NS_FIELD_COUNT, (json_int_t)pop->last_count, NS_FIELD_MEAN,
+                            doubles_json(pop->last_mean, c), NS_FIELD_VAR,
+                            doubles_json(pop->last_mean + c, c));
         json_t *e = json_pack("{s:o, s:o, s:o}", "ema", ema_json(pop, c), "precise",
                               precise_json(pop, c), "last", dlast);
         if (e == NULL || json_object_set_new(doms, st->domains[d], e) != 0) {
@@ -65,11 +66,12 @@ static json_t *layer_json(const nsd_run_state_t *st, const nsd_layer_t *l)
     }
     json_t *last = json_null();
     if (l->has_last && c > 0)
-        last = json_pack("{s:I, s:I, s:o, s:o}", "step", (json_int_t)l->last_step, "count",
-                         (json_int_t)l->last_count, "mean", doubles_json(l->last_mean, c), "var",
+        last = json_pack("{s:I, s:I, s:o, s:o}", NS_FIELD_STEP, (json_int_t)l->last_step,
+                         NS_FIELD_COUNT, (json_int_t)l->last_count, NS_FIELD_MEAN,
+                         doubles_json(l->last_mean, c), NS_FIELD_VAR,
                          doubles_json(l->last_mean + c, c));
     json_t *pooled = l->pooled ? ema_json(l->pooled, c) : json_null();
-    return json_pack("{s:I, s:I, s:I, s:o, s:o, s:o}", "channels", (json_int_t)c, "step",
+    return json_pack("{s:I, s:I, s:I, s:o, s:o, s:o}", "channels", (json_int_t)c, NS_FIELD_STEP,
                      (json_int_t)l->last_applied, "finalized_step", (json_int_t)l->max_closed,
                      "pooled", pooled, "last", last, "domains", doms);
 }
@@ -167,30 +169,35 @@ static int get_doubles(json_t *o, const char *key, const char *path, size_t n, i
     return 0;
 }
 
+/* The "config" object, in the form the protocol decodes (a PUT body) with
+ * every field present, as an export writes them all. */
 static int parse_config(json_t *o, ns_run_config_t *cfg, ns_error_detail_t *err)
 {
-    json_int_t v;
+    ns_error_detail_t e = {0};
+    char *text = json_dumps(o, JSON_COMPACT);
+    if (text == NULL)
+        return ns_error_set(err, NS_ENOMEM, "", "out of memory");
     ns_run_config_defaults(cfg);
-    if (get_int(o, "world_size", "config", 1, 65536, &v, err))
-        return NS_EINVAL;
-    cfg->world_size = (uint32_t)v;
-    json_t *m = json_object_get(o, "momentum");
-    if (json_is_null(m))
-        cfg->momentum = NS_MOMENTUM_CUMULATIVE;
-    else if (get_real(o, "momentum", "config", 0.0, 1.0, &cfg->momentum, err))
-        return NS_EINVAL;
-    if (get_int(o, "sync_timeout_ms", "config", 1, INT64_MAX, &v, err))
-        return NS_EINVAL;
-    cfg->sync_timeout_ms = (uint64_t)v;
-    json_t *t = json_object_get(o, "on_timeout");
-    if (!json_is_string(t) ||
-        (strcmp(json_string_value(t), "partial") && strcmp(json_string_value(t), "drop")))
-        return bad(err, "config", "on_timeout", "expected \"partial\" or \"drop\"");
-    cfg->on_timeout_drop = strcmp(json_string_value(t), "drop") == 0;
-    json_t *b = json_object_get(o, "ema_debias");
-    if (!json_is_boolean(b))
-        return bad(err, "config", "ema_debias", "expected a boolean");
-    cfg->ema_debias = json_is_true(b);
+    int rc = ns_run_config_decode_json(cfg, text, strlen(text), &e);
+    free(text);
+    if (rc != 0) {
+        /* e.message is "<field>: <what>": name the field under "config". */
+        char field[sizeof(e.field) + 8];
+        snprintf(field, sizeof(field), "config%s%s", e.field[0] ? "." : "", e.field);
+        return ns_error_set(err, rc, field, "%s",
+                            e.field[0] ? e.message + strlen(e.field) + 2 : e.message);
+    }
+    const char *missing = !cfg->has_world_size        ? "world_size"
+                          : !cfg->has_momentum        ? "momentum"
+                          : !cfg->has_sync_timeout_ms ? "sync_timeout_ms"
+                          : !cfg->has_on_timeout      ? "on_timeout"
+                          : !cfg->has_ema_debias      ? "ema_debias"
+                                                      : NULL;
+    if (missing != NULL)
+        return bad(err, "config", missing, "missing required field");
+    if (cfg->world_size > NS_WORLD_SIZE_MAX)
+        return ns_error_set(err, NS_EINVAL, "config.world_size", "must be in [1, %u]",
+                            NS_WORLD_SIZE_MAX);
     return 0;
 }
 
@@ -199,16 +206,16 @@ static int parse_ema(json_t *o, const char *path, size_t c, nsd_pop_t *pop, ns_e
     json_int_t v;
     if (!json_is_object(o))
         return bad(err, path, "", "expected an object");
-    if (get_doubles(o, "running_mean", path, c, 0, pop->ema.running_mean, err) ||
-        get_doubles(o, "running_var", path, c, 1, pop->ema.running_var, err) ||
+    if (get_doubles(o, NS_FIELD_RUNNING_MEAN, path, c, 0, pop->ema.running_mean, err) ||
+        get_doubles(o, NS_FIELD_RUNNING_VAR, path, c, 1, pop->ema.running_var, err) ||
         get_doubles(o, "zero_mean", path, c, 0, pop->ema.zero_mean, err) ||
         get_doubles(o, "zero_var", path, c, 1, pop->ema.zero_var, err) ||
         get_real(o, "decay", path, 0.0, 1.0, &pop->ema.decay, err))
         return NS_EINVAL;
-    if (get_int(o, "num_batches_tracked", path, 0, INT64_MAX, &v, err))
+    if (get_int(o, NS_FIELD_NUM_BATCHES_TRACKED, path, 0, INT64_MAX, &v, err))
         return NS_EINVAL;
     pop->ema.num_batches_tracked = (uint64_t)v;
-    if (get_int(o, "step", path, -1, INT64_MAX, &v, err))
+    if (get_int(o, NS_FIELD_STEP, path, -1, INT64_MAX, &v, err))
         return NS_EINVAL;
     pop->ema_step = v;
     return 0;
@@ -226,13 +233,13 @@ static int parse_precise(json_t *o, const char *path, size_t c, uint64_t max_gen
     if (get_int(o, "n", path, 0, INT64_MAX, &v, err))
         return NS_EINVAL;
     pop->precise.n = (uint64_t)v;
-    if (get_int(o, "num_batches", path, 0, INT64_MAX, &v, err))
+    if (get_int(o, NS_FIELD_NUM_BATCHES, path, 0, INT64_MAX, &v, err))
         return NS_EINVAL;
     pop->precise.num_batches = (uint64_t)v;
-    if (get_doubles(o, "mean", path, c, 0, pop->precise.mean, err) ||
+    if (get_doubles(o, NS_FIELD_MEAN, path, c, 0, pop->precise.mean, err) ||
         get_doubles(o, "m2", path, c, 1, pop->precise.m2, err))
         return NS_EINVAL;
-    if (get_int(o, "step", path, -1, INT64_MAX, &v, err))
+    if (get_int(o, NS_FIELD_STEP, path, -1, INT64_MAX, &v, err))
         return NS_EINVAL;
     pop->precise_step = v;
     return 0;
@@ -259,7 +266,7 @@ static int parse_layer(nsd_run_state_t *st, const char *name, json_t *o, nsd_lay
     snprintf(l->name, sizeof(l->name), "%s", name);
     l->channels = c;
     st->memory += sizeof(nsd_layer_t);
-    if (get_int(o, "step", path, -1, INT64_MAX, &v, err))
+    if (get_int(o, NS_FIELD_STEP, path, -1, INT64_MAX, &v, err))
         return NS_EINVAL;
     l->last_applied = v;
     if (get_int(o, "finalized_step", path, -1, INT64_MAX, &v, err))
@@ -293,14 +300,14 @@ static int parse_layer(nsd_run_state_t *st, const char *name, json_t *o, nsd_lay
         snprintf(sub, sizeof(sub), "%s.last", path);
         if (!json_is_object(last))
             return bad(err, sub, "", "expected an object or null");
-        if (get_int(last, "step", sub, 0, INT64_MAX, &v, err))
+        if (get_int(last, NS_FIELD_STEP, sub, 0, INT64_MAX, &v, err))
             return NS_EINVAL;
         l->last_step = (uint64_t)v;
-        if (get_int(last, "count", sub, 0, INT64_MAX, &v, err))
+        if (get_int(last, NS_FIELD_COUNT, sub, 0, INT64_MAX, &v, err))
             return NS_EINVAL;
         l->last_count = (uint64_t)v;
-        if (get_doubles(last, "mean", sub, c, 0, l->last_mean, err) ||
-            get_doubles(last, "var", sub, c, 1, l->last_mean + c, err))
+        if (get_doubles(last, NS_FIELD_MEAN, sub, c, 0, l->last_mean, err) ||
+            get_doubles(last, NS_FIELD_VAR, sub, c, 1, l->last_mean + c, err))
             return NS_EINVAL;
         l->has_last = 1;
     }
@@ -333,14 +340,14 @@ static int parse_layer(nsd_run_state_t *st, const char *name, json_t *o, nsd_lay
             snprintf(sub2, sizeof(sub2), "%s.last", sub);
             if (!json_is_object(dlast))
                 return bad(err, sub2, "", "expected an object or null");
-            if (get_int(dlast, "step", sub2, 0, INT64_MAX, &v, err))
+            if (get_int(dlast, NS_FIELD_STEP, sub2, 0, INT64_MAX, &v, err))
                 return NS_EINVAL;
             pop->last_step = v;
-            if (get_int(dlast, "count", sub2, 0, INT64_MAX, &v, err))
+            if (get_int(dlast, NS_FIELD_COUNT, sub2, 0, INT64_MAX, &v, err))
                 return NS_EINVAL;
             pop->last_count = (uint64_t)v;
-            if (get_doubles(dlast, "mean", sub2, c, 0, pop->last_mean, err) ||
-                get_doubles(dlast, "var", sub2, c, 1, pop->last_mean + c, err))
+            if (get_doubles(dlast, NS_FIELD_MEAN, sub2, c, 0, pop->last_mean, err) ||
+                get_doubles(dlast, NS_FIELD_VAR, sub2, c, 1, pop->last_mean + c, err))
                 return NS_EINVAL;
         }
     }

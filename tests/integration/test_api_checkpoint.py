@@ -110,6 +110,11 @@ class Checkpoint(nsd.Case):
             bad.append((json.dumps(dict(cp, version=999)).encode(), "version 999"))
         if isinstance(cp, dict) and "config" in cp:
             bad.append((json.dumps(dict(cp, config={"world_size": 0})).encode(), "config world_size 0"))
+            cfg = cp["config"] if isinstance(cp["config"], dict) else {}
+            bad.append((json.dumps(dict(cp, config=dict(cfg, world_size=65537))).encode(),
+                        "config world_size 65537"))
+            bad.append((json.dumps(dict(cp, config={k: v for k, v in cfg.items() if k != "momentum"}))
+                        .encode(), "config without momentum"))
         for what, fn in (("a per-channel array one value short", short_array),
                          ("a negative variance or M2", negative_var),
                          ("a string where a number belongs", stringify_number)):
