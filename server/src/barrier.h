@@ -22,7 +22,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "registry.h"
+#include "registry_types.h"
 #include "step.h"
 
 /* One worker's statistics of a pending step (arrays copied, owned). */

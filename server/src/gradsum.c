@@ -9,6 +9,7 @@
 
 #include "array.h"
 #include "names.h"
+#include "registry.h"
 
 /* How many missing workers a timeout message names before "and N more". */
 #define MISSING_NAMED_MAX 16

@@ -33,7 +33,7 @@
 #include <stdint.h>
 
 #include "queue.h"
-#include "registry.h"
+#include "registry_types.h"
 #include "run.h"
 
 /* A POST /grad request waiting for the gradient steps of its layers. */

@@ -6,7 +6,7 @@
 
 #include <normstat/proto.h>
 
-typedef struct nsd_registry_s nsd_registry_t;
+#include "registry_types.h"
 
 /*! nsd_metrics_render() :
  *  Append the whole exposition (text format 0.0.4) to 'dst'; 'reg' may be

@@ -29,7 +29,7 @@
 
 #include "barrier.h"
 #include "population.h"
-#include "registry.h"
+#include "registry_types.h"
 
 /* What the registry shares with its runs: limits and lock-free counters. */
 typedef struct nsd_ctx_s {

@@ -9,6 +9,8 @@
 
 #include <normstat/core.h>
 
+#include "registry.h"
+
 #define META_MAX 8
 
 /* The answer and the storage its pointers refer to. */

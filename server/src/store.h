@@ -30,7 +30,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "registry.h"
+#include "registry_types.h"
 
 /* The database file inside --data-dir. */
 #define NSD_STORE_FILE "normstat.db"

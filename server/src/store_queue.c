@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "clock.h"
+#include "registry.h"
 #include "store_codec.h"
 
 job_t *nsd_store_job_new(int type, const char *run)

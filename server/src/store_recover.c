@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "clock.h"
+#include "registry.h"
 #include "store_codec.h"
 
 /* A run's snapshot seq (rows below it were truncated with it). */

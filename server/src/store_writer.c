@@ -66,6 +66,8 @@
 
 #include "clock.h"
 #include "log.h"
+#include "registry.h"
+
 
 static int prepare_all(nsd_store_t *s)
 {
