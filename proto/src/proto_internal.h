@@ -17,6 +17,11 @@ struct ns_safetensors_s {
     ns_tensor_t *tensors; /* sorted by data offset */
 };
 
+/* The range of a world_size on the wire: any uint32 from 1. A run accepts
+ * less (NS_WORLD_SIZE_MAX), which the daemon checks; a body beyond this range
+ * is malformed ("expected an integer in [1, 4294967295]"). */
+#define NS__WORLD_SIZE_WIRE_MAX UINT32_MAX
+
 /* ns__buf_append_json_string() : append 's' as a quoted, escaped JSON string. */
 int ns__buf_append_json_string(ns_buf_t *buf, const char *s);
 

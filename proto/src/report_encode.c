@@ -15,7 +15,7 @@ static int check_report(const ns_report_t *report, ns_error_detail_t *err)
         return ns_error_set(err, NS_EINVAL, "domain", "must match [A-Za-z0-9_.:-]{1,128}");
     if (report->update == 0 || (report->update & ~(NS_UPDATE_EMA | NS_UPDATE_PRECISE)))
         return ns_error_set(err, NS_EINVAL, "update", "must name ema, precise or both");
-    if (report->world_size == 0 || report->world_size > (int64_t)UINT32_MAX)
+    if (report->world_size == 0 || report->world_size > (int64_t)NS__WORLD_SIZE_WIRE_MAX)
         return ns_error_set(err, NS_EINVAL, "world_size", "must be in [1, 4294967295] or -1");
     if (report->step > (uint64_t)INT64_MAX)
         return ns_error_set(err, NS_EINVAL, "step", "must be at most 2^63-1");

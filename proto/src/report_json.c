@@ -271,8 +271,8 @@ static int decode_root(ns_report_t **out, const json_t *root, ns_error_detail_t 
         }
     }
     if ((v = json_object_get(root, "world_size"))) {
-        if ((rc = ns__json_get_uint(v, "world_size", 1, UINT32_MAX, "an integer in [1, 4294967295]",
-                                    &u, err)))
+        if ((rc = ns__json_get_uint(v, "world_size", 1, NS__WORLD_SIZE_WIRE_MAX,
+                                    "an integer in [1, 4294967295]", &u, err)))
             goto fail;
         report->world_size = (int64_t)u;
     }

@@ -407,7 +407,7 @@ static int root_object(cursor_t *c, ns_report_t *r)
                 return 0;
             break;
         case F_WORLD:
-            if (!uint_field(c, 1, UINT32_MAX, &u))
+            if (!uint_field(c, 1, NS__WORLD_SIZE_WIRE_MAX, &u))
                 return 0;
             r->world_size = (int64_t)u;
             break;

@@ -113,7 +113,7 @@ static int decode_meta(ns_report_t *report, const json_t *meta, ns_error_detail_
                                 "expected \"global\" or \"domain\", got \"%.64s\"", s);
     }
     if ((s = json_string_value(json_object_get(meta, "world_size")))) {
-        if (ns__parse_decimal(s, UINT32_MAX, &u) || u < 1)
+        if (ns__parse_decimal(s, NS__WORLD_SIZE_WIRE_MAX, &u) || u < 1)
             return ns_error_set(err, NS_EINVAL, "__metadata__.world_size",
                                 "expected an integer in [1, 4294967295], got \"%.64s\"", s);
         report->world_size = (int64_t)u;

@@ -37,7 +37,7 @@ static int decode(ns_run_config_t *cfg, const json_t *root, ns_error_detail_t *e
     {
         if (strcmp(key, "world_size") == 0) {
             if (!json_is_integer(v) || json_integer_value(v) < 1 ||
-                json_integer_value(v) > UINT32_MAX)
+                json_integer_value(v) > NS__WORLD_SIZE_WIRE_MAX)
                 return ns_error_set(err, NS_EINVAL, key, "expected an integer in [1, 4294967295]");
             cfg->world_size = (uint32_t)json_integer_value(v);
             cfg->has_world_size = 1;
