@@ -245,11 +245,97 @@ static int parse_precise(json_t *o, const char *path, size_t c, uint64_t max_gen
     return 0;
 }
 
+/* A last-step object {step, count, mean, var} of 'c' channels at 'path'
+ * (mean then var into mean[2c]). @return 0 or NS_EINVAL (err). */
+static int parse_last(json_t *o, const char *path, size_t c, int64_t *step, uint64_t *count,
+                      double *mean, ns_error_detail_t *err)
+{
+    json_int_t v;
+    if (!json_is_object(o))
+        return bad(err, path, "", "expected an object or null");
+    if (get_int(o, NS_FIELD_STEP, path, 0, INT64_MAX, &v, err))
+        return NS_EINVAL;
+    *step = v;
+    if (get_int(o, NS_FIELD_COUNT, path, 0, INT64_MAX, &v, err))
+        return NS_EINVAL;
+    *count = (uint64_t)v;
+    if (get_doubles(o, NS_FIELD_MEAN, path, c, 0, mean, err) ||
+        get_doubles(o, NS_FIELD_VAR, path, c, 1, mean + c, err))
+        return NS_EINVAL;
+    return 0;
+}
+
+/* One domain's state of layer 'l' (at 'path'). @return 0 or NS_E* (err). */
+static int parse_layer_domain(nsd_run_state_t *st, nsd_layer_t *l, const char *path,
+                              const char *dname, json_t *dv, ns_error_detail_t *err)
+{
+    size_t c = l->channels;
+    char sub[2 * NS_NAME_MAX + 48], sub2[2 * NS_NAME_MAX + 64];
+    snprintf(sub, sizeof(sub), "%s.domains.%s", path, dname);
+    long d = nsd_run_find_domain(st, dname);
+    if (d < 0)
+        return bad(err, sub, "", "domain not listed in \"domains\"");
+    if (!json_is_object(dv))
+        return bad(err, sub, "", "expected an object");
+    nsd_pop_t *pop = nsd_pop_create(c, 0);
+    if (pop == NULL)
+        return ns_error_set(err, NS_ENOMEM, "", "out of memory");
+    l->pops[d] = pop;
+    st->memory += nsd_pop_bytes(c);
+    snprintf(sub2, sizeof(sub2), "%s.ema", sub);
+    if (parse_ema(json_object_get(dv, "ema"), sub2, c, pop, err))
+        return NS_EINVAL;
+    snprintf(sub2, sizeof(sub2), "%s.precise", sub);
+    if (parse_precise(json_object_get(dv, "precise"), sub2, c, st->precise_generation, pop, err))
+        return NS_EINVAL;
+    /* The domain's last finalized step; absent in older checkpoints. */
+    json_t *dlast = json_object_get(dv, "last");
+    if (dlast == NULL || json_is_null(dlast))
+        return 0;
+    snprintf(sub2, sizeof(sub2), "%s.last", sub);
+    return parse_last(dlast, sub2, c, &pop->last_step, &pop->last_count, pop->last_mean, err);
+}
+
+/* The statistics of a layer with channels: pooled EMA, last step, domains. */
+static int parse_layer_stats(nsd_run_state_t *st, nsd_layer_t *l, const char *path, json_t *o,
+                             ns_error_detail_t *err)
+{
+    size_t c = l->channels;
+    char sub[2 * NS_NAME_MAX + 48];
+    l->pooled = nsd_pop_create(c, 0);
+    l->last_mean = malloc(2 * c * sizeof(double));
+    l->pops = calloc(st->n_domains ? st->n_domains : 1, sizeof(*l->pops));
+    if (l->pooled == NULL || l->last_mean == NULL || l->pops == NULL)
+        return ns_error_set(err, NS_ENOMEM, "", "out of memory");
+    l->cap_pops = st->n_domains ? st->n_domains : 1;
+    st->memory += nsd_pop_bytes(c) + 2 * c * sizeof(double);
+    snprintf(sub, sizeof(sub), "%s.pooled", path);
+    if (parse_ema(json_object_get(o, "pooled"), sub, c, l->pooled, err))
+        return NS_EINVAL;
+    json_t *last = json_object_get(o, "last");
+    if (!json_is_null(last)) {
+        int64_t step;
+        snprintf(sub, sizeof(sub), "%s.last", path);
+        if (parse_last(last, sub, c, &step, &l->last_count, l->last_mean, err))
+            return NS_EINVAL;
+        l->last_step = (uint64_t)step;
+        l->has_last = 1;
+    }
+    const char *dname;
+    json_t *dv;
+    json_object_foreach(json_object_get(o, "domains"), dname, dv)
+    {
+        int rc = parse_layer_domain(st, l, path, dname, dv, err);
+        if (rc != 0)
+            return rc;
+    }
+    return 0;
+}
+
 static int parse_layer(nsd_run_state_t *st, const char *name, json_t *o, nsd_layer_t **dst,
                        ns_error_detail_t *err)
 {
     char path[NS_NAME_MAX + 16];
-    char sub[2 * NS_NAME_MAX + 48];
     json_int_t v;
     snprintf(path, sizeof(path), "layers.%s", name);
     if (!ns_name_valid(name))
@@ -275,83 +361,16 @@ static int parse_layer(nsd_run_state_t *st, const char *name, json_t *o, nsd_lay
     l->max_seen = v;
     if (l->max_closed < l->last_applied)
         return bad(err, path, "finalized_step", "below step");
-
-    json_t *pooled = json_object_get(o, "pooled");
-    json_t *last = json_object_get(o, "last");
-    json_t *doms = json_object_get(o, "domains");
-    if (!json_is_object(doms))
+    if (!json_is_object(json_object_get(o, "domains")))
         return bad(err, path, "domains", "expected an object");
     if (c == 0) {
-        if (!json_is_null(pooled) || !json_is_null(last) || json_object_size(doms) != 0)
+        if (!json_is_null(json_object_get(o, "pooled")) ||
+            !json_is_null(json_object_get(o, "last")) ||
+            json_object_size(json_object_get(o, "domains")) != 0)
             return bad(err, path, "channels", "a layer without channels holds no statistics");
         return 0;
     }
-    l->pooled = nsd_pop_create(c, 0);
-    l->last_mean = malloc(2 * c * sizeof(double));
-    l->pops = calloc(st->n_domains ? st->n_domains : 1, sizeof(*l->pops));
-    if (l->pooled == NULL || l->last_mean == NULL || l->pops == NULL)
-        return ns_error_set(err, NS_ENOMEM, "", "out of memory");
-    l->cap_pops = st->n_domains ? st->n_domains : 1;
-    st->memory += nsd_pop_bytes(c) + 2 * c * sizeof(double);
-    snprintf(sub, sizeof(sub), "%s.pooled", path);
-    if (parse_ema(pooled, sub, c, l->pooled, err))
-        return NS_EINVAL;
-    if (!json_is_null(last)) {
-        snprintf(sub, sizeof(sub), "%s.last", path);
-        if (!json_is_object(last))
-            return bad(err, sub, "", "expected an object or null");
-        if (get_int(last, NS_FIELD_STEP, sub, 0, INT64_MAX, &v, err))
-            return NS_EINVAL;
-        l->last_step = (uint64_t)v;
-        if (get_int(last, NS_FIELD_COUNT, sub, 0, INT64_MAX, &v, err))
-            return NS_EINVAL;
-        l->last_count = (uint64_t)v;
-        if (get_doubles(last, NS_FIELD_MEAN, sub, c, 0, l->last_mean, err) ||
-            get_doubles(last, NS_FIELD_VAR, sub, c, 1, l->last_mean + c, err))
-            return NS_EINVAL;
-        l->has_last = 1;
-    }
-    const char *dname;
-    json_t *dv;
-    json_object_foreach(doms, dname, dv)
-    {
-        snprintf(sub, sizeof(sub), "%s.domains.%s", path, dname);
-        long d = nsd_run_find_domain(st, dname);
-        if (d < 0)
-            return bad(err, sub, "", "domain not listed in \"domains\"");
-        if (!json_is_object(dv))
-            return bad(err, sub, "", "expected an object");
-        nsd_pop_t *pop = nsd_pop_create(c, 0);
-        if (pop == NULL)
-            return ns_error_set(err, NS_ENOMEM, "", "out of memory");
-        l->pops[d] = pop;
-        st->memory += nsd_pop_bytes(c);
-        char sub2[sizeof(sub) + 16];
-        snprintf(sub2, sizeof(sub2), "%s.ema", sub);
-        if (parse_ema(json_object_get(dv, "ema"), sub2, c, pop, err))
-            return NS_EINVAL;
-        snprintf(sub2, sizeof(sub2), "%s.precise", sub);
-        if (parse_precise(json_object_get(dv, "precise"), sub2, c, st->precise_generation, pop,
-                          err))
-            return NS_EINVAL;
-        /* The domain's last finalized step; absent in older checkpoints. */
-        json_t *dlast = json_object_get(dv, "last");
-        if (dlast != NULL && !json_is_null(dlast)) {
-            snprintf(sub2, sizeof(sub2), "%s.last", sub);
-            if (!json_is_object(dlast))
-                return bad(err, sub2, "", "expected an object or null");
-            if (get_int(dlast, NS_FIELD_STEP, sub2, 0, INT64_MAX, &v, err))
-                return NS_EINVAL;
-            pop->last_step = v;
-            if (get_int(dlast, NS_FIELD_COUNT, sub2, 0, INT64_MAX, &v, err))
-                return NS_EINVAL;
-            pop->last_count = (uint64_t)v;
-            if (get_doubles(dlast, NS_FIELD_MEAN, sub2, c, 0, pop->last_mean, err) ||
-                get_doubles(dlast, NS_FIELD_VAR, sub2, c, 1, pop->last_mean + c, err))
-                return NS_EINVAL;
-        }
-    }
-    return 0;
+    return parse_layer_stats(st, l, path, o, err);
 }
 
 static int layer_cmp(const void *a, const void *b)
@@ -370,6 +389,87 @@ static void state_discard(nsd_run_state_t *st)
     memset(st, 0, sizeof(*st));
 }
 
+/* The run-wide fields: format, version, config, counters. */
+static int parse_header(json_t *root, nsd_run_state_t *st, ns_error_detail_t *err)
+{
+    json_int_t v;
+    json_t *cfg;
+    if (!json_is_object(root))
+        return bad(err, "", "", "expected an object");
+    json_t *fmt = json_object_get(root, "format");
+    if (!json_is_string(fmt) || strcmp(json_string_value(fmt), "normstat-checkpoint") != 0)
+        return bad(err, "", "format", "expected \"normstat-checkpoint\"");
+    if (get_int(root, "version", "", NSD_CHECKPOINT_VERSION, NSD_CHECKPOINT_VERSION, &v, err))
+        return NS_EINVAL;
+    if (get_obj(root, "config", "", &cfg, err) || parse_config(cfg, &st->cfg, err))
+        return NS_EINVAL;
+    if (get_int(root, "skipped_steps", "", 0, INT64_MAX, &v, err))
+        return NS_EINVAL;
+    st->skipped_steps = (uint64_t)v;
+    if (get_int(root, "precise_generation", "", 0, INT64_MAX, &v, err))
+        return NS_EINVAL;
+    st->precise_generation = (uint64_t)v;
+    return 0;
+}
+
+/* "domains": [{"domain", "generation"}], in the run's domain order. */
+static int parse_domains(json_t *root, nsd_run_state_t *st, ns_error_detail_t *err)
+{
+    json_int_t v;
+    json_t *domains = json_object_get(root, "domains");
+    if (!json_is_array(domains))
+        return bad(err, "", "domains", "expected an array");
+    size_t nd = json_array_size(domains);
+    st->domains = calloc(nd ? nd : 1, sizeof(*st->domains));
+    st->domain_gen = calloc(nd ? nd : 1, sizeof(uint64_t));
+    if (st->domains == NULL || st->domain_gen == NULL)
+        return ns_error_set(err, NS_ENOMEM, "", "out of memory");
+    st->cap_domains = nd ? nd : 1;
+    for (size_t i = 0; i < nd; i++) {
+        char path[32];
+        snprintf(path, sizeof(path), "domains.%zu", i);
+        json_t *e = json_array_get(domains, i);
+        json_t *name = json_object_get(e, "domain");
+        if (!json_is_object(e) || !json_is_string(name) ||
+            !ns_name_valid(json_string_value(name)))
+            return bad(err, path, "domain", "expected a domain name");
+        if (nsd_run_find_domain(st, json_string_value(name)) >= 0)
+            return bad(err, path, "domain", "repeated");
+        if (get_int(e, "generation", path, 0, (json_int_t)st->precise_generation, &v, err))
+            return NS_EINVAL;
+        snprintf(st->domains[i], sizeof(st->domains[i]), "%s", json_string_value(name));
+        st->domain_gen[i] = (uint64_t)v;
+        st->n_domains = i + 1;
+    }
+    return 0;
+}
+
+/* "layers": {<name>: {...}}, sorted by name afterwards. */
+static int parse_layers(json_t *root, nsd_run_state_t *st, ns_error_detail_t *err)
+{
+    json_t *layers = json_object_get(root, "layers");
+    if (!json_is_object(layers))
+        return bad(err, "", "layers", "expected an object");
+    size_t nl = json_object_size(layers);
+    st->layers = calloc(nl ? nl : 1, sizeof(*st->layers));
+    if (st->layers == NULL)
+        return ns_error_set(err, NS_ENOMEM, "", "out of memory");
+    st->cap_layers = nl ? nl : 1;
+    const char *lname;
+    json_t *lv;
+    json_object_foreach(layers, lname, lv)
+    {
+        nsd_layer_t *l = NULL;
+        int rc = parse_layer(st, lname, lv, &l, err);
+        if (l != NULL)
+            st->layers[st->n_layers++] = l;
+        if (rc != 0)
+            return rc;
+    }
+    qsort(st->layers, st->n_layers, sizeof(*st->layers), layer_cmp);
+    return 0;
+}
+
 int nsd_checkpoint_parse(nsd_run_state_t *dst, const char *src, size_t src_len,
                          ns_error_detail_t *err)
 {
@@ -381,91 +481,11 @@ int nsd_checkpoint_parse(nsd_run_state_t *dst, const char *src, size_t src_len,
     if (root == NULL)
         return ns_error_set(err, NS_EINVAL, "", "invalid JSON at line %d: %s", jerr.line,
                             jerr.text);
-    int rc = NS_EINVAL;
-    json_int_t v;
-    json_t *cfg, *domains, *layers;
-    if (!json_is_object(root)) {
-        bad(err, "", "", "expected an object");
-        goto out;
-    }
-    json_t *fmt = json_object_get(root, "format");
-    if (!json_is_string(fmt) || strcmp(json_string_value(fmt), "normstat-checkpoint") != 0) {
-        bad(err, "", "format", "expected \"normstat-checkpoint\"");
-        goto out;
-    }
-    if (get_int(root, "version", "", NSD_CHECKPOINT_VERSION, NSD_CHECKPOINT_VERSION, &v, err))
-        goto out;
-    if (get_obj(root, "config", "", &cfg, err) || parse_config(cfg, &st.cfg, err))
-        goto out;
-    if (get_int(root, "skipped_steps", "", 0, INT64_MAX, &v, err))
-        goto out;
-    st.skipped_steps = (uint64_t)v;
-    if (get_int(root, "precise_generation", "", 0, INT64_MAX, &v, err))
-        goto out;
-    st.precise_generation = (uint64_t)v;
-
-    domains = json_object_get(root, "domains");
-    if (!json_is_array(domains)) {
-        bad(err, "", "domains", "expected an array");
-        goto out;
-    }
-    size_t nd = json_array_size(domains);
-    st.domains = calloc(nd ? nd : 1, sizeof(*st.domains));
-    st.domain_gen = calloc(nd ? nd : 1, sizeof(uint64_t));
-    if (st.domains == NULL || st.domain_gen == NULL) {
-        rc = ns_error_set(err, NS_ENOMEM, "", "out of memory");
-        goto out;
-    }
-    st.cap_domains = nd ? nd : 1;
-    for (size_t i = 0; i < nd; i++) {
-        char path[32];
-        snprintf(path, sizeof(path), "domains.%zu", i);
-        json_t *e = json_array_get(domains, i);
-        json_t *name = json_object_get(e, "domain");
-        if (!json_is_object(e) || !json_is_string(name) ||
-            !ns_name_valid(json_string_value(name))) {
-            bad(err, path, "domain", "expected a domain name");
-            goto out;
-        }
-        if (nsd_run_find_domain(&st, json_string_value(name)) >= 0) {
-            bad(err, path, "domain", "repeated");
-            goto out;
-        }
-        if (get_int(e, "generation", path, 0, (json_int_t)st.precise_generation, &v, err))
-            goto out;
-        snprintf(st.domains[i], sizeof(st.domains[i]), "%s", json_string_value(name));
-        st.domain_gen[i] = (uint64_t)v;
-        st.n_domains = i + 1;
-    }
-
-    layers = json_object_get(root, "layers");
-    if (!json_is_object(layers)) {
-        bad(err, "", "layers", "expected an object");
-        goto out;
-    }
-    size_t nl = json_object_size(layers);
-    st.layers = calloc(nl ? nl : 1, sizeof(*st.layers));
-    if (st.layers == NULL) {
-        rc = ns_error_set(err, NS_ENOMEM, "", "out of memory");
-        goto out;
-    }
-    st.cap_layers = nl ? nl : 1;
-    const char *lname;
-    json_t *lv;
-    json_object_foreach(layers, lname, lv)
-    {
-        nsd_layer_t *l = NULL;
-        int lrc = parse_layer(&st, lname, lv, &l, err);
-        if (l != NULL)
-            st.layers[st.n_layers++] = l;
-        if (lrc != 0) {
-            rc = lrc;
-            goto out;
-        }
-    }
-    qsort(st.layers, st.n_layers, sizeof(*st.layers), layer_cmp);
-    rc = 0;
-out:
+    int rc = parse_header(root, &st, err);
+    if (rc == 0)
+        rc = parse_domains(root, &st, err);
+    if (rc == 0)
+        rc = parse_layers(root, &st, err);
     json_decref(root);
     if (rc != 0) {
         state_discard(&st);
