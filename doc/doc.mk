@@ -1,9 +1,9 @@
-# doc/doc.mk - man pages: normstatd(8) generated from server/src/options.def, normstat(1) written by hand.
+# doc/doc.mk - man pages: normstatd(8) generated from server/src/base/options.def, normstat(1) written by hand.
 
 MAN8_PAGE := $(BUILD)/doc/normstatd.8
 MAN1_PAGE := doc/normstat.1
 
-$(MAN8_PAGE): doc/gen-docs.py server/src/options.def core/include/normstat/core.h
+$(MAN8_PAGE): doc/gen-docs.py server/src/base/options.def core/include/normstat/core.h
 	$(if $(Q),@echo "  GEN     $@")
 	$(Q)$(PYTHON) doc/gen-docs.py man $@
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """gen-docs.py - normstatd's man page and the README's tables, generated from their sources.
 
-    gen-docs.py man OUT                  normstatd(8) from server/src/options.def
+    gen-docs.py man OUT                  normstatd(8) from server/src/base/options.def
     gen-docs.py readme [--check]         README.md's options table (options.def) and
                                          metrics table (a live normstatd's /metrics)
 
@@ -21,7 +21,7 @@ import tempfile
 import urllib.request
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
-OPTIONS_DEF = os.path.join(REPO, "server", "src", "options.def")
+OPTIONS_DEF = os.path.join(REPO, "server", "src", "base", "options.def")
 CORE_H = os.path.join(REPO, "core", "include", "normstat", "core.h")
 README = os.path.join(REPO, "README.md")
 

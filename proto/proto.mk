@@ -2,7 +2,10 @@
 # normstatd and the clients; static and shared, linked against libnscore and jansson.
 
 PROTO_SOVERSION := 0
-PROTO_SRCS := $(wildcard proto/src/*.c)
+# proto/src by part: util/ (buffer, errors, float text, JSON loading),
+# safetensors/ (the container), messages/ (reports, gradients, run configuration,
+# answers); proto_internal.h beside them is shared by all three.
+PROTO_SRCS := $(wildcard proto/src/*/*.c)
 PROTO_OBJS := $(PROTO_SRCS:%.c=$(BUILD)/%.o)
 PROTO_A    := $(BUILD)/lib/libnsproto.a
 PROTO_SO   := $(BUILD)/lib/libnsproto.so
@@ -10,7 +13,7 @@ PROTO_PC   := $(BUILD)/lib/pkgconfig/libnsproto.pc
 
 NS_INCLUDES += -Iproto/include
 
-$(PROTO_OBJS): NS_EXTRA_CFLAGS = $(call pkg_cflags,jansson)
+$(PROTO_OBJS): NS_EXTRA_CFLAGS = $(call pkg_cflags,jansson) -Iproto/src
 
 $(PROTO_A): $(PROTO_OBJS)
 	$(call make_static,$@,$^)

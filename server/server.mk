@@ -1,21 +1,26 @@
 # server/server.mk - normstatd, the daemon; libnsd.a holds its modules for the unit tests.
+# server/src is split by part, lowest first: base/ (log, clock, options, containers),
+# registry/ (runs, barrier, steps, population state), store/ (SQLite), http/
+# (libmicrohttpd, routes, auth, counters), api/ (handlers, metrics), daemon/ (main,
+# coordinator). A part includes its own headers and lower parts' only
+# (tests/layers/check_includes.py); headers are named from server/src ("base/log.h").
 
-NSD_SRCS := $(wildcard server/src/*.c)
+NSD_SRCS := $(wildcard server/src/*/*.c)
 NSD_OBJS := $(NSD_SRCS:%.c=$(BUILD)/%.o)
-NSD_LIB_OBJS := $(filter-out $(BUILD)/server/src/main.o,$(NSD_OBJS))
+NSD_LIB_OBJS := $(filter-out $(BUILD)/server/src/daemon/main.o,$(NSD_OBJS))
 NSD_A    := $(BUILD)/lib/libnsd.a
 NSD_BIN  := $(BUILD)/bin/normstatd
 NSD_PKGS := libmicrohttpd libuv jansson sqlite3
 NSD_LIBS  = $(call pkg_libs,$(NSD_PKGS)) -lpthread -lm
 
 $(NSD_OBJS): NS_EXTRA_CFLAGS = $(call pkg_cflags,$(NSD_PKGS)) -Iserver/src
-# Unit tests of server modules include their headers ("routes.h", "registry.h").
+# Unit tests of server modules include their headers ("http/routes.h", "registry/registry.h").
 $(BUILD)/tests/unit/%.o: NS_INCLUDES += -Iserver/src $(call pkg_cflags,$(NSD_PKGS))
 
 $(NSD_A): $(NSD_LIB_OBJS)
 	$(call make_static,$@,$^)
 
-$(NSD_BIN): $(BUILD)/server/src/main.o $(NSD_A) $(PROTO_A) $(CORE_A)
+$(NSD_BIN): $(BUILD)/server/src/daemon/main.o $(NSD_A) $(PROTO_A) $(CORE_A)
 	@mkdir -p $(@D)
 	$(if $(Q),@echo "  LD      $@")
 	$(Q)$(CC) $(NS_LDFLAGS) -o $@ $^ $(NSD_LIBS)

@@ -1,24 +1,24 @@
 # tests/tests.mk - unit tests (Check), export lists, integration tests, benchmarks.
 #
-# Every tests/unit/test_<module>.c is one program; `make check` runs them all,
+# Every tests/unit/<library>/test_<module>.c is one program; `make check` runs them all,
 # once with the kernels this CPU supports and once with NS_SIMD=scalar.
-# Run one case: CK_RUN_CASE=<case> CK_FORK=no build/tests/unit/test_<module>
+# Run one case: CK_RUN_CASE=<case> CK_FORK=no build/tests/unit/<library>/test_<module>
 
-UNIT_SRCS  := $(wildcard tests/unit/test_*.c)
+UNIT_SRCS  := $(wildcard tests/unit/*/test_*.c)
 UNIT_BINS  := $(UNIT_SRCS:%.c=$(BUILD)/%)
-UNIT_SUPPORT_SRCS := $(filter-out $(UNIT_SRCS),$(wildcard tests/unit/*.c))
+UNIT_SUPPORT_SRCS := $(filter-out $(UNIT_SRCS),$(wildcard tests/unit/*.c tests/unit/*/*.c))
 UNIT_SUPPORT_OBJS := $(UNIT_SUPPORT_SRCS:%.c=$(BUILD)/%.o)
 
 $(BUILD)/tests/unit/%.o: NS_EXTRA_CFLAGS = $(call pkg_cflags,check) -Itests/unit -Icore/src
 
-$(BUILD)/tests/unit/test_%: $(BUILD)/tests/unit/test_%.o $(UNIT_SUPPORT_OBJS) $(UNIT_LINK)
+$(UNIT_BINS): $(BUILD)/tests/unit/%: $(BUILD)/tests/unit/%.o $(UNIT_SUPPORT_OBJS) $(UNIT_LINK)
 	$(if $(Q),@echo "  LD      $@")
 	$(Q)$(CC) $(NS_LDFLAGS) -o $@ $^ $(UNIT_LIBS) $(call pkg_libs,check) -lm
 
 EXPORT_LISTS := $(wildcard tests/exports/*.exports)
 
-.PHONY: check check-units check-exports test-integration bench
-check: check-units
+.PHONY: check check-units check-exports check-layers test-integration bench
+check: check-units check-layers
 
 check-units: $(UNIT_BINS)
 	$(Q)failed=; for t in $(UNIT_BINS); do \
@@ -36,6 +36,10 @@ check-exports: $(ALL_TARGETS)
 	    echo "exports of $$lib: ok"; \
 	done
 
+# Includes follow the layering: libraries and server/src's parts never include upward.
+check-layers:
+	$(Q)$(PYTHON) tests/layers/check_includes.py
+
 INTEGRATION_TESTS := $(sort $(wildcard tests/integration/test_*.sh tests/integration/test_*.py))
 test-integration: $(ALL_TARGETS)
 	$(Q)failed=; for t in $(INTEGRATION_TESTS); do \
@@ -45,5 +49,5 @@ test-integration: $(ALL_TARGETS)
 	done; \
 	if [ -n "$$failed" ]; then echo "integration tests failed:$$failed"; exit 1; fi
 
-test-all: check-units check-exports test-integration test-e2e
+test-all: check-units check-exports check-layers test-integration test-e2e
 	@echo "all tests passed"

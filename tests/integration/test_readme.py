@@ -20,7 +20,7 @@ NORMSTAT_URL=http://127.0.0.1:PORT, and every "127.0.0.1:8750" or
 "localhost:8750" replaced by the test daemon's ephemeral port.
 
 Also checked: the options and metrics tables equal what doc/gen-docs.py
-generates from server/src/options.def and the daemon's /metrics, and the
+generates from server/src/base/options.def and the daemon's /metrics, and the
 "## Benchmarks" section is there.
 
 Run from the repository root: NS_BUILD=build /usr/bin/python3 tests/integration/test_readme.py

@@ -1,0 +1,197 @@
+/* encode.c - statistics and /sync responses as JSON or safetensors. */
+#include <float.h>
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "util/f32.h"
+#include "proto_internal.h"
+
+/* Served arrays are float32; a double beyond its range becomes infinity. */
+static float narrow(double d)
+{
+    return d > FLT_MAX ? INFINITY : d < -FLT_MAX ? -INFINITY : (float)d;
+}
+
+static int encode_json(ns_buf_t *dst, const ns_meta_t *meta, size_t n_meta,
+                       const ns_out_layer_t *layers, size_t n_layers)
+{
+    int rc;
+    if ((rc = ns_buf_append(dst, "{", 1)))
+        return rc;
+    for (size_t i = 0; i < n_meta; i++) {
+        if ((rc = ns__buf_append_json_string(dst, meta[i].key)) ||
+            (rc = ns_buf_append(dst, ":", 1)))
+            return rc;
+        switch (meta[i].kind) {
+        case NS_META_STRING:
+            rc = ns__buf_append_json_string(dst, meta[i].str ? meta[i].str : "");
+            break;
+        case NS_META_INT:
+            rc = ns_buf_printf(dst, "%lld", (long long)meta[i].num);
+            break;
+        case NS_META_BOOL:
+            rc = ns_buf_printf(dst, "%s", meta[i].num ? "true" : "false");
+            break;
+        case NS_META_INT_LIST:
+            rc = ns_buf_printf(dst, "[%s]", meta[i].str ? meta[i].str : "");
+            break;
+        }
+        if (rc || (rc = ns_buf_append(dst, ",", 1)))
+            return rc;
+    }
+    if ((rc = ns_buf_append(dst, "\"layers\":{", 10)))
+        return rc;
+    for (size_t l = 0; l < n_layers; l++) {
+        const ns_out_layer_t *layer = &layers[l];
+        if ((l && (rc = ns_buf_append(dst, ",", 1))) ||
+            (rc = ns__buf_append_json_string(dst, layer->name)) ||
+            (rc = ns_buf_append(dst, ":{", 2)))
+            return rc;
+        for (size_t a = 0; a < layer->n_arrays; a++) {
+            if ((a && (rc = ns_buf_append(dst, ",", 1))) ||
+                (rc = ns__buf_append_json_string(dst, layer->array_names[a])) ||
+                (rc = ns_buf_append(dst, ":[", 2)))
+                return rc;
+            for (size_t c = 0; c < layer->channels; c++) {
+                /* The shortest text that reads back as the same float32;
+                 * JSON has no NaN or infinity, which become null. */
+                char num[1 + NS__F32_FORMAT_MAX] = ",";
+                size_t n = ns__f32_format(num + 1, narrow(layer->arrays[a][c]));
+                if ((rc = ns_buf_append(dst, c ? num : num + 1, c ? n + 1 : n)))
+                    return rc;
+            }
+            if ((rc = ns_buf_append(dst, "]", 1)))
+                return rc;
+        }
+        for (size_t s = 0; s < layer->n_scalars; s++) {
+            if (((layer->n_arrays || s) && (rc = ns_buf_append(dst, ",", 1))) ||
+                (rc = ns__buf_append_json_string(dst, layer->scalar_names[s])) ||
+                (rc = ns_buf_printf(dst, ":%lld", (long long)layer->scalars[s])))
+                return rc;
+        }
+        if ((rc = ns_buf_append(dst, "}", 1)))
+            return rc;
+    }
+    return ns_buf_append(dst, "}}", 2);
+}
+
+/* "<layer>.<part>" as a JSON key, then the tensor's entry. */
+static int header_tensor(ns_buf_t *h, const char *layer, const char *part, const char *dtype,
+                         int scalar, size_t channels, uint64_t begin, uint64_t end)
+{
+    char name[2 * NS_NAME_MAX + 32];
+    int rc;
+    snprintf(name, sizeof(name), "%s.%s", layer, part);
+    if ((rc = ns_buf_append(h, ",", 1)) || (rc = ns__buf_append_json_string(h, name)))
+        return rc;
+    if (scalar)
+        return ns_buf_printf(h, ":{\"dtype\":\"%s\",\"shape\":[],\"data_offsets\":[%llu,%llu]}",
+                             dtype, (unsigned long long)begin, (unsigned long long)end);
+    return ns_buf_printf(h, ":{\"dtype\":\"%s\",\"shape\":[%zu],\"data_offsets\":[%llu,%llu]}",
+                         dtype, channels, (unsigned long long)begin, (unsigned long long)end);
+}
+
+/* Only the scalars a PyTorch state_dict holds become tensors, so
+ * load_state_dict(strict=False) reports no unexpected keys; the others
+ * (NS_FIELD_STEP, NS_FIELD_NUM_SAMPLES, ...) travel as "<layer>.<name>" metadata. */
+static int scalar_is_tensor(const char *name)
+{
+    return strcmp(name, NS_FIELD_NUM_BATCHES_TRACKED) == 0 || strcmp(name, NS_FIELD_COUNT) == 0;
+}
+
+static int encode_safetensors(ns_buf_t *dst, const ns_meta_t *meta, size_t n_meta,
+                              const ns_out_layer_t *layers, size_t n_layers)
+{
+    ns_buf_t h;
+    uint64_t at = 0;
+    int rc;
+
+    ns_buf_init(&h, dst->cap_max);
+    /* __metadata__ always comes first (possibly empty), so every tensor entry
+     * can start with a comma. */
+    if ((rc = ns_buf_append(&h, "{\"__metadata__\":{", 17)))
+        goto fail;
+    for (size_t i = 0; i < n_meta; i++) {
+        char num[32];
+        const char *value = num;
+        if (meta[i].kind == NS_META_STRING || meta[i].kind == NS_META_INT_LIST)
+            value = meta[i].str ? meta[i].str : "";
+        else if (meta[i].kind == NS_META_BOOL)
+            value = meta[i].num ? "true" : "false";
+        else
+            snprintf(num, sizeof(num), "%lld", (long long)meta[i].num);
+        if ((i && (rc = ns_buf_append(&h, ",", 1))) ||
+            (rc = ns__buf_append_json_string(&h, meta[i].key)) ||
+            (rc = ns_buf_append(&h, ":", 1)) || (rc = ns__buf_append_json_string(&h, value)))
+            goto fail;
+    }
+    for (size_t l = 0; l < n_layers; l++) {
+        const ns_out_layer_t *layer = &layers[l];
+        for (size_t s = 0; s < layer->n_scalars; s++) {
+            char key[2 * NS_NAME_MAX + 32], num[32];
+            if (scalar_is_tensor(layer->scalar_names[s]))
+                continue;
+            snprintf(key, sizeof(key), "%s.%s", layer->name, layer->scalar_names[s]);
+            snprintf(num, sizeof(num), "%lld", (long long)layer->scalars[s]);
+            if ((h.len > 17 && (rc = ns_buf_append(&h, ",", 1))) ||
+                (rc = ns__buf_append_json_string(&h, key)) || (rc = ns_buf_append(&h, ":", 1)) ||
+                (rc = ns__buf_append_json_string(&h, num)))
+                goto fail;
+        }
+    }
+    if ((rc = ns_buf_append(&h, "}", 1)))
+        goto fail;
+    for (size_t l = 0; l < n_layers; l++) {
+        const ns_out_layer_t *layer = &layers[l];
+        uint64_t bytes = (uint64_t)layer->channels * 4;
+        if (layer->channels > UINT64_MAX / 4 / NS_OUT_ARRAYS_MAX) {
+            rc = NS_ETOOLARGE;
+            goto fail;
+        }
+        for (size_t a = 0; a < layer->n_arrays; a++, at += bytes)
+            if ((rc = header_tensor(&h, layer->name, layer->array_names[a], "F32", 0,
+                                    layer->channels, at, at + bytes)))
+                goto fail;
+        for (size_t s = 0; s < layer->n_scalars; s++) {
+            if (!scalar_is_tensor(layer->scalar_names[s]))
+                continue;
+            if ((rc = header_tensor(&h, layer->name, layer->scalar_names[s], "I64", 1, 0, at,
+                                    at + 8)))
+                goto fail;
+            at += 8;
+        }
+    }
+    uint8_t *p;
+    if ((rc = ns__safetensors_frame(dst, &h, at, &p)))
+        goto fail;
+    for (size_t l = 0; l < n_layers; l++) {
+        const ns_out_layer_t *layer = &layers[l];
+        for (size_t a = 0; a < layer->n_arrays; a++)
+            for (size_t c = 0; c < layer->channels; c++, p += 4) {
+                float f = narrow(layer->arrays[a][c]);
+                uint32_t bits;
+                memcpy(&bits, &f, sizeof(bits));
+                ns__store_le32(p, bits);
+            }
+        for (size_t s = 0; s < layer->n_scalars; s++)
+            if (scalar_is_tensor(layer->scalar_names[s])) {
+                ns__store_le64(p, (uint64_t)layer->scalars[s]);
+                p += 8;
+            }
+    }
+    ns_buf_free(&h);
+    return 0;
+fail:
+    ns_buf_free(&h);
+    ns_buf_free(dst);
+    return rc;
+}
+
+int ns_stats_encode(ns_buf_t *dst, ns_format_t format, const ns_meta_t *meta, size_t n_meta,
+                    const ns_out_layer_t *layers, size_t n_layers)
+{
+    if (format == NS_FORMAT_SAFETENSORS)
+        return encode_safetensors(dst, meta, n_meta, layers, n_layers);
+    return encode_json(dst, meta, n_meta, layers, n_layers);
+}

@@ -1,0 +1,33 @@
+/* h_checkpoint.c - GET and PUT /v1/runs/{run}/checkpoint: export and restore a run's whole state.
+ */
+#include "base/clock.h"
+#include "base/log.h"
+#include "http/http.h"
+#include "registry/registry.h"
+
+void nsd_h_checkpoint_get(nsd_request_t *req)
+{
+    ns_error_detail_t err = {0};
+    json_t *cp = nsd_registry_checkpoint_export(req->server->registry, req->run, &err);
+    if (cp == NULL) {
+        nsd_respond_detail(req, err.code ? err.code : NS_ENOMEM, &err);
+        return;
+    }
+    /* jansson prints reals with 17 significant digits: the doubles round-trip. */
+    nsd_respond_json(req, 200, cp);
+}
+
+void nsd_h_checkpoint_put(nsd_request_t *req)
+{
+    ns_error_detail_t err = {0};
+    const char *body = req->body.data ? req->body.data : "";
+    int rc =
+        nsd_registry_checkpoint_import(req->server->registry, req->run, body, req->body.len, &err);
+    if (rc != 0) {
+        nsd_respond_detail(req, rc, &err);
+        return;
+    }
+    nsd_log(NSD_LOG_INFO, "checkpoint_restored", "run=%s bytes=%zu", req->run, req->body.len);
+    json_t *run = nsd_registry_run_json(req->server->registry, req->run, nsd_now_ms(), &err);
+    nsd_respond_durable(req, 200, run ? run : json_pack("{s:s}", "run", req->run));
+}

@@ -1,0 +1,61 @@
+/* h_runs.c - PUT, GET, DELETE /v1/runs/{run} and GET /v1/runs. */
+#include <stdio.h>
+
+#include "base/clock.h"
+#include "base/log.h"
+#include "http/http.h"
+#include "registry/registry.h"
+
+void nsd_h_runs_list(nsd_request_t *req)
+{
+    nsd_respond_json(req, 200, nsd_registry_list_json(req->server->registry));
+}
+
+void nsd_h_run_put(nsd_request_t *req)
+{
+    ns_error_detail_t err = {0};
+    ns_run_config_t cfg;
+    ns_run_config_defaults(&cfg);
+    const char *body = req->body.data ? req->body.data : "";
+    int rc = ns_run_config_decode_json(&cfg, body, req->body.len, &err);
+    int created = 0;
+    rc = rc ? rc : nsd_registry_put_run(req->server->registry, req->run, &cfg, &created, &err);
+    if (rc != 0) {
+        nsd_respond_detail(req, rc, &err);
+        return;
+    }
+    if (cfg.has_world_size || created)
+        nsd_log(NSD_LOG_INFO, created ? "run_created" : "run_updated", "run=%s world_size=%u",
+                req->run, cfg.world_size);
+    else
+        nsd_log(NSD_LOG_INFO, "run_updated", "run=%s", req->run);
+    json_t *run = nsd_registry_run_json(req->server->registry, req->run, nsd_now_ms(), &err);
+    if (run == NULL) {
+        /* Deleted again in between: the PUT itself succeeded. */
+        run = json_pack("{s:s}", "run", req->run);
+    }
+    nsd_respond_durable(req, created ? 201 : 200, run);
+}
+
+void nsd_h_run_get(nsd_request_t *req)
+{
+    ns_error_detail_t err = {0};
+    json_t *run = nsd_registry_run_json(req->server->registry, req->run, nsd_now_ms(), &err);
+    if (run == NULL) {
+        nsd_respond_detail(req, err.code ? err.code : NS_ENOMEM, &err);
+        return;
+    }
+    nsd_respond_json(req, 200, run);
+}
+
+void nsd_h_run_delete(nsd_request_t *req)
+{
+    ns_error_detail_t err = {0};
+    int rc = nsd_registry_delete_run(req->server->registry, req->run, &err);
+    if (rc != 0) {
+        nsd_respond_detail(req, rc, &err);
+        return;
+    }
+    nsd_log(NSD_LOG_INFO, "run_deleted", "run=%s", req->run);
+    nsd_respond_durable(req, 204, NULL);
+}

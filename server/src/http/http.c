@@ -1,0 +1,599 @@
+/* http.c - the libmicrohttpd daemon: request life cycle, body collection, responses,
+ * suspend/resume.
+ *
+ * DESIGN
+ *  Threads: MHD's pool (--threads, epoll or poll) calls on_access and
+ *  on_completed; a connection stays on one pool thread. No thread of our own.
+ *  Request life: on_access allocates the nsd_request_t on its first call
+ *  (in_flight + 1) and on_completed frees it (in_flight - 1), whatever
+ *  happened in between; the coordinator's drain waits for in_flight == 0.
+ *  Deferred answers (/sync, nsd_respond_durable): the handler calls
+ *  nsd_request_defer(); the waker calls nsd_request_wake() from any thread
+ *  (a registry or store callback, never under a registry or store lock).
+ *  req->wait_lock orders the two: after_handler() checks 'woken' and, if
+ *  not yet woken, suspends the connection while holding it; the waker sets
+ *  'woken', reads 'suspended' under it and resumes after unlocking. Lock
+ *  order: wait_lock, then MHD's own (MHD_suspend_connection); no registry
+ *  or store lock is ever taken under wait_lock.
+ *  Shutdown: nsd_registry_shutdown() wakes every waiting /sync, so no
+ *  connection is suspended when MHD_stop_daemon() runs. */
+#include "http.h"
+
+#include <errno.h>
+#include <netdb.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <microhttpd.h>
+
+#include "auth.h"
+#include "base/clock.h"
+#include "base/log.h"
+#include "base/size_limits.h"
+#include "counters.h"
+#include "store/store.h"
+
+/* Idle keep-alive connections are closed after this many seconds. */
+#define CONNECTION_TIMEOUT_S 60
+/* Per-connection buffer; larger means fewer, bigger body chunks. */
+#define CONNECTION_MEMORY (128u * 1024u)
+
+/* ---------------------------------------------------------------- responses */
+
+static void queue(nsd_request_t *req, int status, struct MHD_Response *resp,
+                  const char *content_type)
+{
+    if (content_type != NULL)
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, content_type);
+    if (status == 405 && req->allow[0] != '\0')
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW, req->allow);
+    if (status == 401)
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_WWW_AUTHENTICATE,
+                                "Bearer realm=\"normstat\"");
+    if (atomic_load(&req->server->shutting_down))
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_CONNECTION, "close");
+    if (MHD_queue_response(req->conn, (unsigned)status, resp) != MHD_YES) {
+        /* The access handler then returns MHD_NO, which closes the connection. */
+        nsd_log(NSD_LOG_WARN, "response_failed", "method=%s status=%d", req->method, status);
+        req->status = -1;
+    } else {
+        req->responded = 1;
+        req->status = status;
+        /* Counted when queued, before a byte of the answer leaves: a client
+         * that has read this answer always sees it in its next scrape. */
+        nsd_count_request(req->route, req->method, status,
+                          (double)(nsd_now_ns() - req->start_ns) * 1e-9);
+    }
+    MHD_destroy_response(resp);
+}
+
+void nsd_respond(nsd_request_t *req, int status, const char *content_type, char *data, size_t len)
+{
+    if (req->responded) {
+        free(data);
+        return;
+    }
+    struct MHD_Response *resp;
+    if (data == NULL || len == 0) {
+        free(data);
+        resp = MHD_create_response_from_buffer(0, (void *)"", MHD_RESPMEM_PERSISTENT);
+    } else {
+        resp = MHD_create_response_from_buffer_with_free_callback(len, data, free);
+        if (resp == NULL)
+            free(data);
+    }
+    if (resp == NULL) {
+        /* Nothing can be sent: the access handler returns MHD_NO, closing the connection. */
+        nsd_log(NSD_LOG_ERROR, "response_failed", "method=%s reason=out_of_memory", req->method);
+        req->status = -1;
+        return;
+    }
+    queue(req, status, resp, content_type);
+}
+
+void nsd_respond_json(nsd_request_t *req, int status, json_t *body)
+{
+    if (body == NULL) {
+        nsd_respond_error(req, NS_ENOMEM, NULL);
+        return;
+    }
+    char *text = json_dumps(body, JSON_COMPACT);
+    json_decref(body);
+    if (text == NULL) {
+        nsd_respond_error(req, NS_ENOMEM, NULL);
+        return;
+    }
+    nsd_respond(req, status, "application/json", text, strlen(text));
+}
+
+void nsd_respond_error(nsd_request_t *req, int code, const char *message)
+{
+    if (req->responded)
+        return;
+    ns_buf_t buf;
+    ns_buf_init(&buf, NSD_ERROR_BODY_MAX);
+    int status = ns_error_http_status(code);
+    nsd_count_rejection(code);
+    if (ns_error_encode_json(&buf, code, message ? message : ns_strerror(code)) != 0) {
+        static const char oom[] =
+            "{\"error\":{\"code\":\"out_of_memory\",\"message\":\"out of memory\"}}";
+        ns_buf_free(&buf);
+        struct MHD_Response *resp =
+            MHD_create_response_from_buffer(sizeof(oom) - 1, (void *)oom, MHD_RESPMEM_PERSISTENT);
+        if (resp != NULL)
+            queue(req, 503, resp, "application/json");
+        return;
+    }
+    if (nsd_log_enabled(NSD_LOG_DEBUG)) {
+        char q[600];
+        nsd_log_write(NSD_LOG_DEBUG, "request_rejected",
+                      "method=%s path=%s status=%d code=%s msg=%s", req->method, req->path, status,
+                      ns_error_name(code),
+                      nsd_log_quote(q, sizeof(q), message ? message : ns_strerror(code)));
+    }
+    size_t len;
+    char *data = ns_buf_take(&buf, &len);
+    nsd_respond(req, status, "application/json", data, len);
+}
+
+void nsd_respond_detail(nsd_request_t *req, int code, const ns_error_detail_t *err)
+{
+    if (err != NULL && err->code != 0 && err->message[0] != '\0')
+        nsd_respond_error(req, err->code, err->message);
+    else
+        nsd_respond_error(req, code, NULL);
+}
+
+/* A response held back until the store committed (nsd_respond_durable). */
+typedef struct durable_s {
+    int status;
+    json_t *body;
+    int store_status;
+} durable_t;
+
+static void durable_free(void *p)
+{
+    durable_t *d = p;
+    if (d != NULL)
+        json_decref(d->body);
+    free(d);
+}
+
+/* The store's callback: any thread, exactly once. */
+static void durable_done(void *arg, int status)
+{
+    nsd_request_t *req = arg;
+    ((durable_t *)req->user)->store_status = status;
+    nsd_request_wake(req);
+}
+
+static void durable_answer(nsd_request_t *req)
+{
+    durable_t *d = req->user;
+    if (d->store_status != 0) {
+        nsd_respond_error(req, d->store_status,
+                          d->store_status == NS_EIO
+                              ? "the change is applied in memory but could not be committed to the "
+                                "data directory; it is retried"
+                              : NULL);
+        return;
+    }
+    json_t *body = d->body;
+    d->body = NULL;
+    if (body == NULL)
+        nsd_respond(req, d->status, NULL, NULL, 0);
+    else
+        nsd_respond_json(req, d->status, body);
+}
+
+void nsd_respond_durable(nsd_request_t *req, int status, json_t *body)
+{
+    nsd_store_t *store = req->server->store;
+    if (store == NULL) {
+        if (body == NULL && status != 204)
+            nsd_respond_error(req, NS_ENOMEM, NULL);
+        else if (body == NULL)
+            nsd_respond(req, status, NULL, NULL, 0);
+        else
+            nsd_respond_json(req, status, body);
+        return;
+    }
+    durable_t *d = calloc(1, sizeof(*d));
+    if (d == NULL) {
+        json_decref(body);
+        nsd_respond_error(req, NS_ENOMEM, NULL);
+        return;
+    }
+    d->status = status;
+    d->body = body;
+    req->user = d;
+    req->user_free = durable_free;
+    nsd_request_defer(req, durable_answer);
+    nsd_store_after_commit(store, durable_done, req);
+}
+
+/* ---------------------------------------------------------------- requests */
+
+const char *nsd_request_query(nsd_request_t *req, const char *key)
+{
+    return MHD_lookup_connection_value(req->conn, MHD_GET_ARGUMENT_KIND, key);
+}
+
+const char *nsd_request_header(nsd_request_t *req, const char *name)
+{
+    return MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND, name);
+}
+
+typedef struct query_check_s {
+    const char *const *allowed;
+    ns_error_detail_t *err;
+    int rc;
+} query_check_t;
+
+static enum MHD_Result check_one(void *cls, enum MHD_ValueKind kind, const char *key,
+                                 const char *value)
+{
+    query_check_t *qc = cls;
+    (void)kind;
+    (void)value;
+    for (size_t i = 0; qc->allowed[i] != NULL; i++)
+        if (strcmp(key, qc->allowed[i]) == 0)
+            return MHD_YES;
+    qc->rc = ns_error_set(qc->err, NS_EINVAL, key, "unknown query parameter");
+    return MHD_NO;
+}
+
+int nsd_request_check_query(nsd_request_t *req, const char *const allowed[], ns_error_detail_t *err)
+{
+    query_check_t qc = {allowed, err, 0};
+    MHD_get_connection_values(req->conn, MHD_GET_ARGUMENT_KIND, check_one, &qc);
+    return qc.rc;
+}
+
+void nsd_request_defer(nsd_request_t *req, nsd_handler_fn on_wake)
+{
+    req->on_wake = on_wake;
+    req->deferred = 1;
+}
+
+void nsd_request_wake(nsd_request_t *req)
+{
+    /* The handler's thread checks 'woken' and suspends under the same lock,
+     * so either it sees woken (and answers at once) or we see suspended (and
+     * resume). 'conn' is read under the lock: once unlocked and resumed, the
+     * request may complete and be freed on another thread. */
+    pthread_mutex_lock(&req->wait_lock);
+    req->woken = 1;
+    int suspended = req->suspended;
+    struct MHD_Connection *conn = req->conn;
+    pthread_mutex_unlock(&req->wait_lock);
+    if (suspended)
+        MHD_resume_connection(conn);
+}
+
+/* Media type of a Content-Type value without parameters, compared case-insensitively. */
+static int media_is(const char *value, const char *type)
+{
+    while (*value == ' ' || *value == '\t')
+        value++;
+    size_t len = strcspn(value, ";");
+    while (len > 0 && (value[len - 1] == ' ' || value[len - 1] == '\t'))
+        len--;
+    return strlen(type) == len && strncasecmp(value, type, len) == 0;
+}
+
+/* First call: authenticate, match the route, check Content-Length and Content-Type. */
+static void request_begin(nsd_request_t *req)
+{
+    nsd_server_t *srv = req->server;
+    /* Before anything else: a refused request has no route, so its body is
+     * read and dropped, never collected, and it is answered after it. */
+    if (!nsd_auth_exempt(req->method, req->path)) {
+        const char *authz = nsd_request_header(req, MHD_HTTP_HEADER_AUTHORIZATION);
+        int auth = nsd_auth_check(srv->auth, authz);
+        if (auth != 0) {
+            req->pending_error = auth;
+            return;
+        }
+    }
+    int rc = nsd_routes_match(req->method, req->path, &req->route, req->run, sizeof(req->run),
+                              req->allow, sizeof(req->allow));
+    if (rc == NS_ENOTFOUND || rc == NS_EMETHOD)
+        req->route = NULL;
+    if (rc != 0)
+        req->pending_error = rc;
+
+    const char *cl = nsd_request_header(req, MHD_HTTP_HEADER_CONTENT_LENGTH);
+    if (cl != NULL) {
+        errno = 0;
+        char *end;
+        unsigned long long n = strtoull(cl, &end, 10);
+        if (errno == 0 && *end == '\0' && n > srv->opts->max_body) {
+            req->pending_error = NS_ETOOLARGE;
+            return;
+        }
+        /* One allocation for the whole body instead of doubling as it
+         * arrives. Out of memory frees the buffer: the appends then fail
+         * and answer it. */
+        if (errno == 0 && *end == '\0' && n > 0 && req->pending_error == 0 &&
+            req->route != NULL && req->route->body != NSD_BODY_NONE &&
+            ns_buf_reserve(&req->body, (size_t)n) != 0)
+            ns_buf_init(&req->body, srv->opts->max_body);
+    }
+    if (req->pending_error != 0 || req->route == NULL || req->route->body == NSD_BODY_NONE)
+        return;
+    const char *ct = nsd_request_header(req, MHD_HTTP_HEADER_CONTENT_TYPE);
+    req->body_format = NS_FORMAT_JSON;
+    if (ct == NULL || media_is(ct, "application/json"))
+        return;
+    if (req->route->body == NSD_BODY_REPORT && media_is(ct, "application/safetensors")) {
+        req->body_format = NS_FORMAT_SAFETENSORS;
+        return;
+    }
+    req->pending_error = NS_EMEDIATYPE;
+}
+
+static void respond_pending_error(nsd_request_t *req)
+{
+    char msg[256];
+    switch (req->pending_error) {
+    case NS_ENOTFOUND:
+        snprintf(msg, sizeof(msg), "no route for %.200s", req->path);
+        nsd_respond_error(req, NS_ENOTFOUND, msg);
+        break;
+    case NS_EMETHOD:
+        snprintf(msg, sizeof(msg), "%.16s not allowed; allowed: %.64s", req->method, req->allow);
+        nsd_respond_error(req, NS_EMETHOD, msg);
+        break;
+    case NS_EUNAUTHORIZED:
+        nsd_respond_error(req, NS_EUNAUTHORIZED,
+                          "authentication required: send \"Authorization: Bearer <token>\"");
+        break;
+    case NS_EFORBIDDEN:
+        nsd_respond_error(req, NS_EFORBIDDEN, "the bearer token is not accepted");
+        break;
+    case NS_EINVAL:
+        nsd_respond_error(req, NS_EINVAL, "run: invalid name (expected [A-Za-z0-9_.:-]{1,128})");
+        break;
+    case NS_ETOOLARGE:
+        snprintf(msg, sizeof(msg), "request body larger than %llu bytes (--max-body)",
+                 (unsigned long long)req->server->opts->max_body);
+        nsd_respond_error(req, NS_ETOOLARGE, msg);
+        break;
+    case NS_EMEDIATYPE: {
+        const char *ct = nsd_request_header(req, MHD_HTTP_HEADER_CONTENT_TYPE);
+        snprintf(msg, sizeof(msg), "Content-Type %.100s not accepted; use application/json%s",
+                 ct ? ct : "",
+                 req->route && req->route->body == NSD_BODY_REPORT ? " or application/safetensors"
+                                                                   : "");
+        nsd_respond_error(req, NS_EMEDIATYPE, msg);
+        break;
+    }
+    default:
+        nsd_respond_error(req, req->pending_error, NULL);
+    }
+}
+
+/* Writes are refused before recovery finished and while the store fails.
+ * @return 0 or the code to answer with (message in msg). */
+static int write_gate(nsd_request_t *req, const char **msg)
+{
+    if (strcmp(req->route->method, "GET") == 0)
+        return 0;
+    if (!atomic_load(&req->server->ready)) {
+        *msg = "recovering the store; writes are accepted once /readyz answers 200";
+        return NS_ENOTREADY;
+    }
+    if (req->server->store != NULL && nsd_store_status(req->server->store) != 0) {
+        *msg = "commits to the data directory fail (disk full or I/O error); retry later";
+        return NS_EIO;
+    }
+    return 0;
+}
+
+/* After a handler returned: suspend a deferred request unless it was already woken. */
+static void after_handler(nsd_request_t *req)
+{
+    if (req->responded || req->status < 0)
+        return;
+    if (req->deferred) {
+        pthread_mutex_lock(&req->wait_lock);
+        int woken = req->woken;
+        if (!woken) {
+            MHD_suspend_connection(req->conn);
+            req->suspended = 1;
+        }
+        pthread_mutex_unlock(&req->wait_lock);
+        if (!woken)
+            return;
+        req->deferred = 0;
+        req->on_wake(req);
+    }
+    if (!req->responded && req->status >= 0)
+        nsd_respond_error(req, NS_EINTERNAL, "the handler gave no answer");
+}
+
+static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const char *url,
+                                 const char *method, const char *version, const char *upload_data,
+                                 size_t *upload_data_size, void **con_cls)
+{
+    nsd_server_t *srv = cls;
+    nsd_request_t *req = *con_cls;
+    (void)version;
+    if (req == NULL) {
+        req = calloc(1, sizeof(*req));
+        if (req == NULL)
+            return MHD_NO;
+        req->server = srv;
+        req->conn = conn;
+        req->method = method;
+        req->path = url;
+        req->start_ns = nsd_now_ns();
+        pthread_mutex_init(&req->wait_lock, NULL);
+        ns_buf_init(&req->body, srv->opts->max_body);
+        atomic_fetch_add(&srv->in_flight, 1);
+        *con_cls = req;
+        request_begin(req);
+        /* A body we will not read is refused at once; the connection closes. */
+        if (req->pending_error == NS_ETOOLARGE)
+            respond_pending_error(req);
+        return req->status < 0 ? MHD_NO : MHD_YES;
+    }
+    if (req->status < 0)
+        return MHD_NO;
+    if (*upload_data_size > 0) {
+        size_t n = *upload_data_size;
+        *upload_data_size = 0;
+        if (req->responded)
+            return MHD_YES;
+        /* MHD accepts a response only before or after the body, so an error
+         * found while it arrives is answered once it ended; the rest of the
+         * body is read and dropped, up to a bound past which the connection
+         * is simply closed. */
+        if (req->pending_error == 0 && req->route != NULL && req->route->body != NSD_BODY_NONE) {
+            int rc = ns_buf_append(&req->body, upload_data, n);
+            if (rc != 0) {
+                req->pending_error = rc;
+                req->discarded = srv->opts->max_body;
+            }
+            return MHD_YES;
+        }
+        req->discarded += n;
+        if (req->discarded > srv->opts->max_body && req->pending_error == 0)
+            req->pending_error = NS_ETOOLARGE;
+        if (req->discarded > srv->opts->max_body + NSD_DISCARD_MAX) {
+            nsd_log(NSD_LOG_INFO, "request_body_dropped", "method=%s bytes=%llu", req->method,
+                    (unsigned long long)req->discarded);
+            return MHD_NO;
+        }
+        return MHD_YES;
+    }
+    if (req->responded)
+        return MHD_YES;
+    if (req->deferred) {
+        /* Resumed after nsd_request_wake(). */
+        req->deferred = 0;
+        req->on_wake(req);
+    } else if (req->pending_error != 0) {
+        respond_pending_error(req);
+    } else {
+        const char *msg = NULL;
+        int gate = write_gate(req, &msg);
+        if (gate != 0)
+            nsd_respond_error(req, gate, msg);
+        else
+            req->route->handler(req);
+    }
+    after_handler(req);
+    return req->status < 0 ? MHD_NO : MHD_YES;
+}
+
+static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
+                         enum MHD_RequestTerminationCode toe)
+{
+    nsd_server_t *srv = cls;
+    nsd_request_t *req = *con_cls;
+    (void)conn;
+    if (req == NULL)
+        return;
+    double seconds = (double)(nsd_now_ns() - req->start_ns) * 1e-9;
+    if (nsd_log_enabled(NSD_LOG_DEBUG) || toe != MHD_REQUEST_TERMINATED_COMPLETED_OK) {
+        int level = toe == MHD_REQUEST_TERMINATED_COMPLETED_OK ? NSD_LOG_DEBUG : NSD_LOG_INFO;
+        char q[300];
+        nsd_log(level, "request", "method=%s path=%s status=%d ms=%.3f completed=%d", req->method,
+                nsd_log_quote(q, sizeof(q), req->path), req->responded ? req->status : 0,
+                seconds * 1e3, toe == MHD_REQUEST_TERMINATED_COMPLETED_OK);
+    }
+    if (req->user_free != NULL)
+        req->user_free(req->user);
+    ns_buf_free(&req->body);
+    pthread_mutex_destroy(&req->wait_lock);
+    free(req);
+    *con_cls = NULL;
+    atomic_fetch_sub(&srv->in_flight, 1);
+}
+
+static void mhd_logger(void *cls, const char *fmt, va_list ap)
+    __attribute__((format(printf, 2, 0)));
+static void mhd_logger(void *cls, const char *fmt, va_list ap)
+{
+    char msg[512], q[600];
+    (void)cls;
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    size_t len = strlen(msg);
+    while (len > 0 && (msg[len - 1] == '\n' || msg[len - 1] == ' '))
+        msg[--len] = '\0';
+    nsd_log(NSD_LOG_WARN, "mhd", "msg=%s", nsd_log_quote(q, sizeof(q), msg));
+}
+
+/* ---------------------------------------------------------------- daemon */
+
+int nsd_http_start(nsd_server_t *server, ns_error_detail_t *err)
+{
+    const nsd_addr_t *listen = &server->opts->listen;
+    struct addrinfo hints, *res = NULL;
+    memset(&hints, 0, sizeof(hints));
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+    char port[8];
+    snprintf(port, sizeof(port), "%u", (unsigned)listen->port);
+    int gai = getaddrinfo(listen->host, port, &hints, &res);
+    if (gai != 0 || res == NULL) {
+        return ns_error_set(err, NS_EINVAL, "", "cannot resolve %s: %s", listen->host,
+                            gai_strerror(gai));
+    }
+    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
+    flags |= MHD_is_feature_supported(MHD_FEATURE_EPOLL) == MHD_YES ? MHD_USE_EPOLL : MHD_USE_POLL;
+    if (res->ai_family == AF_INET6)
+        flags |= MHD_USE_IPv6;
+    unsigned threads = (unsigned)server->opts->threads;
+    /* One option and its values per line. */
+    /* clang-format off */
+    server->daemon = MHD_start_daemon(
+        flags, listen->port, NULL, NULL, on_access, server,
+        /* First, so MHD's own start-up messages come through it too. */
+        MHD_OPTION_EXTERNAL_LOGGER, mhd_logger, NULL,
+        MHD_OPTION_SOCK_ADDR, res->ai_addr,
+        MHD_OPTION_THREAD_POOL_SIZE, threads > 1 ? threads : 0u,
+        MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)CONNECTION_TIMEOUT_S,
+        MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)CONNECTION_MEMORY,
+        MHD_OPTION_NOTIFY_COMPLETED, on_completed, server,
+        MHD_OPTION_END);
+    /* clang-format on */
+    int family = res->ai_family;
+    freeaddrinfo(res);
+    if (server->daemon == NULL) {
+        return ns_error_set(err, NS_EIO, "",
+                            "cannot listen on %s:%u (in use, or not an address of this host)",
+                            listen->host, (unsigned)listen->port);
+    }
+    const union MHD_DaemonInfo *info =
+        MHD_get_daemon_info(server->daemon, MHD_DAEMON_INFO_BIND_PORT);
+    server->port = info != NULL ? info->port : listen->port;
+    snprintf(server->addr, sizeof(server->addr), family == AF_INET6 ? "[%s]:%u" : "%s:%u",
+             listen->host, (unsigned)server->port);
+    return 0;
+}
+
+void nsd_http_quiesce(nsd_server_t *server)
+{
+    if (server->daemon == NULL)
+        return;
+    MHD_socket fd = MHD_quiesce_daemon(server->daemon);
+    if (fd != MHD_INVALID_SOCKET)
+        close(fd);
+}
+
+void nsd_http_stop(nsd_server_t *server)
+{
+    if (server->daemon != NULL)
+        MHD_stop_daemon(server->daemon);
+    server->daemon = NULL;
+}

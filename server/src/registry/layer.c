@@ -1,0 +1,270 @@
+/* layer.c - one layer of a run: its pending steps closed (finalized by the
+ * barrier or dropped), finalized steps queued and applied to EMA/PreciseBN
+ * in step order (see the DESIGN in run.h and barrier.h). */
+#include "run.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "base/array.h"
+
+/* Index of the pending step 'step' in the layer, or where it would go. */
+size_t nsd_layer_pending_pos(const nsd_layer_t *l, uint64_t step, int *found)
+{
+    size_t lo = 0, hi = l->n_pending;
+    *found = 0;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (l->pending[mid]->step == step) {
+            *found = 1;
+            return mid;
+        }
+        if (l->pending[mid]->step < step)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo;
+}
+
+int nsd_layer_grow_workers(nsd_layer_t *l, uint32_t need)
+{
+    if (need <= l->n_workers)
+        return 0;
+    int64_t *p = realloc(l->worker_last, need * sizeof(int64_t));
+    if (p == NULL)
+        return NS_ENOMEM;
+    for (uint32_t w = l->n_workers; w < need; w++)
+        p[w] = -1;
+    l->worker_last = p;
+    l->n_workers = need;
+    return 0;
+}
+
+nsd_layer_t *nsd_layer_create(const char *name)
+{
+    nsd_layer_t *l = calloc(1, sizeof(*l));
+    if (l == NULL)
+        return NULL;
+    snprintf(l->name, sizeof(l->name), "%s", name);
+    l->max_closed = -1;
+    l->last_applied = -1;
+    l->max_seen = -1;
+    return l;
+}
+
+void nsd_layer_free(nsd_layer_t *l)
+{
+    if (l == NULL)
+        return;
+    for (size_t i = 0; i < l->n_pending; i++)
+        nsd_pending_free(l->pending[i]);
+    free(l->pending);
+    for (size_t i = 0; i < l->n_ready; i++)
+        nsd_step_free(l->ready[i]);
+    free(l->ready);
+    for (size_t i = 0; i < l->cap_pops; i++)
+        nsd_pop_free(l->pops[i]);
+    free(l->pops);
+    nsd_pop_free(l->pooled);
+    free(l->last_mean);
+    free(l->worker_last);
+    free(l);
+}
+
+/* A copy of a finalized step for the persistence hook. Out of memory: the
+ * step is not handed to the store (memory only). */
+void nsd_layer_persist_step(const nsd_layer_t *l, const nsd_step_t *f, nsd_outbox_t *box)
+{
+    nsd_step_t *copy = nsd_step_dup(f);
+    if (copy == NULL)
+        return;
+    copy->first_pending = l->n_pending > 0 ? (int64_t)l->pending[0]->step : -1;
+    nsd_queue_push(&box->steps, &copy->link);
+}
+
+/* Add the workers that did not arrive at 'p' to the result's missing list
+ * (a sorted union over the layers). @return 0 or NS_ENOMEM. */
+static int note_missing(nsd_sync_result_t *res, const nsd_pending_t *p)
+{
+    uint32_t *m = malloc((res->n_missing + p->world_size + 1) * sizeof(*m));
+    if (m == NULL)
+        return NS_ENOMEM;
+    size_t n = 0, i = 0;
+    for (uint32_t w = 0; w < p->world_size; w++) {
+        if (p->arrivals[w].present)
+            continue;
+        while (i < res->n_missing && res->missing[i] < w)
+            m[n++] = res->missing[i++];
+        if (i < res->n_missing && res->missing[i] == w)
+            i++;
+        m[n++] = w;
+    }
+    while (i < res->n_missing)
+        m[n++] = res->missing[i++];
+    free(res->missing);
+    res->missing = m;
+    res->n_missing = n;
+    return 0;
+}
+
+/* Copy one finalized layer's statistics into every waiter of the step. */
+static void fill_waiters(nsd_ctx_t *ctx, nsd_outbox_t *box, nsd_pending_t *p, const nsd_step_t *f)
+{
+    for (size_t k = 0; k < p->n_waiters; k++) {
+        nsd_waiter_t *w = p->waiters[k].waiter;
+        if (w->fired)
+            continue;
+        if (!f->complete && note_missing(w->res, p) != 0) {
+            nsd_waiter_fail(ctx, box, w, NS_ENOMEM);
+            continue;
+        }
+        nsd_sync_layer_t *sl = &w->res->layers[p->waiters[k].index];
+        uint64_t count = f->count;
+        const double *mean = f->mean;
+        if (w->scope == NS_SCOPE_DOMAIN) {
+            const nsd_step_domain_t *d = nsd_step_find_domain(f, w->domain);
+            count = d ? d->count : 0;
+            mean = d ? d->mean : NULL;
+        }
+        sl->count = count;
+        sl->complete = f->complete;
+        sl->workers = f->workers;
+        if (mean != NULL && f->channels > 0) {
+            sl->mean = malloc(2 * f->channels * sizeof(double));
+            if (sl->mean == NULL) {
+                nsd_waiter_fail(ctx, box, w, NS_ENOMEM);
+                continue;
+            }
+            sl->var = sl->mean + f->channels;
+            sl->channels = f->channels;
+            memcpy(sl->mean, mean, 2 * f->channels * sizeof(double));
+        }
+        nsd_waiter_layer_done(ctx, box, w);
+    }
+    p->n_waiters = 0;
+}
+
+/* Apply one finalized step to the layer's population state. */
+static void apply_final(nsd_run_t *run, nsd_layer_t *l, const nsd_step_t *f)
+{
+    nsd_ctx_t *ctx = run->ctx;
+    size_t c = f->channels;
+    double momentum = run->st.cfg.momentum;
+    if (c > 0) {
+        for (size_t i = 0; i < f->n_domains; i++) {
+            const nsd_step_domain_t *d = &f->domains[i];
+            nsd_pop_t *pop = d->index < l->cap_pops ? l->pops[d->index] : NULL;
+            if (pop != NULL)
+                nsd_pop_apply(pop, c, f->update, d->count, d->mean, d->var, momentum, f->step);
+        }
+    }
+    if (f->update & NS_UPDATE_EMA) {
+        int changed = 0;
+        if (c > 0 && l->pooled != NULL)
+            changed = nsd_pop_apply(l->pooled, c, NS_UPDATE_EMA, f->count, f->mean, f->var,
+                                    momentum, f->step);
+        if (changed != 1) {
+            run->st.skipped_steps++;
+            atomic_fetch_add(&ctx->steps_skipped, 1);
+        }
+    }
+    l->last_applied = (int64_t)f->step;
+    atomic_fetch_add(&ctx->steps_applied, 1);
+}
+
+/* Apply finalized steps in step order while they are below 'bound' (the
+ * lowest pending step). Returns how many were applied. */
+size_t nsd_run_apply_ready_below(nsd_run_t *run, nsd_layer_t *l, uint64_t bound)
+{
+    size_t k = 0;
+    while (k < l->n_ready && l->ready[k]->step < bound) {
+        apply_final(run, l, l->ready[k]);
+        nsd_step_free(l->ready[k]);
+        k++;
+    }
+    if (k > 0) {
+        memmove(l->ready, l->ready + k, (l->n_ready - k) * sizeof(*l->ready));
+        l->n_ready -= k;
+    }
+    return k;
+}
+
+/* Apply finalized steps in step order while no earlier step is pending. */
+void nsd_run_apply_ready(nsd_run_t *run, nsd_layer_t *l)
+{
+    nsd_run_apply_ready_below(run, l, l->n_pending > 0 ? l->pending[0]->step : UINT64_MAX);
+}
+
+/* A finalized step joins the layer: last statistics (pooled and of each
+ * domain that had arrivals), then the ready queue
+ * in step order (a timed-out earlier step may finalize late). Room in
+ * l->ready was reserved. Shared by the live path and replay. */
+void nsd_layer_ready_insert(nsd_layer_t *l, nsd_step_t *f)
+{
+    if (f->channels > 0 && l->last_mean != NULL && (!l->has_last || f->step >= l->last_step)) {
+        l->has_last = 1;
+        l->last_step = f->step;
+        l->last_count = f->count;
+        memcpy(l->last_mean, f->mean, 2 * f->channels * sizeof(double));
+    }
+    for (size_t i = 0; f->channels > 0 && i < f->n_domains; i++) {
+        const nsd_step_domain_t *d = &f->domains[i];
+        nsd_pop_t *pop = d->index < l->cap_pops ? l->pops[d->index] : NULL;
+        if (pop != NULL && d->mean != NULL)
+            nsd_pop_set_last(pop, f->channels, f->step, d->count, d->mean, d->var);
+    }
+    size_t pos = l->n_ready;
+    while (pos > 0 && l->ready[pos - 1]->step > f->step)
+        pos--;
+    memmove(l->ready + pos + 1, l->ready + pos, (l->n_ready - pos) * sizeof(*l->ready));
+    l->ready[pos] = f;
+    l->n_ready++;
+}
+
+/* Close pending step 'idx' of the layer: finalize it (drop == 0) or discard
+ * it (drop == 1). Applying is left to nsd_run_apply_ready(). */
+void nsd_run_close_pending(nsd_run_t *run, nsd_layer_t *l, size_t idx, int drop, nsd_outbox_t *box)
+{
+    nsd_ctx_t *ctx = run->ctx;
+    nsd_pending_t *p = l->pending[idx];
+    memmove(l->pending + idx, l->pending + idx + 1, (l->n_pending - idx - 1) * sizeof(*l->pending));
+    l->n_pending--;
+    atomic_fetch_sub(&ctx->pending_steps, 1);
+    if ((int64_t)p->step > l->max_closed)
+        l->max_closed = (int64_t)p->step;
+
+    nsd_step_t *f = NULL;
+    int status = NS_ETIMEDOUT;
+    if (!drop) {
+        status = nsd_barrier_finalize(p, l->name, l->channels, run->st.domains, run->st.n_domains,
+                                      ctx->limits.threads, &f);
+        if (status == 0 &&
+            nsd_array_grow((void **)&l->ready, &l->cap_ready, l->n_ready + 1, sizeof(*l->ready)) != 0) {
+            nsd_step_free(f);
+            f = NULL;
+            status = NS_ENOMEM;
+        }
+    }
+    if (f == NULL) {
+        /* Dropped (or lost to a failed allocation): waiters learn why. */
+        for (size_t k = 0; k < p->n_waiters; k++) {
+            nsd_waiter_t *w = p->waiters[k].waiter;
+            if (!w->fired && w->res->status == 0)
+                w->res->status = status;
+            nsd_waiter_layer_done(ctx, box, w);
+        }
+        p->n_waiters = 0;
+        atomic_fetch_add(&ctx->steps_dropped, 1);
+    } else {
+        atomic_fetch_add(&ctx->steps_finalized, 1);
+        fill_waiters(ctx, box, p, f);
+        if (ctx->persist_steps)
+            nsd_layer_persist_step(l, f, box);
+        nsd_layer_ready_insert(l, f);
+    }
+    nsd_mem_release(ctx, p->bytes);
+    run->st.memory -= p->bytes;
+    nsd_pending_free(p);
+}

@@ -1,0 +1,306 @@
+/* run_report.c - one report applied to a run in three phases: check every
+ * layer, allocate what it needs, commit (see the DESIGN in run.h). */
+#include "run.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "base/array.h"
+
+/* Everything one layer of a report needs, allocated before anything changes. */
+typedef struct plan_s {
+    const ns_layer_report_t *lr;
+    nsd_layer_t *layer; /* existing layer, or new_layer */
+    int is_new_layer;
+    size_t insert_pos;      /* for a new layer: position among existing ones */
+    nsd_pending_t *pending; /* existing pending step, or new */
+    int is_new_pending;
+    size_t channels;    /* the layer's channel count after this report */
+    int fixes_channels; /* this report fixes the layer's channel count */
+    nsd_pop_t *new_pooled;
+    double *new_last;
+    nsd_pop_t *new_pop; /* this domain's state on this layer */
+    uint64_t bytes;
+} plan_t;
+
+static void plan_free(plan_t *pl, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (pl[i].is_new_layer)
+            nsd_layer_free(pl[i].layer);
+        if (pl[i].is_new_pending)
+            nsd_pending_free(pl[i].pending);
+        nsd_pop_free(pl[i].new_pooled);
+        free(pl[i].new_last);
+        nsd_pop_free(pl[i].new_pop);
+    }
+    free(pl);
+}
+
+/* Phase 1: the checks of one layer; nothing changes. */
+static int check_layer(const nsd_run_t *run, const ns_report_t *rep, plan_t *pl,
+                       ns_error_detail_t *err)
+{
+    const ns_layer_report_t *lr = pl->lr;
+    const nsd_run_state_t *st = &run->st;
+    nsd_layer_t *l = nsd_run_find_layer(st, lr->name);
+    char field[NS_NAME_MAX + 16];
+    snprintf(field, sizeof(field), "layers.%s", lr->name);
+
+    if (!ns_name_valid(lr->name))
+        return ns_error_set(err, NS_EINVAL, field, "invalid layer name");
+    if (lr->count > 0 && (lr->channels == 0 || lr->mean == NULL || lr->var == NULL))
+        return ns_error_set(err, NS_EINVAL, field, "count > 0 needs mean and var");
+    pl->layer = l;
+    pl->channels = l ? l->channels : 0;
+    if (lr->channels > 0) {
+        if (pl->channels != 0 && lr->channels != pl->channels)
+            return ns_error_set(
+                err, NS_ECHANNELS, field,
+                "expected %zu channels (fixed by the layer's first report), got %zu", pl->channels,
+                lr->channels);
+        if (pl->channels == 0) {
+            pl->channels = lr->channels;
+            pl->fixes_channels = 1;
+        }
+    }
+    nsd_pending_t *p = NULL;
+    if (l != NULL) {
+        int found;
+        size_t i = nsd_layer_pending_pos(l, rep->step, &found);
+        if (found)
+            p = l->pending[i];
+    }
+    uint32_t ws = p ? p->world_size : st->cfg.world_size;
+    if (rep->worker >= ws)
+        return ns_error_set(err, NS_EWORKER, "worker",
+                            "worker %u outside world_size %u of step %llu", rep->worker, ws,
+                            (unsigned long long)rep->step);
+    if (l != NULL) {
+        int64_t last = rep->worker < l->n_workers ? l->worker_last[rep->worker] : -1;
+        if (p != NULL && p->arrivals[rep->worker].present)
+            return ns_error_set(err, NS_EDUPLICATE, field, "worker %u already reported step %llu",
+                                rep->worker, (unsigned long long)rep->step);
+        if (last >= 0 && (int64_t)rep->step <= last)
+            return ns_error_set(err, NS_ESTALE, field,
+                                "worker %u already reported step %lld; steps must increase",
+                                rep->worker, (long long)last);
+        if (p == NULL && (int64_t)rep->step <= l->max_closed)
+            return ns_error_set(err, NS_ESTALE, field,
+                                "step %llu is at or below finalized step %lld",
+                                (unsigned long long)rep->step, (long long)l->max_closed);
+        if (p != NULL && p->update != rep->update)
+            return ns_error_set(err, NS_ECONFLICT, "update",
+                                "differs from the earlier reports of step %llu",
+                                (unsigned long long)rep->step);
+        uint32_t max_pending = run->ctx->limits.max_pending_steps;
+        if (p == NULL && l->n_pending >= max_pending)
+            return ns_error_set(err, NS_EBUSY, field, "%u steps already pending", max_pending);
+    }
+    pl->pending = p;
+    pl->is_new_pending = p == NULL;
+    return 0;
+}
+
+/* Phase 2: reserve memory and allocate what the layer needs. */
+static int prepare_layer(nsd_run_t *run, const ns_report_t *rep, long dom, plan_t *pl,
+                         uint64_t now_ms, nsd_waiter_t *waiter)
+{
+    nsd_run_state_t *st = &run->st;
+    const ns_layer_report_t *lr = pl->lr;
+    size_t c = pl->channels;
+    if (pl->layer == NULL) {
+        pl->layer = nsd_layer_create(lr->name);
+        if (pl->layer == NULL)
+            return NS_ENOMEM;
+        pl->is_new_layer = 1;
+        pl->bytes += sizeof(nsd_layer_t);
+    }
+    nsd_layer_t *l = pl->layer;
+    if (pl->fixes_channels) {
+        pl->new_pooled = nsd_pop_create(c, 0);
+        pl->new_last = malloc(2 * c * sizeof(double));
+        if (pl->new_pooled == NULL || pl->new_last == NULL)
+            return NS_ENOMEM;
+        pl->bytes += nsd_pop_bytes(c) + 2 * c * sizeof(double);
+    }
+    /* This domain's population state, once the layer has channels. */
+    size_t d = dom >= 0 ? (size_t)dom : st->n_domains;
+    if (c > 0 && (d >= l->cap_pops || l->pops[d] == NULL)) {
+        uint64_t gen = dom >= 0 ? st->domain_gen[d] : st->precise_generation;
+        pl->new_pop = nsd_pop_create(c, gen);
+        if (pl->new_pop == NULL)
+            return NS_ENOMEM;
+        pl->bytes += nsd_pop_bytes(c);
+    }
+    if (pl->is_new_pending) {
+        pl->pending = nsd_pending_create(rep->step, st->cfg.world_size, rep->update, now_ms);
+        if (pl->pending == NULL)
+            return NS_ENOMEM;
+        pl->bytes += pl->pending->bytes;
+    }
+    /* The arrays themselves are taken from the report at commit. */
+    pl->bytes += 2 * lr->channels * sizeof(float);
+    /* Capacity only (state-neutral). */
+    if (nsd_array_grow((void **)&l->pops, &l->cap_pops, st->n_domains + 1, sizeof(*l->pops)) ||
+        nsd_layer_grow_workers(l, rep->worker + 1) ||
+        nsd_array_grow((void **)&l->pending, &l->cap_pending, l->n_pending + 1, sizeof(*l->pending)) ||
+        nsd_array_grow((void **)&l->ready, &l->cap_ready, l->n_ready + 1, sizeof(*l->ready)) ||
+        (waiter != NULL && nsd_pending_reserve_waiter(pl->pending)))
+        return NS_ENOMEM;
+    return 0;
+}
+
+/* Phase 3: commit one layer (cannot fail). */
+static void commit_layer(nsd_run_t *run, ns_report_t *rep, uint32_t dom, plan_t *pl,
+                         nsd_waiter_t *waiter, size_t index, nsd_outbox_t *box)
+{
+    nsd_ctx_t *ctx = run->ctx;
+    nsd_layer_t *l = pl->layer;
+    if (pl->fixes_channels) {
+        l->channels = pl->channels;
+        l->pooled = pl->new_pooled;
+        l->last_mean = pl->new_last;
+        pl->new_pooled = NULL;
+        pl->new_last = NULL;
+    }
+    if (pl->new_pop != NULL) {
+        l->pops[dom] = pl->new_pop;
+        pl->new_pop = NULL;
+    }
+    nsd_pending_t *p = pl->pending;
+    if (pl->is_new_pending) {
+        int found;
+        size_t pos = nsd_layer_pending_pos(l, rep->step, &found);
+        memmove(l->pending + pos + 1, l->pending + pos, (l->n_pending - pos) * sizeof(*l->pending));
+        l->pending[pos] = p;
+        l->n_pending++;
+        pl->is_new_pending = 0;
+        atomic_fetch_add(&ctx->pending_steps, 1);
+        nsd_run_note_deadline(run, p->created_ms + run->st.cfg.sync_timeout_ms, box);
+    }
+    /* Take the report's arrays (no copy); the report no longer owns them. */
+    nsd_arrival_t *a = &p->arrivals[rep->worker];
+    ns_layer_report_t *lr = &rep->layers[index];
+    a->present = 1;
+    a->domain = dom;
+    a->n = lr->count;
+    a->mean = lr->mean;
+    a->var = lr->var;
+    lr->mean = lr->var = NULL;
+    p->arrived++;
+    p->bytes += pl->lr->channels * 2 * sizeof(float);
+    l->worker_last[rep->worker] = (int64_t)rep->step;
+    if ((int64_t)rep->step > l->max_seen)
+        l->max_seen = (int64_t)rep->step;
+    if (waiter != NULL) {
+        p->waiters[p->n_waiters].waiter = waiter;
+        p->waiters[p->n_waiters].index = index;
+        p->n_waiters++;
+    }
+}
+
+/* Phase 2 for the whole report: every layer's allocations, room for a new
+ * domain and the new layers, the memory budget. @return 0 or NS_E* (err). */
+static int prepare_report(nsd_run_t *run, const ns_report_t *rep, long dom, plan_t *pl,
+                          uint64_t now_ms, nsd_waiter_t *waiter, uint64_t *bytes,
+                          ns_error_detail_t *err)
+{
+    nsd_run_state_t *st = &run->st;
+    size_t new_layers = 0;
+    int rc = 0;
+    *bytes = 0;
+    for (size_t i = 0; i < rep->n_layers && rc == 0; i++) {
+        rc = prepare_layer(run, rep, dom, &pl[i], now_ms, waiter);
+        *bytes += pl[i].bytes;
+        new_layers += pl[i].is_new_layer;
+    }
+    if (rc == 0 && dom < 0)
+        rc = nsd_run_reserve_domain(st);
+    if (rc == 0)
+        rc = nsd_array_grow((void **)&st->layers, &st->cap_layers, st->n_layers + new_layers,
+                            sizeof(*st->layers));
+    if (rc != 0)
+        return ns_error_set(err, rc, "", "out of memory");
+    rc = nsd_mem_reserve(run->ctx, *bytes);
+    if (rc != 0)
+        return ns_error_set(err, rc, "", "memory budget of %llu bytes exceeded",
+                            (unsigned long long)run->ctx->limits.max_memory);
+    return 0;
+}
+
+/* Phase 3 for the whole report (cannot fail): the new domain and layers,
+ * the waiter, every layer's arrival. @return the domain's index. */
+static uint32_t commit_report(nsd_run_t *run, ns_report_t *rep, long dom, plan_t *pl,
+                              uint64_t bytes, nsd_waiter_t *waiter, nsd_outbox_t *box)
+{
+    nsd_run_state_t *st = &run->st;
+    st->memory += bytes;
+    if (dom < 0) {
+        dom = nsd_run_append_domain(st, rep->domain);
+        box->new_domain = (size_t)dom + 1;
+    }
+    for (size_t i = 0; i < rep->n_layers; i++) {
+        if (!pl[i].is_new_layer)
+            continue;
+        int found;
+        size_t pos = nsd_run_layer_pos(st, pl[i].layer->name, &found);
+        memmove(st->layers + pos + 1, st->layers + pos, (st->n_layers - pos) * sizeof(*st->layers));
+        st->layers[pos] = pl[i].layer;
+        st->n_layers++;
+        pl[i].is_new_layer = 0;
+    }
+    if (waiter != NULL) {
+        waiter->remaining = rep->n_layers;
+        waiter->domain = (uint32_t)dom;
+        waiter->scope = rep->scope;
+        waiter->res->step = rep->step;
+        atomic_fetch_add(&run->ctx->sync_waiters, 1);
+    }
+    for (size_t i = 0; i < rep->n_layers; i++)
+        commit_layer(run, rep, (uint32_t)dom, &pl[i], waiter, i, box);
+    atomic_fetch_add(&run->ctx->reports_accepted, 1);
+    return (uint32_t)dom;
+}
+
+int nsd_run_report(nsd_run_t *run, ns_report_t *rep, uint64_t now_ms, nsd_waiter_t *waiter,
+                   nsd_outbox_t *box, ns_error_detail_t *err)
+{
+    if (rep->n_layers == 0)
+        return ns_error_set(err, NS_EINVAL, "layers", "no layers");
+    if (rep->step > (uint64_t)INT64_MAX)
+        return ns_error_set(err, NS_EINVAL, "step", "must be < 2^63");
+    if (!ns_name_valid(rep->domain))
+        return ns_error_set(err, NS_EINVAL, "domain", "invalid domain name");
+    long dom = nsd_run_find_domain(&run->st, rep->domain);
+
+    plan_t *pl = calloc(rep->n_layers, sizeof(*pl));
+    if (pl == NULL)
+        return ns_error_set(err, NS_ENOMEM, "", "out of memory");
+    int rc = 0;
+    for (size_t i = 0; i < rep->n_layers && rc == 0; i++) {
+        pl[i].lr = &rep->layers[i];
+        rc = check_layer(run, rep, &pl[i], err);
+    }
+    uint64_t bytes = 0;
+    if (rc == 0)
+        rc = prepare_report(run, rep, dom, pl, now_ms, waiter, &bytes, err);
+    if (rc != 0) {
+        plan_free(pl, rep->n_layers);
+        return rc;
+    }
+    commit_report(run, rep, dom, pl, bytes, waiter, box);
+
+    /* Finalize completed steps, then apply what is in order. */
+    for (size_t i = 0; i < rep->n_layers; i++) {
+        nsd_layer_t *l = pl[i].layer;
+        int found;
+        size_t pos = nsd_layer_pending_pos(l, rep->step, &found);
+        if (found && l->pending[pos]->arrived == l->pending[pos]->world_size)
+            nsd_run_close_pending(run, l, pos, 0, box);
+        nsd_run_apply_ready(run, l);
+    }
+    plan_free(pl, rep->n_layers);
+    return 0;
+}

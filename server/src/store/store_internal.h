@@ -1,0 +1,108 @@
+/* store_internal.h - what the store's files share: its jobs, commit
+ * waiters and the store object (see the DESIGN in store_writer.c). Not for
+ * use outside the store. */
+#ifndef NSD_STORE_INTERNAL_H
+#define NSD_STORE_INTERNAL_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+
+#include <sqlite3.h>
+
+#include "base/queue.h"
+#include "base/size_limits.h"
+#include "store.h"
+
+#define DEFAULT_RETRY_MS  500u
+#define BUSY_TIMEOUT_MS   5000
+
+enum { KIND_PUT = 1, KIND_DOMAIN = 2, KIND_STEP = 3, KIND_RESET = 4 };
+enum { JOB_LOG = 1, JOB_DELETE = 2, JOB_SNAPSHOT = 3 };
+
+typedef struct job_s {
+    nsd_qnode_t link; /* in the queue, the retry batch or a batch being written */
+    uint64_t seq;
+    int type; /* JOB_* */
+    int kind; /* KIND_* of a JOB_LOG */
+    char run[NS_NAME_MAX + 1];
+    char layer[NS_NAME_MAX + 1]; /* STEP: the layer, "" otherwise */
+    int64_t step;                /* STEP: the step, -1 otherwise */
+    unsigned char *body;         /* LOG: the row's body, NULL = SQL NULL */
+    size_t body_len;
+    json_t *state; /* SNAPSHOT: owned reference */
+} job_t;
+
+typedef struct waiter_s {
+    nsd_qnode_t link;
+    uint64_t seq;
+    nsd_store_cb cb;
+    void *arg;
+} waiter_t;
+
+struct nsd_store_s {
+    sqlite3 *db;
+    int dir_fd; /* holds flock(LOCK_EX) on --data-dir: one daemon per directory */
+    char path[4352];
+    nsd_store_config_t cfg;
+    nsd_registry_t *reg;
+
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    pthread_t thread;
+    int started, stopping, exited;
+    uint64_t stop_deadline_ms;
+
+    /* under lock */
+    nsd_queue_t jobs; /* job_t queued, in seq order */
+    uint64_t queued;
+    uint64_t first_enqueued_ms; /* when the oldest queued job arrived */
+    uint64_t next_seq;          /* the seq the next job gets */
+    uint64_t enqueued;          /* the last seq handed out */
+    uint64_t committed;         /* the last seq committed */
+    nsd_queue_t retry;          /* job_t of a failed batch, retried first */
+    uint64_t retry_at_ms;
+    nsd_queue_t waiters;              /* waiter_t, ascending seq */
+    int snapshot_all;                 /* a hook lost a change: snapshot every run */
+    uint64_t lost;                    /* changes lost that way, logged by the writer */
+    unsigned fail_commits;            /* testing */
+
+    _Atomic int failing;
+    _Atomic uint64_t n_commits, n_failures, n_rows, n_snapshots, commit_us_sum, commit_last_us;
+    _Atomic uint64_t last_snapshot_ms; /* 0 = none */
+
+    /* writer thread only */
+    uint64_t log_bytes; /* log body bytes committed since the last snapshot pass */
+    sqlite3_stmt *ins_log, *del_log_run, *del_log_before, *ins_snap, *del_snap;
+};
+
+/*! nsd_store_fail() : fill 'err' (may be NULL) with 'path' and the reason.
+ *  @return NS_EIO. */
+int nsd_store_fail(nsd_store_error_t *err, const char *path, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/*! nsd_store_exec() : run SQL without results; @return an SQLite code. */
+int nsd_store_exec(sqlite3 *db, const char *sql);
+
+/*! nsd_store_job_new() : a job of 'type' for 'run'; NULL when out of memory. */
+job_t *nsd_store_job_new(int type, const char *run);
+
+/*! nsd_store_job_free() : accepts NULL. */
+void nsd_store_job_free(job_t *j);
+
+/*! nsd_store_jobs_free() : every job of 'q' ('q' is left empty). */
+void nsd_store_jobs_free(nsd_queue_t *q);
+
+/* The job / waiter of a queue node. */
+#define JOB_OF(node)    nsd_container_of(node, job_t, link)
+#define WAITER_OF(node) nsd_container_of(node, waiter_t, link)
+
+/*! nsd_store_take_waiters() : detach the waiters to call: all of them
+ *  (everything = 1) or those whose seq is committed. Lock held. */
+nsd_queue_t nsd_store_take_waiters(nsd_store_t *s, int everything);
+
+/*! nsd_store_call_waiters() : call detached waiters (no lock held):
+ *  committed ones get 0, others 'status'. */
+void nsd_store_call_waiters(nsd_queue_t *waiters, uint64_t committed, int status);
+
+#endif /* NSD_STORE_INTERNAL_H */

@@ -1,0 +1,270 @@
+/* store_open.c - opening the store: the data directory and its lock, the
+ * SQLite file, its schema and version (see the DESIGN in store_writer.c). */
+#define _DEFAULT_SOURCE /* flock() */
+#include "store_internal.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "base/clock.h"
+
+int nsd_store_fail(nsd_store_error_t *err, const char *path, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+int nsd_store_fail(nsd_store_error_t *err, const char *path, const char *fmt, ...)
+{
+    if (err != NULL && err->reason[0] == '\0') { /* first error wins */
+        snprintf(err->path, sizeof(err->path), "%s", path);
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(err->reason, sizeof(err->reason), fmt, ap);
+        va_end(ap);
+    }
+    return NS_EIO;
+}
+
+int nsd_store_exec(sqlite3 *db, const char *sql)
+{
+    return sqlite3_exec(db, sql, NULL, NULL, NULL);
+}
+
+/* One integer from a query; 'ok' 0 if it failed. */
+static int64_t query_int(sqlite3 *db, const char *sql, int *rc)
+{
+    sqlite3_stmt *st = NULL;
+    int64_t v = 0;
+    *rc = sqlite3_prepare_v2(db, sql, -1, &st, NULL);
+    if (*rc == SQLITE_OK) {
+        *rc = sqlite3_step(st);
+        if (*rc == SQLITE_ROW) {
+            v = sqlite3_column_int64(st, 0);
+            *rc = SQLITE_OK;
+        } else if (*rc == SQLITE_DONE) {
+            *rc = SQLITE_OK;
+        }
+    }
+    sqlite3_finalize(st);
+    return v;
+}
+
+static const char SCHEMA[] =
+    "CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);"
+    "CREATE TABLE log(seq INTEGER PRIMARY KEY, run TEXT NOT NULL, kind INTEGER NOT NULL,"
+    " layer TEXT, step INTEGER, body BLOB);"
+    "CREATE INDEX log_run ON log(run, seq);"
+    "CREATE TABLE snapshot(run TEXT PRIMARY KEY, seq INTEGER NOT NULL,"
+    " taken_ms INTEGER NOT NULL, body TEXT NOT NULL);";
+
+/* Check the directory; create it if missing (not its parents). */
+static int check_dir(const char *dir, nsd_store_error_t *err)
+{
+    struct stat sb;
+    if (stat(dir, &sb) != 0) {
+        if (errno != ENOENT)
+            return nsd_store_fail(err, dir, "cannot stat data directory: %s", strerror(errno));
+        if (mkdir(dir, 0750) != 0)
+            return nsd_store_fail(err, dir, "cannot create data directory: %s", strerror(errno));
+        if (stat(dir, &sb) != 0)
+            return nsd_store_fail(err, dir, "cannot stat data directory: %s", strerror(errno));
+    }
+    if (!S_ISDIR(sb.st_mode))
+        return nsd_store_fail(err, dir, "data directory is not a directory");
+    if (access(dir, W_OK | X_OK) != 0)
+        return nsd_store_fail(err, dir, "data directory is not writable: %s", strerror(errno));
+    return 0;
+}
+
+/* What the file is: a normstat store of a version this build reads, or a
+ * new (empty) database. Sets *tables. @return 0 or NS_EIO (err). */
+static int check_identity(nsd_store_t *s, int64_t *tables, nsd_store_error_t *err)
+{
+    sqlite3 *db = s->db;
+    int rc;
+    /* The first read of the header: a file that is not SQLite fails here. */
+    int64_t app = query_int(db, "PRAGMA application_id", &rc);
+    if (rc != SQLITE_OK)
+        return nsd_store_fail(err, s->path, "not a normstat database (%s)", sqlite3_errmsg(db));
+    int64_t version = query_int(db, "PRAGMA user_version", &rc);
+    *tables = rc == SQLITE_OK ? query_int(db, "SELECT count(*) FROM sqlite_master", &rc) : 0;
+    if (rc != SQLITE_OK)
+        return nsd_store_fail(err, s->path, "not a normstat database (%s)", sqlite3_errmsg(db));
+    if (app != NSD_STORE_APPLICATION_ID && (*tables > 0 || version != 0 || app != 0))
+        return nsd_store_fail(err, s->path,
+                    "foreign SQLite database (application_id %lld, %lld tables): not a normstat "
+                    "store",
+                    (long long)app, (long long)*tables);
+    if (version > NSD_STORE_SCHEMA_VERSION)
+        return nsd_store_fail(err, s->path,
+                    "schema version %lld is newer than this build's %d: use a newer normstatd",
+                    (long long)version, NSD_STORE_SCHEMA_VERSION);
+    if (app == NSD_STORE_APPLICATION_ID && version < 1)
+        return nsd_store_fail(err, s->path, "schema version %lld unknown", (long long)version);
+    return 0;
+}
+
+/* PRAGMA quick_check of an existing database. @return 0 or NS_EIO (err). */
+static int check_integrity(nsd_store_t *s, nsd_store_error_t *err)
+{
+    sqlite3 *db = s->db;
+    int rc;
+    sqlite3_stmt *st = NULL;
+    rc = sqlite3_prepare_v2(db, "PRAGMA quick_check", -1, &st, NULL);
+    const unsigned char *res = NULL;
+    if (rc == SQLITE_OK && sqlite3_step(st) == SQLITE_ROW)
+        res = sqlite3_column_text(st, 0);
+    int ok = res != NULL && strcmp((const char *)res, "ok") == 0;
+    char what[200];
+    snprintf(what, sizeof(what), "%s", res ? (const char *)res : sqlite3_errmsg(db));
+    for (char *p = what; *p != '\0'; p++) /* one line */
+        if (*p == '\n')
+            *p = ' ';
+    sqlite3_finalize(st);
+    if (!ok)
+        return nsd_store_fail(err, s->path, "database is corrupt (quick_check: %s)", what);
+    return 0;
+}
+
+/* WAL and full sync (store.h says why). @return 0 or NS_EIO (err). */
+static int set_journal(nsd_store_t *s, nsd_store_error_t *err)
+{
+    sqlite3 *db = s->db;
+    int rc;
+    sqlite3_stmt *st = NULL;
+    rc = sqlite3_prepare_v2(db, "PRAGMA journal_mode=WAL", -1, &st, NULL);
+    const unsigned char *mode = NULL;
+    if (rc == SQLITE_OK && sqlite3_step(st) == SQLITE_ROW)
+        mode = sqlite3_column_text(st, 0);
+    int wal = mode != NULL && strcmp((const char *)mode, "wal") == 0;
+    sqlite3_finalize(st);
+    if (!wal)
+        return nsd_store_fail(err, s->path, "cannot switch to WAL mode (%s)", sqlite3_errmsg(db));
+    if (nsd_store_exec(db, "PRAGMA synchronous=FULL") != SQLITE_OK)
+        return nsd_store_fail(err, s->path, "cannot set synchronous=FULL (%s)", sqlite3_errmsg(db));
+    return 0;
+}
+
+/* Create the schema (a new file), and prove the file is writable.
+ * @return 0 or NS_EIO (err). */
+static int write_schema(nsd_store_t *s, int64_t tables, nsd_store_error_t *err)
+{
+    sqlite3 *db = s->db;
+    int rc;
+    char sql[256];
+    if (nsd_store_exec(db, "BEGIN IMMEDIATE") != SQLITE_OK)
+        return nsd_store_fail(err, s->path, "cannot write the database (%s)", sqlite3_errmsg(db));
+    rc = SQLITE_OK;
+    if (tables == 0) {
+        rc = nsd_store_exec(db, SCHEMA);
+        snprintf(sql, sizeof(sql), "PRAGMA application_id=%d", NSD_STORE_APPLICATION_ID);
+        rc = rc ? rc : nsd_store_exec(db, sql);
+        snprintf(sql, sizeof(sql), "PRAGMA user_version=%d", NSD_STORE_SCHEMA_VERSION);
+        rc = rc ? rc : nsd_store_exec(db, sql);
+        snprintf(sql, sizeof(sql), "INSERT INTO meta VALUES('created', '%llu')",
+                 (unsigned long long)nsd_wall_ms());
+        rc = rc ? rc : nsd_store_exec(db, sql);
+    }
+    /* Migrations from older versions go here (there are none yet). */
+    snprintf(sql, sizeof(sql), "INSERT OR REPLACE INTO meta VALUES('opened', '%llu')",
+             (unsigned long long)nsd_wall_ms());
+    rc = rc ? rc : nsd_store_exec(db, sql);
+    rc = rc ? rc : nsd_store_exec(db, "COMMIT");
+    if (rc != SQLITE_OK) {
+        int code = sqlite3_errcode(db);
+        char msg[256];
+        snprintf(msg, sizeof(msg), "%s", sqlite3_errmsg(db));
+        nsd_store_exec(db, "ROLLBACK");
+        if (code == SQLITE_CORRUPT || code == SQLITE_NOTADB)
+            return nsd_store_fail(err, s->path, "database is corrupt (%s)", msg);
+        return nsd_store_fail(err, s->path, "cannot write the database (%s)", msg);
+    }
+    return 0;
+}
+
+/* Validate (or initialise) the opened database. */
+static int check_db(nsd_store_t *s, nsd_store_error_t *err)
+{
+    sqlite3 *db = s->db;
+    int64_t tables = 0;
+    int rc = check_identity(s, &tables, err);
+    if (rc == 0 && tables > 0)
+        rc = check_integrity(s, err);
+    if (rc == 0)
+        rc = set_journal(s, err);
+    if (rc == 0)
+        rc = write_schema(s, tables, err);
+    if (rc != 0)
+        return rc;
+    /* Sequence numbers continue after the highest one stored. */
+    int64_t a = query_int(db, "SELECT coalesce(max(seq), 0) FROM log", &rc);
+    int64_t b =
+        rc == SQLITE_OK ? query_int(db, "SELECT coalesce(max(seq), 0) FROM snapshot", &rc) : 0;
+    if (rc != SQLITE_OK)
+        return nsd_store_fail(err, s->path, "cannot read the database (%s)", sqlite3_errmsg(db));
+    s->committed = (uint64_t)(a > b ? a : b);
+    s->enqueued = s->committed;
+    s->next_seq = s->committed + 1;
+    return 0;
+}
+
+int nsd_store_open(nsd_store_t **dst, const char *dir, const nsd_store_config_t *cfg,
+                   nsd_store_error_t *err)
+{
+    *dst = NULL;
+    int rc = check_dir(dir, err);
+    if (rc != 0)
+        return rc;
+    nsd_store_t *s = calloc(1, sizeof(*s));
+    if (s == NULL)
+        return nsd_store_fail(err, dir, "out of memory");
+    snprintf(s->path, sizeof(s->path), "%s/%s", dir, NSD_STORE_FILE);
+    s->dir_fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (s->dir_fd < 0 || flock(s->dir_fd, LOCK_EX | LOCK_NB) != 0) {
+        int e = errno;
+        if (s->dir_fd >= 0)
+            close(s->dir_fd);
+        s->dir_fd = -1;
+        free(s);
+        if (e == EWOULDBLOCK)
+            return nsd_store_fail(err, dir, "data directory is in use by another normstatd");
+        return nsd_store_fail(err, dir, "cannot lock data directory: %s", strerror(e));
+    }
+    if (cfg != NULL)
+        s->cfg = *cfg;
+    if (s->cfg.retry_ms == 0)
+        s->cfg.retry_ms = DEFAULT_RETRY_MS;
+    pthread_mutex_init(&s->lock, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&s->cond, &ca);
+    pthread_condattr_destroy(&ca);
+
+    struct stat sb;
+    if (stat(s->path, &sb) == 0 && !S_ISREG(sb.st_mode)) {
+        rc = nsd_store_fail(err, s->path, "database path is not a regular file");
+        goto fail;
+    }
+    rc = sqlite3_open_v2(s->path, &s->db,
+                         SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL);
+    if (rc != SQLITE_OK) {
+        rc = nsd_store_fail(err, s->path, "cannot open the database (%s)",
+                  s->db ? sqlite3_errmsg(s->db) : sqlite3_errstr(rc));
+        goto fail;
+    }
+    sqlite3_busy_timeout(s->db, BUSY_TIMEOUT_MS);
+    sqlite3_extended_result_codes(s->db, 0);
+    rc = check_db(s, err);
+    if (rc != 0)
+        goto fail;
+    *dst = s;
+    return 0;
+fail:
+    nsd_store_free(s);
+    return NS_EIO;
+}

@@ -1,0 +1,435 @@
+/* store_writer.c - the writer thread of normstatd's SQLite store.
+ *
+ * DESIGN
+ *  Files: --data-dir/normstat.db, WAL mode, synchronous=FULL (see store.h),
+ *  PRAGMA application_id = NSD_STORE_APPLICATION_ID, PRAGMA user_version =
+ *  NSD_STORE_SCHEMA_VERSION. Tables:
+ *    log(seq INTEGER PRIMARY KEY, run, kind, layer, step, body BLOB)
+ *        every change of a run since its snapshot, in the order made;
+ *    snapshot(run PRIMARY KEY, seq, taken_ms, body)
+ *        a run's whole state (checkpoint JSON, doubles with 17 significant
+ *        digits: exact); log rows of the run below 'seq' are deleted in the
+ *        same transaction that writes it;
+ *    meta(key PRIMARY KEY, value)  bookkeeping ("created", "opened").
+ *  Log kinds: PUT (config JSON), DOMAIN (a report added a domain), STEP (a
+ *  finalized step: counts and per-domain and pooled mean/var as raw
+ *  little-endian IEEE doubles, so replay feeds EMA/PreciseBN the very bits
+ *  the live path used), RESET (PreciseBN, domain or all). DELETE removes the
+ *  run's rows and snapshot; imports and periodic snapshots write a snapshot.
+ *
+ *  Thread: one writer thread owns the SQLite connection after start-up.
+ *  Jobs, and who enqueues them: the registry's persistence hooks, called
+ *  under the run's lock on request threads (PUT, DELETE, reports, resets,
+ *  imports), on the coordinator (timeouts) and on this thread (snapshots).
+ *  Each hook copies what it needs into a job, takes the next sequence number
+ *  and appends it to one queue under the store's mutex: the queue order is
+ *  the order of the changes of every run, and so is 'seq' in the log.
+ *  Ordering: the writer takes the whole queue and writes it, in order, in one
+ *  transaction (group commit). It waits up to --commit-interval ms after the
+ *  oldest queued job before committing, unless a durable answer is waiting
+ *  (nsd_store_after_commit()), the store is stopping, or a retry is due.
+ *  Completion: after COMMIT returns, 'committed' = the last seq written;
+ *  waiters registered with a seq <= committed are called (outside the mutex)
+ *  with 0. Every snapshot_interval ms, or sooner once 64 MiB of log were
+ *  written since the last pass, the writer asks the registry to
+ *  snapshot each run that has log rows (nsd_registry_snapshot() calls the
+ *  run_snapshot hook, which enqueues a job like any other change).
+ *  Failure (disk full, I/O error): the transaction is rolled back, so the
+ *  committed data is untouched; the batch is KEPT, in order, in front of
+ *  whatever is queued later, and retried every retry_ms; every waiting
+ *  callback gets NS_EIO at once, and nsd_store_status() reports NS_EIO so
+ *  the HTTP side refuses new writes with 503 storage_error. Changes already
+ *  applied in memory (a step that finalized) are thus never lost from the
+ *  log, nor logged out of order: memory and log agree again as soon as a
+ *  retry commits, and service resumes. A /sync answered 503 meanwhile had its
+ *  step finalized in memory: it becomes durable with the retry.
+ *  Locks: the store's mutex is the innermost lock of the daemon. Hooks take
+ *  it under a run's lock (and sometimes the registry's map lock); the writer
+ *  releases it before any SQLite call, before asking the registry for
+ *  snapshots and before calling waiters, so no run lock ever waits on
+ *  SQLite. Nothing is logged under it.
+ *  Out of memory in a hook cannot be reported to the registry: the change
+ *  is not logged, and every run is snapshotted at the next writer pass,
+ *  which makes the log whole again (the writer logs store_enqueue_failed).
+ *  One daemon per directory: nsd_store_open() takes flock(LOCK_EX) on
+ *  --data-dir for the store's lifetime; a second normstatd is refused.
+ *  Stop: nsd_store_stop() lets the writer commit what is queued (retrying
+ *  until a deadline if failing), calls the remaining callbacks and joins. A
+ *  commit in progress always finishes; a kill -9 at any moment leaves the
+ *  last committed transaction (SQLite's atomic commit). */
+#include "store_internal.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "base/clock.h"
+#include "base/log.h"
+#include "registry/registry.h"
+
+
+static int prepare_all(nsd_store_t *s)
+{
+    int rc = sqlite3_prepare_v2(
+        s->db, "INSERT INTO log(seq, run, kind, layer, step, body) VALUES(?1, ?2, ?3, ?4, ?5, ?6)",
+        -1, &s->ins_log, NULL);
+    rc =
+        rc ? rc
+           : sqlite3_prepare_v2(s->db, "DELETE FROM log WHERE run = ?1", -1, &s->del_log_run, NULL);
+    rc = rc ? rc
+            : sqlite3_prepare_v2(s->db, "DELETE FROM log WHERE run = ?1 AND seq < ?2", -1,
+                                 &s->del_log_before, NULL);
+    rc = rc ? rc
+            : sqlite3_prepare_v2(s->db,
+                                 "INSERT OR REPLACE INTO snapshot(run, seq, taken_ms, body) "
+                                 "VALUES(?1, ?2, ?3, ?4)",
+                                 -1, &s->ins_snap, NULL);
+    rc = rc ? rc
+            : sqlite3_prepare_v2(s->db, "DELETE FROM snapshot WHERE run = ?1", -1, &s->del_snap,
+                                 NULL);
+    return rc;
+}
+
+/* Run a prepared statement once. */
+static int run_stmt(sqlite3_stmt *st)
+{
+    int rc = sqlite3_step(st);
+    sqlite3_reset(st);
+    sqlite3_clear_bindings(st);
+    return rc == SQLITE_DONE ? SQLITE_OK : rc;
+}
+
+static int write_job(nsd_store_t *s, const job_t *j, uint64_t *rows)
+{
+    int rc;
+    switch (j->type) {
+    case JOB_LOG:
+        sqlite3_bind_int64(s->ins_log, 1, (sqlite3_int64)j->seq);
+        sqlite3_bind_text(s->ins_log, 2, j->run, -1, SQLITE_STATIC);
+        sqlite3_bind_int(s->ins_log, 3, j->kind);
+        if (j->layer[0] != '\0')
+            sqlite3_bind_text(s->ins_log, 4, j->layer, -1, SQLITE_STATIC);
+        if (j->step >= 0)
+            sqlite3_bind_int64(s->ins_log, 5, j->step);
+        if (j->body != NULL)
+            sqlite3_bind_blob(s->ins_log, 6, j->body, (int)j->body_len, SQLITE_STATIC);
+        rc = run_stmt(s->ins_log);
+        *rows += rc == SQLITE_OK;
+        return rc;
+    case JOB_DELETE:
+        sqlite3_bind_text(s->del_log_run, 1, j->run, -1, SQLITE_STATIC);
+        rc = run_stmt(s->del_log_run);
+        sqlite3_bind_text(s->del_snap, 1, j->run, -1, SQLITE_STATIC);
+        return rc ? rc : run_stmt(s->del_snap);
+    case JOB_SNAPSHOT: {
+        char *text = json_dumps(j->state, JSON_COMPACT);
+        if (text == NULL)
+            return SQLITE_NOMEM;
+        sqlite3_bind_text(s->ins_snap, 1, j->run, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(s->ins_snap, 2, (sqlite3_int64)j->seq);
+        sqlite3_bind_int64(s->ins_snap, 3, (sqlite3_int64)nsd_wall_ms());
+        sqlite3_bind_text(s->ins_snap, 4, text, -1, SQLITE_STATIC);
+        rc = run_stmt(s->ins_snap);
+        free(text);
+        if (rc != SQLITE_OK)
+            return rc;
+        sqlite3_bind_text(s->del_log_before, 1, j->run, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(s->del_log_before, 2, (sqlite3_int64)j->seq);
+        return run_stmt(s->del_log_before);
+    }
+    }
+    return SQLITE_MISUSE;
+}
+
+/* Write a batch in one transaction. @return SQLITE_OK, or the error with
+ * its message in why (rolled back). */
+static int write_batch(nsd_store_t *s, const nsd_queue_t *batch, int inject, uint64_t *rows,
+                       char *why, size_t why_cap)
+{
+    *rows = 0;
+    if (inject) {
+        snprintf(why, why_cap, "%s (injected)", sqlite3_errstr(SQLITE_FULL));
+        return SQLITE_FULL;
+    }
+    int rc = nsd_store_exec(s->db, "BEGIN IMMEDIATE");
+    for (const nsd_qnode_t *n = batch->head; rc == SQLITE_OK && n != NULL; n = n->next)
+        rc = write_job(s, JOB_OF(n), rows);
+    if (rc == SQLITE_OK)
+        rc = nsd_store_exec(s->db, "COMMIT");
+    if (rc != SQLITE_OK) {
+        snprintf(why, why_cap, "%s", sqlite3_errmsg(s->db));
+        if (!sqlite3_get_autocommit(s->db))
+            nsd_store_exec(s->db, "ROLLBACK");
+    }
+    return rc;
+}
+
+/* Ask the registry to snapshot each run that has log rows (or every run). */
+static void take_snapshots(nsd_store_t *s, int all)
+{
+    sqlite3_stmt *st = NULL;
+    const char *sql = all ? "SELECT DISTINCT run FROM log UNION SELECT run FROM snapshot"
+                          : "SELECT DISTINCT run FROM log";
+    if (sqlite3_prepare_v2(s->db, sql, -1, &st, NULL) != SQLITE_OK)
+        return;
+    size_t n = 0;
+    while (sqlite3_step(st) == SQLITE_ROW) {
+        const char *run = (const char *)sqlite3_column_text(st, 0);
+        if (run != NULL && nsd_registry_snapshot(s->reg, run, NULL) == 0)
+            n++;
+    }
+    sqlite3_finalize(st);
+    if (all) {
+        /* Runs changed since the last commit may have no row at all yet. */
+        json_t *list = nsd_registry_list_json(s->reg);
+        size_t i;
+        json_t *v;
+        json_array_foreach(json_object_get(list, "runs"), i, v)
+        {
+            const char *run = json_string_value(json_object_get(v, "run"));
+            if (run != NULL && nsd_registry_snapshot(s->reg, run, NULL) == 0)
+                n++;
+        }
+        json_decref(list);
+    }
+    if (n > 0)
+        nsd_log(NSD_LOG_DEBUG, "store_snapshot", "runs=%zu", n);
+}
+
+/* Wait for a signal, or until 'until_ms' (UINT64_MAX: no limit). Lock held. */
+static void wait_until(nsd_store_t *s, uint64_t now, uint64_t until_ms)
+{
+    if (until_ms == UINT64_MAX) {
+        pthread_cond_wait(&s->cond, &s->lock);
+        return;
+    }
+    struct timespec ts = nsd_deadline_in(until_ms > now ? until_ms - now : 0);
+    pthread_cond_timedwait(&s->cond, &s->lock, &ts);
+}
+
+/* When the queued jobs are due: at once when a failed batch waits, a
+ * durable answer waits, the store is stopping or there is no commit
+ * window; otherwise a window after the oldest queued job. Lock held. */
+static uint64_t commit_due_at(const nsd_store_t *s)
+{
+    if (!nsd_queue_empty(&s->retry) || !nsd_queue_empty(&s->waiters) || s->stopping ||
+        s->cfg.commit_interval_ms == 0)
+        return 0;
+    return s->first_enqueued_ms + s->cfg.commit_interval_ms;
+}
+
+/* A batch was committed: count it, free it, settle the waiters it covers.
+ * Called with the lock held; returns without it. */
+static void batch_committed(nsd_store_t *s, nsd_queue_t *batch, uint64_t rows, uint64_t us)
+{
+    int was_failing = atomic_load(&s->failing);
+    s->committed = JOB_OF(batch->tail)->seq;
+    atomic_store(&s->failing, 0);
+    atomic_fetch_add(&s->n_commits, 1);
+    atomic_fetch_add(&s->n_rows, rows);
+    atomic_fetch_add(&s->commit_us_sum, us);
+    atomic_store(&s->commit_last_us, us);
+    uint64_t snaps = 0;
+    for (const nsd_qnode_t *n = batch->head; n != NULL; n = n->next) {
+        snaps += JOB_OF(n)->type == JOB_SNAPSHOT;
+        s->log_bytes += JOB_OF(n)->body_len;
+    }
+    if (snaps > 0) {
+        atomic_fetch_add(&s->n_snapshots, snaps);
+        atomic_store(&s->last_snapshot_ms, nsd_now_ms());
+    }
+    nsd_queue_t done = nsd_store_take_waiters(s, 0);
+    uint64_t committed = s->committed;
+    pthread_mutex_unlock(&s->lock);
+    nsd_store_jobs_free(batch);
+    char q[600];
+    if (was_failing)
+        nsd_log(NSD_LOG_INFO, "store_write_resumed", "path=%s",
+                nsd_log_quote(q, sizeof(q), s->path));
+    nsd_store_call_waiters(&done, committed, 0);
+}
+
+/* A batch failed: keep it, in order, ahead of later jobs and retry later;
+ * every waiter learns now. Called with the lock held; returns without it. */
+static void batch_failed(nsd_store_t *s, nsd_queue_t *batch, const char *why)
+{
+    s->retry = nsd_queue_take(batch);
+    s->retry_at_ms = nsd_now_ms() + s->cfg.retry_ms;
+    atomic_store(&s->failing, 1);
+    atomic_fetch_add(&s->n_failures, 1);
+    nsd_queue_t done = nsd_store_take_waiters(s, 1);
+    uint64_t committed = s->committed;
+    pthread_mutex_unlock(&s->lock);
+    char qp[600], q[600];
+    nsd_log(NSD_LOG_ERROR, "store_write_failed", "path=%s reason=%s retry_ms=%llu",
+            nsd_log_quote(qp, sizeof(qp), s->path), nsd_log_quote(q, sizeof(q), why),
+            (unsigned long long)s->cfg.retry_ms);
+    nsd_store_call_waiters(&done, committed, NS_EIO);
+}
+
+/* Write a failed batch and everything queued in one transaction (group
+ * commit). Lock held on entry and on return, released while writing. */
+static void commit_queued(nsd_store_t *s)
+{
+    nsd_queue_t batch = nsd_queue_take(&s->retry);
+    nsd_queue_concat(&batch, &s->jobs);
+    s->queued = 0;
+    int inject = s->fail_commits > 0;
+    if (inject)
+        s->fail_commits--;
+    pthread_mutex_unlock(&s->lock);
+
+    char why[512];
+    uint64_t t0 = nsd_now_us(), rows = 0;
+    int rc = write_batch(s, &batch, inject, &rows, why, sizeof(why));
+    uint64_t us = nsd_now_us() - t0;
+
+    pthread_mutex_lock(&s->lock);
+    if (rc == SQLITE_OK)
+        batch_committed(s, &batch, rows, us);
+    else
+        batch_failed(s, &batch, why);
+    pthread_mutex_lock(&s->lock);
+}
+
+/* Log changes a hook lost to out of memory (not under a run's lock). */
+static void log_lost(uint64_t lost)
+{
+    if (lost > 0)
+        nsd_log(NSD_LOG_ERROR, "store_enqueue_failed", "reason=out_of_memory changes=%llu",
+                (unsigned long long)lost);
+}
+
+/* One snapshot pass. Lock held on entry and on return, released meanwhile. */
+static void snapshot_pass(nsd_store_t *s)
+{
+    int all = s->snapshot_all;
+    uint64_t lost = s->lost;
+    s->snapshot_all = 0;
+    s->lost = 0;
+    s->log_bytes = 0;
+    pthread_mutex_unlock(&s->lock);
+    log_lost(lost);
+    take_snapshots(s, all);
+    pthread_mutex_lock(&s->lock);
+}
+
+static uint64_t next_snapshot_at(const nsd_store_t *s)
+{
+    return s->cfg.snapshot_interval_ms ? nsd_now_ms() + s->cfg.snapshot_interval_ms : UINT64_MAX;
+}
+
+static void *writer_main(void *arg)
+{
+    nsd_store_t *s = arg;
+    uint64_t next_snapshot = next_snapshot_at(s);
+    pthread_mutex_lock(&s->lock);
+    for (;;) {
+        uint64_t now = nsd_now_ms();
+        int have = !nsd_queue_empty(&s->jobs) || !nsd_queue_empty(&s->retry);
+        if (s->stopping && !have)
+            break;
+        if (have && atomic_load(&s->failing) && now < s->retry_at_ms) {
+            if (s->stopping && now >= s->stop_deadline_ms)
+                break;
+            uint64_t until = s->retry_at_ms;
+            if (s->stopping && s->stop_deadline_ms < until)
+                until = s->stop_deadline_ms;
+            wait_until(s, now, until);
+        } else if (have && now < commit_due_at(s)) {
+            wait_until(s, now, commit_due_at(s));
+        } else if (have) {
+            commit_queued(s);
+        } else if (s->stopping) {
+            break;
+        } else if (s->snapshot_all || now >= next_snapshot ||
+                   (s->cfg.snapshot_interval_ms && s->log_bytes >= NSD_SNAPSHOT_LOG_BYTES)) {
+            snapshot_pass(s);
+            next_snapshot = next_snapshot_at(s);
+        } else {
+            wait_until(s, now, next_snapshot);
+        }
+    }
+    /* Stopped: whoever still waits learns whether its data made it. */
+    s->exited = 1;
+    nsd_queue_t done = nsd_store_take_waiters(s, 1);
+    uint64_t committed = s->committed, lost = s->lost;
+    s->lost = 0;
+    pthread_mutex_unlock(&s->lock);
+    log_lost(lost);
+    nsd_store_call_waiters(&done, committed, NS_EIO);
+    return NULL;
+}
+
+int nsd_store_start(nsd_store_t *s, nsd_registry_t *reg)
+{
+    s->reg = reg;
+    if (prepare_all(s) != SQLITE_OK) {
+        nsd_log(NSD_LOG_ERROR, "store_start_failed", "reason=prepare error=%s",
+                sqlite3_errmsg(s->db));
+        return NS_EIO;
+    }
+    pthread_mutex_lock(&s->lock);
+    int rc = pthread_create(&s->thread, NULL, writer_main, s);
+    s->started = rc == 0;
+    pthread_mutex_unlock(&s->lock);
+    return rc == 0 ? 0 : NS_ENOMEM;
+}
+
+int nsd_store_stop(nsd_store_t *s, uint64_t timeout_ms)
+{
+    if (s == NULL)
+        return 0;
+    pthread_mutex_lock(&s->lock);
+    int started = s->started;
+    if (!s->stopping) {
+        s->stopping = 1;
+        s->stop_deadline_ms = nsd_now_ms() + timeout_ms;
+        pthread_cond_signal(&s->cond);
+    }
+    pthread_mutex_unlock(&s->lock);
+    if (started) {
+        pthread_join(s->thread, NULL);
+        s->started = 0;
+    }
+    pthread_mutex_lock(&s->lock);
+    s->exited = 1;
+    int lost = s->enqueued > s->committed;
+    uint64_t n = 0;
+    for (const nsd_qnode_t *j = s->retry.head; j != NULL; j = j->next)
+        n++;
+    n += s->queued;
+    pthread_mutex_unlock(&s->lock);
+    if (lost) {
+        char q[600];
+        nsd_log(NSD_LOG_ERROR, "store_flush_failed", "path=%s jobs=%llu",
+                nsd_log_quote(q, sizeof(q), s->path), (unsigned long long)n);
+        return NS_EIO;
+    }
+    return 0;
+}
+
+void nsd_store_free(nsd_store_t *s)
+{
+    if (s == NULL)
+        return;
+    if (s->started)
+        nsd_store_stop(s, 0);
+    sqlite3_finalize(s->ins_log);
+    sqlite3_finalize(s->del_log_run);
+    sqlite3_finalize(s->del_log_before);
+    sqlite3_finalize(s->ins_snap);
+    sqlite3_finalize(s->del_snap);
+    if (s->db != NULL)
+        sqlite3_close(s->db);
+    if (s->dir_fd >= 0)
+        close(s->dir_fd); /* releases the directory's lock */
+    nsd_store_jobs_free(&s->retry);
+    nsd_store_jobs_free(&s->jobs);
+    nsd_queue_t w = nsd_store_take_waiters(s, 1);
+    nsd_store_call_waiters(&w, s->committed, NS_ESHUTDOWN);
+    pthread_cond_destroy(&s->cond);
+    pthread_mutex_destroy(&s->lock);
+    free(s);
+}

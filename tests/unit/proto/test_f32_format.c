@@ -1,0 +1,231 @@
+/* test_f32_format.c - shortest round-trip text of a float32 (f32_format.c):
+ * strtof reads it back bit for bit, it has at most 9 digits, no shorter text
+ * reads back (found by trying every precision with snprintf), it is the
+ * nearest of its length, and jansson reads it as a JSON number. */
+#include <float.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <jansson.h>
+
+#include "../../../proto/src/util/f32.h"
+#include "harness.h"
+
+/* Significant digits of a decimal: leading and trailing zeros do not count. */
+static int significant_digits(const char *s)
+{
+    char d[32];
+    size_t n = 0;
+    for (; *s && *s != 'e'; s++)
+        if (*s >= '0' && *s <= '9' && n < sizeof(d))
+            d[n++] = *s;
+    size_t a = 0;
+    while (a < n && d[a] == '0')
+        a++;
+    while (n > a && d[n - 1] == '0')
+        n--;
+    return (int)(n - a);
+}
+
+/* (a) strtof reads it back, (b) at most 9 digits, valid text. */
+static void check_round_trip(float f, char *out)
+{
+    char text[NS__F32_FORMAT_MAX + 8];
+    memset(text, 'x', sizeof(text));
+    size_t n = ns__f32_format(text, f);
+    CHECK(n < NS__F32_FORMAT_MAX && text[n] == '\0' && strlen(text) == n, "%a: length %zu",
+          (double)f, n);
+    float back = strtof(text, NULL);
+    CHECK(bits_of(back) == bits_of(f), "%a (%08x) -> \"%s\" -> %08x", (double)f,
+          (unsigned)bits_of(f), text, (unsigned)bits_of(back));
+    CHECK(significant_digits(text) <= 9, "%a -> \"%s\"", (double)f, text);
+    /* JSON grammar, plainly: -?(0|[1-9]d*)(.d+)?(e-?d+)? */
+    const char *p = text + (text[0] == '-');
+    CHECK(*p >= '0' && *p <= '9' && !(p[0] == '0' && p[1] >= '0' && p[1] <= '9'), "\"%s\"", text);
+    while (*p >= '0' && *p <= '9')
+        p++;
+    if (*p == '.') {
+        CHECK(p[1] >= '0' && p[1] <= '9', "\"%s\"", text);
+        for (p++; *p >= '0' && *p <= '9';)
+            p++;
+    }
+    if (*p == 'e') {
+        p += 1 + (p[1] == '-');
+        CHECK(*p >= '1' && *p <= '9', "\"%s\"", text);
+        while (*p >= '0' && *p <= '9')
+            p++;
+    }
+    CHECK(*p == '\0', "\"%s\"", text);
+    if (out)
+        memcpy(out, text, n + 1);
+}
+
+/* (c) shortest and nearest: for each precision n, the n-digit decimals next
+ * to the float are M-1, M, M+1 with M from snprintf's correctly rounded %.*e;
+ * the first n where one reads back is the shortest length, and the output
+ * must have that length and be no farther from the float than any of them. */
+static void check_shortest(float f)
+{
+    char out[NS__F32_FORMAT_MAX + 8], t[64];
+    check_round_trip(f, out);
+    if (f == 0)
+        return;
+    long double v = f;
+    for (int n = 1; n <= 9; n++) {
+        snprintf(t, sizeof(t), "%.*e", n - 1, (double)fabsf(f));
+        long long m = 0;
+        for (const char *p = t; *p != 'e'; p++)
+            if (*p != '.')
+                m = m * 10 + (*p - '0');
+        int p10 = atoi(strchr(t, 'e') + 1) - (n - 1);
+        long double best = -1;
+        for (long long c = m - 1; c <= m + 1; c++) {
+            snprintf(t, sizeof(t), "%s%llde%d", f < 0 ? "-" : "", c, p10);
+            if (c > 0 && strtof(t, NULL) == f) {
+                long double dist = fabsl(strtold(t, NULL) - v);
+                if (best < 0 || dist < best)
+                    best = dist;
+            }
+        }
+        if (best < 0)
+            continue;
+        CHECK(significant_digits(out) == n, "%a: \"%s\" but %d digits suffice", (double)f, out, n);
+        long double mine = fabsl(strtold(out, NULL) - v);
+        CHECK(mine <= best * (1 + 1e-15L), "%a: \"%s\" is not the nearest", (double)f, out);
+        return;
+    }
+    ck_abort_msg("%a: no decimal of 9 digits or fewer reads back", (double)f);
+}
+
+/* Expected texts written by hand from the values' decimal expansions. */
+START_TEST(known_texts)
+{
+    static const struct {
+        uint32_t bits;
+        const char *text;
+    } cases[] = {
+        {0x00000000u, "0"},
+        {0x80000000u, "-0"},
+        {0x3f800000u, "1"},
+        {0xbf800000u, "-1"},
+        {0x3dcccccdu, "0.1"},
+        {0x3e99999au, "0.3"},
+        {0x40200000u, "2.5"},
+        {0x42c80000u, "100"},
+        {0x4b800000u, "16777216"},
+        {0x4ceb79a3u, "123456790"}, /* 123456792: 8 digits suffice */
+        {0x4e6e6b28u, "1e9"},
+        {0x501502f9u, "1e10"},
+        {0x38d1b717u, "0.0001"},
+        {0x3727c5acu, "1e-5"},
+        {0x00000001u, "1e-45"}, /* 1.40129846e-45 */
+        {0x00000005u, "7e-45"},
+        {0x007fffffu, "1.1754942e-38"},
+        {0x00800000u, "1.1754944e-38"}, /* FLT_MIN */
+        {0x7f7fffffu, "3.4028235e38"},  /* FLT_MAX */
+        {0x7e967699u, "1e38"},
+        /* exact ties between two shortest texts: 3/2048 = 0.00146484375 and
+         * 19/1024 = 0.0185546875; the even last digit wins */
+        {0x3ac00000u, "0.0014648438"},
+        {0x3c980000u, "0.018554688"},
+        {0x7f800000u, "null"},
+        {0x7fc00000u, "null"},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        char text[NS__F32_FORMAT_MAX];
+        ns__f32_format(text, float_of(cases[i].bits));
+        CHECK(strcmp(text, cases[i].text) == 0, "%08x: \"%s\", want \"%s\"",
+              (unsigned)cases[i].bits, text, cases[i].text);
+    }
+}
+END_TEST
+
+START_TEST(powers_of_two_and_edges)
+{
+    for (int e = -149; e <= 127; e++) {
+        check_shortest(ldexpf(1.0f, e));
+        check_shortest(-ldexpf(1.0f, e));
+        check_shortest(nextafterf(ldexpf(1.0f, e), 0));
+        check_shortest(nextafterf(ldexpf(1.0f, e), INFINITY));
+    }
+    for (uint32_t u = 0; u < 20000; u++) { /* subnormals, then the top */
+        check_shortest(float_of(u));
+        check_shortest(float_of(0x7f7fffffu - u));
+        check_shortest(float_of(0x00800000u - 10000 + u));
+    }
+    /* every power of ten float32 can hold, and its neighbours */
+    for (int k = -45; k <= 38; k++) {
+        char t[16];
+        snprintf(t, sizeof(t), "1e%d", k);
+        float f = strtof(t, NULL);
+        check_shortest(f);
+        check_shortest(nextafterf(f, 0));
+        check_shortest(nextafterf(f, INFINITY));
+    }
+}
+END_TEST
+
+START_TEST(random_round_trip)
+{
+    uint64_t rng = ns_test_seed() ^ 0xd1b54a32d192ed03u;
+    for (int i = 0; i < 4000000; i++) {
+        float f = float_of((uint32_t)ns_test_rand(&rng));
+        if (isfinite(f))
+            check_round_trip(f, NULL);
+    }
+    /* values a BatchNorm layer reports: near 0 and near 1 */
+    for (int i = 0; i < 500000; i++) {
+        float f = (float)(ns_test_normal(&rng) * (i % 2 ? 1e-3 : 1.0));
+        check_round_trip(f, NULL);
+    }
+}
+END_TEST
+
+START_TEST(random_shortest)
+{
+    uint64_t rng = ns_test_seed() ^ 0x8cb92ba72f3d8dd7u;
+    for (int i = 0; i < 200000; i++) {
+        float f = float_of((uint32_t)ns_test_rand(&rng));
+        if (isfinite(f))
+            check_shortest(f);
+    }
+}
+END_TEST
+
+/* jansson, an independent parser, reads every text as a JSON number. */
+START_TEST(valid_json)
+{
+    uint64_t rng = ns_test_seed() ^ 0x5851f42d4c957f2du;
+    char doc[64];
+    for (int i = 0; i < 20000; i++) {
+        float f = float_of((uint32_t)ns_test_rand(&rng) & (i % 2 ? 0xffffffffu : 0x807fffffu));
+        if (!isfinite(f))
+            continue;
+        doc[0] = '[';
+        size_t n = ns__f32_format(doc + 1, f);
+        memcpy(doc + 1 + n, "]", 2);
+        json_error_t err;
+        json_t *v = json_loads(doc, 0, &err);
+        CHECK(v && json_is_number(json_array_get(v, 0)), "%s: %s", doc, err.text);
+        json_decref(v);
+    }
+}
+END_TEST
+
+static Suite *make_suite(void)
+{
+    Suite *s = suite_create("f32_format");
+    TCase *tc = tcase_create("core");
+    tcase_set_timeout(tc, 120);
+    tcase_add_test(tc, known_texts);
+    tcase_add_test(tc, powers_of_two_and_edges);
+    tcase_add_test(tc, random_round_trip);
+    tcase_add_test(tc, random_shortest);
+    tcase_add_test(tc, valid_json);
+    suite_add_tcase(s, tc);
+    return s;
+}
+
+NS_TEST_MAIN(make_suite)

@@ -1,0 +1,326 @@
+/* test_f32_parse.c - JSON number text to float32 (f32_parse.c) against
+ * glibc's strtof, which rounds correctly, on millions of generated decimals. */
+#include <normstat/wire_errors.h>
+#include <normstat/proto.h>
+
+#include <float.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../../../proto/src/util/f32.h"
+#include "harness.h"
+
+/* The reference: strtof, with inf meaning "out of range" (NS_EVALUE). */
+static void check_text(const char *text)
+{
+    float want = strtof(text, NULL), got = 12345.0f;
+    int rc = ns__f32_parse(text, strlen(text), &got);
+    if (isinf(want)) {
+        CHECK(rc == NS_EVALUE && isinf(got) && signbit(got) == signbit(want),
+              "\"%s\": rc %d, got %a, strtof %a", text, rc, (double)got, (double)want);
+        return;
+    }
+    CHECK(rc == 0 && bits_of(got) == bits_of(want),
+          "\"%s\": rc %d, got %a (%08x), strtof %a (%08x)", text, rc, (double)got,
+          (unsigned)bits_of(got), (double)want, (unsigned)bits_of(want));
+}
+
+/* Known answers: bit patterns from the binary32 layout by hand, or (the
+ * decimals with many digits) by exact rational rounding with Python's
+ * fractions module; neither conversion under comparison made them. */
+START_TEST(known_values)
+{
+    static const struct {
+        const char *text;
+        uint32_t bits;
+    } cases[] = {
+        {"0", 0x00000000u},
+        {"-0", 0x80000000u},
+        {"0e0", 0x00000000u},
+        {"-0.0e-5", 0x80000000u},
+        {"0.000", 0x00000000u},
+        {"1", 0x3f800000u},
+        {"0.1", 0x3dcccccdu},
+        {"-2.5", 0xc0200000u},
+        {"1e-45", 0x00000001u}, /* smallest subnormal 1.40129846e-45 */
+        {"1.4e-45", 0x00000001u},
+        {"7e-46", 0x00000000u},          /* below 2^-150 = 7.00649e-46: zero */
+        {"7.1e-46", 0x00000001u},        /* above half the smallest subnormal */
+        {"1.17549435e-38", 0x00800000u}, /* FLT_MIN */
+        {"1.1754942e-38", 0x007fffffu},  /* largest subnormal */
+        {"3.4028235e38", 0x7f7fffffu},   /* FLT_MAX, shortest form */
+        {"3.4028234663852886e38", 0x7f7fffffu},
+        {"340282356779733661637539395458142568447", 0x7f7fffffu}, /* 2^128-2^103-1 */
+        {"16777217", 0x4b800000u},                                /* 2^24 + 1: tie, even is 2^24 */
+        {"16777219", 0x4b800002u},                                /* tie, even is 2^24 + 4 */
+        {"0.000000123", 0x340411fcu},
+        {"1e-100000000000", 0x00000000u},
+        {"12345678901234567890123456789e-20", 0x4ceb79a3u},
+        /* 1 + 2^-24 is the midpoint of 1 and its successor; a hair above it
+         * the double is the midpoint itself, so (float)strtod gives 1. */
+        {"1.0000000596046447753906251", 0x3f800001u},
+        {"1.0000000596046447753906249", 0x3f800000u},
+        {"1.000000059604644775390625", 0x3f800000u}, /* the tie: even */
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        float got;
+        int rc = ns__f32_parse(cases[i].text, strlen(cases[i].text), &got);
+        CHECK(rc == 0 && bits_of(got) == cases[i].bits, "\"%s\": rc %d, got %08x want %08x",
+              cases[i].text, rc, (unsigned)bits_of(got), (unsigned)cases[i].bits);
+        check_text(cases[i].text);
+    }
+}
+END_TEST
+
+START_TEST(overflow_and_syntax)
+{
+    static const char *const over[] = {"3.4028236e38",
+                                       "-3.4028236e38",
+                                       "1e39",
+                                       "-1e39",
+                                       "340282356779733661637539395458142568448", /* 2^128-2^103 */
+                                       "1e100000000000"};
+    for (size_t i = 0; i < sizeof(over) / sizeof(over[0]); i++) {
+        float got;
+        ck_assert_int_eq(ns__f32_parse(over[i], strlen(over[i]), &got), NS_EVALUE);
+        CHECK(isinf(got) && (signbit(got) != 0) == (over[i][0] == '-'), "%s", over[i]);
+    }
+    static const char *const bad[] = {"",    "-",    "+1",  "01",    "1.",  ".5",  "1e",
+                                      "1e+", "1 ",   " 1",  "0x1",   "inf", "nan", "1.5.",
+                                      "--1", "1e5e", "-.1", "1E+-2", "00",  "1,5", "1e 5"};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        float got;
+        CHECK(ns__f32_parse(bad[i], strlen(bad[i]), &got) == NS_EINVAL, "\"%s\"", bad[i]);
+    }
+    /* Only 'src_len' bytes are read. */
+    float got;
+    ck_assert_int_eq(ns__f32_parse("2.5e1", 3, &got), 0);
+    ck_assert(got == 2.5f);
+}
+END_TEST
+
+static float random_finite(uint64_t *rng)
+{
+    for (;;) {
+        float f = float_of((uint32_t)ns_test_rand(rng));
+        if (isfinite(f))
+            return f;
+    }
+}
+
+/* Every float32 printed as C programs and Python print them. */
+START_TEST(random_floats_printed)
+{
+    uint64_t rng = ns_test_seed() ^ 0x9e3779b97f4a7c15u;
+    char text[64];
+    for (int i = 0; i < 1000000; i++) {
+        float f = random_finite(&rng);
+        snprintf(text, sizeof(text), "%.9g", (double)f);
+        check_text(text);
+        snprintf(text, sizeof(text), "%.17g", (double)f); /* repr of float32 -> double */
+        check_text(text);
+        snprintf(text, sizeof(text), "%.*g", 1 + i % 8, (double)f);
+        check_text(text);
+    }
+    /* The shortest round-trip form, found by trying precisions (sampled). */
+    for (int i = 0; i < 100000; i++) {
+        float f = random_finite(&rng);
+        for (int prec = 1; prec <= 9; prec++) {
+            snprintf(text, sizeof(text), "%.*g", prec, (double)f);
+            if (strtof(text, NULL) == f)
+                break;
+        }
+        check_text(text);
+    }
+}
+END_TEST
+
+/* Random decimals: 1..25 digits, a point anywhere (or none), leading zeros,
+ * exponents -60..60, either sign; every case is valid JSON. */
+START_TEST(random_decimals)
+{
+    uint64_t rng = ns_test_seed() ^ 0x2545f4914f6cdd1du;
+    char text[128];
+    for (int i = 0; i < 3000000; i++) {
+        char *p = text;
+        uint64_t r = ns_test_rand(&rng);
+        int ndig = 1 + (int)(r % 25), point = (int)((r >> 8) % (uint64_t)(ndig + 1));
+        int lead = (int)((r >> 16) % 8), style = (int)((r >> 20) % 4);
+        if ((r >> 24) & 1)
+            *p++ = '-';
+        if (point == 0 || style == 0) { /* "0.000ddd" */
+            *p++ = '0';
+            *p++ = '.';
+            for (int z = 0; z < lead; z++)
+                *p++ = '0';
+            point = -1;
+        }
+        for (int d = 0; d < ndig; d++) {
+            if (d == point)
+                *p++ = '.';
+            uint64_t x = ns_test_rand(&rng);
+            *p++ = (char)('0' + (d == 0 && point != -1 ? 1 + x % 9 : x % 10));
+        }
+        if (style != 3) {
+            int e = (int)(ns_test_rand(&rng) % 121) - 60;
+            p += snprintf(p, 16, "%s%d", style == 1 ? "E" : "e", e);
+        }
+        *p = '\0';
+        check_text(text);
+    }
+}
+END_TEST
+
+/* Append the decimal digits of 'src' plus 'delta' (+1/-1) in the last place. */
+static void bump_last(char *s, int delta)
+{
+    char *p = s + strlen(s) - 1;
+    for (; p >= s; p--) {
+        if (*p < '0' || *p > '9')
+            continue;
+        if (delta > 0 && *p == '9') {
+            *p = '0';
+            continue;
+        }
+        if (delta < 0 && *p == '0') {
+            *p = '9';
+            continue;
+        }
+        *p = (char)(*p + delta);
+        return;
+    }
+}
+
+/* The exact decimal value of a double (glibc prints it exactly), as
+ * "d.ddd...e+X" without trailing zeros in the digits. */
+static void exact_decimal(char *dst, size_t cap, double d)
+{
+    char buf[400];
+    snprintf(buf, sizeof(buf), "%.200e", d);
+    char *e = strchr(buf, 'e');
+    char *q = e;
+    while (q[-1] == '0')
+        q--;
+    if (q[-1] == '.')
+        q--;
+    snprintf(dst, cap, "%.*s%s", (int)(q - buf), buf, e);
+}
+
+/* Decimals at, just above and just below the midpoints between adjacent
+ * floats: where rounding via double goes wrong. */
+static void check_midpoints(uint32_t u)
+{
+    float f = float_of(u), g = nextafterf(f, INFINITY);
+    if (!isfinite(f) || !isfinite(g))
+        return;
+    double mid = ((double)f + (double)g) / 2; /* exact: 25 significant bits */
+    char exact[300], text[300];
+    exact_decimal(exact, sizeof(exact), mid);
+    check_text(exact);
+    char *e = strchr(exact, 'e');
+    size_t mant = (size_t)(e - exact);
+    /* just above / below: append "0...01" or bump the last digit down and
+     * append "9...9" */
+    snprintf(text, sizeof(text), "%.*s%s000001%s", (int)mant, exact, strchr(exact, '.') ? "" : ".",
+             e);
+    check_text(text);
+    snprintf(text, sizeof(text), "%.*s", (int)mant, exact);
+    bump_last(text, -1);
+    snprintf(text + strlen(text), sizeof(text) - strlen(text), "%s999999%s",
+             strchr(exact, '.') ? "" : ".", e);
+    check_text(text);
+    /* +-1 in the last place of the exact digits, and of a 17-, 20- and 25-digit prefix */
+    for (int k = 0; k < 4; k++) {
+        static const size_t keep[] = {0, 18, 21, 26}; /* digits plus the point */
+        size_t n = keep[k] && keep[k] < mant ? keep[k] : mant;
+        for (int delta = -1; delta <= 1; delta += 2) {
+            snprintf(text, sizeof(text), "%.*s", (int)n, exact);
+            bump_last(text, delta);
+            strcat(text, e);
+            if (text[0] != '0' || text[1] != '.')
+                check_text(text);
+        }
+    }
+}
+
+START_TEST(midpoints_and_boundaries)
+{
+    uint64_t rng = ns_test_seed() ^ 0x94d049bb133111ebu;
+    for (int i = 0; i < 150000; i++)
+        check_midpoints((uint32_t)ns_test_rand(&rng) & 0x7fffffffu);
+    /* subnormals, the normal boundary, the top of the range */
+    static const uint32_t around[] = {0x00000000u, 0x00800000u, 0x7f7fffffu, 0x3f800000u,
+                                      0x4b800000u};
+    char text[64];
+    for (size_t a = 0; a < sizeof(around) / sizeof(around[0]); a++)
+        for (int64_t d = -3000; d <= 3000; d++) {
+            int64_t u = (int64_t)around[a] + d;
+            if (u < 0 || u > 0x7f7fffff)
+                continue;
+            float f = float_of((uint32_t)u);
+            check_midpoints((uint32_t)u);
+            snprintf(text, sizeof(text), "%.9g", (double)f);
+            check_text(text);
+            snprintf(text, sizeof(text), "%.17g", (double)-f);
+            check_text(text);
+        }
+}
+END_TEST
+
+/* Through the public decoder: report arrays get strtof's value even where
+ * strtod then narrowing differs (a hair above the midpoint 1 + 2^-24), with
+ * plain or escaped names and a 19-digit step. */
+START_TEST(report_values_are_strtof)
+{
+    static const char *const bodies[] = {
+        "{\"step\":1,\"worker\":0,\"layers\":{\"bn1\":{\"count\":2,"
+        "\"mean\":[1.0000000596046447753906251,-0,-0.0,3.4028235e38],"
+        "\"var\":[1.0000000596046447753906251,1,1,1]}}}",
+        "{\"st\\u0065p\":1000000000000000000,\"worker\":0,\"layers\":{\"\\u0062n1\":{"
+        "\"count\":2,\"mean\":[1.0000000596046447753906251,-0,-0.0,3.4028235e38],"
+        "\"var\":[1.0000000596046447753906251,1,1,1]}}}",
+    };
+    for (size_t i = 0; i < sizeof(bodies) / sizeof(bodies[0]); i++) {
+        ns_report_t *r = NULL;
+        ns_error_detail_t err = {0};
+        int rc = ns_report_decode_json(&r, bodies[i], strlen(bodies[i]), &err);
+        CHECK(rc == 0, "body %zu: %d %s", i, rc, err.message);
+        CHECK(r->n_layers == 1 && strcmp(r->layers[0].name, "bn1") == 0 &&
+                  r->layers[0].channels == 4,
+              "body %zu", i);
+        const float *m = r->layers[0].mean;
+        CHECK(bits_of(m[0]) == 0x3f800001u && bits_of(r->layers[0].var[0]) == 0x3f800001u,
+              "body %zu: %08x", i, (unsigned)bits_of(m[0]));
+        /* an integer -0 is jansson's integer 0; a real -0.0 keeps its sign */
+        CHECK(bits_of(m[1]) == 0 && bits_of(m[2]) == 0x80000000u && bits_of(m[3]) == 0x7f7fffffu,
+              "body %zu: %08x %08x %08x", i, (unsigned)bits_of(m[1]), (unsigned)bits_of(m[2]),
+              (unsigned)bits_of(m[3]));
+        ns_report_free(r);
+    }
+    /* beyond float32's range: 422 */
+    const char *over = "{\"step\":1,\"worker\":0,\"layers\":{\"bn1\":{\"count\":2,"
+                       "\"mean\":[3.4028236e38],\"var\":[1]}}}";
+    ns_report_t *r = NULL;
+    ns_error_detail_t err = {0};
+    CHECK(ns_report_decode_json(&r, over, strlen(over), &err) == NS_EVALUE, "%s", err.message);
+}
+END_TEST
+
+static Suite *make_suite(void)
+{
+    Suite *s = suite_create("f32_parse");
+    TCase *tc = tcase_create("core");
+    tcase_set_timeout(tc, 120);
+    tcase_add_test(tc, known_values);
+    tcase_add_test(tc, overflow_and_syntax);
+    tcase_add_test(tc, random_floats_printed);
+    tcase_add_test(tc, random_decimals);
+    tcase_add_test(tc, midpoints_and_boundaries);
+    tcase_add_test(tc, report_values_are_strtof);
+    suite_add_tcase(s, tc);
+    return s;
+}
+
+NS_TEST_MAIN(make_suite)
