@@ -66,7 +66,7 @@ static void on_sync_durable(void *arg, int status)
 }
 
 /* The registry's callback: any thread, exactly once, never under a registry
- * lock, after the step's record went to the store: the answer waits for its
+ * lock, after the finalized step went to the store: the answer waits for its
  * commit. */
 static void on_sync_done(void *arg, nsd_sync_result_t *result)
 {

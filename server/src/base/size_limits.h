@@ -13,6 +13,9 @@
 /* One error body ({"error": {"code", "message"}}). */
 #define NSD_ERROR_BODY_MAX ((size_t)64 * 1024)
 
+/* Channels of one layer in an imported checkpoint (or snapshot). */
+#define NSD_CHECKPOINT_CHANNELS_MAX ((size_t)1 << 24)
+
 /* One /metrics exposition. */
 #define NSD_METRICS_MAX (64 * NSD_MIB)
 

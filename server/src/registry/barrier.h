@@ -11,7 +11,7 @@
  *    n = 0 count for the barrier and contribute nothing.
  *  - Finalized steps wait in a per-layer queue until no earlier step of the
  *    layer is pending; then the run applies them to EMA/PreciseBN in step
- *    order (run.c).
+ *    order (layer.c).
  *  - Waiters (/sync) reference the pending step of every layer of their
  *    report; each finalization fills one layer of the waiter's result and
  *    the waiter fires when its last layer is done.

@@ -9,6 +9,8 @@
 
 #include <normstat/core.h>
 
+#include "base/size_limits.h"
+
 /* ---------------------------------------------------------------- export */
 
 static json_t *doubles_json(const double *src, size_t n)
@@ -342,7 +344,7 @@ static int parse_layer(nsd_run_state_t *st, const char *name, json_t *o, nsd_lay
         return bad(err, path, "", "invalid layer name");
     if (!json_is_object(o))
         return bad(err, path, "", "expected an object");
-    if (get_int(o, "channels", path, 0, 1 << 24, &v, err))
+    if (get_int(o, "channels", path, 0, NSD_CHECKPOINT_CHANNELS_MAX, &v, err))
         return NS_EINVAL;
     size_t c = (size_t)v;
     nsd_layer_t *l = calloc(1, sizeof(*l));

@@ -16,7 +16,7 @@
  *    so a store's log holds each run's changes in the order they were made:
  *    a run created, its domains, finalized steps (copies collected by
  *    run.c), resets, imports, deletion. A /sync callback is delivered after
- *    the record of its step was handed to the store. */
+ *    its finalized step was handed to the store. */
 #include "registry.h"
 
 #include <pthread.h>

@@ -3,9 +3,9 @@
  *
  * DESIGN
  *  - Everything of a run is guarded by run->lock; the registry takes it.
- *    Functions here never call out: sync callbacks, persistence records and
+ *    Functions here never call out: sync callbacks, finalized steps to persist and
  *    wakeups are collected into an nsd_outbox_t. The registry hands the
- *    records to the persistence hook before it unlocks (so the store logs
+ *    steps to the persistence hook before it unlocks (so the store logs
  *    them in the order they were made) and delivers callbacks and the
  *    wakeup after.
  *  - A report is applied in three phases: validate every layer (any failure
@@ -34,7 +34,7 @@
 /* What the registry shares with its runs: limits and lock-free counters. */
 typedef struct nsd_ctx_s {
     nsd_limits_t limits;
-    int persist_steps; /* 1 if a step_finalized hook is installed: build records */
+    int persist_steps; /* 1 if a step_finalized hook is installed: copy finalized steps */
     _Atomic uint64_t memory;
     _Atomic uint64_t next_deadline;
     _Atomic uint64_t steps_finalized, steps_applied, steps_timed_out, steps_dropped, steps_skipped,

@@ -17,7 +17,9 @@
 #define DEFAULT_RETRY_MS  500u
 #define BUSY_TIMEOUT_MS   5000
 
+/* The log table's kind column (values are on disk: never renumber). */
 enum { KIND_PUT = 1, KIND_DOMAIN = 2, KIND_STEP = 3, KIND_RESET = 4 };
+/* What a job asks of the writer: a log row, a run's removal, a snapshot. */
 enum { JOB_LOG = 1, JOB_DELETE = 2, JOB_SNAPSHOT = 3 };
 
 typedef struct job_s {
