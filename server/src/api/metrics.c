@@ -275,9 +275,8 @@ static const struct {
      STORE_US_AS_SECONDS, offsetof(nsd_store_stats_t, commit_last_us)},
     {"normstat_store_queued_jobs", "gauge", "Changes waiting for the store's writer.", STORE_U64,
      offsetof(nsd_store_stats_t, queued)},
-    {"normstat_store_failing", "gauge",
-     "1 while store commits fail (writes are refused with 503).", STORE_FLAG,
-     offsetof(nsd_store_stats_t, failing)},
+    {"normstat_store_failing", "gauge", "1 while store commits fail (writes are refused with 503).",
+     STORE_FLAG, offsetof(nsd_store_stats_t, failing)},
     {"normstat_store_last_snapshot_age_seconds", "gauge",
      "Seconds since the last snapshot was committed (-1: none since start).",
      STORE_AGE_MS_AS_SECONDS, offsetof(nsd_store_stats_t, last_snapshot_age_ms)},
@@ -300,8 +299,7 @@ static int store_row(ns_buf_t *dst, size_t i, const nsd_store_stats_t *st)
                       (double)u * 1e-6);
     case STORE_FLAG:
         memcpy(&flag, field, sizeof(flag));
-        return sample(dst, store_rows[i].name, store_rows[i].type, store_rows[i].help, "%d",
-                      flag);
+        return sample(dst, store_rows[i].name, store_rows[i].type, store_rows[i].help, "%d", flag);
     default:
         memcpy(&age, field, sizeof(age));
         return sample(dst, store_rows[i].name, store_rows[i].type, store_rows[i].help, "%.3f",

@@ -160,14 +160,12 @@ static int set_value(nsd_options_t *dst, const option_row_t *row, const char *va
     switch (row->type) {
     case T_ADDR:
         if (nsd_options_parse_addr(value, field) != 0)
-            return fail(err, "%s: expected HOST:PORT (e.g. 127.0.0.1:8750), got '%s'", who,
-                        value);
+            return fail(err, "%s: expected HOST:PORT (e.g. 127.0.0.1:8750), got '%s'", who, value);
         return 0;
     case T_PATH: {
         size_t len = strlen(value);
         if (len >= sizeof(nsd_path_t))
-            return fail(err, "%s: path longer than %zu bytes", who,
-                        sizeof(nsd_path_t) - 1);
+            return fail(err, "%s: path longer than %zu bytes", who, sizeof(nsd_path_t) - 1);
         memcpy(field, value, len + 1);
         return 0;
     }
@@ -199,8 +197,7 @@ static int set_value(nsd_options_t *dst, const option_row_t *row, const char *va
     case T_LEVEL: {
         int level = nsd_log_level_parse(value);
         if (level < 0)
-            return fail(err, "%s: expected debug, info, warn or error, got '%s'", who,
-                        value);
+            return fail(err, "%s: expected debug, info, warn or error, got '%s'", who, value);
         *(int *)field = level;
         return 0;
     }

@@ -17,7 +17,7 @@ typedef struct nsd_queue_s {
 } nsd_queue_t;
 
 /* The element that embeds 'node' as its member 'member'. */
-#define nsd_container_of(node, type, member) ((type *)((char *)(node) - offsetof(type, member)))
+#define nsd_container_of(node, type, member) ((type *)((char *)(node)-offsetof(type, member)))
 
 static inline int nsd_queue_empty(const nsd_queue_t *q)
 {

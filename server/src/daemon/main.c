@@ -151,10 +151,10 @@ static int recover(daemon_t *d)
         store_unusable(&serr, &d->opts);
         return 1;
     }
-    nsd_log_write(NSD_LOG_INFO, "recovered", "runs=%llu steps=%llu rows=%llu snapshots=%llu ms=%llu",
-                  (unsigned long long)rec.runs, (unsigned long long)rec.steps,
-                  (unsigned long long)rec.rows, (unsigned long long)rec.snapshots,
-                  (unsigned long long)rec.ms);
+    nsd_log_write(
+        NSD_LOG_INFO, "recovered", "runs=%llu steps=%llu rows=%llu snapshots=%llu ms=%llu",
+        (unsigned long long)rec.runs, (unsigned long long)rec.steps, (unsigned long long)rec.rows,
+        (unsigned long long)rec.snapshots, (unsigned long long)rec.ms);
     nsd_persist_t hooks;
     nsd_store_hooks(d->store, &hooks);
     nsd_registry_set_persist(d->server.registry, &hooks);

@@ -15,17 +15,23 @@
 
 #include "routes.h"
 
-#define NSD_COUNTER_ROUTES   32 /* routes counted by name; more share "unmatched"'s slot */
-#define NSD_COUNTER_METHODS  6  /* nsd_counter_methods[], the last is "other" */
-#define NSD_COUNTER_STATUSES 18 /* nsd_counter_statuses[], the last (0) is "other" */
-#define NSD_COUNTER_BUCKETS  16 /* nsd_counter_buckets[], then +Inf */
+/* Routes counted by name; more share the slot of "unmatched". */
+#define NSD_COUNTER_ROUTES 32
+/* Methods of nsd_counter_methods[], the last is "other". */
+#define NSD_COUNTER_METHODS 6
+/* Statuses of nsd_counter_statuses[], the last (0) is "other". */
+#define NSD_COUNTER_STATUSES 18
+/* Bounds of nsd_counter_buckets[], then +Inf. */
+#define NSD_COUNTER_BUCKETS 16
+
+/* One rejection counter per row of the wire error table. */
 #define NSD__COUNT_ROW(owner, name, code, status, wire, msg) +1
-#define NSD_COUNTER_ERRORS (0 NS_WIRE_ERROR_MAP(NSD__COUNT_ROW))
+#define NSD_COUNTER_ERRORS                                   (0 NS_WIRE_ERROR_MAP(NSD__COUNT_ROW))
 
 extern const char *const nsd_counter_methods[NSD_COUNTER_METHODS];
 extern const int nsd_counter_statuses[NSD_COUNTER_STATUSES];
 extern const double nsd_counter_buckets[NSD_COUNTER_BUCKETS]; /* seconds, ascending */
-extern const int nsd_counter_errors[NSD_COUNTER_ERRORS];     /* NS_E* codes */
+extern const int nsd_counter_errors[NSD_COUNTER_ERRORS];      /* NS_E* codes */
 
 /* Slot NSD_COUNTER_ROUTES (or the route count, if lower) is "unmatched". */
 typedef struct nsd_request_counters_s {

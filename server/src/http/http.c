@@ -321,9 +321,8 @@ static void request_begin(nsd_request_t *req)
         /* One allocation for the whole body instead of doubling as it
          * arrives. Out of memory frees the buffer: the appends then fail
          * and answer it. */
-        if (errno == 0 && *end == '\0' && n > 0 && req->pending_error == 0 &&
-            req->route != NULL && req->route->body != NSD_BODY_NONE &&
-            ns_buf_reserve(&req->body, (size_t)n) != 0)
+        if (errno == 0 && *end == '\0' && n > 0 && req->pending_error == 0 && req->route != NULL &&
+            req->route->body != NSD_BODY_NONE && ns_buf_reserve(&req->body, (size_t)n) != 0)
             ns_buf_init(&req->body, srv->opts->max_body);
     }
     if (req->pending_error != 0 || req->route == NULL || req->route->body == NSD_BODY_NONE)

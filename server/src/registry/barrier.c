@@ -111,8 +111,8 @@ static int add_domains(nsd_step_t *s, const nsd_pending_t *p,
             one_domain = 0;
     int rc = 0;
     for (uint32_t d = 0; rc == 0 && d < n_domains; d++)
-        if (seen[d] && nsd_step_add_domain(s, d, domains[d], 0, one_domain ? s->mean : NULL,
-                                           NULL) == NULL)
+        if (seen[d] &&
+            nsd_step_add_domain(s, d, domains[d], 0, one_domain ? s->mean : NULL, NULL) == NULL)
             rc = NS_ENOMEM;
     free(seen);
     return rc;

@@ -432,8 +432,7 @@ static int parse_domains(json_t *root, nsd_run_state_t *st, ns_error_detail_t *e
         snprintf(path, sizeof(path), "domains.%zu", i);
         json_t *e = json_array_get(domains, i);
         json_t *name = json_object_get(e, "domain");
-        if (!json_is_object(e) || !json_is_string(name) ||
-            !ns_name_valid(json_string_value(name)))
+        if (!json_is_object(e) || !json_is_string(name) || !ns_name_valid(json_string_value(name)))
             return bad(err, path, "domain", "expected a domain name");
         if (nsd_run_find_domain(st, json_string_value(name)) >= 0)
             return bad(err, path, "domain", "repeated");

@@ -425,9 +425,9 @@ static int prepare_layer(const nsd_run_t *run, const ns_grad_t *g, const ns_grad
     /* Capacity only (state-neutral). */
     if (grow_workers(lane, g->worker + 1) ||
         nsd_array_grow((void **)&lane->pending, &lane->cap_pending, lane->n_pending + 1,
-             sizeof(*lane->pending)) ||
+                       sizeof(*lane->pending)) ||
         (has_waiter && nsd_array_grow((void **)&pl->pending->refs, &pl->pending->cap_refs,
-                            pl->pending->n_refs + 1, sizeof(*pl->pending->refs))))
+                                      pl->pending->n_refs + 1, sizeof(*pl->pending->refs))))
         return NS_ENOMEM;
     if (lane->n_workers > had)
         pl->bytes += (lane->n_workers - had) * sizeof(int64_t);
@@ -504,7 +504,8 @@ int nsd_gradsum_submit(nsd_run_t *run, ns_grad_t *g, uint64_t now_ms, nsd_grad_w
         new_lanes += pl[i].is_new_lane;
     }
     if (rc == 0)
-        rc = nsd_array_grow((void **)&gs->lanes, &gs->cap_lanes, gs->n_lanes + new_lanes, sizeof(*gs->lanes));
+        rc = nsd_array_grow((void **)&gs->lanes, &gs->cap_lanes, gs->n_lanes + new_lanes,
+                            sizeof(*gs->lanes));
     if (rc != 0) {
         ns_error_set(err, rc, "", "out of memory");
         goto fail_created;

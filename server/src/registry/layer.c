@@ -240,8 +240,8 @@ void nsd_run_close_pending(nsd_run_t *run, nsd_layer_t *l, size_t idx, int drop,
     if (!drop) {
         status = nsd_barrier_finalize(p, l->name, l->channels, run->st.domains, run->st.n_domains,
                                       ctx->limits.threads, &f);
-        if (status == 0 &&
-            nsd_array_grow((void **)&l->ready, &l->cap_ready, l->n_ready + 1, sizeof(*l->ready)) != 0) {
+        if (status == 0 && nsd_array_grow((void **)&l->ready, &l->cap_ready, l->n_ready + 1,
+                                          sizeof(*l->ready)) != 0) {
             nsd_step_free(f);
             f = NULL;
             status = NS_ENOMEM;

@@ -29,8 +29,6 @@
 #include "gradsum.h"
 #include "registry_internal.h"
 
-
-
 /* ---------------------------------------------------------------- life cycle */
 
 nsd_registry_t *nsd_registry_create(const nsd_limits_t *limits)
@@ -284,7 +282,8 @@ static int report_new_run(nsd_registry_t *reg, const char *name, ns_report_t *re
         }
         cfg.world_size = (uint32_t)report->world_size;
     }
-    nsd_run_t *run = nsd_registry_map_reserve(reg) == 0 ? nsd_run_create(&reg->ctx, name, &cfg) : NULL;
+    nsd_run_t *run =
+        nsd_registry_map_reserve(reg) == 0 ? nsd_run_create(&reg->ctx, name, &cfg) : NULL;
     if (run == NULL) {
         pthread_rwlock_unlock(&reg->map_lock);
         return ns_error_set(err, NS_ENOMEM, "", "out of memory");

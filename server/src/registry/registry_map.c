@@ -61,7 +61,8 @@ nsd_run_t *nsd_registry_map_get(nsd_registry_t *reg, const char *name)
 
 /* The run 'name', referenced and locked; NULL with the code in *rc and err
  * (NS_EINVAL for an invalid name, NS_ENOTFOUND). */
-nsd_run_t *nsd_registry_lock_run(nsd_registry_t *reg, const char *name, int *rc, ns_error_detail_t *err)
+nsd_run_t *nsd_registry_lock_run(nsd_registry_t *reg, const char *name, int *rc,
+                                 ns_error_detail_t *err)
 {
     *rc = 0;
     if (!ns_name_valid(name)) {
@@ -109,7 +110,6 @@ void nsd_registry_runs_free(nsd_run_t **runs, size_t n)
         nsd_run_unref(runs[i]);
     free(runs);
 }
-
 
 /* Hand the collected steps to the persistence hook (run lock held). */
 void nsd_registry_deliver_steps(nsd_registry_t *reg, const char *run, nsd_outbox_t *box)

@@ -17,7 +17,6 @@
 /* Opaque registry: owns every run. */
 typedef struct nsd_registry_s nsd_registry_t;
 
-
 typedef struct nsd_limits_s {
     uint32_t max_pending_steps; /* per layer; 0 = default 1024; beyond -> 429 NS_EBUSY */
     uint64_t max_memory;        /* bytes of statistics state + pending arrivals;
@@ -26,7 +25,6 @@ typedef struct nsd_limits_s {
 } nsd_limits_t;
 
 #define NSD_DEFAULT_MAX_PENDING_STEPS 1024u
-
 
 /* Persistence hook: one step of one layer that finalized (by completion or
  * a partial timeout; dropped steps are not reported), as an nsd_step_t
@@ -65,7 +63,6 @@ typedef struct nsd_persist_s {
     void (*run_snapshot)(void *arg, const char *run, json_t *state);
 } nsd_persist_t;
 
-
 /* One layer of a /sync answer: the step's combined statistics (biased var),
  * over all arrivals (scope global) or the caller's domain (scope domain).
  * channels == 0 (mean, var NULL) if no arrival of that scope carried arrays. */
@@ -99,7 +96,6 @@ typedef struct nsd_sync_result_s {
 /* The callee owns 'result' and frees it with nsd_sync_result_free(). */
 typedef void (*nsd_sync_cb)(void *arg, nsd_sync_result_t *result);
 
-
 /* The answer of a POST /grad: 'status' 0 and 'grad' (step, workers, dtype,
  * layers in the request's order with the sums over the workers), or
  * NS_ETIMEDOUT (a layer's gradient step timed out), NS_EVALUE (a sum is not
@@ -114,7 +110,6 @@ typedef struct nsd_grad_result_s {
 
 /* The callee owns 'result' and frees it with nsd_grad_result_free(). */
 typedef void (*nsd_grad_cb)(void *arg, nsd_grad_result_t *result);
-
 
 typedef enum nsd_source_e { NSD_SOURCE_EMA = 0, NSD_SOURCE_PRECISE, NSD_SOURCE_LAST } nsd_source_t;
 
@@ -166,7 +161,6 @@ typedef struct nsd_stats_s {
     ns_out_layer_t *layers;
     size_t n_layers;
 } nsd_stats_t;
-
 
 typedef struct nsd_counters_s {
     /* monotonic */

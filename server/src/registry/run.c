@@ -55,7 +55,8 @@ nsd_layer_t *nsd_run_find_layer(const nsd_run_state_t *st, const char *name)
 /* Room for one more domain (capacity only; state unchanged). */
 int nsd_run_reserve_domain(nsd_run_state_t *st)
 {
-    if (nsd_array_grow((void **)&st->domains, &st->cap_domains, st->n_domains + 1, sizeof(*st->domains)) != 0)
+    if (nsd_array_grow((void **)&st->domains, &st->cap_domains, st->n_domains + 1,
+                       sizeof(*st->domains)) != 0)
         return NS_ENOMEM;
     /* domain_gen always has cap_domains elements */
     uint64_t *g = realloc(st->domain_gen, st->cap_domains * sizeof(uint64_t));

@@ -50,11 +50,11 @@ struct nsd_grad_waiter_s;
 /* What a locked operation produced: finalized steps to persist (before
  * unlocking), callbacks and a wakeup (delivered after). */
 typedef struct nsd_outbox_s {
-    nsd_queue_t fired; /* nsd_waiter_t: /sync callbacks to call, in order */
-    nsd_queue_t steps; /* nsd_step_t copies for the persistence hook, in order */
+    nsd_queue_t fired;      /* nsd_waiter_t: /sync callbacks to call, in order */
+    nsd_queue_t steps;      /* nsd_step_t copies for the persistence hook, in order */
     nsd_queue_t grad_fired; /* nsd_grad_waiter_t: /grad callbacks to call, in order */
-    int wakeup;        /* a deadline may have moved earlier */
-    size_t new_domain; /* 1 + index of a domain a report added, 0 none */
+    int wakeup;             /* a deadline may have moved earlier */
+    size_t new_domain;      /* 1 + index of a domain a report added, 0 none */
 } nsd_outbox_t;
 
 typedef struct nsd_layer_s {

@@ -45,7 +45,8 @@ static int replay_layer(nsd_run_t *run, const char *name, size_t c, nsd_layer_t 
     size_t pos = nsd_run_layer_pos(st, name, &found);
     nsd_layer_t *l = found ? st->layers[pos] : NULL;
     if (l == NULL) {
-        if (nsd_array_grow((void **)&st->layers, &st->cap_layers, st->n_layers + 1, sizeof(*st->layers)) ||
+        if (nsd_array_grow((void **)&st->layers, &st->cap_layers, st->n_layers + 1,
+                           sizeof(*st->layers)) ||
             (l = nsd_layer_create(name)) == NULL)
             return NS_ENOMEM;
         memmove(st->layers + pos + 1, st->layers + pos, (st->n_layers - pos) * sizeof(*st->layers));
@@ -73,8 +74,7 @@ static int replay_layer(nsd_run_t *run, const char *name, size_t c, nsd_layer_t 
 /* The live form of a logged step: domains resolved to the run's indexes
  * (added if a report added them before the step finalized), in index
  * order, with their population state. @return 0 and *dst, or NS_ENOMEM. */
-static int replay_live_step(nsd_run_t *run, nsd_layer_t *l, const nsd_step_t *rec,
-                            nsd_step_t **dst)
+static int replay_live_step(nsd_run_t *run, nsd_layer_t *l, const nsd_step_t *rec, nsd_step_t **dst)
 {
     nsd_run_state_t *st = &run->st;
     size_t c = rec->channels;
@@ -95,7 +95,8 @@ static int replay_live_step(nsd_run_t *run, nsd_layer_t *l, const nsd_step_t *re
         const nsd_step_domain_t *d = &rec->domains[i];
         long k = nsd_run_add_domain(run, d->name);
         const double *mean = nsd_step_shares_pooled(rec, d) ? f->mean : d->mean;
-        if (k < 0 || nsd_array_grow((void **)&l->pops, &l->cap_pops, st->n_domains, sizeof(*l->pops)) ||
+        if (k < 0 ||
+            nsd_array_grow((void **)&l->pops, &l->cap_pops, st->n_domains, sizeof(*l->pops)) ||
             nsd_step_add_domain(f, (uint32_t)k, d->name, d->count, mean, d->var) == NULL) {
             rc = NS_ENOMEM;
         } else if (c > 0 && l->pops[k] == NULL) {
@@ -133,7 +134,8 @@ int nsd_run_replay_step(nsd_run_t *run, const nsd_step_t *rec, ns_error_detail_t
     if ((int64_t)f->step > l->max_seen)
         l->max_seen = (int64_t)f->step;
     nsd_layer_ready_insert(l, f);
-    nsd_run_apply_ready_below(run, l, rec->first_pending >= 0 ? (uint64_t)rec->first_pending : UINT64_MAX);
+    nsd_run_apply_ready_below(run, l,
+                              rec->first_pending >= 0 ? (uint64_t)rec->first_pending : UINT64_MAX);
     return 0;
 }
 

@@ -145,7 +145,8 @@ static int prepare_layer(nsd_run_t *run, const ns_report_t *rep, long dom, plan_
     /* Capacity only (state-neutral). */
     if (nsd_array_grow((void **)&l->pops, &l->cap_pops, st->n_domains + 1, sizeof(*l->pops)) ||
         nsd_layer_grow_workers(l, rep->worker + 1) ||
-        nsd_array_grow((void **)&l->pending, &l->cap_pending, l->n_pending + 1, sizeof(*l->pending)) ||
+        nsd_array_grow((void **)&l->pending, &l->cap_pending, l->n_pending + 1,
+                       sizeof(*l->pending)) ||
         nsd_array_grow((void **)&l->ready, &l->cap_ready, l->n_ready + 1, sizeof(*l->ready)) ||
         (waiter != NULL && nsd_pending_reserve_waiter(pl->pending)))
         return NS_ENOMEM;

@@ -121,8 +121,8 @@ typedef struct scalar_s {
 typedef struct source_s {
     const char *name; /* as the query names it, and in the answer's meta */
     serve_fn serve;
-    int mixable;         /* serves a mixture of domains */
-    int biased;          /* serves variance=biased */
+    int mixable; /* serves a mixture of domains */
+    int biased;  /* serves variance=biased */
     const char *arrays[2];
     scalar_t scalars[4];
     /* the source's own meta entries */
@@ -144,20 +144,34 @@ static size_t meta_ema(const nsd_run_state_t *st, long d, ns_meta_t *m)
 }
 
 static const source_t SOURCES[] = {
-    [NSD_SOURCE_EMA] = {"ema", serve_ema, 1, 0,
-                        {NS_FIELD_RUNNING_MEAN, NS_FIELD_RUNNING_VAR},
-                        {{NS_FIELD_NUM_BATCHES_TRACKED, SV_NBT}, {NS_FIELD_STEP, SV_STEP}},
-                        meta_ema},
-    [NSD_SOURCE_PRECISE] = {"precise", serve_precise, 1, 1,
-                            {NS_FIELD_RUNNING_MEAN, NS_FIELD_RUNNING_VAR},
-                            {{NS_FIELD_NUM_BATCHES, SV_NBT},
-                             {NS_FIELD_NUM_SAMPLES, SV_SAMPLES},
-                             {NS_FIELD_STEP, SV_STEP}},
-                            meta_precise},
-    [NSD_SOURCE_LAST] = {"last", serve_last, 0, 0,
-                         {NS_FIELD_MEAN, NS_FIELD_VAR},
-                         {{NS_FIELD_COUNT, SV_SAMPLES}, {NS_FIELD_STEP, SV_STEP}},
-                         NULL},
+    [NSD_SOURCE_EMA] =
+        {
+            .name = "ema",
+            .serve = serve_ema,
+            .mixable = 1,
+            .arrays = {NS_FIELD_RUNNING_MEAN, NS_FIELD_RUNNING_VAR},
+            .scalars = {{NS_FIELD_NUM_BATCHES_TRACKED, SV_NBT}, {NS_FIELD_STEP, SV_STEP}},
+            .meta = meta_ema,
+        },
+    [NSD_SOURCE_PRECISE] =
+        {
+            .name = "precise",
+            .serve = serve_precise,
+            .mixable = 1,
+            .biased = 1,
+            .arrays = {NS_FIELD_RUNNING_MEAN, NS_FIELD_RUNNING_VAR},
+            .scalars = {{NS_FIELD_NUM_BATCHES, SV_NBT},
+                        {NS_FIELD_NUM_SAMPLES, SV_SAMPLES},
+                        {NS_FIELD_STEP, SV_STEP}},
+            .meta = meta_precise,
+        },
+    [NSD_SOURCE_LAST] =
+        {
+            .name = "last",
+            .serve = serve_last,
+            .arrays = {NS_FIELD_MEAN, NS_FIELD_VAR},
+            .scalars = {{NS_FIELD_COUNT, SV_SAMPLES}, {NS_FIELD_STEP, SV_STEP}},
+        },
 };
 
 /* A mixture of the domains' served values (ns_mixture). */

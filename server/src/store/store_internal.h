@@ -14,8 +14,8 @@
 #include "base/size_limits.h"
 #include "store.h"
 
-#define DEFAULT_RETRY_MS  500u
-#define BUSY_TIMEOUT_MS   5000
+#define DEFAULT_RETRY_MS 500u
+#define BUSY_TIMEOUT_MS  5000
 
 /* The log table's kind column (values are on disk: never renumber). */
 enum { KIND_PUT = 1, KIND_DOMAIN = 2, KIND_STEP = 3, KIND_RESET = 4 };
@@ -64,10 +64,10 @@ struct nsd_store_s {
     uint64_t committed;         /* the last seq committed */
     nsd_queue_t retry;          /* job_t of a failed batch, retried first */
     uint64_t retry_at_ms;
-    nsd_queue_t waiters;              /* waiter_t, ascending seq */
-    int snapshot_all;                 /* a hook lost a change: snapshot every run */
-    uint64_t lost;                    /* changes lost that way, logged by the writer */
-    unsigned fail_commits;            /* testing */
+    nsd_queue_t waiters;   /* waiter_t, ascending seq */
+    int snapshot_all;      /* a hook lost a change: snapshot every run */
+    uint64_t lost;         /* changes lost that way, logged by the writer */
+    unsigned fail_commits; /* testing */
 
     _Atomic int failing;
     _Atomic uint64_t n_commits, n_failures, n_rows, n_snapshots, commit_us_sum, commit_last_us;

@@ -95,14 +95,16 @@ static int check_identity(nsd_store_t *s, int64_t *tables, nsd_store_error_t *er
     if (rc != SQLITE_OK)
         return nsd_store_fail(err, s->path, "not a normstat database (%s)", sqlite3_errmsg(db));
     if (app != NSD_STORE_APPLICATION_ID && (*tables > 0 || version != 0 || app != 0))
-        return nsd_store_fail(err, s->path,
-                    "foreign SQLite database (application_id %lld, %lld tables): not a normstat "
-                    "store",
-                    (long long)app, (long long)*tables);
+        return nsd_store_fail(
+            err, s->path,
+            "foreign SQLite database (application_id %lld, %lld tables): not a normstat "
+            "store",
+            (long long)app, (long long)*tables);
     if (version > NSD_STORE_SCHEMA_VERSION)
-        return nsd_store_fail(err, s->path,
-                    "schema version %lld is newer than this build's %d: use a newer normstatd",
-                    (long long)version, NSD_STORE_SCHEMA_VERSION);
+        return nsd_store_fail(
+            err, s->path,
+            "schema version %lld is newer than this build's %d: use a newer normstatd",
+            (long long)version, NSD_STORE_SCHEMA_VERSION);
     if (app == NSD_STORE_APPLICATION_ID && version < 1)
         return nsd_store_fail(err, s->path, "schema version %lld unknown", (long long)version);
     return 0;
@@ -254,7 +256,7 @@ int nsd_store_open(nsd_store_t **dst, const char *dir, const nsd_store_config_t 
                          SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL);
     if (rc != SQLITE_OK) {
         rc = nsd_store_fail(err, s->path, "cannot open the database (%s)",
-                  s->db ? sqlite3_errmsg(s->db) : sqlite3_errstr(rc));
+                            s->db ? sqlite3_errmsg(s->db) : sqlite3_errstr(rc));
         goto fail;
     }
     sqlite3_busy_timeout(s->db, BUSY_TIMEOUT_MS);

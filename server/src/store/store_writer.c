@@ -68,7 +68,6 @@
 #include "base/log.h"
 #include "registry/registry.h"
 
-
 static int prepare_all(nsd_store_t *s)
 {
     int rc = sqlite3_prepare_v2(
