@@ -7,7 +7,7 @@
  *  - block_moments keeps several independent accumulators per pass (enough
  *    to hide the add/FMA latency) and reduces them in a fixed tree, so
  *    results are deterministic but differ from scalar by rounding (tested
- *    bound in tests/unit/test_kernels.c). Its first pass runs in float32
+ *    bound in tests/unit/core/test_kernels.c). Its first pass runs in float32
  *    (only an estimate of the mean; see block_moments).
  *  - rows_moments works like block_moments, one channel per lane; it differs
  *    from scalar by rounding (same bound).

@@ -5,7 +5,7 @@
  * allocate and never check arguments: the public wrappers do. The scalar
  * table is the reference; the vector kernels may differ from it only by
  * rounding (a different but fixed summation order), bounded as documented in
- * tests/unit/test_kernels.c. */
+ * tests/unit/core/test_kernels.c. */
 #ifndef NS_CORE_KERNELS_H
 #define NS_CORE_KERNELS_H
 

@@ -7,7 +7,7 @@
  *    running mean of a merge is kept as shift + offset (acc_t), so its
  *    rounding does not accumulate over the merges: with mean 1e4 and std
  *    1e-2 a plain running mean drifts by ~sqrt(merges) ulps, and the
- *    relative error of m2 measured by tests/unit/test_moments.c is about
+ *    relative error of m2 measured by tests/unit/core/test_moments.c is about
  *    twice as large (~1.2e-12 instead of ~6e-13).
  *  - Determinism: the work is cut by the shape alone, never by the thread
  *    count. A channel's result is a fold, in index order, over fixed groups
