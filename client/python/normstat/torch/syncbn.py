@@ -32,6 +32,7 @@ every rank reads the same value). Layers without running statistics
 (track_running_stats=False) count their forwards in memory instead.
 """
 
+import os
 import re
 import struct
 import threading
@@ -80,7 +81,7 @@ class Link:
     layer and kind. Thread-safe (one request at a time).
 
     url: the daemon, or a normstat.Client whose url, token and sync timeout
-    are used. rank, world_size: this worker and the run's size (sent with
+    are used (token: a bearer token, default $NORMSTAT_TOKEN). rank, world_size: this worker and the run's size (sent with
     every report, so /sync creates a missing run with it). domain, update:
     as for reports (update ("ema", "precise") lets the run's EMA and
     PreciseBN take the statistics too). timeout: seconds a request may wait
@@ -98,6 +99,8 @@ class Link:
             if token is None:
                 auth = client.headers.get("Authorization", "")
                 token = auth[len("Bearer "):] if auth.startswith("Bearer ") else None
+        elif token is None:  # as normstat.Client does
+            token = os.environ.get("NORMSTAT_TOKEN") or None
         if not _NAME_RE.match(run or ""):
             raise ValueError(f"run: {run!r} does not match [A-Za-z0-9_.:-]{{1,128}}")
         if not 0 <= int(rank) < int(world_size):
@@ -111,6 +114,7 @@ class Link:
         self._conn = None
         self._frames = {}
         self._client = None
+        self._pid = os.getpid()
 
     def __getstate__(self):  # a pickled or copied model reconnects lazily
         state = dict(self.__dict__)
@@ -137,6 +141,8 @@ class Link:
         return self._conn
 
     def _frame(self, kind, layer, channels, dtype="F32"):
+        if self._pid != os.getpid():  # a forked child never uses its parent's socket
+            self._conn, self._frames, self._client, self._pid = None, {}, None, os.getpid()
         key = (kind, layer, dtype)
         f = self._frames.get(key)
         if f is None or f.channels != channels:
@@ -164,11 +170,12 @@ class Link:
         channels = mean.shape[-1]
         with self._lock:
             f = self._frame("sync", layer, channels)
-            if count > 0:
-                if mean.device.type == "cpu":
-                    torch.stack((mean, var), out=f.host2d)
-                else:  # one device-to-host copy
-                    f.host2d.copy_(torch.stack((mean, var)))
+            if count == 0:
+                f.host2d.zero_()  # ignored by the daemon, but must be finite
+            elif mean.device.type == "cpu":
+                torch.stack((mean, var), out=f.host2d)
+            else:  # one device-to-host copy
+                f.host2d.copy_(torch.stack((mean, var)))
             try:
                 ans = f.conn.exchange(f.request(step, count), f.path)
             except SyncTimeout as e:  # a run with on_timeout "drop"
@@ -507,8 +514,12 @@ def convert_sync_batchnorm(module, client, run, rank, world_size, *, domain=None
     if dup:
         raise ValueError(f"BatchNorm layers map to the same name(s) {sorted(dup)}")
     if configure_run:
-        c = client if isinstance(client, Client) else Client(client)
+        c = client if isinstance(client, Client) else Client(client, token=link.token or "")
         momenta = {m.momentum for _, m in found}
         kw = {"momentum": momenta.pop()} if len(momenta) == 1 else {}
-        c.put_run(run, world_size=world_size, **kw)
+        try:
+            c.put_run(run, world_size=world_size, **kw)
+        finally:
+            if c is not client:
+                c.close()
     return out
