@@ -20,7 +20,7 @@
     answer is lost is sent again and counts once (409 duplicate_report and
     stale_step after a retry are success); a keep-alive connection the
     server closed while idle is replaced before a non-idempotent request.
-  * StatsReporter: a failed background report is raised (ReporterError,
+  * StatsReporter(strict=True): a failed background report is raised (ReporterError,
     with the server's status and code) by the next step() and by close(),
     but never masks an exception leaving its with-block.
   * Every other endpoint: list/get/delete runs, checkpoint get/put, livez,
@@ -450,10 +450,10 @@ def reporter_errors(checks, d):
     c.put_run(run, world_size=2)
     model = h.make_model("mlp")
     x = h.make_batch("mlp", 6, torch.Generator().manual_seed(3))[0]
-    rep = StatsReporter(model, c, run, rank=2, world_size=2)  # rank outside world_size
+    rep = StatsReporter(model, c, run, rank=2, world_size=2, strict=True)  # rank outside world_size
     model(x)
     rep.step(0)
-    rep._queue.join()  # the background report has been answered
+    rep.flush(raise_errors=False)  # the background report has been answered
     model(x)
     try:
         rep.step(1)
@@ -469,7 +469,7 @@ def reporter_errors(checks, d):
     except normstat.ReporterError as e:
         checks.eq(e.step, 1, "reporter: close() raises the error of step 1")
     try:
-        with StatsReporter(model, c, run, rank=3, world_size=2) as rep2:
+        with StatsReporter(model, c, run, rank=3, world_size=2, strict=True) as rep2:
             model(x)
             rep2.step(0)
             raise KeyError("training failed")

@@ -7,7 +7,7 @@ get back, for every BN layer, the global count, mean and biased variance of
 the concatenated inputs of all workers of that step (torch.var_mean in
 float64 over the inputs captured here). A second run uses two domains with
 scope="domain": each worker gets the statistics of its own domain only. A
-third run checks gradient accumulation: three forwards of one worker in one
+third run checks gradient accumulation with merge_forwards=True: three forwards of one worker in one
 step are merged into one arrival, and eval-mode forwards are not reported.
 """
 
@@ -108,7 +108,7 @@ def body(checks):
 
 
 def accumulation(checks, d):
-    """Several forwards in one step (gradient accumulation) are merged into
+    """Several forwards in one step (gradient accumulation, merge_forwards=True) are merged into
     one arrival; eval-mode forwards are not reported."""
     run = h.run_name("sync-accum")
     d.client().put_run(run, world_size=2)
@@ -121,7 +121,7 @@ def accumulation(checks, d):
             model = h.make_model("cnn", seed=4)
             cap = h.Capture(model)
             gen = torch.Generator().manual_seed(500 + rank)
-            with StatsReporter(model, c, run, rank, 2, sync=True) as rep:
+            with StatsReporter(model, c, run, rank, 2, sync=True, merge_forwards=True) as rep:
                 sizes = [3, 9, 4] if rank == 0 else [6]
                 with torch.no_grad():
                     for i, n in enumerate(sizes):

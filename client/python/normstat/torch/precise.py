@@ -93,6 +93,13 @@ def precise_bn(model, loader, client, run, rank, world_size, num_batches=200, do
         step = next_free_step(client, run)
     first, last = int(step), int(step) + int(num_batches) - 1
     bns = bn_layers(model)
+    # other reporters on this model (the training loop's) must not see these
+    # forwards; their pending running-buffer updates land before the save below
+    ids = {id(m) for _, m in bns}
+    paused = [r for r in list(REPORTERS)
+              if r.enabled and any(id(m) in ids for _, m in r.layers)]
+    for r in paused:
+        r._capture.apply_pending()
     saved_training = [(m, m.training) for m in model.modules()]
     saved_bn = []
     for _, m in bns:
@@ -110,14 +117,11 @@ def precise_bn(model, loader, client, run, rank, world_size, num_batches=200, do
             client.put_run(run, world_size=world_size)
             generation = client.precise_reset(run, domain=which)
     batches = 0
-    # other reporters on this model (the training loop's) must not see these forwards
-    ids = {id(m) for _, m in bns}
-    paused = [r for r in list(REPORTERS)
-              if r.enabled and any(id(m) in ids for _, m in r.layers)]
     for r in paused:
         r.enabled = False
+    # strict: a PreciseBN pass with a lost batch would be wrong, so it fails
     reporter = StatsReporter(model, client, run, rank, world_size, domain=domain, sync=False,
-                             update=("precise",), fmt=fmt)
+                             update=("precise",), fmt=fmt, strict=True)
     try:
         for m, *_ in saved_bn:
             m.momentum = 0.0

@@ -1,56 +1,49 @@
-"""StatsReporter: a trainer's BatchNorm statistics, reported once per step.
+"""StatsReporter: a trainer's normalization statistics, reported once per step.
 
-Forward hooks on every BatchNorm layer collect the per-channel count, mean
-and biased variance of each forward's input (computed on the device), moved
-to the CPU once per step and reported for all layers in one request - from a
-background thread, or synchronously (step() returns the global statistics).
+The statistics are the ones each layer's own kernel computes in the forward
+(capture.py: no second pass over activations), copied to the host once per
+step without waiting for the GPU (hostcopy.py), encoded with one copy
+(reportcodec.py) and delivered by a background thread that never stops training
+(sender.py), or synchronously when step() must return the global statistics.
 """
 
 import collections
-import queue
-import threading
+import re
+import warnings
 import weakref
 
 import torch
 
-from ..errors import ReporterError
+from ..errors import Error, ReporterError
+from .capture import StatsCapture
+from .hostcopy import PinnedPool, to_host
 from .layers import bn_layers
-from .tensors import f32_bytes
+from .sender import ReportWarning, Sender
+from .syncbn import SyncBatchNorm
+from .reportcodec import decode_sync, encode_report
 
-__all__ = ["StatsReporter"]
+__all__ = ["StatsReporter", "ReportWarning"]
 
 # open StatsReporters, so precise_bn can pause them
 REPORTERS = weakref.WeakSet()
 
+_NAME_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
+_STATE_VERSION = 1
 
-class _Acc:
-    """One layer's statistics of the current step: count, mean and biased
-    var tensors on the device. Several forwards in one step (gradient
-    accumulation) are merged exactly (Chan et al., float64)."""
 
-    __slots__ = ("n", "mean", "var")
+class _Job:
+    """One step() for the sender: its host statistics and how to encode them."""
 
-    def __init__(self, n, mean, var):
-        self.n, self.mean, self.var = n, mean, var
+    __slots__ = ("step", "reports", "prepare", "bodies")
 
-    def merge(self, n, mean, var):
-        if n == 0:
-            return
-        if self.n == 0:
-            self.n, self.mean, self.var = n, mean, var
-            return
-        na, nb = float(self.n), float(n)
-        tot = na + nb
-        ma, va = self.mean.double(), self.var.double()
-        mb, vb = mean.double(), var.double()
-        delta = mb - ma
-        self.mean = ma + delta * (nb / tot)
-        self.var = (va * na + vb * nb + delta * delta * (na * nb / tot)) / tot
-        self.n += n
+    def __init__(self, step, reports, prepare):
+        self.step, self.reports, self.prepare = step, reports, prepare
+        self.bodies = None  # the sender's encoding of the job, once made
 
 
 class StatsReporter:
-    """Report the batch statistics of every BatchNorm layer of 'model' to
+    """Report the batch statistics of every normalization layer of 'model'
+    (BatchNorm of any kind, InstanceNorm with track_running_stats) to
     normstat, once per training step.
 
         with StatsReporter(model, client, "r1", rank, world_size) as rep:
@@ -58,27 +51,62 @@ class StatsReporter:
                 loss(model(x), y).backward(); opt.step()
                 rep.step(step)
 
-    Each forward of a BN module in training mode records its input's count
-    (N*H*W...), mean and biased variance per channel (torch.var_mean on the
-    input's device; forwards in eval mode or while .enabled is False are
-    ignored). step(s) sends all layers of step s in one request, including
-    count 0 for layers that saw no forward (an empty batch still arrives, so
-    no barrier waits for this worker).
+    Capture. Each training-mode forward of a layer records its count
+    (values per channel), mean and unbiased variance as the layer's own
+    kernel computes them (no extra pass; the model's running buffers end up
+    as without the reporter: see capture.py for the exact bounds). Forwards
+    in eval mode, or while .enabled is False, are not recorded.
 
-    sync=False: the request is sent by a background thread through a queue of
-    'queue_size' steps (step() blocks when it is full); a failed report is
-    raised as ReporterError by the next step(), flush() or close().
-    sync=True: step() sends /sync, waits for every worker and returns the
-    answer: {"step", "complete", "workers", "layers": {name: {"count",
-    "mean", "var"}}} (global statistics, biased variance).
+    Several forwards per step (gradient accumulation, a layer used twice).
+    PyTorch updates running statistics once per forward. By default every
+    forward is its own normstat step, so the run's EMA equals the model's
+    own buffers: the i-th forward (i = 0, 1, ...) of a layer within step(s)
+    is reported as normstat step s * forwards_per_step + i; a layer with
+    fewer forwards reports count 0 for the rest; more than forwards_per_step
+    forwards of one layer in a step are a misuse (below). merge_forwards=True
+    instead merges the forwards of a step into one batch (normstat step s),
+    as one large batch would give.
 
-    The client should be this reporter's own (calls on one Client are
-    serialised). The reporter never creates or configures the run: a report
+    step(s, domain=None) reports what was collected since the previous
+    step() (count 0 for a layer that saw no forward, so no barrier waits for
+    this worker). Steps must increase. 'domain' (default: the reporter's
+    .domain, read now) files the step under that domain. A misuse in the
+    loop (a step that does not increase, a bad domain name, too many
+    forwards) raises ValueError with strict=True; otherwise that step is
+    lost like an undeliverable one (ReportWarning, .lost_steps) and
+    training goes on.
+
+    sync=False: a background thread sends the reports. sync=True: step()
+    sends /sync, waits for every worker and returns the answer {"step",
+    "complete", "workers", "layers": {name: {"count", "mean", "var"}}}
+    (global statistics, biased variance, float32 tensors); with several
+    reports per step (forwards_per_step > 1, not merged), the list of
+    answers.
+
+    strict=False (default): normstat never stops training. Reports the
+    daemon cannot take (unreachable, 5xx, 429) are buffered, up to
+    max_buffered steps, and retried with backoff; beyond the bound the
+    oldest are dropped. A report the daemon refuses (4xx: a bug such as a
+    worker outside world_size) is dropped. Every drop issues a ReportWarning;
+    .dropped counts the lost reports and .lost_steps lists their steps.
+    sync=True steps that fail return None. close() retries for at most
+    close_timeout seconds, then drops what is left.
+    strict=True: a failed report raises ReporterError from the next step(),
+    flush() or close(); step() blocks while max_buffered reports wait.
+
+    Resume: state_dict() / load_state_dict() (see there) go with the model's
+    checkpoint. queue_size is the former name of max_buffered; fmt="json"
+    sends JSON bodies (slower; safetensors by default, whatever the Client's
+    fmt, unless it is "json"). The reporter never creates or configures the
+    run: a report
     creates a missing run with 'world_size' and the server's defaults, so
-    call client.put_run() first for any other momentum."""
+    call client.put_run() first for any other momentum. The client should be
+    this reporter's own (calls on one Client are serialised)."""
 
     def __init__(self, model, client, run, rank, world_size, domain="default", sync=False,
-                 update=("ema", "precise"), scope=None, queue_size=16, fmt=None):
+                 update=("ema", "precise"), scope=None, queue_size=None, fmt=None, strict=False,
+                 max_buffered=None, forwards_per_step=1, merge_forwards=False, close_timeout=10.0,
+                 retry_max_s=2.0):
         self.client = client
         self.run = run
         self.rank = int(rank)
@@ -88,177 +116,237 @@ class StatsReporter:
         self.update = (update,) if isinstance(update, str) else tuple(update)
         self.scope = scope
         self.fmt = fmt
-        self.enabled = True
-        self.layers = bn_layers(model)
+        self.strict = bool(strict)
+        self.forwards_per_step = int(forwards_per_step)
+        if self.forwards_per_step < 1:
+            raise ValueError(f"forwards_per_step must be >= 1, got {forwards_per_step!r}")
+        self.merge_forwards = bool(merge_forwards)
+        self.close_timeout = float(close_timeout)
+        # normstat's own SyncBatchNorm layers report their statistics themselves
+        self.layers = [(n, m) for n, m in bn_layers(model) if not isinstance(m, SyncBatchNorm)]
         if not self.layers:
-            raise ValueError("the model has no BatchNorm layers")
-        self.steps_sent = 0
-        self._acc = {}
+            raise ValueError("the model has no BatchNorm layers (nor InstanceNorm with "
+                             "track_running_stats=True) other than normstat SyncBatchNorm")
+        if max_buffered is None:
+            max_buffered = queue_size if queue_size is not None else (16 if strict else 1024)
+        self._names = [name for name, _ in self.layers]
+        self._next_step = 0  # the lowest step step() accepts
         self._closed = False
-        self._error = None
-        self._err_lock = threading.Lock()
-        self._hooks = [m.register_forward_hook(self._hook(name)) for name, m in self.layers]
+        self._pool = PinnedPool()
+        self._capture = StatsCapture(model, self.layers,
+                                     1 if self.merge_forwards else self.forwards_per_step)
         REPORTERS.add(self)
-        self._queue = None
-        self._thread = None
-        if not self.sync:
-            self._queue = queue.Queue(maxsize=max(1, int(queue_size)))
-            self._thread = threading.Thread(target=self._worker, daemon=True,
-                                            name=f"normstat-reporter-{run}-{rank}")
-            self._thread.start()
+        self._sender = Sender(client, run, self.rank, self.strict, max_buffered, retry_max_s,
+                              name=f"normstat-reporter-{run}-{rank}")
+        self._sync_sent = 0
 
-    # ------------------------------------------------------------ collection
+    # ------------------------------------------------------------ state
 
-    def _hook(self, name):
-        def hook(module, inputs, output):
-            if not self.enabled or not module.training or not inputs:
-                return
-            with torch.no_grad():
-                self._collect(name, module, inputs[0])
-        return hook
+    @property
+    def enabled(self):
+        return self._capture.enabled
 
-    def _collect(self, name, module, x):
-        x = x.detach()
-        if x.dim() < 2:
-            raise ValueError(f"{name}: input of shape {tuple(x.shape)} has no channel dimension")
-        c = x.shape[1]
-        n = x.numel() // c if c else 0
-        acc = self._acc.get(name)
-        if n == 0:
-            if acc is None:
-                self._acc[name] = _Acc(0, None, None)
-            return
-        if x.dtype not in (torch.float32, torch.float64):
-            x = x.float()
-        dims = [0] + list(range(2, x.dim()))
-        var, mean = torch.var_mean(x, dim=dims, unbiased=False)
-        if acc is None:
-            self._acc[name] = _Acc(n, mean, var)
-        else:
-            acc.merge(n, mean, var)
+    @enabled.setter
+    def enabled(self, value):
+        self._capture.enabled = bool(value)
 
-    def _take(self):
-        """The step's layers as [(name, count, C, mean|None, var|None)] with
-        device tensors, and reset collection."""
-        acc, self._acc = self._acc, {}
-        out = []
-        for name, m in self.layers:
-            a = acc.get(name)
-            c = int(m.num_features)
-            if a is None or a.n == 0:
-                out.append((name, 0, c, None, None))
-            else:
-                out.append((name, a.n, a.mean.numel(), a.mean, a.var))
-        return out
+    @property
+    def steps_sent(self):
+        """Reports the daemon accepted."""
+        return self._sender.delivered + self._sync_sent
+
+    @property
+    def dropped(self):
+        """Reports lost (see the class comment)."""
+        return self._sender.dropped
+
+    @property
+    def lost_steps(self):
+        """Steps (as passed to step()) of which a report was lost, in order."""
+        return list(self._sender.lost_steps)
+
+    def _daemon_steps(self, step):
+        if self.merge_forwards:
+            return [step]
+        f = self.forwards_per_step
+        return [step * f + i for i in range(f)]
+
+    # ------------------------------------------------------------ encoding
+
+    def _metadata(self, dstep, domain, update, world_size):
+        return {"step": str(dstep), "worker": str(self.rank), "domain": domain,
+                "unbiased": "true", "update": ",".join(update), "world_size": str(world_size)}
+
+    def _reports(self, step, host):
+        """[(daemon step, [(name, count, mean, var)])] of a step's host
+        statistics: per forward, or merged (float64, Chan et al.)."""
+        per_layer = collections.defaultdict(list)
+        for layer, count, off, c in host.entries:
+            per_layer[layer].append((count, off, c))
+        flat = host.flat
+        dsteps = self._daemon_steps(step)
+        reports = []
+        for k, dstep in enumerate(dsteps):
+            items = []
+            for idx, name in enumerate(self._names):
+                fwd = per_layer.get(idx, ())
+                if self.merge_forwards:
+                    items.append(self._merged(name, fwd, flat))
+                    continue
+                count, off, c = fwd[k] if k < len(fwd) else (0, None, 0)
+                if off is None:
+                    items.append((name, count, None, None))
+                else:
+                    items.append((name, count, flat[off:off + c], flat[off + c:off + 2 * c]))
+            reports.append((dstep, items))
+        return reports
 
     @staticmethod
-    def _to_host(layers):
-        """{name: (count, mean bytes|None, var bytes|None)}: one device-to-host
-        copy per device of all means and variances."""
-        by_dev = collections.OrderedDict()
-        for name, n, c, mean, var in layers:
-            if mean is not None:
-                by_dev.setdefault(mean.device, []).append((name, c, mean, var))
-        host = {}
-        for dev, items in by_dev.items():
-            flat = torch.cat([t.reshape(-1).to(torch.float32) for _, _, mean, var in items
-                              for t in (mean, var)])
-            raw = f32_bytes(flat.cpu())
-            off = 0
-            for name, c, _, _ in items:
-                host[name] = (raw[off:off + 4 * c], raw[off + 4 * c:off + 8 * c])
-                off += 8 * c
-        out = {}
-        for name, n, c, mean, var in layers:
-            mb, vb = host.get(name, (None, None))
-            out[name] = (n, mb, vb)
-        return out
+    def _merged(name, fwd, flat):
+        parts = [(n, flat[off:off + c], flat[off + c:off + 2 * c]) for n, off, c in fwd
+                 if off is not None and n]
+        total = sum(n for n, *_ in fwd)
+        if not parts:
+            return (name, total, None, None)
+        if len(parts) == 1:
+            n, mean, var = parts[0]
+            return (name, total, mean, var)
+        big_n = float(sum(n for n, *_ in parts))
+        mean = sum(mn.double() * n for n, mn, _ in parts) / big_n
+        m2 = sum(vr.double() * (n - 1) + (mn.double() - mean) ** 2 * n for n, mn, vr in parts)
+        var = m2 / (big_n - 1) if big_n > 1 else torch.zeros_like(mean)
+        return (name, total, mean.float(), var.float())
 
-    # ------------------------------------------------------------ sending
+    def _bodies(self, step, host, domain, scope, update, world_size):
+        """Encode a step's reports: [(daemon step, body, content type)].
+        fmt="json" (or a Client whose fmt is "json") is a compatibility
+        path: the Client encodes the JSON value by value."""
+        host.wait()
+        try:
+            as_json = (self.fmt or getattr(self.client, "fmt", "safetensors")) == "json"
+            out = []
+            for dstep, items in self._reports(step, host):
+                md = self._metadata(dstep, domain, update, world_size)
+                if scope is not None:
+                    md["scope"] = scope
+                if as_json:
+                    layers = {name: (n, mean, var) for name, n, mean, var in items}
+                    body, ctype = self.client._report_body(
+                        dstep, self.rank, layers, domain, True, update, world_size, scope,
+                        "json")
+                    out.append((dstep, body, ctype))
+                else:
+                    out.append((dstep, encode_report(md, items), "application/safetensors"))
+            return out
+        finally:
+            host.release()
 
-    def _send(self, step, layers, sync):
-        payload = self._to_host(layers)
-        kw = dict(domain=self.domain, update=list(self.update), world_size=self.world_size,
-                  fmt=self.fmt)
-        if sync:
-            res = self.client.sync(self.run, step, self.rank, payload, scope=self.scope, **kw)
-        else:
-            res = self.client.report(self.run, step, self.rank, payload, **kw)
-        self.steps_sent += 1
-        return res
+    # ------------------------------------------------------------ steps
 
-    def _worker(self):
-        while True:
-            job = self._queue.get()
-            try:
-                if job is None:
-                    return
-                step, layers = job
-                try:
-                    self._send(step, layers, False)
-                except Exception as e:  # surfaced by the next call
-                    err = ReporterError(step, e)
-                    err.__cause__ = e
-                    with self._err_lock:
-                        if self._error is None:
-                            self._error = err
-            finally:
-                self._queue.task_done()
-
-    def _raise_pending(self):
-        with self._err_lock:
-            err, self._error = self._error, None
-        if err is not None:
-            raise err
-
-    def step(self, step, sync=None):
+    def step(self, step, sync=None, domain=None):
         """Report everything collected since the previous step() as step
-        'step' (steps must increase). sync (default: the reporter's mode)
-        True sends /sync after the queued reports and returns its answer;
-        otherwise the report is queued and None returned. Raises the
-        ReporterError of an earlier failed background report: after queueing
-        this step's report, or (sync) instead of sending it."""
+        'step' (see the class comment for the numbering and sync).
+        domain: this step's domain (default: .domain, read now). With
+        strict=True, raises ValueError for a step that does not increase, a
+        bad domain name or more forwards than forwards_per_step, and the
+        ReporterError of an earlier failed report; otherwise such a step is
+        lost with a ReportWarning (see the class comment)."""
         if self._closed:
             raise RuntimeError("StatsReporter is closed")
-        layers = self._take()
+        step = int(step)
+        domain = self.domain if domain is None else domain
+        caps = self._capture.take()
+        refused = self._refusal(step, domain, caps)
+        if refused is not None:
+            # a misuse inside the training loop: raised when strict, else the
+            # step is lost (with a warning) and training goes on
+            if self.strict:
+                raise ValueError(refused)
+            self._sender.lose(step, len(self._daemon_steps(step)), refused)
+            return None
+        self._next_step = step + 1
+        host = to_host(caps, self._pool)
         sync = self.sync if sync is None else sync
+        n_reports = len(self._daemon_steps(step))
+        # everything the report says is read now, not when the sender sends it
+        update, world_size = self.update, self.world_size
         if sync:
-            if self._queue is not None:
-                self._queue.join()
-            self._raise_pending()
-            return self._send(int(step), layers, True)
-        self._queue.put((int(step), layers))
+            return self._step_sync(step, host, domain, n_reports, update, world_size)
+        job = _Job(step, n_reports,
+                   lambda: self._bodies(step, host, domain, None, update, world_size))
+        self._sender.push(job)
         self._raise_pending()
         return None
 
+    def _refusal(self, step, domain, caps):
+        """Why step 'step' cannot be reported as given, or None."""
+        if not isinstance(domain, str) or not _NAME_RE.match(domain):
+            return f"domain: {domain!r} does not match [A-Za-z0-9_.:-]{{1,128}}"
+        if step < self._next_step:
+            return f"step {step}: steps must increase (next allowed: {self._next_step})"
+        if not self.merge_forwards and len(caps) > len(self.layers):
+            seen = collections.Counter(c.layer for c in caps)
+            idx, most = seen.most_common(1)[0]
+            if most > self.forwards_per_step:
+                return (f"layer {self._names[idx]!r} ran {most} training forwards in step {step}, "
+                        f"forwards_per_step={self.forwards_per_step}: raise forwards_per_step or "
+                        "pass merge_forwards=True")
+        return None
+
+    def _step_sync(self, step, host, domain, n_reports, update, world_size):
+        if self.strict:
+            self._sender.flush()
+            self._raise_pending()
+        else:
+            self._sender.flush(until_failing=True)
+        answers = []
+        try:
+            for dstep, body, ctype in self._bodies(step, host, domain, self.scope, update,
+                                                   world_size):
+                data = self.client.send_report(self.run, dstep, self.rank, body, sync=True,
+                                               content_type=ctype)
+                self._sync_sent += 1
+                answers.append(decode_sync(data))
+        except Error as e:
+            if self.strict:
+                raise ReporterError(step, e) from e
+            self._sender.lose(step, n_reports - len(answers), f"/sync failed: {e}")
+            return None
+        return answers[0] if len(answers) == 1 else answers
+
+    def _raise_pending(self):
+        err = self._sender.take_error()
+        if err is not None:
+            raise err
+
     def discard(self):
         """Drop what was collected since the last step() (e.g. a skipped
-        batch) without reporting it."""
-        self._acc = {}
+        batch) without reporting it; the model's buffers keep its updates."""
+        self._capture.discard()
 
-    def flush(self):
-        """Wait until every queued report was answered; raise the first
-        error of those that failed."""
-        if self._queue is not None:
-            self._queue.join()
-        self._raise_pending()
+    def flush(self, timeout=None, raise_errors=True):
+        """Wait until every report so far was delivered (or dropped:
+        strict=False); True when so, False after 'timeout' seconds. With
+        strict=True, raises the first error of those that failed (unless
+        raise_errors is False: the next step() raises it)."""
+        done = self._sender.flush(timeout)
+        if raise_errors:
+            self._raise_pending()
+        return done
 
     def close(self, raise_errors=True):
-        """Send what is queued, stop the thread, remove the hooks; raises a
-        pending report error (unless raise_errors is False)."""
+        """Deliver what is buffered (strict=False: retrying for at most
+        close_timeout seconds), stop the thread, remove the hooks; with
+        strict=True raises a pending report error (unless raise_errors is
+        False)."""
         if self._closed:
             if raise_errors:
                 self._raise_pending()
             return
         self._closed = True
         REPORTERS.discard(self)
-        for h in self._hooks:
-            h.remove()
-        self._hooks = []
-        if self._thread is not None:
-            self._queue.put(None)
-            self._thread.join()
-            self._thread = None
+        self._capture.remove()
+        self._sender.close(self.close_timeout)
         if raise_errors:
             self._raise_pending()
 
@@ -268,3 +356,52 @@ class StatsReporter:
     def __exit__(self, exc_type, exc, tb):
         # an exception already propagating is not masked by a report error
         self.close(raise_errors=exc_type is None)
+
+    # ------------------------------------------------------------ resume
+
+    def state_dict(self, run_checkpoint=None):
+        """What a resumed job needs to continue this run's statistics from
+        here, to save with the model's checkpoint: the next step, the step
+        numbering, and (on rank 0, or when run_checkpoint is True) the
+        daemon's checkpoint of the run (client.checkpoint_get) taken after
+        this worker's reports were delivered. With several workers, call it
+        after every rank's flush() and a barrier, so the run holds the last
+        step of every worker."""
+        if run_checkpoint is None:
+            run_checkpoint = self.rank == 0
+        self.flush()
+        ckpt = None
+        if run_checkpoint:
+            try:
+                ckpt = self.client.checkpoint_get(self.run)
+            except Error as e:
+                if self.strict:
+                    raise
+                warnings.warn(f"normstat run {self.run!r}: no run checkpoint saved: {e}",
+                              ReportWarning)
+        return {"version": _STATE_VERSION, "run": self.run, "next_step": self._next_step,
+                "forwards_per_step": self.forwards_per_step,
+                "merge_forwards": self.merge_forwards, "run_checkpoint": ckpt}
+
+    def load_state_dict(self, state):
+        """Continue from a state_dict(): the next step, and (rank 0 only)
+        the run's statistics restored to the checkpoint (checkpoint_put), so
+        that the steps after it, reported again, are not stale. Other ranks
+        must not report before rank 0 restored it (a barrier)."""
+        if state.get("version") != _STATE_VERSION:
+            raise ValueError(f"reporter state version {state.get('version')!r} is not "
+                             f"{_STATE_VERSION}")
+        if (state["forwards_per_step"], state["merge_forwards"]) != (self.forwards_per_step,
+                                                                     self.merge_forwards):
+            raise ValueError("reporter state: forwards_per_step/merge_forwards differ from "
+                             "this reporter's, so step numbers would not continue")
+        ckpt = state.get("run_checkpoint")
+        if ckpt is not None and self.rank == 0:
+            try:
+                self.client.checkpoint_put(self.run, ckpt)
+            except Error as e:
+                if self.strict:
+                    raise
+                warnings.warn(f"normstat run {self.run!r}: run checkpoint not restored: {e}",
+                              ReportWarning)
+        self._next_step = int(state["next_step"])
