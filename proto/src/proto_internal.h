@@ -25,7 +25,7 @@ struct ns_safetensors_s {
 /* ns__buf_append_json_string() : append 's' as a quoted, escaped JSON string. */
 int ns__buf_append_json_string(ns_buf_t *buf, const char *s);
 
-/* ns__report_create() : an empty report with DESIGN's defaults and room for
+/* ns__report_create() : an empty report with the wire's defaults (doc/design.md) and room for
  * 'n_layers' zeroed layers. @return NULL when out of memory. */
 ns_report_t *ns__report_create(size_t n_layers);
 

@@ -344,7 +344,7 @@ def global_stats(mats):
 
 
 class EmaRef:
-    """PyTorch's EMA (DESIGN: initial mean 0, var 1, unbiased var of the
+    """PyTorch's EMA (doc/design.md, "EMA": initial mean 0, var 1, unbiased var of the
     step's global batch, skipped when N < 2), in float64."""
 
     def __init__(self, channels, momentum):

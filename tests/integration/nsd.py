@@ -562,7 +562,7 @@ def st_read(buf):
 
 
 def report_to_safetensors(rep):
-    """The safetensors form of a JSON report dict (DESIGN: <layer>.mean,
+    """The safetensors form of a JSON report dict (proto/openapi.yaml: <layer>.mean,
     <layer>.var F32 [C], <layer>.count I64 [], scalars as metadata strings)."""
     tensors = {}
     for layer, v in rep["layers"].items():
@@ -683,7 +683,7 @@ class Pool:
 
 
 def mixture(parts):
-    """DESIGN's mixture of per-domain served (mean, var) with weights w
+    """The mixture (doc/design.md) of per-domain served (mean, var) with weights w
     (normalised here): mean = sum w mu, var = sum w (var + mu^2) - mean^2."""
     from fractions import Fraction as F
 

@@ -2,7 +2,7 @@
 
 Two domains ("photo" on workers 0 and 1, "sketch" on workers 2 and 3) of
 one run: per-domain EMA and PreciseBN, the pooled "*" EMA (of all arrivals
-combined) and pooled PreciseBN (every sample), mixtures by DESIGN's formula
+combined) and pooled PreciseBN (every sample), mixtures by the formula of doc/design.md
 from independently computed per-domain values, /sync scope "domain", and
 PreciseBN generations (reset; update ["precise"] leaves EMA alone).
 """

@@ -20,7 +20,7 @@ DEFAULTS = {"world_size": 1, "momentum": 0.1, "sync_timeout_ms": 60000, "on_time
 CONFIG_KEYS = set(DEFAULTS)
 
 # Every rejection reason a client can cause with a report or PUT (the wire
-# codes of proto/include/normstat/wire_errors.h); DESIGN: exported from start-up.
+# codes of proto/include/normstat/wire_errors.h); exported from start-up (doc/design.md).
 REJECT_REASONS = ["bad_request", "channel_mismatch", "stale_step", "duplicate_report",
                   "bad_value", "worker_out_of_range", "conflict", "body_too_large",
                   "unsupported_media_type", "too_many_pending"]
@@ -99,7 +99,7 @@ class Runs(nsd.Case):
         r = self.c.get(f"/v1/runs/{run}")
         self.check_status(r, 200, "GET the new run", must=True)
         self.check_eq(r.json().get("run"), run, "GET run names the run")
-        self.check_eq(config_of(r.json()), DEFAULTS, "a new run has DESIGN's defaults")
+        self.check_eq(config_of(r.json()), DEFAULTS, "a new run has the documented defaults")
         r = self.c.put(f"/v1/runs/{run}", b"", content_type="application/json")
         self.check_status(r, 200, "PUT existing run with an empty body (no change)")
         expect = dict(DEFAULTS)

@@ -173,7 +173,7 @@ class Safetensors(nsd.Case):
                           and np.array_equal(t[2], np.asarray(vals[arr], dtype=np.float32)))
                     self.check(ok, f"{q}: {name} F32 [{LAYERS[layer]}] equals the JSON values bit for bit",
                                f"{t}")
-                # DESIGN: only what a BatchNorm's state_dict holds (num_batches_tracked),
+                # doc/design.md: only what a BatchNorm's state_dict holds (num_batches_tracked),
                 # plus count for source=last; the JSON-only scalars (step, num_batches,
                 # num_samples) stay out of the file
                 for key, v in vals.items():

@@ -4,7 +4,7 @@ Workers are threads with their own keep-alive connections. Every answer is
 compared with statistics computed here from the raw float32 batches the
 workers "saw" (math.fsum two-pass moments, exact fractions for combinations)
 and the EMA with real PyTorch BatchNorm1d (float64) fed the same global
-batches, plus the DESIGN formulas evaluated separately.
+batches, plus the formulas of doc/design.md ("Statistics") evaluated separately.
 """
 
 import os

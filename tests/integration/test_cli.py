@@ -54,7 +54,7 @@ def run_cli(*args, url=None, env_url=None):
 
 def combine(arrivals):
     """Global (N, mean, biased var) of arrivals [(n, mean[C], var[C])], in
-    float64 with correctly rounded sums (DESIGN's formulas)."""
+    float64 with correctly rounded sums (doc/design.md, "Combining arrivals")."""
     N = sum(n for n, _, _ in arrivals)
     C = len(arrivals[0][1])
     mean = [math.fsum(n * m[c] for n, m, _ in arrivals) / N for c in range(C)]

@@ -365,7 +365,7 @@ class Restart(durable.Case):
 
     def test_finalized_step_waiting(self):
         """A finalized step that waits for an earlier pending step is durable
-        (DESIGN). World 2: step 1 only from worker 0 (pending), step 2 from
+        (doc/design.md, "Restarts and stale steps"). World 2: step 1 only from worker 0 (pending), step 2 from
         both (finalized, waiting for step 1). After a restart the pending
         step 1 is gone (memory only) and nothing waits any more: step 2 is
         applied, and the state equals a --no-persist reference run that

@@ -4,7 +4,10 @@
 # Installs with PREFIX=/usr into a fresh DESTDIR and checks every file a user
 # expects (programs, libraries, headers, .pc files naming /usr, man pages that
 # document every option of `normstatd --help` and every command of `normstat
-# --help`), compiles a small C program with pkg-config against the installed
+# --help` and name the licence, the Python package in Debian's dist-packages,
+# importable from there), builds the wheel (`make wheel`) and installs it, and
+# then the source directory, into a fresh venv with `pip --no-index` (no
+# package index, nothing written into client/python), compiles a small C program with pkg-config against the installed
 # libnormstat and libnscore only, runs it against the installed normstatd,
 # and checks that `make uninstall` leaves no file behind.
 # Run from the repository root: NS_BUILD=build sh tests/integration/test_install.sh
@@ -12,6 +15,7 @@ set -u
 
 BUILD=${NS_BUILD:-build}
 MAKE=${MAKE:-make}
+PYTHON=${PYTHON:-/usr/bin/python3}
 tmp=$(mktemp -d /tmp/normstat-install-test.XXXXXX)
 dest=$tmp/dest
 daemon_pid=
@@ -67,6 +71,10 @@ m8=$dest/usr/share/man/man8/normstatd.8
 m1=$dest/usr/share/man/man1/normstat.1
 check "man page normstatd(8) installed" test -s "$m8"
 check "man page normstat(1) installed" test -s "$m1"
+for m in "$m8" "$m1"; do
+    check "$(basename "$m") names the licence (Apache-2.0)" sh -c \
+        "sed -n '/^\.SH LICENSE/,/^\.SH/p' '$m' | sed 's/\\\\-/-/g' | grep -q 'Apache-2.0'"
+done
 if [ -s "$m8" ]; then
     plain "$m8" >"$tmp/m8.txt"
     "$dest/usr/sbin/normstatd" --help >"$tmp/help8.txt" 2>&1
@@ -92,6 +100,65 @@ if [ -s "$m1" ]; then
     done
     check "normstat(1) documents every command and option of normstat --help${missing:+ (missing:$missing)}" \
         test -z "$missing"
+fi
+
+# ---------------------------------------------------------------- the Python client
+# installed for the system's Python (PREFIX=/usr: Debian's dist-packages),
+# imported from another directory with nothing but that directory on the path
+site=$dest/usr/lib/python3/dist-packages
+for f in normstat/__init__.py normstat/client.py normstat/torch/__init__.py \
+    normstat/torch/reporter.py normstat-*.dist-info/METADATA; do
+    # shellcheck disable=SC2086 # the glob names the versioned dist-info
+    check "usr/lib/python3/dist-packages/$f installed" test -f $site/$f
+done
+check "the package's metadata names its licence (Apache-2.0)" \
+    grep -qx 'License: Apache-2.0' "$site"/normstat-*.dist-info/METADATA
+check "installed package imports from another directory, from DESTDIR" sh -c \
+    "cd '$tmp' && PYTHONPATH='$site' PYTHONDONTWRITEBYTECODE=1 $PYTHON -c \
+     'import normstat, normstat.client; assert normstat.__file__.startswith(\"$site/\"), normstat.__file__'"
+check "make install writes no .pyc and nothing else beside the package" sh -c \
+    "[ -z \"\$(ls '$site' | grep -v -x -e normstat -e 'normstat-.*\.dist-info')\" ] && \
+     [ -z \"\$(find '$site' -name '*.pyc')\" ]"
+
+# the wheel, into a fresh virtual environment without a package index
+wheel=$($MAKE --no-print-directory -s BUILD="$BUILD" wheel >"$tmp/wheel.log" 2>&1 &&
+    ls "$BUILD"/normstat-*-py3-none-any.whl 2>/dev/null | head -1)
+check "make wheel builds $BUILD/normstat-VERSION-py3-none-any.whl" test -n "$wheel"
+if [ -n "$wheel" ]; then
+    check "the wheel holds normstat, normstat.torch and the licence" sh -c \
+        "$PYTHON -m zipfile -l '$wheel' >'$tmp/wheel.txt' && \
+         grep -q 'normstat/torch/precise.py' '$tmp/wheel.txt' && \
+         grep -q 'normstat-.*dist-info/LICENSE' '$tmp/wheel.txt'"
+fi
+if $PYTHON -m venv "$tmp/venv" >"$tmp/venv.log" 2>&1; then
+    ok "a fresh virtual environment (python3 -m venv)"
+    vpy=$tmp/venv/bin/python
+    if [ -n "$wheel" ]; then
+        check "pip install --no-index the wheel into it" sh -c \
+            "'$vpy' -m pip install -q --no-index '$wheel' >'$tmp/pip1.log' 2>&1 || \
+             { cat '$tmp/pip1.log'; false; }"
+        check "it imports normstat from the environment, in another directory" sh -c \
+            "cd '$tmp' && '$vpy' -c 'import normstat, sys; \
+             assert normstat.__file__.startswith(sys.prefix), normstat.__file__; \
+             print(\"     normstat\", normstat.__version__, \"from\", normstat.__file__)'"
+        "$vpy" -m pip uninstall -q -y normstat >/dev/null 2>&1
+    fi
+    # from the source directory, offline: the build backend needs no package
+    # index, and writes nothing into the source tree
+    before=$(cd client/python && find . | sort)
+    check "pip install --no-index client/python (offline, from source)" sh -c \
+        "'$vpy' -m pip install -q --no-index client/python >'$tmp/pip2.log' 2>&1 || \
+         { cat '$tmp/pip2.log'; false; }"
+    check "that import works from another directory" sh -c \
+        "cd '$tmp' && '$vpy' -c 'import normstat.client, sys; \
+         assert normstat.client.__file__.startswith(sys.prefix)'"
+    after=$(cd client/python && find . | sort)
+    new=$(printf '%s\n' "$after" | grep -v -x -F -e "$before" | grep -v __pycache__)
+    check "nothing but __pycache__ is left in client/python by the builds${new:+ (new: $(echo $new))}" \
+        test -z "$new"
+else
+    cat "$tmp/venv.log"
+    fail "a fresh virtual environment (python3 -m venv; Debian: python3-venv)"
 fi
 
 # ---------------------------------------------------------------- a program against the installed library

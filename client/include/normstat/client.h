@@ -1,6 +1,6 @@
 /* normstat/client.h - libnormstat, the C client of normstatd.
  *
- * Two interfaces over the same HTTP API (DESIGN.md "HTTP API"):
+ * Two interfaces over the same HTTP API (proto/openapi.yaml; doc/design.md):
  *
  *  * ns_client_t, blocking: one call per endpoint, each returning when the
  *    answer is in. One libcurl easy handle per client, reused for every call,

@@ -174,7 +174,7 @@ typedef struct ns_run_config_s {
     int ema_debias;           /* default 0 */
 } ns_run_config_t;
 
-/*! ns_run_config_defaults() : DESIGN's defaults, every has_* 0. */
+/*! ns_run_config_defaults() : the defaults of doc/design.md "Concepts", every has_* 0. */
 NS_API void ns_run_config_defaults(ns_run_config_t *cfg);
 
 /*! ns_run_config_decode_json() :

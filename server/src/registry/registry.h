@@ -18,7 +18,7 @@
  * by the caller (ns_name_valid()); the registry checks them again and returns
  * NS_EINVAL for an invalid one.
  *
- * Conventions chosen where DESIGN is silent:
+ * Conventions (doc/design.md, "API decisions"):
  *  - Steps are uint64_t on the wire; in outputs "no step yet" is -1.
  *  - PreciseBN generations are numbered per run starting at 0 (the state of a
  *    new run); each reset returns the next number (1, 2, ...). A domain reset
@@ -72,7 +72,7 @@ void nsd_registry_set_wakeup(nsd_registry_t *reg, void (*fn)(void *arg), void *a
 
 /*! nsd_registry_put_run() :
  *  Create a run (*created = 1) or update it (*created = 0). For a new run the
- *  fields of 'cfg' without has_* take DESIGN's defaults; for an existing run
+ *  fields of 'cfg' without has_* take the defaults of doc/design.md; for an existing run
  *  only fields with has_* set change. A new world_size applies to pending
  *  steps created afterwards (each pending step keeps the world_size it was
  *  created with). 'created' may be NULL. Ranges: world_size 1..NS_WORLD_SIZE_MAX,

@@ -3,7 +3,7 @@
  * References: every worker's statistics come from raw float32 data, computed
  * in long double and rounded to float32 as a worker sends them. The result of
  * ns_combine() is compared with
- *  (A) DESIGN's formula evaluated in long double on the same float32 inputs:
+ *  (A) doc/design.md's formula evaluated in long double on the same float32 inputs:
  *      only the library's double rounding separates the two, so the bound is
  *      tight (a few dozen double ulps of the magnitudes involved);
  *  (B) the moments of the concatenated raw data in long double: the float32
@@ -103,7 +103,7 @@ static void batch_free(batch_t *b)
     free(b->arr);
 }
 
-/* (A) DESIGN's formula in long double on the float32 inputs of channel c.
+/* (A) doc/design.md's formula in long double on the float32 inputs of channel c.
  * Also returns the largest |mean_w| and |mean_w - mean| for the bounds. */
 static void formula_ref(const batch_t *b, size_t c, long double *mean, long double *var,
                         long double *max_abs, long double *max_dev)

@@ -1,4 +1,4 @@
-/* test_mixture.c - ns_mixture against DESIGN's formula evaluated in long double. */
+/* test_mixture.c - ns_mixture against doc/design.md's formula, evaluated in long double. */
 #include <normstat/core.h>
 
 #include <math.h>
@@ -7,7 +7,7 @@
 
 enum { D_MAX = 6, C_MAX = 37 };
 
-/* DESIGN.md literally: mean = sum w mean_d, var = sum w (var_d + mean_d^2) - mean^2,
+/* doc/design.md literally: mean = sum w mean_d, var = sum w (var_d + mean_d^2) - mean^2,
  * in long double (64-bit mantissa: the cancellation costs far less than the
  * double result can resolve for the magnitudes used here). */
 static void reference(const double w[], const double mean[][C_MAX], const double var[][C_MAX],

@@ -17,7 +17,7 @@ START_TEST(test_defaults)
     ns_run_config_t cfg;
     memset(&cfg, 0x5a, sizeof(cfg));
     ns_run_config_defaults(&cfg);
-    /* DESIGN: world_size 1, momentum 0.1, sync_timeout_ms 60000, partial, no debias */
+    /* doc/design.md: world_size 1, momentum 0.1, sync_timeout_ms 60000, partial, no debias */
     ck_assert_uint_eq(cfg.world_size, 1);
     ck_assert(cfg.momentum == 0.1);
     ck_assert_uint_eq(cfg.sync_timeout_ms, 60000);

@@ -108,7 +108,7 @@ static void check_round_trip(const fixture_t *f, ns_format_t format)
                           got->name, c, (double)got->mean[c], (double)want->mean[c]);
             float expect = want->var[c];
             if (r->unbiased) {
-                /* DESIGN: unbiased * (n-1)/n; 0 when n <= 1. */
+                /* doc/design.md: unbiased * (n-1)/n; 0 when n <= 1. */
                 long double n = (long double)want->count;
                 expect = want->count <= 1 ? 0.0f : (float)((long double)want->var[c] * (n - 1) / n);
                 ck_assert_msg(fabsf(got->var[c] - expect) <= fabsf(expect) * 0x1p-23f,

@@ -24,7 +24,7 @@
 
 /* ---------------------------------------------------------------- matching */
 
-/* The API of DESIGN.md "HTTP API", written out independently of routes.c. */
+/* The API of proto/openapi.yaml, written out independently of routes.c. */
 static const struct {
     const char *method, *path, *pattern, *run;
 } expected[] = {
