@@ -16,6 +16,7 @@ import re
 import shutil
 import signal
 import sqlite3
+import struct
 import subprocess
 import tempfile
 import threading
@@ -444,3 +445,73 @@ def metric(client, name):
             except ValueError:
                 return None
     return None
+
+
+# ---------------------------------------------------------------- row checksums
+
+
+def _crc32c_table():
+    table = []
+    for b in range(256):
+        c = b
+        for _ in range(8):
+            c = (c >> 1) ^ (0x82F63B78 if c & 1 else 0)
+        table.append(c)
+    return table
+
+
+_CRC32C = _crc32c_table()
+
+
+def crc32c(data, crc=0):
+    """CRC-32C written from RFC 3720 section 12.1 (reflected polynomial
+    0x82F63B78, initial value and final xor 0xFFFFFFFF), byte at a time: a
+    reference independent of the daemon's eight-bytes-at-a-time code."""
+    c = crc ^ 0xFFFFFFFF
+    for b in data:
+        c = (c >> 8) ^ _CRC32C[(c ^ b) & 0xFF]
+    return c ^ 0xFFFFFFFF
+
+
+def _column(v):
+    """One column as doc/design.md's store section encodes it for the sum:
+    SQLite's type code, then the value."""
+    if v is None:
+        return b"\x05"
+    if isinstance(v, int):
+        return b"\x01" + struct.pack("<q", v)
+    if isinstance(v, float):
+        return b"\x02" + struct.pack("<d", v)
+    if isinstance(v, str):
+        v = v.encode("utf-8")
+        return b"\x03" + struct.pack("<Q", len(v)) + v
+    return b"\x04" + struct.pack("<Q", len(v)) + bytes(v)
+
+
+def row_sum(table, columns, run):
+    """The crc column a row must hold (signed, as SQLite returns it): the
+    high word the CRC-32C of the run name, the low word that of b'L' (log) or
+    b'S' (snapshot) followed by the columns in table order."""
+    low = crc32c((b"L" if table == "log" else b"S") + b"".join(_column(v) for v in columns))
+    v = crc32c(run.encode("utf-8")) << 32 | low
+    return v - (1 << 64) if v >= 1 << 63 else v
+
+
+def bad_row_sums(db_path):
+    """Rows of a store whose crc differs from row_sum() (read-only), and how
+    many rows were compared."""
+    con = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+    try:
+        bad, n = [], 0
+        for seq, run, kind, layer, step, body, crc in con.execute(
+                "SELECT seq, run, kind, layer, step, body, crc FROM log"):
+            n += 1
+            if crc != row_sum("log", (seq, run, kind, layer, step, body), run):
+                bad.append(f"log row {seq}")
+        for run, seq, taken, body, crc in con.execute("SELECT run, seq, taken_ms, body, crc FROM snapshot"):
+            n += 1
+            if crc != row_sum("snapshot", (run, seq, taken, body), run):
+                bad.append(f"snapshot of {run}")
+        return bad, n
+    finally:
+        con.close()

@@ -6,8 +6,9 @@ normstatd as of commit 8bfc086 (store schema version 1, STEP rows version 1;
 made by make_fixture.py there, which says what it contains: log rows only, two runs, steps with two
 domains, with one domain, an empty batch, a per-domain PreciseBN reset), the
 reports it was sent (reports.json) and what that daemon served before it
-stopped (served.json). This build opens a copy of it (/readyz 200, the
-schema untouched) and must serve every view exactly as served.json has it,
+stopped (served.json). This build opens a copy of it (/readyz 200), migrates
+it to schema version 2 (every row gets its checksum, checked here against
+a CRC-32C computed from the rows) and must serve every view exactly as served.json has it,
 and within float32 rounding of statistics computed here from the reports
 alone (EMA, PreciseBN and the last step, pooled and per domain).
 """
@@ -125,9 +126,13 @@ class StoreCompat(durable.Case):
             self.check(compared >= 20, "every layer of every view compared", str(compared))
             self.check_eq(d.stop(), 0, "exits 0 after SIGTERM")
             con = sqlite3.connect(os.path.join(data, durable.DB_NAME))
-            self.check_eq(con.execute("PRAGMA user_version").fetchone()[0], 1, "schema version kept")
+            self.check_eq(con.execute("PRAGMA user_version").fetchone()[0], 2,
+                          "schema migrated to version 2 (row checksums)")
             self.check_eq(con.execute("PRAGMA integrity_check").fetchone()[0], "ok", "integrity_check")
             con.close()
+            bad, n = durable.bad_row_sums(os.path.join(data, durable.DB_NAME))
+            self.check(n > 0 and not bad, f"the migration gave each of the {n} rows the checksum "
+                       "computed here from the rows (CRC-32C, RFC 3720)", "; ".join(bad[:5]))
         finally:
             d.kill()
 

@@ -116,6 +116,7 @@ static int start(daemon_t *d)
         nsd_store_config_t scfg = {
             .commit_interval_ms = (uint64_t)opts->commit_interval,
             .snapshot_interval_ms = (uint64_t)opts->snapshot_interval,
+            .skip_damaged_runs = opts->skip_damaged_runs,
         };
         static nsd_store_error_t serr;
         if (nsd_store_open(&d->store, opts->data_dir, &scfg, &serr) != 0) {

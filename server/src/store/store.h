@@ -35,8 +35,9 @@
 /* The database file inside --data-dir. */
 #define NSD_STORE_FILE "normstat.db"
 /* PRAGMA user_version of the schema this build writes; a later release
- * migrates from it. A file with a higher version is refused. */
-#define NSD_STORE_SCHEMA_VERSION 1
+ * migrates from it. A file with a higher version is refused. Version 2
+ * added each row's checksum; a version 1 store is migrated when opened. */
+#define NSD_STORE_SCHEMA_VERSION 2
 /* PRAGMA application_id: "NSTD". A SQLite file with another id and tables
  * of its own is foreign and refused. */
 #define NSD_STORE_APPLICATION_ID 0x4E535444
@@ -47,6 +48,7 @@ typedef struct nsd_store_config_s {
     uint64_t commit_interval_ms;   /* group commit window (0 = commit at once) */
     uint64_t snapshot_interval_ms; /* snapshot runs with log rows this often (0 = never) */
     uint64_t retry_ms;             /* after a failed commit (0 = 500) */
+    int skip_damaged_runs;         /* set runs with damaged rows aside instead of refusing */
 } nsd_store_config_t;
 
 /* Why a data directory cannot be used: the path at fault and one line.
@@ -82,10 +84,13 @@ typedef void (*nsd_store_cb)(void *arg, int status);
 
 /*! nsd_store_open() :
  *  Open or create 'dir'/normstat.db: create 'dir' if missing (its parent
- *  must exist), check it is a writable directory, open the file, check it is
- *  a SQLite database of ours (application_id, or a new empty file), not of a
- *  newer schema, passes PRAGMA quick_check, set WAL and synchronous=FULL,
- *  create or migrate the schema, and write once to prove it is writable.
+ *  must exist), check it is a writable directory, create the file whole if
+ *  it does not exist (an existing file, even of 0 bytes, is never taken for
+ *  a new store), open it, check it is a SQLite database of ours
+ *  (application_id), not of a newer schema, passes PRAGMA quick_check, set
+ *  WAL and synchronous=FULL, migrate an older schema, verify the checksum of
+ *  every row (cfg->skip_damaged_runs: move the runs with damaged rows aside,
+ *  logged, instead of refusing), and write once to prove it is writable.
  *  @return 0 and *dst; NS_EIO with 'err' filled (nothing written to a file
  *  that is not ours). */
 int nsd_store_open(nsd_store_t **dst, const char *dir, const nsd_store_config_t *cfg,
@@ -94,7 +99,8 @@ int nsd_store_open(nsd_store_t **dst, const char *dir, const nsd_store_config_t 
 /*! nsd_store_recover() :
  *  Load every snapshot into 'reg' (checkpoint import), replay the log in
  *  order (nsd_registry_put_run, _replay_domain, _replay_step,
- *  _precise_reset), then nsd_registry_replay_finish(). Install no hooks on
+ *  _precise_reset), checking each row's checksum again, then
+ *  nsd_registry_replay_finish(). Install no hooks on
  *  'reg' before this. @return 0; NS_EIO with 'err' (a row that cannot be
  *  decoded or applied: the store is corrupt). */
 int nsd_store_recover(nsd_store_t *s, nsd_registry_t *reg, nsd_store_recovery_t *out,

@@ -35,6 +35,14 @@ typedef struct job_s {
     json_t *state; /* SNAPSHOT: owned reference */
 } job_t;
 
+/* A run set aside at open (--skip-damaged-runs): its rows moved to the
+ * damaged_* tables. */
+typedef struct aside_s {
+    char run[NS_NAME_MAX + 1];
+    uint64_t rows; /* log rows moved */
+    int snapshot;  /* its snapshot moved too */
+} aside_t;
+
 typedef struct waiter_s {
     nsd_qnode_t link;
     uint64_t seq;
@@ -47,6 +55,10 @@ struct nsd_store_s {
     int dir_fd; /* holds flock(LOCK_EX) on --data-dir: one daemon per directory */
     char path[4352];
     nsd_store_config_t cfg;
+    int exists;      /* open: the database file was there before */
+    int64_t version; /* open: the schema version found */
+    aside_t *aside;  /* runs set aside at open, logged once committed */
+    size_t n_aside;
     nsd_registry_t *reg;
 
     pthread_mutex_t lock;
@@ -94,6 +106,45 @@ void nsd_store_job_free(job_t *j);
 
 /*! nsd_store_jobs_free() : every job of 'q' ('q' is left empty). */
 void nsd_store_jobs_free(nsd_queue_t *q);
+
+/* Row checksums (store_check.c has the format). The tag of each table's
+ * sums, and what nsd_store_row_check() finds. */
+enum { NSD_SUM_LOG = 'L', NSD_SUM_SNAPSHOT = 'S' };
+enum { NSD_ROW_OK = 0, NSD_ROW_DAMAGED = 1, NSD_ROW_UNNAMED = 2 };
+
+/*! nsd_store_sum_start(), _int(), _bytes(), _null(), _join() :
+ *  A row's checksum built column by column: start with the table's tag, add
+ *  each column in table order ('type' SQLITE_TEXT or SQLITE_BLOB for
+ *  bytes), then join the run name's CRC in the high word. */
+uint32_t nsd_store_sum_start(int table);
+uint32_t nsd_store_sum_int(uint32_t c, int64_t v);
+uint32_t nsd_store_sum_bytes(uint32_t c, int type, const void *src, size_t src_len);
+uint32_t nsd_store_sum_null(uint32_t c);
+uint64_t nsd_store_sum_join(const char *run, size_t run_len, uint32_t row);
+
+/*! nsd_store_row_check() :
+ *  Check the row 'st' holds: the columns of 'table' from 'first_col' on,
+ *  then its crc. @return NSD_ROW_OK, or NSD_ROW_DAMAGED (the run name is
+ *  intact) or NSD_ROW_UNNAMED, with one line in 'why' naming the row. */
+int nsd_store_row_check(sqlite3_stmt *st, int table, int first_col, char *why, size_t why_cap);
+
+/*! nsd_store_add_functions() : the SQL functions ns_log_sum() and
+ *  ns_snapshot_sum() on 'db' (the migration uses them). @return an SQLite code. */
+int nsd_store_add_functions(sqlite3 *db);
+
+/*! nsd_store_verify() :
+ *  Check every snapshot and log row. Damage refuses (NS_EIO, 'err' naming
+ *  the run and row) unless cfg.skip_damaged_runs and every damaged row names
+ *  its run: then those runs are noted in s->aside. Writes nothing. */
+int nsd_store_verify(nsd_store_t *s, nsd_store_error_t *err);
+
+/*! nsd_store_set_aside() : move the rows of the runs noted by
+ *  nsd_store_verify() to damaged_log/damaged_snapshot; in the caller's
+ *  transaction. @return an SQLite code. */
+int nsd_store_set_aside(nsd_store_t *s);
+
+/*! nsd_store_log_set_aside() : log each run set aside (after the commit). */
+void nsd_store_log_set_aside(const nsd_store_t *s);
 
 /* The job / waiter of a queue node. */
 #define JOB_OF(node)    nsd_container_of(node, job_t, link)

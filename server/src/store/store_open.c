@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "base/clock.h"
+#include "base/log.h"
 
 int nsd_store_fail(nsd_store_error_t *err, const char *path, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
@@ -53,13 +54,40 @@ static int64_t query_int(sqlite3 *db, const char *sql, int *rc)
     return v;
 }
 
-static const char SCHEMA[] =
+/* The schema as version 1 wrote it; a new store gets it and every
+ * migration in turn, so new and migrated stores are alike. */
+static const char SCHEMA_V1[] =
     "CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);"
     "CREATE TABLE log(seq INTEGER PRIMARY KEY, run TEXT NOT NULL, kind INTEGER NOT NULL,"
     " layer TEXT, step INTEGER, body BLOB);"
     "CREATE INDEX log_run ON log(run, seq);"
     "CREATE TABLE snapshot(run TEXT PRIMARY KEY, seq INTEGER NOT NULL,"
     " taken_ms INTEGER NOT NULL, body TEXT NOT NULL);";
+
+/* Version 2: each row's checksum (store_check.c), filled in for the rows
+ * already there, and the tables --skip-damaged-runs moves damaged runs to. */
+static const char MIGRATE_V2[] =
+    "ALTER TABLE log ADD COLUMN crc INTEGER NOT NULL DEFAULT 0;"
+    "ALTER TABLE snapshot ADD COLUMN crc INTEGER NOT NULL DEFAULT 0;"
+    "UPDATE log SET crc = ns_log_sum(seq, run, kind, layer, step, body);"
+    "UPDATE snapshot SET crc = ns_snapshot_sum(run, seq, taken_ms, body);"
+    "CREATE TABLE damaged_log(seq INTEGER, run TEXT, kind INTEGER, layer TEXT, step INTEGER,"
+    " body BLOB, crc INTEGER, set_aside_ms INTEGER NOT NULL);"
+    "CREATE TABLE damaged_snapshot(run TEXT, seq INTEGER, taken_ms INTEGER, body TEXT,"
+    " crc INTEGER, set_aside_ms INTEGER NOT NULL);"
+    "PRAGMA user_version=2;";
+
+/* The statements that bring a store of version v (0: a new file) to this
+ * build's version; in the caller's transaction. @return an SQLite code. */
+static int migrate(sqlite3 *db, int64_t v)
+{
+    int rc = SQLITE_OK;
+    if (v < 1)
+        rc = nsd_store_exec(db, SCHEMA_V1);
+    if (rc == SQLITE_OK && v < 2)
+        rc = nsd_store_exec(db, MIGRATE_V2);
+    return rc;
+}
 
 /* Check the directory; create it if missing (not its parents). */
 static int check_dir(const char *dir, nsd_store_error_t *err)
@@ -107,6 +135,14 @@ static int check_identity(nsd_store_t *s, int64_t *tables, nsd_store_error_t *er
             (long long)version, NSD_STORE_SCHEMA_VERSION);
     if (app == NSD_STORE_APPLICATION_ID && version < 1)
         return nsd_store_fail(err, s->path, "schema version %lld unknown", (long long)version);
+    /* New stores are created whole (create_new()): an existing file without
+     * our tables is not a new directory, and starting empty over it could
+     * hide data lost to it. */
+    if (*tables == 0)
+        return nsd_store_fail(err, s->path,
+                              "database holds no normstat store (empty SQLite file): refusing to "
+                              "start an empty store over it; remove it if the directory is new");
+    s->version = version;
     return 0;
 }
 
@@ -151,36 +187,19 @@ static int set_journal(nsd_store_t *s, nsd_store_error_t *err)
     return 0;
 }
 
-/* Create the schema (a new file), and prove the file is writable.
- * @return 0 or NS_EIO (err). */
-static int write_schema(nsd_store_t *s, int64_t tables, nsd_store_error_t *err)
+/* Run 'fn' in one write transaction. @return 0 or NS_EIO (err). */
+static int in_transaction(nsd_store_t *s, int (*fn)(nsd_store_t *), nsd_store_error_t *err)
 {
     sqlite3 *db = s->db;
-    int rc;
-    char sql[256];
-    if (nsd_store_exec(db, "BEGIN IMMEDIATE") != SQLITE_OK)
-        return nsd_store_fail(err, s->path, "cannot write the database (%s)", sqlite3_errmsg(db));
-    rc = SQLITE_OK;
-    if (tables == 0) {
-        rc = nsd_store_exec(db, SCHEMA);
-        snprintf(sql, sizeof(sql), "PRAGMA application_id=%d", NSD_STORE_APPLICATION_ID);
-        rc = rc ? rc : nsd_store_exec(db, sql);
-        snprintf(sql, sizeof(sql), "PRAGMA user_version=%d", NSD_STORE_SCHEMA_VERSION);
-        rc = rc ? rc : nsd_store_exec(db, sql);
-        snprintf(sql, sizeof(sql), "INSERT INTO meta VALUES('created', '%llu')",
-                 (unsigned long long)nsd_wall_ms());
-        rc = rc ? rc : nsd_store_exec(db, sql);
-    }
-    /* Migrations from older versions go here (there are none yet). */
-    snprintf(sql, sizeof(sql), "INSERT OR REPLACE INTO meta VALUES('opened', '%llu')",
-             (unsigned long long)nsd_wall_ms());
-    rc = rc ? rc : nsd_store_exec(db, sql);
+    int rc = nsd_store_exec(db, "BEGIN IMMEDIATE");
+    rc = rc ? rc : fn(s);
     rc = rc ? rc : nsd_store_exec(db, "COMMIT");
     if (rc != SQLITE_OK) {
         int code = sqlite3_errcode(db);
         char msg[256];
         snprintf(msg, sizeof(msg), "%s", sqlite3_errmsg(db));
-        nsd_store_exec(db, "ROLLBACK");
+        if (!sqlite3_get_autocommit(db))
+            nsd_store_exec(db, "ROLLBACK");
         if (code == SQLITE_CORRUPT || code == SQLITE_NOTADB)
             return nsd_store_fail(err, s->path, "database is corrupt (%s)", msg);
         return nsd_store_fail(err, s->path, "cannot write the database (%s)", msg);
@@ -188,20 +207,92 @@ static int write_schema(nsd_store_t *s, int64_t tables, nsd_store_error_t *err)
     return 0;
 }
 
-/* Validate (or initialise) the opened database. */
+/* A store of an older version brought to this build's, in one transaction. */
+static int upgrade(nsd_store_t *s)
+{
+    return migrate(s->db, s->version);
+}
+
+/* The write that proves the file writable, with the runs set aside. */
+static int mark_opened(nsd_store_t *s)
+{
+    char sql[128];
+    snprintf(sql, sizeof(sql), "INSERT OR REPLACE INTO meta VALUES('opened', '%llu')",
+             (unsigned long long)nsd_wall_ms());
+    int rc = nsd_store_set_aside(s);
+    return rc ? rc : nsd_store_exec(s->db, sql);
+}
+
+/* A new store, created whole: written under a temporary name (rollback
+ * journal, synchronous=FULL), then renamed into place and the directory
+ * synced. A crash leaves either no normstat.db or a complete one, never a
+ * file that the next start would have to take for new. @return 0 or NS_EIO. */
+static int create_new(nsd_store_t *s, nsd_store_error_t *err)
+{
+    char tmp[sizeof(s->path) + 16], side[sizeof(tmp) + 16];
+    snprintf(tmp, sizeof(tmp), "%s.new", s->path);
+    snprintf(side, sizeof(side), "%s-journal", tmp);
+    unlink(tmp); /* left by a crash in here: never renamed, so never used */
+    unlink(side);
+    sqlite3 *db = NULL;
+    char sql[256], msg[256] = "";
+    int rc = sqlite3_open_v2(tmp, &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, NULL);
+    rc = rc ? rc : nsd_store_add_functions(db);
+    rc = rc ? rc : nsd_store_exec(db, "PRAGMA synchronous=FULL");
+    rc = rc ? rc : nsd_store_exec(db, "BEGIN IMMEDIATE");
+    rc = rc ? rc : migrate(db, 0);
+    snprintf(sql, sizeof(sql), "PRAGMA application_id=%d", NSD_STORE_APPLICATION_ID);
+    rc = rc ? rc : nsd_store_exec(db, sql);
+    snprintf(sql, sizeof(sql), "INSERT INTO meta VALUES('created', '%llu')",
+             (unsigned long long)nsd_wall_ms());
+    rc = rc ? rc : nsd_store_exec(db, sql);
+    rc = rc ? rc : nsd_store_exec(db, "COMMIT");
+    if (rc != SQLITE_OK)
+        snprintf(msg, sizeof(msg), "%s", db ? sqlite3_errmsg(db) : sqlite3_errstr(rc));
+    if (sqlite3_close(db) != SQLITE_OK && rc == SQLITE_OK) {
+        rc = SQLITE_ERROR;
+        snprintf(msg, sizeof(msg), "cannot close %s.new", NSD_STORE_FILE);
+    }
+    if (rc == SQLITE_OK && rename(tmp, s->path) != 0) {
+        rc = SQLITE_ERROR;
+        snprintf(msg, sizeof(msg), "rename: %s", strerror(errno));
+    }
+    if (rc == SQLITE_OK && fsync(s->dir_fd) != 0) {
+        rc = SQLITE_ERROR;
+        snprintf(msg, sizeof(msg), "fsync of the directory: %s", strerror(errno));
+    }
+    if (rc != SQLITE_OK) {
+        unlink(tmp);
+        unlink(side);
+        return nsd_store_fail(err, s->path, "cannot create the database (%s)", msg);
+    }
+    return 0;
+}
+
+/* Validate the opened database, migrate it, verify its rows. Nothing is
+ * written to a file that is not ours, nor to one whose rows are damaged. */
 static int check_db(nsd_store_t *s, nsd_store_error_t *err)
 {
     sqlite3 *db = s->db;
     int64_t tables = 0;
     int rc = check_identity(s, &tables, err);
-    if (rc == 0 && tables > 0)
+    if (rc == 0)
         rc = check_integrity(s, err);
     if (rc == 0)
         rc = set_journal(s, err);
+    if (rc == 0 && s->version < NSD_STORE_SCHEMA_VERSION) {
+        rc = in_transaction(s, upgrade, err);
+        if (rc == 0)
+            nsd_log(NSD_LOG_INFO, "store_migrated", "from=%lld to=%d", (long long)s->version,
+                    NSD_STORE_SCHEMA_VERSION);
+    }
     if (rc == 0)
-        rc = write_schema(s, tables, err);
+        rc = nsd_store_verify(s, err);
+    if (rc == 0)
+        rc = in_transaction(s, mark_opened, err);
     if (rc != 0)
         return rc;
+    nsd_store_log_set_aside(s);
     /* Sequence numbers continue after the highest one stored. */
     int64_t a = query_int(db, "SELECT coalesce(max(seq), 0) FROM log", &rc);
     int64_t b =
@@ -211,6 +302,39 @@ static int check_db(nsd_store_t *s, nsd_store_error_t *err)
     s->committed = (uint64_t)(a > b ? a : b);
     s->enqueued = s->committed;
     s->next_seq = s->committed + 1;
+    return 0;
+}
+
+/* What is at the database path: a store (s->exists), nothing (a new
+ * directory), or something refused: not a regular file, 0 bytes with no
+ * WAL to hold its pages (a truncated store, not a new one), a WAL without
+ * its database. @return 0 or NS_EIO (err). */
+static int check_file(nsd_store_t *s, nsd_store_error_t *err)
+{
+    char wal[sizeof(s->path) + 8];
+    snprintf(wal, sizeof(wal), "%s-wal", s->path);
+    struct stat sb, wb;
+    int have_wal = stat(wal, &wb) == 0 && S_ISREG(wb.st_mode) && wb.st_size > 0;
+    if (stat(s->path, &sb) != 0) {
+        if (errno != ENOENT)
+            return nsd_store_fail(err, s->path, "cannot stat the database: %s", strerror(errno));
+        if (have_wal)
+            return nsd_store_fail(err, s->path,
+                                  "database is missing but its write-ahead log %s-wal is there: "
+                                  "refusing to start an empty store",
+                                  NSD_STORE_FILE);
+        s->exists = 0;
+        return 0;
+    }
+    if (!S_ISREG(sb.st_mode))
+        return nsd_store_fail(err, s->path, "database path is not a regular file");
+    /* A store of an earlier release killed before its first checkpoint is
+     * an empty file and a WAL holding everything: that one is opened. */
+    if (sb.st_size == 0 && !have_wal)
+        return nsd_store_fail(err, s->path,
+                              "database is empty (0 bytes) but a new store is never an empty "
+                              "file: it was truncated; remove it if the directory is new");
+    s->exists = 1;
     return 0;
 }
 
@@ -247,13 +371,12 @@ int nsd_store_open(nsd_store_t **dst, const char *dir, const nsd_store_config_t 
     pthread_cond_init(&s->cond, &ca);
     pthread_condattr_destroy(&ca);
 
-    struct stat sb;
-    if (stat(s->path, &sb) == 0 && !S_ISREG(sb.st_mode)) {
-        rc = nsd_store_fail(err, s->path, "database path is not a regular file");
+    rc = check_file(s, err);
+    if (rc == 0 && !s->exists)
+        rc = create_new(s, err);
+    if (rc != 0)
         goto fail;
-    }
-    rc = sqlite3_open_v2(s->path, &s->db,
-                         SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL);
+    rc = sqlite3_open_v2(s->path, &s->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL);
     if (rc != SQLITE_OK) {
         rc = nsd_store_fail(err, s->path, "cannot open the database (%s)",
                             s->db ? sqlite3_errmsg(s->db) : sqlite3_errstr(rc));
@@ -261,6 +384,10 @@ int nsd_store_open(nsd_store_t **dst, const char *dir, const nsd_store_config_t 
     }
     sqlite3_busy_timeout(s->db, BUSY_TIMEOUT_MS);
     sqlite3_extended_result_codes(s->db, 0);
+    if (nsd_store_add_functions(s->db) != SQLITE_OK) {
+        rc = nsd_store_fail(err, s->path, "cannot open the database (%s)", sqlite3_errmsg(s->db));
+        goto fail;
+    }
     rc = check_db(s, err);
     if (rc != 0)
         goto fail;

@@ -88,13 +88,19 @@ static int load_snapshots(nsd_store_t *s, nsd_registry_t *reg, snaps_t *snaps,
     sqlite3_stmt *st = NULL;
     ns_error_detail_t e = {0};
     int rc = 0, step = SQLITE_DONE;
-    if (sqlite3_prepare_v2(s->db, "SELECT run, seq, body FROM snapshot ORDER BY run", -1, &st,
-                           NULL) != SQLITE_OK)
+    if (sqlite3_prepare_v2(
+            s->db, "SELECT run, seq, taken_ms, body, crc FROM snapshot NOT INDEXED ORDER BY run",
+            -1, &st, NULL) != SQLITE_OK)
         return nsd_store_fail(err, s->path, "cannot read snapshots (%s)", sqlite3_errmsg(s->db));
     while (rc == 0 && (step = sqlite3_step(st)) == SQLITE_ROW) {
+        char why[400];
+        if (nsd_store_row_check(st, NSD_SUM_SNAPSHOT, 0, why, sizeof(why)) != NSD_ROW_OK) {
+            rc = nsd_store_fail(err, s->path, "store is damaged: %s", why);
+            break;
+        }
         const char *run = (const char *)sqlite3_column_text(st, 0);
-        const char *body = (const char *)sqlite3_column_text(st, 2);
-        size_t len = (size_t)sqlite3_column_bytes(st, 2);
+        const char *body = (const char *)sqlite3_column_text(st, 3);
+        size_t len = (size_t)sqlite3_column_bytes(st, 3);
         if (run == NULL || body == NULL || !ns_name_valid(run))
             rc = nsd_store_fail(err, s->path, "corrupt snapshot row");
         else if (nsd_registry_checkpoint_import(reg, run, body, len, &e) != 0)
@@ -118,16 +124,23 @@ static int replay_log(nsd_store_t *s, nsd_registry_t *reg, const snaps_t *snaps,
 {
     sqlite3_stmt *st = NULL;
     int rc = 0, step = SQLITE_DONE;
-    if (sqlite3_prepare_v2(s->db, "SELECT seq, run, kind, layer, body FROM log ORDER BY seq", -1,
-                           &st, NULL) != SQLITE_OK)
+    if (sqlite3_prepare_v2(s->db,
+                           "SELECT seq, run, kind, layer, step, body, crc FROM log ORDER BY seq",
+                           -1, &st, NULL) != SQLITE_OK)
         return nsd_store_fail(err, s->path, "cannot read the log (%s)", sqlite3_errmsg(s->db));
     while (rc == 0 && (step = sqlite3_step(st)) == SQLITE_ROW) {
+        /* Checked before any column is read as another type. */
+        char why[400];
+        if (nsd_store_row_check(st, NSD_SUM_LOG, 0, why, sizeof(why)) != NSD_ROW_OK) {
+            rc = nsd_store_fail(err, s->path, "store is damaged: %s", why);
+            break;
+        }
         uint64_t seq = (uint64_t)sqlite3_column_int64(st, 0);
         const char *run = (const char *)sqlite3_column_text(st, 1);
         int kind = sqlite3_column_int(st, 2);
         const char *layer = (const char *)sqlite3_column_text(st, 3);
-        const void *body = sqlite3_column_blob(st, 4);
-        size_t len = (size_t)sqlite3_column_bytes(st, 4);
+        const void *body = sqlite3_column_blob(st, 5);
+        size_t len = (size_t)sqlite3_column_bytes(st, 5);
         if (run == NULL || !ns_name_valid(run)) {
             rc = nsd_store_fail(err, s->path, "corrupt log row %llu", (unsigned long long)seq);
             break;

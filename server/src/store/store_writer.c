@@ -4,13 +4,17 @@
  *  Files: --data-dir/normstat.db, WAL mode, synchronous=FULL (see store.h),
  *  PRAGMA application_id = NSD_STORE_APPLICATION_ID, PRAGMA user_version =
  *  NSD_STORE_SCHEMA_VERSION. Tables:
- *    log(seq INTEGER PRIMARY KEY, run, kind, layer, step, body BLOB)
+ *    log(seq INTEGER PRIMARY KEY, run, kind, layer, step, body BLOB, crc)
  *        every change of a run since its snapshot, in the order made;
- *    snapshot(run PRIMARY KEY, seq, taken_ms, body)
+ *    snapshot(run PRIMARY KEY, seq, taken_ms, body, crc)
  *        a run's whole state (checkpoint JSON, doubles with 17 significant
  *        digits: exact); log rows of the run below 'seq' are deleted in the
  *        same transaction that writes it;
- *    meta(key PRIMARY KEY, value)  bookkeeping ("created", "opened").
+ *    meta(key PRIMARY KEY, value)  bookkeeping ("created", "opened");
+ *    damaged_log, damaged_snapshot  runs set aside by --skip-damaged-runs.
+ *  Every log and snapshot row carries crc, its checksum (store_check.c),
+ *  computed here as the row is written; nsd_store_open() checks every row
+ *  before anything is loaded or written, recovery again as it applies it.
  *  Log kinds: PUT (config JSON), DOMAIN (a report added a domain), STEP (a
  *  finalized step: counts and per-domain and pooled mean/var as raw
  *  little-endian IEEE doubles, so replay feeds EMA/PreciseBN the very bits
@@ -70,9 +74,10 @@
 
 static int prepare_all(nsd_store_t *s)
 {
-    int rc = sqlite3_prepare_v2(
-        s->db, "INSERT INTO log(seq, run, kind, layer, step, body) VALUES(?1, ?2, ?3, ?4, ?5, ?6)",
-        -1, &s->ins_log, NULL);
+    int rc = sqlite3_prepare_v2(s->db,
+                                "INSERT INTO log(seq, run, kind, layer, step, body, crc) "
+                                "VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                                -1, &s->ins_log, NULL);
     rc =
         rc ? rc
            : sqlite3_prepare_v2(s->db, "DELETE FROM log WHERE run = ?1", -1, &s->del_log_run, NULL);
@@ -81,8 +86,8 @@ static int prepare_all(nsd_store_t *s)
                                  &s->del_log_before, NULL);
     rc = rc ? rc
             : sqlite3_prepare_v2(s->db,
-                                 "INSERT OR REPLACE INTO snapshot(run, seq, taken_ms, body) "
-                                 "VALUES(?1, ?2, ?3, ?4)",
+                                 "INSERT OR REPLACE INTO snapshot(run, seq, taken_ms, body, crc) "
+                                 "VALUES(?1, ?2, ?3, ?4, ?5)",
                                  -1, &s->ins_snap, NULL);
     rc = rc ? rc
             : sqlite3_prepare_v2(s->db, "DELETE FROM snapshot WHERE run = ?1", -1, &s->del_snap,
@@ -99,6 +104,34 @@ static int run_stmt(sqlite3_stmt *st)
     return rc == SQLITE_DONE ? SQLITE_OK : rc;
 }
 
+/* The checksum of a log row as write_job() binds it (store_check.c). */
+static int64_t log_sum(const job_t *j)
+{
+    size_t run_len = strlen(j->run);
+    uint32_t c = nsd_store_sum_start(NSD_SUM_LOG);
+    c = nsd_store_sum_int(c, (int64_t)j->seq);
+    c = nsd_store_sum_bytes(c, SQLITE_TEXT, j->run, run_len);
+    c = nsd_store_sum_int(c, j->kind);
+    c = j->layer[0] != '\0' ? nsd_store_sum_bytes(c, SQLITE_TEXT, j->layer, strlen(j->layer))
+                            : nsd_store_sum_null(c);
+    c = j->step >= 0 ? nsd_store_sum_int(c, j->step) : nsd_store_sum_null(c);
+    c = j->body != NULL ? nsd_store_sum_bytes(c, SQLITE_BLOB, j->body, j->body_len)
+                        : nsd_store_sum_null(c);
+    return (int64_t)nsd_store_sum_join(j->run, run_len, c);
+}
+
+/* The checksum of a snapshot row. */
+static int64_t snapshot_sum(const char *run, uint64_t seq, int64_t taken_ms, const char *body)
+{
+    size_t run_len = strlen(run);
+    uint32_t c = nsd_store_sum_start(NSD_SUM_SNAPSHOT);
+    c = nsd_store_sum_bytes(c, SQLITE_TEXT, run, run_len);
+    c = nsd_store_sum_int(c, (int64_t)seq);
+    c = nsd_store_sum_int(c, taken_ms);
+    c = nsd_store_sum_bytes(c, SQLITE_TEXT, body, strlen(body));
+    return (int64_t)nsd_store_sum_join(run, run_len, c);
+}
+
 static int write_job(nsd_store_t *s, const job_t *j, uint64_t *rows)
 {
     int rc;
@@ -113,6 +146,7 @@ static int write_job(nsd_store_t *s, const job_t *j, uint64_t *rows)
             sqlite3_bind_int64(s->ins_log, 5, j->step);
         if (j->body != NULL)
             sqlite3_bind_blob(s->ins_log, 6, j->body, (int)j->body_len, SQLITE_STATIC);
+        sqlite3_bind_int64(s->ins_log, 7, log_sum(j));
         rc = run_stmt(s->ins_log);
         *rows += rc == SQLITE_OK;
         return rc;
@@ -125,10 +159,12 @@ static int write_job(nsd_store_t *s, const job_t *j, uint64_t *rows)
         char *text = json_dumps(j->state, JSON_COMPACT);
         if (text == NULL)
             return SQLITE_NOMEM;
+        int64_t taken_ms = (int64_t)nsd_wall_ms();
         sqlite3_bind_text(s->ins_snap, 1, j->run, -1, SQLITE_STATIC);
         sqlite3_bind_int64(s->ins_snap, 2, (sqlite3_int64)j->seq);
-        sqlite3_bind_int64(s->ins_snap, 3, (sqlite3_int64)nsd_wall_ms());
+        sqlite3_bind_int64(s->ins_snap, 3, taken_ms);
         sqlite3_bind_text(s->ins_snap, 4, text, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(s->ins_snap, 5, snapshot_sum(j->run, j->seq, taken_ms, text));
         rc = run_stmt(s->ins_snap);
         free(text);
         if (rc != SQLITE_OK)
@@ -430,5 +466,6 @@ void nsd_store_free(nsd_store_t *s)
     nsd_store_call_waiters(&w, s->committed, NS_ESHUTDOWN);
     pthread_cond_destroy(&s->cond);
     pthread_mutex_destroy(&s->lock);
+    free(s->aside);
     free(s);
 }

@@ -107,7 +107,8 @@ static int64_t sql_int(const char *path, const char *sql)
 
 static nsd_store_t *open_ok(const char *dir, uint64_t commit_ms, uint64_t snapshot_ms)
 {
-    nsd_store_config_t cfg = {commit_ms, snapshot_ms, 20};
+    nsd_store_config_t cfg = {
+        .commit_interval_ms = commit_ms, .snapshot_interval_ms = snapshot_ms, .retry_ms = 20};
     nsd_store_error_t err = {0};
     nsd_store_t *s = NULL;
     int rc = nsd_store_open(&s, dir, &cfg, &err);
@@ -714,6 +715,99 @@ START_TEST(test_stop_reports_lost_changes)
 }
 END_TEST
 
+/* Flip one bit of the body of log row 'seq', through SQLite: a change that
+ * no SQLite check can see. */
+static void flip_body_bit(const char *path, int64_t seq, size_t at)
+{
+    sqlite3 *db;
+    sqlite3_stmt *st;
+    ck_assert_int_eq(sqlite3_open(path, &db), SQLITE_OK);
+    ck_assert_int_eq(sqlite3_prepare_v2(db, "SELECT body FROM log WHERE seq = ?1", -1, &st, NULL),
+                     SQLITE_OK);
+    sqlite3_bind_int64(st, 1, seq);
+    ck_assert_int_eq(sqlite3_step(st), SQLITE_ROW);
+    size_t len = (size_t)sqlite3_column_bytes(st, 0);
+    ck_assert_uint_gt(len, at);
+    unsigned char *body = malloc(len);
+    memcpy(body, sqlite3_column_blob(st, 0), len);
+    sqlite3_finalize(st);
+    body[at] ^= 0x04;
+    ck_assert_int_eq(
+        sqlite3_prepare_v2(db, "UPDATE log SET body = ?2 WHERE seq = ?1", -1, &st, NULL),
+        SQLITE_OK);
+    sqlite3_bind_int64(st, 1, seq);
+    sqlite3_bind_blob(st, 2, body, (int)len, SQLITE_TRANSIENT);
+    ck_assert_int_eq(sqlite3_step(st), SQLITE_DONE);
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+    free(body);
+}
+
+/* A row that fails its checksum refuses the open, naming row and run, and
+ * writes nothing; skip_damaged_runs moves that run aside and keeps the
+ * other one bit for bit. A 0-byte normstat.db is not a new store. */
+START_TEST(test_open_verifies_row_checksums)
+{
+    char *base = make_dir(), dir[300], path[400], want[128];
+    snprintf(dir, sizeof(dir), "%s/data", base);
+    nsd_store_t *s = open_ok(dir, 0, 0);
+    nsd_registry_t *live = live_registry(s);
+    ns_run_config_t c = cfg_of(1, 0.1);
+    ck_assert_int_eq(nsd_registry_put_run(live, "r", &c, NULL, NULL), 0);
+    ck_assert_int_eq(nsd_registry_put_run(live, "q", &c, NULL, NULL), 0);
+    const char *layers[] = {"a"};
+    size_t ch[] = {8};
+    for (uint64_t step = 0; step < 4; step++) {
+        ck_assert_int_eq(send(live, "r", step, 0, "default", layers, ch, 1, 8, NULL, 0), 0);
+        ck_assert_int_eq(send(live, "q", step, 0, "default", layers, ch, 1, 8, NULL, 0), 0);
+    }
+    ck_assert_int_eq(wait_commit(s), 0);
+    nsd_store_stop(s, 1000);
+    nsd_registry_set_persist(live, NULL);
+    nsd_store_free(s);
+    db_path(path, sizeof(path), dir);
+    int64_t seq = sql_int(path, "SELECT max(seq) FROM log WHERE run = 'r' AND kind = 3");
+    flip_body_bit(path, seq, 80); /* inside the pooled means (after 9 u64 fields) */
+    sql_exec(path, "PRAGMA wal_checkpoint(TRUNCATE)");
+    size_t len0, len;
+    unsigned char *before = read_file(path, &len0);
+    snprintf(want, sizeof(want), "checksum mismatch in log row %lld of run r", (long long)seq);
+    open_refused(dir, want);
+    unsigned char *after = read_file(path, &len);
+    ck_assert(len == len0 && memcmp(before, after, len) == 0);
+    free(before);
+    free(after);
+
+    nsd_store_config_t cfg = {.skip_damaged_runs = 1};
+    nsd_store_error_t err = {0};
+    ck_assert_int_eq(nsd_store_open(&s, dir, &cfg, &err), 0);
+    nsd_store_free(s);
+    ck_assert_int_eq(sql_int(path, "SELECT count(*) FROM log WHERE run = 'r'"), 0);
+    ck_assert_int_eq(sql_int(path, "SELECT count(*) FROM damaged_log WHERE run = 'r'"), 6);
+    nsd_store_recovery_t rec;
+    nsd_registry_t *back = recovered(dir, &rec); /* no option needed any more */
+    ck_assert_uint_eq(rec.runs, 1);
+    assert_same_state(live, back, "q");
+    nsd_registry_free(back);
+    nsd_registry_free(live);
+
+    /* 0 bytes: refused and left so; a missing file is a new store. */
+    write_file(path, "", 0);
+    char wal[420];
+    snprintf(wal, sizeof(wal), "%s-wal", path);
+    remove(wal);
+    open_refused(dir, "0 bytes");
+    struct stat sb;
+    ck_assert_int_eq(stat(path, &sb), 0);
+    ck_assert_int_eq(sb.st_size, 0);
+    remove(path);
+    nsd_store_free(open_ok(dir, 0, 0));
+    ck_assert_int_eq(sql_int(path, "PRAGMA user_version"), NSD_STORE_SCHEMA_VERSION);
+    remove_tree(base);
+    free(base);
+}
+END_TEST
+
 static Suite *make_suite(void)
 {
     seed0 = ns_test_seed();
@@ -730,6 +824,7 @@ static Suite *make_suite(void)
     tcase_add_test(tc, test_recovered_ema_matches_reference);
     tcase_add_test(tc, test_failed_commit_is_retried);
     tcase_add_test(tc, test_stop_reports_lost_changes);
+    tcase_add_test(tc, test_open_verifies_row_checksums);
     suite_add_tcase(s, tc);
     return s;
 }
