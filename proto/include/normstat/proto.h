@@ -164,6 +164,21 @@ NS_API void ns_report_free(ns_report_t *report);
  * this limit with NS_EINVAL, "world_size: must be in [1, 65536]". */
 #define NS_WORLD_SIZE_MAX 65536u
 
+/* What a run accepts of one layer of a report (NS_EVALUE beyond), chosen so
+ * that nothing derived from accepted reports can overflow:
+ *  - count <= 2^32: a step's total is at most NS_WORLD_SIZE_MAX * 2^32 =
+ *    2^48, so it fits a uint64_t and a double exactly; a layer's PreciseBN
+ *    accumulators (at most 2^63 - 1 samples, served as int64; a report that
+ *    would pass it is refused) then hold at least 32767 steps of the
+ *    largest possible total.
+ *  - |mean| <= 2^60 and var <= 2^120: every combination, EMA, PreciseBN
+ *    accumulator, pooled view and mixture of such values has |mean| <= 2^60
+ *    and a variance below 2^123, well inside float32, so no served value
+ *    is ever infinite (JSON null). */
+#define NS_COUNT_MAX    ((uint64_t)1 << 32)
+#define NS_MEAN_ABS_MAX 0x1p60
+#define NS_VAR_MAX      0x1p120
+
 /* Body of PUT /v1/runs/{run}. has_* say which fields the body set. */
 typedef struct ns_run_config_s {
     int has_world_size, has_momentum, has_sync_timeout_ms, has_on_timeout, has_ema_debias;

@@ -146,9 +146,19 @@ static int get_real(json_t *o, const char *key, const char *path, double min, do
     return 0;
 }
 
-/* An array of exactly 'n' finite numbers (>= 0 if nonneg). */
+/* What an import may hold, so that every value served from it, and from
+ * what later steps make of it, stays finite (the bounds of proto.h applied
+ * to derived state): means as reports, a biased variance (a step's, an
+ * accumulator's m2/n) at most NS_VAR_MAX + NS_MEAN_ABS_MAX^2, an EMA
+ * variance (unbiased, n >= 2) twice that. */
+#define BIASED_VAR_MAX 0x1p121
+#define EMA_VAR_MAX    0x1p122
+#define COUNTER_MAX    ((json_int_t)1 << 62)
+
+/* An array of exactly 'n' finite numbers (>= 0 if nonneg), each of
+ * magnitude at most 'limit' (NS_EVALUE beyond). */
 static int get_doubles(json_t *o, const char *key, const char *path, size_t n, int nonneg,
-                       double *dst, ns_error_detail_t *err)
+                       double limit, double *dst, ns_error_detail_t *err)
 {
     json_t *a = json_object_get(o, key);
     if (!json_is_array(a) || json_array_size(a) != n) {
@@ -165,6 +175,11 @@ static int get_doubles(json_t *o, const char *key, const char *path, size_t n, i
             return ns_error_set(err, NS_EINVAL, field,
                                 nonneg ? "expected a finite number >= 0"
                                        : "expected a finite number");
+        }
+        if (!(fabs(x) <= limit)) {
+            char field[400];
+            snprintf(field, sizeof(field), "%s.%s.%zu", path, key, i);
+            return ns_error_set(err, NS_EVALUE, field, "%g is beyond %g", x, limit);
         }
         dst[i] = x;
     }
@@ -203,19 +218,31 @@ static int parse_config(json_t *o, ns_run_config_t *cfg, ns_error_detail_t *err)
     return 0;
 }
 
-static int parse_ema(json_t *o, const char *path, size_t c, nsd_pop_t *pop, ns_error_detail_t *err)
+/* An EMA of a layer whose highest finalized step is 'finalized'. */
+static int parse_ema(json_t *o, const char *path, size_t c, int64_t finalized, nsd_pop_t *pop,
+                     ns_error_detail_t *err)
 {
     json_int_t v;
     if (!json_is_object(o))
         return bad(err, path, "", "expected an object");
-    if (get_doubles(o, NS_FIELD_RUNNING_MEAN, path, c, 0, pop->ema.running_mean, err) ||
-        get_doubles(o, NS_FIELD_RUNNING_VAR, path, c, 1, pop->ema.running_var, err) ||
-        get_doubles(o, "zero_mean", path, c, 0, pop->ema.zero_mean, err) ||
-        get_doubles(o, "zero_var", path, c, 1, pop->ema.zero_var, err) ||
+    if (get_doubles(o, NS_FIELD_RUNNING_MEAN, path, c, 0, NS_MEAN_ABS_MAX, pop->ema.running_mean,
+                    err) ||
+        get_doubles(o, NS_FIELD_RUNNING_VAR, path, c, 1, EMA_VAR_MAX, pop->ema.running_var, err) ||
+        get_doubles(o, "zero_mean", path, c, 0, NS_MEAN_ABS_MAX, pop->ema.zero_mean, err) ||
+        get_doubles(o, "zero_var", path, c, 1, EMA_VAR_MAX, pop->ema.zero_var, err) ||
         get_real(o, "decay", path, 0.0, 1.0, &pop->ema.decay, err))
-        return NS_EINVAL;
+        return err->code;
     if (get_int(o, NS_FIELD_NUM_BATCHES_TRACKED, path, 0, INT64_MAX, &v, err))
         return NS_EINVAL;
+    /* One per applied step, and later steps are above 'finalized': a count
+     * above finalized + 1 is not a state any run reaches, and could pass
+     * 2^63 - 1 (served as int64) before steps do. */
+    if (v > finalized + 1) {
+        char field[400];
+        snprintf(field, sizeof(field), "%s." NS_FIELD_NUM_BATCHES_TRACKED, path);
+        return ns_error_set(err, NS_EVALUE, field, "%lld is above the layer's finalized_step + 1",
+                            (long long)v);
+    }
     pop->ema.num_batches_tracked = (uint64_t)v;
     if (get_int(o, NS_FIELD_STEP, path, -1, INT64_MAX, &v, err))
         return NS_EINVAL;
@@ -238,9 +265,23 @@ static int parse_precise(json_t *o, const char *path, size_t c, uint64_t max_gen
     if (get_int(o, NS_FIELD_NUM_BATCHES, path, 0, INT64_MAX, &v, err))
         return NS_EINVAL;
     pop->precise.num_batches = (uint64_t)v;
-    if (get_doubles(o, NS_FIELD_MEAN, path, c, 0, pop->precise.mean, err) ||
-        get_doubles(o, "m2", path, c, 1, pop->precise.m2, err))
-        return NS_EINVAL;
+    /* Every merged batch has n > 0: n >= num_batches, and n > 0 only with a
+     * batch merged (else a layer would vanish from, or appear in, the served
+     * accumulators without data). */
+    if (pop->precise.num_batches > pop->precise.n ||
+        (pop->precise.n > 0 && pop->precise.num_batches == 0)) {
+        char field[400];
+        snprintf(field, sizeof(field), "%s." NS_FIELD_NUM_BATCHES, path);
+        return ns_error_set(err, NS_EVALUE, field,
+                            "%llu is inconsistent with n %llu (need 1 <= num_batches <= n, or "
+                            "both 0)",
+                            (unsigned long long)pop->precise.num_batches,
+                            (unsigned long long)pop->precise.n);
+    }
+    if (get_doubles(o, NS_FIELD_MEAN, path, c, 0, NS_MEAN_ABS_MAX, pop->precise.mean, err) ||
+        get_doubles(o, "m2", path, c, 1, BIASED_VAR_MAX * (double)pop->precise.n, pop->precise.m2,
+                    err))
+        return err->code;
     if (get_int(o, NS_FIELD_STEP, path, -1, INT64_MAX, &v, err))
         return NS_EINVAL;
     pop->precise_step = v;
@@ -261,9 +302,9 @@ static int parse_last(json_t *o, const char *path, size_t c, int64_t *step, uint
     if (get_int(o, NS_FIELD_COUNT, path, 0, INT64_MAX, &v, err))
         return NS_EINVAL;
     *count = (uint64_t)v;
-    if (get_doubles(o, NS_FIELD_MEAN, path, c, 0, mean, err) ||
-        get_doubles(o, NS_FIELD_VAR, path, c, 1, mean + c, err))
-        return NS_EINVAL;
+    if (get_doubles(o, NS_FIELD_MEAN, path, c, 0, NS_MEAN_ABS_MAX, mean, err) ||
+        get_doubles(o, NS_FIELD_VAR, path, c, 1, BIASED_VAR_MAX, mean + c, err))
+        return err->code;
     return 0;
 }
 
@@ -285,11 +326,11 @@ static int parse_layer_domain(nsd_run_state_t *st, nsd_layer_t *l, const char *p
     l->pops[d] = pop;
     st->memory += nsd_pop_bytes(c);
     snprintf(sub2, sizeof(sub2), "%s.ema", sub);
-    if (parse_ema(json_object_get(dv, "ema"), sub2, c, pop, err))
-        return NS_EINVAL;
+    if (parse_ema(json_object_get(dv, "ema"), sub2, c, l->max_closed, pop, err))
+        return err->code;
     snprintf(sub2, sizeof(sub2), "%s.precise", sub);
     if (parse_precise(json_object_get(dv, "precise"), sub2, c, st->precise_generation, pop, err))
-        return NS_EINVAL;
+        return err->code;
     /* The domain's last finalized step; absent in older checkpoints. */
     json_t *dlast = json_object_get(dv, "last");
     if (dlast == NULL || json_is_null(dlast))
@@ -312,14 +353,14 @@ static int parse_layer_stats(nsd_run_state_t *st, nsd_layer_t *l, const char *pa
     l->cap_pops = st->n_domains ? st->n_domains : 1;
     st->memory += nsd_pop_bytes(c) + 2 * c * sizeof(double);
     snprintf(sub, sizeof(sub), "%s.pooled", path);
-    if (parse_ema(json_object_get(o, "pooled"), sub, c, l->pooled, err))
-        return NS_EINVAL;
+    if (parse_ema(json_object_get(o, "pooled"), sub, c, l->max_closed, l->pooled, err))
+        return err->code;
     json_t *last = json_object_get(o, "last");
     if (!json_is_null(last)) {
         int64_t step;
         snprintf(sub, sizeof(sub), "%s.last", path);
         if (parse_last(last, sub, c, &step, &l->last_count, l->last_mean, err))
-            return NS_EINVAL;
+            return err->code;
         l->last_step = (uint64_t)step;
         l->has_last = 1;
     }
@@ -330,6 +371,19 @@ static int parse_layer_stats(nsd_run_state_t *st, nsd_layer_t *l, const char *pa
         int rc = parse_layer_domain(st, l, path, dname, dv, err);
         if (rc != 0)
             return rc;
+    }
+    /* The pooled view merges every domain's accumulator: their samples
+     * together must fit int64 (reports are then checked against the rest). */
+    uint64_t total = 0;
+    for (size_t d = 0; d < l->cap_pops; d++) {
+        if (l->pops[d] == NULL)
+            continue;
+        if (l->pops[d]->precise.n > (uint64_t)INT64_MAX - total) {
+            snprintf(sub, sizeof(sub), "%s.domains.%s.precise.n", path, st->domains[d]);
+            return ns_error_set(err, NS_EVALUE, sub,
+                                "the layer's accumulators together exceed 2^63-1 samples");
+        }
+        total += l->pops[d]->precise.n;
     }
     return 0;
 }
@@ -405,11 +459,18 @@ static int parse_header(json_t *root, nsd_run_state_t *st, ns_error_detail_t *er
         return NS_EINVAL;
     if (get_obj(root, "config", "", &cfg, err) || parse_config(cfg, &st->cfg, err))
         return NS_EINVAL;
+    /* Both grow by one per request (an applied step, a reset): no run gets
+     * near 2^62, and room above it keeps them from passing 2^63 - 1. */
     if (get_int(root, "skipped_steps", "", 0, INT64_MAX, &v, err))
         return NS_EINVAL;
+    if (v > COUNTER_MAX)
+        return ns_error_set(err, NS_EVALUE, "skipped_steps", "%lld is above 2^62", (long long)v);
     st->skipped_steps = (uint64_t)v;
     if (get_int(root, "precise_generation", "", 0, INT64_MAX, &v, err))
         return NS_EINVAL;
+    if (v > COUNTER_MAX)
+        return ns_error_set(err, NS_EVALUE, "precise_generation", "%lld is above 2^62",
+                            (long long)v);
     st->precise_generation = (uint64_t)v;
     return 0;
 }
@@ -476,6 +537,9 @@ int nsd_checkpoint_parse(nsd_run_state_t *dst, const char *src, size_t src_len,
 {
     json_error_t jerr;
     nsd_run_state_t st;
+    ns_error_detail_t local = {0};
+    if (err == NULL)
+        err = &local; /* the parsers return err->code */
     memset(&st, 0, sizeof(st));
     memset(dst, 0, sizeof(*dst));
     json_t *root = json_loadb(src, src_len, JSON_REJECT_DUPLICATES, &jerr);

@@ -170,6 +170,8 @@ static void apply_final(nsd_run_t *run, nsd_layer_t *l, const nsd_step_t *f)
             atomic_fetch_add(&ctx->steps_skipped, 1);
         }
     }
+    if (f->update & NS_UPDATE_PRECISE)
+        l->precise_due -= f->count <= l->precise_due ? f->count : l->precise_due;
     l->last_applied = (int64_t)f->step;
     atomic_fetch_add(&ctx->steps_applied, 1);
 }
@@ -215,6 +217,8 @@ void nsd_layer_ready_insert(nsd_layer_t *l, nsd_step_t *f)
         if (pop != NULL && d->mean != NULL)
             nsd_pop_set_last(pop, f->channels, f->step, d->count, d->mean, d->var);
     }
+    if (f->update & NS_UPDATE_PRECISE)
+        l->precise_due += f->count;
     size_t pos = l->n_ready;
     while (pos > 0 && l->ready[pos - 1]->step > f->step)
         pos--;
@@ -234,6 +238,12 @@ void nsd_run_close_pending(nsd_run_t *run, nsd_layer_t *l, size_t idx, int drop,
     atomic_fetch_sub(&ctx->pending_steps, 1);
     if ((int64_t)p->step > l->max_closed)
         l->max_closed = (int64_t)p->step;
+    /* Its arrivals leave the pending count; a finalized step comes back in
+     * whole with nsd_layer_ready_insert(). */
+    for (uint32_t w = 0; (p->update & NS_UPDATE_PRECISE) && w < p->world_size; w++)
+        if (p->arrivals[w].present)
+            l->precise_due -=
+                p->arrivals[w].n <= l->precise_due ? p->arrivals[w].n : l->precise_due;
 
     nsd_step_t *f = NULL;
     int status = NS_ETIMEDOUT;

@@ -62,9 +62,12 @@ typedef struct nsd_layer_s {
     size_t channels;      /* 0 until a report with arrays fixed it */
     int64_t *worker_last; /* [n_workers] last step each worker reported, -1 */
     uint32_t n_workers;
-    int64_t max_closed;      /* highest finalized or dropped step, -1 */
-    int64_t last_applied;    /* -1 */
-    int64_t max_seen;        /* highest step reported, -1 */
+    int64_t max_closed;   /* highest finalized or dropped step, -1 */
+    int64_t last_applied; /* -1 */
+    int64_t max_seen;     /* highest step reported, -1 */
+    /* samples of accepted arrivals with update precise, pending or finalized,
+     * not applied yet: what the accumulators will still receive */
+    uint64_t precise_due;
     nsd_pending_t **pending; /* ascending step */
     size_t n_pending, cap_pending;
     nsd_step_t **ready; /* finalized, not applied yet; ascending step */

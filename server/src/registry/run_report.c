@@ -2,6 +2,7 @@
  * layer, allocate what it needs, commit (see the DESIGN in run.h). */
 #include "run.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -36,6 +37,37 @@ static void plan_free(plan_t *pl, size_t n)
         nsd_pop_free(pl[i].new_pop);
     }
     free(pl);
+}
+
+/* The first value of a layer's report beyond the bounds that keep every
+ * statistic derived from it finite (NS_MEAN_ABS_MAX, NS_VAR_MAX; see
+ * proto.h). @return 0 or NS_EVALUE naming the element. */
+static int check_values(const ns_layer_report_t *lr, ns_error_detail_t *err)
+{
+    char field[NS_NAME_MAX + 48];
+    for (size_t c = 0; lr->mean != NULL && c < lr->channels; c++)
+        if (!(fabs((double)lr->mean[c]) <= NS_MEAN_ABS_MAX)) {
+            snprintf(field, sizeof(field), "layers.%s." NS_FIELD_MEAN "[%zu]", lr->name, c);
+            return ns_error_set(err, NS_EVALUE, field, "%g is beyond +-2^60", (double)lr->mean[c]);
+        }
+    for (size_t c = 0; lr->var != NULL && c < lr->channels; c++)
+        if (!((double)lr->var[c] <= NS_VAR_MAX)) {
+            snprintf(field, sizeof(field), "layers.%s." NS_FIELD_VAR "[%zu]", lr->name, c);
+            return ns_error_set(err, NS_EVALUE, field, "%g is beyond 2^120", (double)lr->var[c]);
+        }
+    return 0;
+}
+
+/* Samples the layer's PreciseBN accumulators hold (current generation of
+ * every domain, what the pooled view merges) plus those of accepted arrivals
+ * not applied yet (l->precise_due): what it would hold once they are. */
+static uint64_t precise_committed(const nsd_layer_t *l)
+{
+    uint64_t total = l->precise_due;
+    for (size_t d = 0; d < l->cap_pops; d++)
+        if (l->pops[d] != NULL)
+            total += l->pops[d]->precise.n;
+    return total;
 }
 
 /* Phase 1: the checks of one layer; nothing changes. */
@@ -97,6 +129,28 @@ static int check_layer(const nsd_run_t *run, const ns_report_t *rep, plan_t *pl,
         uint32_t max_pending = run->ctx->limits.max_pending_steps;
         if (p == NULL && l->n_pending >= max_pending)
             return ns_error_set(err, NS_EBUSY, field, "%u steps already pending", max_pending);
+    }
+    /* Bounds that keep every sum and statistic finite: a step's total fits
+     * (count), a served value is never infinite, and the accumulators this
+     * arrival will reach stay within int64 (an accepted step always
+     * finalizes and applies). */
+    if (lr->count > NS_COUNT_MAX) {
+        snprintf(field, sizeof(field), "layers.%s." NS_FIELD_COUNT, lr->name);
+        return ns_error_set(err, NS_EVALUE, field, "%llu is above 2^32",
+                            (unsigned long long)lr->count);
+    }
+    int rc = check_values(lr, err);
+    if (rc != 0)
+        return rc;
+    if (l != NULL && (rep->update & NS_UPDATE_PRECISE) && lr->count > 0) {
+        uint64_t held = precise_committed(l);
+        if (lr->count > (uint64_t)INT64_MAX - held) {
+            snprintf(field, sizeof(field), "layers.%s." NS_FIELD_COUNT, lr->name);
+            return ns_error_set(err, NS_EVALUE, field,
+                                "the layer's PreciseBN accumulators (%llu samples with those "
+                                "pending) would exceed 2^63-1; reset them",
+                                (unsigned long long)held);
+        }
     }
     pl->pending = p;
     pl->is_new_pending = p == NULL;
@@ -187,6 +241,8 @@ static void commit_layer(nsd_run_t *run, ns_report_t *rep, uint32_t dom, plan_t 
     a->present = 1;
     a->domain = dom;
     a->n = lr->count;
+    if (p->update & NS_UPDATE_PRECISE)
+        l->precise_due += lr->count;
     a->mean = lr->mean;
     a->var = lr->var;
     lr->mean = lr->var = NULL;

@@ -245,6 +245,212 @@ START_TEST(test_checkpoint_validation)
 }
 END_TEST
 
+/* Reports whose sums or statistics could overflow are refused (422 naming
+ * the field) before anything is accepted: a count above 2^32 (two workers at
+ * 2^63-1 used to combine to -2, three to a step discarded after 202s), a mean
+ * or variance beyond the bounds that keep every derived value finite, and an
+ * arrival that would take the layer's PreciseBN accumulators past 2^63-1
+ * once the arrivals already accepted are applied. */
+START_TEST(test_report_bounds)
+{
+    nsd_registry_t *reg = nsd_registry_create(NULL);
+    ns_run_config_t cfg = config(3);
+    ck_assert_int_eq(nsd_registry_put_run(reg, "r", &cfg, NULL, NULL), 0);
+    float m[2] = {1, 2}, v[2] = {1, 1};
+    fx_layer_t ok = {"bn", 4, 2, m, v};
+    for (uint32_t w = 0; w < 3; w++)
+        ck_assert_int_eq(fx_send(reg, "r", 0, w, NULL, &ok, 1, 0, NULL, NULL), 0);
+    char *before = fx_snapshot(reg, "r", 0);
+    float big_m[2] = {3e38f, 0}, neg_m[2] = {0, -0x1.000002p60f}, big_v[2] = {1, 0x1.000002p120f};
+    struct {
+        fx_layer_t layer;
+        const char *field;
+    } cases[] = {
+        {{"bn", (uint64_t)INT64_MAX, 2, m, v}, "layers.bn.count"},
+        {{"bn", NS_COUNT_MAX + 1, 2, m, v}, "layers.bn.count"},
+        {{"bn", 4, 2, big_m, v}, "layers.bn.mean[0]"},
+        {{"bn", 4, 2, neg_m, v}, "layers.bn.mean[1]"},
+        {{"bn", 4, 2, m, big_v}, "layers.bn.var[1]"},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++)
+        for (uint32_t w = 0; w < 3; w++) {
+            ns_error_detail_t err = {0};
+            ns_report_t *r = fx_report(1, w, NULL, &cases[i].layer, 1);
+            ck_assert_int_eq(nsd_registry_report(reg, "r", r, 0, NULL, NULL, &err), NS_EVALUE);
+            ck_assert_msg(strcmp(err.field, cases[i].field) == 0, "case %zu: %s", i, err.message);
+            char *after = fx_snapshot(reg, "r", 0);
+            ck_assert_str_eq(before, after);
+            free(after);
+        }
+    /* The largest values accepted combine to finite statistics. */
+    float edge_m[2] = {0x1p60f, -0x1p60f}, edge_v[2] = {0x1p120f, 0x1p120f};
+    fx_layer_t edge = {"bn", NS_COUNT_MAX, 2, edge_m, edge_v};
+    float flip_m[2] = {-0x1p60f, 0x1p60f};
+    fx_layer_t flip = {"bn", NS_COUNT_MAX, 2, flip_m, edge_v};
+    ck_assert_int_eq(fx_send(reg, "r", 1, 0, NULL, &edge, 1, 0, NULL, NULL), 0);
+    ck_assert_int_eq(fx_send(reg, "r", 1, 1, NULL, &flip, 1, 0, NULL, NULL), 0);
+    ck_assert_int_eq(fx_send(reg, "r", 1, 2, NULL, &edge, 1, 0, NULL, NULL), 0);
+    nsd_stats_t *st = fx_stats(reg, "r", NSD_SOURCE_PRECISE, NULL);
+    const ns_out_layer_t *ol = fx_layer_of(st, "bn");
+    ck_assert_ptr_nonnull(ol);
+    ck_assert_int_eq(fx_scalar(ol, NS_FIELD_NUM_SAMPLES), 12 + 3 * (int64_t)NS_COUNT_MAX);
+    for (size_t c = 0; c < 2; c++)
+        ck_assert_msg(isfinite((float)ol->arrays[1][c]), "var[%zu] %g", c, ol->arrays[1][c]);
+    nsd_stats_free(st);
+    free(before);
+    nsd_registry_free(reg);
+}
+END_TEST
+
+/* The accumulator bound counts the arrivals accepted but not applied yet:
+ * two arrivals that each fit alone but not together are not both taken. */
+START_TEST(test_precise_accumulator_bound)
+{
+    nsd_registry_t *reg = nsd_registry_create(NULL);
+    ns_run_config_t cfg = config(2);
+    ck_assert_int_eq(nsd_registry_put_run(reg, "r", &cfg, NULL, NULL), 0);
+    float m[1] = {1}, v[1] = {1};
+    fx_layer_t one = {"bn", 4, 1, m, v};
+    ck_assert_int_eq(fx_send(reg, "r", 0, 0, NULL, &one, 1, 0, NULL, NULL), 0);
+    ck_assert_int_eq(fx_send(reg, "r", 0, 1, NULL, &one, 1, 0, NULL, NULL), 0);
+    /* An accumulator near the limit, through an import. */
+    json_t *cp = nsd_registry_checkpoint_export(reg, "r", NULL);
+    json_t *prec = json_object_get(
+        json_object_get(
+            json_object_get(json_object_get(json_object_get(cp, "layers"), "bn"), "domains"),
+            "default"),
+        "precise");
+    const uint64_t start = (uint64_t)INT64_MAX - 2 * NS_COUNT_MAX + 1;
+    json_object_set_new(prec, "n", json_integer((json_int_t)start));
+    char *text = json_dumps(cp, JSON_COMPACT);
+    ns_error_detail_t err = {0};
+    ck_assert_int_eq(nsd_registry_checkpoint_import(reg, "r", text, strlen(text), &err), 0);
+    free(text);
+    json_decref(cp);
+    fx_layer_t full = {"bn", NS_COUNT_MAX, 1, m, v};
+    ck_assert_int_eq(fx_send(reg, "r", 1, 0, NULL, &full, 1, 0, NULL, NULL), 0);
+    char *before = fx_snapshot(reg, "r", 0);
+    memset(&err, 0, sizeof(err));
+    ck_assert_int_eq(
+        nsd_registry_report(reg, "r", fx_report(1, 1, NULL, &full, 1), 0, NULL, NULL, &err),
+        NS_EVALUE);
+    ck_assert_str_eq(err.field, "layers.bn.count");
+    char *after = fx_snapshot(reg, "r", 0);
+    ck_assert_str_eq(before, after);
+    free(after);
+    free(before);
+    /* What still fits is taken, and the accumulator ends exactly at 2^63-1. */
+    fx_layer_t rest = {"bn", NS_COUNT_MAX - 1, 1, m, v};
+    ck_assert_int_eq(fx_send(reg, "r", 1, 1, NULL, &rest, 1, 0, NULL, NULL), 0);
+    nsd_stats_t *st = fx_stats(reg, "r", NSD_SOURCE_PRECISE, NULL);
+    ck_assert_int_eq(fx_scalar(fx_layer_of(st, "bn"), NS_FIELD_NUM_SAMPLES), INT64_MAX);
+    nsd_stats_free(st);
+    /* Full: any further sample is refused, an empty batch or an EMA-only
+     * report is not, and a reset makes room again. */
+    fx_layer_t tiny = {"bn", 1, 1, m, v}, empty = {"bn", 0, 0, NULL, NULL};
+    ck_assert_int_eq(fx_send(reg, "r", 2, 0, NULL, &tiny, 1, 0, NULL, NULL), NS_EVALUE);
+    fx_opts_t ema = {.update = "[\"ema\"]"};
+    ck_assert_int_eq(fx_send(reg, "r", 2, 0, &ema, &tiny, 1, 0, NULL, NULL), 0);
+    ck_assert_int_eq(fx_send(reg, "r", 3, 0, NULL, &empty, 1, 0, NULL, NULL), 0);
+    ck_assert_int_eq(nsd_registry_precise_reset(reg, "r", NULL, NULL, NULL), 0);
+    ck_assert_int_eq(fx_send(reg, "r", 4, 0, NULL, &tiny, 1, 0, NULL, NULL), 0);
+    nsd_registry_free(reg);
+}
+END_TEST
+
+/* A checkpoint import is refused unless everything it would serve, and
+ * everything later steps make of it, is finite and consistent. */
+START_TEST(test_checkpoint_bounds)
+{
+    nsd_registry_t *reg = nsd_registry_create(NULL);
+    float m[2] = {1, 2}, v[2] = {1, 1};
+    fx_layer_t l = {"bn", 4, 2, m, v};
+    for (uint64_t s = 0; s < 3; s++)
+        ck_assert_int_eq(fx_send(reg, "r", s, 0, NULL, &l, 1, 0, NULL, NULL), 0);
+    json_t *cp = nsd_registry_checkpoint_export(reg, "r", NULL);
+    char *before = fx_snapshot(reg, "r", 0);
+    const char *dom = "layers/bn/domains/default/";
+    struct {
+        const char *path; /* below 'dom' unless it starts with '/' */
+        json_t *value;
+        const char *field;
+    } cases[] = {
+        {"ema/running_var", json_pack("[f, f]", 1e308, 1.0), "ema.running_var.0"},
+        {"ema/zero_var", json_pack("[f, f]", 1.0, 0x1p123), "ema.zero_var.1"},
+        {"ema/running_mean", json_pack("[f, f]", 3e38, 1.0), "ema.running_mean.0"},
+        {"/layers/bn/pooled/running_var", json_pack("[f, f]", 1e308, 1.0),
+         "layers.bn.pooled.running_var.0"},
+        {"precise/num_batches", json_integer(13), "precise.num_batches"},
+        {"precise/m2", json_pack("[f, f]", 1.0, 1e300), "precise.m2.1"},
+        {"precise/mean", json_pack("[f, f]", -1e30, 1.0), "precise.mean.0"},
+        {"last/var", json_pack("[f, f]", 1e300, 1.0), "last.var.0"},
+        {"ema/num_batches_tracked", json_integer(INT64_MAX), "ema.num_batches_tracked"},
+        {"/layers/bn/last/mean", json_pack("[f, f]", 1.0, 1e20), "layers.bn.last.mean.1"},
+        {"/skipped_steps", json_integer(INT64_MAX), "skipped_steps"},
+        {"/precise_generation", json_integer(INT64_MAX), "precise_generation"},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        json_t *copy = json_deep_copy(cp);
+        char path[160], field[160];
+        snprintf(path, sizeof(path), "%s%s", cases[i].path[0] == '/' ? "" : dom,
+                 cases[i].path + (cases[i].path[0] == '/'));
+        snprintf(field, sizeof(field), "%s%s",
+                 cases[i].path[0] == '/' ? "" : "layers.bn.domains.default.", cases[i].field);
+        json_t *obj = copy;
+        char *save = NULL, *tok = strtok_r(path, "/", &save), *next;
+        while ((next = strtok_r(NULL, "/", &save)) != NULL) {
+            obj = json_object_get(obj, tok);
+            ck_assert_ptr_nonnull(obj);
+            tok = next;
+        }
+        json_object_set_new(obj, tok, cases[i].value);
+        char *text = json_dumps(copy, JSON_COMPACT);
+        ns_error_detail_t err = {0};
+        ck_assert_int_eq(nsd_registry_checkpoint_import(reg, "r", text, strlen(text), &err),
+                         NS_EVALUE);
+        ck_assert_msg(strcmp(err.field, field) == 0, "case %zu: field %s want %s (%s)", i,
+                      err.field, field, err.message);
+        free(text);
+        json_decref(copy);
+        char *after = fx_snapshot(reg, "r", 0);
+        ck_assert_str_eq(before, after);
+        free(after);
+    }
+    /* n 0 or 1 with num_batches 3; n > 0 with no batch. */
+    const json_int_t nb[][2] = {{0, 3}, {1, 3}, {5, 0}};
+    for (size_t i = 0; i < 3; i++) {
+        json_t *copy = json_deep_copy(cp);
+        json_t *prec = json_object_get(
+            json_object_get(
+                json_object_get(json_object_get(json_object_get(copy, "layers"), "bn"), "domains"),
+                "default"),
+            "precise");
+        json_object_set_new(prec, "n", json_integer(nb[i][0]));
+        json_object_set_new(prec, "num_batches", json_integer(nb[i][1]));
+        char *text = json_dumps(copy, JSON_COMPACT);
+        ns_error_detail_t err = {0};
+        ck_assert_int_eq(nsd_registry_checkpoint_import(reg, "r", text, strlen(text), &err),
+                         NS_EVALUE);
+        ck_assert_str_eq(err.field, "layers.bn.domains.default.precise.num_batches");
+        free(text);
+        json_decref(copy);
+        char *after = fx_snapshot(reg, "r", 0);
+        ck_assert_str_eq(before, after);
+        free(after);
+    }
+    /* The export itself still imports, unchanged. */
+    char *text = json_dumps(cp, JSON_COMPACT);
+    ck_assert_int_eq(nsd_registry_checkpoint_import(reg, "r", text, strlen(text), NULL), 0);
+    free(text);
+    json_t *cp2 = nsd_registry_checkpoint_export(reg, "r", NULL);
+    ck_assert(json_equal(cp, cp2));
+    json_decref(cp2);
+    json_decref(cp);
+    free(before);
+    nsd_registry_free(reg);
+}
+END_TEST
+
 START_TEST(test_shutdown_and_delete_wake_waiters)
 {
     nsd_registry_t *reg = nsd_registry_create(NULL);
@@ -627,6 +833,9 @@ static Suite *make_suite(void)
     tcase_add_test(tc, test_stall_report);
     tcase_add_test(tc, test_stats_errors);
     tcase_add_test(tc, test_checkpoint_validation);
+    tcase_add_test(tc, test_report_bounds);
+    tcase_add_test(tc, test_precise_accumulator_bound);
+    tcase_add_test(tc, test_checkpoint_bounds);
     tcase_add_test(tc, test_shutdown_and_delete_wake_waiters);
     tcase_add_test(tc, test_persist_and_wakeup_hooks);
     tcase_add_test(tc, test_concurrent_reports);
