@@ -49,7 +49,8 @@ void nsd_h_precise_reset(nsd_request_t *req)
     uint64_t generation = 0;
     int rc = parse_body(req, domain, &sel, &err);
     rc = rc ? rc
-            : nsd_registry_precise_reset(req->server->registry, req->run, sel, &generation, &err);
+            : nsd_registry_precise_reset_known(req->server->registry, req->run, sel, &generation,
+                                               &err);
     if (rc != 0) {
         nsd_respond_detail(req, rc, &err);
         return;

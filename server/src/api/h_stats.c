@@ -6,10 +6,30 @@
 #include "http/http.h"
 #include "registry/registry.h"
 
-static const char *const params[] = {"source",   "domain", "mixture", "layers",
-                                     "variance", "format", NULL};
+static int name_cmp(const void *a, const void *b)
+{
+    return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
 
-/* Split "l1,l2" into names. @return 0 or NS_EINVAL (err set); *dst malloc'd. */
+/* A layer named twice would be answered twice. @return 0 or NS_EINVAL naming it. */
+static int check_unique(const char (*names)[NS_NAME_MAX + 1], size_t n, ns_error_detail_t *err)
+{
+    const char **sorted = malloc(n * sizeof(*sorted));
+    if (sorted == NULL)
+        return ns_error_set(err, NS_ENOMEM, "layers", "out of memory");
+    for (size_t i = 0; i < n; i++)
+        sorted[i] = names[i];
+    qsort(sorted, n, sizeof(*sorted), name_cmp);
+    int rc = 0;
+    for (size_t i = 1; i < n && rc == 0; i++)
+        if (strcmp(sorted[i - 1], sorted[i]) == 0)
+            rc = ns_error_set(err, NS_EINVAL, "layers", "layer '%s' named more than once",
+                              sorted[i]);
+    free(sorted);
+    return rc;
+}
+
+/* Split "l1,l2" into distinct names. @return 0 or NS_EINVAL (err set); *dst malloc'd. */
 static int parse_layers(const char *src, char (**dst)[NS_NAME_MAX + 1], size_t *n,
                         ns_error_detail_t *err)
 {
@@ -37,17 +57,21 @@ static int parse_layers(const char *src, char (**dst)[NS_NAME_MAX + 1], size_t *
             break;
         p += len + 1;
     }
+    int rc = check_unique((const char(*)[NS_NAME_MAX + 1]) names, i + 1, err);
+    if (rc != 0) {
+        free(names);
+        return rc;
+    }
     *dst = names;
     *n = i + 1;
     return 0;
 }
 
-/* Fill 'q' and 'format' from the query string and Accept. @return 0 or NS_EINVAL. */
+/* Fill 'q' and 'format' from the query string (its parameters checked
+ * against the route's list in routes.c) and Accept. @return 0 or NS_EINVAL. */
 static int parse_query(nsd_request_t *req, nsd_stats_query_t *q, char (**layers)[NS_NAME_MAX + 1],
                        ns_format_t *format, ns_error_detail_t *err)
 {
-    if (nsd_request_check_query(req, params, err) != 0)
-        return NS_EINVAL;
     const char *v = nsd_request_query(req, "source");
     if (v == NULL || strcmp(v, "ema") == 0)
         q->source = NSD_SOURCE_EMA;

@@ -16,7 +16,19 @@
  *  order: wait_lock, then MHD's own (MHD_suspend_connection); no registry
  *  or store lock is ever taken under wait_lock.
  *  Shutdown: nsd_registry_shutdown() wakes every waiting /sync, so no
- *  connection is suspended when MHD_stop_daemon() runs. */
+ *  connection is suspended when MHD_stop_daemon() runs.
+ *  Request target: libmicrohttpd 0.9.75 decodes the path in place (a %00
+ *  cuts a name short, a %2F adds a segment) and parses the query into the
+ *  connection's memory pool, where too many parameters make it queue a 431
+ *  that it never sends (the connection hangs until the timeout). So on_uri,
+ *  called with the target as received before MHD parses it, takes a copy
+ *  of the query and ends the string MHD would parse; the unescape callback
+ *  leaves the path as received; routes.c then decodes both strictly. A raw
+ *  NUL byte in the target ends the string MHD hands us early: on_access
+ *  sees it from where MHD's request line puts the version (0.9.x only).
+ *  Framing: MHD takes the first of several Content-Length headers and
+ *  prefers Transfer-Encoding to Content-Length; a request whose framing is
+ *  ambiguous is answered 400 before its body and the connection closed. */
 #include "http.h"
 
 #include <errno.h>
@@ -56,7 +68,7 @@ static void queue(nsd_request_t *req, int status, struct MHD_Response *resp,
     if (status == 401)
         MHD_add_response_header(resp, MHD_HTTP_HEADER_WWW_AUTHENTICATE,
                                 "Bearer realm=\"normstat\"");
-    if (atomic_load(&req->server->shutting_down))
+    if (atomic_load(&req->server->shutting_down) || req->close_after)
         MHD_add_response_header(resp, MHD_HTTP_HEADER_CONNECTION, "close");
     if (MHD_queue_response(req->conn, (unsigned)status, resp) != MHD_YES) {
         /* The access handler then returns MHD_NO, which closes the connection. */
@@ -222,7 +234,10 @@ void nsd_respond_durable(nsd_request_t *req, int status, json_t *body)
 
 const char *nsd_request_query(nsd_request_t *req, const char *key)
 {
-    return MHD_lookup_connection_value(req->conn, MHD_GET_ARGUMENT_KIND, key);
+    for (size_t i = 0; i < req->n_params; i++)
+        if (strcmp(req->params[i].key, key) == 0)
+            return req->params[i].value;
+    return NULL;
 }
 
 const char *nsd_request_header(nsd_request_t *req, const char *name)
@@ -230,30 +245,19 @@ const char *nsd_request_header(nsd_request_t *req, const char *name)
     return MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND, name);
 }
 
-typedef struct query_check_s {
-    const char *const *allowed;
-    ns_error_detail_t *err;
-    int rc;
-} query_check_t;
-
-static enum MHD_Result check_one(void *cls, enum MHD_ValueKind kind, const char *key,
-                                 const char *value)
-{
-    query_check_t *qc = cls;
-    (void)kind;
-    (void)value;
-    for (size_t i = 0; qc->allowed[i] != NULL; i++)
-        if (strcmp(key, qc->allowed[i]) == 0)
-            return MHD_YES;
-    qc->rc = ns_error_set(qc->err, NS_EINVAL, key, "unknown query parameter");
-    return MHD_NO;
-}
-
 int nsd_request_check_query(nsd_request_t *req, const char *const allowed[], ns_error_detail_t *err)
 {
-    query_check_t qc = {allowed, err, 0};
-    MHD_get_connection_values(req->conn, MHD_GET_ARGUMENT_KIND, check_one, &qc);
-    return qc.rc;
+    for (size_t i = 0; i < req->n_params; i++) {
+        size_t k = 0;
+        while (allowed != NULL && allowed[k] != NULL && strcmp(allowed[k], req->params[i].key) != 0)
+            k++;
+        if (allowed == NULL || allowed[k] == NULL)
+            return ns_error_set(err, NS_EINVAL, req->params[i].key,
+                                allowed == NULL || allowed[0] == NULL
+                                    ? "unknown query parameter; this route takes none"
+                                    : "unknown query parameter");
+    }
+    return 0;
 }
 
 void nsd_request_defer(nsd_request_t *req, nsd_handler_fn on_wake)
@@ -288,10 +292,62 @@ static int media_is(const char *value, const char *type)
     return strlen(type) == len && strncasecmp(value, type, len) == 0;
 }
 
-/* First call: authenticate, match the route, check Content-Length and Content-Type. */
+/* The framing headers of a request, as MHD_get_connection_values() lists them. */
+typedef struct framing_s {
+    const char *length; /* the first Content-Length */
+    int lengths_differ;
+    const char *encoding; /* the last Transfer-Encoding */
+    int encodings;
+} framing_t;
+
+static enum MHD_Result framing_one(void *cls, enum MHD_ValueKind kind, const char *key,
+                                   const char *value)
+{
+    framing_t *f = cls;
+    (void)kind;
+    if (value == NULL)
+        value = "";
+    if (strcasecmp(key, MHD_HTTP_HEADER_CONTENT_LENGTH) == 0) {
+        if (f->length != NULL && strcmp(f->length, value) != 0)
+            f->lengths_differ = 1;
+        if (f->length == NULL)
+            f->length = value;
+    } else if (strcasecmp(key, MHD_HTTP_HEADER_TRANSFER_ENCODING) == 0) {
+        f->encoding = value;
+        f->encodings++;
+    }
+    return MHD_YES;
+}
+
+/* A body whose length two parties could read differently (request
+ * smuggling behind a proxy) is refused. @return 0 or NS_EINVAL, detail set. */
+static int check_framing(nsd_request_t *req)
+{
+    framing_t f = {0};
+    MHD_get_connection_values(req->conn, MHD_HEADER_KIND, framing_one, &f);
+    ns_error_detail_t *err = &req->pending_detail;
+    if (f.lengths_differ)
+        return ns_error_set(err, NS_EINVAL, "Content-Length",
+                            "given more than once with different values");
+    if (f.length != NULL && f.encodings > 0)
+        return ns_error_set(err, NS_EINVAL, "Content-Length",
+                            "given together with Transfer-Encoding; send one of them");
+    if (f.encodings > 1 || (f.encodings == 1 && strcasecmp(f.encoding, "chunked") != 0))
+        return ns_error_set(err, NS_EINVAL, "Transfer-Encoding",
+                            "only a single \"chunked\" is accepted");
+    return 0;
+}
+
+/* First call: check the framing, authenticate, match the route and the
+ * query, check Content-Length and Content-Type. */
 static void request_begin(nsd_request_t *req)
 {
     nsd_server_t *srv = req->server;
+    if (check_framing(req) != 0) {
+        req->pending_error = NS_EINVAL;
+        req->close_after = 1;
+        return;
+    }
     /* Before anything else: a refused request has no route, so its body is
      * read and dropped, never collected, and it is answered after it. */
     if (!nsd_auth_exempt(req->method, req->path)) {
@@ -302,10 +358,20 @@ static void request_begin(nsd_request_t *req)
             return;
         }
     }
+    if (req->target_nul) {
+        req->pending_error = ns_error_set(&req->pending_detail, NS_EINVAL, "path",
+                                          "the request target holds a NUL byte");
+        return;
+    }
     int rc = nsd_routes_match(req->method, req->path, &req->route, req->run, sizeof(req->run),
-                              req->allow, sizeof(req->allow));
+                              req->allow, sizeof(req->allow), &req->pending_detail);
     if (rc == NS_ENOTFOUND || rc == NS_EMETHOD)
         req->route = NULL;
+    if (rc == 0 && req->query != NULL)
+        rc = nsd_query_parse(req->query, req->params, NSD_QUERY_PARAMS_MAX, &req->n_params,
+                             &req->pending_detail);
+    if (rc == 0 && req->route != NULL)
+        rc = nsd_request_check_query(req, req->route->query, &req->pending_detail);
     if (rc != 0)
         req->pending_error = rc;
 
@@ -358,7 +424,7 @@ static void respond_pending_error(nsd_request_t *req)
         nsd_respond_error(req, NS_EFORBIDDEN, "the bearer token is not accepted");
         break;
     case NS_EINVAL:
-        nsd_respond_error(req, NS_EINVAL, "run: invalid name (expected [A-Za-z0-9_.:-]{1,128})");
+        nsd_respond_detail(req, NS_EINVAL, &req->pending_detail);
         break;
     case NS_ETOOLARGE:
         snprintf(msg, sizeof(msg), "request body larger than %llu bytes (--max-body)",
@@ -418,6 +484,52 @@ static void after_handler(nsd_request_t *req)
         nsd_respond_error(req, NS_EINTERNAL, "the handler gave no answer");
 }
 
+static void request_free(nsd_request_t *req)
+{
+    ns_buf_free(&req->body);
+    pthread_mutex_destroy(&req->wait_lock);
+    free(req->query);
+    free(req);
+}
+
+/* MHD_OPTION_URI_LOG_CALLBACK: the request target as received, before MHD
+ * parses it; the result becomes the request's *con_cls. */
+static void *on_uri(void *cls, const char *uri, struct MHD_Connection *conn)
+{
+    nsd_server_t *srv = cls;
+    nsd_request_t *req = calloc(1, sizeof(*req));
+    if (req == NULL)
+        return NULL;
+    req->server = srv;
+    req->conn = conn;
+    pthread_mutex_init(&req->wait_lock, NULL);
+    ns_buf_init(&req->body, srv->opts->max_body);
+    req->target = uri;
+    req->target_len = uri != NULL ? strlen(uri) : 0;
+    const char *q = uri != NULL ? strchr(uri, '?') : NULL;
+    if (q != NULL) {
+        req->query = strdup(q + 1);
+        if (req->query == NULL) {
+            request_free(req);
+            return NULL;
+        }
+#if MHD_VERSION < 0x01000000
+        /* 0.9.x parses the query from this very buffer right after this
+         * call: leave it nothing to parse (see the DESIGN above). */
+        ((char *)q)[1] = '\0';
+#endif
+    }
+    return req;
+}
+
+/* MHD_OPTION_UNESCAPE_CALLBACK: the path stays as received (routes.c decodes it). */
+static size_t keep_escaped(void *cls, struct MHD_Connection *conn, char *s)
+{
+    (void)cls;
+    (void)conn;
+    return strlen(s);
+}
+
 static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const char *url,
                                  const char *method, const char *version, const char *upload_data,
                                  size_t *upload_data_size, void **con_cls)
@@ -425,22 +537,25 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
     nsd_server_t *srv = cls;
     nsd_request_t *req = *con_cls;
     (void)version;
-    if (req == NULL) {
-        req = calloc(1, sizeof(*req));
-        if (req == NULL)
-            return MHD_NO;
-        req->server = srv;
+    if (req == NULL)
+        return MHD_NO; /* on_uri ran out of memory */
+    if (!req->begun) {
+        req->begun = 1;
         req->conn = conn;
         req->method = method;
         req->path = url;
         req->start_ns = nsd_now_ns();
-        pthread_mutex_init(&req->wait_lock, NULL);
-        ns_buf_init(&req->body, srv->opts->max_body);
+#if MHD_VERSION < 0x01000000
+        /* 0.9.x keeps the request line in one buffer, the version right
+         * after the target and its separator: unless a raw NUL byte in the
+         * target ended the string MHD handed us early. */
+        req->target_nul = req->target == url && version != url + req->target_len + 1;
+#endif
         atomic_fetch_add(&srv->in_flight, 1);
-        *con_cls = req;
         request_begin(req);
-        /* A body we will not read is refused at once; the connection closes. */
-        if (req->pending_error == NS_ETOOLARGE)
+        /* A body we will not read, or whose length is ambiguous, is refused
+         * at once; the connection closes. */
+        if (req->pending_error == NS_ETOOLARGE || req->close_after)
             respond_pending_error(req);
         return req->status < 0 ? MHD_NO : MHD_YES;
     }
@@ -501,6 +616,12 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     (void)conn;
     if (req == NULL)
         return;
+    if (!req->begun) {
+        /* MHD refused the request before our access handler saw it. */
+        request_free(req);
+        *con_cls = NULL;
+        return;
+    }
     double seconds = (double)(nsd_now_ns() - req->start_ns) * 1e-9;
     if (nsd_log_enabled(NSD_LOG_DEBUG) || toe != MHD_REQUEST_TERMINATED_COMPLETED_OK) {
         int level = toe == MHD_REQUEST_TERMINATED_COMPLETED_OK ? NSD_LOG_DEBUG : NSD_LOG_INFO;
@@ -511,9 +632,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     }
     if (req->user_free != NULL)
         req->user_free(req->user);
-    ns_buf_free(&req->body);
-    pthread_mutex_destroy(&req->wait_lock);
-    free(req);
+    request_free(req);
     *con_cls = NULL;
     atomic_fetch_sub(&srv->in_flight, 1);
 }
@@ -564,6 +683,8 @@ int nsd_http_start(nsd_server_t *server, ns_error_detail_t *err)
         MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)CONNECTION_TIMEOUT_S,
         MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)CONNECTION_MEMORY,
         MHD_OPTION_NOTIFY_COMPLETED, on_completed, server,
+        MHD_OPTION_URI_LOG_CALLBACK, on_uri, server,
+        MHD_OPTION_UNESCAPE_CALLBACK, keep_escaped, NULL,
         MHD_OPTION_END);
     /* clang-format on */
     int family = res->ai_family;

@@ -63,9 +63,18 @@ struct nsd_request_s {
     void (*user_free)(void *user);
 
     /* private to http.c */
-    int pending_error;  /* error found before the handler could run */
-    uint64_t discarded; /* body bytes read and dropped */
-    char allow[64];     /* Allow header of a 405 */
+    char *query;                              /* decoded query, owns params' strings */
+    nsd_param_t params[NSD_QUERY_PARAMS_MAX]; /* the query parameters, in order */
+    size_t n_params;
+    const char *target;               /* as on_uri got it: compared, never read later */
+    size_t target_len;                /* its length then */
+    int target_nul;                   /* a raw NUL byte cut the target short */
+    int begun;                        /* first access call done: counted in in_flight */
+    int close_after;                  /* answer with Connection: close (framing not trusted) */
+    int pending_error;                /* error found before the handler could run */
+    ns_error_detail_t pending_detail; /* its message, when it has one */
+    uint64_t discarded;               /* body bytes read and dropped */
+    char allow[64];                   /* Allow header of a 405 */
     int responded;
     int status;
     int first_call_done;
@@ -97,7 +106,10 @@ int nsd_probe_run(const nsd_options_t *opts);
 
 /* ---------------------------------------------------------------- requests */
 
-/*! nsd_request_query() : the decoded value of query parameter 'key', or NULL. */
+/*! nsd_request_query() :
+ *  The decoded value of query parameter 'key' ("" when given without '='),
+ *  or NULL when absent. Each parameter is given at most once and was
+ *  checked against the route's list before the handler ran. */
 const char *nsd_request_query(nsd_request_t *req, const char *key);
 
 /*! nsd_request_header() : a request header (case-insensitive), or NULL. */

@@ -101,19 +101,13 @@ void nsd_sync_result_free(nsd_sync_result_t *res)
 
 /* ---------------------------------------------------------------- runs */
 
-int nsd_registry_put_run(nsd_registry_t *reg, const char *name, const ns_run_config_t *cfg,
-                         int *created, ns_error_detail_t *err)
+/* Apply 'cfg' to the run 'name', creating it if the map has none.
+ * @return 0, an error code, or 1 when the run found was deleted before its
+ * lock was taken (the caller looks again). */
+static int put_once(nsd_registry_t *reg, const char *name, const ns_run_config_t *cfg, int *created,
+                    ns_run_config_t *full, nsd_outbox_t *box, ns_error_detail_t *err)
 {
-    nsd_outbox_t box = {0};
-    int was_created = 0, rc = 0;
-    ns_run_config_t full;
-    if (created)
-        *created = 0;
-    if (atomic_load(&reg->shutdown))
-        return ns_error_set(err, NS_ESHUTDOWN, "", "server is shutting down");
-    if (!ns_name_valid(name))
-        return ns_error_set(err, NS_EINVAL, "run", "invalid run name");
-
+    int rc = 0;
     pthread_rwlock_wrlock(&reg->map_lock);
     int found;
     size_t pos = nsd_registry_map_pos(reg, name, &found);
@@ -123,37 +117,62 @@ int nsd_registry_put_run(nsd_registry_t *reg, const char *name, const ns_run_con
         nsd_run_ref(run);
         pthread_rwlock_unlock(&reg->map_lock);
         pthread_mutex_lock(&run->lock);
-        if (run->deleted)
-            rc = ns_error_set(err, NS_ENOTFOUND, "run", "run '%s' was deleted", name);
-        else
-            rc = nsd_run_config_apply(run, cfg, err, &box);
-        full = run->st.cfg;
-        if (rc == 0 && reg->persist.run_put)
-            reg->persist.run_put(reg->persist.arg, name, &full, 0);
-        nsd_registry_unlock_run(run);
-    } else {
-        ns_run_config_t defaults;
-        ns_run_config_defaults(&defaults);
-        run = nsd_run_create(&reg->ctx, name, &defaults);
-        if (run == NULL) {
-            rc = ns_error_set(err, NS_ENOMEM, "", "out of memory");
-        } else {
-            rc = nsd_run_config_apply(run, cfg, err, &box);
-            if (rc == 0)
-                rc = nsd_registry_map_insert(reg, run, pos);
-            if (rc != 0) {
-                ns_error_set(err, rc, "", "out of memory");
-                nsd_run_unref(run);
-            } else {
-                was_created = 1;
-                full = run->st.cfg;
-                /* Under the map lock: nothing else can reach the run yet. */
-                if (reg->persist.run_put)
-                    reg->persist.run_put(reg->persist.arg, name, &full, 1);
-            }
+        if (run->deleted) {
+            nsd_registry_unlock_run(run);
+            return 1;
         }
-        pthread_rwlock_unlock(&reg->map_lock);
+        rc = nsd_run_config_apply(run, cfg, err, box);
+        *full = run->st.cfg;
+        if (rc == 0 && reg->persist.run_put)
+            reg->persist.run_put(reg->persist.arg, name, full, 0);
+        nsd_registry_unlock_run(run);
+        return rc;
     }
+    ns_run_config_t defaults;
+    ns_run_config_defaults(&defaults);
+    run = nsd_run_create(&reg->ctx, name, &defaults);
+    if (run == NULL) {
+        rc = ns_error_set(err, NS_ENOMEM, "", "out of memory");
+    } else {
+        rc = nsd_run_config_apply(run, cfg, err, box);
+        if (rc == 0)
+            rc = nsd_registry_map_insert(reg, run, pos);
+        if (rc != 0) {
+            ns_error_set(err, rc, "", "out of memory");
+            nsd_run_unref(run);
+        } else {
+            *created = 1;
+            *full = run->st.cfg;
+            /* Under the map lock: nothing else can reach the run yet. */
+            if (reg->persist.run_put)
+                reg->persist.run_put(reg->persist.arg, name, full, 1);
+        }
+    }
+    pthread_rwlock_unlock(&reg->map_lock);
+    return rc;
+}
+
+int nsd_registry_put_run(nsd_registry_t *reg, const char *name, const ns_run_config_t *cfg,
+                         int *created, ns_error_detail_t *err)
+{
+    nsd_outbox_t box = {0};
+    int was_created = 0;
+    ns_run_config_t full;
+    if (created)
+        *created = 0;
+    if (atomic_load(&reg->shutdown))
+        return ns_error_set(err, NS_ESHUTDOWN, "", "server is shutting down");
+    if (!ns_name_valid(name))
+        return ns_error_set(err, NS_EINVAL, "run", "invalid run name");
+    /* A DELETE between the lookup and the run's lock has taken the run out
+     * of the map: look again, and create it. Deleted again in that instant,
+     * the PUT answers 409 (never 404: a PUT creates what is missing). */
+    int rc = put_once(reg, name, cfg, &was_created, &full, &box, err);
+    if (rc == 1)
+        rc = put_once(reg, name, cfg, &was_created, &full, &box, err);
+    if (rc == 1)
+        rc = ns_error_set(err, NS_ECONFLICT, "run",
+                          "run '%s' was deleted while this PUT applied; retry", name);
     if (rc != 0)
         return rc;
     if (created)
@@ -401,19 +420,34 @@ int nsd_registry_stats(nsd_registry_t *reg, const char *name, const nsd_stats_qu
     return rc;
 }
 
-int nsd_registry_precise_reset(nsd_registry_t *reg, const char *name, const char *domain,
-                               uint64_t *generation, ns_error_detail_t *err)
+static int precise_reset(nsd_registry_t *reg, const char *name, const char *domain, int known_only,
+                         uint64_t *generation, ns_error_detail_t *err)
 {
     int rc;
     nsd_run_t *run = nsd_registry_lock_run(reg, name, &rc, err);
     if (run == NULL)
         return rc;
-    rc = nsd_run_precise_reset(run, domain, generation, err);
+    int one = domain != NULL && strcmp(domain, "*") != 0;
+    if (known_only && one && ns_name_valid(domain) && nsd_run_find_domain(&run->st, domain) < 0)
+        rc = ns_error_set(err, NS_ENOTFOUND, "domain", "run '%s' has no domain '%s'", name, domain);
+    else
+        rc = nsd_run_precise_reset(run, domain, generation, err);
     if (rc == 0 && reg->persist.precise_reset)
-        reg->persist.precise_reset(reg->persist.arg, name,
-                                   domain == NULL || strcmp(domain, "*") == 0 ? NULL : domain);
+        reg->persist.precise_reset(reg->persist.arg, name, one ? domain : NULL);
     nsd_registry_unlock_run(run);
     return rc;
+}
+
+int nsd_registry_precise_reset(nsd_registry_t *reg, const char *name, const char *domain,
+                               uint64_t *generation, ns_error_detail_t *err)
+{
+    return precise_reset(reg, name, domain, 0, generation, err);
+}
+
+int nsd_registry_precise_reset_known(nsd_registry_t *reg, const char *name, const char *domain,
+                                     uint64_t *generation, ns_error_detail_t *err)
+{
+    return precise_reset(reg, name, domain, 1, generation, err);
 }
 
 /* ---------------------------------------------------------------- checkpoints */

@@ -78,7 +78,8 @@ void nsd_registry_set_wakeup(nsd_registry_t *reg, void (*fn)(void *arg), void *a
  *  created with). 'created' may be NULL. Ranges: world_size 1..NS_WORLD_SIZE_MAX,
  *  momentum [0, 1] or NS_MOMENTUM_CUMULATIVE, sync_timeout_ms >= 1.
  *  @return 0; NS_EINVAL for an invalid name or out-of-range value (err
- *  names the field); NS_ENOMEM; NS_ESHUTDOWN after shutdown. */
+ *  names the field); NS_ENOMEM; NS_ESHUTDOWN after shutdown; NS_ECONFLICT
+ *  when DELETEs of the run kept overtaking it (never NS_ENOTFOUND). */
 int nsd_registry_put_run(nsd_registry_t *reg, const char *run, const ns_run_config_t *cfg,
                          int *created, ns_error_detail_t *err);
 
@@ -185,11 +186,18 @@ void nsd_stats_free(nsd_stats_t *stats);
 
 /*! nsd_registry_precise_reset() :
  *  Start a new PreciseBN generation for every domain (domain NULL or "*") or
- *  one domain (created if the run has not seen it yet). *generation gets the
- *  new number (see the conventions above).
+ *  one domain (created if the run has not seen it yet: the replay of a
+ *  logged reset, as stores may hold resets of domains no report had named).
+ *  *generation gets the new number (see the conventions above).
  *  @return 0, NS_ENOTFOUND (run), NS_EINVAL (domain name). */
 int nsd_registry_precise_reset(nsd_registry_t *reg, const char *run, const char *domain,
                                uint64_t *generation, ns_error_detail_t *err);
+
+/*! nsd_registry_precise_reset_known() :
+ *  POST /precise/reset: as nsd_registry_precise_reset(), but a domain the
+ *  run has not seen is NS_ENOTFOUND and nothing changes. */
+int nsd_registry_precise_reset_known(nsd_registry_t *reg, const char *run, const char *domain,
+                                     uint64_t *generation, ns_error_detail_t *err);
 
 /* ---------------------------------------------------------------- checkpoints */
 

@@ -53,7 +53,7 @@ START_TEST(test_match)
         const nsd_route_t *route = NULL;
         char run[NS_NAME_MAX + 1] = "junk", allow[64];
         int rc = nsd_routes_match(expected[i].method, expected[i].path, &route, run, sizeof(run),
-                                  allow, sizeof(allow));
+                                  allow, sizeof(allow), NULL);
         ck_assert_msg(rc == 0, "%s %s: %d", expected[i].method, expected[i].path, rc);
         ck_assert_str_eq(route->pattern, expected[i].pattern);
         const char *m = strcmp(expected[i].method, "HEAD") == 0 ? "GET" : expected[i].method;
@@ -97,7 +97,7 @@ START_TEST(test_not_found)
         const nsd_route_t *route = NULL;
         char run[NS_NAME_MAX + 1], allow[64];
         ck_assert_msg(nsd_routes_match("GET", paths[i], &route, run, sizeof(run), allow,
-                                       sizeof(allow)) == NS_ENOTFOUND,
+                                       sizeof(allow), NULL) == NS_ENOTFOUND,
                       "'%s' matched", paths[i]);
     }
 }
@@ -120,7 +120,7 @@ START_TEST(test_method_not_allowed)
         const nsd_route_t *route = NULL;
         char run[NS_NAME_MAX + 1], allow[64];
         ck_assert_int_eq(nsd_routes_match(cases[i].method, cases[i].path, &route, run, sizeof(run),
-                                          allow, sizeof(allow)),
+                                          allow, sizeof(allow), NULL),
                          NS_EMETHOD);
         ck_assert_str_eq(allow, cases[i].allow);
     }
@@ -137,8 +137,8 @@ START_TEST(test_bad_run_names)
         snprintf(path, sizeof(path), "/v1/runs/%s/stats", names[i]);
         const nsd_route_t *route = NULL;
         char run[NS_NAME_MAX + 1], allow[64];
-        ck_assert_msg(nsd_routes_match("GET", path, &route, run, sizeof(run), allow,
-                                       sizeof(allow)) == NS_EINVAL,
+        ck_assert_msg(nsd_routes_match("GET", path, &route, run, sizeof(run), allow, sizeof(allow),
+                                       NULL) == NS_EINVAL,
                       "%s", path);
         ck_assert_ptr_nonnull(route);
     }
@@ -148,8 +148,98 @@ START_TEST(test_bad_run_names)
     const nsd_route_t *route = NULL;
     char run[NS_NAME_MAX + 1], allow[64];
     ck_assert_int_eq(
-        nsd_routes_match("DELETE", path, &route, run, sizeof(run), allow, sizeof(allow)), 0);
+        nsd_routes_match("DELETE", path, &route, run, sizeof(run), allow, sizeof(allow), NULL), 0);
     ck_assert_str_eq(run, long_name);
+}
+END_TEST
+
+START_TEST(test_segments_decoded_strictly)
+{
+    /* Each segment decodes on its own: a decoded NUL or '/' never reaches a
+     * name or makes a segment, and the message names the character. */
+    static const struct {
+        const char *method, *path, *named;
+    } bad[] = {
+        {"DELETE", "/v1/runs/r1%00x", "0x00"},
+        {"PUT", "/v1/runs/zz%00", "0x00"},
+        {"GET", "/v1/runs/victim%2Fstats", "'/'"},
+        {"GET", "/v1/runs/victim%2fstats", "'/'"},
+        {"GET", "/v1%2Fruns", "'/'"},
+        {"GET", "/v1/runs/a%zz", "'%'"},
+        {"GET", "/v1/runs/a%4", "'%'"},
+        {"GET", "/v1/runs/a%", "'%'"},
+        {"PUT", "/v1/runs/a%20b", "0x20"},
+        {"PUT", "/v1/runs/a%2Ab", "'*'"},
+        {"PUT", "/v1/runs/%C3%BC", "0xC3"},
+        {"POST", "/v1/runs/a+b/batches", "'+'"},
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        const nsd_route_t *route = NULL;
+        char run[NS_NAME_MAX + 1] = "junk", allow[64];
+        ns_error_detail_t err = {0};
+        int rc = nsd_routes_match(bad[i].method, bad[i].path, &route, run, sizeof(run), allow,
+                                  sizeof(allow), &err);
+        ck_assert_msg(rc == NS_EINVAL, "%s %s: %d", bad[i].method, bad[i].path, rc);
+        ck_assert_msg(strstr(err.message, bad[i].named) != NULL, "%s: message '%s' lacks %s",
+                      bad[i].path, err.message, bad[i].named);
+        ck_assert_str_eq(run, "");
+    }
+    /* Escaped characters of the grammar stand for themselves. */
+    const nsd_route_t *route = NULL;
+    char run[NS_NAME_MAX + 1], allow[64];
+    ck_assert_int_eq(nsd_routes_match("GET", "/v1/runs/a%2Db%2e%3Ac/st%61ts", &route, run,
+                                      sizeof(run), allow, sizeof(allow), NULL),
+                     0);
+    ck_assert_str_eq(route->pattern, "/v1/runs/{run}/stats");
+    ck_assert_str_eq(run, "a-b.:c");
+}
+END_TEST
+
+START_TEST(test_query_parse)
+{
+    char q1[] = "source=ema&layers=a%2Cb&variance=un+biased&flag&&x=%41%42";
+    nsd_param_t p[NSD_QUERY_PARAMS_MAX];
+    size_t n = 99;
+    ck_assert_int_eq(nsd_query_parse(q1, p, NSD_QUERY_PARAMS_MAX, &n, NULL), 0);
+    ck_assert_uint_eq(n, 5);
+    static const char *const want[][2] = {
+        {"source", "ema"}, {"layers", "a,b"}, {"variance", "un biased"}, {"flag", ""}, {"x", "AB"}};
+    for (size_t i = 0; i < 5; i++) {
+        ck_assert_str_eq(p[i].key, want[i][0]);
+        ck_assert_str_eq(p[i].value, want[i][1]);
+    }
+    char q2[] = "";
+    ck_assert_int_eq(nsd_query_parse(q2, p, NSD_QUERY_PARAMS_MAX, &n, NULL), 0);
+    ck_assert_uint_eq(n, 0);
+
+    static const struct {
+        const char *query, *named;
+    } bad[] = {
+        {"source=ema%00", "source: "},
+        {"source=ema&source=precise", "source: "},
+        {"a=1&b=2&a=1", "a: "},
+        {"s%6Furce=1&source=2", "source: "},
+        {"x%00=1", "0x00"},
+        {"=ema", "without a name"},
+        {"source=%zz", "source: "},
+        {"so%4urce=1", "so%4urce: "},
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        char buf[64];
+        snprintf(buf, sizeof(buf), "%s", bad[i].query);
+        ns_error_detail_t err = {0};
+        ck_assert_msg(nsd_query_parse(buf, p, NSD_QUERY_PARAMS_MAX, &n, &err) == NS_EINVAL, "%s",
+                      bad[i].query);
+        ck_assert_msg(strstr(err.message, bad[i].named) != NULL, "%s: message '%s'", bad[i].query,
+                      err.message);
+    }
+    /* More parameters than the cap: refused, never written past it. */
+    char many[4096] = "";
+    for (int i = 0; i <= (int)NSD_QUERY_PARAMS_MAX; i++)
+        snprintf(many + strlen(many), sizeof(many) - strlen(many), "p%d=1&", i);
+    ns_error_detail_t err = {0};
+    ck_assert_int_eq(nsd_query_parse(many, p, NSD_QUERY_PARAMS_MAX, &n, &err), NS_EINVAL);
+    ck_assert_ptr_nonnull(strstr(err.message, "more than"));
 }
 END_TEST
 
@@ -516,6 +606,8 @@ static Suite *routes_suite(void)
     tcase_add_test(tc, test_not_found);
     tcase_add_test(tc, test_method_not_allowed);
     tcase_add_test(tc, test_bad_run_names);
+    tcase_add_test(tc, test_segments_decoded_strictly);
+    tcase_add_test(tc, test_query_parse);
     suite_add_tcase(s, tc);
     TCase *http = tcase_create("http");
     tcase_set_timeout(http, 60);

@@ -115,7 +115,14 @@ def precise_bn(model, loader, client, run, rank, world_size, num_batches=200, do
             generation = client.precise_reset(run, domain=which)
         except NotFound:
             client.put_run(run, world_size=world_size)
-            generation = client.precise_reset(run, domain=which)
+            try:
+                generation = client.precise_reset(run, domain=which)
+            except NotFound:
+                if which is None:
+                    raise
+                # a domain the run has not seen yet (the daemon refuses its
+                # reset) starts empty in the run's latest generation
+                generation = client.get_run(run)["status"]["precise_generation"]
     batches = 0
     for r in paused:
         r.enabled = False
