@@ -1,14 +1,21 @@
 #!/bin/sh
 # deps.sh - install the Debian packages normstat needs, only those missing.
-# Usage: sh mk/deps.sh SET...   (sets: build, test, bench)
+# Usage: sh mk/deps.sh SET...   (sets: build, test, bench, docker)
 # Non-interactive; needs root (or sudo) only when something is missing.
 set -eu
 
 build_pkgs="gcc make pkg-config libmicrohttpd-dev libjansson-dev libuv1-dev check
 libsqlite3-dev libcurl4-openssl-dev python3"
 # Tests and benchmarks compare against real PyTorch (Debian's python3-torch).
-test_pkgs="python3-torch python3-numpy python3-yaml python3-jsonschema"
-bench_pkgs="python3-torch python3-numpy"
+# The README's demo trains on scikit-learn's digits; test_install.sh makes a venv.
+test_pkgs="python3-torch python3-numpy python3-yaml python3-jsonschema python3-sklearn python3-venv"
+# The trainer benchmarks train torchvision's ResNet-50 (a built-in copy when absent).
+bench_pkgs="python3-torch python3-numpy python3-torchvision"
+# `make test-docker` builds the image with buildah on a debootstrap base and runs
+# it with podman (runc: crun refuses hybrid cgroups) and podman-compose, whose
+# service names resolve through the dnsname CNI plugin.
+docker_pkgs="debootstrap buildah podman runc podman-compose containernetworking-plugins
+golang-github-containernetworking-plugin-dnsname"
 
 want=
 for set in "${@:-build}"; do
@@ -16,7 +23,8 @@ for set in "${@:-build}"; do
     build) want="$want $build_pkgs" ;;
     test) want="$want $test_pkgs" ;;
     bench) want="$want $bench_pkgs" ;;
-    *) echo "deps.sh: unknown set '$set' (build, test, bench)" >&2; exit 2 ;;
+    docker) want="$want $docker_pkgs" ;;
+    *) echo "deps.sh: unknown set '$set' (build, test, bench, docker)" >&2; exit 2 ;;
     esac
 done
 

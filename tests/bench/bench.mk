@@ -16,13 +16,14 @@ $(BENCH_CORE): $(BENCH_CORE_OBJ) $(CORE_A)
 	$(if $(Q),@echo "  LD      $@")
 	$(Q)$(CC) $(NS_LDFLAGS) -o $@ $^ -lm
 
-.PHONY: bench bench-core bench-server
+.PHONY: bench bench-core bench-server bench-trainer
 # Packages first, then a fresh make that sees them (as `make test` does); the
 # benchmarks one after the other, never in parallel (they share 2 cores).
 bench:
 	$(Q)sh mk/deps.sh build bench
 	$(Q)$(MAKE) --no-print-directory bench-core
 	$(Q)$(MAKE) --no-print-directory bench-server
+	$(Q)$(MAKE) --no-print-directory bench-trainer
 
 bench-core: $(BENCH_CORE)
 	$(Q)$(BENCH_CORE) --reps $(BENCH_REPS) --rounds $(BENCH_ROUNDS) \
@@ -54,3 +55,16 @@ $(BENCH_BARE): $(BUILD)/tests/bench/bare_server.o
 bench-server: $(BENCH_LOADGEN) $(BENCH_BARE) $(NSD_BIN)
 	$(Q)$(PYTHON) tests/bench/bench_server.py --build $(BUILD) --seconds $(BENCH_SECONDS) \
 	    --tables $(BENCH_TABLES) --python $(PYTHON)
+
+# ---------------------------------------------------------------- trainer benchmarks
+# Tables 6-7: what StatsReporter adds to a CPU training step
+# (tests/bench/bench_trainer.py) and SyncBatchNorm's per-layer round trips
+# over normstat next to gloo (tests/bench/bench_syncbn.py); each starts its
+# own normstatd. The GPU table is tests/bench/gpu_trainer.py, run by hand on
+# a machine with a CUDA GPU.
+BENCH_TRAINER_ROUNDS ?= 5
+BENCH_SYNCBN_ITERS   ?= 300
+
+bench-trainer: $(NSD_BIN)
+	$(Q)$(PYTHON) tests/bench/bench_trainer.py --build $(BUILD) --rounds $(BENCH_TRAINER_ROUNDS)
+	$(Q)$(PYTHON) tests/bench/bench_syncbn.py --build $(BUILD) --iters $(BENCH_SYNCBN_ITERS)
