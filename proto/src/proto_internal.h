@@ -84,6 +84,28 @@ const char *ns__safetensors_dtype_name(const ns_safetensors_t *st, const ns_tens
 /* ns__load_le64() : a little-endian load that assumes no alignment. */
 uint64_t ns__load_le64(const uint8_t *p);
 
+/* The safetensors decoders' shared part (safetensors_layers.c).
+ * ns__safetensors_meta_step_worker(): NS_EINVAL naming the first member of
+ * __metadata__ 'meta' (may be NULL) not in 'known', else its required "step"
+ * and "worker". ns__safetensors_layer_pieces(): each tensor named
+ * <layer>.<part>, 'part' one of 'parts' (NULL-terminated; 'naming' says so in
+ * the error), with a valid layer name, sorted by (layer, part); @return 0 with
+ * *pieces (st->n_tensors of them, free()) and *n_layers >= 1, or the error.
+ * ns__safetensors_next_layer(): the layer starting at pieces[*i], its pieces
+ * by part in 'by_part' (NULL where absent); moves *i to the next layer. */
+typedef struct ns__st_piece_s {
+    char layer[NS_NAME_MAX + 1];
+    int part; /* index in 'parts' */
+    const ns_tensor_t *tensor;
+} ns__st_piece_t;
+int ns__safetensors_meta_step_worker(const json_t *meta, const char *const *known, uint64_t *step,
+                                     uint32_t *worker, ns_error_detail_t *err);
+int ns__safetensors_layer_pieces(const ns_safetensors_t *st, const char *const *parts,
+                                 const char *naming, ns__st_piece_t **pieces, size_t *n_layers,
+                                 ns_error_detail_t *err);
+const char *ns__safetensors_next_layer(const ns__st_piece_t *pieces, size_t n, size_t *i,
+                                       const ns__st_piece_t **by_part, size_t n_parts);
+
 /* JSON decoding helpers (report_json.c). ns__json_describe(): what a client
  * sent, for "expected X, got Y" ('dst' holds numbers). ns__json_check_known():
  * NS_EINVAL naming the first member of 'obj' not in 'known' (NULL-terminated),
@@ -95,9 +117,32 @@ int ns__json_check_known(const json_t *obj, const char *const *known, const char
 int ns__json_get_uint(const json_t *v, const char *field, uint64_t min, uint64_t max,
                       const char *expected, uint64_t *out, ns_error_detail_t *err);
 
+/* What the JSON decoders of reports and gradient sums share (report_json.c).
+ * ns__json_check_numbers(): 'v' is a non-empty array of numbers (else an
+ * error naming 'field' or its first offending element).
+ * ns__json_check_root(): 'root' is an object with members in 'known' only,
+ * among them "step", "worker" and a non-empty object "layers" (*layers).
+ * ns__json_get_step_worker(): root's "step" and "worker".
+ * ns__json_check_layer(): the valid layer name 'name' copied to 'name_dst',
+ * and its value 'v' an object with members in 'known' only. */
+int ns__json_check_numbers(const json_t *v, const char *field, ns_error_detail_t *err);
+int ns__json_check_root(const json_t *root, const char *const *known, const json_t **layers,
+                        ns_error_detail_t *err);
+int ns__json_get_step_worker(const json_t *root, uint64_t *step, uint32_t *worker,
+                             ns_error_detail_t *err);
+int ns__json_check_layer(char name_dst[NS_NAME_MAX + 1], const char *name, const json_t *v,
+                         const char *const *known, ns_error_detail_t *err);
+
 /* Little-endian stores for the safetensors writers. */
 void ns__store_le32(uint8_t *p, uint32_t v);
 void ns__store_le64(uint8_t *p, uint64_t v);
+
+/* ns__safetensors_header_tensor() : append to a safetensors header the entry
+ * of tensor "<layer>.<part>" (a JSON key, then its dtype, shape [channels] or
+ * [] when 'scalar', and data_offsets [begin, end]), led by a comma. */
+int ns__safetensors_header_tensor(ns_buf_t *h, const char *layer, const char *part,
+                                  const char *dtype, int scalar, size_t channels, uint64_t begin,
+                                  uint64_t end);
 
 /* ns__safetensors_frame() : close the JSON 'header' (its final "}" is
  * appended here), pad it to 8 bytes, and append the length prefix and the

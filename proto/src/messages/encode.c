@@ -76,22 +76,6 @@ static int encode_json(ns_buf_t *dst, const ns_meta_t *meta, size_t n_meta,
     return ns_buf_append(dst, "}}", 2);
 }
 
-/* "<layer>.<part>" as a JSON key, then the tensor's entry. */
-static int header_tensor(ns_buf_t *h, const char *layer, const char *part, const char *dtype,
-                         int scalar, size_t channels, uint64_t begin, uint64_t end)
-{
-    char name[2 * NS_NAME_MAX + 32];
-    int rc;
-    snprintf(name, sizeof(name), "%s.%s", layer, part);
-    if ((rc = ns_buf_append(h, ",", 1)) || (rc = ns__buf_append_json_string(h, name)))
-        return rc;
-    if (scalar)
-        return ns_buf_printf(h, ":{\"dtype\":\"%s\",\"shape\":[],\"data_offsets\":[%llu,%llu]}",
-                             dtype, (unsigned long long)begin, (unsigned long long)end);
-    return ns_buf_printf(h, ":{\"dtype\":\"%s\",\"shape\":[%zu],\"data_offsets\":[%llu,%llu]}",
-                         dtype, channels, (unsigned long long)begin, (unsigned long long)end);
-}
-
 /* Only the scalars a PyTorch state_dict holds become tensors, so
  * load_state_dict(strict=False) reports no unexpected keys; the others
  * (NS_FIELD_STEP, NS_FIELD_NUM_SAMPLES, ...) travel as "<layer>.<name>" metadata. */
@@ -150,14 +134,14 @@ static int encode_safetensors(ns_buf_t *dst, const ns_meta_t *meta, size_t n_met
             goto fail;
         }
         for (size_t a = 0; a < layer->n_arrays; a++, at += bytes)
-            if ((rc = header_tensor(&h, layer->name, layer->array_names[a], "F32", 0,
-                                    layer->channels, at, at + bytes)))
+            if ((rc = ns__safetensors_header_tensor(&h, layer->name, layer->array_names[a], "F32",
+                                                    0, layer->channels, at, at + bytes)))
                 goto fail;
         for (size_t s = 0; s < layer->n_scalars; s++) {
             if (!scalar_is_tensor(layer->scalar_names[s]))
                 continue;
-            if ((rc = header_tensor(&h, layer->name, layer->scalar_names[s], "I64", 1, 0, at,
-                                    at + 8)))
+            if ((rc = ns__safetensors_header_tensor(&h, layer->name, layer->scalar_names[s], "I64",
+                                                    1, 0, at, at + 8)))
                 goto fail;
             at += 8;
         }

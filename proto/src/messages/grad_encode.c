@@ -70,14 +70,8 @@ static int encode_safetensors(ns_buf_t *dst, const ns_grad_t *g)
         }
         uint64_t bytes = (uint64_t)layer->channels * elem;
         for (int a = 0; rc == 0 && a < 2; a++, at += bytes) {
-            char name[NS_NAME_MAX + 16];
-            snprintf(name, sizeof(name), "%s.%s", layer->name, arrays[a]);
-            if ((rc = ns_buf_append(&h, ",", 1)) || (rc = ns__buf_append_json_string(&h, name)))
-                break;
-            rc = ns_buf_printf(&h,
-                               ":{\"dtype\":\"%s\",\"shape\":[%zu],\"data_offsets\":[%llu,%llu]}",
-                               f64 ? "F64" : "F32", layer->channels, (unsigned long long)at,
-                               (unsigned long long)(at + bytes));
+            rc = ns__safetensors_header_tensor(&h, layer->name, arrays[a], f64 ? "F64" : "F32", 0,
+                                               layer->channels, at, at + bytes);
         }
     }
     uint8_t *p;

@@ -7,47 +7,7 @@
 
 #include "proto_internal.h"
 
-#define NAME_RULE "[A-Za-z0-9_.:-]{1,128}"
-
-enum { PART_DY, PART_XMU };
-
-/* One tensor of the file, seen as (layer, part). */
-typedef struct piece_s {
-    char layer[NS_NAME_MAX + 1];
-    int part;
-    const ns_tensor_t *tensor;
-} piece_t;
-
-static int piece_cmp(const void *a, const void *b)
-{
-    const piece_t *x = a, *y = b;
-    int c = strcmp(x->layer, y->layer);
-    return c ? c : (x->part > y->part) - (x->part < y->part);
-}
-
-static int decode_meta(ns_grad_t *grad, const json_t *meta, ns_error_detail_t *err)
-{
-    static const char *const known[] = {"step", "worker", "format", NULL};
-    const char *s;
-    uint64_t u;
-    if (!meta)
-        return ns_error_set(err, NS_EINVAL, "__metadata__.step", "missing required field");
-    int rc = ns__json_check_known(meta, known, "__metadata__.", err);
-    if (rc)
-        return rc;
-    if (!(s = json_string_value(json_object_get(meta, "step"))))
-        return ns_error_set(err, NS_EINVAL, "__metadata__.step", "missing required field");
-    if (ns__parse_decimal(s, INT64_MAX, &grad->step))
-        return ns_error_set(err, NS_EINVAL, "__metadata__.step",
-                            "expected a non-negative integer, got \"%.64s\"", s);
-    if (!(s = json_string_value(json_object_get(meta, "worker"))))
-        return ns_error_set(err, NS_EINVAL, "__metadata__.worker", "missing required field");
-    if (ns__parse_decimal(s, UINT32_MAX, &u))
-        return ns_error_set(err, NS_EINVAL, "__metadata__.worker",
-                            "expected an integer in [0, 4294967295], got \"%.64s\"", s);
-    grad->worker = (uint32_t)u;
-    return 0;
-}
+enum { PART_DY, PART_XMU, N_PARTS };
 
 /* Check one array's tensor: dtype (the first tensor fixes it), shape [C]. */
 static int check_tensor(const ns_safetensors_t *st, const ns_tensor_t *t, const char *field,
@@ -89,8 +49,9 @@ static void load_values(const ns_tensor_t *t, double *dst)
     }
 }
 
-static int decode_layer(const ns_safetensors_t *st, ns_grad_layer_t *layer, const piece_t *parts[2],
-                        ns_dtype_t *dtype, const char **dtype_field, ns_error_detail_t *err)
+static int decode_layer(const ns_safetensors_t *st, ns_grad_layer_t *layer,
+                        const ns__st_piece_t *parts[N_PARTS], ns_dtype_t *dtype,
+                        const char **dtype_field, ns_error_detail_t *err)
 {
     char field[256];
     const char *names[2] = {NS_FIELD_SUM_DY, NS_FIELD_SUM_DY_XMU};
@@ -117,9 +78,12 @@ static int decode_layer(const ns_safetensors_t *st, ns_grad_layer_t *layer, cons
 int ns_grad_decode_safetensors(ns_grad_t **dst, const uint8_t *src, size_t src_len,
                                ns_error_detail_t *err)
 {
+    static const char *const known[] = {"step", "worker", "format", NULL};
+    static const char *const part_names[] = {NS_FIELD_SUM_DY, NS_FIELD_SUM_DY_XMU, NULL};
     ns_safetensors_t *st = NULL;
     ns_grad_t *grad = NULL;
-    piece_t *pieces = NULL;
+    ns__st_piece_t *pieces = NULL;
+    size_t n_layers;
     int rc;
     *dst = NULL;
     if ((rc = ns_safetensors_parse(&st, src, src_len, err)))
@@ -128,65 +92,22 @@ int ns_grad_decode_safetensors(ns_grad_t **dst, const uint8_t *src, size_t src_l
         rc = ns_error_set(err, NS_ENOMEM, "", "out of memory");
         goto out;
     }
-    if ((rc = decode_meta(grad, st->meta, err)))
+    if ((rc = ns__safetensors_meta_step_worker(st->meta, known, &grad->step, &grad->worker, err)))
         goto out;
-    size_t n = st->n_tensors;
-    if (!(pieces = calloc(n ? n : 1, sizeof(*pieces)))) {
-        rc = ns_error_set(err, NS_ENOMEM, "", "out of memory");
+    if ((rc = ns__safetensors_layer_pieces(st, part_names, "<layer>.sum_dy or <layer>.sum_dy_xmu",
+                                           &pieces, &n_layers, err)))
         goto out;
-    }
-    for (size_t i = 0; i < n; i++) {
-        const ns_tensor_t *t = &st->tensors[i];
-        const char *dot = strrchr(t->name, '.');
-        const char *suffix = dot ? dot + 1 : "";
-        int part = strcmp(suffix, NS_FIELD_SUM_DY) == 0       ? PART_DY
-                   : strcmp(suffix, NS_FIELD_SUM_DY_XMU) == 0 ? PART_XMU
-                                                              : -1;
-        if (part < 0) {
-            rc = ns_error_set(err, NS_EINVAL, "",
-                              "safetensors: tensor \"%.200s\" is not named <layer>.sum_dy or "
-                              "<layer>.sum_dy_xmu",
-                              t->name);
-            goto out;
-        }
-        size_t len = (size_t)(dot - t->name);
-        if (len < 1 || len > NS_NAME_MAX) {
-            rc = ns_error_set(err, NS_EINVAL, "layers",
-                              "invalid layer name \"%.*s\" (names match " NAME_RULE ")",
-                              (int)(len < 140 ? len : 140), t->name);
-            goto out;
-        }
-        memcpy(pieces[i].layer, t->name, len);
-        pieces[i].layer[len] = '\0';
-        if (!ns_name_valid(pieces[i].layer)) {
-            rc = ns_error_set(err, NS_EINVAL, "layers",
-                              "invalid layer name \"%s\" (names match " NAME_RULE ")",
-                              pieces[i].layer);
-            goto out;
-        }
-        pieces[i].part = part;
-        pieces[i].tensor = t;
-    }
-    qsort(pieces, n, sizeof(*pieces), piece_cmp);
-    size_t n_layers = 0;
-    for (size_t i = 0; i < n; i++)
-        n_layers += i == 0 || strcmp(pieces[i].layer, pieces[i - 1].layer) != 0;
-    if (n_layers == 0) {
-        rc = ns_error_set(err, NS_EINVAL, "layers", "must not be empty");
-        goto out;
-    }
     if (!(grad->layers = calloc(n_layers, sizeof(*grad->layers)))) {
         rc = ns_error_set(err, NS_ENOMEM, "", "out of memory");
         goto out;
     }
     grad->n_layers = n_layers;
     const char *dtype_field = NULL;
-    for (size_t i = 0, l = 0; i < n; l++) {
-        const piece_t *parts[2] = {NULL, NULL};
+    for (size_t i = 0, l = 0; i < st->n_tensors; l++) {
+        const ns__st_piece_t *parts[N_PARTS];
         ns_grad_layer_t *layer = &grad->layers[l];
-        memcpy(layer->name, pieces[i].layer, sizeof(layer->name));
-        for (; i < n && strcmp(pieces[i].layer, layer->name) == 0; i++)
-            parts[pieces[i].part] = &pieces[i];
+        const char *name = ns__safetensors_next_layer(pieces, st->n_tensors, &i, parts, N_PARTS);
+        memcpy(layer->name, name, sizeof(layer->name));
         if ((rc = decode_layer(st, layer, parts, &grad->dtype, &dtype_field, err)))
             goto out;
     }

@@ -145,25 +145,17 @@ static int encode_safetensors(ns_buf_t *dst, const ns_report_t *r, ns_error_deta
         const ns_layer_report_t *l = &r->layers[i];
         uint64_t bytes = (uint64_t)l->channels * 4;
         if (l->channels > 0) {
-            if ((rc = ns_buf_printf(&h,
-                                    ",\"%s.mean\":{\"dtype\":\"F32\",\"shape\":[%zu],"
-                                    "\"data_offsets\":[%llu,%llu]}",
-                                    l->name, l->channels, (unsigned long long)at,
-                                    (unsigned long long)(at + bytes))))
+            if ((rc = ns__safetensors_header_tensor(&h, l->name, NS_FIELD_MEAN, "F32", 0,
+                                                    l->channels, at, at + bytes)))
                 goto fail;
             at += bytes;
-            if ((rc = ns_buf_printf(&h,
-                                    ",\"%s.var\":{\"dtype\":\"F32\",\"shape\":[%zu],"
-                                    "\"data_offsets\":[%llu,%llu]}",
-                                    l->name, l->channels, (unsigned long long)at,
-                                    (unsigned long long)(at + bytes))))
+            if ((rc = ns__safetensors_header_tensor(&h, l->name, NS_FIELD_VAR, "F32", 0,
+                                                    l->channels, at, at + bytes)))
                 goto fail;
             at += bytes;
         }
-        if ((rc = ns_buf_printf(&h,
-                                ",\"%s.count\":{\"dtype\":\"I64\",\"shape\":[],"
-                                "\"data_offsets\":[%llu,%llu]}",
-                                l->name, (unsigned long long)at, (unsigned long long)(at + 8))))
+        if ((rc = ns__safetensors_header_tensor(&h, l->name, NS_FIELD_COUNT, "I64", 1, 0, at,
+                                                at + 8)))
             goto fail;
         at += 8;
     }

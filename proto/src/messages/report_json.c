@@ -67,6 +67,81 @@ int ns__json_get_uint(const json_t *v, const char *field, uint64_t min, uint64_t
     return 0;
 }
 
+int ns__json_check_numbers(const json_t *v, const char *field, ns_error_detail_t *err)
+{
+    char got[64], elem[256];
+    size_t i;
+    json_t *item;
+    if (!json_is_array(v))
+        return ns_error_set(err, NS_EINVAL, field, "expected an array of numbers, got %s",
+                            ns__json_describe(v, got, sizeof(got)));
+    if (json_array_size(v) == 0)
+        return ns_error_set(err, NS_EINVAL, field, "expected at least 1 value");
+    json_array_foreach(v, i, item)
+    {
+        if (!json_is_number(item)) {
+            snprintf(elem, sizeof(elem), "%s[%zu]", field, i);
+            return ns_error_set(err, NS_EINVAL, elem, "expected a number, got %s",
+                                ns__json_describe(item, got, sizeof(got)));
+        }
+    }
+    return 0;
+}
+
+int ns__json_check_root(const json_t *root, const char *const *known, const json_t **layers,
+                        ns_error_detail_t *err)
+{
+    static const char *const required[] = {"step", "worker", "layers"};
+    char got[64];
+    int rc;
+    if (!json_is_object(root))
+        return ns_error_set(err, NS_EINVAL, "", "request body must be a JSON object, got %s",
+                            ns__json_describe(root, got, sizeof(got)));
+    if ((rc = ns__json_check_known(root, known, "", err)))
+        return rc;
+    for (size_t i = 0; i < 3; i++)
+        if (!json_object_get(root, required[i]))
+            return ns_error_set(err, NS_EINVAL, required[i], "missing required field");
+    *layers = json_object_get(root, "layers");
+    if (!json_is_object(*layers))
+        return ns_error_set(err, NS_EINVAL, "layers", "expected an object, got %s",
+                            ns__json_describe(*layers, got, sizeof(got)));
+    if (json_object_size(*layers) == 0)
+        return ns_error_set(err, NS_EINVAL, "layers", "must not be empty");
+    return 0;
+}
+
+int ns__json_get_step_worker(const json_t *root, uint64_t *step, uint32_t *worker,
+                             ns_error_detail_t *err)
+{
+    uint64_t u;
+    int rc = ns__json_get_uint(json_object_get(root, "step"), "step", 0, INT64_MAX,
+                               "a non-negative integer", step, err);
+    if (rc)
+        return rc;
+    if ((rc = ns__json_get_uint(json_object_get(root, "worker"), "worker", 0, UINT32_MAX,
+                                "an integer in [0, 4294967295]", &u, err)))
+        return rc;
+    *worker = (uint32_t)u;
+    return 0;
+}
+
+int ns__json_check_layer(char name_dst[NS_NAME_MAX + 1], const char *name, const json_t *v,
+                         const char *const *known, ns_error_detail_t *err)
+{
+    char got[64], field[256];
+    if (!ns_name_valid(name))
+        return ns_error_set(err, NS_EINVAL, "layers",
+                            "invalid layer name \"%.140s\" (names match " NAME_RULE ")", name);
+    memcpy(name_dst, name, strlen(name) + 1);
+    snprintf(field, sizeof(field), "layers.%s", name_dst);
+    if (!json_is_object(v))
+        return ns_error_set(err, NS_EINVAL, field, "expected an object, got %s",
+                            ns__json_describe(v, got, sizeof(got)));
+    snprintf(field, sizeof(field), "layers.%s.", name_dst);
+    return ns__json_check_known(v, known, field, err);
+}
+
 static int decode_update(const json_t *v, unsigned *out, ns_error_detail_t *err)
 {
     char got[64], field[32];
@@ -101,27 +176,17 @@ static int decode_update(const json_t *v, unsigned *out, ns_error_detail_t *err)
 static int decode_values(const json_t *v, const char *field, float **out, size_t *len,
                          ns_error_detail_t *err)
 {
-    char got[64];
     size_t i;
     json_t *item;
-    if (!json_is_array(v))
-        return ns_error_set(err, NS_EINVAL, field, "expected an array of numbers, got %s",
-                            ns__json_describe(v, got, sizeof(got)));
+    int rc = ns__json_check_numbers(v, field, err);
+    if (rc)
+        return rc;
     size_t n = json_array_size(v);
-    if (n == 0)
-        return ns_error_set(err, NS_EINVAL, field, "expected at least 1 value");
     float *values = malloc(n * sizeof(*values));
     if (!values)
         return ns_error_set(err, NS_ENOMEM, field, "out of memory");
     json_array_foreach(v, i, item)
     {
-        if (!json_is_number(item)) {
-            free(values);
-            char elem[256];
-            snprintf(elem, sizeof(elem), "%s[%zu]", field, i);
-            return ns_error_set(err, NS_EINVAL, elem, "expected a number, got %s",
-                                ns__json_describe(item, got, sizeof(got)));
-        }
         /* The float32 nearest the decimal, as in the fast path (f32_parse.c):
          * an int64 converts with one rounding, and jansson's correctly
          * rounded double of a real rounds to that float too unless the
@@ -141,20 +206,11 @@ static int decode_layer(ns_layer_report_t *layer, const char *name, const json_t
                         ns_error_detail_t *err)
 {
     static const char *const known[] = {NS_FIELD_COUNT, NS_FIELD_MEAN, NS_FIELD_VAR, NULL};
-    char got[64], field[256];
-    if (!ns_name_valid(name))
-        return ns_error_set(err, NS_EINVAL, "layers",
-                            "invalid layer name \"%.140s\" (names match " NAME_RULE ")", name);
-    memcpy(layer->name, name, strlen(name) + 1);
-    const char *lname = layer->name; /* at most NS_NAME_MAX bytes */
-    snprintf(field, sizeof(field), "layers.%s", lname);
-    if (!json_is_object(v))
-        return ns_error_set(err, NS_EINVAL, field, "expected an object, got %s",
-                            ns__json_describe(v, got, sizeof(got)));
-    snprintf(field, sizeof(field), "layers.%s.", lname);
-    int rc = ns__json_check_known(v, known, field, err);
+    char field[256];
+    int rc = ns__json_check_layer(layer->name, name, v, known, err);
     if (rc)
         return rc;
+    const char *lname = layer->name; /* at most NS_NAME_MAX bytes */
 
     const json_t *count = json_object_get(v, NS_FIELD_COUNT);
     snprintf(field, sizeof(field), "layers.%s." NS_FIELD_COUNT, lname);
@@ -213,35 +269,16 @@ static int decode_root(ns_report_t **out, const json_t *root, ns_error_detail_t 
     uint64_t u;
     int rc;
 
-    if (!json_is_object(root))
-        return ns_error_set(err, NS_EINVAL, "", "request body must be a JSON object, got %s",
-                            ns__json_describe(root, got, sizeof(got)));
-    if ((rc = ns__json_check_known(root, known, "", err)))
+    const json_t *layers;
+    if ((rc = ns__json_check_root(root, known, &layers, err)))
         return rc;
-    if (!json_object_get(root, "step"))
-        return ns_error_set(err, NS_EINVAL, "step", "missing required field");
-    if (!json_object_get(root, "worker"))
-        return ns_error_set(err, NS_EINVAL, "worker", "missing required field");
-    const json_t *layers = json_object_get(root, "layers");
-    if (!layers)
-        return ns_error_set(err, NS_EINVAL, "layers", "missing required field");
-    if (!json_is_object(layers))
-        return ns_error_set(err, NS_EINVAL, "layers", "expected an object, got %s",
-                            ns__json_describe(layers, got, sizeof(got)));
-    if (json_object_size(layers) == 0)
-        return ns_error_set(err, NS_EINVAL, "layers", "must not be empty");
 
     ns_report_t *report = ns__report_create(json_object_size(layers));
     if (!report)
         return ns_error_set(err, NS_ENOMEM, "", "out of memory");
 
-    if ((rc = ns__json_get_uint(json_object_get(root, "step"), "step", 0, INT64_MAX,
-                                "a non-negative integer", &report->step, err)))
+    if ((rc = ns__json_get_step_worker(root, &report->step, &report->worker, err)))
         goto fail;
-    if ((rc = ns__json_get_uint(json_object_get(root, "worker"), "worker", 0, UINT32_MAX,
-                                "an integer in [0, 4294967295]", &u, err)))
-        goto fail;
-    report->worker = (uint32_t)u;
     if ((v = json_object_get(root, "domain"))) {
         if (!json_is_string(v) || !ns_name_valid(json_string_value(v))) {
             rc = ns_error_set(err, NS_EINVAL, "domain", "expected a name matching " NAME_RULE);

@@ -11,21 +11,7 @@
 
 #define NAME_RULE "[A-Za-z0-9_.:-]{1,128}"
 
-enum { PART_MEAN, PART_VAR, PART_COUNT };
-
-/* One tensor of the file, seen as (layer, part). */
-typedef struct piece_s {
-    char layer[NS_NAME_MAX + 1];
-    int part;
-    const ns_tensor_t *tensor;
-} piece_t;
-
-static int piece_cmp(const void *a, const void *b)
-{
-    const piece_t *x = a, *y = b;
-    int c = strcmp(x->layer, y->layer);
-    return c ? c : (x->part > y->part) - (x->part < y->part);
-}
+enum { PART_MEAN, PART_VAR, PART_COUNT, N_PARTS };
 
 int ns__parse_decimal(const char *s, uint64_t max, uint64_t *out)
 {
@@ -43,36 +29,16 @@ int ns__parse_decimal(const char *s, uint64_t max, uint64_t *out)
     return 0;
 }
 
+/* 'meta' (may be NULL): the scalar fields of a report. */
 static int decode_meta(ns_report_t *report, const json_t *meta, ns_error_detail_t *err)
 {
     static const char *const known[] = {"step",  "worker",     "domain", "unbiased", "update",
                                         "scope", "world_size", "format", NULL};
-    const char *key, *s;
-    json_t *value;
+    const char *s;
     uint64_t u;
-    char field[256];
-
-    json_object_foreach((json_t *)meta, key, value)
-    {
-        size_t i = 0;
-        while (known[i] && strcmp(known[i], key) != 0)
-            i++;
-        if (!known[i]) {
-            snprintf(field, sizeof(field), "__metadata__.%.160s", key);
-            return ns_error_set(err, NS_EINVAL, field, "unknown field");
-        }
-    }
-    if (!(s = json_string_value(json_object_get(meta, "step"))))
-        return ns_error_set(err, NS_EINVAL, "__metadata__.step", "missing required field");
-    if (ns__parse_decimal(s, INT64_MAX, &report->step))
-        return ns_error_set(err, NS_EINVAL, "__metadata__.step",
-                            "expected a non-negative integer, got \"%.64s\"", s);
-    if (!(s = json_string_value(json_object_get(meta, "worker"))))
-        return ns_error_set(err, NS_EINVAL, "__metadata__.worker", "missing required field");
-    if (ns__parse_decimal(s, UINT32_MAX, &u))
-        return ns_error_set(err, NS_EINVAL, "__metadata__.worker",
-                            "expected an integer in [0, 4294967295], got \"%.64s\"", s);
-    report->worker = (uint32_t)u;
+    int rc = ns__safetensors_meta_step_worker(meta, known, &report->step, &report->worker, err);
+    if (rc)
+        return rc;
     if ((s = json_string_value(json_object_get(meta, "domain")))) {
         if (!ns_name_valid(s))
             return ns_error_set(err, NS_EINVAL, "__metadata__.domain",
@@ -180,7 +146,7 @@ static int load_values(const ns_safetensors_t *st, const ns_tensor_t *t, const c
 }
 
 static int decode_layer(const ns_safetensors_t *st, ns_layer_report_t *layer,
-                        const piece_t *parts[3], ns_error_detail_t *err)
+                        const ns__st_piece_t *parts[N_PARTS], ns_error_detail_t *err)
 {
     char field[256];
     snprintf(field, sizeof(field), "layers.%s.count", layer->name);
@@ -243,9 +209,11 @@ static int overflow_hint(void *ctx, const ns_layer_report_t *layer, int is_var, 
 int ns_report_decode_safetensors(ns_report_t **dst, const uint8_t *src, size_t src_len,
                                  ns_error_detail_t *err)
 {
+    static const char *const part_names[] = {NS_FIELD_MEAN, NS_FIELD_VAR, NS_FIELD_COUNT, NULL};
     ns_safetensors_t *st = NULL;
     ns_report_t *report = NULL;
-    piece_t *pieces = NULL;
+    ns__st_piece_t *pieces = NULL;
+    size_t n_layers;
     int rc;
 
     *dst = NULL;
@@ -256,70 +224,22 @@ int ns_report_decode_safetensors(ns_report_t **dst, const uint8_t *src, size_t s
         rc = ns_error_set(err, NS_ENOMEM, "", "out of memory");
         goto out;
     }
-    if (!st->meta) {
-        rc = ns_error_set(err, NS_EINVAL, "__metadata__.step", "missing required field");
-        goto out;
-    }
     if ((rc = decode_meta(report, st->meta, err)))
         goto out;
-    size_t n = st->n_tensors;
-    pieces = calloc(n ? n : 1, sizeof(*pieces));
-    if (!pieces) {
-        rc = ns_error_set(err, NS_ENOMEM, "", "out of memory");
+    if ((rc = ns__safetensors_layer_pieces(st, part_names,
+                                           "<layer>.mean, <layer>.var or <layer>.count", &pieces,
+                                           &n_layers, err)))
         goto out;
-    }
-    for (size_t i = 0; i < n; i++) {
-        const ns_tensor_t *t = &st->tensors[i];
-        const char *dot = strrchr(t->name, '.');
-        const char *suffix = dot ? dot + 1 : "";
-        int part = strcmp(suffix, NS_FIELD_MEAN) == 0    ? PART_MEAN
-                   : strcmp(suffix, NS_FIELD_VAR) == 0   ? PART_VAR
-                   : strcmp(suffix, NS_FIELD_COUNT) == 0 ? PART_COUNT
-                                                         : -1;
-        if (part < 0) {
-            rc = ns_error_set(err, NS_EINVAL, "",
-                              "safetensors: tensor \"%.200s\" is not named <layer>.mean, "
-                              "<layer>.var or <layer>.count",
-                              t->name);
-            goto out;
-        }
-        size_t len = (size_t)(dot - t->name);
-        if (len < 1 || len > NS_NAME_MAX) {
-            rc = ns_error_set(err, NS_EINVAL, "layers",
-                              "invalid layer name \"%.*s\" (names match " NAME_RULE ")",
-                              (int)(len < 140 ? len : 140), t->name);
-            goto out;
-        }
-        memcpy(pieces[i].layer, t->name, len);
-        pieces[i].layer[len] = '\0';
-        if (!ns_name_valid(pieces[i].layer)) {
-            rc = ns_error_set(err, NS_EINVAL, "layers",
-                              "invalid layer name \"%s\" (names match " NAME_RULE ")",
-                              pieces[i].layer);
-            goto out;
-        }
-        pieces[i].part = part;
-        pieces[i].tensor = t;
-    }
-    qsort(pieces, n, sizeof(*pieces), piece_cmp);
-    size_t n_layers = 0;
-    for (size_t i = 0; i < n; i++)
-        n_layers += i == 0 || strcmp(pieces[i].layer, pieces[i - 1].layer) != 0;
-    if (n_layers == 0) {
-        rc = ns_error_set(err, NS_EINVAL, "layers", "must not be empty");
-        goto out;
-    }
     if (!(report->layers = calloc(n_layers, sizeof(*report->layers)))) {
         rc = ns_error_set(err, NS_ENOMEM, "", "out of memory");
         goto out;
     }
     report->n_layers = n_layers;
-    for (size_t i = 0, l = 0; i < n; l++) {
-        const piece_t *parts[3] = {NULL, NULL, NULL};
+    for (size_t i = 0, l = 0; i < st->n_tensors; l++) {
+        const ns__st_piece_t *parts[N_PARTS];
         ns_layer_report_t *layer = &report->layers[l];
-        memcpy(layer->name, pieces[i].layer, sizeof(layer->name));
-        for (; i < n && strcmp(pieces[i].layer, layer->name) == 0; i++)
-            parts[pieces[i].part] = &pieces[i];
+        const char *name = ns__safetensors_next_layer(pieces, st->n_tensors, &i, parts, N_PARTS);
+        memcpy(layer->name, name, sizeof(layer->name));
         if ((rc = decode_layer(st, layer, parts, err)))
             goto out;
     }

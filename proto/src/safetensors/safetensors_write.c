@@ -2,6 +2,7 @@
  * closed and padded, length prefix, room for the data area. */
 #include "proto_internal.h"
 
+#include <stdio.h>
 #include <string.h>
 
 void ns__store_le32(uint8_t *p, uint32_t v)
@@ -14,6 +15,22 @@ void ns__store_le64(uint8_t *p, uint64_t v)
 {
     for (int i = 0; i < 8; i++)
         p[i] = (uint8_t)(v >> (8 * i));
+}
+
+int ns__safetensors_header_tensor(ns_buf_t *h, const char *layer, const char *part,
+                                  const char *dtype, int scalar, size_t channels, uint64_t begin,
+                                  uint64_t end)
+{
+    char name[2 * NS_NAME_MAX + 32];
+    int rc;
+    snprintf(name, sizeof(name), "%s.%s", layer, part);
+    if ((rc = ns_buf_append(h, ",", 1)) || (rc = ns__buf_append_json_string(h, name)))
+        return rc;
+    if (scalar)
+        return ns_buf_printf(h, ":{\"dtype\":\"%s\",\"shape\":[],\"data_offsets\":[%llu,%llu]}",
+                             dtype, (unsigned long long)begin, (unsigned long long)end);
+    return ns_buf_printf(h, ":{\"dtype\":\"%s\",\"shape\":[%zu],\"data_offsets\":[%llu,%llu]}",
+                         dtype, channels, (unsigned long long)begin, (unsigned long long)end);
 }
 
 int ns__safetensors_frame(ns_buf_t *dst, ns_buf_t *header, uint64_t data_len, uint8_t **data)

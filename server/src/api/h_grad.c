@@ -2,7 +2,6 @@
  * the sums over every worker once all of them sent (see gradsum.h). */
 #include <stdio.h>
 #include <stdlib.h>
-#include <string.h>
 
 #include "base/clock.h"
 #include "base/log.h"
@@ -41,17 +40,6 @@ static void on_grad_done(void *arg, nsd_grad_result_t *result)
     nsd_request_wake(req);
 }
 
-/* The answer format: Accept when it names one, else the request's. */
-static ns_format_t answer_format(nsd_request_t *req)
-{
-    const char *accept = nsd_request_header(req, "Accept");
-    if (accept != NULL && strstr(accept, "application/safetensors") != NULL)
-        return NS_FORMAT_SAFETENSORS;
-    if (accept != NULL && strstr(accept, "application/json") != NULL)
-        return NS_FORMAT_JSON;
-    return req->body_format;
-}
-
 static void grad_answer(nsd_request_t *req)
 {
     nsd_grad_result_t *res = req->user;
@@ -71,7 +59,7 @@ static void grad_answer(nsd_request_t *req)
         nsd_respond_error(req, res->status, msg);
         return;
     }
-    ns_format_t format = answer_format(req);
+    ns_format_t format = nsd_request_answer_format(req);
     ns_buf_t buf;
     ns_buf_init(&buf, NSD_ANSWER_MAX);
     int rc = ns_grad_encode_answer(&buf, format, res->grad);
@@ -81,11 +69,7 @@ static void grad_answer(nsd_request_t *req)
     }
     nsd_log(NSD_LOG_DEBUG, "grad_answered", "run=%s step=%llu workers=%u", req->run, step,
             res->grad->workers);
-    size_t len;
-    char *data = ns_buf_take(&buf, &len);
-    nsd_respond(req, 200,
-                format == NS_FORMAT_SAFETENSORS ? "application/safetensors" : "application/json",
-                data, len);
+    nsd_respond_encoded(req, format, &buf);
 }
 
 void nsd_h_grad(nsd_request_t *req)

@@ -2,7 +2,6 @@
  * finalizes). */
 #include <stdio.h>
 #include <stdlib.h>
-#include <string.h>
 
 #include "base/clock.h"
 #include "base/log.h"
@@ -79,17 +78,6 @@ static void on_sync_done(void *arg, nsd_sync_result_t *result)
         nsd_request_wake(req);
 }
 
-/* The answer format of /sync: Accept when it names one, else the request's. */
-static ns_format_t answer_format(nsd_request_t *req)
-{
-    const char *accept = nsd_request_header(req, "Accept");
-    if (accept != NULL && strstr(accept, "application/safetensors") != NULL)
-        return NS_FORMAT_SAFETENSORS;
-    if (accept != NULL && strstr(accept, "application/json") != NULL)
-        return NS_FORMAT_JSON;
-    return req->body_format;
-}
-
 static void sync_answer(nsd_request_t *req)
 {
     nsd_sync_result_t *res = req->user;
@@ -148,7 +136,7 @@ static void sync_answer(nsd_request_t *req)
         {NS_FIELD_WORKERS, NS_META_INT, NULL, (int64_t)res->workers},
         {NS_FIELD_MISSING, NS_META_INT_LIST, missing, 0},
     };
-    ns_format_t format = answer_format(req);
+    ns_format_t format = nsd_request_answer_format(req);
     ns_buf_t buf;
     ns_buf_init(&buf, NSD_ANSWER_MAX);
     int rc = ns_stats_encode(&buf, format, meta, missing ? 4 : 3, layers, res->n_layers);
@@ -160,11 +148,7 @@ static void sync_answer(nsd_request_t *req)
     }
     nsd_log(NSD_LOG_DEBUG, "sync_answered", "run=%s step=%llu complete=%d workers=%u", req->run,
             (unsigned long long)res->step, res->complete, res->workers);
-    size_t len;
-    char *data = ns_buf_take(&buf, &len);
-    nsd_respond(req, 200,
-                format == NS_FORMAT_SAFETENSORS ? "application/safetensors" : "application/json",
-                data, len);
+    nsd_respond_encoded(req, format, &buf);
 }
 
 void nsd_h_sync(nsd_request_t *req)

@@ -145,12 +145,7 @@ void nsd_h_stats(nsd_request_t *req)
     if (rc != 0) {
         nsd_respond_detail(req, rc, &err);
     } else {
-        size_t len;
-        char *data = ns_buf_take(&buf, &len);
-        nsd_respond(req, 200,
-                    format == NS_FORMAT_SAFETENSORS ? "application/safetensors"
-                                                    : "application/json",
-                    data, len);
+        nsd_respond_encoded(req, format, &buf);
     }
     ns_buf_free(&buf);
     nsd_stats_free(stats);

@@ -154,6 +154,15 @@ void nsd_respond_error(nsd_request_t *req, int code, const char *message)
     nsd_respond(req, status, "application/json", data, len);
 }
 
+void nsd_respond_encoded(nsd_request_t *req, ns_format_t format, ns_buf_t *buf)
+{
+    size_t len;
+    char *data = ns_buf_take(buf, &len);
+    nsd_respond(req, 200,
+                format == NS_FORMAT_SAFETENSORS ? "application/safetensors" : "application/json",
+                data, len);
+}
+
 void nsd_respond_detail(nsd_request_t *req, int code, const ns_error_detail_t *err)
 {
     if (err != NULL && err->code != 0 && err->message[0] != '\0')
@@ -243,6 +252,16 @@ const char *nsd_request_query(nsd_request_t *req, const char *key)
 const char *nsd_request_header(nsd_request_t *req, const char *name)
 {
     return MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND, name);
+}
+
+ns_format_t nsd_request_answer_format(nsd_request_t *req)
+{
+    const char *accept = nsd_request_header(req, "Accept");
+    if (accept != NULL && strstr(accept, "application/safetensors") != NULL)
+        return NS_FORMAT_SAFETENSORS;
+    if (accept != NULL && strstr(accept, "application/json") != NULL)
+        return NS_FORMAT_JSON;
+    return req->body_format;
 }
 
 int nsd_request_check_query(nsd_request_t *req, const char *const allowed[], ns_error_detail_t *err)

@@ -115,6 +115,10 @@ const char *nsd_request_query(nsd_request_t *req, const char *key);
 /*! nsd_request_header() : a request header (case-insensitive), or NULL. */
 const char *nsd_request_header(nsd_request_t *req, const char *name);
 
+/*! nsd_request_answer_format() : how to answer a request with a body: the
+ *  format Accept names, else the body's own. */
+ns_format_t nsd_request_answer_format(nsd_request_t *req);
+
 /*! nsd_request_check_query() :
  *  Every query parameter of 'req' must be one of 'allowed' (NULL-terminated).
  *  @return 0, or NS_EINVAL with 'err' naming the first unknown parameter. */
@@ -134,6 +138,9 @@ void nsd_request_wake(nsd_request_t *req);
 
 /*! nsd_respond() : 'data' (malloc'd, may be NULL when len == 0) is taken. */
 void nsd_respond(nsd_request_t *req, int status, const char *content_type, char *data, size_t len);
+
+/*! nsd_respond_encoded() : 200 with the message in 'buf' (taken), encoded in 'format'. */
+void nsd_respond_encoded(nsd_request_t *req, ns_format_t format, ns_buf_t *buf);
 
 /*! nsd_respond_json() : 'body' is taken (decref'd). NULL answers 503 out_of_memory. */
 void nsd_respond_json(nsd_request_t *req, int status, json_t *body);

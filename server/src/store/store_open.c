@@ -146,23 +146,28 @@ static int check_identity(nsd_store_t *s, int64_t *tables, nsd_store_error_t *er
     return 0;
 }
 
+/* Whether the first row of 'sql' (a PRAGMA) is the text 'want'; 'got'
+ * receives that text, or SQLite's error when there is none. */
+static int query_text_is(sqlite3 *db, const char *sql, const char *want, char *got, size_t got_cap)
+{
+    sqlite3_stmt *st = NULL;
+    const unsigned char *text = NULL;
+    if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) == SQLITE_OK && sqlite3_step(st) == SQLITE_ROW)
+        text = sqlite3_column_text(st, 0);
+    int is = text != NULL && strcmp((const char *)text, want) == 0;
+    snprintf(got, got_cap, "%s", text ? (const char *)text : sqlite3_errmsg(db));
+    sqlite3_finalize(st);
+    return is;
+}
+
 /* PRAGMA quick_check of an existing database. @return 0 or NS_EIO (err). */
 static int check_integrity(nsd_store_t *s, nsd_store_error_t *err)
 {
-    sqlite3 *db = s->db;
-    int rc;
-    sqlite3_stmt *st = NULL;
-    rc = sqlite3_prepare_v2(db, "PRAGMA quick_check", -1, &st, NULL);
-    const unsigned char *res = NULL;
-    if (rc == SQLITE_OK && sqlite3_step(st) == SQLITE_ROW)
-        res = sqlite3_column_text(st, 0);
-    int ok = res != NULL && strcmp((const char *)res, "ok") == 0;
     char what[200];
-    snprintf(what, sizeof(what), "%s", res ? (const char *)res : sqlite3_errmsg(db));
+    int ok = query_text_is(s->db, "PRAGMA quick_check", "ok", what, sizeof(what));
     for (char *p = what; *p != '\0'; p++) /* one line */
         if (*p == '\n')
             *p = ' ';
-    sqlite3_finalize(st);
     if (!ok)
         return nsd_store_fail(err, s->path, "database is corrupt (quick_check: %s)", what);
     return 0;
@@ -172,15 +177,8 @@ static int check_integrity(nsd_store_t *s, nsd_store_error_t *err)
 static int set_journal(nsd_store_t *s, nsd_store_error_t *err)
 {
     sqlite3 *db = s->db;
-    int rc;
-    sqlite3_stmt *st = NULL;
-    rc = sqlite3_prepare_v2(db, "PRAGMA journal_mode=WAL", -1, &st, NULL);
-    const unsigned char *mode = NULL;
-    if (rc == SQLITE_OK && sqlite3_step(st) == SQLITE_ROW)
-        mode = sqlite3_column_text(st, 0);
-    int wal = mode != NULL && strcmp((const char *)mode, "wal") == 0;
-    sqlite3_finalize(st);
-    if (!wal)
+    char mode[32];
+    if (!query_text_is(db, "PRAGMA journal_mode=WAL", "wal", mode, sizeof(mode)))
         return nsd_store_fail(err, s->path, "cannot switch to WAL mode (%s)", sqlite3_errmsg(db));
     if (nsd_store_exec(db, "PRAGMA synchronous=FULL") != SQLITE_OK)
         return nsd_store_fail(err, s->path, "cannot set synchronous=FULL (%s)", sqlite3_errmsg(db));
