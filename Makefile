@@ -3,6 +3,7 @@
 #   make            build every library and program under build/
 #   make run        install missing packages, build, start normstatd
 #   make test       install missing packages, build, run every test (CI)
+#   make test-docker  build the container image and run it with podman (CI)
 #   make help       list all targets and variables
 
 .DEFAULT_GOAL := all
@@ -73,10 +74,13 @@ include core/core.mk
 -include proto/proto.mk
 -include server/server.mk
 -include client/client.mk
+-include client/python/python.mk
 include tests/tests.mk
 -include tests/bench/bench.mk
 -include tests/e2e/e2e.mk
+-include tests/fuzz/fuzz.mk
 -include doc/doc.mk
+-include docker/docker.mk
 
 # The .pc files spell out the install directories: remake them when those change
 # (`make` then `make install PREFIX=/usr`). The stamp is rewritten only on change.
@@ -93,7 +97,7 @@ FORCE:
 
 # ---------------------------------------------------------------- top-level targets
 .SECONDARY:
-.PHONY: all deps run test check test-all asan tsan bench install uninstall clean format docker help
+.PHONY: all deps run test check test-all asan tsan bench install uninstall clean format help
 
 all: $(ALL_TARGETS)
 
@@ -128,9 +132,6 @@ clean:
 format:
 	clang-format -i $$(git ls-files '*.c' '*.h')
 
-docker:
-	docker build -f docker/Dockerfile -t normstat .
-
 help:
 	@echo "normstat targets:"
 	@echo "  all        build libraries and programs under $(BUILD)/ (default)"
@@ -141,8 +142,11 @@ help:
 	@echo "  bench      benchmarks; each prints a table of ratios"
 	@echo "  asan tsan  the unit tests under AddressSanitizer+UBSan / ThreadSanitizer"
 	@echo "  install    install into \$$(DESTDIR)\$$(PREFIX) (PREFIX=$(PREFIX))"
+	@echo "             (with the Python package, in pythondir=$(pythondir))"
+	@echo "  wheel      the Python client as a wheel in $(BUILD)/"
 	@echo "  uninstall  remove what install put there"
 	@echo "  format     clang-format every tracked C file"
 	@echo "  docker     build the container image (needs a Docker engine)"
+	@echo "  test-docker  build the image and run it and compose.yaml with podman (root)"
 	@echo "  clean      remove $(BUILD)/"
 	@echo "variables: CC CFLAGS LDFLAGS V=1 BUILD PREFIX DESTDIR NS_SIMD=scalar"

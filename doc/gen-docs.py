@@ -198,6 +198,8 @@ def man_page(opts):
         "NORMSTAT_LISTEN=0.0.0.0:8750 normstatd",
         "normstatd \\-\\-probe && echo ready",
         ".fi",
+        ".SH LICENSE",
+        "Apache License, Version 2.0 (Apache\\-2.0): the file LICENSE of the sources.",
         ".SH SEE ALSO",
         ".BR normstat (1)",
         "",

@@ -1,5 +1,8 @@
 """test_docker.py - what can be checked of docker/ without a Docker engine.
 
+(tests/docker/test_docker.sh, `make test-docker`, builds the image and runs
+it and the compose file for real with buildah, podman and podman-compose.)
+
 * docker/Dockerfile, parsed: a build stage on Debian bookworm that runs the
   project's make and `make install PREFIX=/usr/local`; a last (runtime) stage
   with a non-root USER, a VOLUME at NORMSTAT_DATA_DIR, EXPOSE 8750,

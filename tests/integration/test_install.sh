@@ -7,9 +7,10 @@
 # --help` and name the licence, the Python package in Debian's dist-packages,
 # importable from there), builds the wheel (`make wheel`) and installs it, and
 # then the source directory, into a fresh venv with `pip --no-index` (no
-# package index, nothing written into client/python), compiles a small C program with pkg-config against the installed
-# libnormstat and libnscore only, runs it against the installed normstatd,
-# and checks that `make uninstall` leaves no file behind.
+# package index, nothing written into client/python), compiles a small C
+# program with pkg-config against the installed libnormstat and libnscore
+# only, runs it against the installed normstatd, and checks that
+# `make uninstall` leaves no file behind.
 # Run from the repository root: NS_BUILD=build sh tests/integration/test_install.sh
 set -u
 
