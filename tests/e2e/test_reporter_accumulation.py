@@ -12,6 +12,10 @@ scaled by 1/F), next to a twin without a reporter.
     EMA equals a float64 EMA of the concatenated micro-batches of each step
     and num_batches_tracked is K, while the model's own buffers still equal
     the twin's (PyTorch updates them per forward whatever is reported).
+  * Right after each forward, before step(), the model's running buffers
+    (read as attributes, as a DistributedDataParallel wrapper around the
+    reported model reads them to broadcast before its next forward) are
+    the twin's: running_mean bit for bit, running_var within 1 ulp.
   * More forwards than forwards_per_step: strict=True raises ValueError naming
     the layer; by default the step is lost with a warning and training goes on.
 """
@@ -123,8 +127,39 @@ def too_many(checks, d):
     c.close()
 
 
+def ulps(a, b):
+    ia, ib = a.view(torch.int32).long(), b.view(torch.int32).long()
+    ia = torch.where(ia < 0, -(ia & 0x7FFFFFFF), ia)
+    ib = torch.where(ib < 0, -(ib & 0x7FFFFFFF), ib)
+    return int((ia - ib).abs().max().item())
+
+
+def current_after_forward(checks, d):
+    model, twin = h.make_model("cnn", seed=3), h.make_model("cnn", seed=3)
+    bns = [(m, t) for m, t in zip(model.modules(), twin.modules())
+           if isinstance(m, torch.nn.BatchNorm2d)]
+    gen = torch.Generator().manual_seed(12)
+    c = d.client()
+    worst_mean = worst_var = 0
+    with StatsReporter(model, c, h.run_name("accum-now"), 0, 1, forwards_per_step=2) as rep:
+        for step in range(3):
+            for _ in range(2):
+                x = h.make_batch("cnn", MICRO, gen, shift=0.3 * step)[0]
+                model(x)
+                twin(x)
+                for m, t in bns:
+                    worst_mean = max(worst_mean, ulps(m.running_mean, t.running_mean))
+                    worst_var = max(worst_var, ulps(m.running_var, t.running_var))
+            rep.step(step)
+    c.close()
+    checks.eq(worst_mean, 0, "right after a forward, running_mean is the twin's bit for bit (ulps)")
+    checks.check(worst_var <= 1, "right after a forward, running_var is within 1 ulp of the twin's",
+                 f"{worst_var} ulp")
+
+
 def body(checks):
     d = h.start_daemon()
+    current_after_forward(checks, d)
     train(checks, d, "per-forward")
     train(checks, d, "merged")
     too_many(checks, d)

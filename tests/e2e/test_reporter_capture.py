@@ -23,6 +23,10 @@ one. Checked:
     (BatchNorm) equals the model's; a bare module is layer "bn" and
     load_stats fills a fresh bare module; a model with only InstanceNorm
     layers is accepted, and load_stats fills its running buffers.
+A training forward that raises inside a layer (caught by the trainer, as
+when a batch is skipped after an out-of-memory error) leaves the layer as
+the twin's: its state_dict and a following eval-mode forward are bit for
+bit the twin's.
 A fourth part: two workers where a branch runs only on worker 0 (worker 1
 reports count 0 for it): every step finalizes and the branch's EMA equals a
 float64 EMA of worker 0's inputs alone.
@@ -194,6 +198,7 @@ def seeded(fn):
 
 def body(checks):
     d = h.start_daemon()
+    failed_forward(checks, d)
     sq = lambda *shape, **kw: (lambda g, s: torch.randn(*shape, generator=g) * (1 + 0.2 * s) + 0.5 * s)  # noqa: E731
     run_case(checks, d, "bn1d-NC", seeded(lambda: nn.BatchNorm1d(6)), sq(16, 6))
     run_case(checks, d, "bn1d-NCL", seeded(lambda: nn.Sequential(nn.Conv1d(3, 6, 3), nn.BatchNorm1d(6))),
@@ -333,6 +338,42 @@ def unused_layer(checks, d):
     checks.eq(got.get("num_batches_tracked"), K, "unused layer: every step applied (no barrier waits)")
     checks.close(got.get("running_mean", []), ref.mean, "unused layer: EMA mean = worker 0's batches alone")
     checks.close(got.get("running_var", []), ref.var, "unused layer: EMA var = worker 0's batches alone")
+
+
+def failed_forward(checks, d):
+    torch.manual_seed(4)
+    model = nn.Sequential(nn.Linear(3, 3), nn.BatchNorm1d(3))
+    twin = copy.deepcopy(model)
+    gen = torch.Generator().manual_seed(8)
+    good, bad, probe = (torch.randn(8, 3, generator=gen) + 2, torch.randn(8, 4, generator=gen),
+                        torch.randn(5, 3, generator=gen))
+    c = d.client()
+    with StatsReporter(model, c, h.run_name("cap-raise"), 0, 1, strict=True) as rep:
+        saved = []
+        for m in (model, twin):
+            m(good)
+            try:
+                m[1](bad)  # the layer itself raises: 4 channels, not 3
+                checks.check(False, "a forward with the wrong channel count raises")
+            except RuntimeError:
+                pass
+            saved.append(m.state_dict())
+        checks.check(all(torch.equal(saved[0][k], saved[1][k]) for k in saved[1]),
+                     "after a forward that raised: state_dict bit for bit the twin's")
+        outs = []
+        for m in (model, twin):
+            m.eval()
+            outs.append(m(probe))
+        checks.check(torch.equal(outs[0], outs[1]),
+                     "after a forward that raised: an eval forward bit for bit the twin's",
+                     f"max diff {(outs[0] - outs[1]).abs().max().item()}")
+        checks.check(torch.equal(model[1].running_mean, twin[1].running_mean)
+                     and torch.equal(model[1].running_var, twin[1].running_var)
+                     and model[1].momentum == twin[1].momentum,
+                     "after a forward that raised and an eval forward: buffers and momentum "
+                     "the twin's")
+        rep.step(0)
+    c.close()
 
 
 if __name__ == "__main__":

@@ -3,7 +3,9 @@
   * No daemon at all: a CNN trains 10 steps with a StatsReporter pointed at
     a closed port; training finishes, the model's buffers equal a twin
     trained without a reporter, every step is listed in lost_steps and
-    counted in dropped, and a ReportWarning was issued; with sync=True
+    counted in dropped, and a ReportWarning was issued; state_dict() (a
+    checkpoint taken then) returns with the next step and no run checkpoint,
+    and flush() returns False, both after close_timeout; with sync=True
     step() returns None and lists the step. strict=True keeps
     the old contract: close() raises ReporterError (connection_failed).
   * The bound: with max_buffered=3 and no daemon, 10 steps drop exactly 7
@@ -15,7 +17,10 @@
     order: nothing lost, and the served EMA equals a float64 EMA of all 15
     steps' inputs and the model's own buffers, num_batches_tracked 15.
   * A report the daemon refuses (409 worker_out_of_range) is dropped with a
-    warning; step() does not raise.
+    warning; step() does not raise. The same with warnings turned into
+    errors (warnings.simplefilter("error"), as a test suite may run): the
+    sender goes on, so every step is counted lost and flush() returns; so
+    with no daemon at all, where close() drops the buffered steps.
 Waits are bounded (flush/close timeouts, readiness deadlines) and only
 matter when something is broken.
 """
@@ -126,6 +131,22 @@ def no_daemon(checks):
                             close_timeout=0.2)
         train(model, rep, gen, range(K), twin=twin)
         checks.check(True, "no daemon: the training loop finished")
+        # a checkpoint taken while the daemon is down: state_dict() returns
+        # (after close_timeout), without the run's checkpoint
+        got = {}
+        t = threading.Thread(target=lambda: got.update(state=rep.state_dict()), daemon=True)
+        t.start()
+        t.join(timeout=30)  # only matters when state_dict() hangs
+        checks.check(not t.is_alive(), "no daemon: state_dict() returns")
+        state = got.get("state") or {}
+        checks.eq((state.get("next_step"), state.get("run_checkpoint")), (K, None),
+                  "no daemon: state_dict() has the next step and no run checkpoint")
+        # flush() before a checkpoint barrier: returns False after close_timeout
+        t = threading.Thread(target=lambda: got.update(flushed=rep.flush()), daemon=True)
+        t.start()
+        t.join(timeout=30)  # only matters when flush() hangs
+        checks.eq((t.is_alive(), got.get("flushed")), (False, False),
+                  "no daemon: flush() returns False (reports still buffered)")
         rep.close()
     checks.eq(rep.lost_steps, list(range(K)), "no daemon: every step listed in lost_steps")
     checks.eq(rep.dropped, K, "no daemon: every report counted in dropped")
@@ -234,6 +255,27 @@ def refused(checks):
     checks.eq(rep.lost_steps, [0, 1], "refused: 409 worker_out_of_range drops the steps")
     checks.check(any("worker_out_of_range" in str(w.message) for w in seen),
                  "refused: the warning names the server's error code")
+    # a ReportWarning raised as an error in the sender thread must not stop it
+    model = h.make_model("mlp", seed=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ReportWarning)
+        rep = StatsReporter(model, c, run, 2, 2)
+        for step in range(3):
+            model(h.make_batch("mlp", 4, torch.Generator().manual_seed(step))[0])
+            rep.step(step)
+        checks.check(rep.flush(timeout=30),
+                     "refused, warnings as errors: flush() returns (the sender went on)")
+        checks.eq(rep.lost_steps, [0, 1, 2], "refused, warnings as errors: every step counted lost")
+        rep.close()
+        # the same with no daemon (retried, then dropped at close)
+        rep = StatsReporter(model, normstat.Client(f"http://127.0.0.1:{free_port()}", timeout=2.0),
+                            "nowhere", 0, 1, close_timeout=0.2)
+        for step in range(3):
+            model(h.make_batch("mlp", 4, torch.Generator().manual_seed(step))[0])
+            rep.step(step)
+        rep.close()
+        checks.eq(rep.lost_steps, [0, 1, 2],
+                  "no daemon, warnings as errors: every step counted lost at close")
     c.close()
     h.stop_daemon(checks, d)
 

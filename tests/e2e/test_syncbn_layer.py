@@ -21,6 +21,8 @@
   a model resumed from that state_dict continues at K, a fresh model with
   step_base="next" continues above the run's last step, so does a model
   that loads an older state_dict, step_base=100 starts at 100;
+* close() closes every socket the layers opened (the forward's connection
+  and the one that settles step_base "next");
 * bad arguments raise ValueError naming them; a global count of 1 raises
   ValueError like torch; an empty batch on every worker gives an empty
   output and leaves the running statistics.
@@ -417,8 +419,33 @@ def bad_arguments(checks, d):
     client.close()
 
 
+def open_sockets():
+    """Socket file descriptors of this process."""
+    import os
+    out = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            out += os.readlink(f"/proc/self/fd/{fd}").startswith("socket:")
+        except OSError:  # the listing's own descriptor, closed by now
+            pass
+    return out
+
+
+def closing(checks, d):
+    before = open_sockets()
+    client = d.client()
+    model = convert_sync_batchnorm(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3),
+                                                       torch.nn.BatchNorm2d(4)),
+                                   client, h.run_name("close"), 0, 1)
+    model(torch.randn(2, 3, 6, 6)).sum().backward()
+    model[1].close()
+    client.close()
+    checks.eq(open_sockets(), before, "close() leaves no socket of the layers open")
+
+
 def body(checks):
     d = h.start_daemon()
+    closing(checks, d)
     against_torch(checks, d)
     no_server(checks)
     dead_worker(checks, d)

@@ -13,9 +13,13 @@ DESIGN
   num_batches_tracked, PyTorch's cumulative average), batched over all
   layers with three torch._foreach_* calls (list by list, with cached
   factor tensors for a fixed momentum: the fast kernels, on CPU too). The
-  buffers are brought up to date before anything reads them: at the start
-  of the model's next forward, at an eval-mode forward of a tracked layer,
-  at state_dict(), and at take().
+  buffers are brought up to date before anything reads them: at the end
+  of the model's forward (as PyTorch's own update, so a wrapper such as
+  DistributedDataParallel, which broadcasts the buffers before the next
+  forward of the model inside it, or code that reads them after the
+  forward, finds them current), at the start of its next forward (after a
+  forward that raised), at an eval-mode forward of a tracked layer, at
+  state_dict(), and at take().
   On CPU float32 this gives running_mean bit for bit and running_var within
   1 ulp (the kernel keeps the unbiased variance in double before its
   update; here it passed through float32 once), both bit for bit for
@@ -143,7 +147,8 @@ class StatsCapture:
         self._slabs = {}  # (device, dtype) -> [tensor, used]
         known = sum(int(getattr(m, "num_features", 0) or 0) for _, m in self.layers)
         self._slab_elems = max(_MIN_SLAB, 2 * known * max(1, int(forwards_hint)))
-        self._hooks = [model.register_forward_pre_hook(self._model_pre)]
+        self._hooks = [model.register_forward_pre_hook(self._model_pre),
+                       model.register_forward_hook(self._model_post)]
         for i, (_, m) in enumerate(self.layers):
             self._hooks.append(m.register_forward_pre_hook(self._pre_hook(i)))
             self._hooks.append(m.register_forward_hook(self._post_hook(i)))
@@ -156,19 +161,28 @@ class StatsCapture:
         if self._pending:
             self.apply_pending()
 
+    def _model_post(self, module, inputs, output):
+        if self._pending:
+            self.apply_pending()
+
     def _state_dict_hook(self, module, state_dict, prefix, local_metadata):
+        if id(module) in self._open:  # its last forward raised: save the real buffers
+            self._restore(module)
+            for key in ("running_mean", "running_var"):
+                if prefix + key in state_dict:
+                    state_dict[prefix + key] = module._buffers[key].detach()
         # the saved tensors share the buffers' storage: updated in place
         if self._pending:
             self.apply_pending()
 
     def _pre_hook(self, idx):
         def hook(module, inputs):
+            if id(module) in self._open:  # the previous forward raised (caught by the caller)
+                self._restore(module)
             if not (self.enabled and module.training):
                 if self._pending:
                     self.apply_pending()  # an eval forward reads the buffers
                 return
-            if id(module) in self._open:  # the previous forward raised
-                self._restore(module)
             if _compiling() or _needs_var_mean(module):
                 return
             bufs = module._buffers

@@ -326,9 +326,13 @@ class StatsReporter:
 
     def flush(self, timeout=None, raise_errors=True):
         """Wait until every report so far was delivered (or dropped:
-        strict=False); True when so, False after 'timeout' seconds. With
-        strict=True, raises the first error of those that failed (unless
-        raise_errors is False: the next step() raises it)."""
+        strict=False); True when so, False after 'timeout' seconds
+        (strict=False: at most close_timeout when timeout is None, so that a
+        daemon that is down never holds training up; the reports stay
+        buffered). With strict=True, raises the first error of those that
+        failed (unless raise_errors is False: the next step() raises it)."""
+        if timeout is None and not self.strict:
+            timeout = self.close_timeout
         done = self._sender.flush(timeout)
         if raise_errors:
             self._raise_pending()
@@ -366,12 +370,18 @@ class StatsReporter:
         daemon's checkpoint of the run (client.checkpoint_get) taken after
         this worker's reports were delivered. With several workers, call it
         after every rank's flush() and a barrier, so the run holds the last
-        step of every worker."""
+        step of every worker. strict=False: waits at most close_timeout
+        seconds for the buffered reports (the daemon may be down); if they
+        are still buffered then, no run checkpoint is taken (a
+        ReportWarning says so) and the reports stay buffered."""
         if run_checkpoint is None:
             run_checkpoint = self.rank == 0
-        self.flush()
+        delivered = self.flush()
         ckpt = None
-        if run_checkpoint:
+        if run_checkpoint and not delivered:
+            warnings.warn(f"normstat run {self.run!r}: no run checkpoint saved: reports still "
+                          f"buffered after {self.close_timeout} s", ReportWarning)
+        elif run_checkpoint:
             try:
                 ckpt = self.client.checkpoint_get(self.run)
             except Error as e:

@@ -20,6 +20,9 @@ DESIGN
   once on a connection the server had closed); the first failure is kept in
   .error, for the training thread to raise, and the rest of that job is
   dropped. push() blocks while max_buffered jobs wait (back-pressure).
+* The thread outlives any exception of a delivery (a bug: the job is
+  counted lost) and ReportWarnings that a warnings filter turns into errors
+  (dropped on this thread), so flush() and close() always return.
 * flush() waits until every pushed job was delivered or dropped (or, with
   until_failing, until the daemon is failing). Completion is signalled
   through one Condition that guards the queue and every counter.
@@ -116,9 +119,18 @@ class Sender:
         self.dropped += reports
         if not self.lost_steps or self.lost_steps[-1] != step:
             self.lost_steps.append(step)
-        warnings.warn(f"normstat run {self.run!r} worker {self.worker}: step {step} not "
-                      f"reported ({reports} report(s) dropped, {self.dropped} in all): {why}",
-                      ReportWarning, stacklevel=3)
+        self._warn(f"normstat run {self.run!r} worker {self.worker}: step {step} not "
+                   f"reported ({reports} report(s) dropped, {self.dropped} in all): {why}")
+
+    def _warn(self, message):
+        """A ReportWarning. On this sender's thread one that a warnings filter
+        turns into an error is dropped: the thread must go on delivering
+        (on the training thread it raises, as the filter asks)."""
+        try:
+            warnings.warn(message, ReportWarning, stacklevel=4)
+        except Warning:
+            if threading.current_thread() is not self._thread:
+                raise
 
     def _loop(self):
         while True:
@@ -130,6 +142,8 @@ class Sender:
                 job = self._inflight = self._jobs[0]
             try:
                 self._deliver(job)
+            except Exception as e:  # the thread must go on, or flush() would wait forever
+                self._unexpected(job, e)
             finally:
                 with self._cond:
                     if self._jobs and self._jobs[0] is job:
@@ -178,9 +192,9 @@ class Sender:
                     continue
                 else:
                     if not self.failing:
-                        warnings.warn(f"normstat run {self.run!r} worker {self.worker}: "
-                                      f"report of step {job.step} failed ({e}); buffering up to "
-                                      f"{self.max_buffered} steps and retrying", ReportWarning)
+                        self._warn(f"normstat run {self.run!r} worker {self.worker}: "
+                                   f"report of step {job.step} failed ({e}); buffering up to "
+                                   f"{self.max_buffered} steps and retrying")
                     self._prepare_waiting()
                     with self._cond:
                         self.failing = True
@@ -198,6 +212,11 @@ class Sender:
                 self.delivered += 1
                 self.failing = False
             i, attempts, delay = i + 1, 0, _FIRST_DELAY_S
+
+    def _unexpected(self, job, err):
+        """An exception _deliver did not expect (a bug): the job fails like
+        a refused one."""
+        self._fail(job, job.reports, err)
 
     def _arrived(self, dstep, err):
         code = getattr(err, "code", None)

@@ -129,10 +129,15 @@ class Link:
         return self
 
     def close(self):
+        """Close the connections (the layers' and next_step's); reopened
+        when needed."""
         with self._lock:
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
+            if self._client is not None:
+                self._client.close()
+                self._client = None
             self._frames = {}
 
     def _connection(self):
