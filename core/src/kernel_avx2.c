@@ -51,24 +51,11 @@ static inline double hsum(__m256d v)
     return (l[0] + l[1]) + (l[2] + l[3]);
 }
 
-/* Block moments by the corrected two-pass algorithm (Chan, Golub, LeVeque):
- *  pass 1 estimates the mean cheaply, summing (x - x0) in float32 (8 lanes x
- *  4 accumulators, no conversions); pass 2, in double, sums d = x - mean0
- *  and d^2 and corrects both:
- *    mean = mean0 + sum d / n,   m2 = sum d^2 - (sum d)^2 / n.
- *  The correction is exact algebra; its rounding grows only with
- *  (mean0 - mean)^2 / var, which the float estimate keeps near 1e-10 (and
- *  x0 itself, used if the float sum overflows, keeps bounded). */
-static void block_moments(const float *src, size_t seg_len, size_t nseg, size_t stride,
-                          double *mean, double *m2)
+/* Pass 1 of block_moments (float): s = sum (x - x0), accumulator k takes
+ * x[j + 8k .. j + 8k + 7]. @return mean0 = x0 + s / n, or x0 if that overflowed. */
+static inline __attribute__((always_inline)) double
+first_pass_mean(const float *src, size_t seg_len, size_t nseg, size_t stride, double count)
 {
-    if (stride == seg_len) { /* contiguous segments are one long segment */
-        seg_len *= nseg;
-        nseg = 1;
-    }
-    const double count = (double)seg_len * (double)nseg;
-
-    /* Pass 1 (float): s = sum (x - x0); accumulator k takes x[j + 8k .. j + 8k + 7]. */
     const __m256 vx0 = _mm256_set1_ps(src[0]);
     __m256 f0 = _mm256_setzero_ps(), f1 = f0, f2 = f0, f3 = f0;
     for (size_t i = 0; i < nseg; i++) {
@@ -96,8 +83,15 @@ static void block_moments(const float *src, size_t seg_len, size_t nseg, size_t 
     double mu0 = (double)src[0] + s / count; /* mean0 = x0 + s / n */
     if (!isfinite(mu0))
         mu0 = src[0]; /* the float sum overflowed: x0 is estimate enough */
+    return mu0;
+}
 
-    /* Pass 2 (double): q = sum d^2, c = sum d with d = x - mean0; 4 + 4 accumulators. */
+/* Pass 2 of block_moments (double): *q = sum d^2, *c = sum d with
+ * d = x - mean0; 4 + 4 accumulators. */
+static inline __attribute__((always_inline)) void second_pass_sums(const float *src, size_t seg_len,
+                                                                   size_t nseg, size_t stride,
+                                                                   double mu0, double *q, double *c)
+{
     const __m256d vmu = _mm256_set1_pd(mu0);
     __m256d q0 = _mm256_setzero_pd(), q1 = q0, q2 = q0, q3 = q0;
     __m256d c0 = q0, c1 = q0, c2 = q0, c3 = q0, d;
@@ -137,8 +131,31 @@ static void block_moments(const float *src, size_t seg_len, size_t nseg, size_t 
             c1 = _mm256_add_pd(c1, d);      /* c1 += d */
         }
     }
-    const double q = hsum(_mm256_add_pd(_mm256_add_pd(q0, q1), _mm256_add_pd(q2, q3)));
-    const double c = hsum(_mm256_add_pd(_mm256_add_pd(c0, c1), _mm256_add_pd(c2, c3)));
+    *q = hsum(_mm256_add_pd(_mm256_add_pd(q0, q1), _mm256_add_pd(q2, q3)));
+    *c = hsum(_mm256_add_pd(_mm256_add_pd(c0, c1), _mm256_add_pd(c2, c3)));
+}
+
+/* Block moments by the corrected two-pass algorithm (Chan, Golub, LeVeque):
+ *  pass 1 estimates the mean cheaply, summing (x - x0) in float32 (8 lanes x
+ *  4 accumulators, no conversions); pass 2, in double, sums d = x - mean0
+ *  and d^2 and corrects both:
+ *    mean = mean0 + sum d / n,   m2 = sum d^2 - (sum d)^2 / n.
+ *  The correction is exact algebra; its rounding grows only with
+ *  (mean0 - mean)^2 / var, which the float estimate keeps near 1e-10 (and
+ *  x0 itself, used if the float sum overflows, keeps bounded). */
+static void block_moments(const float *src, size_t seg_len, size_t nseg, size_t stride,
+                          double *mean, double *m2)
+{
+    if (stride == seg_len) { /* contiguous segments are one long segment */
+        seg_len *= nseg;
+        nseg = 1;
+    }
+    const double count = (double)seg_len * (double)nseg;
+
+    /* Pass 1 (float) estimates the mean, pass 2 (double) sums around it. */
+    const double mu0 = first_pass_mean(src, seg_len, nseg, stride, count);
+    double q, c;
+    second_pass_sums(src, seg_len, nseg, stride, mu0, &q, &c);
     const double r = q - c * c / count; /* >= 0 in exact arithmetic (Cauchy-Schwarz) */
     *mean = mu0 + c / count;
     *m2 = r < 0.0 ? 0.0 : r; /* keeps NaN */

@@ -84,18 +84,15 @@ static int scalar_is_tensor(const char *name)
     return strcmp(name, NS_FIELD_NUM_BATCHES_TRACKED) == 0 || strcmp(name, NS_FIELD_COUNT) == 0;
 }
 
-static int encode_safetensors(ns_buf_t *dst, const ns_meta_t *meta, size_t n_meta,
-                              const ns_out_layer_t *layers, size_t n_layers)
+/* The header's __metadata__ object: the run's meta, then the layers' scalars
+ * that are no tensors. It always comes first (possibly empty), so every
+ * tensor entry can start with a comma. */
+static int header_metadata(ns_buf_t *h, const ns_meta_t *meta, size_t n_meta,
+                           const ns_out_layer_t *layers, size_t n_layers)
 {
-    ns_buf_t h;
-    uint64_t at = 0;
     int rc;
-
-    ns_buf_init(&h, dst->cap_max);
-    /* __metadata__ always comes first (possibly empty), so every tensor entry
-     * can start with a comma. */
-    if ((rc = ns_buf_append(&h, "{\"__metadata__\":{", 17)))
-        goto fail;
+    if ((rc = ns_buf_append(h, "{\"__metadata__\":{", 17)))
+        return rc;
     for (size_t i = 0; i < n_meta; i++) {
         char num[32];
         const char *value = num;
@@ -105,10 +102,10 @@ static int encode_safetensors(ns_buf_t *dst, const ns_meta_t *meta, size_t n_met
             value = meta[i].num ? "true" : "false";
         else
             snprintf(num, sizeof(num), "%lld", (long long)meta[i].num);
-        if ((i && (rc = ns_buf_append(&h, ",", 1))) ||
-            (rc = ns__buf_append_json_string(&h, meta[i].key)) ||
-            (rc = ns_buf_append(&h, ":", 1)) || (rc = ns__buf_append_json_string(&h, value)))
-            goto fail;
+        if ((i && (rc = ns_buf_append(h, ",", 1))) ||
+            (rc = ns__buf_append_json_string(h, meta[i].key)) || (rc = ns_buf_append(h, ":", 1)) ||
+            (rc = ns__buf_append_json_string(h, value)))
+            return rc;
     }
     for (size_t l = 0; l < n_layers; l++) {
         const ns_out_layer_t *layer = &layers[l];
@@ -118,37 +115,47 @@ static int encode_safetensors(ns_buf_t *dst, const ns_meta_t *meta, size_t n_met
                 continue;
             snprintf(key, sizeof(key), "%s.%s", layer->name, layer->scalar_names[s]);
             snprintf(num, sizeof(num), "%lld", (long long)layer->scalars[s]);
-            if ((h.len > 17 && (rc = ns_buf_append(&h, ",", 1))) ||
-                (rc = ns__buf_append_json_string(&h, key)) || (rc = ns_buf_append(&h, ":", 1)) ||
-                (rc = ns__buf_append_json_string(&h, num)))
-                goto fail;
+            if ((h->len > 17 && (rc = ns_buf_append(h, ",", 1))) ||
+                (rc = ns__buf_append_json_string(h, key)) || (rc = ns_buf_append(h, ":", 1)) ||
+                (rc = ns__buf_append_json_string(h, num)))
+                return rc;
         }
     }
-    if ((rc = ns_buf_append(&h, "}", 1)))
-        goto fail;
+    return ns_buf_append(h, "}", 1);
+}
+
+/* The header's tensor entries, in data order: each layer's arrays (F32),
+ * then its scalars that are tensors (I64). *data_len: the bytes they take. */
+static int header_tensors(ns_buf_t *h, const ns_out_layer_t *layers, size_t n_layers,
+                          uint64_t *data_len)
+{
+    uint64_t at = 0;
+    int rc;
     for (size_t l = 0; l < n_layers; l++) {
         const ns_out_layer_t *layer = &layers[l];
         uint64_t bytes = (uint64_t)layer->channels * 4;
-        if (layer->channels > UINT64_MAX / 4 / NS_OUT_ARRAYS_MAX) {
-            rc = NS_ETOOLARGE;
-            goto fail;
-        }
+        if (layer->channels > UINT64_MAX / 4 / NS_OUT_ARRAYS_MAX)
+            return NS_ETOOLARGE;
         for (size_t a = 0; a < layer->n_arrays; a++, at += bytes)
-            if ((rc = ns__safetensors_header_tensor(&h, layer->name, layer->array_names[a], "F32",
-                                                    0, layer->channels, at, at + bytes)))
-                goto fail;
+            if ((rc = ns__safetensors_header_tensor(h, layer->name, layer->array_names[a], "F32", 0,
+                                                    layer->channels, at, at + bytes)))
+                return rc;
         for (size_t s = 0; s < layer->n_scalars; s++) {
             if (!scalar_is_tensor(layer->scalar_names[s]))
                 continue;
-            if ((rc = ns__safetensors_header_tensor(&h, layer->name, layer->scalar_names[s], "I64",
+            if ((rc = ns__safetensors_header_tensor(h, layer->name, layer->scalar_names[s], "I64",
                                                     1, 0, at, at + 8)))
-                goto fail;
+                return rc;
             at += 8;
         }
     }
-    uint8_t *p;
-    if ((rc = ns__safetensors_frame(dst, &h, at, &p)))
-        goto fail;
+    *data_len = at;
+    return 0;
+}
+
+/* The tensors' data at p, in the order header_tensors() listed them. */
+static void write_tensors(uint8_t *p, const ns_out_layer_t *layers, size_t n_layers)
+{
     for (size_t l = 0; l < n_layers; l++) {
         const ns_out_layer_t *layer = &layers[l];
         for (size_t a = 0; a < layer->n_arrays; a++)
@@ -164,6 +171,22 @@ static int encode_safetensors(ns_buf_t *dst, const ns_meta_t *meta, size_t n_met
                 p += 8;
             }
     }
+}
+
+static int encode_safetensors(ns_buf_t *dst, const ns_meta_t *meta, size_t n_meta,
+                              const ns_out_layer_t *layers, size_t n_layers)
+{
+    ns_buf_t h;
+    uint64_t at = 0;
+    uint8_t *p;
+    int rc;
+
+    ns_buf_init(&h, dst->cap_max);
+    if ((rc = header_metadata(&h, meta, n_meta, layers, n_layers)) ||
+        (rc = header_tensors(&h, layers, n_layers, &at)) ||
+        (rc = ns__safetensors_frame(dst, &h, at, &p)))
+        goto fail;
+    write_tensors(p, layers, n_layers);
     ns_buf_free(&h);
     return 0;
 fail:

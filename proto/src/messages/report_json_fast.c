@@ -339,16 +339,73 @@ enum {
     F_LAYERS = 128
 };
 
+/* The value of the root's key 'field' (one F_ bit) into r. @return 1, or 0 to give up. */
+static int root_value(cursor_t *c, ns_report_t *r, unsigned field, char *scratch)
+{
+    const char *s;
+    size_t slen;
+    uint64_t u;
+    switch (field) {
+    case F_STEP:
+        if (!uint_field(c, 0, INT64_MAX, &r->step))
+            return 0;
+        break;
+    case F_WORKER:
+        if (!uint_field(c, 0, UINT32_MAX, &u))
+            return 0;
+        r->worker = (uint32_t)u;
+        break;
+    case F_DOMAIN:
+        if (!plain_string(c, scratch, &s, &slen) || slen < 1 || slen > NS_NAME_MAX)
+            return 0;
+        memcpy(r->domain, s, slen);
+        r->domain[slen] = '\0';
+        if (!ns_name_valid(r->domain))
+            return 0;
+        break;
+    case F_UNBIASED:
+        if (literal(c, "true"))
+            r->unbiased = 1;
+        else if (literal(c, "false"))
+            r->unbiased = 0;
+        else
+            return 0;
+        break;
+    case F_UPDATE:
+        if (!update_array(c, &r->update))
+            return 0;
+        break;
+    case F_SCOPE:
+        if (!plain_string(c, scratch, &s, &slen))
+            return 0;
+        if (slen == 6 && memcmp(s, "global", 6) == 0)
+            r->scope = NS_SCOPE_GLOBAL;
+        else if (slen == 6 && memcmp(s, "domain", 6) == 0)
+            r->scope = NS_SCOPE_DOMAIN;
+        else
+            return 0;
+        break;
+    case F_WORLD:
+        if (!uint_field(c, 1, NS__WORLD_SIZE_WIRE_MAX, &u))
+            return 0;
+        r->world_size = (int64_t)u;
+        break;
+    default:
+        if (!layers_object(c, r))
+            return 0;
+    }
+    return 1;
+}
+
 static int root_object(cursor_t *c, ns_report_t *r)
 {
     char scratch[NS_NAME_MAX + 1];
     unsigned seen = 0;
-    uint64_t u;
     if (!eat(c, '{'))
         return 0;
     do {
-        const char *key, *s;
-        size_t len, slen;
+        const char *key;
+        size_t len;
         unsigned field;
         if (!plain_string(c, scratch, &key, &len) || !eat(c, ':'))
             return 0;
@@ -366,55 +423,8 @@ static int root_object(cursor_t *c, ns_report_t *r)
         if (!field || (seen & field))
             return 0;
         seen |= field;
-        switch (field) {
-        case F_STEP:
-            if (!uint_field(c, 0, INT64_MAX, &r->step))
-                return 0;
-            break;
-        case F_WORKER:
-            if (!uint_field(c, 0, UINT32_MAX, &u))
-                return 0;
-            r->worker = (uint32_t)u;
-            break;
-        case F_DOMAIN:
-            if (!plain_string(c, scratch, &s, &slen) || slen < 1 || slen > NS_NAME_MAX)
-                return 0;
-            memcpy(r->domain, s, slen);
-            r->domain[slen] = '\0';
-            if (!ns_name_valid(r->domain))
-                return 0;
-            break;
-        case F_UNBIASED:
-            if (literal(c, "true"))
-                r->unbiased = 1;
-            else if (literal(c, "false"))
-                r->unbiased = 0;
-            else
-                return 0;
-            break;
-        case F_UPDATE:
-            if (!update_array(c, &r->update))
-                return 0;
-            break;
-        case F_SCOPE:
-            if (!plain_string(c, scratch, &s, &slen))
-                return 0;
-            if (slen == 6 && memcmp(s, "global", 6) == 0)
-                r->scope = NS_SCOPE_GLOBAL;
-            else if (slen == 6 && memcmp(s, "domain", 6) == 0)
-                r->scope = NS_SCOPE_DOMAIN;
-            else
-                return 0;
-            break;
-        case F_WORLD:
-            if (!uint_field(c, 1, NS__WORLD_SIZE_WIRE_MAX, &u))
-                return 0;
-            r->world_size = (int64_t)u;
-            break;
-        default:
-            if (!layers_object(c, r))
-                return 0;
-        }
+        if (!root_value(c, r, field, scratch))
+            return 0;
     } while (eat(c, ','));
     if (!eat(c, '}'))
         return 0;

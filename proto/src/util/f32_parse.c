@@ -98,82 +98,73 @@ static int64_t eight_digits(const char *p)
 #endif
 }
 
-int ns__f32_parse(const char *src, size_t src_len, float *dst)
+/* A decimal's digits as scanned: its value is m * 10^exp10. */
+typedef struct decimal_s {
+    uint64_t m; /* the first 19 significant digits */
+    int digits; /* how many m holds */
+    int exp10;
+    int small; /* 0 once a digit past the 19th was dropped */
+} decimal_t;
+
+/* The digits of the integer part, from its first, nonzero one. @return their end. */
+static inline const char *scan_integer(const char *p, const char *end, decimal_t *d)
 {
-    const char *p = src, *end = src + src_len;
-    uint64_t m = 0;
-    int neg = 0, digits = 0, exp10 = 0, small = 1;
-
-    /* JSON grammar: -?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)? */
-    if (p < end && *p == '-') {
-        neg = 1;
-        p++;
-    }
-    if (p == end || (unsigned)(*p - '0') > 9)
-        return NS_EINVAL;
-    if (*p == '0') {
-        p++;
-    } else {
-        for (; p < end && (unsigned)(*p - '0') <= 9; p++) {
-            int64_t eight;
-            if (digits <= 11 && end - p >= 8 && (eight = eight_digits(p)) >= 0) {
-                m = m * 100000000u + (uint64_t)eight;
-                digits += 8;
-                p += 7;
-                continue;
-            }
-            if (digits < 19) {
-                m = m * 10 + (uint64_t)(*p - '0');
-                digits++;
-            } else {
-                exp10++;
-                small = 0; /* a digit past the 19th: dropped, kept in exp10 */
-            }
+    for (; p < end && (unsigned)(*p - '0') <= 9; p++) {
+        int64_t eight;
+        if (d->digits <= 11 && end - p >= 8 && (eight = eight_digits(p)) >= 0) {
+            d->m = d->m * 100000000u + (uint64_t)eight;
+            d->digits += 8;
+            p += 7;
+            continue;
+        }
+        if (d->digits < 19) {
+            d->m = d->m * 10 + (uint64_t)(*p - '0');
+            d->digits++;
+        } else {
+            d->exp10++;
+            d->small = 0; /* a digit past the 19th: dropped, kept in exp10 */
         }
     }
-    if (p < end && *p == '.') {
-        p++;
-        if (p == end || (unsigned)(*p - '0') > 9)
-            return NS_EINVAL;
-        for (; p < end && (unsigned)(*p - '0') <= 9; p++) {
-            int64_t eight;
-            if (m && digits <= 11 && end - p >= 8 && (eight = eight_digits(p)) >= 0) {
-                m = m * 100000000u + (uint64_t)eight;
-                digits += 8;
-                exp10 -= 8;
-                p += 7;
-                continue;
-            }
-            if (m == 0 && *p == '0') {
-                exp10--; /* a leading zero of the fraction */
-            } else if (digits < 19) {
-                m = m * 10 + (uint64_t)(*p - '0');
-                digits++;
-                exp10--;
-            } else {
-                small = 0;
-            }
+    return p;
+}
+
+/* The digits of the fraction, from the first after the point. @return their end. */
+static inline const char *scan_fraction(const char *p, const char *end, decimal_t *d)
+{
+    for (; p < end && (unsigned)(*p - '0') <= 9; p++) {
+        int64_t eight;
+        if (d->m && d->digits <= 11 && end - p >= 8 && (eight = eight_digits(p)) >= 0) {
+            d->m = d->m * 100000000u + (uint64_t)eight;
+            d->digits += 8;
+            d->exp10 -= 8;
+            p += 7;
+            continue;
+        }
+        if (d->m == 0 && *p == '0') {
+            d->exp10--; /* a leading zero of the fraction */
+        } else if (d->digits < 19) {
+            d->m = d->m * 10 + (uint64_t)(*p - '0');
+            d->digits++;
+            d->exp10--;
+        } else {
+            d->small = 0;
         }
     }
-    if (p < end && (*p == 'e' || *p == 'E')) {
-        int eneg = 0, e = 0;
-        p++;
-        if (p < end && (*p == '+' || *p == '-'))
-            eneg = *p++ == '-';
-        if (p == end || (unsigned)(*p - '0') > 9)
-            return NS_EINVAL;
-        for (; p < end && (unsigned)(*p - '0') <= 9; p++)
-            if (e < 100000) /* beyond any float; keeps exp10 from overflowing */
-                e = e * 10 + (*p - '0');
-        exp10 += eneg ? -e : e;
-    }
-    if (p != end)
-        return NS_EINVAL;
+    return p;
+}
 
+/* The float nearest m * 10^exp10, negated if neg; src is the whole token,
+ * for strtof near a midpoint. @return 0, NS_EVALUE or NS_ENOMEM. */
+static inline int decimal_to_f32(const decimal_t *dec, int neg, const char *src, size_t src_len,
+                                 float *dst)
+{
+    uint64_t m = dec->m;
+    int exp10 = dec->exp10;
     float f;
     if (m == 0) {
         f = 0.0f;
-    } else if (FLT_EVAL_METHOD == 0 && small && m <= (1u << 24) && exp10 >= -10 && exp10 <= 10) {
+    } else if (FLT_EVAL_METHOD == 0 && dec->small && m <= (1u << 24) && exp10 >= -10 &&
+               exp10 <= 10) {
         f = exp10 < 0 ? (float)m / pow10_f[-exp10] : (float)m * pow10_f[exp10];
     } else if (exp10 > POW10_MAX) {
         f = INFINITY; /* at least 10^39 */
@@ -193,4 +184,44 @@ int ns__f32_parse(const char *src, size_t src_len, float *dst)
     }
     *dst = neg ? -f : f;
     return isinf(f) ? NS_EVALUE : 0;
+}
+
+int ns__f32_parse(const char *src, size_t src_len, float *dst)
+{
+    const char *p = src, *end = src + src_len;
+    decimal_t dec = {0, 0, 0, 1};
+    int neg = 0;
+
+    /* JSON grammar: -?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)? */
+    if (p < end && *p == '-') {
+        neg = 1;
+        p++;
+    }
+    if (p == end || (unsigned)(*p - '0') > 9)
+        return NS_EINVAL;
+    if (*p == '0')
+        p++;
+    else
+        p = scan_integer(p, end, &dec);
+    if (p < end && *p == '.') {
+        p++;
+        if (p == end || (unsigned)(*p - '0') > 9)
+            return NS_EINVAL;
+        p = scan_fraction(p, end, &dec);
+    }
+    if (p < end && (*p == 'e' || *p == 'E')) {
+        int eneg = 0, e = 0;
+        p++;
+        if (p < end && (*p == '+' || *p == '-'))
+            eneg = *p++ == '-';
+        if (p == end || (unsigned)(*p - '0') > 9)
+            return NS_EINVAL;
+        for (; p < end && (unsigned)(*p - '0') <= 9; p++)
+            if (e < 100000) /* beyond any float; keeps exp10 from overflowing */
+                e = e * 10 + (*p - '0');
+        dec.exp10 += eneg ? -e : e;
+    }
+    if (p != end)
+        return NS_EINVAL;
+    return decimal_to_f32(&dec, neg, src, src_len, dst);
 }

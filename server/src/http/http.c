@@ -17,18 +17,7 @@
  *  or store lock is ever taken under wait_lock.
  *  Shutdown: nsd_registry_shutdown() wakes every waiting /sync, so no
  *  connection is suspended when MHD_stop_daemon() runs.
- *  Request target: libmicrohttpd 0.9.75 decodes the path in place (a %00
- *  cuts a name short, a %2F adds a segment) and parses the query into the
- *  connection's memory pool, where too many parameters make it queue a 431
- *  that it never sends (the connection hangs until the timeout). So on_uri,
- *  called with the target as received before MHD parses it, takes a copy
- *  of the query and ends the string MHD would parse; the unescape callback
- *  leaves the path as received; routes.c then decodes both strictly. A raw
- *  NUL byte in the target ends the string MHD hands us early: on_access
- *  sees it from where MHD's request line puts the version (0.9.x only).
- *  Framing: MHD takes the first of several Content-Length headers and
- *  prefers Transfer-Encoding to Content-Length; a request whose framing is
- *  ambiguous is answered 400 before its body and the connection closed. */
+ *  Request target and framing, checked where MHD is lenient: target.c. */
 #include "http.h"
 
 #include <errno.h>
@@ -50,6 +39,7 @@
 #include "base/size_limits.h"
 #include "counters.h"
 #include "store/store.h"
+#include "target.h"
 
 /* Idle keep-alive connections are closed after this many seconds. */
 #define CONNECTION_TIMEOUT_S 60
@@ -311,58 +301,12 @@ static int media_is(const char *value, const char *type)
     return strlen(type) == len && strncasecmp(value, type, len) == 0;
 }
 
-/* The framing headers of a request, as MHD_get_connection_values() lists them. */
-typedef struct framing_s {
-    const char *length; /* the first Content-Length */
-    int lengths_differ;
-    const char *encoding; /* the last Transfer-Encoding */
-    int encodings;
-} framing_t;
-
-static enum MHD_Result framing_one(void *cls, enum MHD_ValueKind kind, const char *key,
-                                   const char *value)
-{
-    framing_t *f = cls;
-    (void)kind;
-    if (value == NULL)
-        value = "";
-    if (strcasecmp(key, MHD_HTTP_HEADER_CONTENT_LENGTH) == 0) {
-        if (f->length != NULL && strcmp(f->length, value) != 0)
-            f->lengths_differ = 1;
-        if (f->length == NULL)
-            f->length = value;
-    } else if (strcasecmp(key, MHD_HTTP_HEADER_TRANSFER_ENCODING) == 0) {
-        f->encoding = value;
-        f->encodings++;
-    }
-    return MHD_YES;
-}
-
-/* A body whose length two parties could read differently (request
- * smuggling behind a proxy) is refused. @return 0 or NS_EINVAL, detail set. */
-static int check_framing(nsd_request_t *req)
-{
-    framing_t f = {0};
-    MHD_get_connection_values(req->conn, MHD_HEADER_KIND, framing_one, &f);
-    ns_error_detail_t *err = &req->pending_detail;
-    if (f.lengths_differ)
-        return ns_error_set(err, NS_EINVAL, "Content-Length",
-                            "given more than once with different values");
-    if (f.length != NULL && f.encodings > 0)
-        return ns_error_set(err, NS_EINVAL, "Content-Length",
-                            "given together with Transfer-Encoding; send one of them");
-    if (f.encodings > 1 || (f.encodings == 1 && strcasecmp(f.encoding, "chunked") != 0))
-        return ns_error_set(err, NS_EINVAL, "Transfer-Encoding",
-                            "only a single \"chunked\" is accepted");
-    return 0;
-}
-
 /* First call: check the framing, authenticate, match the route and the
  * query, check Content-Length and Content-Type. */
 static void request_begin(nsd_request_t *req)
 {
     nsd_server_t *srv = req->server;
-    if (check_framing(req) != 0) {
+    if (nsd_target_check_framing(req) != 0) {
         req->pending_error = NS_EINVAL;
         req->close_after = 1;
         return;
@@ -523,30 +467,11 @@ static void *on_uri(void *cls, const char *uri, struct MHD_Connection *conn)
     req->conn = conn;
     pthread_mutex_init(&req->wait_lock, NULL);
     ns_buf_init(&req->body, srv->opts->max_body);
-    req->target = uri;
-    req->target_len = uri != NULL ? strlen(uri) : 0;
-    const char *q = uri != NULL ? strchr(uri, '?') : NULL;
-    if (q != NULL) {
-        req->query = strdup(q + 1);
-        if (req->query == NULL) {
-            request_free(req);
-            return NULL;
-        }
-#if MHD_VERSION < 0x01000000
-        /* 0.9.x parses the query from this very buffer right after this
-         * call: leave it nothing to parse (see the DESIGN above). */
-        ((char *)q)[1] = '\0';
-#endif
+    if (nsd_target_record(req, uri) != 0) {
+        request_free(req);
+        return NULL;
     }
     return req;
-}
-
-/* MHD_OPTION_UNESCAPE_CALLBACK: the path stays as received (routes.c decodes it). */
-static size_t keep_escaped(void *cls, struct MHD_Connection *conn, char *s)
-{
-    (void)cls;
-    (void)conn;
-    return strlen(s);
 }
 
 static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const char *url,
@@ -555,7 +480,6 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
 {
     nsd_server_t *srv = cls;
     nsd_request_t *req = *con_cls;
-    (void)version;
     if (req == NULL)
         return MHD_NO; /* on_uri ran out of memory */
     if (!req->begun) {
@@ -564,12 +488,7 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
         req->method = method;
         req->path = url;
         req->start_ns = nsd_now_ns();
-#if MHD_VERSION < 0x01000000
-        /* 0.9.x keeps the request line in one buffer, the version right
-         * after the target and its separator: unless a raw NUL byte in the
-         * target ended the string MHD handed us early. */
-        req->target_nul = req->target == url && version != url + req->target_len + 1;
-#endif
+        nsd_target_check_nul(req, url, version);
         atomic_fetch_add(&srv->in_flight, 1);
         request_begin(req);
         /* A body we will not read, or whose length is ambiguous, is refused
@@ -703,7 +622,7 @@ int nsd_http_start(nsd_server_t *server, ns_error_detail_t *err)
         MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)CONNECTION_MEMORY,
         MHD_OPTION_NOTIFY_COMPLETED, on_completed, server,
         MHD_OPTION_URI_LOG_CALLBACK, on_uri, server,
-        MHD_OPTION_UNESCAPE_CALLBACK, keep_escaped, NULL,
+        MHD_OPTION_UNESCAPE_CALLBACK, nsd_target_unescape, NULL,
         MHD_OPTION_END);
     /* clang-format on */
     int family = res->ai_family;

@@ -62,7 +62,7 @@ struct nsd_request_s {
     void *user;              /* handler state; user_free(user) at completion */
     void (*user_free)(void *user);
 
-    /* private to http.c */
+    /* private to http.c and target.c */
     char *query;                              /* decoded query, owns params' strings */
     nsd_param_t params[NSD_QUERY_PARAMS_MAX]; /* the query parameters, in order */
     size_t n_params;

@@ -70,6 +70,32 @@ static uint64_t precise_committed(const nsd_layer_t *l)
     return total;
 }
 
+/* The step against those the layer holds: pending p (NULL: none yet) and
+ * finalized. @return 0, or NS_EDUPLICATE, NS_ESTALE, NS_ECONFLICT or NS_EBUSY. */
+static int check_sequence(const nsd_run_t *run, const ns_report_t *rep, const nsd_layer_t *l,
+                          const nsd_pending_t *p, const char *field, ns_error_detail_t *err)
+{
+    int64_t last = rep->worker < l->n_workers ? l->worker_last[rep->worker] : -1;
+    if (p != NULL && p->arrivals[rep->worker].present)
+        return ns_error_set(err, NS_EDUPLICATE, field, "worker %u already reported step %llu",
+                            rep->worker, (unsigned long long)rep->step);
+    if (last >= 0 && (int64_t)rep->step <= last)
+        return ns_error_set(err, NS_ESTALE, field,
+                            "worker %u already reported step %lld; steps must increase",
+                            rep->worker, (long long)last);
+    if (p == NULL && (int64_t)rep->step <= l->max_closed)
+        return ns_error_set(err, NS_ESTALE, field, "step %llu is at or below finalized step %lld",
+                            (unsigned long long)rep->step, (long long)l->max_closed);
+    if (p != NULL && p->update != rep->update)
+        return ns_error_set(err, NS_ECONFLICT, "update",
+                            "differs from the earlier reports of step %llu",
+                            (unsigned long long)rep->step);
+    uint32_t max_pending = run->ctx->limits.max_pending_steps;
+    if (p == NULL && l->n_pending >= max_pending)
+        return ns_error_set(err, NS_EBUSY, field, "%u steps already pending", max_pending);
+    return 0;
+}
+
 /* Phase 1: the checks of one layer; nothing changes. */
 static int check_layer(const nsd_run_t *run, const ns_report_t *rep, plan_t *pl,
                        ns_error_detail_t *err)
@@ -110,25 +136,9 @@ static int check_layer(const nsd_run_t *run, const ns_report_t *rep, plan_t *pl,
                             "worker %u outside world_size %u of step %llu", rep->worker, ws,
                             (unsigned long long)rep->step);
     if (l != NULL) {
-        int64_t last = rep->worker < l->n_workers ? l->worker_last[rep->worker] : -1;
-        if (p != NULL && p->arrivals[rep->worker].present)
-            return ns_error_set(err, NS_EDUPLICATE, field, "worker %u already reported step %llu",
-                                rep->worker, (unsigned long long)rep->step);
-        if (last >= 0 && (int64_t)rep->step <= last)
-            return ns_error_set(err, NS_ESTALE, field,
-                                "worker %u already reported step %lld; steps must increase",
-                                rep->worker, (long long)last);
-        if (p == NULL && (int64_t)rep->step <= l->max_closed)
-            return ns_error_set(err, NS_ESTALE, field,
-                                "step %llu is at or below finalized step %lld",
-                                (unsigned long long)rep->step, (long long)l->max_closed);
-        if (p != NULL && p->update != rep->update)
-            return ns_error_set(err, NS_ECONFLICT, "update",
-                                "differs from the earlier reports of step %llu",
-                                (unsigned long long)rep->step);
-        uint32_t max_pending = run->ctx->limits.max_pending_steps;
-        if (p == NULL && l->n_pending >= max_pending)
-            return ns_error_set(err, NS_EBUSY, field, "%u steps already pending", max_pending);
+        int rc = check_sequence(run, rep, l, p, field, err);
+        if (rc != 0)
+            return rc;
     }
     /* Bounds that keep every sum and statistic finite: a step's total fits
      * (count), a served value is never infinite, and the accumulators this
