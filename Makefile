@@ -141,6 +141,7 @@ help:
 	@echo "  test       deps + every test: unit (each kernel), exports, integration"
 	@echo "  bench      benchmarks; each prints a table of ratios"
 	@echo "  asan tsan  the unit tests under AddressSanitizer+UBSan / ThreadSanitizer"
+	@echo "  fuzz       libFuzzer harnesses of the decoders, FUZZ_SECONDS each (60); fuzz-ci: 30 s"
 	@echo "  install    install into \$$(DESTDIR)\$$(PREFIX) (PREFIX=$(PREFIX))"
 	@echo "             (with the Python package, in pythondir=$(pythondir))"
 	@echo "  wheel      the Python client as a wheel in $(BUILD)/"

@@ -1,6 +1,6 @@
 #!/bin/sh
 # deps.sh - install the Debian packages normstat needs, only those missing.
-# Usage: sh mk/deps.sh SET...   (sets: build, test, bench, docker)
+# Usage: sh mk/deps.sh SET...   (sets: build, test, bench, docker, fuzz)
 # Non-interactive; needs root (or sudo) only when something is missing.
 set -eu
 
@@ -16,6 +16,9 @@ bench_pkgs="python3-torch python3-numpy python3-torchvision"
 # service names resolve through the dnsname CNI plugin.
 docker_pkgs="debootstrap buildah podman runc podman-compose containernetworking-plugins
 golang-github-containernetworking-plugin-dnsname"
+# `make fuzz` builds libFuzzer harnesses with clang; its sanitizer and fuzzer
+# runtimes are only recommended by clang, so they are named here.
+fuzz_pkgs="clang libclang-rt-dev libjansson-dev pkg-config make"
 
 want=
 for set in "${@:-build}"; do
@@ -24,7 +27,8 @@ for set in "${@:-build}"; do
     test) want="$want $test_pkgs" ;;
     bench) want="$want $bench_pkgs" ;;
     docker) want="$want $docker_pkgs" ;;
-    *) echo "deps.sh: unknown set '$set' (build, test, bench, docker)" >&2; exit 2 ;;
+    fuzz) want="$want $fuzz_pkgs" ;;
+    *) echo "deps.sh: unknown set '$set' (build, test, bench, docker, fuzz)" >&2; exit 2 ;;
     esac
 done
 
