@@ -240,6 +240,7 @@ def dead_worker(checks, d):
     checks.check(done and isinstance(err, SyncBatchNormTimeout) and err.layer == "net.1"
                  and err.phase == "forward",
                  "on_timeout drop: the forward raises SyncBatchNormTimeout for net.1", repr(err))
+    checks.eq(getattr(err, "missing", None), [1], "on_timeout drop: the error names worker 1")
     print(f"note forward timeout (drop) after {secs:.2f} s: {err}")
 
     # backward: both forward, worker 1 never sends its gradient sums

@@ -373,6 +373,8 @@ class Sync(nsd.Case):
         reps = reports(1, data)
         r = self.c.report(run, reps[0], sync=True, timeout=SYNC_TIMEOUT_S)
         self.check_status(r, 504, "/sync of a step that times out with drop", code="sync_timeout")
+        self.check_eq(r.error_message(), "step 1: worker 1 did not report within the run's "
+                      "sync_timeout_ms (on_timeout drop)", "the 504 names the absent worker")
         self.check_initial(run, "dropped step not applied")
         r = self.c.report(run, reps[1])
         self.check_status(r, 409, "a report for the dropped step", code="stale_step")

@@ -78,6 +78,19 @@ static void on_sync_done(void *arg, nsd_sync_result_t *result)
         nsd_request_wake(req);
 }
 
+/* "step 12: workers 2, 3 did not report within the run's sync_timeout_ms
+ * (on_timeout drop)": the 504 of a dropped step names its absent workers. */
+static void timeout_message(char *dst, size_t dst_cap, const nsd_sync_result_t *res)
+{
+    int len = snprintf(dst, dst_cap, "step %llu: worker%s ", (unsigned long long)res->step,
+                       res->n_missing == 1 ? "" : "s");
+    for (size_t i = 0; i < res->n_missing && len > 0 && (size_t)len < dst_cap; i++)
+        len += snprintf(dst + len, dst_cap - (size_t)len, "%s%u", i ? ", " : "", res->missing[i]);
+    if (len > 0 && (size_t)len < dst_cap)
+        snprintf(dst + len, dst_cap - (size_t)len,
+                 " did not report within the run's sync_timeout_ms (on_timeout drop)");
+}
+
 static void sync_answer(nsd_request_t *req)
 {
     nsd_sync_result_t *res = req->user;
@@ -87,8 +100,11 @@ static void sync_answer(nsd_request_t *req)
     }
     if (res->status != 0) {
         char msg[256];
-        snprintf(msg, sizeof(msg), "step %llu: %s", (unsigned long long)res->step,
-                 ns_strerror(res->status));
+        if (res->status == NS_ETIMEDOUT && res->n_missing > 0)
+            timeout_message(msg, sizeof(msg), res);
+        else
+            snprintf(msg, sizeof(msg), "step %llu: %s", (unsigned long long)res->step,
+                     ns_strerror(res->status));
         nsd_log(NSD_LOG_DEBUG, "sync_failed", "run=%s step=%llu code=%s", req->run,
                 (unsigned long long)res->step, ns_error_name(res->status));
         nsd_respond_error(req, res->status, msg);

@@ -263,6 +263,10 @@ void nsd_run_close_pending(nsd_run_t *run, nsd_layer_t *l, size_t idx, int drop,
             nsd_waiter_t *w = p->waiters[k].waiter;
             if (!w->fired && w->res->status == 0)
                 w->res->status = status;
+            /* A timed-out step names its absent workers in the 504 (best
+             * effort: without memory the answer just does not list them). */
+            if (!w->fired && status == NS_ETIMEDOUT)
+                (void)note_missing(w->res, p);
             nsd_waiter_layer_done(ctx, box, w);
         }
         p->n_waiters = 0;
