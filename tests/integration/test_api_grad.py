@@ -425,6 +425,21 @@ class PythonClient(nsd.Case):
                                and out[w]["step"] == step,
                                f"Client.grad {fmt} {dtype} worker {w}: {part} exact", f"{got} vs {ref}")
 
+    def test_client_sync_missing(self):
+        """Client.sync gives a partial answer's missing workers as the same
+        list of ranks, whatever the answer's encoding."""
+        sys.path.insert(0, os.path.join(nsd.REPO, "client", "python"))
+        import normstat
+
+        url = f"http://127.0.0.1:{self.daemon.port}"
+        for step, fmt in enumerate(("json", "safetensors"), start=1):
+            run = nsd.run_name("client-missing")
+            self.c.put(f"/v1/runs/{run}", {"world_size": 3, "sync_timeout_ms": 300})
+            with normstat.Client(url, timeout=WAIT_S, fmt=fmt) as cl:
+                ans = cl.sync(run, step, 1, {"bn": (4, [1.0, 2.0], [1.0, 1.0])})
+            self.check_eq((ans.get("complete"), ans.get("missing")), (False, [0, 2]),
+                          f"Client.sync ({fmt} answer): missing workers [0, 2]")
+
 
 class LastPerDomain(nsd.Case):
     def test_last_of_a_domain(self):

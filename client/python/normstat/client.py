@@ -139,6 +139,23 @@ def _grad_floats(values, code, what):
     return [float(v) for v in values]
 
 
+def sync_answer_fields(meta, layers):
+    """A /sync answer's safetensors metadata (every value a string) and its
+    layers as the JSON form's dict: step and workers ints, complete a bool,
+    missing a list of worker ranks."""
+    out = {"layers": layers}
+    for k, v in meta.items():
+        if k in ("step", "workers"):
+            out[k] = int(v)
+        elif k == "complete":
+            out[k] = v == "true"
+        elif k == "missing":
+            out[k] = [int(w) for w in v.split(",") if w.strip()]
+        else:
+            out[k] = v
+    return out
+
+
 def _sync_from_safetensors(data):
     """A /sync answer in safetensors form as the JSON form's dict."""
     tensors, meta = st.decode(data)
@@ -147,15 +164,7 @@ def _sync_from_safetensors(data):
         layer, _, part = name.rpartition(".")
         entry = layers.setdefault(layer, {})
         entry[part] = t.item() if part == "count" else t.values()
-    out = {"layers": layers}
-    for k, v in meta.items():
-        if k in ("step", "workers"):
-            out[k] = int(v)
-        elif k == "complete":
-            out[k] = v == "true"
-        else:
-            out[k] = v
-    return out
+    return sync_answer_fields(meta, layers)
 
 
 class Client:

@@ -14,6 +14,7 @@ import sys
 
 import torch
 
+from ..client import sync_answer_fields
 from ..safetensors import SafetensorsError
 from .tensors import f32_bytes
 
@@ -109,12 +110,4 @@ def decode_sync(data):
             code = "d" if size == 8 else "f"
             value = torch.tensor(struct.unpack_from(f"<{n}{code}", area, begin), dtype=dt)
         layers.setdefault(layer, {})[part] = value
-    out = {"layers": layers}
-    for k, v in meta.items():
-        if k in ("step", "workers"):
-            out[k] = int(v)
-        elif k == "complete":
-            out[k] = v == "true"
-        else:
-            out[k] = v
-    return out
+    return sync_answer_fields(meta, layers)
