@@ -5,7 +5,8 @@ deploy/nginx/normstat-shards.conf (shard names replaced by the loopback
 addresses, see shards.py), started the way an operator starts them. Twelve
 runs (world_size 2, two layers) are driven through the proxy with the
 unchanged Python client (safetensors and JSON reports, /batches and /sync
-long-polls) and the C CLI (`normstat report`, `stats`, `runs`):
+long-polls) and the C CLI (`normstat report`, `report --sync`, `stats`,
+`runs`, `health`):
 
 * every run is on exactly one shard, the one nginx's consistent hash of its
   name picks (evaluated independently in shards.py), and the proxy says so
@@ -201,15 +202,28 @@ class Shards(durable.Case):
             self.workers[1].report(run, step, 1, self.layers_of(b[1]), fmt="json")
         return b
 
-    def step_sync(self, run, step):
-        """Both workers /sync one step at once; checks the answers against
-        the reference (which it advances). Returns the raw batches."""
+    def cli_sync(self, run, step, worker, batch):
+        """`normstat report --sync` of one worker: its answer as a dict."""
+        path = os.path.join(self.root, f"{run}-{step}-{worker}.json")
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump({"step": step, "worker": worker, "layers": self.layers_of(batch)}, f)
+        rc, out, err = self.cli("--json", "report", run, path, "--sync")
+        if rc != 0:
+            raise RuntimeError(f"normstat report --sync: exit {rc}: {err}")
+        return json.loads(out)
+
+    def step_sync(self, run, step, via_cli=False):
+        """Both workers /sync one step at once (worker 1 by `normstat report
+        --sync` when via_cli); checks the answers against the reference
+        (which it advances). Returns the raw batches."""
         b = self.batches()
-        res, errs = nsd.parallel(
-            [lambda w=w: self.workers[w].sync(run, step, w, self.layers_of(b[w]))
-             for w in BATCH], limit=SYNC_WAIT_S + 5)
-        self.require(not any(errs), f"{run} step {step}: both /sync through the proxy answered",
-                     repr(errs))
+        calls = [lambda w=w: self.workers[w].sync(run, step, w, self.layers_of(b[w]))
+                 for w in BATCH]
+        if via_cli:
+            calls[1] = lambda: self.cli_sync(run, step, 1, b[1])
+        res, errs = nsd.parallel(calls, limit=SYNC_WAIT_S + 5)
+        self.require(not any(errs), f"{run} step {step}: both /sync through the proxy answered"
+                     + (" (worker 1: normstat report --sync)" if via_cli else ""), repr(errs))
         self.refs[run].apply(b)
         for w, ans in enumerate(res):
             ok = ans["complete"] and ans["step"] == step
@@ -286,7 +300,7 @@ class Shards(durable.Case):
             for step in (0, 1):
                 b = self.step_batches(run, step, via_cli=step == 1 and run in cli_runs.values())
                 self.refs[run].apply(b)
-            self.step_sync(run, 2)
+            self.step_sync(run, 2, via_cli=run in cli_runs.values())
 
         placed = {}
         for k in range(N_SHARDS):
