@@ -30,7 +30,10 @@ long-polls) and the C CLI (`normstat report`, `report --sync`, `stats`,
   the missing shard (exit 1);
 * the shard restarted on the same port and store: its runs serve the same
   bytes as before the kill, through the same proxy and client connections,
-  and continue; every statistic of every run still equals the reference.
+  and continue; every statistic of every run still equals the reference;
+* libnormstat's asynchronous client (client_trainer.c, as in test_cli.py)
+  trains a run through the proxy: its /sync answers and EMA equal the
+  reference.
 """
 
 import json
@@ -530,6 +533,46 @@ class Shards(durable.Case):
         rc, out, err = self.cli("--json", "runs")
         self.check(rc == 0 and len(json.loads(out)["runs"]) == len(self.runs),
                    "normstat runs lists all 12 again", err)
+
+
+    def test_e_async_c_client(self):
+        """libnormstat's asynchronous client (client_trainer.c: both workers'
+        /sync at once on one libuv loop, the EMA read into buffers, a
+        checkpoint round trip) through the proxy."""
+        run = "shard-libtrain"
+        trainer = os.path.join(os.path.dirname(cli_path()), "..", "tests", "integration",
+                               "client_trainer")
+        ref = RunRef()
+        steps = []
+        for _ in range(4):
+            b = self.batches()
+            steps.append([self.layers_of(b[w]) for w in sorted(b)])
+            ref.apply(b)
+        inp, out, ck = (os.path.join(self.root, f"libtrain-{f}.json") for f in ("in", "out", "ck"))
+        with open(inp, "w", encoding="utf-8") as f:
+            json.dump({"world_size": len(BATCH), "momentum": MOMENTUM, "layers": LAYERS,
+                       "steps": steps}, f)
+        p = subprocess.run([trainer, self.url, run, inp, out, ck], capture_output=True, text=True,
+                           timeout=60)
+        self.require(p.returncode == 0, "client_trainer (libnormstat, asynchronous) through the "
+                     "proxy -> exit 0", p.stderr[-500:])
+        with open(out, encoding="utf-8") as f:
+            got = json.load(f)
+        last = got["sync"][-1]
+        ok = len(got["sync"]) == len(steps) and all(a["complete"] for a in last)
+        for l in LAYERS:
+            N, mean, var = ref.last[l]
+            ok = ok and all(a["layers"][l]["count"] == N and nsd.max_err(a["layers"][l]["mean"], mean)
+                            <= 1 and nsd.max_err(a["layers"][l]["var"], var) <= 1 for a in last)
+            m, v = ref.ema[l].served()
+            ok = ok and nsd.max_err(got["ema"][l]["mean"], m) <= 1 and \
+                nsd.max_err(got["ema"][l]["var"], v) <= 1
+        self.check(ok, "the asynchronous C client's /sync answers and EMA through the proxy = "
+                   "float64 reference", str(got)[:300])
+        home = shards.chash_shard(self.ring, run)
+        held = [k for k in range(N_SHARDS) if run in {r["run"] for r in self.direct_runs(k)["runs"]}]
+        self.check_eq(held, [self.addrs.index(home)], f"{run} is on the shard its name hashes to")
+        self.workers[0].delete_run(run)
 
 
 if __name__ == "__main__":
