@@ -23,6 +23,12 @@ tables (`normstatd --help`: flags, variables, defaults; `normstatd
 * the proxy's ConfigMap is the shipped nginx configuration byte for byte,
   mounted where Debian's nginx includes it, on the port it listens on; the
   relays' upstream is the proxy's Service;
+* the nginx configuration agrees with the daemon's numbers: its body limit
+  is --max-body's default, its read timeout far above the default
+  sync_timeout_ms (proto/openapi.yaml), its upstream keep-alive closed
+  before normstatd's idle timeout (server/src/http/http.c); a shard is
+  never taken out of the ring nor a request retried on another, HTTP/1.1
+  to the shards, bodies unbuffered;
 * the compose file's shards are the configuration's shard names, each with
   its own volume, and the proxy waits until they are healthy.
 
@@ -308,6 +314,51 @@ def check_kustomization():
           "kustomization.yaml lists every manifest", f"{k.get('resources')} vs {files}")
 
 
+# ---------------------------------------------------------------- nginx against the daemon
+
+
+def nginx_seconds(text):
+    m = re.fullmatch(r"(\d+)(s|m)?", text)
+    return int(m.group(1)) * (60 if m.group(2) == "m" else 1) if m else None
+
+
+def check_nginx_conf(conf):
+    """The proxy's settings that depend on the daemon's own numbers."""
+    directive = dict(re.findall(r"^    ([a-z_]+) ([^;{]+);", conf, re.M))  # server level
+    limit = size_bytes(directive.get("client_max_body_size", "").upper())
+    max_body = size_bytes(OPTS["NORMSTAT_MAX_BODY"][1])
+    check(limit == max_body, f"nginx's client_max_body_size is normstatd's --max-body default "
+          f"({max_body} B)", str(directive.get("client_max_body_size")))
+    with open(os.path.join(nsd.REPO, "proto", "openapi.yaml"), encoding="utf-8") as f:
+        spec = yaml.safe_load(f)
+    sync_ms = spec["components"]["schemas"]["RunConfig"]["properties"]["sync_timeout_ms"]["default"]
+    read = nginx_seconds(directive.get("proxy_read_timeout", "60s"))
+    check(read is not None and read > sync_ms / 1000 * 2,
+          f"nginx's proxy_read_timeout ({read} s) leaves a /sync far more than the default "
+          f"sync_timeout_ms ({sync_ms} ms)")
+    with open(os.path.join(nsd.REPO, "server", "src", "http", "http.c"), encoding="utf-8") as f:
+        idle = int(re.search(r"#define CONNECTION_TIMEOUT_S (\d+)", f.read()).group(1))
+    blocks = re.findall(r"^upstream (\S+) \{(.*?)^\}", conf, re.M | re.S)
+    for name, body in blocks:
+        ka = re.search(r"keepalive_timeout (\S+);", body)
+        t = nginx_seconds(ka.group(1)) if ka else 60
+        check(re.search(r"^\s*keepalive \d+;", body, re.M) and t < idle,
+              f"upstream {name}: idle connections kept, and closed by nginx ({t} s) before "
+              f"normstatd's idle timeout ({idle} s)")
+        if name != "normstat_any":
+            servers = re.findall(r"^\s*server (.*);", body, re.M)
+            check(servers and all("max_fails=0" in s for s in servers),
+                  f"upstream {name}: every shard has max_fails=0 (never taken out of the ring)")
+    check(directive.get("proxy_next_upstream") == "off", "nginx never retries on another shard "
+          "(proxy_next_upstream off at the server level)")
+    check(directive.get("proxy_http_version") == "1.1"
+          and re.search(r'^    proxy_set_header Connection "";', conf, re.M),
+          "HTTP/1.1 with keep-alive to the shards (proxy_http_version 1.1, Connection \"\")")
+    check(directive.get("proxy_request_buffering") == "off"
+          and directive.get("proxy_buffering") == "off",
+          "bodies stream through in both directions (no buffering, no temporary files)")
+
+
 # ---------------------------------------------------------------- docker
 
 
@@ -382,6 +433,7 @@ def main():
     images = {c["image"].split()[0] for w in workloads(docs) for c in containers(w)}
     check(images == {DAEMON_IMAGE, PROXY_IMAGE}, "the manifests run the two images of "
           "docker/Dockerfile (targets runtime and proxy)", str(images))
+    check_nginx_conf(conf)
     check_docker(conf)
     nsd._kill_all()
     pending = sorted({v for v in PENDING if v not in OPTS})
