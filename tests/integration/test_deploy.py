@@ -278,7 +278,8 @@ def check_proxy(docs, svcs, conf):
     if cm is not None:
         check(cm["data"].get("normstat-shards.conf") == conf,
               f"ConfigMap {cm_name}: normstat-shards.conf is deploy/nginx/normstat-shards.conf, "
-              "byte for byte")
+              "byte for byte", "copy the file into the ConfigMap's block scalar, every "
+              "non-empty line indented by 4 spaces")
     listen = re.search(r"^\s*listen (\d+);", conf, re.M)
     check(listen and int(listen.group(1)) in port_numbers(c).values(),
           f"{name}: the container port is nginx's listen port", str(port_numbers(c)))
