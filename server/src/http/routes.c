@@ -28,6 +28,11 @@ static const nsd_route_t table[] = {
     {"GET", "/readyz", nsd_h_readyz, "readyz", NSD_BODY_NONE, NULL},
     {"GET", "/metrics", nsd_h_metrics, "metrics", NSD_BODY_NONE, NULL},
     {"GET", "/v1/version", nsd_h_version, "version", NSD_BODY_NONE, NULL},
+    {"GET", "/", nsd_h_ui_redirect, "ui_root", NSD_BODY_NONE, NULL},
+    {"GET", "/ui", nsd_h_ui_redirect, "ui_redirect", NSD_BODY_NONE, NULL},
+    {"GET", "/ui/", nsd_h_ui_asset, "ui_page", NSD_BODY_NONE, NULL},
+    {"GET", "/ui/dashboard.js", nsd_h_ui_asset, "ui_script", NSD_BODY_NONE, NULL},
+    {"GET", "/ui/dashboard.css", nsd_h_ui_asset, "ui_style", NSD_BODY_NONE, NULL},
 };
 #define N_ROUTES (sizeof(table) / sizeof(table[0]))
 

@@ -98,5 +98,7 @@ void nsd_h_livez(nsd_request_t *req);
 void nsd_h_readyz(nsd_request_t *req);
 void nsd_h_version(nsd_request_t *req);
 void nsd_h_metrics(nsd_request_t *req);
+void nsd_h_ui_redirect(nsd_request_t *req);
+void nsd_h_ui_asset(nsd_request_t *req);
 
 #endif
