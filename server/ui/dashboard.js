@@ -424,6 +424,7 @@ async function tick() {
       $("token-form").hidden = false;
       $("updated").textContent = "waiting for a token";
     } else {
+      $("token-form").hidden = true;
       $("error").textContent = "Refresh failed: " + e.message + " (retrying)";
       $("error").hidden = false;
     }
