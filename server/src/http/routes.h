@@ -91,6 +91,8 @@ void nsd_h_batches(nsd_request_t *req);
 void nsd_h_sync(nsd_request_t *req);
 void nsd_h_grad(nsd_request_t *req);
 void nsd_h_stats(nsd_request_t *req);
+void nsd_h_drift(nsd_request_t *req);
+void nsd_h_history(nsd_request_t *req);
 void nsd_h_precise_reset(nsd_request_t *req);
 void nsd_h_checkpoint_get(nsd_request_t *req);
 void nsd_h_checkpoint_put(nsd_request_t *req);

@@ -36,6 +36,8 @@ static const struct {
     {"POST", "/v1/runs/r1/sync", "/v1/runs/{run}/sync", "r1"},
     {"POST", "/v1/runs/r1/grad", "/v1/runs/{run}/grad", "r1"},
     {"GET", "/v1/runs/run/stats", "/v1/runs/{run}/stats", "run"},
+    {"GET", "/v1/runs/r1/drift", "/v1/runs/{run}/drift", "r1"},
+    {"GET", "/v1/runs/r1/history", "/v1/runs/{run}/history", "r1"},
     {"POST", "/v1/runs/x/precise/reset", "/v1/runs/{run}/precise/reset", "x"},
     {"GET", "/v1/runs/x/checkpoint", "/v1/runs/{run}/checkpoint", "x"},
     {"PUT", "/v1/runs/x/checkpoint", "/v1/runs/{run}/checkpoint", "x"},
@@ -64,7 +66,7 @@ START_TEST(test_match)
     /* Every table row is one of the expected (method, pattern) pairs, labels unique. */
     size_t n;
     const nsd_route_t *table = nsd_routes_table(&n);
-    ck_assert_uint_eq(n, 16);
+    ck_assert_uint_eq(n, 18);
     for (size_t i = 0; i < n; i++) {
         int found = 0;
         for (size_t j = 0; j < sizeof(expected) / sizeof(expected[0]); j++)
