@@ -18,6 +18,7 @@ const state = {
   layer: null,
   channel: null, // null: the layer's worst channel
   timer: null,
+  seq: 0, // the latest refresh; an older one still under way is discarded
 };
 
 // ------------------------------------------------------------------ API
@@ -45,6 +46,7 @@ const runPath = (suffix) => "v1/runs/" + enc(state.run) + suffix;
 // ------------------------------------------------------------------ helpers
 
 const $ = (id) => document.getElementById(id);
+const byName = (a, b) => a.localeCompare(b, undefined, { numeric: true }); // layer2 before layer10
 
 function fmt(x, digits) {
   if (x === null || x === undefined || Number.isNaN(x)) return "–";
@@ -75,13 +77,13 @@ function emptyNote(text) {
   return el("p", { class: "empty" }, text);
 }
 
-// Ticks at 1, 2 or 5 times a power of ten, about n of them.
+// Ticks at 1, 2 or 5 times a power of ten, as close to n of them as that allows.
 function ticks(lo, hi, n) {
   const span = hi - lo;
   if (!(span > 0)) return [lo];
-  const raw = span / n;
-  const pow = Math.pow(10, Math.floor(Math.log10(raw)));
-  const step = [1, 2, 5, 10].map((m) => m * pow).find((s) => s >= raw);
+  const pow = Math.pow(10, Math.floor(Math.log10(span / n)));
+  const count = (s) => Math.abs(span / s - n);
+  const step = [1, 2, 5, 10].map((m) => m * pow).reduce((a, b) => (count(b) < count(a) ? b : a));
   const out = [];
   for (let t = Math.ceil(lo / step) * step; t <= hi + step * 1e-9; t += step) out.push(+t.toPrecision(12));
   return out;
@@ -198,16 +200,35 @@ function legend(series) {
 
 // ------------------------------------------------------------------ sections
 
-function renderRuns(runs) {
-  runs.sort((a, b) => a.run.localeCompare(b.run));
-  const select = $("run-select");
-  select.replaceChildren(...runs.map((r) => el("option", { value: r.run }, r.run)));
+// The chosen run, domain, layer and channel, kept while they exist.
+function chooseRun(runs) {
   if (!runs.some((r) => r.run === state.run)) {
     // the most advanced run first: that is usually the one training now
     const best = runs.reduce((a, b) => ((b.step ?? -1) > (a.step ?? -1) ? b : a), runs[0]);
     state.run = best ? best.run : null;
     state.layer = null;
   }
+}
+
+function chooseLayer(status, drift) {
+  const domains = domainOptions(status);
+  if (!domains.includes(state.domain)) state.domain = domains[0] || null;
+  const rows = drift.layers.filter((r) => r.domain === state.domain);
+  if (!rows.some((r) => r.layer === state.layer)) {
+    state.layer = rows.length ? rows[0].layer : null; // the worst one
+    state.channel = null;
+  }
+  const row = rows.find((r) => r.layer === state.layer);
+  if (state.channel === null || (row && state.channel >= row.channels)) {
+    state.channel = row && row.drift ? row.drift.mean_max_channel : 0;
+  }
+  return rows;
+}
+
+function renderRuns(runs) {
+  runs.sort((a, b) => byName(a.run, b.run));
+  const select = $("run-select");
+  select.replaceChildren(...runs.map((r) => el("option", { value: r.run }, r.run)));
   if (state.run) select.value = state.run;
   if (runs.length === 0) {
     fillRows($("runs"), [el("tr", {}, el("td", { colspan: 7, class: "empty" },
@@ -226,7 +247,7 @@ function renderRuns(runs) {
 }
 
 function renderLayers(status) {
-  const layers = Object.entries((status.status || {}).layers || {}).sort((a, b) => a[0].localeCompare(b[0]));
+  const layers = Object.entries((status.status || {}).layers || {}).sort((a, b) => byName(a[0], b[0]));
   fillRows($("layers"), layers.map(([name, l]) => el("tr", { "data-layer": name },
     el("td", {}, name), el("td", {}, l.channels), el("td", {}, l.step), el("td", {}, l.finalized_step),
     el("td", {}, l.num_batches_tracked), el("td", { class: l.pending_steps ? "warn" : "" }, l.pending_steps))));
@@ -237,29 +258,18 @@ function domainOptions(status) {
   return names.length > 1 ? ["*", ...names] : names;
 }
 
-function renderSelectors(status, drift) {
+function renderSelectors(status, rows) {
   const domains = domainOptions(status);
-  if (!domains.includes(state.domain)) state.domain = domains[0] || null;
   $("domain-select").replaceChildren(...domains.map((d) =>
     el("option", { value: d }, d === "*" ? "all domains (pooled)" : d)));
   if (state.domain) $("domain-select").value = state.domain;
-
-  const rows = drift.layers.filter((r) => r.domain === state.domain);
-  const layers = rows.map((r) => r.layer).sort();
-  if (!layers.includes(state.layer)) {
-    state.layer = rows.length ? rows[0].layer : null; // the worst one
-    state.channel = null;
-  }
+  const layers = rows.map((r) => r.layer).sort(byName);
   $("layer-select").replaceChildren(...layers.map((l) => el("option", { value: l }, l)));
   if (state.layer) $("layer-select").value = state.layer;
   const row = rows.find((r) => r.layer === state.layer);
   const input = $("channel-input");
   input.max = row ? row.channels - 1 : 0;
-  if (state.channel === null || (row && state.channel >= row.channels)) {
-    state.channel = row && row.drift ? row.drift.mean_max_channel : 0;
-  }
   if (document.activeElement !== input) input.value = state.channel;
-  return rows;
 }
 
 function renderDriftBars(rows) {
@@ -391,43 +401,51 @@ async function domainColumns(status, drift) {
   }));
 }
 
-async function refresh() {
+// Fetch everything first, then draw it all at once, so the sections never
+// disagree; a refresh overtaken by a newer one (the user chose something) draws nothing.
+async function refresh(seq) {
   const runs = (await api("v1/runs")).runs;
-  renderRuns(runs);
-  if (!state.run) return; // nothing reported yet: the runs table says so
+  chooseRun(runs);
+  if (!state.run) {
+    if (seq === state.seq) renderRuns(runs); // nothing reported yet: the runs table says so
+    return;
+  }
   const [status, drift, metrics] = await Promise.all([
     api(runPath("")), api(runPath("/drift")), api("metrics", true),
   ]);
+  const rows = chooseLayer(status, drift);
+  const [hist, columns] = await Promise.all([
+    state.layer ? api(runPath(`/history?layer=${enc(state.layer)}&domain=${enc(state.domain)}&channel=${state.channel}`)) : null,
+    domainColumns(status, drift),
+  ]);
+  if (seq !== state.seq) return;
+  renderRuns(runs);
   renderLayers(status);
-  const rows = renderSelectors(status, drift);
+  renderSelectors(status, rows);
   renderDriftBars(rows);
   renderStall(status);
   renderRejections(status, metrics);
-  let hist = null;
-  if (state.layer) {
-    hist = await api(runPath(`/history?layer=${enc(state.layer)}&domain=${enc(state.domain)}&channel=${state.channel}`));
-  }
   renderHistory(hist);
-  renderDomains(await domainColumns(status, drift));
+  renderDomains(columns);
 }
 
 async function tick() {
   clearTimeout(state.timer);
+  const seq = ++state.seq;
   try {
-    await refresh();
+    await refresh(seq);
+    if (seq !== state.seq) return; // overtaken: the newer refresh reports and schedules
     $("error").hidden = true;
     $("token-form").hidden = true;
     $("updated").textContent = "live · updated " + new Date().toLocaleTimeString();
     document.body.dataset.refreshed = String(Number(document.body.dataset.refreshed || 0) + 1);
   } catch (e) {
-    if (e instanceof AuthError) {
-      $("token-form").hidden = false;
-      $("updated").textContent = "waiting for a token";
-    } else {
-      $("token-form").hidden = true;
-      $("error").textContent = "Refresh failed: " + e.message + " (retrying)";
-      $("error").hidden = false;
-    }
+    if (seq !== state.seq) return;
+    const auth = e instanceof AuthError;
+    $("token-form").hidden = !auth;
+    $("error").hidden = auth;
+    $("error").textContent = "Refresh failed: " + e.message + " (retrying)";
+    $("updated").textContent = auth ? "waiting for a token" : "refresh failed";
   }
   state.timer = setTimeout(tick, POLL_MS);
 }
