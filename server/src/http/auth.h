@@ -23,7 +23,8 @@ typedef struct nsd_auth_s {
  *  @return 0, or NS_EINVAL with one line in 'err' (never the token). */
 int nsd_auth_load(nsd_auth_t *dst, const nsd_options_t *opts, ns_error_detail_t *err);
 
-/*! nsd_auth_exempt() : 1 for the probes (GET /livez, /healthz, /readyz), which stay open. */
+/*! nsd_auth_exempt() : 1 for what stays open: the probes (GET /livez, /healthz, /readyz)
+ *  and the dashboard's static files (GET /, /ui, /ui/...), which hold no data. */
 int nsd_auth_exempt(const char *method, const char *path);
 
 /*! nsd_auth_check() :
