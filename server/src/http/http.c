@@ -40,6 +40,7 @@
 #include "counters.h"
 #include "store/store.h"
 #include "target.h"
+#include "tls.h"
 
 /* Idle keep-alive connections are closed after this many seconds. */
 #define CONNECTION_TIMEOUT_S 60
@@ -607,6 +608,7 @@ int nsd_http_start(nsd_server_t *server, ns_error_detail_t *err)
     }
     unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
     flags |= MHD_is_feature_supported(MHD_FEATURE_EPOLL) == MHD_YES ? MHD_USE_EPOLL : MHD_USE_POLL;
+    flags |= nsd_tls_mhd_flags(server->tls);
     if (res->ai_family == AF_INET6)
         flags |= MHD_USE_IPv6;
     unsigned threads = (unsigned)server->opts->threads;
@@ -623,6 +625,7 @@ int nsd_http_start(nsd_server_t *server, ns_error_detail_t *err)
         MHD_OPTION_NOTIFY_COMPLETED, on_completed, server,
         MHD_OPTION_URI_LOG_CALLBACK, on_uri, server,
         MHD_OPTION_UNESCAPE_CALLBACK, nsd_target_unescape, NULL,
+        MHD_OPTION_ARRAY, nsd_tls_mhd_options(server->tls),
         MHD_OPTION_END);
     /* clang-format on */
     int family = res->ai_family;

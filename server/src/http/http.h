@@ -35,6 +35,7 @@ typedef struct nsd_registry_s nsd_registry_t;
 typedef struct nsd_coord_s nsd_coord_t;
 typedef struct nsd_store_s nsd_store_t;
 typedef struct nsd_auth_s nsd_auth_t;
+typedef struct nsd_tls_s nsd_tls_t;
 
 /* The daemon's shared state, created by main(). */
 typedef struct nsd_server_s {
@@ -42,6 +43,7 @@ typedef struct nsd_server_s {
     nsd_registry_t *registry;
     nsd_store_t *store;     /* NULL with --no-persist */
     const nsd_auth_t *auth; /* bearer token required; NULL: none */
+    nsd_tls_t *tls;         /* HTTPS with --tls-cert; NULL: plain HTTP */
     struct MHD_Daemon *daemon;
     uint16_t port;    /* bound port (after nsd_http_start) */
     char addr[300];   /* "HOST:PORT" as bound, for logs */
@@ -99,7 +101,8 @@ void nsd_http_stop(nsd_server_t *server);
 
 /*! nsd_probe_run() :
  *  --probe [URL]: GET the URL (default /readyz on the --listen address,
- *  0.0.0.0 and :: probed through loopback) with a plain socket.
+ *  0.0.0.0 and :: probed through loopback; https when --tls-cert is set)
+ *  with its own socket; over https the certificate is not verified.
  *  @return the exit status: 0 if it answered 200, 1 otherwise, 2 for a
  *  malformed URL. */
 int nsd_probe_run(const nsd_options_t *opts);
