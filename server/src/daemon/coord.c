@@ -43,6 +43,7 @@
 
 #include "base/clock.h"
 #include "base/log.h"
+#include "http/auth.h"
 #include "http/tls.h"
 #include "registry/registry.h"
 
@@ -175,6 +176,21 @@ static void reload_tls(nsd_tls_t *tls)
             "sha256=%s not_after=%s chain=%u", info.sha256, info.not_after, info.chain);
 }
 
+/* SIGHUP: later requests are judged by the token files if they load;
+ * otherwise the tokens in use stay and the error is logged. */
+static void reload_auth(nsd_auth_t *auth)
+{
+    ns_error_detail_t err = {0};
+    size_t count;
+    if (nsd_auth_reload(auth, &count, &err) != 0) {
+        char q[600];
+        nsd_log(NSD_LOG_ERROR, "auth_reload_failed", "reason=%s kept=previous tokens=%zu",
+                nsd_log_quote(q, sizeof(q), err.message), count);
+        return;
+    }
+    nsd_log(NSD_LOG_INFO, "auth_reloaded", "tokens=%zu", count);
+}
+
 static void on_hup(uv_signal_t *s, int signum)
 {
     nsd_coord_t *c = s->data;
@@ -188,6 +204,8 @@ static void on_hup(uv_signal_t *s, int signum)
     }
     if (c->server->tls != NULL)
         reload_tls(c->server->tls);
+    if (c->server->auth != NULL)
+        reload_auth(c->server->auth);
 }
 
 nsd_coord_t *nsd_coord_create(nsd_server_t *server)

@@ -314,9 +314,10 @@ static void request_begin(nsd_request_t *req)
     }
     /* Before anything else: a refused request has no route, so its body is
      * read and dropped, never collected, and it is answered after it. */
+    nsd_grant_t grant = {.scope = NSD_SCOPE_ADMIN};
     if (!nsd_auth_exempt(req->method, req->path)) {
         const char *authz = nsd_request_header(req, MHD_HTTP_HEADER_AUTHORIZATION);
-        int auth = nsd_auth_check(srv->auth, authz);
+        int auth = nsd_auth_check(srv->auth, authz, &grant, &req->token_unknown);
         if (auth != 0) {
             req->pending_error = auth;
             return;
@@ -331,6 +332,14 @@ static void request_begin(nsd_request_t *req)
                               req->allow, sizeof(req->allow), &req->pending_detail);
     if (rc == NS_ENOTFOUND || rc == NS_EMETHOD)
         req->route = NULL;
+    /* The scope is judged once the route and its run are known. */
+    if (rc == 0 && req->route != NULL &&
+        nsd_auth_permit(&grant, req->method, req->run, &req->scope_missing, &req->pending_detail) !=
+            0) {
+        req->route = NULL;
+        req->pending_error = NS_EFORBIDDEN;
+        return;
+    }
     if (rc == 0 && req->query != NULL)
         rc = nsd_query_parse(req->query, req->params, NSD_QUERY_PARAMS_MAX, &req->n_params,
                              &req->pending_detail);
@@ -368,6 +377,20 @@ static void request_begin(nsd_request_t *req)
     req->pending_error = NS_EMEDIATYPE;
 }
 
+/* 403 with the scope the token lacks: {"error": {"code", "message", "scope"}}. */
+static void respond_forbidden(nsd_request_t *req)
+{
+    const char *scope = req->scope_missing != NULL ? req->scope_missing : "admin";
+    json_t *body = json_pack("{s:{s:s, s:s, s:s}}", "error", "code", "forbidden", "message",
+                             req->pending_detail.message, "scope", scope);
+    nsd_count_rejection(NS_EFORBIDDEN);
+    if (nsd_log_enabled(NSD_LOG_DEBUG))
+        nsd_log_write(NSD_LOG_DEBUG, "request_rejected",
+                      "method=%s path=%s status=403 code=forbidden scope=%s", req->method,
+                      req->path, scope);
+    nsd_respond_json(req, 403, body);
+}
+
 static void respond_pending_error(nsd_request_t *req)
 {
     char msg[256];
@@ -382,10 +405,12 @@ static void respond_pending_error(nsd_request_t *req)
         break;
     case NS_EUNAUTHORIZED:
         nsd_respond_error(req, NS_EUNAUTHORIZED,
-                          "authentication required: send \"Authorization: Bearer <token>\"");
+                          req->token_unknown
+                              ? "the bearer token is not known"
+                              : "authentication required: send \"Authorization: Bearer <token>\"");
         break;
     case NS_EFORBIDDEN:
-        nsd_respond_error(req, NS_EFORBIDDEN, "the bearer token is not accepted");
+        respond_forbidden(req);
         break;
     case NS_EINVAL:
         nsd_respond_detail(req, NS_EINVAL, &req->pending_detail);

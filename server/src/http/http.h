@@ -41,9 +41,9 @@ typedef struct nsd_tls_s nsd_tls_t;
 typedef struct nsd_server_s {
     const nsd_options_t *opts;
     nsd_registry_t *registry;
-    nsd_store_t *store;     /* NULL with --no-persist */
-    const nsd_auth_t *auth; /* bearer token required; NULL: none */
-    nsd_tls_t *tls;         /* HTTPS with --tls-cert; NULL: plain HTTP */
+    nsd_store_t *store; /* NULL with --no-persist */
+    nsd_auth_t *auth;   /* bearer tokens required; NULL: none */
+    nsd_tls_t *tls;     /* HTTPS with --tls-cert; NULL: plain HTTP */
     struct MHD_Daemon *daemon;
     uint16_t port;    /* bound port (after nsd_http_start) */
     char addr[300];   /* "HOST:PORT" as bound, for logs */
@@ -74,6 +74,8 @@ struct nsd_request_s {
     int begun;                        /* first access call done: counted in in_flight */
     int close_after;                  /* answer with Connection: close (framing not trusted) */
     int pending_error;                /* error found before the handler could run */
+    int token_unknown;                /* 401: a well-formed token no table holds */
+    const char *scope_missing;        /* 403: "read", "write" or "admin" */
     ns_error_detail_t pending_detail; /* its message, when it has one */
     uint64_t discarded;               /* body bytes read and dropped */
     char allow[64];                   /* Allow header of a 405 */
