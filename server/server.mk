@@ -1,7 +1,7 @@
 # server/server.mk - normstatd, the daemon; libnsd.a holds its modules for the unit tests.
 # server/src is split by part, lowest first: base/ (log, clock, options, containers),
 # registry/ (runs, barrier, steps, population state), store/ (SQLite), http/
-# (libmicrohttpd, routes, auth, counters), api/ (handlers, metrics), daemon/ (main,
+# (libmicrohttpd, TLS, routes, auth, counters), api/ (handlers, metrics), daemon/ (main,
 # coordinator). A part includes its own headers and lower parts' only
 # (tests/layers/check_includes.py); headers are named from server/src ("base/log.h").
 
@@ -11,7 +11,7 @@ include server/ui/ui.mk
 NSD_LIB_OBJS := $(filter-out $(BUILD)/server/src/daemon/main.o,$(NSD_OBJS)) $(UI_GEN_O)
 NSD_A    := $(BUILD)/lib/libnsd.a
 NSD_BIN  := $(BUILD)/bin/normstatd
-NSD_PKGS := libmicrohttpd libuv jansson sqlite3
+NSD_PKGS := libmicrohttpd gnutls libuv jansson sqlite3
 NSD_LIBS  = $(call pkg_libs,$(NSD_PKGS)) -lpthread -lm
 
 $(NSD_OBJS): NS_EXTRA_CFLAGS = $(call pkg_cflags,$(NSD_PKGS)) -Iserver/src
@@ -28,7 +28,7 @@ $(NSD_BIN): $(BUILD)/server/src/daemon/main.o $(NSD_A) $(PROTO_A) $(CORE_A)
 
 ALL_TARGETS += $(NSD_BIN) $(NSD_A)
 UNIT_LINK   := $(NSD_A) $(UNIT_LINK)
-UNIT_LIBS   += $(call pkg_libs,libmicrohttpd libuv sqlite3) -lpthread
+UNIT_LIBS   += $(call pkg_libs,libmicrohttpd gnutls libuv sqlite3) -lpthread
 
 .PHONY: install-server uninstall-server
 install-server: $(NSD_BIN)

@@ -20,8 +20,9 @@ enum {
 typedef struct ns_cli_s {
     const char *url;
     long timeout_ms;
-    const char *token; /* bearer token, or NULL */
-    int json;          /* JSON output (--json, or stdout is not a terminal) */
+    const char *token;  /* bearer token, or NULL */
+    const char *cacert; /* PEM file of the CAs to trust over https, or NULL */
+    int json;           /* JSON output (--json, or stdout is not a terminal) */
     ns_client_t *client;
 } ns_cli_t;
 

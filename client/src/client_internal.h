@@ -38,7 +38,8 @@ typedef struct ns__request_s {
  *  What both clients do first: curl_global_init() once per process, 'dst'
  *  = 'opts' (NULL: the defaults), and *base = a copy of its URL (NULL or
  *  "": the default) without trailing slashes, checked to be http:// or
- *  https://; dst->url then points at *base, which the caller frees.
+ *  https://; dst->url then points at *base, which the caller frees, and
+ *  dst->token and dst->cacert at copies in the same allocation.
  *  @return 0, or NS_ENOMEM / NS_EINVAL (err set, *base NULL). */
 int ns__client_setup(ns_client_options_t *dst, char **base, const ns_client_options_t *opts,
                      ns_error_detail_t *err);

@@ -102,6 +102,9 @@ typedef struct ns_client_options_s {
     size_t max_response;     /* ceiling of an answer's body in bytes; 0: none */
     const char *token;       /* sent as "Authorization: Bearer <token>"; NULL or "": none.
                               * Copied; visible ASCII without spaces (else NS_EINVAL) */
+    const char *cacert;      /* https: PEM file of the CAs to trust instead of the system's
+                              * (a self-signed server certificate works); NULL or "":
+                              * libcurl's default bundle. Copied */
 } ns_client_options_t;
 
 /*! ns_client_options_default() : fills 'opts' with the defaults above. */

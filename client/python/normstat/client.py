@@ -21,6 +21,7 @@ import json
 import os
 import select
 import socket
+import ssl
 import threading
 import urllib.parse
 
@@ -178,12 +179,16 @@ class Client:
     fmt: "safetensors" (default) or "json": how reports are encoded.
     headers: extra headers sent with every request.
     token: bearer token sent as "Authorization: Bearer <token>", for a server
-    started with --auth-token-file; None takes $NORMSTAT_TOKEN, "" sends none.
-    A refusal raises AuthError (code "unauthorized" or "forbidden").
+    started with --auth-token-file or --auth-tokens-file; None takes
+    $NORMSTAT_TOKEN, "" sends none. A refusal raises AuthError (code
+    "unauthorized" or "forbidden").
+    cafile: for https, a PEM file of the CAs to trust (a self-signed server
+    certificate works) instead of the system's; None takes $NORMSTAT_CACERT,
+    else Python's default (which honours $SSL_CERT_FILE).
     """
 
     def __init__(self, url=DEFAULT_URL, timeout=30.0, sync_timeout=None, fmt="safetensors",
-                 headers=None, token=None):
+                 headers=None, token=None, cafile=None):
         if url is None:
             url = os.environ.get("NORMSTAT_URL") or DEFAULT_URL
         u = urllib.parse.urlsplit(url)
@@ -208,6 +213,12 @@ class Client:
             if any(not 0x20 < ord(c) < 0x7f for c in token):
                 raise ValueError("token must be visible ASCII characters without spaces")
             self.headers["Authorization"] = "Bearer " + token
+        if cafile is None:
+            cafile = os.environ.get("NORMSTAT_CACERT") or None
+        self.cafile = cafile
+        self._ssl_context = None
+        if u.scheme == "https":
+            self._ssl_context = ssl.create_default_context(cafile=cafile)
         self.reconnects = 0  # connections replaced after the server closed one
         self._conn = None
         self._lock = threading.RLock()
@@ -239,8 +250,11 @@ class Client:
                 pass
 
     def _connect(self, timeout):
-        cls = http.client.HTTPSConnection if self.scheme == "https" else http.client.HTTPConnection
-        conn = cls(self.host, self.port, timeout=timeout)
+        if self.scheme == "https":
+            conn = http.client.HTTPSConnection(self.host, self.port, timeout=timeout,
+                                               context=self._ssl_context)
+        else:
+            conn = http.client.HTTPConnection(self.host, self.port, timeout=timeout)
         conn.connect()
         try:
             conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

@@ -19,6 +19,7 @@
 #include "http/auth.h"
 #include "http/counters.h"
 #include "http/http.h"
+#include "http/tls.h"
 #include "registry/registry.h"
 #include "store/store.h"
 
@@ -39,7 +40,8 @@ static void store_unusable(const nsd_store_error_t *serr, const nsd_options_t *o
 /* What main() started, torn down in one place in reverse order. */
 typedef struct daemon_s {
     nsd_options_t opts;
-    nsd_auth_t auth;
+    nsd_auth_t *auth; /* NULL: authentication off */
+    nsd_tls_t *tls;   /* NULL: plain HTTP */
     nsd_server_t server;
     nsd_store_t *store;
     nsd_coord_t *coord;
@@ -55,6 +57,8 @@ static void daemon_teardown(daemon_t *d)
     nsd_coord_free(d->coord);
     nsd_registry_free(d->server.registry);
     nsd_store_free(d->store);
+    nsd_tls_free(d->tls);
+    nsd_auth_free(d->auth);
 }
 
 /* Options, then the commands that answer without a daemon (--help,
@@ -81,7 +85,11 @@ static int configure(daemon_t *d, int argc, char **argv)
     }
     if (d->opts.probe.set)
         return nsd_probe_run(&d->opts);
-    if (nsd_auth_load(&d->auth, &d->opts, &err) != 0) {
+    if (nsd_auth_create(&d->auth, &d->opts, &err) != 0) {
+        fprintf(stderr, "normstatd: %s\n", err.message);
+        return 2;
+    }
+    if (nsd_tls_load(&d->tls, &d->opts, &err) != 0) {
         fprintf(stderr, "normstatd: %s\n", err.message);
         return 2;
     }
@@ -107,7 +115,8 @@ static int start(daemon_t *d)
         .threads = (int)opts->core_threads,
     };
     d->server.opts = opts;
-    d->server.auth = d->auth.len > 0 ? &d->auth : NULL;
+    d->server.auth = d->auth;
+    d->server.tls = d->tls;
     d->server.registry = nsd_registry_create(&limits);
     if (d->server.registry == NULL) {
         nsd_log(NSD_LOG_ERROR, "start_failed", "step=registry reason=%s", "out_of_memory");
@@ -137,8 +146,14 @@ static int start(daemon_t *d)
     }
     d->http_started = 1;
     /* Written whatever --log-level says: tests and scripts find the port here. */
-    nsd_log_write(NSD_LOG_INFO, "listening", "addr=%s threads=%lld", d->server.addr,
-                  (long long)opts->threads);
+    nsd_log_write(NSD_LOG_INFO, "listening", "addr=%s threads=%lld scheme=%s", d->server.addr,
+                  (long long)opts->threads, d->tls != NULL ? "https" : "http");
+    if (d->tls != NULL) {
+        nsd_tls_info_t info;
+        nsd_tls_info(d->tls, &info);
+        nsd_log(NSD_LOG_INFO, "tls_loaded", "sha256=%s not_after=%s chain=%u", info.sha256,
+                info.not_after, info.chain);
+    }
     return 0;
 }
 
@@ -189,7 +204,7 @@ int main(int argc, char **argv)
             NS_VERSION_STRING, ns_core_kernel(), (long long)d.opts.threads,
             (long long)d.opts.core_threads, (unsigned long long)d.opts.max_body,
             (unsigned long long)d.opts.max_memory, (long long)d.opts.max_pending_steps,
-            nsd_log_quote(q, sizeof(q), d.opts.data_dir), !d.opts.no_persist, d.auth.len > 0);
+            nsd_log_quote(q, sizeof(q), d.opts.data_dir), !d.opts.no_persist, d.auth != NULL);
 
     if (start(&d) != 0 || (d.store != NULL && recover(&d) != 0)) {
         daemon_teardown(&d);

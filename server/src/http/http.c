@@ -40,6 +40,7 @@
 #include "counters.h"
 #include "store/store.h"
 #include "target.h"
+#include "tls.h"
 
 /* Idle keep-alive connections are closed after this many seconds. */
 #define CONNECTION_TIMEOUT_S 60
@@ -330,9 +331,10 @@ static void request_begin(nsd_request_t *req)
     }
     /* Before anything else: a refused request has no route, so its body is
      * read and dropped, never collected, and it is answered after it. */
+    nsd_grant_t grant = {.scope = NSD_SCOPE_ADMIN};
     if (!nsd_auth_exempt(req->method, req->path)) {
         const char *authz = nsd_request_header(req, MHD_HTTP_HEADER_AUTHORIZATION);
-        int auth = nsd_auth_check(srv->auth, authz);
+        int auth = nsd_auth_check(srv->auth, authz, &grant, &req->token_unknown);
         if (auth != 0) {
             req->pending_error = auth;
             return;
@@ -347,6 +349,14 @@ static void request_begin(nsd_request_t *req)
                               req->allow, sizeof(req->allow), &req->pending_detail);
     if (rc == NS_ENOTFOUND || rc == NS_EMETHOD)
         req->route = NULL;
+    /* The scope is judged once the route and its run are known. */
+    if (rc == 0 && req->route != NULL &&
+        nsd_auth_permit(&grant, req->method, req->run, &req->scope_missing, &req->pending_detail) !=
+            0) {
+        req->route = NULL;
+        req->pending_error = NS_EFORBIDDEN;
+        return;
+    }
     if (rc == 0 && req->query != NULL)
         rc = nsd_query_parse(req->query, req->params, NSD_QUERY_PARAMS_MAX, &req->n_params,
                              &req->pending_detail);
@@ -384,6 +394,20 @@ static void request_begin(nsd_request_t *req)
     req->pending_error = NS_EMEDIATYPE;
 }
 
+/* 403 with the scope the token lacks: {"error": {"code", "message", "scope"}}. */
+static void respond_forbidden(nsd_request_t *req)
+{
+    const char *scope = req->scope_missing != NULL ? req->scope_missing : "admin";
+    json_t *body = json_pack("{s:{s:s, s:s, s:s}}", "error", "code", "forbidden", "message",
+                             req->pending_detail.message, "scope", scope);
+    nsd_count_rejection(NS_EFORBIDDEN);
+    if (nsd_log_enabled(NSD_LOG_DEBUG))
+        nsd_log_write(NSD_LOG_DEBUG, "request_rejected",
+                      "method=%s path=%s status=403 code=forbidden scope=%s", req->method,
+                      req->path, scope);
+    nsd_respond_json(req, 403, body);
+}
+
 static void respond_pending_error(nsd_request_t *req)
 {
     char msg[256];
@@ -398,10 +422,12 @@ static void respond_pending_error(nsd_request_t *req)
         break;
     case NS_EUNAUTHORIZED:
         nsd_respond_error(req, NS_EUNAUTHORIZED,
-                          "authentication required: send \"Authorization: Bearer <token>\"");
+                          req->token_unknown
+                              ? "the bearer token is not known"
+                              : "authentication required: send \"Authorization: Bearer <token>\"");
         break;
     case NS_EFORBIDDEN:
-        nsd_respond_error(req, NS_EFORBIDDEN, "the bearer token is not accepted");
+        respond_forbidden(req);
         break;
     case NS_EINVAL:
         nsd_respond_detail(req, NS_EINVAL, &req->pending_detail);
@@ -624,6 +650,7 @@ int nsd_http_start(nsd_server_t *server, ns_error_detail_t *err)
     }
     unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
     flags |= MHD_is_feature_supported(MHD_FEATURE_EPOLL) == MHD_YES ? MHD_USE_EPOLL : MHD_USE_POLL;
+    flags |= nsd_tls_mhd_flags(server->tls);
     if (res->ai_family == AF_INET6)
         flags |= MHD_USE_IPv6;
     unsigned threads = (unsigned)server->opts->threads;
@@ -640,6 +667,7 @@ int nsd_http_start(nsd_server_t *server, ns_error_detail_t *err)
         MHD_OPTION_NOTIFY_COMPLETED, on_completed, server,
         MHD_OPTION_URI_LOG_CALLBACK, on_uri, server,
         MHD_OPTION_UNESCAPE_CALLBACK, nsd_target_unescape, NULL,
+        MHD_OPTION_ARRAY, nsd_tls_mhd_options(server->tls),
         MHD_OPTION_END);
     /* clang-format on */
     int family = res->ai_family;

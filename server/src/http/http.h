@@ -35,13 +35,15 @@ typedef struct nsd_registry_s nsd_registry_t;
 typedef struct nsd_coord_s nsd_coord_t;
 typedef struct nsd_store_s nsd_store_t;
 typedef struct nsd_auth_s nsd_auth_t;
+typedef struct nsd_tls_s nsd_tls_t;
 
 /* The daemon's shared state, created by main(). */
 typedef struct nsd_server_s {
     const nsd_options_t *opts;
     nsd_registry_t *registry;
-    nsd_store_t *store;     /* NULL with --no-persist */
-    const nsd_auth_t *auth; /* bearer token required; NULL: none */
+    nsd_store_t *store; /* NULL with --no-persist */
+    nsd_auth_t *auth;   /* bearer tokens required; NULL: none */
+    nsd_tls_t *tls;     /* HTTPS with --tls-cert; NULL: plain HTTP */
     struct MHD_Daemon *daemon;
     uint16_t port;    /* bound port (after nsd_http_start) */
     char addr[300];   /* "HOST:PORT" as bound, for logs */
@@ -72,6 +74,8 @@ struct nsd_request_s {
     int begun;                        /* first access call done: counted in in_flight */
     int close_after;                  /* answer with Connection: close (framing not trusted) */
     int pending_error;                /* error found before the handler could run */
+    int token_unknown;                /* 401: a well-formed token no table holds */
+    const char *scope_missing;        /* 403: "read", "write" or "admin" */
     ns_error_detail_t pending_detail; /* its message, when it has one */
     uint64_t discarded;               /* body bytes read and dropped */
     char allow[64];                   /* Allow header of a 405 */
@@ -99,7 +103,8 @@ void nsd_http_stop(nsd_server_t *server);
 
 /*! nsd_probe_run() :
  *  --probe [URL]: GET the URL (default /readyz on the --listen address,
- *  0.0.0.0 and :: probed through loopback) with a plain socket.
+ *  0.0.0.0 and :: probed through loopback; https when --tls-cert is set)
+ *  with its own socket; over https the certificate is not verified.
  *  @return the exit status: 0 if it answered 200, 1 otherwise, 2 for a
  *  malformed URL. */
 int nsd_probe_run(const nsd_options_t *opts);
