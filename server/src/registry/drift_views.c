@@ -1,6 +1,7 @@
 /* drift_views.c - GET /v1/runs/{run}/drift and /history as JSON: the drift
  * of every layer's rows now, worst first, and one row's history (see
  * drift.h, registry.h). */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -136,6 +137,23 @@ json_t *nsd_run_drift_worst_json(const nsd_run_t *run)
     json_t *j = rows != NULL ? worst_json(run, rows, n) : NULL;
     free(rows);
     return j;
+}
+
+int nsd_run_drift_worst(const nsd_run_t *run, nsd_run_health_t *dst)
+{
+    size_t n;
+    row_t *rows = collect_rows(run, -2, &n);
+    if (rows == NULL)
+        return NS_ENOMEM;
+    dst->has_worst = n > 0 && rows[0].has_drift;
+    if (dst->has_worst) {
+        snprintf(dst->worst_layer, sizeof(dst->worst_layer), "%s", rows[0].layer->name);
+        snprintf(dst->worst_domain, sizeof(dst->worst_domain), "%s",
+                 row_domain(run, rows[0].domain));
+        dst->worst_mean_max = rows[0].drift.mean_max;
+    }
+    free(rows);
+    return 0;
 }
 
 static json_t *drift_json(const nsd_run_t *run, long filter)
