@@ -132,6 +132,13 @@ async function trainedRun(page) {
       `per-domain table, ${d}: the EMA of /stats`, `${cell.slice(0, 2)} vs ${ema.running_mean[channel]}, ${ema.running_var[channel]}`);
   }
   check(await page.$("#stall-none") !== null, "no stall while every worker reports");
+
+  // Rejections by reason: this run's, as its status counts them.
+  const rejected = await readBars(page, '#rejections .rejections[data-scope="run"]');
+  const wantRejected = Object.entries(status.status.health.rejections).sort((a, b) => b[1] - a[1]);
+  check(wantRejected.length > 0 && same(rejected.map((b) => [b.key, b.value]), wantRejected),
+    "this run's rejections by reason, as the run status counts them",
+    `${JSON.stringify(rejected.map((b) => [b.key, b.value]))} vs ${JSON.stringify(wantRejected)}`);
 }
 
 async function stalled(page) {
