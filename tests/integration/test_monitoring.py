@@ -3,6 +3,8 @@
 * The Prometheus alert rules pass `promtool check rules`, and `promtool test
   rules` with normstat-alerts.test.yml: each alert fires on its condition
   and stays quiet below it (promtool is Debian's package prometheus).
+* The Grafana board imports: unique panel ids, every query on the board's
+  Prometheus data source variable, panels inside the 24-column grid.
 * Every metric named by an alert expression or a Grafana query
   (grafana-dashboard.json: panels' targets and template variables) is in
   the /metrics of a real daemon fed with a two-domain run (steps applied,
@@ -120,6 +122,28 @@ class Monitoring(nsd.Case):
             tested = {t["alertname"] for case in yaml.safe_load(f)["tests"]
                       for t in case.get("alert_rule_test", []) if t.get("exp_alerts")}
         self.check_eq(tested, alerts, "every alert has a promtool test in which it fires")
+
+    def test_board_structure(self):
+        """What Grafana needs to import the board: unique panel ids, one Prometheus
+        data source variable every query uses, distinct refIds within a panel."""
+        with open(BOARD) as f:
+            board = json.load(f)
+        panels = [p for p in board["panels"]] + [q for p in board["panels"] for q in p.get("panels", [])]
+        ids = [p["id"] for p in panels]
+        self.check_eq(len(ids), len(set(ids)), "panel ids are unique")
+        variables = {v["name"]: v for v in board["templating"]["list"]}
+        self.check_eq((variables.get("datasource") or {}).get("query"), "prometheus",
+                      "a Prometheus data source variable")
+        for p in panels:
+            if p["type"] == "row":
+                continue
+            refs = [t["refId"] for t in p["targets"]]
+            self.check(p["targets"] and len(refs) == len(set(refs)), f"{p['title']}: distinct refIds")
+            self.check(all(t["datasource"]["uid"] == "${datasource}" for t in p["targets"])
+                       and p["datasource"]["uid"] == "${datasource}",
+                       f"{p['title']}: queries the chosen data source")
+            self.check(all(k in p["gridPos"] for k in "xywh") and p["gridPos"]["x"] + p["gridPos"]["w"] <= 24,
+                       f"{p['title']}: placed within the 24-column grid")
 
     def feed(self):
         """A two-domain run: steps 0-2 complete, step 3 pending for worker 1, one bad value."""
