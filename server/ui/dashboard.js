@@ -282,7 +282,7 @@ function renderDriftBars(rows, status) {
     ? `Worst of the run: ${worst.layer} (${worst.domain === "*" ? "pooled" : worst.domain}), ` +
       `EMA mean ${fmt(worst.mean_max)} population standard deviations from PreciseBN`
     : "";
-  $("drift-domain").textContent = state.domain === "*" ? "· all domains pooled" : "· " + (state.domain || "");
+  $("drift-domain").textContent = !state.domain ? "" : state.domain === "*" ? "· all domains pooled" : "· " + state.domain;
   barChart($("drift-bars"), rows.map((r) => ({
     key: r.layer, label: r.layer, value: r.drift ? r.drift.mean_max : null,
     cls: r.layer === state.layer ? "chosen" : "",
@@ -334,7 +334,11 @@ function renderDomains(columns) {
     ["mean drift (max)", (col) => (col.drift ? col.drift.mean_max : null)],
     ["variance drift (max)", (col) => (col.drift ? col.drift.var_max : null)],
   ];
-  fillRows(table, columns.length === 0 ? [] : rows.map(([name, get]) => el("tr", {}, el("th", {}, name),
+  if (columns.length === 0) {
+    fillRows(table, [el("tr", {}, el("td", { class: "empty" }, "No domain has statistics yet."))]);
+    return;
+  }
+  fillRows(table, rows.map(([name, get]) => el("tr", {}, el("th", {}, name),
     ...columns.map((col) => { const v = get(col); return el("td", { "data-value": v }, fmt(v)); }))));
 }
 
