@@ -273,7 +273,8 @@ static const struct {
     {"normstat_run_rejections_total", "counter",
      "Reports and gradient sums refused, by reason (the error code of the answer)." PER_RUN},
     {"normstat_run_worker_lag_steps", "gauge",
-     "Largest lag of a worker: the highest step any worker reported minus its own highest." PER_RUN},
+     "Largest lag of a worker: the highest step any worker reported minus its own "
+     "highest." PER_RUN},
 };
 
 static int render_run_family(ns_buf_t *dst, size_t f, const nsd_run_health_t *h, size_t n)

@@ -66,8 +66,8 @@ static long body_worker(const nsd_request_t *req)
 void nsd_reject_report(nsd_request_t *req, int code, const ns_error_detail_t *err, long worker)
 {
     uint64_t withheld = 0;
-    int log = nsd_registry_note_rejection(req->server->registry, req->run, code, nsd_now_ms(),
-                                          &withheld);
+    int log =
+        nsd_registry_note_rejection(req->server->registry, req->run, code, nsd_now_ms(), &withheld);
     if (log && nsd_log_enabled(NSD_LOG_INFO)) {
         if (worker == NSD_WORKER_UNKNOWN)
             worker = body_worker(req);
@@ -82,8 +82,8 @@ void nsd_reject_report(nsd_request_t *req, int code, const ns_error_detail_t *er
                       "message=%s",
                       req->run, req->route != NULL ? req->route->label : "-", wtext,
                       field_layer(err != NULL ? err->field : "", layer, sizeof(layer)),
-                      ns_error_name(code), ns_error_http_status(code),
-                      (unsigned long long)withheld, nsd_log_quote(q, sizeof(q), message));
+                      ns_error_name(code), ns_error_http_status(code), (unsigned long long)withheld,
+                      nsd_log_quote(q, sizeof(q), message));
     }
     nsd_respond_detail(req, code, err);
 }

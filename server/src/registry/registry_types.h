@@ -176,8 +176,8 @@ typedef struct nsd_run_health_s {
     uint64_t steps_applied;  /* since the daemon started */
     uint64_t pending_steps;
     uint64_t skipped_steps;
-    int64_t worker_lag;      /* largest lag of a worker (GET run's "workers"), -1 none */
-    int has_worst;           /* the worst drift row (GET .../drift's "worst") */
+    int64_t worker_lag; /* largest lag of a worker (GET run's "workers"), -1 none */
+    int has_worst;      /* the worst drift row (GET .../drift's "worst") */
     char worst_layer[NS_NAME_MAX + 1];
     char worst_domain[NS_NAME_MAX + 1];
     double worst_mean_max;
