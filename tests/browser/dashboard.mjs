@@ -197,6 +197,8 @@ async function main() {
   page.on("console", (m) => { if (m.type() === "error") errors.push(m.text()); });
   page.on("pageerror", (e) => errors.push(e.message));
   page.on("requestfailed", (r) => errors.push("request failed: " + r.url()));
+  const elsewhere = [];
+  page.on("request", (r) => { if (!r.url().startsWith(url + "/")) elsewhere.push(r.url()); });
   try {
     await tokenPrompt(context);
     progress("token prompt done");
@@ -214,6 +216,7 @@ async function main() {
     await page.screenshot({ path: screenshot, fullPage: true }).catch(() => {});
   }
   check(errors.length === 0, "no console error, page error or failed request", errors.join(" | "));
+  check(elsewhere.length === 0, "every request of the page goes to the daemon", elsewhere.join(" "));
   await context.close();
   rmSync(profile, { recursive: true, force: true });
   return failed ? 1 : 0;
