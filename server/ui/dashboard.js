@@ -28,14 +28,14 @@ class AuthError extends Error {}
 async function api(path, asText) {
   const headers = state.token ? { Authorization: "Bearer " + state.token } : {};
   const resp = await fetch("../" + path, { headers, cache: "no-store" });
-  if (resp.status === 401 || resp.status === 403) throw new AuthError(resp.status);
   if (!resp.ok) {
     let msg = resp.status + " " + resp.statusText;
     try {
       const body = await resp.json();
       if (body.error) msg = body.error.code + ": " + body.error.message;
     } catch (e) { /* not JSON: keep the status line */ }
-    throw new Error(path.split("?")[0] + ": " + msg);
+    // 401: no token or an unknown one; 403: this token may not read what the page shows
+    throw new (resp.status === 401 || resp.status === 403 ? AuthError : Error)(path.split("?")[0] + ": " + msg);
   }
   return asText ? resp.text() : resp.json();
 }
@@ -456,6 +456,7 @@ async function tick() {
     if (seq !== state.seq) return;
     const auth = e instanceof AuthError;
     $("token-form").hidden = !auth;
+    $("token-refused").textContent = auth && state.token ? "Refused: " + e.message : "";
     $("error").hidden = auth;
     $("error").textContent = "Refresh failed: " + e.message + " (retrying)";
     $("updated").textContent = auth ? "waiting for a token" : "refresh failed";

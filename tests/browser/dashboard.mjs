@@ -158,12 +158,17 @@ async function stalled(page) {
   check(want.find((w) => w[0] === "2")[1] > 0, "worker 2 lags behind", JSON.stringify(want));
 }
 
-// Without a token the page asks for one (its 401s are expected here, so this tab's
-// console is not watched); once given, the runs appear.
+// Without a token the page asks for one (its 401s and 403s are expected here, so
+// this tab's console is not watched); a wrong one is refused; the right one shows the runs.
 async function tokenPrompt(context) {
   const page = await context.newPage();
   await page.goto(url + "/ui/");
   await page.waitForSelector("#token-form:not([hidden])", { timeout: WAIT_MS });
+  await page.fill("#token-input", token + "-wrong");
+  await page.click("#token-form button");
+  await page.waitForFunction(() => document.querySelector("#token-refused").textContent.includes("forbidden"),
+    null, { timeout: WAIT_MS });
+  check(true, "a wrong token is refused and the page says so");
   await page.fill("#token-input", token);
   await page.click("#token-form button");
   await page.waitForSelector(`#runs tr[data-run="${run}"]`, { timeout: WAIT_MS });
