@@ -372,10 +372,10 @@ static inline __m256d log4(__m256d x)
         _mm256_or_si256(_mm256_and_si256(bits, _mm256_set1_epi64x(0x000FFFFFFFFFFFFFLL)),
                         _mm256_set1_epi64x(0x3FF0000000000000LL)));
     /* e = (bits >> 52) - 1023, converted exactly through the mantissa of 2^52 */
-    __m256d e = _mm256_sub_pd(
-        _mm256_castsi256_pd(_mm256_or_si256(_mm256_srli_epi64(bits, 52),
-                                            _mm256_set1_epi64x(0x4330000000000000LL))),
-        _mm256_set1_pd(4503599627370496.0 + 1023.0));
+    __m256d e =
+        _mm256_sub_pd(_mm256_castsi256_pd(_mm256_or_si256(
+                          _mm256_srli_epi64(bits, 52), _mm256_set1_epi64x(0x4330000000000000LL))),
+                      _mm256_set1_pd(4503599627370496.0 + 1023.0));
     /* if m > sqrt(2): m /= 2, e += 1 */
     const __m256d big = _mm256_cmp_pd(m, _mm256_set1_pd(1.4142135623730951), _CMP_GT_OQ);
     m = _mm256_blendv_pd(m, _mm256_mul_pd(m, _mm256_set1_pd(0.5)), big);
@@ -409,9 +409,9 @@ typedef struct drift_acc_s {
 } drift_acc_t;
 
 /* One group of four channels; lanes not in 'valid' take no part. */
-static inline __attribute__((always_inline)) void
-drift_step(drift_acc_t *a, __m256d em, __m256d ev, __m256d pm, __m256d pv, __m256d eps,
-           __m256d valid)
+static inline __attribute__((always_inline)) void drift_step(drift_acc_t *a, __m256d em, __m256d ev,
+                                                             __m256d pm, __m256d pv, __m256d eps,
+                                                             __m256d valid)
 {
     const __m256d absmask = _mm256_castsi256_pd(_mm256_set1_epi64x(0x7FFFFFFFFFFFFFFFLL));
     const __m256d minus1 = _mm256_set1_pd(-1.0);
@@ -419,8 +419,8 @@ drift_step(drift_acc_t *a, __m256d em, __m256d ev, __m256d pm, __m256d pv, __m25
     __m256d dm = _mm256_div_pd(_mm256_and_pd(_mm256_sub_pd(em, pm), absmask),
                                _mm256_sqrt_pd(_mm256_add_pd(pv, eps)));
     /* dv = |log((ev + eps) / (pv + eps))| */
-    __m256d dv = _mm256_and_pd(
-        log4(_mm256_div_pd(_mm256_add_pd(ev, eps), _mm256_add_pd(pv, eps))), absmask);
+    __m256d dv =
+        _mm256_and_pd(log4(_mm256_div_pd(_mm256_add_pd(ev, eps), _mm256_add_pd(pv, eps))), absmask);
     /* outside 'valid': 0 for the sums, -1 for the maxima */
     dm = _mm256_blendv_pd(minus1, dm, valid);
     dv = _mm256_blendv_pd(minus1, dv, valid);
@@ -460,8 +460,12 @@ static void drift(const double *em, const double *ev, const double *pm, const do
 {
     const __m256d veps = _mm256_set1_pd(eps);
     const __m256d all = _mm256_castsi256_pd(_mm256_set1_epi64x(-1));
-    drift_acc_t a = {_mm256_setzero_pd(), _mm256_setzero_pd(), _mm256_set1_pd(-1.0),
-                     _mm256_set1_pd(-1.0), _mm256_setzero_pd(),  _mm256_setzero_pd(),
+    drift_acc_t a = {_mm256_setzero_pd(),
+                     _mm256_setzero_pd(),
+                     _mm256_set1_pd(-1.0),
+                     _mm256_set1_pd(-1.0),
+                     _mm256_setzero_pd(),
+                     _mm256_setzero_pd(),
                      _mm256_setr_pd(0.0, 1.0, 2.0, 3.0)};
     size_t c = 0;
     for (; c + 4 <= channels; c += 4)

@@ -28,14 +28,14 @@ class AuthError extends Error {}
 async function api(path, asText) {
   const headers = state.token ? { Authorization: "Bearer " + state.token } : {};
   const resp = await fetch("../" + path, { headers, cache: "no-store" });
-  if (resp.status === 401 || resp.status === 403) throw new AuthError(resp.status);
   if (!resp.ok) {
     let msg = resp.status + " " + resp.statusText;
     try {
       const body = await resp.json();
       if (body.error) msg = body.error.code + ": " + body.error.message;
     } catch (e) { /* not JSON: keep the status line */ }
-    throw new Error(path.split("?")[0] + ": " + msg);
+    // 401: no token or an unknown one; 403: this token may not read what the page shows
+    throw new (resp.status === 401 || resp.status === 403 ? AuthError : Error)(path.split("?")[0] + ": " + msg);
   }
   return asText ? resp.text() : resp.json();
 }
@@ -110,7 +110,7 @@ function barChart(container, items, opts) {
     container.append(emptyNote(opts.empty));
     return;
   }
-  const rowH = 22, labelW = opts.labelWidth || 190, valueW = 110;
+  const rowH = opts.rowHeight || 22, labelW = opts.labelWidth || 190, valueW = 110;
   const width = Math.max(container.clientWidth, 360); // one SVG unit per pixel: text keeps its size
   const barW = width - labelW - valueW;
   const max = Math.max(...items.map((i) => i.value || 0), opts.minScale || 0) || 1;
@@ -247,6 +247,10 @@ function renderRuns(runs) {
 }
 
 function renderLayers(status) {
+  const h = (status.status || {}).health;
+  $("health").textContent = h
+    ? `steps applied ${h.steps_applied} · pending ${h.pending} · skipped (global batch below 2) ${h.skipped}`
+    : "";
   const layers = Object.entries((status.status || {}).layers || {}).sort((a, b) => byName(a[0], b[0]));
   fillRows($("layers"), layers.map(([name, l]) => el("tr", { "data-layer": name },
     el("td", {}, name), el("td", {}, l.channels), el("td", {}, l.step), el("td", {}, l.finalized_step),
@@ -272,8 +276,13 @@ function renderSelectors(status, rows) {
   if (document.activeElement !== input) input.value = state.channel;
 }
 
-function renderDriftBars(rows) {
-  $("drift-domain").textContent = state.domain === "*" ? "· all domains pooled" : "· " + (state.domain || "");
+function renderDriftBars(rows, status) {
+  const worst = ((status.status || {}).drift || {}).worst;
+  $("drift-worst").textContent = worst
+    ? `Worst of the run: ${worst.layer} (${worst.domain === "*" ? "pooled" : worst.domain}), ` +
+      `EMA mean ${fmt(worst.mean_max)} population standard deviations from PreciseBN`
+    : "";
+  $("drift-domain").textContent = !state.domain ? "" : state.domain === "*" ? "· all domains pooled" : "· " + state.domain;
   barChart($("drift-bars"), rows.map((r) => ({
     key: r.layer, label: r.layer, value: r.drift ? r.drift.mean_max : null,
     cls: r.layer === state.layer ? "chosen" : "",
@@ -282,7 +291,7 @@ function renderDriftBars(rows) {
         `avg ${fmt(r.drift.mean_avg)}; variance drift max ${fmt(r.drift.var_max)}, avg ${fmt(r.drift.var_avg)}`
       : `${r.layer}: no PreciseBN batch yet`,
   })), {
-    empty: "No layer has statistics yet.",
+    empty: "No layer has statistics yet.", rowHeight: 28,
     onClick: (it) => choose({ layer: it.key, channel: null }),
   });
 }
@@ -325,7 +334,11 @@ function renderDomains(columns) {
     ["mean drift (max)", (col) => (col.drift ? col.drift.mean_max : null)],
     ["variance drift (max)", (col) => (col.drift ? col.drift.var_max : null)],
   ];
-  fillRows(table, columns.length === 0 ? [] : rows.map(([name, get]) => el("tr", {}, el("th", {}, name),
+  if (columns.length === 0) {
+    fillRows(table, [el("tr", {}, el("td", { class: "empty" }, "No domain has statistics yet."))]);
+    return;
+  }
+  fillRows(table, rows.map(([name, get]) => el("tr", {}, el("th", {}, name),
     ...columns.map((col) => { const v = get(col); return el("td", { "data-value": v }, fmt(v)); }))));
 }
 
@@ -373,7 +386,7 @@ function parseRejections(metrics) {
 function renderRejections(status, metrics) {
   const box = $("rejections");
   box.replaceChildren();
-  const health = status.health || {};
+  const health = (status.status || {}).health || {};
   const sections = [];
   if (health.rejections) sections.push(["this run", health.rejections, "run"]);
   sections.push(["whole daemon (/metrics)", parseRejections(metrics), "daemon"]);
@@ -422,7 +435,7 @@ async function refresh(seq) {
   renderRuns(runs);
   renderLayers(status);
   renderSelectors(status, rows);
-  renderDriftBars(rows);
+  renderDriftBars(rows, status);
   renderStall(status);
   renderRejections(status, metrics);
   renderHistory(hist);
@@ -443,6 +456,7 @@ async function tick() {
     if (seq !== state.seq) return;
     const auth = e instanceof AuthError;
     $("token-form").hidden = !auth;
+    $("token-refused").textContent = auth && state.token ? "Refused: " + e.message : "";
     $("error").hidden = auth;
     $("error").textContent = "Refresh failed: " + e.message + " (retrying)";
     $("updated").textContent = auth ? "waiting for a token" : "refresh failed";

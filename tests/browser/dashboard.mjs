@@ -132,6 +132,13 @@ async function trainedRun(page) {
       `per-domain table, ${d}: the EMA of /stats`, `${cell.slice(0, 2)} vs ${ema.running_mean[channel]}, ${ema.running_var[channel]}`);
   }
   check(await page.$("#stall-none") !== null, "no stall while every worker reports");
+
+  // Rejections by reason: this run's, as its status counts them.
+  const rejected = await readBars(page, '#rejections .rejections[data-scope="run"]');
+  const wantRejected = Object.entries(status.status.health.rejections).sort((a, b) => b[1] - a[1]);
+  check(wantRejected.length > 0 && same(rejected.map((b) => [b.key, b.value]), wantRejected),
+    "this run's rejections by reason, as the run status counts them",
+    `${JSON.stringify(rejected.map((b) => [b.key, b.value]))} vs ${JSON.stringify(wantRejected)}`);
 }
 
 async function stalled(page) {
@@ -151,12 +158,17 @@ async function stalled(page) {
   check(want.find((w) => w[0] === "2")[1] > 0, "worker 2 lags behind", JSON.stringify(want));
 }
 
-// Without a token the page asks for one (its 401s are expected here, so this tab's
-// console is not watched); once given, the runs appear.
+// Without a token the page asks for one (its 401s and 403s are expected here, so
+// this tab's console is not watched); a wrong one is refused; the right one shows the runs.
 async function tokenPrompt(context) {
   const page = await context.newPage();
   await page.goto(url + "/ui/");
   await page.waitForSelector("#token-form:not([hidden])", { timeout: WAIT_MS });
+  await page.fill("#token-input", token + "-wrong");
+  await page.click("#token-form button");
+  await page.waitForFunction(() => document.querySelector("#token-refused").textContent.includes("forbidden"),
+    null, { timeout: WAIT_MS });
+  check(true, "a wrong token is refused and the page says so");
   await page.fill("#token-input", token);
   await page.click("#token-form button");
   await page.waitForSelector(`#runs tr[data-run="${run}"]`, { timeout: WAIT_MS });
@@ -190,6 +202,8 @@ async function main() {
   page.on("console", (m) => { if (m.type() === "error") errors.push(m.text()); });
   page.on("pageerror", (e) => errors.push(e.message));
   page.on("requestfailed", (r) => errors.push("request failed: " + r.url()));
+  const elsewhere = [];
+  page.on("request", (r) => { if (!r.url().startsWith(url + "/")) elsewhere.push(r.url()); });
   try {
     await tokenPrompt(context);
     progress("token prompt done");
@@ -207,6 +221,7 @@ async function main() {
     await page.screenshot({ path: screenshot, fullPage: true }).catch(() => {});
   }
   check(errors.length === 0, "no console error, page error or failed request", errors.join(" | "));
+  check(elsewhere.length === 0, "every request of the page goes to the daemon", elsewhere.join(" "));
   await context.close();
   rmSync(profile, { recursive: true, force: true });
   return failed ? 1 : 0;

@@ -7,7 +7,8 @@ domain "sketch", whose inputs drift with the step so EMA and PreciseBN differ.
 Then Debian's chromium, driven by playwright-core (dashboard.mjs), opens
 /#token=...: the page loads with no console error, the drift bars and the
 per-step charts show what /drift and /history serve, the per-domain table what
-/stats serves. Then worker 2 stops reporting while 0 and 1 go on: the page's
+/stats serves, and the run's rejections (one NaN report) what the run status
+serves. Then worker 2 stops reporting while 0 and 1 go on: the page's
 stall report shows the pending step waiting for worker 2, and the worker lag
 the API's. A screenshot is saved as build/test-artifacts/dashboard.png.
 
@@ -29,6 +30,7 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "e2e"))
 import harness as h  # noqa: E402
+import normstat  # noqa: E402
 from normstat.torch import StatsReporter  # noqa: E402
 
 import torch  # noqa: E402
@@ -188,6 +190,13 @@ def body(checks):
         layers = wait_for("every layer applied step K-1", lambda: (lambda s: s if s and all(
             l["step"] == K - 1 for l in s.values()) else None)(c.get_run(run)["status"]["layers"]))
         checks.eq(len(layers), 5, "the run has the model's five BN layers")
+        # a diverging trainer: a NaN batch mean, refused as bad_value
+        nan = [float("nan")] * layers["features.1"]["channels"]
+        try:
+            c.report(run, K, 1, {"features.1": (8, nan, [1.0] * len(nan))}, domain="photo")
+            checks.check(False, "a NaN report is refused")
+        except normstat.Error as e:
+            checks.check("bad_value" in str(e), "a NaN report is refused as bad_value", str(e))
 
         artifacts = os.path.join(h.REPO, os.environ.get("NS_BUILD", "build"), "test-artifacts")
         os.makedirs(artifacts, exist_ok=True)

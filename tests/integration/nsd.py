@@ -773,11 +773,17 @@ VOLATILE_KEYS = {"uptime_s", "uptime_ms", "age_ms", "now", "time", "ts", "waited
                  "pending_ms", "oldest_ms", "updated_at", "last_report_ms", "idle_ms"}
 
 
+# Counts of refused requests (GET /v1/runs/{run}'s health.rejections): a
+# refusal changes nothing in the run but them.
+COUNTED_KEYS = {"rejections"}
+
+
 def strip_volatile(v):
-    """A GET /v1/runs/{run} body without clock-dependent fields (ages)."""
+    """A GET /v1/runs/{run} body without clock-dependent fields (ages) and
+    the counts of refused requests."""
     if isinstance(v, dict):
         return {k: strip_volatile(x) for k, x in v.items() if k not in VOLATILE_KEYS
-                and not k.endswith("_age_ms") and not k.startswith("age")}
+                and k not in COUNTED_KEYS and not k.endswith("_age_ms") and not k.startswith("age")}
     if isinstance(v, list):
         return [strip_volatile(x) for x in v]
     return v

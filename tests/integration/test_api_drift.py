@@ -15,7 +15,7 @@ over channels). /drift must serve every row's drift now, worst first;
 statistics, the EMA after it and the drift then. Also: one domain (the
 pooled history is the domain's), PreciseBN with fewer than 2 samples (drift
 null), a one-domain reset (the pooled population merges what is left),
-errors, and a daemon keeping no history.
+errors, a daemon keeping no history, and history within --max-memory.
 """
 
 import math
@@ -352,6 +352,45 @@ class NoHistory(nsd.Case):
         r = self.c.get(f"/v1/runs/{run}/history?layer=stem.bn")
         self.check(r.status == 200 and r.json()["steps"] == [] and r.json()["population"] is not None,
                    "--history-steps 0: no steps kept", r.short())
+
+
+    def test_memory_budget(self):
+        """History is counted in --max-memory: its rings are in the run's
+        memory_bytes (one per layer for a run of one domain), and when the
+        budget has no room for them the reports are still accepted and no step
+        is recorded."""
+        run = "budget"
+        rng = np.random.default_rng(9)
+        reps = [make_step(rng, s, [0], domains={0: "default"})[0][0] for s in range(3)]
+
+        def feed(client):
+            for rep in reps:
+                self.require(client.report(run, rep).status == 202, f"report step {rep['step']}")
+            return client.get(f"/v1/runs/{run}").json()["status"]["memory_bytes"]
+
+        m0 = feed(self.c)  # this daemon keeps no history
+        hist_k = 64
+        # doc/design.md: 16 C K + 72 K + 48 C bytes and a header (< 128) per ring
+        need = sum(16 * C * hist_k + 72 * hist_k + 48 * C for C in LAYERS.values())
+        for budget, kept in ((m0 + 1000, False), (m0 + need + 1024, True)):
+            d = nsd.Daemon("--history-steps", str(hist_k), "--max-memory", str(budget)).start()
+            try:
+                c = d.client()
+                m = feed(c)
+                steps = c.get(f"/v1/runs/{run}/history?layer=stem.bn").json()["steps"]
+                drift_rows = c.get(f"/v1/runs/{run}/drift").json()["layers"]
+                if kept:
+                    self.check(len(steps) == 3 and need <= m - m0 < need + 128 * len(LAYERS),
+                               f"budget {budget}: history kept and counted in memory_bytes",
+                               f"{len(steps)} steps, memory {m} = {m0} + {m - m0}, rings {need}")
+                else:
+                    self.check(steps == [] and m == m0 and all(x["drift"] for x in drift_rows),
+                               f"budget {budget}: no room for history, reports accepted, drift served",
+                               f"{len(steps)} steps, memory {m} vs {m0}")
+                self.check(m <= budget, f"memory_bytes {m} within --max-memory {budget}")
+                c.close()
+            finally:
+                self.check_eq(d.stop(), 0, "budget daemon exits 0 on SIGTERM")
 
 
 if __name__ == "__main__":

@@ -48,8 +48,8 @@ void nsd_h_history(nsd_request_t *req)
                                         : "invalid layer name");
     if (rc == 0 && domain != NULL && strcmp(domain, "*") != 0 && !ns_name_valid(domain))
         rc = ns_error_set(&err, NS_EINVAL, "domain", "expected a domain name or *");
-    json_t *j = rc == 0 ? nsd_registry_history_json(req->server->registry, req->run, layer,
-                                                    domain, channel, &err)
+    json_t *j = rc == 0 ? nsd_registry_history_json(req->server->registry, req->run, layer, domain,
+                                                    channel, &err)
                         : NULL;
     if (j == NULL) {
         nsd_respond_detail(req, err.code ? err.code : NS_ENOMEM, &err);

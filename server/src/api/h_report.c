@@ -8,6 +8,7 @@
 #include "base/size_limits.h"
 #include "http/http.h"
 #include "registry/registry.h"
+#include "rejection_log.h"
 #include "store/store.h"
 
 /* Decode the body as its Content-Type says; a malformed one is answered here.
@@ -21,7 +22,7 @@ static ns_report_t *decode(nsd_request_t *req)
                  ? ns_report_decode_safetensors(&report, (const uint8_t *)body, req->body.len, &err)
                  : ns_report_decode_json(&report, body, req->body.len, &err);
     if (rc != 0) {
-        nsd_respond_detail(req, rc, &err);
+        nsd_reject_report(req, rc, &err, NSD_WORKER_UNKNOWN);
         return NULL;
     }
     return report;
@@ -39,7 +40,7 @@ void nsd_h_batches(nsd_request_t *req)
     int rc = nsd_registry_report(req->server->registry, req->run, report, nsd_now_ms(), NULL, NULL,
                                  &err);
     if (rc != 0) {
-        nsd_respond_detail(req, rc, &err);
+        nsd_reject_report(req, rc, &err, (long)worker);
         return;
     }
     nsd_log(NSD_LOG_DEBUG, "report_accepted", "run=%s step=%llu worker=%u layers=%zu sync=0",
@@ -180,7 +181,7 @@ void nsd_h_sync(nsd_request_t *req)
     int rc = nsd_registry_report(req->server->registry, req->run, report, nsd_now_ms(),
                                  on_sync_done, req, &err);
     if (rc != 0) {
-        nsd_respond_detail(req, rc, &err);
+        nsd_reject_report(req, rc, &err, (long)worker);
         return;
     }
     nsd_log(NSD_LOG_DEBUG, "report_accepted", "run=%s step=%llu worker=%u sync=1", req->run,

@@ -1,6 +1,7 @@
 /* metrics.c - Prometheus text exposition of normstatd's counters (GET
  * /metrics): requests and rejections (counters.h), the registry's and the
- * store's counters, build and process facts. Each family is a table row or
+ * store's counters, per-run health (bounded by --metrics-max-runs), build
+ * and process facts. Each family is a table row or
  * one small function, rendered in a fixed order. */
 #include "metrics.h"
 
@@ -10,6 +11,7 @@
 #include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
 #include <time.h>
@@ -250,6 +252,79 @@ int nsd_metrics_render(ns_buf_t *dst, nsd_registry_t *reg)
     return rc ? rc : render_process(dst);
 }
 
+/* ---------------------------------------------------------------- per run */
+
+#define PER_RUN " Per run, for at most --metrics-max-runs runs (the most recently active)."
+
+/* The per-run families, in this order: HELP and TYPE always (so the
+ * families exist with no run), then one sample per run and label set. */
+enum { RUN_DRIFT, RUN_APPLIED, RUN_PENDING, RUN_SKIPPED, RUN_REJECTIONS, RUN_LAG };
+static const struct {
+    const char *name, *type, *help;
+} run_families[] = {
+    {"normstat_run_drift_worst", "gauge",
+     "Largest EMA vs PreciseBN mean distance (in population stds) over the run's layers and "
+     "domains, labelled with its layer (GET /v1/runs/{run}/drift)." PER_RUN},
+    {"normstat_run_steps_applied_total", "counter",
+     "Finalized steps applied since the daemon started." PER_RUN},
+    {"normstat_run_pending_steps", "gauge", "Steps waiting for workers." PER_RUN},
+    {"normstat_run_steps_skipped_total", "counter",
+     "Applied steps whose global count was below 2 (EMA untouched)." PER_RUN},
+    {"normstat_run_rejections_total", "counter",
+     "Reports and gradient sums refused, by reason (the error code of the answer)." PER_RUN},
+    {"normstat_run_worker_lag_steps", "gauge",
+     "Largest lag of a worker: the highest step any worker reported minus its own "
+     "highest." PER_RUN},
+};
+
+static int render_run_family(ns_buf_t *dst, size_t f, const nsd_run_health_t *h, size_t n)
+{
+    int rc = header(dst, run_families[f].name, run_families[f].type, run_families[f].help);
+    const char *name = run_families[f].name;
+    for (size_t i = 0; i < n && rc == 0; i++) {
+        const nsd_run_health_t *r = &h[i];
+        switch (f) {
+        case RUN_DRIFT:
+            if (r->has_worst)
+                rc = ns_buf_printf(dst, "%s{run=\"%s\",layer=\"%s\"} %.17g\n", name, r->run,
+                                   r->worst_layer, r->worst_mean_max);
+            break;
+        case RUN_REJECTIONS:
+            for (size_t k = 0; k < NSD_REJECTION_REASONS && rc == 0; k++)
+                rc = ns_buf_printf(dst, "%s{run=\"%s\",reason=\"%s\"} %llu\n", name, r->run,
+                                   ns_error_name(nsd_rejection_code(k)),
+                                   (unsigned long long)r->rejections[k]);
+            break;
+        case RUN_LAG:
+            if (r->worker_lag >= 0)
+                rc = ns_buf_printf(dst, "%s{run=\"%s\"} %lld\n", name, r->run,
+                                   (long long)r->worker_lag);
+            break;
+        default: {
+            uint64_t v = f == RUN_APPLIED   ? r->steps_applied
+                         : f == RUN_PENDING ? r->pending_steps
+                                            : r->skipped_steps;
+            rc = ns_buf_printf(dst, "%s{run=\"%s\"} %llu\n", name, r->run, (unsigned long long)v);
+        }
+        }
+    }
+    return rc;
+}
+
+/* The per-run series of the 'max_runs' most recently active runs. */
+static int render_runs(ns_buf_t *dst, nsd_registry_t *reg, size_t max_runs)
+{
+    nsd_run_health_t *h = NULL;
+    size_t n = 0;
+    if (reg != NULL && max_runs > 0 && nsd_registry_health(reg, max_runs, &h, &n) != 0)
+        return NS_ENOMEM;
+    int rc = 0;
+    for (size_t f = 0; f < sizeof(run_families) / sizeof(run_families[0]) && rc == 0; f++)
+        rc = render_run_family(dst, f, h, n);
+    free(h);
+    return rc;
+}
+
 /* How a store row's value is read from nsd_store_stats_t and printed. */
 enum { STORE_U64 = 1, STORE_US_AS_SECONDS, STORE_FLAG, STORE_AGE_MS_AS_SECONDS };
 
@@ -333,6 +408,8 @@ void nsd_h_metrics(nsd_request_t *req)
                      "Requests begun and not yet answered (this one included).", "%ld",
                      atomic_load(&req->server->in_flight));
     rc = rc ? rc : render_store(&buf, req->server->store);
+    rc = rc ? rc
+            : render_runs(&buf, req->server->registry, (size_t)req->server->opts->metrics_max_runs);
     if (rc != 0) {
         ns_buf_free(&buf);
         nsd_respond_error(req, NS_ENOMEM, NULL);

@@ -61,4 +61,8 @@ json_t *nsd_drift_json(const ns_drift_t *d);
  *  null when no row has a drift; NULL when out of memory. */
 json_t *nsd_run_drift_worst_json(const nsd_run_t *run);
 
+/*! nsd_run_drift_worst() : the same row into dst->has_worst, worst_layer,
+ *  worst_domain, worst_mean_max. @return 0 or NS_ENOMEM. */
+int nsd_run_drift_worst(const nsd_run_t *run, nsd_run_health_t *dst);
+
 #endif /* NSD_DRIFT_H */

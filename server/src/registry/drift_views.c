@@ -1,6 +1,7 @@
 /* drift_views.c - GET /v1/runs/{run}/drift and /history as JSON: the drift
  * of every layer's rows now, worst first, and one row's history (see
  * drift.h, registry.h). */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -138,6 +139,23 @@ json_t *nsd_run_drift_worst_json(const nsd_run_t *run)
     return j;
 }
 
+int nsd_run_drift_worst(const nsd_run_t *run, nsd_run_health_t *dst)
+{
+    size_t n;
+    row_t *rows = collect_rows(run, -2, &n);
+    if (rows == NULL)
+        return NS_ENOMEM;
+    dst->has_worst = n > 0 && rows[0].has_drift;
+    if (dst->has_worst) {
+        snprintf(dst->worst_layer, sizeof(dst->worst_layer), "%s", rows[0].layer->name);
+        snprintf(dst->worst_domain, sizeof(dst->worst_domain), "%s",
+                 row_domain(run, rows[0].domain));
+        dst->worst_mean_max = rows[0].drift.mean_max;
+    }
+    free(rows);
+    return 0;
+}
+
 static json_t *drift_json(const nsd_run_t *run, long filter)
 {
     size_t n;
@@ -178,13 +196,13 @@ static json_t *steps_json(const nsd_history_t *h, size_t channels, size_t channe
     for (size_t i = 0; steps != NULL && h != NULL && i < nsd_history_len(h); i++) {
         const float *v;
         const nsd_history_entry_t *e = nsd_history_at(h, i, &v);
-        json_t *s = json_pack(
-            "{s:I, s:I, s:f, s:f, s:f, s:f, s:o}", "step", (json_int_t)e->step, "count",
-            (json_int_t)e->count, "batch_mean", (double)v[NSD_HIST_BATCH_MEAN * channels + channel],
-            "batch_var", (double)v[NSD_HIST_BATCH_VAR * channels + channel], "ema_mean",
-            (double)v[NSD_HIST_EMA_MEAN * channels + channel], "ema_var",
-            (double)v[NSD_HIST_EMA_VAR * channels + channel], "drift",
-            e->has_drift ? nsd_drift_json(&e->drift) : json_null());
+        json_t *s = json_pack("{s:I, s:I, s:f, s:f, s:f, s:f, s:o}", "step", (json_int_t)e->step,
+                              "count", (json_int_t)e->count, "batch_mean",
+                              (double)v[NSD_HIST_BATCH_MEAN * channels + channel], "batch_var",
+                              (double)v[NSD_HIST_BATCH_VAR * channels + channel], "ema_mean",
+                              (double)v[NSD_HIST_EMA_MEAN * channels + channel], "ema_var",
+                              (double)v[NSD_HIST_EMA_VAR * channels + channel], "drift",
+                              e->has_drift ? nsd_drift_json(&e->drift) : json_null());
         if (json_array_append_new(steps, s) != 0) {
             json_decref(steps);
             return NULL;
@@ -228,12 +246,12 @@ static json_t *history_json(const nsd_run_t *run, const char *layer, const char 
     int has_state = d < 0 || ((size_t)d < l->cap_pops && l->pops[d] != NULL);
     json_t *steps = steps_json(has_state ? nsd_layer_history(l, d) : NULL, l->channels, c);
     json_t *pop = has_state ? population_json(run, l, d, c) : json_null();
-    json_t *j = steps != NULL && pop != NULL
-                    ? json_pack("{s:s, s:s, s:s, s:I, s:I, s:O, s:O}", "run", run->name, "layer",
-                                l->name, "domain", row_domain(run, d), "channel", (json_int_t)c,
-                                "channels", (json_int_t)l->channels, "steps", steps,
-                                "population", pop)
-                    : NULL;
+    json_t *j =
+        steps != NULL && pop != NULL
+            ? json_pack("{s:s, s:s, s:s, s:I, s:I, s:O, s:O}", "run", run->name, "layer", l->name,
+                        "domain", row_domain(run, d), "channel", (json_int_t)c, "channels",
+                        (json_int_t)l->channels, "steps", steps, "population", pop)
+            : NULL;
     json_decref(steps);
     json_decref(pop);
     if (j == NULL)

@@ -6,8 +6,8 @@
 
 struct nsd_history_s {
     size_t channels, cap;
-    size_t len;  /* entries held */
-    size_t head; /* slot of the oldest entry */
+    size_t len;                   /* entries held */
+    size_t head;                  /* slot of the oldest entry */
     nsd_history_entry_t *entries; /* [cap] */
     double *scratch;              /* [NSD_HIST_SCRATCH * channels] */
     float *values;                /* [cap][NSD_HIST_VALUES][channels] */

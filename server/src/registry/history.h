@@ -18,8 +18,13 @@
 #include <normstat/core.h>
 
 /* The per-channel values of an entry, in this order. */
-enum { NSD_HIST_BATCH_MEAN = 0, NSD_HIST_BATCH_VAR, NSD_HIST_EMA_MEAN, NSD_HIST_EMA_VAR,
-       NSD_HIST_VALUES };
+enum {
+    NSD_HIST_BATCH_MEAN = 0,
+    NSD_HIST_BATCH_VAR,
+    NSD_HIST_EMA_MEAN,
+    NSD_HIST_EMA_VAR,
+    NSD_HIST_VALUES
+};
 
 /* Doubles of scratch per channel (see nsd_history_scratch()). */
 #define NSD_HIST_SCRATCH 6

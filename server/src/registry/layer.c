@@ -176,6 +176,7 @@ static void apply_final(nsd_run_t *run, nsd_layer_t *l, const nsd_step_t *f)
     nsd_layer_history_note(run, l, f);
     l->last_applied = (int64_t)f->step;
     atomic_fetch_add(&ctx->steps_applied, 1);
+    atomic_fetch_add(&run->steps_applied, 1);
 }
 
 /* Apply finalized steps in step order while they are below 'bound' (the

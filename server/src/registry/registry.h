@@ -302,4 +302,27 @@ size_t nsd_registry_replay_finish(nsd_registry_t *reg);
 /*! nsd_registry_counters() : a snapshot of the counters (atomics, no lock). */
 void nsd_registry_counters(nsd_registry_t *reg, nsd_counters_t *dst);
 
+/*! nsd_registry_health() :
+ *  The health of the 'max' runs most recently active (the latest accepted
+ *  report; ties and never-active runs by name), sorted by name, into a new
+ *  array *dst (free()) of *n. Each run is locked in turn.
+ *  @return 0 or NS_ENOMEM. */
+int nsd_registry_health(nsd_registry_t *reg, size_t max, nsd_run_health_t **dst, size_t *n);
+
+/*! nsd_rejection_code() : the NS_E* code of rejection slot 'i'
+ *  (< NSD_REJECTION_REASONS). */
+int nsd_rejection_code(size_t i);
+
+/*! nsd_registry_note_rejection() :
+ *  A report or gradient sum of 'run' was refused with 'code': count it in
+ *  the run (if it exists) and decide whether to log it. At most
+ *  NSD_REJECTION_LOG_LINES lines per second (of 'now_ms') per run, runs that
+ *  do not exist sharing one budget.
+ *  @return 1 to log it, with *withheld the lines withheld since the last one
+ *  logged; 0 to withhold it. */
+int nsd_registry_note_rejection(nsd_registry_t *reg, const char *run, int code, uint64_t now_ms,
+                                uint64_t *withheld);
+
+#define NSD_REJECTION_LOG_LINES 10
+
 #endif /* NSD_REGISTRY_H */

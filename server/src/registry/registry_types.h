@@ -11,6 +11,7 @@
 #include <jansson.h>
 
 #include <normstat/proto.h>
+#include <normstat/wire_errors.h>
 
 #include "step.h"
 
@@ -162,6 +163,26 @@ typedef struct nsd_stats_s {
     ns_out_layer_t *layers;
     size_t n_layers;
 } nsd_stats_t;
+
+/* Rejections are counted per run by reason: one slot per row of the wire
+ * error table (normstat/wire_errors.h), in its order. */
+#define NSD__REASON_ROW(owner, name, code, status, wire, msg) +1
+#define NSD_REJECTION_REASONS                                 (0 NS_WIRE_ERROR_MAP(NSD__REASON_ROW))
+
+/* One run's health, for /metrics (nsd_registry_health()). */
+typedef struct nsd_run_health_s {
+    char run[NS_NAME_MAX + 1];
+    uint64_t last_active_ms; /* clock of the last accepted report, 0 none */
+    uint64_t steps_applied;  /* since the daemon started */
+    uint64_t pending_steps;
+    uint64_t skipped_steps;
+    int64_t worker_lag; /* largest lag of a worker (GET run's "workers"), -1 none */
+    int has_worst;      /* the worst drift row (GET .../drift's "worst") */
+    char worst_layer[NS_NAME_MAX + 1];
+    char worst_domain[NS_NAME_MAX + 1];
+    double worst_mean_max;
+    uint64_t rejections[NSD_REJECTION_REASONS]; /* by nsd_rejection_code(i) */
+} nsd_run_health_t;
 
 typedef struct nsd_counters_s {
     /* monotonic */

@@ -106,6 +106,11 @@ typedef struct nsd_run_s {
     int deleted; /* under lock: removed from the map */
     nsd_ctx_t *ctx;
     nsd_run_state_t st;
+    /* Health (run_health.c), kept across checkpoint imports. */
+    _Atomic uint64_t steps_applied;
+    _Atomic uint64_t last_active_ms;              /* the last accepted report */
+    uint64_t rejections[NSD_REJECTION_REASONS];   /* under lock */
+    uint64_t log_window, log_lines, log_withheld; /* rejection log limit, under lock */
 } nsd_run_t;
 
 /*! nsd_run_create() : a run with 'cfg' (has_* ignored, all values used),

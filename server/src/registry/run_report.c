@@ -358,6 +358,7 @@ int nsd_run_report(nsd_run_t *run, ns_report_t *rep, uint64_t now_ms, nsd_waiter
         return rc;
     }
     commit_report(run, rep, dom, pl, bytes, waiter, box);
+    atomic_store(&run->last_active_ms, now_ms);
 
     /* Finalize completed steps, then apply what is in order. */
     for (size_t i = 0; i < rep->n_layers; i++) {

@@ -1,4 +1,5 @@
-/* test_drift.c - ns_drift and every drift kernel this CPU supports, against a long double reference.
+/* test_drift.c - ns_drift and every drift kernel this CPU supports, against a long double
+ * reference.
  *
  * Tolerances (cited by core/include/normstat/core.h):
  *  - per channel dm = |em - pm| / sqrt(pv + eps): every kernel performs the
@@ -84,9 +85,11 @@ static void check_all(const double *em, const double *ev, const double *pm, cons
         memset(&d, 0xA5, sizeof(d));
         tables[t]->drift(em, ev, pm, pv, n, eps, &d);
         const char *k = tables[t]->name;
-        CHECK(fabsl(d.mean_max - r.mean_max) <= 1e-15L * r.mean_max, "%s %s n=%zu: mean_max %.17g ref %.17Lg", k, what, n, d.mean_max, r.mean_max);
-        CHECK(d.mean_max_channel < n && ref_dm(em[d.mean_max_channel], pm[d.mean_max_channel],
-                                               pv[d.mean_max_channel], eps) >= r.mean_max * (1 - 1e-15L),
+        CHECK(fabsl(d.mean_max - r.mean_max) <= 1e-15L * r.mean_max,
+              "%s %s n=%zu: mean_max %.17g ref %.17Lg", k, what, n, d.mean_max, r.mean_max);
+        CHECK(d.mean_max_channel < n &&
+                  ref_dm(em[d.mean_max_channel], pm[d.mean_max_channel], pv[d.mean_max_channel],
+                         eps) >= r.mean_max * (1 - 1e-15L),
               "%s %s n=%zu: mean_max_channel %zu", k, what, n, d.mean_max_channel);
         CHECK(fabsl(d.mean_avg - r.mean_avg) <= 1e-12L * r.mean_avg + 1e-15L * r.mean_max,
               "%s %s n=%zu: mean_avg %.17g ref %.17Lg", k, what, n, d.mean_avg, r.mean_avg);
