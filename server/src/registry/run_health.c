@@ -141,24 +141,24 @@ static int name_cmp(const void *pa, const void *pb)
     return strcmp(((const nsd_run_health_t *)pa)->run, ((const nsd_run_health_t *)pb)->run);
 }
 
-/* One run's health, under its lock. @return 0, or 1 if it was deleted. */
-static int run_health(nsd_run_t *run, nsd_run_health_t *h)
+/* One run's health, under its lock. @return 0, or 1 if it is gone. */
+static int run_health(nsd_registry_t *reg, const char *name, nsd_run_health_t *h)
 {
-    pthread_mutex_lock(&run->lock);
-    int gone = run->deleted;
-    if (!gone) {
-        snprintf(h->run, sizeof(h->run), "%s", run->name);
-        h->last_active_ms = atomic_load(&run->last_active_ms);
-        h->steps_applied = atomic_load(&run->steps_applied);
-        h->pending_steps = pending_steps(&run->st);
-        h->skipped_steps = run->st.skipped_steps;
-        h->worker_lag = worker_lag(&run->st);
-        memcpy(h->rejections, run->rejections, sizeof(h->rejections));
-        if (nsd_run_drift_worst(run, h) != 0)
-            h->has_worst = 0; /* out of memory: the run is served without it */
-    }
-    pthread_mutex_unlock(&run->lock);
-    return gone;
+    int rc;
+    nsd_run_t *run = nsd_registry_lock_run(reg, name, &rc, NULL);
+    if (run == NULL)
+        return 1;
+    snprintf(h->run, sizeof(h->run), "%s", run->name);
+    h->last_active_ms = atomic_load(&run->last_active_ms);
+    h->steps_applied = atomic_load(&run->steps_applied);
+    h->pending_steps = pending_steps(&run->st);
+    h->skipped_steps = run->st.skipped_steps;
+    h->worker_lag = worker_lag(&run->st);
+    memcpy(h->rejections, run->rejections, sizeof(h->rejections));
+    if (nsd_run_drift_worst(run, h) != 0)
+        h->has_worst = 0; /* out of memory: the run is served without it */
+    nsd_registry_unlock_run(run);
+    return 0;
 }
 
 int nsd_registry_health(nsd_registry_t *reg, size_t max, nsd_run_health_t **dst, size_t *n)
@@ -182,7 +182,7 @@ int nsd_registry_health(nsd_registry_t *reg, size_t max, nsd_run_health_t **dst,
         order[i] = (active_t){runs[i], atomic_load(&runs[i]->last_active_ms)};
     qsort(order, total, sizeof(*order), active_cmp);
     for (size_t i = 0; i < keep; i++)
-        if (run_health(order[i].run, &h[*n]) == 0)
+        if (run_health(reg, order[i].run->name, &h[*n]) == 0)
             (*n)++;
     free(order);
     nsd_registry_runs_free(runs, total);
