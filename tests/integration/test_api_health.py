@@ -190,6 +190,46 @@ class Health(nsd.Case):
         self.check_eq(st["health"]["rejections"], {"worker_out_of_range": sent + 1},
                       "every refusal counted, logged or not")
 
+    def test_reads_while_reporting(self):
+        """Four workers report 15 steps each while a reader polls /metrics,
+        /drift, /history and the run status: every read answers 200 and the
+        final counts are exact (run under make tsan, this is the race test)."""
+        run = "h-conc"
+        self.require(self.c.put(f"/v1/runs/{run}", {"world_size": 4}).status == 201, "PUT run")
+        steps, stop = 15, []
+
+        def worker(w):
+            cl = self.client()
+            for step in range(steps):
+                r = cl.report(run, report(step, w, mean_bias=0.1 * step))
+                if r.status != 202:
+                    return f"worker {w} step {step}: {r.short()}"
+            return None
+
+        def reader():
+            cl = self.client()
+            bad = []
+            while not stop:
+                for path in ("/metrics", f"/v1/runs/{run}/drift", f"/v1/runs/{run}/history?layer=bn1",
+                             f"/v1/runs/{run}"):
+                    r = cl.get(path, validate=path != "/metrics")
+                    if r.status not in (200, 404) or (r.status == 404 and "history" not in path):
+                        bad.append(f"{path}: {r.short()}")
+            return bad
+
+        import threading
+        out = {}
+        t = threading.Thread(target=lambda: out.update(bad=reader()), daemon=True)
+        t.start()
+        res, errs = nsd.parallel([lambda w=w: worker(w) for w in range(4)])
+        stop.append(True)
+        t.join(30)  # a bound; the reader ends after its current round
+        self.check(not any(res) and not any(errs), "every report accepted", f"{res} {errs}")
+        self.check(not t.is_alive() and out.get("bad") == [], "every read answered", f"{out.get('bad')}")
+        health = self.status(run)["health"]
+        self.check_eq((health["steps_applied"], health["pending"]), (steps * len(LAYERS), 0),
+                      "all steps applied, none pending")
+
 
 if __name__ == "__main__":
     nsd.main()

@@ -16,6 +16,20 @@ static scratch_t scratch_split(double *s, size_t c)
     return (scratch_t){s, s + c, s + 2 * c, s + 3 * c, s + 4 * c, s + 5 * c};
 }
 
+/* Row pop's EMA as served: its running arrays, or the debiased view in
+ * s->ema_mean, s->ema_var (the arrays are not copied when not needed). */
+static void row_ema(const nsd_run_t *run, const nsd_pop_t *pop, size_t c, const scratch_t *s,
+                    const double **mean, const double **var)
+{
+    *mean = pop->ema.running_mean;
+    *var = pop->ema.running_var;
+    if (run->st.cfg.ema_debias) {
+        nsd_pop_ema_read(pop, c, 1, s->ema_mean, s->ema_var);
+        *mean = s->ema_mean;
+        *var = s->ema_var;
+    }
+}
+
 static const nsd_pop_t *row_pop(const nsd_layer_t *l, long d)
 {
     if (d < 0)
@@ -65,8 +79,9 @@ int nsd_layer_drift(const nsd_run_t *run, const nsd_layer_t *l, long d, double *
     scratch_t s = scratch_split(scratch, c);
     if (!row_population(run, l, d, &s))
         return 0;
-    nsd_pop_ema_read(pop, c, run->st.cfg.ema_debias, s.ema_mean, s.ema_var);
-    return ns_drift(s.ema_mean, s.ema_var, s.pop_mean, s.pop_var, c, NS_DRIFT_EPS, dst) == 0;
+    const double *em, *ev;
+    row_ema(run, pop, c, &s, &em, &ev);
+    return ns_drift(em, ev, s.pop_mean, s.pop_var, c, NS_DRIFT_EPS, dst) == 0;
 }
 
 uint64_t nsd_layer_precise_batches(const nsd_run_t *run, const nsd_layer_t *l, long d)

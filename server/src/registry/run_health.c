@@ -120,14 +120,20 @@ json_t *nsd_run_health_json(const nsd_run_t *run)
                      (json_int_t)run->st.skipped_steps, "rejections", rejections);
 }
 
+/* A run and when it was last active, read once: the sort must not see the
+ * clock move under it. */
+typedef struct active_s {
+    nsd_run_t *run;
+    uint64_t at;
+} active_t;
+
 /* Most recently active first, then by name. */
 static int active_cmp(const void *pa, const void *pb)
 {
-    const nsd_run_t *a = *(nsd_run_t *const *)pa, *b = *(nsd_run_t *const *)pb;
-    uint64_t ta = atomic_load(&a->last_active_ms), tb = atomic_load(&b->last_active_ms);
-    if (ta != tb)
-        return ta > tb ? -1 : 1;
-    return strcmp(a->name, b->name);
+    const active_t *a = pa, *b = pb;
+    if (a->at != b->at)
+        return a->at > b->at ? -1 : 1;
+    return strcmp(a->run->name, b->run->name);
 }
 
 static int name_cmp(const void *pa, const void *pb)
@@ -135,24 +141,24 @@ static int name_cmp(const void *pa, const void *pb)
     return strcmp(((const nsd_run_health_t *)pa)->run, ((const nsd_run_health_t *)pb)->run);
 }
 
-/* One run's health, under its lock. @return 0, or 1 if it was deleted. */
-static int run_health(nsd_run_t *run, nsd_run_health_t *h)
+/* One run's health, under its lock. @return 0, or 1 if it is gone. */
+static int run_health(nsd_registry_t *reg, const char *name, nsd_run_health_t *h)
 {
-    pthread_mutex_lock(&run->lock);
-    int gone = run->deleted;
-    if (!gone) {
-        snprintf(h->run, sizeof(h->run), "%s", run->name);
-        h->last_active_ms = atomic_load(&run->last_active_ms);
-        h->steps_applied = atomic_load(&run->steps_applied);
-        h->pending_steps = pending_steps(&run->st);
-        h->skipped_steps = run->st.skipped_steps;
-        h->worker_lag = worker_lag(&run->st);
-        memcpy(h->rejections, run->rejections, sizeof(h->rejections));
-        if (nsd_run_drift_worst(run, h) != 0)
-            h->has_worst = 0; /* out of memory: the run is served without it */
-    }
-    pthread_mutex_unlock(&run->lock);
-    return gone;
+    int rc;
+    nsd_run_t *run = nsd_registry_lock_run(reg, name, &rc, NULL);
+    if (run == NULL)
+        return 1;
+    snprintf(h->run, sizeof(h->run), "%s", run->name);
+    h->last_active_ms = atomic_load(&run->last_active_ms);
+    h->steps_applied = atomic_load(&run->steps_applied);
+    h->pending_steps = pending_steps(&run->st);
+    h->skipped_steps = run->st.skipped_steps;
+    h->worker_lag = worker_lag(&run->st);
+    memcpy(h->rejections, run->rejections, sizeof(h->rejections));
+    if (nsd_run_drift_worst(run, h) != 0)
+        h->has_worst = 0; /* out of memory: the run is served without it */
+    nsd_registry_unlock_run(run);
+    return 0;
 }
 
 int nsd_registry_health(nsd_registry_t *reg, size_t max, nsd_run_health_t **dst, size_t *n)
@@ -163,16 +169,22 @@ int nsd_registry_health(nsd_registry_t *reg, size_t max, nsd_run_health_t **dst,
     nsd_run_t **runs = nsd_registry_map_snapshot(reg, &total);
     if (runs == NULL)
         return NS_ENOMEM;
-    qsort(runs, total, sizeof(*runs), active_cmp);
     size_t keep = total < max ? total : max;
+    active_t *order = malloc((total ? total : 1) * sizeof(*order));
     nsd_run_health_t *h = calloc(keep ? keep : 1, sizeof(*h));
-    if (h == NULL) {
+    if (order == NULL || h == NULL) {
+        free(order);
+        free(h);
         nsd_registry_runs_free(runs, total);
         return NS_ENOMEM;
     }
+    for (size_t i = 0; i < total; i++)
+        order[i] = (active_t){runs[i], atomic_load(&runs[i]->last_active_ms)};
+    qsort(order, total, sizeof(*order), active_cmp);
     for (size_t i = 0; i < keep; i++)
-        if (run_health(runs[i], &h[*n]) == 0)
+        if (run_health(reg, order[i].run->name, &h[*n]) == 0)
             (*n)++;
+    free(order);
     nsd_registry_runs_free(runs, total);
     qsort(h, *n, sizeof(*h), name_cmp);
     *dst = h;
