@@ -18,6 +18,7 @@
 #include <normstat/core.h>
 
 #include "base/size_limits.h"
+#include "http/conns.h"
 #include "http/counters.h"
 #include "http/http.h"
 #include "registry/registry.h"
@@ -323,6 +324,40 @@ static int render_store(ns_buf_t *dst, nsd_store_t *store)
     return rc;
 }
 
+/* Connections: open by pool, accepted, refused and closed by reason. */
+static int render_connections(ns_buf_t *dst, nsd_conns_t *conns)
+{
+    nsd_conns_stats_t st;
+    memset(&st, 0, sizeof(st));
+    if (conns != NULL)
+        nsd_conns_stats(conns, &st);
+    int rc = header(dst, "normstat_connections_open", "gauge",
+                    "Connections open, by pool (general, or reserved for probes).");
+    rc = rc ? rc
+            : ns_buf_printf(dst,
+                            "normstat_connections_open{pool=\"general\"} %llu\n"
+                            "normstat_connections_open{pool=\"reserve\"} %llu\n",
+                            (unsigned long long)st.open_general,
+                            (unsigned long long)st.open_reserve);
+    rc = rc ? rc
+            : sample(dst, "normstat_connections_accepted_total", "counter", "Connections accepted.",
+                     "%llu", (unsigned long long)st.accepted);
+    rc = rc ? rc
+            : header(dst, "normstat_connections_refused_total", "counter",
+                     "Connections refused at accept, by reason (per_address, limit).");
+    for (size_t i = 0; i < NSD_REFUSED_REASONS && rc == 0; i++)
+        rc = ns_buf_printf(dst, "normstat_connections_refused_total{reason=\"%s\"} %llu\n",
+                           nsd_conns_refused_names[i], (unsigned long long)st.refused[i]);
+    rc = rc ? rc
+            : header(dst, "normstat_connections_closed_total", "counter",
+                     "Connections the daemon closed, by reason (a deadline, or evicted for a "
+                     "newcomer).");
+    for (size_t i = 0; i < NSD_CLOSED_REASONS && rc == 0; i++)
+        rc = ns_buf_printf(dst, "normstat_connections_closed_total{reason=\"%s\"} %llu\n",
+                           nsd_conns_closed_names[i], (unsigned long long)st.closed[i]);
+    return rc;
+}
+
 void nsd_h_metrics(nsd_request_t *req)
 {
     ns_buf_t buf;
@@ -332,6 +367,7 @@ void nsd_h_metrics(nsd_request_t *req)
             : sample(&buf, "normstat_http_requests_in_flight", "gauge",
                      "Requests begun and not yet answered (this one included).", "%ld",
                      atomic_load(&req->server->in_flight));
+    rc = rc ? rc : render_connections(&buf, req->server->conns);
     rc = rc ? rc : render_store(&buf, req->server->store);
     if (rc != 0) {
         ns_buf_free(&buf);

@@ -35,6 +35,8 @@ typedef struct nsd_registry_s nsd_registry_t;
 typedef struct nsd_coord_s nsd_coord_t;
 typedef struct nsd_store_s nsd_store_t;
 typedef struct nsd_auth_s nsd_auth_t;
+typedef struct nsd_conns_s nsd_conns_t;
+typedef struct nsd_conn_s nsd_conn_t;
 
 /* The daemon's shared state, created by main(). */
 typedef struct nsd_server_s {
@@ -43,9 +45,10 @@ typedef struct nsd_server_s {
     nsd_store_t *store;     /* NULL with --no-persist */
     const nsd_auth_t *auth; /* bearer token required; NULL: none */
     struct MHD_Daemon *daemon;
-    uint16_t port;    /* bound port (after nsd_http_start) */
-    char addr[300];   /* "HOST:PORT" as bound, for logs */
-    atomic_int ready; /* /readyz answers 200 */
+    nsd_conns_t *conns; /* connection limits and deadlines (conns.h) */
+    uint16_t port;      /* bound port (after nsd_http_start) */
+    char addr[300];     /* "HOST:PORT" as bound, for logs */
+    atomic_int ready;   /* /readyz answers 200 */
     atomic_int shutting_down;
     atomic_long in_flight; /* requests begun and not yet completed */
 } nsd_server_t;
@@ -66,6 +69,7 @@ struct nsd_request_s {
     char *query;                              /* decoded query, owns params' strings */
     nsd_param_t params[NSD_QUERY_PARAMS_MAX]; /* the query parameters, in order */
     size_t n_params;
+    nsd_conn_t *link;                 /* the connection's record (conns.h), may be NULL */
     const char *target;               /* as on_uri got it: compared, never read later */
     size_t target_len;                /* its length then */
     int target_nul;                   /* a raw NUL byte cut the target short */
