@@ -23,6 +23,7 @@ per second were never closed.
 Every socket operation has a timeout; all loops are bounded in time.
 """
 
+import multiprocessing
 import os
 import resource
 import selectors
@@ -72,24 +73,41 @@ def metric(text, name, labels=""):
     return None
 
 
-class Attacker(threading.Thread):
+class Attacker:
     """Keeps 'idle' silent sockets and 'slow' slowloris sockets open from the
-    attack addresses, reopening those the daemon closes."""
+    attack addresses, reopening those the daemon closes. Runs in a process
+    of its own, so that its work never delays the normal client's."""
 
     def __init__(self, port, idle, slow):
-        super().__init__(daemon=True)
         self.port, self.want = port, {"idle": idle, "slow": slow}
-        self.stop = threading.Event()
         self.opened = 0
         self.closed_by_daemon = 0
         self.peak = 0
         self.error = None
+        ctx = multiprocessing.get_context("fork")
+        self.stop = ctx.Event()
+        self._results = ctx.Queue()
+        self._proc = ctx.Process(target=self._main, daemon=True)
 
-    def run(self):
+    def start(self):
+        self._proc.start()
+
+    def join(self, limit):
+        try:
+            self.opened, self.closed_by_daemon, self.peak, self.error = \
+                self._results.get(timeout=limit)
+        except Exception as e:
+            self.error = f"no result from the attacker process: {e!r}"
+        self._proc.join(limit)
+        if self._proc.is_alive():
+            self._proc.kill()
+
+    def _main(self):
         try:
             self._run()
         except BaseException as e:  # reported by the test
             self.error = repr(e)
+        self._results.put((self.opened, self.closed_by_daemon, self.peak, self.error))
 
     def _open(self, sel, kind, n):
         # idle sockets from two addresses (past the per-address limit), the
@@ -116,7 +134,7 @@ class Attacker(threading.Thread):
         next_byte = time.monotonic() + 1.0
         while not self.stop.is_set():
             for kind in ("idle", "slow"):
-                budget = 150  # new sockets per round
+                budget = 60  # new sockets per round
                 while count[kind] < self.want[kind] and budget > 0:
                     budget -= 1
                     if self._open(sel, kind, self.opened):
