@@ -220,7 +220,9 @@ static int render_registry(ns_buf_t *dst, nsd_registry_t *reg)
         {"normstat_grad_waiters", "gauge", "/grad requests waiting for their step.",
          offsetof(nsd_counters_t, grad_waiters)},
         {"normstat_runs", "gauge", "Runs held.", offsetof(nsd_counters_t, runs)},
-        {"normstat_memory_bytes", "gauge", "Bytes of statistics state and pending arrivals.",
+        {"normstat_memory_bytes", "gauge",
+         "Bytes counted against --max-memory: runs, statistics, pending arrivals, request bodies "
+         "and their decoding.",
          offsetof(nsd_counters_t, memory_bytes)},
     };
     for (size_t i = 0; i < sizeof(registry_rows) / sizeof(registry_rows[0]) && rc == 0; i++) {

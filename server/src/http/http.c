@@ -19,8 +19,7 @@
  *  Shutdown: nsd_registry_shutdown() wakes every waiting /sync, so no
  *  connection is suspended when MHD_stop_daemon() runs.
  *  Request target and framing, checked where MHD is lenient: target.c.
- *  Connections: admitted and given deadlines by conns.c (wired in by
- *  conn_hooks.c); each phase of a request is reported to it from here. */
+ *  Connections: conns.c (via conn_hooks.c) hears of each request phase. */
 #include "http.h"
 
 #include <errno.h>
@@ -350,6 +349,12 @@ static void request_begin(nsd_request_t *req)
             req->pending_error = NS_ETOOLARGE;
             return;
         }
+        /* Counted against --max-memory before a byte of it is read. */
+        if (errno == 0 && *end == '\0' && n > 0 && req->pending_error == 0 && req->route != NULL &&
+            req->route->body != NSD_BODY_NONE && nsd_request_reserve_body(req, n) != 0) {
+            req->pending_error = NS_EMEMORY;
+            return;
+        }
         /* One allocation for the whole body instead of doubling as it
          * arrives. Out of memory frees the buffer: the appends then fail
          * and answer it. */
@@ -391,6 +396,7 @@ static void respond_pending_error(nsd_request_t *req)
         break;
     case NS_EINVAL:
     case NS_ECONNS:
+    case NS_EMEMORY:
         nsd_respond_detail(req, req->pending_error, &req->pending_detail);
         break;
     case NS_ETOOLARGE:
@@ -453,6 +459,7 @@ static void after_handler(nsd_request_t *req)
 
 static void request_free(nsd_request_t *req)
 {
+    nsd_request_release(req);
     ns_buf_free(&req->body);
     pthread_mutex_destroy(&req->wait_lock);
     free(req->query);
@@ -523,7 +530,14 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
          * body is read and dropped, up to a bound past which the connection
          * is simply closed. */
         if (req->pending_error == 0 && req->route != NULL && req->route->body != NSD_BODY_NONE) {
-            int rc = ns_buf_append(&req->body, upload_data, n);
+            int rc = nsd_request_reserve_body(req, req->body.len + n);
+            if (rc != 0) {
+                req->pending_error = rc;
+                req->discarded = req->body.len + n;
+                ns_buf_free(&req->body);
+                return MHD_YES;
+            }
+            rc = ns_buf_append(&req->body, upload_data, n);
             if (rc != 0) {
                 req->pending_error = rc;
                 req->discarded = srv->opts->max_body;
@@ -554,6 +568,9 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
         int gate = write_gate(req, &msg);
         if (gate != 0)
             nsd_respond_error(req, gate, msg);
+        else if (req->route->body == NSD_BODY_JSON &&
+                 nsd_request_reserve_decoding(req, NS_DECODE_JSON_TREE) != 0)
+            nsd_respond_detail(req, NS_EMEMORY, &req->pending_detail);
         else
             req->route->handler(req);
     }

@@ -78,6 +78,8 @@ struct nsd_request_s {
     int pending_error;                /* error found before the handler could run */
     ns_error_detail_t pending_detail; /* its message, when it has one */
     uint64_t discarded;               /* body bytes read and dropped */
+    uint64_t reserved;                /* of --max-memory, until completed (body_budget.c) */
+    uint64_t body_reserved;           /* of which for the body's buffer */
     char allow[64];                   /* Allow header of a 405 */
     int responded;
     int status;
@@ -128,6 +130,22 @@ ns_format_t nsd_request_answer_format(nsd_request_t *req);
  *  @return 0, or NS_EINVAL with 'err' naming the first unknown parameter. */
 int nsd_request_check_query(nsd_request_t *req, const char *const allowed[],
                             ns_error_detail_t *err);
+
+/*! nsd_request_reserve() :
+ *  Count 'bytes' against --max-memory until the request completes.
+ *  @return 0, or NS_EMEMORY with req->pending_detail saying that 'what'
+ *  ("decoding this 100-byte body") does not fit (body_budget.c). */
+int nsd_request_reserve(nsd_request_t *req, uint64_t bytes, const char *what);
+
+/*! nsd_request_reserve_body() : the body's buffer holds 'total' bytes. */
+int nsd_request_reserve_body(nsd_request_t *req, uint64_t total);
+
+/*! nsd_request_reserve_decoding() : what decoding the body as 'kind' may
+ *  allocate (ns_decode_bound()), before it is decoded. */
+int nsd_request_reserve_decoding(nsd_request_t *req, ns_decode_kind_t kind);
+
+/*! nsd_request_release() : give back every reservation (at completion). */
+void nsd_request_release(nsd_request_t *req);
 
 /*! nsd_request_defer() :
  *  The handler will answer later: after it returns, the connection is
