@@ -356,7 +356,7 @@ class Reserve(nsd.Case):
             # 100 Continue: the daemon counted it and read its headers
             if status_of(s.recv(4096)) != 100:
                 self.require(False, f"held connection {i} is inside its request (100 Continue)")
-        closed, got = self.exchange("127.0.0.1", request_bytes("GET", "/metrics"))
+        closed, got = self.exchange("127.0.0.13", request_bytes("GET", "/metrics"))
         text = got.decode("latin-1")
         full = metric(text, "normstat_connections_open", '{pool="general"}')
         self.require(full == self.GENERAL and closed,

@@ -221,7 +221,8 @@ int nsd_conns_admit(nsd_conns_t *conns, const struct sockaddr *addr, socklen_t a
             shut(conns, victim, NSD_CLOSED_EVICTED);
             victim->released = 1;
             slot_give(conns, victim->addr, 0);
-        } else if (conns->open_reserve < NSD_CONNS_RESERVE && e->reserve == 0) {
+        } else if (conns->open_reserve < NSD_CONNS_RESERVE &&
+                   e->reserve < NSD_CONNS_RESERVE_PER_ADDRESS) {
             reserved = 1;
         } else {
             conns->stats.refused[NSD_REFUSED_LIMIT]++;

@@ -7,7 +7,8 @@
  * request (waiting for headers, or idle between requests) of the address
  * holding the most connections is evicted to make room, provided that
  * address holds more than the newcomer's would; otherwise the newcomer may
- * take one of NSD_CONNS_RESERVE reserved slots (one per address), which
+ * take one of NSD_CONNS_RESERVE reserved slots (two per address: one
+ * more while the last one's close is being processed), which
  * serve probes (/livez, /healthz, /readyz, /metrics) and one other request
  * at a time, each answered with "Connection: close".
  *
@@ -32,7 +33,8 @@
 #include <sys/socket.h>
 
 /* Slots beyond the general pool, for probes and one other request. */
-#define NSD_CONNS_RESERVE 16
+#define NSD_CONNS_RESERVE             32
+#define NSD_CONNS_RESERVE_PER_ADDRESS 2
 
 typedef struct nsd_conns_s nsd_conns_t;
 typedef struct nsd_conn_s nsd_conn_t;
