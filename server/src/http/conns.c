@@ -62,6 +62,7 @@ struct nsd_conn_s {
     int released;         /* evicted: no longer counted */
     int shut;             /* its socket was shut down */
     uint64_t since_ms;    /* accepted */
+    uint64_t serial;      /* accepted as the table's serial-th: orders ages exactly */
     uint64_t deadline_ms; /* 0: none */
 };
 
@@ -74,6 +75,7 @@ struct nsd_conns_s {
     nsd_conn_t *head;
     addr_entry_t *buckets[ADDR_BUCKETS];
     uint32_t open_general, open_reserve;
+    uint64_t serial;
     int other_taken;
     nsd_conns_stats_t stats;
 };
@@ -187,7 +189,7 @@ static nsd_conn_t *pick_victim(nsd_conns_t *conns, const addr_entry_t *newcomer)
         if (c->addr->count < newcomer->count + 2)
             continue;
         if (best == NULL || c->addr->count > best->addr->count ||
-            (c->addr == best->addr && c->since_ms < best->since_ms))
+            (c->addr == best->addr && c->serial < best->serial))
             best = c;
     }
     return best;
@@ -283,6 +285,7 @@ nsd_conn_t *nsd_conns_started(nsd_conns_t *conns, int fd, const struct sockaddr 
     c->reserved = reserved;
     c->phase = PHASE_HEADERS;
     c->since_ms = nsd_now_ms();
+    c->serial = conns->serial++;
     c->deadline_ms = c->since_ms + conns->cfg.header_ms;
     c->next = conns->head;
     if (c->next != NULL)
