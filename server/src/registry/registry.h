@@ -216,6 +216,13 @@ int nsd_registry_precise_reset_known(nsd_registry_t *reg, const char *run, const
 json_t *nsd_registry_checkpoint_export(nsd_registry_t *reg, const char *run,
                                        ns_error_detail_t *err);
 
+/*! nsd_registry_checkpoint_text() :
+ *  nsd_registry_checkpoint_export() as compact JSON text in 'dst' (an
+ *  initialized buffer), written without a tree: its memory is the text's.
+ *  @return 0; NS_ENOTFOUND; NS_ENOMEM or NS_ETOOLARGE ('dst' freed). */
+int nsd_registry_checkpoint_text(nsd_registry_t *reg, const char *run, ns_buf_t *dst,
+                                 ns_error_detail_t *err);
+
 /*! nsd_registry_checkpoint_import() :
  *  Parse and fully validate a checkpoint (NS_EINVAL naming the field), then
  *  replace the run's state atomically, creating the run if needed. Pending
