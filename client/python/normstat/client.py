@@ -391,11 +391,16 @@ class Client:
         return self._json(self._call("GET", self._run_path(run))[2])
 
     def list_runs(self):
-        """A summary of every run (list of dicts)."""
-        out = self._json(self._call("GET", "/v1/runs")[2])
-        if isinstance(out, dict) and isinstance(out.get("runs"), list):
-            return out["runs"]
-        return out
+        """A summary of every run (list of dicts), following the pages."""
+        runs, path = [], "/v1/runs"
+        while True:
+            out = self._json(self._call("GET", path)[2])
+            if not (isinstance(out, dict) and isinstance(out.get("runs"), list)):
+                return out
+            runs += out["runs"]
+            if not out.get("next"):
+                return runs
+            path = "/v1/runs?after=" + urllib.parse.quote(out["next"], safe="")
 
     def delete_run(self, run, missing_ok=False):
         """Delete a run and its stored state. NotFound if there is none,

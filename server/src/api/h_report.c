@@ -2,6 +2,7 @@
  * finalizes). */
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "base/clock.h"
 #include "base/log.h"
@@ -11,16 +12,32 @@
 #include "rejection_log.h"
 #include "store/store.h"
 
-/* Decode the body as its Content-Type says; a malformed one is answered here.
+/* Decode the body as its Content-Type says, within --max-memory (what
+ * decoding may allocate is reserved first, see http/body_budget.c); a
+ * malformed body, or one that could not fit, is answered here.
  * @return the report, or NULL when the request was answered. */
 static ns_report_t *decode(nsd_request_t *req)
 {
     ns_error_detail_t err = {0};
     ns_report_t *report = NULL;
     const char *body = req->body.data ? req->body.data : "";
-    int rc = req->body_format == NS_FORMAT_SAFETENSORS
-                 ? ns_report_decode_safetensors(&report, (const uint8_t *)body, req->body.len, &err)
-                 : ns_report_decode_json(&report, body, req->body.len, &err);
+    int st = req->body_format == NS_FORMAT_SAFETENSORS;
+    if (nsd_request_reserve_decoding(req, st ? NS_DECODE_REPORT_SAFETENSORS
+                                             : NS_DECODE_REPORT_JSON) != 0) {
+        nsd_respond_detail(req, NS_EMEMORY, &req->pending_detail);
+        return NULL;
+    }
+    int rc = st ? ns_report_decode_safetensors(&report, (const uint8_t *)body, req->body.len, &err)
+                : ns_report_decode_json_bounded(&report, body, req->body.len, 0, &err);
+    /* Not in the fast path's form: jansson decodes it if its tree fits too. */
+    if (rc == NS_EMEMORY && !st) {
+        if (nsd_request_reserve_decoding(req, NS_DECODE_JSON_TREE) != 0) {
+            nsd_respond_detail(req, NS_EMEMORY, &req->pending_detail);
+            return NULL;
+        }
+        memset(&err, 0, sizeof(err));
+        rc = ns_report_decode_json(&report, body, req->body.len, &err);
+    }
     if (rc != 0) {
         nsd_reject_report(req, rc, &err, NSD_WORKER_UNKNOWN);
         return NULL;

@@ -20,6 +20,7 @@
 #include <normstat/core.h>
 
 #include "base/size_limits.h"
+#include "http/conns.h"
 #include "http/counters.h"
 #include "http/http.h"
 #include "registry/registry.h"
@@ -221,7 +222,9 @@ static int render_registry(ns_buf_t *dst, nsd_registry_t *reg)
         {"normstat_grad_waiters", "gauge", "/grad requests waiting for their step.",
          offsetof(nsd_counters_t, grad_waiters)},
         {"normstat_runs", "gauge", "Runs held.", offsetof(nsd_counters_t, runs)},
-        {"normstat_memory_bytes", "gauge", "Bytes of statistics state and pending arrivals.",
+        {"normstat_memory_bytes", "gauge",
+         "Bytes counted against --max-memory: runs, statistics, pending arrivals, request bodies "
+         "and their decoding.",
          offsetof(nsd_counters_t, memory_bytes)},
     };
     for (size_t i = 0; i < sizeof(registry_rows) / sizeof(registry_rows[0]) && rc == 0; i++) {
@@ -398,6 +401,40 @@ static int render_store(ns_buf_t *dst, nsd_store_t *store)
     return rc;
 }
 
+/* Connections: open by pool, accepted, refused and closed by reason. */
+static int render_connections(ns_buf_t *dst, nsd_conns_t *conns)
+{
+    nsd_conns_stats_t st;
+    memset(&st, 0, sizeof(st));
+    if (conns != NULL)
+        nsd_conns_stats(conns, &st);
+    int rc = header(dst, "normstat_connections_open", "gauge",
+                    "Connections open, by pool (general, or reserved for probes).");
+    rc = rc ? rc
+            : ns_buf_printf(dst,
+                            "normstat_connections_open{pool=\"general\"} %llu\n"
+                            "normstat_connections_open{pool=\"reserve\"} %llu\n",
+                            (unsigned long long)st.open_general,
+                            (unsigned long long)st.open_reserve);
+    rc = rc ? rc
+            : sample(dst, "normstat_connections_accepted_total", "counter", "Connections accepted.",
+                     "%llu", (unsigned long long)st.accepted);
+    rc = rc ? rc
+            : header(dst, "normstat_connections_refused_total", "counter",
+                     "Connections refused at accept, by reason (per_address, limit).");
+    for (size_t i = 0; i < NSD_REFUSED_REASONS && rc == 0; i++)
+        rc = ns_buf_printf(dst, "normstat_connections_refused_total{reason=\"%s\"} %llu\n",
+                           nsd_conns_refused_names[i], (unsigned long long)st.refused[i]);
+    rc = rc ? rc
+            : header(dst, "normstat_connections_closed_total", "counter",
+                     "Connections the daemon closed, by reason (a deadline, or evicted for a "
+                     "newcomer).");
+    for (size_t i = 0; i < NSD_CLOSED_REASONS && rc == 0; i++)
+        rc = ns_buf_printf(dst, "normstat_connections_closed_total{reason=\"%s\"} %llu\n",
+                           nsd_conns_closed_names[i], (unsigned long long)st.closed[i]);
+    return rc;
+}
+
 void nsd_h_metrics(nsd_request_t *req)
 {
     ns_buf_t buf;
@@ -407,6 +444,7 @@ void nsd_h_metrics(nsd_request_t *req)
             : sample(&buf, "normstat_http_requests_in_flight", "gauge",
                      "Requests begun and not yet answered (this one included).", "%ld",
                      atomic_load(&req->server->in_flight));
+    rc = rc ? rc : render_connections(&buf, req->server->conns);
     rc = rc ? rc : render_store(&buf, req->server->store);
     rc = rc ? rc
             : render_runs(&buf, req->server->registry, (size_t)req->server->opts->metrics_max_runs);

@@ -3,7 +3,8 @@
  *
  * DESIGN
  *  Threads: MHD's pool (--threads, epoll or poll) calls on_access and
- *  on_completed; a connection stays on one pool thread. No thread of our own.
+ *  on_completed; a connection stays on one pool thread. The only thread of
+ *  our own is the connection sweep of conns.c.
  *  Request life: on_access allocates the nsd_request_t on its first call
  *  (in_flight + 1) and on_completed frees it (in_flight - 1), whatever
  *  happened in between; the coordinator's drain waits for in_flight == 0.
@@ -17,7 +18,8 @@
  *  or store lock is ever taken under wait_lock.
  *  Shutdown: nsd_registry_shutdown() wakes every waiting /sync, so no
  *  connection is suspended when MHD_stop_daemon() runs.
- *  Request target and framing, checked where MHD is lenient: target.c. */
+ *  Request target and framing, checked where MHD is lenient: target.c.
+ *  Connections: conns.c (via conn_hooks.c) hears of each request phase. */
 #include "http.h"
 
 #include <errno.h>
@@ -34,6 +36,8 @@
 #include <microhttpd.h>
 
 #include "auth.h"
+#include "conn_hooks.h"
+#include "conns.h"
 #include "base/clock.h"
 #include "base/log.h"
 #include "base/size_limits.h"
@@ -42,8 +46,6 @@
 #include "target.h"
 #include "tls.h"
 
-/* Idle keep-alive connections are closed after this many seconds. */
-#define CONNECTION_TIMEOUT_S 60
 /* Per-connection buffer; larger means fewer, bigger body chunks. */
 #define CONNECTION_MEMORY (128u * 1024u)
 
@@ -374,6 +376,12 @@ static void request_begin(nsd_request_t *req)
             req->pending_error = NS_ETOOLARGE;
             return;
         }
+        /* Counted against --max-memory before a byte of it is read. */
+        if (errno == 0 && *end == '\0' && n > 0 && req->pending_error == 0 && req->route != NULL &&
+            req->route->body != NSD_BODY_NONE && nsd_request_reserve_body(req, n) != 0) {
+            req->pending_error = NS_EMEMORY;
+            return;
+        }
         /* One allocation for the whole body instead of doubling as it
          * arrives. Out of memory frees the buffer: the appends then fail
          * and answer it. */
@@ -430,7 +438,9 @@ static void respond_pending_error(nsd_request_t *req)
         respond_forbidden(req);
         break;
     case NS_EINVAL:
-        nsd_respond_detail(req, NS_EINVAL, &req->pending_detail);
+    case NS_ECONNS:
+    case NS_EMEMORY:
+        nsd_respond_detail(req, req->pending_error, &req->pending_detail);
         break;
     case NS_ETOOLARGE:
         snprintf(msg, sizeof(msg), "request body larger than %llu bytes (--max-body)",
@@ -492,6 +502,7 @@ static void after_handler(nsd_request_t *req)
 
 static void request_free(nsd_request_t *req)
 {
+    nsd_request_release(req);
     ns_buf_free(&req->body);
     pthread_mutex_destroy(&req->wait_lock);
     free(req->query);
@@ -503,11 +514,14 @@ static void request_free(nsd_request_t *req)
 static void *on_uri(void *cls, const char *uri, struct MHD_Connection *conn)
 {
     nsd_server_t *srv = cls;
+    nsd_conn_t *link = nsd_conn_hook_record(conn);
+    nsd_conns_request_line(srv->conns, link);
     nsd_request_t *req = calloc(1, sizeof(*req));
     if (req == NULL)
         return NULL;
     req->server = srv;
     req->conn = conn;
+    req->link = link;
     pthread_mutex_init(&req->wait_lock, NULL);
     ns_buf_init(&req->body, srv->opts->max_body);
     if (nsd_target_record(req, uri) != 0) {
@@ -533,10 +547,14 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
         req->start_ns = nsd_now_ns();
         nsd_target_check_nul(req, url, version);
         atomic_fetch_add(&srv->in_flight, 1);
-        request_begin(req);
-        /* A body we will not read, or whose length is ambiguous, is refused
-         * at once; the connection closes. */
-        if (req->pending_error == NS_ETOOLARGE || req->close_after)
+        nsd_conn_hook_gate(req);
+        if (req->pending_error == 0)
+            request_begin(req);
+        /* A body we will not read, whose length is ambiguous, or on a
+         * reserved connection that may not carry it, is refused at once;
+         * the connection closes. */
+        if (req->pending_error == NS_ETOOLARGE || req->pending_error == NS_ECONNS ||
+            (req->close_after && req->pending_error != 0))
             respond_pending_error(req);
         return req->status < 0 ? MHD_NO : MHD_YES;
     }
@@ -545,6 +563,9 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
     if (*upload_data_size > 0) {
         size_t n = *upload_data_size;
         *upload_data_size = 0;
+        /* Past --body-timeout: close (the sweep would shut it down anyway). */
+        if (nsd_conns_overdue(srv->conns, req->link))
+            return MHD_NO;
         if (req->responded)
             return MHD_YES;
         /* MHD accepts a response only before or after the body, so an error
@@ -552,7 +573,14 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
          * body is read and dropped, up to a bound past which the connection
          * is simply closed. */
         if (req->pending_error == 0 && req->route != NULL && req->route->body != NSD_BODY_NONE) {
-            int rc = ns_buf_append(&req->body, upload_data, n);
+            int rc = nsd_request_reserve_body(req, req->body.len + n);
+            if (rc != 0) {
+                req->pending_error = rc;
+                req->discarded = req->body.len + n;
+                ns_buf_free(&req->body);
+                return MHD_YES;
+            }
+            rc = ns_buf_append(&req->body, upload_data, n);
             if (rc != 0) {
                 req->pending_error = rc;
                 req->discarded = srv->opts->max_body;
@@ -569,6 +597,7 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
         }
         return MHD_YES;
     }
+    nsd_conns_body_done(srv->conns, req->link);
     if (req->responded)
         return MHD_YES;
     if (req->deferred) {
@@ -582,6 +611,9 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
         int gate = write_gate(req, &msg);
         if (gate != 0)
             nsd_respond_error(req, gate, msg);
+        else if (req->route->body == NSD_BODY_JSON &&
+                 nsd_request_reserve_decoding(req, NS_DECODE_JSON_TREE) != 0)
+            nsd_respond_detail(req, NS_EMEMORY, &req->pending_detail);
         else
             req->route->handler(req);
     }
@@ -594,7 +626,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
 {
     nsd_server_t *srv = cls;
     nsd_request_t *req = *con_cls;
-    (void)conn;
+    nsd_conns_request_done(srv->conns, nsd_conn_hook_record(conn));
     if (req == NULL)
         return;
     if (!req->begun) {
@@ -654,15 +686,24 @@ int nsd_http_start(nsd_server_t *server, ns_error_detail_t *err)
     if (res->ai_family == AF_INET6)
         flags |= MHD_USE_IPv6;
     unsigned threads = (unsigned)server->opts->threads;
+    unsigned mhd_limit;
+    if (nsd_conn_hooks_setup(server, &mhd_limit) != 0) {
+        freeaddrinfo(res);
+        return ns_error_set(err, NS_ENOMEM, "", "out of memory");
+    }
+    /* MHD's own timeout only backs the idle deadline up (conns.c). */
+    unsigned idle_s = (unsigned)((server->opts->idle_timeout + 999) / 1000) + 1;
     /* One option and its values per line. */
     /* clang-format off */
     server->daemon = MHD_start_daemon(
-        flags, listen->port, NULL, NULL, on_access, server,
+        flags, listen->port, nsd_conn_hook_accept, server, on_access, server,
         /* First, so MHD's own start-up messages come through it too. */
         MHD_OPTION_EXTERNAL_LOGGER, mhd_logger, NULL,
         MHD_OPTION_SOCK_ADDR, res->ai_addr,
         MHD_OPTION_THREAD_POOL_SIZE, threads > 1 ? threads : 0u,
-        MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)CONNECTION_TIMEOUT_S,
+        MHD_OPTION_CONNECTION_TIMEOUT, idle_s,
+        MHD_OPTION_CONNECTION_LIMIT, mhd_limit,
+        MHD_OPTION_NOTIFY_CONNECTION, nsd_conn_hook_notify, server,
         MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)CONNECTION_MEMORY,
         MHD_OPTION_NOTIFY_COMPLETED, on_completed, server,
         MHD_OPTION_URI_LOG_CALLBACK, on_uri, server,
@@ -673,6 +714,7 @@ int nsd_http_start(nsd_server_t *server, ns_error_detail_t *err)
     int family = res->ai_family;
     freeaddrinfo(res);
     if (server->daemon == NULL) {
+        nsd_conn_hooks_teardown(server);
         return ns_error_set(err, NS_EIO, "",
                             "cannot listen on %s:%u (in use, or not an address of this host)",
                             listen->host, (unsigned)listen->port);
@@ -699,4 +741,5 @@ void nsd_http_stop(nsd_server_t *server)
     if (server->daemon != NULL)
         MHD_stop_daemon(server->daemon);
     server->daemon = NULL;
+    nsd_conn_hooks_teardown(server);
 }

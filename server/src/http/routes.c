@@ -12,8 +12,11 @@ static const char *const stats_query[] = {"source",   "domain", "mixture", "laye
 static const char *const drift_query[] = {"domain", NULL};
 static const char *const history_query[] = {"layer", "domain", "channel", NULL};
 
+/* GET /v1/runs: pages of the list. */
+static const char *const runs_query[] = {"limit", "after", NULL};
+
 static const nsd_route_t table[] = {
-    {"GET", "/v1/runs", nsd_h_runs_list, "runs_list", NSD_BODY_NONE, NULL},
+    {"GET", "/v1/runs", nsd_h_runs_list, "runs_list", NSD_BODY_NONE, runs_query},
     {"PUT", "/v1/runs/{run}", nsd_h_run_put, "run_put", NSD_BODY_JSON, NULL},
     {"GET", "/v1/runs/{run}", nsd_h_run_get, "run_get", NSD_BODY_NONE, NULL},
     {"DELETE", "/v1/runs/{run}", nsd_h_run_delete, "run_delete", NSD_BODY_NONE, NULL},

@@ -8,7 +8,7 @@
 #include <normstat/core.h>
 
 /* Accounted memory of a pending step without its arrival arrays. */
-static size_t pending_bytes(uint32_t world_size)
+size_t nsd_pending_bytes(uint32_t world_size)
 {
     return sizeof(nsd_pending_t) + (size_t)world_size * sizeof(nsd_arrival_t);
 }
@@ -28,7 +28,7 @@ nsd_pending_t *nsd_pending_create(uint64_t step, uint32_t world_size, unsigned u
     p->world_size = world_size;
     p->update = update;
     p->created_ms = now_ms;
-    p->bytes = pending_bytes(world_size);
+    p->bytes = nsd_pending_bytes(world_size);
     return p;
 }
 

@@ -63,6 +63,9 @@ typedef struct nsd_pending_s {
     size_t n_waiters, cap_waiters;
 } nsd_pending_t;
 
+/*! nsd_pending_bytes() : what nsd_pending_create() counts for 'world_size'. */
+size_t nsd_pending_bytes(uint32_t world_size);
+
 /*! nsd_pending_create() :
  *  An empty pending step for 'world_size' ranks. @return NULL when out of memory. */
 nsd_pending_t *nsd_pending_create(uint64_t step, uint32_t world_size, unsigned update,

@@ -34,6 +34,12 @@
 /*! nsd_checkpoint_export() : @return a new reference, or NULL when out of memory. */
 json_t *nsd_checkpoint_export(const nsd_run_t *run);
 
+/*! nsd_checkpoint_write() :
+ *  The same document as nsd_checkpoint_export(), appended to 'dst' as
+ *  compact JSON text without building a tree (checkpoint_write.c).
+ *  @return 0, or the error of the buffer (NS_ENOMEM, NS_ETOOLARGE). */
+int nsd_checkpoint_write(const nsd_run_t *run, ns_buf_t *dst);
+
 /*! nsd_checkpoint_parse() :
  *  Parse and fully validate a checkpoint into a fresh state 'dst' (no
  *  pending steps; dst->memory set, but not reserved in any context).

@@ -91,8 +91,10 @@ int nsd_registry_delete_run(nsd_registry_t *reg, const char *run, ns_error_detai
 /*! nsd_registry_list_json() :
  *  GET /v1/runs: {"runs": [{"run", "world_size", "layers", "domains",
  *  "pending_steps", "step" (max applied, -1 none), "memory_bytes"}, ...]}
- *  sorted by name. @return a new reference, or NULL when out of memory. */
-json_t *nsd_registry_list_json(nsd_registry_t *reg);
+ *  sorted by name: the first 'limit' (0: all) whose name sorts after
+ *  'after' (NULL: from the first), and "next" (the last name listed) when
+ *  more follow. @return a new reference, or NULL when out of memory. */
+json_t *nsd_registry_list_json(nsd_registry_t *reg, const char *after, size_t limit);
 
 /*! nsd_registry_run_json() :
  *  GET /v1/runs/{run}: {"run", "config": {"world_size", "momentum" (null =
@@ -241,6 +243,13 @@ int nsd_registry_precise_reset_known(nsd_registry_t *reg, const char *run, const
 json_t *nsd_registry_checkpoint_export(nsd_registry_t *reg, const char *run,
                                        ns_error_detail_t *err);
 
+/*! nsd_registry_checkpoint_text() :
+ *  nsd_registry_checkpoint_export() as compact JSON text in 'dst' (an
+ *  initialized buffer), written without a tree: its memory is the text's.
+ *  @return 0; NS_ENOTFOUND; NS_ENOMEM or NS_ETOOLARGE ('dst' freed). */
+int nsd_registry_checkpoint_text(nsd_registry_t *reg, const char *run, ns_buf_t *dst,
+                                 ns_error_detail_t *err);
+
 /*! nsd_registry_checkpoint_import() :
  *  Parse and fully validate a checkpoint (NS_EINVAL naming the field), then
  *  replace the run's state atomically, creating the run if needed. Pending
@@ -298,6 +307,17 @@ int nsd_registry_replay_domain(nsd_registry_t *reg, const char *run, const char 
 size_t nsd_registry_replay_finish(nsd_registry_t *reg);
 
 /* ---------------------------------------------------------------- metrics */
+
+/*! nsd_registry_mem_reserve() / nsd_registry_mem_release() :
+ *  Count 'bytes' held outside the registry (a request body, what decoding it
+ *  may allocate) against --max-memory until released.
+ *  @return 0, or NS_EMEMORY when they do not fit (nothing reserved). */
+int nsd_registry_mem_reserve(nsd_registry_t *reg, uint64_t bytes);
+void nsd_registry_mem_release(nsd_registry_t *reg, uint64_t bytes);
+
+/*! nsd_registry_mem_free() : bytes left of --max-memory now (UINT64_MAX
+ *  when unlimited); a hint, since other threads reserve meanwhile. */
+uint64_t nsd_registry_mem_free(nsd_registry_t *reg);
 
 /*! nsd_registry_counters() : a snapshot of the counters (atomics, no lock). */
 void nsd_registry_counters(nsd_registry_t *reg, nsd_counters_t *dst);

@@ -87,15 +87,19 @@ long nsd_run_add_domain(nsd_run_t *run, const char *name)
     return nsd_run_append_domain(st, name);
 }
 
-nsd_run_t *nsd_run_create(nsd_ctx_t *ctx, const char *name, const ns_run_config_t *cfg)
+nsd_run_t *nsd_run_create(nsd_ctx_t *ctx, const char *name, const ns_run_config_t *cfg, int *why)
 {
-    nsd_run_t *run = calloc(1, sizeof(*run));
-    if (run == NULL)
+    *why = nsd_mem_reserve(ctx, NSD_RUN_BYTES);
+    if (*why != 0)
         return NULL;
-    if (pthread_mutex_init(&run->lock, NULL) != 0) {
+    *why = NS_ENOMEM;
+    nsd_run_t *run = calloc(1, sizeof(*run));
+    if (run == NULL || pthread_mutex_init(&run->lock, NULL) != 0) {
         free(run);
+        nsd_mem_release(ctx, NSD_RUN_BYTES);
         return NULL;
     }
+    *why = 0;
     snprintf(run->name, sizeof(run->name), "%s", name);
     atomic_init(&run->refs, 1);
     run->ctx = ctx;
@@ -138,6 +142,7 @@ void nsd_run_unref(nsd_run_t *run)
     if (run == NULL || atomic_fetch_sub(&run->refs, 1) != 1)
         return;
     nsd_run_state_clear(run->ctx, &run->st, 0, NULL);
+    nsd_mem_release(run->ctx, NSD_RUN_BYTES);
     atomic_fetch_sub(&run->ctx->runs, 1);
     pthread_mutex_destroy(&run->lock);
     free(run);

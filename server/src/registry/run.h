@@ -113,9 +113,14 @@ typedef struct nsd_run_s {
     uint64_t log_window, log_lines, log_withheld; /* rejection log limit, under lock */
 } nsd_run_t;
 
+/* What a run costs before it holds anything, counted against max_memory
+ * so that runs without layers are bounded too. */
+#define NSD_RUN_BYTES (sizeof(nsd_run_t) + 2 * sizeof(nsd_run_t *))
+
 /*! nsd_run_create() : a run with 'cfg' (has_* ignored, all values used),
- *  one reference. @return NULL when out of memory. */
-nsd_run_t *nsd_run_create(nsd_ctx_t *ctx, const char *name, const ns_run_config_t *cfg);
+ *  one reference, NSD_RUN_BYTES reserved. @return NULL with *why set to
+ *  NS_EMEMORY (over max_memory) or NS_ENOMEM. */
+nsd_run_t *nsd_run_create(nsd_ctx_t *ctx, const char *name, const ns_run_config_t *cfg, int *why);
 
 /*! nsd_run_ref() / nsd_run_unref() : the last unref frees the run (its
  *  state memory is released from ctx; waiters must have been fired). */

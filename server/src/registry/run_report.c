@@ -268,19 +268,44 @@ static void commit_layer(nsd_run_t *run, ns_report_t *rep, uint32_t dom, plan_t 
     }
 }
 
-/* Phase 2 for the whole report: every layer's allocations, room for a new
- * domain and the new layers, the memory budget. @return 0 or NS_E* (err). */
+/* What prepare_layer() will count for the layer, known before it allocates. */
+static uint64_t plan_bytes(const nsd_run_t *run, const ns_report_t *rep, long dom, const plan_t *pl)
+{
+    const nsd_layer_t *l = pl->layer;
+    size_t c = pl->channels, d = dom >= 0 ? (size_t)dom : run->st.n_domains;
+    uint64_t bytes = 2 * pl->lr->channels * sizeof(float);
+    if (l == NULL)
+        bytes += sizeof(nsd_layer_t);
+    if (pl->fixes_channels)
+        bytes += nsd_pop_bytes(c) + 2 * c * sizeof(double);
+    if (c > 0 && (l == NULL || d >= l->cap_pops || l->pops[d] == NULL))
+        bytes += nsd_pop_bytes(c);
+    if (pl->is_new_pending)
+        bytes += nsd_pending_bytes(run->st.cfg.world_size);
+    (void)rep;
+    return bytes;
+}
+
+/* Phase 2 for the whole report: the memory budget first (so a report that
+ * does not fit allocates nothing), then every layer's allocations, room for
+ * a new domain and the new layers. @return 0 or NS_E* (err). */
 static int prepare_report(nsd_run_t *run, const ns_report_t *rep, long dom, plan_t *pl,
                           uint64_t now_ms, nsd_waiter_t *waiter, uint64_t *bytes,
                           ns_error_detail_t *err)
 {
     nsd_run_state_t *st = &run->st;
     size_t new_layers = 0;
-    int rc = 0;
     *bytes = 0;
+    for (size_t i = 0; i < rep->n_layers; i++)
+        *bytes += plan_bytes(run, rep, dom, &pl[i]);
+    int rc = nsd_mem_reserve(run->ctx, *bytes);
+    if (rc != 0)
+        return ns_error_set(err, rc, "", "memory budget of %llu bytes exceeded",
+                            (unsigned long long)run->ctx->limits.max_memory);
+    uint64_t counted = 0;
     for (size_t i = 0; i < rep->n_layers && rc == 0; i++) {
         rc = prepare_layer(run, rep, dom, &pl[i], now_ms, waiter);
-        *bytes += pl[i].bytes;
+        counted += pl[i].bytes;
         new_layers += pl[i].is_new_layer;
     }
     if (rc == 0 && dom < 0)
@@ -288,12 +313,19 @@ static int prepare_report(nsd_run_t *run, const ns_report_t *rep, long dom, plan
     if (rc == 0)
         rc = nsd_array_grow((void **)&st->layers, &st->cap_layers, st->n_layers + new_layers,
                             sizeof(*st->layers));
-    if (rc != 0)
+    if (rc != 0) {
+        nsd_mem_release(run->ctx, *bytes);
         return ns_error_set(err, rc, "", "out of memory");
-    rc = nsd_mem_reserve(run->ctx, *bytes);
-    if (rc != 0)
-        return ns_error_set(err, rc, "", "memory budget of %llu bytes exceeded",
+    }
+    /* plan_bytes() mirrors prepare_layer(): keep what was counted exact. */
+    if (counted > *bytes && nsd_mem_reserve(run->ctx, counted - *bytes) != 0) {
+        nsd_mem_release(run->ctx, *bytes);
+        return ns_error_set(err, NS_EMEMORY, "", "memory budget of %llu bytes exceeded",
                             (unsigned long long)run->ctx->limits.max_memory);
+    }
+    if (counted < *bytes)
+        nsd_mem_release(run->ctx, *bytes - counted);
+    *bytes = counted;
     return 0;
 }
 

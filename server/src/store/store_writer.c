@@ -217,7 +217,7 @@ static void take_snapshots(nsd_store_t *s, int all)
     sqlite3_finalize(st);
     if (all) {
         /* Runs changed since the last commit may have no row at all yet. */
-        json_t *list = nsd_registry_list_json(s->reg);
+        json_t *list = nsd_registry_list_json(s->reg, NULL, 0);
         size_t i;
         json_t *v;
         json_array_foreach(json_object_get(list, "runs"), i, v)
