@@ -17,7 +17,8 @@ with the first must:
 * pass `normstatd --probe` over https, as the Dockerfile's HEALTHCHECK runs it
   (NORMSTAT_LISTEN and NORMSTAT_TLS_CERT in the environment);
 * close a plain-HTTP request at once instead of leaving it hanging; and a
-  plain daemon closes (or answers) a TLS ClientHello at once.
+  plain daemon closes (or answers) a TLS ClientHello at once;
+* with scoped tokens too, serve the clients given only the CA and a token.
 
 Start-up refusals (exit 2, one line naming the option): one of the two
 options alone, an unreadable file, a key of another certificate, a
@@ -335,6 +336,43 @@ class Tls(nsd.Case):
         self.daemon.signal(nsd.signal.SIGHUP)
         self.check(wait_log(self.daemon, "tls_unchanged", mark) is not None,
                    "SIGHUP with the files in use: event=tls_unchanged")
+
+
+class TlsWithTokens(nsd.Case):
+    """HTTPS and scoped tokens together: the clients change only by the CA
+    file and the token."""
+
+    @classmethod
+    def setUpClass(cls):
+        make_certificates()
+        with open(path("tokens"), "w") as f:
+            f.write("rd-tok read\nwr-tok write exp-*\n")
+        cls.daemon = nsd.Daemon("--tls-cert", path("a.pem"), "--tls-key", path("a.key"),
+                                "--auth-tokens-file", path("tokens"), env=clean_env(),
+                                ssl_context=trusting()).start()
+        cls.c = cls.daemon.client()
+        cls.url = f"https://localhost:{cls.daemon.port}"
+
+    def test_clients(self):
+        run = nsd.run_name("exp-tt")
+        with normstat.Client(self.url, cafile=path("ca.pem"), token="wr-tok") as c:
+            c.report(run, step=1, worker=0, layers={"bn": {"count": 2, "mean": [1.5], "var": [0.5]}})
+            got = c.stats(run, source="last")["layers"]["bn"]["mean"]
+            self.check_eq(got, [1.5], "Python client, https + write token: report and read back")
+            try:
+                c.list_runs()
+                self.check(False, "Python client, https + write token: list_runs is 403")
+            except normstat.AuthError as e:
+                self.check_eq(e.status, 403, "Python client, https + write token: list_runs is 403")
+        p = subprocess.run([CLI, "--url", self.url, "--json", "--cacert", path("ca.pem"), "runs"],
+                           capture_output=True, timeout=CMD_LIMIT_S,
+                           env=clean_env(NORMSTAT_TOKEN="rd-tok"))
+        self.check(p.returncode == 0 and run in p.stdout.decode(),
+                   "CLI, https + read token from NORMSTAT_TOKEN: runs", p.stderr.decode())
+        rc, out, err = curl("--cacert", path("ca.pem"), "-H", "Authorization: Bearer rd-tok",
+                            "-X", "DELETE", "-w", "%{http_code}", f"{self.url}/v1/runs/{run}")
+        self.check(rc == 0 and out.endswith("403") and '"scope":"admin"' in out,
+                   "curl, https + read token: DELETE is 403 naming admin", out)
 
 
 class PlainPort(nsd.Case):
