@@ -7,7 +7,8 @@ with the first must:
 
 * answer curl --cacert, the Python client (cafile=, $NORMSTAT_CACERT,
   $SSL_CERT_FILE), the CLI (--cacert, $NORMSTAT_CACERT) and the C library
-  (the asynchronous trainer of test_cli.py) over https, with statistics equal
+  (the asynchronous trainer of test_cli.py), SyncBatchNorm's fast path
+  (normstat.wire, the torch link) over https, with statistics equal
   to a float64 combination of what was reported; clients that do not trust
   the CA refuse the connection;
 * serve the second certificate to new connections after SIGHUP (checked by
@@ -208,6 +209,82 @@ class Tls(nsd.Case):
                 os.environ.pop(k, None)
                 if v is not None:
                     os.environ[k] = v
+
+    def test_wire(self):
+        """SyncBatchNorm's fast path (normstat.wire) over https: two workers'
+        /sync frames on keep-alive TLS connections."""
+        from normstat import wire
+        run = nsd.run_name("tls-wire")
+        arrivals = [(3, [0.5, -2.0], [1.0, 0.25]), (5, [1.5, 0.0], [2.0, 4.0])]
+        conns = [wire.Connection(self.url, timeout=CMD_LIMIT_S, cafile=path("ca.pem"))
+                 for _ in arrivals]
+        frames = [wire.SyncFrame(c, run, "bn", worker=w, channels=2, world_size=2)
+                  for w, c in enumerate(conns)]
+        N, mean, var = combine(arrivals)
+        for step in (1, 2):
+            for f, (n, m, v) in zip(frames, arrivals):
+                f.mean[:] = nsd.struct.pack("<2f", *m)
+                f.var[:] = nsd.struct.pack("<2f", *v)
+
+            def send(c, f, n, step=step):
+                ans = c.exchange(f.request(step, n), f.path)
+                return list(nsd.struct.unpack("<2f", bytes(ans.array("bn.mean")[1])))
+            results, errors = nsd.parallel(
+                [lambda c=c, f=f, n=n: send(c, f, n)
+                 for c, f, (n, _, _) in zip(conns, frames, arrivals)])
+            for got_mean in results:
+                self.check(not any(errors) and got_mean is not None
+                           and close(got_mean, mean, 1e-6, 1e-7),
+                           f"wire /sync step {step} over https: the combination computed here",
+                           f"{got_mean} vs {mean}; {errors}")
+        for c in conns:
+            c.close()
+        saved = os.environ.pop("NORMSTAT_CACERT", None)
+        try:
+            c = wire.Connection(self.url, timeout=CMD_LIMIT_S)
+            f = wire.SyncFrame(c, run, "bn", worker=0, channels=2)
+            try:
+                c.exchange(f.request(3, 3), f.path)
+                self.check(False, "wire without the CA refuses the server")
+            except normstat.ConnectionFailed as e:
+                self.check("TLS" in str(e), "wire without the CA refuses the server", repr(e))
+            os.environ["NORMSTAT_CACERT"] = path("ca.pem")
+            c = wire.Connection(self.url, timeout=CMD_LIMIT_S)
+            c._connect()
+            self.check(c._sock is not None, "wire trusts $NORMSTAT_CACERT")
+            c.close()
+        finally:
+            os.environ.pop("NORMSTAT_CACERT", None)
+            if saved is not None:
+                os.environ["NORMSTAT_CACERT"] = saved
+
+    def test_syncbn_link(self):
+        """normstat.torch's SyncBatchNorm link over https, given a Client
+        with cafile= or a URL with $NORMSTAT_CACERT: a world of one gets its
+        own statistics back."""
+        import torch
+        from normstat.torch.syncbn import Link
+        mean = torch.tensor([0.5, -1.25, 3.0])
+        var = torch.tensor([1.0, 0.5, 2.0])
+        saved = os.environ.pop("NORMSTAT_CACERT", None)
+        try:
+            for how in ("Client(cafile=)", "$NORMSTAT_CACERT"):
+                run = nsd.run_name("tls-link")
+                if how == "$NORMSTAT_CACERT":
+                    os.environ["NORMSTAT_CACERT"] = path("ca.pem")
+                    link = Link(self.url, run, rank=0, world_size=1, timeout=CMD_LIMIT_S)
+                else:
+                    link = Link(normstat.Client(self.url, cafile=path("ca.pem")), run, rank=0,
+                                world_size=1, timeout=CMD_LIMIT_S)
+                n, stats = link.sync("bn", 1, 6, mean, var, torch.device("cpu"), torch.float32)
+                self.check(n == 6 and torch.equal(stats[0], mean) and torch.equal(stats[1], var),
+                           f"SyncBatchNorm link over https ({how}): its statistics back",
+                           f"{n} {stats}")
+                link.close()
+        finally:
+            os.environ.pop("NORMSTAT_CACERT", None)
+            if saved is not None:
+                os.environ["NORMSTAT_CACERT"] = saved
 
     def test_cli(self):
         def cli(*args, **env):
