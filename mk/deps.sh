@@ -9,9 +9,14 @@ build_pkgs="gcc make pkg-config libmicrohttpd-dev libgnutls28-dev libjansson-dev
 libsqlite3-dev libcurl4-openssl-dev python3"
 # Tests and benchmarks compare against real PyTorch (Debian's python3-torch).
 # The README's demo trains on scikit-learn's digits; test_install.sh makes a venv.
+# test_shards.py runs deploy/nginx/normstat-shards.conf in Debian's nginx.
+# The dashboard's browser test drives chromium with playwright-core (npm, `make
+# browser-deps`); promtool (package prometheus) checks the alert rules. Node and
+# npm from Debian unless a node with npm is already installed (e.g. NodeSource's).
 # The HTTPS tests make their certificates with the openssl command and talk with curl.
 test_pkgs="python3-torch python3-numpy python3-yaml python3-jsonschema python3-sklearn python3-venv
-openssl curl"
+nginx chromium prometheus openssl curl"
+command -v npm >/dev/null 2>&1 || test_pkgs="$test_pkgs nodejs npm"
 # The trainer benchmarks train torchvision's ResNet-50 (a built-in copy when absent).
 bench_pkgs="python3-torch python3-numpy python3-torchvision"
 # `make test-docker` builds the image with buildah on a debootstrap base and runs

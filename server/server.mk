@@ -7,7 +7,8 @@
 
 NSD_SRCS := $(wildcard server/src/*/*.c)
 NSD_OBJS := $(NSD_SRCS:%.c=$(BUILD)/%.o)
-NSD_LIB_OBJS := $(filter-out $(BUILD)/server/src/daemon/main.o,$(NSD_OBJS))
+include server/ui/ui.mk
+NSD_LIB_OBJS := $(filter-out $(BUILD)/server/src/daemon/main.o,$(NSD_OBJS)) $(UI_GEN_O)
 NSD_A    := $(BUILD)/lib/libnsd.a
 NSD_BIN  := $(BUILD)/bin/normstatd
 NSD_PKGS := libmicrohttpd gnutls libuv jansson sqlite3

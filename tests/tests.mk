@@ -49,5 +49,5 @@ test-integration: $(ALL_TARGETS)
 	done; \
 	if [ -n "$$failed" ]; then echo "integration tests failed:$$failed"; exit 1; fi
 
-test-all: check-units check-exports check-layers test-integration test-e2e
+test-all: check-units check-exports check-layers test-integration test-e2e test-browser
 	@echo "all tests passed"

@@ -36,6 +36,9 @@ typedef struct ns_cli_command_s {
 
 extern const ns_cli_command_t ns_cli_commands[];
 
+/* `normstat runs` (runs.c): one server's runs, or every shard's. */
+int ns_cli_cmd_runs(ns_cli_t *cli, int argc, char **argv);
+
 /* Report a failed client call on stderr; @return its exit code. */
 int ns_cli_fail(const char *what, int code, const ns_error_detail_t *err);
 /* Usage error of 'cmd' (message then a hint); @return NS_EXIT_USAGE. */

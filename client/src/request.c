@@ -262,7 +262,9 @@ static int server_error(ns__request_t *rq, ns_error_detail_t *err)
     const char *message = json_string_value(json_object_get(e, "message"));
     int code = ns_error_from_name(wire);
     int rc;
-    if (code == 0 || message == NULL)
+    if (code == 0 && wire != NULL && message != NULL) /* e.g. a shard proxy's 502 */
+        rc = ns_error_set(err, NS_EBADRESPONSE, "", "HTTP %ld %s: %s", rq->status, wire, message);
+    else if (code == 0 || message == NULL)
         rc = bad_answer(rq, err, "not an error of the API");
     else
         rc = ns_error_set(err, code, "", "%s", message);

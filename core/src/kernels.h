@@ -37,6 +37,13 @@ typedef struct ns_kernels_s {
     void (*combine)(const ns_arrival_t *src, size_t src_len, size_t channels, double total,
                     double *mean, double *var);
 
+    /* Drift of an EMA from population statistics over channels [0, channels)
+     * (channels > 0), as ns_drift_t defines it:
+     *   dm = |em - pm| / sqrt(pv + eps);  dv = |log((ev + eps) / (pv + eps))|
+     *   averages = sum / channels; maxima with their first channel. */
+    void (*drift)(const double *em, const double *ev, const double *pm, const double *pv,
+                  size_t channels, double eps, ns_drift_t *dst);
+
     /* Index of the first non-finite value, or src_len. */
     size_t (*find_nonfinite)(const float *src, size_t src_len);
 

@@ -128,6 +128,25 @@ class Auth(nsd.Case):
                            capture_output=True, timeout=CMD_LIMIT_S, env=clean_env())
         self.check_eq(p.returncode, 0, "normstatd --probe passes without a token")
 
+    def test_dashboard_files_open(self):
+        """The dashboard's files are served without a token and hold no run's data."""
+        run = self.ready_run()
+        for path in ("/", "/ui"):
+            r = self.c.get(path, headers={}, validate=False)
+            self.check_eq((r.status, r.headers.get("location")), (302, "ui/"),
+                          f"GET {path} without a token redirects to ui/")
+        for path, ctype in (("/ui/", "text/html"), ("/ui/dashboard.js", "text/javascript"),
+                            ("/ui/dashboard.css", "text/css")):
+            r = self.c.get(path, headers={}, validate=False)
+            self.check_eq((r.status, r.content_type), (200, ctype), f"GET {path} without a token")
+            self.check(run.encode() not in r.body, f"GET {path} holds no run name")
+            self.check("default-src 'none'" in (r.headers.get("content-security-policy") or ""),
+                       f"GET {path} carries a Content-Security-Policy")
+        self.check_status(self.c.post("/ui/", b"", headers={}), 401,
+                          "only GET of the dashboard is open: POST /ui/", code="unauthorized")
+        self.check_status(self.c.get("/ui/../v1/runs", headers={}), 401,
+                          "a dashboard-looking path to the API is not open", code="unauthorized")
+
     def test_get_stats(self):
         run = self.ready_run()
         path = f"/v1/runs/{run}/stats?source=last"

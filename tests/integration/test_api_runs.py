@@ -244,7 +244,7 @@ class Runs(nsd.Case):
             self.c.delete(f"/v1/runs/{name}")
 
     def test_unknown_route_404(self):
-        for path in ("/", "/v1", "/v1/nothing", "/v2/runs", "/v1/runs/a/unknown", "/v1/runs/a/stats/x",
+        for path in ("/uix", "/v1", "/v1/nothing", "/v2/runs", "/v1/runs/a/unknown", "/v1/runs/a/stats/x",
                      "/v1/runs/a/precise", "/livez/x", "/metricsx"):
             r = self.c.get(path)
             self.check_status(r, 404, f"GET {path}", code="not_found")

@@ -20,7 +20,9 @@
  * distinct codes: NS_ECONNECT (refused or unreachable: nothing was sent),
  * NS_EREQTIMEOUT (no complete answer within options.timeout_ms),
  * NS_EBADRESPONSE (an answer that is not the API's, e.g. a proxy's HTML 502;
- * the message says "HTTP <status>: <start of body>").
+ * the message says "HTTP <status>: <start of body>", or "HTTP <status>
+ * <code>: <message>" for an error in the API's format with a code of
+ * another program, e.g. a shard proxy's 502 shard_unavailable).
  *
  * Retries. Only where they are safe: GETs are retried after a connection
  * failure or timeout; DELETE, PUT and precise reset only when the

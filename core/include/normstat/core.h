@@ -218,6 +218,40 @@ typedef struct ns_component_s {
 NS_API int ns_mixture(const ns_component_t *src, size_t src_len, size_t channels, double *mean,
                       double *var);
 
+/* ---------------------------------------------------------------- drift */
+
+/* BatchNorm's eps (torch.nn.BatchNorm default): the drift's floor under
+ * variances, so a channel with zero variance keeps a finite distance. */
+#define NS_DRIFT_EPS 1e-5
+
+/* How far an EMA is from the population statistics (PreciseBN), per
+ * channel c, summarised over the channels:
+ *   mean distance  dm[c] = |mu_ema[c] - mu_pop[c]| / sqrt(var_pop[c] + eps)
+ *                  (the EMA's error in units of the population's std)
+ *   var distance   dv[c] = |ln((var_ema[c] + eps) / (var_pop[c] + eps))|
+ *                  (the EMA's variance off by a factor exp(dv)) */
+typedef struct ns_drift_s {
+    double mean_avg;         /* mean of dm over the channels */
+    double mean_max;         /* largest dm */
+    size_t mean_max_channel; /* first channel holding it */
+    double var_avg;          /* mean of dv over the channels */
+    double var_max;          /* largest dv */
+    size_t var_max_channel;  /* first channel holding it */
+} ns_drift_t;
+
+/*! ns_drift() :
+ *  The drift of an EMA (ema_mean, ema_var) from population statistics
+ *  (pop_mean, pop_var), as ns_drift_t defines it; use the same variance
+ *  form on both sides (normstat serves unbiased ones). Inputs must be
+ *  finite, variances in [0, 2^500], eps in [2^-500, 1]: the ratio under the
+ *  logarithm is then a normal double. Per channel, dm is the same bits in
+ *  every kernel; dv and the averages may differ from the scalar reference
+ *  by rounding (bound in tests/unit/core/test_drift.c).
+ *  @return 0, or NS_EINVAL on NULL arguments, channels == 0 or an eps
+ *  outside that range. */
+NS_API int ns_drift(const double *ema_mean, const double *ema_var, const double *pop_mean,
+                    const double *pop_var, size_t channels, double eps, ns_drift_t *dst);
+
 /* ---------------------------------------------------------------- validation */
 
 /*! ns_find_nonfinite() :

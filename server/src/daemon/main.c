@@ -111,6 +111,7 @@ static int start(daemon_t *d)
     nsd_limits_t limits = {
         .max_pending_steps = (uint32_t)opts->max_pending_steps,
         .max_memory = opts->max_memory,
+        .history_steps = (uint32_t)opts->history_steps,
         .threads = (int)opts->core_threads,
     };
     d->server.opts = opts;

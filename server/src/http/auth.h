@@ -40,7 +40,8 @@ int nsd_auth_reload(nsd_auth_t *auth, size_t *count, ns_error_detail_t *err);
 /*! nsd_auth_free() : accepts NULL. */
 void nsd_auth_free(nsd_auth_t *auth);
 
-/*! nsd_auth_exempt() : 1 for the probes (GET /livez, /healthz, /readyz), which stay open. */
+/*! nsd_auth_exempt() : 1 for what stays open: the probes (GET /livez, /healthz, /readyz)
+ *  and the dashboard's static files (GET /, /ui, /ui/...), which hold no data. */
 int nsd_auth_exempt(const char *method, const char *path);
 
 /*! nsd_auth_check() :

@@ -102,6 +102,23 @@ void nsd_respond(nsd_request_t *req, int status, const char *content_type, char 
     queue(req, status, resp, content_type);
 }
 
+void nsd_respond_static(nsd_request_t *req, int status, const char *content_type, const void *data,
+                        size_t len, const char *const headers[])
+{
+    if (req->responded)
+        return;
+    struct MHD_Response *resp = MHD_create_response_from_buffer(
+        len, len > 0 ? (void *)data : (void *)"", MHD_RESPMEM_PERSISTENT);
+    if (resp == NULL) {
+        nsd_log(NSD_LOG_ERROR, "response_failed", "method=%s reason=out_of_memory", req->method);
+        req->status = -1;
+        return;
+    }
+    for (size_t i = 0; headers != NULL && headers[i] != NULL && headers[i + 1] != NULL; i += 2)
+        MHD_add_response_header(resp, headers[i], headers[i + 1]);
+    queue(req, status, resp, content_type);
+}
+
 void nsd_respond_json(nsd_request_t *req, int status, json_t *body)
 {
     if (body == NULL) {

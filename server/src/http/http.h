@@ -165,4 +165,10 @@ void nsd_respond_durable(nsd_request_t *req, int status, json_t *body);
  *  without a message uses 'code'. */
 void nsd_respond_detail(nsd_request_t *req, int code, const ns_error_detail_t *err);
 
+/*! nsd_respond_static() :
+ *  Answer 'status' with data[0..len) (static, never freed, may be empty) and
+ *  the extra headers in 'headers': name, value, ..., NULL (may be NULL). */
+void nsd_respond_static(nsd_request_t *req, int status, const char *content_type, const void *data,
+                        size_t len, const char *const headers[]);
+
 #endif

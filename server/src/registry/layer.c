@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "base/array.h"
+#include "drift.h"
 
 /* Index of the pending step 'step' in the layer, or where it would go. */
 size_t nsd_layer_pending_pos(const nsd_layer_t *l, uint64_t step, int *found)
@@ -172,6 +173,7 @@ static void apply_final(nsd_run_t *run, nsd_layer_t *l, const nsd_step_t *f)
     }
     if (f->update & NS_UPDATE_PRECISE)
         l->precise_due -= f->count <= l->precise_due ? f->count : l->precise_due;
+    nsd_layer_history_note(run, l, f);
     l->last_applied = (int64_t)f->step;
     atomic_fetch_add(&ctx->steps_applied, 1);
 }

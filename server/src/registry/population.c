@@ -39,6 +39,7 @@ nsd_pop_t *nsd_pop_create(size_t channels, uint64_t generation)
     pop->precise_step = -1;
     pop->last_step = -1;
     pop->last_count = 0;
+    pop->history = NULL;
     memset(pop->last_mean, 0, 2 * channels * sizeof(double));
     return pop;
 }
@@ -56,6 +57,8 @@ void nsd_pop_set_last(nsd_pop_t *pop, size_t channels, uint64_t step, uint64_t c
 
 void nsd_pop_free(nsd_pop_t *pop)
 {
+    if (pop != NULL)
+        nsd_history_free(pop->history);
     free(pop);
 }
 

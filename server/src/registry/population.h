@@ -10,6 +10,8 @@
 
 #include <normstat/core.h>
 
+#include "history.h"
+
 typedef struct nsd_pop_s {
     ns_ema_t ema;         /* arrays point into data[] (zero-start arrays always kept) */
     ns_precise_t precise; /* current generation; arrays point into data[] */
@@ -19,6 +21,7 @@ typedef struct nsd_pop_s {
     int64_t last_step;    /* highest finalized step with arrivals of this domain, -1 if none */
     uint64_t last_count;  /* that step's combined count of this domain */
     double *last_mean;    /* [2 * channels] into data[]: its mean, then biased var */
+    nsd_history_t *history; /* last applied steps (history.h); NULL until the first */
     double data[];        /* 8 * channels */
 } nsd_pop_t;
 
@@ -30,7 +33,7 @@ size_t nsd_pop_bytes(size_t channels);
  *  @return NULL when out of memory. */
 nsd_pop_t *nsd_pop_create(size_t channels, uint64_t generation);
 
-/*! nsd_pop_free() : accepts NULL. */
+/*! nsd_pop_free() : accepts NULL; frees its history too. */
 void nsd_pop_free(nsd_pop_t *pop);
 
 /*! nsd_pop_apply() :

@@ -184,6 +184,33 @@ int nsd_registry_stats(nsd_registry_t *reg, const char *run, const nsd_stats_que
 /*! nsd_stats_free() : accepts NULL. */
 void nsd_stats_free(nsd_stats_t *stats);
 
+/*! nsd_registry_drift_json() :
+ *  GET /v1/runs/{run}/drift: {"run", "history_steps", "layers": [{"layer",
+ *  "domain" ("*" pooled), "channels", "last_step" (the EMA's, null before
+ *  one), "num_batches_tracked", "precise_batches", "drift": {"mean_avg",
+ *  "mean_max", "mean_max_channel", "var_avg", "var_max", "var_max_channel"}
+ *  or null while PreciseBN has fewer than 2 samples}] worst first (larger
+ *  mean_max, null last, then layer name, domain order, pooled last),
+ *  "worst": {"layer", "domain", "mean_max"} or null}. 'domain' NULL: every
+ *  domain's rows, and pooled rows when the run has several; "*": the
+ *  pooled rows; a name: that domain's rows (drift.h defines the drift).
+ *  @return a new reference; NULL with NS_ENOTFOUND (run, domain), NS_EINVAL
+ *  (domain name) or NS_ENOMEM. */
+json_t *nsd_registry_drift_json(nsd_registry_t *reg, const char *run, const char *domain,
+                                ns_error_detail_t *err);
+
+/*! nsd_registry_history_json() :
+ *  GET /v1/runs/{run}/history: {"run", "layer", "domain", "channel",
+ *  "channels", "steps": [{"step", "count", "batch_mean", "batch_var"
+ *  (biased), "ema_mean", "ema_var" (as served), "drift" (as above)}] oldest
+ *  first, at most --history-steps, "population": {"mean", "var"
+ *  (unbiased), "num_batches"} of PreciseBN now, or null}. 'domain' NULL or
+ *  "*": the pooled row. 'channel' < 0: channel 0.
+ *  @return a new reference; NULL with NS_ENOTFOUND (run, layer, domain),
+ *  NS_EINVAL (channel out of range, domain name) or NS_ENOMEM. */
+json_t *nsd_registry_history_json(nsd_registry_t *reg, const char *run, const char *layer,
+                                  const char *domain, int64_t channel, ns_error_detail_t *err);
+
 /*! nsd_registry_precise_reset() :
  *  Start a new PreciseBN generation for every domain (domain NULL or "*") or
  *  one domain (created if the run has not seen it yet: the replay of a

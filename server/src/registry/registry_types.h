@@ -22,6 +22,7 @@ typedef struct nsd_limits_s {
     uint64_t max_memory;        /* bytes of statistics state + pending arrivals;
                                    0 = unlimited; beyond -> 429 NS_EMEMORY */
     int threads;                /* OpenMP threads for libnscore calls (<= 1: calling thread) */
+    uint32_t history_steps;     /* applied steps kept per (layer, domain); 0 = no history */
 } nsd_limits_t;
 
 #define NSD_DEFAULT_MAX_PENDING_STEPS 1024u

@@ -79,6 +79,10 @@ typedef struct nsd_layer_s {
     int has_last;
     uint64_t last_step, last_count;
     double *last_mean; /* [2 * channels]: mean then var (biased) */
+    /* Whose history the pooled view reads (drift.h): 0 before the first
+     * step, 1 + d while every step had domain d alone, NSD_HISTORY_OWN once
+     * the pooled state keeps its own. */
+    uint32_t history_alias;
 } nsd_layer_t;
 
 /* The replaceable part of a run (a checkpoint import swaps it whole). */

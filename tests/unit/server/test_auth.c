@@ -323,6 +323,18 @@ START_TEST(test_exempt)
     ck_assert_int_eq(nsd_auth_exempt("GET", "/metrics"), 0);
     ck_assert_int_eq(nsd_auth_exempt("GET", "/v1/version"), 0);
     ck_assert_int_eq(nsd_auth_exempt("GET", "/v1/runs"), 0);
+    /* The dashboard's files: one plain name under /ui/, nothing else. */
+    ck_assert_int_eq(nsd_auth_exempt("GET", "/"), 1);
+    ck_assert_int_eq(nsd_auth_exempt("GET", "/ui"), 1);
+    ck_assert_int_eq(nsd_auth_exempt("GET", "/ui/"), 1);
+    ck_assert_int_eq(nsd_auth_exempt("GET", "/ui/dashboard.js"), 1);
+    ck_assert_int_eq(nsd_auth_exempt("HEAD", "/ui/"), 0);
+    ck_assert_int_eq(nsd_auth_exempt("POST", "/ui/"), 0);
+    ck_assert_int_eq(nsd_auth_exempt("GET", "/ui/../v1/runs"), 0);
+    ck_assert_int_eq(nsd_auth_exempt("GET", "/ui/..%2Fmetrics"), 0);
+    ck_assert_int_eq(nsd_auth_exempt("GET", "/ui/.."), 0);
+    ck_assert_int_eq(nsd_auth_exempt("GET", "/uix"), 0);
+    ck_assert_int_eq(nsd_auth_exempt("GET", "/ui/x/"), 0);
 }
 END_TEST
 
