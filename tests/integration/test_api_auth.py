@@ -111,8 +111,10 @@ class Auth(nsd.Case):
         for h in WRONG:
             r = self.c.request(method, path, body=body, headers=h)
             self.check_status(r, 401, f"{desc} with an unknown token", code="unauthorized")
-            self.check_eq(r.headers.get("www-authenticate"), 'Bearer realm="normstat"',
-                          f"{desc}: 401 for an unknown token carries WWW-Authenticate")
+            self.check_eq(r.headers.get("www-authenticate"),
+                          'Bearer realm="normstat", error="invalid_token"',
+                          f"{desc}: 401 for an unknown token carries WWW-Authenticate with "
+                          "error=invalid_token (RFC 6750)")
 
     def test_probes_open(self):
         for path in ("/livez", "/healthz", "/readyz"):

@@ -7,7 +7,8 @@ with the first must:
 
 * answer curl --cacert, the Python client (cafile=, $NORMSTAT_CACERT,
   $SSL_CERT_FILE), the CLI (--cacert, $NORMSTAT_CACERT) and the C library
-  (the asynchronous trainer of test_cli.py) over https, with statistics equal
+  (the asynchronous trainer of test_cli.py), SyncBatchNorm's fast path
+  (normstat.wire, the torch link) over https, with statistics equal
   to a float64 combination of what was reported; clients that do not trust
   the CA refuse the connection;
 * serve the second certificate to new connections after SIGHUP (checked by
@@ -17,7 +18,8 @@ with the first must:
 * pass `normstatd --probe` over https, as the Dockerfile's HEALTHCHECK runs it
   (NORMSTAT_LISTEN and NORMSTAT_TLS_CERT in the environment);
 * close a plain-HTTP request at once instead of leaving it hanging; and a
-  plain daemon closes (or answers) a TLS ClientHello at once.
+  plain daemon closes (or answers) a TLS ClientHello at once;
+* with scoped tokens too, serve the clients given only the CA and a token.
 
 Start-up refusals (exit 2, one line naming the option): one of the two
 options alone, an unreadable file, a key of another certificate, a
@@ -208,6 +210,82 @@ class Tls(nsd.Case):
                 if v is not None:
                     os.environ[k] = v
 
+    def test_wire(self):
+        """SyncBatchNorm's fast path (normstat.wire) over https: two workers'
+        /sync frames on keep-alive TLS connections."""
+        from normstat import wire
+        run = nsd.run_name("tls-wire")
+        arrivals = [(3, [0.5, -2.0], [1.0, 0.25]), (5, [1.5, 0.0], [2.0, 4.0])]
+        conns = [wire.Connection(self.url, timeout=CMD_LIMIT_S, cafile=path("ca.pem"))
+                 for _ in arrivals]
+        frames = [wire.SyncFrame(c, run, "bn", worker=w, channels=2, world_size=2)
+                  for w, c in enumerate(conns)]
+        N, mean, var = combine(arrivals)
+        for step in (1, 2):
+            for f, (n, m, v) in zip(frames, arrivals):
+                f.mean[:] = nsd.struct.pack("<2f", *m)
+                f.var[:] = nsd.struct.pack("<2f", *v)
+
+            def send(c, f, n, step=step):
+                ans = c.exchange(f.request(step, n), f.path)
+                return list(nsd.struct.unpack("<2f", bytes(ans.array("bn.mean")[1])))
+            results, errors = nsd.parallel(
+                [lambda c=c, f=f, n=n: send(c, f, n)
+                 for c, f, (n, _, _) in zip(conns, frames, arrivals)])
+            for got_mean in results:
+                self.check(not any(errors) and got_mean is not None
+                           and close(got_mean, mean, 1e-6, 1e-7),
+                           f"wire /sync step {step} over https: the combination computed here",
+                           f"{got_mean} vs {mean}; {errors}")
+        for c in conns:
+            c.close()
+        saved = os.environ.pop("NORMSTAT_CACERT", None)
+        try:
+            c = wire.Connection(self.url, timeout=CMD_LIMIT_S)
+            f = wire.SyncFrame(c, run, "bn", worker=0, channels=2)
+            try:
+                c.exchange(f.request(3, 3), f.path)
+                self.check(False, "wire without the CA refuses the server")
+            except normstat.ConnectionFailed as e:
+                self.check("TLS" in str(e), "wire without the CA refuses the server", repr(e))
+            os.environ["NORMSTAT_CACERT"] = path("ca.pem")
+            c = wire.Connection(self.url, timeout=CMD_LIMIT_S)
+            c._connect()
+            self.check(c._sock is not None, "wire trusts $NORMSTAT_CACERT")
+            c.close()
+        finally:
+            os.environ.pop("NORMSTAT_CACERT", None)
+            if saved is not None:
+                os.environ["NORMSTAT_CACERT"] = saved
+
+    def test_syncbn_link(self):
+        """normstat.torch's SyncBatchNorm link over https, given a Client
+        with cafile= or a URL with $NORMSTAT_CACERT: a world of one gets its
+        own statistics back."""
+        import torch
+        from normstat.torch.syncbn import Link
+        mean = torch.tensor([0.5, -1.25, 3.0])
+        var = torch.tensor([1.0, 0.5, 2.0])
+        saved = os.environ.pop("NORMSTAT_CACERT", None)
+        try:
+            for how in ("Client(cafile=)", "$NORMSTAT_CACERT"):
+                run = nsd.run_name("tls-link")
+                if how == "$NORMSTAT_CACERT":
+                    os.environ["NORMSTAT_CACERT"] = path("ca.pem")
+                    link = Link(self.url, run, rank=0, world_size=1, timeout=CMD_LIMIT_S)
+                else:
+                    link = Link(normstat.Client(self.url, cafile=path("ca.pem")), run, rank=0,
+                                world_size=1, timeout=CMD_LIMIT_S)
+                n, stats = link.sync("bn", 1, 6, mean, var, torch.device("cpu"), torch.float32)
+                self.check(n == 6 and torch.equal(stats[0], mean) and torch.equal(stats[1], var),
+                           f"SyncBatchNorm link over https ({how}): its statistics back",
+                           f"{n} {stats}")
+                link.close()
+        finally:
+            os.environ.pop("NORMSTAT_CACERT", None)
+            if saved is not None:
+                os.environ["NORMSTAT_CACERT"] = saved
+
     def test_cli(self):
         def cli(*args, **env):
             p = subprocess.run([CLI, "--url", self.url, "--json"] + list(args),
@@ -335,6 +413,43 @@ class Tls(nsd.Case):
         self.daemon.signal(nsd.signal.SIGHUP)
         self.check(wait_log(self.daemon, "tls_unchanged", mark) is not None,
                    "SIGHUP with the files in use: event=tls_unchanged")
+
+
+class TlsWithTokens(nsd.Case):
+    """HTTPS and scoped tokens together: the clients change only by the CA
+    file and the token."""
+
+    @classmethod
+    def setUpClass(cls):
+        make_certificates()
+        with open(path("tokens"), "w") as f:
+            f.write("rd-tok read\nwr-tok write exp-*\n")
+        cls.daemon = nsd.Daemon("--tls-cert", path("a.pem"), "--tls-key", path("a.key"),
+                                "--auth-tokens-file", path("tokens"), env=clean_env(),
+                                ssl_context=trusting()).start()
+        cls.c = cls.daemon.client()
+        cls.url = f"https://localhost:{cls.daemon.port}"
+
+    def test_clients(self):
+        run = nsd.run_name("exp-tt")
+        with normstat.Client(self.url, cafile=path("ca.pem"), token="wr-tok") as c:
+            c.report(run, step=1, worker=0, layers={"bn": {"count": 2, "mean": [1.5], "var": [0.5]}})
+            got = c.stats(run, source="last")["layers"]["bn"]["mean"]
+            self.check_eq(got, [1.5], "Python client, https + write token: report and read back")
+            try:
+                c.list_runs()
+                self.check(False, "Python client, https + write token: list_runs is 403")
+            except normstat.AuthError as e:
+                self.check_eq(e.status, 403, "Python client, https + write token: list_runs is 403")
+        p = subprocess.run([CLI, "--url", self.url, "--json", "--cacert", path("ca.pem"), "runs"],
+                           capture_output=True, timeout=CMD_LIMIT_S,
+                           env=clean_env(NORMSTAT_TOKEN="rd-tok"))
+        self.check(p.returncode == 0 and run in p.stdout.decode(),
+                   "CLI, https + read token from NORMSTAT_TOKEN: runs", p.stderr.decode())
+        rc, out, err = curl("--cacert", path("ca.pem"), "-H", "Authorization: Bearer rd-tok",
+                            "-X", "DELETE", "-w", "%{http_code}", f"{self.url}/v1/runs/{run}")
+        self.check(rc == 0 and out.endswith("403") and '"scope":"admin"' in out,
+                   "curl, https + read token: DELETE is 403 naming admin", out)
 
 
 class PlainPort(nsd.Case):

@@ -58,9 +58,11 @@ static void queue(nsd_request_t *req, int status, struct MHD_Response *resp,
         MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, content_type);
     if (status == 405 && req->allow[0] != '\0')
         MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW, req->allow);
-    if (status == 401)
+    if (status == 401) /* RFC 6750: a token was presented but is not valid */
         MHD_add_response_header(resp, MHD_HTTP_HEADER_WWW_AUTHENTICATE,
-                                "Bearer realm=\"normstat\"");
+                                req->token_unknown
+                                    ? "Bearer realm=\"normstat\", error=\"invalid_token\""
+                                    : "Bearer realm=\"normstat\"");
     if (atomic_load(&req->server->shutting_down) || req->close_after)
         MHD_add_response_header(resp, MHD_HTTP_HEADER_CONNECTION, "close");
     if (MHD_queue_response(req->conn, (unsigned)status, resp) != MHD_YES) {
@@ -409,10 +411,12 @@ static void respond_forbidden(nsd_request_t *req)
     json_t *body = json_pack("{s:{s:s, s:s, s:s}}", "error", "code", "forbidden", "message",
                              req->pending_detail.message, "scope", scope);
     nsd_count_rejection(NS_EFORBIDDEN);
-    if (nsd_log_enabled(NSD_LOG_DEBUG))
+    if (nsd_log_enabled(NSD_LOG_DEBUG)) {
+        char q[600];
         nsd_log_write(NSD_LOG_DEBUG, "request_rejected",
                       "method=%s path=%s status=403 code=forbidden scope=%s", req->method,
-                      req->path, scope);
+                      nsd_log_quote(q, sizeof(q), req->path), scope);
+    }
     nsd_respond_json(req, 403, body);
 }
 

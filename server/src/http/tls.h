@@ -9,9 +9,10 @@
  *
  * Threads: nsd_tls_load() runs in main() before any thread; the handshake
  * callback runs on MHD's pool threads; nsd_tls_reload() runs on the
- * coordinator's thread (SIGHUP). An rwlock orders them. One nsd_tls_t per
- * process: GnuTLS's callback carries no user pointer, so the active one is
- * a file-level pointer set by nsd_tls_mhd_options(). */
+ * coordinator's thread (SIGHUP). A mutex, held for a copy or a swap,
+ * orders them. One nsd_tls_t per process: GnuTLS's callback carries no
+ * user pointer, so the active one is a file-level pointer set by
+ * nsd_tls_mhd_options(). */
 #ifndef NSD_TLS_H
 #define NSD_TLS_H
 

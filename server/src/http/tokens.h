@@ -12,7 +12,7 @@
 
 #include <normstat/proto.h>
 
-/* What a token may do (doc/design.md, API decisions: "Authentication"). */
+/* What a token may do (doc/design.md, "Security"). */
 typedef enum nsd_scope_e {
     NSD_SCOPE_READ = 1,  /* every GET */
     NSD_SCOPE_WRITE = 2, /* everything but DELETE on runs matching the pattern */
