@@ -159,14 +159,14 @@ async function stalled(page) {
 }
 
 // Without a token the page asks for one (its 401s and 403s are expected here, so
-// this tab's console is not watched); a wrong one is refused; the right one shows the runs.
+// this tab's console is not watched); an unknown one is refused (401); the right one shows the runs.
 async function tokenPrompt(context) {
   const page = await context.newPage();
   await page.goto(url + "/ui/");
   await page.waitForSelector("#token-form:not([hidden])", { timeout: WAIT_MS });
   await page.fill("#token-input", token + "-wrong");
   await page.click("#token-form button");
-  await page.waitForFunction(() => document.querySelector("#token-refused").textContent.includes("forbidden"),
+  await page.waitForFunction(() => document.querySelector("#token-refused").textContent.includes("unauthorized"),
     null, { timeout: WAIT_MS });
   check(true, "a wrong token is refused and the page says so");
   await page.fill("#token-input", token);
