@@ -43,6 +43,16 @@ nsd_pop_t *nsd_pop_create(size_t channels, uint64_t generation)
     return pop;
 }
 
+nsd_pop_t *nsd_pop_clone(const nsd_pop_t *pop, size_t channels)
+{
+    nsd_pop_t *dst = malloc(nsd_pop_bytes(channels));
+    if (dst == NULL)
+        return NULL;
+    memcpy(dst, pop, nsd_pop_bytes(channels));
+    bind_arrays(dst, channels);
+    return dst;
+}
+
 void nsd_pop_set_last(nsd_pop_t *pop, size_t channels, uint64_t step, uint64_t count,
                       const double *mean, const double *var)
 {
