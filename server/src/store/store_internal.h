@@ -15,6 +15,9 @@
 #include "store.h"
 
 #define DEFAULT_RETRY_MS 500u
+/* Pages of a new store: a ResNet-50 step's rows (about 0.4 MB) are a few
+ * WAL frames and write calls instead of a hundred. */
+#define NSD_STORE_PAGE_SIZE 65536
 #define BUSY_TIMEOUT_MS  5000
 
 /* The log table's kind column (values are on disk: never renumber). */
@@ -99,6 +102,13 @@ struct nsd_store_s {
     int snap_started, snap_stopping;
     sqlite3 *snap_db; /* its own connection, for reading which runs have log rows */
 
+    /* the checkpoint thread (store_checkpoint.c) */
+    pthread_cond_t ckpt_cond;
+    pthread_t ckpt_thread;
+    int ckpt_started, ckpt_stopping, ckpt_due;
+    sqlite3 *ckpt_db;
+    uint64_t page_size;
+
     _Atomic int failing;
     _Atomic uint64_t n_commits, n_failures, n_rows, n_snapshots, commit_us_sum, commit_last_us;
     _Atomic uint64_t last_snapshot_ms; /* 0 = none */
@@ -171,6 +181,12 @@ void nsd_store_enqueue_locked(nsd_store_t *s, job_t *j);
  *  when a hook lost a change (store_snapshot.c). */
 int nsd_store_snapshots_start(nsd_store_t *s);
 void nsd_store_snapshots_stop(nsd_store_t *s);
+
+/*! nsd_store_checkpoints_start() / _stop() : WAL checkpoints on a thread
+ *  of their own instead of inside the writer's commits (store_checkpoint.c);
+ *  start before the writer runs, stop after it is joined. */
+void nsd_store_checkpoints_start(nsd_store_t *s);
+void nsd_store_checkpoints_stop(nsd_store_t *s);
 
 /*! nsd_store_log_lost() : log changes a hook lost to out of memory (no lock held). */
 void nsd_store_log_lost(uint64_t lost);

@@ -246,6 +246,8 @@ static int create_new(nsd_store_t *s, nsd_store_error_t *err)
     int rc = sqlite3_open_v2(tmp, &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, NULL);
     rc = rc ? rc : nsd_store_add_functions(db);
     rc = rc ? rc : nsd_store_exec(db, "PRAGMA synchronous=FULL");
+    snprintf(sql, sizeof(sql), "PRAGMA page_size=%d", NSD_STORE_PAGE_SIZE);
+    rc = rc ? rc : nsd_store_exec(db, sql);
     rc = rc ? rc : nsd_store_exec(db, "BEGIN IMMEDIATE");
     rc = rc ? rc : migrate(db, 0);
     snprintf(sql, sizeof(sql), "PRAGMA application_id=%d", NSD_STORE_APPLICATION_ID);
@@ -377,6 +379,7 @@ int nsd_store_open(nsd_store_t **dst, const char *dir, const nsd_store_config_t 
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
     pthread_cond_init(&s->cond, &ca);
     pthread_cond_init(&s->snap_cond, &ca);
+    pthread_cond_init(&s->ckpt_cond, &ca);
     pthread_condattr_destroy(&ca);
 
     rc = check_file(s, err);

@@ -45,7 +45,10 @@ void nsd_store_enqueue_locked(nsd_store_t *s, job_t *j)
         strcmp(j->run, s->ticket->run) == 0)
         s->ticket_void = 1;
     j->seq = s->next_seq++;
-    s->enqueued = j->seq;
+    /* A pass's snapshot holds what the log holds already: no answer waits
+     * for it (and the writer may commit it after later jobs). */
+    if (j->type != JOB_SNAPSHOT || j->text == NULL)
+        s->enqueued = j->seq;
     if (nsd_queue_empty(&s->jobs))
         s->first_enqueued_ms = nsd_now_ms();
     nsd_queue_push(&s->jobs, &j->link);

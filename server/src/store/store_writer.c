@@ -235,7 +235,8 @@ static uint64_t commit_due_at(const nsd_store_t *s)
 static void batch_committed(nsd_store_t *s, nsd_queue_t *batch, uint64_t rows, uint64_t us)
 {
     int was_failing = atomic_load(&s->failing);
-    s->committed = JOB_OF(batch->tail)->seq;
+    if (JOB_OF(batch->tail)->seq > s->committed) /* deferred snapshots come later */
+        s->committed = JOB_OF(batch->tail)->seq;
     atomic_store(&s->failing, 0);
     atomic_fetch_add(&s->n_commits, 1);
     atomic_fetch_add(&s->n_rows, rows);
@@ -281,29 +282,71 @@ static void batch_failed(nsd_store_t *s, nsd_queue_t *batch, const char *why)
     nsd_store_call_waiters(&done, committed, NS_EIO);
 }
 
-/* Write a failed batch and everything queued in one transaction (group
- * commit). Lock held on entry and on return, released while writing. */
+/* A pass's snapshot that may be written after the jobs queued behind it:
+ * none of them deletes or replaces its run. */
+static int may_defer(const nsd_qnode_t *n)
+{
+    const job_t *j = JOB_OF(n);
+    if (j->type != JOB_SNAPSHOT || j->text == NULL)
+        return 0;
+    for (n = n->next; n != NULL; n = n->next)
+        if ((JOB_OF(n)->type == JOB_DELETE || JOB_OF(n)->type == JOB_SNAPSHOT) &&
+            strcmp(JOB_OF(n)->run, j->run) == 0)
+            return 0;
+    return 1;
+}
+
+/* Move the pass snapshots that may wait out of 'batch', in order. What
+ * they hold is in the log already, so the changes queued with them, and
+ * the answers waiting for those, need not wait for their megabytes. */
+static nsd_queue_t take_deferred(nsd_queue_t *batch)
+{
+    nsd_queue_t keep = {0}, later = {0};
+    for (nsd_qnode_t *n; (n = batch->head) != NULL;) {
+        int defer = may_defer(n);
+        nsd_queue_push(defer ? &later : &keep, nsd_queue_pop(batch));
+    }
+    *batch = keep;
+    return later;
+}
+
+/* Write 'batch' in one transaction and settle it. Lock held on entry and
+ * on return, released while writing. @return 0 if it committed. */
+static int commit_one(nsd_store_t *s, nsd_queue_t *batch)
+{
+    int inject = s->fail_commits > 0;
+    if (inject)
+        s->fail_commits--;
+    pthread_mutex_unlock(&s->lock);
+    char why[512];
+    uint64_t t0 = nsd_now_us(), rows = 0;
+    int rc = write_batch(s, batch, inject, &rows, why, sizeof(why));
+    uint64_t us = nsd_now_us() - t0;
+    pthread_mutex_lock(&s->lock);
+    if (rc == SQLITE_OK)
+        batch_committed(s, batch, rows, us);
+    else
+        batch_failed(s, batch, why);
+    pthread_mutex_lock(&s->lock);
+    return rc == SQLITE_OK ? 0 : -1;
+}
+
+/* Write a failed batch and everything queued (group commit): the changes in
+ * one transaction, then the pass snapshots that may wait in another.
+ * Lock held on entry and on return, released while writing. */
 static void commit_queued(nsd_store_t *s)
 {
     nsd_queue_t batch = nsd_queue_take(&s->retry);
     nsd_queue_concat(&batch, &s->jobs);
     s->queued = 0;
-    int inject = s->fail_commits > 0;
-    if (inject)
-        s->fail_commits--;
-    pthread_mutex_unlock(&s->lock);
-
-    char why[512];
-    uint64_t t0 = nsd_now_us(), rows = 0;
-    int rc = write_batch(s, &batch, inject, &rows, why, sizeof(why));
-    uint64_t us = nsd_now_us() - t0;
-
-    pthread_mutex_lock(&s->lock);
-    if (rc == SQLITE_OK)
-        batch_committed(s, &batch, rows, us);
-    else
-        batch_failed(s, &batch, why);
-    pthread_mutex_lock(&s->lock);
+    nsd_queue_t later = take_deferred(&batch);
+    if (nsd_queue_empty(&batch) || commit_one(s, &batch) == 0) {
+        if (!nsd_queue_empty(&later))
+            commit_one(s, &later);
+        return;
+    }
+    /* Failed: the snapshots wait behind the batch, in order. */
+    nsd_queue_concat(&s->retry, &later);
 }
 
 void nsd_store_log_lost(uint64_t lost)
@@ -358,6 +401,7 @@ int nsd_store_start(nsd_store_t *s, nsd_registry_t *reg)
                 sqlite3_errmsg(s->db));
         return NS_EIO;
     }
+    nsd_store_checkpoints_start(s);
     pthread_mutex_lock(&s->lock);
     int rc = pthread_create(&s->thread, NULL, writer_main, s);
     s->started = rc == 0;
@@ -385,6 +429,7 @@ int nsd_store_stop(nsd_store_t *s, uint64_t timeout_ms)
         pthread_join(s->thread, NULL);
         s->started = 0;
     }
+    nsd_store_checkpoints_stop(s);
     pthread_mutex_lock(&s->lock);
     s->exited = 1;
     int lost = s->enqueued > s->committed;
@@ -423,6 +468,7 @@ void nsd_store_free(nsd_store_t *s)
     nsd_store_call_waiters(&w, s->committed, NS_ESHUTDOWN);
     pthread_cond_destroy(&s->cond);
     pthread_cond_destroy(&s->snap_cond);
+    pthread_cond_destroy(&s->ckpt_cond);
     pthread_mutex_destroy(&s->lock);
     free(s->aside);
     free(s);
