@@ -72,6 +72,7 @@ typedef struct nsd_store_recovery_s {
 /* Counters for /metrics (monotonic since start unless noted). */
 typedef struct nsd_store_stats_s {
     uint64_t commits, commit_failures, rows, snapshots;
+    uint64_t bytes;                 /* log row bodies and snapshot texts committed */
     uint64_t commit_seconds_sum_us; /* total commit latency, microseconds */
     uint64_t commit_last_us;        /* latency of the last commit (gauge) */
     uint64_t queued;                /* jobs waiting for the writer (gauge) */

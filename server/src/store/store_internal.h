@@ -111,6 +111,7 @@ struct nsd_store_s {
 
     _Atomic int failing;
     _Atomic uint64_t n_commits, n_failures, n_rows, n_snapshots, commit_us_sum, commit_last_us;
+    _Atomic uint64_t n_bytes;
     _Atomic uint64_t last_snapshot_ms; /* 0 = none */
 
     /* writer thread only */

@@ -269,6 +269,7 @@ void nsd_store_stats(nsd_store_t *s, nsd_store_stats_t *dst)
     dst->commits = atomic_load(&s->n_commits);
     dst->commit_failures = atomic_load(&s->n_failures);
     dst->rows = atomic_load(&s->n_rows);
+    dst->bytes = atomic_load(&s->n_bytes);
     dst->snapshots = atomic_load(&s->n_snapshots);
     dst->commit_seconds_sum_us = atomic_load(&s->commit_us_sum);
     dst->commit_last_us = atomic_load(&s->commit_last_us);

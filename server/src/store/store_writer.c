@@ -242,11 +242,16 @@ static void batch_committed(nsd_store_t *s, nsd_queue_t *batch, uint64_t rows, u
     atomic_fetch_add(&s->n_rows, rows);
     atomic_fetch_add(&s->commit_us_sum, us);
     atomic_store(&s->commit_last_us, us);
-    uint64_t snaps = 0;
+    uint64_t snaps = 0, bytes = 0;
     for (const nsd_qnode_t *n = batch->head; n != NULL; n = n->next) {
-        snaps += JOB_OF(n)->type == JOB_SNAPSHOT;
-        s->log_bytes += JOB_OF(n)->body_len;
+        const job_t *j = JOB_OF(n);
+        snaps += j->type == JOB_SNAPSHOT;
+        s->log_bytes += j->body_len;
+        bytes += j->body_len + (j->text != NULL ? strlen(j->text) : 0);
+        for (const nsd_qnode_t *r = j->rows.head; r != NULL; r = r->next)
+            bytes += JOB_OF(r)->body_len;
     }
+    atomic_fetch_add(&s->n_bytes, bytes);
     if (s->log_bytes >= NSD_SNAPSHOT_LOG_BYTES)
         pthread_cond_signal(&s->snap_cond);
     if (snaps > 0) {
