@@ -191,6 +191,8 @@ static int set_journal(nsd_store_t *s, nsd_store_error_t *err)
         return nsd_store_fail(err, s->path, "cannot switch to WAL mode (%s)", sqlite3_errmsg(db));
     if (nsd_store_exec(db, "PRAGMA synchronous=FULL") != SQLITE_OK)
         return nsd_store_fail(err, s->path, "cannot set synchronous=FULL (%s)", sqlite3_errmsg(db));
+    if (nsd_store_exec(db, "PRAGMA temp_store=MEMORY") != SQLITE_OK) /* as create_new() */
+        return nsd_store_fail(err, s->path, "cannot set temp_store (%s)", sqlite3_errmsg(db));
     return 0;
 }
 
@@ -248,6 +250,9 @@ static int create_new(nsd_store_t *s, nsd_store_error_t *err)
     rc = rc ? rc : nsd_store_exec(db, "PRAGMA synchronous=FULL");
     snprintf(sql, sizeof(sql), "PRAGMA page_size=%d", NSD_STORE_PAGE_SIZE);
     rc = rc ? rc : nsd_store_exec(db, sql);
+    /* Temporary tables and sorts in memory: nothing outside --data-dir is
+     * written (the root may be read-only). */
+    rc = rc ? rc : nsd_store_exec(db, "PRAGMA temp_store=MEMORY");
     rc = rc ? rc : nsd_store_exec(db, "BEGIN IMMEDIATE");
     rc = rc ? rc : migrate(db, 0);
     snprintf(sql, sizeof(sql), "PRAGMA application_id=%d", NSD_STORE_APPLICATION_ID);
