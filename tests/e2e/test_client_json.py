@@ -6,8 +6,7 @@ arrays (9 significant digits, spliced as text) against a real normstatd.
     reaches the daemon bit for bit: the same values sent as safetensors and
     as JSON, from numpy arrays, torch tensors and little-endian bytes, serve
     the same bits as `source=last` (world_size 1: the step is the arrival),
-    and those bits are the values sent (a -0 is served as +0: the
-    combination's sums start at +0).
+    and those bits are the values sent, -0 included.
   * The body is read here as JSON with Python's parser and each number
     rounded to float32 by numpy: the values sent, an independent reading.
   * Python floats (doubles) and non-finite values keep the generic path:
@@ -32,9 +31,9 @@ def values(rng, n):
     edge cases."""
     bits = rng.integers(0, 2 ** 32, 4 * n, dtype=np.uint64).astype(np.uint32)
     x = bits.view(np.float32)
-    x = x[np.isfinite(x) & (np.abs(x) <= MEAN_MAX)][:n - 8]
-    edge = np.array([0.0, -0.0, 1.0, -1.0, 1.4e-45, -1.17549435e-38, 2.0 ** 60, 0.1],
-                    dtype=np.float32)
+    x = x[np.isfinite(x) & (np.abs(x) <= MEAN_MAX)][:n - 11]
+    edge = np.array([-0.0, 0.0, -0.0, -0.0, 1.0, -1.0, 1.4e-45, -1.17549435e-38, 2.0 ** 60,
+                     0.1, -0.0], dtype=np.float32)
     return np.concatenate([x, edge])
 
 
@@ -56,9 +55,7 @@ def body(checks):
     var = np.abs(values(rng, 4096))
     var = np.where(var <= VAR_MAX, var, np.float32(1.0)).astype(np.float32)
     want = [mean.view(np.uint32).tolist(), var.view(np.uint32).tolist()]
-    # Served: the combination of the one arrival, whose sums start at +0, so
-    # a -0 is served as +0 (whatever the encoding).
-    served_want = [(m + np.float32(0)).view(np.uint32).tolist() for m in (mean, var)]
+    served_want = want  # one arrival: its combination is its values, -0 included
     forms = {"numpy": (mean, var), "torch": (torch.from_numpy(mean.copy()), torch.from_numpy(var.copy())),
              "bytes": (mean.tobytes(), var.tobytes())}
 

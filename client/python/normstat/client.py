@@ -105,10 +105,12 @@ def _f32_json(values):
             return None  # not flat: the generic path names the problem
     else:
         return None
-    text = ",".join(map("%.9g".__mod__, vals))
+    text = "," + ",".join(map("%.9g".__mod__, vals)) + ","
     if "n" in text:  # inf, nan
         return None
-    return "[" + text + "]"
+    if ",-0," in text:  # "-0" would read back as the integer 0: keep the sign
+        text = text.replace(",-0,", ",-0.0,").replace(",-0,", ",-0.0,")
+    return "[" + text[1:-1] + "]"
 
 
 def _report_json(step, worker, layers, meta):
