@@ -18,6 +18,9 @@ $(NSD_OBJS): NS_EXTRA_CFLAGS = $(call pkg_cflags,$(NSD_PKGS)) -Iserver/src
 # Unit tests of server modules include their headers ("http/routes.h", "registry/registry.h").
 $(BUILD)/tests/unit/%.o: NS_INCLUDES += -Iserver/src $(call pkg_cflags,$(NSD_PKGS))
 
+# The store's checksum with the SSE4.2 crc32 instruction, chosen at run time.
+$(BUILD)/server/src/store/store_crc_sse42.o: NS_ISA_FLAGS := -msse4.2
+
 $(NSD_A): $(NSD_LIB_OBJS)
 	$(call make_static,$@,$^)
 

@@ -102,6 +102,17 @@ int ns_combine(const ns_arrival_t *src, size_t src_len, size_t channels, uint64_
         return 0;
     }
 
+    if (live == 1) {
+        /* One non-empty arrival is its own global batch: its values, widened
+         * (exactly; the formula would give them back up to rounding). */
+        const ns_arrival_t *a = src;
+        while (a->n == 0)
+            a++;
+        ns__kernels()->widen(mean, a->mean, channels);
+        ns__kernels()->widen(var, a->var, channels);
+        return 0;
+    }
+
     const ns_kernels_t *k = ns__kernels();
     const size_t block = block_channels(live);
     const size_t nblocks = (channels + block - 1) / block;

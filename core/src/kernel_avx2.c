@@ -491,6 +491,145 @@ static void drift(const double *em, const double *ev, const double *pm, const do
     lane_max(a.mv, a.iv, &dst->var_max, &dst->var_max_channel);
 }
 
+/* The scalar reference's operations four channels at a time: mul and add,
+ * never fused, so every element gets the same bits. The coefficients are
+ * broadcast once, before the loop. */
+
+typedef struct {
+    __m256d keep, f, b, a;
+} ema_vec_t;
+
+/* x' = k x + g y, as the reference writes it. */
+static inline __m256d lerp(__m256d k, __m256d x, __m256d g, __m256d y)
+{
+    return _mm256_add_pd(_mm256_mul_pd(k, x), _mm256_mul_pd(g, y));
+}
+
+/* The common case, unrolled: a domain's EMA and the pooled one, both with
+ * zero-start arrays, and an accumulator that has samples. @return the
+ * channels done (a multiple of 4). */
+static size_t step_update_common(const double *mean, const double *var, size_t channels,
+                                 __m256d vbessel, const ns__ema_pass_t *q, const ema_vec_t *v,
+                                 double *pmean, double *pm2, __m256d dn_b, __m256d wb,
+                                 __m256d cross)
+{
+    double *rm0 = q[0].rm, *rv0 = q[0].rv, *zm0 = q[0].zm, *zv0 = q[0].zv;
+    double *rm1 = q[1].rm, *rv1 = q[1].rv, *zm1 = q[1].zm, *zv1 = q[1].zv;
+    size_t c = 0;
+    for (; c + 4 <= channels; c += 4) {
+        const __m256d xm = _mm256_loadu_pd(mean + c), xv = _mm256_loadu_pd(var + c);
+        const __m256d ub = _mm256_mul_pd(xv, vbessel);
+        _mm256_storeu_pd(rm0 + c, lerp(v[0].keep, _mm256_loadu_pd(rm0 + c), v[0].f, xm));
+        _mm256_storeu_pd(rv0 + c, lerp(v[0].keep, _mm256_loadu_pd(rv0 + c), v[0].f, ub));
+        _mm256_storeu_pd(zm0 + c, lerp(v[0].b, _mm256_loadu_pd(zm0 + c), v[0].a, xm));
+        _mm256_storeu_pd(zv0 + c, lerp(v[0].b, _mm256_loadu_pd(zv0 + c), v[0].a, ub));
+        _mm256_storeu_pd(rm1 + c, lerp(v[1].keep, _mm256_loadu_pd(rm1 + c), v[1].f, xm));
+        _mm256_storeu_pd(rv1 + c, lerp(v[1].keep, _mm256_loadu_pd(rv1 + c), v[1].f, ub));
+        _mm256_storeu_pd(zm1 + c, lerp(v[1].b, _mm256_loadu_pd(zm1 + c), v[1].a, xm));
+        _mm256_storeu_pd(zv1 + c, lerp(v[1].b, _mm256_loadu_pd(zv1 + c), v[1].a, ub));
+        const __m256d pm = _mm256_loadu_pd(pmean + c);
+        const __m256d delta = _mm256_sub_pd(xm, pm);
+        const __m256d m2b = _mm256_mul_pd(xv, dn_b);
+        _mm256_storeu_pd(pmean + c, _mm256_add_pd(pm, _mm256_mul_pd(delta, wb)));
+        const __m256d dd = _mm256_mul_pd(_mm256_mul_pd(delta, delta), cross);
+        _mm256_storeu_pd(pm2 + c, _mm256_add_pd(_mm256_loadu_pd(pm2 + c), _mm256_add_pd(m2b, dd)));
+    }
+    return c;
+}
+
+static void step_update(const double *mean, const double *var, size_t channels, double bessel,
+                        const ns__ema_pass_t *ema, size_t n_ema, const ns__precise_pass_t *p)
+{
+    const __m256d vbessel = _mm256_set1_pd(bessel);
+    ema_vec_t ev[2];
+    for (size_t e = 0; e < n_ema && e < 2; e++)
+        ev[e] = (ema_vec_t){_mm256_set1_pd(ema[e].keep), _mm256_set1_pd(ema[e].f),
+                            _mm256_set1_pd(ema[e].b), _mm256_set1_pd(ema[e].a)};
+    const __m256d dn_b = _mm256_set1_pd(p->dn_b), wb = _mm256_set1_pd(p->wb),
+                  cross = _mm256_set1_pd(p->cross);
+    /* Local copies: the stores below cannot be taken to change them. */
+    ns__ema_pass_t qs[2];
+    for (size_t e = 0; e < n_ema && e < 2; e++)
+        qs[e] = ema[e];
+    double *const pmean = p->mean, *const pm2 = p->m2;
+    const int empty = p->empty;
+    size_t c = 0;
+    if (n_ema == 2 && qs[0].zm != NULL && qs[1].zm != NULL && pmean != NULL && !empty)
+        c = step_update_common(mean, var, channels, vbessel, qs, ev, pmean, pm2, dn_b, wb, cross);
+    for (; c + 4 <= channels; c += 4) {
+        const __m256d xm = _mm256_loadu_pd(mean + c), xv = _mm256_loadu_pd(var + c);
+        const __m256d unbiased = _mm256_mul_pd(xv, vbessel);
+        for (size_t e = 0; e < n_ema; e++) {
+            const ns__ema_pass_t *q = &qs[e];
+            const ema_vec_t *v = &ev[e];
+            _mm256_storeu_pd(q->rm + c,
+                             _mm256_add_pd(_mm256_mul_pd(v->keep, _mm256_loadu_pd(q->rm + c)),
+                                           _mm256_mul_pd(v->f, xm)));
+            _mm256_storeu_pd(q->rv + c,
+                             _mm256_add_pd(_mm256_mul_pd(v->keep, _mm256_loadu_pd(q->rv + c)),
+                                           _mm256_mul_pd(v->f, unbiased)));
+            if (q->zm != NULL) {
+                _mm256_storeu_pd(q->zm + c,
+                                 _mm256_add_pd(_mm256_mul_pd(v->b, _mm256_loadu_pd(q->zm + c)),
+                                               _mm256_mul_pd(v->a, xm)));
+                _mm256_storeu_pd(q->zv + c,
+                                 _mm256_add_pd(_mm256_mul_pd(v->b, _mm256_loadu_pd(q->zv + c)),
+                                               _mm256_mul_pd(v->a, unbiased)));
+            }
+        }
+        if (pmean == NULL)
+            continue;
+        if (empty) {
+            _mm256_storeu_pd(pmean + c, xm);
+            _mm256_storeu_pd(pm2 + c, _mm256_mul_pd(xv, dn_b));
+        } else {
+            const __m256d pm = _mm256_loadu_pd(pmean + c);
+            const __m256d delta = _mm256_sub_pd(xm, pm);
+            const __m256d m2b = _mm256_mul_pd(xv, dn_b);
+            _mm256_storeu_pd(pmean + c, _mm256_add_pd(pm, _mm256_mul_pd(delta, wb)));
+            const __m256d dd = _mm256_mul_pd(_mm256_mul_pd(delta, delta), cross);
+            _mm256_storeu_pd(pm2 + c,
+                             _mm256_add_pd(_mm256_loadu_pd(pm2 + c), _mm256_add_pd(m2b, dd)));
+        }
+    }
+    /* The last channels as the reference does them. */
+    for (; c < channels; c++) {
+        const double xm = mean[c], xv = var[c];
+        const double unbiased = xv * bessel;
+        for (size_t e = 0; e < n_ema; e++) {
+            const ns__ema_pass_t *q = &ema[e];
+            q->rm[c] = q->keep * q->rm[c] + q->f * xm;
+            q->rv[c] = q->keep * q->rv[c] + q->f * unbiased;
+            if (q->zm != NULL) {
+                q->zm[c] = q->b * q->zm[c] + q->a * xm;
+                q->zv[c] = q->b * q->zv[c] + q->a * unbiased;
+            }
+        }
+        if (p->mean == NULL)
+            continue;
+        if (p->empty) {
+            p->mean[c] = xm;
+            p->m2[c] = xv * p->dn_b;
+        } else {
+            const double delta = xm - p->mean[c];
+            const double m2b = xv * p->dn_b;
+            p->mean[c] += delta * p->wb;
+            p->m2[c] += m2b + delta * delta * p->cross;
+        }
+    }
+}
+
+static void widen(double *dst, const float *src, size_t n)
+{
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        _mm256_storeu_pd(dst + i, _mm256_cvtps_pd(_mm_loadu_ps(src + i)));
+        _mm256_storeu_pd(dst + i + 4, _mm256_cvtps_pd(_mm_loadu_ps(src + i + 4)));
+    }
+    for (; i < n; i++)
+        dst[i] = src[i];
+}
+
 static size_t find_nonfinite(const float *src, size_t src_len)
 {
     const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
@@ -548,6 +687,8 @@ const ns_kernels_t ns__kernels_avx2 = {
     .rows_moments = rows_moments,
     .combine = combine,
     .drift = drift,
+    .step_update = step_update,
+    .widen = widen,
     .find_nonfinite = find_nonfinite,
     .find_bad_variance = find_bad_variance,
 };

@@ -82,18 +82,62 @@ def _norm_layers(layers):
     return out
 
 
+_F32_DTYPES = ("float32", "torch.float32")
+
+
+def _f32_json(values):
+    """The JSON array text of float32 values, 9 significant digits each (any
+    float32 reads back exactly from 9, and the daemon rounds every JSON number
+    to the nearest float32), or None when the values are not known to be
+    float32 (Python floats are doubles: they go through repr, so the daemon
+    rounds the exact double once) or not all finite (the generic path sends
+    them, and the daemon answers 400 as it should). About 3x faster than
+    json.dumps of the floats' repr, and 40 % less text for the daemon."""
+    if isinstance(values, (bytes, bytearray, memoryview)):
+        b = bytes(values)
+        if len(b) % 4:
+            return None
+        vals = st.Tensor("F32", [len(b) // 4], b).values()
+    elif str(getattr(values, "dtype", "")) in _F32_DTYPES and hasattr(values, "tolist"):
+        if hasattr(values, "detach"):
+            values = values.detach()
+        vals = values.tolist()
+        if vals and isinstance(vals[0], list):
+            return None  # not flat: the generic path names the problem
+    else:
+        return None
+    text = "," + ",".join(map("%.9g".__mod__, vals)) + ","
+    if "n" in text:  # inf, nan
+        return None
+    if ",-0," in text:  # "-0" would read back as the integer 0: keep the sign
+        text = text.replace(",-0,", ",-0.0,").replace(",-0,", ",-0.0,")
+    return "[" + text[1:-1] + "]"
+
+
 def _report_json(step, worker, layers, meta):
     body = {"step": int(step), "worker": int(worker)}
     body.update(meta)
-    jl = {}
+    jl, fast = {}, {}
     for name, (count, mean, var) in layers.items():
         entry = {"count": count}
         if mean is not None:
+            m, v = _f32_json(mean), _f32_json(var)
+            if m is not None and v is not None:
+                fast[name] = (count, m, v)
+                continue
             entry["mean"] = _floats(mean, f"layers.{name}.mean")
             entry["var"] = _floats(var, f"layers.{name}.var")
         jl[name] = entry
     body["layers"] = jl
-    return json.dumps(body, separators=(",", ":")).encode("utf-8")
+    text = json.dumps(body, separators=(",", ":"))
+    if fast:
+        # The float32 layers spliced in as text; names are JSON-safe by the
+        # name grammar, and json.dumps quotes them all the same.
+        parts = ['%s:{"count":%d,"mean":%s,"var":%s}' % (json.dumps(n), c, m, v)
+                 for n, (c, m, v) in fast.items()]
+        head = text[:-2]  # up to the layers object's closing brace
+        text = head + ("," if jl else "") + ",".join(parts) + "}}"
+    return text.encode("utf-8")
 
 
 def _f32(values, what):

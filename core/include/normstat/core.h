@@ -103,7 +103,7 @@ typedef struct ns_arrival_s {
  *    N = sum n_w,  mean = sum n_w mean_w / N,
  *    var = sum n_w (var_w + (mean_w - mean)^2) / N   (biased).
  *  Arrivals with n == 0 contribute nothing. If N == 0, mean and var are set
- *  to 0. Writes *n = N. The result is the same bits for every 'threads'.
+ *  to 0. A single non-empty arrival gives its own values, widened exactly. Writes *n = N. The result is the same bits for every 'threads'.
  *  @return 0, or NS_EINVAL on NULL arguments, channels == 0, or an N that
  *  overflows. Inputs are assumed validated (finite, var >= 0). */
 NS_API int ns_combine(const ns_arrival_t *src, size_t src_len, size_t channels, uint64_t *n,
@@ -174,6 +174,23 @@ typedef struct ns_precise_s {
     double *mean;         /* [channels] */
     double *m2;           /* [channels] */
 } ns_precise_t;
+
+/* ---------------------------------------------------------------- fused update */
+
+/* The most EMAs one ns_step_update() call updates (a domain's and the pooled one). */
+#define NS_STEP_EMA_MAX 2
+
+/*! ns_step_update() :
+ *  One step's statistics (n values per channel, biased var) applied in one
+ *  pass over the channels to 'n_ema' EMAs, each as ns_ema_update() with
+ *  'momentum' would (applied[i] = 1, or 0 when n < 2 left it unchanged),
+ *  and to the accumulator 'precise' (NULL: none) as ns_precise_add()
+ *  would: the same operations in the same order, so the same bits, with
+ *  the step's arrays read once instead of once per population.
+ *  @return 0, or NS_EINVAL (what those calls refuse; nothing is changed). */
+NS_API int ns_step_update(ns_ema_t *const *ema, size_t n_ema, ns_precise_t *precise,
+                          size_t channels, uint64_t n, const double *mean, const double *var,
+                          double momentum, int *applied);
 
 /*! ns_precise_init() : an empty accumulator (the arrays must be set). */
 NS_API void ns_precise_init(ns_precise_t *acc, size_t channels);

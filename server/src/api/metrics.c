@@ -344,6 +344,10 @@ static const struct {
     {"normstat_store_rows_total", "counter",
      "Log rows committed (finalized steps, configurations, domains, resets).", STORE_U64,
      offsetof(nsd_store_stats_t, rows)},
+    {"normstat_store_bytes_total", "counter",
+     "Bytes of log row bodies and snapshots committed (what the store writes, before SQLite's "
+     "own pages).",
+     STORE_U64, offsetof(nsd_store_stats_t, bytes)},
     {"normstat_store_snapshots_total", "counter",
      "Run snapshots committed (periodic and checkpoint imports).", STORE_U64,
      offsetof(nsd_store_stats_t, snapshots)},

@@ -6,12 +6,39 @@
 
 #include "checkpoint.h"
 
+/* A snapshot whose state is copied under the run's lock and exported as
+ * JSON after it is released (the store's hooks): ingest into the run waits
+ * for a copy of its arrays, not for the JSON of them. */
+static int snapshot_copied(nsd_registry_t *reg, nsd_run_t *run, const char *name,
+                           ns_error_detail_t *err)
+{
+    nsd_checkpoint_copy_t *copy = nsd_checkpoint_copy(run);
+    if (copy == NULL) {
+        nsd_registry_unlock_run(run);
+        return ns_error_set(err, NS_ENOMEM, "", "out of memory");
+    }
+    nsd_outbox_t box = {0};
+    nsd_run_ready_steps(run, &box);
+    void *ticket = reg->persist.snapshot_begin(reg->persist.arg, name, &box.steps);
+    nsd_registry_unlock_run(run);
+    for (nsd_qnode_t *n; (n = nsd_queue_pop(&box.steps)) != NULL;)
+        nsd_step_free(nsd_container_of(n, nsd_step_t, link));
+    json_t *state = ticket != NULL ? nsd_checkpoint_export_copy(copy) : NULL;
+    nsd_checkpoint_copy_free(copy);
+    if (ticket != NULL)
+        reg->persist.snapshot_end(reg->persist.arg, ticket, state);
+    json_decref(state);
+    return 0;
+}
+
 int nsd_registry_snapshot(nsd_registry_t *reg, const char *name, ns_error_detail_t *err)
 {
     int rc;
     nsd_run_t *run = nsd_registry_lock_run(reg, name, &rc, err);
     if (run == NULL)
         return rc;
+    if (reg->persist.snapshot_begin && reg->persist.snapshot_end)
+        return snapshot_copied(reg, run, name, err);
     nsd_outbox_t box = {0};
     json_t *state = nsd_checkpoint_export(run);
     if (state == NULL) {

@@ -63,6 +63,15 @@ typedef struct nsd_persist_s {
      * the hook may json_incref() it and then owns that reference alone (the
      * registry drops its own reference right after the call). */
     void (*run_snapshot)(void *arg, const char *run, json_t *state);
+    /* nsd_registry_snapshot() in two halves, so the run's lock is held to
+     * copy, never to encode: snapshot_begin() under the lock, with the
+     * finalized steps still held back (nsd_step_t in a queue, borrowed),
+     * returns a ticket (NULL: out of memory; the hook arranges a later
+     * pass); snapshot_end() with no lock held, the ticket and the copied
+     * state as JSON (borrowed; NULL when out of memory). Optional: without
+     * them run_snapshot and step_finalized are called under the lock. */
+    void *(*snapshot_begin)(void *arg, const char *run, const nsd_queue_t *held);
+    void (*snapshot_end)(void *arg, void *ticket, json_t *state);
 } nsd_persist_t;
 
 /* One layer of a /sync answer: the step's combined statistics (biased var),

@@ -443,6 +443,34 @@ START_TEST(test_var_bias_f32)
 }
 END_TEST
 
+/* One non-empty arrival (empty ones around it) is the global batch: its
+ * values widened, bit for bit, even at counts where n * mean / n is not
+ * mean in double (checked here: the formula would have changed some). */
+START_TEST(test_single_arrival_exact)
+{
+    enum { C = 1000 };
+    static float m[C], v[C];
+    static double mean[C], var[C];
+    uint64_t r = ns_test_seed();
+    for (size_t c = 0; c < C; c++) {
+        m[c] = (float)(ns_test_normal(&r) * 3.0);
+        v[c] = (float)(ns_test_uniform(&r) * 2.0);
+    }
+    const uint64_t n = ((uint64_t)1 << 32) - 1;
+    ns_arrival_t a[3] = {{0, NULL, NULL}, {n, m, v}, {0, NULL, NULL}};
+    uint64_t total = 0;
+    ck_assert_int_eq(ns_combine(a, 3, C, &total, mean, var, 1), 0);
+    ck_assert_uint_eq(total, n);
+    size_t formula_differs = 0;
+    for (size_t c = 0; c < C; c++) {
+        ck_assert(mean[c] == (double)m[c] && var[c] == (double)v[c]);
+        volatile double p = (double)n * (double)m[c];
+        formula_differs += p / (double)n != (double)m[c];
+    }
+    ck_assert_uint_gt(formula_differs, 0);
+}
+END_TEST
+
 static Suite *combine_suite(void)
 {
     Suite *s = suite_create("combine");
@@ -453,6 +481,7 @@ static Suite *combine_suite(void)
     tcase_add_test(tc, test_known_answer);
     tcase_add_test(tc, test_empty_arrivals_ignored);
     tcase_add_test(tc, test_all_empty);
+    tcase_add_test(tc, test_single_arrival_exact);
     tcase_add_test(tc, test_threads_bitwise_resnet50);
     tcase_add_test(tc, test_threads_bitwise_many_workers);
     tcase_add_test(tc, test_huge_offset);
