@@ -227,9 +227,11 @@ def daemon_metrics(exe):
                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                              stderr=subprocess.PIPE, cwd=tmp)
         try:
+            # writes are refused (503 not_ready) between event=listening and
+            # event=ready, so the report below waits for the latter
             port = None
             for raw in p.stderr:  # ends at EOF if the daemon dies
-                m = re.search(rb"event=listening addr=\"?[0-9.]+:(\d+)", raw)
+                m = re.search(rb"event=ready addr=\"?[0-9.]+:(\d+)", raw)
                 if m:
                     port = int(m.group(1))
                     break
