@@ -21,6 +21,7 @@
 #include "http/counters.h"
 #include "http/http.h"
 #include "registry/registry.h"
+#include "relay/relay.h"
 #include "store/store.h"
 
 static int header(ns_buf_t *dst, const char *name, const char *type, const char *help)
@@ -323,6 +324,54 @@ static int render_store(ns_buf_t *dst, nsd_store_t *store)
     return rc;
 }
 
+/* Relay mode's counters (zero, and the upstream up, in a daemon that is no relay). */
+static int render_relay(ns_buf_t *dst, nsd_relay_t *relay)
+{
+    nsd_relay_stats_t st;
+    nsd_relay_stats(relay, &st);
+    static const struct {
+        const char *name, *type, *help;
+        size_t offset;
+    } rows[] = {
+        {"normstat_relay_forwarded_total", "counter",
+         "Node reports (one per node step) the upstream accepted.",
+         offsetof(nsd_relay_stats_t, forwarded)},
+        {"normstat_relay_upstream_failures_total", "counter",
+         "Forwards that could not reach the upstream (refused, timed out, 502, 503); each is "
+         "retried with backoff.",
+         offsetof(nsd_relay_stats_t, failures)},
+        {"normstat_relay_rejected_total", "counter",
+         "Forwards the upstream answered with an error (handed to the local waiters).",
+         offsetof(nsd_relay_stats_t, rejected)},
+        {"normstat_relay_partial_total", "counter",
+         "Node steps forwarded after --relay-timeout without every local worker.",
+         offsetof(nsd_relay_stats_t, partial)},
+        {"normstat_relay_abandoned_total", "counter",
+         "Node steps given up after --relay-timeout of failed forwards (waiters got 503).",
+         offsetof(nsd_relay_stats_t, abandoned)},
+        {"normstat_relay_collecting", "gauge", "Node steps waiting for local workers.",
+         offsetof(nsd_relay_stats_t, collecting)},
+        {"normstat_relay_forwarding", "gauge",
+         "Node steps being forwarded or waiting to be retried.",
+         offsetof(nsd_relay_stats_t, forwarding)},
+        {"normstat_relay_backoff_ms", "gauge",
+         "Current delay before the next retry of a failed forward (0 while the upstream is up).",
+         offsetof(nsd_relay_stats_t, backoff_ms)},
+    };
+    int rc = sample(dst, "normstat_relay_enabled", "gauge",
+                    "1 if this daemon is a relay (--upstream).", "%d", relay != NULL);
+    rc = rc ? rc
+            : sample(dst, "normstat_relay_upstream_up", "gauge",
+                     "0 while the last forward could not reach the upstream, else 1.", "%d",
+                     st.upstream_up);
+    for (size_t i = 0; i < sizeof(rows) / sizeof(rows[0]) && rc == 0; i++) {
+        uint64_t v;
+        memcpy(&v, (const char *)&st + rows[i].offset, sizeof(v));
+        rc = sample(dst, rows[i].name, rows[i].type, rows[i].help, "%llu", (unsigned long long)v);
+    }
+    return rc;
+}
+
 void nsd_h_metrics(nsd_request_t *req)
 {
     ns_buf_t buf;
@@ -333,6 +382,7 @@ void nsd_h_metrics(nsd_request_t *req)
                      "Requests begun and not yet answered (this one included).", "%ld",
                      atomic_load(&req->server->in_flight));
     rc = rc ? rc : render_store(&buf, req->server->store);
+    rc = rc ? rc : render_relay(&buf, req->server->relay);
     if (rc != 0) {
         ns_buf_free(&buf);
         nsd_respond_error(req, NS_ENOMEM, NULL);

@@ -425,6 +425,22 @@ static int write_gate(nsd_request_t *req, const char **msg)
     return 0;
 }
 
+/* A relay serves reports, its probes and metrics; runs and statistics live upstream.
+ * @return 0 or the code to answer with (message in msg). */
+static int relay_gate(nsd_request_t *req, const char **msg)
+{
+    static const char *const served[] = {"batches", "sync",    "livez",   "healthz",
+                                         "readyz",  "metrics", "version", NULL};
+    if (req->server->relay == NULL)
+        return 0;
+    for (size_t i = 0; served[i] != NULL; i++)
+        if (strcmp(req->route->label, served[i]) == 0)
+            return 0;
+    *msg = "this normstatd is a relay (--upstream): it serves /batches, /sync, /metrics and the "
+           "probes; ask its upstream for runs and statistics";
+    return NS_ENOTFOUND;
+}
+
 /* After a handler returned: suspend a deferred request unless it was already woken. */
 static void after_handler(nsd_request_t *req)
 {
@@ -536,7 +552,8 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
         respond_pending_error(req);
     } else {
         const char *msg = NULL;
-        int gate = write_gate(req, &msg);
+        int gate = relay_gate(req, &msg);
+        gate = gate != 0 ? gate : write_gate(req, &msg);
         if (gate != 0)
             nsd_respond_error(req, gate, msg);
         else

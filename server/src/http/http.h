@@ -35,6 +35,7 @@ typedef struct nsd_registry_s nsd_registry_t;
 typedef struct nsd_coord_s nsd_coord_t;
 typedef struct nsd_store_s nsd_store_t;
 typedef struct nsd_auth_s nsd_auth_t;
+typedef struct nsd_relay_s nsd_relay_t;
 
 /* The daemon's shared state, created by main(). */
 typedef struct nsd_server_s {
@@ -42,6 +43,7 @@ typedef struct nsd_server_s {
     nsd_registry_t *registry;
     nsd_store_t *store;     /* NULL with --no-persist */
     const nsd_auth_t *auth; /* bearer token required; NULL: none */
+    nsd_relay_t *relay;     /* relay mode (--upstream): reports go there; NULL: none */
     struct MHD_Daemon *daemon;
     uint16_t port;    /* bound port (after nsd_http_start) */
     char addr[300];   /* "HOST:PORT" as bound, for logs */
