@@ -179,6 +179,19 @@ static int render_rejections(ns_buf_t *dst)
     return rc;
 }
 
+/* Body bytes through HTTP: the network load of this tier, headers aside. */
+static int render_body_bytes(ns_buf_t *dst)
+{
+    const nsd_request_counters_t *k = nsd_counters_get();
+    int rc = sample(dst, "normstat_http_request_body_bytes_total", "counter",
+                    "Bytes of request bodies read (headers not counted).", "%llu",
+                    (unsigned long long)atomic_load(&k->body_bytes_in));
+    return rc ? rc
+              : sample(dst, "normstat_http_response_body_bytes_total", "counter",
+                       "Bytes of response bodies sent (headers not counted).", "%llu",
+                       (unsigned long long)atomic_load(&k->body_bytes_out));
+}
+
 static int render_registry(ns_buf_t *dst, nsd_registry_t *reg)
 {
     int rc = 0;
@@ -241,6 +254,7 @@ int nsd_metrics_render(ns_buf_t *dst, nsd_registry_t *reg)
     int rc = render_requests(dst, table, n_routes);
     rc = rc ? rc : render_durations(dst, table, n_routes);
     rc = rc ? rc : render_rejections(dst);
+    rc = rc ? rc : render_body_bytes(dst);
     rc = rc ? rc : render_registry(dst, reg);
     rc = rc ? rc
             : header(dst, "normstat_build_info", "gauge",

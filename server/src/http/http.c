@@ -89,6 +89,8 @@ void nsd_respond(nsd_request_t *req, int status, const char *content_type, char 
         resp = MHD_create_response_from_buffer_with_free_callback(len, data, free);
         if (resp == NULL)
             free(data);
+        else
+            nsd_count_body_bytes(0, len);
     }
     if (resp == NULL) {
         /* Nothing can be sent: the access handler returns MHD_NO, closing the connection. */
@@ -518,6 +520,7 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
     if (*upload_data_size > 0) {
         size_t n = *upload_data_size;
         *upload_data_size = 0;
+        nsd_count_body_bytes(1, n);
         if (req->responded)
             return MHD_YES;
         /* MHD accepts a response only before or after the body, so an error
@@ -635,6 +638,8 @@ int nsd_http_start(nsd_server_t *server, ns_error_detail_t *err)
         MHD_OPTION_EXTERNAL_LOGGER, mhd_logger, NULL,
         MHD_OPTION_SOCK_ADDR, res->ai_addr,
         MHD_OPTION_THREAD_POOL_SIZE, threads > 1 ? threads : 0u,
+        /* libmicrohttpd's default is FD_SETSIZE - 4 (1020), fewer workers than a big run has. */
+        MHD_OPTION_CONNECTION_LIMIT, (unsigned)server->opts->max_connections,
         MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)CONNECTION_TIMEOUT_S,
         MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)CONNECTION_MEMORY,
         MHD_OPTION_NOTIFY_COMPLETED, on_completed, server,
