@@ -35,7 +35,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_server import Server, f, met, metric, proc_cpu, ratio, table  # noqa: E402
 
 GROUP = 8  # workers per relay
-STEPS = {64: 24, 256: 10, 1024: 6}
+STEPS = {64: 24, 256: 12, 1024: 10}
 WARMUP = 2
 
 
