@@ -119,6 +119,7 @@ static int start_relay(daemon_t *d)
         .timeout_ms = (uint64_t)opts->relay_timeout,
         .max_pending = (uint32_t)opts->max_pending_steps,
         .threads = (int)opts->core_threads,
+        .forward_f32 = opts->relay_f32,
     };
     if (nsd_relay_create(&d->relay, &cfg, &err) != 0) {
         nsd_log(NSD_LOG_ERROR, "start_failed", "step=relay reason=%s",

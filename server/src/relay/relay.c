@@ -31,8 +31,7 @@ static relay_node_step_t *find(nsd_relay_t *relay, const char *run, const ns_rep
     return NULL;
 }
 
-static relay_node_step_t *node_new(const nsd_relay_t *relay, const char *run,
-                                   const ns_report_t *r)
+static relay_node_step_t *node_new(const nsd_relay_t *relay, const char *run, const ns_report_t *r)
 {
     relay_node_step_t *ns = calloc(1, sizeof(*ns));
     if (ns == NULL)
@@ -176,8 +175,9 @@ int nsd_relay_report(nsd_relay_t *relay, const char *run, ns_report_t *report, n
     if (relay->stopping)
         rc = ns_error_set(err, NS_ESHUTDOWN, NULL, "the relay is shutting down");
     else if (ns == NULL && relay->n_collecting >= relay->cfg.max_pending)
-        rc = ns_error_set(err, NS_EBUSY, NULL, "%zu node steps are collecting (--max-pending-steps)",
-                          relay->n_collecting);
+        rc =
+            ns_error_set(err, NS_EBUSY, NULL, "%zu node steps are collecting (--max-pending-steps)",
+                         relay->n_collecting);
     else if (ns == NULL && (ns = fresh = node_new(relay, run, report)) == NULL)
         rc = ns_error_set(err, NS_ENOMEM, NULL, "out of memory");
     if (rc == 0)
@@ -263,7 +263,8 @@ void nsd_relay_stop(nsd_relay_t *relay)
     pthread_mutex_unlock(&relay->lock);
     while (list != NULL) {
         relay_node_step_t *next = list->next;
-        nsd__relay_deliver(list, nsd__relay_answer_error(NS_ESHUTDOWN, "the relay is shutting down"));
+        nsd__relay_deliver(list,
+                           nsd__relay_answer_error(NS_ESHUTDOWN, "the relay is shutting down"));
         nsd__relay_node_free(relay, list);
         list = next;
     }

@@ -33,6 +33,7 @@ typedef struct nsd_relay_config_s {
     uint64_t timeout_ms;       /* a node step's wait for its workers; a forward's retries */
     uint32_t max_pending;      /* node steps collecting at once (429 beyond) */
     int threads;               /* OpenMP threads of a combination */
+    int forward_f32;           /* send the node's arrays as float32, not F64 */
 } nsd_relay_config_t;
 
 /* What a local /sync is answered: status 0 and the upstream's answer, or an
@@ -47,15 +48,15 @@ typedef void (*nsd_relay_cb)(void *arg, nsd_relay_answer_t *answer);
 
 /* Counters for /metrics. */
 typedef struct nsd_relay_stats_s {
-    uint64_t forwarded;      /* node reports the upstream accepted */
-    uint64_t failures;       /* forwards that could not reach the upstream */
-    uint64_t rejected;       /* forwards the upstream answered with an error */
-    uint64_t partial;        /* node steps forwarded without every local worker */
-    uint64_t abandoned;      /* node steps given up after --relay-timeout of failures */
-    uint64_t collecting;     /* node steps waiting for local workers */
-    uint64_t forwarding;     /* node steps being forwarded or waiting to retry */
-    int upstream_up;         /* 1 unless the last forward failed to reach the upstream */
-    uint64_t backoff_ms;     /* the current retry delay (0 when up) */
+    uint64_t forwarded;  /* node reports the upstream accepted */
+    uint64_t failures;   /* forwards that could not reach the upstream */
+    uint64_t rejected;   /* forwards the upstream answered with an error */
+    uint64_t partial;    /* node steps forwarded without every local worker */
+    uint64_t abandoned;  /* node steps given up after --relay-timeout of failures */
+    uint64_t collecting; /* node steps waiting for local workers */
+    uint64_t forwarding; /* node steps being forwarded or waiting to retry */
+    int upstream_up;     /* 1 unless the last forward failed to reach the upstream */
+    uint64_t backoff_ms; /* the current retry delay (0 when up) */
 } nsd_relay_stats_t;
 
 /*! nsd_relay_create() :

@@ -77,8 +77,10 @@ static void failed(nsd_relay_t *relay, relay_node_step_t *ns, const ns_error_det
                 err->message);
     if (now >= ns->give_up_ms) {
         char msg[700];
-        snprintf(msg, sizeof(msg), "step %llu: the relay could not reach its upstream %s within "
-                 "--relay-timeout: %s", (unsigned long long)ns->step, relay->upstream, err->message);
+        snprintf(msg, sizeof(msg),
+                 "step %llu: the relay could not reach its upstream %s within "
+                 "--relay-timeout: %s",
+                 (unsigned long long)ns->step, relay->upstream, err->message);
         atomic_fetch_add(&relay->abandoned, 1);
         nsd_log(NSD_LOG_ERROR, "relay_step_abandoned", "run=%s step=%llu", ns->run,
                 (unsigned long long)ns->step);
@@ -86,9 +88,9 @@ static void failed(nsd_relay_t *relay, relay_node_step_t *ns, const ns_error_det
         return;
     }
     if (relay->retry == NULL) {
-        relay->backoff_ms = relay->backoff_ms == 0 ? BACKOFF_MIN_MS
+        relay->backoff_ms = relay->backoff_ms == 0                   ? BACKOFF_MIN_MS
                             : relay->backoff_ms * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS
-                                                                      : relay->backoff_ms * 2;
+                                                                     : relay->backoff_ms * 2;
         relay->retry_at_ms = now + relay->backoff_ms;
         atomic_store(&relay->backoff_now, relay->backoff_ms);
     }
@@ -179,8 +181,7 @@ static void shut_down(nsd_relay_t *relay, relay_node_step_t *ready)
         while (lists[i] != NULL) {
             relay_node_step_t *ns = lists[i];
             lists[i] = ns->next;
-            finish(relay, ns,
-                   nsd__relay_answer_error(NS_ESHUTDOWN, "the relay is shutting down"));
+            finish(relay, ns, nsd__relay_answer_error(NS_ESHUTDOWN, "the relay is shutting down"));
         }
     uv_timer_stop(&relay->tick);
     uv_close((uv_handle_t *)&relay->tick, NULL);

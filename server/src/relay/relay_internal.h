@@ -28,8 +28,8 @@ typedef struct relay_node_step_s {
     uint64_t step;
     char domain[NS_NAME_MAX + 1];
     unsigned update;
-    ns_scope_t scope; /* of the /sync waiters */
-    int has_sync;     /* a local worker waits on /sync: forward as /sync */
+    ns_scope_t scope;       /* of the /sync waiters */
+    int has_sync;           /* a local worker waits on /sync: forward as /sync */
     ns_report_t **arrivals; /* [local_world_size], NULL where absent; owned */
     uint32_t n_arrived;
     uint64_t deadline_ms; /* first arrival + timeout: forwarded with what it has */
@@ -76,8 +76,7 @@ struct nsd_relay_s {
     uint64_t backoff_ms;
     int quit;
 
-    atomic_uint_fast64_t forwarded, failures, rejected, partial, abandoned, forwarding,
-        backoff_now;
+    atomic_uint_fast64_t forwarded, failures, rejected, partial, abandoned, forwarding, backoff_now;
     atomic_int upstream_up;
 };
 

@@ -17,8 +17,9 @@ static const ns_report_t *first_arrival(const nsd_relay_t *relay, const relay_no
 }
 
 /* Layer l of the node: its arrivals combined in local rank order (empty
- * batches contribute nothing, as in the upstream's barrier), each double
- * rounded once to float32, the precision of a report's arrays. */
+ * batches contribute nothing, as in the upstream's barrier). The doubles go
+ * upstream as F64 (kept as double by its decoder and combination); with
+ * --relay-f32 only their float32 rounding, half the bytes. */
 static int combine_layer(const nsd_relay_t *relay, const relay_node_step_t *ns, size_t l,
                          ns_arrival_t *src, ns_layer_report_t *dst)
 {
@@ -31,7 +32,11 @@ static int combine_layer(const nsd_relay_t *relay, const relay_node_step_t *ns, 
         if (a->channels > 0)
             channels = a->channels;
         if (a->count > 0)
-            src[k++] = (ns_arrival_t){.n = a->count, .mean = a->mean, .var = a->var};
+            src[k++] = (ns_arrival_t){.n = a->count,
+                                      .mean = a->mean,
+                                      .var = a->var,
+                                      .mean64 = a->mean64,
+                                      .var64 = a->var64};
     }
     dst->channels = channels;
     if (channels == 0)
@@ -46,6 +51,11 @@ static int combine_layer(const nsd_relay_t *relay, const relay_node_step_t *ns, 
     for (size_t c = 0; rc == 0 && c < channels; c++) {
         dst->mean[c] = (float)mean[c];
         dst->var[c] = (float)var[c];
+    }
+    if (rc == 0 && !relay->cfg.forward_f32) {
+        dst->mean64 = mean; /* the report owns them now */
+        dst->var64 = var;
+        return 0;
     }
     free(mean);
     free(var);
