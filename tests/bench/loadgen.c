@@ -10,8 +10,8 @@
  *   loadgen body   [--layers SPEC] [--format json|st] [--worker W] [--workers N]
  *                  [--first-step K] > FILE
  * sync --ports/--group: worker i connects to port P(i / G) as worker i % G (G local
- * workers per relay, normstatd --upstream). Common: --run-exact 1 uses --run as the run name (ingest: NAME-cI), else a
- * pid suffix keeps runs apart; --first-step K starts at step 1000000 + K.
+ * workers per relay, normstatd --upstream). Common: --run-exact 1 uses --run as the run name
+ * (ingest: NAME-cI), else a pid suffix keeps runs apart; --first-step K starts at step 1000000 + K.
  *
  * SPEC is "resnet50" (53 BatchNorm layers of torchvision's ResNet-50, 26,560
  * channels) or "NxC" (N layers of C channels). Each request is one worker's

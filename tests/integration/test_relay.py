@@ -20,6 +20,9 @@ reference (Fractions over the float32 arrivals) and between the paths:
  * F32 relays (--relay-f32): the node is rounded once to float32, so values
    agree within NODE_RTOL of their scale (mean: |mean| + std, var: var +
    |mean| std).
+The same with two tiers: the node relays' upstream is a relay (a rack's,
+--local-world-size 2) in front of a daemon whose run has world size 1,
+both nodes on one domain per step (a relay forwards one domain a step).
 Then: a killed relay is the worker the upstream's stall report waits for,
 and a relay whose upstream is down counts failures in its metrics, marks
 the upstream down, and recovers (forwards, upstream up) when it is back.
@@ -93,11 +96,11 @@ def make_data(rng):
     return data
 
 
-def report(s, w, per, local):
-    dom = PLAN[s][node_of(w)]
+def report(s, w, per, local, plan=PLAN):
+    dom = plan[s][node_of(w)]
     rep = {"step": s, "worker": (w % LOCAL) if local else w, "domain": dom, "layers": {}}
-    if PLAN[s][3]:
-        rep["scope"] = PLAN[s][3]
+    if plan[s][3]:
+        rep["scope"] = plan[s][3]
     for l, (n, mean, var) in per.items():
         body = {"count": n}
         if mean is not None:
@@ -152,10 +155,16 @@ class Relays(nsd.Case):
         cls.relays = start_relays(cls.up)
         cls.up32 = nsd.Daemon(name="upstream-f32").start()
         cls.relays32 = start_relays(cls.up32, ["--relay-f32"])
+        # two tiers: the node relays' upstream is a relay whose workers they are
+        cls.up2 = nsd.Daemon(name="upstream-chain").start()
+        cls.hub = nsd.Daemon("--upstream", f"http://127.0.0.1:{cls.up2.port}", "--relay-rank",
+                             "0", "--local-world-size", str(NODES), "--relays", "1",
+                             "--relay-timeout", "20000", name="hub").start()
+        cls.relays2 = start_relays(cls.hub)
 
     @classmethod
     def tearDownClass(cls):
-        for d in cls.relays + cls.relays32 + [cls.up, cls.up32]:
+        for d in cls.relays + cls.relays32 + cls.relays2 + [cls.hub, cls.up, cls.up32, cls.up2]:
             if d.alive():
                 d.stop()
         super().tearDownClass()
@@ -168,18 +177,15 @@ class Relays(nsd.Case):
             out.append(cl)
         return out
 
-    def drive(self, run, data):
-        """Every step to the three paths; returns answers[step][path][w]."""
-        clients = {"direct": [self.client(timeout=40) for _ in range(WORLD)],
-                   "f64": self.path_clients(self.relays),
-                   "f32": self.path_clients(self.relays32)}
+    def drive(self, run, data, clients, plan=PLAN):
+        """Every step to every path at once; returns answers[step][path][w]."""
         answers = {}
-        for s in sorted(PLAN):
-            path = PLAN[s][2]
+        for s in sorted(plan):
+            path = plan[s][2]
             fns, keys = [], []
             for name, cls in clients.items():
                 for w in range(WORLD):
-                    rep = report(s, w, data[s][w], name != "direct")
+                    rep = report(s, w, data[s][w], name != "direct", plan)
                     fns.append(lambda c=cls[w], rep=rep: c.report(run, rep, sync=path == "sync"))
                     keys.append((name, w))
             res, errs = nsd.parallel(fns, limit=40)
@@ -194,14 +200,15 @@ class Relays(nsd.Case):
                 answers[s][name][w] = r.json()
         return answers
 
-    def check_sync(self, data, answers):
-        worst, same = 0.0, {"f64": [0, 0], "f32": [0, 0]}
-        for s, (d0, d1, path, scope) in PLAN.items():
+    def check_sync(self, data, answers, plan=PLAN):
+        paths = [p for p in answers[0] if p != "direct"]
+        worst, same = 0.0, {p: [0, 0] for p in paths}
+        for s, (d0, d1, path, scope) in plan.items():
             if path != "sync":
                 continue
             for w in range(WORLD):
-                dom = PLAN[s][node_of(w)]
-                ws = [v for v in range(WORLD) if scope is None or PLAN[s][node_of(v)] == dom]
+                dom = plan[s][node_of(w)]
+                ws = [v for v in range(WORLD) if scope is None or plan[s][node_of(v)] == dom]
                 a_d = answers[s]["direct"][w]
                 for l in LAYERS:
                     N, mean, var = reference(data, s, l, ws)
@@ -210,7 +217,7 @@ class Relays(nsd.Case):
                     if N > 0:
                         self.check(md == nsd.f32_list(mean) and vd == nsd.f32_list(var),
                                    f"step {s} worker {w} {l}: direct /sync = float32(exact)")
-                    for name in ("f64", "f32"):
+                    for name in paths:
                         a_r = answers[s][name][w]
                         lr = a_r["layers"][l]
                         mr, vr = nsd.f32_list(lr["mean"]), nsd.f32_list(lr["var"])
@@ -223,10 +230,10 @@ class Relays(nsd.Case):
                         if N == 0:
                             self.check(mr == md and vr == vd,
                                        f"step {s} worker {w} {l} {name}: empty, equal zeros")
-                        elif name == "f64":
+                        elif name != "f32":
                             ok = all(ulp_apart_at_boundary(g, e) for g, e in
                                      zip(mr + vr, mean + var))
-                            self.check(ok, f"step {s} worker {w} {l} f64: float32 bitwise equal "
+                            self.check(ok, f"step {s} worker {w} {l} {name}: float32 bitwise equal "
                                        "to direct (but at a rounding boundary)",
                                        f"{mr[:3]} {md[:3]}")
                         else:
@@ -238,7 +245,8 @@ class Relays(nsd.Case):
         for name, (eq, n) in same.items():
             print(f"note /sync through {name} relays: {eq} of {n} float32 values bitwise equal "
                   "to direct reporting")
-        print(f"note /sync through f32 relays: largest scaled error {worst:.3g}")
+        if "f32" in paths:
+            print(f"note /sync through f32 relays: largest scaled error {worst:.3g}")
 
     def check_stats(self, run, up, name):
         for src in ("ema", "precise", "last"):
@@ -259,13 +267,13 @@ class Relays(nsd.Case):
                                   f"{name} stats {src} {dom} {l}: counts and steps equal")
                     md, vd = nsd.served(Ld)
                     mu, vu = nsd.served(Lu)
-                    if name == "f64":
+                    if name != "f32":
                         # bitwise unless a double sits on a float32 boundary: one unit apart
                         apart = [(a, b) for a, b in zip(mu + vu, md + vd)
                                  if np.float32(a) != np.float32(b)]
                         near = all(np.nextafter(np.float32(a), np.float32(b)) == np.float32(b)
                                    for a, b in apart)
-                        self.check(len(apart) <= 2 and near, f"f64 stats {src} {dom} {l}: "
+                        self.check(len(apart) <= 2 and near, f"{name} stats {src} {dom} {l}: "
                                    f"float32 equal to direct ({len(apart)} one unit apart)",
                                    str(apart[:3]))
                     else:
@@ -274,8 +282,8 @@ class Relays(nsd.Case):
                         self.check(e <= NODE_RTOL, f"f32 stats {src} {dom} {l}: within "
                                    f"{NODE_RTOL:g} (scaled err {e:.2g})")
 
-    def check_checkpoints(self, run, up):
-        """Every double of the F64 path's checkpoint within rtol 1e-12 of direct."""
+    def check_checkpoints(self, run, up, name):
+        """Every double of an F64 path's checkpoint within rtol 1e-12 of direct."""
         a = self.c.get(f"/v1/runs/{run}/checkpoint").json()
         b = up.get(f"/v1/runs/{run}/checkpoint").json()
         for k in ("config", "run"):
@@ -309,9 +317,10 @@ class Relays(nsd.Case):
             elif x != y:
                 diffs.append(f"{path}: {x!r} vs {y!r}")
         walk(a, b, "checkpoint")
-        self.check(not diffs and n[0] > 500, f"f64 checkpoint: {n[0]} doubles within rtol "
+        self.check(not diffs and n[0] > 500, f"{name} checkpoint: {n[0]} doubles within rtol "
                    f"1e-12 of direct (largest {worst:.2g}), integers equal", str(diffs[:4]))
-        print(f"note f64 checkpoint: largest relative difference {worst:.3g} over {n[0]} doubles")
+        print(f"note {name} checkpoint: largest relative difference {worst:.3g} over {n[0]} "
+              "doubles")
 
     def test_relayed_equals_direct(self):
         run = nsd.run_name("relay")
@@ -326,11 +335,13 @@ class Relays(nsd.Case):
                               "sync_timeout_ms": SYNC_TIMEOUT_MS}), 201,
                               f"PUT {name} upstream run", must=True)
         data = make_data(np.random.default_rng(14))
-        answers = self.drive(run, data)
+        answers = self.drive(run, data, {"direct": [self.client(timeout=40) for _ in range(WORLD)],
+                                         "f64": self.path_clients(self.relays),
+                                         "f32": self.path_clients(self.relays32)})
         self.check_sync(data, answers)
         for name, up in ups.items():
             self.check_stats(run, up, name)
-        self.check_checkpoints(run, ups["f64"])
+        self.check_checkpoints(run, ups["f64"], "f64")
         # the relay keeps no runs: it points at its upstream
         r = self.relays[0].client()
         self._clients.append(r)
@@ -338,6 +349,24 @@ class Relays(nsd.Case):
         m = r.get("/metrics").body.decode()
         self.check("normstat_relay_enabled 1" in m and "normstat_relay_forwarded_total 6" in m,
                    "relay metrics: enabled, 6 node steps forwarded", m[-600:])
+
+    def test_two_tiers(self):
+        """Node relays whose upstream is a relay (a rack's): the same statistics.
+        A relay forwards one domain per step, so here both nodes share it."""
+        run = nsd.run_name("chain")
+        up = self.up2.client()
+        self._clients.append(up)
+        self.check_status(self.c.put(f"/v1/runs/{run}", {"world_size": WORLD,
+                          "sync_timeout_ms": SYNC_TIMEOUT_MS}), 201, "PUT direct run", must=True)
+        self.check_status(up.put(f"/v1/runs/{run}", {"world_size": 1,
+                          "sync_timeout_ms": SYNC_TIMEOUT_MS}), 201, "PUT top run", must=True)
+        plan = {s: (d0, d0, path, scope) for s, (d0, d1, path, scope) in PLAN.items()}
+        data = make_data(np.random.default_rng(41))
+        answers = self.drive(run, data, {"direct": [self.client(timeout=40) for _ in range(WORLD)],
+                                         "chain": self.path_clients(self.relays2)}, plan)
+        self.check_sync(data, answers, plan)
+        self.check_stats(run, up, "chain")
+        self.check_checkpoints(run, up, "chain")
 
     def test_relay_keeps_no_store(self):
         import subprocess

@@ -140,11 +140,16 @@ static int load_values(const ns_safetensors_t *st, const ns_tensor_t *t, const c
             free(values);
             return ns_error_set(err, NS_ENOMEM, field, "out of memory");
         }
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+        memcpy(kept, t->data, n * sizeof(double));
+#else
         for (size_t i = 0; i < n; i++) {
             uint64_t bits = ns__load_le64(t->data + 8 * i);
-            double d;
-            memcpy(&d, &bits, sizeof(d));
-            kept[i] = d;
+            memcpy(&kept[i], &bits, sizeof(bits));
+        }
+#endif
+        for (size_t i = 0; i < n; i++) {
+            double d = kept[i];
             values[i] = d > FLT_MAX ? INFINITY : d < -FLT_MAX ? -INFINITY : (float)d;
         }
         *wide = kept;
@@ -185,8 +190,8 @@ static int decode_layer(const ns_safetensors_t *st, ns_layer_report_t *layer,
     }
     size_t n_mean, n_var;
     snprintf(field, sizeof(field), "layers.%s.mean", layer->name);
-    int rc = load_values(st, parts[PART_MEAN]->tensor, field, &layer->mean, &layer->mean64,
-                         &n_mean, err);
+    int rc = load_values(st, parts[PART_MEAN]->tensor, field, &layer->mean, &layer->mean64, &n_mean,
+                         err);
     if (rc)
         return rc;
     layer->channels = n_mean;

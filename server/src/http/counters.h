@@ -42,7 +42,7 @@ typedef struct nsd_request_counters_s {
     atomic_uint_fast64_t rejections[NSD_COUNTER_ERRORS];
     atomic_uint_fast64_t body_bytes_in;  /* request bodies read (kept or dropped) */
     atomic_uint_fast64_t body_bytes_out; /* response bodies queued */
-    double start_time; /* seconds since the epoch */
+    double start_time;                   /* seconds since the epoch */
 } nsd_request_counters_t;
 
 /*! nsd_counters_init() : record the start time; call once before serving. */

@@ -233,10 +233,19 @@ START_TEST(t_f64_arrays)
         m32[c] = (float)m64[c];
         v32[c] = (float)v64[c];
     }
-    ns_layer_report_t layer = {.name = "bn", .count = 5, .channels = 3, .mean = m32,
-                               .var = v32, .mean64 = m64, .var64 = v64};
-    ns_report_t r = {.step = 4, .worker = 1, .update = NS_UPDATE_EMA | NS_UPDATE_PRECISE,
-                     .world_size = -1, .n_layers = 1, .layers = &layer};
+    ns_layer_report_t layer = {.name = "bn",
+                               .count = 5,
+                               .channels = 3,
+                               .mean = m32,
+                               .var = v32,
+                               .mean64 = m64,
+                               .var64 = v64};
+    ns_report_t r = {.step = 4,
+                     .worker = 1,
+                     .update = NS_UPDATE_EMA | NS_UPDATE_PRECISE,
+                     .world_size = -1,
+                     .n_layers = 1,
+                     .layers = &layer};
     for (int unbiased = 0; unbiased < 2; unbiased++) {
         r.unbiased = unbiased;
         ns_buf_t buf = {0};
