@@ -393,6 +393,13 @@ class Relays(nsd.Case):
         self._clients.append(up)
         self.check_status(up.put(f"/v1/runs/{run}", {"world_size": NODES,
                           "sync_timeout_ms": SYNC_TIMEOUT_MS}), 201, "PUT upstream run", must=True)
+        def metric(name):
+            text = rc[0].get("/metrics").body.decode()
+            for line in text.splitlines():
+                if line.startswith(name + " "):
+                    return float(line.split()[1])
+            return None
+        fwd0 = metric("normstat_relay_forwarded_total")
         self.relays[1].kill()
         for lw in range(LOCAL):
             rep = {"step": 7, "worker": lw, "layers": {"bn.a": {"count": 2, "mean": [1.0] * 24,
@@ -406,6 +413,10 @@ class Relays(nsd.Case):
         self.check(pend and pend[0].get("waiting_for") == [1] and pend[0].get("arrived") == [0],
                    "upstream stall report: step 7 arrived from relay 0, waits for relay 1 (killed)",
                    str(pend))
+        # the relay heard the 202 of step 7 before the upstream goes away
+        self.check(nsd.poll(lambda: metric("normstat_relay_forwarded_total") == fwd0 + 1,
+                            limit=15), "relay metrics: step 7 forwarded")
+        fwd_before = metric("normstat_relay_forwarded_total")
         # the upstream goes away: relay 0 counts failures and marks it down
         port = self.up.port
         self.up.kill()
@@ -413,14 +424,6 @@ class Relays(nsd.Case):
             rep = {"step": 8, "worker": lw, "layers": {"bn.a": {"count": 2, "mean": [2.0] * 24,
                                                                 "var": [0.5] * 24}}}
             self.check_status(rc[lw].report(run, rep), 202, f"step 8 local worker {lw} -> relay 0")
-
-        def metric(name):
-            text = rc[0].get("/metrics").body.decode()
-            for line in text.splitlines():
-                if line.startswith(name + " "):
-                    return float(line.split()[1])
-            return None
-        fwd_before = metric("normstat_relay_forwarded_total")
         self.check(nsd.poll(lambda: (metric("normstat_relay_upstream_failures_total") or 0) >= 2,
                             limit=15), "relay metrics: failures counted while the upstream is down")
         self.check_eq(metric("normstat_relay_upstream_up"), 0.0, "relay metrics: upstream down")
