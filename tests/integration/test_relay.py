@@ -23,7 +23,8 @@ reference (Fractions over the float32 arrivals) and between the paths:
 The same with two tiers: the node relays' upstream is a relay (a rack's,
 --local-world-size 2) in front of a daemon whose run has world size 1,
 both nodes on one domain per step (a relay forwards one domain a step).
-Then: a killed relay is the worker the upstream's stall report waits for,
+A node step missing a local worker is forwarded after --relay-timeout with
+the others. Then: a killed relay is the worker the upstream's stall report waits for,
 and a relay whose upstream is down counts failures in its metrics, marks
 the upstream down, and recovers (forwards, upstream up) when it is back.
 """
@@ -367,6 +368,44 @@ class Relays(nsd.Case):
         self.check_sync(data, answers, plan)
         self.check_stats(run, up, "chain")
         self.check_checkpoints(run, up, "chain")
+
+    def test_partial_node(self):
+        """A node step whose 4th worker never reports is forwarded after
+        --relay-timeout with the other three; their /sync gets the upstream's
+        answer over those three."""
+        relay = nsd.Daemon("--upstream", f"http://127.0.0.1:{self.up32.port}", "--relay-rank", "0",
+                           "--local-world-size", str(LOCAL), "--relay-timeout", "300",
+                           name="relay-partial").start()
+        try:
+            run = nsd.run_name("partial")
+            up = self.up32.client()
+            self._clients.append(up)
+            self.check_status(up.put(f"/v1/runs/{run}", {"world_size": 1}), 201,
+                              "PUT upstream run (one relay)", must=True)
+            rng = np.random.default_rng(5)
+            arrivals = [(int(rng.integers(1, 30)), nsd.f32_list(rng.normal(4, 2, 7)),
+                         nsd.f32_list(rng.uniform(0.5, 2, 7))) for _ in range(3)]
+            cls = [relay.client(timeout=20) for _ in range(3)]
+            self._clients.extend(cls)
+            fns = [lambda lw=lw, a=a: cls[lw].report(run, {
+                "step": 1, "worker": lw, "layers": {"bn": {"count": a[0], "mean": a[1],
+                                                           "var": a[2]}}}, sync=True)
+                for lw, a in enumerate(arrivals)]
+            res, errs = nsd.parallel(fns, limit=20)
+            self.require(not any(errs) and all(r.status == 200 for r in res),
+                         "three of four local workers: /sync answered 200",
+                         str([r.short(200) for r in res if r is not None]))
+            N, mean, var = nsd.combine(arrivals)
+            for lw, r in enumerate(res):
+                L = r.json()["layers"]["bn"]
+                self.check(L["count"] == N and all(ulp_apart_at_boundary(g, e) for g, e in
+                           zip(nsd.f32_list(L["mean"]) + nsd.f32_list(L["var"]), mean + var)),
+                           f"local worker {lw}: the combination of the three that arrived")
+            text = cls[0].get("/metrics").body.decode()
+            self.check("normstat_relay_partial_total 1" in text,
+                       "relay metrics: one node step forwarded partial")
+        finally:
+            relay.stop()
 
     def test_relay_keeps_no_store(self):
         import subprocess

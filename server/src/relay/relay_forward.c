@@ -24,9 +24,10 @@
 #include "base/log.h"
 #include "relay_internal.h"
 
-#define TICK_MS        20
-#define BACKOFF_MIN_MS 100
-#define BACKOFF_MAX_MS 5000
+#define TICK_MS         20
+#define BACKOFF_MIN_MS  100
+#define BACKOFF_MAX_MS  5000
+#define FORWARD_WAIT_MS 600000
 
 static void forward(nsd_relay_t *relay, relay_node_step_t *ns);
 
@@ -238,8 +239,12 @@ int nsd__relay_thread_start(nsd_relay_t *relay, ns_error_detail_t *err)
     o.url = relay->upstream;
     o.token = relay->token[0] != '\0' ? relay->token : NULL;
     o.retries = 0; /* this file retries, with backoff and in order */
-    /* An upstream /sync waits up to its run's sync_timeout_ms for the other relays. */
-    o.timeout_ms = (long)(relay->cfg.timeout_ms + 10000);
+    /* An upstream /sync waits up to its run's sync_timeout_ms (unknown here) for
+     * the other relays: a forward waits 10 minutes, or longer than
+     * --relay-timeout; a dead upstream fails it at once (connection reset). */
+    o.timeout_ms =
+        (long)(relay->cfg.timeout_ms + 10000 > FORWARD_WAIT_MS ? relay->cfg.timeout_ms + 10000
+                                                               : FORWARD_WAIT_MS);
     if (uv_loop_init(&relay->loop) != 0)
         return ns_error_set(err, NS_ENOMEM, NULL, "cannot create the relay's loop");
     int rc = ns_client_async_create(&relay->client, &relay->loop, &o, err);
