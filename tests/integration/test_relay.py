@@ -29,10 +29,8 @@ and a relay whose upstream is down counts failures in its metrics, marks
 the upstream down, and recovers (forwards, upstream up) when it is back.
 """
 
-import json
 import os
 import sys
-import time
 
 import numpy as np
 
