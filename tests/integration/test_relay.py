@@ -24,7 +24,7 @@ The same with two tiers: the node relays' upstream is a relay (a rack's,
 --local-world-size 2) in front of a daemon whose run has world size 1,
 both nodes on one domain per step (a relay forwards one domain a step).
 A node step missing a local worker is forwarded after --relay-timeout with
-the others. Then: a killed relay is the worker the upstream's stall report waits for,
+the others; a relay with a token requires it and sends it upstream. Then: a killed relay is the worker the upstream's stall report waits for,
 and a relay whose upstream is down counts failures in its metrics, marks
 the upstream down, and recovers (forwards, upstream up) when it is back.
 """
@@ -404,6 +404,31 @@ class Relays(nsd.Case):
                        "relay metrics: one node step forwarded partial")
         finally:
             relay.stop()
+
+    def test_relay_token(self):
+        """With a token, a relay requires it of its workers and sends it upstream."""
+        env = dict(os.environ, NORMSTAT_AUTH_TOKEN="relay-secret")
+        up = nsd.Daemon(name="upstream-auth", env=env).start()
+        relay = nsd.Daemon("--upstream", f"http://127.0.0.1:{up.port}", "--relays", "1",
+                           name="relay-auth", env=env).start()
+        try:
+            c = relay.client()
+            self._clients.append(c)
+            rep = {"step": 0, "worker": 0, "layers": {"bn": {"count": 3, "mean": [1.0],
+                                                             "var": [0.5]}}}
+            self.check_status(c.report("auth", rep, sync=True), 401,
+                              "relay: /sync without the token", code="unauthorized")
+            auth = {"Authorization": "Bearer relay-secret"}
+            r = c.report("auth", rep, sync=True, headers=auth)
+            self.check(r.status == 200 and r.json()["layers"]["bn"]["count"] == 3,
+                       "relay: /sync with the token answered by the upstream", r.short(300))
+            u = up.client()
+            self._clients.append(u)
+            self.check_status(u.get("/v1/runs/auth", headers=auth), 200,
+                              "upstream: the run the relay's token created")
+        finally:
+            relay.stop()
+            up.stop()
 
     def test_relay_keeps_no_store(self):
         import subprocess
