@@ -2,9 +2,11 @@
 
 Eight workers report the same steps three times: directly to one normstatd
 (world size 8), and twice as 2 nodes x 4 local workers through two relays
-(--relay-rank 0/1, --local-world-size 4) in front of another normstatd
-(world size 2, the relays): once with the relays' default F64 forwarding,
-once with --relay-f32. Steps have uneven counts, empty batches (count 0,
+(--local-world-size 4) in front of another normstatd
+(world size 2, the relays): once with F64 forwarding and --relay-rank 0/1
+(workers send local ranks), once with --relay-f32 and no --relay-rank
+(workers send global ranks and world_size; the relays derive their node and
+create the upstream run with world size 2). Steps have uneven counts, empty batches (count 0,
 with and without arrays, one node entirely empty), two domains (one per node
 and step, and both nodes on one domain), /sync and /batches, scope global
 and domain.
@@ -44,6 +46,9 @@ SYNC_TIMEOUT_MS = 30000
 # Relative to the scale of the values: a node arrival's float32 rounding
 # (2^-24) can move the global statistics by a few units of it.
 NODE_RTOL = 2e-6
+# Paths whose relays have --relay-rank: their workers send local ranks. The
+# f32 relays have none: their workers send global ranks and world_size.
+LOCAL_RANKS = ("f64", "chain")
 
 
 def node_of(w):
@@ -97,7 +102,8 @@ def make_data(rng):
 
 def report(s, w, per, local, plan=PLAN):
     dom = plan[s][node_of(w)]
-    rep = {"step": s, "worker": (w % LOCAL) if local else w, "domain": dom, "layers": {}}
+    rep = {"step": s, "worker": (w % LOCAL) if local else w, "domain": dom, "layers": {},
+           "world_size": WORLD}
     if plan[s][3]:
         rep["scope"] = plan[s][3]
     for l, (n, mean, var) in per.items():
@@ -124,10 +130,13 @@ def scale_err(got, exp, ref_mean, ref_var, kind):
     return worst
 
 
-def start_relays(up, extra=()):
-    return [nsd.Daemon("--upstream", f"http://127.0.0.1:{up.port}", "--relay-rank", str(r),
-                       "--local-world-size", str(LOCAL), "--relays", str(NODES),
-                       "--relay-timeout", "20000", *extra, name=f"relay{r}").start()
+def start_relays(up, extra=(), ranked=True):
+    """Relays with --relay-rank and --relays (workers send local ranks), or
+    without (workers send global ranks and world_size; the relay derives both)."""
+    return [nsd.Daemon("--upstream", f"http://127.0.0.1:{up.port}", "--local-world-size",
+                       str(LOCAL), "--relay-timeout", "20000", *extra,
+                       *(("--relay-rank", str(r), "--relays", str(NODES)) if ranked else ()),
+                       name=f"relay{r}").start()
             for r in range(NODES)]
 
 
@@ -153,7 +162,7 @@ class Relays(nsd.Case):
         cls.up = nsd.Daemon(name="upstream").start()
         cls.relays = start_relays(cls.up)
         cls.up32 = nsd.Daemon(name="upstream-f32").start()
-        cls.relays32 = start_relays(cls.up32, ["--relay-f32"])
+        cls.relays32 = start_relays(cls.up32, ["--relay-f32"], ranked=False)
         # two tiers: the node relays' upstream is a relay whose workers they are
         cls.up2 = nsd.Daemon(name="upstream-chain").start()
         cls.hub = nsd.Daemon("--upstream", f"http://127.0.0.1:{cls.up2.port}", "--relay-rank",
@@ -184,7 +193,7 @@ class Relays(nsd.Case):
             fns, keys = [], []
             for name, cls in clients.items():
                 for w in range(WORLD):
-                    rep = report(s, w, data[s][w], name != "direct", plan)
+                    rep = report(s, w, data[s][w], name in LOCAL_RANKS, plan)
                     fns.append(lambda c=cls[w], rep=rep: c.report(run, rep, sync=path == "sync"))
                     keys.append((name, w))
             res, errs = nsd.parallel(fns, limit=40)
@@ -329,15 +338,18 @@ class Relays(nsd.Case):
             self._clients.append(ups[name])
         self.check_status(self.c.put(f"/v1/runs/{run}", {"world_size": WORLD,
                           "sync_timeout_ms": SYNC_TIMEOUT_MS}), 201, "PUT direct run", must=True)
-        for name, up in ups.items():
-            self.check_status(up.put(f"/v1/runs/{run}", {"world_size": NODES,
-                              "sync_timeout_ms": SYNC_TIMEOUT_MS}), 201,
-                              f"PUT {name} upstream run", must=True)
+        self.check_status(ups["f64"].put(f"/v1/runs/{run}", {"world_size": NODES,
+                          "sync_timeout_ms": SYNC_TIMEOUT_MS}), 201, "PUT f64 upstream run",
+                          must=True)
+        # the f32 upstream's run is created by its relays' first report
         data = make_data(np.random.default_rng(14))
         answers = self.drive(run, data, {"direct": [self.client(timeout=40) for _ in range(WORLD)],
                                          "f64": self.path_clients(self.relays),
                                          "f32": self.path_clients(self.relays32)})
         self.check_sync(data, answers)
+        cfg = ups["f32"].get(f"/v1/runs/{run}").json().get("config", {})
+        self.check_eq(cfg.get("world_size"), NODES, "relays without --relay-rank: the run they "
+                      "created has world_size = the workers' world_size / --local-world-size")
         for name, up in ups.items():
             self.check_stats(run, up, name)
         self.check_checkpoints(run, ups["f64"], "f64")
@@ -402,6 +414,14 @@ class Relays(nsd.Case):
             text = cls[0].get("/metrics").body.decode()
             self.check("normstat_relay_partial_total 1" in text,
                        "relay metrics: one node step forwarded partial")
+            # without --relay-rank the worker field is the global rank: node 1's
+            # rank 5 is refused by the relay collecting node 0's step
+            lay = {"bn": {"count": 2, "mean": [1.0] * 7, "var": [1.0] * 7}}
+            self.check_status(cls[0].report(run, {"step": 2, "worker": 1, "layers": lay}), 202,
+                              "step 2 rank 1 (node 0)")
+            self.check_status(cls[0].report(run, {"step": 2, "worker": 5, "layers": lay}), 409,
+                              "step 2 rank 5 (node 1) at node 0's relay",
+                              code="worker_out_of_range")
         finally:
             relay.stop()
 

@@ -113,7 +113,7 @@ static int start_relay(daemon_t *d)
     nsd_relay_config_t cfg = {
         .upstream = opts->upstream,
         .token = d->auth.len > 0 ? d->auth.token : NULL,
-        .rank = (uint32_t)opts->relay_rank,
+        .rank = opts->relay_rank,
         .local_world_size = (uint32_t)opts->local_world_size,
         .relays = opts->relays > 0 ? opts->relays : -1,
         .timeout_ms = (uint64_t)opts->relay_timeout,

@@ -31,6 +31,38 @@ static relay_node_step_t *find(nsd_relay_t *relay, const char *run, const ns_rep
     return NULL;
 }
 
+/* Where a worker belongs: its node (the relay's rank upstream), its local rank,
+ * and the world_size the node's report carries. @return 0 or the error. */
+static int place(const nsd_relay_t *relay, const ns_report_t *r, uint32_t *node, uint32_t *local,
+                 int64_t *relays, ns_error_detail_t *err)
+{
+    const uint32_t n = relay->cfg.local_world_size;
+    *relays = relay->cfg.relays;
+    if (relay->cfg.rank >= 0) {
+        if (r->worker >= n)
+            return ns_error_set(err, NS_EWORKER, "worker",
+                                "%u is not below the relay's --local-world-size %u", r->worker, n);
+        *node = (uint32_t)relay->cfg.rank;
+        *local = r->worker;
+        return 0;
+    }
+    /* No --relay-rank: the worker sent its global rank. */
+    *node = r->worker / n;
+    *local = r->worker % n;
+    if (r->world_size > 0) {
+        if (r->world_size % n != 0)
+            return ns_error_set(err, NS_ECONFLICT, "world_size",
+                                "%lld is not a multiple of the relay's --local-world-size %u",
+                                (long long)r->world_size, n);
+        if (r->worker >= (uint64_t)r->world_size)
+            return ns_error_set(err, NS_EWORKER, "worker", "%u is not below world_size %lld",
+                                r->worker, (long long)r->world_size);
+        if (*relays < 0)
+            *relays = r->world_size / n;
+    }
+    return 0;
+}
+
 static relay_node_step_t *node_new(const nsd_relay_t *relay, const char *run, const ns_report_t *r)
 {
     relay_node_step_t *ns = calloc(1, sizeof(*ns));
@@ -61,8 +93,17 @@ static size_t node_channels(const nsd_relay_t *relay, const relay_node_step_t *n
 
 /* What the upstream would refuse of one worker among the node's workers. */
 static int check(const nsd_relay_t *relay, const relay_node_step_t *ns, const ns_report_t *r,
-                 int sync, ns_error_detail_t *err)
+                 uint32_t node, int64_t relays, int sync, ns_error_detail_t *err)
 {
+    if (ns->n_arrived > 0 && node != ns->node)
+        return ns_error_set(err, NS_EWORKER, "worker",
+                            "rank %u is on node %u; this relay collects step %llu of node %u",
+                            node * relay->cfg.local_world_size + r->worker, node,
+                            (unsigned long long)r->step, ns->node);
+    if (ns->n_arrived > 0 && relays != ns->relays && r->world_size > 0)
+        return ns_error_set(err, NS_ECONFLICT, "world_size",
+                            "differs from the other workers' reports of step %llu on this node",
+                            (unsigned long long)r->step);
     if (ns->arrivals[r->worker] != NULL)
         return ns_error_set(err, NS_EDUPLICATE, "worker",
                             "worker %u already reported step %llu to this relay", r->worker,
@@ -153,14 +194,14 @@ int nsd_relay_report(nsd_relay_t *relay, const char *run, ns_report_t *report, n
                      void *arg, ns_error_detail_t *err)
 {
     relay_waiter_t *w = NULL;
-    int rc = 0;
-    if (report->worker >= relay->cfg.local_world_size) {
-        rc = ns_error_set(err, NS_EWORKER, "worker",
-                          "%u is not below the relay's --local-world-size %u", report->worker,
-                          relay->cfg.local_world_size);
+    uint32_t node = 0, local = 0;
+    int64_t relays = -1;
+    int rc = place(relay, report, &node, &local, &relays, err);
+    if (rc != 0) {
         ns_report_free(report);
         return rc;
     }
+    report->worker = local; /* the arrival's slot in the node step */
     if (cb != NULL && (w = calloc(1, sizeof(*w))) == NULL) {
         ns_report_free(report);
         return ns_error_set(err, NS_ENOMEM, NULL, "out of memory");
@@ -180,8 +221,12 @@ int nsd_relay_report(nsd_relay_t *relay, const char *run, ns_report_t *report, n
                          relay->n_collecting);
     else if (ns == NULL && (ns = fresh = node_new(relay, run, report)) == NULL)
         rc = ns_error_set(err, NS_ENOMEM, NULL, "out of memory");
+    if (rc == 0 && fresh != NULL) {
+        fresh->node = node;
+        fresh->relays = relays;
+    }
     if (rc == 0)
-        rc = check(relay, ns, report, cb != NULL, err);
+        rc = check(relay, ns, report, node, relays, cb != NULL, err);
     int complete = rc == 0 ? commit(relay, ns, report, w) : 0;
     pthread_mutex_unlock(&relay->lock);
     if (rc != 0) {

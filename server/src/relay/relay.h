@@ -2,7 +2,9 @@
  * combines their arrivals and forwards one arrival per node to the upstream normstatd.
  *
  * A node step is one (run, step, set of layers) of the local workers: it
- * collects one report per local worker (ranks 0..local_world_size-1), and
+ * collects one report per local worker (local ranks 0..local_world_size-1:
+ * the worker field itself with --relay-rank R, else the global rank modulo
+ * --local-world-size, the node being rank / local_world_size), and
  * when every local worker arrived (or --relay-timeout after its first
  * arrival, with those it has) each layer is combined with ns_combine() in
  * local rank order and the node's report - worker = --relay-rank, count =
@@ -27,9 +29,11 @@ typedef struct nsd_relay_s nsd_relay_t;
 typedef struct nsd_relay_config_s {
     const char *upstream;      /* base URL of the upstream normstatd */
     const char *token;         /* bearer token sent upstream; NULL or "": none */
-    uint32_t rank;             /* this relay's worker rank in the upstream run */
-    uint32_t local_world_size; /* local workers, ranks 0..local_world_size-1 */
-    int64_t relays;            /* world_size sent upstream (creates the run); -1: none */
+    int64_t rank;              /* this relay's worker rank in the upstream run; -1: from
+                                  the workers' global ranks (rank / local_world_size) */
+    uint32_t local_world_size; /* local workers, local ranks 0..local_world_size-1 */
+    int64_t relays;            /* world_size sent upstream (creates the run); -1: with rank
+                                  -1, the workers' world_size / local_world_size, else none */
     uint64_t timeout_ms;       /* a node step's wait for its workers; a forward's retries */
     uint32_t max_pending;      /* node steps collecting at once (429 beyond) */
     int threads;               /* OpenMP threads of a combination */
@@ -76,8 +80,10 @@ void nsd_relay_free(nsd_relay_t *relay);
  *  Add one local worker's report ('report' is taken, also on error). With
  *  'cb' (a /sync) it is called once with the upstream's answer.
  *  @return 0 (accepted), or, with nothing changed and 'cb' never called:
- *  NS_EWORKER (worker not below the local world size), NS_EDUPLICATE,
- *  NS_ECONFLICT (update, domain or scope differ from the node step's),
+ *  NS_EWORKER (worker not below the local world size; with rank -1, a
+ *  global rank whose node differs from the node step's), NS_EDUPLICATE,
+ *  NS_ECONFLICT (update, domain, scope or world_size differ from the node
+ *  step's),
  *  NS_ECHANNELS, NS_EBUSY (too many node steps), NS_ESHUTDOWN, NS_ENOMEM. */
 int nsd_relay_report(nsd_relay_t *relay, const char *run, ns_report_t *report, nsd_relay_cb cb,
                      void *arg, ns_error_detail_t *err);

@@ -26,6 +26,8 @@ typedef struct relay_node_step_s {
     struct nsd_relay_s *owner;
     char run[NS_NAME_MAX + 1];
     uint64_t step;
+    uint32_t node;  /* the relay's rank upstream for this step */
+    int64_t relays; /* world_size sent upstream, -1: none */
     char domain[NS_NAME_MAX + 1];
     unsigned update;
     ns_scope_t scope;       /* of the /sync waiters */

@@ -74,11 +74,11 @@ ns_report_t *nsd__relay_combine(const nsd_relay_t *relay, const relay_node_step_
         return NULL;
     }
     out->step = ns->step;
-    out->worker = relay->cfg.rank;
+    out->worker = ns->node;
     memcpy(out->domain, ns->domain, sizeof(out->domain));
     out->update = ns->update;
     out->scope = ns->has_sync ? ns->scope : NS_SCOPE_GLOBAL;
-    out->world_size = relay->cfg.relays;
+    out->world_size = ns->relays;
     out->n_layers = first->n_layers;
     int rc = 0;
     for (size_t l = 0; rc == 0 && l < first->n_layers; l++) {
