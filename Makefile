@@ -155,6 +155,7 @@ help:
 	@echo "  check      build and run the fast unit tests"
 	@echo "  test       deps + every test: unit (each kernel), exports, integration"
 	@echo "  bench      benchmarks; each prints a table of ratios"
+	@echo "  bench-scale  table 9 alone: 64/256/1,024 simulated workers, direct vs relays of 8"
 	@echo "  asan tsan  the unit tests under AddressSanitizer+UBSan / ThreadSanitizer"
 	@echo "  test-asan  the integration tests against an ASan+UBSan build ($(BUILD)/asan)"
 	@echo "  fuzz       libFuzzer harnesses of the decoders, FUZZ_SECONDS each (60); fuzz-ci: 30 s"

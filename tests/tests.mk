@@ -11,9 +11,10 @@ UNIT_SUPPORT_OBJS := $(UNIT_SUPPORT_SRCS:%.c=$(BUILD)/%.o)
 
 $(BUILD)/tests/unit/%.o: NS_EXTRA_CFLAGS = $(call pkg_cflags,check) -Itests/unit -Icore/src
 
+# $+, not $^: an archive may be listed twice (libnormstat.a before and after libnsd.a).
 $(UNIT_BINS): $(BUILD)/tests/unit/%: $(BUILD)/tests/unit/%.o $(UNIT_SUPPORT_OBJS) $(UNIT_LINK)
 	$(if $(Q),@echo "  LD      $@")
-	$(Q)$(CC) $(NS_LDFLAGS) -o $@ $^ $(UNIT_LIBS) $(call pkg_libs,check) -lm
+	$(Q)$(CC) $(NS_LDFLAGS) -o $@ $+ $(UNIT_LIBS) $(call pkg_libs,check) -lm
 
 EXPORT_LISTS := $(wildcard tests/exports/*.exports)
 

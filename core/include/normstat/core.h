@@ -37,9 +37,9 @@
 extern "C" {
 #endif
 
-#define NS_VERSION_MAJOR 0
-#define NS_VERSION_MINOR 1
-#define NS_VERSION_PATCH 0
+#define NS_VERSION_MAJOR  0
+#define NS_VERSION_MINOR  1
+#define NS_VERSION_PATCH  0
 #define NS_VERSION_STRING "0.1.0"
 
 /* ---------------------------------------------------------------- build */
@@ -90,11 +90,16 @@ NS_API int ns_moments_nhwc(const float *src, size_t outer, size_t channels, doub
 
 /* ---------------------------------------------------------------- combine */
 
-/* One worker's statistics of one layer at one step (SyncBN's per-rank part). */
+/* One worker's statistics of one layer at one step (SyncBN's per-rank part).
+ * An arrival that was sent in double (a relay's combined node, an F64
+ * report) also sets mean64 and var64, which the combination then reads
+ * instead of mean and var (those hold the same values rounded to float32). */
 typedef struct ns_arrival_s {
-    uint64_t n;        /* values per channel; 0 for an empty batch */
-    const float *mean; /* [channels]; may be NULL when n == 0 */
-    const float *var;  /* [channels], biased; may be NULL when n == 0 */
+    uint64_t n;           /* values per channel; 0 for an empty batch */
+    const float *mean;    /* [channels]; may be NULL when n == 0 */
+    const float *var;     /* [channels], biased; may be NULL when n == 0 */
+    const double *mean64; /* [channels] or NULL: the mean in double */
+    const double *var64;  /* [channels] or NULL (set together with mean64) */
 } ns_arrival_t;
 
 /*! ns_combine() :
@@ -103,7 +108,14 @@ typedef struct ns_arrival_s {
  *    N = sum n_w,  mean = sum n_w mean_w / N,
  *    var = sum n_w (var_w + (mean_w - mean)^2) / N   (biased).
  *  Arrivals with n == 0 contribute nothing. If N == 0, mean and var are set
- *  to 0. A single non-empty arrival gives its own values, widened exactly. Writes *n = N. The result is the same bits for every 'threads'.
+ *  to 0. A single non-empty arrival gives its own values, widened exactly
+ *  (mean64/var64 copied when set).
+ *  Writes *n = N. The result is the same bits for every 'threads'.
+ *  When any non-empty arrival has mean64, every arrival is read in double
+ *  (mean64/var64 where set, else mean/var widened) and each channel is
+ *  evaluated by the same two passes in array order, without groups (the
+ *  scalar reference's operations, so float-exact doubles give the bits of
+ *  float arrivals for up to 256 of them).
  *  @return 0, or NS_EINVAL on NULL arguments, channels == 0, or an N that
  *  overflows. Inputs are assumed validated (finite, var >= 0). */
 NS_API int ns_combine(const ns_arrival_t *src, size_t src_len, size_t channels, uint64_t *n,

@@ -112,13 +112,18 @@ typedef enum ns_scope_e { NS_SCOPE_GLOBAL = 0, NS_SCOPE_DOMAIN = 1 } ns_scope_t;
 
 /* One layer of a report. When count == 0 and the body omitted mean and var,
  * channels == 0 and mean == var == NULL. var is always biased after decoding
- * (an unbiased report is converted with (n-1)/n). */
+ * (an unbiased report is converted with (n-1)/n). mean64 and var64 are the
+ * arrays in double when they travel as F64 (safetensors, both tensors F64),
+ * else NULL: decoding keeps them (mean and var then hold them rounded to
+ * float32) and the combination uses them; encoding writes them as F64. */
 typedef struct ns_layer_report_s {
     char name[NS_NAME_MAX + 1];
     uint64_t count;
     size_t channels;
     float *mean;
     float *var;
+    double *mean64;
+    double *var64;
 } ns_layer_report_t;
 
 /* One worker's report of one step: the body of /batches and /sync. Layers are

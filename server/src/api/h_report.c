@@ -11,6 +11,7 @@
 #include "http/http.h"
 #include "registry/registry.h"
 #include "rejection_log.h"
+#include "relay/relay.h"
 #include "store/store.h"
 
 /* Decode the body as its Content-Type says, within --max-memory (what
@@ -46,12 +47,75 @@ static ns_report_t *decode(nsd_request_t *req)
     return report;
 }
 
+/* ---------------------------------------------------------------- relay mode */
+
+static void free_relay_answer(void *p)
+{
+    nsd_relay_answer_release(p);
+}
+
+/* The relay's callback (its thread): the upstream answered the node's report. */
+static void on_relay_answer(void *arg, nsd_relay_answer_t *answer)
+{
+    nsd_request_t *req = arg;
+    req->user = answer;
+    req->user_free = free_relay_answer;
+    nsd_request_wake(req);
+}
+
+static void relay_sync_answer(nsd_request_t *req)
+{
+    const char *message = NULL;
+    int status = nsd_relay_answer_status(req->user, &message);
+    if (status != 0) {
+        nsd_respond_error(req, status, message[0] != '\0' ? message : NULL);
+        return;
+    }
+    ns_format_t format = nsd_request_answer_format(req);
+    ns_buf_t buf;
+    ns_buf_init(&buf, NSD_ANSWER_MAX);
+    int rc = nsd_relay_answer_encode(req->user, format, &buf);
+    if (rc != 0) {
+        nsd_respond_error(req, rc, NULL);
+        return;
+    }
+    nsd_respond_encoded(req, format, &buf);
+}
+
+/* A local worker's report to a relay: /batches is answered 202 once the relay
+ * accepted it, /sync when the upstream answered the node's report. */
+static void relay_report(nsd_request_t *req, ns_report_t *report, int sync)
+{
+    ns_error_detail_t err = {0};
+    uint64_t step = report->step;
+    uint32_t worker = report->worker;
+    size_t n_layers = report->n_layers;
+    if (sync)
+        nsd_request_defer(req, relay_sync_answer);
+    int rc = nsd_relay_report(req->server->relay, req->run, report, sync ? on_relay_answer : NULL,
+                              req, &err);
+    if (rc != 0) {
+        nsd_respond_detail(req, rc, &err);
+        return;
+    }
+    if (!sync)
+        nsd_respond_json(req, 202,
+                         json_pack("{s:b, s:I, s:I, s:I}", "accepted", 1, "step", (json_int_t)step,
+                                   "worker", (json_int_t)worker, "layers", (json_int_t)n_layers));
+}
+
+/* ---------------------------------------------------------------- handlers */
+
 void nsd_h_batches(nsd_request_t *req)
 {
     ns_error_detail_t err = {0};
     ns_report_t *report = decode(req);
     if (report == NULL)
         return;
+    if (req->server->relay != NULL) {
+        relay_report(req, report, 0);
+        return;
+    }
     uint64_t step = report->step;
     uint32_t worker = report->worker;
     size_t n_layers = report->n_layers;
@@ -263,6 +327,10 @@ void nsd_h_sync(nsd_request_t *req)
     ns_report_t *report = decode(req);
     if (report == NULL)
         return;
+    if (req->server->relay != NULL) {
+        relay_report(req, report, 1);
+        return;
+    }
     uint64_t step = report->step;
     uint32_t worker = report->worker;
     sync_done_t *d = calloc(1, sizeof(*d));

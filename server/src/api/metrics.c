@@ -24,6 +24,7 @@
 #include "http/counters.h"
 #include "http/http.h"
 #include "registry/registry.h"
+#include "relay/relay.h"
 #include "store/store.h"
 
 static int header(ns_buf_t *dst, const char *name, const char *type, const char *help)
@@ -181,6 +182,19 @@ static int render_rejections(ns_buf_t *dst)
     return rc;
 }
 
+/* Body bytes through HTTP: the network load of this tier, headers aside. */
+static int render_body_bytes(ns_buf_t *dst)
+{
+    const nsd_request_counters_t *k = nsd_counters_get();
+    int rc = sample(dst, "normstat_http_request_body_bytes_total", "counter",
+                    "Bytes of request bodies read (headers not counted).", "%llu",
+                    (unsigned long long)atomic_load(&k->body_bytes_in));
+    return rc ? rc
+              : sample(dst, "normstat_http_response_body_bytes_total", "counter",
+                       "Bytes of response bodies sent (headers not counted).", "%llu",
+                       (unsigned long long)atomic_load(&k->body_bytes_out));
+}
+
 static int render_registry(ns_buf_t *dst, nsd_registry_t *reg)
 {
     int rc = 0;
@@ -245,6 +259,7 @@ int nsd_metrics_render(ns_buf_t *dst, nsd_registry_t *reg)
     int rc = render_requests(dst, table, n_routes);
     rc = rc ? rc : render_durations(dst, table, n_routes);
     rc = rc ? rc : render_rejections(dst);
+    rc = rc ? rc : render_body_bytes(dst);
     rc = rc ? rc : render_registry(dst, reg);
     rc = rc ? rc
             : header(dst, "normstat_build_info", "gauge",
@@ -439,6 +454,54 @@ static int render_connections(ns_buf_t *dst, nsd_conns_t *conns)
     return rc;
 }
 
+/* Relay mode's counters (zero, and the upstream up, in a daemon that is no relay). */
+static int render_relay(ns_buf_t *dst, nsd_relay_t *relay)
+{
+    nsd_relay_stats_t st;
+    nsd_relay_stats(relay, &st);
+    static const struct {
+        const char *name, *type, *help;
+        size_t offset;
+    } rows[] = {
+        {"normstat_relay_forwarded_total", "counter",
+         "Node reports (one per node step) the upstream accepted.",
+         offsetof(nsd_relay_stats_t, forwarded)},
+        {"normstat_relay_upstream_failures_total", "counter",
+         "Forwards that could not reach the upstream (refused, timed out, 502, 503); each is "
+         "retried with backoff.",
+         offsetof(nsd_relay_stats_t, failures)},
+        {"normstat_relay_rejected_total", "counter",
+         "Forwards the upstream answered with an error (handed to the local waiters).",
+         offsetof(nsd_relay_stats_t, rejected)},
+        {"normstat_relay_partial_total", "counter",
+         "Node steps forwarded after --relay-timeout without every local worker.",
+         offsetof(nsd_relay_stats_t, partial)},
+        {"normstat_relay_abandoned_total", "counter",
+         "Node steps given up after --relay-timeout of failed forwards (waiters got 503).",
+         offsetof(nsd_relay_stats_t, abandoned)},
+        {"normstat_relay_collecting", "gauge", "Node steps waiting for local workers.",
+         offsetof(nsd_relay_stats_t, collecting)},
+        {"normstat_relay_forwarding", "gauge",
+         "Node steps being forwarded or waiting to be retried.",
+         offsetof(nsd_relay_stats_t, forwarding)},
+        {"normstat_relay_backoff_ms", "gauge",
+         "Current delay before the next retry of a failed forward (0 while the upstream is up).",
+         offsetof(nsd_relay_stats_t, backoff_ms)},
+    };
+    int rc = sample(dst, "normstat_relay_enabled", "gauge",
+                    "1 if this daemon is a relay (--upstream).", "%d", relay != NULL);
+    rc = rc ? rc
+            : sample(dst, "normstat_relay_upstream_up", "gauge",
+                     "0 while the last forward could not reach the upstream, else 1.", "%d",
+                     st.upstream_up);
+    for (size_t i = 0; i < sizeof(rows) / sizeof(rows[0]) && rc == 0; i++) {
+        uint64_t v;
+        memcpy(&v, (const char *)&st + rows[i].offset, sizeof(v));
+        rc = sample(dst, rows[i].name, rows[i].type, rows[i].help, "%llu", (unsigned long long)v);
+    }
+    return rc;
+}
+
 void nsd_h_metrics(nsd_request_t *req)
 {
     ns_buf_t buf;
@@ -452,6 +515,7 @@ void nsd_h_metrics(nsd_request_t *req)
     rc = rc ? rc : render_store(&buf, req->server->store);
     rc = rc ? rc
             : render_runs(&buf, req->server->registry, (size_t)req->server->opts->metrics_max_runs);
+    rc = rc ? rc : render_relay(&buf, req->server->relay);
     if (rc != 0) {
         ns_buf_free(&buf);
         nsd_respond_error(req, NS_ENOMEM, NULL);

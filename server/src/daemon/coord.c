@@ -25,7 +25,8 @@
  *       3. nsd_registry_shutdown(): every waiting /sync is woken with
  *          NS_ESHUTDOWN and answered 503 shutting_down on an MHD thread
  *          (no connection stays suspended, which MHD_stop_daemon forbids);
- *          later reports are refused with 503;
+ *          later reports are refused with 503; a relay's waiters likewise
+ *          (nsd_relay_stop());
  *       4. a 10 ms drain timer waits until no request is in flight or
  *          --shutdown-timeout passed, then stops the loop; main() lets the
  *          store commit what is queued, stops the daemon (closing idle
@@ -46,6 +47,7 @@
 #include "http/auth.h"
 #include "http/tls.h"
 #include "registry/registry.h"
+#include "relay/relay.h"
 
 #define DRAIN_POLL_MS 10
 
@@ -154,6 +156,7 @@ static void on_stop_signal(uv_signal_t *s, int signum)
     nsd_http_quiesce(c->server);
     uv_timer_stop(&c->expire_timer);
     nsd_registry_shutdown(c->server->registry);
+    nsd_relay_stop(c->server->relay);
     c->drain_deadline_ms = nsd_now_ms() + (uint64_t)c->server->opts->shutdown_timeout;
     uv_timer_start(&c->drain_timer, on_drain_timer, 0, DRAIN_POLL_MS);
 }

@@ -21,6 +21,7 @@
 #include "http/http.h"
 #include "http/tls.h"
 #include "registry/registry.h"
+#include "relay/relay.h"
 #include "store/store.h"
 
 extern char **environ;
@@ -44,6 +45,7 @@ typedef struct daemon_s {
     nsd_tls_t *tls;   /* NULL: plain HTTP */
     nsd_server_t server;
     nsd_store_t *store;
+    nsd_relay_t *relay;
     nsd_coord_t *coord;
     int http_started;
 } daemon_t;
@@ -52,6 +54,8 @@ static void daemon_teardown(daemon_t *d)
 {
     if (d->http_started)
         nsd_http_stop(&d->server);
+    nsd_relay_free(d->relay);
+    d->server.relay = NULL;
     if (d->server.registry != NULL)
         nsd_registry_set_wakeup(d->server.registry, NULL, NULL);
     nsd_coord_free(d->coord);
@@ -93,12 +97,56 @@ static int configure(daemon_t *d, int argc, char **argv)
         fprintf(stderr, "normstatd: %s\n", err.message);
         return 2;
     }
+    /* A relay keeps no store: a data directory named for it is a mistake. */
+    if (d->opts.upstream[0] != '\0' && strcmp(d->opts.data_dir, "./var") != 0 &&
+        !d->opts.no_persist) {
+        fprintf(stderr, "normstatd: --data-dir: a relay (--upstream) keeps no store; its "
+                        "upstream persists the run (give --no-persist or drop --data-dir)\n");
+        return 2;
+    }
     nsd_log_set_level((int)d->opts.log_level);
     if (nsd_log_open(d->opts.log_file, &err) != 0) {
         fprintf(stderr, "normstatd: %s\n", err.message);
         return 2;
     }
     return -1;
+}
+
+/* Relay mode: no store; reports go to the relay's forwarding thread. */
+static int start_relay(daemon_t *d)
+{
+    const nsd_options_t *opts = &d->opts;
+    ns_error_detail_t err = {0};
+    char q[600];
+    char *token = NULL;
+    if (nsd_auth_single_token(opts, &token, &err) != 0) {
+        nsd_log(NSD_LOG_ERROR, "start_failed", "step=relay reason=%s",
+                nsd_log_quote(q, sizeof(q), err.message));
+        return 1;
+    }
+    nsd_relay_config_t cfg = {
+        .upstream = opts->upstream,
+        .token = token, /* the admin token: the relay speaks for its workers upstream */
+        .rank = opts->relay_rank,
+        .local_world_size = (uint32_t)opts->local_world_size,
+        .relays = opts->relays > 0 ? opts->relays : -1,
+        .timeout_ms = (uint64_t)opts->relay_timeout,
+        .max_pending = (uint32_t)opts->max_pending_steps,
+        .threads = (int)opts->core_threads,
+        .forward_f32 = opts->relay_f32,
+    };
+    int rc = nsd_relay_create(&d->relay, &cfg, &err);
+    nsd_auth_token_free(token);
+    if (rc != 0) {
+        nsd_log(NSD_LOG_ERROR, "start_failed", "step=relay reason=%s",
+                nsd_log_quote(q, sizeof(q), err.message));
+        return 1;
+    }
+    d->server.relay = d->relay;
+    nsd_log_write(NSD_LOG_INFO, "relay", "upstream=%s rank=%lld local_world_size=%lld relays=%lld",
+                  nsd_log_quote(q, sizeof(q), opts->upstream), (long long)opts->relay_rank,
+                  (long long)opts->local_world_size, (long long)opts->relays);
+    return 0;
 }
 
 /* The registry, the store (opened and validated before anything listens),
@@ -122,7 +170,10 @@ static int start(daemon_t *d)
         nsd_log(NSD_LOG_ERROR, "start_failed", "step=registry reason=%s", "out_of_memory");
         return 1;
     }
-    if (!opts->no_persist) {
+    if (opts->upstream[0] != '\0') {
+        if (start_relay(d) != 0)
+            return 1;
+    } else if (!opts->no_persist) {
         nsd_store_config_t scfg = {
             .commit_interval_ms = (uint64_t)opts->commit_interval,
             .snapshot_interval_ms = (uint64_t)opts->snapshot_interval,

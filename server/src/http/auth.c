@@ -57,33 +57,56 @@ static void wipe_free(char *data, size_t len)
     free(data);
 }
 
-/* The admin token of --auth-token-file or --auth-token, if any. */
-static int load_single(nsd_tokens_t *t, const nsd_options_t *opts, ns_error_detail_t *err)
+int nsd_auth_single_token(const nsd_options_t *opts, char **dst, ns_error_detail_t *err)
 {
+    *dst = NULL;
     const char *file = opts->auth_token_file;
     if (file[0] != '\0' && opts->auth_token[0] != '\0')
         return ns_error_set(err, NS_EINVAL, "",
                             "set either --auth-token-file or --auth-token (NORMSTAT_AUTH_TOKEN)"
                             ", not both");
-    const nsd_grant_t admin = {.scope = NSD_SCOPE_ADMIN};
     if (file[0] == '\0') {
         if (opts->auth_token[0] == '\0')
             return 0;
-        return nsd_tokens_add(t, opts->auth_token, strlen(opts->auth_token), &admin, "--auth-token",
-                              err);
+        *dst = strdup(opts->auth_token);
+        return *dst != NULL ? 0 : ns_error_set(err, NS_ENOMEM, "--auth-token", "out of memory");
     }
-    char *data;
     size_t len;
-    int rc = read_file(&data, &len, "--auth-token-file", file, NSD_TOKEN_MAX, err);
+    int rc = read_file(dst, &len, "--auth-token-file", file, NSD_TOKEN_MAX, err);
     if (rc != 0)
         return rc;
     size_t n = len;
-    if (n > 0 && data[n - 1] == '\n')
+    if (n > 0 && (*dst)[n - 1] == '\n')
         n--;
-    if (n > 0 && data[n - 1] == '\r')
+    if (n > 0 && (*dst)[n - 1] == '\r')
         n--;
-    rc = nsd_tokens_add(t, data, n, &admin, "--auth-token-file", err);
-    wipe_free(data, len);
+    if (memchr(*dst, '\0', n) != NULL) {
+        wipe_free(*dst, len);
+        *dst = NULL;
+        return ns_error_set(err, NS_EINVAL, "--auth-token-file", "'%s' holds a NUL byte", file);
+    }
+    memset(*dst + n, 0, len - n);
+    return 0;
+}
+
+void nsd_auth_token_free(char *token)
+{
+    if (token != NULL)
+        wipe_free(token, strlen(token));
+}
+
+/* The admin token of --auth-token-file or --auth-token, if any. */
+static int load_single(nsd_tokens_t *t, const nsd_options_t *opts, ns_error_detail_t *err)
+{
+    char *token;
+    int rc = nsd_auth_single_token(opts, &token, err);
+    if (rc != 0 || token == NULL)
+        return rc;
+    const nsd_grant_t admin = {.scope = NSD_SCOPE_ADMIN};
+    rc = nsd_tokens_add(t, token, strlen(token), &admin,
+                        opts->auth_token_file[0] != '\0' ? "--auth-token-file" : "--auth-token",
+                        err);
+    nsd_auth_token_free(token);
     return rc;
 }
 

@@ -31,6 +31,16 @@ typedef struct nsd_auth_s nsd_auth_t;
  *  NS_ENOMEM with one line in 'err' naming the option (never a token). */
 int nsd_auth_create(nsd_auth_t **dst, const nsd_options_t *opts, ns_error_detail_t *err);
 
+/*! nsd_auth_single_token() :
+ *  The admin token of --auth-token-file (without its trailing newline) or
+ *  --auth-token, as text in *dst (NULL when neither is set): what a relay
+ *  presents upstream. Free it with nsd_auth_token_free().
+ *  @return 0, or NS_EINVAL / NS_ENOMEM with one line in 'err' (never the token). */
+int nsd_auth_single_token(const nsd_options_t *opts, char **dst, ns_error_detail_t *err);
+
+/*! nsd_auth_token_free() : wipes and frees a token; accepts NULL. */
+void nsd_auth_token_free(char *token);
+
 /*! nsd_auth_reload() :
  *  Read the token files again; if they load, later requests are judged by
  *  them. Otherwise the tokens in use stay. *count gets the number of tokens

@@ -94,6 +94,8 @@ void nsd_respond(nsd_request_t *req, int status, const char *content_type, char 
         resp = MHD_create_response_from_buffer_with_free_callback(len, data, free);
         if (resp == NULL)
             free(data);
+        else
+            nsd_count_body_bytes(0, len);
     }
     if (resp == NULL) {
         /* Nothing can be sent: the access handler returns MHD_NO, closing the connection. */
@@ -482,6 +484,22 @@ static int write_gate(nsd_request_t *req, const char **msg)
     return 0;
 }
 
+/* A relay serves reports, its probes and metrics; runs and statistics live upstream.
+ * @return 0 or the code to answer with (message in msg). */
+static int relay_gate(nsd_request_t *req, const char **msg)
+{
+    static const char *const served[] = {"batches", "sync",    "livez",   "healthz",
+                                         "readyz",  "metrics", "version", NULL};
+    if (req->server->relay == NULL)
+        return 0;
+    for (size_t i = 0; served[i] != NULL; i++)
+        if (strcmp(req->route->label, served[i]) == 0)
+            return 0;
+    *msg = "this normstatd is a relay (--upstream): it serves /batches, /sync, /metrics and the "
+           "probes; ask its upstream for runs and statistics";
+    return NS_ENOTFOUND;
+}
+
 /* After a handler returned: suspend a deferred request unless it was already woken. */
 static void after_handler(nsd_request_t *req)
 {
@@ -570,6 +588,7 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
         /* Past --body-timeout: close (the sweep would shut it down anyway). */
         if (nsd_conns_overdue(srv->conns, req->link))
             return MHD_NO;
+        nsd_count_body_bytes(1, n);
         if (req->responded)
             return MHD_YES;
         /* MHD accepts a response only before or after the body, so an error
@@ -612,7 +631,8 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
         respond_pending_error(req);
     } else {
         const char *msg = NULL;
-        int gate = write_gate(req, &msg);
+        int gate = relay_gate(req, &msg);
+        gate = gate != 0 ? gate : write_gate(req, &msg);
         if (gate != 0)
             nsd_respond_error(req, gate, msg);
         else if (req->route->body == NSD_BODY_JSON &&

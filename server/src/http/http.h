@@ -38,6 +38,7 @@ typedef struct nsd_auth_s nsd_auth_t;
 typedef struct nsd_tls_s nsd_tls_t;
 typedef struct nsd_conns_s nsd_conns_t;
 typedef struct nsd_conn_s nsd_conn_t;
+typedef struct nsd_relay_s nsd_relay_t;
 
 /* The daemon's shared state, created by main(). */
 typedef struct nsd_server_s {
@@ -46,6 +47,7 @@ typedef struct nsd_server_s {
     nsd_store_t *store; /* NULL with --no-persist */
     nsd_auth_t *auth;   /* bearer tokens required; NULL: none */
     nsd_tls_t *tls;     /* HTTPS with --tls-cert; NULL: plain HTTP */
+    nsd_relay_t *relay; /* relay mode (--upstream): reports go there; NULL: none */
     struct MHD_Daemon *daemon;
     nsd_conns_t *conns; /* connection limits and deadlines (conns.h) */
     uint16_t port;      /* bound port (after nsd_http_start) */

@@ -39,6 +39,8 @@ void nsd_pending_free(nsd_pending_t *p)
     for (uint32_t w = 0; w < p->world_size; w++) {
         free(p->arrivals[w].mean);
         free(p->arrivals[w].var);
+        free(p->arrivals[w].mean64);
+        free(p->arrivals[w].var64);
     }
     free(p->arrivals);
     free(p->waiters);
@@ -72,6 +74,8 @@ static int combine(const nsd_pending_t *p, uint32_t domain, size_t channels, int
         scratch[k].n = a->n;
         scratch[k].mean = a->mean;
         scratch[k].var = a->var;
+        scratch[k].mean64 = a->mean64;
+        scratch[k].var64 = a->var64;
         k++;
     }
     if (channels == 0) {

@@ -32,6 +32,8 @@ typedef struct nsd_arrival_s {
     uint64_t n;
     float *mean; /* [channels] or NULL (n == 0 without arrays) */
     float *var;
+    double *mean64; /* [channels] or NULL: the arrays as sent in F64 (a relay's node) */
+    double *var64;
 } nsd_arrival_t;
 
 /* A /sync request waiting for the steps of its report's layers. */

@@ -167,6 +167,12 @@ static int check_layer(const nsd_run_t *run, const ns_report_t *rep, plan_t *pl,
     return 0;
 }
 
+/* Memory of one arrival's arrays: float32, and the doubles of an F64 report. */
+static uint64_t arrival_bytes(const ns_layer_report_t *lr)
+{
+    return 2 * lr->channels * (sizeof(float) + (lr->mean64 != NULL ? sizeof(double) : 0));
+}
+
 /* Phase 2: reserve memory and allocate what the layer needs. */
 static int prepare_layer(nsd_run_t *run, const ns_report_t *rep, long dom, plan_t *pl,
                          uint64_t now_ms, nsd_waiter_t *waiter)
@@ -205,7 +211,7 @@ static int prepare_layer(nsd_run_t *run, const ns_report_t *rep, long dom, plan_
         pl->bytes += pl->pending->bytes;
     }
     /* The arrays themselves are taken from the report at commit. */
-    pl->bytes += 2 * lr->channels * sizeof(float);
+    pl->bytes += arrival_bytes(lr);
     /* Capacity only (state-neutral). */
     if (nsd_array_grow((void **)&l->pops, &l->cap_pops, st->n_domains + 1, sizeof(*l->pops)) ||
         nsd_layer_grow_workers(l, rep->worker + 1) ||
@@ -255,9 +261,12 @@ static void commit_layer(nsd_run_t *run, ns_report_t *rep, uint32_t dom, plan_t 
         l->precise_due += lr->count;
     a->mean = lr->mean;
     a->var = lr->var;
+    a->mean64 = lr->mean64;
+    a->var64 = lr->var64;
+    p->bytes += arrival_bytes(lr);
     lr->mean = lr->var = NULL;
+    lr->mean64 = lr->var64 = NULL;
     p->arrived++;
-    p->bytes += pl->lr->channels * 2 * sizeof(float);
     l->worker_last[rep->worker] = (int64_t)rep->step;
     if ((int64_t)rep->step > l->max_seen)
         l->max_seen = (int64_t)rep->step;
