@@ -51,6 +51,7 @@ nsd_pop_t *nsd_pop_clone(const nsd_pop_t *pop, size_t channels)
         return NULL;
     memcpy(dst, pop, nsd_pop_bytes(channels));
     bind_arrays(dst, channels);
+    dst->history = NULL; /* the ring stays with 'pop': a copy freed must not free it */
     return dst;
 }
 

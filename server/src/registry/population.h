@@ -33,7 +33,8 @@ size_t nsd_pop_bytes(size_t channels);
  *  @return NULL when out of memory. */
 nsd_pop_t *nsd_pop_create(size_t channels, uint64_t generation);
 
-/*! nsd_pop_clone() : a copy of 'pop' with its own arrays; NULL when out of memory. */
+/*! nsd_pop_clone() : a copy of 'pop' with its own arrays and no history (the
+ *  statistics a snapshot reads); NULL when out of memory. */
 nsd_pop_t *nsd_pop_clone(const nsd_pop_t *pop, size_t channels);
 
 /*! nsd_pop_free() : accepts NULL; frees its history too. */
