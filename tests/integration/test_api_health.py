@@ -4,7 +4,8 @@
   .../drift) and "health" {"steps_applied", "pending", "skipped",
   "rejections"}, counted here from what the test sent.
 * /metrics carries the per-run series (normstat_run_*), equal to those
-  answers, for at most --metrics-max-runs runs, the most recently active.
+  answers, for at most --metrics-max-runs runs, the most recently active
+  (a refused report is activity: a run gone bad stays in view).
 * A refused report is logged at the default level (info), naming run,
   worker, layer and reason, whether the decoder refused it (NaN in a
   safetensors body, a JSON number beyond float32) or the run did (a worker
@@ -133,6 +134,17 @@ class Health(nsd.Case):
         self.check_eq(runs, {"h-c-old", "h-a-new"}, "--metrics-max-runs 2: the two most recently active runs")
         self.check(all(("normstat_run_rejections_total", frozenset({("run", run), ("reason", r)})) not in m
                        for r in rej), "the older run's series are gone")
+        # A run whose reports are now all refused (a diverging trainer) is
+        # active too: its series come back, the bad values counted, while it
+        # has no accepted report newer than the others'.
+        bad = report(9, 0)
+        bad["layers"]["bn1"]["var"][0] = -1.0
+        self.check_status(self.c.report(run, bad), 422, "a negative variance", code="bad_value")
+        m = self.metrics()
+        runs = {dict(k[1])["run"] for k in m if k[0] == "normstat_run_steps_applied_total"}
+        self.check_eq(runs, {run, "h-a-new"}, "a refused report makes its run the most recently active")
+        self.check_eq(m.get(("normstat_run_rejections_total", frozenset({("run", run), ("reason", "bad_value")}))),
+                      1, "its bad value is counted in /metrics")
 
     def test_rejections_logged(self):
         run = "h-log"
