@@ -234,7 +234,10 @@ def daemon_metrics(exe):
                 m = re.search(rb"event=ready addr=\"?[0-9.]+:(\d+)", raw)
                 if m:
                     port = int(m.group(1))
-                    break
+                if port is not None and b"event=ready" in raw:
+                    break  # listening comes first; reports are refused (503) until ready
+            else:
+                port = None
             if port is None:
                 raise RuntimeError(f"{exe} did not start")
             # one report, so the per-run families (normstat_run_*) show their labels

@@ -38,6 +38,9 @@ extern const ns_cli_command_t ns_cli_commands[];
 
 /* `normstat runs` (runs.c): one server's runs, or every shard's. */
 int ns_cli_cmd_runs(ns_cli_t *cli, int argc, char **argv);
+/* `normstat drift` and `normstat history` (drift.c). */
+int ns_cli_cmd_drift(ns_cli_t *cli, int argc, char **argv);
+int ns_cli_cmd_history(ns_cli_t *cli, int argc, char **argv);
 
 /* Report a failed client call on stderr; @return its exit code. */
 int ns_cli_fail(const char *what, int code, const ns_error_detail_t *err);

@@ -527,5 +527,9 @@ const ns_cli_command_t ns_cli_commands[] = {
      cmd_health},
     {"version", "version and build of the server", "version", cmd_version},
     {"metrics", "the server's Prometheus metrics", "metrics", cmd_metrics},
+    {"drift", "how far each layer's EMA is from PreciseBN now, worst first",
+     "drift RUN [--domain D|*]", ns_cli_cmd_drift},
+    {"history", "a layer's last steps for one channel: batch, EMA after it, drift",
+     "history RUN LAYER [--domain D|*] [--channel C]", ns_cli_cmd_history},
     {NULL, NULL, NULL, NULL},
 };

@@ -51,6 +51,7 @@ static int shard_client(const ns_cli_t *cli, const char *url, ns_client_t **dst,
     opts.url = url;
     opts.timeout_ms = cli->timeout_ms;
     opts.token = cli->token;
+    opts.cacert = cli->cacert;
     return ns_client_create(dst, &opts, err);
 }
 

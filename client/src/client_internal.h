@@ -73,4 +73,9 @@ int ns__path_run(char *dst, size_t dst_cap, const char *run, const char *suffix,
 /*! ns__stats_query() : the query string of 'q' plus "format=..." into 'dst'. */
 int ns__stats_query(ns_buf_t *dst, const ns_stats_query_t *q, ns_format_t format);
 
+/*! ns__drift_query(), ns__history_query() : the query strings of GET
+ *  .../drift and .../history into 'dst' (NULL domain, channel < 0: left out). */
+int ns__drift_query(ns_buf_t *dst, const char *domain);
+int ns__history_query(ns_buf_t *dst, const char *layer, const char *domain, long channel);
+
 #endif /* NS_CLIENT_INTERNAL_H */

@@ -113,6 +113,23 @@ int ns__stats_query(ns_buf_t *dst, const ns_stats_query_t *q, ns_format_t format
     return query_add(dst, "format", format == NS_FORMAT_SAFETENSORS ? "safetensors" : "json");
 }
 
+int ns__drift_query(ns_buf_t *dst, const char *domain)
+{
+    return domain != NULL ? query_add(dst, "domain", domain) : 0;
+}
+
+int ns__history_query(ns_buf_t *dst, const char *layer, const char *domain, long channel)
+{
+    char number[24];
+    int rc = query_add(dst, "layer", layer);
+    if (rc == 0 && domain != NULL)
+        rc = query_add(dst, "domain", domain);
+    snprintf(number, sizeof(number), "%ld", channel);
+    if (rc == 0 && channel >= 0)
+        rc = query_add(dst, "channel", number);
+    return rc;
+}
+
 int ns__request_init(ns__request_t *rq, const char *method, const char *base, const char *path,
                      const char *query, char *body, size_t body_len, ns__retry_t retry)
 {

@@ -166,6 +166,7 @@ async function tokenPrompt(context) {
   await page.waitForSelector("#token-form:not([hidden])", { timeout: WAIT_MS });
   await page.fill("#token-input", token + "-wrong");
   await page.click("#token-form button");
+  // an unknown token is 401 unauthorized (403 is a known token without the scope)
   await page.waitForFunction(() => document.querySelector("#token-refused").textContent.includes("unauthorized"),
     null, { timeout: WAIT_MS });
   check(true, "a wrong token is refused and the page says so");

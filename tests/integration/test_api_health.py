@@ -4,17 +4,21 @@
   .../drift) and "health" {"steps_applied", "pending", "skipped",
   "rejections"}, counted here from what the test sent.
 * /metrics carries the per-run series (normstat_run_*), equal to those
-  answers, for at most --metrics-max-runs runs, the most recently active.
+  answers, for at most --metrics-max-runs runs, the most recently active
+  (a refused report is activity: a run gone bad stays in view).
 * A refused report is logged at the default level (info), naming run,
   worker, layer and reason, whether the decoder refused it (NaN in a
   safetensors body, a JSON number beyond float32) or the run did (a worker
-  outside world_size, a stale step); at most 10 lines per second per run,
+  outside world_size, a stale step), or the body did not decode (a NaN
+  literal, as Python's json.dumps writes it: the line still names the
+  worker and the layer holding it); at most 10 lines per second per run,
   each line counting the lines withheld before it, so that the lines and
   the withheld counts add up to the reports refused (checked by count: the
   bound depends on how many seconds the sending took, measured, never
   asserted).
 """
 
+import json
 import math
 import os
 import re
@@ -130,6 +134,17 @@ class Health(nsd.Case):
         self.check_eq(runs, {"h-c-old", "h-a-new"}, "--metrics-max-runs 2: the two most recently active runs")
         self.check(all(("normstat_run_rejections_total", frozenset({("run", run), ("reason", r)})) not in m
                        for r in rej), "the older run's series are gone")
+        # A run whose reports are now all refused (a diverging trainer) is
+        # active too: its series come back, the bad values counted, while it
+        # has no accepted report newer than the others'.
+        bad = report(9, 0)
+        bad["layers"]["bn1"]["var"][0] = -1.0
+        self.check_status(self.c.report(run, bad), 422, "a negative variance", code="bad_value")
+        m = self.metrics()
+        runs = {dict(k[1])["run"] for k in m if k[0] == "normstat_run_steps_applied_total"}
+        self.check_eq(runs, {run, "h-a-new"}, "a refused report makes its run the most recently active")
+        self.check_eq(m.get(("normstat_run_rejections_total", frozenset({("run", run), ("reason", "bad_value")}))),
+                      1, "its bad value is counted in /metrics")
 
     def test_rejections_logged(self):
         run = "h-log"
@@ -147,12 +162,18 @@ class Health(nsd.Case):
         self.check_status(self.c.report(run, bad), 422, "var 1e39", code="bad_value")
         # refused by the run: worker 0 repeats step 0 (stale), bn1 first in name order
         self.check_status(self.c.report(run, report(0, 0)), 409, "stale step", code=("stale_step", "duplicate_report"))
-        lines = nsd.poll(lambda: len(rejected_lines(self.daemon, run)) >= 3 and rejected_lines(self.daemon, run))
+        # Python's json.dumps of a NaN (a literal JSON has not): malformed, yet the
+        # line names the worker and the layer that holds it (worker 1, bn2's var)
+        bad = report(1, 1)
+        bad["layers"]["bn2"]["var"][1] = float("nan")
+        self.check_status(self.c.post(f"/v1/runs/{run}/batches", json.dumps(bad).encode()), 400,
+                          "a NaN literal in JSON", code="bad_request")
+        lines = nsd.poll(lambda: len(rejected_lines(self.daemon, run)) >= 4 and rejected_lines(self.daemon, run))
         got = [(x.get("worker"), x.get("layer"), x.get("reason")) for x in lines or []]
-        self.check_eq(got[:3], [("2", "bn2", "bad_value"), ("3", "bn1", "bad_value"),
-                                ("0", "bn1", got[2][2] if len(got) > 2 else "?")],
+        self.check_eq(got[:4], [("2", "bn2", "bad_value"), ("3", "bn1", "bad_value"),
+                                ("0", "bn1", got[2][2] if len(got) > 2 else "?"), ("1", "bn2", "bad_request")],
                       "each refused report logged at info with worker, layer and reason")
-        self.check(all(x.get("run") == run and x.get("withheld") == "0" for x in lines[:3]),
+        self.check(all(x.get("run") == run and x.get("withheld") == "0" for x in lines[:4]),
                    "lines name the run; none withheld yet")
         with self.daemon._lock:
             lvl = [l for l in self.daemon.lines if "event=report_rejected" in l]

@@ -301,6 +301,12 @@ class Tls(nsd.Case):
                    f"{rc} {err}")
         rc, out, err = cli("--cacert", path("rogue.pem"), "version")
         self.check(rc == 3, "trusting another certificate: exit 3", f"{rc} {err}")
+        # runs --shards: each shard's client trusts the same CA
+        run = nsd.run_name("tls-shards")
+        self.require(self.c.put(f"/v1/runs/{run}", {"world_size": 1}).status == 201, "PUT run")
+        rc, out, err = cli("--cacert", path("ca.pem"), "runs", "--shards", self.url)
+        self.check(rc == 0 and run in out, "normstat --cacert CA runs --shards URL lists the shard's runs",
+                   f"{rc} {err}")
         rc, out, err = cli("--help")
         self.check(rc == 0 and "--cacert FILE" in out and "NORMSTAT_CACERT" in out,
                    "normstat --help documents --cacert and NORMSTAT_CACERT")

@@ -255,6 +255,21 @@ NS_API int ns_client_stats_save(ns_client_t *client, const char *run, const ns_s
 NS_API int ns_client_precise_reset(ns_client_t *client, const char *run, const char *domain,
                                    int64_t *generation, ns_error_detail_t *err);
 
+/*! ns_client_drift() :
+ *  GET /v1/runs/{run}/drift: every row's EMA vs PreciseBN drift, worst first
+ *  ('domain' NULL: every row; a name, or "*" for the pooled rows); the JSON
+ *  answer is appended to 'dst'. */
+NS_API int ns_client_drift(ns_client_t *client, const char *run, const char *domain, ns_buf_t *dst,
+                           ns_error_detail_t *err);
+
+/*! ns_client_history() :
+ *  GET /v1/runs/{run}/history: the last applied steps of 'layer' for one
+ *  channel ('domain' NULL: the server's default "*"; 'channel' < 0: 0), with
+ *  PreciseBN's current value; the JSON answer is appended to 'dst'. */
+NS_API int ns_client_history(ns_client_t *client, const char *run, const char *layer,
+                             const char *domain, long channel, ns_buf_t *dst,
+                             ns_error_detail_t *err);
+
 /*! ns_client_checkpoint_get() : GET /v1/runs/{run}/checkpoint into 'dst'. */
 NS_API int ns_client_checkpoint_get(ns_client_t *client, const char *run, ns_buf_t *dst,
                                     ns_error_detail_t *err);

@@ -658,6 +658,27 @@ class Client:
         """stats(..., format="safetensors") decoded: ({name: Tensor}, metadata)."""
         return st.decode(self.stats(run, format="safetensors", **query))
 
+    def drift(self, run, domain=None):
+        """GET /drift: how far each layer's EMA is from its PreciseBN now, a
+        dict with "layers" (one row per layer and domain, worst first),
+        "worst" and "history_steps". domain: a name, or "*" for the pooled
+        rows (default every row)."""
+        q = "" if domain is None else "?" + urllib.parse.urlencode([("domain", domain)], safe="*")
+        return self._json(self._call("GET", self._run_path(run, "/drift" + q))[2])
+
+    def history(self, run, layer, domain=None, channel=None):
+        """GET /history: one channel of a layer's last applied steps, oldest
+        first (each step's batch mean and variance, the EMA after it and its
+        drift), with PreciseBN's current value; a dict. domain: a name or "*"
+        (pooled, the server's default); channel: default 0."""
+        q = [("layer", layer)]
+        if domain is not None:
+            q.append(("domain", domain))
+        if channel is not None:
+            q.append(("channel", int(channel)))
+        path = self._run_path(run, "/history?" + urllib.parse.urlencode(q, safe="*"))
+        return self._json(self._call("GET", path)[2])
+
     def precise_reset(self, run, domain=None):
         """Start a new PreciseBN generation (all domains, or one); returns
         the generation number."""

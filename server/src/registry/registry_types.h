@@ -181,7 +181,7 @@ typedef struct nsd_stats_s {
 /* One run's health, for /metrics (nsd_registry_health()). */
 typedef struct nsd_run_health_s {
     char run[NS_NAME_MAX + 1];
-    uint64_t last_active_ms; /* clock of the last accepted report, 0 none */
+    uint64_t last_active_ms; /* clock of the last report, accepted or refused; 0 none */
     uint64_t steps_applied;  /* since the daemon started */
     uint64_t pending_steps;
     uint64_t skipped_steps;

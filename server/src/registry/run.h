@@ -108,7 +108,7 @@ typedef struct nsd_run_s {
     nsd_run_state_t st;
     /* Health (run_health.c), kept across checkpoint imports. */
     _Atomic uint64_t steps_applied;
-    _Atomic uint64_t last_active_ms;              /* the last accepted report */
+    _Atomic uint64_t last_active_ms;              /* the last report, accepted or refused */
     uint64_t rejections[NSD_REJECTION_REASONS];   /* under lock */
     uint64_t log_window, log_lines, log_withheld; /* rejection log limit, under lock */
 } nsd_run_t;

@@ -68,6 +68,9 @@ int nsd_registry_note_rejection(nsd_registry_t *reg, const char *name, int code,
     size_t slot = rejection_slot(code);
     if (slot < NSD_REJECTION_REASONS)
         run->rejections[slot]++;
+    /* A refusal is activity: a run whose reports all go bad keeps its
+     * series in /metrics, where its alerts need them. */
+    atomic_store(&run->last_active_ms, now_ms);
     int take = limit_take(&run->log_window, &run->log_lines, &run->log_withheld, now_ms, withheld);
     nsd_registry_unlock_run(run);
     return take;
