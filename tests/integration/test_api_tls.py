@@ -104,7 +104,7 @@ def trusting(cafile=None):
     return ctx
 
 
-def served_sha256(port, host="localhost"):
+def served_sha256(port, host="127.0.0.1"):
     """SHA-256 of the certificate a new connection is served (verified against the CA)."""
     with socket.create_connection(("127.0.0.1", port), timeout=CMD_LIMIT_S) as s:
         with trusting().wrap_socket(s, server_hostname=host) as t:
@@ -153,7 +153,7 @@ class Tls(nsd.Case):
                                 env=clean_env(), ssl_context=trusting()).start()
         cls.c = cls.daemon.client()
         cls.port = cls.daemon.port
-        cls.url = f"https://localhost:{cls.port}"
+        cls.url = f"https://127.0.0.1:{cls.port}"
 
     def test_curl(self):
         run = nsd.run_name("tls-curl")
@@ -161,7 +161,7 @@ class Tls(nsd.Case):
         self.check(rc == 0 and '"version"' in out, "curl --cacert https://127.0.0.1/v1/version",
                    f"{rc} {err}")
         rc, out, err = curl("--cacert", path("ca.pem"), f"{self.url}/readyz")
-        self.check(rc == 0 and "ready" in out, "curl --cacert https://localhost/readyz", f"{rc} {err}")
+        self.check(rc == 0 and "ready" in out, "curl --cacert https://127.0.0.1/readyz", f"{rc} {err}")
         rc, out, err = curl("--cacert", path("ca.pem"), "-X", "POST", "-H",
                             "Content-Type: application/json", "--data-binary",
                             nsd.json.dumps(rep(1, 0, 4, [0.5, -1.5], [2.0, 0.25])),
@@ -377,7 +377,7 @@ class Tls(nsd.Case):
         self.require(fa != fb, "the two certificates differ")
         self.check_eq(served_sha256(self.port), fa, "first certificate served")
         old = socket.create_connection(("127.0.0.1", self.port), timeout=CMD_LIMIT_S)
-        old = trusting().wrap_socket(old, server_hostname="localhost")
+        old = trusting().wrap_socket(old, server_hostname="127.0.0.1")
         shutil.copy(path("b.pem"), path("cert.pem"))
         shutil.copy(path("b.key"), path("key.pem"))
         mark = len(self.daemon.lines)
@@ -434,7 +434,7 @@ class TlsWithTokens(nsd.Case):
                                 "--auth-tokens-file", path("tokens"), env=clean_env(),
                                 ssl_context=trusting()).start()
         cls.c = cls.daemon.client()
-        cls.url = f"https://localhost:{cls.daemon.port}"
+        cls.url = f"https://127.0.0.1:{cls.daemon.port}"
 
     def test_clients(self):
         run = nsd.run_name("exp-tt")
@@ -467,7 +467,7 @@ class PlainPort(nsd.Case):
         ctx.verify_mode = ssl.CERT_NONE
         with socket.create_connection(("127.0.0.1", self.daemon.port), timeout=HANG_LIMIT_S) as s:
             try:
-                ctx.wrap_socket(s, server_hostname="localhost")
+                ctx.wrap_socket(s, server_hostname="127.0.0.1")
                 self.check(False, "a ClientHello to a plain port gets no TLS session")
             except (ssl.SSLError, ConnectionResetError, OSError) as e:
                 self.check(not isinstance(e, socket.timeout),

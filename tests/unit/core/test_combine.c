@@ -463,7 +463,7 @@ START_TEST(test_single_arrival_exact)
         v[c] = (float)(ns_test_uniform(&r) * 2.0);
     }
     const uint64_t n = ((uint64_t)1 << 32) - 1;
-    ns_arrival_t a[3] = {{0, NULL, NULL}, {n, m, v}, {0, NULL, NULL}};
+    ns_arrival_t a[3] = {{.n = 0}, {.n = n, .mean = m, .var = v}, {.n = 0}};
     uint64_t total = 0;
     ck_assert_int_eq(ns_combine(a, 3, C, &total, mean, var, 1), 0);
     ck_assert_uint_eq(total, n);
