@@ -5,12 +5,15 @@
  * population.h and checkpoint.h are internal to the registry.
  *
  * Threads: every function may be called from any thread at once. The run map
- * is guarded by one rwlock and every run by its own mutex (runs are
- * refcounted, so DELETE while another request works on the run is safe).
+ * is guarded by one rwlock, every run by its own rwlock and each of its
+ * layers by a mutex (runs are refcounted, so DELETE while another request
+ * works on the run is safe). Reports to different layers of one run
+ * proceed in parallel; reads copy a consistent cut of the run (every report
+ * wholly applied or not at all). See doc/design.md, "Threads and locks".
  * Callbacks: /sync callbacks and the wakeup hook are never called while a
  * registry lock is held (the registry collects them, unlocks, then calls
  * them). The persistence hooks are the exception: they ARE called under
- * the run's lock; nsd_persist_t states their rules.
+ * the lock that guards the change; nsd_persist_t states their rules.
  *
  * Errors: functions return 0 or a negative NS_E* code and fill the optional
  * ns_error_detail_t (first error wins); a function that returns an error
