@@ -21,7 +21,7 @@
  * time. Output: one key=value line per case, thread count and round:
  * model_rps is reports per second counted in whole models (the channels
  * applied per second / the model's channels), cpu_s the process's CPU
- * time over the round. No persistence hooks (the store's cost is table 5's). */
+ * time over the round, vcsw its voluntary context switches (see cpu_s()). No persistence hooks (the store's cost is table 5's). */
 #include <pthread.h>
 #include <sched.h>
 #include <stdatomic.h>
@@ -66,10 +66,15 @@ static double now_s(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
-static double cpu_s(void)
+/* The process's CPU time, and its voluntary context switches: a thread
+ * that blocks on a lock held by another gives up its CPU (one switch), a
+ * thread preempted by other work does not count, so the switches per report
+ * say how often reports waited for each other whatever the machine's load. */
+static double cpu_s(long *vcsw)
 {
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
+    *vcsw = ru.ru_nvcsw;
     return (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec * 1e-6 +
            (double)ru.ru_stime.tv_sec + (double)ru.ru_stime.tv_usec * 1e-6;
 }
@@ -219,7 +224,8 @@ static int measure(const model_t *m, int workers_case, unsigned T, double second
         if (pthread_create(&pt[i], NULL, thread_main, &th[i]) != 0)
             model_die("pthread_create");
     }
-    double c0 = cpu_s(), t0 = now_s();
+    long v0, v1;
+    double c0 = cpu_s(&v0), t0 = now_s();
     atomic_store(&b->go, 1);
     struct timespec ts = {(time_t)seconds, (long)((seconds - (double)(time_t)seconds) * 1e9)};
     nanosleep(&ts, NULL);
@@ -232,11 +238,12 @@ static int measure(const model_t *m, int workers_case, unsigned T, double second
         channels += th[i].channels;
         failed |= th[i].failed;
     }
-    double el = now_s() - t0, cpu = cpu_s() - c0;
+    double el = now_s() - t0, cpu = cpu_s(&v1) - c0;
     printf("case=%s threads=%u round=%d reports=%llu seconds=%.4f rps=%.2f model_rps=%.2f "
-           "cpu_s=%.3f channels=%zu failed=%d\n",
+           "cpu_s=%.3f vcsw=%ld channels=%zu failed=%d\n",
            workers_case ? "workers" : "split", T, round, (unsigned long long)reports, el,
-           (double)reports / el, (double)channels / (double)m->total / el, cpu, m->total, failed);
+           (double)reports / el, (double)channels / (double)m->total / el, cpu, v1 - v0, m->total,
+           failed);
     fflush(stdout);
     nsd_registry_free(b->reg);
     for (unsigned i = 0; i < T; i++) {

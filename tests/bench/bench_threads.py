@@ -105,9 +105,10 @@ def rows_of(label, per_t):
         cores = med([r.get("cpu_s", float("nan")) / r.get("seconds", float("nan")) for r in rs])
         per_cpu = med([bench_server.ratio(r.get("model_rps"), r.get("cpu_s", 0) / r.get("seconds", 1))
                        for r in rs])
-        rows.append([label % t if "%d" in label else label, str(t), bench_server.f(rate, "%.0f"),
-                     bench_server.f(rat.get(t), "%.2fx"), bench_server.f(cores, "%.2f"),
-                     bench_server.f(per_cpu, "%.0f"), "%d" % len(rs)])
+        waits = med([bench_server.ratio(r.get("vcsw"), r.get("reports")) * 1000 for r in rs if "vcsw" in r])
+        rows.append([label, str(t), bench_server.f(rate, "%.0f"), bench_server.f(rat.get(t), "%.2fx"),
+                     bench_server.f(cores, "%.2f"), bench_server.f(per_cpu, "%.0f"),
+                     bench_server.f(waits, "%.0f"), "%d" % len(rs)])
     return rows, rat
 
 
@@ -133,7 +134,7 @@ def table(build, seconds, rounds):
                        "interleaved rounds of %.1f s; ratio = median of the per-round ratios to T = 1)"
                        % (rounds, seconds),
                        ["case", "threads", "reports/s", "vs 1 thread", "CPU cores used",
-                        "reports per CPU-second", "rounds"], rows + r2 + r3)
+                        "reports per CPU-second", "waits per 1k calls", "rounds"], rows + r2 + r3)
     r12 = rat_split.get(2, float("nan"))
     bench_server.table("4e. Target", ["target", "measured", "result"], [
         ["in process, different layers of one run: 1 -> 2 threads >= 1.7x on 2 cores",
