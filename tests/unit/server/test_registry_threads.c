@@ -1,7 +1,8 @@
 /* test_registry_threads.c - many threads reporting to one run: threads on
  * different layers and threads on the same layers (the workers of a step),
  * reports that create layers, /sync waiters spanning several layers,
- * readers, the coordinator's expiry and PUTs running meanwhile. The final
+ * readers, /grad of a layer being reported, the coordinator's expiry and
+ * PUTs running meanwhile. The final
  * state must equal, bit for bit, a single thread sending the same reports
  * in order; readers must always see a consistent cut (every report wholly
  * applied or not at all); the persistence hooks must receive each layer's
@@ -166,6 +167,71 @@ static void *reporter_main(void *p)
     return NULL;
 }
 
+/* Gradient sums of layer l4 by worker 'w' at step 's' (exact in double, so
+ * the sum over the two workers is known exactly). */
+static double grad_value(uint32_t w, uint64_t s, size_t c, int xmu)
+{
+    return (double)(w * 1000 + s) + 0.5 * (double)c + (xmu ? 0.25 : 0);
+}
+
+typedef struct grad_arg_s {
+    shared_t *sh;
+    uint32_t worker;
+    _Atomic int *answers;
+} grad_arg_t;
+
+static void grad_cb(void *arg, nsd_grad_result_t *res)
+{
+    grad_arg_t *g = arg;
+    int bad = res->status != 0 || res->grad == NULL || res->grad->n_layers != 1 ||
+              res->grad->layers[0].channels != C;
+    for (size_t c = 0; !bad && c < C; c++) {
+        uint64_t s = res->grad->step;
+        bad = res->grad->layers[0].sum_dy[c] != grad_value(0, s, c, 0) + grad_value(1, s, c, 0) ||
+              res->grad->layers[0].sum_dy_xmu[c] != grad_value(0, s, c, 1) + grad_value(1, s, c, 1);
+    }
+    if (bad)
+        atomic_fetch_add(&g->sh->fails, 1);
+    atomic_fetch_add(g->answers, 1);
+    nsd_grad_result_free(res);
+}
+
+/* Worker w's /grad of layer l4 at step s. @return the registry's code. */
+static int send_grad(nsd_registry_t *reg, uint32_t w, uint64_t s, grad_arg_t *g)
+{
+    char body[4096];
+    int n = snprintf(body, sizeof(body), "{\"step\": %llu, \"worker\": %u, \"layers\": {\"l4\": {",
+                     (unsigned long long)s, w);
+    for (int xmu = 0; xmu <= 1; xmu++) {
+        n += snprintf(body + n, sizeof(body) - (size_t)n, "%s\"%s\": [", xmu ? ", " : "",
+                      xmu ? "sum_dy_xmu" : "sum_dy");
+        for (size_t c = 0; c < C; c++)
+            n += snprintf(body + n, sizeof(body) - (size_t)n, "%s%.17g", c ? ", " : "",
+                          grad_value(w, s, c, xmu));
+        n += snprintf(body + n, sizeof(body) - (size_t)n, "]");
+    }
+    snprintf(body + n, sizeof(body) - (size_t)n, "}}}");
+    ns_grad_t *gr = NULL;
+    ns_error_detail_t err = {0};
+    int rc = ns_grad_decode_json(&gr, body, strlen(body), &err);
+    if (rc == 0)
+        rc = nsd_registry_grad(reg, "r", gr, 0, grad_cb, g, &err);
+    if (rc != 0)
+        fprintf(stderr, "grad %llu/%u: %s\n", (unsigned long long)s, w, err.message);
+    return rc;
+}
+
+/* One worker's /grad of layer l4 (the statistics layer the reporters of
+ * group 1 update meanwhile), every step. */
+static void *grad_main(void *p)
+{
+    grad_arg_t *g = p;
+    for (uint64_t s = 0; s < S; s++)
+        if (send_grad(g->sh->reg, g->worker, s, g) != 0)
+            atomic_fetch_add(&g->sh->fails, 1);
+    return NULL;
+}
+
 /* Layers reported together (group 0) are always seen at the same step:
  * the run's status and the EMA are read as a consistent cut. */
 static int cut_consistent(nsd_registry_t *reg)
@@ -247,6 +313,17 @@ static nsd_registry_t *setup_registry(int hooks)
     ck_assert_int_eq(fx_send(reg, "r", 0, 0, &a, &setup, 1, 0, NULL, NULL), 0);
     ck_assert_int_eq(fx_send(reg, "r", 0, 1, &b, &setup, 1, 0, NULL, NULL), 0);
     return reg;
+}
+
+/* Two states as text are the same (a long message would not fit Check's
+ * pipe: the first difference is shown). */
+static void check_same(const char *got, const char *want, const char *what)
+{
+    size_t i = 0;
+    while (got[i] && got[i] == want[i])
+        i++;
+    ck_assert_msg(got[i] == want[i], "%s differ at byte %zu: ...%.60s... vs ...%.60s...", what, i,
+                  got + (i > 20 ? i - 20 : 0), want + (i > 20 ? i - 20 : 0));
 }
 
 /* The checkpoint of run "r" as canonical text. */
@@ -336,7 +413,7 @@ static void check_replay(const char *want)
     }
     nsd_registry_replay_finish(re);
     char *got = checkpoint_text(re);
-    ck_assert_str_eq(got, want);
+    check_same(got, want, "the replayed and the live state");
     free(got);
     nsd_registry_free(re);
 }
@@ -347,7 +424,9 @@ START_TEST(test_many_threads_one_run)
     log_clear();
     shared_t sh = {.reg = setup_registry(1)};
     reporter_t rep[GROUPS * W];
-    pthread_t th[GROUPS * W + 1];
+    pthread_t th[GROUPS * W + 1], gth[W];
+    _Atomic int grad_answers = 0;
+    grad_arg_t ga[W];
     atomic_store(&sh.reporters_left, GROUPS * W);
     for (size_t g = 0; g < GROUPS; g++)
         for (uint32_t w = 0; w < W; w++) {
@@ -356,21 +435,39 @@ START_TEST(test_many_threads_one_run)
             ck_assert_int_eq(pthread_create(&th[k], NULL, reporter_main, &rep[k]), 0);
         }
     ck_assert_int_eq(pthread_create(&th[GROUPS * W], NULL, reader_main, &sh), 0);
+    for (uint32_t w = 0; w < W; w++) {
+        ga[w] = (grad_arg_t){&sh, w, &grad_answers};
+        ck_assert_int_eq(pthread_create(&gth[w], NULL, grad_main, &ga[w]), 0);
+    }
     for (size_t k = 0; k < GROUPS * W + 1; k++)
         ck_assert_int_eq(pthread_join(th[k], NULL), 0);
-    ck_assert_int_eq(atomic_load(&sh.fails), 0);
-    ck_assert_int_gt(atomic_load(&sh.cuts_checked), 0);
-    ck_assert_int_gt(atomic_load(&sh.sync_ok), 0);
+    for (uint32_t w = 0; w < W; w++)
+        ck_assert_int_eq(pthread_join(gth[w], NULL), 0);
+    int answers = atomic_load(&grad_answers);
+    ck_assert_int_eq(answers, W * S); /* every /grad answered, with the exact sums */
+    int fails = atomic_load(&sh.fails), cuts = atomic_load(&sh.cuts_checked);
+    int syncs = atomic_load(&sh.sync_ok);
+    ck_assert_int_eq(fails, 0);
+    ck_assert_int_gt(cuts, 0);
+    ck_assert_int_gt(syncs, 0);
 
-    /* The same reports from one thread, in order. */
+    /* The same reports and gradient sums from one thread, in order. */
     nsd_registry_t *seq = setup_registry(0);
-    for (uint64_t s = 0; s < S; s++)
+    shared_t seq_sh = {.reg = seq};
+    _Atomic int seq_answers = 0;
+    grad_arg_t seq_ga = {&seq_sh, 0, &seq_answers};
+    for (uint64_t s = 0; s < S; s++) {
         for (size_t g = 0; g < GROUPS; g++)
             for (uint32_t w = 0; w < W; w++)
                 ck_assert_int_eq(
                     nsd_registry_report(seq, "r", group_report(s, w, g), 0, NULL, NULL, NULL), 0);
+        for (uint32_t w = 0; w < W; w++)
+            ck_assert_int_eq(send_grad(seq, w, s, &seq_ga), 0);
+    }
+    fails = atomic_load(&seq_sh.fails);
+    ck_assert_int_eq(fails, 0);
     char *a = fx_snapshot(sh.reg, "r", 0), *b = fx_snapshot(seq, "r", 0);
-    ck_assert_str_eq(a, b);
+    check_same(a, b, "the concurrent and the sequential state");
     free(a);
     free(b);
     check_ema_reference(sh.reg, 4);
@@ -433,7 +530,8 @@ START_TEST(test_layers_race_delete)
     }
     for (size_t l = 0; l < L; l++)
         ck_assert_int_eq(pthread_join(th[l], NULL), 0);
-    ck_assert_int_eq(atomic_load(&sh.fails), 0);
+    int fails = atomic_load(&sh.fails);
+    ck_assert_int_eq(fails, 0);
     nsd_registry_delete_run(sh.reg, "solo", NULL);
     nsd_counters_t cnt;
     nsd_registry_counters(sh.reg, &cnt);
