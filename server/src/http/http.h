@@ -43,6 +43,7 @@ typedef struct nsd_server_s {
     nsd_store_t *store;     /* NULL with --no-persist */
     const nsd_auth_t *auth; /* bearer token required; NULL: none */
     struct MHD_Daemon *daemon;
+    int listen_fd;    /* after nsd_http_quiesce: the listening socket, closed at stop; -1 */
     uint16_t port;    /* bound port (after nsd_http_start) */
     char addr[300];   /* "HOST:PORT" as bound, for logs */
     atomic_int ready; /* /readyz answers 200 */
