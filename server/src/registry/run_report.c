@@ -2,8 +2,8 @@
  * layer, allocate what it needs, commit; then each layer finalizes and
  * applies what completed (see the DESIGN in run.h). Under run->lock
  * shared the report's layers are locked in ascending name order for the
- * three phases, so a report is all or nothing; each is unlocked as soon as
- * it has finalized and applied. */
+ * three phases, so a report is all or nothing, and unlocked once every one
+ * has finalized and applied. */
 #include "run.h"
 
 #include <math.h>
@@ -355,8 +355,12 @@ static int find_layers(const nsd_run_t *run, const ns_report_t *rep, long dom, p
     return shareable;
 }
 
-/* After the commit, layer by layer: finalize a step the report completed,
- * apply what is in order, and (shared mode) unlock the layer. */
+/* After the commit, layer by layer: finalize a step the report completed
+ * and apply what is in order; then (shared mode) unlock the layers, the
+ * last first. Held to the end, not released one by one: a report waiting
+ * for the same layers (another worker of the step) then waits once, for
+ * the first, instead of chasing this one through every layer (a sleep and
+ * a wake-up per layer); and once the first is free the others are too. */
 static void finish_layers(nsd_run_t *run, const ns_report_t *rep, plan_t *pl, int shared,
                           nsd_outbox_t *box)
 {
@@ -367,9 +371,9 @@ static void finish_layers(nsd_run_t *run, const ns_report_t *rep, plan_t *pl, in
         if (found && l->pending[pos]->arrived == l->pending[pos]->world_size)
             nsd_run_close_pending(run, l, pos, 0, box);
         nsd_run_apply_ready(run, l);
-        if (shared)
-            nsd_layer_unlock(l);
     }
+    for (size_t i = rep->n_layers; shared && i > 0; i--)
+        nsd_layer_unlock(pl[i - 1].layer);
 }
 
 int nsd_run_report(nsd_run_t *run, ns_report_t *rep, uint64_t now_ms, unsigned mode,
