@@ -21,6 +21,7 @@ typedef struct plan_s {
     size_t insert_pos;      /* for a new layer: position among existing ones */
     nsd_pending_t *pending; /* existing pending step, or new */
     int is_new_pending;
+    int created_step;   /* the commit added this pending step to the layer */
     size_t channels;    /* the layer's channel count after this report */
     int fixes_channels; /* this report fixes the layer's channel count */
     nsd_pop_t *new_pooled;
@@ -222,7 +223,7 @@ static int prepare_layer(nsd_run_t *run, const ns_report_t *rep, long dom, plan_
 
 /* Phase 3: commit one layer (cannot fail). */
 static void commit_layer(nsd_run_t *run, ns_report_t *rep, uint32_t dom, plan_t *pl,
-                         nsd_waiter_t *waiter, size_t index, nsd_outbox_t *box)
+                         nsd_waiter_t *waiter, size_t index)
 {
     nsd_ctx_t *ctx = run->ctx;
     nsd_layer_t *l = pl->layer;
@@ -245,8 +246,8 @@ static void commit_layer(nsd_run_t *run, ns_report_t *rep, uint32_t dom, plan_t 
         l->pending[pos] = p;
         l->n_pending++;
         pl->is_new_pending = 0;
+        pl->created_step = 1;
         atomic_fetch_add(&ctx->pending_steps, 1);
-        nsd_run_note_deadline(run, p->created_ms + run->st.cfg.sync_timeout_ms, box);
     }
     /* Take the report's arrays (no copy); the report no longer owns them. */
     nsd_arrival_t *a = &p->arrivals[rep->worker];
@@ -304,8 +305,7 @@ static int prepare_report(nsd_run_t *run, const ns_report_t *rep, long dom, plan
  * logged, the new layers, the waiter, every layer's arrival. @return the
  * domain's index. */
 static uint32_t commit_report(nsd_run_t *run, ns_report_t *rep, long dom, plan_t *pl,
-                              uint64_t bytes, unsigned mode, nsd_waiter_t *waiter,
-                              nsd_outbox_t *box)
+                              uint64_t bytes, unsigned mode, nsd_waiter_t *waiter)
 {
     nsd_run_state_t *st = &run->st;
     atomic_fetch_add(&st->memory, bytes);
@@ -333,7 +333,7 @@ static uint32_t commit_report(nsd_run_t *run, ns_report_t *rep, long dom, plan_t
         atomic_fetch_add(&run->ctx->sync_waiters, 1);
     }
     for (size_t i = 0; i < rep->n_layers; i++)
-        commit_layer(run, rep, (uint32_t)dom, &pl[i], waiter, i, box);
+        commit_layer(run, rep, (uint32_t)dom, &pl[i], waiter, i);
     atomic_fetch_add(&run->ctx->reports_accepted, 1);
     return (uint32_t)dom;
 }
@@ -370,6 +370,11 @@ static void finish_layers(nsd_run_t *run, const ns_report_t *rep, plan_t *pl, in
         size_t pos = nsd_layer_pending_pos(l, rep->step, &found);
         if (found && l->pending[pos]->arrived == l->pending[pos]->world_size)
             nsd_run_close_pending(run, l, pos, 0, box);
+        else if (found && pl[i].created_step)
+            /* A step that outlives its first report gets a deadline (one
+             * that completed at once never wakes the coordinator). */
+            nsd_run_note_deadline(run, l->pending[pos]->created_ms + run->st.cfg.sync_timeout_ms,
+                                  box);
         nsd_run_apply_ready(run, l);
     }
     for (size_t i = rep->n_layers; shared && i > 0; i--)
@@ -409,7 +414,7 @@ int nsd_run_report(nsd_run_t *run, ns_report_t *rep, uint64_t now_ms, unsigned m
         plan_free(pl, rep->n_layers);
         return rc;
     }
-    commit_report(run, rep, dom, pl, bytes, mode, waiter, box);
+    commit_report(run, rep, dom, pl, bytes, mode, waiter);
     finish_layers(run, rep, pl, shared, box);
     plan_free(pl, rep->n_layers);
     return 0;

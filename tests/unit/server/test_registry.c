@@ -567,8 +567,15 @@ START_TEST(test_persist_and_wakeup_hooks)
     ck_assert_int_eq(fx_send(reg, "r", 6, 0, &od, &l0, 1, 200, NULL, NULL), NS_EDUPLICATE);
     ck_assert_int_eq(fx_send(reg, "r", 7, 0, &od, &l0, 1, 300, NULL, NULL), 0);
     ck_assert_int_eq(h.wakeups, 2);
+    /* A step its first report completes (world_size 1) never has a
+     * deadline to wait for: no wakeup. */
     ck_assert_int_eq(nsd_registry_delete_run(reg, "r", NULL), 0);
     ck_assert_int_eq(h.deletes, 1);
+    ns_run_config_t one = config(1);
+    ck_assert_int_eq(nsd_registry_put_run(reg, "r", &one, NULL, NULL), 0);
+    ck_assert_uint_eq(nsd_registry_expire(reg, 400), UINT64_MAX);
+    ck_assert_int_eq(fx_send(reg, "r", 1, 0, &od, &l0, 1, 400, NULL, NULL), 0);
+    ck_assert_int_eq(h.wakeups, 2);
     nsd_registry_free(reg);
 }
 END_TEST
