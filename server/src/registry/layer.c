@@ -247,7 +247,7 @@ void nsd_run_close_pending(nsd_run_t *run, nsd_layer_t *l, size_t idx, int drop,
     nsd_pending_t *p = l->pending[idx];
     memmove(l->pending + idx, l->pending + idx + 1, (l->n_pending - idx - 1) * sizeof(*l->pending));
     l->n_pending--;
-    atomic_fetch_sub(&ctx->pending_steps, 1);
+    box->pending_delta--;
     if ((int64_t)p->step > l->max_closed)
         l->max_closed = (int64_t)p->step;
     /* Its arrivals leave the pending count; a finalized step comes back in
@@ -284,14 +284,13 @@ void nsd_run_close_pending(nsd_run_t *run, nsd_layer_t *l, size_t idx, int drop,
         p->n_waiters = 0;
         atomic_fetch_add(&ctx->steps_dropped, 1);
     } else {
-        atomic_fetch_add(&ctx->steps_finalized, 1);
+        box->finalized++;
         /* Logged before its waiters learn of it, so a /sync answer can
          * wait for the commit of every layer's step. */
         nsd_layer_persist_step(run, l, f);
         fill_waiters(ctx, box, p, f);
         nsd_layer_ready_insert(l, f);
     }
-    nsd_mem_release(ctx, p->bytes);
-    atomic_fetch_sub(&run->st.memory, p->bytes);
+    box->released += p->bytes; /* nsd_run_settle() releases it */
     nsd_pending_free(p);
 }

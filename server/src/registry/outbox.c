@@ -11,6 +11,21 @@ void nsd_outbox_fire(nsd_outbox_t *box, nsd_waiter_t *w)
     nsd_queue_push(&box->fired, &w->link);
 }
 
+void nsd_run_settle(nsd_run_t *run, nsd_outbox_t *box)
+{
+    nsd_ctx_t *ctx = run->ctx;
+    if (box->pending_delta != 0)
+        atomic_fetch_add(&ctx->pending_steps, (uint64_t)box->pending_delta);
+    if (box->finalized != 0)
+        atomic_fetch_add(&ctx->steps_finalized, box->finalized);
+    if (box->released != 0) {
+        nsd_mem_release(ctx, box->released);
+        atomic_fetch_sub(&run->st.memory, box->released);
+    }
+    box->pending_delta = 0;
+    box->finalized = box->released = 0;
+}
+
 void nsd_run_note_deadline(nsd_run_t *run, uint64_t deadline, nsd_outbox_t *box)
 {
     uint64_t cur = atomic_load(&run->ctx->next_deadline);

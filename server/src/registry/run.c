@@ -246,6 +246,7 @@ uint64_t nsd_run_expire(nsd_run_t *run, uint64_t now_ms, nsd_outbox_t *box)
             nsd_run_apply_ready(run, l);
         nsd_layer_unlock(l);
     }
+    nsd_run_settle(run, box);
     pthread_mutex_lock(&run->grad_lock);
     uint64_t grad_next = nsd_gradsum_expire(run, now_ms, box);
     pthread_mutex_unlock(&run->grad_lock);

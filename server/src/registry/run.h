@@ -65,6 +65,12 @@ typedef struct nsd_outbox_s {
     nsd_queue_t fired;      /* nsd_waiter_t: /sync callbacks to call, in order */
     nsd_queue_t grad_fired; /* nsd_grad_waiter_t: /grad callbacks to call, in order */
     int wakeup;             /* a deadline may have moved earlier */
+    /* What the operation's pending steps changed in the shared counters,
+     * settled once per call by nsd_run_settle() rather than per layer: those
+     * cache lines are written by every thread. */
+    int64_t pending_delta;
+    uint64_t finalized;
+    uint64_t released; /* bytes of the pending steps closed */
 } nsd_outbox_t;
 
 /* One layer: everything below 'lock' is guarded by it (or by run->lock
@@ -222,6 +228,10 @@ void nsd_mem_release(nsd_ctx_t *ctx, uint64_t bytes);
 
 /*! nsd_outbox_fire() : put a waiter whose result is final into the box. */
 void nsd_outbox_fire(nsd_outbox_t *box, nsd_waiter_t *w);
+
+/*! nsd_run_settle() : apply box's counter changes (pending steps,
+ *  finalized steps, memory released) to ctx and the run; zeroes them. */
+void nsd_run_settle(nsd_run_t *run, nsd_outbox_t *box);
 
 /*! nsd_run_note_deadline() : a pending step of the run got 'deadline':
  *  lower ctx->next_deadline to it and ask for a wakeup if it moved. */

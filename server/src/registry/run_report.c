@@ -222,10 +222,9 @@ static int prepare_layer(nsd_run_t *run, const ns_report_t *rep, long dom, plan_
 }
 
 /* Phase 3: commit one layer (cannot fail). */
-static void commit_layer(nsd_run_t *run, ns_report_t *rep, uint32_t dom, plan_t *pl,
-                         nsd_waiter_t *waiter, size_t index)
+static void commit_layer(ns_report_t *rep, uint32_t dom, plan_t *pl, nsd_waiter_t *waiter,
+                         size_t index, nsd_outbox_t *box)
 {
-    nsd_ctx_t *ctx = run->ctx;
     nsd_layer_t *l = pl->layer;
     if (pl->fixes_channels) {
         l->channels = pl->channels;
@@ -247,7 +246,7 @@ static void commit_layer(nsd_run_t *run, ns_report_t *rep, uint32_t dom, plan_t 
         l->n_pending++;
         pl->is_new_pending = 0;
         pl->created_step = 1;
-        atomic_fetch_add(&ctx->pending_steps, 1);
+        box->pending_delta++;
     }
     /* Take the report's arrays (no copy); the report no longer owns them. */
     nsd_arrival_t *a = &p->arrivals[rep->worker];
@@ -305,7 +304,8 @@ static int prepare_report(nsd_run_t *run, const ns_report_t *rep, long dom, plan
  * logged, the new layers, the waiter, every layer's arrival. @return the
  * domain's index. */
 static uint32_t commit_report(nsd_run_t *run, ns_report_t *rep, long dom, plan_t *pl,
-                              uint64_t bytes, unsigned mode, nsd_waiter_t *waiter)
+                              uint64_t bytes, unsigned mode, nsd_waiter_t *waiter,
+                              nsd_outbox_t *box)
 {
     nsd_run_state_t *st = &run->st;
     atomic_fetch_add(&st->memory, bytes);
@@ -333,7 +333,7 @@ static uint32_t commit_report(nsd_run_t *run, ns_report_t *rep, long dom, plan_t
         atomic_fetch_add(&run->ctx->sync_waiters, 1);
     }
     for (size_t i = 0; i < rep->n_layers; i++)
-        commit_layer(run, rep, (uint32_t)dom, &pl[i], waiter, i);
+        commit_layer(rep, (uint32_t)dom, &pl[i], waiter, i, box);
     atomic_fetch_add(&run->ctx->reports_accepted, 1);
     return (uint32_t)dom;
 }
@@ -414,8 +414,9 @@ int nsd_run_report(nsd_run_t *run, ns_report_t *rep, uint64_t now_ms, unsigned m
         plan_free(pl, rep->n_layers);
         return rc;
     }
-    commit_report(run, rep, dom, pl, bytes, mode, waiter);
+    commit_report(run, rep, dom, pl, bytes, mode, waiter, box);
     finish_layers(run, rep, pl, shared, box);
+    nsd_run_settle(run, box);
     plan_free(pl, rep->n_layers);
     return 0;
 }
