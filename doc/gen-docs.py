@@ -227,14 +227,24 @@ def daemon_metrics(exe):
                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                              stderr=subprocess.PIPE, cwd=tmp)
         try:
+            # writes are refused (503 not_ready) between event=listening and
+            # event=ready, so the report below waits for the latter
             port = None
             for raw in p.stderr:  # ends at EOF if the daemon dies
-                m = re.search(rb"event=listening addr=\"?[0-9.]+:(\d+)", raw)
+                m = re.search(rb"event=ready addr=\"?[0-9.]+:(\d+)", raw)
                 if m:
                     port = int(m.group(1))
-                    break
+                if port is not None and b"event=ready" in raw:
+                    break  # listening comes first; reports are refused (503) until ready
+            else:
+                port = None
             if port is None:
                 raise RuntimeError(f"{exe} did not start")
+            # one report, so the per-run families (normstat_run_*) show their labels
+            body = b'{"step": 0, "worker": 0, "layers": {"bn": {"count": 8, "mean": [0.5], "var": [1]}}}'
+            urllib.request.urlopen(urllib.request.Request(
+                f"http://127.0.0.1:{port}/v1/runs/docs/batches", data=body,
+                headers={"Content-Type": "application/json"}), timeout=10).read()
             # the second scrape also shows the request counters' labels: a request is
             # counted when its answer is queued, before the client can read it
             for _ in range(2):

@@ -4,11 +4,19 @@
 # Non-interactive; needs root (or sudo) only when something is missing.
 set -eu
 
-build_pkgs="gcc make pkg-config libmicrohttpd-dev libjansson-dev libuv1-dev check
+# normstatd links GnuTLS itself for HTTPS (libmicrohttpd does the TLS).
+build_pkgs="gcc make pkg-config libmicrohttpd-dev libgnutls28-dev libjansson-dev libuv1-dev check
 libsqlite3-dev libcurl4-openssl-dev python3"
 # Tests and benchmarks compare against real PyTorch (Debian's python3-torch).
 # The README's demo trains on scikit-learn's digits; test_install.sh makes a venv.
-test_pkgs="python3-torch python3-numpy python3-yaml python3-jsonschema python3-sklearn python3-venv"
+# test_shards.py runs deploy/nginx/normstat-shards.conf in Debian's nginx.
+# The dashboard's browser test drives chromium with playwright-core (npm, `make
+# browser-deps`); promtool (package prometheus) checks the alert rules. Node and
+# npm from Debian unless a node with npm is already installed (e.g. NodeSource's).
+# The HTTPS tests make their certificates with the openssl command and talk with curl.
+test_pkgs="python3-torch python3-numpy python3-yaml python3-jsonschema python3-sklearn python3-venv
+nginx chromium prometheus openssl curl"
+command -v npm >/dev/null 2>&1 || test_pkgs="$test_pkgs nodejs npm"
 # The trainer benchmarks train torchvision's ResNet-50 (a built-in copy when absent).
 bench_pkgs="python3-torch python3-numpy python3-torchvision"
 # `make test-docker` builds the image with buildah on a debootstrap base and runs

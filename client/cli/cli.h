@@ -20,8 +20,9 @@ enum {
 typedef struct ns_cli_s {
     const char *url;
     long timeout_ms;
-    const char *token; /* bearer token, or NULL */
-    int json;          /* JSON output (--json, or stdout is not a terminal) */
+    const char *token;  /* bearer token, or NULL */
+    const char *cacert; /* PEM file of the CAs to trust over https, or NULL */
+    int json;           /* JSON output (--json, or stdout is not a terminal) */
     ns_client_t *client;
 } ns_cli_t;
 
@@ -34,6 +35,12 @@ typedef struct ns_cli_command_s {
 } ns_cli_command_t;
 
 extern const ns_cli_command_t ns_cli_commands[];
+
+/* `normstat runs` (runs.c): one server's runs, or every shard's. */
+int ns_cli_cmd_runs(ns_cli_t *cli, int argc, char **argv);
+/* `normstat drift` and `normstat history` (drift.c). */
+int ns_cli_cmd_drift(ns_cli_t *cli, int argc, char **argv);
+int ns_cli_cmd_history(ns_cli_t *cli, int argc, char **argv);
 
 /* Report a failed client call on stderr; @return its exit code. */
 int ns_cli_fail(const char *what, int code, const ns_error_detail_t *err);

@@ -71,40 +71,6 @@ static json_t *body_json(const ns_buf_t *body)
     return json_loadb(body->data ? body->data : "", body->len, 0, NULL);
 }
 
-/* ---------------------------------------------------------------- runs */
-
-static int cmd_runs(ns_cli_t *cli, int argc, char **argv)
-{
-    ns_error_detail_t err = {0};
-    ns_buf_t body = {0};
-    int rc;
-    if (argc > 0)
-        return ns_cli_usage(&ns_cli_commands[0], "unexpected argument '%s'", argv[0]);
-    if ((rc = ns_client_runs_list(cli->client, &body, &err)))
-        return fetch_failed("runs", rc, &body, &err);
-    if (cli->json) {
-        ns_cli_print_json(body.data, body.len);
-    } else {
-        json_t *root = body_json(&body), *r;
-        size_t i;
-        printf("%-32s %10s %7s %8s %8s %12s\n", "RUN", "WORLD_SIZE", "LAYERS", "DOMAINS", "PENDING",
-               "STEP");
-        json_array_foreach(json_object_get(root, "runs"), i, r)
-        {
-            printf("%-32s %10lld %7lld %8lld %8lld %12lld\n",
-                   json_string_value(json_object_get(r, "run")),
-                   (long long)json_integer_value(json_object_get(r, "world_size")),
-                   (long long)json_integer_value(json_object_get(r, "layers")),
-                   (long long)json_integer_value(json_object_get(r, "domains")),
-                   (long long)json_integer_value(json_object_get(r, "pending_steps")),
-                   (long long)json_integer_value(json_object_get(r, "step")));
-        }
-        json_decref(root);
-    }
-    ns_buf_free(&body);
-    return 0;
-}
-
 /* ---------------------------------------------------------------- run */
 
 static int parse_uint(const char *s, unsigned long long max, unsigned long long *out)
@@ -535,7 +501,10 @@ static int cmd_metrics(ns_cli_t *cli, int argc, char **argv)
 
 /* Indexes above (ns_cli_commands[i]) follow this order. */
 const ns_cli_command_t ns_cli_commands[] = {
-    {"runs", "list runs with a summary each", "runs", cmd_runs},
+    {"runs", "list runs with a summary each (at a shard proxy: every shard's)",
+     "runs [--shards URL,URL,...]\n"
+     "  --shards  list these servers' runs together (normstatd, or a proxy's /shards/K)",
+     ns_cli_cmd_runs},
     {"run", "create (or update), show or delete a run",
      "run create RUN [--world-size N] [--momentum M|null] [--sync-timeout-ms MS]\n"
      "                     [--on-timeout partial|drop] [--ema-debias|--no-ema-debias]\n"
@@ -558,5 +527,9 @@ const ns_cli_command_t ns_cli_commands[] = {
      cmd_health},
     {"version", "version and build of the server", "version", cmd_version},
     {"metrics", "the server's Prometheus metrics", "metrics", cmd_metrics},
+    {"drift", "how far each layer's EMA is from PreciseBN now, worst first",
+     "drift RUN [--domain D|*]", ns_cli_cmd_drift},
+    {"history", "a layer's last steps for one channel: batch, EMA after it, drift",
+     "history RUN LAYER [--domain D|*] [--channel C]", ns_cli_cmd_history},
     {NULL, NULL, NULL, NULL},
 };

@@ -10,8 +10,8 @@
 
 static void usage_main(FILE *out)
 {
-    fprintf(out, "usage: normstat [--url URL] [--token TOKEN] [--timeout MS] [--json|--table] "
-                 "COMMAND [ARGS]\n"
+    fprintf(out, "usage: normstat [--url URL] [--token TOKEN] [--cacert FILE] [--timeout MS] "
+                 "[--json|--table] COMMAND [ARGS]\n"
                  "\n"
                  "The command-line client of normstatd, the BatchNorm statistics service.\n"
                  "\n"
@@ -22,6 +22,8 @@ static void usage_main(FILE *out)
                  "global options (also accepted after the command):\n"
                  "  --url URL      server (default $NORMSTAT_URL, else " NS_CLIENT_DEFAULT_URL ")\n"
                  "  --token TOKEN  send \"Authorization: Bearer TOKEN\" (default $NORMSTAT_TOKEN)\n"
+                 "  --cacert FILE  https: trust the CAs (or the certificate) of this PEM file\n"
+                 "                 instead of the system's (default $NORMSTAT_CACERT)\n"
                  "  --timeout MS   give up on an exchange after MS milliseconds (default 30000)\n"
                  "  --json         print JSON (the default when stdout is not a terminal)\n"
                  "  --table        print tables (the default on a terminal)\n"
@@ -67,16 +69,19 @@ static int global_option(ns_cli_t *cli, int argc, char **argv, int *i)
         cli->json = 0;
         return 1;
     }
-    if (strcmp(a, "--url") == 0 || strcmp(a, "--timeout") == 0 || strcmp(a, "--token") == 0) {
+    if (strcmp(a, "--url") == 0 || strcmp(a, "--timeout") == 0 || strcmp(a, "--token") == 0 ||
+        strcmp(a, "--cacert") == 0) {
         if (*i + 1 >= argc) {
             fprintf(stderr, "normstat: %s needs a value\n", a);
             return -1;
         }
         const char *v = argv[++*i];
-        if (a[2] == 'u') {
+        if (strcmp(a, "--url") == 0) {
             cli->url = v;
-        } else if (a[3] == 'o') {
+        } else if (strcmp(a, "--token") == 0) {
             cli->token = v;
+        } else if (strcmp(a, "--cacert") == 0) {
+            cli->cacert = v;
         } else {
             char *end;
             errno = 0;
@@ -95,6 +100,7 @@ int main(int argc, char **argv)
 {
     ns_cli_t cli = {.url = getenv("NORMSTAT_URL"),
                     .token = getenv("NORMSTAT_TOKEN"),
+                    .cacert = getenv("NORMSTAT_CACERT"),
                     .timeout_ms = 30000,
                     .json = !isatty(STDOUT_FILENO)};
     char **rest = calloc((size_t)argc + 1, sizeof(char *));
@@ -140,6 +146,7 @@ int main(int argc, char **argv)
     opts.url = cli.url;
     opts.timeout_ms = cli.timeout_ms;
     opts.token = cli.token;
+    opts.cacert = cli.cacert;
     if ((rc = ns_client_create(&cli.client, &opts, &err))) {
         fprintf(stderr, "normstat: %s\n", err.message);
         free(rest);

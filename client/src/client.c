@@ -353,6 +353,41 @@ int ns_client_precise_reset(ns_client_t *client, const char *run, const char *do
     return rc;
 }
 
+/* GET of a run's JSON view at 'suffix' with the query in 'q' (freed here). */
+static int get_view(ns_client_t *client, const char *run, const char *suffix, ns_buf_t *q, int qrc,
+                    ns_buf_t *dst, ns_error_detail_t *err)
+{
+    char path[NS_NAME_MAX + 64];
+    int rc = ns__path_run(path, sizeof(path), run, suffix, err);
+    if (rc == 0 && qrc != 0)
+        rc = ns_error_set(err, qrc, "", "out of memory");
+    if (rc == 0)
+        rc = exchange(client, "GET", path, q->data, NULL, 0, NULL, "application/json",
+                      NS__RETRY_SAFE, dst, NULL, err);
+    ns_buf_free(q);
+    return rc;
+}
+
+int ns_client_drift(ns_client_t *client, const char *run, const char *domain, ns_buf_t *dst,
+                    ns_error_detail_t *err)
+{
+    ns_buf_t q;
+    ns_buf_init(&q, 0);
+    int qrc = ns__drift_query(&q, domain);
+    return get_view(client, run, "/drift", &q, qrc, dst, err);
+}
+
+int ns_client_history(ns_client_t *client, const char *run, const char *layer, const char *domain,
+                      long channel, ns_buf_t *dst, ns_error_detail_t *err)
+{
+    if (layer == NULL)
+        return ns_error_set(err, NS_EINVAL, "layer", "required");
+    ns_buf_t q;
+    ns_buf_init(&q, 0);
+    int qrc = ns__history_query(&q, layer, domain, channel);
+    return get_view(client, run, "/history", &q, qrc, dst, err);
+}
+
 int ns_client_checkpoint_get(ns_client_t *client, const char *run, ns_buf_t *dst,
                              ns_error_detail_t *err)
 {

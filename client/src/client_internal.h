@@ -38,7 +38,8 @@ typedef struct ns__request_s {
  *  What both clients do first: curl_global_init() once per process, 'dst'
  *  = 'opts' (NULL: the defaults), and *base = a copy of its URL (NULL or
  *  "": the default) without trailing slashes, checked to be http:// or
- *  https://; dst->url then points at *base, which the caller frees.
+ *  https://; dst->url then points at *base, which the caller frees, and
+ *  dst->token and dst->cacert at copies in the same allocation.
  *  @return 0, or NS_ENOMEM / NS_EINVAL (err set, *base NULL). */
 int ns__client_setup(ns_client_options_t *dst, char **base, const ns_client_options_t *opts,
                      ns_error_detail_t *err);
@@ -71,5 +72,10 @@ int ns__path_run(char *dst, size_t dst_cap, const char *run, const char *suffix,
 
 /*! ns__stats_query() : the query string of 'q' plus "format=..." into 'dst'. */
 int ns__stats_query(ns_buf_t *dst, const ns_stats_query_t *q, ns_format_t format);
+
+/*! ns__drift_query(), ns__history_query() : the query strings of GET
+ *  .../drift and .../history into 'dst' (NULL domain, channel < 0: left out). */
+int ns__drift_query(ns_buf_t *dst, const char *domain);
+int ns__history_query(ns_buf_t *dst, const char *layer, const char *domain, long channel);
 
 #endif /* NS_CLIENT_INTERNAL_H */

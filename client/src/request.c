@@ -30,6 +30,7 @@ void ns_client_options_default(ns_client_options_t *opts)
     opts->retry_delay_ms = 100;
     opts->max_response = 0;
     opts->token = NULL;
+    opts->cacert = NULL;
 }
 
 int ns__client_setup(ns_client_options_t *dst, char **base, const ns_client_options_t *opts,
@@ -53,14 +54,17 @@ int ns__client_setup(ns_client_options_t *dst, char **base, const ns_client_opti
         if ((unsigned char)*t <= 0x20 || (unsigned char)*t >= 0x7f)
             return ns_error_set(err, NS_EINVAL, "token",
                                 "expected visible ASCII characters without spaces");
-    /* One allocation "url\0token\0", so freeing *base frees both copies. */
-    size_t url_len = strlen(url), token_len = strlen(token);
-    char *copy = malloc(url_len + token_len + 2);
+    const char *cacert = dst->cacert != NULL ? dst->cacert : "";
+    /* One allocation "url\0token\0cacert\0", so freeing *base frees every copy. */
+    size_t url_len = strlen(url), token_len = strlen(token), cacert_len = strlen(cacert);
+    char *copy = malloc(url_len + token_len + cacert_len + 3);
     if (copy == NULL)
         return ns_error_set(err, NS_ENOMEM, "", "out of memory");
     memcpy(copy, url, url_len + 1);
     memcpy(copy + url_len + 1, token, token_len + 1);
+    memcpy(copy + url_len + token_len + 2, cacert, cacert_len + 1);
     dst->token = token_len > 0 ? copy + url_len + 1 : NULL;
+    dst->cacert = cacert_len > 0 ? copy + url_len + token_len + 2 : NULL;
     size_t n = url_len;
     while (n > 0 && copy[n - 1] == '/')
         copy[--n] = '\0';
@@ -107,6 +111,23 @@ int ns__stats_query(ns_buf_t *dst, const ns_stats_query_t *q, ns_format_t format
     if (q && q->variance_biased && (rc = query_add(dst, "variance", "biased")))
         return rc;
     return query_add(dst, "format", format == NS_FORMAT_SAFETENSORS ? "safetensors" : "json");
+}
+
+int ns__drift_query(ns_buf_t *dst, const char *domain)
+{
+    return domain != NULL ? query_add(dst, "domain", domain) : 0;
+}
+
+int ns__history_query(ns_buf_t *dst, const char *layer, const char *domain, long channel)
+{
+    char number[24];
+    int rc = query_add(dst, "layer", layer);
+    if (rc == 0 && domain != NULL)
+        rc = query_add(dst, "domain", domain);
+    snprintf(number, sizeof(number), "%ld", channel);
+    if (rc == 0 && channel >= 0)
+        rc = query_add(dst, "channel", number);
+    return rc;
 }
 
 int ns__request_init(ns__request_t *rq, const char *method, const char *base, const char *path,
@@ -221,6 +242,8 @@ built:
     curl_easy_setopt(easy, CURLOPT_CONNECTTIMEOUT_MS, opts->connect_timeout_ms);
     curl_easy_setopt(easy, CURLOPT_TCP_NODELAY, 1L);
     curl_easy_setopt(easy, CURLOPT_USERAGENT, "libnormstat/" NS_VERSION_STRING);
+    if (opts->cacert != NULL)
+        curl_easy_setopt(easy, CURLOPT_CAINFO, opts->cacert);
     if (strcmp(rq->method, "GET") == 0) {
         curl_easy_setopt(easy, CURLOPT_HTTPGET, 1L);
     } else {
@@ -256,7 +279,9 @@ static int server_error(ns__request_t *rq, ns_error_detail_t *err)
     const char *message = json_string_value(json_object_get(e, "message"));
     int code = ns_error_from_name(wire);
     int rc;
-    if (code == 0 || message == NULL)
+    if (code == 0 && wire != NULL && message != NULL) /* e.g. a shard proxy's 502 */
+        rc = ns_error_set(err, NS_EBADRESPONSE, "", "HTTP %ld %s: %s", rq->status, wire, message);
+    else if (code == 0 || message == NULL)
         rc = bad_answer(rq, err, "not an error of the API");
     else
         rc = ns_error_set(err, code, "", "%s", message);
@@ -290,6 +315,13 @@ int ns__request_outcome(ns__request_t *rq, CURL *easy, CURLcode cc, unsigned max
         break;
     case CURLE_OPERATION_TIMEDOUT:
         rc = ns_error_set(err, NS_EREQTIMEOUT, "", "%s: %s", rq->url, why);
+        break;
+    case CURLE_SSL_CONNECT_ERROR:
+    case CURLE_PEER_FAILED_VERIFICATION:
+    case CURLE_SSL_CACERT_BADFILE:
+        /* No trusted connection: trying again would fail the same way. */
+        transport = 0;
+        rc = ns_error_set(err, NS_ECONNECT, "", "%s: TLS: %s", rq->url, why);
         break;
     case CURLE_WRITE_ERROR:
         transport = 0;

@@ -8,8 +8,11 @@
  * out while copying a block's arrivals (with their pointers moved to the
  * block); the others keep their rank order. More than GROUP_MAX non-empty
  * arrivals are combined GROUP_MAX at a time and the groups merged in rank
- * order with Chan's formula, so nothing is allocated. */
+ * order with Chan's formula, so nothing is allocated. Arrivals in double
+ * (mean64) take combine_wide(): the same two passes per channel, scalar. */
 #include <normstat/core.h>
+
+#include <string.h>
 
 #include "kernels.h"
 
@@ -76,6 +79,52 @@ static void combine_block(const ns_kernels_t *k, const ns_arrival_t *src, size_t
     }
 }
 
+/* The scalar kernel's two passes over arrivals of which some came in double,
+ * a tile of channels at a time with the arrivals in the outer loop (the
+ * kernel's order of operations per channel, and contiguous reads). */
+static void combine_wide(const ns_arrival_t *src, size_t src_len, size_t channels, double total,
+                         double *mean, double *var)
+{
+    enum { TILE = 1024 };
+    for (size_t c0 = 0; c0 < channels; c0 += TILE) {
+        size_t c1 = channels - c0 < TILE ? channels : c0 + TILE;
+        for (size_t c = c0; c < c1; c++)
+            mean[c] = var[c] = 0.0;
+        for (size_t w = 0; w < src_len; w++) {
+            const double nw = (double)src[w].n;
+            if (src[w].n == 0)
+                continue;
+            if (src[w].mean64 != NULL)
+                for (size_t c = c0; c < c1; c++)
+                    mean[c] += nw * src[w].mean64[c];
+            else
+                for (size_t c = c0; c < c1; c++)
+                    mean[c] += nw * (double)src[w].mean[c];
+        }
+        for (size_t c = c0; c < c1; c++)
+            mean[c] /= total;
+        for (size_t w = 0; w < src_len; w++) {
+            const double nw = (double)src[w].n;
+            if (src[w].n == 0)
+                continue;
+            const double *m64 = src[w].mean64, *v64 = src[w].var64;
+            const float *m32 = src[w].mean, *v32 = src[w].var;
+            if (m64 != NULL)
+                for (size_t c = c0; c < c1; c++) {
+                    double d = m64[c] - mean[c];
+                    var[c] += nw * (v64[c] + d * d);
+                }
+            else
+                for (size_t c = c0; c < c1; c++) {
+                    double d = (double)m32[c] - mean[c];
+                    var[c] += nw * ((double)v32[c] + d * d);
+                }
+        }
+        for (size_t c = c0; c < c1; c++)
+            var[c] /= total;
+    }
+}
+
 int ns_combine(const ns_arrival_t *src, size_t src_len, size_t channels, uint64_t *n, double *mean,
                double *var, int threads)
 {
@@ -84,10 +133,15 @@ int ns_combine(const ns_arrival_t *src, size_t src_len, size_t channels, uint64_
 
     uint64_t total = 0;
     size_t live = 0;
+    int wide = 0;
     for (size_t i = 0; i < src_len; i++) {
         if (src[i].n == 0)
             continue;
-        if (src[i].mean == NULL || src[i].var == NULL || total > UINT64_MAX - src[i].n)
+        if ((src[i].mean64 != NULL) != (src[i].var64 != NULL))
+            return NS_EINVAL;
+        wide |= src[i].mean64 != NULL;
+        if ((src[i].mean64 == NULL && (src[i].mean == NULL || src[i].var == NULL)) ||
+            total > UINT64_MAX - src[i].n)
             return NS_EINVAL;
         total += src[i].n;
         live++;
@@ -102,6 +156,25 @@ int ns_combine(const ns_arrival_t *src, size_t src_len, size_t channels, uint64_
         return 0;
     }
 
+    if (live == 1) {
+        /* One non-empty arrival is its own global batch: its values, widened
+         * (exactly; the formula would give them back up to rounding). */
+        const ns_arrival_t *a = src;
+        while (a->n == 0)
+            a++;
+        if (a->mean64 != NULL) {
+            memcpy(mean, a->mean64, channels * sizeof(double));
+            memcpy(var, a->var64, channels * sizeof(double));
+        } else {
+            ns__kernels()->widen(mean, a->mean, channels);
+            ns__kernels()->widen(var, a->var, channels);
+        }
+        return 0;
+    }
+    if (wide) {
+        combine_wide(src, src_len, channels, (double)total, mean, var);
+        return 0;
+    }
     const ns_kernels_t *k = ns__kernels();
     const size_t block = block_channels(live);
     const size_t nblocks = (channels + block - 1) / block;

@@ -16,6 +16,9 @@
  *  - moments.c reads channel tiles n-major (and NHWC tiles chunk after
  *    chunk), so the data a kernel reads next is known: pass 2, which runs
  *    from L1, prefetches it and keeps the memory stream busy.
+ *  - drift computes dm with the scalar operations (same bits per channel) and
+ *    dv with its own vector logarithm (log4, a few ulp from libm's); sums
+ *    run in four lanes, so averages differ from scalar by rounding.
  *  - the validation scans test 32 floats per iteration with ordered compares
  *    (false for NaN) and locate the exact index only after a hit. */
 #include "kernels.h"
@@ -353,6 +356,280 @@ static void combine(const ns_arrival_t *src, size_t src_len, size_t channels, do
     }
 }
 
+/* ---------------------------------------------------------------- drift */
+
+/* log(x) of four positive normal doubles, within a few ulp of libm's:
+ *   x = 2^e m with m in (sqrt(1/2), sqrt(2)],
+ *   log m = 2 atanh(s) = 2 s (1 + z/3 + z^2/5 + ... + z^9/19), s = (m-1)/(m+1),
+ *   z = s^2 <= 0.0295, so the terms after z^9 stay below 2^-53;
+ *   log x = e ln2_hi + (e ln2_lo + log m)  (e ln2_hi is exact: fdlibm's split). */
+static inline __m256d log4(__m256d x)
+{
+    const __m256i bits = _mm256_castpd_si256(x);
+    const __m256d one = _mm256_set1_pd(1.0);
+    /* m = x with a zero exponent, in [1, 2) */
+    __m256d m = _mm256_castsi256_pd(
+        _mm256_or_si256(_mm256_and_si256(bits, _mm256_set1_epi64x(0x000FFFFFFFFFFFFFLL)),
+                        _mm256_set1_epi64x(0x3FF0000000000000LL)));
+    /* e = (bits >> 52) - 1023, converted exactly through the mantissa of 2^52 */
+    __m256d e =
+        _mm256_sub_pd(_mm256_castsi256_pd(_mm256_or_si256(
+                          _mm256_srli_epi64(bits, 52), _mm256_set1_epi64x(0x4330000000000000LL))),
+                      _mm256_set1_pd(4503599627370496.0 + 1023.0));
+    /* if m > sqrt(2): m /= 2, e += 1 */
+    const __m256d big = _mm256_cmp_pd(m, _mm256_set1_pd(1.4142135623730951), _CMP_GT_OQ);
+    m = _mm256_blendv_pd(m, _mm256_mul_pd(m, _mm256_set1_pd(0.5)), big);
+    e = _mm256_add_pd(e, _mm256_and_pd(big, one));
+    /* s = (m - 1) / (m + 1); z = s * s */
+    const __m256d s = _mm256_div_pd(_mm256_sub_pd(m, one), _mm256_add_pd(m, one));
+    const __m256d z = _mm256_mul_pd(s, s);
+    /* p = 1 + z/3 + ... + z^9/19 (Horner) */
+    __m256d p = _mm256_set1_pd(1.0 / 19.0);
+    p = _mm256_fmadd_pd(p, z, _mm256_set1_pd(1.0 / 17.0));
+    p = _mm256_fmadd_pd(p, z, _mm256_set1_pd(1.0 / 15.0));
+    p = _mm256_fmadd_pd(p, z, _mm256_set1_pd(1.0 / 13.0));
+    p = _mm256_fmadd_pd(p, z, _mm256_set1_pd(1.0 / 11.0));
+    p = _mm256_fmadd_pd(p, z, _mm256_set1_pd(1.0 / 9.0));
+    p = _mm256_fmadd_pd(p, z, _mm256_set1_pd(1.0 / 7.0));
+    p = _mm256_fmadd_pd(p, z, _mm256_set1_pd(1.0 / 5.0));
+    p = _mm256_fmadd_pd(p, z, _mm256_set1_pd(1.0 / 3.0));
+    p = _mm256_fmadd_pd(p, z, one);
+    const __m256d logm = _mm256_mul_pd(_mm256_add_pd(s, s), p); /* log m = 2 s p */
+    const __m256d ln2_hi = _mm256_set1_pd(6.93147180369123816490e-01);
+    const __m256d ln2_lo = _mm256_set1_pd(1.90821492927058770002e-10);
+    return _mm256_fmadd_pd(e, ln2_hi, _mm256_fmadd_pd(e, ln2_lo, logm));
+}
+
+/* Running sums and first maxima of drift, one channel per lane. */
+typedef struct drift_acc_s {
+    __m256d sm, sv; /* sums of dm, dv */
+    __m256d mm, mv; /* maxima of dm, dv (start at -1) */
+    __m256d im, iv; /* their channels, as doubles */
+    __m256d idx;    /* the channels of the lanes now */
+} drift_acc_t;
+
+/* One group of four channels; lanes not in 'valid' take no part. */
+static inline __attribute__((always_inline)) void drift_step(drift_acc_t *a, __m256d em, __m256d ev,
+                                                             __m256d pm, __m256d pv, __m256d eps,
+                                                             __m256d valid)
+{
+    const __m256d absmask = _mm256_castsi256_pd(_mm256_set1_epi64x(0x7FFFFFFFFFFFFFFFLL));
+    const __m256d minus1 = _mm256_set1_pd(-1.0);
+    /* dm = |em - pm| / sqrt(pv + eps)   (the scalar operations, so the same bits) */
+    __m256d dm = _mm256_div_pd(_mm256_and_pd(_mm256_sub_pd(em, pm), absmask),
+                               _mm256_sqrt_pd(_mm256_add_pd(pv, eps)));
+    /* dv = |log((ev + eps) / (pv + eps))| */
+    __m256d dv =
+        _mm256_and_pd(log4(_mm256_div_pd(_mm256_add_pd(ev, eps), _mm256_add_pd(pv, eps))), absmask);
+    /* outside 'valid': 0 for the sums, -1 for the maxima */
+    dm = _mm256_blendv_pd(minus1, dm, valid);
+    dv = _mm256_blendv_pd(minus1, dv, valid);
+    a->sm = _mm256_add_pd(a->sm, _mm256_and_pd(dm, valid)); /* sm += dm */
+    a->sv = _mm256_add_pd(a->sv, _mm256_and_pd(dv, valid)); /* sv += dv */
+    /* if (dm > mm) { mm = dm; im = c; }  and the same for dv */
+    const __m256d gm = _mm256_cmp_pd(dm, a->mm, _CMP_GT_OQ);
+    const __m256d gv = _mm256_cmp_pd(dv, a->mv, _CMP_GT_OQ);
+    a->mm = _mm256_blendv_pd(a->mm, dm, gm);
+    a->im = _mm256_blendv_pd(a->im, a->idx, gm);
+    a->mv = _mm256_blendv_pd(a->mv, dv, gv);
+    a->iv = _mm256_blendv_pd(a->iv, a->idx, gv);
+    a->idx = _mm256_add_pd(a->idx, _mm256_set1_pd(4.0));
+}
+
+/* The largest of four lanes, ties to the lowest channel (each lane already
+ * holds its first maximum, so this is the first maximum overall). */
+static void lane_max(__m256d value, __m256d channel, double *max, size_t *at)
+{
+    double v[4], c[4];
+    _mm256_storeu_pd(v, value);
+    _mm256_storeu_pd(c, channel);
+    int best = 0;
+    for (int l = 1; l < 4; l++)
+        if (v[l] > v[best] || (v[l] == v[best] && c[l] < c[best]))
+            best = l;
+    *max = v[best];
+    *at = (size_t)c[best];
+}
+
+/* Four channels per step, one accumulator per sum (drift is a few scalars per
+ * layer and step, far from any bottleneck); the last 1..3 channels go
+ * through the same step from a padded copy (em = pm = 0, ev = pv = 1: dm = dv
+ * = 0), masked out. Sums are reduced (l0 + l1) + (l2 + l3). */
+static void drift(const double *em, const double *ev, const double *pm, const double *pv,
+                  size_t channels, double eps, ns_drift_t *dst)
+{
+    const __m256d veps = _mm256_set1_pd(eps);
+    const __m256d all = _mm256_castsi256_pd(_mm256_set1_epi64x(-1));
+    drift_acc_t a = {_mm256_setzero_pd(),
+                     _mm256_setzero_pd(),
+                     _mm256_set1_pd(-1.0),
+                     _mm256_set1_pd(-1.0),
+                     _mm256_setzero_pd(),
+                     _mm256_setzero_pd(),
+                     _mm256_setr_pd(0.0, 1.0, 2.0, 3.0)};
+    size_t c = 0;
+    for (; c + 4 <= channels; c += 4)
+        drift_step(&a, _mm256_loadu_pd(em + c), _mm256_loadu_pd(ev + c), _mm256_loadu_pd(pm + c),
+                   _mm256_loadu_pd(pv + c), veps, all);
+    if (c < channels) {
+        double t[4][4] = {{0, 0, 0, 0}, {1, 1, 1, 1}, {0, 0, 0, 0}, {1, 1, 1, 1}};
+        int64_t mask[4] = {0, 0, 0, 0};
+        for (size_t l = 0; c + l < channels; l++) {
+            t[0][l] = em[c + l];
+            t[1][l] = ev[c + l];
+            t[2][l] = pm[c + l];
+            t[3][l] = pv[c + l];
+            mask[l] = -1;
+        }
+        drift_step(&a, _mm256_loadu_pd(t[0]), _mm256_loadu_pd(t[1]), _mm256_loadu_pd(t[2]),
+                   _mm256_loadu_pd(t[3]), veps,
+                   _mm256_castsi256_pd(_mm256_loadu_si256((const __m256i *)mask)));
+    }
+    dst->mean_avg = hsum(a.sm) / (double)channels;
+    dst->var_avg = hsum(a.sv) / (double)channels;
+    lane_max(a.mm, a.im, &dst->mean_max, &dst->mean_max_channel);
+    lane_max(a.mv, a.iv, &dst->var_max, &dst->var_max_channel);
+}
+
+/* The scalar reference's operations four channels at a time: mul and add,
+ * never fused, so every element gets the same bits. The coefficients are
+ * broadcast once, before the loop. */
+
+typedef struct {
+    __m256d keep, f, b, a;
+} ema_vec_t;
+
+/* x' = k x + g y, as the reference writes it. */
+static inline __m256d lerp(__m256d k, __m256d x, __m256d g, __m256d y)
+{
+    return _mm256_add_pd(_mm256_mul_pd(k, x), _mm256_mul_pd(g, y));
+}
+
+/* The common case, unrolled: a domain's EMA and the pooled one, both with
+ * zero-start arrays, and an accumulator that has samples. @return the
+ * channels done (a multiple of 4). */
+static size_t step_update_common(const double *mean, const double *var, size_t channels,
+                                 __m256d vbessel, const ns__ema_pass_t *q, const ema_vec_t *v,
+                                 double *pmean, double *pm2, __m256d dn_b, __m256d wb,
+                                 __m256d cross)
+{
+    double *rm0 = q[0].rm, *rv0 = q[0].rv, *zm0 = q[0].zm, *zv0 = q[0].zv;
+    double *rm1 = q[1].rm, *rv1 = q[1].rv, *zm1 = q[1].zm, *zv1 = q[1].zv;
+    size_t c = 0;
+    for (; c + 4 <= channels; c += 4) {
+        const __m256d xm = _mm256_loadu_pd(mean + c), xv = _mm256_loadu_pd(var + c);
+        const __m256d ub = _mm256_mul_pd(xv, vbessel);
+        _mm256_storeu_pd(rm0 + c, lerp(v[0].keep, _mm256_loadu_pd(rm0 + c), v[0].f, xm));
+        _mm256_storeu_pd(rv0 + c, lerp(v[0].keep, _mm256_loadu_pd(rv0 + c), v[0].f, ub));
+        _mm256_storeu_pd(zm0 + c, lerp(v[0].b, _mm256_loadu_pd(zm0 + c), v[0].a, xm));
+        _mm256_storeu_pd(zv0 + c, lerp(v[0].b, _mm256_loadu_pd(zv0 + c), v[0].a, ub));
+        _mm256_storeu_pd(rm1 + c, lerp(v[1].keep, _mm256_loadu_pd(rm1 + c), v[1].f, xm));
+        _mm256_storeu_pd(rv1 + c, lerp(v[1].keep, _mm256_loadu_pd(rv1 + c), v[1].f, ub));
+        _mm256_storeu_pd(zm1 + c, lerp(v[1].b, _mm256_loadu_pd(zm1 + c), v[1].a, xm));
+        _mm256_storeu_pd(zv1 + c, lerp(v[1].b, _mm256_loadu_pd(zv1 + c), v[1].a, ub));
+        const __m256d pm = _mm256_loadu_pd(pmean + c);
+        const __m256d delta = _mm256_sub_pd(xm, pm);
+        const __m256d m2b = _mm256_mul_pd(xv, dn_b);
+        _mm256_storeu_pd(pmean + c, _mm256_add_pd(pm, _mm256_mul_pd(delta, wb)));
+        const __m256d dd = _mm256_mul_pd(_mm256_mul_pd(delta, delta), cross);
+        _mm256_storeu_pd(pm2 + c, _mm256_add_pd(_mm256_loadu_pd(pm2 + c), _mm256_add_pd(m2b, dd)));
+    }
+    return c;
+}
+
+static void step_update(const double *mean, const double *var, size_t channels, double bessel,
+                        const ns__ema_pass_t *ema, size_t n_ema, const ns__precise_pass_t *p)
+{
+    const __m256d vbessel = _mm256_set1_pd(bessel);
+    ema_vec_t ev[2];
+    for (size_t e = 0; e < n_ema && e < 2; e++)
+        ev[e] = (ema_vec_t){_mm256_set1_pd(ema[e].keep), _mm256_set1_pd(ema[e].f),
+                            _mm256_set1_pd(ema[e].b), _mm256_set1_pd(ema[e].a)};
+    const __m256d dn_b = _mm256_set1_pd(p->dn_b), wb = _mm256_set1_pd(p->wb),
+                  cross = _mm256_set1_pd(p->cross);
+    /* Local copies: the stores below cannot be taken to change them. */
+    ns__ema_pass_t qs[2];
+    for (size_t e = 0; e < n_ema && e < 2; e++)
+        qs[e] = ema[e];
+    double *const pmean = p->mean, *const pm2 = p->m2;
+    const int empty = p->empty;
+    size_t c = 0;
+    if (n_ema == 2 && qs[0].zm != NULL && qs[1].zm != NULL && pmean != NULL && !empty)
+        c = step_update_common(mean, var, channels, vbessel, qs, ev, pmean, pm2, dn_b, wb, cross);
+    for (; c + 4 <= channels; c += 4) {
+        const __m256d xm = _mm256_loadu_pd(mean + c), xv = _mm256_loadu_pd(var + c);
+        const __m256d unbiased = _mm256_mul_pd(xv, vbessel);
+        for (size_t e = 0; e < n_ema; e++) {
+            const ns__ema_pass_t *q = &qs[e];
+            const ema_vec_t *v = &ev[e];
+            _mm256_storeu_pd(q->rm + c,
+                             _mm256_add_pd(_mm256_mul_pd(v->keep, _mm256_loadu_pd(q->rm + c)),
+                                           _mm256_mul_pd(v->f, xm)));
+            _mm256_storeu_pd(q->rv + c,
+                             _mm256_add_pd(_mm256_mul_pd(v->keep, _mm256_loadu_pd(q->rv + c)),
+                                           _mm256_mul_pd(v->f, unbiased)));
+            if (q->zm != NULL) {
+                _mm256_storeu_pd(q->zm + c,
+                                 _mm256_add_pd(_mm256_mul_pd(v->b, _mm256_loadu_pd(q->zm + c)),
+                                               _mm256_mul_pd(v->a, xm)));
+                _mm256_storeu_pd(q->zv + c,
+                                 _mm256_add_pd(_mm256_mul_pd(v->b, _mm256_loadu_pd(q->zv + c)),
+                                               _mm256_mul_pd(v->a, unbiased)));
+            }
+        }
+        if (pmean == NULL)
+            continue;
+        if (empty) {
+            _mm256_storeu_pd(pmean + c, xm);
+            _mm256_storeu_pd(pm2 + c, _mm256_mul_pd(xv, dn_b));
+        } else {
+            const __m256d pm = _mm256_loadu_pd(pmean + c);
+            const __m256d delta = _mm256_sub_pd(xm, pm);
+            const __m256d m2b = _mm256_mul_pd(xv, dn_b);
+            _mm256_storeu_pd(pmean + c, _mm256_add_pd(pm, _mm256_mul_pd(delta, wb)));
+            const __m256d dd = _mm256_mul_pd(_mm256_mul_pd(delta, delta), cross);
+            _mm256_storeu_pd(pm2 + c,
+                             _mm256_add_pd(_mm256_loadu_pd(pm2 + c), _mm256_add_pd(m2b, dd)));
+        }
+    }
+    /* The last channels as the reference does them. */
+    for (; c < channels; c++) {
+        const double xm = mean[c], xv = var[c];
+        const double unbiased = xv * bessel;
+        for (size_t e = 0; e < n_ema; e++) {
+            const ns__ema_pass_t *q = &ema[e];
+            q->rm[c] = q->keep * q->rm[c] + q->f * xm;
+            q->rv[c] = q->keep * q->rv[c] + q->f * unbiased;
+            if (q->zm != NULL) {
+                q->zm[c] = q->b * q->zm[c] + q->a * xm;
+                q->zv[c] = q->b * q->zv[c] + q->a * unbiased;
+            }
+        }
+        if (p->mean == NULL)
+            continue;
+        if (p->empty) {
+            p->mean[c] = xm;
+            p->m2[c] = xv * p->dn_b;
+        } else {
+            const double delta = xm - p->mean[c];
+            const double m2b = xv * p->dn_b;
+            p->mean[c] += delta * p->wb;
+            p->m2[c] += m2b + delta * delta * p->cross;
+        }
+    }
+}
+
+static void widen(double *dst, const float *src, size_t n)
+{
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        _mm256_storeu_pd(dst + i, _mm256_cvtps_pd(_mm_loadu_ps(src + i)));
+        _mm256_storeu_pd(dst + i + 4, _mm256_cvtps_pd(_mm_loadu_ps(src + i + 4)));
+    }
+    for (; i < n; i++)
+        dst[i] = src[i];
+}
+
 static size_t find_nonfinite(const float *src, size_t src_len)
 {
     const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
@@ -409,6 +686,9 @@ const ns_kernels_t ns__kernels_avx2 = {
     .block_moments = block_moments,
     .rows_moments = rows_moments,
     .combine = combine,
+    .drift = drift,
+    .step_update = step_update,
+    .widen = widen,
     .find_nonfinite = find_nonfinite,
     .find_bad_variance = find_bad_variance,
 };

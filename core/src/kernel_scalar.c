@@ -6,7 +6,8 @@
  *    first value, so the running sum stays small and the mean is accurate to
  *    about one ulp even when |mean| >> std; pass 2 sums (x - mean)^2 over the
  *    same (cached) values. (kernel_avx2.c estimates the mean in float32
- *    instead and corrects it in pass 2; combine it does exactly as here.) */
+ *    instead and corrects it in pass 2; combine it does exactly as here.)
+ *  - drift uses libm's log() and sqrt(), summing channel after channel. */
 #include "kernels.h"
 
 #include <math.h>
@@ -105,6 +106,70 @@ static void combine(const ns_arrival_t *src, size_t src_len, size_t channels, do
     }
 }
 
+/* One pass over the channels, one accumulator per sum; a maximum moves only
+ * on a strictly larger value, so it keeps its first channel. */
+static void drift(const double *em, const double *ev, const double *pm, const double *pv,
+                  size_t channels, double eps, ns_drift_t *dst)
+{
+    double sm = 0.0, sv = 0.0, mm = -1.0, mv = -1.0;
+    size_t im = 0, iv = 0;
+    for (size_t c = 0; c < channels; c++) {
+        const double dm = fabs(em[c] - pm[c]) / sqrt(pv[c] + eps);
+        const double dv = fabs(log((ev[c] + eps) / (pv[c] + eps)));
+        sm += dm;
+        sv += dv;
+        if (dm > mm) {
+            mm = dm;
+            im = c;
+        }
+        if (dv > mv) {
+            mv = dv;
+            iv = c;
+        }
+    }
+    dst->mean_avg = sm / (double)channels;
+    dst->mean_max = mm;
+    dst->mean_max_channel = im;
+    dst->var_avg = sv / (double)channels;
+    dst->var_max = mv;
+    dst->var_max_channel = iv;
+}
+
+static void step_update(const double *mean, const double *var, size_t channels, double bessel,
+                        const ns__ema_pass_t *ema, size_t n_ema, const ns__precise_pass_t *p)
+{
+    for (size_t c = 0; c < channels; c++) {
+        const double xm = mean[c], xv = var[c];
+        const double unbiased = xv * bessel;
+        for (size_t e = 0; e < n_ema; e++) {
+            const ns__ema_pass_t *q = &ema[e];
+            q->rm[c] = q->keep * q->rm[c] + q->f * xm;
+            q->rv[c] = q->keep * q->rv[c] + q->f * unbiased;
+            if (q->zm != NULL) {
+                q->zm[c] = q->b * q->zm[c] + q->a * xm;
+                q->zv[c] = q->b * q->zv[c] + q->a * unbiased;
+            }
+        }
+        if (p->mean == NULL)
+            continue;
+        if (p->empty) {
+            p->mean[c] = xm;
+            p->m2[c] = xv * p->dn_b;
+        } else {
+            const double delta = xm - p->mean[c];
+            const double m2b = xv * p->dn_b;
+            p->mean[c] += delta * p->wb;
+            p->m2[c] += m2b + delta * delta * p->cross;
+        }
+    }
+}
+
+static void widen(double *dst, const float *src, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        dst[i] = src[i];
+}
+
 static size_t find_nonfinite(const float *src, size_t src_len)
 {
     for (size_t i = 0; i < src_len; i++)
@@ -126,6 +191,9 @@ const ns_kernels_t ns__kernels_scalar = {
     .block_moments = block_moments,
     .rows_moments = rows_moments,
     .combine = combine,
+    .drift = drift,
+    .step_update = step_update,
+    .widen = widen,
     .find_nonfinite = find_nonfinite,
     .find_bad_variance = find_bad_variance,
 };

@@ -13,6 +13,21 @@
 
 #include <normstat/core.h>
 
+/* One EMA's share of a step update: its arrays and the step's coefficients
+ * (ema.c has the formulas). zm == NULL: no zero-start arrays to update. */
+typedef struct ns__ema_pass_s {
+    double *rm, *rv, *zm, *zv;
+    double keep, f, a, b;
+} ns__ema_pass_t;
+
+/* A PreciseBN accumulator's share (precise.c): mean == NULL for none;
+ * empty: the accumulator had no samples (set, not merged). */
+typedef struct ns__precise_pass_s {
+    double *mean, *m2;
+    int empty;
+    double dn_b, wb, cross;
+} ns__precise_pass_t;
+
 typedef struct ns_kernels_s {
     const char *name;
 
@@ -36,6 +51,28 @@ typedef struct ns_kernels_s {
      *   var  = sum n_w (var_w + (mean_w - mean)^2) / total */
     void (*combine)(const ns_arrival_t *src, size_t src_len, size_t channels, double total,
                     double *mean, double *var);
+
+    /* Drift of an EMA from population statistics over channels [0, channels)
+     * (channels > 0), as ns_drift_t defines it:
+     *   dm = |em - pm| / sqrt(pv + eps);  dv = |log((ev + eps) / (pv + eps))|
+     *   averages = sum / channels; maxima with their first channel. */
+    void (*drift)(const double *em, const double *ev, const double *pm, const double *pv,
+                  size_t channels, double eps, ns_drift_t *dst);
+
+    /* One step's statistics (mean, biased var) applied to 'n_ema' EMAs and
+     * one accumulator in a single pass over the channels, each element
+     * seeing the operations ns_ema_update() and ns_precise_add() apply, in
+     * their order (no contraction): the same bits.
+     *   unbiased = var * bessel
+     *   rm = keep rm + f mean;  rv = keep rv + f unbiased
+     *   zm = b zm + a mean;     zv = b zv + a unbiased          (if zm)
+     *   empty: pm = mean; pm2 = var dn_b
+     *   else:  d = mean - pm; pm += d wb; pm2 += var dn_b + d d cross */
+    void (*step_update)(const double *mean, const double *var, size_t channels, double bessel,
+                        const ns__ema_pass_t *ema, size_t n_ema, const ns__precise_pass_t *precise);
+
+    /* dst[i] = src[i], float32 widened to double (exact). */
+    void (*widen)(double *dst, const float *src, size_t n);
 
     /* Index of the first non-finite value, or src_len. */
     size_t (*find_nonfinite)(const float *src, size_t src_len);

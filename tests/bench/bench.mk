@@ -16,7 +16,7 @@ $(BENCH_CORE): $(BENCH_CORE_OBJ) $(CORE_A)
 	$(if $(Q),@echo "  LD      $@")
 	$(Q)$(CC) $(NS_LDFLAGS) -o $@ $^ -lm
 
-.PHONY: bench bench-core bench-server bench-trainer
+.PHONY: bench bench-core bench-server bench-trainer bench-scale
 # Packages first, then a fresh make that sees them (as `make test` does); the
 # benchmarks one after the other, never in parallel (they share 2 cores).
 bench:
@@ -24,6 +24,7 @@ bench:
 	$(Q)$(MAKE) --no-print-directory bench-core
 	$(Q)$(MAKE) --no-print-directory bench-server
 	$(Q)$(MAKE) --no-print-directory bench-trainer
+	$(Q)$(MAKE) --no-print-directory bench-scale
 
 bench-core: $(BENCH_CORE)
 	$(Q)$(BENCH_CORE) --reps $(BENCH_REPS) --rounds $(BENCH_ROUNDS) \
@@ -78,3 +79,13 @@ BENCH_SYNCBN_ITERS   ?= 300
 bench-trainer: $(NSD_BIN)
 	$(Q)$(PYTHON) tests/bench/bench_trainer.py --build $(BUILD) --rounds $(BENCH_TRAINER_ROUNDS)
 	$(Q)$(PYTHON) tests/bench/bench_syncbn.py --build $(BUILD) --iters $(BENCH_SYNCBN_ITERS)
+
+# ---------------------------------------------------------------- scale benchmark
+# Table 9: one run of 64, 256 and 1,024 simulated workers (the load generator's
+# keep-alive connections, ResNet-50 reports to /sync), directly to one normstatd and
+# through relays of 8 (normstatd --upstream), CPU, bytes and memory per process
+# (tests/bench/bench_scale.py; a minute or so here).
+BENCH_SCALE_WORKERS ?= 64,256,1024
+
+bench-scale: $(BENCH_LOADGEN) $(NSD_BIN)
+	$(Q)$(PYTHON) tests/bench/bench_scale.py --build $(BUILD) --workers $(BENCH_SCALE_WORKERS)

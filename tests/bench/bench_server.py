@@ -202,6 +202,23 @@ def met(ok):
 
 # ---------------------------------------------------------------- measurements
 
+STORE_COUNTERS = ("commits_total", "rows_total", "bytes_total", "commit_seconds_total")
+
+
+def store_counters(srv):
+    """The store's counters now (normstat_store_*)."""
+    return {k: metric(srv, "normstat_store_" + k) for k in STORE_COUNTERS}
+
+
+def commit_row(label, c0, c1):
+    """Commits, and per commit: rows, KB (row bodies), mean latency."""
+    d = {k: c1[k] - c0[k] for k in STORE_COUNTERS}
+    n = d["commits_total"]
+    return [label, f(n), f(d["rows_total"] / n if n else None, "%.1f"),
+            f(d["bytes_total"] / n / 1e3 if n else None, "%.1f"),
+            f(d["commit_seconds_total"] / n * 1e3 if n else None, "%.2f")]
+
+
 def ingest(build, srv, fmt, seconds, conns, tag, workers=1):
     quiesce(srv)
     return run_loadgen(build, "ingest", "--port", srv.port, "--pid", srv.pid, "--format", fmt,
@@ -399,13 +416,20 @@ def main():
             ddir = os.path.join(tmp, "data")
             os.makedirs(ddir)
             d = Server([nsd, "--listen", "127.0.0.1:0", "--data-dir", ddir], "normstatd")
+            commits = []  # (row, store counters over it)
             try:
+                c0 = store_counters(d)
                 p_st = ingest(build, d, "st", secs, a.conns, "dur")
+                c1 = store_counters(d)
+                commits.append(("ingest safetensors (world_size 1)", c0, c1))
                 p_js = ingest(build, d, "json", secs, a.conns, "dur")
                 drain = quiesce(d, 60)
                 p_sync = {}
                 for w, spec, iters, fmt in SYNC_CASES:
+                    c0 = store_counters(d)
                     p_sync[(w, spec, fmt)] = sync(build, d, w, spec, iters, secs, "dsync", fmt)
+                    if fmt == "st":
+                        commits.append(("/sync W=%d %s" % (w, spec), c0, store_counters(d)))
             finally:
                 d.stop()
             rows = [["ingest safetensors, reports/s", f(n_st.get("rps"), "%.1f"),
@@ -423,6 +447,11 @@ def main():
             table("5. Durability cost (persistence on: SQLite in a temp --data-dir, default "
                   "--commit-interval; off: --no-persist)",
                   ["row", "off (--no-persist)", "on (--data-dir)", "on / off"], rows)
+            table("5b. The store's commits during rows of table 5 (from /metrics: "
+                  "normstat_store_commits_total, _rows_total, _bytes_total, "
+                  "_commit_seconds_total)",
+                  ["row", "commits", "rows per commit", "KB per commit", "ms per commit (mean)"],
+                  [commit_row(label, c0, c1) for label, c0, c1 in commits])
     except Exception as e:  # an error, not a missed target
         ERRORS.append("%s: %s" % (type(e).__name__, e))
     finally:

@@ -171,6 +171,38 @@ def median_ms(v):
     return statistics.median(v) * 1e3 if v else float("nan")
 
 
+def encoding_table(reps=7):
+    """Table 6b: the Python client's encoding of one ResNet-50 report body
+    (float32 tensors), JSON next to the generic JSON path (the same values
+    as lists of Python floats, how tensors were sent before the float32
+    path) and safetensors; median of 'reps' after one warm-up."""
+    from normstat import client as nc
+    from resnet50 import bn_channels, resnet50 as build
+    model, _src = build()
+    gen = torch.Generator().manual_seed(0)
+    layers = {"bn%d" % i: (200704, torch.randn(c, generator=gen), torch.rand(c, generator=gen) + 0.5)
+              for i, c in enumerate(bn_channels(model))}
+    lists = {k: (n, m.tolist(), v.tolist()) for k, (n, m, v) in layers.items()}
+    rows = [("JSON, float32 tensors (9-digit text)", lambda: nc._report_json(1, 0, layers, {})),
+            ("JSON, the same values as Python float lists (repr, 17 digits)",
+             lambda: nc._report_json(1, 0, lists, {})),
+            ("safetensors, float32 tensors", lambda: nc._report_safetensors(1, 0, layers, {}))]
+    print()
+    print("#### 6b. Python client: one ResNet-50 report body (53 layers, 26,560 channels), "
+          "median of %d" % reps)
+    print()
+    print("| encoding | ms | bytes |")
+    print("|---|---:|---:|")
+    for label, fn in rows:
+        body = fn()
+        times = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        print("| %s | %.1f | %d |" % (label, 1e3 * statistics.median(times), len(body)))
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--build", default=os.environ.get("NS_BUILD", "build"),
@@ -267,6 +299,7 @@ def main():
             print("| %s <= %d %% of the step%s | %+.1f %% | %s |"
                   % (label, limit, " (the GPU target)" if limit == 10 else "", got,
                      "met" if got <= limit else "**not met**"))
+    encoding_table()
     print()
     print("(bench_trainer took %.0f s)" % (time.monotonic() - t_begin))
     for e in errors:

@@ -5,11 +5,13 @@
  *                  [--seconds S] [--max N] [--pid PID] [--run NAME] [--path batches|sync]
  *   loadgen sync   --port P --workers W [--layers SPEC] [--format json|st] [--iters N]
  *                  [--seconds S] [--warmup K] [--pid PID] [--run NAME]
+ *                  [--ports P0,P1,... --group G]
  *   loadgen decode [--layers SPEC] [--seconds S]
  *   loadgen body   [--layers SPEC] [--format json|st] [--worker W] [--workers N]
  *                  [--first-step K] > FILE
- * Common: --run-exact 1 uses --run as the run name (ingest: NAME-cI), else a
- * pid suffix keeps runs apart; --first-step K starts at step 1000000 + K.
+ * sync --ports/--group: worker i connects to port P(i / G) as worker i % G (G local
+ * workers per relay, normstatd --upstream). Common: --run-exact 1 uses --run as the run name
+ * (ingest: NAME-cI), else a pid suffix keeps runs apart; --first-step K starts at step 1000000 + K.
  * ingest --split 1: every connection reports into one run (NAME-PID, world
  * size 1), connection i the part i of the layers (bench_model.h), so the
  * connections report different layers of one run; channel_rps counts the
@@ -61,6 +63,8 @@ typedef struct opts_s {
     uint64_t first_step; /* steps start at STEP_BASE + first_step */
     unsigned worker;     /* body: the worker */
     int split;           /* ingest: one run, connection i reports part i of the layers */
+    const char *ports;   /* sync: one port per group of workers */
+    unsigned group;      /* sync: workers per port (their local ranks 0..G-1) */
 } opts_t;
 
 static void die(const char *what)
@@ -199,6 +203,7 @@ typedef struct gen_s {
 struct conn_s {
     gen_t *g;
     int id;
+    int port;
     uv_tcp_t *tcp;
     uv_connect_t creq;
     uv_write_t wreq;
@@ -491,7 +496,7 @@ static void conn_open(conn_t *c)
     uv_tcp_init(c->g->loop, c->tcp);
     c->tcp->data = c;
     struct sockaddr_in addr;
-    uv_ip4_addr("127.0.0.1", c->g->o.port, &addr);
+    uv_ip4_addr("127.0.0.1", c->port, &addr);
     c->creq.data = c;
     int rc = uv_tcp_connect(&c->creq, c->tcp, (const struct sockaddr *)&addr, on_connect);
     if (rc != 0)
@@ -537,10 +542,23 @@ static int run_http(const opts_t *o)
     if (g.conns == NULL)
         die("out of memory");
     unsigned pid = (unsigned)getpid();
+    const char *ports = o->ports;
     for (int i = 0; i < g.n_conns; i++) {
         conn_t *c = &g.conns[i];
         c->g = &g;
         c->id = i;
+        c->port = o->port;
+        unsigned worker = (unsigned)i;
+        if (ports != NULL && is_sync) {
+            if (*ports == '\0')
+                die("--ports lists fewer ports than --workers / --group");
+            c->port = atoi(ports);
+            worker = (unsigned)i % o->group;
+            if ((unsigned)i % o->group == o->group - 1) {
+                const char *comma = strchr(ports, ',');
+                ports = comma != NULL ? comma + 1 : "";
+            }
+        }
         c->n_tpl = is_sync ? 1 : o->workers;
         c->tpl = calloc(c->n_tpl, sizeof(*c->tpl));
         c->tpl_len = calloc(c->n_tpl, sizeof(*c->tpl_len));
@@ -552,7 +570,7 @@ static int run_http(const opts_t *o)
             model_part(&m, (unsigned)i, (unsigned)g.n_conns, &part);
         c->chans = part.total;
         for (unsigned w = 0; w < c->n_tpl; w++)
-            c->tpl[w] = body_make(&part, o->format, is_sync ? (unsigned)i : w, (int64_t)o->workers,
+            c->tpl[w] = body_make(&part, o->format, is_sync ? worker : w, (int64_t)o->workers,
                                   &c->tpl_len[w], &c->tpl_step[w]);
         if (o->split)
             model_free(&part);
@@ -739,6 +757,10 @@ int main(int argc, char **argv)
             o.first_step = strtoull(v, NULL, 10);
         else if (strcmp(k, "--worker") == 0)
             o.worker = (unsigned)atoi(v);
+        else if (strcmp(k, "--ports") == 0)
+            o.ports = v;
+        else if (strcmp(k, "--group") == 0)
+            o.group = (unsigned)atoi(v);
         else
             die("unknown option");
     }
@@ -748,7 +770,9 @@ int main(int argc, char **argv)
         return run_decode(&o);
     if (strcmp(o.mode, "body") == 0)
         return run_body(&o);
-    if (o.port <= 0)
+    if (o.ports != NULL && (o.group < 1 || o.workers % o.group != 0))
+        die("--ports needs --group G dividing --workers");
+    if (o.port <= 0 && o.ports == NULL)
         die("--port is required");
     if (strcmp(o.mode, "sync") == 0) {
         o.path = o.path ? o.path : "sync";

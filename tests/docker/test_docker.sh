@@ -12,7 +12,9 @@
 #      through its HEALTHCHECK (`podman healthcheck run`: no systemd timers
 #      here), statistics reported and served through the published port and
 #      equal to a float64 reference, exit 0 on `podman stop -t 30`, and the same
-#      statistics from a new container on the same volume;
+#      statistics from a new container on the same volume; then one serving
+#      HTTPS (a certificate mounted, NORMSTAT_TLS_CERT/KEY) healthy through the
+#      same HEALTHCHECK and answering curl --cacert;
 #   4. podman-compose: the daemon, then the trainer and the evaluator of
 #      docker/examples to completion; the evaluator's table is checked.
 # Everything podman and buildah write (images, containers, volumes, network
@@ -26,7 +28,7 @@
 # Run from the repository root as root: bash tests/docker/test_docker.sh
 set -u
 
-LIMIT_S=${NS_DOCKER_LIMIT_S:-720}  # a run takes about 5 minutes on 2 cores
+LIMIT_S=${NS_DOCKER_LIMIT_S:-780}  # a run takes about 5 minutes on 2 cores
 PYTHON=${PYTHON:-/usr/bin/python3}
 REPO=$(cd "$(dirname "$0")/../.." && pwd)
 CONF=$REPO/docker/test
@@ -282,7 +284,36 @@ if check "podman run -d --read-only -p 127.0.0.1:$port:8750 -v ${TAG}_data:... n
 else
     daemon_logs "${TAG}_d1"
 fi
-timeout 60 podman rm -f -t 0 "${TAG}_d1" "${TAG}_d2" >/dev/null 2>&1
+
+# HTTPS: the same image with a certificate mounted read-only and
+# NORMSTAT_TLS_CERT / NORMSTAT_TLS_KEY set; its unchanged HEALTHCHECK
+# (normstatd --probe) then probes over https.
+tls=$tmp/tls
+run_tls_daemon() { # NAME
+    bounded 120 podman run -d --name "$1" --read-only --network "${TAG}_net" \
+        -p "127.0.0.1:$port:8750" -v "${TAG}_data:/var/lib/normstat" \
+        -v "$tls:/run/normstat-tls:ro" -e NORMSTAT_TLS_CERT=/run/normstat-tls/cert.pem \
+        -e NORMSTAT_TLS_KEY=/run/normstat-tls/key.pem "$image" \
+        >"$tmp/run-$1.log" 2>&1 || { cat "$tmp/run-$1.log"; false; }
+}
+mkdir -p "$tls"
+if check "a certificate for localhost (openssl req)" sh -c "openssl req -x509 -newkey ec \
+        -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=localhost \
+        -addext subjectAltName=DNS:localhost,IP:127.0.0.1 -keyout '$tls/key.pem' \
+        -out '$tls/cert.pem' >'$tmp/openssl.log' 2>&1 && chmod 0644 '$tls/key.pem' &&
+        chmod 0755 '$tls'" &&
+    check "podman run with NORMSTAT_TLS_CERT and NORMSTAT_TLS_KEY (mounted read-only)" \
+        run_tls_daemon "${TAG}_d3"; then
+    if check "healthy over https through the unchanged HEALTHCHECK" wait_healthy "${TAG}_d3"; then
+        check "curl --cacert https://localhost:$port/readyz from the host" \
+            bounded 30 curl -sSf -o /dev/null --cacert "$tls/cert.pem" \
+            "https://localhost:$port/readyz"
+    else
+        daemon_logs "${TAG}_d3"
+    fi
+    check "the https container stops with exit status 0" stopped_cleanly "${TAG}_d3"
+fi
+timeout 60 podman rm -f -t 0 "${TAG}_d1" "${TAG}_d2" "${TAG}_d3" >/dev/null 2>&1
 
 # ---------------------------------------------------------------- 4. compose
 # podman-compose 1.0.3 ignores depends_on conditions (and its `run` would

@@ -23,7 +23,8 @@
   * StatsReporter(strict=True): a failed background report is raised (ReporterError,
     with the server's status and code) by the next step() and by close(),
     but never masks an exception leaving its with-block.
-  * Every other endpoint: list/get/delete runs, checkpoint get/put, livez,
+  * Every other endpoint: list/get/delete runs, drift and history (against
+    a float64 recomputation), checkpoint get/put, livez,
     readyz, metrics, version, one keep-alive connection for many calls.
 """
 
@@ -424,6 +425,8 @@ def endpoints(checks, d):
     for step in range(3):
         c.report(run, step, 0, {"bn": (4, [0.1 * step, 1.0], [1.0, 2.0])})
     checks.check(c._conn is not None and c._conn.sock is sock, "one keep-alive connection for many calls")
+    drift_and_history(checks, c, run, momentum=0.2, steps=[
+        (4, [0.1 * step, 1.0], [1.0, 2.0]) for step in range(3)])
     cp = c.checkpoint_get(run)
     run2 = h.run_name("ep-restored")
     c.checkpoint_put(run2, cp)
@@ -441,6 +444,46 @@ def endpoints(checks, d):
     c.delete_run(run, missing_ok=True)
     checks.check(True, "delete_run(missing_ok=True) of a deleted run")
     c.close()
+
+
+def drift_and_history(checks, c, run, momentum, steps):
+    """Client.drift and Client.history against PyTorch's EMA and the paper's
+    PreciseBN recomputed here in float64 from the (count, mean, biased var)
+    of one worker's steps."""
+    C = len(steps[0][1])
+    ema_m, ema_v, ema_after = [0.0] * C, [1.0] * C, []
+    for n, mean, var in steps:
+        ema_m = [(1 - momentum) * e + momentum * x for e, x in zip(ema_m, mean)]
+        ema_v = [(1 - momentum) * e + momentum * x * n / (n - 1) for e, x in zip(ema_v, var)]
+        ema_after.append((list(ema_m), list(ema_v)))
+    N = sum(n for n, _, _ in steps)
+    pop_m = [sum(n * m[c] for n, m, _ in steps) / N for c in range(C)]
+    second = [sum(n * (m[c] ** 2 + v[c]) for n, m, v in steps) / N for c in range(C)]
+    pop_v = [N / (N - 1) * (s - m * m) for s, m in zip(second, pop_m)]
+    dist = [abs(e - p) / (v + 1e-5) ** 0.5 for e, p, v in zip(ema_m, pop_m, pop_v)]
+    rows = c.drift(run)["layers"]
+    checks.eq([(r["layer"], r["domain"]) for r in rows], [("bn", "default")], "drift: one row, the layer's")
+    got = rows[0]["drift"] or {}
+    checks.close([got.get("mean_max"), got.get("mean_avg")], [max(dist), sum(dist) / C],
+                 "drift: EMA vs PreciseBN as recomputed here", rtol=1e-12)
+    pooled = c.drift(run, domain="*")["layers"]
+    checks.eq([(r["layer"], r["domain"], r["drift"]) for r in pooled], [("bn", "*", rows[0]["drift"])],
+              "drift(domain='*'): the pooled row, the only domain's drift")
+    for ch in range(C):
+        hist = c.history(run, "bn", channel=ch)
+        checks.eq([s["step"] for s in hist["steps"]], list(range(len(steps))), f"history channel {ch}: steps")
+        checks.close([x for s in hist["steps"] for x in (s["batch_mean"], s["ema_mean"], s["ema_var"])],
+                     [x for (n, m, v), (em, ev) in zip(steps, ema_after) for x in (m[ch], em[ch], ev[ch])],
+                     f"history channel {ch}: batch mean, EMA after each step (float32)", rtol=3e-7)
+        checks.close([hist["population"]["mean"], hist["population"]["var"]], [pop_m[ch], pop_v[ch]],
+                     f"history channel {ch}: PreciseBN now", rtol=1e-12)
+    for desc, call, field in (("history of an unknown layer", lambda: c.history(run, "nope"), "layer"),
+                              ("drift of an unknown domain", lambda: c.drift(run, domain="zz"), "domain")):
+        try:
+            call()
+            checks.check(False, f"{desc} raises NotFound", "no exception")
+        except normstat.NotFound as e:
+            checks.check(e.message.startswith(field + ":"), f"{desc} raises NotFound naming {field}", e.message)
 
 
 def reporter_errors(checks, d):

@@ -60,6 +60,11 @@ static inline const char *fuzz_report_diff(const ns_report_t *a, const ns_report
         if (x->mean && (!fuzz_floats_equal(x->mean, y->mean, x->channels, zero_sign) ||
                         !fuzz_floats_equal(x->var, y->var, x->channels, zero_sign)))
             return "a layer's values";
+        /* F64 arrays survive a safetensors round trip as doubles, bit for bit. */
+        if (zero_sign && (!x->mean64 != !y->mean64 ||
+                          (x->mean64 && (memcmp(x->mean64, y->mean64, x->channels * 8) != 0 ||
+                                         memcmp(x->var64, y->var64, x->channels * 8) != 0))))
+            return "a layer's F64 values";
     }
     return NULL;
 }

@@ -119,6 +119,9 @@ int main(int argc, char **argv)
     ns_client_options_default(&opts);
     opts.url = url;
     opts.timeout_ms = 20000;
+    /* As the CLI takes them: an https URL's CA file and a bearer token. */
+    opts.cacert = getenv("NORMSTAT_CACERT");
+    opts.token = getenv("NORMSTAT_TOKEN");
     if (ns_client_create(&c, &opts, &err) || uv_loop_init(&loop) ||
         ns_client_async_create(&ac, &loop, &opts, &err))
         return fail("create", err.code, &err);

@@ -60,9 +60,10 @@ class Daemon:
     """One normstatd process. Start with start(); stop() sends SIGTERM and
     returns the exit status; kill() is the emergency exit."""
 
-    def __init__(self, *args, persist=None, name="nsd", env=None):
+    def __init__(self, *args, persist=None, name="nsd", env=None, ssl_context=None):
         self.args = list(args)
         self.env = env
+        self.ssl_context = ssl_context  # talk HTTPS (the daemon has --tls-cert)
         # memory only unless asked; NS_TEST_PERSIST=1 runs every test on the SQLite store
         self.persist = os.environ.get("NS_TEST_PERSIST") == "1" if persist is None else persist
         self.name = name
@@ -133,7 +134,7 @@ class Daemon:
         return self.proc is not None and self.proc.poll() is None
 
     def client(self, timeout=HTTP_TIMEOUT_S):
-        return Client("127.0.0.1", self.port, timeout=timeout)
+        return Client("127.0.0.1", self.port, timeout=timeout, ssl_context=self.ssl_context)
 
     def signal(self, sig):
         self.proc.send_signal(sig)
@@ -256,10 +257,11 @@ class Client:
     thread). Validates every JSON response against the OpenAPI schema when
     one exists; violations accumulate in schema_errors."""
 
-    def __init__(self, host, port, timeout=HTTP_TIMEOUT_S):
+    def __init__(self, host, port, timeout=HTTP_TIMEOUT_S, ssl_context=None):
         self.host = host
         self.port = port
         self.timeout = timeout
+        self.ssl_context = ssl_context  # HTTPS with this context; None: plain HTTP
         self.conn = None
         self.schema_errors = []
         self.validated = 0
@@ -267,7 +269,11 @@ class Client:
         self.closed_by = []  # responses that carried Connection: close
 
     def _connect(self, timeout):
-        self.conn = http.client.HTTPConnection(self.host, self.port, timeout=timeout)
+        if self.ssl_context is not None:
+            self.conn = http.client.HTTPSConnection(self.host, self.port, timeout=timeout,
+                                                    context=self.ssl_context)
+        else:
+            self.conn = http.client.HTTPConnection(self.host, self.port, timeout=timeout)
         self.conn.connect()
 
     def close(self):
@@ -767,11 +773,17 @@ VOLATILE_KEYS = {"uptime_s", "uptime_ms", "age_ms", "now", "time", "ts", "waited
                  "pending_ms", "oldest_ms", "updated_at", "last_report_ms", "idle_ms"}
 
 
+# Counts of refused requests (GET /v1/runs/{run}'s health.rejections): a
+# refusal changes nothing in the run but them.
+COUNTED_KEYS = {"rejections"}
+
+
 def strip_volatile(v):
-    """A GET /v1/runs/{run} body without clock-dependent fields (ages)."""
+    """A GET /v1/runs/{run} body without clock-dependent fields (ages) and
+    the counts of refused requests."""
     if isinstance(v, dict):
         return {k: strip_volatile(x) for k, x in v.items() if k not in VOLATILE_KEYS
-                and not k.endswith("_age_ms") and not k.startswith("age")}
+                and k not in COUNTED_KEYS and not k.endswith("_age_ms") and not k.startswith("age")}
     if isinstance(v, list):
         return [strip_volatile(x) for x in v]
     return v

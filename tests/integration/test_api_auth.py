@@ -2,8 +2,9 @@
 
 A normstatd started with a token file must answer the probes without a
 token, 401 unauthorized (with WWW-Authenticate) to a request without or with
-a malformed Authorization header, 403 forbidden to another token and serve
-the request with the right one, for GET stats, PUT run and POST batches;
+a malformed Authorization header or with a token it does not know, and serve
+the request with the right one (an admin token), for GET stats, PUT run and
+POST batches (scopes: test_api_scopes.py);
 a refused write changes nothing and its body is dropped (the keep-alive
 connection goes on). /metrics counts each refusal by reason. The Python
 client, the CLI and `normstatd --probe` are exercised against it, and the
@@ -109,9 +110,11 @@ class Auth(nsd.Case):
                               code="unauthorized")
         for h in WRONG:
             r = self.c.request(method, path, body=body, headers=h)
-            self.check_status(r, 403, f"{desc} with a wrong token", code="forbidden")
-            self.check(r.headers.get("www-authenticate") is None,
-                       f"{desc}: 403 has no WWW-Authenticate")
+            self.check_status(r, 401, f"{desc} with an unknown token", code="unauthorized")
+            self.check_eq(r.headers.get("www-authenticate"),
+                          'Bearer realm="normstat", error="invalid_token"',
+                          f"{desc}: 401 for an unknown token carries WWW-Authenticate with "
+                          "error=invalid_token (RFC 6750)")
 
     def test_probes_open(self):
         for path in ("/livez", "/healthz", "/readyz"):
@@ -124,6 +127,25 @@ class Auth(nsd.Case):
         p = subprocess.run([nsd.binary_path(), "--probe", f"{self.url}/readyz"],
                            capture_output=True, timeout=CMD_LIMIT_S, env=clean_env())
         self.check_eq(p.returncode, 0, "normstatd --probe passes without a token")
+
+    def test_dashboard_files_open(self):
+        """The dashboard's files are served without a token and hold no run's data."""
+        run = self.ready_run()
+        for path in ("/", "/ui"):
+            r = self.c.get(path, headers={}, validate=False)
+            self.check_eq((r.status, r.headers.get("location")), (302, "ui/"),
+                          f"GET {path} without a token redirects to ui/")
+        for path, ctype in (("/ui/", "text/html"), ("/ui/dashboard.js", "text/javascript"),
+                            ("/ui/dashboard.css", "text/css")):
+            r = self.c.get(path, headers={}, validate=False)
+            self.check_eq((r.status, r.content_type), (200, ctype), f"GET {path} without a token")
+            self.check(run.encode() not in r.body, f"GET {path} holds no run name")
+            self.check("default-src 'none'" in (r.headers.get("content-security-policy") or ""),
+                       f"GET {path} carries a Content-Security-Policy")
+        self.check_status(self.c.post("/ui/", b"", headers={}), 401,
+                          "only GET of the dashboard is open: POST /ui/", code="unauthorized")
+        self.check_status(self.c.get("/ui/../v1/runs", headers={}), 401,
+                          "a dashboard-looking path to the API is not open", code="unauthorized")
 
     def test_get_stats(self):
         run = self.ready_run()
@@ -154,7 +176,8 @@ class Auth(nsd.Case):
         big = nsd.json.dumps(rep(2, 0, mean=(7.0, 7.0))).encode() + b" " * (2 << 20)
         r = self.c.request("POST", path, body=big, headers={"Authorization": "Bearer no"},
                            content_type="application/json")
-        self.check_status(r, 403, "POST batches of 2 MiB with a wrong token", code="forbidden")
+        self.check_status(r, 401, "POST batches of 2 MiB with an unknown token",
+                          code="unauthorized")
         self.check_unchanged(before, run, "after refused reports")
         self.check_status(self.c.report(run, rep(2, 0, mean=(1.5, 2.5))), 202,
                           "POST batches with the token")
@@ -168,16 +191,15 @@ class Auth(nsd.Case):
         before = self.rejections()
         self.check_status(self.c.get("/v1/runs", headers={}), 401, "GET runs without a token")
         mid = self.rejections()
-        self.check_status(self.c.get("/v1/runs", headers=WRONG[0]), 403, "GET runs, wrong token")
+        self.check_status(self.c.get("/v1/runs", headers=WRONG[0]), 401,
+                          "GET runs, unknown token")
         after = self.rejections()
         self.check_eq(mid.get("unauthorized", 0) - before.get("unauthorized", 0), 1,
                       "normstat_rejections_total{reason=unauthorized} + 1")
-        self.check_eq(mid.get("forbidden", 0) - before.get("forbidden", 0), 0,
-                      "forbidden unchanged by a 401")
-        self.check_eq(after.get("forbidden", 0) - mid.get("forbidden", 0), 1,
-                      "normstat_rejections_total{reason=forbidden} + 1")
-        self.check_eq(after.get("unauthorized", 0) - mid.get("unauthorized", 0), 0,
-                      "unauthorized unchanged by a 403")
+        self.check_eq(after.get("unauthorized", 0) - mid.get("unauthorized", 0), 1,
+                      "an unknown token: normstat_rejections_total{reason=unauthorized} + 1")
+        self.check_eq(after.get("forbidden", 0) - before.get("forbidden", 0), 0,
+                      "forbidden unchanged by 401s")
 
     def test_token_never_logged(self):
         self.c.get("/v1/runs", headers=WRONG[0])
@@ -198,7 +220,7 @@ class Auth(nsd.Case):
             os.environ["NORMSTAT_TOKEN"] = TOKEN
             with normstat.Client(self.url) as c:
                 self.check_eq(c.get_run(run)["config"]["world_size"], 1, "Client() takes $NORMSTAT_TOKEN")
-            for token, code, status in (("", "unauthorized", 401), ("wrong", "forbidden", 403)):
+            for token, code, status in (("", "unauthorized", 401), ("wrong", "unauthorized", 401)):
                 with normstat.Client(self.url, token=token) as c:
                     try:
                         c.get_run(run)
@@ -237,8 +259,8 @@ class Auth(nsd.Case):
         self.check(rc == 1 and "unauthorized" in err, "no token: exit 1, unauthorized",
                    f"{rc} {err}")
         rc, out, err = cli("--token", "wrong", "runs", NORMSTAT_TOKEN=TOKEN)
-        self.check(rc == 1 and "forbidden" in err, "--token wins over NORMSTAT_TOKEN: exit 1, "
-                   "forbidden", f"{rc} {err}")
+        self.check(rc == 1 and "unauthorized" in err, "--token wins over NORMSTAT_TOKEN: exit 1, "
+                   "unauthorized", f"{rc} {err}")
         rc, out, err = cli("health")
         self.check_eq(rc, 0, "normstat health needs no token")
         rc, out, err = cli("--help")

@@ -151,7 +151,8 @@ class Strict(nsd.Case):
             ("POST", "/v1/runs/q1/batches?wait=1", ("wait",)),
             ("POST", "/v1/runs/q1/precise/reset?domain=x", ("domain",)),
             ("GET", "/v1/runs/q1/checkpoint?x=1", ("x",)),
-            ("GET", "/v1/runs?limit=10", ("limit",)),
+            ("GET", "/v1/runs?sort=name", ("sort",)),
+            ("GET", "/v1/runs?limit=10&limit=20", ("limit",)),
             ("GET", "/v1/version?x", ("x",)),
             ("GET", "/metrics?name=x", ("name",)),
         ]

@@ -8,6 +8,7 @@
   arrivals computed here, its EMA with real PyTorch BatchNorm fed the
   concatenated raw batches (and with an EMA computed here in float64).
 * The CLI: every command, --help, JSON and table output, files in and out,
+  drift and history against a float64 recomputation,
   and the documented exit codes (0 ok, 1 server error, 2 usage, 3 connection
   failure or timeout), including a refused port and a server that never
   answers.
@@ -169,7 +170,7 @@ class Cli(unittest.TestCase):
                      "version", "exit status", "NORMSTAT_URL"):
             self.assertIn(word, out)
         for cmd in ("runs", "run", "report", "stats", "precise-reset", "checkpoint", "health",
-                    "version", "metrics"):
+                    "version", "metrics", "drift", "history"):
             out, _ = self.cli(cmd, "--help")
             self.assertIn(f"usage: normstat {cmd}", out)
         self.cli(expect=2)
@@ -240,6 +241,58 @@ class Cli(unittest.TestCase):
         _, err = self.cli("run", "show", "cli-run", expect=1)
         self.assertIn("not_found", err)
         self.cli("run", "delete", "cli-run", expect=1)
+
+    def test_drift_history(self):
+        """normstat drift and history against PyTorch's EMA (momentum 0.1) and
+        the paper's PreciseBN recomputed here in float64 (the CLI prints 9
+        significant digits)."""
+        run = "cli-drift"
+        self.cli("run", "create", run, "--momentum", "0.1")
+        steps = [(10, [1.0, 2.0], [0.5, 0.25]), (30, [-1.0, 0.5], [2.0, 1.0]), (5, [0.25, 0.0], [1.0, 4.0])]
+        for step, (n, mean, var) in enumerate(steps):
+            with open(self.path(f"d{step}.json"), "w") as f:
+                json.dump({"step": step, "worker": 0, "layers": {"bn1": {"count": n, "mean": mean, "var": var}}}, f)
+            self.cli("report", run, self.path(f"d{step}.json"))
+        rm, rv, after = [0.0, 0.0], [1.0, 1.0], []
+        for n, mean, var in steps:
+            rm = [0.9 * rm[c] + 0.1 * mean[c] for c in range(2)]
+            rv = [0.9 * rv[c] + 0.1 * var[c] * n / (n - 1) for c in range(2)]
+            after.append((rm, rv))
+        N = sum(n for n, _, _ in steps)
+        pm = [math.fsum(n * m[c] for n, m, _ in steps) / N for c in range(2)]
+        pv = [N / (N - 1) * (math.fsum(n * (m[c] ** 2 + v[c]) for n, m, v in steps) / N - pm[c] ** 2)
+              for c in range(2)]
+        dist = [abs(rm[c] - pm[c]) / math.sqrt(pv[c] + 1e-5) for c in range(2)]
+        out, _ = self.cli("drift", run)
+        rows = json.loads(out)["layers"]
+        self.assertEqual([(r["layer"], r["domain"], r["num_batches_tracked"]) for r in rows], [("bn1", "default", 3)])
+        d = rows[0]["drift"]
+        self.assertTrue(close([d["mean_max"], d["mean_avg"]], [max(dist), sum(dist) / 2], 1e-8), (d, dist))
+        self.assertEqual(d["mean_max_channel"], dist.index(max(dist)))
+        out, _ = self.cli("--table", "drift", run, "--domain", "default")
+        self.assertTrue(out.startswith("LAYER") and "bn1" in out and f"{max(dist):.6g}" in out, out)
+        for ch in range(2):
+            out, _ = self.cli("history", run, "bn1", "--channel", str(ch))
+            h = json.loads(out)
+            self.assertEqual([x["step"] for x in h["steps"]], [0, 1, 2])
+            got = [v for x in h["steps"] for v in (x["batch_mean"], x["ema_mean"], x["ema_var"])]
+            want = [v for (n, m, _), (em, ev) in zip(steps, after) for v in (m[ch], em[ch], ev[ch])]
+            self.assertTrue(close(got, want, 3e-7), (got, want))
+            self.assertTrue(close([h["population"]["mean"], h["population"]["var"]], [pm[ch], pv[ch]], 1e-8))
+        out, _ = self.cli("--table", "history", run, "bn1", "--domain", "*", "--channel", "1")
+        self.assertIn("channel 1 of 2", out)
+        self.assertEqual(len([l for l in out.splitlines() if l.split() and l.split()[0].isdigit()]), 3, out)
+        # the server's errors exit 1 naming the field; bad arguments exit 2
+        _, err = self.cli("history", run, "nope", expect=1)
+        self.assertIn("layer: no layer 'nope'", err)
+        _, err = self.cli("history", run, "bn1", "--channel", "2", expect=1)
+        self.assertIn("channel:", err)
+        _, err = self.cli("drift", run, "--domain", "zz", expect=1)
+        self.assertIn("domain:", err)
+        self.cli("history", run, expect=2)
+        self.cli("history", run, "bn1", "--channel", "-1", expect=2)
+        self.cli("drift", expect=2)
+        self.cli("drift", run, "--bogus", expect=2)
 
     def test_report_stats_checkpoint(self):
         run = "cli-stats"

@@ -55,9 +55,12 @@ def load_core():
 
 
 class Arrival(ctypes.Structure):
+    """ns_arrival_t of normstat/core.h; mean64/var64 stay NULL (float32 arrivals)."""
     _fields_ = [("n", ctypes.c_uint64),
                 ("mean", ctypes.POINTER(ctypes.c_float)),
-                ("var", ctypes.POINTER(ctypes.c_float))]
+                ("var", ctypes.POINTER(ctypes.c_float)),
+                ("mean64", ctypes.POINTER(ctypes.c_double)),
+                ("var64", ctypes.POINTER(ctypes.c_double))]
 
 
 class Ema(ctypes.Structure):

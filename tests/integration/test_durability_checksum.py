@@ -305,7 +305,8 @@ class Checksum(durable.Case):
         db = d.db_path()
         self.require(os.path.exists(db + "-wal") and os.path.getsize(db + "-wal") > 0, "a WAL after kill -9")
         main, wal = durable.file_bytes(db), durable.file_bytes(db + "-wal")
-        page = int.from_bytes(main[16:18], "big") or 65536
+        page = int.from_bytes(main[16:18], "big")
+        page = 65536 if page == 1 else page  # the header's 1 means 65536 (SQLite file format)
         frame = 24 + page
         frames = (len(wal) - 32) // frame
         rnd = random.Random(SEED + 6)

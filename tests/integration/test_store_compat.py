@@ -7,7 +7,7 @@ made by make_fixture.py there, which says what it contains: log rows only, two r
 domains, with one domain, an empty batch, a per-domain PreciseBN reset), the
 reports it was sent (reports.json) and what that daemon served before it
 stopped (served.json). This build opens a copy of it (/readyz 200), migrates
-it to schema version 2 (every row gets its checksum, checked here against
+it to schema version 3 (every row gets its checksum, checked here against
 a CRC-32C computed from the rows) and must serve every view exactly as served.json has it,
 and within float32 rounding of statistics computed here from the reports
 alone (EMA, PreciseBN and the last step, pooled and per domain).
@@ -126,8 +126,8 @@ class StoreCompat(durable.Case):
             self.check(compared >= 20, "every layer of every view compared", str(compared))
             self.check_eq(d.stop(), 0, "exits 0 after SIGTERM")
             con = sqlite3.connect(os.path.join(data, durable.DB_NAME))
-            self.check_eq(con.execute("PRAGMA user_version").fetchone()[0], 2,
-                          "schema migrated to version 2 (row checksums)")
+            self.check_eq(con.execute("PRAGMA user_version").fetchone()[0], 3,
+                          "schema migrated to version 3 (row checksums, compact STEP rows)")
             self.check_eq(con.execute("PRAGMA integrity_check").fetchone()[0], "ok", "integrity_check")
             con.close()
             bad, n = durable.bad_row_sums(os.path.join(data, durable.DB_NAME))

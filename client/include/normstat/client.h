@@ -20,7 +20,9 @@
  * distinct codes: NS_ECONNECT (refused or unreachable: nothing was sent),
  * NS_EREQTIMEOUT (no complete answer within options.timeout_ms),
  * NS_EBADRESPONSE (an answer that is not the API's, e.g. a proxy's HTML 502;
- * the message says "HTTP <status>: <start of body>").
+ * the message says "HTTP <status>: <start of body>", or "HTTP <status>
+ * <code>: <message>" for an error in the API's format with a code of
+ * another program, e.g. a shard proxy's 502 shard_unavailable).
  *
  * Retries. Only where they are safe: GETs are retried after a connection
  * failure or timeout; DELETE, PUT and precise reset only when the
@@ -100,6 +102,9 @@ typedef struct ns_client_options_s {
     size_t max_response;     /* ceiling of an answer's body in bytes; 0: none */
     const char *token;       /* sent as "Authorization: Bearer <token>"; NULL or "": none.
                               * Copied; visible ASCII without spaces (else NS_EINVAL) */
+    const char *cacert;      /* https: PEM file of the CAs to trust instead of the system's
+                              * (a self-signed server certificate works); NULL or "":
+                              * libcurl's default bundle. Copied */
 } ns_client_options_t;
 
 /*! ns_client_options_default() : fills 'opts' with the defaults above. */
@@ -249,6 +254,21 @@ NS_API int ns_client_stats_save(ns_client_t *client, const char *run, const ns_s
  *  *generation (may be NULL) receives the new generation number. */
 NS_API int ns_client_precise_reset(ns_client_t *client, const char *run, const char *domain,
                                    int64_t *generation, ns_error_detail_t *err);
+
+/*! ns_client_drift() :
+ *  GET /v1/runs/{run}/drift: every row's EMA vs PreciseBN drift, worst first
+ *  ('domain' NULL: every row; a name, or "*" for the pooled rows); the JSON
+ *  answer is appended to 'dst'. */
+NS_API int ns_client_drift(ns_client_t *client, const char *run, const char *domain, ns_buf_t *dst,
+                           ns_error_detail_t *err);
+
+/*! ns_client_history() :
+ *  GET /v1/runs/{run}/history: the last applied steps of 'layer' for one
+ *  channel ('domain' NULL: the server's default "*"; 'channel' < 0: 0), with
+ *  PreciseBN's current value; the JSON answer is appended to 'dst'. */
+NS_API int ns_client_history(ns_client_t *client, const char *run, const char *layer,
+                             const char *domain, long channel, ns_buf_t *dst,
+                             ns_error_detail_t *err);
 
 /*! ns_client_checkpoint_get() : GET /v1/runs/{run}/checkpoint into 'dst'. */
 NS_API int ns_client_checkpoint_get(ns_client_t *client, const char *run, ns_buf_t *dst,

@@ -21,6 +21,7 @@ import json
 import os
 import select
 import socket
+import ssl
 import threading
 import urllib.parse
 
@@ -81,18 +82,62 @@ def _norm_layers(layers):
     return out
 
 
+_F32_DTYPES = ("float32", "torch.float32")
+
+
+def _f32_json(values):
+    """The JSON array text of float32 values, 9 significant digits each (any
+    float32 reads back exactly from 9, and the daemon rounds every JSON number
+    to the nearest float32), or None when the values are not known to be
+    float32 (Python floats are doubles: they go through repr, so the daemon
+    rounds the exact double once) or not all finite (the generic path sends
+    them, and the daemon answers 400 as it should). About 3x faster than
+    json.dumps of the floats' repr, and 40 % less text for the daemon."""
+    if isinstance(values, (bytes, bytearray, memoryview)):
+        b = bytes(values)
+        if len(b) % 4:
+            return None
+        vals = st.Tensor("F32", [len(b) // 4], b).values()
+    elif str(getattr(values, "dtype", "")) in _F32_DTYPES and hasattr(values, "tolist"):
+        if hasattr(values, "detach"):
+            values = values.detach()
+        vals = values.tolist()
+        if vals and isinstance(vals[0], list):
+            return None  # not flat: the generic path names the problem
+    else:
+        return None
+    text = "," + ",".join(map("%.9g".__mod__, vals)) + ","
+    if "n" in text:  # inf, nan
+        return None
+    if ",-0," in text:  # "-0" would read back as the integer 0: keep the sign
+        text = text.replace(",-0,", ",-0.0,").replace(",-0,", ",-0.0,")
+    return "[" + text[1:-1] + "]"
+
+
 def _report_json(step, worker, layers, meta):
     body = {"step": int(step), "worker": int(worker)}
     body.update(meta)
-    jl = {}
+    jl, fast = {}, {}
     for name, (count, mean, var) in layers.items():
         entry = {"count": count}
         if mean is not None:
+            m, v = _f32_json(mean), _f32_json(var)
+            if m is not None and v is not None:
+                fast[name] = (count, m, v)
+                continue
             entry["mean"] = _floats(mean, f"layers.{name}.mean")
             entry["var"] = _floats(var, f"layers.{name}.var")
         jl[name] = entry
     body["layers"] = jl
-    return json.dumps(body, separators=(",", ":")).encode("utf-8")
+    text = json.dumps(body, separators=(",", ":"))
+    if fast:
+        # The float32 layers spliced in as text; names are JSON-safe by the
+        # name grammar, and json.dumps quotes them all the same.
+        parts = ['%s:{"count":%d,"mean":%s,"var":%s}' % (json.dumps(n), c, m, v)
+                 for n, (c, m, v) in fast.items()]
+        head = text[:-2]  # up to the layers object's closing brace
+        text = head + ("," if jl else "") + ",".join(parts) + "}}"
+    return text.encode("utf-8")
 
 
 def _f32(values, what):
@@ -178,12 +223,16 @@ class Client:
     fmt: "safetensors" (default) or "json": how reports are encoded.
     headers: extra headers sent with every request.
     token: bearer token sent as "Authorization: Bearer <token>", for a server
-    started with --auth-token-file; None takes $NORMSTAT_TOKEN, "" sends none.
-    A refusal raises AuthError (code "unauthorized" or "forbidden").
+    started with --auth-token-file or --auth-tokens-file; None takes
+    $NORMSTAT_TOKEN, "" sends none. A refusal raises AuthError (code
+    "unauthorized" or "forbidden").
+    cafile: for https, a PEM file of the CAs to trust (a self-signed server
+    certificate works) instead of the system's; None takes $NORMSTAT_CACERT,
+    else Python's default (which honours $SSL_CERT_FILE).
     """
 
     def __init__(self, url=DEFAULT_URL, timeout=30.0, sync_timeout=None, fmt="safetensors",
-                 headers=None, token=None):
+                 headers=None, token=None, cafile=None):
         if url is None:
             url = os.environ.get("NORMSTAT_URL") or DEFAULT_URL
         u = urllib.parse.urlsplit(url)
@@ -208,6 +257,12 @@ class Client:
             if any(not 0x20 < ord(c) < 0x7f for c in token):
                 raise ValueError("token must be visible ASCII characters without spaces")
             self.headers["Authorization"] = "Bearer " + token
+        if cafile is None:
+            cafile = os.environ.get("NORMSTAT_CACERT") or None
+        self.cafile = cafile
+        self._ssl_context = None
+        if u.scheme == "https":
+            self._ssl_context = ssl.create_default_context(cafile=cafile)
         self.reconnects = 0  # connections replaced after the server closed one
         self._conn = None
         self._lock = threading.RLock()
@@ -239,8 +294,11 @@ class Client:
                 pass
 
     def _connect(self, timeout):
-        cls = http.client.HTTPSConnection if self.scheme == "https" else http.client.HTTPConnection
-        conn = cls(self.host, self.port, timeout=timeout)
+        if self.scheme == "https":
+            conn = http.client.HTTPSConnection(self.host, self.port, timeout=timeout,
+                                               context=self._ssl_context)
+        else:
+            conn = http.client.HTTPConnection(self.host, self.port, timeout=timeout)
         conn.connect()
         try:
             conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -377,11 +435,16 @@ class Client:
         return self._json(self._call("GET", self._run_path(run))[2])
 
     def list_runs(self):
-        """A summary of every run (list of dicts)."""
-        out = self._json(self._call("GET", "/v1/runs")[2])
-        if isinstance(out, dict) and isinstance(out.get("runs"), list):
-            return out["runs"]
-        return out
+        """A summary of every run (list of dicts), following the pages."""
+        runs, path = [], "/v1/runs"
+        while True:
+            out = self._json(self._call("GET", path)[2])
+            if not (isinstance(out, dict) and isinstance(out.get("runs"), list)):
+                return out
+            runs += out["runs"]
+            if not out.get("next"):
+                return runs
+            path = "/v1/runs?after=" + urllib.parse.quote(out["next"], safe="")
 
     def delete_run(self, run, missing_ok=False):
         """Delete a run and its stored state. NotFound if there is none,
@@ -594,6 +657,27 @@ class Client:
     def stats_tensors(self, run, **query):
         """stats(..., format="safetensors") decoded: ({name: Tensor}, metadata)."""
         return st.decode(self.stats(run, format="safetensors", **query))
+
+    def drift(self, run, domain=None):
+        """GET /drift: how far each layer's EMA is from its PreciseBN now, a
+        dict with "layers" (one row per layer and domain, worst first),
+        "worst" and "history_steps". domain: a name, or "*" for the pooled
+        rows (default every row)."""
+        q = "" if domain is None else "?" + urllib.parse.urlencode([("domain", domain)], safe="*")
+        return self._json(self._call("GET", self._run_path(run, "/drift" + q))[2])
+
+    def history(self, run, layer, domain=None, channel=None):
+        """GET /history: one channel of a layer's last applied steps, oldest
+        first (each step's batch mean and variance, the EMA after it and its
+        drift), with PreciseBN's current value; a dict. domain: a name or "*"
+        (pooled, the server's default); channel: default 0."""
+        q = [("layer", layer)]
+        if domain is not None:
+            q.append(("domain", domain))
+        if channel is not None:
+            q.append(("channel", int(channel)))
+        path = self._run_path(run, "/history?" + urllib.parse.urlencode(q, safe="*"))
+        return self._json(self._call("GET", path)[2])
 
     def precise_reset(self, run, domain=None):
         """Start a new PreciseBN generation (all domains, or one); returns

@@ -22,7 +22,9 @@ next exchange.
 """
 
 import json
+import os
 import socket
+import ssl
 import struct
 import urllib.parse
 
@@ -140,21 +142,27 @@ def _parse_header(text):
 class Connection:
     """One persistent HTTP/1.1 keep-alive connection to a normstatd.
 
-    url: "http://host:port[/prefix]"; timeout: seconds for connecting and
-    for each answer (None: no limit); token: a bearer token (None: none).
+    url: "http://host:port[/prefix]" or "https://..."; timeout: seconds for
+    connecting and for each answer (None: no limit); token: a bearer token
+    (None: none); cafile: for https, a PEM file of the CAs to trust (None:
+    $NORMSTAT_CACERT, else Python's default, which honours $SSL_CERT_FILE).
     exchange() sends prepared request bytes and returns the Answer; errors
     (status >= 400) raise the normstat.Error subclass of the status, with
     the server's code and message. A request is sent again once, on a fresh
     connection, only when a reused connection turned out closed before any
     byte of the answer arrived."""
 
-    def __init__(self, url, timeout=120.0, token=None):
+    def __init__(self, url, timeout=120.0, token=None, cafile=None):
         u = urllib.parse.urlsplit(url)
-        if u.scheme != "http" or not u.hostname:
+        if u.scheme not in ("http", "https") or not u.hostname:
             raise ValueError(f"url must be http://host[:port][/prefix], got {url!r}")
         self.url = url
         self.host = u.hostname
-        self.port = u.port or 80
+        self.port = u.port or (443 if u.scheme == "https" else 80)
+        self._ssl_context = None
+        if u.scheme == "https":
+            cafile = cafile or os.environ.get("NORMSTAT_CACERT") or None
+            self._ssl_context = ssl.create_default_context(cafile=cafile)
         self.prefix = u.path.rstrip("/")
         self.timeout = timeout
         auth = f"Authorization: Bearer {token}\r\n" if token else ""
@@ -188,6 +196,13 @@ class Connection:
             raise ConnectionFailed("connection_failed",
                                    f"{self.host}:{self.port}: {type(e).__name__}: {e}") from None
         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self._ssl_context is not None:
+            try:
+                s = self._ssl_context.wrap_socket(s, server_hostname=self.host)
+            except OSError as e:  # ssl.SSLError (a certificate not trusted) included
+                s.close()
+                raise ConnectionFailed("connection_failed",
+                                       f"{self.host}:{self.port}: TLS: {e}") from None
         self._sock = s
 
     def exchange(self, request, what=""):
@@ -286,7 +301,8 @@ def _field(head, name):
     return head[i:j if j >= 0 else len(head)].strip()
 
 
-_RESET = (BrokenPipeError, ConnectionResetError)  # a reused socket the peer had closed
+# a reused socket the peer had closed (over TLS, without a close_notify)
+_RESET = (BrokenPipeError, ConnectionResetError, ssl.SSLEOFError)
 
 
 class _Closed(Exception):

@@ -37,9 +37,9 @@
 extern "C" {
 #endif
 
-#define NS_VERSION_MAJOR 0
-#define NS_VERSION_MINOR 1
-#define NS_VERSION_PATCH 0
+#define NS_VERSION_MAJOR  0
+#define NS_VERSION_MINOR  1
+#define NS_VERSION_PATCH  0
 #define NS_VERSION_STRING "0.1.0"
 
 /* ---------------------------------------------------------------- build */
@@ -90,11 +90,16 @@ NS_API int ns_moments_nhwc(const float *src, size_t outer, size_t channels, doub
 
 /* ---------------------------------------------------------------- combine */
 
-/* One worker's statistics of one layer at one step (SyncBN's per-rank part). */
+/* One worker's statistics of one layer at one step (SyncBN's per-rank part).
+ * An arrival that was sent in double (a relay's combined node, an F64
+ * report) also sets mean64 and var64, which the combination then reads
+ * instead of mean and var (those hold the same values rounded to float32). */
 typedef struct ns_arrival_s {
-    uint64_t n;        /* values per channel; 0 for an empty batch */
-    const float *mean; /* [channels]; may be NULL when n == 0 */
-    const float *var;  /* [channels], biased; may be NULL when n == 0 */
+    uint64_t n;           /* values per channel; 0 for an empty batch */
+    const float *mean;    /* [channels]; may be NULL when n == 0 */
+    const float *var;     /* [channels], biased; may be NULL when n == 0 */
+    const double *mean64; /* [channels] or NULL: the mean in double */
+    const double *var64;  /* [channels] or NULL (set together with mean64) */
 } ns_arrival_t;
 
 /*! ns_combine() :
@@ -103,7 +108,14 @@ typedef struct ns_arrival_s {
  *    N = sum n_w,  mean = sum n_w mean_w / N,
  *    var = sum n_w (var_w + (mean_w - mean)^2) / N   (biased).
  *  Arrivals with n == 0 contribute nothing. If N == 0, mean and var are set
- *  to 0. Writes *n = N. The result is the same bits for every 'threads'.
+ *  to 0. A single non-empty arrival gives its own values, widened exactly
+ *  (mean64/var64 copied when set).
+ *  Writes *n = N. The result is the same bits for every 'threads'.
+ *  When any non-empty arrival has mean64, every arrival is read in double
+ *  (mean64/var64 where set, else mean/var widened) and each channel is
+ *  evaluated by the same two passes in array order, without groups (the
+ *  scalar reference's operations, so float-exact doubles give the bits of
+ *  float arrivals for up to 256 of them).
  *  @return 0, or NS_EINVAL on NULL arguments, channels == 0, or an N that
  *  overflows. Inputs are assumed validated (finite, var >= 0). */
 NS_API int ns_combine(const ns_arrival_t *src, size_t src_len, size_t channels, uint64_t *n,
@@ -175,6 +187,23 @@ typedef struct ns_precise_s {
     double *m2;           /* [channels] */
 } ns_precise_t;
 
+/* ---------------------------------------------------------------- fused update */
+
+/* The most EMAs one ns_step_update() call updates (a domain's and the pooled one). */
+#define NS_STEP_EMA_MAX 2
+
+/*! ns_step_update() :
+ *  One step's statistics (n values per channel, biased var) applied in one
+ *  pass over the channels to 'n_ema' EMAs, each as ns_ema_update() with
+ *  'momentum' would (applied[i] = 1, or 0 when n < 2 left it unchanged),
+ *  and to the accumulator 'precise' (NULL: none) as ns_precise_add()
+ *  would: the same operations in the same order, so the same bits, with
+ *  the step's arrays read once instead of once per population.
+ *  @return 0, or NS_EINVAL (what those calls refuse; nothing is changed). */
+NS_API int ns_step_update(ns_ema_t *const *ema, size_t n_ema, ns_precise_t *precise,
+                          size_t channels, uint64_t n, const double *mean, const double *var,
+                          double momentum, int *applied);
+
 /*! ns_precise_init() : an empty accumulator (the arrays must be set). */
 NS_API void ns_precise_init(ns_precise_t *acc, size_t channels);
 
@@ -217,6 +246,40 @@ typedef struct ns_component_s {
  *  is negative or not finite, or weights summing to 0. */
 NS_API int ns_mixture(const ns_component_t *src, size_t src_len, size_t channels, double *mean,
                       double *var);
+
+/* ---------------------------------------------------------------- drift */
+
+/* BatchNorm's eps (torch.nn.BatchNorm default): the drift's floor under
+ * variances, so a channel with zero variance keeps a finite distance. */
+#define NS_DRIFT_EPS 1e-5
+
+/* How far an EMA is from the population statistics (PreciseBN), per
+ * channel c, summarised over the channels:
+ *   mean distance  dm[c] = |mu_ema[c] - mu_pop[c]| / sqrt(var_pop[c] + eps)
+ *                  (the EMA's error in units of the population's std)
+ *   var distance   dv[c] = |ln((var_ema[c] + eps) / (var_pop[c] + eps))|
+ *                  (the EMA's variance off by a factor exp(dv)) */
+typedef struct ns_drift_s {
+    double mean_avg;         /* mean of dm over the channels */
+    double mean_max;         /* largest dm */
+    size_t mean_max_channel; /* first channel holding it */
+    double var_avg;          /* mean of dv over the channels */
+    double var_max;          /* largest dv */
+    size_t var_max_channel;  /* first channel holding it */
+} ns_drift_t;
+
+/*! ns_drift() :
+ *  The drift of an EMA (ema_mean, ema_var) from population statistics
+ *  (pop_mean, pop_var), as ns_drift_t defines it; use the same variance
+ *  form on both sides (normstat serves unbiased ones). Inputs must be
+ *  finite, variances in [0, 2^500], eps in [2^-500, 1]: the ratio under the
+ *  logarithm is then a normal double. Per channel, dm is the same bits in
+ *  every kernel; dv and the averages may differ from the scalar reference
+ *  by rounding (bound in tests/unit/core/test_drift.c).
+ *  @return 0, or NS_EINVAL on NULL arguments, channels == 0 or an eps
+ *  outside that range. */
+NS_API int ns_drift(const double *ema_mean, const double *ema_var, const double *pop_mean,
+                    const double *pop_var, size_t channels, double eps, ns_drift_t *dst);
 
 /* ---------------------------------------------------------------- validation */
 

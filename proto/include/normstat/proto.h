@@ -112,13 +112,18 @@ typedef enum ns_scope_e { NS_SCOPE_GLOBAL = 0, NS_SCOPE_DOMAIN = 1 } ns_scope_t;
 
 /* One layer of a report. When count == 0 and the body omitted mean and var,
  * channels == 0 and mean == var == NULL. var is always biased after decoding
- * (an unbiased report is converted with (n-1)/n). */
+ * (an unbiased report is converted with (n-1)/n). mean64 and var64 are the
+ * arrays in double when they travel as F64 (safetensors, both tensors F64),
+ * else NULL: decoding keeps them (mean and var then hold them rounded to
+ * float32) and the combination uses them; encoding writes them as F64. */
 typedef struct ns_layer_report_s {
     char name[NS_NAME_MAX + 1];
     uint64_t count;
     size_t channels;
     float *mean;
     float *var;
+    double *mean64;
+    double *var64;
 } ns_layer_report_t;
 
 /* One worker's report of one step: the body of /batches and /sync. Layers are
@@ -153,6 +158,32 @@ NS_API int ns_report_decode_json(ns_report_t **dst, const char *src, size_t src_
  *  and shape is checked before use. @return as ns_report_decode_json(). */
 NS_API int ns_report_decode_safetensors(ns_report_t **dst, const uint8_t *src, size_t src_len,
                                         ns_error_detail_t *err);
+
+/* What a body is decoded as, for ns_decode_bound(). */
+typedef enum ns_decode_kind_e {
+    NS_DECODE_REPORT_JSON = 0,    /* ns_report_decode_json(), its fast path */
+    NS_DECODE_JSON_TREE = 1,      /* any jansson decode of the whole body */
+    NS_DECODE_REPORT_SAFETENSORS, /* ns_report_decode_safetensors() */
+    NS_DECODE_GRAD_SAFETENSORS    /* ns_grad_decode_safetensors() */
+} ns_decode_kind_t;
+
+/*! ns_decode_bound() :
+ *  An upper bound of the bytes decoding 'src' as 'kind' allocates at its
+ *  peak (the decoded message and everything transient, allocator overhead
+ *  included), found by a scan that allocates nothing: counts of braces,
+ *  brackets and commas for JSON, the declared header length for
+ *  safetensors. A consumer checks it against a memory budget before it
+ *  decodes, so a body that could not fit is refused unparsed. */
+NS_API uint64_t ns_decode_bound(const void *src, size_t src_len, ns_decode_kind_t kind);
+
+/*! ns_report_decode_json_bounded() :
+ *  ns_report_decode_json() that allocates at most 'max_bytes' (as
+ *  ns_decode_bound() counts): the fast path's bound is the caller's to check
+ *  beforehand; a body the fast path does not read (not in the canonical
+ *  form) is decoded with jansson only if NS_DECODE_JSON_TREE's bound fits,
+ *  else NS_EMEMORY with a message saying what it would need. */
+NS_API int ns_report_decode_json_bounded(ns_report_t **dst, const char *src, size_t src_len,
+                                         uint64_t max_bytes, ns_error_detail_t *err);
 
 /*! ns_report_free() : free a decoded report; accepts NULL. */
 NS_API void ns_report_free(ns_report_t *report);

@@ -42,7 +42,8 @@ extern "C" {
     XX(PROTO, EUNAUTHORIZED, -18, 401, "unauthorized", "authentication required")                  \
     XX(PROTO, EFORBIDDEN, -19, 403, "forbidden", "not allowed")                                    \
     XX(PROTO, EINTERNAL, -20, 500, "internal", "internal error")                                   \
-    XX(PROTO, EMEMORY, -21, 429, "memory_budget", "memory budget exceeded")
+    XX(PROTO, EMEMORY, -21, 429, "memory_budget", "memory budget exceeded")                        \
+    XX(PROTO, ECONNS, -25, 503, "too_many_connections", "too many connections")
 
 /* The codes the protocol adds to the core's: the PROTO rows above. 'name' is
  * pasted at once, before <errno.h>'s EINVAL or ENOMEM could expand it. */

@@ -13,6 +13,41 @@ static float narrow(double d)
     return d > FLT_MAX ? INFINITY : d < -FLT_MAX ? -INFINITY : (float)d;
 }
 
+/* The values as JSON numbers, comma-separated: each the shortest text that
+ * reads back as the same float32 (JSON has no NaN or infinity: null),
+ * written straight into room reserved a block at a time. */
+static int float_array(ns_buf_t *dst, const double *src, size_t n)
+{
+    enum { BLOCK = 256 };
+    for (size_t c0 = 0; c0 < n; c0 += BLOCK) {
+        size_t c1 = n - c0 < BLOCK ? n : c0 + BLOCK;
+        size_t worst = (c1 - c0) * (1 + NS__F32_FORMAT_MAX);
+        if (dst->cap_max != 0 && (dst->len > dst->cap_max || worst > dst->cap_max - dst->len)) {
+            /* Near the ceiling: number by number, so a text that fits fits. */
+            for (size_t c = c0; c < c1; c++) {
+                char num[1 + NS__F32_FORMAT_MAX] = ",";
+                size_t k = ns__f32_format(num + 1, narrow(src[c]));
+                int rc = ns_buf_append(dst, c ? num : num + 1, c ? k + 1 : k);
+                if (rc)
+                    return rc;
+            }
+            continue;
+        }
+        int rc = ns_buf_reserve(dst, worst);
+        if (rc)
+            return rc;
+        char *p = dst->data + dst->len;
+        for (size_t c = c0; c < c1; c++) {
+            if (c)
+                *p++ = ',';
+            p += ns__f32_format(p, narrow(src[c]));
+        }
+        dst->len = (size_t)(p - dst->data);
+        *p = '\0';
+    }
+    return 0;
+}
+
 static int encode_json(ns_buf_t *dst, const ns_meta_t *meta, size_t n_meta,
                        const ns_out_layer_t *layers, size_t n_layers)
 {
@@ -53,14 +88,8 @@ static int encode_json(ns_buf_t *dst, const ns_meta_t *meta, size_t n_meta,
                 (rc = ns__buf_append_json_string(dst, layer->array_names[a])) ||
                 (rc = ns_buf_append(dst, ":[", 2)))
                 return rc;
-            for (size_t c = 0; c < layer->channels; c++) {
-                /* The shortest text that reads back as the same float32;
-                 * JSON has no NaN or infinity, which become null. */
-                char num[1 + NS__F32_FORMAT_MAX] = ",";
-                size_t n = ns__f32_format(num + 1, narrow(layer->arrays[a][c]));
-                if ((rc = ns_buf_append(dst, c ? num : num + 1, c ? n + 1 : n)))
-                    return rc;
-            }
+            if ((rc = float_array(dst, layer->arrays[a], layer->channels)))
+                return rc;
             if ((rc = ns_buf_append(dst, "]", 1)))
                 return rc;
         }

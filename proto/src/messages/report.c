@@ -34,6 +34,8 @@ void ns_report_free(ns_report_t *report)
     for (size_t i = 0; i < report->n_layers; i++) {
         free(report->layers[i].mean);
         free(report->layers[i].var);
+        free(report->layers[i].mean64);
+        free(report->layers[i].var64);
     }
     free(report->layers);
     free(report);
@@ -86,11 +88,20 @@ int ns__report_finish(ns_report_t *report, ns_error_detail_t *err, ns__value_hin
         bad = ns_find_bad_variance(layer->var, layer->channels);
         if (bad < layer->channels)
             return value_error(layer, 1, bad, layer->var[bad], err, hint, hint_ctx);
+        /* A negative double variance may round to float32 -0. */
+        for (size_t c = 0; layer->var64 != NULL && c < layer->channels; c++)
+            if (layer->var64[c] < 0)
+                return ns_error_set(err, NS_EVALUE, "", "layers.%s.%s[%zu]: negative variance %g",
+                                    layer->name, NS_FIELD_VAR, c, layer->var64[c]);
     }
     if (report->unbiased)
         for (size_t i = 0; i < report->n_layers; i++)
-            if (report->layers[i].var)
-                ns_var_bias_f32(report->layers[i].var, report->layers[i].channels,
-                                report->layers[i].count);
+            if (report->layers[i].var) {
+                ns_layer_report_t *l = &report->layers[i];
+                ns_var_bias_f32(l->var, l->channels, l->count);
+                double keep = l->count > 1 ? (double)(l->count - 1) / (double)l->count : 0.0;
+                for (size_t c = 0; l->var64 != NULL && c < l->channels; c++)
+                    l->var64[c] *= keep;
+            }
     return 0;
 }

@@ -116,6 +116,15 @@ static void store_f32s(uint8_t *p, const float *src, size_t n)
     }
 }
 
+static void store_f64s(uint8_t *p, const double *src, size_t n)
+{
+    for (size_t i = 0; i < n; i++, p += 8) {
+        uint64_t bits;
+        memcpy(&bits, &src[i], sizeof(bits));
+        ns__store_le64(p, bits);
+    }
+}
+
 static int encode_safetensors(ns_buf_t *dst, const ns_report_t *r, ns_error_detail_t *err)
 {
     ns_buf_t h;
@@ -143,13 +152,15 @@ static int encode_safetensors(ns_buf_t *dst, const ns_report_t *r, ns_error_deta
         goto fail;
     for (size_t i = 0; i < r->n_layers; i++) {
         const ns_layer_report_t *l = &r->layers[i];
-        uint64_t bytes = (uint64_t)l->channels * 4;
+        const int wide = l->mean64 != NULL && l->var64 != NULL;
+        const char *dtype = wide ? "F64" : "F32";
+        uint64_t bytes = (uint64_t)l->channels * (wide ? 8 : 4);
         if (l->channels > 0) {
-            if ((rc = ns__safetensors_header_tensor(&h, l->name, NS_FIELD_MEAN, "F32", 0,
+            if ((rc = ns__safetensors_header_tensor(&h, l->name, NS_FIELD_MEAN, dtype, 0,
                                                     l->channels, at, at + bytes)))
                 goto fail;
             at += bytes;
-            if ((rc = ns__safetensors_header_tensor(&h, l->name, NS_FIELD_VAR, "F32", 0,
+            if ((rc = ns__safetensors_header_tensor(&h, l->name, NS_FIELD_VAR, dtype, 0,
                                                     l->channels, at, at + bytes)))
                 goto fail;
             at += bytes;
@@ -166,7 +177,12 @@ static int encode_safetensors(ns_buf_t *dst, const ns_report_t *r, ns_error_deta
      * and counts the rejection, which is what an operator wants to see. */
     for (size_t i = 0; i < r->n_layers; i++) {
         const ns_layer_report_t *l = &r->layers[i];
-        if (l->channels > 0) {
+        if (l->channels > 0 && l->mean64 != NULL && l->var64 != NULL) {
+            store_f64s(p, l->mean64, l->channels);
+            p += l->channels * 8;
+            store_f64s(p, l->var64, l->channels);
+            p += l->channels * 8;
+        } else if (l->channels > 0) {
             store_f32s(p, l->mean, l->channels);
             p += l->channels * 4;
             store_f32s(p, l->var, l->channels);

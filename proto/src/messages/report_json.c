@@ -347,7 +347,22 @@ int ns__report_decode_json_full(ns_report_t **dst, const char *src, size_t src_l
 int ns_report_decode_json(ns_report_t **dst, const char *src, size_t src_len,
                           ns_error_detail_t *err)
 {
+    return ns_report_decode_json_bounded(dst, src, src_len, UINT64_MAX, err);
+}
+
+int ns_report_decode_json_bounded(ns_report_t **dst, const char *src, size_t src_len,
+                                  uint64_t max_bytes, ns_error_detail_t *err)
+{
     *dst = NULL;
     int rc = ns__report_decode_json_fast(dst, src, src_len, err);
-    return rc <= 0 ? rc : ns__report_decode_json_full(dst, src, src_len, err);
+    if (rc <= 0)
+        return rc;
+    uint64_t need = ns_decode_bound(src, src_len, NS_DECODE_JSON_TREE);
+    if (need > max_bytes)
+        return ns_error_set(err, NS_EMEMORY, "",
+                            "the body is not in the form the fast decoder reads (compact JSON, "
+                            "integers for integer fields); decoding it otherwise needs up to "
+                            "%llu bytes, over the memory budget",
+                            (unsigned long long)need);
+    return ns__report_decode_json_full(dst, src, src_len, err);
 }

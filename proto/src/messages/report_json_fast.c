@@ -185,20 +185,23 @@ static int float_value(cursor_t *c, float *out)
     return 1;
 }
 
-/* '[' number (',' number)* ']' into float32. */
+/* '[' number (',' number)* ']' into float32, allocated to its exact
+ * length: decoding costs at most 4 bytes per number plus one allocation per
+ * array (ns_report_decode_bound() relies on it). Short arrays are parsed
+ * on the stack, longer ones grow on the heap and are trimmed. */
 static int float_array(cursor_t *c, float **out, size_t *len)
 {
-    size_t n = 0, cap = 64;
-    float *v;
+    float stack[64], *v = stack;
+    size_t n = 0, cap = sizeof(stack) / sizeof(stack[0]);
     if (!eat(c, '['))
-        return 0;
-    if (!(v = malloc(cap * sizeof(*v))))
         return 0;
     do {
         if (n == cap) {
-            float *grown = realloc(v, (cap *= 2) * sizeof(*v));
+            float *grown = realloc(v == stack ? NULL : v, (cap *= 2) * sizeof(*v));
             if (!grown)
                 goto fail;
+            if (v == stack)
+                memcpy(grown, stack, sizeof(stack));
             v = grown;
         }
         if (!float_value(c, &v[n++]))
@@ -206,11 +209,17 @@ static int float_array(cursor_t *c, float **out, size_t *len)
     } while (eat(c, ','));
     if (!eat(c, ']'))
         goto fail;
-    *out = v;
+    float *exact = v == stack ? malloc(n * sizeof(*v)) : realloc(v, n * sizeof(*v));
+    if (!exact)
+        goto fail;
+    if (v == stack)
+        memcpy(exact, stack, n * sizeof(*v));
+    *out = exact;
     *len = n;
     return 1;
 fail:
-    free(v);
+    if (v != stack)
+        free(v);
     return 0;
 }
 
@@ -260,11 +269,24 @@ static int layer_cmp(const void *a, const void *b)
     return strcmp(((const ns_layer_report_t *)a)->name, ((const ns_layer_report_t *)b)->name);
 }
 
+/* An upper bound of the layers left in the body: its '{' count. */
+static size_t layers_at_most(const cursor_t *c)
+{
+    size_t n = 0;
+    for (const char *p = c->p; (p = memchr(p, '{', (size_t)(c->end - p))) != NULL; p++)
+        n++;
+    return n;
+}
+
 static int layers_object(cursor_t *c, ns_report_t *r)
 {
     char scratch[NS_NAME_MAX + 1];
     size_t cap = 0;
     if (!eat(c, '{'))
+        return 0;
+    /* One allocation for every layer (no doubling), trimmed at the end. */
+    if (r->layers == NULL && (cap = layers_at_most(c)) > 0 &&
+        (r->layers = malloc(cap * sizeof(*r->layers))) == NULL)
         return 0;
     do {
         const char *name;
@@ -288,6 +310,11 @@ static int layers_object(cursor_t *c, ns_report_t *r)
     } while (eat(c, ','));
     if (!eat(c, '}'))
         return 0;
+    if (r->n_layers < cap) {
+        ns_layer_report_t *exact = realloc(r->layers, r->n_layers * sizeof(*r->layers));
+        if (exact != NULL || r->n_layers == 0)
+            r->layers = exact;
+    }
     /* Repeated names are jansson's "duplicate object key" error. */
     qsort(r->layers, r->n_layers, sizeof(*r->layers), layer_cmp);
     for (size_t i = 0; i + 1 < r->n_layers; i++)

@@ -110,10 +110,12 @@ static uint32_t load_le32(const uint8_t *p)
 #endif
 
 /* A mean or var tensor as float32 values; F64 is narrowed (values beyond
- * float32's range become infinity and are refused later, as in JSON). */
+ * float32's range become infinity and are refused later, as in JSON) and
+ * also kept as sent in *wide (NULL for F32). */
 static int load_values(const ns_safetensors_t *st, const ns_tensor_t *t, const char *field,
-                       float **out, size_t *len, ns_error_detail_t *err)
+                       float **out, double **wide, size_t *len, ns_error_detail_t *err)
 {
+    *wide = NULL;
     if (t->dtype != NS_DTYPE_F32 && t->dtype != NS_DTYPE_F64)
         return ns_error_set(err, NS_EINVAL, field, "expected dtype F32 or F64, got %s",
                             ns__safetensors_dtype_name(st, t));
@@ -133,12 +135,24 @@ static int load_values(const ns_safetensors_t *st, const ns_tensor_t *t, const c
         }
 #endif
     } else {
+        double *kept = malloc(n * sizeof(*kept));
+        if (!kept) {
+            free(values);
+            return ns_error_set(err, NS_ENOMEM, field, "out of memory");
+        }
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+        memcpy(kept, t->data, n * sizeof(double));
+#else
         for (size_t i = 0; i < n; i++) {
             uint64_t bits = ns__load_le64(t->data + 8 * i);
-            double d;
-            memcpy(&d, &bits, sizeof(d));
+            memcpy(&kept[i], &bits, sizeof(bits));
+        }
+#endif
+        for (size_t i = 0; i < n; i++) {
+            double d = kept[i];
             values[i] = d > FLT_MAX ? INFINITY : d < -FLT_MAX ? -INFINITY : (float)d;
         }
+        *wide = kept;
     }
     *out = values;
     *len = n;
@@ -176,15 +190,23 @@ static int decode_layer(const ns_safetensors_t *st, ns_layer_report_t *layer,
     }
     size_t n_mean, n_var;
     snprintf(field, sizeof(field), "layers.%s.mean", layer->name);
-    int rc = load_values(st, parts[PART_MEAN]->tensor, field, &layer->mean, &n_mean, err);
+    int rc = load_values(st, parts[PART_MEAN]->tensor, field, &layer->mean, &layer->mean64, &n_mean,
+                         err);
     if (rc)
         return rc;
     layer->channels = n_mean;
     snprintf(field, sizeof(field), "layers.%s.var", layer->name);
-    if ((rc = load_values(st, parts[PART_VAR]->tensor, field, &layer->var, &n_var, err)))
+    if ((rc = load_values(st, parts[PART_VAR]->tensor, field, &layer->var, &layer->var64, &n_var,
+                          err)))
         return rc;
     if (n_var != n_mean)
         return ns_error_set(err, NS_EINVAL, field, "expected %zu values, got %zu", n_mean, n_var);
+    /* Doubles are kept only as a pair: one F32 tensor makes the layer float32. */
+    if ((layer->mean64 == NULL) != (layer->var64 == NULL)) {
+        free(layer->mean64);
+        free(layer->var64);
+        layer->mean64 = layer->var64 = NULL;
+    }
     return 0;
 }
 

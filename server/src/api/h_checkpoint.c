@@ -2,19 +2,22 @@
  */
 #include "base/clock.h"
 #include "base/log.h"
+#include "base/size_limits.h"
 #include "http/http.h"
 #include "registry/registry.h"
 
 void nsd_h_checkpoint_get(nsd_request_t *req)
 {
     ns_error_detail_t err = {0};
-    json_t *cp = nsd_registry_checkpoint_export(req->server->registry, req->run, &err);
-    if (cp == NULL) {
-        nsd_respond_detail(req, err.code ? err.code : NS_ENOMEM, &err);
+    ns_buf_t text;
+    ns_buf_init(&text, NSD_ANSWER_MAX);
+    /* Written as text, no tree; reals with 17 significant digits round-trip. */
+    int rc = nsd_registry_checkpoint_text(req->server->registry, req->run, &text, &err);
+    if (rc != 0) {
+        nsd_respond_detail(req, rc, &err);
         return;
     }
-    /* jansson prints reals with 17 significant digits: the doubles round-trip. */
-    nsd_respond_json(req, 200, cp);
+    nsd_respond_encoded(req, NS_FORMAT_JSON, &text);
 }
 
 void nsd_h_checkpoint_put(nsd_request_t *req)

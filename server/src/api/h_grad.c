@@ -8,6 +8,7 @@
 #include "base/size_limits.h"
 #include "http/http.h"
 #include "registry/registry.h"
+#include "rejection_log.h"
 
 /* Decode the body as its Content-Type says; a malformed one is answered here.
  * @return the request, or NULL when the request was answered. */
@@ -16,11 +17,16 @@ static ns_grad_t *decode(nsd_request_t *req)
     ns_error_detail_t err = {0};
     ns_grad_t *grad = NULL;
     const char *body = req->body.data ? req->body.data : "";
-    int rc = req->body_format == NS_FORMAT_SAFETENSORS
-                 ? ns_grad_decode_safetensors(&grad, (const uint8_t *)body, req->body.len, &err)
-                 : ns_grad_decode_json(&grad, body, req->body.len, &err);
+    int st = req->body_format == NS_FORMAT_SAFETENSORS;
+    if (nsd_request_reserve_decoding(req, st ? NS_DECODE_GRAD_SAFETENSORS : NS_DECODE_JSON_TREE) !=
+        0) {
+        nsd_respond_detail(req, NS_EMEMORY, &req->pending_detail);
+        return NULL;
+    }
+    int rc = st ? ns_grad_decode_safetensors(&grad, (const uint8_t *)body, req->body.len, &err)
+                : ns_grad_decode_json(&grad, body, req->body.len, &err);
     if (rc != 0) {
-        nsd_respond_detail(req, rc, &err);
+        nsd_reject_report(req, rc, &err, NSD_WORKER_UNKNOWN);
         return NULL;
     }
     return grad;
@@ -85,7 +91,7 @@ void nsd_h_grad(nsd_request_t *req)
     int rc = nsd_registry_grad(req->server->registry, req->run, grad, nsd_now_ms(), on_grad_done,
                                req, &err);
     if (rc != 0) {
-        nsd_respond_detail(req, rc, &err);
+        nsd_reject_report(req, rc, &err, (long)worker);
         return;
     }
     nsd_log(NSD_LOG_DEBUG, "grad_accepted", "run=%s step=%llu worker=%u", req->run,

@@ -1,14 +1,39 @@
 /* h_runs.c - PUT, GET, DELETE /v1/runs/{run} and GET /v1/runs. */
+#include <errno.h>
 #include <stdio.h>
+#include <stdlib.h>
 
 #include "base/clock.h"
 #include "base/log.h"
 #include "http/http.h"
 #include "registry/registry.h"
 
+/* Runs in one answer of GET /v1/runs: by default, and at most. */
+#define NSD_RUNS_PAGE_DEFAULT 1000ul
+#define NSD_RUNS_PAGE_MAX     10000ul
+
+/* GET /v1/runs?limit=N&after=NAME: one page of the list, so that an
+ * answer stays small however many runs there are (proto/openapi.yaml). */
 void nsd_h_runs_list(nsd_request_t *req)
 {
-    nsd_respond_json(req, 200, nsd_registry_list_json(req->server->registry));
+    const char *limit = nsd_request_query(req, "limit");
+    const char *after = nsd_request_query(req, "after");
+    unsigned long n = NSD_RUNS_PAGE_DEFAULT;
+    if (limit != NULL) {
+        char *end;
+        errno = 0;
+        n = strtoul(limit, &end, 10);
+        if (errno != 0 || end == limit || *end != '\0' || limit[0] == '-' || n < 1 ||
+            n > NSD_RUNS_PAGE_MAX) {
+            nsd_respond_error(req, NS_EINVAL, "limit: must be an integer in [1, 10000]");
+            return;
+        }
+    }
+    if (after != NULL && !ns_name_valid(after)) {
+        nsd_respond_error(req, NS_EINVAL, "after: must be a run name");
+        return;
+    }
+    nsd_respond_json(req, 200, nsd_registry_list_json(req->server->registry, after, n));
 }
 
 void nsd_h_run_put(nsd_request_t *req)

@@ -1,6 +1,7 @@
 /* metrics.c - Prometheus text exposition of normstatd's counters (GET
  * /metrics): requests and rejections (counters.h), the registry's and the
- * store's counters, build and process facts. Each family is a table row or
+ * store's counters, per-run health (bounded by --metrics-max-runs), build
+ * and process facts. Each family is a table row or
  * one small function, rendered in a fixed order. */
 #include "metrics.h"
 
@@ -10,6 +11,7 @@
 #include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
 #include <time.h>
@@ -18,9 +20,11 @@
 #include <normstat/core.h>
 
 #include "base/size_limits.h"
+#include "http/conns.h"
 #include "http/counters.h"
 #include "http/http.h"
 #include "registry/registry.h"
+#include "relay/relay.h"
 #include "store/store.h"
 
 static int header(ns_buf_t *dst, const char *name, const char *type, const char *help)
@@ -178,6 +182,19 @@ static int render_rejections(ns_buf_t *dst)
     return rc;
 }
 
+/* Body bytes through HTTP: the network load of this tier, headers aside. */
+static int render_body_bytes(ns_buf_t *dst)
+{
+    const nsd_request_counters_t *k = nsd_counters_get();
+    int rc = sample(dst, "normstat_http_request_body_bytes_total", "counter",
+                    "Bytes of request bodies read (headers not counted).", "%llu",
+                    (unsigned long long)atomic_load(&k->body_bytes_in));
+    return rc ? rc
+              : sample(dst, "normstat_http_response_body_bytes_total", "counter",
+                       "Bytes of response bodies sent (headers not counted).", "%llu",
+                       (unsigned long long)atomic_load(&k->body_bytes_out));
+}
+
 static int render_registry(ns_buf_t *dst, nsd_registry_t *reg)
 {
     int rc = 0;
@@ -219,7 +236,9 @@ static int render_registry(ns_buf_t *dst, nsd_registry_t *reg)
         {"normstat_grad_waiters", "gauge", "/grad requests waiting for their step.",
          offsetof(nsd_counters_t, grad_waiters)},
         {"normstat_runs", "gauge", "Runs held.", offsetof(nsd_counters_t, runs)},
-        {"normstat_memory_bytes", "gauge", "Bytes of statistics state and pending arrivals.",
+        {"normstat_memory_bytes", "gauge",
+         "Bytes counted against --max-memory: runs, statistics, pending arrivals, request bodies "
+         "and their decoding.",
          offsetof(nsd_counters_t, memory_bytes)},
     };
     for (size_t i = 0; i < sizeof(registry_rows) / sizeof(registry_rows[0]) && rc == 0; i++) {
@@ -240,6 +259,7 @@ int nsd_metrics_render(ns_buf_t *dst, nsd_registry_t *reg)
     int rc = render_requests(dst, table, n_routes);
     rc = rc ? rc : render_durations(dst, table, n_routes);
     rc = rc ? rc : render_rejections(dst);
+    rc = rc ? rc : render_body_bytes(dst);
     rc = rc ? rc : render_registry(dst, reg);
     rc = rc ? rc
             : header(dst, "normstat_build_info", "gauge",
@@ -248,6 +268,79 @@ int nsd_metrics_render(ns_buf_t *dst, nsd_registry_t *reg)
             : ns_buf_printf(dst, "normstat_build_info{version=\"%s\",kernel=\"%s\"} 1\n",
                             NS_VERSION_STRING, ns_core_kernel());
     return rc ? rc : render_process(dst);
+}
+
+/* ---------------------------------------------------------------- per run */
+
+#define PER_RUN " Per run, for at most --metrics-max-runs runs (the most recently active)."
+
+/* The per-run families, in this order: HELP and TYPE always (so the
+ * families exist with no run), then one sample per run and label set. */
+enum { RUN_DRIFT, RUN_APPLIED, RUN_PENDING, RUN_SKIPPED, RUN_REJECTIONS, RUN_LAG };
+static const struct {
+    const char *name, *type, *help;
+} run_families[] = {
+    {"normstat_run_drift_worst", "gauge",
+     "Largest EMA vs PreciseBN mean distance (in population stds) over the run's layers and "
+     "domains, labelled with its layer (GET /v1/runs/{run}/drift)." PER_RUN},
+    {"normstat_run_steps_applied_total", "counter",
+     "Finalized steps applied since the daemon started." PER_RUN},
+    {"normstat_run_pending_steps", "gauge", "Steps waiting for workers." PER_RUN},
+    {"normstat_run_steps_skipped_total", "counter",
+     "Applied steps whose global count was below 2 (EMA untouched)." PER_RUN},
+    {"normstat_run_rejections_total", "counter",
+     "Reports and gradient sums refused, by reason (the error code of the answer)." PER_RUN},
+    {"normstat_run_worker_lag_steps", "gauge",
+     "Largest lag of a worker: the highest step any worker reported minus its own "
+     "highest." PER_RUN},
+};
+
+static int render_run_family(ns_buf_t *dst, size_t f, const nsd_run_health_t *h, size_t n)
+{
+    int rc = header(dst, run_families[f].name, run_families[f].type, run_families[f].help);
+    const char *name = run_families[f].name;
+    for (size_t i = 0; i < n && rc == 0; i++) {
+        const nsd_run_health_t *r = &h[i];
+        switch (f) {
+        case RUN_DRIFT:
+            if (r->has_worst)
+                rc = ns_buf_printf(dst, "%s{run=\"%s\",layer=\"%s\"} %.17g\n", name, r->run,
+                                   r->worst_layer, r->worst_mean_max);
+            break;
+        case RUN_REJECTIONS:
+            for (size_t k = 0; k < NSD_REJECTION_REASONS && rc == 0; k++)
+                rc = ns_buf_printf(dst, "%s{run=\"%s\",reason=\"%s\"} %llu\n", name, r->run,
+                                   ns_error_name(nsd_rejection_code(k)),
+                                   (unsigned long long)r->rejections[k]);
+            break;
+        case RUN_LAG:
+            if (r->worker_lag >= 0)
+                rc = ns_buf_printf(dst, "%s{run=\"%s\"} %lld\n", name, r->run,
+                                   (long long)r->worker_lag);
+            break;
+        default: {
+            uint64_t v = f == RUN_APPLIED   ? r->steps_applied
+                         : f == RUN_PENDING ? r->pending_steps
+                                            : r->skipped_steps;
+            rc = ns_buf_printf(dst, "%s{run=\"%s\"} %llu\n", name, r->run, (unsigned long long)v);
+        }
+        }
+    }
+    return rc;
+}
+
+/* The per-run series of the 'max_runs' most recently active runs. */
+static int render_runs(ns_buf_t *dst, nsd_registry_t *reg, size_t max_runs)
+{
+    nsd_run_health_t *h = NULL;
+    size_t n = 0;
+    if (reg != NULL && max_runs > 0 && nsd_registry_health(reg, max_runs, &h, &n) != 0)
+        return NS_ENOMEM;
+    int rc = 0;
+    for (size_t f = 0; f < sizeof(run_families) / sizeof(run_families[0]) && rc == 0; f++)
+        rc = render_run_family(dst, f, h, n);
+    free(h);
+    return rc;
 }
 
 /* How a store row's value is read from nsd_store_stats_t and printed. */
@@ -266,6 +359,10 @@ static const struct {
     {"normstat_store_rows_total", "counter",
      "Log rows committed (finalized steps, configurations, domains, resets).", STORE_U64,
      offsetof(nsd_store_stats_t, rows)},
+    {"normstat_store_bytes_total", "counter",
+     "Bytes of log row bodies and snapshots committed (what the store writes, before SQLite's "
+     "own pages).",
+     STORE_U64, offsetof(nsd_store_stats_t, bytes)},
     {"normstat_store_snapshots_total", "counter",
      "Run snapshots committed (periodic and checkpoint imports).", STORE_U64,
      offsetof(nsd_store_stats_t, snapshots)},
@@ -323,6 +420,88 @@ static int render_store(ns_buf_t *dst, nsd_store_t *store)
     return rc;
 }
 
+/* Connections: open by pool, accepted, refused and closed by reason. */
+static int render_connections(ns_buf_t *dst, nsd_conns_t *conns)
+{
+    nsd_conns_stats_t st;
+    memset(&st, 0, sizeof(st));
+    if (conns != NULL)
+        nsd_conns_stats(conns, &st);
+    int rc = header(dst, "normstat_connections_open", "gauge",
+                    "Connections open, by pool (general, or reserved for probes).");
+    rc = rc ? rc
+            : ns_buf_printf(dst,
+                            "normstat_connections_open{pool=\"general\"} %llu\n"
+                            "normstat_connections_open{pool=\"reserve\"} %llu\n",
+                            (unsigned long long)st.open_general,
+                            (unsigned long long)st.open_reserve);
+    rc = rc ? rc
+            : sample(dst, "normstat_connections_accepted_total", "counter", "Connections accepted.",
+                     "%llu", (unsigned long long)st.accepted);
+    rc = rc ? rc
+            : header(dst, "normstat_connections_refused_total", "counter",
+                     "Connections refused at accept, by reason (per_address, limit).");
+    for (size_t i = 0; i < NSD_REFUSED_REASONS && rc == 0; i++)
+        rc = ns_buf_printf(dst, "normstat_connections_refused_total{reason=\"%s\"} %llu\n",
+                           nsd_conns_refused_names[i], (unsigned long long)st.refused[i]);
+    rc = rc ? rc
+            : header(dst, "normstat_connections_closed_total", "counter",
+                     "Connections the daemon closed, by reason (a deadline, or evicted for a "
+                     "newcomer).");
+    for (size_t i = 0; i < NSD_CLOSED_REASONS && rc == 0; i++)
+        rc = ns_buf_printf(dst, "normstat_connections_closed_total{reason=\"%s\"} %llu\n",
+                           nsd_conns_closed_names[i], (unsigned long long)st.closed[i]);
+    return rc;
+}
+
+/* Relay mode's counters (zero, and the upstream up, in a daemon that is no relay). */
+static int render_relay(ns_buf_t *dst, nsd_relay_t *relay)
+{
+    nsd_relay_stats_t st;
+    nsd_relay_stats(relay, &st);
+    static const struct {
+        const char *name, *type, *help;
+        size_t offset;
+    } rows[] = {
+        {"normstat_relay_forwarded_total", "counter",
+         "Node reports (one per node step) the upstream accepted.",
+         offsetof(nsd_relay_stats_t, forwarded)},
+        {"normstat_relay_upstream_failures_total", "counter",
+         "Forwards that could not reach the upstream (refused, timed out, 502, 503); each is "
+         "retried with backoff.",
+         offsetof(nsd_relay_stats_t, failures)},
+        {"normstat_relay_rejected_total", "counter",
+         "Forwards the upstream answered with an error (handed to the local waiters).",
+         offsetof(nsd_relay_stats_t, rejected)},
+        {"normstat_relay_partial_total", "counter",
+         "Node steps forwarded after --relay-timeout without every local worker.",
+         offsetof(nsd_relay_stats_t, partial)},
+        {"normstat_relay_abandoned_total", "counter",
+         "Node steps given up after --relay-timeout of failed forwards (waiters got 503).",
+         offsetof(nsd_relay_stats_t, abandoned)},
+        {"normstat_relay_collecting", "gauge", "Node steps waiting for local workers.",
+         offsetof(nsd_relay_stats_t, collecting)},
+        {"normstat_relay_forwarding", "gauge",
+         "Node steps being forwarded or waiting to be retried.",
+         offsetof(nsd_relay_stats_t, forwarding)},
+        {"normstat_relay_backoff_ms", "gauge",
+         "Current delay before the next retry of a failed forward (0 while the upstream is up).",
+         offsetof(nsd_relay_stats_t, backoff_ms)},
+    };
+    int rc = sample(dst, "normstat_relay_enabled", "gauge",
+                    "1 if this daemon is a relay (--upstream).", "%d", relay != NULL);
+    rc = rc ? rc
+            : sample(dst, "normstat_relay_upstream_up", "gauge",
+                     "0 while the last forward could not reach the upstream, else 1.", "%d",
+                     st.upstream_up);
+    for (size_t i = 0; i < sizeof(rows) / sizeof(rows[0]) && rc == 0; i++) {
+        uint64_t v;
+        memcpy(&v, (const char *)&st + rows[i].offset, sizeof(v));
+        rc = sample(dst, rows[i].name, rows[i].type, rows[i].help, "%llu", (unsigned long long)v);
+    }
+    return rc;
+}
+
 void nsd_h_metrics(nsd_request_t *req)
 {
     ns_buf_t buf;
@@ -332,7 +511,11 @@ void nsd_h_metrics(nsd_request_t *req)
             : sample(&buf, "normstat_http_requests_in_flight", "gauge",
                      "Requests begun and not yet answered (this one included).", "%ld",
                      atomic_load(&req->server->in_flight));
+    rc = rc ? rc : render_connections(&buf, req->server->conns);
     rc = rc ? rc : render_store(&buf, req->server->store);
+    rc = rc ? rc
+            : render_runs(&buf, req->server->registry, (size_t)req->server->opts->metrics_max_runs);
+    rc = rc ? rc : render_relay(&buf, req->server->relay);
     if (rc != 0) {
         ns_buf_free(&buf);
         nsd_respond_error(req, NS_ENOMEM, NULL);

@@ -178,9 +178,10 @@ static int set_value(nsd_options_t *dst, const option_row_t *row, const char *va
         errno = 0;
         long long v = strtoll(value, &end, 10);
         if (value[0] == '\0' || isspace((unsigned char)value[0]) || *end != '\0' || errno != 0 ||
-            v < (long long)row->min || (uint64_t)v > row->max)
-            return fail(err, "%s: expected an integer in %llu..%llu, got '%s'", who,
-                        (unsigned long long)row->min, (unsigned long long)row->max, value);
+            v < (long long)row->min || (v >= 0 && (uint64_t)v > row->max))
+            /* An INT's min may be negative (-1 for "not given"). */
+            return fail(err, "%s: expected an integer in %lld..%llu, got '%s'", who,
+                        (long long)row->min, (unsigned long long)row->max, value);
         *(int64_t *)field = v;
         return 0;
     }

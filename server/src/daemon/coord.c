@@ -15,7 +15,9 @@
  *     over a fixed 20 ms tick: timeouts fire within a millisecond of their
  *     deadline and an idle daemon does not wake up at all. Sends coalesce,
  *     so a burst of reports costs one expire pass per loop iteration.
- *   - SIGHUP: reopen the log file (logrotate).
+ *   - SIGHUP: reopen the log file (logrotate), re-read the TLS certificate
+ *     and key (tls.c) and the token files (auth.c); a file that fails to
+ *     load leaves what was in use and logs an error.
  *   - SIGTERM/SIGINT: graceful shutdown, in this order:
  *       1. mark shutting down: /readyz answers 503, responses carry
  *          "Connection: close";
@@ -23,7 +25,8 @@
  *       3. nsd_registry_shutdown(): every waiting /sync is woken with
  *          NS_ESHUTDOWN and answered 503 shutting_down on an MHD thread
  *          (no connection stays suspended, which MHD_stop_daemon forbids);
- *          later reports are refused with 503;
+ *          later reports are refused with 503; a relay's waiters likewise
+ *          (nsd_relay_stop());
  *       4. a 10 ms drain timer waits until no request is in flight or
  *          --shutdown-timeout passed, then stops the loop; main() lets the
  *          store commit what is queued, stops the daemon (closing idle
@@ -41,7 +44,10 @@
 
 #include "base/clock.h"
 #include "base/log.h"
+#include "http/auth.h"
+#include "http/tls.h"
 #include "registry/registry.h"
+#include "relay/relay.h"
 
 #define DRAIN_POLL_MS 10
 
@@ -150,13 +156,47 @@ static void on_stop_signal(uv_signal_t *s, int signum)
     nsd_http_quiesce(c->server);
     uv_timer_stop(&c->expire_timer);
     nsd_registry_shutdown(c->server->registry);
+    nsd_relay_stop(c->server->relay);
     c->drain_deadline_ms = nsd_now_ms() + (uint64_t)c->server->opts->shutdown_timeout;
     uv_timer_start(&c->drain_timer, on_drain_timer, 0, DRAIN_POLL_MS);
 }
 
+/* SIGHUP: new connections get the files' certificate and key if they load;
+ * otherwise the pair in use stays and the error is logged. */
+static void reload_tls(nsd_tls_t *tls)
+{
+    ns_error_detail_t err = {0};
+    int changed;
+    if (nsd_tls_reload(tls, &changed, &err) != 0) {
+        char q[600];
+        nsd_log(NSD_LOG_ERROR, "tls_reload_failed", "reason=%s kept=previous",
+                nsd_log_quote(q, sizeof(q), err.message));
+        return;
+    }
+    nsd_tls_info_t info;
+    nsd_tls_info(tls, &info);
+    nsd_log(NSD_LOG_INFO, changed ? "tls_reloaded" : "tls_unchanged",
+            "sha256=%s not_after=%s chain=%u", info.sha256, info.not_after, info.chain);
+}
+
+/* SIGHUP: later requests are judged by the token files if they load;
+ * otherwise the tokens in use stay and the error is logged. */
+static void reload_auth(nsd_auth_t *auth)
+{
+    ns_error_detail_t err = {0};
+    size_t count;
+    if (nsd_auth_reload(auth, &count, &err) != 0) {
+        char q[600];
+        nsd_log(NSD_LOG_ERROR, "auth_reload_failed", "reason=%s kept=previous tokens=%zu",
+                nsd_log_quote(q, sizeof(q), err.message), count);
+        return;
+    }
+    nsd_log(NSD_LOG_INFO, "auth_reloaded", "tokens=%zu", count);
+}
+
 static void on_hup(uv_signal_t *s, int signum)
 {
-    (void)s;
+    nsd_coord_t *c = s->data;
     ns_error_detail_t err = {0};
     if (nsd_log_reopen(&err) != 0) {
         char q[600];
@@ -165,6 +205,10 @@ static void on_hup(uv_signal_t *s, int signum)
     } else {
         nsd_log(NSD_LOG_INFO, "log_reopened", "signal=%d", signum);
     }
+    if (c->server->tls != NULL)
+        reload_tls(c->server->tls);
+    if (c->server->auth != NULL)
+        reload_auth(c->server->auth);
 }
 
 nsd_coord_t *nsd_coord_create(nsd_server_t *server)

@@ -19,7 +19,9 @@
 #include "http/auth.h"
 #include "http/counters.h"
 #include "http/http.h"
+#include "http/tls.h"
 #include "registry/registry.h"
+#include "relay/relay.h"
 #include "store/store.h"
 
 extern char **environ;
@@ -39,9 +41,11 @@ static void store_unusable(const nsd_store_error_t *serr, const nsd_options_t *o
 /* What main() started, torn down in one place in reverse order. */
 typedef struct daemon_s {
     nsd_options_t opts;
-    nsd_auth_t auth;
+    nsd_auth_t *auth; /* NULL: authentication off */
+    nsd_tls_t *tls;   /* NULL: plain HTTP */
     nsd_server_t server;
     nsd_store_t *store;
+    nsd_relay_t *relay;
     nsd_coord_t *coord;
     int http_started;
 } daemon_t;
@@ -50,11 +54,15 @@ static void daemon_teardown(daemon_t *d)
 {
     if (d->http_started)
         nsd_http_stop(&d->server);
+    nsd_relay_free(d->relay);
+    d->server.relay = NULL;
     if (d->server.registry != NULL)
         nsd_registry_set_wakeup(d->server.registry, NULL, NULL);
     nsd_coord_free(d->coord);
     nsd_registry_free(d->server.registry);
     nsd_store_free(d->store);
+    nsd_tls_free(d->tls);
+    nsd_auth_free(d->auth);
 }
 
 /* Options, then the commands that answer without a daemon (--help,
@@ -81,8 +89,19 @@ static int configure(daemon_t *d, int argc, char **argv)
     }
     if (d->opts.probe.set)
         return nsd_probe_run(&d->opts);
-    if (nsd_auth_load(&d->auth, &d->opts, &err) != 0) {
+    if (nsd_auth_create(&d->auth, &d->opts, &err) != 0) {
         fprintf(stderr, "normstatd: %s\n", err.message);
+        return 2;
+    }
+    if (nsd_tls_load(&d->tls, &d->opts, &err) != 0) {
+        fprintf(stderr, "normstatd: %s\n", err.message);
+        return 2;
+    }
+    /* A relay keeps no store: a data directory named for it is a mistake. */
+    if (d->opts.upstream[0] != '\0' && strcmp(d->opts.data_dir, "./var") != 0 &&
+        !d->opts.no_persist) {
+        fprintf(stderr, "normstatd: --data-dir: a relay (--upstream) keeps no store; its "
+                        "upstream persists the run (give --no-persist or drop --data-dir)\n");
         return 2;
     }
     nsd_log_set_level((int)d->opts.log_level);
@@ -91,6 +110,43 @@ static int configure(daemon_t *d, int argc, char **argv)
         return 2;
     }
     return -1;
+}
+
+/* Relay mode: no store; reports go to the relay's forwarding thread. */
+static int start_relay(daemon_t *d)
+{
+    const nsd_options_t *opts = &d->opts;
+    ns_error_detail_t err = {0};
+    char q[600];
+    char *token = NULL;
+    if (nsd_auth_single_token(opts, &token, &err) != 0) {
+        nsd_log(NSD_LOG_ERROR, "start_failed", "step=relay reason=%s",
+                nsd_log_quote(q, sizeof(q), err.message));
+        return 1;
+    }
+    nsd_relay_config_t cfg = {
+        .upstream = opts->upstream,
+        .token = token, /* the admin token: the relay speaks for its workers upstream */
+        .rank = opts->relay_rank,
+        .local_world_size = (uint32_t)opts->local_world_size,
+        .relays = opts->relays > 0 ? opts->relays : -1,
+        .timeout_ms = (uint64_t)opts->relay_timeout,
+        .max_pending = (uint32_t)opts->max_pending_steps,
+        .threads = (int)opts->core_threads,
+        .forward_f32 = opts->relay_f32,
+    };
+    int rc = nsd_relay_create(&d->relay, &cfg, &err);
+    nsd_auth_token_free(token);
+    if (rc != 0) {
+        nsd_log(NSD_LOG_ERROR, "start_failed", "step=relay reason=%s",
+                nsd_log_quote(q, sizeof(q), err.message));
+        return 1;
+    }
+    d->server.relay = d->relay;
+    nsd_log_write(NSD_LOG_INFO, "relay", "upstream=%s rank=%lld local_world_size=%lld relays=%lld",
+                  nsd_log_quote(q, sizeof(q), opts->upstream), (long long)opts->relay_rank,
+                  (long long)opts->local_world_size, (long long)opts->relays);
+    return 0;
 }
 
 /* The registry, the store (opened and validated before anything listens),
@@ -103,16 +159,21 @@ static int start(daemon_t *d)
     nsd_limits_t limits = {
         .max_pending_steps = (uint32_t)opts->max_pending_steps,
         .max_memory = opts->max_memory,
+        .history_steps = (uint32_t)opts->history_steps,
         .threads = (int)opts->core_threads,
     };
     d->server.opts = opts;
-    d->server.auth = d->auth.len > 0 ? &d->auth : NULL;
+    d->server.auth = d->auth;
+    d->server.tls = d->tls;
     d->server.registry = nsd_registry_create(&limits);
     if (d->server.registry == NULL) {
         nsd_log(NSD_LOG_ERROR, "start_failed", "step=registry reason=%s", "out_of_memory");
         return 1;
     }
-    if (!opts->no_persist) {
+    if (opts->upstream[0] != '\0') {
+        if (start_relay(d) != 0)
+            return 1;
+    } else if (!opts->no_persist) {
         nsd_store_config_t scfg = {
             .commit_interval_ms = (uint64_t)opts->commit_interval,
             .snapshot_interval_ms = (uint64_t)opts->snapshot_interval,
@@ -136,8 +197,14 @@ static int start(daemon_t *d)
     }
     d->http_started = 1;
     /* Written whatever --log-level says: tests and scripts find the port here. */
-    nsd_log_write(NSD_LOG_INFO, "listening", "addr=%s threads=%lld", d->server.addr,
-                  (long long)opts->threads);
+    nsd_log_write(NSD_LOG_INFO, "listening", "addr=%s threads=%lld scheme=%s", d->server.addr,
+                  (long long)opts->threads, d->tls != NULL ? "https" : "http");
+    if (d->tls != NULL) {
+        nsd_tls_info_t info;
+        nsd_tls_info(d->tls, &info);
+        nsd_log(NSD_LOG_INFO, "tls_loaded", "sha256=%s not_after=%s chain=%u", info.sha256,
+                info.not_after, info.chain);
+    }
     return 0;
 }
 
@@ -188,7 +255,7 @@ int main(int argc, char **argv)
             NS_VERSION_STRING, ns_core_kernel(), (long long)d.opts.threads,
             (long long)d.opts.core_threads, (unsigned long long)d.opts.max_body,
             (unsigned long long)d.opts.max_memory, (long long)d.opts.max_pending_steps,
-            nsd_log_quote(q, sizeof(q), d.opts.data_dir), !d.opts.no_persist, d.auth.len > 0);
+            nsd_log_quote(q, sizeof(q), d.opts.data_dir), !d.opts.no_persist, d.auth != NULL);
 
     if (start(&d) != 0 || (d.store != NULL && recover(&d) != 0)) {
         daemon_teardown(&d);

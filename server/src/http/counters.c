@@ -61,6 +61,12 @@ void nsd_count_request(const nsd_route_t *route, const char *method, int status,
                               memory_order_relaxed);
 }
 
+void nsd_count_body_bytes(int in, size_t bytes)
+{
+    atomic_fetch_add_explicit(in ? &counters.body_bytes_in : &counters.body_bytes_out, bytes,
+                              memory_order_relaxed);
+}
+
 void nsd_count_rejection(int code)
 {
     for (size_t i = 0; i < NSD_COUNTER_ERRORS; i++)

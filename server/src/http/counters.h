@@ -40,7 +40,9 @@ typedef struct nsd_request_counters_s {
     atomic_uint_fast64_t duration_buckets[NSD_COUNTER_ROUTES + 1][NSD_COUNTER_BUCKETS + 1];
     atomic_uint_fast64_t duration_sum_ns[NSD_COUNTER_ROUTES + 1];
     atomic_uint_fast64_t rejections[NSD_COUNTER_ERRORS];
-    double start_time; /* seconds since the epoch */
+    atomic_uint_fast64_t body_bytes_in;  /* request bodies read (kept or dropped) */
+    atomic_uint_fast64_t body_bytes_out; /* response bodies queued */
+    double start_time;                   /* seconds since the epoch */
 } nsd_request_counters_t;
 
 /*! nsd_counters_init() : record the start time; call once before serving. */
@@ -56,5 +58,8 @@ void nsd_count_request(const nsd_route_t *route, const char *method, int status,
 
 /*! nsd_count_rejection() : count one error answer by its NS_E* code. */
 void nsd_count_rejection(int code);
+
+/*! nsd_count_body_bytes() : request body bytes read ('in') or response body bytes queued. */
+void nsd_count_body_bytes(int in, size_t bytes);
 
 #endif /* NSD_COUNTERS_H */

@@ -3,7 +3,8 @@
  *
  * DESIGN
  *  Threads: MHD's pool (--threads, epoll or poll) calls on_access and
- *  on_completed; a connection stays on one pool thread. No thread of our own.
+ *  on_completed; a connection stays on one pool thread. The only thread of
+ *  our own is the connection sweep of conns.c.
  *  Request life: on_access allocates the nsd_request_t on its first call
  *  (in_flight + 1) and on_completed frees it (in_flight - 1), whatever
  *  happened in between; the coordinator's drain waits for in_flight == 0.
@@ -17,7 +18,8 @@
  *  or store lock is ever taken under wait_lock.
  *  Shutdown: nsd_registry_shutdown() wakes every waiting /sync, so no
  *  connection is suspended when MHD_stop_daemon() runs.
- *  Request target and framing, checked where MHD is lenient: target.c. */
+ *  Request target and framing, checked where MHD is lenient: target.c.
+ *  Connections: conns.c (via conn_hooks.c) hears of each request phase. */
 #include "http.h"
 
 #include <errno.h>
@@ -34,15 +36,16 @@
 #include <microhttpd.h>
 
 #include "auth.h"
+#include "conn_hooks.h"
+#include "conns.h"
 #include "base/clock.h"
 #include "base/log.h"
 #include "base/size_limits.h"
 #include "counters.h"
 #include "store/store.h"
 #include "target.h"
+#include "tls.h"
 
-/* Idle keep-alive connections are closed after this many seconds. */
-#define CONNECTION_TIMEOUT_S 60
 /* Per-connection buffer; larger means fewer, bigger body chunks. */
 #define CONNECTION_MEMORY (128u * 1024u)
 
@@ -55,9 +58,11 @@ static void queue(nsd_request_t *req, int status, struct MHD_Response *resp,
         MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, content_type);
     if (status == 405 && req->allow[0] != '\0')
         MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW, req->allow);
-    if (status == 401)
+    if (status == 401) /* RFC 6750: a token was presented but is not valid */
         MHD_add_response_header(resp, MHD_HTTP_HEADER_WWW_AUTHENTICATE,
-                                "Bearer realm=\"normstat\"");
+                                req->token_unknown
+                                    ? "Bearer realm=\"normstat\", error=\"invalid_token\""
+                                    : "Bearer realm=\"normstat\"");
     if (atomic_load(&req->server->shutting_down) || req->close_after)
         MHD_add_response_header(resp, MHD_HTTP_HEADER_CONNECTION, "close");
     if (MHD_queue_response(req->conn, (unsigned)status, resp) != MHD_YES) {
@@ -89,6 +94,8 @@ void nsd_respond(nsd_request_t *req, int status, const char *content_type, char 
         resp = MHD_create_response_from_buffer_with_free_callback(len, data, free);
         if (resp == NULL)
             free(data);
+        else
+            nsd_count_body_bytes(0, len);
     }
     if (resp == NULL) {
         /* Nothing can be sent: the access handler returns MHD_NO, closing the connection. */
@@ -96,6 +103,23 @@ void nsd_respond(nsd_request_t *req, int status, const char *content_type, char 
         req->status = -1;
         return;
     }
+    queue(req, status, resp, content_type);
+}
+
+void nsd_respond_static(nsd_request_t *req, int status, const char *content_type, const void *data,
+                        size_t len, const char *const headers[])
+{
+    if (req->responded)
+        return;
+    struct MHD_Response *resp = MHD_create_response_from_buffer(
+        len, len > 0 ? (void *)data : (void *)"", MHD_RESPMEM_PERSISTENT);
+    if (resp == NULL) {
+        nsd_log(NSD_LOG_ERROR, "response_failed", "method=%s reason=out_of_memory", req->method);
+        req->status = -1;
+        return;
+    }
+    for (size_t i = 0; headers != NULL && headers[i] != NULL && headers[i + 1] != NULL; i += 2)
+        MHD_add_response_header(resp, headers[i], headers[i + 1]);
     queue(req, status, resp, content_type);
 }
 
@@ -313,9 +337,10 @@ static void request_begin(nsd_request_t *req)
     }
     /* Before anything else: a refused request has no route, so its body is
      * read and dropped, never collected, and it is answered after it. */
+    nsd_grant_t grant = {.scope = NSD_SCOPE_ADMIN};
     if (!nsd_auth_exempt(req->method, req->path)) {
         const char *authz = nsd_request_header(req, MHD_HTTP_HEADER_AUTHORIZATION);
-        int auth = nsd_auth_check(srv->auth, authz);
+        int auth = nsd_auth_check(srv->auth, authz, &grant, &req->token_unknown);
         if (auth != 0) {
             req->pending_error = auth;
             return;
@@ -330,6 +355,14 @@ static void request_begin(nsd_request_t *req)
                               req->allow, sizeof(req->allow), &req->pending_detail);
     if (rc == NS_ENOTFOUND || rc == NS_EMETHOD)
         req->route = NULL;
+    /* The scope is judged once the route and its run are known. */
+    if (rc == 0 && req->route != NULL &&
+        nsd_auth_permit(&grant, req->method, req->run, &req->scope_missing, &req->pending_detail) !=
+            0) {
+        req->route = NULL;
+        req->pending_error = NS_EFORBIDDEN;
+        return;
+    }
     if (rc == 0 && req->query != NULL)
         rc = nsd_query_parse(req->query, req->params, NSD_QUERY_PARAMS_MAX, &req->n_params,
                              &req->pending_detail);
@@ -345,6 +378,12 @@ static void request_begin(nsd_request_t *req)
         unsigned long long n = strtoull(cl, &end, 10);
         if (errno == 0 && *end == '\0' && n > srv->opts->max_body) {
             req->pending_error = NS_ETOOLARGE;
+            return;
+        }
+        /* Counted against --max-memory before a byte of it is read. */
+        if (errno == 0 && *end == '\0' && n > 0 && req->pending_error == 0 && req->route != NULL &&
+            req->route->body != NSD_BODY_NONE && nsd_request_reserve_body(req, n) != 0) {
+            req->pending_error = NS_EMEMORY;
             return;
         }
         /* One allocation for the whole body instead of doubling as it
@@ -367,6 +406,22 @@ static void request_begin(nsd_request_t *req)
     req->pending_error = NS_EMEDIATYPE;
 }
 
+/* 403 with the scope the token lacks: {"error": {"code", "message", "scope"}}. */
+static void respond_forbidden(nsd_request_t *req)
+{
+    const char *scope = req->scope_missing != NULL ? req->scope_missing : "admin";
+    json_t *body = json_pack("{s:{s:s, s:s, s:s}}", "error", "code", "forbidden", "message",
+                             req->pending_detail.message, "scope", scope);
+    nsd_count_rejection(NS_EFORBIDDEN);
+    if (nsd_log_enabled(NSD_LOG_DEBUG)) {
+        char q[600];
+        nsd_log_write(NSD_LOG_DEBUG, "request_rejected",
+                      "method=%s path=%s status=403 code=forbidden scope=%s", req->method,
+                      nsd_log_quote(q, sizeof(q), req->path), scope);
+    }
+    nsd_respond_json(req, 403, body);
+}
+
 static void respond_pending_error(nsd_request_t *req)
 {
     char msg[256];
@@ -381,13 +436,17 @@ static void respond_pending_error(nsd_request_t *req)
         break;
     case NS_EUNAUTHORIZED:
         nsd_respond_error(req, NS_EUNAUTHORIZED,
-                          "authentication required: send \"Authorization: Bearer <token>\"");
+                          req->token_unknown
+                              ? "the bearer token is not known"
+                              : "authentication required: send \"Authorization: Bearer <token>\"");
         break;
     case NS_EFORBIDDEN:
-        nsd_respond_error(req, NS_EFORBIDDEN, "the bearer token is not accepted");
+        respond_forbidden(req);
         break;
     case NS_EINVAL:
-        nsd_respond_detail(req, NS_EINVAL, &req->pending_detail);
+    case NS_ECONNS:
+    case NS_EMEMORY:
+        nsd_respond_detail(req, req->pending_error, &req->pending_detail);
         break;
     case NS_ETOOLARGE:
         snprintf(msg, sizeof(msg), "request body larger than %llu bytes (--max-body)",
@@ -425,6 +484,22 @@ static int write_gate(nsd_request_t *req, const char **msg)
     return 0;
 }
 
+/* A relay serves reports, its probes and metrics; runs and statistics live upstream.
+ * @return 0 or the code to answer with (message in msg). */
+static int relay_gate(nsd_request_t *req, const char **msg)
+{
+    static const char *const served[] = {"batches", "sync",    "livez",   "healthz",
+                                         "readyz",  "metrics", "version", NULL};
+    if (req->server->relay == NULL)
+        return 0;
+    for (size_t i = 0; served[i] != NULL; i++)
+        if (strcmp(req->route->label, served[i]) == 0)
+            return 0;
+    *msg = "this normstatd is a relay (--upstream): it serves /batches, /sync, /metrics and the "
+           "probes; ask its upstream for runs and statistics";
+    return NS_ENOTFOUND;
+}
+
 /* After a handler returned: suspend a deferred request unless it was already woken. */
 static void after_handler(nsd_request_t *req)
 {
@@ -449,6 +524,7 @@ static void after_handler(nsd_request_t *req)
 
 static void request_free(nsd_request_t *req)
 {
+    nsd_request_release(req);
     ns_buf_free(&req->body);
     pthread_mutex_destroy(&req->wait_lock);
     free(req->query);
@@ -460,11 +536,14 @@ static void request_free(nsd_request_t *req)
 static void *on_uri(void *cls, const char *uri, struct MHD_Connection *conn)
 {
     nsd_server_t *srv = cls;
+    nsd_conn_t *link = nsd_conn_hook_record(conn);
+    nsd_conns_request_line(srv->conns, link);
     nsd_request_t *req = calloc(1, sizeof(*req));
     if (req == NULL)
         return NULL;
     req->server = srv;
     req->conn = conn;
+    req->link = link;
     pthread_mutex_init(&req->wait_lock, NULL);
     ns_buf_init(&req->body, srv->opts->max_body);
     if (nsd_target_record(req, uri) != 0) {
@@ -490,10 +569,14 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
         req->start_ns = nsd_now_ns();
         nsd_target_check_nul(req, url, version);
         atomic_fetch_add(&srv->in_flight, 1);
-        request_begin(req);
-        /* A body we will not read, or whose length is ambiguous, is refused
-         * at once; the connection closes. */
-        if (req->pending_error == NS_ETOOLARGE || req->close_after)
+        nsd_conn_hook_gate(req);
+        if (req->pending_error == 0)
+            request_begin(req);
+        /* A body we will not read, whose length is ambiguous, or on a
+         * reserved connection that may not carry it, is refused at once;
+         * the connection closes. */
+        if (req->pending_error == NS_ETOOLARGE || req->pending_error == NS_ECONNS ||
+            (req->close_after && req->pending_error != 0))
             respond_pending_error(req);
         return req->status < 0 ? MHD_NO : MHD_YES;
     }
@@ -502,6 +585,10 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
     if (*upload_data_size > 0) {
         size_t n = *upload_data_size;
         *upload_data_size = 0;
+        /* Past --body-timeout: close (the sweep would shut it down anyway). */
+        if (nsd_conns_overdue(srv->conns, req->link))
+            return MHD_NO;
+        nsd_count_body_bytes(1, n);
         if (req->responded)
             return MHD_YES;
         /* MHD accepts a response only before or after the body, so an error
@@ -509,7 +596,14 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
          * body is read and dropped, up to a bound past which the connection
          * is simply closed. */
         if (req->pending_error == 0 && req->route != NULL && req->route->body != NSD_BODY_NONE) {
-            int rc = ns_buf_append(&req->body, upload_data, n);
+            int rc = nsd_request_reserve_body(req, req->body.len + n);
+            if (rc != 0) {
+                req->pending_error = rc;
+                req->discarded = req->body.len + n;
+                ns_buf_free(&req->body);
+                return MHD_YES;
+            }
+            rc = ns_buf_append(&req->body, upload_data, n);
             if (rc != 0) {
                 req->pending_error = rc;
                 req->discarded = srv->opts->max_body;
@@ -526,6 +620,7 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
         }
         return MHD_YES;
     }
+    nsd_conns_body_done(srv->conns, req->link);
     if (req->responded)
         return MHD_YES;
     if (req->deferred) {
@@ -536,9 +631,13 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
         respond_pending_error(req);
     } else {
         const char *msg = NULL;
-        int gate = write_gate(req, &msg);
+        int gate = relay_gate(req, &msg);
+        gate = gate != 0 ? gate : write_gate(req, &msg);
         if (gate != 0)
             nsd_respond_error(req, gate, msg);
+        else if (req->route->body == NSD_BODY_JSON &&
+                 nsd_request_reserve_decoding(req, NS_DECODE_JSON_TREE) != 0)
+            nsd_respond_detail(req, NS_EMEMORY, &req->pending_detail);
         else
             req->route->handler(req);
     }
@@ -551,7 +650,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
 {
     nsd_server_t *srv = cls;
     nsd_request_t *req = *con_cls;
-    (void)conn;
+    nsd_conns_request_done(srv->conns, nsd_conn_hook_record(conn));
     if (req == NULL)
         return;
     if (!req->begun) {
@@ -608,27 +707,39 @@ int nsd_http_start(nsd_server_t *server, ns_error_detail_t *err)
     }
     unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
     flags |= MHD_is_feature_supported(MHD_FEATURE_EPOLL) == MHD_YES ? MHD_USE_EPOLL : MHD_USE_POLL;
+    flags |= nsd_tls_mhd_flags(server->tls);
     if (res->ai_family == AF_INET6)
         flags |= MHD_USE_IPv6;
     unsigned threads = (unsigned)server->opts->threads;
+    unsigned mhd_limit;
+    if (nsd_conn_hooks_setup(server, &mhd_limit) != 0) {
+        freeaddrinfo(res);
+        return ns_error_set(err, NS_ENOMEM, "", "out of memory");
+    }
+    /* MHD's own timeout only backs the idle deadline up (conns.c). */
+    unsigned idle_s = (unsigned)((server->opts->idle_timeout + 999) / 1000) + 1;
     /* One option and its values per line. */
     /* clang-format off */
     server->daemon = MHD_start_daemon(
-        flags, listen->port, NULL, NULL, on_access, server,
+        flags, listen->port, nsd_conn_hook_accept, server, on_access, server,
         /* First, so MHD's own start-up messages come through it too. */
         MHD_OPTION_EXTERNAL_LOGGER, mhd_logger, NULL,
         MHD_OPTION_SOCK_ADDR, res->ai_addr,
         MHD_OPTION_THREAD_POOL_SIZE, threads > 1 ? threads : 0u,
-        MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)CONNECTION_TIMEOUT_S,
+        MHD_OPTION_CONNECTION_TIMEOUT, idle_s,
+        MHD_OPTION_CONNECTION_LIMIT, mhd_limit,
+        MHD_OPTION_NOTIFY_CONNECTION, nsd_conn_hook_notify, server,
         MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)CONNECTION_MEMORY,
         MHD_OPTION_NOTIFY_COMPLETED, on_completed, server,
         MHD_OPTION_URI_LOG_CALLBACK, on_uri, server,
         MHD_OPTION_UNESCAPE_CALLBACK, nsd_target_unescape, NULL,
+        MHD_OPTION_ARRAY, nsd_tls_mhd_options(server->tls),
         MHD_OPTION_END);
     /* clang-format on */
     int family = res->ai_family;
     freeaddrinfo(res);
     if (server->daemon == NULL) {
+        nsd_conn_hooks_teardown(server);
         return ns_error_set(err, NS_EIO, "",
                             "cannot listen on %s:%u (in use, or not an address of this host)",
                             listen->host, (unsigned)listen->port);
@@ -664,4 +775,5 @@ void nsd_http_stop(nsd_server_t *server)
     if (server->listen_fd >= 0)
         close(server->listen_fd);
     server->listen_fd = -1;
+    nsd_conn_hooks_teardown(server);
 }

@@ -35,18 +35,25 @@ typedef struct nsd_registry_s nsd_registry_t;
 typedef struct nsd_coord_s nsd_coord_t;
 typedef struct nsd_store_s nsd_store_t;
 typedef struct nsd_auth_s nsd_auth_t;
+typedef struct nsd_tls_s nsd_tls_t;
+typedef struct nsd_conns_s nsd_conns_t;
+typedef struct nsd_conn_s nsd_conn_t;
+typedef struct nsd_relay_s nsd_relay_t;
 
 /* The daemon's shared state, created by main(). */
 typedef struct nsd_server_s {
     const nsd_options_t *opts;
     nsd_registry_t *registry;
-    nsd_store_t *store;     /* NULL with --no-persist */
-    const nsd_auth_t *auth; /* bearer token required; NULL: none */
+    nsd_store_t *store; /* NULL with --no-persist */
+    nsd_auth_t *auth;   /* bearer tokens required; NULL: none */
+    nsd_tls_t *tls;     /* HTTPS with --tls-cert; NULL: plain HTTP */
+    nsd_relay_t *relay; /* relay mode (--upstream): reports go there; NULL: none */
     struct MHD_Daemon *daemon;
-    int listen_fd;    /* after nsd_http_quiesce: the listening socket, closed at stop; -1 */
-    uint16_t port;    /* bound port (after nsd_http_start) */
-    char addr[300];   /* "HOST:PORT" as bound, for logs */
-    atomic_int ready; /* /readyz answers 200 */
+    int listen_fd;      /* after nsd_http_quiesce: the listening socket, closed at stop; -1 */
+    nsd_conns_t *conns; /* connection limits and deadlines (conns.h) */
+    uint16_t port;      /* bound port (after nsd_http_start) */
+    char addr[300];     /* "HOST:PORT" as bound, for logs */
+    atomic_int ready;   /* /readyz answers 200 */
     atomic_int shutting_down;
     atomic_long in_flight; /* requests begun and not yet completed */
 } nsd_server_t;
@@ -67,14 +74,19 @@ struct nsd_request_s {
     char *query;                              /* decoded query, owns params' strings */
     nsd_param_t params[NSD_QUERY_PARAMS_MAX]; /* the query parameters, in order */
     size_t n_params;
+    nsd_conn_t *link;                 /* the connection's record (conns.h), may be NULL */
     const char *target;               /* as on_uri got it: compared, never read later */
     size_t target_len;                /* its length then */
     int target_nul;                   /* a raw NUL byte cut the target short */
     int begun;                        /* first access call done: counted in in_flight */
     int close_after;                  /* answer with Connection: close (framing not trusted) */
     int pending_error;                /* error found before the handler could run */
+    int token_unknown;                /* 401: a well-formed token no table holds */
+    const char *scope_missing;        /* 403: "read", "write" or "admin" */
     ns_error_detail_t pending_detail; /* its message, when it has one */
     uint64_t discarded;               /* body bytes read and dropped */
+    uint64_t reserved;                /* of --max-memory, until completed (body_budget.c) */
+    uint64_t body_reserved;           /* of which for the body's buffer */
     char allow[64];                   /* Allow header of a 405 */
     int responded;
     int status;
@@ -100,7 +112,8 @@ void nsd_http_stop(nsd_server_t *server);
 
 /*! nsd_probe_run() :
  *  --probe [URL]: GET the URL (default /readyz on the --listen address,
- *  0.0.0.0 and :: probed through loopback) with a plain socket.
+ *  0.0.0.0 and :: probed through loopback; https when --tls-cert is set)
+ *  with its own socket; over https the certificate is not verified.
  *  @return the exit status: 0 if it answered 200, 1 otherwise, 2 for a
  *  malformed URL. */
 int nsd_probe_run(const nsd_options_t *opts);
@@ -125,6 +138,22 @@ ns_format_t nsd_request_answer_format(nsd_request_t *req);
  *  @return 0, or NS_EINVAL with 'err' naming the first unknown parameter. */
 int nsd_request_check_query(nsd_request_t *req, const char *const allowed[],
                             ns_error_detail_t *err);
+
+/*! nsd_request_reserve() :
+ *  Count 'bytes' against --max-memory until the request completes.
+ *  @return 0, or NS_EMEMORY with req->pending_detail saying that 'what'
+ *  ("decoding this 100-byte body") does not fit (body_budget.c). */
+int nsd_request_reserve(nsd_request_t *req, uint64_t bytes, const char *what);
+
+/*! nsd_request_reserve_body() : the body's buffer holds 'total' bytes. */
+int nsd_request_reserve_body(nsd_request_t *req, uint64_t total);
+
+/*! nsd_request_reserve_decoding() : what decoding the body as 'kind' may
+ *  allocate (ns_decode_bound()), before it is decoded. */
+int nsd_request_reserve_decoding(nsd_request_t *req, ns_decode_kind_t kind);
+
+/*! nsd_request_release() : give back every reservation (at completion). */
+void nsd_request_release(nsd_request_t *req);
 
 /*! nsd_request_defer() :
  *  The handler will answer later: after it returns, the connection is
@@ -160,5 +189,11 @@ void nsd_respond_durable(nsd_request_t *req, int status, json_t *body);
 /*! nsd_respond_detail() : nsd_respond_error() from a filled detail; a detail
  *  without a message uses 'code'. */
 void nsd_respond_detail(nsd_request_t *req, int code, const ns_error_detail_t *err);
+
+/*! nsd_respond_static() :
+ *  Answer 'status' with data[0..len) (static, never freed, may be empty) and
+ *  the extra headers in 'headers': name, value, ..., NULL (may be NULL). */
+void nsd_respond_static(nsd_request_t *req, int status, const char *content_type, const void *data,
+                        size_t len, const char *const headers[]);
 
 #endif

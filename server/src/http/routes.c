@@ -8,8 +8,15 @@
 static const char *const stats_query[] = {"source",   "domain", "mixture", "layers",
                                           "variance", "format", NULL};
 
+/* GET /v1/runs/{run}/drift and /history. */
+static const char *const drift_query[] = {"domain", NULL};
+static const char *const history_query[] = {"layer", "domain", "channel", NULL};
+
+/* GET /v1/runs: pages of the list. */
+static const char *const runs_query[] = {"limit", "after", NULL};
+
 static const nsd_route_t table[] = {
-    {"GET", "/v1/runs", nsd_h_runs_list, "runs_list", NSD_BODY_NONE, NULL},
+    {"GET", "/v1/runs", nsd_h_runs_list, "runs_list", NSD_BODY_NONE, runs_query},
     {"PUT", "/v1/runs/{run}", nsd_h_run_put, "run_put", NSD_BODY_JSON, NULL},
     {"GET", "/v1/runs/{run}", nsd_h_run_get, "run_get", NSD_BODY_NONE, NULL},
     {"DELETE", "/v1/runs/{run}", nsd_h_run_delete, "run_delete", NSD_BODY_NONE, NULL},
@@ -17,6 +24,8 @@ static const nsd_route_t table[] = {
     {"POST", "/v1/runs/{run}/sync", nsd_h_sync, "sync", NSD_BODY_REPORT, NULL},
     {"POST", "/v1/runs/{run}/grad", nsd_h_grad, "grad", NSD_BODY_REPORT, NULL},
     {"GET", "/v1/runs/{run}/stats", nsd_h_stats, "stats", NSD_BODY_NONE, stats_query},
+    {"GET", "/v1/runs/{run}/drift", nsd_h_drift, "drift", NSD_BODY_NONE, drift_query},
+    {"GET", "/v1/runs/{run}/history", nsd_h_history, "history", NSD_BODY_NONE, history_query},
     {"POST", "/v1/runs/{run}/precise/reset", nsd_h_precise_reset, "precise_reset", NSD_BODY_JSON,
      NULL},
     {"GET", "/v1/runs/{run}/checkpoint", nsd_h_checkpoint_get, "checkpoint_get", NSD_BODY_NONE,
@@ -28,6 +37,11 @@ static const nsd_route_t table[] = {
     {"GET", "/readyz", nsd_h_readyz, "readyz", NSD_BODY_NONE, NULL},
     {"GET", "/metrics", nsd_h_metrics, "metrics", NSD_BODY_NONE, NULL},
     {"GET", "/v1/version", nsd_h_version, "version", NSD_BODY_NONE, NULL},
+    {"GET", "/", nsd_h_ui_redirect, "ui_root", NSD_BODY_NONE, NULL},
+    {"GET", "/ui", nsd_h_ui_redirect, "ui_redirect", NSD_BODY_NONE, NULL},
+    {"GET", "/ui/", nsd_h_ui_asset, "ui_page", NSD_BODY_NONE, NULL},
+    {"GET", "/ui/dashboard.js", nsd_h_ui_asset, "ui_script", NSD_BODY_NONE, NULL},
+    {"GET", "/ui/dashboard.css", nsd_h_ui_asset, "ui_style", NSD_BODY_NONE, NULL},
 };
 #define N_ROUTES (sizeof(table) / sizeof(table[0]))
 

@@ -91,6 +91,8 @@ void nsd_h_batches(nsd_request_t *req);
 void nsd_h_sync(nsd_request_t *req);
 void nsd_h_grad(nsd_request_t *req);
 void nsd_h_stats(nsd_request_t *req);
+void nsd_h_drift(nsd_request_t *req);
+void nsd_h_history(nsd_request_t *req);
 void nsd_h_precise_reset(nsd_request_t *req);
 void nsd_h_checkpoint_get(nsd_request_t *req);
 void nsd_h_checkpoint_put(nsd_request_t *req);
@@ -98,5 +100,7 @@ void nsd_h_livez(nsd_request_t *req);
 void nsd_h_readyz(nsd_request_t *req);
 void nsd_h_version(nsd_request_t *req);
 void nsd_h_metrics(nsd_request_t *req);
+void nsd_h_ui_redirect(nsd_request_t *req);
+void nsd_h_ui_asset(nsd_request_t *req);
 
 #endif

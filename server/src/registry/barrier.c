@@ -8,7 +8,7 @@
 #include <normstat/core.h>
 
 /* Accounted memory of a pending step without its arrival arrays. */
-static size_t pending_bytes(uint32_t world_size)
+size_t nsd_pending_bytes(uint32_t world_size)
 {
     return sizeof(nsd_pending_t) + (size_t)world_size * sizeof(nsd_arrival_t);
 }
@@ -28,7 +28,7 @@ nsd_pending_t *nsd_pending_create(uint64_t step, uint32_t world_size, unsigned u
     p->world_size = world_size;
     p->update = update;
     p->created_ms = now_ms;
-    p->bytes = pending_bytes(world_size);
+    p->bytes = nsd_pending_bytes(world_size);
     return p;
 }
 
@@ -39,6 +39,8 @@ void nsd_pending_free(nsd_pending_t *p)
     for (uint32_t w = 0; w < p->world_size; w++) {
         free(p->arrivals[w].mean);
         free(p->arrivals[w].var);
+        free(p->arrivals[w].mean64);
+        free(p->arrivals[w].var64);
     }
     free(p->arrivals);
     free(p->waiters);
@@ -72,6 +74,8 @@ static int combine(const nsd_pending_t *p, uint32_t domain, size_t channels, int
         scratch[k].n = a->n;
         scratch[k].mean = a->mean;
         scratch[k].var = a->var;
+        scratch[k].mean64 = a->mean64;
+        scratch[k].var64 = a->var64;
         k++;
     }
     if (channels == 0) {

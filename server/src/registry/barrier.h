@@ -36,6 +36,8 @@ typedef struct nsd_arrival_s {
     uint64_t n;
     float *mean; /* [channels] or NULL (n == 0 without arrays) */
     float *var;
+    double *mean64; /* [channels] or NULL: the arrays as sent in F64 (a relay's node) */
+    double *var64;
 } nsd_arrival_t;
 
 /* A /sync request waiting for the steps of its report's layers. */
@@ -67,6 +69,9 @@ typedef struct nsd_pending_s {
     nsd_waitref_t *waiters;
     size_t n_waiters, cap_waiters;
 } nsd_pending_t;
+
+/*! nsd_pending_bytes() : what nsd_pending_create() counts for 'world_size'. */
+size_t nsd_pending_bytes(uint32_t world_size);
 
 /*! nsd_pending_create() :
  *  An empty pending step for 'world_size' ranks. @return NULL when out of memory. */

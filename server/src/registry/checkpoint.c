@@ -78,9 +78,8 @@ static json_t *layer_json(const nsd_run_state_t *st, const nsd_layer_t *l)
                      "pooled", pooled, "last", last, "domains", doms);
 }
 
-json_t *nsd_checkpoint_export(const nsd_run_t *run)
+static json_t *export_state(const char *name, const nsd_run_state_t *st)
 {
-    const nsd_run_state_t *st = &run->st;
     json_t *domains = json_array(), *layers = json_object();
     int ok = domains && layers;
     for (size_t d = 0; ok && d < st->n_domains; d++)
@@ -97,10 +96,116 @@ json_t *nsd_checkpoint_export(const nsd_run_t *run)
         return NULL;
     }
     return json_pack("{s:s, s:i, s:s, s:o, s:I, s:I, s:o, s:o}", "format", "normstat-checkpoint",
-                     "version", NSD_CHECKPOINT_VERSION, "run", run->name, "config",
+                     "version", NSD_CHECKPOINT_VERSION, "run", name, "config",
                      nsd_run_config_json(&st->cfg), "skipped_steps", (json_int_t)st->skipped_steps,
                      "precise_generation", (json_int_t)st->precise_generation, "domains", domains,
                      "layers", layers);
+}
+
+json_t *nsd_checkpoint_export(const nsd_run_t *run)
+{
+    return export_state(run->name, &run->st);
+}
+
+/* ---------------------------------------------------------------- copy */
+
+/* What export reads of a run, copied: configuration, domains, and per
+ * layer its scalars, last statistics and population states (no pending or
+ * held steps, no workers). */
+struct nsd_checkpoint_copy_s {
+    char name[NS_NAME_MAX + 1];
+    nsd_run_state_t st;
+};
+
+static void copy_layer_free(nsd_layer_t *l)
+{
+    if (l == NULL)
+        return;
+    for (size_t d = 0; d < l->cap_pops; d++)
+        nsd_pop_free(l->pops[d]);
+    free(l->pops);
+    nsd_pop_free(l->pooled);
+    free(l->last_mean);
+    free(l);
+}
+
+void nsd_checkpoint_copy_free(nsd_checkpoint_copy_t *copy)
+{
+    if (copy == NULL)
+        return;
+    for (size_t i = 0; i < copy->st.n_layers; i++)
+        copy_layer_free(copy->st.layers[i]);
+    free(copy->st.layers);
+    free(copy->st.domains);
+    free(copy->st.domain_gen);
+    free(copy);
+}
+
+static nsd_layer_t *copy_layer(const nsd_layer_t *src)
+{
+    size_t c = src->channels;
+    nsd_layer_t *l = calloc(1, sizeof(*l));
+    if (l == NULL)
+        return NULL;
+    memcpy(l->name, src->name, sizeof(l->name));
+    l->channels = c;
+    l->max_closed = src->max_closed;
+    l->last_applied = src->last_applied;
+    l->has_last = src->has_last && src->last_mean != NULL;
+    l->last_step = src->last_step;
+    l->last_count = src->last_count;
+    int ok = 1;
+    if (l->has_last && c > 0 && (ok = (l->last_mean = malloc(2 * c * sizeof(double))) != NULL))
+        memcpy(l->last_mean, src->last_mean, 2 * c * sizeof(double));
+    if (ok && src->pooled != NULL)
+        ok = (l->pooled = nsd_pop_clone(src->pooled, c)) != NULL;
+    if (ok && src->cap_pops > 0 &&
+        (ok = (l->pops = calloc(src->cap_pops, sizeof(*l->pops))) != NULL))
+        l->cap_pops = src->cap_pops;
+    for (size_t d = 0; ok && d < src->cap_pops; d++)
+        if (src->pops[d] != NULL)
+            ok = (l->pops[d] = nsd_pop_clone(src->pops[d], c)) != NULL;
+    if (!ok) {
+        copy_layer_free(l);
+        return NULL;
+    }
+    return l;
+}
+
+nsd_checkpoint_copy_t *nsd_checkpoint_copy(const nsd_run_t *run)
+{
+    const nsd_run_state_t *src = &run->st;
+    nsd_checkpoint_copy_t *copy = calloc(1, sizeof(*copy));
+    if (copy == NULL)
+        return NULL;
+    memcpy(copy->name, run->name, sizeof(copy->name));
+    nsd_run_state_t *st = &copy->st;
+    st->cfg = src->cfg;
+    st->skipped_steps = src->skipped_steps;
+    st->precise_generation = src->precise_generation;
+    size_t nd = src->n_domains, nl = src->n_layers;
+    st->domains = malloc((nd ? nd : 1) * sizeof(*st->domains));
+    st->domain_gen = malloc((nd ? nd : 1) * sizeof(*st->domain_gen));
+    st->layers = calloc(nl ? nl : 1, sizeof(*st->layers));
+    int ok = st->domains != NULL && st->domain_gen != NULL && st->layers != NULL;
+    if (ok && nd > 0) {
+        memcpy(st->domains, src->domains, nd * sizeof(*st->domains));
+        memcpy(st->domain_gen, src->domain_gen, nd * sizeof(*st->domain_gen));
+        st->n_domains = st->cap_domains = nd;
+    }
+    for (size_t i = 0; ok && i < nl; i++, st->n_layers = i)
+        ok = (st->layers[i] = copy_layer(src->layers[i])) != NULL;
+    if (!ok) {
+        nsd_checkpoint_copy_free(copy);
+        return NULL;
+    }
+    st->cap_layers = nl;
+    return copy;
+}
+
+json_t *nsd_checkpoint_export_copy(const nsd_checkpoint_copy_t *copy)
+{
+    return export_state(copy->name, &copy->st);
 }
 
 /* ---------------------------------------------------------------- import */

@@ -34,6 +34,27 @@
 /*! nsd_checkpoint_export() : @return a new reference, or NULL when out of memory. */
 json_t *nsd_checkpoint_export(const nsd_run_t *run);
 
+/*! nsd_checkpoint_write() :
+ *  The same document as nsd_checkpoint_export(), appended to 'dst' as
+ *  compact JSON text without building a tree (checkpoint_write.c).
+ *  @return 0, or the error of the buffer (NS_ENOMEM, NS_ETOOLARGE). */
+int nsd_checkpoint_write(const nsd_run_t *run, ns_buf_t *dst);
+
+/* A copy of what an export reads of a run, made under the run's lock and
+ * exported without it (the store's snapshots: the lock is held for copies,
+ * not for building JSON). */
+typedef struct nsd_checkpoint_copy_s nsd_checkpoint_copy_t;
+
+/*! nsd_checkpoint_copy() : the run's lock held. @return NULL when out of memory. */
+nsd_checkpoint_copy_t *nsd_checkpoint_copy(const nsd_run_t *run);
+
+/*! nsd_checkpoint_export_copy() : what nsd_checkpoint_export() gave when the
+ *  copy was made; no lock needed. @return a new reference, or NULL. */
+json_t *nsd_checkpoint_export_copy(const nsd_checkpoint_copy_t *copy);
+
+/*! nsd_checkpoint_copy_free() : accepts NULL. */
+void nsd_checkpoint_copy_free(nsd_checkpoint_copy_t *copy);
+
 /*! nsd_checkpoint_parse() :
  *  Parse and fully validate a checkpoint into a fresh state 'dst' (no
  *  pending steps; dst->memory set, but not reserved in any context).

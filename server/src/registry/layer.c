@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "base/array.h"
+#include "drift.h"
 
 /* Index of the pending step 'step' in the layer, or where it would go. */
 size_t nsd_layer_pending_pos(const nsd_layer_t *l, uint64_t step, int *found)
@@ -158,8 +159,40 @@ static void fill_waiters(nsd_ctx_t *ctx, nsd_outbox_t *box, nsd_pending_t *p, co
     p->n_waiters = 0;
 }
 
+static void apply_separately(nsd_run_t *run, nsd_layer_t *l, const nsd_step_t *f);
+
 /* Apply one finalized step to the layer's population state. */
 static void apply_final(nsd_run_t *run, nsd_layer_t *l, const nsd_step_t *f)
+{
+    nsd_ctx_t *ctx = run->ctx;
+    size_t c = f->channels;
+    double momentum = run->st.cfg.momentum;
+    const nsd_step_domain_t *one = f->n_domains == 1 ? &f->domains[0] : NULL;
+    nsd_pop_t *pop1 = one != NULL && one->index < l->cap_pops ? l->pops[one->index] : NULL;
+    if (c > 0 && pop1 != NULL && l->pooled != NULL && nsd_step_shares_pooled(f, one) &&
+        one->count == f->count) {
+        /* One domain, the pooled arrays: both populations in one pass. */
+        int pooled_changed = 0;
+        nsd_pop_apply_with_pooled(pop1, l->pooled, c, f->update, one->count, one->mean, one->var,
+                                  momentum, f->step, &pooled_changed);
+        if ((f->update & NS_UPDATE_EMA) && pooled_changed != 1) {
+            atomic_fetch_add(&run->st.skipped_steps, 1);
+            atomic_fetch_add(&ctx->steps_skipped, 1);
+        }
+    } else {
+        apply_separately(run, l, f);
+    }
+    if (f->update & NS_UPDATE_PRECISE)
+        l->precise_due -= f->count <= l->precise_due ? f->count : l->precise_due;
+    nsd_layer_history_note(run, l, f);
+    l->last_applied = (int64_t)f->step;
+    atomic_fetch_add(&ctx->steps_applied, 1);
+    atomic_fetch_add(&run->steps_applied, 1);
+}
+
+/* apply_final() of a step with several domains (or none sharing the pooled
+ * arrays): each domain, then the pooled EMA. */
+static void apply_separately(nsd_run_t *run, nsd_layer_t *l, const nsd_step_t *f)
 {
     nsd_ctx_t *ctx = run->ctx;
     size_t c = f->channels;
@@ -182,10 +215,6 @@ static void apply_final(nsd_run_t *run, nsd_layer_t *l, const nsd_step_t *f)
             atomic_fetch_add(&ctx->steps_skipped, 1);
         }
     }
-    if (f->update & NS_UPDATE_PRECISE)
-        l->precise_due -= f->count <= l->precise_due ? f->count : l->precise_due;
-    l->last_applied = (int64_t)f->step;
-    atomic_fetch_add(&ctx->steps_applied, 1);
 }
 
 /* Apply finalized steps in step order while they are below 'bound' (the

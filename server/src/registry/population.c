@@ -39,8 +39,20 @@ nsd_pop_t *nsd_pop_create(size_t channels, uint64_t generation)
     pop->precise_step = -1;
     pop->last_step = -1;
     pop->last_count = 0;
+    pop->history = NULL;
     memset(pop->last_mean, 0, 2 * channels * sizeof(double));
     return pop;
+}
+
+nsd_pop_t *nsd_pop_clone(const nsd_pop_t *pop, size_t channels)
+{
+    nsd_pop_t *dst = malloc(nsd_pop_bytes(channels));
+    if (dst == NULL)
+        return NULL;
+    memcpy(dst, pop, nsd_pop_bytes(channels));
+    bind_arrays(dst, channels);
+    dst->history = NULL; /* the ring stays with 'pop': a copy freed must not free it */
+    return dst;
 }
 
 void nsd_pop_set_last(nsd_pop_t *pop, size_t channels, uint64_t step, uint64_t count,
@@ -56,6 +68,8 @@ void nsd_pop_set_last(nsd_pop_t *pop, size_t channels, uint64_t step, uint64_t c
 
 void nsd_pop_free(nsd_pop_t *pop)
 {
+    if (pop != NULL)
+        nsd_history_free(pop->history);
     free(pop);
 }
 
@@ -77,6 +91,32 @@ int nsd_pop_apply(nsd_pop_t *pop, size_t channels, unsigned update, uint64_t n, 
         pop->precise_step = (int64_t)step;
     }
     return changed;
+}
+
+int nsd_pop_apply_with_pooled(nsd_pop_t *pop, nsd_pop_t *pooled, size_t channels, unsigned update,
+                              uint64_t n, const double *mean, const double *var, double momentum,
+                              uint64_t step, int *pooled_changed)
+{
+    ns_ema_t *ema[NS_STEP_EMA_MAX];
+    size_t n_ema = 0;
+    if (update & NS_UPDATE_EMA) {
+        ema[n_ema++] = &pop->ema;
+        ema[n_ema++] = &pooled->ema;
+    }
+    int precise = (update & NS_UPDATE_PRECISE) && n > 0;
+    int applied[NS_STEP_EMA_MAX] = {0, 0};
+    int rc = ns_step_update(ema, n_ema, precise ? &pop->precise : NULL, channels, n, mean, var,
+                            momentum, applied);
+    if (rc < 0)
+        return rc;
+    if (applied[0])
+        pop->ema_step = (int64_t)step;
+    if (applied[1])
+        pooled->ema_step = (int64_t)step;
+    if (precise)
+        pop->precise_step = (int64_t)step;
+    *pooled_changed = applied[1];
+    return applied[0];
 }
 
 void nsd_pop_precise_reset(nsd_pop_t *pop, size_t channels, uint64_t generation)

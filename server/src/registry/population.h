@@ -10,6 +10,8 @@
 
 #include <normstat/core.h>
 
+#include "history.h"
+
 typedef struct nsd_pop_s {
     ns_ema_t ema;         /* arrays point into data[] (zero-start arrays always kept) */
     ns_precise_t precise; /* current generation; arrays point into data[] */
@@ -19,6 +21,7 @@ typedef struct nsd_pop_s {
     int64_t last_step;    /* highest finalized step with arrivals of this domain, -1 if none */
     uint64_t last_count;  /* that step's combined count of this domain */
     double *last_mean;    /* [2 * channels] into data[]: its mean, then biased var */
+    nsd_history_t *history; /* last applied steps (history.h); NULL until the first */
     double data[];        /* 8 * channels */
 } nsd_pop_t;
 
@@ -30,7 +33,11 @@ size_t nsd_pop_bytes(size_t channels);
  *  @return NULL when out of memory. */
 nsd_pop_t *nsd_pop_create(size_t channels, uint64_t generation);
 
-/*! nsd_pop_free() : accepts NULL. */
+/*! nsd_pop_clone() : a copy of 'pop' with its own arrays and no history (the
+ *  statistics a snapshot reads); NULL when out of memory. */
+nsd_pop_t *nsd_pop_clone(const nsd_pop_t *pop, size_t channels);
+
+/*! nsd_pop_free() : accepts NULL; frees its history too. */
 void nsd_pop_free(nsd_pop_t *pop);
 
 /*! nsd_pop_apply() :
@@ -41,6 +48,16 @@ void nsd_pop_free(nsd_pop_t *pop);
  *  NS_EINVAL from libnscore. */
 int nsd_pop_apply(nsd_pop_t *pop, size_t channels, unsigned update, uint64_t n, const double *mean,
                   const double *var, double momentum, uint64_t step);
+
+/*! nsd_pop_apply_with_pooled() :
+ *  nsd_pop_apply() of 'pop' and, with NS_UPDATE_EMA, of the layer's pooled
+ *  EMA 'pooled' (NS_UPDATE_EMA only) from the same statistics, in one pass
+ *  over the channels (a step whose arrivals are all of one domain: the
+ *  domain's combination is the pooled one). The same bits as the two calls.
+ *  @return as nsd_pop_apply() for 'pop'; *pooled_changed as it for 'pooled'. */
+int nsd_pop_apply_with_pooled(nsd_pop_t *pop, nsd_pop_t *pooled, size_t channels,
+                              unsigned update, uint64_t n, const double *mean, const double *var,
+                              double momentum, uint64_t step, int *pooled_changed);
 
 /*! nsd_pop_set_last() :
  *  Keep a finalized step's combination of this domain as its last

@@ -108,6 +108,15 @@ void nsd_sync_result_free(nsd_sync_result_t *res)
 
 /* ---------------------------------------------------------------- runs */
 
+/* The error of a run that could not be created: over the budget, or out of memory. */
+static int budget_error(nsd_registry_t *reg, int why, ns_error_detail_t *err)
+{
+    if (why == NS_EMEMORY)
+        return ns_error_set(err, NS_EMEMORY, "", "memory budget of %llu bytes exceeded",
+                            (unsigned long long)reg->ctx.limits.max_memory);
+    return ns_error_set(err, NS_ENOMEM, "", "out of memory");
+}
+
 /* Apply 'cfg' to the run 'name', creating it if the map has none.
  * @return 0, an error code, or 1 when the run found was deleted before its
  * lock was taken (the caller looks again). */
@@ -137,9 +146,10 @@ static int put_once(nsd_registry_t *reg, const char *name, const ns_run_config_t
     }
     ns_run_config_t defaults;
     ns_run_config_defaults(&defaults);
-    run = nsd_run_create(&reg->ctx, name, &defaults);
+    int why;
+    run = nsd_run_create(&reg->ctx, name, &defaults, &why);
     if (run == NULL) {
-        rc = ns_error_set(err, NS_ENOMEM, "", "out of memory");
+        rc = budget_error(reg, why, err);
     } else {
         rc = nsd_run_config_apply(run, cfg, err, box);
         if (rc == 0)
@@ -217,10 +227,11 @@ int nsd_registry_delete_run(nsd_registry_t *reg, const char *name, ns_error_deta
     return 0;
 }
 
-json_t *nsd_registry_list_json(nsd_registry_t *reg)
+json_t *nsd_registry_list_json(nsd_registry_t *reg, const char *after, size_t limit)
 {
     size_t n;
-    nsd_run_t **runs = nsd_registry_map_snapshot(reg, &n);
+    int more;
+    nsd_run_t **runs = nsd_registry_map_page(reg, after, limit, &n, &more);
     json_t *arr = json_array();
     if (runs == NULL || arr == NULL) {
         json_decref(arr);
@@ -239,8 +250,14 @@ json_t *nsd_registry_list_json(nsd_registry_t *reg)
         if (s != NULL)
             json_array_append_new(arr, s);
     }
+    const char *next = more && n > 0 ? runs[n - 1]->name : NULL;
+    json_t *list = json_pack("{s:o}", "runs", arr);
+    if (list != NULL && next != NULL && json_object_set_new(list, "next", json_string(next)) != 0) {
+        json_decref(list);
+        list = NULL;
+    }
     nsd_registry_runs_free(runs, n);
-    return json_pack("{s:o}", "runs", arr);
+    return list;
 }
 
 json_t *nsd_registry_run_json(nsd_registry_t *reg, const char *name, uint64_t now_ms,
@@ -315,11 +332,12 @@ static int report_new_run(nsd_registry_t *reg, const char *name, ns_report_t *re
         }
         cfg.world_size = (uint32_t)report->world_size;
     }
+    int why = NS_ENOMEM;
     nsd_run_t *run =
-        nsd_registry_map_reserve(reg) == 0 ? nsd_run_create(&reg->ctx, name, &cfg) : NULL;
+        nsd_registry_map_reserve(reg) == 0 ? nsd_run_create(&reg->ctx, name, &cfg, &why) : NULL;
     if (run == NULL) {
         pthread_rwlock_unlock(&reg->map_lock);
-        return ns_error_set(err, NS_ENOMEM, "", "out of memory");
+        return budget_error(reg, why, err);
     }
     /* Under the map lock nothing else can reach the run: exclusively, the
      * report logs the run's creation before its domain and steps. */
@@ -501,6 +519,24 @@ json_t *nsd_registry_checkpoint_export(nsd_registry_t *reg, const char *name,
     return j;
 }
 
+int nsd_registry_checkpoint_text(nsd_registry_t *reg, const char *name, ns_buf_t *dst,
+                                 ns_error_detail_t *err)
+{
+    int rc;
+    nsd_run_t *run = nsd_registry_lock_run(reg, name, 0, &rc, err);
+    if (run == NULL)
+        return rc;
+    nsd_run_lock_layers(run);
+    rc = nsd_checkpoint_write(run, dst);
+    nsd_run_unlock_layers(run);
+    nsd_registry_unlock_run(run);
+    if (rc != 0) {
+        ns_buf_free(dst);
+        return ns_error_set(err, rc, "", "out of memory");
+    }
+    return 0;
+}
+
 int nsd_registry_checkpoint_import(nsd_registry_t *reg, const char *name, const char *src,
                                    size_t src_len, ns_error_detail_t *err)
 {
@@ -530,12 +566,13 @@ int nsd_registry_checkpoint_import(nsd_registry_t *reg, const char *name, const 
         run = reg->runs[pos];
         nsd_run_ref(run);
     } else {
-        run = nsd_run_create(&reg->ctx, name, &st.cfg);
+        int why = NS_ENOMEM;
+        run = nsd_run_create(&reg->ctx, name, &st.cfg, &why);
         if (run == NULL || nsd_registry_map_insert(reg, run, pos) != 0) {
             pthread_rwlock_unlock(&reg->map_lock);
             nsd_run_unref(run);
             nsd_run_state_clear(&reg->ctx, &st, 0, NULL);
-            return ns_error_set(err, NS_ENOMEM, "", "out of memory");
+            return budget_error(reg, run == NULL ? why : NS_ENOMEM, err);
         }
         nsd_run_ref(run);
         created = 1;
@@ -624,4 +661,20 @@ void nsd_registry_counters(nsd_registry_t *reg, nsd_counters_t *dst)
     dst->sync_waiters = atomic_load(&c->sync_waiters);
     dst->runs = atomic_load(&c->runs);
     dst->memory_bytes = atomic_load(&c->memory);
+}
+
+int nsd_registry_mem_reserve(nsd_registry_t *reg, uint64_t bytes)
+{
+    return nsd_mem_reserve(&reg->ctx, bytes);
+}
+
+void nsd_registry_mem_release(nsd_registry_t *reg, uint64_t bytes)
+{
+    nsd_mem_release(&reg->ctx, bytes);
+}
+
+uint64_t nsd_registry_mem_free(nsd_registry_t *reg)
+{
+    uint64_t max = reg->ctx.limits.max_memory, used = atomic_load(&reg->ctx.memory);
+    return max == 0 ? UINT64_MAX : used >= max ? 0 : max - used;
 }

@@ -94,8 +94,10 @@ int nsd_registry_delete_run(nsd_registry_t *reg, const char *run, ns_error_detai
 /*! nsd_registry_list_json() :
  *  GET /v1/runs: {"runs": [{"run", "world_size", "layers", "domains",
  *  "pending_steps", "step" (max applied, -1 none), "memory_bytes"}, ...]}
- *  sorted by name. @return a new reference, or NULL when out of memory. */
-json_t *nsd_registry_list_json(nsd_registry_t *reg);
+ *  sorted by name: the first 'limit' (0: all) whose name sorts after
+ *  'after' (NULL: from the first), and "next" (the last name listed) when
+ *  more follow. @return a new reference, or NULL when out of memory. */
+json_t *nsd_registry_list_json(nsd_registry_t *reg, const char *after, size_t limit);
 
 /*! nsd_registry_run_json() :
  *  GET /v1/runs/{run}: {"run", "config": {"world_size", "momentum" (null =
@@ -187,6 +189,33 @@ int nsd_registry_stats(nsd_registry_t *reg, const char *run, const nsd_stats_que
 /*! nsd_stats_free() : accepts NULL. */
 void nsd_stats_free(nsd_stats_t *stats);
 
+/*! nsd_registry_drift_json() :
+ *  GET /v1/runs/{run}/drift: {"run", "history_steps", "layers": [{"layer",
+ *  "domain" ("*" pooled), "channels", "last_step" (the EMA's, null before
+ *  one), "num_batches_tracked", "precise_batches", "drift": {"mean_avg",
+ *  "mean_max", "mean_max_channel", "var_avg", "var_max", "var_max_channel"}
+ *  or null while PreciseBN has fewer than 2 samples}] worst first (larger
+ *  mean_max, null last, then layer name, domain order, pooled last),
+ *  "worst": {"layer", "domain", "mean_max"} or null}. 'domain' NULL: every
+ *  domain's rows, and pooled rows when the run has several; "*": the
+ *  pooled rows; a name: that domain's rows (drift.h defines the drift).
+ *  @return a new reference; NULL with NS_ENOTFOUND (run, domain), NS_EINVAL
+ *  (domain name) or NS_ENOMEM. */
+json_t *nsd_registry_drift_json(nsd_registry_t *reg, const char *run, const char *domain,
+                                ns_error_detail_t *err);
+
+/*! nsd_registry_history_json() :
+ *  GET /v1/runs/{run}/history: {"run", "layer", "domain", "channel",
+ *  "channels", "steps": [{"step", "count", "batch_mean", "batch_var"
+ *  (biased), "ema_mean", "ema_var" (as served), "drift" (as above)}] oldest
+ *  first, at most --history-steps, "population": {"mean", "var"
+ *  (unbiased), "num_batches"} of PreciseBN now, or null}. 'domain' NULL or
+ *  "*": the pooled row. 'channel' < 0: channel 0.
+ *  @return a new reference; NULL with NS_ENOTFOUND (run, layer, domain),
+ *  NS_EINVAL (channel out of range, domain name) or NS_ENOMEM. */
+json_t *nsd_registry_history_json(nsd_registry_t *reg, const char *run, const char *layer,
+                                  const char *domain, int64_t channel, ns_error_detail_t *err);
+
 /*! nsd_registry_precise_reset() :
  *  Start a new PreciseBN generation for every domain (domain NULL or "*") or
  *  one domain (created if the run has not seen it yet: the replay of a
@@ -217,6 +246,13 @@ int nsd_registry_precise_reset_known(nsd_registry_t *reg, const char *run, const
 json_t *nsd_registry_checkpoint_export(nsd_registry_t *reg, const char *run,
                                        ns_error_detail_t *err);
 
+/*! nsd_registry_checkpoint_text() :
+ *  nsd_registry_checkpoint_export() as compact JSON text in 'dst' (an
+ *  initialized buffer), written without a tree: its memory is the text's.
+ *  @return 0; NS_ENOTFOUND; NS_ENOMEM or NS_ETOOLARGE ('dst' freed). */
+int nsd_registry_checkpoint_text(nsd_registry_t *reg, const char *run, ns_buf_t *dst,
+                                 ns_error_detail_t *err);
+
 /*! nsd_registry_checkpoint_import() :
  *  Parse and fully validate a checkpoint (NS_EINVAL naming the field), then
  *  replace the run's state atomically, creating the run if needed. Pending
@@ -244,10 +280,13 @@ void nsd_registry_shutdown(nsd_registry_t *reg);
 /* ---------------------------------------------------------------- persistence */
 
 /*! nsd_registry_snapshot() :
- *  Under the run's lock, call the run_snapshot hook with the run's exported
- *  state, then step_finalized for each finalized step still waiting for an
- *  earlier pending one (the export leaves those out), so a store that keeps
- *  the snapshot and drops its log of the run before it loses nothing.
+ *  Under the run's lock shared and every layer's lock, call the
+ *  run_snapshot hook with the run's exported state, then step_finalized for
+ *  each finalized step still waiting for an earlier pending one (the export
+ *  leaves those out), so a store that keeps the snapshot and drops its log
+ *  of the run before it loses nothing. With the snapshot_begin/_end hooks,
+ *  the locks are held only to copy the state and hand those steps to
+ *  snapshot_begin; the JSON is made after they are released.
  *  @return 0, NS_ENOTFOUND, NS_ENOMEM. */
 int nsd_registry_snapshot(nsd_registry_t *reg, const char *run, ns_error_detail_t *err);
 
@@ -275,7 +314,41 @@ size_t nsd_registry_replay_finish(nsd_registry_t *reg);
 
 /* ---------------------------------------------------------------- metrics */
 
+/*! nsd_registry_mem_reserve() / nsd_registry_mem_release() :
+ *  Count 'bytes' held outside the registry (a request body, what decoding it
+ *  may allocate) against --max-memory until released.
+ *  @return 0, or NS_EMEMORY when they do not fit (nothing reserved). */
+int nsd_registry_mem_reserve(nsd_registry_t *reg, uint64_t bytes);
+void nsd_registry_mem_release(nsd_registry_t *reg, uint64_t bytes);
+
+/*! nsd_registry_mem_free() : bytes left of --max-memory now (UINT64_MAX
+ *  when unlimited); a hint, since other threads reserve meanwhile. */
+uint64_t nsd_registry_mem_free(nsd_registry_t *reg);
+
 /*! nsd_registry_counters() : a snapshot of the counters (atomics, no lock). */
 void nsd_registry_counters(nsd_registry_t *reg, nsd_counters_t *dst);
+
+/*! nsd_registry_health() :
+ *  The health of the 'max' runs most recently active (the latest accepted
+ *  report; ties and never-active runs by name), sorted by name, into a new
+ *  array *dst (free()) of *n. Each run is locked in turn.
+ *  @return 0 or NS_ENOMEM. */
+int nsd_registry_health(nsd_registry_t *reg, size_t max, nsd_run_health_t **dst, size_t *n);
+
+/*! nsd_rejection_code() : the NS_E* code of rejection slot 'i'
+ *  (< NSD_REJECTION_REASONS). */
+int nsd_rejection_code(size_t i);
+
+/*! nsd_registry_note_rejection() :
+ *  A report or gradient sum of 'run' was refused with 'code': count it in
+ *  the run (if it exists) and decide whether to log it. At most
+ *  NSD_REJECTION_LOG_LINES lines per second (of 'now_ms') per run, runs that
+ *  do not exist sharing one budget.
+ *  @return 1 to log it, with *withheld the lines withheld since the last one
+ *  logged; 0 to withhold it. */
+int nsd_registry_note_rejection(nsd_registry_t *reg, const char *run, int code, uint64_t now_ms,
+                                uint64_t *withheld);
+
+#define NSD_REJECTION_LOG_LINES 10
 
 #endif /* NSD_REGISTRY_H */

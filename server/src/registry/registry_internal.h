@@ -51,6 +51,12 @@ void nsd_registry_unlock_run(nsd_run_t *run);
 /*! nsd_registry_map_snapshot() / nsd_registry_runs_free() : every run,
  *  referenced (*n of them; NULL when out of memory), and their release. */
 nsd_run_t **nsd_registry_map_snapshot(nsd_registry_t *reg, size_t *n);
+
+/*! nsd_registry_map_page() : the runs after 'after' (NULL: from the first)
+ *  in name order, at most 'limit' (0: all), referenced; *more says whether
+ *  others follow. Released with nsd_registry_runs_free(). */
+nsd_run_t **nsd_registry_map_page(nsd_registry_t *reg, const char *after, size_t limit, size_t *n,
+                                  int *more);
 void nsd_registry_runs_free(nsd_run_t **runs, size_t n);
 
 /*! nsd_waiter_free() : free a /sync waiter (not its result). */

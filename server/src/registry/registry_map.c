@@ -118,6 +118,29 @@ nsd_run_t **nsd_registry_map_snapshot(nsd_registry_t *reg, size_t *n)
     return runs;
 }
 
+nsd_run_t **nsd_registry_map_page(nsd_registry_t *reg, const char *after, size_t limit, size_t *n,
+                                  int *more)
+{
+    pthread_rwlock_rdlock(&reg->map_lock);
+    int found = 0;
+    size_t from = after != NULL ? nsd_registry_map_pos(reg, after, &found) : 0;
+    from += found ? 1 : 0;
+    size_t count = reg->n_runs - from;
+    *more = limit != 0 && count > limit;
+    count = *more ? limit : count;
+    nsd_run_t **runs = malloc((count ? count : 1) * sizeof(*runs));
+    *n = 0;
+    if (runs != NULL) {
+        for (size_t i = 0; i < count; i++) {
+            runs[i] = reg->runs[from + i];
+            nsd_run_ref(runs[i]);
+        }
+        *n = count;
+    }
+    pthread_rwlock_unlock(&reg->map_lock);
+    return runs;
+}
+
 void nsd_registry_runs_free(nsd_run_t **runs, size_t n)
 {
     for (size_t i = 0; i < n; i++)

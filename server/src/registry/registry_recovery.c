@@ -6,6 +6,34 @@
 
 #include "checkpoint.h"
 
+/* A snapshot whose state is copied under the locks (the run's shared,
+ * every layer's) and exported as JSON after they are released (the store's
+ * hooks): ingest into the run waits for a copy of its arrays, not for the
+ * JSON of them. The held steps are the layers' own, borrowed while the
+ * layers are locked. */
+static int snapshot_copied(nsd_registry_t *reg, nsd_run_t *run, const char *name,
+                           ns_error_detail_t *err)
+{
+    const nsd_persist_t *p = &reg->ctx.persist;
+    nsd_checkpoint_copy_t *copy = nsd_checkpoint_copy(run);
+    void *ticket = NULL;
+    if (copy != NULL) {
+        nsd_queue_t held = {0};
+        nsd_run_held_steps(run, &held);
+        ticket = p->snapshot_begin(p->arg, name, &held);
+    }
+    nsd_run_unlock_layers(run);
+    nsd_registry_unlock_run(run);
+    if (copy == NULL)
+        return ns_error_set(err, NS_ENOMEM, "", "out of memory");
+    json_t *state = ticket != NULL ? nsd_checkpoint_export_copy(copy) : NULL;
+    nsd_checkpoint_copy_free(copy);
+    if (ticket != NULL)
+        p->snapshot_end(p->arg, ticket, state);
+    json_decref(state);
+    return 0;
+}
+
 int nsd_registry_snapshot(nsd_registry_t *reg, const char *name, ns_error_detail_t *err)
 {
     int rc;
@@ -16,6 +44,8 @@ int nsd_registry_snapshot(nsd_registry_t *reg, const char *name, ns_error_detail
     if (run == NULL)
         return rc;
     nsd_run_lock_layers(run);
+    if (reg->ctx.persist.snapshot_begin && reg->ctx.persist.snapshot_end)
+        return snapshot_copied(reg, run, name, err);
     json_t *state = nsd_checkpoint_export(run);
     int ok = state != NULL;
     if (ok) {

@@ -11,6 +11,7 @@
 #include <jansson.h>
 
 #include <normstat/proto.h>
+#include <normstat/wire_errors.h>
 
 #include "step.h"
 
@@ -22,6 +23,7 @@ typedef struct nsd_limits_s {
     uint64_t max_memory;        /* bytes of statistics state + pending arrivals;
                                    0 = unlimited; beyond -> 429 NS_EMEMORY */
     int threads;                /* OpenMP threads for libnscore calls (<= 1: calling thread) */
+    uint32_t history_steps;     /* applied steps kept per (layer, domain); 0 = no history */
 } nsd_limits_t;
 
 #define NSD_DEFAULT_MAX_PENDING_STEPS 1024u
@@ -68,6 +70,16 @@ typedef struct nsd_persist_s {
      * so only the thread that holds the state touches its refcount
      * (jansson's json_decref reads it without an atomic). */
     void (*run_snapshot)(void *arg, const char *run, json_t *state);
+    /* nsd_registry_snapshot() in two halves, so the locks are held to
+     * copy, never to encode: snapshot_begin() under the run's lock shared
+     * and every layer's lock (no step of the run is logged meanwhile), with the
+     * finalized steps still held back (nsd_step_t in a queue, borrowed),
+     * returns a ticket (NULL: out of memory; the hook arranges a later
+     * pass); snapshot_end() with no lock held, the ticket and the copied
+     * state as JSON (borrowed; NULL when out of memory). Optional: without
+     * them run_snapshot and step_finalized are called under the lock. */
+    void *(*snapshot_begin)(void *arg, const char *run, const nsd_queue_t *held);
+    void (*snapshot_end)(void *arg, void *ticket, json_t *state);
 } nsd_persist_t;
 
 /* One layer of a /sync answer: the step's combined statistics (biased var),
@@ -168,6 +180,26 @@ typedef struct nsd_stats_s {
     ns_out_layer_t *layers;
     size_t n_layers;
 } nsd_stats_t;
+
+/* Rejections are counted per run by reason: one slot per row of the wire
+ * error table (normstat/wire_errors.h), in its order. */
+#define NSD__REASON_ROW(owner, name, code, status, wire, msg) +1
+#define NSD_REJECTION_REASONS                                 (0 NS_WIRE_ERROR_MAP(NSD__REASON_ROW))
+
+/* One run's health, for /metrics (nsd_registry_health()). */
+typedef struct nsd_run_health_s {
+    char run[NS_NAME_MAX + 1];
+    uint64_t last_active_ms; /* clock of the last report, accepted or refused; 0 none */
+    uint64_t steps_applied;  /* since the daemon started */
+    uint64_t pending_steps;
+    uint64_t skipped_steps;
+    int64_t worker_lag; /* largest lag of a worker (GET run's "workers"), -1 none */
+    int has_worst;      /* the worst drift row (GET .../drift's "worst") */
+    char worst_layer[NS_NAME_MAX + 1];
+    char worst_domain[NS_NAME_MAX + 1];
+    double worst_mean_max;
+    uint64_t rejections[NSD_REJECTION_REASONS]; /* by nsd_rejection_code(i) */
+} nsd_run_health_t;
 
 typedef struct nsd_counters_s {
     /* monotonic */

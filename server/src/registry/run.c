@@ -104,20 +104,25 @@ static int run_lock_init(pthread_rwlock_t *lock)
     return rc;
 }
 
-nsd_run_t *nsd_run_create(nsd_ctx_t *ctx, const char *name, const ns_run_config_t *cfg)
+nsd_run_t *nsd_run_create(nsd_ctx_t *ctx, const char *name, const ns_run_config_t *cfg, int *why)
 {
-    nsd_run_t *run = calloc(1, sizeof(*run));
-    if (run == NULL)
+    *why = nsd_mem_reserve(ctx, NSD_RUN_BYTES);
+    if (*why != 0)
         return NULL;
-    if (run_lock_init(&run->lock) != 0) {
+    *why = NS_ENOMEM;
+    nsd_run_t *run = calloc(1, sizeof(*run));
+    if (run == NULL || run_lock_init(&run->lock) != 0) {
         free(run);
+        nsd_mem_release(ctx, NSD_RUN_BYTES);
         return NULL;
     }
     if (pthread_mutex_init(&run->grad_lock, NULL) != 0) {
         pthread_rwlock_destroy(&run->lock);
         free(run);
+        nsd_mem_release(ctx, NSD_RUN_BYTES);
         return NULL;
     }
+    *why = 0;
     snprintf(run->name, sizeof(run->name), "%s", name);
     atomic_init(&run->refs, 1);
     run->ctx = ctx;
@@ -160,6 +165,7 @@ void nsd_run_unref(nsd_run_t *run)
     if (run == NULL || atomic_fetch_sub(&run->refs, 1) != 1)
         return;
     nsd_run_state_clear(run->ctx, &run->st, 0, NULL);
+    nsd_mem_release(run->ctx, NSD_RUN_BYTES);
     atomic_fetch_sub(&run->ctx->runs, 1);
     pthread_mutex_destroy(&run->grad_lock);
     pthread_rwlock_destroy(&run->lock);

@@ -98,6 +98,10 @@ typedef struct nsd_layer_s {
     int has_last;
     uint64_t last_step, last_count;
     double *last_mean; /* [2 * channels]: mean then var (biased) */
+    /* Whose history the pooled view reads (drift.h): 0 before the first
+     * step, 1 + d while every step had domain d alone, NSD_HISTORY_OWN once
+     * the pooled state keeps its own. */
+    uint32_t history_alias;
 } nsd_layer_t;
 
 /* The replaceable part of a run (a checkpoint import swaps it whole).
@@ -124,11 +128,21 @@ typedef struct nsd_run_s {
     int deleted; /* under lock (exclusive to set): removed from the map */
     nsd_ctx_t *ctx;
     nsd_run_state_t st;
+    /* Health (run_health.c), kept across checkpoint imports. */
+    _Atomic uint64_t steps_applied;
+    _Atomic uint64_t last_active_ms;              /* the last report, accepted or refused */
+    uint64_t rejections[NSD_REJECTION_REASONS];   /* under lock (exclusive to change) */
+    uint64_t log_window, log_lines, log_withheld; /* rejection log limit, same */
 } nsd_run_t;
 
+/* What a run costs before it holds anything, counted against max_memory
+ * so that runs without layers are bounded too. */
+#define NSD_RUN_BYTES (sizeof(nsd_run_t) + 2 * sizeof(nsd_run_t *))
+
 /*! nsd_run_create() : a run with 'cfg' (has_* ignored, all values used),
- *  one reference. @return NULL when out of memory. */
-nsd_run_t *nsd_run_create(nsd_ctx_t *ctx, const char *name, const ns_run_config_t *cfg);
+ *  one reference, NSD_RUN_BYTES reserved. @return NULL with *why set to
+ *  NS_EMEMORY (over max_memory) or NS_ENOMEM. */
+nsd_run_t *nsd_run_create(nsd_ctx_t *ctx, const char *name, const ns_run_config_t *cfg, int *why);
 
 /*! nsd_run_ref() / nsd_run_unref() : the last unref frees the run (its
  *  state memory is released from ctx; waiters must have been fired). */
@@ -206,6 +220,10 @@ size_t nsd_run_apply_held(nsd_run_t *run);
 /*! nsd_run_persist_ready() : hand the finalized steps waiting to be
  *  applied to the step_finalized hook (for a snapshot; layers locked). */
 void nsd_run_persist_ready(nsd_run_t *run);
+
+/*! nsd_run_held_steps() : the same steps, with first_pending set, linked
+ *  into 'held' (borrowed: valid while the layers stay locked). */
+void nsd_run_held_steps(nsd_run_t *run, nsd_queue_t *held);
 
 /*! nsd_run_json() / nsd_run_summary_json() : GET bodies (new references). */
 json_t *nsd_run_json(nsd_run_t *run, uint64_t now_ms);

@@ -155,3 +155,15 @@ void nsd_run_persist_ready(nsd_run_t *run)
             nsd_layer_persist_step(run, l, l->ready[k]);
     }
 }
+
+void nsd_run_held_steps(nsd_run_t *run, nsd_queue_t *held)
+{
+    for (size_t i = 0; i < run->st.n_layers; i++) {
+        const nsd_layer_t *l = run->st.layers[i];
+        for (size_t k = 0; k < l->n_ready; k++) {
+            nsd_step_t *f = l->ready[k];
+            f->first_pending = l->n_pending > 0 ? (int64_t)l->pending[0]->step : -1;
+            nsd_queue_push(held, &f->link);
+        }
+    }
+}

@@ -171,6 +171,12 @@ static int check_layer(const nsd_run_t *run, const ns_report_t *rep, plan_t *pl,
     return 0;
 }
 
+/* Memory of one arrival's arrays: float32, and the doubles of an F64 report. */
+static uint64_t arrival_bytes(const ns_layer_report_t *lr)
+{
+    return 2 * lr->channels * (sizeof(float) + (lr->mean64 != NULL ? sizeof(double) : 0));
+}
+
 /* Phase 2: reserve memory and allocate what the layer needs. */
 static int prepare_layer(nsd_run_t *run, const ns_report_t *rep, long dom, plan_t *pl,
                          uint64_t now_ms, nsd_waiter_t *waiter)
@@ -209,7 +215,7 @@ static int prepare_layer(nsd_run_t *run, const ns_report_t *rep, long dom, plan_
         pl->bytes += pl->pending->bytes;
     }
     /* The arrays themselves are taken from the report at commit. */
-    pl->bytes += 2 * lr->channels * sizeof(float);
+    pl->bytes += arrival_bytes(lr);
     /* Capacity only (state-neutral). */
     if (nsd_array_grow((void **)&l->pops, &l->cap_pops, st->n_domains + 1, sizeof(*l->pops)) ||
         nsd_layer_grow_workers(l, rep->worker + 1) ||
@@ -258,9 +264,12 @@ static void commit_layer(ns_report_t *rep, uint32_t dom, plan_t *pl, nsd_waiter_
         l->precise_due += lr->count;
     a->mean = lr->mean;
     a->var = lr->var;
+    a->mean64 = lr->mean64;
+    a->var64 = lr->var64;
+    p->bytes += arrival_bytes(lr);
     lr->mean = lr->var = NULL;
+    lr->mean64 = lr->var64 = NULL;
     p->arrived++;
-    p->bytes += pl->lr->channels * 2 * sizeof(float);
     l->worker_last[rep->worker] = (int64_t)rep->step;
     if ((int64_t)rep->step > l->max_seen)
         l->max_seen = (int64_t)rep->step;
@@ -271,19 +280,44 @@ static void commit_layer(ns_report_t *rep, uint32_t dom, plan_t *pl, nsd_waiter_
     }
 }
 
-/* Phase 2 for the whole report: every layer's allocations, room for a new
- * domain and the new layers, the memory budget. @return 0 or NS_E* (err). */
+/* What prepare_layer() will count for the layer, known before it allocates. */
+static uint64_t plan_bytes(const nsd_run_t *run, const ns_report_t *rep, long dom, const plan_t *pl)
+{
+    const nsd_layer_t *l = pl->layer;
+    size_t c = pl->channels, d = dom >= 0 ? (size_t)dom : run->st.n_domains;
+    uint64_t bytes = 2 * pl->lr->channels * sizeof(float);
+    if (l == NULL)
+        bytes += sizeof(nsd_layer_t);
+    if (pl->fixes_channels)
+        bytes += nsd_pop_bytes(c) + 2 * c * sizeof(double);
+    if (c > 0 && (l == NULL || d >= l->cap_pops || l->pops[d] == NULL))
+        bytes += nsd_pop_bytes(c);
+    if (pl->is_new_pending)
+        bytes += nsd_pending_bytes(run->st.cfg.world_size);
+    (void)rep;
+    return bytes;
+}
+
+/* Phase 2 for the whole report: the memory budget first (so a report that
+ * does not fit allocates nothing), then every layer's allocations, room for
+ * a new domain and the new layers. @return 0 or NS_E* (err). */
 static int prepare_report(nsd_run_t *run, const ns_report_t *rep, long dom, plan_t *pl,
                           uint64_t now_ms, nsd_waiter_t *waiter, uint64_t *bytes,
                           ns_error_detail_t *err)
 {
     nsd_run_state_t *st = &run->st;
     size_t new_layers = 0;
-    int rc = 0;
     *bytes = 0;
+    for (size_t i = 0; i < rep->n_layers; i++)
+        *bytes += plan_bytes(run, rep, dom, &pl[i]);
+    int rc = nsd_mem_reserve(run->ctx, *bytes);
+    if (rc != 0)
+        return ns_error_set(err, rc, "", "memory budget of %llu bytes exceeded",
+                            (unsigned long long)run->ctx->limits.max_memory);
+    uint64_t counted = 0;
     for (size_t i = 0; i < rep->n_layers && rc == 0; i++) {
         rc = prepare_layer(run, rep, dom, &pl[i], now_ms, waiter);
-        *bytes += pl[i].bytes;
+        counted += pl[i].bytes;
         new_layers += pl[i].is_new_layer;
     }
     if (rc == 0 && dom < 0)
@@ -291,12 +325,19 @@ static int prepare_report(nsd_run_t *run, const ns_report_t *rep, long dom, plan
     if (rc == 0 && new_layers > 0)
         rc = nsd_array_grow((void **)&st->layers, &st->cap_layers, st->n_layers + new_layers,
                             sizeof(*st->layers));
-    if (rc != 0)
+    if (rc != 0) {
+        nsd_mem_release(run->ctx, *bytes);
         return ns_error_set(err, rc, "", "out of memory");
-    rc = nsd_mem_reserve(run->ctx, *bytes);
-    if (rc != 0)
-        return ns_error_set(err, rc, "", "memory budget of %llu bytes exceeded",
+    }
+    /* plan_bytes() mirrors prepare_layer(): keep what was counted exact. */
+    if (counted > *bytes && nsd_mem_reserve(run->ctx, counted - *bytes) != 0) {
+        nsd_mem_release(run->ctx, *bytes);
+        return ns_error_set(err, NS_EMEMORY, "", "memory budget of %llu bytes exceeded",
                             (unsigned long long)run->ctx->limits.max_memory);
+    }
+    if (counted < *bytes)
+        nsd_mem_release(run->ctx, *bytes - counted);
+    *bytes = counted;
     return 0;
 }
 
@@ -415,6 +456,7 @@ int nsd_run_report(nsd_run_t *run, ns_report_t *rep, uint64_t now_ms, unsigned m
         return rc;
     }
     commit_report(run, rep, dom, pl, bytes, mode, waiter, box);
+    atomic_store(&run->last_active_ms, now_ms);
     finish_layers(run, rep, pl, shared, box);
     nsd_run_settle(run, box);
     plan_free(pl, rep->n_layers);

@@ -1,6 +1,8 @@
 /* run_views.c - a run as JSON: its summary, its configuration, its status
  * (GET /v1/runs and /v1/runs/{run}, see registry.h). */
+#include "drift.h"
 #include "run.h"
+#include "run_health.h"
 
 json_t *nsd_run_summary_json(nsd_run_t *run)
 {
@@ -92,6 +94,13 @@ json_t *nsd_run_json(nsd_run_t *run, uint64_t now_ms)
                       "skipped_steps", (json_int_t)st->skipped_steps, "precise_generation",
                       (json_int_t)st->precise_generation, "memory_bytes", (json_int_t)st->memory,
                       "pending", pending, "workers", workers);
+        if (status != NULL &&
+            (json_object_set_new(status, "drift",
+                                 json_pack("{s:o}", "worst", nsd_run_drift_worst_json(run))) ||
+             json_object_set_new(status, "health", nsd_run_health_json(run)))) {
+            json_decref(status);
+            status = NULL;
+        }
         root = status ? json_pack("{s:s, s:o, s:o}", "run", run->name, "config",
                                   nsd_run_config_json(&st->cfg), "status", status)
                       : NULL;

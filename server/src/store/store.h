@@ -36,8 +36,9 @@
 #define NSD_STORE_FILE "normstat.db"
 /* PRAGMA user_version of the schema this build writes; a later release
  * migrates from it. A file with a higher version is refused. Version 2
- * added each row's checksum; a version 1 store is migrated when opened. */
-#define NSD_STORE_SCHEMA_VERSION 2
+ * added each row's checksum; version 3, STEP bodies with float32-exact
+ * arrays in 4 bytes (store_codec.h). Older stores are migrated when opened. */
+#define NSD_STORE_SCHEMA_VERSION 3
 /* PRAGMA application_id: "NSTD". A SQLite file with another id and tables
  * of its own is foreign and refused. */
 #define NSD_STORE_APPLICATION_ID 0x4E535444
@@ -71,6 +72,7 @@ typedef struct nsd_store_recovery_s {
 /* Counters for /metrics (monotonic since start unless noted). */
 typedef struct nsd_store_stats_s {
     uint64_t commits, commit_failures, rows, snapshots;
+    uint64_t bytes;                 /* log row bodies and snapshot texts committed */
     uint64_t commit_seconds_sum_us; /* total commit latency, microseconds */
     uint64_t commit_last_us;        /* latency of the last commit (gauge) */
     uint64_t queued;                /* jobs waiting for the writer (gauge) */

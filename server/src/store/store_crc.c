@@ -1,4 +1,7 @@
-/* store_crc.c - CRC-32C in portable C, eight bytes per step ("slicing by 8"). */
+/* store_crc.c - CRC-32C: the portable reference, eight bytes per step
+ * ("slicing by 8", about 1 GB/s), and the choice, made once, of the SSE4.2
+ * crc32 instruction (store_crc_sse42.c, same values, about 10x faster) when
+ * the CPU has it. */
 #include "store_crc.h"
 
 #include <pthread.h>
@@ -23,7 +26,7 @@ static void build_tables(void)
             table[k][b] = (table[k - 1][b] >> 8) ^ table[0][table[k - 1][b] & 0xffu];
 }
 
-uint32_t nsd_crc32c(uint32_t crc, const void *src, size_t src_len)
+uint32_t nsd_crc32c_portable(uint32_t crc, const void *src, size_t src_len)
 {
     pthread_once(&table_once, build_tables);
     const unsigned char *p = src;
@@ -39,4 +42,30 @@ uint32_t nsd_crc32c(uint32_t crc, const void *src, size_t src_len)
     while (src_len-- > 0)
         c = (c >> 8) ^ table[0][(c ^ *p++) & 0xffu];
     return ~c;
+}
+
+typedef uint32_t (*crc_fn)(uint32_t, const void *, size_t);
+static crc_fn chosen;
+static pthread_once_t chosen_once = PTHREAD_ONCE_INIT;
+
+static void choose(void)
+{
+    chosen = nsd_crc32c_portable;
+#if defined(__x86_64__)
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("sse4.2"))
+        chosen = nsd__crc32c_sse42;
+#endif
+}
+
+uint32_t nsd_crc32c(uint32_t crc, const void *src, size_t src_len)
+{
+    pthread_once(&chosen_once, choose);
+    return chosen(crc, src, src_len);
+}
+
+const char *nsd_crc32c_impl(void)
+{
+    pthread_once(&chosen_once, choose);
+    return chosen == nsd_crc32c_portable ? "portable" : "sse4.2";
 }

@@ -15,6 +15,9 @@
 #include "store.h"
 
 #define DEFAULT_RETRY_MS 500u
+/* Pages of a new store: a ResNet-50 step's rows (about 0.4 MB) are a few
+ * WAL frames and write calls instead of a hundred. */
+#define NSD_STORE_PAGE_SIZE 65536
 #define BUSY_TIMEOUT_MS  5000
 
 /* The log table's kind column (values are on disk: never renumber). */
@@ -32,7 +35,14 @@ typedef struct job_s {
     int64_t step;                /* STEP: the step, -1 otherwise */
     unsigned char *body;         /* LOG: the row's body, NULL = SQL NULL */
     size_t body_len;
-    json_t *state; /* SNAPSHOT: owned reference */
+    json_t *state; /* SNAPSHOT of an import: owned reference, written as JSON by the writer */
+    /* SNAPSHOT of a pass (store_snapshot.c): the state as JSON text, made
+     * off every lock; the seq it covers (log rows of the run below it are
+     * in it); the finalized steps still held back, as LOG jobs with seqs
+     * reserved from 'covers' on, written in the same transaction. */
+    char *text;
+    uint64_t covers;
+    nsd_queue_t rows;
 } job_t;
 
 /* A run set aside at open (--skip-damaged-runs): its rows moved to the
@@ -80,13 +90,31 @@ struct nsd_store_s {
     int snapshot_all;      /* a hook lost a change: snapshot every run */
     uint64_t lost;         /* changes lost that way, logged by the writer */
     unsigned fail_commits; /* testing */
+    uint64_t log_bytes;    /* log body bytes committed since the last snapshot pass */
+    /* The snapshot being encoded (one at a time): a DELETE or an import of
+     * its run queued meanwhile voids it, so it never overwrites them. */
+    job_t *ticket;
+    int ticket_void;
+
+    /* the snapshot thread (store_snapshot.c) */
+    pthread_cond_t snap_cond;
+    pthread_t snap_thread;
+    int snap_started, snap_stopping;
+    sqlite3 *snap_db; /* its own connection, for reading which runs have log rows */
+
+    /* the checkpoint thread (store_checkpoint.c) */
+    pthread_cond_t ckpt_cond;
+    pthread_t ckpt_thread;
+    int ckpt_started, ckpt_stopping, ckpt_due;
+    sqlite3 *ckpt_db;
+    uint64_t page_size;
 
     _Atomic int failing;
     _Atomic uint64_t n_commits, n_failures, n_rows, n_snapshots, commit_us_sum, commit_last_us;
+    _Atomic uint64_t n_bytes;
     _Atomic uint64_t last_snapshot_ms; /* 0 = none */
 
     /* writer thread only */
-    uint64_t log_bytes; /* log body bytes committed since the last snapshot pass */
     sqlite3_stmt *ins_log, *del_log_run, *del_log_before, *ins_snap, *del_snap;
 };
 
@@ -145,6 +173,24 @@ int nsd_store_set_aside(nsd_store_t *s);
 
 /*! nsd_store_log_set_aside() : log each run set aside (after the commit). */
 void nsd_store_log_set_aside(const nsd_store_t *s);
+
+/*! nsd_store_enqueue_locked() : give 'j' the next seq and queue it (lock held). */
+void nsd_store_enqueue_locked(nsd_store_t *s, job_t *j);
+
+/*! nsd_store_snapshots_start() / _stop() : the snapshot thread, which runs
+ *  a pass every snapshot_interval_ms, once 64 MiB of log were committed, or
+ *  when a hook lost a change (store_snapshot.c). */
+int nsd_store_snapshots_start(nsd_store_t *s);
+void nsd_store_snapshots_stop(nsd_store_t *s);
+
+/*! nsd_store_checkpoints_start() / _stop() : WAL checkpoints on a thread
+ *  of their own instead of inside the writer's commits (store_checkpoint.c);
+ *  start before the writer runs, stop after it is joined. */
+void nsd_store_checkpoints_start(nsd_store_t *s);
+void nsd_store_checkpoints_stop(nsd_store_t *s);
+
+/*! nsd_store_log_lost() : log changes a hook lost to out of memory (no lock held). */
+void nsd_store_log_lost(uint64_t lost);
 
 /* The job / waiter of a queue node. */
 #define JOB_OF(node)    nsd_container_of(node, job_t, link)

@@ -77,6 +77,13 @@ static const char MIGRATE_V2[] =
     " crc INTEGER, set_aside_ms INTEGER NOT NULL);"
     "PRAGMA user_version=2;";
 
+/* Version 3: STEP bodies of version 2 (store_codec.h: float32-exact arrays
+ * in 4 bytes). Rows already there stay version 1 bodies, which this build
+ * still reads; the number moves so an earlier release, which cannot read
+ * the new bodies, refuses the store instead of failing on its first such
+ * row. */
+static const char MIGRATE_V3[] = "PRAGMA user_version=3;";
+
 /* The statements that bring a store of version v (0: a new file) to this
  * build's version; in the caller's transaction. @return an SQLite code. */
 static int migrate(sqlite3 *db, int64_t v)
@@ -86,6 +93,8 @@ static int migrate(sqlite3 *db, int64_t v)
         rc = nsd_store_exec(db, SCHEMA_V1);
     if (rc == SQLITE_OK && v < 2)
         rc = nsd_store_exec(db, MIGRATE_V2);
+    if (rc == SQLITE_OK && v < 3)
+        rc = nsd_store_exec(db, MIGRATE_V3);
     return rc;
 }
 
@@ -182,6 +191,8 @@ static int set_journal(nsd_store_t *s, nsd_store_error_t *err)
         return nsd_store_fail(err, s->path, "cannot switch to WAL mode (%s)", sqlite3_errmsg(db));
     if (nsd_store_exec(db, "PRAGMA synchronous=FULL") != SQLITE_OK)
         return nsd_store_fail(err, s->path, "cannot set synchronous=FULL (%s)", sqlite3_errmsg(db));
+    if (nsd_store_exec(db, "PRAGMA temp_store=MEMORY") != SQLITE_OK) /* as create_new() */
+        return nsd_store_fail(err, s->path, "cannot set temp_store (%s)", sqlite3_errmsg(db));
     return 0;
 }
 
@@ -237,6 +248,11 @@ static int create_new(nsd_store_t *s, nsd_store_error_t *err)
     int rc = sqlite3_open_v2(tmp, &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, NULL);
     rc = rc ? rc : nsd_store_add_functions(db);
     rc = rc ? rc : nsd_store_exec(db, "PRAGMA synchronous=FULL");
+    snprintf(sql, sizeof(sql), "PRAGMA page_size=%d", NSD_STORE_PAGE_SIZE);
+    rc = rc ? rc : nsd_store_exec(db, sql);
+    /* Temporary tables and sorts in memory: nothing outside --data-dir is
+     * written (the root may be read-only). */
+    rc = rc ? rc : nsd_store_exec(db, "PRAGMA temp_store=MEMORY");
     rc = rc ? rc : nsd_store_exec(db, "BEGIN IMMEDIATE");
     rc = rc ? rc : migrate(db, 0);
     snprintf(sql, sizeof(sql), "PRAGMA application_id=%d", NSD_STORE_APPLICATION_ID);
@@ -367,6 +383,8 @@ int nsd_store_open(nsd_store_t **dst, const char *dir, const nsd_store_config_t 
     pthread_condattr_init(&ca);
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
     pthread_cond_init(&s->cond, &ca);
+    pthread_cond_init(&s->snap_cond, &ca);
+    pthread_cond_init(&s->ckpt_cond, &ca);
     pthread_condattr_destroy(&ca);
 
     rc = check_file(s, err);

@@ -27,7 +27,9 @@ void nsd_store_job_free(job_t *j)
     if (j == NULL)
         return;
     free(j->body);
+    free(j->text);
     json_decref(j->state);
+    nsd_store_jobs_free(&j->rows);
     free(j);
 }
 
@@ -35,6 +37,23 @@ void nsd_store_jobs_free(nsd_queue_t *q)
 {
     for (nsd_qnode_t *n; (n = nsd_queue_pop(q)) != NULL;)
         nsd_store_job_free(JOB_OF(n));
+}
+
+void nsd_store_enqueue_locked(nsd_store_t *s, job_t *j)
+{
+    if (s->ticket != NULL && (j->type == JOB_DELETE || j->type == JOB_SNAPSHOT) &&
+        strcmp(j->run, s->ticket->run) == 0)
+        s->ticket_void = 1;
+    j->seq = s->next_seq++;
+    /* A pass's snapshot holds what the log holds already: no answer waits
+     * for it (and the writer may commit it after later jobs). */
+    if (j->type != JOB_SNAPSHOT || j->text == NULL)
+        s->enqueued = j->seq;
+    if (nsd_queue_empty(&s->jobs))
+        s->first_enqueued_ms = nsd_now_ms();
+    nsd_queue_push(&s->jobs, &j->link);
+    s->queued++;
+    pthread_cond_signal(&s->cond);
 }
 
 /* Append a job (NULL: a change could not be copied). Called by the hooks
@@ -45,17 +64,11 @@ static void enqueue(nsd_store_t *s, job_t *j)
     if (j == NULL) {
         s->snapshot_all = 1;
         s->lost++;
-        pthread_cond_signal(&s->cond);
+        pthread_cond_signal(&s->snap_cond);
         pthread_mutex_unlock(&s->lock);
         return;
     }
-    j->seq = s->next_seq++;
-    s->enqueued = j->seq;
-    if (nsd_queue_empty(&s->jobs))
-        s->first_enqueued_ms = nsd_now_ms();
-    nsd_queue_push(&s->jobs, &j->link);
-    s->queued++;
-    pthread_cond_signal(&s->cond);
+    nsd_store_enqueue_locked(s, j);
     pthread_mutex_unlock(&s->lock);
 }
 
@@ -91,7 +104,7 @@ static void hook_deleted(void *arg, const char *run)
     enqueue(arg, nsd_store_job_new(JOB_DELETE, run));
 }
 
-static void hook_step(void *arg, const char *run, const nsd_step_t *rec)
+static job_t *step_job(const char *run, const nsd_step_t *rec)
 {
     job_t *j = nsd_store_job_new(JOB_LOG, run);
     if (j != NULL) {
@@ -104,7 +117,12 @@ static void hook_step(void *arg, const char *run, const nsd_step_t *rec)
             j = NULL;
         }
     }
-    enqueue(arg, j);
+    return j;
+}
+
+static void hook_step(void *arg, const char *run, const nsd_step_t *rec)
+{
+    enqueue(arg, step_job(run, rec));
 }
 
 static void hook_domain(void *arg, const char *run, const char *domain)
@@ -127,6 +145,61 @@ static void hook_snapshot(void *arg, const char *run, json_t *state)
     enqueue(arg, j);
 }
 
+/* A pass's snapshot of 'run', its state copied under the run's lock (held
+ * here): the seq it covers and those of the held steps' rows are reserved
+ * now, in the order of the run's changes; the JSON comes later
+ * (hook_snapshot_end()), and the job is queued then. Rows of the run queued
+ * meanwhile get later seqs: they stay in the log, replayed on top of it. */
+static void *hook_snapshot_begin(void *arg, const char *run, const nsd_queue_t *held)
+{
+    nsd_store_t *s = arg;
+    job_t *j = nsd_store_job_new(JOB_SNAPSHOT, run);
+    for (const nsd_qnode_t *n = held->head; j != NULL && n != NULL; n = n->next) {
+        job_t *row = step_job(run, nsd_container_of(n, nsd_step_t, link));
+        if (row == NULL) {
+            nsd_store_job_free(j);
+            j = NULL;
+        } else {
+            nsd_queue_push(&j->rows, &row->link);
+        }
+    }
+    pthread_mutex_lock(&s->lock);
+    if (j == NULL) {
+        s->snapshot_all = 1; /* nothing is lost: the log still holds all of it */
+    } else {
+        j->covers = s->next_seq;
+        for (nsd_qnode_t *n = j->rows.head; n != NULL; n = n->next)
+            JOB_OF(n)->seq = s->next_seq++;
+        s->ticket = j;
+        s->ticket_void = 0;
+    }
+    pthread_mutex_unlock(&s->lock);
+    return j;
+}
+
+/* The snapshot's JSON, made with no lock held; queued unless its run was
+ * deleted or imported meanwhile. */
+static void hook_snapshot_end(void *arg, void *ticket, json_t *state)
+{
+    nsd_store_t *s = arg;
+    job_t *j = ticket;
+    char *text = state != NULL ? json_dumps(state, JSON_COMPACT) : NULL;
+    pthread_mutex_lock(&s->lock);
+    int drop = s->ticket_void || text == NULL;
+    if (text == NULL)
+        s->snapshot_all = 1;
+    s->ticket = NULL;
+    if (!drop) {
+        j->text = text;
+        nsd_store_enqueue_locked(s, j);
+    }
+    pthread_mutex_unlock(&s->lock);
+    if (drop) {
+        free(text);
+        nsd_store_job_free(j);
+    }
+}
+
 void nsd_store_hooks(nsd_store_t *s, nsd_persist_t *dst)
 {
     memset(dst, 0, sizeof(*dst));
@@ -137,6 +210,8 @@ void nsd_store_hooks(nsd_store_t *s, nsd_persist_t *dst)
     dst->domain_added = hook_domain;
     dst->precise_reset = hook_reset;
     dst->run_snapshot = hook_snapshot;
+    dst->snapshot_begin = hook_snapshot_begin;
+    dst->snapshot_end = hook_snapshot_end;
 }
 
 void nsd_store_after_commit(nsd_store_t *s, nsd_store_cb cb, void *arg)
@@ -196,6 +271,7 @@ void nsd_store_stats(nsd_store_t *s, nsd_store_stats_t *dst)
     dst->commits = atomic_load(&s->n_commits);
     dst->commit_failures = atomic_load(&s->n_failures);
     dst->rows = atomic_load(&s->n_rows);
+    dst->bytes = atomic_load(&s->n_bytes);
     dst->snapshots = atomic_load(&s->n_snapshots);
     dst->commit_seconds_sum_us = atomic_load(&s->commit_us_sum);
     dst->commit_last_us = atomic_load(&s->commit_last_us);

@@ -8,8 +8,9 @@
  *        every change of a run since its snapshot, in the order made;
  *    snapshot(run PRIMARY KEY, seq, taken_ms, body, crc)
  *        a run's whole state (checkpoint JSON, doubles with 17 significant
- *        digits: exact); log rows of the run below 'seq' are deleted in the
- *        same transaction that writes it;
+ *        digits: exact) as of 'seq': log rows of the run below 'seq' are
+ *        deleted in the same transaction that writes it, later ones are
+ *        replayed on top of it;
  *    meta(key PRIMARY KEY, value)  bookkeeping ("created", "opened");
  *    damaged_log, damaged_snapshot  runs set aside by --skip-damaged-runs.
  *  Every log and snapshot row carries crc, its checksum (store_check.c),
@@ -24,7 +25,7 @@
  *  Thread: one writer thread owns the SQLite connection after start-up.
  *  Jobs, and who enqueues them: the registry's persistence hooks, called
  *  under the run's lock on request threads (PUT, DELETE, reports, resets,
- *  imports), on the coordinator (timeouts) and on this thread (snapshots).
+ *  imports), on the coordinator (timeouts) and on the snapshot thread.
  *  Each hook copies what it needs into a job, takes the next sequence number
  *  and appends it to one queue under the store's mutex: the queue order is
  *  the order of the changes of every run, and so is 'seq' in the log.
@@ -34,10 +35,10 @@
  *  (nsd_store_after_commit()), the store is stopping, or a retry is due.
  *  Completion: after COMMIT returns, 'committed' = the last seq written;
  *  waiters registered with a seq <= committed are called (outside the mutex)
- *  with 0. Every snapshot_interval ms, or sooner once 64 MiB of log were
- *  written since the last pass, the writer asks the registry to
- *  snapshot each run that has log rows (nsd_registry_snapshot() calls the
- *  run_snapshot hook, which enqueues a job like any other change).
+ *  with 0. Snapshot passes run on a thread of their own (store_snapshot.c):
+ *  a run's state is copied under its lock, its JSON made with no lock held,
+ *  and the job queued with the seq it covers, reserved at the copy; the
+ *  writer only writes it, so a pass never holds up a commit.
  *  Failure (disk full, I/O error): the transaction is rolled back, so the
  *  committed data is untouched; the batch is KEPT, in order, in front of
  *  whatever is queued later, and retried every retry_ms; every waiting
@@ -49,12 +50,12 @@
  *  step finalized in memory: it becomes durable with the retry.
  *  Locks: the store's mutex is the innermost lock of the daemon. Hooks take
  *  it under a run's lock (and sometimes the registry's map lock); the writer
- *  releases it before any SQLite call, before asking the registry for
- *  snapshots and before calling waiters, so no run lock ever waits on
- *  SQLite. Nothing is logged under it.
+ *  releases it before any SQLite call and before calling waiters, the
+ *  snapshot thread before asking the registry for snapshots, so no run lock
+ *  ever waits on SQLite. Nothing is logged under it.
  *  Out of memory in a hook cannot be reported to the registry: the change
- *  is not logged, and every run is snapshotted at the next writer pass,
- *  which makes the log whole again (the writer logs store_enqueue_failed).
+ *  is not logged, and every run is snapshotted at the next pass, which
+ *  makes the log whole again (the snapshot thread logs store_enqueue_failed).
  *  One daemon per directory: nsd_store_open() takes flock(LOCK_EX) on
  *  --data-dir for the store's lifetime; a second normstatd is refused.
  *  Stop: nsd_store_stop() lets the writer commit what is queued (retrying
@@ -156,22 +157,29 @@ static int write_job(nsd_store_t *s, const job_t *j, uint64_t *rows)
         sqlite3_bind_text(s->del_snap, 1, j->run, -1, SQLITE_STATIC);
         return rc ? rc : run_stmt(s->del_snap);
     case JOB_SNAPSHOT: {
-        char *text = json_dumps(j->state, JSON_COMPACT);
+        /* An import's state is written as JSON here; a pass's came as text. */
+        char *text = j->text != NULL ? j->text : json_dumps(j->state, JSON_COMPACT);
         if (text == NULL)
             return SQLITE_NOMEM;
+        uint64_t seq = j->text != NULL ? j->covers : j->seq;
         int64_t taken_ms = (int64_t)nsd_wall_ms();
         sqlite3_bind_text(s->ins_snap, 1, j->run, -1, SQLITE_STATIC);
-        sqlite3_bind_int64(s->ins_snap, 2, (sqlite3_int64)j->seq);
+        sqlite3_bind_int64(s->ins_snap, 2, (sqlite3_int64)seq);
         sqlite3_bind_int64(s->ins_snap, 3, taken_ms);
         sqlite3_bind_text(s->ins_snap, 4, text, -1, SQLITE_STATIC);
-        sqlite3_bind_int64(s->ins_snap, 5, snapshot_sum(j->run, j->seq, taken_ms, text));
+        sqlite3_bind_int64(s->ins_snap, 5, snapshot_sum(j->run, seq, taken_ms, text));
         rc = run_stmt(s->ins_snap);
-        free(text);
+        if (text != j->text)
+            free(text);
         if (rc != SQLITE_OK)
             return rc;
         sqlite3_bind_text(s->del_log_before, 1, j->run, -1, SQLITE_STATIC);
-        sqlite3_bind_int64(s->del_log_before, 2, (sqlite3_int64)j->seq);
-        return run_stmt(s->del_log_before);
+        sqlite3_bind_int64(s->del_log_before, 2, (sqlite3_int64)seq);
+        rc = run_stmt(s->del_log_before);
+        /* The steps still held back, logged again after the snapshot. */
+        for (const nsd_qnode_t *n = j->rows.head; rc == SQLITE_OK && n != NULL; n = n->next)
+            rc = write_job(s, JOB_OF(n), rows);
+        return rc;
     }
     }
     return SQLITE_MISUSE;
@@ -198,38 +206,6 @@ static int write_batch(nsd_store_t *s, const nsd_queue_t *batch, int inject, uin
             nsd_store_exec(s->db, "ROLLBACK");
     }
     return rc;
-}
-
-/* Ask the registry to snapshot each run that has log rows (or every run). */
-static void take_snapshots(nsd_store_t *s, int all)
-{
-    sqlite3_stmt *st = NULL;
-    const char *sql = all ? "SELECT DISTINCT run FROM log UNION SELECT run FROM snapshot"
-                          : "SELECT DISTINCT run FROM log";
-    if (sqlite3_prepare_v2(s->db, sql, -1, &st, NULL) != SQLITE_OK)
-        return;
-    size_t n = 0;
-    while (sqlite3_step(st) == SQLITE_ROW) {
-        const char *run = (const char *)sqlite3_column_text(st, 0);
-        if (run != NULL && nsd_registry_snapshot(s->reg, run, NULL) == 0)
-            n++;
-    }
-    sqlite3_finalize(st);
-    if (all) {
-        /* Runs changed since the last commit may have no row at all yet. */
-        json_t *list = nsd_registry_list_json(s->reg);
-        size_t i;
-        json_t *v;
-        json_array_foreach(json_object_get(list, "runs"), i, v)
-        {
-            const char *run = json_string_value(json_object_get(v, "run"));
-            if (run != NULL && nsd_registry_snapshot(s->reg, run, NULL) == 0)
-                n++;
-        }
-        json_decref(list);
-    }
-    if (n > 0)
-        nsd_log(NSD_LOG_DEBUG, "store_snapshot", "runs=%zu", n);
 }
 
 /* Wait for a signal, or until 'until_ms' (UINT64_MAX: no limit). Lock held. */
@@ -259,17 +235,25 @@ static uint64_t commit_due_at(const nsd_store_t *s)
 static void batch_committed(nsd_store_t *s, nsd_queue_t *batch, uint64_t rows, uint64_t us)
 {
     int was_failing = atomic_load(&s->failing);
-    s->committed = JOB_OF(batch->tail)->seq;
+    if (JOB_OF(batch->tail)->seq > s->committed) /* deferred snapshots come later */
+        s->committed = JOB_OF(batch->tail)->seq;
     atomic_store(&s->failing, 0);
     atomic_fetch_add(&s->n_commits, 1);
     atomic_fetch_add(&s->n_rows, rows);
     atomic_fetch_add(&s->commit_us_sum, us);
     atomic_store(&s->commit_last_us, us);
-    uint64_t snaps = 0;
+    uint64_t snaps = 0, bytes = 0;
     for (const nsd_qnode_t *n = batch->head; n != NULL; n = n->next) {
-        snaps += JOB_OF(n)->type == JOB_SNAPSHOT;
-        s->log_bytes += JOB_OF(n)->body_len;
+        const job_t *j = JOB_OF(n);
+        snaps += j->type == JOB_SNAPSHOT;
+        s->log_bytes += j->body_len;
+        bytes += j->body_len + (j->text != NULL ? strlen(j->text) : 0);
+        for (const nsd_qnode_t *r = j->rows.head; r != NULL; r = r->next)
+            bytes += JOB_OF(r)->body_len;
     }
+    atomic_fetch_add(&s->n_bytes, bytes);
+    if (s->log_bytes >= NSD_SNAPSHOT_LOG_BYTES)
+        pthread_cond_signal(&s->snap_cond);
     if (snaps > 0) {
         atomic_fetch_add(&s->n_snapshots, snaps);
         atomic_store(&s->last_snapshot_ms, nsd_now_ms());
@@ -303,62 +287,83 @@ static void batch_failed(nsd_store_t *s, nsd_queue_t *batch, const char *why)
     nsd_store_call_waiters(&done, committed, NS_EIO);
 }
 
-/* Write a failed batch and everything queued in one transaction (group
- * commit). Lock held on entry and on return, released while writing. */
+/* A pass's snapshot that may be written after the jobs queued behind it:
+ * none of them deletes or replaces its run. */
+static int may_defer(const nsd_qnode_t *n)
+{
+    const job_t *j = JOB_OF(n);
+    if (j->type != JOB_SNAPSHOT || j->text == NULL)
+        return 0;
+    for (n = n->next; n != NULL; n = n->next)
+        if ((JOB_OF(n)->type == JOB_DELETE || JOB_OF(n)->type == JOB_SNAPSHOT) &&
+            strcmp(JOB_OF(n)->run, j->run) == 0)
+            return 0;
+    return 1;
+}
+
+/* Move the pass snapshots that may wait out of 'batch', in order. What
+ * they hold is in the log already, so the changes queued with them, and
+ * the answers waiting for those, need not wait for their megabytes. */
+static nsd_queue_t take_deferred(nsd_queue_t *batch)
+{
+    nsd_queue_t keep = {0}, later = {0};
+    for (nsd_qnode_t *n; (n = batch->head) != NULL;) {
+        int defer = may_defer(n);
+        nsd_queue_push(defer ? &later : &keep, nsd_queue_pop(batch));
+    }
+    *batch = keep;
+    return later;
+}
+
+/* Write 'batch' in one transaction and settle it. Lock held on entry and
+ * on return, released while writing. @return 0 if it committed. */
+static int commit_one(nsd_store_t *s, nsd_queue_t *batch)
+{
+    int inject = s->fail_commits > 0;
+    if (inject)
+        s->fail_commits--;
+    pthread_mutex_unlock(&s->lock);
+    char why[512];
+    uint64_t t0 = nsd_now_us(), rows = 0;
+    int rc = write_batch(s, batch, inject, &rows, why, sizeof(why));
+    uint64_t us = nsd_now_us() - t0;
+    pthread_mutex_lock(&s->lock);
+    if (rc == SQLITE_OK)
+        batch_committed(s, batch, rows, us);
+    else
+        batch_failed(s, batch, why);
+    pthread_mutex_lock(&s->lock);
+    return rc == SQLITE_OK ? 0 : -1;
+}
+
+/* Write a failed batch and everything queued (group commit): the changes in
+ * one transaction, then the pass snapshots that may wait in another.
+ * Lock held on entry and on return, released while writing. */
 static void commit_queued(nsd_store_t *s)
 {
     nsd_queue_t batch = nsd_queue_take(&s->retry);
     nsd_queue_concat(&batch, &s->jobs);
     s->queued = 0;
-    int inject = s->fail_commits > 0;
-    if (inject)
-        s->fail_commits--;
-    pthread_mutex_unlock(&s->lock);
-
-    char why[512];
-    uint64_t t0 = nsd_now_us(), rows = 0;
-    int rc = write_batch(s, &batch, inject, &rows, why, sizeof(why));
-    uint64_t us = nsd_now_us() - t0;
-
-    pthread_mutex_lock(&s->lock);
-    if (rc == SQLITE_OK)
-        batch_committed(s, &batch, rows, us);
-    else
-        batch_failed(s, &batch, why);
-    pthread_mutex_lock(&s->lock);
+    nsd_queue_t later = take_deferred(&batch);
+    if (nsd_queue_empty(&batch) || commit_one(s, &batch) == 0) {
+        if (!nsd_queue_empty(&later))
+            commit_one(s, &later);
+        return;
+    }
+    /* Failed: the snapshots wait behind the batch, in order. */
+    nsd_queue_concat(&s->retry, &later);
 }
 
-/* Log changes a hook lost to out of memory (not under a run's lock). */
-static void log_lost(uint64_t lost)
+void nsd_store_log_lost(uint64_t lost)
 {
     if (lost > 0)
         nsd_log(NSD_LOG_ERROR, "store_enqueue_failed", "reason=out_of_memory changes=%llu",
                 (unsigned long long)lost);
 }
 
-/* One snapshot pass. Lock held on entry and on return, released meanwhile. */
-static void snapshot_pass(nsd_store_t *s)
-{
-    int all = s->snapshot_all;
-    uint64_t lost = s->lost;
-    s->snapshot_all = 0;
-    s->lost = 0;
-    s->log_bytes = 0;
-    pthread_mutex_unlock(&s->lock);
-    log_lost(lost);
-    take_snapshots(s, all);
-    pthread_mutex_lock(&s->lock);
-}
-
-static uint64_t next_snapshot_at(const nsd_store_t *s)
-{
-    return s->cfg.snapshot_interval_ms ? nsd_now_ms() + s->cfg.snapshot_interval_ms : UINT64_MAX;
-}
-
 static void *writer_main(void *arg)
 {
     nsd_store_t *s = arg;
-    uint64_t next_snapshot = next_snapshot_at(s);
     pthread_mutex_lock(&s->lock);
     for (;;) {
         uint64_t now = nsd_now_ms();
@@ -378,12 +383,8 @@ static void *writer_main(void *arg)
             commit_queued(s);
         } else if (s->stopping) {
             break;
-        } else if (s->snapshot_all || now >= next_snapshot ||
-                   (s->cfg.snapshot_interval_ms && s->log_bytes >= NSD_SNAPSHOT_LOG_BYTES)) {
-            snapshot_pass(s);
-            next_snapshot = next_snapshot_at(s);
         } else {
-            wait_until(s, now, next_snapshot);
+            wait_until(s, now, UINT64_MAX);
         }
     }
     /* Stopped: whoever still waits learns whether its data made it. */
@@ -392,7 +393,7 @@ static void *writer_main(void *arg)
     uint64_t committed = s->committed, lost = s->lost;
     s->lost = 0;
     pthread_mutex_unlock(&s->lock);
-    log_lost(lost);
+    nsd_store_log_lost(lost);
     nsd_store_call_waiters(&done, committed, NS_EIO);
     return NULL;
 }
@@ -405,17 +406,22 @@ int nsd_store_start(nsd_store_t *s, nsd_registry_t *reg)
                 sqlite3_errmsg(s->db));
         return NS_EIO;
     }
+    nsd_store_checkpoints_start(s);
     pthread_mutex_lock(&s->lock);
     int rc = pthread_create(&s->thread, NULL, writer_main, s);
     s->started = rc == 0;
     pthread_mutex_unlock(&s->lock);
-    return rc == 0 ? 0 : NS_ENOMEM;
+    if (rc != 0)
+        return NS_ENOMEM;
+    return nsd_store_snapshots_start(s);
 }
 
 int nsd_store_stop(nsd_store_t *s, uint64_t timeout_ms)
 {
     if (s == NULL)
         return 0;
+    /* The snapshot thread first: what it queues is committed below. */
+    nsd_store_snapshots_stop(s);
     pthread_mutex_lock(&s->lock);
     int started = s->started;
     if (!s->stopping) {
@@ -428,6 +434,7 @@ int nsd_store_stop(nsd_store_t *s, uint64_t timeout_ms)
         pthread_join(s->thread, NULL);
         s->started = 0;
     }
+    nsd_store_checkpoints_stop(s);
     pthread_mutex_lock(&s->lock);
     s->exited = 1;
     int lost = s->enqueued > s->committed;
@@ -465,6 +472,8 @@ void nsd_store_free(nsd_store_t *s)
     nsd_queue_t w = nsd_store_take_waiters(s, 1);
     nsd_store_call_waiters(&w, s->committed, NS_ESHUTDOWN);
     pthread_cond_destroy(&s->cond);
+    pthread_cond_destroy(&s->snap_cond);
+    pthread_cond_destroy(&s->ckpt_cond);
     pthread_mutex_destroy(&s->lock);
     free(s->aside);
     free(s);

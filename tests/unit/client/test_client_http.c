@@ -482,6 +482,18 @@ START_TEST(t_error_502_not_json)
     reply(500, "application/json", "{\"error\":{\"code\":\"nope\",\"message\":\"m\"}}");
     ck_assert_int_eq(ns_client_version(cli, NULL, &err), NS_EBADRESPONSE);
     ck_assert_uint_eq(fake_http_count(srv), 2);
+    /* ... but its code and whole message are kept (a shard proxy's 502). */
+    ck_assert_str_eq(err.message, "HTTP 500 nope: m");
+    memset(&err, 0, sizeof(err));
+    reply(502, "application/json",
+          "{\"error\":{\"code\":\"shard_unavailable\",\"message\":\"shard 10.0.0.7:8750 did "
+          "not answer (refused, or the connection dropped): only the runs on that shard are "
+          "affected\"}}");
+    ck_assert_int_eq(ns_client_run_get(cli, "r1", NULL, &err), NS_EBADRESPONSE);
+    ck_assert_str_eq(err.message, "HTTP 502 shard_unavailable: shard 10.0.0.7:8750 did not answer "
+                                  "(refused, or the connection dropped): only the runs on that "
+                                  "shard are affected");
+    ck_assert_int_eq(ns_client_last_status(cli), 502);
 }
 END_TEST
 

@@ -232,7 +232,9 @@ START_TEST(test_known_answer)
      * N = 8, mean = (2 + 18) / 8 = 2.5,
      * var = (2 (0 + 2.25) + 6 (2 + 0.25)) / 8 = (4.5 + 13.5) / 8 = 2.25 */
     const float m0[] = {1.0f}, v0[] = {0.0f}, m1[] = {3.0f}, v1[] = {2.0f};
-    ns_arrival_t arr[] = {{2, m0, v0}, {0, NULL, NULL}, {6, m1, v1}};
+    ns_arrival_t arr[] = {{.n = 2, .mean = m0, .var = v0},
+                          {.n = 0, .mean = NULL, .var = NULL},
+                          {.n = 6, .mean = m1, .var = v1}};
     double mean, var;
     uint64_t n;
     ck_assert_int_eq(ns_combine(arr, 3, 1, &n, &mean, &var, 1), 0);
@@ -269,7 +271,9 @@ END_TEST
 
 START_TEST(test_all_empty)
 {
-    ns_arrival_t arr[3] = {{0, NULL, NULL}, {0, NULL, NULL}, {0, NULL, NULL}};
+    ns_arrival_t arr[3] = {{.n = 0, .mean = NULL, .var = NULL},
+                           {.n = 0, .mean = NULL, .var = NULL},
+                           {.n = 0, .mean = NULL, .var = NULL}};
     double mean[5], var[5];
     for (size_t c = 0; c < 5; c++)
         mean[c] = var[c] = NAN;
@@ -366,19 +370,21 @@ START_TEST(test_invalid)
     const float m[] = {1.0f}, v[] = {1.0f};
     double mean, var;
     uint64_t n;
-    ns_arrival_t big[] = {{UINT64_MAX / 2 + 1, m, v}, {UINT64_MAX / 2 + 1, m, v}};
+    ns_arrival_t big[] = {{.n = UINT64_MAX / 2 + 1, .mean = m, .var = v},
+                          {.n = UINT64_MAX / 2 + 1, .mean = m, .var = v}};
     ck_assert_int_eq(ns_combine(big, 2, 1, &n, &mean, &var, 1), NS_EINVAL);
-    ns_arrival_t fits[] = {{UINT64_MAX / 2, m, v}, {UINT64_MAX / 2 + 1, m, v}};
+    ns_arrival_t fits[] = {{.n = UINT64_MAX / 2, .mean = m, .var = v},
+                           {.n = UINT64_MAX / 2 + 1, .mean = m, .var = v}};
     ck_assert_int_eq(ns_combine(fits, 2, 1, &n, &mean, &var, 1), 0);
     ck_assert_uint_eq(n, UINT64_MAX);
 
-    ns_arrival_t ok[] = {{4, m, v}};
+    ns_arrival_t ok[] = {{.n = 4, .mean = m, .var = v}};
     ck_assert_int_eq(ns_combine(NULL, 1, 1, &n, &mean, &var, 1), NS_EINVAL);
     ck_assert_int_eq(ns_combine(ok, 1, 0, &n, &mean, &var, 1), NS_EINVAL);
     ck_assert_int_eq(ns_combine(ok, 1, 1, NULL, &mean, &var, 1), NS_EINVAL);
     ck_assert_int_eq(ns_combine(ok, 1, 1, &n, NULL, &var, 1), NS_EINVAL);
     ck_assert_int_eq(ns_combine(ok, 1, 1, &n, &mean, NULL, 1), NS_EINVAL);
-    ns_arrival_t holes[] = {{4, NULL, v}};
+    ns_arrival_t holes[] = {{.n = 4, .mean = NULL, .var = v}};
     ck_assert_int_eq(ns_combine(holes, 1, 1, &n, &mean, &var, 1), NS_EINVAL);
     holes[0].mean = m;
     holes[0].var = NULL;
@@ -443,6 +449,116 @@ START_TEST(test_var_bias_f32)
 }
 END_TEST
 
+/* One non-empty arrival (empty ones around it) is the global batch: its
+ * values widened, bit for bit, even at counts where n * mean / n is not
+ * mean in double (checked here: the formula would have changed some). */
+START_TEST(test_single_arrival_exact)
+{
+    enum { C = 1000 };
+    static float m[C], v[C];
+    static double mean[C], var[C];
+    uint64_t r = ns_test_seed();
+    for (size_t c = 0; c < C; c++) {
+        m[c] = (float)(ns_test_normal(&r) * 3.0);
+        v[c] = (float)(ns_test_uniform(&r) * 2.0);
+    }
+    const uint64_t n = ((uint64_t)1 << 32) - 1;
+    ns_arrival_t a[3] = {{.n = 0, .mean = NULL, .var = NULL},
+                         {.n = n, .mean = m, .var = v},
+                         {.n = 0, .mean = NULL, .var = NULL}};
+    uint64_t total = 0;
+    ck_assert_int_eq(ns_combine(a, 3, C, &total, mean, var, 1), 0);
+    ck_assert_uint_eq(total, n);
+    size_t formula_differs = 0;
+    for (size_t c = 0; c < C; c++) {
+        ck_assert(mean[c] == (double)m[c] && var[c] == (double)v[c]);
+        volatile double p = (double)n * (double)m[c];
+        formula_differs += p / (double)n != (double)m[c];
+    }
+    ck_assert_uint_gt(formula_differs, 0);
+}
+END_TEST
+
+/* Arrivals sent in double (a relay's nodes): float-exact doubles give the bits of
+ * the same float arrivals; genuine doubles (and doubles mixed with floats)
+ * match a long double evaluation of the formula to double rounding. */
+START_TEST(test_wide_arrivals)
+{
+    uint64_t rng = ns_test_seed() + 77;
+    enum { W = 6, C = 17 };
+    for (int round = 0; round < 40; round++) {
+        float fm[W][C], fv[W][C];
+        double dm[W][C], dv[W][C];
+        ns_arrival_t narrow[W], wide[W], mixed[W];
+        double shift = 100.0 * ns_test_normal(&rng);
+        for (size_t w = 0; w < W; w++) {
+            uint64_t n = ns_test_rand(&rng) % 5 == 0 ? 0 : 1 + ns_test_rand(&rng) % 5000;
+            for (size_t c = 0; c < C; c++) {
+                dm[w][c] = shift + ns_test_normal(&rng);
+                dv[w][c] = 0.1 + ns_test_uniform(&rng);
+                fm[w][c] = (float)dm[w][c];
+                fv[w][c] = (float)dv[w][c];
+            }
+            narrow[w] = (ns_arrival_t){.n = n, .mean = fm[w], .var = fv[w]};
+            wide[w] = (ns_arrival_t){
+                .n = n, .mean = fm[w], .var = fv[w], .mean64 = dm[w], .var64 = dv[w]};
+            mixed[w] = w % 2 ? wide[w] : narrow[w];
+        }
+        narrow[round % W].n = wide[round % W].n = mixed[round % W].n = 7; /* N > 0 */
+        double m0[C], v0[C], m1[C], v1[C];
+        uint64_t n0, n1;
+        /* float-exact doubles: the same bits as the float arrivals */
+        double em[W][C], ev[W][C];
+        ns_arrival_t exact[W];
+        for (size_t w = 0; w < W; w++) {
+            for (size_t c = 0; c < C; c++) {
+                em[w][c] = fm[w][c];
+                ev[w][c] = fv[w][c];
+            }
+            exact[w] = (ns_arrival_t){.n = narrow[w].n, .mean64 = em[w], .var64 = ev[w]};
+        }
+        ck_assert_int_eq(ns_combine(narrow, W, C, &n0, m0, v0, 1), 0);
+        ck_assert_int_eq(ns_combine(exact, W, C, &n1, m1, v1, 1), 0);
+        ck_assert_uint_eq(n0, n1);
+        ck_assert_mem_eq(m0, m1, sizeof(m0));
+        ck_assert_mem_eq(v0, v1, sizeof(v0));
+        /* genuine doubles, alone and mixed with floats: the formula in long double */
+        const ns_arrival_t *sets[2] = {wide, mixed};
+        for (int k = 0; k < 2; k++) {
+            ck_assert_int_eq(ns_combine(sets[k], W, C, &n1, m1, v1, 2), 0);
+            for (size_t c = 0; c < C; c++) {
+                long double tot = 0, s = 0, q = 0;
+                for (size_t w = 0; w < W; w++) {
+                    const ns_arrival_t *a = &sets[k][w];
+                    long double x = a->mean64 ? (long double)a->mean64[c] : a->mean[c];
+                    tot += (long double)a->n;
+                    s += (long double)a->n * x;
+                }
+                long double mu = s / tot;
+                for (size_t w = 0; w < W; w++) {
+                    const ns_arrival_t *a = &sets[k][w];
+                    long double x = a->mean64 ? (long double)a->mean64[c] : a->mean[c];
+                    long double y = a->mean64 ? (long double)a->var64[c] : a->var[c];
+                    q += (long double)a->n * (y + (x - mu) * (x - mu));
+                }
+                long double var = q / tot;
+                double scale = fabs((double)mu) + sqrt((double)var);
+                ck_assert_msg(fabs(m1[c] - (double)mu) <= 1e-14 * scale, "mean %zu", c);
+                ck_assert_msg(fabs(v1[c] - (double)var) <=
+                                  1e-14 * (double)var + 1e-14 * scale * sqrt((double)var),
+                              "var %zu", c);
+            }
+        }
+    }
+    /* mean64 without var64 is refused */
+    const double one = 1.0;
+    ns_arrival_t half[] = {{.n = 2, .mean64 = &one}};
+    double m, v;
+    uint64_t n;
+    ck_assert_int_eq(ns_combine(half, 1, 1, &n, &m, &v, 1), NS_EINVAL);
+}
+END_TEST
+
 static Suite *combine_suite(void)
 {
     Suite *s = suite_create("combine");
@@ -453,10 +569,12 @@ static Suite *combine_suite(void)
     tcase_add_test(tc, test_known_answer);
     tcase_add_test(tc, test_empty_arrivals_ignored);
     tcase_add_test(tc, test_all_empty);
+    tcase_add_test(tc, test_single_arrival_exact);
     tcase_add_test(tc, test_threads_bitwise_resnet50);
     tcase_add_test(tc, test_threads_bitwise_many_workers);
     tcase_add_test(tc, test_huge_offset);
     tcase_add_test(tc, test_invalid);
+    tcase_add_test(tc, test_wide_arrivals);
     suite_add_tcase(s, tc);
     TCase *tv = tcase_create("variance");
     tcase_add_test(tv, test_var_unbias);

@@ -363,7 +363,7 @@ START_TEST(combine_known_answer)
      * var 1. Worker 1: n = 2, values {4, 6} -> mean 5, var 1. The global
      * batch {0, 2, 4, 6} has mean 3 and biased var (9 + 1 + 1 + 9) / 4 = 5. */
     const float m0 = 1, v0 = 1, m1 = 5, v1 = 1;
-    ns_arrival_t arr[2] = {{2, &m0, &v0}, {2, &m1, &v1}};
+    ns_arrival_t arr[2] = {{.n = 2, .mean = &m0, .var = &v0}, {.n = 2, .mean = &m1, .var = &v1}};
     for (int t = 0; t < ntables; t++) {
         double mean, var;
         tables[t]->combine(arr, 2, 1, 4.0, &mean, &var);

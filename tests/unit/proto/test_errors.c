@@ -120,6 +120,8 @@ START_TEST(test_pinned_values)
     ck_assert_int_eq(NS_ECONNECT, -22);
     ck_assert_int_eq(NS_EREQTIMEOUT, -23);
     ck_assert_int_eq(NS_EBADRESPONSE, -24);
+    ck_assert_int_eq(NS_ECONNS, -25);
+    ck_assert_int_eq(ns_error_http_status(NS_ECONNS), 503);
     ck_assert_str_eq(ns_client_error_name(NS_ECONNECT), "connect_failed");
 }
 END_TEST

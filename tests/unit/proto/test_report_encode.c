@@ -221,6 +221,79 @@ START_TEST(t_safetensors_layout)
 }
 END_TEST
 
+/* F64 arrays (a relay's node): written as F64, decoded with the doubles kept
+ * bit for bit beside their float32 rounding; an unbiased report converts the
+ * doubles with (n-1)/n in double; a negative double variance that rounds to
+ * float32 -0 is still refused. */
+START_TEST(t_f64_arrays)
+{
+    double m64[3] = {1.0 + 0x1p-40, -3.25, 1e-30}, v64[3] = {2.0 / 3.0, 0.0, 1e-310};
+    float m32[3], v32[3];
+    for (int c = 0; c < 3; c++) {
+        m32[c] = (float)m64[c];
+        v32[c] = (float)v64[c];
+    }
+    ns_layer_report_t layer = {.name = "bn",
+                               .count = 5,
+                               .channels = 3,
+                               .mean = m32,
+                               .var = v32,
+                               .mean64 = m64,
+                               .var64 = v64};
+    ns_report_t r = {.step = 4,
+                     .worker = 1,
+                     .update = NS_UPDATE_EMA | NS_UPDATE_PRECISE,
+                     .world_size = -1,
+                     .n_layers = 1,
+                     .layers = &layer};
+    for (int unbiased = 0; unbiased < 2; unbiased++) {
+        r.unbiased = unbiased;
+        ns_buf_t buf = {0};
+        ck_assert_int_eq(ns_report_encode(&buf, NS_FORMAT_SAFETENSORS, &r, NULL), 0);
+        int f64 = 0;
+        for (size_t i = 0; i + 5 <= buf.len && !f64; i++)
+            f64 = memcmp(buf.data + i, "\"F64\"", 5) == 0;
+        ck_assert(f64);
+        ns_report_t *back = NULL;
+        ck_assert_int_eq(
+            ns_report_decode_safetensors(&back, (const uint8_t *)buf.data, buf.len, NULL), 0);
+        const ns_layer_report_t *b = &back->layers[0];
+        ck_assert_ptr_nonnull(b->mean64);
+        ck_assert_ptr_nonnull(b->var64);
+        for (int c = 0; c < 3; c++) {
+            long double keep = unbiased ? (long double)4 / 5 : 1;
+            ck_assert(b->mean64[c] == m64[c]);
+            ck_assert(b->mean[c] == m32[c]);
+            ck_assert(b->var64[c] == (double)((long double)v64[c] * keep));
+        }
+        ns_report_free(back);
+        ns_buf_free(&buf);
+    }
+    /* float32 only: no doubles after decoding */
+    layer.mean64 = layer.var64 = NULL;
+    r.unbiased = 0;
+    ns_buf_t buf = {0};
+    ck_assert_int_eq(ns_report_encode(&buf, NS_FORMAT_SAFETENSORS, &r, NULL), 0);
+    ns_report_t *back = NULL;
+    ck_assert_int_eq(ns_report_decode_safetensors(&back, (const uint8_t *)buf.data, buf.len, NULL),
+                     0);
+    ck_assert_ptr_null(back->layers[0].mean64);
+    ns_report_free(back);
+    ns_buf_free(&buf);
+    /* -1e-300 rounds to float32 -0, which alone would pass */
+    layer.mean64 = m64;
+    layer.var64 = v64;
+    v64[1] = -1e-300;
+    v32[1] = (float)v64[1];
+    ns_error_detail_t err = {0};
+    ck_assert_int_eq(ns_report_encode(&buf, NS_FORMAT_SAFETENSORS, &r, NULL), 0);
+    ck_assert_int_eq(ns_report_decode_safetensors(&back, (const uint8_t *)buf.data, buf.len, &err),
+                     NS_EVALUE);
+    ck_assert_ptr_nonnull(strstr(err.message, "layers.bn.var[1]: negative variance"));
+    ns_buf_free(&buf);
+}
+END_TEST
+
 static Suite *make_suite(void)
 {
     Suite *s = suite_create("report_encode");
@@ -228,6 +301,7 @@ static Suite *make_suite(void)
     tcase_add_test(tc, t_round_trip_random);
     tcase_add_test(tc, t_refused);
     tcase_add_test(tc, t_safetensors_layout);
+    tcase_add_test(tc, t_f64_arrays);
     suite_add_tcase(s, tc);
     return s;
 }

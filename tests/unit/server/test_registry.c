@@ -56,7 +56,7 @@ START_TEST(test_run_life_cycle)
     ck_assert_int_eq(fx_send(reg, "r0", 0, 1, &o, &l, 1, 0, NULL, NULL), 0);
     /* A rejected report to a missing run leaves no run behind. */
     ck_assert_int_eq(fx_send(reg, "r9", 0, 5, &o, &l, 1, 0, NULL, NULL), NS_EWORKER);
-    json_t *list = nsd_registry_list_json(reg);
+    json_t *list = nsd_registry_list_json(reg, NULL, 0);
     json_t *runs = json_object_get(list, "runs");
     ck_assert_int_eq(json_array_size(runs), 2);
     ck_assert_str_eq(json_string_value(json_object_get(json_array_get(runs, 0), "run")), "r0");
@@ -172,6 +172,35 @@ START_TEST(test_stats_errors)
     ck_assert_int_eq(nsd_registry_stats(reg, "missing", &q, &s, NULL), NS_ENOTFOUND);
     ck_assert_int_eq(nsd_registry_precise_reset(reg, "missing", NULL, NULL, NULL), NS_ENOTFOUND);
     ck_assert_ptr_null(nsd_registry_checkpoint_export(reg, "missing", NULL));
+    nsd_registry_free(reg);
+}
+END_TEST
+
+/* GET /checkpoint's text (written without a tree) is the export's document:
+ * parsed, it equals nsd_checkpoint_export()'s tree, reals and all. */
+START_TEST(test_checkpoint_text_equals_export)
+{
+    nsd_registry_t *reg = nsd_registry_create(NULL);
+    float m[3] = {1.0f, -2.5f, 1e-7f}, v[3] = {1, 0.1f, 3e5f};
+    fx_layer_t ls[2] = {{"bn1", 4, 3, m, v}, {"bn2", 0, 0, NULL, NULL}};
+    fx_opts_t a = {.domain = "photo"}, b = {.domain = "sketch"};
+    for (uint64_t s = 0; s < 3; s++)
+        ck_assert_int_eq(fx_send(reg, "r", s, 0, s % 2 ? &a : &b, ls, 2, 0, NULL, NULL), 0);
+    ck_assert_int_eq(nsd_registry_precise_reset(reg, "r", "photo", NULL, NULL), 0);
+    json_t *tree = nsd_registry_checkpoint_export(reg, "r", NULL);
+    ns_buf_t text;
+    ns_buf_init(&text, 0);
+    ck_assert_int_eq(nsd_registry_checkpoint_text(reg, "r", &text, NULL), 0);
+    json_error_t jerr;
+    json_t *parsed = json_loadb(text.data, text.len, JSON_REJECT_DUPLICATES, &jerr);
+    ck_assert_msg(parsed != NULL, "%s", jerr.text);
+    ck_assert_msg(json_equal(parsed, tree), "text %s", text.data);
+    ns_buf_free(&text);
+    ns_buf_init(&text, 0);
+    ck_assert_int_eq(nsd_registry_checkpoint_text(reg, "missing", &text, NULL), NS_ENOTFOUND);
+    json_decref(parsed);
+    json_decref(tree);
+    ns_buf_free(&text);
     nsd_registry_free(reg);
 }
 END_TEST
@@ -836,6 +865,7 @@ static Suite *make_suite(void)
     TCase *tc = tcase_create("registry");
     tcase_set_timeout(tc, 60);
     tcase_add_test(tc, test_run_life_cycle);
+    tcase_add_test(tc, test_checkpoint_text_equals_export);
     tcase_add_test(tc, test_stall_report);
     tcase_add_test(tc, test_stats_errors);
     tcase_add_test(tc, test_checkpoint_validation);

@@ -286,7 +286,7 @@ static void *reader_main(void *p)
         if (i % 4 == 2 && nsd_registry_put_run(sh->reg, "r", &same, NULL, NULL) != 0)
             atomic_fetch_add(&sh->fails, 1);
         if (i % 4 == 3)
-            json_decref(nsd_registry_list_json(sh->reg));
+            json_decref(nsd_registry_list_json(sh->reg, NULL, 0));
     }
     return NULL;
 }
@@ -526,7 +526,7 @@ START_TEST(test_layers_race_delete)
     }
     while (atomic_load(&sh.reporters_left) > 0) {
         nsd_registry_delete_run(sh.reg, "solo", NULL);
-        json_decref(nsd_registry_list_json(sh.reg));
+        json_decref(nsd_registry_list_json(sh.reg, NULL, 0));
     }
     for (size_t l = 0; l < L; l++)
         ck_assert_int_eq(pthread_join(th[l], NULL), 0);

@@ -36,6 +36,8 @@ static const struct {
     {"POST", "/v1/runs/r1/sync", "/v1/runs/{run}/sync", "r1"},
     {"POST", "/v1/runs/r1/grad", "/v1/runs/{run}/grad", "r1"},
     {"GET", "/v1/runs/run/stats", "/v1/runs/{run}/stats", "run"},
+    {"GET", "/v1/runs/r1/drift", "/v1/runs/{run}/drift", "r1"},
+    {"GET", "/v1/runs/r1/history", "/v1/runs/{run}/history", "r1"},
     {"POST", "/v1/runs/x/precise/reset", "/v1/runs/{run}/precise/reset", "x"},
     {"GET", "/v1/runs/x/checkpoint", "/v1/runs/{run}/checkpoint", "x"},
     {"PUT", "/v1/runs/x/checkpoint", "/v1/runs/{run}/checkpoint", "x"},
@@ -44,6 +46,11 @@ static const struct {
     {"GET", "/readyz", "/readyz", ""},
     {"GET", "/metrics", "/metrics", ""},
     {"GET", "/v1/version", "/v1/version", ""},
+    {"GET", "/", "/", ""},
+    {"GET", "/ui", "/ui", ""},
+    {"GET", "/ui/", "/ui/", ""},
+    {"GET", "/ui/dashboard.js", "/ui/dashboard.js", ""},
+    {"GET", "/ui/dashboard.css", "/ui/dashboard.css", ""},
     {"HEAD", "/v1/runs/r1/stats", "/v1/runs/{run}/stats", "r1"},
 };
 
@@ -64,7 +71,7 @@ START_TEST(test_match)
     /* Every table row is one of the expected (method, pattern) pairs, labels unique. */
     size_t n;
     const nsd_route_t *table = nsd_routes_table(&n);
-    ck_assert_uint_eq(n, 16);
+    ck_assert_uint_eq(n, 23);
     for (size_t i = 0; i < n; i++) {
         int found = 0;
         for (size_t j = 0; j < sizeof(expected) / sizeof(expected[0]); j++)
@@ -80,8 +87,12 @@ END_TEST
 
 START_TEST(test_not_found)
 {
-    static const char *const paths[] = {"/",
+    static const char *const paths[] = {"//",
                                         "",
+                                        "/ui//",
+                                        "/ui/x",
+                                        "/ui/dashboard.js/",
+                                        "/uix",
                                         "/v1",
                                         "/v1/run",
                                         "/v1/runs/",

@@ -17,6 +17,7 @@
 
 #include "harness.h"
 #include "registry/registry.h"
+#include "registry/step.h"
 #include "store/store.h"
 
 /* Waits on the store are bounded so a broken writer fails instead of hanging. */
@@ -593,6 +594,84 @@ START_TEST(test_periodic_snapshots)
 }
 END_TEST
 
+/* A pass's snapshot copied under the run's lock and queued later: a step
+ * that finalized in between stays in the log and is replayed on top of it
+ * (a snapshot that took the queue's seq would have dropped it), a held
+ * step handed to it is logged again, and a run deleted in between is not
+ * brought back by it. The hooks are driven by hand to make the interleaving. */
+START_TEST(test_snapshot_copied_then_queued)
+{
+    char *base = make_dir(), dir[300], path[400];
+    snprintf(dir, sizeof(dir), "%s/data", base);
+    nsd_store_t *s = open_ok(dir, 1, 0);
+    nsd_registry_t *live = live_registry(s);
+    nsd_persist_t hooks;
+    nsd_store_hooks(s, &hooks);
+    ns_run_config_t c = cfg_of(1, 0.25);
+    ck_assert_int_eq(nsd_registry_put_run(live, "p", &c, NULL, NULL), 0);
+    ck_assert_int_eq(nsd_registry_put_run(live, "q", &c, NULL, NULL), 0);
+    const char *layers[] = {"a", "b"};
+    size_t ch[] = {5, 3};
+    for (uint64_t step = 0; step < 10; step++) {
+        ck_assert_int_eq(send(live, "p", step, 0, "default", layers, ch, 2, 6, NULL, 0), 0);
+        ck_assert_int_eq(send(live, "q", step, 0, "default", layers, ch, 2, 6, NULL, 0), 0);
+    }
+    ck_assert_int_eq(wait_commit(s), 0);
+
+    /* p: the copy, then step 10, then the JSON of the copy. */
+    json_t *state = nsd_registry_checkpoint_export(live, "p", NULL);
+    ck_assert_ptr_nonnull(state);
+    nsd_queue_t held = {0};
+    nsd_step_t *h = nsd_step_create("held", 7, 2);
+    h->count = 4;
+    h->mean[0] = 1.5, h->mean[1] = -2.25, h->var[0] = 0.5, h->var[1] = 3.0;
+    nsd_queue_push(&held, &h->link);
+    void *ticket = hooks.snapshot_begin(hooks.arg, "p", &held);
+    ck_assert_ptr_nonnull(ticket);
+    ck_assert_int_eq(send(live, "p", 10, 0, "default", layers, ch, 2, 6, NULL, 0), 0);
+    hooks.snapshot_end(hooks.arg, ticket, state);
+    json_decref(state);
+    nsd_step_free(h);
+
+    /* q: the copy, then DELETE, then the JSON. */
+    state = nsd_registry_checkpoint_export(live, "q", NULL);
+    held = (nsd_queue_t){0};
+    ticket = hooks.snapshot_begin(hooks.arg, "q", &held);
+    ck_assert_int_eq(nsd_registry_delete_run(live, "q", NULL), 0);
+    hooks.snapshot_end(hooks.arg, ticket, state);
+    json_decref(state);
+
+    ck_assert_int_eq(wait_commit(s), 0);
+    ck_assert_int_eq(nsd_store_stop(s, 1000), 0);
+    nsd_registry_set_persist(live, NULL);
+    nsd_store_free(s);
+    db_path(path, sizeof(path), dir);
+    ck_assert_int_eq(sql_int(path, "SELECT count(*) FROM snapshot WHERE run = 'q'"), 0);
+    ck_assert_int_eq(sql_int(path, "SELECT count(*) FROM log WHERE run = 'q'"), 0);
+    ck_assert_int_eq(sql_int(path, "SELECT count(*) FROM snapshot WHERE run = 'p'"), 1);
+    /* The held step's row right at the snapshot's seq; step 10's rows after. */
+    ck_assert_int_eq(sql_int(path, "SELECT count(*) FROM log WHERE run = 'p' AND layer = 'held'"
+                                   " AND seq = (SELECT seq FROM snapshot WHERE run = 'p')"),
+                     1);
+    ck_assert_int_eq(sql_int(path, "SELECT count(*) FROM log WHERE run = 'p' AND step = 10 AND "
+                                   "seq > (SELECT seq FROM snapshot WHERE run = 'p')"),
+                     2);
+    ck_assert_int_eq(sql_int(path, "SELECT count(*) FROM log WHERE run = 'p' AND step < 10 AND "
+                                   "layer <> 'held'"),
+                     0);
+    sql_exec(path, "DELETE FROM log WHERE layer = 'held'"); /* a layer the live run never had */
+    nsd_store_recovery_t rec;
+    nsd_registry_t *back = recovered(dir, &rec);
+    ck_assert_uint_eq(rec.snapshots, 1);
+    assert_same_state(live, back, "p");
+    ck_assert_ptr_null(nsd_registry_checkpoint_export(back, "q", NULL));
+    nsd_registry_free(back);
+    nsd_registry_free(live);
+    remove_tree(base);
+    free(base);
+}
+END_TEST
+
 /* An independent check of the replayed EMA: world_size 1, known momentum,
  * the EMA recomputed here from the reports' float values. */
 START_TEST(test_recovered_ema_matches_reference)
@@ -821,6 +900,7 @@ static Suite *make_suite(void)
     tcase_add_test(tc, test_recovery_from_log_is_bit_identical);
     tcase_add_test(tc, test_recovery_from_snapshots_is_bit_identical);
     tcase_add_test(tc, test_periodic_snapshots);
+    tcase_add_test(tc, test_snapshot_copied_then_queued);
     tcase_add_test(tc, test_recovered_ema_matches_reference);
     tcase_add_test(tc, test_failed_commit_is_retried);
     tcase_add_test(tc, test_stop_reports_lost_changes);

@@ -40,6 +40,7 @@ START_TEST(test_check_value)
 {
     ck_assert_uint_eq(nsd_crc32c(0, "123456789", 9), 0xe3069283u);
     ck_assert_uint_eq(nsd_crc32c(0, NULL, 0), 0u);
+    ck_assert_uint_eq(nsd_crc32c_portable(0, "123456789", 9), 0xe3069283u);
 }
 END_TEST
 
@@ -54,6 +55,19 @@ static uint32_t bitwise(const unsigned char *p, size_t n)
     }
     return ~c;
 }
+
+/* The hardware path is the one in use on a CPU that has it (a test run on
+ * such a CPU checks it above, the portable one on others). */
+START_TEST(test_impl_named)
+{
+    const char *impl = nsd_crc32c_impl();
+    ck_assert(strcmp(impl, "sse4.2") == 0 || strcmp(impl, "portable") == 0);
+#if defined(__x86_64__)
+    __builtin_cpu_init();
+    ck_assert_str_eq(impl, __builtin_cpu_supports("sse4.2") ? "sse4.2" : "portable");
+#endif
+}
+END_TEST
 
 /* Every length up to 300 from every start alignment, in one piece and
  * split in two anywhere, against the bitwise reference. */
@@ -70,6 +84,10 @@ START_TEST(test_matches_bitwise_reference)
             size_t cut = n ? (size_t)(ns_test_rand(&rng) % (n + 1)) : 0;
             ck_assert_uint_eq(nsd_crc32c(nsd_crc32c(0, buf + off, cut), buf + off + cut, n - cut),
                               want);
+            ck_assert_uint_eq(nsd_crc32c_portable(0, buf + off, n), want);
+            ck_assert_uint_eq(nsd_crc32c_portable(nsd_crc32c_portable(0, buf + off, cut),
+                                                  buf + off + cut, n - cut),
+                              want);
         }
 }
 END_TEST
@@ -80,6 +98,7 @@ static Suite *make_suite(void)
     TCase *tc = tcase_create("crc32c");
     tcase_add_test(tc, test_rfc3720_vectors);
     tcase_add_test(tc, test_check_value);
+    tcase_add_test(tc, test_impl_named);
     tcase_add_test(tc, test_matches_bitwise_reference);
     suite_add_tcase(s, tc);
     return s;

@@ -91,9 +91,11 @@ class Link:
 
     def __init__(self, url, run, rank, world_size, domain=None, update=("ema", "precise"),
                  timeout=None, token=None):
+        cafile = None  # https: $NORMSTAT_CACERT, or the CA file of a Client given
         if isinstance(url, Client):
             client = url
             url = client.url
+            cafile = client.cafile
             if timeout is None:
                 timeout = client.sync_timeout
             if token is None:
@@ -110,6 +112,7 @@ class Link:
         self.update = tuple([update] if isinstance(update, str) else update)
         self.timeout = 120.0 if timeout is None else timeout
         self.token = token
+        self.cafile = cafile
         self._lock = threading.Lock()
         self._conn = None
         self._frames = {}
@@ -122,6 +125,7 @@ class Link:
         return state
 
     def __setstate__(self, state):
+        state.setdefault("cafile", None)  # pickled before links had one
         self.__dict__.update(state)
         self._lock = threading.Lock()
 
@@ -142,7 +146,8 @@ class Link:
 
     def _connection(self):
         if self._conn is None:
-            self._conn = wire.Connection(self.url, timeout=self.timeout, token=self.token)
+            self._conn = wire.Connection(self.url, timeout=self.timeout, token=self.token,
+                                         cafile=self.cafile)
         return self._conn
 
     def _frame(self, kind, layer, channels, dtype="F32"):
@@ -241,7 +246,7 @@ class Link:
         the run or the layer has none)."""
         if self._client is None:
             self._client = Client(self.url, timeout=min(self.timeout or 30.0, 30.0),
-                                  token=self.token or "")
+                                  token=self.token or "", cafile=self.cafile)
         try:
             info = self._client.get_run(self.run)
         except NotFound:
@@ -519,7 +524,8 @@ def convert_sync_batchnorm(module, client, run, rank, world_size, *, domain=None
     if dup:
         raise ValueError(f"BatchNorm layers map to the same name(s) {sorted(dup)}")
     if configure_run:
-        c = client if isinstance(client, Client) else Client(client, token=link.token or "")
+        c = client if isinstance(client, Client) else Client(client, token=link.token or "",
+                                                             cafile=link.cafile)
         momenta = {m.momentum for _, m in found}
         kw = {"momentum": momenta.pop()} if len(momenta) == 1 else {}
         try:

@@ -1,0 +1,106 @@
+/* decode_bound.c - what decoding a body may allocate, known before it is
+ * decoded (see ns_decode_bound() in proto.h).
+ *
+ * DESIGN
+ *  The bounds follow the decoders' allocations; tests/unit/proto/
+ *  test_decode_bound.c checks them against what the allocator holds after
+ *  decoding the worst shapes (one-channel layers, layers without arrays,
+ *  one long array), so a decoder that grows costlier fails there.
+ *  Report, fast JSON path (report_json_fast.c): the report; one array of
+ *  layers sized by the '{' count, plus as much again for qsort's buffer;
+ *  per float array one exact allocation (4 bytes a number, a number per
+ *  ',' or '[') with its allocator overhead; while one array longer than 64
+ *  numbers is parsed, its doubling buffer (at most 12 bytes a number).
+ *  jansson: a tree costs about 20 bytes per body byte at its worst (a
+ *  one-character number is a 32-byte value and an 8-byte slot; measured
+ *  13 for a safetensors header); counted as 24. safetensors: the header
+ *  as a jansson tree, the tensor index (two small structs a tensor, a
+ *  tensor per '{'), then the values (float32 as
+ *  sent, float64 narrowed: at most the data area for a report; gradient
+ *  sums widen float32 to double: twice the data area). */
+#include <string.h>
+
+#include "proto_internal.h"
+
+/* malloc's bookkeeping and rounding per allocation, at most (glibc: 8 and 16). */
+#define ALLOC_OVERHEAD     32u
+#define JSON_TREE_PER_BYTE 24u
+#define TENSOR_INDEX_BYTES 256u  /* ns_tensor_t, its span and name, per tensor */
+#define FIXED_BYTES        8192u /* the message struct, scratch, small strings */
+
+typedef struct counts_s {
+    uint64_t braces, brackets, commas, longest_array;
+} counts_t;
+
+static counts_t count_json(const char *p, size_t len)
+{
+    counts_t n = {0};
+    uint64_t in_array = 0;
+    for (size_t i = 0; i < len; i++) {
+        switch (p[i]) {
+        case '{':
+            n.braces++;
+            break;
+        case '[':
+            n.brackets++;
+            in_array = 1;
+            break;
+        case ',':
+            n.commas++;
+            in_array += in_array ? 1 : 0;
+            break;
+        case ']':
+            n.longest_array = in_array > n.longest_array ? in_array : n.longest_array;
+            in_array = 0;
+            break;
+        default:
+            break;
+        }
+    }
+    n.longest_array = in_array > n.longest_array ? in_array : n.longest_array;
+    return n;
+}
+
+static uint64_t report_json_bound(const char *src, size_t len)
+{
+    counts_t n = count_json(src, len);
+    uint64_t layers = 2 * n.braces * (sizeof(ns_layer_report_t) + ALLOC_OVERHEAD);
+    uint64_t arrays = n.brackets * ALLOC_OVERHEAD + 4 * (n.commas + n.brackets);
+    return FIXED_BYTES + sizeof(ns_report_t) + layers + arrays + 12 * n.longest_array;
+}
+
+/* The header length a safetensors body declares, clamped to the body. */
+static uint64_t safetensors_header(const unsigned char *src, size_t len)
+{
+    if (len < 8)
+        return 0;
+    uint64_t h = 0;
+    for (int i = 7; i >= 0; i--)
+        h = (h << 8) | src[i];
+    return h > len - 8 ? len - 8 : h;
+}
+
+static uint64_t safetensors_bound(const unsigned char *src, size_t len, unsigned data_factor)
+{
+    uint64_t header = safetensors_header(src, len);
+    uint64_t tensors = count_json((const char *)src + 8 * (len >= 8), (size_t)header).braces;
+    uint64_t data = len - (len >= 8 ? 8 : len) - header;
+    return FIXED_BYTES + JSON_TREE_PER_BYTE * header + tensors * TENSOR_INDEX_BYTES +
+           tensors * (sizeof(ns_layer_report_t) + 2 * ALLOC_OVERHEAD) + data_factor * data;
+}
+
+uint64_t ns_decode_bound(const void *src, size_t src_len, ns_decode_kind_t kind)
+{
+    if (src == NULL)
+        src_len = 0;
+    switch (kind) {
+    case NS_DECODE_REPORT_JSON:
+        return report_json_bound(src, src_len);
+    case NS_DECODE_REPORT_SAFETENSORS:
+        return safetensors_bound(src, src_len, 1);
+    case NS_DECODE_GRAD_SAFETENSORS:
+        return safetensors_bound(src, src_len, 2);
+    default:
+        return FIXED_BYTES + JSON_TREE_PER_BYTE * (uint64_t)src_len;
+    }
+}

@@ -1,0 +1,59 @@
+/* h_drift.c - GET /v1/runs/{run}/drift and /history: EMA vs PreciseBN drift
+ * per layer, and one layer's recent steps. */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "http/http.h"
+#include "registry/registry.h"
+
+void nsd_h_drift(nsd_request_t *req)
+{
+    ns_error_detail_t err = {0};
+    json_t *j = nsd_registry_drift_json(req->server->registry, req->run,
+                                        nsd_request_query(req, "domain"), &err);
+    if (j == NULL) {
+        nsd_respond_detail(req, err.code ? err.code : NS_ENOMEM, &err);
+        return;
+    }
+    nsd_respond_json(req, 200, j);
+}
+
+/* channel=N: a decimal integer >= 0. @return 0 or NS_EINVAL (err). */
+static int parse_channel(const char *src, int64_t *dst, ns_error_detail_t *err)
+{
+    *dst = -1;
+    if (src == NULL)
+        return 0;
+    char *end;
+    errno = 0;
+    long long v = strtoll(src, &end, 10);
+    if (src[0] < '0' || src[0] > '9' || *end != '\0' || errno != 0)
+        return ns_error_set(err, NS_EINVAL, "channel", "expected a channel number, got '%.40s'",
+                            src);
+    *dst = v;
+    return 0;
+}
+
+void nsd_h_history(nsd_request_t *req)
+{
+    ns_error_detail_t err = {0};
+    const char *layer = nsd_request_query(req, "layer");
+    const char *domain = nsd_request_query(req, "domain");
+    int64_t channel;
+    int rc = parse_channel(nsd_request_query(req, "channel"), &channel, &err);
+    if (rc == 0 && (layer == NULL || !ns_name_valid(layer)))
+        rc = ns_error_set(&err, NS_EINVAL, "layer",
+                          layer == NULL ? "required: the layer whose history to serve"
+                                        : "invalid layer name");
+    if (rc == 0 && domain != NULL && strcmp(domain, "*") != 0 && !ns_name_valid(domain))
+        rc = ns_error_set(&err, NS_EINVAL, "domain", "expected a domain name or *");
+    json_t *j = rc == 0 ? nsd_registry_history_json(req->server->registry, req->run, layer, domain,
+                                                    channel, &err)
+                        : NULL;
+    if (j == NULL) {
+        nsd_respond_detail(req, err.code ? err.code : NS_ENOMEM, &err);
+        return;
+    }
+    nsd_respond_json(req, 200, j);
+}

@@ -1,0 +1,232 @@
+// dashboard.mjs - drive Debian's chromium (playwright-core) through normstatd's dashboard.
+//
+// Run by test_dashboard.py, which owns the daemon and the trainer:
+//   node dashboard.mjs URL TOKEN RUN SCREENSHOT
+// Protocol on stdout, one line each: "CHECK {json}" (ok, desc, detail), "PHASE name"
+// (the page showed the trained run; the driver then waits for a line on stdin, sent
+// once a worker stopped reporting), "DONE". The page's values are read from the
+// DOM's data- attributes and compared with the API's JSON fetched here; the chart
+// geometry (bar widths, point positions) is checked against the same numbers.
+// Every wait is a DOM condition with a bounded timeout. NS_PLAYWRIGHT names the
+// folder holding node_modules/playwright-core (make browser-deps installs it).
+import { createRequire } from "node:module";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join, resolve } from "node:path";
+import { createInterface } from "node:readline";
+
+const WAIT_MS = 20000;
+const [url, token, run, screenshot] = process.argv.slice(2);
+const require = createRequire(resolve(process.env.NS_PLAYWRIGHT || ".", "node_modules") + "/");
+const { chromium } = require("playwright-core");
+
+let failed = 0;
+function check(ok, desc, detail) {
+  if (!ok) failed++;
+  console.log("CHECK " + JSON.stringify({ ok: !!ok, desc, detail: ok ? "" : String(detail ?? "") }));
+  return !!ok;
+}
+const same = (a, b) => JSON.stringify(a) === JSON.stringify(b);
+const t0 = Date.now();
+const progress = (what) => console.log(`${((Date.now() - t0) / 1000).toFixed(1)}s ${what}`);
+
+async function api(path) {
+  const r = await fetch(url + path, { headers: { Authorization: "Bearer " + token } });
+  if (!r.ok) throw new Error(`GET ${path}: ${r.status} ${await r.text()}`);
+  return r.json();
+}
+
+const stdinLines = createInterface({ input: process.stdin })[Symbol.asyncIterator]();
+
+// ------------------------------------------------------------------ reading the page
+
+// The bars of a bar chart: [{key, value, width, barWidth, max}].
+const readBars = (page, sel) => page.$$eval(sel + " svg.bars", (svgs) => svgs.flatMap((svg) =>
+  [...svg.querySelectorAll("g.bar")].map((g) => ({
+    key: g.dataset.key,
+    value: g.dataset.value === undefined ? null : Number(g.dataset.value),
+    width: Number(g.querySelector("rect").getAttribute("width")),
+    barWidth: Number(svg.dataset.barWidth), max: Number(svg.dataset.max),
+  }))));
+
+// A line chart's points per series, with each point's position mapped back to a value
+// through the scales the chart keeps on its <svg>.
+const readLines = (page, sel) => page.$eval(sel + " svg.lines", (svg) => {
+  const d = Object.fromEntries(["x0", "x1", "y0", "y1", "px0", "px1", "py0", "py1"]
+    .map((k) => [k, Number(svg.dataset[k])]));
+  const out = {};
+  for (const c of svg.querySelectorAll("circle.pt")) {
+    const s = (out[c.dataset.series] ||= []);
+    const cy = Number(c.getAttribute("cy"));
+    s.push({ x: Number(c.dataset.x), y: Number(c.dataset.y),
+      yFromPixels: d.y0 + ((cy - d.py0) / (d.py1 - d.py0)) * (d.y1 - d.y0),
+      pixelPerUnit: Math.abs(d.py1 - d.py0) / (d.y1 - d.y0) });
+  }
+  return out;
+});
+
+function checkSeries(points, want, desc) {
+  check(same(points.map((p) => [p.x, p.y]), want), desc + ": the values the API serves",
+    `page ${JSON.stringify(points.slice(0, 4).map((p) => [p.x, p.y]))}..., API ${JSON.stringify(want.slice(0, 4))}...`);
+  const off = Math.max(0, ...points.map((p) => Math.abs(p.yFromPixels - p.y) * p.pixelPerUnit));
+  check(off <= 0.5, desc + ": each point drawn at its value (within half a pixel)", `off by ${off} px`);
+}
+
+// ------------------------------------------------------------------ phases
+
+async function trainedRun(page) {
+  await page.waitForFunction(() => Number(document.body.dataset.refreshed || 0) >= 1, null, { timeout: WAIT_MS });
+  check(page.url().endsWith("/ui/"), "GET / redirects to /ui/ and the token leaves the address bar", page.url());
+  const status = await api(`/v1/runs/${run}`);
+  const drift = await api(`/v1/runs/${run}/drift`);
+  const domains = status.status.domains.map((d) => d.domain);
+  check(same(domains.slice().sort(), ["photo", "sketch"]), "the run has two domains", domains);
+  check(await page.$eval("#run-select", (s) => s.value) === run, "the run is chosen");
+  const domain = await page.$eval("#domain-select", (s) => s.value);
+  check(domain === "*", "several domains: the pooled view is shown first", domain);
+
+  // Drift bars: one per layer of the pooled view, worst first, as /drift serves them.
+  const want = drift.layers.filter((r) => r.domain === domain);
+  check(want.length === Object.keys(status.status.layers).length && want.every((r) => r.drift),
+    "/drift has a pooled row with drift for every layer", JSON.stringify(want));
+  await page.waitForFunction((n) => document.querySelectorAll("#drift-bars g.bar").length === n,
+    want.length, { timeout: WAIT_MS });
+  const bars = await readBars(page, "#drift-bars");
+  check(same(bars.map((b) => b.key), want.map((r) => r.layer)), "drift bars: the layers, worst first",
+    `${bars.map((b) => b.key)} vs ${want.map((r) => r.layer)}`);
+  check(same(bars.map((b) => b.value), want.map((r) => r.drift.mean_max)), "drift bars: mean_max of /drift",
+    `${bars.map((b) => b.value)} vs ${want.map((r) => r.drift.mean_max)}`);
+  const maxValue = Math.max(...want.map((r) => r.drift.mean_max));
+  const widthErr = Math.max(...bars.map((b, i) => Math.abs(b.width - (b.barWidth * want[i].drift.mean_max) / maxValue)));
+  check(widthErr < 1e-6, "drift bars: each bar's length is its drift over the worst", widthErr);
+
+  // Choose the second-worst layer by clicking its bar: the per-step chart follows.
+  const layer = want[1].layer;
+  await page.click(`#drift-bars g.bar[data-key="${layer}"] rect`);
+  await page.waitForFunction((l) => document.querySelector("#layer-select").value === l &&
+    document.querySelector("#step-chart-title").textContent.includes(l), layer, { timeout: WAIT_MS });
+  const channel = Number(await page.$eval("#channel-input", (i) => i.value));
+  check(channel === want[1].drift.mean_max_channel, "the chart opens on the layer's worst channel",
+    `${channel} vs ${want[1].drift.mean_max_channel}`);
+  const hist = await api(`/v1/runs/${run}/history?layer=${layer}&domain=${encodeURIComponent(domain)}&channel=${channel}`);
+  check(hist.steps.length >= 8 && hist.population, "/history has the trained steps and a population",
+    JSON.stringify(hist).slice(0, 300));
+  const lines = await readLines(page, "#step-chart");
+  checkSeries(lines["batch mean"] || [], hist.steps.map((s) => [s.step, s.batch_mean]), "per-step chart, batch mean");
+  checkSeries(lines["EMA mean"] || [], hist.steps.map((s) => [s.step, s.ema_mean]), "per-step chart, EMA mean");
+  const pop = lines["PreciseBN population mean"] || [];
+  check(pop.length === 1 && pop[0].y === hist.population.mean, "per-step chart, the PreciseBN population line",
+    `${JSON.stringify(pop)} vs ${hist.population.mean}`);
+  const driftLines = await readLines(page, "#drift-steps");
+  const withDrift = hist.steps.filter((s) => s.drift);
+  checkSeries(driftLines["mean drift, max"] || [], withDrift.map((s) => [s.step, s.drift.mean_max]), "drift over steps, max");
+  checkSeries(driftLines["variance drift, max"] || [], withDrift.map((s) => [s.step, s.drift.var_max]), "drift over steps, variance");
+
+  // Per-domain statistics side by side: one column per domain and the pooled view.
+  for (const d of ["photo", "sketch", "*"]) {
+    const ema = (await api(`/v1/runs/${run}/stats?source=ema&domain=${encodeURIComponent(d)}&layers=${layer}`)).layers[layer];
+    const col = await page.$$eval("#domains thead th", (ths, dd) => ths.findIndex((th) => th.dataset.domain === dd), d);
+    const cell = await page.$$eval(`#domains tbody tr`, (trs, c) => trs.map((tr) =>
+      Number(tr.children[c].dataset.value)), col);
+    check(col > 0 && cell[0] === ema.running_mean[channel] && cell[1] === ema.running_var[channel],
+      `per-domain table, ${d}: the EMA of /stats`, `${cell.slice(0, 2)} vs ${ema.running_mean[channel]}, ${ema.running_var[channel]}`);
+  }
+  check(await page.$("#stall-none") !== null, "no stall while every worker reports");
+
+  // Rejections by reason: this run's, as its status counts them.
+  const rejected = await readBars(page, '#rejections .rejections[data-scope="run"]');
+  const wantRejected = Object.entries(status.status.health.rejections).sort((a, b) => b[1] - a[1]);
+  check(wantRejected.length > 0 && same(rejected.map((b) => [b.key, b.value]), wantRejected),
+    "this run's rejections by reason, as the run status counts them",
+    `${JSON.stringify(rejected.map((b) => [b.key, b.value]))} vs ${JSON.stringify(wantRejected)}`);
+}
+
+async function stalled(page) {
+  await page.waitForSelector('#stall-table tr.stall[data-waiting="2"]', { timeout: WAIT_MS });
+  const status = await api(`/v1/runs/${run}`);
+  const pending = status.status.pending;
+  check(pending.length > 0 && pending.every((p) => same(p.waiting_for, [2])),
+    "the API's stall report: every pending step waits for worker 2", JSON.stringify(pending));
+  const rows = await page.$$eval("#stall-table tr.stall", (trs) => trs.map((tr) => [Number(tr.dataset.step), tr.dataset.waiting]));
+  const steps = [...new Set(pending.map((p) => p.step))].sort((a, b) => a - b);
+  check(same(rows, steps.map((s) => [s, "2"])), "the page's stall report: the pending steps, waiting for worker 2",
+    `${JSON.stringify(rows)} vs ${steps}`);
+  const lags = await readBars(page, "#lag");
+  const want = status.status.workers.slice().sort((a, b) => a.worker - b.worker).map((w) => [String(w.worker), w.lag ?? 0]);
+  check(same(lags.map((b) => [b.key, b.value]), want), "worker lag bars: the lags the API serves",
+    `${JSON.stringify(lags.map((b) => [b.key, b.value]))} vs ${JSON.stringify(want)}`);
+  check(want.find((w) => w[0] === "2")[1] > 0, "worker 2 lags behind", JSON.stringify(want));
+}
+
+// Without a token the page asks for one (its 401s and 403s are expected here, so
+// this tab's console is not watched); an unknown one is refused (401); the right one shows the runs.
+async function tokenPrompt(context) {
+  const page = await context.newPage();
+  await page.goto(url + "/ui/");
+  await page.waitForSelector("#token-form:not([hidden])", { timeout: WAIT_MS });
+  await page.fill("#token-input", token + "-wrong");
+  await page.click("#token-form button");
+  // an unknown token is 401 unauthorized (403 is a known token without the scope)
+  await page.waitForFunction(() => document.querySelector("#token-refused").textContent.includes("unauthorized"),
+    null, { timeout: WAIT_MS });
+  check(true, "a wrong token is refused and the page says so");
+  await page.fill("#token-input", token);
+  await page.click("#token-form button");
+  await page.waitForSelector(`#runs tr[data-run="${run}"]`, { timeout: WAIT_MS });
+  check(await page.$eval("#token-form", (f) => f.hidden), "without a token the page asks for one, then shows the runs");
+  await page.close();
+}
+
+// ------------------------------------------------------------------ main
+
+async function main() {
+  const profile = mkdtempSync(join(tmpdir(), "ns-chromium-"));
+  let context;
+  progress("starting chromium");
+  try {
+    context = await chromium.launchPersistentContext(profile, {
+      executablePath: "/usr/bin/chromium", headless: true, timeout: WAIT_MS,
+      viewport: { width: 1400, height: 1000 }, deviceScaleFactor: 1,
+      args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+    });
+  } catch (e) {
+    check(false, "chromium starts (/usr/bin/chromium, headless)", e.message.split("\n").slice(0, 6).join(" | "));
+    rmSync(profile, { recursive: true, force: true });
+    return 1;
+  }
+  progress("chromium started");
+  context.setDefaultTimeout(WAIT_MS);
+  context.setDefaultNavigationTimeout(WAIT_MS);
+  const page = context.pages()[0] || await context.newPage();
+  const errors = [];
+  page.on("console", (m) => { if (m.type() === "error") errors.push(m.text()); });
+  page.on("pageerror", (e) => errors.push(e.message));
+  page.on("requestfailed", (r) => errors.push("request failed: " + r.url()));
+  const elsewhere = [];
+  page.on("request", (r) => { if (!r.url().startsWith(url + "/")) elsewhere.push(r.url()); });
+  try {
+    await tokenPrompt(context);
+    progress("token prompt done");
+    await page.goto(url + "/#token=" + encodeURIComponent(token));
+    await trainedRun(page);
+    progress("trained run checked");
+    console.log("PHASE trained");
+    await stdinLines.next(); // a worker stopped reporting
+    await stalled(page);
+    progress("stall checked");
+    await page.screenshot({ path: screenshot, fullPage: true });
+    check(true, "screenshot saved: " + screenshot);
+  } catch (e) {
+    check(false, "the dashboard answered every wait", e.stack);
+    await page.screenshot({ path: screenshot, fullPage: true }).catch(() => {});
+  }
+  check(errors.length === 0, "no console error, page error or failed request", errors.join(" | "));
+  check(elsewhere.length === 0, "every request of the page goes to the daemon", elsewhere.join(" "));
+  await context.close();
+  rmSync(profile, { recursive: true, force: true });
+  return failed ? 1 : 0;
+}
+
+main().then((rc) => { console.log("DONE"); process.exit(rc); },
+  (e) => { check(false, "the driver ran", e.stack); process.exit(1); });
