@@ -223,11 +223,12 @@ daemon_pid=$!
 port=
 i=0
 while [ $i -lt 100 ] && [ -z "$port" ]; do
-    port=$(sed -n 's/.*event=listening addr="\{0,1\}127\.0\.0\.1:\([0-9]*\).*/\1/p' "$tmp/daemon.log")
+    # ready, not merely listening: /readyz answers 503 until then
+    port=$(sed -n 's/.*event=ready addr="\{0,1\}127\.0\.0\.1:\([0-9]*\).*/\1/p' "$tmp/daemon.log")
     [ -n "$port" ] || sleep 0.1
     i=$((i + 1))
 done
-check "installed normstatd starts and listens" test -n "$port"
+check "installed normstatd starts and is ready" test -n "$port"
 if [ -n "$port" ]; then
     check "installed normstatd --probe answers 0" \
         "$dest/usr/sbin/normstatd" --probe "http://127.0.0.1:$port/readyz"

@@ -69,12 +69,13 @@ class Daemon:
             if not line:
                 break
             self.log.append(line)
-            m = re.search(r"event=listening addr=127\.0\.0\.1:(\d+)", line)
+            # ready, not merely listening: /readyz answers 503 until then
+            m = re.search(r"event=ready addr=127\.0\.0\.1:(\d+)", line)
             if m:
                 self.port = int(m.group(1))
         if self.port is None:
             self.proc.kill()
-            raise RuntimeError("normstatd did not log event=listening: " + "".join(self.log))
+            raise RuntimeError("normstatd did not log event=ready: " + "".join(self.log))
         # Keep reading the log so the daemon never blocks on a full pipe.
         self.reader = threading.Thread(target=self._drain, daemon=True)
         self.reader.start()
