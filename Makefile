@@ -134,9 +134,18 @@ test-asan:
 	    $(MAKE) --no-print-directory BUILD=$(BUILD)/asan \
 	    CFLAGS="$(ASAN_CFLAGS)" LDFLAGS="$(ASAN_LDFLAGS)" test-integration-sanitized
 
+# The threaded parts' unit tests and the integration tests against a
+# ThreadSanitizer-built normstatd (tests/tests.mk, test-tsan); every report is
+# written under $(BUILD)/tsan/reports and any report fails the target.
+TSAN_REPORTS = $(abspath $(BUILD))/tsan/reports
 tsan:
-	$(Q)$(MAKE) --no-print-directory BUILD=$(BUILD)/tsan \
-	    CFLAGS="-O1 -g -fsanitize=thread" LDFLAGS="-fsanitize=thread" check
+	$(Q)rm -rf $(TSAN_REPORTS) && mkdir -p $(TSAN_REPORTS)
+	$(Q)TSAN_OPTIONS="log_path=$(TSAN_REPORTS)/tsan second_deadlock_stack=1 $(TSAN_OPTIONS)" \
+	    $(MAKE) -k --no-print-directory BUILD=$(BUILD)/tsan \
+	    CFLAGS="-O1 -g -fsanitize=thread" LDFLAGS="-fsanitize=thread" check-layers test-tsan; \
+	    rc=$$?; if ls $(TSAN_REPORTS)/tsan.* >/dev/null 2>&1; then cat $(TSAN_REPORTS)/tsan.*; \
+	        echo "ThreadSanitizer reported $$(ls $(TSAN_REPORTS)/tsan.* | wc -l) problem log(s)"; exit 1; fi; \
+	    exit $$rc
 
 install: $(INSTALL_TARGETS)
 uninstall: $(UNINSTALL_TARGETS)
@@ -156,7 +165,8 @@ help:
 	@echo "  test       deps + every test: unit (each kernel), exports, integration"
 	@echo "  bench      benchmarks; each prints a table of ratios"
 	@echo "  bench-scale  table 9 alone: 64/256/1,024 simulated workers, direct vs relays of 8"
-	@echo "  asan tsan  the unit tests under AddressSanitizer+UBSan / ThreadSanitizer"
+	@echo "  asan       the unit tests under AddressSanitizer+UBSan"
+	@echo "  tsan       the unit and integration tests under ThreadSanitizer (a TSan daemon)"
 	@echo "  test-asan  the integration tests against an ASan+UBSan build ($(BUILD)/asan)"
 	@echo "  fuzz       libFuzzer harnesses of the decoders, FUZZ_SECONDS each (60); fuzz-ci: 30 s"
 	@echo "  install    install into \$$(DESTDIR)\$$(PREFIX) (PREFIX=$(PREFIX))"

@@ -42,13 +42,31 @@ check-layers:
 	$(Q)$(PYTHON) tests/layers/check_includes.py
 
 INTEGRATION_TESTS := $(sort $(wildcard tests/integration/test_*.sh tests/integration/test_*.py))
-test-integration: $(ALL_TARGETS)
-	$(Q)failed=; for t in $(INTEGRATION_TESTS); do \
+# run_integration(tests): each against the daemon of $(BUILD), all run, failures listed.
+define run_integration
+	$(Q)failed=; for t in $(1); do \
 	    echo "== $$t"; \
 	    case $$t in *.py) NS_BUILD=$(BUILD) $(PYTHON) $$t ;; *) NS_BUILD=$(BUILD) sh $$t ;; esac \
 	        || failed="$$failed $$t"; \
 	done; \
 	if [ -n "$$failed" ]; then echo "integration tests failed:$$failed"; exit 1; fi
+endef
+test-integration: $(ALL_TARGETS)
+	$(call run_integration,$(INTEGRATION_TESTS))
+
+# Under ThreadSanitizer (`make tsan`): the unit tests of the threaded parts
+# (server, client; core and proto are single-threaded but for OpenMP, which an
+# uninstrumented libgomp hides from TSan), once each; then every integration
+# test of the daemon and the CLI, not those that load a library into Python,
+# build images or install.
+TSAN_UNIT_BINS := $(filter $(BUILD)/tests/unit/server/% $(BUILD)/tests/unit/client/%,$(UNIT_BINS))
+TSAN_INTEGRATION_TESTS := $(filter-out %/test_core_torch.py %/test_docker.py %/test_install.sh,\
+                              $(INTEGRATION_TESTS))
+.PHONY: test-tsan
+test-tsan: $(ALL_TARGETS) $(TSAN_UNIT_BINS) $(CLIENT_TRAINER)
+	$(Q)failed=; for t in $(TSAN_UNIT_BINS); do echo "== $$t"; $$t || failed="$$failed $$t"; done; \
+	if [ -n "$$failed" ]; then echo "unit tests failed:$$failed"; exit 1; fi
+	$(call run_integration,$(TSAN_INTEGRATION_TESTS))
 
 # `make test-asan` (Makefile) runs these against a sanitized build; the
 # container test builds its own image from the sources, so it is left out.

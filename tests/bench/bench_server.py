@@ -276,6 +276,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=2, help="rounds of the ingest rows (best kept)")
     ap.add_argument("--python", default="/usr/bin/python3")
     ap.add_argument("--tables", default="2,3,4,5", help="which tables to print, e.g. 2,3")
+    ap.add_argument("--thread-rounds", type=int, default=5, help="rounds of table 4e (median kept)")
     a = ap.parse_args()
     want = set(a.tables.split(","))
     build, secs = a.build, a.seconds
@@ -407,6 +408,8 @@ def main():
         # ------------------------------------------------ table 4: scale
         if "4" in want:
             scale(build, a, secs, tmp)
+            import bench_threads  # table 4e: one run on several cores
+            ERRORS.extend(bench_threads.table(build, min(secs, 2.0), a.thread_rounds))
 
         # ------------------------------------------------ table 5: durability
         if "5" in want:

@@ -12,6 +12,10 @@
  * sync --ports/--group: worker i connects to port P(i / G) as worker i % G (G local
  * workers per relay, normstatd --upstream). Common: --run-exact 1 uses --run as the run name
  * (ingest: NAME-cI), else a pid suffix keeps runs apart; --first-step K starts at step 1000000 + K.
+ * ingest --split 1: every connection reports into one run (NAME-PID, world
+ * size 1), connection i the part i of the layers (bench_model.h), so the
+ * connections report different layers of one run; channel_rps counts the
+ * channels of the acknowledged reports per second.
  *
  * SPEC is "resnet50" (53 BatchNorm layers of torchvision's ResNet-50, 26,560
  * channels) or "NxC" (N layers of C channels). Each request is one worker's
@@ -32,6 +36,8 @@
 #include <uv.h>
 
 #include <normstat/proto.h>
+
+#include "bench_model.h"
 
 #define STEP_BASE   1000000ull /* 7 digits, rewritten in place */
 #define STEP_DIGITS 7
@@ -56,6 +62,7 @@ typedef struct opts_s {
     int run_exact;       /* use --run as given (no pid and connection suffix) */
     uint64_t first_step; /* steps start at STEP_BASE + first_step */
     unsigned worker;     /* body: the worker */
+    int split;           /* ingest: one run, connection i reports part i of the layers */
     const char *ports;   /* sync: one port per group of workers */
     unsigned group;      /* sync: workers per port (their local ranks 0..G-1) */
 } opts_t;
@@ -105,67 +112,6 @@ static double proc_cpu_s(long pid)
 }
 
 /* ---------------------------------------------------------------- reports */
-
-/* torchvision resnet50's BatchNorm2d layers in state_dict order. */
-static size_t resnet50_layers(char names[][64], size_t *chans, size_t cap)
-{
-    static const struct {
-        int blocks, width;
-    } stage[4] = {{3, 64}, {4, 128}, {6, 256}, {3, 512}};
-    size_t n = 0;
-    if (cap < 53)
-        return 0;
-    snprintf(names[n], 64, "bn1");
-    chans[n++] = 64;
-    for (int s = 0; s < 4; s++) {
-        for (int b = 0; b < stage[s].blocks; b++) {
-            for (int k = 1; k <= 3; k++) {
-                snprintf(names[n], 64, "layer%d.%d.bn%d", s + 1, b, k);
-                chans[n++] = (size_t)stage[s].width * (k == 3 ? 4u : 1u);
-            }
-            if (b == 0) {
-                snprintf(names[n], 64, "layer%d.0.downsample.1", s + 1);
-                chans[n++] = (size_t)stage[s].width * 4u;
-            }
-        }
-    }
-    return n;
-}
-
-typedef struct model_s {
-    size_t n;
-    char (*names)[64];
-    size_t *chans;
-    size_t total;
-} model_t;
-
-static void model_make(model_t *m, const char *spec)
-{
-    m->names = calloc(4096, sizeof(*m->names));
-    m->chans = calloc(4096, sizeof(*m->chans));
-    if (m->names == NULL || m->chans == NULL)
-        die("out of memory");
-    if (strcmp(spec, "resnet50") == 0) {
-        m->n = resnet50_layers(m->names, m->chans, 4096);
-        size_t sum = 0;
-        for (size_t i = 0; i < m->n; i++)
-            sum += m->chans[i];
-        if (m->n != 53 || sum != 26560)
-            die("resnet50 layout: expected 53 layers and 26,560 channels");
-    } else {
-        unsigned long nl = 0, c = 0;
-        if (sscanf(spec, "%lux%lu", &nl, &c) != 2 || nl < 1 || nl > 4096 || c < 1)
-            die("--layers: resnet50 or NxC");
-        m->n = nl;
-        for (size_t i = 0; i < nl; i++) {
-            snprintf(m->names[i], 64, "l%04zu.bn", i);
-            m->chans[i] = c;
-        }
-    }
-    m->total = 0;
-    for (size_t i = 0; i < m->n; i++)
-        m->total += m->chans[i];
-}
 
 static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
 static double rng_unit(void)
@@ -246,6 +192,7 @@ typedef struct gen_s {
     int n_conns;
     double t_start, t_stop;
     uint64_t issued, done, ok, errors, reconnects, body_bytes;
+    uint64_t channels_ok; /* channels of the acknowledged reports */
     int stopping, failed, guard_closed;
     uint64_t last_k; /* sync: every worker sends steps [0, last_k) */
     double *lat;     /* per response, seconds; sync: per worker per step after warm-up */
@@ -264,6 +211,7 @@ struct conn_s {
     size_t *tpl_len; /* their lengths */
     size_t *tpl_step;
     unsigned n_tpl;
+    size_t chans; /* channels of one of its bodies */
     char run[160];
     uint64_t k; /* requests sent on this connection */
     char hdr_out[512];
@@ -338,6 +286,7 @@ static void request_done(conn_t *c)
     g->done++;
     if (c->status >= 200 && c->status < 300) {
         g->ok++;
+        g->channels_ok += c->chans;
         int skip =
             strcmp(g->o.mode, "sync") == 0 && c->k <= g->o.first_step + (uint64_t)g->o.warmup;
         if (!skip)
@@ -616,11 +565,19 @@ static int run_http(const opts_t *o)
         c->tpl_step = calloc(c->n_tpl, sizeof(*c->tpl_step));
         if (c->tpl == NULL || c->tpl_len == NULL || c->tpl_step == NULL)
             die("out of memory");
+        model_t part = m;
+        if (o->split)
+            model_part(&m, (unsigned)i, (unsigned)g.n_conns, &part);
+        c->chans = part.total;
         for (unsigned w = 0; w < c->n_tpl; w++)
-            c->tpl[w] = body_make(&m, o->format, is_sync ? worker : w, (int64_t)o->workers,
+            c->tpl[w] = body_make(&part, o->format, is_sync ? worker : w, (int64_t)o->workers,
                                   &c->tpl_len[w], &c->tpl_step[w]);
+        if (o->split)
+            model_free(&part);
         c->k = o->first_step * c->n_tpl;
-        if (o->run_exact)
+        if (o->split)
+            snprintf(c->run, sizeof(c->run), "%s-%u", o->run, pid);
+        else if (o->run_exact)
             snprintf(c->run, sizeof(c->run), "%s%s%d", o->run, is_sync ? "" : "-c",
                      is_sync ? 0 : i);
         else if (is_sync)
@@ -645,11 +602,11 @@ static int run_http(const opts_t *o)
     printf("mode=%s format=%s layers=%s channels=%zu n_layers=%zu conns=%d workers=%u "
            "body_bytes=%zu requests=%" PRIu64 " ok=%" PRIu64 " errors=%" PRIu64
            " reconnects=%" PRIu64 " seconds=%.4f rps=%.3f mbps=%.3f client_cpu=%.4f "
-           "server_cpu=%.4f p50_us=%.1f p99_us=%.1f samples=%zu\n",
+           "server_cpu=%.4f p50_us=%.1f p99_us=%.1f samples=%zu channel_rps=%.1f\n",
            o->mode, o->format == NS_FORMAT_JSON ? "json" : "st", o->layers, m.total, m.n, g.n_conns,
            o->workers, body_len, g.done, g.ok, g.errors, g.reconnects, el, (double)g.ok / el,
            (double)g.body_bytes / el / 1e6, cpu, srv, pct(g.lat, g.n_lat, 0.50) * 1e6,
-           pct(g.lat, g.n_lat, 0.99) * 1e6, g.n_lat);
+           pct(g.lat, g.n_lat, 0.99) * 1e6, g.n_lat, (double)g.channels_ok / el);
     fflush(stdout);
     return g.failed || g.ok == 0 ? 1 : 0;
 }
@@ -792,6 +749,8 @@ int main(int argc, char **argv)
             o.path = v;
         else if (strcmp(k, "--warmup") == 0)
             o.warmup = atoi(v);
+        else if (strcmp(k, "--split") == 0)
+            o.split = atoi(v);
         else if (strcmp(k, "--run-exact") == 0)
             o.run_exact = atoi(v);
         else if (strcmp(k, "--first-step") == 0)

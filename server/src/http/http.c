@@ -692,6 +692,7 @@ static void mhd_logger(void *cls, const char *fmt, va_list ap)
 int nsd_http_start(nsd_server_t *server, ns_error_detail_t *err)
 {
     const nsd_addr_t *listen = &server->opts->listen;
+    server->listen_fd = -1;
     struct addrinfo hints, *res = NULL;
     memset(&hints, 0, sizeof(hints));
     hints.ai_family = AF_UNSPEC;
@@ -751,13 +752,19 @@ int nsd_http_start(nsd_server_t *server, ns_error_detail_t *err)
     return 0;
 }
 
+/* The listening socket MHD hands back is shut down at once (connections
+ * are refused from now on) but closed only after MHD_stop_daemon(): the
+ * pool threads take it out of their epoll sets after this returns, and a
+ * closed descriptor's number could by then name another socket. */
 void nsd_http_quiesce(nsd_server_t *server)
 {
-    if (server->daemon == NULL)
+    if (server->daemon == NULL || server->listen_fd >= 0)
         return;
     MHD_socket fd = MHD_quiesce_daemon(server->daemon);
-    if (fd != MHD_INVALID_SOCKET)
-        close(fd);
+    if (fd != MHD_INVALID_SOCKET) {
+        shutdown(fd, SHUT_RDWR);
+        server->listen_fd = fd;
+    }
 }
 
 void nsd_http_stop(nsd_server_t *server)
@@ -765,5 +772,8 @@ void nsd_http_stop(nsd_server_t *server)
     if (server->daemon != NULL)
         MHD_stop_daemon(server->daemon);
     server->daemon = NULL;
+    if (server->listen_fd >= 0)
+        close(server->listen_fd);
+    server->listen_fd = -1;
     nsd_conn_hooks_teardown(server);
 }

@@ -49,6 +49,7 @@ typedef struct nsd_server_s {
     nsd_tls_t *tls;     /* HTTPS with --tls-cert; NULL: plain HTTP */
     nsd_relay_t *relay; /* relay mode (--upstream): reports go there; NULL: none */
     struct MHD_Daemon *daemon;
+    int listen_fd;      /* after nsd_http_quiesce: the listening socket, closed at stop; -1 */
     nsd_conns_t *conns; /* connection limits and deadlines (conns.h) */
     uint16_t port;      /* bound port (after nsd_http_start) */
     char addr[300];     /* "HOST:PORT" as bound, for logs */

@@ -14,11 +14,15 @@
  *    order (layer.c).
  *  - Waiters (/sync) reference the pending step of every layer of their
  *    report; each finalization fills one layer of the waiter's result and
- *    the waiter fires when its last layer is done.
- * Threads: none of its own; the run's lock guards everything here. */
+ *    the waiter fires when its last layer is done. Layers finish under
+ *    their own locks, possibly on several threads at once, so the waiter's
+ *    shared part (remaining, status, missing, fired) has a mutex of its
+ *    own; each layer writes only its own entry of the result.
+ * Threads: none of its own; the layer's lock guards its pending steps. */
 #ifndef NSD_BARRIER_H
 #define NSD_BARRIER_H
 
+#include <pthread.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -38,6 +42,7 @@ typedef struct nsd_arrival_s {
 
 /* A /sync request waiting for the steps of its report's layers. */
 typedef struct nsd_waiter_s {
+    pthread_mutex_t lock; /* remaining, fired, res->status, res->missing */
     nsd_sync_cb cb;
     void *arg;
     nsd_sync_result_t *res; /* layers named, arrays filled when finalized */

@@ -506,11 +506,10 @@ static int parse_layer(nsd_run_state_t *st, const char *name, json_t *o, nsd_lay
     if (get_int(o, "channels", path, 0, NSD_CHECKPOINT_CHANNELS_MAX, &v, err))
         return NS_EINVAL;
     size_t c = (size_t)v;
-    nsd_layer_t *l = calloc(1, sizeof(*l));
+    nsd_layer_t *l = nsd_layer_create(name);
     if (l == NULL)
         return ns_error_set(err, NS_ENOMEM, "", "out of memory");
     *dst = l;
-    snprintf(l->name, sizeof(l->name), "%s", name);
     l->channels = c;
     st->memory += sizeof(nsd_layer_t);
     if (get_int(o, NS_FIELD_STEP, path, -1, INT64_MAX, &v, err))

@@ -122,7 +122,7 @@ static nsd_history_t *history_ensure(nsd_run_t *run, nsd_pop_t *pop, size_t c)
         nsd_mem_release(run->ctx, bytes);
         return NULL;
     }
-    run->st.memory += bytes;
+    atomic_fetch_add(&run->st.memory, bytes);
     return pop->history;
 }
 

@@ -177,13 +177,15 @@ json_t *nsd_registry_drift_json(nsd_registry_t *reg, const char *name, const cha
                                 ns_error_detail_t *err)
 {
     int rc;
-    nsd_run_t *run = nsd_registry_lock_run(reg, name, &rc, err);
+    nsd_run_t *run = nsd_registry_lock_run(reg, name, 0, &rc, err);
     if (run == NULL)
         return NULL;
+    nsd_run_lock_layers(run);
     long filter;
     json_t *j = NULL;
     if (parse_filter(run, domain, &filter, err) == 0 && (j = drift_json(run, filter)) == NULL)
         ns_error_set(err, NS_ENOMEM, "", "out of memory");
+    nsd_run_unlock_layers(run);
     nsd_registry_unlock_run(run);
     return j;
 }
@@ -226,17 +228,11 @@ static json_t *population_json(const nsd_run_t *run, const nsd_layer_t *l, long 
     return j;
 }
 
-static json_t *history_json(const nsd_run_t *run, const char *layer, const char *domain,
-                            int64_t channel, ns_error_detail_t *err)
+/* The run locked shared, its layer 'l' locked. */
+static json_t *history_json(const nsd_run_t *run, const nsd_layer_t *l, long d, int64_t channel,
+                            ns_error_detail_t *err)
 {
-    long d;
-    if (parse_filter(run, domain != NULL ? domain : "*", &d, err) != 0)
-        return NULL;
-    const nsd_layer_t *l = nsd_run_find_layer(&run->st, layer);
-    if (l == NULL) {
-        ns_error_set(err, NS_ENOTFOUND, "layer", "no layer '%s' in run '%s'", layer, run->name);
-        return NULL;
-    }
+    const char *layer = l->name;
     size_t c = channel < 0 ? 0 : (size_t)channel;
     if (c >= l->channels) {
         ns_error_set(err, NS_EINVAL, "channel", "layer '%s' has %zu channels, no channel %zu",
@@ -263,10 +259,21 @@ json_t *nsd_registry_history_json(nsd_registry_t *reg, const char *name, const c
                                   const char *domain, int64_t channel, ns_error_detail_t *err)
 {
     int rc;
-    nsd_run_t *run = nsd_registry_lock_run(reg, name, &rc, err);
+    nsd_run_t *run = nsd_registry_lock_run(reg, name, 0, &rc, err);
     if (run == NULL)
         return NULL;
-    json_t *j = history_json(run, layer, domain, channel, err);
+    long d;
+    json_t *j = NULL;
+    nsd_layer_t *l = NULL;
+    if (parse_filter(run, domain != NULL ? domain : "*", &d, err) == 0 &&
+        (l = nsd_run_find_layer(&run->st, layer)) == NULL)
+        ns_error_set(err, NS_ENOTFOUND, "layer", "no layer '%s' in run '%s'", layer, run->name);
+    if (l != NULL) {
+        /* A row's history is recorded under its layer's lock. */
+        nsd_layer_lock(l);
+        j = history_json(run, l, d, channel, err);
+        nsd_layer_unlock(l);
+    }
     nsd_registry_unlock_run(run);
     return j;
 }

@@ -234,7 +234,7 @@ static void pending_remove(nsd_run_t *run, grad_lane_t *lane, size_t idx)
     lane->n_pending--;
     atomic_fetch_sub(&run->ctx->grad_pending_steps, 1);
     nsd_mem_release(run->ctx, p->bytes);
-    run->st.memory -= p->bytes;
+    atomic_fetch_sub(&run->st.memory, p->bytes);
     pending_free(p);
 }
 
@@ -333,7 +333,8 @@ static void time_out(nsd_run_t *run, grad_lane_t *lane, size_t idx, nsd_outbox_t
 
 /* What one layer of a request needs, allocated before anything changes. */
 typedef struct plan_s {
-    grad_lane_t *lane; /* existing or new_lane */
+    size_t stats_channels; /* the statistics layer's channel count, 0 if none */
+    grad_lane_t *lane;     /* existing or new_lane */
     int is_new_lane;
     grad_pending_t *pending; /* existing or new */
     int is_new_pending;
@@ -372,10 +373,9 @@ static int check_layer(const nsd_run_t *run, const ns_grad_t *g, const ns_grad_l
         return ns_error_set(err, NS_EWORKER, "worker",
                             "worker %u outside world_size %u of gradient step %llu", g->worker, ws,
                             (unsigned long long)g->step);
-    const nsd_layer_t *stats = nsd_run_find_layer(st, gl->name);
-    if (stats != NULL && stats->channels > 0 && stats->channels != gl->channels)
+    if (pl->stats_channels > 0 && pl->stats_channels != gl->channels)
         return ns_error_set(err, NS_ECHANNELS, field,
-                            "expected %zu channels (the layer's), got %zu", stats->channels,
+                            "expected %zu channels (the layer's), got %zu", pl->stats_channels,
                             gl->channels);
     if (p != NULL && p->channels != gl->channels)
         return ns_error_set(err, NS_ECHANNELS, field,
@@ -474,18 +474,13 @@ static void commit_layer(nsd_run_t *run, nsd_gradsum_t *gs, ns_grad_t *g, plan_t
     }
 }
 
-int nsd_gradsum_submit(nsd_run_t *run, ns_grad_t *g, uint64_t now_ms, nsd_grad_waiter_t *waiter,
-                       nsd_outbox_t *box, ns_error_detail_t *err)
+/* nsd_gradsum_submit() with the plan's statistics channel counts read,
+ * under grad_lock; frees the plan. */
+static int submit_planned(nsd_run_t *run, ns_grad_t *g, plan_t *pl, uint64_t now_ms,
+                          nsd_grad_waiter_t *waiter, nsd_outbox_t *box, ns_error_detail_t *err)
 {
     nsd_run_state_t *st = &run->st;
     nsd_ctx_t *ctx = run->ctx;
-    if (g->n_layers == 0)
-        return ns_error_set(err, NS_EINVAL, "layers", "no layers");
-    if (g->step > (uint64_t)INT64_MAX)
-        return ns_error_set(err, NS_EINVAL, "step", "must be < 2^63");
-    plan_t *pl = calloc(g->n_layers, sizeof(*pl));
-    if (pl == NULL)
-        return ns_error_set(err, NS_ENOMEM, "", "out of memory");
     int rc = 0;
     for (size_t i = 0; i < g->n_layers && rc == 0; i++)
         rc = check_layer(run, g, &g->layers[i], &pl[i], err);
@@ -518,7 +513,7 @@ int nsd_gradsum_submit(nsd_run_t *run, ns_grad_t *g, uint64_t now_ms, nsd_grad_w
     }
 
     /* Commit: nothing below can fail. */
-    st->memory += bytes;
+    atomic_fetch_add(&st->memory, bytes);
     st->grad = gs;
     if (waiter != NULL) {
         waiter->remaining = g->n_layers;
@@ -544,6 +539,32 @@ fail_created:
     return rc;
 fail:
     plan_free(pl, g->n_layers);
+    return rc;
+}
+
+int nsd_gradsum_submit(nsd_run_t *run, ns_grad_t *g, uint64_t now_ms, nsd_grad_waiter_t *waiter,
+                       nsd_outbox_t *box, ns_error_detail_t *err)
+{
+    if (g->n_layers == 0)
+        return ns_error_set(err, NS_EINVAL, "layers", "no layers");
+    if (g->step > (uint64_t)INT64_MAX)
+        return ns_error_set(err, NS_EINVAL, "step", "must be < 2^63");
+    plan_t *pl = calloc(g->n_layers, sizeof(*pl));
+    if (pl == NULL)
+        return ns_error_set(err, NS_ENOMEM, "", "out of memory");
+    /* The statistics layers' channel counts, each read under its layer's
+     * lock before grad_lock, which is never held while a layer is locked. */
+    for (size_t i = 0; i < g->n_layers; i++) {
+        nsd_layer_t *l = nsd_run_find_layer(&run->st, g->layers[i].name);
+        if (l != NULL) {
+            nsd_layer_lock(l);
+            pl[i].stats_channels = l->channels;
+            nsd_layer_unlock(l);
+        }
+    }
+    pthread_mutex_lock(&run->grad_lock);
+    int rc = submit_planned(run, g, pl, now_ms, waiter, box, err);
+    pthread_mutex_unlock(&run->grad_lock);
     return rc;
 }
 

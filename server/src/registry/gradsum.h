@@ -25,7 +25,10 @@
  *  - Memory: per-layer state, pending steps and their arrivals are accounted
  *    in run->st.memory and ctx->memory, reserved against max_memory before
  *    anything is allocated. Answers are not (they leave with the response).
- * Threads: none of its own; every function expects run->lock held. */
+ * Threads: none of its own. nsd_gradsum_submit() expects run->lock held
+ *  shared and takes run->grad_lock (after reading the statistics layers'
+ *  channel counts under their locks); nsd_gradsum_expire() expects
+ *  grad_lock held; the others run->lock held exclusively. */
 #ifndef NSD_GRADSUM_H
 #define NSD_GRADSUM_H
 

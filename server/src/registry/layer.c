@@ -48,6 +48,10 @@ nsd_layer_t *nsd_layer_create(const char *name)
     nsd_layer_t *l = calloc(1, sizeof(*l));
     if (l == NULL)
         return NULL;
+    if (pthread_mutex_init(&l->lock, NULL) != 0) {
+        free(l);
+        return NULL;
+    }
     snprintf(l->name, sizeof(l->name), "%s", name);
     l->max_closed = -1;
     l->last_applied = -1;
@@ -71,18 +75,20 @@ void nsd_layer_free(nsd_layer_t *l)
     nsd_pop_free(l->pooled);
     free(l->last_mean);
     free(l->worker_last);
+    pthread_mutex_destroy(&l->lock);
     free(l);
 }
 
-/* A copy of a finalized step for the persistence hook. Out of memory: the
- * step is not handed to the store (memory only). */
-void nsd_layer_persist_step(const nsd_layer_t *l, const nsd_step_t *f, nsd_outbox_t *box)
+/* A finalized step to the persistence hook, under the layer's lock, so the
+ * store logs the layer's steps in the order they finalized. The hook copies
+ * what it keeps. */
+void nsd_layer_persist_step(const nsd_run_t *run, const nsd_layer_t *l, nsd_step_t *f)
 {
-    nsd_step_t *copy = nsd_step_dup(f);
-    if (copy == NULL)
+    const nsd_persist_t *p = &run->ctx->persist;
+    if (p->step_finalized == NULL)
         return;
-    copy->first_pending = l->n_pending > 0 ? (int64_t)l->pending[0]->step : -1;
-    nsd_queue_push(&box->steps, &copy->link);
+    f->first_pending = l->n_pending > 0 ? (int64_t)l->pending[0]->step : -1;
+    p->step_finalized(p->arg, run->name, f);
 }
 
 /* Add the workers that did not arrive at 'p' to the result's missing list
@@ -110,39 +116,45 @@ static int note_missing(nsd_sync_result_t *res, const nsd_pending_t *p)
     return 0;
 }
 
-/* Copy one finalized layer's statistics into every waiter of the step. */
+/* One finalized layer's statistics into the waiter's entry for it.
+ * @return 0 or NS_ENOMEM. */
+static int fill_entry(nsd_waiter_t *w, size_t index, const nsd_pending_t *p, const nsd_step_t *f)
+{
+    if (!f->complete && note_missing(w->res, p) != 0)
+        return NS_ENOMEM;
+    nsd_sync_layer_t *sl = &w->res->layers[index];
+    uint64_t count = f->count;
+    const double *mean = f->mean;
+    if (w->scope == NS_SCOPE_DOMAIN) {
+        const nsd_step_domain_t *d = nsd_step_find_domain(f, w->domain);
+        count = d ? d->count : 0;
+        mean = d ? d->mean : NULL;
+    }
+    sl->count = count;
+    sl->complete = f->complete;
+    sl->workers = f->workers;
+    if (mean != NULL && f->channels > 0) {
+        sl->mean = malloc(2 * f->channels * sizeof(double));
+        if (sl->mean == NULL)
+            return NS_ENOMEM;
+        sl->var = sl->mean + f->channels;
+        sl->channels = f->channels;
+        memcpy(sl->mean, mean, 2 * f->channels * sizeof(double));
+    }
+    return 0;
+}
+
+/* Copy one finalized layer's statistics into every waiter of the step. A
+ * waiter that fails here still waits for its other layers, which hold
+ * references to it, and fires with the error after the last. */
 static void fill_waiters(nsd_ctx_t *ctx, nsd_outbox_t *box, nsd_pending_t *p, const nsd_step_t *f)
 {
     for (size_t k = 0; k < p->n_waiters; k++) {
         nsd_waiter_t *w = p->waiters[k].waiter;
-        if (w->fired)
-            continue;
-        if (!f->complete && note_missing(w->res, p) != 0) {
-            nsd_waiter_fail(ctx, box, w, NS_ENOMEM);
-            continue;
-        }
-        nsd_sync_layer_t *sl = &w->res->layers[p->waiters[k].index];
-        uint64_t count = f->count;
-        const double *mean = f->mean;
-        if (w->scope == NS_SCOPE_DOMAIN) {
-            const nsd_step_domain_t *d = nsd_step_find_domain(f, w->domain);
-            count = d ? d->count : 0;
-            mean = d ? d->mean : NULL;
-        }
-        sl->count = count;
-        sl->complete = f->complete;
-        sl->workers = f->workers;
-        if (mean != NULL && f->channels > 0) {
-            sl->mean = malloc(2 * f->channels * sizeof(double));
-            if (sl->mean == NULL) {
-                nsd_waiter_fail(ctx, box, w, NS_ENOMEM);
-                continue;
-            }
-            sl->var = sl->mean + f->channels;
-            sl->channels = f->channels;
-            memcpy(sl->mean, mean, 2 * f->channels * sizeof(double));
-        }
-        nsd_waiter_layer_done(ctx, box, w);
+        pthread_mutex_lock(&w->lock);
+        int status = w->fired ? 0 : fill_entry(w, p->waiters[k].index, p, f);
+        nsd_waiter_layer_done(ctx, box, w, status);
+        pthread_mutex_unlock(&w->lock);
     }
     p->n_waiters = 0;
 }
@@ -164,7 +176,7 @@ static void apply_final(nsd_run_t *run, nsd_layer_t *l, const nsd_step_t *f)
         nsd_pop_apply_with_pooled(pop1, l->pooled, c, f->update, one->count, one->mean, one->var,
                                   momentum, f->step, &pooled_changed);
         if ((f->update & NS_UPDATE_EMA) && pooled_changed != 1) {
-            run->st.skipped_steps++;
+            atomic_fetch_add(&run->st.skipped_steps, 1);
             atomic_fetch_add(&ctx->steps_skipped, 1);
         }
     } else {
@@ -199,7 +211,7 @@ static void apply_separately(nsd_run_t *run, nsd_layer_t *l, const nsd_step_t *f
             changed = nsd_pop_apply(l->pooled, c, NS_UPDATE_EMA, f->count, f->mean, f->var,
                                     momentum, f->step);
         if (changed != 1) {
-            run->st.skipped_steps++;
+            atomic_fetch_add(&run->st.skipped_steps, 1);
             atomic_fetch_add(&ctx->steps_skipped, 1);
         }
     }
@@ -264,7 +276,7 @@ void nsd_run_close_pending(nsd_run_t *run, nsd_layer_t *l, size_t idx, int drop,
     nsd_pending_t *p = l->pending[idx];
     memmove(l->pending + idx, l->pending + idx + 1, (l->n_pending - idx - 1) * sizeof(*l->pending));
     l->n_pending--;
-    atomic_fetch_sub(&ctx->pending_steps, 1);
+    box->pending_delta--;
     if ((int64_t)p->step > l->max_closed)
         l->max_closed = (int64_t)p->step;
     /* Its arrivals leave the pending count; a finalized step comes back in
@@ -290,24 +302,24 @@ void nsd_run_close_pending(nsd_run_t *run, nsd_layer_t *l, size_t idx, int drop,
         /* Dropped (or lost to a failed allocation): waiters learn why. */
         for (size_t k = 0; k < p->n_waiters; k++) {
             nsd_waiter_t *w = p->waiters[k].waiter;
-            if (!w->fired && w->res->status == 0)
-                w->res->status = status;
+            pthread_mutex_lock(&w->lock);
             /* A timed-out step names its absent workers in the 504 (best
              * effort: without memory the answer just does not list them). */
             if (!w->fired && status == NS_ETIMEDOUT)
                 (void)note_missing(w->res, p);
-            nsd_waiter_layer_done(ctx, box, w);
+            nsd_waiter_layer_done(ctx, box, w, status);
+            pthread_mutex_unlock(&w->lock);
         }
         p->n_waiters = 0;
         atomic_fetch_add(&ctx->steps_dropped, 1);
     } else {
-        atomic_fetch_add(&ctx->steps_finalized, 1);
+        box->finalized++;
+        /* Logged before its waiters learn of it, so a /sync answer can
+         * wait for the commit of every layer's step. */
+        nsd_layer_persist_step(run, l, f);
         fill_waiters(ctx, box, p, f);
-        if (ctx->persist_steps)
-            nsd_layer_persist_step(l, f, box);
         nsd_layer_ready_insert(l, f);
     }
-    nsd_mem_release(ctx, p->bytes);
-    run->st.memory -= p->bytes;
+    box->released += p->bytes; /* nsd_run_settle() releases it */
     nsd_pending_free(p);
 }

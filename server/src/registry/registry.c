@@ -2,21 +2,31 @@
  * every lock is released (see registry.h).
  *
  * DESIGN
- *  - Lock order: map rwlock, then one run's mutex, then (inside a
- *    persistence hook) the store's mutex. Runs are refcounted; the
- *    map holds one reference, every request in flight another, so a DELETE
- *    never frees a run another thread is working on; that thread sees
- *    run->deleted once it has the lock.
+ *  - Lock order (doc/design.md, "Threads and locks"): map rwlock, then one
+ *    run's rwlock, then that run's layer mutexes in ascending name order,
+ *    then its grad_lock or a /sync waiter's mutex, then (inside a
+ *    persistence hook) the store's mutex. A report to existing layers and
+ *    domain holds the run's rwlock shared and its layers' mutexes, so
+ *    reports to different layers proceed in parallel; everything that
+ *    changes the run itself (PUT, DELETE, a new layer or domain, a reset,
+ *    an import, recovery) holds it exclusively. Readers hold it shared and
+ *    every layer's mutex, so they copy a consistent cut.
+ *  - Runs are refcounted; the map holds one reference, every request in
+ *    flight another, so a DELETE never frees a run another thread is
+ *    working on; that thread sees run->deleted once it has the lock.
  *  - A report to a missing run creates and fills the run while holding the
  *    map's write lock, and publishes it only if the report was accepted, so a
  *    rejected report leaves no run behind.
  *  - Callbacks (/sync, wakeup) are collected in an outbox while locked and
  *    delivered after unlocking: /sync callbacks, then the wakeup.
- *  - Persistence hooks are called under the run's lock (nsd_registry_persist_locked()),
- *    so a store's log holds each run's changes in the order they were made:
- *    a run created, its domains, finalized steps (copies collected by
- *    run.c), resets, imports, deletion. A /sync callback is delivered after
- *    its finalized step was handed to the store. */
+ *  - Persistence hooks (ctx.persist) are called where the change is made,
+ *    under the lock that guards it: run-level changes (a run created or
+ *    reconfigured, a domain, a reset, an import, a deletion) under the
+ *    run's rwlock held exclusively, a finalized step under its layer's
+ *    mutex. So a store's log holds each layer's changes in the order they
+ *    were made, and every run-level change between the same layers' changes
+ *    as in memory. A /sync callback is delivered after every step it waited
+ *    for was handed to the store. */
 #include "registry.h"
 
 #include <pthread.h>
@@ -62,12 +72,10 @@ void nsd_registry_free(nsd_registry_t *reg)
     for (nsd_qnode_t *n; (n = nsd_queue_pop(&box.fired)) != NULL;) {
         nsd_waiter_t *w = nsd_container_of(n, nsd_waiter_t, link);
         nsd_sync_result_free(w->res);
-        free(w);
+        nsd_waiter_free(w);
     }
     for (nsd_qnode_t *n; (n = nsd_queue_pop(&box.grad_fired)) != NULL;)
         nsd_grad_waiter_free(nsd_container_of(n, nsd_grad_waiter_t, link));
-    for (nsd_qnode_t *n; (n = nsd_queue_pop(&box.steps)) != NULL;)
-        nsd_step_free(nsd_container_of(n, nsd_step_t, link));
     free(reg->runs);
     pthread_rwlock_destroy(&reg->map_lock);
     free(reg);
@@ -76,10 +84,9 @@ void nsd_registry_free(nsd_registry_t *reg)
 void nsd_registry_set_persist(nsd_registry_t *reg, const nsd_persist_t *hooks)
 {
     if (hooks)
-        reg->persist = *hooks;
+        reg->ctx.persist = *hooks;
     else
-        memset(&reg->persist, 0, sizeof(reg->persist));
-    reg->ctx.persist_steps = reg->persist.step_finalized != NULL;
+        memset(&reg->ctx.persist, 0, sizeof(reg->ctx.persist));
 }
 
 void nsd_registry_set_wakeup(nsd_registry_t *reg, void (*fn)(void *arg), void *arg)
@@ -101,9 +108,6 @@ void nsd_sync_result_free(nsd_sync_result_t *res)
 
 /* ---------------------------------------------------------------- runs */
 
-/* Apply 'cfg' to the run 'name', creating it if the map has none.
- * @return 0, an error code, or 1 when the run found was deleted before its
- * lock was taken (the caller looks again). */
 /* The error of a run that could not be created: over the budget, or out of memory. */
 static int budget_error(nsd_registry_t *reg, int why, ns_error_detail_t *err)
 {
@@ -113,6 +117,9 @@ static int budget_error(nsd_registry_t *reg, int why, ns_error_detail_t *err)
     return ns_error_set(err, NS_ENOMEM, "", "out of memory");
 }
 
+/* Apply 'cfg' to the run 'name', creating it if the map has none.
+ * @return 0, an error code, or 1 when the run found was deleted before its
+ * lock was taken (the caller looks again). */
 static int put_once(nsd_registry_t *reg, const char *name, const ns_run_config_t *cfg, int *created,
                     ns_run_config_t *full, nsd_outbox_t *box, ns_error_detail_t *err)
 {
@@ -125,15 +132,15 @@ static int put_once(nsd_registry_t *reg, const char *name, const ns_run_config_t
         run = reg->runs[pos];
         nsd_run_ref(run);
         pthread_rwlock_unlock(&reg->map_lock);
-        pthread_mutex_lock(&run->lock);
+        nsd_run_lock(run, 1);
         if (run->deleted) {
             nsd_registry_unlock_run(run);
             return 1;
         }
         rc = nsd_run_config_apply(run, cfg, err, box);
         *full = run->st.cfg;
-        if (rc == 0 && reg->persist.run_put)
-            reg->persist.run_put(reg->persist.arg, name, full, 0);
+        if (rc == 0 && reg->ctx.persist.run_put)
+            reg->ctx.persist.run_put(reg->ctx.persist.arg, name, full, 0);
         nsd_registry_unlock_run(run);
         return rc;
     }
@@ -154,8 +161,8 @@ static int put_once(nsd_registry_t *reg, const char *name, const ns_run_config_t
             *created = 1;
             *full = run->st.cfg;
             /* Under the map lock: nothing else can reach the run yet. */
-            if (reg->persist.run_put)
-                reg->persist.run_put(reg->persist.arg, name, full, 1);
+            if (reg->ctx.persist.run_put)
+                reg->ctx.persist.run_put(reg->ctx.persist.arg, name, full, 1);
         }
     }
     pthread_rwlock_unlock(&reg->map_lock);
@@ -187,7 +194,7 @@ int nsd_registry_put_run(nsd_registry_t *reg, const char *name, const ns_run_con
         return rc;
     if (created)
         *created = was_created;
-    nsd_registry_flush(reg, name, &box);
+    nsd_registry_flush(reg, &box);
     return 0;
 }
 
@@ -208,15 +215,15 @@ int nsd_registry_delete_run(nsd_registry_t *reg, const char *name, ns_error_deta
     nsd_outbox_t box = {0};
     /* Both locks held while the deletion is logged: a run of the same name
      * created right after is logged after it. */
-    pthread_mutex_lock(&run->lock);
+    nsd_run_lock(run, 1);
     run->deleted = 1;
     nsd_run_fire_all(run, NS_ENOTFOUND, &box);
-    if (reg->persist.run_deleted)
-        reg->persist.run_deleted(reg->persist.arg, name);
-    pthread_mutex_unlock(&run->lock);
+    if (reg->ctx.persist.run_deleted)
+        reg->ctx.persist.run_deleted(reg->ctx.persist.arg, name);
+    nsd_run_unlock(run);
     pthread_rwlock_unlock(&reg->map_lock);
     nsd_run_unref(run); /* the map's reference */
-    nsd_registry_flush(reg, name, &box);
+    nsd_registry_flush(reg, &box);
     return 0;
 }
 
@@ -232,9 +239,14 @@ json_t *nsd_registry_list_json(nsd_registry_t *reg, const char *after, size_t li
         return NULL;
     }
     for (size_t i = 0; i < n; i++) {
-        pthread_mutex_lock(&runs[i]->lock);
-        json_t *s = runs[i]->deleted ? NULL : nsd_run_summary_json(runs[i]);
-        pthread_mutex_unlock(&runs[i]->lock);
+        json_t *s = NULL;
+        nsd_run_lock(runs[i], 0);
+        if (!runs[i]->deleted) {
+            nsd_run_lock_layers(runs[i]);
+            s = nsd_run_summary_json(runs[i]);
+            nsd_run_unlock_layers(runs[i]);
+        }
+        nsd_run_unlock(runs[i]);
         if (s != NULL)
             json_array_append_new(arr, s);
     }
@@ -252,10 +264,12 @@ json_t *nsd_registry_run_json(nsd_registry_t *reg, const char *name, uint64_t no
                               ns_error_detail_t *err)
 {
     int rc;
-    nsd_run_t *run = nsd_registry_lock_run(reg, name, &rc, err);
+    nsd_run_t *run = nsd_registry_lock_run(reg, name, 0, &rc, err);
     if (run == NULL)
         return NULL;
+    nsd_run_lock_layers(run);
     json_t *j = nsd_run_json(run, now_ms);
+    nsd_run_unlock_layers(run);
     nsd_registry_unlock_run(run);
     if (j == NULL)
         ns_error_set(err, NS_ENOMEM, "", "out of memory");
@@ -269,7 +283,7 @@ static nsd_waiter_t *waiter_create(const ns_report_t *report, nsd_sync_cb cb, vo
     nsd_waiter_t *w = calloc(1, sizeof(*w));
     nsd_sync_result_t *res = calloc(1, sizeof(*res));
     nsd_sync_layer_t *layers = calloc(report->n_layers ? report->n_layers : 1, sizeof(*layers));
-    if (w == NULL || res == NULL || layers == NULL) {
+    if (w == NULL || res == NULL || layers == NULL || pthread_mutex_init(&w->lock, NULL) != 0) {
         free(w);
         free(res);
         free(layers);
@@ -291,7 +305,7 @@ static void waiter_free(nsd_waiter_t *w)
     if (w == NULL)
         return;
     nsd_sync_result_free(w->res);
-    free(w);
+    nsd_waiter_free(w);
 }
 
 /* A report to a run that is not in the map: create the run under the map's
@@ -325,18 +339,43 @@ static int report_new_run(nsd_registry_t *reg, const char *name, ns_report_t *re
         pthread_rwlock_unlock(&reg->map_lock);
         return budget_error(reg, why, err);
     }
-    pthread_mutex_lock(&run->lock);
-    rc = nsd_run_report(run, report, now_ms, waiter, box, err);
+    /* Under the map lock nothing else can reach the run: exclusively, the
+     * report logs the run's creation before its domain and steps. */
+    nsd_run_lock(run, 1);
+    rc = nsd_run_report(run, report, now_ms, NSD_REPORT_CREATED, waiter, box, err);
     if (rc == 0) {
         nsd_registry_map_insert(reg, run, pos); /* cannot fail: room reserved */
         nsd_run_ref(run);                       /* the map's reference */
-        if (reg->persist.run_put)
-            reg->persist.run_put(reg->persist.arg, name, &run->st.cfg, 1);
-        nsd_registry_persist_locked(reg, run, box);
     }
-    pthread_mutex_unlock(&run->lock);
+    nsd_run_unlock(run);
     pthread_rwlock_unlock(&reg->map_lock);
     nsd_run_unref(run);
+    return rc;
+}
+
+/* nsd_run_report() of a run found in the map: a run deleted before its
+ * lock was taken (the caller looks again when 'may_retry'). */
+#define REPORT_RUN_DELETED 2
+
+/* A report to a run of the map: with its rwlock shared (reports to other
+ * layers go on meanwhile), or exclusively when the report adds a layer or
+ * a domain. @return 0, NS_E* (err) or REPORT_RUN_DELETED. */
+static int report_existing(nsd_run_t *run, ns_report_t *report, uint64_t now_ms,
+                           nsd_waiter_t *waiter, int may_retry, nsd_outbox_t *box,
+                           ns_error_detail_t *err)
+{
+    int rc = NSD_REPORT_NEEDS_EXCLUSIVE;
+    for (int exclusive = 0; exclusive <= 1 && rc == NSD_REPORT_NEEDS_EXCLUSIVE; exclusive++) {
+        nsd_run_lock(run, exclusive);
+        if (!run->deleted)
+            rc = nsd_run_report(run, report, now_ms, exclusive ? 0 : NSD_REPORT_SHARED, waiter, box,
+                                err);
+        else if (may_retry)
+            rc = REPORT_RUN_DELETED;
+        else
+            rc = ns_error_set(err, NS_ENOTFOUND, "run", "run '%s' was deleted", run->name);
+        nsd_run_unlock(run);
+    }
     return rc;
 }
 
@@ -368,23 +407,15 @@ int nsd_registry_report(nsd_registry_t *reg, const char *name, ns_report_t *repo
                 continue; /* created by another thread meanwhile */
             break;
         }
-        pthread_mutex_lock(&run->lock);
-        if (run->deleted && attempt == 0) {
-            nsd_registry_unlock_run(run); /* deleted meanwhile: create it anew */
-            continue;
-        }
-        if (run->deleted)
-            rc = ns_error_set(err, NS_ENOTFOUND, "run", "run '%s' was deleted", name);
-        else
-            rc = nsd_run_report(run, report, now_ms, waiter, &box, err);
-        if (rc == 0)
-            nsd_registry_persist_locked(reg, run, &box);
-        nsd_registry_unlock_run(run);
+        rc = report_existing(run, report, now_ms, waiter, attempt == 0, &box, err);
+        nsd_run_unref(run);
+        if (rc == REPORT_RUN_DELETED)
+            continue; /* deleted meanwhile: create it anew */
         break;
     }
     if (rc == 0)
         waiter = NULL; /* the run owns it now */
-    nsd_registry_flush(reg, name, &box);
+    nsd_registry_flush(reg, &box);
 out:
     waiter_free(waiter);
     ns_report_free(report);
@@ -409,14 +440,14 @@ int nsd_registry_grad(nsd_registry_t *reg, const char *name, ns_grad_t *grad, ui
         rc = ns_error_set(err, NS_ENOMEM, "", "out of memory");
         goto out;
     }
-    nsd_run_t *run = nsd_registry_lock_run(reg, name, &rc, err);
+    nsd_run_t *run = nsd_registry_lock_run(reg, name, 0, &rc, err);
     if (run == NULL)
         goto out;
     rc = nsd_gradsum_submit(run, grad, now_ms, waiter, &box, err);
     nsd_registry_unlock_run(run);
     if (rc == 0)
         waiter = NULL; /* the run owns it now */
-    nsd_registry_flush(reg, name, &box);
+    nsd_registry_flush(reg, &box);
 out:
     nsd_grad_waiter_free(waiter);
     ns_grad_free(grad);
@@ -430,10 +461,12 @@ int nsd_registry_stats(nsd_registry_t *reg, const char *name, const nsd_stats_qu
 {
     *dst = NULL;
     int rc;
-    nsd_run_t *run = nsd_registry_lock_run(reg, name, &rc, err);
+    nsd_run_t *run = nsd_registry_lock_run(reg, name, 0, &rc, err);
     if (run == NULL)
         return rc;
+    nsd_run_lock_layers(run);
     rc = nsd_run_stats(run, q, dst, err);
+    nsd_run_unlock_layers(run);
     nsd_registry_unlock_run(run);
     return rc;
 }
@@ -442,7 +475,7 @@ static int precise_reset(nsd_registry_t *reg, const char *name, const char *doma
                          uint64_t *generation, ns_error_detail_t *err)
 {
     int rc;
-    nsd_run_t *run = nsd_registry_lock_run(reg, name, &rc, err);
+    nsd_run_t *run = nsd_registry_lock_run(reg, name, 1, &rc, err);
     if (run == NULL)
         return rc;
     int one = domain != NULL && strcmp(domain, "*") != 0;
@@ -450,8 +483,8 @@ static int precise_reset(nsd_registry_t *reg, const char *name, const char *doma
         rc = ns_error_set(err, NS_ENOTFOUND, "domain", "run '%s' has no domain '%s'", name, domain);
     else
         rc = nsd_run_precise_reset(run, domain, generation, err);
-    if (rc == 0 && reg->persist.precise_reset)
-        reg->persist.precise_reset(reg->persist.arg, name, one ? domain : NULL);
+    if (rc == 0 && reg->ctx.persist.precise_reset)
+        reg->ctx.persist.precise_reset(reg->ctx.persist.arg, name, one ? domain : NULL);
     nsd_registry_unlock_run(run);
     return rc;
 }
@@ -474,10 +507,12 @@ json_t *nsd_registry_checkpoint_export(nsd_registry_t *reg, const char *name,
                                        ns_error_detail_t *err)
 {
     int rc;
-    nsd_run_t *run = nsd_registry_lock_run(reg, name, &rc, err);
+    nsd_run_t *run = nsd_registry_lock_run(reg, name, 0, &rc, err);
     if (run == NULL)
         return NULL;
+    nsd_run_lock_layers(run);
     json_t *j = nsd_checkpoint_export(run);
+    nsd_run_unlock_layers(run);
     nsd_registry_unlock_run(run);
     if (j == NULL)
         ns_error_set(err, NS_ENOMEM, "", "out of memory");
@@ -488,10 +523,12 @@ int nsd_registry_checkpoint_text(nsd_registry_t *reg, const char *name, ns_buf_t
                                  ns_error_detail_t *err)
 {
     int rc;
-    nsd_run_t *run = nsd_registry_lock_run(reg, name, &rc, err);
+    nsd_run_t *run = nsd_registry_lock_run(reg, name, 0, &rc, err);
     if (run == NULL)
         return rc;
+    nsd_run_lock_layers(run);
     rc = nsd_checkpoint_write(run, dst);
+    nsd_run_unlock_layers(run);
     nsd_registry_unlock_run(run);
     if (rc != 0) {
         ns_buf_free(dst);
@@ -540,26 +577,25 @@ int nsd_registry_checkpoint_import(nsd_registry_t *reg, const char *name, const 
         nsd_run_ref(run);
         created = 1;
     }
-    pthread_mutex_lock(&run->lock);
+    nsd_run_lock(run, 1);
     pthread_rwlock_unlock(&reg->map_lock);
     nsd_run_fire_all(run, NS_ECONFLICT, &box);
     nsd_run_state_clear(&reg->ctx, &run->st, NS_ECONFLICT, &box);
     run->st = st;
     ns_run_config_t cfg = st.cfg;
-    if (reg->persist.run_snapshot) {
+    if (reg->ctx.persist.run_snapshot) {
         /* The store keeps the imported state whole (out of memory: logged as
          * a configuration only, the import itself succeeded). */
         json_t *state = nsd_checkpoint_export(run);
         if (state != NULL)
-            reg->persist.run_snapshot(reg->persist.arg, name, state);
-        else if (reg->persist.run_put)
-            reg->persist.run_put(reg->persist.arg, name, &cfg, created);
-        json_decref(state);
-    } else if (reg->persist.run_put) {
-        reg->persist.run_put(reg->persist.arg, name, &cfg, created);
+            reg->ctx.persist.run_snapshot(reg->ctx.persist.arg, name, state); /* takes it */
+        else if (reg->ctx.persist.run_put)
+            reg->ctx.persist.run_put(reg->ctx.persist.arg, name, &cfg, created);
+    } else if (reg->ctx.persist.run_put) {
+        reg->ctx.persist.run_put(reg->ctx.persist.arg, name, &cfg, created);
     }
     nsd_registry_unlock_run(run);
-    nsd_registry_flush(reg, name, &box);
+    nsd_registry_flush(reg, &box);
     return 0;
 }
 
@@ -573,16 +609,15 @@ uint64_t nsd_registry_expire(nsd_registry_t *reg, uint64_t now_ms)
     uint64_t next = UINT64_MAX;
     for (size_t i = 0; i < n; i++) {
         nsd_outbox_t box = {0};
-        pthread_mutex_lock(&runs[i]->lock);
+        nsd_run_lock(runs[i], 0);
         if (!runs[i]->deleted) {
             uint64_t d = nsd_run_expire(runs[i], now_ms, &box);
             if (d < next)
                 next = d;
-            nsd_registry_persist_locked(reg, runs[i], &box);
         }
-        pthread_mutex_unlock(&runs[i]->lock);
+        nsd_run_unlock(runs[i]);
         box.wakeup = 0; /* the caller is the one to wake */
-        nsd_registry_flush(reg, runs[i]->name, &box);
+        nsd_registry_flush(reg, &box);
     }
     nsd_registry_runs_free(runs, n);
     /* Reports that created steps meanwhile may have lowered it already. */
@@ -599,10 +634,10 @@ void nsd_registry_shutdown(nsd_registry_t *reg)
     nsd_run_t **runs = nsd_registry_map_snapshot(reg, &n);
     for (size_t i = 0; i < n; i++) {
         nsd_outbox_t box = {0};
-        pthread_mutex_lock(&runs[i]->lock);
+        nsd_run_lock(runs[i], 1);
         nsd_run_fire_all(runs[i], NS_ESHUTDOWN, &box);
-        pthread_mutex_unlock(&runs[i]->lock);
-        nsd_registry_flush(reg, runs[i]->name, &box);
+        nsd_run_unlock(runs[i]);
+        nsd_registry_flush(reg, &box);
     }
     nsd_registry_runs_free(runs, n);
 }

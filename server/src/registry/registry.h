@@ -5,12 +5,15 @@
  * population.h and checkpoint.h are internal to the registry.
  *
  * Threads: every function may be called from any thread at once. The run map
- * is guarded by one rwlock and every run by its own mutex (runs are
- * refcounted, so DELETE while another request works on the run is safe).
+ * is guarded by one rwlock, every run by its own rwlock and each of its
+ * layers by a mutex (runs are refcounted, so DELETE while another request
+ * works on the run is safe). Reports to different layers of one run
+ * proceed in parallel; reads copy a consistent cut of the run (every report
+ * wholly applied or not at all). See doc/design.md, "Threads and locks".
  * Callbacks: /sync callbacks and the wakeup hook are never called while a
  * registry lock is held (the registry collects them, unlocks, then calls
  * them). The persistence hooks are the exception: they ARE called under
- * the run's lock; nsd_persist_t states their rules.
+ * the lock that guards the change; nsd_persist_t states their rules.
  *
  * Errors: functions return 0 or a negative NS_E* code and fill the optional
  * ns_error_detail_t (first error wins); a function that returns an error
@@ -277,12 +280,13 @@ void nsd_registry_shutdown(nsd_registry_t *reg);
 /* ---------------------------------------------------------------- persistence */
 
 /*! nsd_registry_snapshot() :
- *  Under the run's lock, call the run_snapshot hook with the run's exported
- *  state, then step_finalized for each finalized step still waiting for an
- *  earlier pending one (the export leaves those out), so a store that keeps
- *  the snapshot and drops its log of the run before it loses nothing. With
- *  the snapshot_begin/_end hooks, the lock is held only to copy the state
- *  and hand those steps to snapshot_begin; the JSON is made after it.
+ *  Under the run's lock shared and every layer's lock, call the
+ *  run_snapshot hook with the run's exported state, then step_finalized for
+ *  each finalized step still waiting for an earlier pending one (the export
+ *  leaves those out), so a store that keeps the snapshot and drops its log
+ *  of the run before it loses nothing. With the snapshot_begin/_end hooks,
+ *  the locks are held only to copy the state and hand those steps to
+ *  snapshot_begin; the JSON is made after they are released.
  *  @return 0, NS_ENOTFOUND, NS_ENOMEM. */
 int nsd_registry_snapshot(nsd_registry_t *reg, const char *run, ns_error_detail_t *err);
 

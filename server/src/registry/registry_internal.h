@@ -11,11 +11,10 @@
 #include "run.h"
 
 struct nsd_registry_s {
-    nsd_ctx_t ctx;
+    nsd_ctx_t ctx; /* with the persistence hooks, ctx.persist */
     pthread_rwlock_t map_lock;
     nsd_run_t **runs; /* ascending name */
     size_t n_runs, cap_runs;
-    nsd_persist_t persist;
     void (*wakeup)(void *arg);
     void *wakeup_arg;
     _Atomic int shutdown;
@@ -36,9 +35,14 @@ int nsd_registry_map_insert(nsd_registry_t *reg, nsd_run_t *run, size_t pos);
 /*! nsd_registry_map_get() : the run 'name', referenced, or NULL. */
 nsd_run_t *nsd_registry_map_get(nsd_registry_t *reg, const char *name);
 
-/*! nsd_registry_lock_run() : the run 'name', referenced and locked; NULL
- *  with the code in *rc and err (NS_EINVAL for an invalid name, NS_ENOTFOUND). */
-nsd_run_t *nsd_registry_lock_run(nsd_registry_t *reg, const char *name, int *rc,
+/*! nsd_run_lock() / nsd_run_unlock() : run->lock, exclusively or shared. */
+void nsd_run_lock(nsd_run_t *run, int exclusive);
+void nsd_run_unlock(nsd_run_t *run);
+
+/*! nsd_registry_lock_run() : the run 'name', referenced and locked
+ *  (exclusively or shared); NULL with the code in *rc and err (NS_EINVAL
+ *  for an invalid name, NS_ENOTFOUND). */
+nsd_run_t *nsd_registry_lock_run(nsd_registry_t *reg, const char *name, int exclusive, int *rc,
                                  ns_error_detail_t *err);
 
 /*! nsd_registry_unlock_run() : unlock and drop the reference. */
@@ -55,16 +59,11 @@ nsd_run_t **nsd_registry_map_page(nsd_registry_t *reg, const char *after, size_t
                                   int *more);
 void nsd_registry_runs_free(nsd_run_t **runs, size_t n);
 
-/*! nsd_registry_deliver_steps() : hand the collected steps to the
- *  persistence hook (run lock held). */
-void nsd_registry_deliver_steps(nsd_registry_t *reg, const char *run, nsd_outbox_t *box);
-
-/*! nsd_registry_persist_locked() : persistence of what a locked operation
- *  changed (run lock held): a domain the report added, then its steps. */
-void nsd_registry_persist_locked(nsd_registry_t *reg, nsd_run_t *run, nsd_outbox_t *box);
+/*! nsd_waiter_free() : free a /sync waiter (not its result). */
+void nsd_waiter_free(nsd_waiter_t *w);
 
 /*! nsd_registry_flush() : deliver what was collected under a lock (no lock
  *  held): /sync and /grad callbacks, then the wakeup. */
-void nsd_registry_flush(nsd_registry_t *reg, const char *run, nsd_outbox_t *box);
+void nsd_registry_flush(nsd_registry_t *reg, nsd_outbox_t *box);
 
 #endif /* NSD_REGISTRY_INTERNAL_H */

@@ -1,5 +1,6 @@
-/* registry_map.c - the registry's map of runs, locking a run, and the
- * delivery of what a locked operation collected (see registry.c). */
+/* registry_map.c - the registry's map of runs, locking a run (shared or
+ * exclusively), and the delivery of what a locked operation collected
+ * (see registry.c). */
 #include "registry_internal.h"
 
 #include <stdlib.h>
@@ -59,9 +60,22 @@ nsd_run_t *nsd_registry_map_get(nsd_registry_t *reg, const char *name)
     return run;
 }
 
+void nsd_run_lock(nsd_run_t *run, int exclusive)
+{
+    if (exclusive)
+        pthread_rwlock_wrlock(&run->lock);
+    else
+        pthread_rwlock_rdlock(&run->lock);
+}
+
+void nsd_run_unlock(nsd_run_t *run)
+{
+    pthread_rwlock_unlock(&run->lock);
+}
+
 /* The run 'name', referenced and locked; NULL with the code in *rc and err
  * (NS_EINVAL for an invalid name, NS_ENOTFOUND). */
-nsd_run_t *nsd_registry_lock_run(nsd_registry_t *reg, const char *name, int *rc,
+nsd_run_t *nsd_registry_lock_run(nsd_registry_t *reg, const char *name, int exclusive, int *rc,
                                  ns_error_detail_t *err)
 {
     *rc = 0;
@@ -71,10 +85,10 @@ nsd_run_t *nsd_registry_lock_run(nsd_registry_t *reg, const char *name, int *rc,
     }
     nsd_run_t *run = nsd_registry_map_get(reg, name);
     if (run != NULL) {
-        pthread_mutex_lock(&run->lock);
+        nsd_run_lock(run, exclusive);
         if (!run->deleted)
             return run;
-        pthread_mutex_unlock(&run->lock);
+        nsd_run_unlock(run);
         nsd_run_unref(run);
     }
     *rc = ns_error_set(err, NS_ENOTFOUND, "run", "no run '%s'", name);
@@ -83,7 +97,7 @@ nsd_run_t *nsd_registry_lock_run(nsd_registry_t *reg, const char *name, int *rc,
 
 void nsd_registry_unlock_run(nsd_run_t *run)
 {
-    pthread_mutex_unlock(&run->lock);
+    nsd_run_unlock(run);
     nsd_run_unref(run);
 }
 
@@ -134,36 +148,19 @@ void nsd_registry_runs_free(nsd_run_t **runs, size_t n)
     free(runs);
 }
 
-/* Hand the collected steps to the persistence hook (run lock held). */
-void nsd_registry_deliver_steps(nsd_registry_t *reg, const char *run, nsd_outbox_t *box)
+void nsd_waiter_free(nsd_waiter_t *w)
 {
-    for (nsd_qnode_t *n; (n = nsd_queue_pop(&box->steps)) != NULL;) {
-        nsd_step_t *step = nsd_container_of(n, nsd_step_t, link);
-        if (reg->persist.step_finalized)
-            reg->persist.step_finalized(reg->persist.arg, run, step);
-        nsd_step_free(step);
-    }
-}
-
-/* Persistence of what a locked operation changed (run lock held): a domain
- * the report added, then its finalized steps. */
-void nsd_registry_persist_locked(nsd_registry_t *reg, nsd_run_t *run, nsd_outbox_t *box)
-{
-    if (box->new_domain > 0 && reg->persist.domain_added)
-        reg->persist.domain_added(reg->persist.arg, run->name,
-                                  run->st.domains[box->new_domain - 1]);
-    box->new_domain = 0;
-    nsd_registry_deliver_steps(reg, run->name, box);
+    pthread_mutex_destroy(&w->lock);
+    free(w);
 }
 
 /* Deliver what was collected under a lock; no lock is held here. */
-void nsd_registry_flush(nsd_registry_t *reg, const char *run, nsd_outbox_t *box)
+void nsd_registry_flush(nsd_registry_t *reg, nsd_outbox_t *box)
 {
-    nsd_registry_deliver_steps(reg, run, box); /* none left after nsd_registry_persist_locked() */
     for (nsd_qnode_t *n; (n = nsd_queue_pop(&box->fired)) != NULL;) {
         nsd_waiter_t *w = nsd_container_of(n, nsd_waiter_t, link);
         w->cb(w->arg, w->res);
-        free(w);
+        nsd_waiter_free(w);
     }
     for (nsd_qnode_t *n; (n = nsd_queue_pop(&box->grad_fired)) != NULL;) {
         nsd_grad_waiter_t *w = nsd_container_of(n, nsd_grad_waiter_t, link);

@@ -6,27 +6,30 @@
 
 #include "checkpoint.h"
 
-/* A snapshot whose state is copied under the run's lock and exported as
- * JSON after it is released (the store's hooks): ingest into the run waits
- * for a copy of its arrays, not for the JSON of them. */
+/* A snapshot whose state is copied under the locks (the run's shared,
+ * every layer's) and exported as JSON after they are released (the store's
+ * hooks): ingest into the run waits for a copy of its arrays, not for the
+ * JSON of them. The held steps are the layers' own, borrowed while the
+ * layers are locked. */
 static int snapshot_copied(nsd_registry_t *reg, nsd_run_t *run, const char *name,
                            ns_error_detail_t *err)
 {
+    const nsd_persist_t *p = &reg->ctx.persist;
     nsd_checkpoint_copy_t *copy = nsd_checkpoint_copy(run);
-    if (copy == NULL) {
-        nsd_registry_unlock_run(run);
-        return ns_error_set(err, NS_ENOMEM, "", "out of memory");
+    void *ticket = NULL;
+    if (copy != NULL) {
+        nsd_queue_t held = {0};
+        nsd_run_held_steps(run, &held);
+        ticket = p->snapshot_begin(p->arg, name, &held);
     }
-    nsd_outbox_t box = {0};
-    nsd_run_ready_steps(run, &box);
-    void *ticket = reg->persist.snapshot_begin(reg->persist.arg, name, &box.steps);
+    nsd_run_unlock_layers(run);
     nsd_registry_unlock_run(run);
-    for (nsd_qnode_t *n; (n = nsd_queue_pop(&box.steps)) != NULL;)
-        nsd_step_free(nsd_container_of(n, nsd_step_t, link));
+    if (copy == NULL)
+        return ns_error_set(err, NS_ENOMEM, "", "out of memory");
     json_t *state = ticket != NULL ? nsd_checkpoint_export_copy(copy) : NULL;
     nsd_checkpoint_copy_free(copy);
     if (ticket != NULL)
-        reg->persist.snapshot_end(reg->persist.arg, ticket, state);
+        p->snapshot_end(p->arg, ticket, state);
     json_decref(state);
     return 0;
 }
@@ -34,32 +37,35 @@ static int snapshot_copied(nsd_registry_t *reg, nsd_run_t *run, const char *name
 int nsd_registry_snapshot(nsd_registry_t *reg, const char *name, ns_error_detail_t *err)
 {
     int rc;
-    nsd_run_t *run = nsd_registry_lock_run(reg, name, &rc, err);
+    /* Shared, with every layer locked: no step of the run is logged while
+     * the snapshot and the held steps are handed over, so the log rows
+     * before the snapshot are exactly those it contains. */
+    nsd_run_t *run = nsd_registry_lock_run(reg, name, 0, &rc, err);
     if (run == NULL)
         return rc;
-    if (reg->persist.snapshot_begin && reg->persist.snapshot_end)
+    nsd_run_lock_layers(run);
+    if (reg->ctx.persist.snapshot_begin && reg->ctx.persist.snapshot_end)
         return snapshot_copied(reg, run, name, err);
-    nsd_outbox_t box = {0};
     json_t *state = nsd_checkpoint_export(run);
-    if (state == NULL) {
-        nsd_registry_unlock_run(run);
-        return ns_error_set(err, NS_ENOMEM, "", "out of memory");
+    int ok = state != NULL;
+    if (ok) {
+        if (reg->ctx.persist.run_snapshot)
+            reg->ctx.persist.run_snapshot(reg->ctx.persist.arg, name, state); /* takes it */
+        else
+            json_decref(state);
+        nsd_run_persist_ready(run);
     }
-    if (reg->persist.run_snapshot)
-        reg->persist.run_snapshot(reg->persist.arg, name, state);
-    json_decref(state);
-    if (reg->persist.step_finalized)
-        nsd_run_ready_steps(run, &box);
-    nsd_registry_deliver_steps(reg, name, &box);
+    nsd_run_unlock_layers(run);
     nsd_registry_unlock_run(run);
-    return 0;
+    return ok ? 0 : ns_error_set(err, NS_ENOMEM, "", "out of memory");
 }
 
-/* The run 'name' locked and referenced, created with defaults if missing. */
+/* The run 'name' locked exclusively and referenced, created with defaults
+ * if missing. */
 static nsd_run_t *lock_or_create(nsd_registry_t *reg, const char *name, int *rc,
                                  ns_error_detail_t *err)
 {
-    nsd_run_t *run = nsd_registry_lock_run(reg, name, rc, err);
+    nsd_run_t *run = nsd_registry_lock_run(reg, name, 1, rc, err);
     if (run != NULL || *rc != NS_ENOTFOUND)
         return run;
     ns_run_config_t cfg;
@@ -68,7 +74,7 @@ static nsd_run_t *lock_or_create(nsd_registry_t *reg, const char *name, int *rc,
     *rc = nsd_registry_put_run(reg, name, &cfg, NULL, err);
     if (*rc != 0)
         return NULL;
-    return nsd_registry_lock_run(reg, name, rc, err);
+    return nsd_registry_lock_run(reg, name, 1, rc, err);
 }
 
 int nsd_registry_replay_step(nsd_registry_t *reg, const char *name, const nsd_step_t *step,
@@ -102,10 +108,10 @@ size_t nsd_registry_replay_finish(nsd_registry_t *reg)
     size_t n, applied = 0;
     nsd_run_t **runs = nsd_registry_map_snapshot(reg, &n);
     for (size_t i = 0; i < n; i++) {
-        pthread_mutex_lock(&runs[i]->lock);
+        nsd_run_lock(runs[i], 1);
         if (!runs[i]->deleted)
             applied += nsd_run_apply_held(runs[i]);
-        pthread_mutex_unlock(&runs[i]->lock);
+        nsd_run_unlock(runs[i]);
     }
     nsd_registry_runs_free(runs, n);
     return applied;

@@ -34,16 +34,22 @@ typedef struct nsd_limits_s {
  * that had arrivals at the step, in the run's domain order. */
 
 /* Optional callbacks, NULL = none (memory only). The persistence hooks are
- * called WHILE the run's lock is held (and, for a run being created or
- * deleted, the map lock), in the order the changes were made to the run, so
- * a store that appends them to its log in call order replays the run's
- * history exactly. A hook must therefore only copy and enqueue: never block
- * (no I/O, no logging, no lock but an innermost one of its own), never call
- * back into the registry. Hooks run on the thread that made the change:
- * request threads, the coordinator (timeouts), the caller of
- * nsd_registry_snapshot(). step_finalized for a step is called
- * before the /sync callbacks that step completes, on the same thread, so a
- * store can make every /sync answer wait for the commit of its step.
+ * called WHILE the lock that guards the change is held: the run's lock
+ * exclusively for run-level changes (and, for a run being created or
+ * deleted, the map lock), the layer's lock for a finalized step. So the
+ * calls come in the order the changes were made to each layer, with every
+ * run-level change between the same layer changes as in memory, and a
+ * store that appends them to its log in call order replays the run's
+ * history exactly (steps of different layers commute). Hooks of one run may
+ * be called from several threads at once (different layers). A hook must
+ * therefore only copy and enqueue: never block (no I/O, no logging, no lock
+ * but an innermost one of its own), never call back into the registry.
+ * Hooks run on the thread that made the change: request threads, the
+ * coordinator (timeouts), the caller of nsd_registry_snapshot().
+ * step_finalized for a step is called before any /sync callback waiting
+ * for that step is delivered (possibly on another thread, the one that
+ * finalized the waiter's last layer), so a store can make every /sync
+ * answer wait for the commit of its steps.
  * Not hooked: pending (not finalized) steps and dropped steps. */
 typedef struct nsd_persist_s {
     void *arg;
@@ -59,12 +65,14 @@ typedef struct nsd_persist_s {
     /* after a PreciseBN reset: 'domain' NULL for all domains */
     void (*precise_reset)(void *arg, const char *run, const char *domain);
     /* the run's whole state as nsd_registry_checkpoint_export() gives it,
-     * after a checkpoint import and from nsd_registry_snapshot(); borrowed:
-     * the hook may json_incref() it and then owns that reference alone (the
-     * registry drops its own reference right after the call). */
+     * after a checkpoint import and from nsd_registry_snapshot(); the hook
+     * takes the registry's one reference (it json_decref()s it when done),
+     * so only the thread that holds the state touches its refcount
+     * (jansson's json_decref reads it without an atomic). */
     void (*run_snapshot)(void *arg, const char *run, json_t *state);
-    /* nsd_registry_snapshot() in two halves, so the run's lock is held to
-     * copy, never to encode: snapshot_begin() under the lock, with the
+    /* nsd_registry_snapshot() in two halves, so the locks are held to
+     * copy, never to encode: snapshot_begin() under the run's lock shared
+     * and every layer's lock (no step of the run is logged meanwhile), with the
      * finalized steps still held back (nsd_step_t in a queue, borrowed),
      * returns a ticket (NULL: out of memory; the hook arranges a later
      * pass); snapshot_end() with no lock held, the ticket and the copied

@@ -1,5 +1,6 @@
-/* run.c - one run: life cycle, memory accounting, domains, configuration,
- * timeouts, PreciseBN resets (see the DESIGN in run.h). */
+/* run.c - one run: life cycle, its locks, memory accounting, domains,
+ * configuration, timeouts, PreciseBN resets (see the DESIGN in run.h). */
+#define _GNU_SOURCE /* pthread_rwlockattr_setkind_np: writers are not starved */
 #include "run.h"
 
 #include <stdio.h>
@@ -87,6 +88,22 @@ long nsd_run_add_domain(nsd_run_t *run, const char *name)
     return nsd_run_append_domain(st, name);
 }
 
+/* The run's rwlock. Reports hold it shared all the time, so a PUT, a new
+ * domain or a DELETE waiting for it exclusively must stop new readers
+ * (glibc prefers readers by default). */
+static int run_lock_init(pthread_rwlock_t *lock)
+{
+    pthread_rwlockattr_t attr;
+    if (pthread_rwlockattr_init(&attr) != 0)
+        return -1;
+#ifdef __GLIBC__
+    pthread_rwlockattr_setkind_np(&attr, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+#endif
+    int rc = pthread_rwlock_init(lock, &attr);
+    pthread_rwlockattr_destroy(&attr);
+    return rc;
+}
+
 nsd_run_t *nsd_run_create(nsd_ctx_t *ctx, const char *name, const ns_run_config_t *cfg, int *why)
 {
     *why = nsd_mem_reserve(ctx, NSD_RUN_BYTES);
@@ -94,7 +111,13 @@ nsd_run_t *nsd_run_create(nsd_ctx_t *ctx, const char *name, const ns_run_config_
         return NULL;
     *why = NS_ENOMEM;
     nsd_run_t *run = calloc(1, sizeof(*run));
-    if (run == NULL || pthread_mutex_init(&run->lock, NULL) != 0) {
+    if (run == NULL || run_lock_init(&run->lock) != 0) {
+        free(run);
+        nsd_mem_release(ctx, NSD_RUN_BYTES);
+        return NULL;
+    }
+    if (pthread_mutex_init(&run->grad_lock, NULL) != 0) {
+        pthread_rwlock_destroy(&run->lock);
         free(run);
         nsd_mem_release(ctx, NSD_RUN_BYTES);
         return NULL;
@@ -144,8 +167,21 @@ void nsd_run_unref(nsd_run_t *run)
     nsd_run_state_clear(run->ctx, &run->st, 0, NULL);
     nsd_mem_release(run->ctx, NSD_RUN_BYTES);
     atomic_fetch_sub(&run->ctx->runs, 1);
-    pthread_mutex_destroy(&run->lock);
+    pthread_mutex_destroy(&run->grad_lock);
+    pthread_rwlock_destroy(&run->lock);
     free(run);
+}
+
+void nsd_run_lock_layers(nsd_run_t *run)
+{
+    for (size_t i = 0; i < run->st.n_layers; i++)
+        nsd_layer_lock(run->st.layers[i]);
+}
+
+void nsd_run_unlock_layers(nsd_run_t *run)
+{
+    for (size_t i = run->st.n_layers; i > 0; i--)
+        nsd_layer_unlock(run->st.layers[i - 1]);
 }
 
 void nsd_run_fire_all(nsd_run_t *run, int status, nsd_outbox_t *box)
@@ -198,6 +234,7 @@ uint64_t nsd_run_expire(nsd_run_t *run, uint64_t now_ms, nsd_outbox_t *box)
         nsd_layer_t *l = st->layers[i];
         size_t k = 0;
         int closed = 0;
+        nsd_layer_lock(l);
         while (k < l->n_pending) {
             nsd_pending_t *p = l->pending[k];
             uint64_t deadline = p->created_ms + timeout;
@@ -213,8 +250,12 @@ uint64_t nsd_run_expire(nsd_run_t *run, uint64_t now_ms, nsd_outbox_t *box)
         }
         if (closed)
             nsd_run_apply_ready(run, l);
+        nsd_layer_unlock(l);
     }
+    nsd_run_settle(run, box);
+    pthread_mutex_lock(&run->grad_lock);
     uint64_t grad_next = nsd_gradsum_expire(run, now_ms, box);
+    pthread_mutex_unlock(&run->grad_lock);
     return grad_next < next ? grad_next : next;
 }
 

@@ -2,21 +2,33 @@
  * finalized steps, population statistics) and the operations on it.
  *
  * DESIGN
- *  - Everything of a run is guarded by run->lock; the registry takes it.
- *    Functions here never call out: sync callbacks, finalized steps to persist and
- *    wakeups are collected into an nsd_outbox_t. The registry hands the
- *    steps to the persistence hook before it unlocks (so the store logs
- *    them in the order they were made) and delivers callbacks and the
- *    wakeup after.
+ *  - Locks (doc/design.md, "Threads and locks"): run->lock is a rwlock over
+ *    the run's own state: configuration, domains, the set of layers, the
+ *    deleted flag, a checkpoint import. Each layer has its own mutex over
+ *    everything of that layer: pending and finalized steps, population
+ *    state, last statistics. A report to layers and a domain the run
+ *    already has holds run->lock shared and its layers' mutexes (ascending
+ *    name, the only order layers are locked in), so reports to different
+ *    layers of one run proceed in parallel; one that adds a layer or a
+ *    domain, and every change of run-level state, holds run->lock
+ *    exclusively (no layer mutex needed then). run->grad_lock guards the
+ *    gradient steps under run->lock shared; it is taken after layer
+ *    mutexes, never before one. A /sync waiter's own mutex is innermost.
+ *  - Functions here never call out, except to the persistence hooks
+ *    (ctx->persist: copy and enqueue only), which are called where the
+ *    change is made, under the lock that guards it, so the store logs each
+ *    layer's changes in the order they were made and run-level changes
+ *    (exclusive) between them. /sync callbacks and wakeups are collected
+ *    into an nsd_outbox_t and delivered by the registry after unlocking.
  *  - A report is applied in three phases: validate every layer (any failure
  *    returns before anything changed), allocate everything it needs
  *    (failure frees it all, nothing changed), then commit, which cannot fail,
  *    followed by finalization of completed steps and applying in step order.
  *  - Memory: population arrays, last-step arrays and pending arrivals are
- *    accounted in run->st.memory and the registry-wide ctx->memory, reserved
- *    before allocation against limits.max_memory.
- * Threads: every function expects run->lock held, except nsd_run_create and
- *    nsd_run_unref. */
+ *    accounted in run->st.memory and the registry-wide ctx->memory (both
+ *    atomic), reserved before allocation against limits.max_memory.
+ * Threads: each function says which locks it expects; "run locked" means
+ *    run->lock exclusively, or shared with the layers it touches locked. */
 #ifndef NSD_RUN_H
 #define NSD_RUN_H
 
@@ -34,7 +46,7 @@
 /* What the registry shares with its runs: limits and lock-free counters. */
 typedef struct nsd_ctx_s {
     nsd_limits_t limits;
-    int persist_steps; /* 1 if a step_finalized hook is installed: copy finalized steps */
+    nsd_persist_t persist; /* the hooks (registry_types.h); all NULL: memory only */
     _Atomic uint64_t memory;
     _Atomic uint64_t next_deadline;
     _Atomic uint64_t steps_finalized, steps_applied, steps_timed_out, steps_dropped, steps_skipped,
@@ -47,17 +59,24 @@ typedef struct nsd_ctx_s {
 typedef struct nsd_gradsum_s nsd_gradsum_t;
 struct nsd_grad_waiter_s;
 
-/* What a locked operation produced: finalized steps to persist (before
- * unlocking), callbacks and a wakeup (delivered after). */
+/* What a locked operation produced: callbacks and a wakeup, delivered
+ * after unlocking. */
 typedef struct nsd_outbox_s {
     nsd_queue_t fired;      /* nsd_waiter_t: /sync callbacks to call, in order */
-    nsd_queue_t steps;      /* nsd_step_t copies for the persistence hook, in order */
     nsd_queue_t grad_fired; /* nsd_grad_waiter_t: /grad callbacks to call, in order */
     int wakeup;             /* a deadline may have moved earlier */
-    size_t new_domain;      /* 1 + index of a domain a report added, 0 none */
+    /* What the operation's pending steps changed in the shared counters,
+     * settled once per call by nsd_run_settle() rather than per layer: those
+     * cache lines are written by every thread. */
+    int64_t pending_delta;
+    uint64_t finalized;
+    uint64_t released; /* bytes of the pending steps closed */
 } nsd_outbox_t;
 
+/* One layer: everything below 'lock' is guarded by it (or by run->lock
+ * held exclusively). */
 typedef struct nsd_layer_s {
+    pthread_mutex_t lock;
     char name[NS_NAME_MAX + 1];
     size_t channels;      /* 0 until a report with arrays fixed it */
     int64_t *worker_last; /* [n_workers] last step each worker reported, -1 */
@@ -85,7 +104,9 @@ typedef struct nsd_layer_s {
     uint32_t history_alias;
 } nsd_layer_t;
 
-/* The replaceable part of a run (a checkpoint import swaps it whole). */
+/* The replaceable part of a run (a checkpoint import swaps it whole).
+ * Run-level fields change only under run->lock exclusively; the two
+ * counters that reports to different layers move together are atomic. */
 typedef struct nsd_run_state_s {
     ns_run_config_t cfg;
     char (*domains)[NS_NAME_MAX + 1];
@@ -93,24 +114,25 @@ typedef struct nsd_run_state_s {
     size_t n_domains, cap_domains;
     nsd_layer_t **layers; /* ascending name */
     size_t n_layers, cap_layers;
-    uint64_t skipped_steps;
+    _Atomic uint64_t skipped_steps;
     uint64_t precise_generation; /* the latest number handed out, 0 at creation */
-    uint64_t memory;             /* accounted bytes */
-    nsd_gradsum_t *grad;         /* pending gradient steps; NULL until the first */
+    _Atomic uint64_t memory;     /* accounted bytes */
+    nsd_gradsum_t *grad;         /* pending gradient steps (grad_lock); NULL until the first */
 } nsd_run_state_t;
 
 typedef struct nsd_run_s {
     char name[NS_NAME_MAX + 1];
-    pthread_mutex_t lock;
+    pthread_rwlock_t lock;     /* run-level state; shared by reports (see DESIGN) */
+    pthread_mutex_t grad_lock; /* st.grad, under lock held shared */
     _Atomic unsigned refs;
-    int deleted; /* under lock: removed from the map */
+    int deleted; /* under lock (exclusive to set): removed from the map */
     nsd_ctx_t *ctx;
     nsd_run_state_t st;
     /* Health (run_health.c), kept across checkpoint imports. */
     _Atomic uint64_t steps_applied;
     _Atomic uint64_t last_active_ms;              /* the last report, accepted or refused */
-    uint64_t rejections[NSD_REJECTION_REASONS];   /* under lock */
-    uint64_t log_window, log_lines, log_withheld; /* rejection log limit, under lock */
+    uint64_t rejections[NSD_REJECTION_REASONS];   /* under lock (exclusive to change) */
+    uint64_t log_window, log_lines, log_withheld; /* rejection log limit, same */
 } nsd_run_t;
 
 /* What a run costs before it holds anything, counted against max_memory
@@ -129,29 +151,52 @@ void nsd_run_unref(nsd_run_t *run);
 
 /*! nsd_run_state_clear() : free every layer, pending step and domain of
  *  'st', releasing its memory from ctx; waiters still referenced get
- *  'status' and are put into 'box'. */
+ *  'status' and are put into 'box'. Run locked exclusively (or unshared). */
 void nsd_run_state_clear(nsd_ctx_t *ctx, nsd_run_state_t *st, int status, nsd_outbox_t *box);
 
 /*! nsd_run_config_apply() : set the fields of 'cfg' that have has_*.
- *  @return 0 or NS_EINVAL (value out of range, detail in err). */
+ *  Run locked exclusively. @return 0 or NS_EINVAL (value out of range,
+ *  detail in err). */
 int nsd_run_config_apply(nsd_run_t *run, const ns_run_config_t *cfg, ns_error_detail_t *err,
                          nsd_outbox_t *box);
+
+/* How nsd_run_report() is called. */
+enum {
+    NSD_REPORT_SHARED = 1,  /* run->lock held shared: it locks the report's layers */
+    NSD_REPORT_CREATED = 2, /* the report creates the run: logged (run_put) first */
+};
+
+/* nsd_run_report() under run->lock shared: the report adds a layer or a
+ * domain, call again with run->lock held exclusively. Nothing changed. */
+#define NSD_REPORT_NEEDS_EXCLUSIVE 1
 
 /*! nsd_run_report() : validate and apply one report (see
  *  nsd_registry_report). 'waiter' (NULL for /batches) is allocated by the
  *  caller with res->n_layers == report->n_layers and names set; on success
  *  the run owns it until it fires (into 'box'). On success the layers' mean
  *  and var arrays are taken from the report (set to NULL there); on error the
- *  report is untouched. @return 0 or NS_E*. */
-int nsd_run_report(nsd_run_t *run, ns_report_t *report, uint64_t now_ms, nsd_waiter_t *waiter,
-                   nsd_outbox_t *box, ns_error_detail_t *err);
+ *  report is untouched. 'mode': NSD_REPORT_* bits; without
+ *  NSD_REPORT_SHARED run->lock is held exclusively. The persistence hooks
+ *  are called as the report changes the run: a new run, a new domain, then
+ *  each finalized step under its layer's lock. @return 0, NS_E*, or
+ *  NSD_REPORT_NEEDS_EXCLUSIVE (shared mode only). */
+int nsd_run_report(nsd_run_t *run, ns_report_t *report, uint64_t now_ms, unsigned mode,
+                   nsd_waiter_t *waiter, nsd_outbox_t *box, ns_error_detail_t *err);
 
-/*! nsd_run_expire() : time out due pending steps; @return the next deadline
- *  of the run or UINT64_MAX. */
+/*! nsd_run_expire() : time out due pending steps, each layer under its
+ *  lock, then the gradient steps under grad_lock (run->lock held shared).
+ *  @return the next deadline of the run or UINT64_MAX. */
 uint64_t nsd_run_expire(nsd_run_t *run, uint64_t now_ms, nsd_outbox_t *box);
 
-/*! nsd_run_fire_all() : every waiter of the run gets 'status' now. */
+/*! nsd_run_fire_all() : every waiter of the run gets 'status' now. Run
+ *  locked exclusively. */
 void nsd_run_fire_all(nsd_run_t *run, int status, nsd_outbox_t *box);
+
+/*! nsd_run_lock_layers() / nsd_run_unlock_layers() : every layer's mutex,
+ *  in ascending name order (run->lock held shared): what a reader holds to
+ *  copy a consistent cut of the run (every report wholly in or out). */
+void nsd_run_lock_layers(nsd_run_t *run);
+void nsd_run_unlock_layers(nsd_run_t *run);
 
 /*! nsd_run_stats() : build a statistics answer (see nsd_registry_stats). */
 int nsd_run_stats(nsd_run_t *run, const nsd_stats_query_t *q, nsd_stats_t **dst,
@@ -172,9 +217,13 @@ long nsd_run_add_domain(nsd_run_t *run, const char *name);
  *  recovery). @return how many. */
 size_t nsd_run_apply_held(nsd_run_t *run);
 
-/*! nsd_run_ready_steps() : copies of the finalized steps waiting to be
- *  applied, appended to box->steps (for a snapshot). */
-void nsd_run_ready_steps(nsd_run_t *run, nsd_outbox_t *box);
+/*! nsd_run_persist_ready() : hand the finalized steps waiting to be
+ *  applied to the step_finalized hook (for a snapshot; layers locked). */
+void nsd_run_persist_ready(nsd_run_t *run);
+
+/*! nsd_run_held_steps() : the same steps, with first_pending set, linked
+ *  into 'held' (borrowed: valid while the layers stay locked). */
+void nsd_run_held_steps(nsd_run_t *run, nsd_queue_t *held);
 
 /*! nsd_run_json() / nsd_run_summary_json() : GET bodies (new references). */
 json_t *nsd_run_json(nsd_run_t *run, uint64_t now_ms);
@@ -198,18 +247,31 @@ void nsd_mem_release(nsd_ctx_t *ctx, uint64_t bytes);
 /*! nsd_outbox_fire() : put a waiter whose result is final into the box. */
 void nsd_outbox_fire(nsd_outbox_t *box, nsd_waiter_t *w);
 
+/*! nsd_run_settle() : apply box's counter changes (pending steps,
+ *  finalized steps, memory released) to ctx and the run; zeroes them. */
+void nsd_run_settle(nsd_run_t *run, nsd_outbox_t *box);
+
 /*! nsd_run_note_deadline() : a pending step of the run got 'deadline':
  *  lower ctx->next_deadline to it and ask for a wakeup if it moved. */
 void nsd_run_note_deadline(nsd_run_t *run, uint64_t deadline, nsd_outbox_t *box);
 
 /* ---------------------------------------------------------------- between the run's files */
 
-/*! nsd_waiter_fail() : fire a waiter with an error status now (first error wins). */
+/*! nsd_waiter_fail() : fire a waiter with an error status now (first error
+ *  wins); takes the waiter's lock. For a run locked exclusively, which
+ *  drops every reference to the waiter at once. */
 void nsd_waiter_fail(nsd_ctx_t *ctx, nsd_outbox_t *box, nsd_waiter_t *w, int status);
 
-/*! nsd_waiter_layer_done() : one layer of the waiter is done; fires it when
- *  it was the last. */
-void nsd_waiter_layer_done(nsd_ctx_t *ctx, nsd_outbox_t *box, nsd_waiter_t *w);
+/*! nsd_waiter_layer_done() : one layer of the waiter is done, with 'status'
+ *  (0, or an error: the first error wins); fires it when it was the last.
+ *  The waiter's lock held: layers of one waiter finish on several threads. */
+void nsd_waiter_layer_done(nsd_ctx_t *ctx, nsd_outbox_t *box, nsd_waiter_t *w, int status);
+
+/*! nsd_persist_run_created() / nsd_persist_domain() : the run_put (a run a
+ *  report created) and domain_added hooks, if installed (run locked
+ *  exclusively). */
+void nsd_persist_run_created(nsd_run_t *run);
+void nsd_persist_domain(nsd_run_t *run, size_t index);
 
 /*! nsd_run_layer_pos() : position of layer 'name' in st->layers, or where it would go. */
 size_t nsd_run_layer_pos(const nsd_run_state_t *st, const char *name, int *found);
@@ -221,6 +283,16 @@ int nsd_run_reserve_domain(nsd_run_state_t *st);
 /*! nsd_run_append_domain() : append domain 'name' into reserved room; it
  *  starts at the run's current PreciseBN generation. @return its index. */
 long nsd_run_append_domain(nsd_run_state_t *st, const char *name);
+
+/*! nsd_layer_lock() / nsd_layer_unlock() : the layer's mutex. */
+static inline void nsd_layer_lock(nsd_layer_t *l)
+{
+    pthread_mutex_lock(&l->lock);
+}
+static inline void nsd_layer_unlock(nsd_layer_t *l)
+{
+    pthread_mutex_unlock(&l->lock);
+}
 
 /*! nsd_layer_create() : an empty layer 'name'; NULL when out of memory. */
 nsd_layer_t *nsd_layer_create(const char *name);
@@ -236,9 +308,10 @@ size_t nsd_layer_pending_pos(const nsd_layer_t *l, uint64_t step, int *found);
  *  @return 0 or NS_ENOMEM. */
 int nsd_layer_grow_workers(nsd_layer_t *l, uint32_t need);
 
-/*! nsd_layer_persist_step() : a copy of finalized step 'f' for the
- *  persistence hook, into box->steps (out of memory: not persisted). */
-void nsd_layer_persist_step(const nsd_layer_t *l, const nsd_step_t *f, nsd_outbox_t *box);
+/*! nsd_layer_persist_step() : hand finalized step 'f' of layer 'l' to the
+ *  step_finalized hook, if installed, with its first_pending set from the
+ *  layer (layer locked). */
+void nsd_layer_persist_step(const nsd_run_t *run, const nsd_layer_t *l, nsd_step_t *f);
 
 /*! nsd_layer_ready_insert() : a finalized step joins the layer (last
  *  statistics, then the ready queue in step order); room in l->ready was

@@ -58,7 +58,9 @@ int nsd_registry_note_rejection(nsd_registry_t *reg, const char *name, int code,
 {
     int rc;
     *withheld = 0;
-    nsd_run_t *run = nsd_registry_lock_run(reg, name, &rc, NULL);
+    /* Exclusive: the counts and the limit are run-level state that
+     * reports, holding the lock shared, never touch. */
+    nsd_run_t *run = nsd_registry_lock_run(reg, name, 1, &rc, NULL);
     if (run == NULL) {
         pthread_mutex_lock(&orphan_lock);
         int take = limit_take(&orphan_window, &orphan_lines, &orphan_withheld, now_ms, withheld);
@@ -120,7 +122,7 @@ json_t *nsd_run_health_json(const nsd_run_t *run)
     return json_pack("{s:I, s:I, s:I, s:o}", "steps_applied",
                      (json_int_t)atomic_load(&run->steps_applied), "pending",
                      (json_int_t)pending_steps(&run->st), "skipped",
-                     (json_int_t)run->st.skipped_steps, "rejections", rejections);
+                     (json_int_t)atomic_load(&run->st.skipped_steps), "rejections", rejections);
 }
 
 /* A run and when it was last active, read once: the sort must not see the
@@ -144,13 +146,15 @@ static int name_cmp(const void *pa, const void *pb)
     return strcmp(((const nsd_run_health_t *)pa)->run, ((const nsd_run_health_t *)pb)->run);
 }
 
-/* One run's health, under its lock. @return 0, or 1 if it is gone. */
+/* One run's health, under its lock shared and every layer's lock (a
+ * consistent cut). @return 0, or 1 if it is gone. */
 static int run_health(nsd_registry_t *reg, const char *name, nsd_run_health_t *h)
 {
     int rc;
-    nsd_run_t *run = nsd_registry_lock_run(reg, name, &rc, NULL);
+    nsd_run_t *run = nsd_registry_lock_run(reg, name, 0, &rc, NULL);
     if (run == NULL)
         return 1;
+    nsd_run_lock_layers(run);
     snprintf(h->run, sizeof(h->run), "%s", run->name);
     h->last_active_ms = atomic_load(&run->last_active_ms);
     h->steps_applied = atomic_load(&run->steps_applied);
@@ -160,6 +164,7 @@ static int run_health(nsd_registry_t *reg, const char *name, nsd_run_health_t *h
     memcpy(h->rejections, run->rejections, sizeof(h->rejections));
     if (nsd_run_drift_worst(run, h) != 0)
         h->has_worst = 0; /* out of memory: the run is served without it */
+    nsd_run_unlock_layers(run);
     nsd_registry_unlock_run(run);
     return 0;
 }

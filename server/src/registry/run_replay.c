@@ -11,7 +11,7 @@
  * budget check (what was held before the restart is held again). */
 static void replay_account(nsd_run_t *run, uint64_t bytes)
 {
-    run->st.memory += bytes;
+    atomic_fetch_add(&run->st.memory, bytes);
     atomic_fetch_add(&run->ctx->memory, bytes);
 }
 
@@ -147,11 +147,23 @@ size_t nsd_run_apply_held(nsd_run_t *run)
     return n;
 }
 
-void nsd_run_ready_steps(nsd_run_t *run, nsd_outbox_t *box)
+void nsd_run_persist_ready(nsd_run_t *run)
 {
     for (size_t i = 0; i < run->st.n_layers; i++) {
         const nsd_layer_t *l = run->st.layers[i];
         for (size_t k = 0; k < l->n_ready; k++)
-            nsd_layer_persist_step(l, l->ready[k], box);
+            nsd_layer_persist_step(run, l, l->ready[k]);
+    }
+}
+
+void nsd_run_held_steps(nsd_run_t *run, nsd_queue_t *held)
+{
+    for (size_t i = 0; i < run->st.n_layers; i++) {
+        const nsd_layer_t *l = run->st.layers[i];
+        for (size_t k = 0; k < l->n_ready; k++) {
+            nsd_step_t *f = l->ready[k];
+            f->first_pending = l->n_pending > 0 ? (int64_t)l->pending[0]->step : -1;
+            nsd_queue_push(held, &f->link);
+        }
     }
 }

@@ -1,5 +1,9 @@
 /* run_report.c - one report applied to a run in three phases: check every
- * layer, allocate what it needs, commit (see the DESIGN in run.h). */
+ * layer, allocate what it needs, commit; then each layer finalizes and
+ * applies what completed (see the DESIGN in run.h). Under run->lock
+ * shared the report's layers are locked in ascending name order for the
+ * three phases, so a report is all or nothing, and unlocked once every one
+ * has finalized and applied. */
 #include "run.h"
 
 #include <math.h>
@@ -17,6 +21,7 @@ typedef struct plan_s {
     size_t insert_pos;      /* for a new layer: position among existing ones */
     nsd_pending_t *pending; /* existing pending step, or new */
     int is_new_pending;
+    int created_step;   /* the commit added this pending step to the layer */
     size_t channels;    /* the layer's channel count after this report */
     int fixes_channels; /* this report fixes the layer's channel count */
     nsd_pop_t *new_pooled;
@@ -102,7 +107,7 @@ static int check_layer(const nsd_run_t *run, const ns_report_t *rep, plan_t *pl,
 {
     const ns_layer_report_t *lr = pl->lr;
     const nsd_run_state_t *st = &run->st;
-    nsd_layer_t *l = nsd_run_find_layer(st, lr->name);
+    nsd_layer_t *l = pl->layer; /* found (and locked in shared mode) by the caller */
     char field[NS_NAME_MAX + 16];
     snprintf(field, sizeof(field), "layers.%s", lr->name);
 
@@ -110,7 +115,6 @@ static int check_layer(const nsd_run_t *run, const ns_report_t *rep, plan_t *pl,
         return ns_error_set(err, NS_EINVAL, field, "invalid layer name");
     if (lr->count > 0 && (lr->channels == 0 || lr->mean == NULL || lr->var == NULL))
         return ns_error_set(err, NS_EINVAL, field, "count > 0 needs mean and var");
-    pl->layer = l;
     pl->channels = l ? l->channels : 0;
     if (lr->channels > 0) {
         if (pl->channels != 0 && lr->channels != pl->channels)
@@ -224,10 +228,9 @@ static int prepare_layer(nsd_run_t *run, const ns_report_t *rep, long dom, plan_
 }
 
 /* Phase 3: commit one layer (cannot fail). */
-static void commit_layer(nsd_run_t *run, ns_report_t *rep, uint32_t dom, plan_t *pl,
-                         nsd_waiter_t *waiter, size_t index, nsd_outbox_t *box)
+static void commit_layer(ns_report_t *rep, uint32_t dom, plan_t *pl, nsd_waiter_t *waiter,
+                         size_t index, nsd_outbox_t *box)
 {
-    nsd_ctx_t *ctx = run->ctx;
     nsd_layer_t *l = pl->layer;
     if (pl->fixes_channels) {
         l->channels = pl->channels;
@@ -248,8 +251,8 @@ static void commit_layer(nsd_run_t *run, ns_report_t *rep, uint32_t dom, plan_t 
         l->pending[pos] = p;
         l->n_pending++;
         pl->is_new_pending = 0;
-        atomic_fetch_add(&ctx->pending_steps, 1);
-        nsd_run_note_deadline(run, p->created_ms + run->st.cfg.sync_timeout_ms, box);
+        pl->created_step = 1;
+        box->pending_delta++;
     }
     /* Take the report's arrays (no copy); the report no longer owns them. */
     nsd_arrival_t *a = &p->arrivals[rep->worker];
@@ -319,7 +322,7 @@ static int prepare_report(nsd_run_t *run, const ns_report_t *rep, long dom, plan
     }
     if (rc == 0 && dom < 0)
         rc = nsd_run_reserve_domain(st);
-    if (rc == 0)
+    if (rc == 0 && new_layers > 0)
         rc = nsd_array_grow((void **)&st->layers, &st->cap_layers, st->n_layers + new_layers,
                             sizeof(*st->layers));
     if (rc != 0) {
@@ -338,16 +341,20 @@ static int prepare_report(nsd_run_t *run, const ns_report_t *rep, long dom, plan
     return 0;
 }
 
-/* Phase 3 for the whole report (cannot fail): the new domain and layers,
- * the waiter, every layer's arrival. @return the domain's index. */
+/* Phase 3 for the whole report (cannot fail): the new run and domain
+ * logged, the new layers, the waiter, every layer's arrival. @return the
+ * domain's index. */
 static uint32_t commit_report(nsd_run_t *run, ns_report_t *rep, long dom, plan_t *pl,
-                              uint64_t bytes, nsd_waiter_t *waiter, nsd_outbox_t *box)
+                              uint64_t bytes, unsigned mode, nsd_waiter_t *waiter,
+                              nsd_outbox_t *box)
 {
     nsd_run_state_t *st = &run->st;
-    st->memory += bytes;
+    atomic_fetch_add(&st->memory, bytes);
+    if (mode & NSD_REPORT_CREATED)
+        nsd_persist_run_created(run);
     if (dom < 0) {
         dom = nsd_run_append_domain(st, rep->domain);
-        box->new_domain = (size_t)dom + 1;
+        nsd_persist_domain(run, (size_t)dom);
     }
     for (size_t i = 0; i < rep->n_layers; i++) {
         if (!pl[i].is_new_layer)
@@ -367,14 +374,58 @@ static uint32_t commit_report(nsd_run_t *run, ns_report_t *rep, long dom, plan_t
         atomic_fetch_add(&run->ctx->sync_waiters, 1);
     }
     for (size_t i = 0; i < rep->n_layers; i++)
-        commit_layer(run, rep, (uint32_t)dom, &pl[i], waiter, i, box);
+        commit_layer(rep, (uint32_t)dom, &pl[i], waiter, i, box);
     atomic_fetch_add(&run->ctx->reports_accepted, 1);
     return (uint32_t)dom;
 }
 
-int nsd_run_report(nsd_run_t *run, ns_report_t *rep, uint64_t now_ms, nsd_waiter_t *waiter,
-                   nsd_outbox_t *box, ns_error_detail_t *err)
+/* The run's layers of the report into the plan, NULL for a new one.
+ * @return 1 if the report can be applied under run->lock shared: its
+ * domain and every layer exist, and its layers are in ascending name order
+ * (as the decoders sort them), the order layers are locked in. */
+static int find_layers(const nsd_run_t *run, const ns_report_t *rep, long dom, plan_t *pl)
 {
+    int shareable = dom >= 0;
+    for (size_t i = 0; i < rep->n_layers; i++) {
+        pl[i].lr = &rep->layers[i];
+        pl[i].layer = nsd_run_find_layer(&run->st, rep->layers[i].name);
+        if (pl[i].layer == NULL ||
+            (i > 0 && strcmp(rep->layers[i - 1].name, rep->layers[i].name) >= 0))
+            shareable = 0;
+    }
+    return shareable;
+}
+
+/* After the commit, layer by layer: finalize a step the report completed
+ * and apply what is in order; then (shared mode) unlock the layers, the
+ * last first. Held to the end, not released one by one: a report waiting
+ * for the same layers (another worker of the step) then waits once, for
+ * the first, instead of chasing this one through every layer (a sleep and
+ * a wake-up per layer); and once the first is free the others are too. */
+static void finish_layers(nsd_run_t *run, const ns_report_t *rep, plan_t *pl, int shared,
+                          nsd_outbox_t *box)
+{
+    for (size_t i = 0; i < rep->n_layers; i++) {
+        nsd_layer_t *l = pl[i].layer;
+        int found;
+        size_t pos = nsd_layer_pending_pos(l, rep->step, &found);
+        if (found && l->pending[pos]->arrived == l->pending[pos]->world_size)
+            nsd_run_close_pending(run, l, pos, 0, box);
+        else if (found && pl[i].created_step)
+            /* A step that outlives its first report gets a deadline (one
+             * that completed at once never wakes the coordinator). */
+            nsd_run_note_deadline(run, l->pending[pos]->created_ms + run->st.cfg.sync_timeout_ms,
+                                  box);
+        nsd_run_apply_ready(run, l);
+    }
+    for (size_t i = rep->n_layers; shared && i > 0; i--)
+        nsd_layer_unlock(pl[i - 1].layer);
+}
+
+int nsd_run_report(nsd_run_t *run, ns_report_t *rep, uint64_t now_ms, unsigned mode,
+                   nsd_waiter_t *waiter, nsd_outbox_t *box, ns_error_detail_t *err)
+{
+    int shared = (mode & NSD_REPORT_SHARED) != 0;
     if (rep->n_layers == 0)
         return ns_error_set(err, NS_EINVAL, "layers", "no layers");
     if (rep->step > (uint64_t)INT64_MAX)
@@ -386,30 +437,28 @@ int nsd_run_report(nsd_run_t *run, ns_report_t *rep, uint64_t now_ms, nsd_waiter
     plan_t *pl = calloc(rep->n_layers, sizeof(*pl));
     if (pl == NULL)
         return ns_error_set(err, NS_ENOMEM, "", "out of memory");
-    int rc = 0;
-    for (size_t i = 0; i < rep->n_layers && rc == 0; i++) {
-        pl[i].lr = &rep->layers[i];
-        rc = check_layer(run, rep, &pl[i], err);
+    if (!find_layers(run, rep, dom, pl) && shared) {
+        free(pl);
+        return NSD_REPORT_NEEDS_EXCLUSIVE;
     }
+    for (size_t i = 0; shared && i < rep->n_layers; i++)
+        nsd_layer_lock(pl[i].layer);
+    int rc = 0;
+    for (size_t i = 0; i < rep->n_layers && rc == 0; i++)
+        rc = check_layer(run, rep, &pl[i], err);
     uint64_t bytes = 0;
     if (rc == 0)
         rc = prepare_report(run, rep, dom, pl, now_ms, waiter, &bytes, err);
     if (rc != 0) {
+        for (size_t i = rep->n_layers; shared && i > 0; i--)
+            nsd_layer_unlock(pl[i - 1].layer);
         plan_free(pl, rep->n_layers);
         return rc;
     }
-    commit_report(run, rep, dom, pl, bytes, waiter, box);
+    commit_report(run, rep, dom, pl, bytes, mode, waiter, box);
     atomic_store(&run->last_active_ms, now_ms);
-
-    /* Finalize completed steps, then apply what is in order. */
-    for (size_t i = 0; i < rep->n_layers; i++) {
-        nsd_layer_t *l = pl[i].layer;
-        int found;
-        size_t pos = nsd_layer_pending_pos(l, rep->step, &found);
-        if (found && l->pending[pos]->arrived == l->pending[pos]->world_size)
-            nsd_run_close_pending(run, l, pos, 0, box);
-        nsd_run_apply_ready(run, l);
-    }
+    finish_layers(run, rep, pl, shared, box);
+    nsd_run_settle(run, box);
     plan_free(pl, rep->n_layers);
     return 0;
 }

@@ -33,7 +33,7 @@ typedef struct nsd_step_domain_s {
 } nsd_step_domain_t;
 
 typedef struct nsd_step_s {
-    nsd_qnode_t link; /* in an outbox's queue of steps to persist */
+    nsd_qnode_t link; /* a layer's held step, in a snapshot's queue (borrowed) */
     char layer[NS_NAME_MAX + 1];
     uint64_t step;
     unsigned update;  /* NS_UPDATE_* bits the arrivals agreed on */

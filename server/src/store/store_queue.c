@@ -139,7 +139,9 @@ static void hook_snapshot(void *arg, const char *run, json_t *state)
 {
     job_t *j = nsd_store_job_new(JOB_SNAPSHOT, run);
     if (j != NULL)
-        j->state = json_incref(state);
+        j->state = state; /* the registry's reference, now the job's */
+    else
+        json_decref(state);
     enqueue(arg, j);
 }
 
