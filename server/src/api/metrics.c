@@ -195,17 +195,30 @@ static int render_body_bytes(ns_buf_t *dst)
                        (unsigned long long)atomic_load(&k->body_bytes_out));
 }
 
-static int render_registry(ns_buf_t *dst, nsd_registry_t *reg)
+/* A sample per row, each a uint64_t at 'offset' in the struct at 'base'. */
+typedef struct u64_row_s {
+    const char *name, *type, *help;
+    size_t offset;
+} u64_row_t;
+
+static int render_u64_rows(ns_buf_t *dst, const u64_row_t *rows, size_t n, const void *base)
 {
     int rc = 0;
+    for (size_t i = 0; i < n && rc == 0; i++) {
+        uint64_t v;
+        memcpy(&v, (const char *)base + rows[i].offset, sizeof(v));
+        rc = sample(dst, rows[i].name, rows[i].type, rows[i].help, "%llu", (unsigned long long)v);
+    }
+    return rc;
+}
+
+static int render_registry(ns_buf_t *dst, nsd_registry_t *reg)
+{
     nsd_counters_t c;
     memset(&c, 0, sizeof(c));
     if (reg != NULL)
         nsd_registry_counters(reg, &c);
-    static const struct {
-        const char *name, *type, *help;
-        size_t offset;
-    } registry_rows[] = {
+    static const u64_row_t registry_rows[] = {
         {"normstat_steps_finalized_total", "counter",
          "Pending steps finalized (complete, or partial at their timeout).",
          offsetof(nsd_counters_t, steps_finalized)},
@@ -241,13 +254,8 @@ static int render_registry(ns_buf_t *dst, nsd_registry_t *reg)
          "and their decoding.",
          offsetof(nsd_counters_t, memory_bytes)},
     };
-    for (size_t i = 0; i < sizeof(registry_rows) / sizeof(registry_rows[0]) && rc == 0; i++) {
-        uint64_t v;
-        memcpy(&v, (const char *)&c + registry_rows[i].offset, sizeof(v));
-        rc = sample(dst, registry_rows[i].name, registry_rows[i].type, registry_rows[i].help,
-                    "%llu", (unsigned long long)v);
-    }
-    return rc;
+    return render_u64_rows(dst, registry_rows, sizeof(registry_rows) / sizeof(registry_rows[0]),
+                           &c);
 }
 
 int nsd_metrics_render(ns_buf_t *dst, nsd_registry_t *reg)
@@ -459,10 +467,7 @@ static int render_relay(ns_buf_t *dst, nsd_relay_t *relay)
 {
     nsd_relay_stats_t st;
     nsd_relay_stats(relay, &st);
-    static const struct {
-        const char *name, *type, *help;
-        size_t offset;
-    } rows[] = {
+    static const u64_row_t rows[] = {
         {"normstat_relay_forwarded_total", "counter",
          "Node reports (one per node step) the upstream accepted.",
          offsetof(nsd_relay_stats_t, forwarded)},
@@ -494,11 +499,7 @@ static int render_relay(ns_buf_t *dst, nsd_relay_t *relay)
             : sample(dst, "normstat_relay_upstream_up", "gauge",
                      "0 while the last forward could not reach the upstream, else 1.", "%d",
                      st.upstream_up);
-    for (size_t i = 0; i < sizeof(rows) / sizeof(rows[0]) && rc == 0; i++) {
-        uint64_t v;
-        memcpy(&v, (const char *)&st + rows[i].offset, sizeof(v));
-        rc = sample(dst, rows[i].name, rows[i].type, rows[i].help, "%llu", (unsigned long long)v);
-    }
+    rc = rc ? rc : render_u64_rows(dst, rows, sizeof(rows) / sizeof(rows[0]), &st);
     return rc;
 }
 
