@@ -98,10 +98,17 @@ int ns__report_finish(ns_report_t *report, ns_error_detail_t *err, ns__value_hin
         for (size_t i = 0; i < report->n_layers; i++)
             if (report->layers[i].var) {
                 ns_layer_report_t *l = &report->layers[i];
-                ns_var_bias_f32(l->var, l->channels, l->count);
+                if (l->var64 == NULL) {
+                    ns_var_bias_f32(l->var, l->channels, l->count);
+                    continue;
+                }
+                /* F64: converted in double, and the float32 copy narrowed from
+                 * that (one rounding, as for a biased F64 variance). */
                 double keep = l->count > 1 ? (double)(l->count - 1) / (double)l->count : 0.0;
-                for (size_t c = 0; l->var64 != NULL && c < l->channels; c++)
+                for (size_t c = 0; c < l->channels; c++) {
                     l->var64[c] *= keep;
+                    l->var[c] = (float)l->var64[c];
+                }
             }
     return 0;
 }
