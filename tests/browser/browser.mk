@@ -8,12 +8,15 @@
 #     /usr/bin/python3 tests/browser/test_dashboard.py
 
 BROWSER_DIR   := $(BUILD)/browser
+# npm trusts the system's CA bundle (where a machine adds its own CAs), not only
+# the roots built into Node.
+SYSTEM_CA     := $(wildcard /etc/ssl/certs/ca-certificates.crt)
 BROWSER_STAMP := $(BROWSER_DIR)/node_modules/.package-lock.json
 
 $(BROWSER_STAMP): tests/browser/package.json tests/browser/package-lock.json
 	@mkdir -p $(BROWSER_DIR)
 	$(Q)cp tests/browser/package.json tests/browser/package-lock.json $(BROWSER_DIR)/
-	$(Q)cd $(BROWSER_DIR) && npm ci --no-audit --no-fund --loglevel=error
+	$(Q)cd $(BROWSER_DIR) && npm ci --no-audit --no-fund --loglevel=error $(if $(SYSTEM_CA),--cafile=$(SYSTEM_CA))
 	$(Q)touch $@
 
 .PHONY: browser-deps test-browser
