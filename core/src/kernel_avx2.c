@@ -593,30 +593,7 @@ static void step_update(const double *mean, const double *var, size_t channels, 
         }
     }
     /* The last channels as the reference does them. */
-    for (; c < channels; c++) {
-        const double xm = mean[c], xv = var[c];
-        const double unbiased = xv * bessel;
-        for (size_t e = 0; e < n_ema; e++) {
-            const ns__ema_pass_t *q = &ema[e];
-            q->rm[c] = q->keep * q->rm[c] + q->f * xm;
-            q->rv[c] = q->keep * q->rv[c] + q->f * unbiased;
-            if (q->zm != NULL) {
-                q->zm[c] = q->b * q->zm[c] + q->a * xm;
-                q->zv[c] = q->b * q->zv[c] + q->a * unbiased;
-            }
-        }
-        if (p->mean == NULL)
-            continue;
-        if (p->empty) {
-            p->mean[c] = xm;
-            p->m2[c] = xv * p->dn_b;
-        } else {
-            const double delta = xm - p->mean[c];
-            const double m2b = xv * p->dn_b;
-            p->mean[c] += delta * p->wb;
-            p->m2[c] += m2b + delta * delta * p->cross;
-        }
-    }
+    ns__step_update_range(mean, var, c, channels, bessel, ema, n_ema, p);
 }
 
 static void widen(double *dst, const float *src, size_t n)

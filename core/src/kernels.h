@@ -28,6 +28,39 @@ typedef struct ns__precise_pass_s {
     double dn_b, wb, cross;
 } ns__precise_pass_t;
 
+/* The step update's reference operations on channels [c0, c1): the scalar
+ * kernel over every channel, the AVX2 one over the channels its vectors
+ * leave (both compiled with -std=c11, so no contraction: the same bits). */
+static inline void ns__step_update_range(const double *mean, const double *var, size_t c0,
+                                         size_t c1, double bessel, const ns__ema_pass_t *ema,
+                                         size_t n_ema, const ns__precise_pass_t *p)
+{
+    for (size_t c = c0; c < c1; c++) {
+        const double xm = mean[c], xv = var[c];
+        const double unbiased = xv * bessel;
+        for (size_t e = 0; e < n_ema; e++) {
+            const ns__ema_pass_t *q = &ema[e];
+            q->rm[c] = q->keep * q->rm[c] + q->f * xm;
+            q->rv[c] = q->keep * q->rv[c] + q->f * unbiased;
+            if (q->zm != NULL) {
+                q->zm[c] = q->b * q->zm[c] + q->a * xm;
+                q->zv[c] = q->b * q->zv[c] + q->a * unbiased;
+            }
+        }
+        if (p->mean == NULL)
+            continue;
+        if (p->empty) {
+            p->mean[c] = xm;
+            p->m2[c] = xv * p->dn_b;
+        } else {
+            const double delta = xm - p->mean[c];
+            const double m2b = xv * p->dn_b;
+            p->mean[c] += delta * p->wb;
+            p->m2[c] += m2b + delta * delta * p->cross;
+        }
+    }
+}
+
 typedef struct ns_kernels_s {
     const char *name;
 
