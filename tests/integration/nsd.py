@@ -189,6 +189,19 @@ class Daemon:
         with self._lock:
             return "\n".join(self.lines[-n:])
 
+    def wait_log(self, event, after, limit=30.0):
+        """The first log line with 'event' past line index 'after', or None
+        once 'limit' seconds passed (the bound matters only on failure)."""
+        deadline = time.monotonic() + limit
+        while time.monotonic() < deadline:
+            with self._lock:
+                lines = self.lines[after:]
+            for line in lines:
+                if f"event={event}" in line:
+                    return line
+            time.sleep(0.02)
+        return None
+
 
 def _kill_all():
     for d in list(_daemons):

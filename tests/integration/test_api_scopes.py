@@ -70,17 +70,6 @@ def grad(step):
             "layers": {"bn": {"sum_dy": [1.0, 2.0], "sum_dy_xmu": [0.5, 0.25]}}}
 
 
-def wait_log(daemon, event, after, limit=CMD_LIMIT_S):
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        with daemon._lock:
-            lines = daemon.lines[after:]
-        for line in lines:
-            if f"event={event}" in line:
-                return line
-        time.sleep(0.02)
-    return None
-
 
 class Scopes(nsd.Case):
 
@@ -280,7 +269,7 @@ class Scopes(nsd.Case):
                 f.write(f"{ADMIN} admin\n{READ} write exp-*\n{new_token} read\n")
             mark = len(self.daemon.lines)
             self.daemon.signal(nsd.signal.SIGHUP)
-            line = wait_log(self.daemon, "auth_reloaded", mark)
+            line = self.daemon.wait_log("auth_reloaded", mark, CMD_LIMIT_S)
             self.check(line is not None and "tokens=4" in line,
                        "SIGHUP: event=auth_reloaded tokens=4 (three of the file, the single one)",
                        str(line))
@@ -303,7 +292,7 @@ class Scopes(nsd.Case):
                         f.write(text)
                 mark = len(self.daemon.lines)
                 self.daemon.signal(nsd.signal.SIGHUP)
-                line = wait_log(self.daemon, "auth_reload_failed", mark)
+                line = self.daemon.wait_log("auth_reload_failed", mark, CMD_LIMIT_S)
                 self.check(line is not None and "level=error" in line and "kept=previous" in line
                            and WRITE not in line and ADMIN not in line,
                            f"SIGHUP with {desc}: logged at level error, no token in the log",
@@ -318,7 +307,7 @@ class Scopes(nsd.Case):
                 f.write(FILE_TEXT)
             mark = len(self.daemon.lines)
             self.daemon.signal(nsd.signal.SIGHUP)
-            self.check(wait_log(self.daemon, "auth_reloaded", mark) is not None,
+            self.check(self.daemon.wait_log("auth_reloaded", mark, CMD_LIMIT_S) is not None,
                        "the original file reloads")
 
     def test_tokens_never_logged(self):

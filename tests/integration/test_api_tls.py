@@ -129,18 +129,6 @@ def rep(step, worker, n, mean, var):
             "layers": {"bn": {"count": n, "mean": list(mean), "var": list(var)}}}
 
 
-def wait_log(daemon, event, after, limit=CMD_LIMIT_S):
-    """The first log line with 'event' past line index 'after' (bounded wait)."""
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        with daemon._lock:
-            lines = daemon.lines[after:]
-        for line in lines:
-            if f"event={event}" in line:
-                return line
-        time.sleep(0.02)
-    return None
-
 
 class Tls(nsd.Case):
 
@@ -382,7 +370,7 @@ class Tls(nsd.Case):
         shutil.copy(path("b.key"), path("key.pem"))
         mark = len(self.daemon.lines)
         self.daemon.signal(nsd.signal.SIGHUP)
-        line = wait_log(self.daemon, "tls_reloaded", mark)
+        line = self.daemon.wait_log("tls_reloaded", mark, CMD_LIMIT_S)
         logged = line.split("sha256=")[1].split()[0].replace(":", "").lower() if line else None
         self.check_eq(logged, fb, "SIGHUP: event=tls_reloaded logs the new fingerprint")
         self.check_eq(served_sha256(self.port), fb, "after SIGHUP new connections get the new "
@@ -407,7 +395,7 @@ class Tls(nsd.Case):
                 shutil.copy(path(key), path("key.pem"))
             mark = len(self.daemon.lines)
             self.daemon.signal(nsd.signal.SIGHUP)
-            line = wait_log(self.daemon, "tls_reload_failed", mark)
+            line = self.daemon.wait_log("tls_reload_failed", mark, CMD_LIMIT_S)
             self.check(line is not None and "level=error" in line and "kept=previous" in line,
                        f"SIGHUP with {desc}: logged at level error, the pair in use kept",
                        str(line))
@@ -417,7 +405,7 @@ class Tls(nsd.Case):
         shutil.copy(path("b.key"), path("key.pem"))
         mark = len(self.daemon.lines)
         self.daemon.signal(nsd.signal.SIGHUP)
-        self.check(wait_log(self.daemon, "tls_unchanged", mark) is not None,
+        self.check(self.daemon.wait_log("tls_unchanged", mark, CMD_LIMIT_S) is not None,
                    "SIGHUP with the files in use: event=tls_unchanged")
 
 
