@@ -177,16 +177,14 @@ json_t *nsd_registry_drift_json(nsd_registry_t *reg, const char *name, const cha
                                 ns_error_detail_t *err)
 {
     int rc;
-    nsd_run_t *run = nsd_registry_lock_run(reg, name, 0, &rc, err);
+    nsd_run_t *run = nsd_registry_read_run(reg, name, &rc, err);
     if (run == NULL)
         return NULL;
-    nsd_run_lock_layers(run);
     long filter;
     json_t *j = NULL;
     if (parse_filter(run, domain, &filter, err) == 0 && (j = drift_json(run, filter)) == NULL)
         ns_error_set(err, NS_ENOMEM, "", "out of memory");
-    nsd_run_unlock_layers(run);
-    nsd_registry_unlock_run(run);
+    nsd_registry_end_read(run);
     return j;
 }
 

@@ -264,13 +264,11 @@ json_t *nsd_registry_run_json(nsd_registry_t *reg, const char *name, uint64_t no
                               ns_error_detail_t *err)
 {
     int rc;
-    nsd_run_t *run = nsd_registry_lock_run(reg, name, 0, &rc, err);
+    nsd_run_t *run = nsd_registry_read_run(reg, name, &rc, err);
     if (run == NULL)
         return NULL;
-    nsd_run_lock_layers(run);
     json_t *j = nsd_run_json(run, now_ms);
-    nsd_run_unlock_layers(run);
-    nsd_registry_unlock_run(run);
+    nsd_registry_end_read(run);
     if (j == NULL)
         ns_error_set(err, NS_ENOMEM, "", "out of memory");
     return j;
@@ -461,13 +459,11 @@ int nsd_registry_stats(nsd_registry_t *reg, const char *name, const nsd_stats_qu
 {
     *dst = NULL;
     int rc;
-    nsd_run_t *run = nsd_registry_lock_run(reg, name, 0, &rc, err);
+    nsd_run_t *run = nsd_registry_read_run(reg, name, &rc, err);
     if (run == NULL)
         return rc;
-    nsd_run_lock_layers(run);
     rc = nsd_run_stats(run, q, dst, err);
-    nsd_run_unlock_layers(run);
-    nsd_registry_unlock_run(run);
+    nsd_registry_end_read(run);
     return rc;
 }
 
@@ -507,13 +503,11 @@ json_t *nsd_registry_checkpoint_export(nsd_registry_t *reg, const char *name,
                                        ns_error_detail_t *err)
 {
     int rc;
-    nsd_run_t *run = nsd_registry_lock_run(reg, name, 0, &rc, err);
+    nsd_run_t *run = nsd_registry_read_run(reg, name, &rc, err);
     if (run == NULL)
         return NULL;
-    nsd_run_lock_layers(run);
     json_t *j = nsd_checkpoint_export(run);
-    nsd_run_unlock_layers(run);
-    nsd_registry_unlock_run(run);
+    nsd_registry_end_read(run);
     if (j == NULL)
         ns_error_set(err, NS_ENOMEM, "", "out of memory");
     return j;
@@ -523,13 +517,11 @@ int nsd_registry_checkpoint_text(nsd_registry_t *reg, const char *name, ns_buf_t
                                  ns_error_detail_t *err)
 {
     int rc;
-    nsd_run_t *run = nsd_registry_lock_run(reg, name, 0, &rc, err);
+    nsd_run_t *run = nsd_registry_read_run(reg, name, &rc, err);
     if (run == NULL)
         return rc;
-    nsd_run_lock_layers(run);
     rc = nsd_checkpoint_write(run, dst);
-    nsd_run_unlock_layers(run);
-    nsd_registry_unlock_run(run);
+    nsd_registry_end_read(run);
     if (rc != 0) {
         ns_buf_free(dst);
         return ns_error_set(err, rc, "", "out of memory");

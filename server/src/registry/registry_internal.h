@@ -48,6 +48,13 @@ nsd_run_t *nsd_registry_lock_run(nsd_registry_t *reg, const char *name, int excl
 /*! nsd_registry_unlock_run() : unlock and drop the reference. */
 void nsd_registry_unlock_run(nsd_run_t *run);
 
+/*! nsd_registry_read_run() / nsd_registry_end_read() : the run 'name' for a
+ *  read that is a consistent cut: its lock shared and every layer's lock
+ *  (errors as nsd_registry_lock_run()); then all of them released. */
+nsd_run_t *nsd_registry_read_run(nsd_registry_t *reg, const char *name, int *rc,
+                                 ns_error_detail_t *err);
+void nsd_registry_end_read(nsd_run_t *run);
+
 /*! nsd_registry_map_snapshot() / nsd_registry_runs_free() : every run,
  *  referenced (*n of them; NULL when out of memory), and their release. */
 nsd_run_t **nsd_registry_map_snapshot(nsd_registry_t *reg, size_t *n);

@@ -101,6 +101,21 @@ void nsd_registry_unlock_run(nsd_run_t *run)
     nsd_run_unref(run);
 }
 
+nsd_run_t *nsd_registry_read_run(nsd_registry_t *reg, const char *name, int *rc,
+                                 ns_error_detail_t *err)
+{
+    nsd_run_t *run = nsd_registry_lock_run(reg, name, 0, rc, err);
+    if (run != NULL)
+        nsd_run_lock_layers(run);
+    return run;
+}
+
+void nsd_registry_end_read(nsd_run_t *run)
+{
+    nsd_run_unlock_layers(run);
+    nsd_registry_unlock_run(run);
+}
+
 /* Snapshot of every run, referenced. */
 nsd_run_t **nsd_registry_map_snapshot(nsd_registry_t *reg, size_t *n)
 {

@@ -22,8 +22,7 @@ static int snapshot_copied(nsd_registry_t *reg, nsd_run_t *run, const char *name
         nsd_run_held_steps(run, &held);
         ticket = p->snapshot_begin(p->arg, name, &held);
     }
-    nsd_run_unlock_layers(run);
-    nsd_registry_unlock_run(run);
+    nsd_registry_end_read(run);
     if (copy == NULL)
         return ns_error_set(err, NS_ENOMEM, "", "out of memory");
     json_t *state = ticket != NULL ? nsd_checkpoint_export_copy(copy) : NULL;
@@ -40,10 +39,9 @@ int nsd_registry_snapshot(nsd_registry_t *reg, const char *name, ns_error_detail
     /* Shared, with every layer locked: no step of the run is logged while
      * the snapshot and the held steps are handed over, so the log rows
      * before the snapshot are exactly those it contains. */
-    nsd_run_t *run = nsd_registry_lock_run(reg, name, 0, &rc, err);
+    nsd_run_t *run = nsd_registry_read_run(reg, name, &rc, err);
     if (run == NULL)
         return rc;
-    nsd_run_lock_layers(run);
     if (reg->ctx.persist.snapshot_begin && reg->ctx.persist.snapshot_end)
         return snapshot_copied(reg, run, name, err);
     json_t *state = nsd_checkpoint_export(run);
@@ -55,8 +53,7 @@ int nsd_registry_snapshot(nsd_registry_t *reg, const char *name, ns_error_detail
             json_decref(state);
         nsd_run_persist_ready(run);
     }
-    nsd_run_unlock_layers(run);
-    nsd_registry_unlock_run(run);
+    nsd_registry_end_read(run);
     return ok ? 0 : ns_error_set(err, NS_ENOMEM, "", "out of memory");
 }
 

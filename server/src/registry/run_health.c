@@ -151,10 +151,9 @@ static int name_cmp(const void *pa, const void *pb)
 static int run_health(nsd_registry_t *reg, const char *name, nsd_run_health_t *h)
 {
     int rc;
-    nsd_run_t *run = nsd_registry_lock_run(reg, name, 0, &rc, NULL);
+    nsd_run_t *run = nsd_registry_read_run(reg, name, &rc, NULL);
     if (run == NULL)
         return 1;
-    nsd_run_lock_layers(run);
     snprintf(h->run, sizeof(h->run), "%s", run->name);
     h->last_active_ms = atomic_load(&run->last_active_ms);
     h->steps_applied = atomic_load(&run->steps_applied);
@@ -164,8 +163,7 @@ static int run_health(nsd_registry_t *reg, const char *name, nsd_run_health_t *h
     memcpy(h->rejections, run->rejections, sizeof(h->rejections));
     if (nsd_run_drift_worst(run, h) != 0)
         h->has_worst = 0; /* out of memory: the run is served without it */
-    nsd_run_unlock_layers(run);
-    nsd_registry_unlock_run(run);
+    nsd_registry_end_read(run);
     return 0;
 }
 
