@@ -413,45 +413,39 @@ def main():
 
         # ------------------------------------------------ table 5: durability
         if "5" in want:
-            ddir = os.path.join(tmp, "data")
-            os.makedirs(ddir)
-            d = Server([nsd, "--listen", "127.0.0.1:0", "--data-dir", ddir], "normstatd")
-            commits = []  # (row, store counters over it)
-            try:
-                c0 = store_counters(d)
-                p_st = ingest(build, d, "st", secs, a.conns, "dur")
-                c1 = store_counters(d)
-                commits.append(("ingest safetensors (world_size 1)", c0, c1))
-                p_js = ingest(build, d, "json", secs, a.conns, "dur")
-                drain = quiesce(d, 60)
-                p_sync = {}
-                for w, spec, iters, fmt in SYNC_CASES:
-                    c0 = store_counters(d)
-                    p_sync[(w, spec, fmt)] = sync(build, d, w, spec, iters, secs, "dsync", fmt)
-                    if fmt == "st":
-                        commits.append(("/sync W=%d %s" % (w, spec), c0, store_counters(d)))
-            finally:
-                d.stop()
-            rows = [["ingest safetensors, reports/s", f(n_st.get("rps"), "%.1f"),
-                     f(p_st.get("rps"), "%.1f"), f(ratio(p_st.get("rps"), n_st.get("rps")), "%.2f")],
-                    ["ingest JSON, reports/s", f(n_js.get("rps"), "%.1f"),
-                     f(p_js.get("rps"), "%.1f"), f(ratio(p_js.get("rps"), n_js.get("rps")), "%.2f")]]
-            rows.append(["store backlog after the JSON ingest row, drained in (s)", "",
-                         f(drain, "%.1f"), ""])
+            runs = {mode: durability_pass(build, nsd, a, secs, os.path.join(tmp, "data-" + mode),
+                                          extra)
+                    for mode, extra in (("fsync", []), ("nofsync", ["--no-fsync"]))}
+            fs, nf = runs["fsync"], runs["nofsync"]
+
+            def row(label, off, on, on_nf, fmt="%.1f"):
+                return [label, f(off, fmt), f(on, fmt), f(ratio(on, off), "%.2f"),
+                        f(on_nf, fmt), f(ratio(on_nf, off), "%.2f")]
+            rows = [row("ingest safetensors, reports/s", n_st.get("rps"), fs["st"].get("rps"),
+                        nf["st"].get("rps")),
+                    row("ingest JSON, reports/s", n_js.get("rps"), fs["json"].get("rps"),
+                        nf["json"].get("rps")),
+                    ["store backlog after the JSON ingest row, drained in (s)", "",
+                     f(fs["drain"], "%.1f"), "", f(nf["drain"], "%.1f"), ""]]
             for w, spec, _, fmt in SYNC_CASES:
-                r, p = sync_res[(w, spec, fmt)], p_sync[(w, spec, fmt)]
+                r = sync_res[(w, spec, fmt)]
+                p, q_nf = fs["sync"][(w, spec, fmt)], nf["sync"][(w, spec, fmt)]
                 for q in ("p50", "p99"):
-                    rows.append(["/sync W=%d %s %s %s, us" % (w, spec, fmt, q), f(r.get(q + "_us")),
-                                 f(p.get(q + "_us")),
-                                 f(ratio(p.get(q + "_us"), r.get(q + "_us")), "%.2f")])
+                    rows.append(row("/sync W=%d %s %s %s, us" % (w, spec, fmt, q), r.get(q + "_us"),
+                                    p.get(q + "_us"), q_nf.get(q + "_us"), "%.0f"))
+            rows.append(["fdatasync of a 4 KiB append in the data directory, p50 us (the floor "
+                         "of a commit that survives a power cut)", "", f(fsync_floor_us(tmp)),
+                         "", "", ""])
             table("5. Durability cost (persistence on: SQLite in a temp --data-dir, default "
-                  "--commit-interval; off: --no-persist)",
-                  ["row", "off (--no-persist)", "on (--data-dir)", "on / off"], rows)
+                  "--commit-interval, fsync per commit or --no-fsync; off: --no-persist)",
+                  ["row", "off (--no-persist)", "on (--data-dir)", "on / off",
+                   "on, --no-fsync", "--no-fsync / off"], rows)
             table("5b. The store's commits during rows of table 5 (from /metrics: "
                   "normstat_store_commits_total, _rows_total, _bytes_total, "
                   "_commit_seconds_total)",
                   ["row", "commits", "rows per commit", "KB per commit", "ms per commit (mean)"],
-                  [commit_row(label, c0, c1) for label, c0, c1 in commits])
+                  [commit_row(label + (" --no-fsync" if mode == "nofsync" else ""), c0, c1)
+                   for mode in ("fsync", "nofsync") for label, c0, c1 in runs[mode]["commits"]])
     except Exception as e:  # an error, not a missed target
         ERRORS.append("%s: %s" % (type(e).__name__, e))
     finally:
@@ -462,6 +456,46 @@ def main():
         for e in ERRORS:
             print("  " + e, file=sys.stderr)
         sys.exit(1)
+
+
+def durability_pass(build, nsd, a, secs, ddir, extra):
+    """Table 5's rows against one persistent daemon: ingest, the store's drain, /sync cases,
+    and the store's counters over each row."""
+    os.makedirs(ddir)
+    d = Server([nsd, "--listen", "127.0.0.1:0", "--data-dir", ddir] + extra, "normstatd")
+    out = {"commits": [], "sync": {}}
+    try:
+        c0 = store_counters(d)
+        out["st"] = ingest(build, d, "st", secs, a.conns, "dur")
+        out["commits"].append(("ingest safetensors (world_size 1)", c0, store_counters(d)))
+        out["json"] = ingest(build, d, "json", secs, a.conns, "dur")
+        out["drain"] = quiesce(d, 60)
+        for w, spec, iters, fmt in SYNC_CASES:
+            c0 = store_counters(d)
+            out["sync"][(w, spec, fmt)] = sync(build, d, w, spec, iters, secs, "dsync", fmt)
+            if fmt == "st":
+                out["commits"].append(("/sync W=%d %s" % (w, spec), c0, store_counters(d)))
+    finally:
+        d.stop()
+    return out
+
+
+def fsync_floor_us(where, n=200):
+    """Median time of a 4 KiB append + fdatasync in 'where': what any commit that must survive
+    a power cut pays at least, whatever the store."""
+    path = os.path.join(where, "fsync-floor")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        block, times = b"\0" * 4096, []
+        for _ in range(n):
+            t = time.perf_counter()
+            os.write(fd, block)
+            os.fdatasync(fd)
+            times.append(time.perf_counter() - t)
+    finally:
+        os.close(fd)
+        os.unlink(path)
+    return sorted(times)[n // 2] * 1e6
 
 
 def body(build, spec, fmt, worker, world):

@@ -178,6 +178,7 @@ static int start(daemon_t *d)
             .commit_interval_ms = (uint64_t)opts->commit_interval,
             .snapshot_interval_ms = (uint64_t)opts->snapshot_interval,
             .skip_damaged_runs = opts->skip_damaged_runs,
+            .no_fsync = opts->no_fsync,
         };
         static nsd_store_error_t serr;
         if (nsd_store_open(&d->store, opts->data_dir, &scfg, &serr) != 0) {
@@ -251,11 +252,12 @@ int main(int argc, char **argv)
     char q[600];
     nsd_log(NSD_LOG_INFO, "starting",
             "version=%s kernel=%s threads=%lld core_threads=%lld max_body=%llu max_memory=%llu "
-            "max_pending_steps=%lld data_dir=%s persist=%d auth=%d",
+            "max_pending_steps=%lld data_dir=%s persist=%d fsync=%d auth=%d",
             NS_VERSION_STRING, ns_core_kernel(), (long long)d.opts.threads,
             (long long)d.opts.core_threads, (unsigned long long)d.opts.max_body,
             (unsigned long long)d.opts.max_memory, (long long)d.opts.max_pending_steps,
-            nsd_log_quote(q, sizeof(q), d.opts.data_dir), !d.opts.no_persist, d.auth != NULL);
+            nsd_log_quote(q, sizeof(q), d.opts.data_dir), !d.opts.no_persist, !d.opts.no_fsync,
+            d.auth != NULL);
 
     if (start(&d) != 0 || (d.store != NULL && recover(&d) != 0)) {
         daemon_teardown(&d);

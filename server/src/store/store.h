@@ -16,7 +16,11 @@
  *    Pending (not finalized) steps live in memory only.
  *  A commit is a SQLite transaction in WAL mode with synchronous=FULL: the
  *  WAL is fsync'ed before COMMIT returns, so a committed change survives a
- *  process kill and a power cut alike (NORMAL would only survive the former).
+ *  process kill and a power cut alike. With --no-fsync (synchronous=NORMAL)
+ *  COMMIT returns once the WAL is written to the kernel: a committed change
+ *  survives a kill -9 of normstatd (the kernel still writes it), a power cut
+ *  may lose the last commits but leaves the store consistent (WAL frames are
+ *  checksummed; fsync still happens at every checkpoint).
  *
  * Threads: nsd_store_open() and nsd_store_recover() run on main()'s thread
  * before nsd_store_start(); afterwards the writer thread alone uses the
@@ -50,6 +54,7 @@ typedef struct nsd_store_config_s {
     uint64_t snapshot_interval_ms; /* snapshot runs with log rows this often (0 = never) */
     uint64_t retry_ms;             /* after a failed commit (0 = 500) */
     int skip_damaged_runs;         /* set runs with damaged rows aside instead of refusing */
+    int no_fsync;                  /* synchronous=NORMAL: commits survive a kill, not a power cut */
 } nsd_store_config_t;
 
 /* Why a data directory cannot be used: the path at fault and one line.

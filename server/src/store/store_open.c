@@ -182,15 +182,17 @@ static int check_integrity(nsd_store_t *s, nsd_store_error_t *err)
     return 0;
 }
 
-/* WAL and full sync (store.h says why). @return 0 or NS_EIO (err). */
+/* WAL, and full sync unless --no-fsync (store.h says what each survives).
+ * @return 0 or NS_EIO (err). */
 static int set_journal(nsd_store_t *s, nsd_store_error_t *err)
 {
     sqlite3 *db = s->db;
     char mode[32];
+    const char *sync = s->cfg.no_fsync ? "PRAGMA synchronous=NORMAL" : "PRAGMA synchronous=FULL";
     if (!query_text_is(db, "PRAGMA journal_mode=WAL", "wal", mode, sizeof(mode)))
         return nsd_store_fail(err, s->path, "cannot switch to WAL mode (%s)", sqlite3_errmsg(db));
-    if (nsd_store_exec(db, "PRAGMA synchronous=FULL") != SQLITE_OK)
-        return nsd_store_fail(err, s->path, "cannot set synchronous=FULL (%s)", sqlite3_errmsg(db));
+    if (nsd_store_exec(db, sync) != SQLITE_OK)
+        return nsd_store_fail(err, s->path, "cannot set %s (%s)", sync + 7, sqlite3_errmsg(db));
     if (nsd_store_exec(db, "PRAGMA temp_store=MEMORY") != SQLITE_OK) /* as create_new() */
         return nsd_store_fail(err, s->path, "cannot set temp_store (%s)", sqlite3_errmsg(db));
     return 0;
