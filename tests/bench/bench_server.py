@@ -227,7 +227,7 @@ def ingest(build, srv, fmt, seconds, conns, tag, workers=1):
 
 
 SYNC_CASES = [(w, spec, iters, fmt) for w in (2, 4) for spec, iters in (("1x256", 300),
-              ("resnet50", 60)) for fmt in ("json", "st")]
+              ("resnet50", 200)) for fmt in ("json", "st")]
 
 
 def sync(build, srv, world, spec, iters, seconds, tag, fmt):
