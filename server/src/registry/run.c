@@ -122,6 +122,13 @@ nsd_run_t *nsd_run_create(nsd_ctx_t *ctx, const char *name, const ns_run_config_
         nsd_mem_release(ctx, NSD_RUN_BYTES);
         return NULL;
     }
+    if (pthread_mutex_init(&run->log_limit_lock, NULL) != 0) {
+        pthread_mutex_destroy(&run->grad_lock);
+        pthread_rwlock_destroy(&run->lock);
+        free(run);
+        nsd_mem_release(ctx, NSD_RUN_BYTES);
+        return NULL;
+    }
     *why = 0;
     snprintf(run->name, sizeof(run->name), "%s", name);
     atomic_init(&run->refs, 1);
@@ -167,6 +174,7 @@ void nsd_run_unref(nsd_run_t *run)
     nsd_run_state_clear(run->ctx, &run->st, 0, NULL);
     nsd_mem_release(run->ctx, NSD_RUN_BYTES);
     atomic_fetch_sub(&run->ctx->runs, 1);
+    pthread_mutex_destroy(&run->log_limit_lock);
     pthread_mutex_destroy(&run->grad_lock);
     pthread_rwlock_destroy(&run->lock);
     free(run);

@@ -131,8 +131,11 @@ typedef struct nsd_run_s {
     /* Health (run_health.c), kept across checkpoint imports. */
     _Atomic uint64_t steps_applied;
     _Atomic uint64_t last_active_ms;              /* the last report, accepted or refused */
-    uint64_t rejections[NSD_REJECTION_REASONS];   /* under lock (exclusive to change) */
-    uint64_t log_window, log_lines, log_withheld; /* rejection log limit, same */
+    /* Refused reports touch no run-level state under 'lock': a flood of bad
+     * reports never waits for, nor holds up, good ones. */
+    _Atomic uint64_t rejections[NSD_REJECTION_REASONS];
+    pthread_mutex_t log_limit_lock;               /* innermost; the three below */
+    uint64_t log_window, log_lines, log_withheld; /* rejection log limit */
 } nsd_run_t;
 
 /* What a run costs before it holds anything, counted against max_memory

@@ -58,9 +58,8 @@ int nsd_registry_note_rejection(nsd_registry_t *reg, const char *name, int code,
 {
     int rc;
     *withheld = 0;
-    /* Exclusive: the counts and the limit are run-level state that
-     * reports, holding the lock shared, never touch. */
-    nsd_run_t *run = nsd_registry_lock_run(reg, name, 1, &rc, NULL);
+    /* Shared: the counts are atomic and the limit has a lock of its own. */
+    nsd_run_t *run = nsd_registry_lock_run(reg, name, 0, &rc, NULL);
     if (run == NULL) {
         pthread_mutex_lock(&orphan_lock);
         int take = limit_take(&orphan_window, &orphan_lines, &orphan_withheld, now_ms, withheld);
@@ -69,11 +68,13 @@ int nsd_registry_note_rejection(nsd_registry_t *reg, const char *name, int code,
     }
     size_t slot = rejection_slot(code);
     if (slot < NSD_REJECTION_REASONS)
-        run->rejections[slot]++;
+        atomic_fetch_add_explicit(&run->rejections[slot], 1, memory_order_relaxed);
     /* A refusal is activity: a run whose reports all go bad keeps its
      * series in /metrics, where its alerts need them. */
     atomic_store(&run->last_active_ms, now_ms);
+    pthread_mutex_lock(&run->log_limit_lock);
     int take = limit_take(&run->log_window, &run->log_lines, &run->log_withheld, now_ms, withheld);
+    pthread_mutex_unlock(&run->log_limit_lock);
     nsd_registry_unlock_run(run);
     return take;
 }
@@ -112,13 +113,14 @@ static int64_t worker_lag(const nsd_run_state_t *st)
 json_t *nsd_run_health_json(const nsd_run_t *run)
 {
     json_t *rejections = json_object();
-    for (size_t i = 0; rejections != NULL && i < NSD_REJECTION_REASONS; i++)
-        if (run->rejections[i] > 0 &&
-            json_object_set_new(rejections, ns_error_name(rejection_codes[i]),
-                                json_integer((json_int_t)run->rejections[i])) != 0) {
+    for (size_t i = 0; rejections != NULL && i < NSD_REJECTION_REASONS; i++) {
+        uint64_t n = atomic_load_explicit(&run->rejections[i], memory_order_relaxed);
+        if (n > 0 && json_object_set_new(rejections, ns_error_name(rejection_codes[i]),
+                                         json_integer((json_int_t)n)) != 0) {
             json_decref(rejections);
             rejections = NULL;
         }
+    }
     return json_pack("{s:I, s:I, s:I, s:o}", "steps_applied",
                      (json_int_t)atomic_load(&run->steps_applied), "pending",
                      (json_int_t)pending_steps(&run->st), "skipped",
@@ -160,7 +162,8 @@ static int run_health(nsd_registry_t *reg, const char *name, nsd_run_health_t *h
     h->pending_steps = pending_steps(&run->st);
     h->skipped_steps = run->st.skipped_steps;
     h->worker_lag = worker_lag(&run->st);
-    memcpy(h->rejections, run->rejections, sizeof(h->rejections));
+    for (size_t i = 0; i < NSD_REJECTION_REASONS; i++)
+        h->rejections[i] = atomic_load_explicit(&run->rejections[i], memory_order_relaxed);
     if (nsd_run_drift_worst(run, h) != 0)
         h->has_worst = 0; /* out of memory: the run is served without it */
     nsd_registry_end_read(run);

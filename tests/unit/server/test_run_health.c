@@ -1,6 +1,7 @@
 /* test_run_health.c - the limit on logging refused reports and the per-run
  * rejection counts (nsd_registry_note_rejection), on the registry's clock
  * argument: by count, never by time. */
+#include <pthread.h>
 #include <stdlib.h>
 
 #include "harness.h"
@@ -78,12 +79,69 @@ START_TEST(runs_have_their_own_budget)
 }
 END_TEST
 
+/* Refusals noted from several threads at once (reports of the same run
+ * being refused on several connections): no count lost, the limit kept. */
+enum { NOTE_THREADS = 4, NOTES_PER_THREAD = 5000 };
+typedef struct {
+    nsd_registry_t *reg;
+    int code;
+    int logged;
+    uint64_t withheld;
+} noter_t;
+
+static void *noter_main(void *p)
+{
+    noter_t *n = p;
+    for (int i = 0; i < NOTES_PER_THREAD; i++) {
+        uint64_t withheld = 0;
+        /* all within one second of the clock */
+        if (nsd_registry_note_rejection(n->reg, "r", n->code, 7000, &withheld)) {
+            n->logged++;
+            n->withheld += withheld;
+        }
+    }
+    return NULL;
+}
+
+START_TEST(concurrent_notes)
+{
+    nsd_registry_t *reg = with_run("r");
+    noter_t n[NOTE_THREADS];
+    pthread_t t[NOTE_THREADS];
+    const int codes[2] = {NS_EVALUE, NS_EWORKER};
+    for (int i = 0; i < NOTE_THREADS; i++) {
+        n[i] = (noter_t){.reg = reg, .code = codes[i % 2]};
+        ck_assert_int_eq(pthread_create(&t[i], NULL, noter_main, &n[i]), 0);
+    }
+    int logged = 0;
+    for (int i = 0; i < NOTE_THREADS; i++) {
+        pthread_join(t[i], NULL);
+        logged += n[i].logged;
+        ck_assert_uint_eq(n[i].withheld, 0); /* nothing withheld before the first lines */
+    }
+    ck_assert_int_eq(logged, NSD_REJECTION_LOG_LINES);
+    /* the next second's first line reports everything withheld in this one */
+    uint64_t withheld = 0;
+    ck_assert_int_eq(nsd_registry_note_rejection(reg, "r", NS_EVALUE, 8000, &withheld), 1);
+    ck_assert_uint_eq(withheld, NOTE_THREADS * NOTES_PER_THREAD - NSD_REJECTION_LOG_LINES);
+    nsd_run_health_t *h;
+    size_t nh;
+    ck_assert_int_eq(nsd_registry_health(reg, 10, &h, &nh), 0);
+    ck_assert_uint_eq(nh, 1);
+    ck_assert_uint_eq(h[0].rejections[slot_of(NS_EVALUE)], NOTE_THREADS / 2 * NOTES_PER_THREAD + 1);
+    ck_assert_uint_eq(h[0].rejections[slot_of(NS_EWORKER)], NOTE_THREADS / 2 * NOTES_PER_THREAD);
+    free(h);
+    nsd_registry_free(reg);
+}
+END_TEST
+
 static Suite *run_health_suite(void)
 {
     Suite *s = suite_create("run_health");
     TCase *tc = tcase_create("run_health");
     tcase_add_test(tc, lines_per_second);
     tcase_add_test(tc, runs_have_their_own_budget);
+    tcase_add_test(tc, concurrent_notes);
     suite_add_tcase(s, tc);
     return s;
 }
