@@ -88,6 +88,77 @@ void nsd_respond_static(nsd_request_t *req, int status, const char *content_type
     queue(req, status, resp, content_type);
 }
 
+/* A streamed answer: the producer and the piece it wrote last. */
+typedef struct stream_s {
+    nsd_stream_next_fn next;
+    void (*free_state)(void *state);
+    void *state;
+    ns_buf_t piece;
+    size_t sent; /* of piece */
+    int done;
+} stream_t;
+
+static void stream_free(void *cls)
+{
+    stream_t *s = cls;
+    s->free_state(s->state);
+    ns_buf_free(&s->piece);
+    free(s);
+}
+
+/* libmicrohttpd's reader: fills its block from as many pieces as fit, so a
+ * chunk is a block, not a layer. */
+static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max)
+{
+    (void)pos;
+    stream_t *s = cls;
+    size_t n = 0;
+    while (n < max) {
+        if (s->sent == s->piece.len) {
+            if (s->done)
+                break;
+            s->piece.len = 0;
+            s->sent = 0;
+            if (s->next(s->state, &s->piece, &s->done) != 0) {
+                nsd_log(NSD_LOG_ERROR, "response_failed", "reason=stream_error");
+                return MHD_CONTENT_READER_END_WITH_ERROR;
+            }
+            continue;
+        }
+        size_t take = s->piece.len - s->sent < max - n ? s->piece.len - s->sent : max - n;
+        memcpy(buf + n, s->piece.data + s->sent, take);
+        s->sent += take;
+        n += take;
+    }
+    if (n == 0)
+        return MHD_CONTENT_READER_END_OF_STREAM;
+    nsd_count_body_bytes(0, n);
+    return (ssize_t)n;
+}
+
+void nsd_respond_stream(nsd_request_t *req, const char *content_type, nsd_stream_next_fn next,
+                        void (*free_state)(void *state), void *state)
+{
+    stream_t *s = req->responded ? NULL : calloc(1, sizeof(*s));
+    struct MHD_Response *resp = NULL;
+    if (s != NULL) {
+        *s = (stream_t){.next = next, .free_state = free_state, .state = state};
+        ns_buf_init(&s->piece, NSD_ANSWER_MAX);
+        resp = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, NSD_STREAM_BLOCK, stream_read, s,
+                                                 stream_free);
+    }
+    if (resp == NULL) {
+        if (s != NULL)
+            stream_free(s);
+        else
+            free_state(state);
+        if (!req->responded)
+            nsd_respond_error(req, NS_ENOMEM, NULL);
+        return;
+    }
+    queue(req, 200, resp, content_type);
+}
+
 void nsd_respond_json(nsd_request_t *req, int status, json_t *body)
 {
     if (body == NULL) {

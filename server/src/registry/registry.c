@@ -513,22 +513,6 @@ json_t *nsd_registry_checkpoint_export(nsd_registry_t *reg, const char *name,
     return j;
 }
 
-int nsd_registry_checkpoint_text(nsd_registry_t *reg, const char *name, ns_buf_t *dst,
-                                 ns_error_detail_t *err)
-{
-    int rc;
-    nsd_run_t *run = nsd_registry_read_run(reg, name, &rc, err);
-    if (run == NULL)
-        return rc;
-    rc = nsd_checkpoint_write(run, dst);
-    nsd_registry_end_read(run);
-    if (rc != 0) {
-        ns_buf_free(dst);
-        return ns_error_set(err, rc, "", "out of memory");
-    }
-    return 0;
-}
-
 int nsd_registry_checkpoint_import(nsd_registry_t *reg, const char *name, const char *src,
                                    size_t src_len, ns_error_detail_t *err)
 {

@@ -246,10 +246,31 @@ int nsd_registry_precise_reset_known(nsd_registry_t *reg, const char *run, const
 json_t *nsd_registry_checkpoint_export(nsd_registry_t *reg, const char *run,
                                        ns_error_detail_t *err);
 
+/* GET /v1/runs/{run}/checkpoint's answer, written a piece at a time. */
+typedef struct nsd_checkpoint_stream_s nsd_checkpoint_stream_t;
+
+/*! nsd_registry_checkpoint_stream() :
+ *  nsd_registry_checkpoint_export()'s document as compact JSON text, from a
+ *  compact copy of the run taken under its locks (a consistent cut, no
+ *  tree, no text): the copy and the largest piece of text are reserved
+ *  from --max-memory before the copy is made, until the stream is freed.
+ *  @return the stream; NULL with NS_ENOTFOUND, NS_EMEMORY (err says what
+ *  was needed and what is free) or NS_ENOMEM. */
+nsd_checkpoint_stream_t *nsd_registry_checkpoint_stream(nsd_registry_t *reg, const char *run,
+                                                        ns_error_detail_t *err);
+
+/*! nsd_checkpoint_stream_next() :
+ *  Append the next piece of the text (the head, one layer, the end) to
+ *  'dst'; *done is set once the last piece was written. No lock needed.
+ *  @return 0, or the buffer's error (NS_ENOMEM, NS_ETOOLARGE). */
+int nsd_checkpoint_stream_next(nsd_checkpoint_stream_t *s, ns_buf_t *dst, int *done);
+
+/*! nsd_checkpoint_stream_free() : gives back its reservation; accepts NULL. */
+void nsd_checkpoint_stream_free(nsd_checkpoint_stream_t *s);
+
 /*! nsd_registry_checkpoint_text() :
- *  nsd_registry_checkpoint_export() as compact JSON text in 'dst' (an
- *  initialized buffer), written without a tree: its memory is the text's.
- *  @return 0; NS_ENOTFOUND; NS_ENOMEM or NS_ETOOLARGE ('dst' freed). */
+ *  The whole stream's text appended to 'dst' (an initialized buffer).
+ *  @return 0; NS_ENOTFOUND; NS_EMEMORY; NS_ENOMEM or NS_ETOOLARGE ('dst' freed). */
 int nsd_registry_checkpoint_text(nsd_registry_t *reg, const char *run, ns_buf_t *dst,
                                  ns_error_detail_t *err);
 
