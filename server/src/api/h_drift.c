@@ -1,6 +1,7 @@
 /* h_drift.c - GET /v1/runs/{run}/drift and /history: EMA vs PreciseBN drift
  * per layer, and one layer's recent steps. */
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -10,6 +11,16 @@
 void nsd_h_drift(nsd_request_t *req)
 {
     ns_error_detail_t err = {0};
+    char what[NS_NAME_MAX + 64];
+    snprintf(what, sizeof(what), "the drift of run '%s'", req->run);
+    /* Every row's, whatever the filter: the bound is cheap and a filter
+     * rarely keeps much less. */
+    if (nsd_request_reserve(
+            req, nsd_registry_view_bytes(req->server->registry, req->run, NSD_VIEW_DRIFT),
+            what) != 0) {
+        nsd_respond_detail(req, NS_EMEMORY, &req->pending_detail);
+        return;
+    }
     json_t *j = nsd_registry_drift_json(req->server->registry, req->run,
                                         nsd_request_query(req, "domain"), &err);
     if (j == NULL) {

@@ -274,6 +274,17 @@ json_t *nsd_registry_run_json(nsd_registry_t *reg, const char *name, uint64_t no
     return j;
 }
 
+uint64_t nsd_registry_view_bytes(nsd_registry_t *reg, const char *name, nsd_view_t view)
+{
+    int rc;
+    nsd_run_t *run = nsd_registry_read_run(reg, name, &rc, NULL);
+    if (run == NULL)
+        return 0;
+    uint64_t bytes = view == NSD_VIEW_DRIFT ? nsd_run_drift_json_bytes(run) : nsd_run_json_bytes(run);
+    nsd_registry_end_read(run);
+    return bytes;
+}
+
 /* ---------------------------------------------------------------- reports */
 
 static nsd_waiter_t *waiter_create(const ns_report_t *report, nsd_sync_cb cb, void *arg)

@@ -115,6 +115,15 @@ json_t *nsd_registry_list_json(nsd_registry_t *reg, const char *after, size_t li
 json_t *nsd_registry_run_json(nsd_registry_t *reg, const char *run, uint64_t now_ms,
                               ns_error_detail_t *err);
 
+/* The answers whose memory is reserved before they are built. */
+typedef enum nsd_view_e { NSD_VIEW_STATUS, NSD_VIEW_DRIFT } nsd_view_t;
+
+/*! nsd_registry_view_bytes() :
+ *  The most building 'view' of the run takes now (tree and text), for the
+ *  caller to reserve from --max-memory first; 0 if the run does not exist
+ *  (building it then answers NS_ENOTFOUND). */
+uint64_t nsd_registry_view_bytes(nsd_registry_t *reg, const char *run, nsd_view_t view);
+
 /* ---------------------------------------------------------------- reports */
 
 /*! nsd_sync_result_free() : free a result and its arrays; accepts NULL. */
