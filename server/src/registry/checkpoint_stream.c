@@ -12,11 +12,11 @@
  *  --max-memory before anything is copied; the answer is then written a
  *  layer at a time while the client reads, with no lock held, and the
  *  reservation is given back when the stream is freed. Doubles are printed
- *  as jansson prints reals ("%.17g", ".0" added to an integral value), so
- *  the text is byte for byte what the tree printed and PUT restores the
- *  same bits; names need no escaping (the name grammar has no quote or
- *  backslash). test_registry.c checks that the text parses to a tree equal
- *  to nsd_checkpoint_export()'s. */
+ *  "%.17g" with ".0" added to an integral value (jansson's reals, but for
+ *  its exponent without '+' or leading zeros), the bytes GET answered when
+ *  it wrote one buffer, so PUT restores the same bits; names need no
+ *  escaping (the name grammar has no quote or backslash). test_registry.c
+ *  checks that the text parses to a tree equal to nsd_checkpoint_export()'s. */
 #include "checkpoint.h"
 
 #include <inttypes.h>
@@ -259,7 +259,7 @@ static nsd_checkpoint_stream_t *stream_create(const nsd_run_t *run, nsd_ctx_t *c
 
 /* ---------------------------------------------------------------- text */
 
-/* One double as jansson prints a real. */
+/* One double: "%.17g", ".0" added to an integral value. */
 static int real(ns_buf_t *dst, double v)
 {
     char tmp[40];
