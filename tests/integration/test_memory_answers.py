@@ -1,10 +1,11 @@
 """test_memory_answers.py - big answers are counted in --max-memory.
 
 Before: GET /v1/runs/{run}/checkpoint of a 100k-layer run built its whole
-63 MB answer in memory (858 MB and 3.7 s of CPU when it was a jansson
+77 MB answer in memory (858 MB and 3.7 s of CPU when it was a jansson
 tree), GET /drift and the run status built jansson trees of 234 MB and
 101 MB for it, and none of that was counted in --max-memory: the answers of
-a run that fits the budget took the daemon far past it.
+a run that fits the budget took the daemon far past it (VmHWM 389 MiB here,
+against the bound of 201 MiB).
 
 A run of 100,000 one-channel layers (four reports, --history-steps 0: about
 76 MB counted) under --max-memory 128M:
@@ -20,9 +21,11 @@ A run of 100,000 one-channel layers (four reports, --history-steps 0: about
    sent, compared as float64 (last mean and var, PreciseBN mean and m2 =
    count * var exactly; the EMA after one step of momentum 0.1 within
    1e-15 relative), every layer once.
-3. GET /drift and GET /v1/runs/{run}, whose trees would not fit the free
-   budget, are 429 memory_budget before anything is built; for a small run
-   they are answered.
+3. GET /drift is written as text (no tree) within its reservation and
+   answered: a row per layer whose drift is the float64 formula's (the EMA
+   one step from (0, 1) against PreciseBN), worst first. GET /v1/runs/{run},
+   whose tree would not fit the free budget, is 429 memory_budget before
+   anything is built; for a small run it is answered.
 4. Throughout, the peak RSS stays under the documented bound: its RSS at
    start + the budget + 64 MiB (doc/design.md, the memory budget).
 """
@@ -163,13 +166,17 @@ class Answers(nsd.Case):
         self.wait_memory(base, "after the answer, memory_bytes is back to the run's")
         self.check_answer(json.loads(r.body), names, mean, var)
 
-        # 3. answers whose trees would not fit are refused before they are built
-        for path, what in (("/v1/runs/big/drift", "drift"), ("/v1/runs/big", "status")):
-            r = self.c.get(path)
-            self.check_status(r, 429, f"GET {path} ({what}) beyond the free budget",
-                              code="memory_budget")
-            self.check(str(BUDGET) in (r.error_message() or ""), "the refusal names the budget",
-                       r.error_message())
+        # 3. /drift is written as text within its reservation; the status's
+        # tree would not fit and is refused before it is built
+        r = self.client(timeout=60).request("GET", "/v1/runs/big/drift", timeout=60)
+        self.check_status(r, 200, "GET /v1/runs/big/drift fits the free budget (text, no tree)")
+        if r.status == 200:
+            self.check_drift(r.json(), names, mean, var)
+        r = self.c.get("/v1/runs/big")
+        self.check_status(r, 429, "GET /v1/runs/big (status) beyond the free budget",
+                          code="memory_budget")
+        self.check(str(BUDGET) in (r.error_message() or ""), "the refusal names the budget",
+                   r.error_message())
         self.wait_memory(base, "nothing is left reserved by the refusals")
         small = {"step": 0, "worker": 0, "layers": {"bn": {"count": 4, "mean": [1.0], "var": [2.0]}}}
         self.check_status(self.c.report("small", small), 202, "a small run is reported")
@@ -187,6 +194,27 @@ class Answers(nsd.Case):
             self.check(end["VmHWM"] <= bound and end["VmRSS"] <= bound,
                        f"peak and final RSS within the start + budget + 64 MiB ({bound / MIB:.0f} MiB)",
                        f"VmHWM {end['VmHWM'] / MIB:.1f} MiB")
+
+    def check_drift(self, body, names, mean, var):
+        """Per layer, the EMA (0.1 m, 0.9 + 0.1 v') against PreciseBN (m, v'),
+        v' = v * count / (count - 1), eps = 1e-5 (doc/design.md, drift)."""
+        rows = body.get("layers", [])
+        by = {row["layer"]: row for row in rows}
+        self.check(len(rows) == LAYERS and sorted(by) == names,
+                   f"/drift has one row for each of the {LAYERS} layers", f"{len(rows)} rows")
+        m, v = mean.astype(np.float64), var.astype(np.float64) * COUNT / (COUNT - 1)
+        ref_dm = np.abs(0.1 * m - m) / np.sqrt(v + 1e-5)
+        ref_dv = np.abs(np.log((0.9 + 0.1 * v + 1e-5) / (v + 1e-5)))
+        got_dm = np.array([by[n]["drift"]["mean_max"] for n in names])
+        got_dv = np.array([by[n]["drift"]["var_max"] for n in names])
+        err = max(np.max(np.abs(got_dm - ref_dm) / np.maximum(ref_dm, 1e-300)),
+                  np.max(np.abs(got_dv - ref_dv) / np.maximum(ref_dv, 1e-300)))
+        self.check(err <= 1e-12, "each row's drift is the float64 formula's, within 1e-12",
+                   f"{err:.3g}")
+        worst = names[int(np.argmax(ref_dm))]
+        self.check(rows[0]["layer"] == worst and body["worst"]["layer"] == worst,
+                   "the worst row comes first and is the one named worst",
+                   f"{rows[0]['layer']} vs {worst}")
 
     def check_answer(self, ck, names, mean, var):
         got = ck.get("layers", {})

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "base/size_limits.h"
 #include "http/http.h"
 #include "registry/registry.h"
 
@@ -13,21 +14,23 @@ void nsd_h_drift(nsd_request_t *req)
     ns_error_detail_t err = {0};
     char what[NS_NAME_MAX + 64];
     snprintf(what, sizeof(what), "the drift of run '%s'", req->run);
-    /* Every row's, whatever the filter: the bound is cheap and a filter
-     * rarely keeps much less. */
+    /* Every row's text, whatever the filter: the bound is cheap and a
+     * filter rarely keeps much less. */
     if (nsd_request_reserve(
             req, nsd_registry_view_bytes(req->server->registry, req->run, NSD_VIEW_DRIFT),
             what) != 0) {
         nsd_respond_detail(req, NS_EMEMORY, &req->pending_detail);
         return;
     }
-    json_t *j = nsd_registry_drift_json(req->server->registry, req->run,
-                                        nsd_request_query(req, "domain"), &err);
-    if (j == NULL) {
-        nsd_respond_detail(req, err.code ? err.code : NS_ENOMEM, &err);
+    ns_buf_t text;
+    ns_buf_init(&text, NSD_ANSWER_MAX);
+    int rc = nsd_registry_drift_text(req->server->registry, req->run,
+                                     nsd_request_query(req, "domain"), &text, &err);
+    if (rc != 0) {
+        nsd_respond_detail(req, rc, &err);
         return;
     }
-    nsd_respond_json(req, 200, j);
+    nsd_respond_encoded(req, NS_FORMAT_JSON, &text);
 }
 
 /* channel=N: a decimal integer >= 0. @return 0 or NS_EINVAL (err). */

@@ -17,18 +17,19 @@
  *  it wrote one buffer, so PUT restores the same bits; names need no
  *  escaping (the name grammar has no quote or backslash). test_registry.c
  *  checks that the text parses to a tree equal to nsd_checkpoint_export()'s. */
+#define _DEFAULT_SOURCE /* MAP_ANONYMOUS */
 #include "checkpoint.h"
 
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include "base/size_limits.h"
+#include "json_text.h"
 #include "registry_internal.h"
 
-/* Longest "%.17g" of a double plus its comma: "-2.2250738585072014e-308,". */
-#define REAL_TEXT_MAX 25
 /* A layer's text besides its name, doubles and domains; a domain's besides its name. */
 #define LAYER_TEXT_FIXED 512
 #define POP_TEXT_FIXED 768
@@ -73,6 +74,8 @@ struct nsd_checkpoint_stream_s {
     pop_copy_t *pops;
     double *values;
     char *names;
+    void *map; /* every array above, in one mapping of map_len bytes */
+    size_t map_len;
     size_t next_layer; /* the piece to write: 0 the head, 1 + i layer i, then the tail */
     int done;
 };
@@ -102,7 +105,7 @@ static size_t layer_values(const nsd_layer_t *l, size_t n_pops)
 static uint64_t layer_text_bound(const nsd_layer_t *l, size_t n_pops, size_t n_values)
 {
     return LAYER_TEXT_FIXED + strlen(l->name) + n_pops * (POP_TEXT_FIXED + NS_NAME_MAX) +
-           (uint64_t)n_values * REAL_TEXT_MAX;
+           (uint64_t)n_values * NSD_JSON_REAL_MAX;
 }
 
 /* The most a stream of the run holds (the run's lock held): its copy, its
@@ -134,12 +137,8 @@ void nsd_checkpoint_stream_free(nsd_checkpoint_stream_t *s)
         return;
     if (s->ctx != NULL)
         nsd_mem_release(s->ctx, s->reserved);
-    free(s->domains);
-    free(s->domain_gen);
-    free(s->layers);
-    free(s->pops);
-    free(s->values);
-    free(s->names);
+    if (s->map != NULL)
+        munmap(s->map, s->map_len);
     free(s);
 }
 
@@ -215,6 +214,41 @@ static void copy_layer(nsd_checkpoint_stream_t *s, const nsd_run_state_t *st,
     dst->n_pops = s->n_pops - dst->first_pop;
 }
 
+static size_t round8(size_t n)
+{
+    return (n + 7) & ~(size_t)7;
+}
+
+/* Every array of the copy in one mapping: unmapped, it goes back to the
+ * system at once, where malloc would keep it in the arena of the thread
+ * that freed it (libmicrohttpd's threads have one each: two answers in
+ * turn on two threads left both copies resident). @return 0 or NS_ENOMEM. */
+static int map_arrays(nsd_checkpoint_stream_t *s, size_t nd, size_t nl, size_t pops,
+                      size_t values, size_t names)
+{
+    size_t at[6], len = 0;
+    size_t sizes[6] = {values * sizeof(*s->values), nl * sizeof(*s->layers),
+                       pops * sizeof(*s->pops), nd * sizeof(*s->domain_gen),
+                       nd * sizeof(*s->domains), names};
+    for (size_t i = 0; i < 6; i++) {
+        at[i] = len;
+        len += round8(sizes[i]);
+    }
+    len = len ? len : 8;
+    char *base = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (base == MAP_FAILED)
+        return NS_ENOMEM;
+    s->map = base;
+    s->map_len = len;
+    s->values = (double *)(void *)(base + at[0]);
+    s->layers = (layer_copy_t *)(void *)(base + at[1]);
+    s->pops = (pop_copy_t *)(void *)(base + at[2]);
+    s->domain_gen = (long long *)(void *)(base + at[3]);
+    s->domains = (char(*)[NS_NAME_MAX + 1])(void *)(base + at[4]);
+    s->names = base + at[5];
+    return 0;
+}
+
 /* The run's lock held (shared, and every layer's); 'reserved' bytes of
  * ctx's budget are the stream's to give back. */
 static nsd_checkpoint_stream_t *stream_create(const nsd_run_t *run, nsd_ctx_t *ctx,
@@ -229,16 +263,8 @@ static nsd_checkpoint_stream_t *stream_create(const nsd_run_t *run, nsd_ctx_t *c
         names += strlen(st->layers[i]->name) + 1;
     }
     nsd_checkpoint_stream_t *s = calloc(1, sizeof(*s));
-    if (s == NULL)
-        return NULL;
-    s->domains = malloc((nd ? nd : 1) * sizeof(*s->domains));
-    s->domain_gen = malloc((nd ? nd : 1) * sizeof(*s->domain_gen));
-    s->layers = malloc((nl ? nl : 1) * sizeof(*s->layers));
-    s->pops = malloc((pops ? pops : 1) * sizeof(*s->pops));
-    s->values = malloc((values ? values : 1) * sizeof(*s->values));
-    s->names = malloc(names ? names : 1);
-    if (!s->domains || !s->domain_gen || !s->layers || !s->pops || !s->values || !s->names) {
-        nsd_checkpoint_stream_free(s);
+    if (s == NULL || map_arrays(s, nd, nl, pops, values, names) != 0) {
+        free(s);
         return NULL;
     }
     s->ctx = ctx;
@@ -259,24 +285,12 @@ static nsd_checkpoint_stream_t *stream_create(const nsd_run_t *run, nsd_ctx_t *c
 
 /* ---------------------------------------------------------------- text */
 
-/* One double: "%.17g", ".0" added to an integral value. */
-static int real(ns_buf_t *dst, double v)
-{
-    char tmp[40];
-    int n = snprintf(tmp, sizeof(tmp), "%.17g", v);
-    if (n < 0 || (size_t)n >= sizeof(tmp) - 2)
-        return NS_EINVAL;
-    if (strpbrk(tmp, ".eE") == NULL)
-        memcpy(tmp + n, ".0", 3);
-    return ns_buf_printf(dst, "%s", tmp);
-}
-
 static int reals(ns_buf_t *dst, const char *key, const double *src, size_t n)
 {
     int rc = ns_buf_printf(dst, "\"%s\":[", key);
     for (size_t i = 0; rc == 0 && i < n; i++) {
         rc = i ? ns_buf_printf(dst, ",") : 0;
-        rc = rc ? rc : real(dst, src[i]);
+        rc = rc ? rc : nsd_json_real(dst, src[i]);
     }
     return rc ? rc : ns_buf_printf(dst, "]");
 }
@@ -293,7 +307,7 @@ static int ema(ns_buf_t *dst, const ema_t *e, const double *v, size_t c)
     rc = rc ? rc : ns_buf_printf(dst, ",");
     rc = rc ? rc : reals(dst, "zero_var", v + 3 * c, c);
     rc = rc ? rc : ns_buf_printf(dst, ",\"decay\":");
-    rc = rc ? rc : real(dst, e->decay);
+    rc = rc ? rc : nsd_json_real(dst, e->decay);
     return rc ? rc
               : ns_buf_printf(dst, ",\"%s\":%lld,\"%s\":%lld}", NS_FIELD_NUM_BATCHES_TRACKED,
                               e->num_batches_tracked, NS_FIELD_STEP, e->step);

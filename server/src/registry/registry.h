@@ -198,8 +198,9 @@ int nsd_registry_stats(nsd_registry_t *reg, const char *run, const nsd_stats_que
 /*! nsd_stats_free() : accepts NULL. */
 void nsd_stats_free(nsd_stats_t *stats);
 
-/*! nsd_registry_drift_json() :
- *  GET /v1/runs/{run}/drift: {"run", "history_steps", "layers": [{"layer",
+/*! nsd_registry_drift_text() :
+ *  GET /v1/runs/{run}/drift as compact JSON text appended to 'dst' (an
+ *  initialized buffer), written without a tree: {"run", "history_steps", "layers": [{"layer",
  *  "domain" ("*" pooled), "channels", "last_step" (the EMA's, null before
  *  one), "num_batches_tracked", "precise_batches", "drift": {"mean_avg",
  *  "mean_max", "mean_max_channel", "var_avg", "var_max", "var_max_channel"}
@@ -208,10 +209,10 @@ void nsd_stats_free(nsd_stats_t *stats);
  *  "worst": {"layer", "domain", "mean_max"} or null}. 'domain' NULL: every
  *  domain's rows, and pooled rows when the run has several; "*": the
  *  pooled rows; a name: that domain's rows (drift.h defines the drift).
- *  @return a new reference; NULL with NS_ENOTFOUND (run, domain), NS_EINVAL
- *  (domain name) or NS_ENOMEM. */
-json_t *nsd_registry_drift_json(nsd_registry_t *reg, const char *run, const char *domain,
-                                ns_error_detail_t *err);
+ *  @return 0; NS_ENOTFOUND (run, domain), NS_EINVAL (domain name) or
+ *  NS_ENOMEM, with 'dst' freed. */
+int nsd_registry_drift_text(nsd_registry_t *reg, const char *run, const char *domain,
+                            ns_buf_t *dst, ns_error_detail_t *err);
 
 /*! nsd_registry_history_json() :
  *  GET /v1/runs/{run}/history: {"run", "layer", "domain", "channel",

@@ -225,12 +225,12 @@ void nsd_run_persist_ready(nsd_run_t *run);
  *  into 'held' (borrowed: valid while the layers stay locked). */
 void nsd_run_held_steps(nsd_run_t *run, nsd_queue_t *held);
 
-/*! nsd_run_json_bytes() / nsd_run_drift_json_bytes() : what building
- *  nsd_run_json() / the /drift answer of every row takes at most, tree and
- *  text (the run's lock shared and every layer's), reserved from
- *  --max-memory before building them. */
+/*! nsd_run_json_bytes() / nsd_run_drift_text_bytes() : what building
+ *  nsd_run_json() (tree and text) / the /drift answer of every row (its
+ *  rows and text) takes at most (the run's lock shared and every layer's),
+ *  reserved from --max-memory before building them. */
 uint64_t nsd_run_json_bytes(const nsd_run_t *run);
-uint64_t nsd_run_drift_json_bytes(const nsd_run_t *run);
+uint64_t nsd_run_drift_text_bytes(const nsd_run_t *run);
 
 /*! nsd_run_json() / nsd_run_summary_json() : GET bodies (new references). */
 json_t *nsd_run_json(nsd_run_t *run, uint64_t now_ms);
