@@ -2,6 +2,7 @@
  */
 #include "base/clock.h"
 #include "base/log.h"
+#include "base/size_limits.h"
 #include "http/http.h"
 #include "registry/registry.h"
 
@@ -41,6 +42,9 @@ void nsd_h_checkpoint_put(nsd_request_t *req)
         return;
     }
     nsd_log(NSD_LOG_INFO, "checkpoint_restored", "run=%s bytes=%zu", req->run, req->body.len);
-    json_t *run = nsd_registry_run_json(req->server->registry, req->run, nsd_now_ms(), &err);
-    nsd_respond_durable(req, 200, run ? run : json_pack("{s:s}", "run", req->run));
+    ns_buf_t run;
+    ns_buf_init(&run, NSD_ANSWER_MAX);
+    if (nsd_registry_run_text(req->server->registry, req->run, nsd_now_ms(), &run, &err) != 0)
+        ns_buf_printf(&run, "{\"run\":\"%s\"}", req->run); /* deleted again in between */
+    nsd_respond_durable_text(req, 200, &run);
 }

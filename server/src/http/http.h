@@ -199,6 +199,10 @@ void nsd_respond_error(nsd_request_t *req, int code, const char *message);
  *  failed commit answers 503 storage_error instead. Defers the request. */
 void nsd_respond_durable(nsd_request_t *req, int status, json_t *body);
 
+/*! nsd_respond_durable_text() : nsd_respond_durable() of a body already
+ *  written as JSON text in 'text' (taken). */
+void nsd_respond_durable_text(nsd_request_t *req, int status, ns_buf_t *text);
+
 /*! nsd_respond_detail() : nsd_respond_error() from a filled detail; a detail
  *  without a message uses 'code'. */
 void nsd_respond_detail(nsd_request_t *req, int code, const ns_error_detail_t *err);

@@ -225,14 +225,18 @@ void nsd_respond_detail(nsd_request_t *req, int code, const ns_error_detail_t *e
 typedef struct durable_s {
     int status;
     json_t *body;
+    char *text; /* or a body already written as JSON text */
+    size_t text_len;
     int store_status;
 } durable_t;
 
 static void durable_free(void *p)
 {
     durable_t *d = p;
-    if (d != NULL)
+    if (d != NULL) {
         json_decref(d->body);
+        free(d->text);
+    }
     free(d);
 }
 
@@ -255,12 +259,45 @@ static void durable_answer(nsd_request_t *req)
                               : NULL);
         return;
     }
+    if (d->text != NULL) {
+        char *text = d->text;
+        d->text = NULL;
+        nsd_respond(req, d->status, "application/json", text, d->text_len);
+        return;
+    }
     json_t *body = d->body;
     d->body = NULL;
     if (body == NULL)
         nsd_respond(req, d->status, NULL, NULL, 0);
     else
         nsd_respond_json(req, d->status, body);
+}
+
+/* The deferral itself: 'd' is taken. */
+static void durable_defer(nsd_request_t *req, durable_t *d)
+{
+    req->user = d;
+    req->user_free = durable_free;
+    nsd_request_defer(req, durable_answer);
+    nsd_store_after_commit(req->server->store, durable_done, req);
+}
+
+void nsd_respond_durable_text(nsd_request_t *req, int status, ns_buf_t *text)
+{
+    size_t len;
+    char *data = ns_buf_take(text, &len);
+    if (req->server->store == NULL) {
+        nsd_respond(req, status, "application/json", data, len);
+        return;
+    }
+    durable_t *d = calloc(1, sizeof(*d));
+    if (d == NULL) {
+        free(data);
+        nsd_respond_error(req, NS_ENOMEM, NULL);
+        return;
+    }
+    *d = (durable_t){.status = status, .text = data, .text_len = len};
+    durable_defer(req, d);
 }
 
 void nsd_respond_durable(nsd_request_t *req, int status, json_t *body)
@@ -283,10 +320,7 @@ void nsd_respond_durable(nsd_request_t *req, int status, json_t *body)
     }
     d->status = status;
     d->body = body;
-    req->user = d;
-    req->user_free = durable_free;
-    nsd_request_defer(req, durable_answer);
-    nsd_store_after_commit(store, durable_done, req);
+    durable_defer(req, d);
 }
 
 /* ---------------------------------------------------------------- requests */

@@ -99,7 +99,7 @@ int nsd_registry_delete_run(nsd_registry_t *reg, const char *run, ns_error_detai
  *  more follow. @return a new reference, or NULL when out of memory. */
 json_t *nsd_registry_list_json(nsd_registry_t *reg, const char *after, size_t limit);
 
-/*! nsd_registry_run_json() :
+/*! nsd_registry_run_text() :
  *  GET /v1/runs/{run}: {"run", "config": {"world_size", "momentum" (null =
  *  cumulative), "sync_timeout_ms", "on_timeout", "ema_debias"},
  *  "status": {"layers": {<layer>: {"channels", "step" (last applied, -1),
@@ -110,7 +110,14 @@ json_t *nsd_registry_list_json(nsd_registry_t *reg, const char *after, size_t li
  *  "waiting_for": [w...]}] (by layer then step),
  *  "workers": [{"worker", "step" (highest step it reported, -1),
  *  "lag" (highest step any worker reported minus its own; null if it never
- *  reported)}] for workers 0..world_size-1}}.
+ *  reported)}] for workers 0..world_size-1, "drift": {"worst"},
+ *  "health"}}, written as compact JSON text appended to 'dst' (an
+ *  initialized buffer), without a tree.
+ *  @return 0; NS_ENOTFOUND or NS_ENOMEM, with 'dst' freed. */
+int nsd_registry_run_text(nsd_registry_t *reg, const char *run, uint64_t now_ms, ns_buf_t *dst,
+                          ns_error_detail_t *err);
+
+/*! nsd_registry_run_json() : the same, parsed (a small run's, in tests).
  *  @return a new reference; NULL with NS_ENOTFOUND (or NS_ENOMEM). */
 json_t *nsd_registry_run_json(nsd_registry_t *reg, const char *run, uint64_t now_ms,
                               ns_error_detail_t *err);
