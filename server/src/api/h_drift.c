@@ -16,9 +16,8 @@ void nsd_h_drift(nsd_request_t *req)
     snprintf(what, sizeof(what), "the drift of run '%s'", req->run);
     /* Every row's text, whatever the filter: the bound is cheap and a
      * filter rarely keeps much less. */
-    if (nsd_request_reserve(
-            req, nsd_registry_view_bytes(req->server->registry, req->run, NSD_VIEW_DRIFT),
-            what) != 0) {
+    uint64_t bytes = nsd_registry_view_bytes(req->server->registry, req->run, NSD_VIEW_DRIFT);
+    if (nsd_request_reserve(req, bytes, what) != 0) {
         nsd_respond_detail(req, NS_EMEMORY, &req->pending_detail);
         return;
     }

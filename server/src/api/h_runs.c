@@ -68,9 +68,8 @@ void nsd_h_run_get(nsd_request_t *req)
     ns_error_detail_t err = {0};
     char what[NS_NAME_MAX + 64];
     snprintf(what, sizeof(what), "the status of run '%s'", req->run);
-    if (nsd_request_reserve(
-            req, nsd_registry_view_bytes(req->server->registry, req->run, NSD_VIEW_STATUS),
-            what) != 0) {
+    uint64_t bytes = nsd_registry_view_bytes(req->server->registry, req->run, NSD_VIEW_STATUS);
+    if (nsd_request_reserve(req, bytes, what) != 0) {
         nsd_respond_detail(req, NS_EMEMORY, &req->pending_detail);
         return;
     }

@@ -32,7 +32,7 @@
 
 /* A layer's text besides its name, doubles and domains; a domain's besides its name. */
 #define LAYER_TEXT_FIXED 512
-#define POP_TEXT_FIXED 768
+#define POP_TEXT_FIXED   768
 
 /* An EMA's scalars (its arrays are in the copy's values). */
 typedef struct ema_s {
@@ -62,7 +62,7 @@ typedef struct layer_copy_s {
 } layer_copy_t;
 
 struct nsd_checkpoint_stream_s {
-    nsd_ctx_t *ctx;    /* whose --max-memory 'reserved' bytes are counted in */
+    nsd_ctx_t *ctx; /* whose --max-memory 'reserved' bytes are counted in */
     uint64_t reserved;
     char run[NS_NAME_MAX + 1];
     ns_run_config_t cfg;
@@ -177,8 +177,7 @@ static void copy_pop(nsd_checkpoint_stream_t *s, pop_copy_t *p, size_t d, const 
     s->n_values += 8 * c;
 }
 
-static void copy_layer(nsd_checkpoint_stream_t *s, const nsd_run_state_t *st,
-                       const nsd_layer_t *l)
+static void copy_layer(nsd_checkpoint_stream_t *s, const nsd_run_state_t *st, const nsd_layer_t *l)
 {
     size_t c = l->channels;
     layer_copy_t *dst = &s->layers[s->n_layers++];
@@ -223,13 +222,13 @@ static size_t round8(size_t n)
  * system at once, where malloc would keep it in the arena of the thread
  * that freed it (libmicrohttpd's threads have one each: two answers in
  * turn on two threads left both copies resident). @return 0 or NS_ENOMEM. */
-static int map_arrays(nsd_checkpoint_stream_t *s, size_t nd, size_t nl, size_t pops,
-                      size_t values, size_t names)
+static int map_arrays(nsd_checkpoint_stream_t *s, size_t nd, size_t nl, size_t pops, size_t values,
+                      size_t names)
 {
     size_t at[6], len = 0;
     size_t sizes[6] = {values * sizeof(*s->values), nl * sizeof(*s->layers),
-                       pops * sizeof(*s->pops), nd * sizeof(*s->domain_gen),
-                       nd * sizeof(*s->domains), names};
+                       pops * sizeof(*s->pops),     nd * sizeof(*s->domain_gen),
+                       nd * sizeof(*s->domains),    names};
     for (size_t i = 0; i < 6; i++) {
         at[i] = len;
         len += round8(sizes[i]);
@@ -315,8 +314,8 @@ static int ema(ns_buf_t *dst, const ema_t *e, const double *v, size_t c)
 
 static int precise(ns_buf_t *dst, const pop_copy_t *p, const double *v, size_t c)
 {
-    int rc = ns_buf_printf(dst, "{\"generation\":%lld,\"n\":%lld,\"%s\":%lld,", p->generation,
-                           p->n, NS_FIELD_NUM_BATCHES, p->num_batches);
+    int rc = ns_buf_printf(dst, "{\"generation\":%lld,\"n\":%lld,\"%s\":%lld,", p->generation, p->n,
+                           NS_FIELD_NUM_BATCHES, p->num_batches);
     rc = rc ? rc : reals(dst, NS_FIELD_MEAN, v, c);
     rc = rc ? rc : ns_buf_printf(dst, ",");
     rc = rc ? rc : reals(dst, "m2", v + c, c);
@@ -326,8 +325,8 @@ static int precise(ns_buf_t *dst, const pop_copy_t *p, const double *v, size_t c
 /* {"step", "count", "mean", "var"} of arrays mean[c] then var[c]. */
 static int last(ns_buf_t *dst, long long step, long long count, const double *mean_var, size_t c)
 {
-    int rc = ns_buf_printf(dst, "{\"%s\":%lld,\"%s\":%lld,", NS_FIELD_STEP, step, NS_FIELD_COUNT,
-                           count);
+    int rc =
+        ns_buf_printf(dst, "{\"%s\":%lld,\"%s\":%lld,", NS_FIELD_STEP, step, NS_FIELD_COUNT, count);
     rc = rc ? rc : reals(dst, NS_FIELD_MEAN, mean_var, c);
     rc = rc ? rc : ns_buf_printf(dst, ",");
     rc = rc ? rc : reals(dst, NS_FIELD_VAR, mean_var + c, c);
@@ -366,9 +365,9 @@ static int layer(ns_buf_t *dst, const nsd_checkpoint_stream_t *s, const layer_co
         rc = l->has_pooled ? ema(dst, &l->pooled, v, c) : ns_buf_printf(dst, "null");
     rc = rc ? rc : ns_buf_printf(dst, ",\"last\":");
     if (rc == 0)
-        rc = l->has_last ? last(dst, l->last_step, l->last_count, v + (l->has_pooled ? 4 * c : 0),
-                                c)
-                         : ns_buf_printf(dst, "null");
+        rc = l->has_last
+                 ? last(dst, l->last_step, l->last_count, v + (l->has_pooled ? 4 * c : 0), c)
+                 : ns_buf_printf(dst, "null");
     rc = rc ? rc : ns_buf_printf(dst, ",");
     rc = rc ? rc : layer_domains(dst, s, l);
     return rc ? rc : ns_buf_printf(dst, "}");

@@ -176,7 +176,8 @@ static int drift_text(ns_buf_t *dst, const ns_drift_t *d)
     rc = rc ? rc : nsd_json_real(dst, d->mean_avg);
     rc = rc ? rc : ns_buf_printf(dst, ",\"mean_max\":");
     rc = rc ? rc : nsd_json_real(dst, d->mean_max);
-    rc = rc ? rc : ns_buf_printf(dst, ",\"mean_max_channel\":%zu,\"var_avg\":", d->mean_max_channel);
+    rc =
+        rc ? rc : ns_buf_printf(dst, ",\"mean_max_channel\":%zu,\"var_avg\":", d->mean_max_channel);
     rc = rc ? rc : nsd_json_real(dst, d->var_avg);
     rc = rc ? rc : ns_buf_printf(dst, ",\"var_max\":");
     rc = rc ? rc : nsd_json_real(dst, d->var_max);
@@ -190,13 +191,12 @@ static int row_text(ns_buf_t *dst, const nsd_run_t *run, const row_t *r)
     char step[24] = "null";
     if (pop->ema_step >= 0)
         snprintf(step, sizeof(step), "%lld", (long long)pop->ema_step);
-    int rc = ns_buf_printf(
-        dst,
-        "{\"layer\":\"%s\",\"domain\":\"%s\",\"channels\":%zu,\"last_step\":%s,"
-        "\"num_batches_tracked\":%llu,\"precise_batches\":%llu,\"drift\":",
-        l->name, row_domain(run, r->domain), l->channels, step,
-        (unsigned long long)pop->ema.num_batches_tracked,
-        (unsigned long long)nsd_layer_precise_batches(run, l, r->domain));
+    int rc = ns_buf_printf(dst,
+                           "{\"layer\":\"%s\",\"domain\":\"%s\",\"channels\":%zu,\"last_step\":%s,"
+                           "\"num_batches_tracked\":%llu,\"precise_batches\":%llu,\"drift\":",
+                           l->name, row_domain(run, r->domain), l->channels, step,
+                           (unsigned long long)pop->ema.num_batches_tracked,
+                           (unsigned long long)nsd_layer_precise_batches(run, l, r->domain));
     if (rc == 0)
         rc = r->has_drift ? drift_text(dst, &r->drift) : ns_buf_printf(dst, "null");
     return rc ? rc : ns_buf_printf(dst, "}");
@@ -225,8 +225,9 @@ static int drift_write(const nsd_run_t *run, long filter, ns_buf_t *dst)
     if (rc == 0 && (n == 0 || !rows[0].has_drift))
         rc = ns_buf_printf(dst, "null}");
     else if (rc == 0) {
-        rc = ns_buf_printf(dst, "{\"layer\":\"%s\",\"domain\":\"%s\",\"mean_max\":",
-                           rows[0].layer->name, row_domain(run, rows[0].domain));
+        rc = ns_buf_printf(dst,
+                           "{\"layer\":\"%s\",\"domain\":\"%s\",\"mean_max\":", rows[0].layer->name,
+                           row_domain(run, rows[0].domain));
         rc = rc ? rc : nsd_json_real(dst, rows[0].drift.mean_max);
         rc = rc ? rc : ns_buf_printf(dst, "}}");
     }

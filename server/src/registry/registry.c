@@ -295,7 +295,8 @@ uint64_t nsd_registry_view_bytes(nsd_registry_t *reg, const char *name, nsd_view
     nsd_run_t *run = nsd_registry_read_run(reg, name, &rc, NULL);
     if (run == NULL)
         return 0;
-    uint64_t bytes = view == NSD_VIEW_DRIFT ? nsd_run_drift_text_bytes(run) : nsd_run_text_bytes(run);
+    uint64_t bytes =
+        view == NSD_VIEW_DRIFT ? nsd_run_drift_text_bytes(run) : nsd_run_text_bytes(run);
     nsd_registry_end_read(run);
     return bytes;
 }

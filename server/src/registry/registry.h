@@ -218,8 +218,8 @@ void nsd_stats_free(nsd_stats_t *stats);
  *  pooled rows; a name: that domain's rows (drift.h defines the drift).
  *  @return 0; NS_ENOTFOUND (run, domain), NS_EINVAL (domain name) or
  *  NS_ENOMEM, with 'dst' freed. */
-int nsd_registry_drift_text(nsd_registry_t *reg, const char *run, const char *domain,
-                            ns_buf_t *dst, ns_error_detail_t *err);
+int nsd_registry_drift_text(nsd_registry_t *reg, const char *run, const char *domain, ns_buf_t *dst,
+                            ns_error_detail_t *err);
 
 /*! nsd_registry_history_json() :
  *  GET /v1/runs/{run}/history: {"run", "layer", "domain", "channel",

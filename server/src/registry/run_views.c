@@ -42,12 +42,12 @@ json_t *nsd_run_config_json(const ns_run_config_t *cfg)
  * (keys and five integers), a pending step's (keys, four integers) and each
  * worker number in it, a worker's entry, a domain's; the rest (config,
  * counters, health, the worst drift) together. */
-#define STATUS_LAYER_TEXT 256u
-#define STATUS_PENDING_TEXT 256u
+#define STATUS_LAYER_TEXT    256u
+#define STATUS_PENDING_TEXT  256u
 #define STATUS_WORKER_NUMBER 11u
-#define STATUS_WORKER_TEXT 96u
-#define STATUS_DOMAIN_TEXT 64u
-#define STATUS_REST_TEXT (8192u + 4u * NS_NAME_MAX)
+#define STATUS_WORKER_TEXT   96u
+#define STATUS_DOMAIN_TEXT   64u
+#define STATUS_REST_TEXT     (8192u + 4u * NS_NAME_MAX)
 /* The worst drift's rows and scratch, per layer and row (drift_views.c). */
 #define STATUS_DRIFT_ROW 96u
 
@@ -124,13 +124,13 @@ static int pending_text(ns_buf_t *dst, const nsd_run_state_t *st, uint64_t now_m
         const nsd_layer_t *l = st->layers[i];
         for (size_t k = 0; rc == 0 && k < l->n_pending; k++) {
             const nsd_pending_t *p = l->pending[k];
-            rc = ns_buf_printf(dst,
-                               "%s{\"layer\":\"%s\",\"step\":%llu,\"age_ms\":%llu,"
-                               "\"world_size\":%u,\"arrived\":",
-                               first ? "" : ",", l->name, (unsigned long long)p->step,
-                               (unsigned long long)(now_ms > p->created_ms ? now_ms - p->created_ms
-                                                                           : 0),
-                               p->world_size);
+            rc = ns_buf_printf(
+                dst,
+                "%s{\"layer\":\"%s\",\"step\":%llu,\"age_ms\":%llu,"
+                "\"world_size\":%u,\"arrived\":",
+                first ? "" : ",", l->name, (unsigned long long)p->step,
+                (unsigned long long)(now_ms > p->created_ms ? now_ms - p->created_ms : 0),
+                p->world_size);
             first = 0;
             rc = rc ? rc : workers_text(dst, p, 1);
             rc = rc ? rc : ns_buf_printf(dst, ",\"waiting_for\":");
@@ -175,8 +175,9 @@ int nsd_run_text(nsd_run_t *run, uint64_t now_ms, ns_buf_t *dst)
     rc = rc ? rc : ns_buf_printf(dst, ",\"status\":{");
     rc = rc ? rc : layers_text(dst, st);
     rc = rc ? rc
-            : ns_buf_printf(dst, ",\"skipped_steps\":%llu,\"precise_generation\":%llu,"
-                                 "\"memory_bytes\":%llu,",
+            : ns_buf_printf(dst,
+                            ",\"skipped_steps\":%llu,\"precise_generation\":%llu,"
+                            "\"memory_bytes\":%llu,",
                             (unsigned long long)atomic_load(&st->skipped_steps),
                             (unsigned long long)st->precise_generation,
                             (unsigned long long)atomic_load(&st->memory));
