@@ -410,6 +410,8 @@ def main():
             scale(build, a, secs, tmp)
             import bench_threads  # table 4e: one run on several cores
             ERRORS.extend(bench_threads.table(build, min(secs, 2.0), a.thread_rounds))
+            import bench_answers  # table 4f: the big answers of one big run
+            ERRORS.extend(bench_answers.table(build))
 
         # ------------------------------------------------ table 5: durability
         if "5" in want:

@@ -19,6 +19,10 @@ with the first must:
   (NORMSTAT_LISTEN and NORMSTAT_TLS_CERT in the environment);
 * close a plain-HTTP request at once instead of leaving it hanging; and a
   plain daemon closes (or answers) a TLS ClientHello at once;
+* close, after --header-timeout as a slowloris, connections from other
+  loopback addresses whose handshake stops (nothing sent, part of a
+  ClientHello, a whole one and then silence), serving a TLS client on
+  127.0.0.1 meanwhile;
 * with scoped tokens too, serve the clients given only the CA and a token.
 
 Start-up refusals (exit 2, one line naming the option): one of the two
@@ -31,6 +35,7 @@ Run from the repository root: /usr/bin/python3 tests/integration/test_api_tls.py
 
 import hashlib
 import os
+import select
 import shutil
 import socket
 import ssl
@@ -444,6 +449,93 @@ class TlsWithTokens(nsd.Case):
                             "-X", "DELETE", "-w", "%{http_code}", f"{self.url}/v1/runs/{run}")
         self.check(rc == 0 and out.endswith("403") and '"scope":"admin"' in out,
                    "curl, https + read token: DELETE is 403 naming admin", out)
+
+
+class HandshakeDeadline(nsd.Case):
+    """A handshake is bounded by --header-timeout like a slowloris: half
+    handshakes from other loopback addresses are closed after it, while a
+    TLS client on 127.0.0.1 is served."""
+
+    HEADER_MS = 500
+    PER_KIND = 40  # from each of 127.0.0.2..9 in turn
+
+    @classmethod
+    def setUpClass(cls):
+        make_certificates()
+        cls.daemon = nsd.Daemon("--tls-cert", path("a.pem"), "--tls-key", path("a.key"),
+                                "--header-timeout", str(cls.HEADER_MS), env=clean_env(),
+                                ssl_context=trusting()).start()
+        cls.c = cls.daemon.client()
+
+    @staticmethod
+    def client_hello():
+        """The first flight of a real TLS client, as bytes."""
+        incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        tls = trusting().wrap_bio(incoming, outgoing, server_hostname="127.0.0.1")
+        try:
+            tls.do_handshake()
+        except ssl.SSLWantReadError:
+            pass
+        return outgoing.read()
+
+    def closed_count(self):
+        text = self.c.get("/metrics").body.decode()
+        for line in text.splitlines():
+            if line.startswith('normstat_connections_closed_total{reason="header_timeout"}'):
+                return float(line.split()[-1])
+        return 0.0
+
+    def test_half_handshakes_closed(self):
+        hello = self.client_hello()
+        self.require(len(hello) > 40 and hello[0] == 0x16, "a ClientHello record was made",
+                     repr(hello[:8]))
+        kinds = (("nothing", b""), ("part of a ClientHello", hello[:20]),
+                 ("a whole ClientHello, then silence", hello))
+        before = self.closed_count()
+        socks = []
+        for k, (_, first) in enumerate(kinds):
+            for i in range(self.PER_KIND):
+                s = socket.socket()
+                s.bind((f"127.0.0.{2 + (k * self.PER_KIND + i) % 8}", 0))
+                s.settimeout(CMD_LIMIT_S)
+                s.connect(("127.0.0.1", self.daemon.port))
+                if first:
+                    s.sendall(first)
+                s.setblocking(False)
+                socks.append((k, s))
+        # a TLS client on 127.0.0.1 meanwhile: a fresh connection each time
+        served = 0
+        for _ in range(5):
+            cl = nsd.Client("127.0.0.1", self.daemon.port, ssl_context=trusting())
+            served += cl.get("/livez").status == 200
+            cl.close()
+        self.check_eq(served, 5, "a TLS client on 127.0.0.1 gets /livez answered meanwhile")
+        # each half handshake is closed by the daemon, well within HANG_LIMIT_S
+        open_ = {s.fileno(): (k, s) for k, s in socks}
+        deadline = time.monotonic() + HANG_LIMIT_S
+        while open_ and time.monotonic() < deadline:
+            ready, _, _ = select.select(list(open_), [], [], 0.5)
+            for fd in ready:
+                k, s = open_[fd]
+                try:
+                    while s.recv(65536):
+                        pass  # a ServerHello to the whole ClientHello; then the close
+                    del open_[fd]  # end of file
+                except BlockingIOError:
+                    continue
+                except OSError:
+                    del open_[fd]  # reset: closed as well
+        for k, (desc, _) in enumerate(kinds):
+            left = sum(1 for kk, _ in open_.values() if kk == k)
+            self.check(left == 0, f"{self.PER_KIND} connections that sent {desc} are closed "
+                       f"by the daemon (--header-timeout {self.HEADER_MS} ms)",
+                       f"{left} still open after {HANG_LIMIT_S:.0f} s")
+        for _, s in socks:
+            s.close()
+        closed = self.closed_count() - before
+        self.check(closed >= len(socks), "each counted as closed for header_timeout",
+                   f"{closed:.0f} of {len(socks)}")
+        self.check_status(self.c.get("/livez"), 200, "the daemon goes on serving")
 
 
 class PlainPort(nsd.Case):

@@ -6,18 +6,29 @@
 #include "http/http.h"
 #include "registry/registry.h"
 
+static int checkpoint_next(void *state, ns_buf_t *dst, int *done)
+{
+    return nsd_checkpoint_stream_next(state, dst, done);
+}
+
+static void checkpoint_free(void *state)
+{
+    nsd_checkpoint_stream_free(state);
+}
+
 void nsd_h_checkpoint_get(nsd_request_t *req)
 {
     ns_error_detail_t err = {0};
-    ns_buf_t text;
-    ns_buf_init(&text, NSD_ANSWER_MAX);
-    /* Written as text, no tree; reals with 17 significant digits round-trip. */
-    int rc = nsd_registry_checkpoint_text(req->server->registry, req->run, &text, &err);
-    if (rc != 0) {
-        nsd_respond_detail(req, rc, &err);
+    /* A compact copy under the run's locks, its memory reserved first; the
+     * text is written a layer at a time as the client reads, with no lock
+     * held, and the reservation ends with the response. */
+    nsd_checkpoint_stream_t *s =
+        nsd_registry_checkpoint_stream(req->server->registry, req->run, &err);
+    if (s == NULL) {
+        nsd_respond_detail(req, err.code ? err.code : NS_ENOMEM, &err);
         return;
     }
-    nsd_respond_encoded(req, NS_FORMAT_JSON, &text);
+    nsd_respond_stream(req, "application/json", checkpoint_next, checkpoint_free, s);
 }
 
 void nsd_h_checkpoint_put(nsd_request_t *req)
@@ -31,6 +42,9 @@ void nsd_h_checkpoint_put(nsd_request_t *req)
         return;
     }
     nsd_log(NSD_LOG_INFO, "checkpoint_restored", "run=%s bytes=%zu", req->run, req->body.len);
-    json_t *run = nsd_registry_run_json(req->server->registry, req->run, nsd_now_ms(), &err);
-    nsd_respond_durable(req, 200, run ? run : json_pack("{s:s}", "run", req->run));
+    ns_buf_t run;
+    ns_buf_init(&run, NSD_ANSWER_MAX);
+    if (nsd_registry_run_text(req->server->registry, req->run, nsd_now_ms(), &run, &err) != 0)
+        ns_buf_printf(&run, "{\"run\":\"%s\"}", req->run); /* deleted again in between */
+    nsd_respond_durable_text(req, 200, &run);
 }

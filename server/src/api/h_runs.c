@@ -5,6 +5,7 @@
 
 #include "base/clock.h"
 #include "base/log.h"
+#include "base/size_limits.h"
 #include "http/http.h"
 #include "registry/registry.h"
 
@@ -54,23 +55,32 @@ void nsd_h_run_put(nsd_request_t *req)
                 req->run, cfg.world_size);
     else
         nsd_log(NSD_LOG_INFO, "run_updated", "run=%s", req->run);
-    json_t *run = nsd_registry_run_json(req->server->registry, req->run, nsd_now_ms(), &err);
-    if (run == NULL) {
+    ns_buf_t run;
+    ns_buf_init(&run, NSD_ANSWER_MAX);
+    if (nsd_registry_run_text(req->server->registry, req->run, nsd_now_ms(), &run, &err) != 0)
         /* Deleted again in between: the PUT itself succeeded. */
-        run = json_pack("{s:s}", "run", req->run);
-    }
-    nsd_respond_durable(req, created ? 201 : 200, run);
+        ns_buf_printf(&run, "{\"run\":\"%s\"}", req->run);
+    nsd_respond_durable_text(req, created ? 201 : 200, &run);
 }
 
 void nsd_h_run_get(nsd_request_t *req)
 {
     ns_error_detail_t err = {0};
-    json_t *run = nsd_registry_run_json(req->server->registry, req->run, nsd_now_ms(), &err);
-    if (run == NULL) {
-        nsd_respond_detail(req, err.code ? err.code : NS_ENOMEM, &err);
+    char what[NS_NAME_MAX + 64];
+    snprintf(what, sizeof(what), "the status of run '%s'", req->run);
+    uint64_t bytes = nsd_registry_view_bytes(req->server->registry, req->run, NSD_VIEW_STATUS);
+    if (nsd_request_reserve(req, bytes, what) != 0) {
+        nsd_respond_detail(req, NS_EMEMORY, &req->pending_detail);
         return;
     }
-    nsd_respond_json(req, 200, run);
+    ns_buf_t run;
+    ns_buf_init(&run, NSD_ANSWER_MAX);
+    int rc = nsd_registry_run_text(req->server->registry, req->run, nsd_now_ms(), &run, &err);
+    if (rc != 0) {
+        nsd_respond_detail(req, rc, &err);
+        return;
+    }
+    nsd_respond_encoded(req, NS_FORMAT_JSON, &run);
 }
 
 void nsd_h_run_delete(nsd_request_t *req)

@@ -251,7 +251,7 @@ static int render_registry(ns_buf_t *dst, nsd_registry_t *reg)
         {"normstat_runs", "gauge", "Runs held.", offsetof(nsd_counters_t, runs)},
         {"normstat_memory_bytes", "gauge",
          "Bytes counted against --max-memory: runs, statistics, pending arrivals, request bodies "
-         "and their decoding.",
+         "and their decoding, answers being written (checkpoint, drift, run status).",
          offsetof(nsd_counters_t, memory_bytes)},
     };
     return render_u64_rows(dst, registry_rows, sizeof(registry_rows) / sizeof(registry_rows[0]),

@@ -10,6 +10,10 @@
 /* One answer body (statistics, /sync, /grad; JSON or safetensors). */
 #define NSD_ANSWER_MAX ((size_t)1 << 30)
 
+/* The block a streamed answer is handed to libmicrohttpd in (respond.c):
+ * what the reader holds besides the piece being written. */
+#define NSD_STREAM_BLOCK ((size_t)64 * 1024)
+
 /* One error body ({"error": {"code", "message"}}). */
 #define NSD_ERROR_BODY_MAX ((size_t)64 * 1024)
 

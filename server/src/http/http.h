@@ -172,6 +172,19 @@ void nsd_respond(nsd_request_t *req, int status, const char *content_type, char 
 /*! nsd_respond_encoded() : 200 with the message in 'buf' (taken), encoded in 'format'. */
 void nsd_respond_encoded(nsd_request_t *req, ns_format_t format, ns_buf_t *buf);
 
+/* A producer of a streamed answer: append the next piece to 'dst' (empty),
+ * set *done after the last one. @return 0, or an error (the connection is
+ * then closed mid-answer). */
+typedef int (*nsd_stream_next_fn)(void *state, ns_buf_t *dst, int *done);
+
+/*! nsd_respond_stream() :
+ *  200 with a body of unknown length (chunked), written by next(state) a
+ *  piece at a time as the client reads, in blocks of NSD_STREAM_BLOCK; one
+ *  piece is held at a time. 'state' is taken: free_state(state) runs when
+ *  the response is freed (sent, the client gone, or not queued). */
+void nsd_respond_stream(nsd_request_t *req, const char *content_type, nsd_stream_next_fn next,
+                        void (*free_state)(void *state), void *state);
+
 /*! nsd_respond_json() : 'body' is taken (decref'd). NULL answers 503 out_of_memory. */
 void nsd_respond_json(nsd_request_t *req, int status, json_t *body);
 
@@ -185,6 +198,10 @@ void nsd_respond_error(nsd_request_t *req, int code, const char *message);
  *  is durable before the client hears of it (at once without a store). A
  *  failed commit answers 503 storage_error instead. Defers the request. */
 void nsd_respond_durable(nsd_request_t *req, int status, json_t *body);
+
+/*! nsd_respond_durable_text() : nsd_respond_durable() of a body already
+ *  written as JSON text in 'text' (taken). */
+void nsd_respond_durable_text(nsd_request_t *req, int status, ns_buf_t *text);
 
 /*! nsd_respond_detail() : nsd_respond_error() from a filled detail; a detail
  *  without a message uses 'code'. */

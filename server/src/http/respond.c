@@ -88,6 +88,77 @@ void nsd_respond_static(nsd_request_t *req, int status, const char *content_type
     queue(req, status, resp, content_type);
 }
 
+/* A streamed answer: the producer and the piece it wrote last. */
+typedef struct stream_s {
+    nsd_stream_next_fn next;
+    void (*free_state)(void *state);
+    void *state;
+    ns_buf_t piece;
+    size_t sent; /* of piece */
+    int done;
+} stream_t;
+
+static void stream_free(void *cls)
+{
+    stream_t *s = cls;
+    s->free_state(s->state);
+    ns_buf_free(&s->piece);
+    free(s);
+}
+
+/* libmicrohttpd's reader: fills its block from as many pieces as fit, so a
+ * chunk is a block, not a layer. */
+static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max)
+{
+    (void)pos;
+    stream_t *s = cls;
+    size_t n = 0;
+    while (n < max) {
+        if (s->sent == s->piece.len) {
+            if (s->done)
+                break;
+            s->piece.len = 0;
+            s->sent = 0;
+            if (s->next(s->state, &s->piece, &s->done) != 0) {
+                nsd_log(NSD_LOG_ERROR, "response_failed", "reason=stream_error");
+                return MHD_CONTENT_READER_END_WITH_ERROR;
+            }
+            continue;
+        }
+        size_t take = s->piece.len - s->sent < max - n ? s->piece.len - s->sent : max - n;
+        memcpy(buf + n, s->piece.data + s->sent, take);
+        s->sent += take;
+        n += take;
+    }
+    if (n == 0)
+        return MHD_CONTENT_READER_END_OF_STREAM;
+    nsd_count_body_bytes(0, n);
+    return (ssize_t)n;
+}
+
+void nsd_respond_stream(nsd_request_t *req, const char *content_type, nsd_stream_next_fn next,
+                        void (*free_state)(void *state), void *state)
+{
+    stream_t *s = req->responded ? NULL : calloc(1, sizeof(*s));
+    struct MHD_Response *resp = NULL;
+    if (s != NULL) {
+        *s = (stream_t){.next = next, .free_state = free_state, .state = state};
+        ns_buf_init(&s->piece, NSD_ANSWER_MAX);
+        resp = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, NSD_STREAM_BLOCK, stream_read, s,
+                                                 stream_free);
+    }
+    if (resp == NULL) {
+        if (s != NULL)
+            stream_free(s);
+        else
+            free_state(state);
+        if (!req->responded)
+            nsd_respond_error(req, NS_ENOMEM, NULL);
+        return;
+    }
+    queue(req, 200, resp, content_type);
+}
+
 void nsd_respond_json(nsd_request_t *req, int status, json_t *body)
 {
     if (body == NULL) {
@@ -154,14 +225,18 @@ void nsd_respond_detail(nsd_request_t *req, int code, const ns_error_detail_t *e
 typedef struct durable_s {
     int status;
     json_t *body;
+    char *text; /* or a body already written as JSON text */
+    size_t text_len;
     int store_status;
 } durable_t;
 
 static void durable_free(void *p)
 {
     durable_t *d = p;
-    if (d != NULL)
+    if (d != NULL) {
         json_decref(d->body);
+        free(d->text);
+    }
     free(d);
 }
 
@@ -184,12 +259,45 @@ static void durable_answer(nsd_request_t *req)
                               : NULL);
         return;
     }
+    if (d->text != NULL) {
+        char *text = d->text;
+        d->text = NULL;
+        nsd_respond(req, d->status, "application/json", text, d->text_len);
+        return;
+    }
     json_t *body = d->body;
     d->body = NULL;
     if (body == NULL)
         nsd_respond(req, d->status, NULL, NULL, 0);
     else
         nsd_respond_json(req, d->status, body);
+}
+
+/* The deferral itself: 'd' is taken. */
+static void durable_defer(nsd_request_t *req, durable_t *d)
+{
+    req->user = d;
+    req->user_free = durable_free;
+    nsd_request_defer(req, durable_answer);
+    nsd_store_after_commit(req->server->store, durable_done, req);
+}
+
+void nsd_respond_durable_text(nsd_request_t *req, int status, ns_buf_t *text)
+{
+    size_t len;
+    char *data = ns_buf_take(text, &len);
+    if (req->server->store == NULL) {
+        nsd_respond(req, status, "application/json", data, len);
+        return;
+    }
+    durable_t *d = calloc(1, sizeof(*d));
+    if (d == NULL) {
+        free(data);
+        nsd_respond_error(req, NS_ENOMEM, NULL);
+        return;
+    }
+    *d = (durable_t){.status = status, .text = data, .text_len = len};
+    durable_defer(req, d);
 }
 
 void nsd_respond_durable(nsd_request_t *req, int status, json_t *body)
@@ -212,10 +320,7 @@ void nsd_respond_durable(nsd_request_t *req, int status, json_t *body)
     }
     d->status = status;
     d->body = body;
-    req->user = d;
-    req->user_free = durable_free;
-    nsd_request_defer(req, durable_answer);
-    nsd_store_after_commit(store, durable_done, req);
+    durable_defer(req, d);
 }
 
 /* ---------------------------------------------------------------- requests */

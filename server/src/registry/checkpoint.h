@@ -18,8 +18,8 @@
  *   PRECISE = {"generation", "n", "num_batches", "mean": [C], "m2": [C],
  *              "step"}
  * Doubles are JSON reals with 17 significant digits (jansson's default), so
- * they round-trip bit for bit. Threads: export needs the run's lock; parse
- * touches no shared state. */
+ * they round-trip bit for bit. Threads: export and copies need the run's
+ * lock; parse touches no shared state. */
 #ifndef NSD_CHECKPOINT_H
 #define NSD_CHECKPOINT_H
 
@@ -33,12 +33,6 @@
 
 /*! nsd_checkpoint_export() : @return a new reference, or NULL when out of memory. */
 json_t *nsd_checkpoint_export(const nsd_run_t *run);
-
-/*! nsd_checkpoint_write() :
- *  The same document as nsd_checkpoint_export(), appended to 'dst' as
- *  compact JSON text without building a tree (checkpoint_write.c).
- *  @return 0, or the error of the buffer (NS_ENOMEM, NS_ETOOLARGE). */
-int nsd_checkpoint_write(const nsd_run_t *run, ns_buf_t *dst);
 
 /* A copy of what an export reads of a run, made under the run's lock and
  * exported without it (the store's snapshots: the lock is held for copies,

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "drift.h"
+#include "json_text.h"
 #include "registry_internal.h"
 
 /* One row of /drift: layer l, domain d (-1 pooled). */
@@ -110,18 +111,6 @@ static const char *row_domain(const nsd_run_t *run, long d)
     return d < 0 ? "*" : run->st.domains[d];
 }
 
-static json_t *row_json(const nsd_run_t *run, const row_t *r)
-{
-    const nsd_layer_t *l = r->layer;
-    const nsd_pop_t *pop = r->domain < 0 ? l->pooled : l->pops[r->domain];
-    json_t *step = pop->ema_step >= 0 ? json_integer(pop->ema_step) : json_null();
-    return json_pack("{s:s, s:s, s:I, s:o, s:I, s:I, s:o}", "layer", l->name, "domain",
-                     row_domain(run, r->domain), "channels", (json_int_t)l->channels, "last_step",
-                     step, "num_batches_tracked", (json_int_t)pop->ema.num_batches_tracked,
-                     "precise_batches", (json_int_t)nsd_layer_precise_batches(run, l, r->domain),
-                     "drift", r->has_drift ? nsd_drift_json(&r->drift) : json_null());
-}
-
 static json_t *worst_json(const nsd_run_t *run, const row_t *rows, size_t n)
 {
     if (n == 0 || !rows[0].has_drift)
@@ -156,36 +145,112 @@ int nsd_run_drift_worst(const nsd_run_t *run, nsd_run_health_t *dst)
     return 0;
 }
 
-static json_t *drift_json(const nsd_run_t *run, long filter)
+/* The most a /drift row's text takes besides its layer's and domain's
+ * names: the keys, four integers, two channel numbers, four reals. */
+#define DRIFT_ROW_TEXT 448u
+/* The answer's text besides its rows: run name, keys, the worst row. */
+#define DRIFT_HEAD_TEXT (512u + 3u * NS_NAME_MAX)
+
+static uint64_t row_text_bound(const nsd_run_t *run, const nsd_layer_t *l, long d)
+{
+    return DRIFT_ROW_TEXT + strlen(l->name) + strlen(row_domain(run, d));
+}
+
+uint64_t nsd_run_drift_text_bytes(const nsd_run_t *run)
+{
+    const nsd_run_state_t *st = &run->st;
+    uint64_t bytes = DRIFT_HEAD_TEXT + NSD_HIST_SCRATCH * max_channels(st) * sizeof(double);
+    for (size_t i = 0; i < st->n_layers; i++) {
+        const nsd_layer_t *l = st->layers[i];
+        for (long d = -1; d < (long)st->n_domains; d++)
+            if (d < 0 ? l->pooled != NULL && st->n_domains > 1
+                      : (size_t)d < l->cap_pops && l->pops[d] != NULL)
+                bytes += sizeof(row_t) + row_text_bound(run, l, d);
+    }
+    return bytes;
+}
+
+static int drift_text(ns_buf_t *dst, const ns_drift_t *d)
+{
+    int rc = ns_buf_printf(dst, "{\"mean_avg\":");
+    rc = rc ? rc : nsd_json_real(dst, d->mean_avg);
+    rc = rc ? rc : ns_buf_printf(dst, ",\"mean_max\":");
+    rc = rc ? rc : nsd_json_real(dst, d->mean_max);
+    rc =
+        rc ? rc : ns_buf_printf(dst, ",\"mean_max_channel\":%zu,\"var_avg\":", d->mean_max_channel);
+    rc = rc ? rc : nsd_json_real(dst, d->var_avg);
+    rc = rc ? rc : ns_buf_printf(dst, ",\"var_max\":");
+    rc = rc ? rc : nsd_json_real(dst, d->var_max);
+    return rc ? rc : ns_buf_printf(dst, ",\"var_max_channel\":%zu}", d->var_max_channel);
+}
+
+static int row_text(ns_buf_t *dst, const nsd_run_t *run, const row_t *r)
+{
+    const nsd_layer_t *l = r->layer;
+    const nsd_pop_t *pop = r->domain < 0 ? l->pooled : l->pops[r->domain];
+    char step[24] = "null";
+    if (pop->ema_step >= 0)
+        snprintf(step, sizeof(step), "%lld", (long long)pop->ema_step);
+    int rc = ns_buf_printf(dst,
+                           "{\"layer\":\"%s\",\"domain\":\"%s\",\"channels\":%zu,\"last_step\":%s,"
+                           "\"num_batches_tracked\":%llu,\"precise_batches\":%llu,\"drift\":",
+                           l->name, row_domain(run, r->domain), l->channels, step,
+                           (unsigned long long)pop->ema.num_batches_tracked,
+                           (unsigned long long)nsd_layer_precise_batches(run, l, r->domain));
+    if (rc == 0)
+        rc = r->has_drift ? drift_text(dst, &r->drift) : ns_buf_printf(dst, "null");
+    return rc ? rc : ns_buf_printf(dst, "}");
+}
+
+/* The answer of the rows 'filter' keeps, as text: written without a tree
+ * (a tree took 8 times the text), into a buffer sized once. */
+static int drift_write(const nsd_run_t *run, long filter, ns_buf_t *dst)
 {
     size_t n;
     row_t *rows = collect_rows(run, filter, &n);
-    json_t *layers = json_array();
-    int ok = rows != NULL && layers != NULL;
-    for (size_t i = 0; ok && i < n; i++)
-        ok = json_array_append_new(layers, row_json(run, &rows[i])) == 0;
-    json_t *root = ok ? json_pack("{s:s, s:I, s:O, s:o}", "run", run->name, "history_steps",
-                                  (json_int_t)run->ctx->limits.history_steps, "layers", layers,
-                                  "worst", worst_json(run, rows, n))
-                      : NULL;
-    json_decref(layers);
+    if (rows == NULL)
+        return NS_ENOMEM;
+    uint64_t bound = DRIFT_HEAD_TEXT;
+    for (size_t i = 0; i < n; i++)
+        bound += row_text_bound(run, rows[i].layer, rows[i].domain);
+    int rc = ns_buf_reserve(dst, bound);
+    rc = rc ? rc
+            : ns_buf_printf(dst, "{\"run\":\"%s\",\"history_steps\":%u,\"layers\":[", run->name,
+                            (unsigned)run->ctx->limits.history_steps);
+    for (size_t i = 0; rc == 0 && i < n; i++) {
+        rc = i ? ns_buf_printf(dst, ",") : 0;
+        rc = rc ? rc : row_text(dst, run, &rows[i]);
+    }
+    rc = rc ? rc : ns_buf_printf(dst, "],\"worst\":");
+    if (rc == 0 && (n == 0 || !rows[0].has_drift))
+        rc = ns_buf_printf(dst, "null}");
+    else if (rc == 0) {
+        rc = ns_buf_printf(dst,
+                           "{\"layer\":\"%s\",\"domain\":\"%s\",\"mean_max\":", rows[0].layer->name,
+                           row_domain(run, rows[0].domain));
+        rc = rc ? rc : nsd_json_real(dst, rows[0].drift.mean_max);
+        rc = rc ? rc : ns_buf_printf(dst, "}}");
+    }
     free(rows);
-    return root;
+    return rc;
 }
 
-json_t *nsd_registry_drift_json(nsd_registry_t *reg, const char *name, const char *domain,
-                                ns_error_detail_t *err)
+int nsd_registry_drift_text(nsd_registry_t *reg, const char *name, const char *domain,
+                            ns_buf_t *dst, ns_error_detail_t *err)
 {
     int rc;
     nsd_run_t *run = nsd_registry_read_run(reg, name, &rc, err);
     if (run == NULL)
-        return NULL;
+        return rc;
     long filter;
-    json_t *j = NULL;
-    if (parse_filter(run, domain, &filter, err) == 0 && (j = drift_json(run, filter)) == NULL)
-        ns_error_set(err, NS_ENOMEM, "", "out of memory");
+    rc = parse_filter(run, domain, &filter, err);
+    if (rc == 0 && (rc = drift_write(run, filter, dst)) != 0)
+        rc = ns_error_set(err, rc == NS_EVALUE ? NS_EVALUE : NS_ENOMEM, "",
+                          rc == NS_EVALUE ? "a drift is not finite" : "out of memory");
     nsd_registry_end_read(run);
-    return j;
+    if (rc != 0)
+        ns_buf_free(dst);
+    return rc;
 }
 
 /* ---------------------------------------------------------------- history */

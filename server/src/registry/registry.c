@@ -260,18 +260,45 @@ json_t *nsd_registry_list_json(nsd_registry_t *reg, const char *after, size_t li
     return list;
 }
 
-json_t *nsd_registry_run_json(nsd_registry_t *reg, const char *name, uint64_t now_ms,
-                              ns_error_detail_t *err)
+int nsd_registry_run_text(nsd_registry_t *reg, const char *name, uint64_t now_ms, ns_buf_t *dst,
+                          ns_error_detail_t *err)
 {
     int rc;
     nsd_run_t *run = nsd_registry_read_run(reg, name, &rc, err);
     if (run == NULL)
-        return NULL;
-    json_t *j = nsd_run_json(run, now_ms);
+        return rc;
+    rc = nsd_run_text(run, now_ms, dst);
     nsd_registry_end_read(run);
+    if (rc != 0) {
+        ns_buf_free(dst);
+        return ns_error_set(err, NS_ENOMEM, "", "out of memory");
+    }
+    return 0;
+}
+
+json_t *nsd_registry_run_json(nsd_registry_t *reg, const char *name, uint64_t now_ms,
+                              ns_error_detail_t *err)
+{
+    ns_buf_t text = {0};
+    if (nsd_registry_run_text(reg, name, now_ms, &text, err) != 0)
+        return NULL;
+    json_t *j = json_loadb(text.data, text.len, JSON_REJECT_DUPLICATES, NULL);
+    ns_buf_free(&text);
     if (j == NULL)
         ns_error_set(err, NS_ENOMEM, "", "out of memory");
     return j;
+}
+
+uint64_t nsd_registry_view_bytes(nsd_registry_t *reg, const char *name, nsd_view_t view)
+{
+    int rc;
+    nsd_run_t *run = nsd_registry_read_run(reg, name, &rc, NULL);
+    if (run == NULL)
+        return 0;
+    uint64_t bytes =
+        view == NSD_VIEW_DRIFT ? nsd_run_drift_text_bytes(run) : nsd_run_text_bytes(run);
+    nsd_registry_end_read(run);
+    return bytes;
 }
 
 /* ---------------------------------------------------------------- reports */
@@ -511,22 +538,6 @@ json_t *nsd_registry_checkpoint_export(nsd_registry_t *reg, const char *name,
     if (j == NULL)
         ns_error_set(err, NS_ENOMEM, "", "out of memory");
     return j;
-}
-
-int nsd_registry_checkpoint_text(nsd_registry_t *reg, const char *name, ns_buf_t *dst,
-                                 ns_error_detail_t *err)
-{
-    int rc;
-    nsd_run_t *run = nsd_registry_read_run(reg, name, &rc, err);
-    if (run == NULL)
-        return rc;
-    rc = nsd_checkpoint_write(run, dst);
-    nsd_registry_end_read(run);
-    if (rc != 0) {
-        ns_buf_free(dst);
-        return ns_error_set(err, rc, "", "out of memory");
-    }
-    return 0;
 }
 
 int nsd_registry_checkpoint_import(nsd_registry_t *reg, const char *name, const char *src,

@@ -99,7 +99,7 @@ int nsd_registry_delete_run(nsd_registry_t *reg, const char *run, ns_error_detai
  *  more follow. @return a new reference, or NULL when out of memory. */
 json_t *nsd_registry_list_json(nsd_registry_t *reg, const char *after, size_t limit);
 
-/*! nsd_registry_run_json() :
+/*! nsd_registry_run_text() :
  *  GET /v1/runs/{run}: {"run", "config": {"world_size", "momentum" (null =
  *  cumulative), "sync_timeout_ms", "on_timeout", "ema_debias"},
  *  "status": {"layers": {<layer>: {"channels", "step" (last applied, -1),
@@ -110,10 +110,26 @@ json_t *nsd_registry_list_json(nsd_registry_t *reg, const char *after, size_t li
  *  "waiting_for": [w...]}] (by layer then step),
  *  "workers": [{"worker", "step" (highest step it reported, -1),
  *  "lag" (highest step any worker reported minus its own; null if it never
- *  reported)}] for workers 0..world_size-1}}.
+ *  reported)}] for workers 0..world_size-1, "drift": {"worst"},
+ *  "health"}}, written as compact JSON text appended to 'dst' (an
+ *  initialized buffer), without a tree.
+ *  @return 0; NS_ENOTFOUND or NS_ENOMEM, with 'dst' freed. */
+int nsd_registry_run_text(nsd_registry_t *reg, const char *run, uint64_t now_ms, ns_buf_t *dst,
+                          ns_error_detail_t *err);
+
+/*! nsd_registry_run_json() : the same, parsed (a small run's, in tests).
  *  @return a new reference; NULL with NS_ENOTFOUND (or NS_ENOMEM). */
 json_t *nsd_registry_run_json(nsd_registry_t *reg, const char *run, uint64_t now_ms,
                               ns_error_detail_t *err);
+
+/* The answers whose memory is reserved before they are built. */
+typedef enum nsd_view_e { NSD_VIEW_STATUS, NSD_VIEW_DRIFT } nsd_view_t;
+
+/*! nsd_registry_view_bytes() :
+ *  The most building 'view' of the run takes now (tree and text), for the
+ *  caller to reserve from --max-memory first; 0 if the run does not exist
+ *  (building it then answers NS_ENOTFOUND). */
+uint64_t nsd_registry_view_bytes(nsd_registry_t *reg, const char *run, nsd_view_t view);
 
 /* ---------------------------------------------------------------- reports */
 
@@ -189,8 +205,9 @@ int nsd_registry_stats(nsd_registry_t *reg, const char *run, const nsd_stats_que
 /*! nsd_stats_free() : accepts NULL. */
 void nsd_stats_free(nsd_stats_t *stats);
 
-/*! nsd_registry_drift_json() :
- *  GET /v1/runs/{run}/drift: {"run", "history_steps", "layers": [{"layer",
+/*! nsd_registry_drift_text() :
+ *  GET /v1/runs/{run}/drift as compact JSON text appended to 'dst' (an
+ *  initialized buffer), written without a tree: {"run", "history_steps", "layers": [{"layer",
  *  "domain" ("*" pooled), "channels", "last_step" (the EMA's, null before
  *  one), "num_batches_tracked", "precise_batches", "drift": {"mean_avg",
  *  "mean_max", "mean_max_channel", "var_avg", "var_max", "var_max_channel"}
@@ -199,10 +216,10 @@ void nsd_stats_free(nsd_stats_t *stats);
  *  "worst": {"layer", "domain", "mean_max"} or null}. 'domain' NULL: every
  *  domain's rows, and pooled rows when the run has several; "*": the
  *  pooled rows; a name: that domain's rows (drift.h defines the drift).
- *  @return a new reference; NULL with NS_ENOTFOUND (run, domain), NS_EINVAL
- *  (domain name) or NS_ENOMEM. */
-json_t *nsd_registry_drift_json(nsd_registry_t *reg, const char *run, const char *domain,
-                                ns_error_detail_t *err);
+ *  @return 0; NS_ENOTFOUND (run, domain), NS_EINVAL (domain name) or
+ *  NS_ENOMEM, with 'dst' freed. */
+int nsd_registry_drift_text(nsd_registry_t *reg, const char *run, const char *domain, ns_buf_t *dst,
+                            ns_error_detail_t *err);
 
 /*! nsd_registry_history_json() :
  *  GET /v1/runs/{run}/history: {"run", "layer", "domain", "channel",
@@ -246,10 +263,31 @@ int nsd_registry_precise_reset_known(nsd_registry_t *reg, const char *run, const
 json_t *nsd_registry_checkpoint_export(nsd_registry_t *reg, const char *run,
                                        ns_error_detail_t *err);
 
+/* GET /v1/runs/{run}/checkpoint's answer, written a piece at a time. */
+typedef struct nsd_checkpoint_stream_s nsd_checkpoint_stream_t;
+
+/*! nsd_registry_checkpoint_stream() :
+ *  nsd_registry_checkpoint_export()'s document as compact JSON text, from a
+ *  compact copy of the run taken under its locks (a consistent cut, no
+ *  tree, no text): the copy and the largest piece of text are reserved
+ *  from --max-memory before the copy is made, until the stream is freed.
+ *  @return the stream; NULL with NS_ENOTFOUND, NS_EMEMORY (err says what
+ *  was needed and what is free) or NS_ENOMEM. */
+nsd_checkpoint_stream_t *nsd_registry_checkpoint_stream(nsd_registry_t *reg, const char *run,
+                                                        ns_error_detail_t *err);
+
+/*! nsd_checkpoint_stream_next() :
+ *  Append the next piece of the text (the head, one layer, the end) to
+ *  'dst'; *done is set once the last piece was written. No lock needed.
+ *  @return 0, or the buffer's error (NS_ENOMEM, NS_ETOOLARGE). */
+int nsd_checkpoint_stream_next(nsd_checkpoint_stream_t *s, ns_buf_t *dst, int *done);
+
+/*! nsd_checkpoint_stream_free() : gives back its reservation; accepts NULL. */
+void nsd_checkpoint_stream_free(nsd_checkpoint_stream_t *s);
+
 /*! nsd_registry_checkpoint_text() :
- *  nsd_registry_checkpoint_export() as compact JSON text in 'dst' (an
- *  initialized buffer), written without a tree: its memory is the text's.
- *  @return 0; NS_ENOTFOUND; NS_ENOMEM or NS_ETOOLARGE ('dst' freed). */
+ *  The whole stream's text appended to 'dst' (an initialized buffer).
+ *  @return 0; NS_ENOTFOUND; NS_EMEMORY; NS_ENOMEM or NS_ETOOLARGE ('dst' freed). */
 int nsd_registry_checkpoint_text(nsd_registry_t *reg, const char *run, ns_buf_t *dst,
                                  ns_error_detail_t *err);
 

@@ -228,8 +228,19 @@ void nsd_run_persist_ready(nsd_run_t *run);
  *  into 'held' (borrowed: valid while the layers stay locked). */
 void nsd_run_held_steps(nsd_run_t *run, nsd_queue_t *held);
 
-/*! nsd_run_json() / nsd_run_summary_json() : GET bodies (new references). */
-json_t *nsd_run_json(nsd_run_t *run, uint64_t now_ms);
+/*! nsd_run_text_bytes() / nsd_run_drift_text_bytes() : what writing the
+ *  status (nsd_run_text()) / the /drift answer of every row takes at most,
+ *  text and working memory (the run's lock shared and every layer's),
+ *  reserved from --max-memory before writing them. */
+uint64_t nsd_run_text_bytes(const nsd_run_t *run);
+uint64_t nsd_run_drift_text_bytes(const nsd_run_t *run);
+
+/*! nsd_run_text() : GET /v1/runs/{run}'s body appended to 'dst' as compact
+ *  JSON text, without a tree; 'dst' is first sized to nsd_run_text_bytes().
+ *  @return 0, or the buffer's error. */
+int nsd_run_text(nsd_run_t *run, uint64_t now_ms, ns_buf_t *dst);
+
+/*! nsd_run_summary_json() : GET /v1/runs's entry (a new reference). */
 json_t *nsd_run_summary_json(nsd_run_t *run);
 
 /*! nsd_run_config_json() : {"world_size", "momentum" (null = cumulative),

@@ -1,6 +1,13 @@
 /* run_views.c - a run as JSON: its summary, its configuration, its status
- * (GET /v1/runs and /v1/runs/{run}, see registry.h). */
+ * (GET /v1/runs and /v1/runs/{run}, see registry.h); the status written as
+ * text directly (a tree took ten times the text: 100 MiB for a run of
+ * 100k layers). */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
 #include "drift.h"
+#include "history.h"
 #include "run.h"
 #include "run_health.h"
 
@@ -31,83 +38,155 @@ json_t *nsd_run_config_json(const ns_run_config_t *cfg)
     return o;
 }
 
-json_t *nsd_run_json(nsd_run_t *run, uint64_t now_ms)
+/* What the status's text takes at most, besides names: a layer's entry
+ * (keys and five integers), a pending step's (keys, four integers) and each
+ * worker number in it, a worker's entry, a domain's; the rest (config,
+ * counters, health, the worst drift) together. */
+#define STATUS_LAYER_TEXT    256u
+#define STATUS_PENDING_TEXT  256u
+#define STATUS_WORKER_NUMBER 11u
+#define STATUS_WORKER_TEXT   96u
+#define STATUS_DOMAIN_TEXT   64u
+#define STATUS_REST_TEXT     (8192u + 4u * NS_NAME_MAX)
+/* The worst drift's rows and scratch, per layer and row (drift_views.c). */
+#define STATUS_DRIFT_ROW 96u
+
+uint64_t nsd_run_text_bytes(const nsd_run_t *run)
 {
     const nsd_run_state_t *st = &run->st;
-    json_t *layers = json_object(), *domains = json_array(), *pending = json_array();
-    json_t *workers = json_array();
-    json_t *root = NULL;
-    int ok = layers && domains && pending && workers;
-    int64_t highest = -1;
-    uint32_t ws = st->cfg.world_size;
+    uint64_t text = STATUS_REST_TEXT + (uint64_t)st->cfg.world_size * STATUS_WORKER_TEXT, rows = 0;
+    size_t widest = 1;
+    for (size_t i = 0; i < st->n_layers; i++) {
+        const nsd_layer_t *l = st->layers[i];
+        size_t name = strlen(l->name);
+        text += STATUS_LAYER_TEXT + name;
+        for (size_t k = 0; k < l->n_pending; k++)
+            text += STATUS_PENDING_TEXT + name +
+                    (uint64_t)l->pending[k]->world_size * STATUS_WORKER_NUMBER;
+        rows += st->n_domains + 1;
+        widest = l->channels > widest ? l->channels : widest;
+    }
+    for (size_t d = 0; d < st->n_domains; d++)
+        text += STATUS_DOMAIN_TEXT + strlen(st->domains[d]);
+    return text + rows * STATUS_DRIFT_ROW + NSD_HIST_SCRATCH * widest * sizeof(double);
+}
 
-    for (size_t i = 0; ok && i < st->n_domains; i++)
-        ok = json_array_append_new(domains,
-                                   json_pack("{s:s, s:I}", "domain", st->domains[i], "generation",
-                                             (json_int_t)st->domain_gen[i])) == 0;
-    for (size_t i = 0; ok && i < st->n_layers; i++) {
+/* A small tree (config, health, the worst drift) printed into the text. */
+static int put_json(ns_buf_t *dst, json_t *j)
+{
+    char *text = j != NULL ? json_dumps(j, JSON_COMPACT | JSON_ENCODE_ANY) : NULL;
+    json_decref(j);
+    if (text == NULL)
+        return NS_ENOMEM;
+    int rc = ns_buf_append(dst, text, strlen(text));
+    free(text);
+    return rc;
+}
+
+static int layers_text(ns_buf_t *dst, const nsd_run_state_t *st)
+{
+    int rc = ns_buf_printf(dst, "\"layers\":{");
+    for (size_t i = 0; rc == 0 && i < st->n_layers; i++) {
         const nsd_layer_t *l = st->layers[i];
         uint64_t nbt = l->pooled ? l->pooled->ema.num_batches_tracked : 0;
-        ok = json_object_set_new(
-                 layers, l->name,
-                 json_pack("{s:I, s:I, s:I, s:I, s:I}", "channels", (json_int_t)l->channels, "step",
-                           (json_int_t)l->last_applied, "finalized_step", (json_int_t)l->max_closed,
-                           NS_FIELD_NUM_BATCHES_TRACKED, (json_int_t)nbt, "pending_steps",
-                           (json_int_t)l->n_pending)) == 0;
-        if (l->max_seen > highest)
-            highest = l->max_seen;
-        for (size_t k = 0; ok && k < l->n_pending; k++) {
+        rc = ns_buf_printf(dst,
+                           "%s\"%s\":{\"channels\":%zu,\"step\":%lld,\"finalized_step\":%lld,"
+                           "\"%s\":%llu,\"pending_steps\":%zu}",
+                           i ? "," : "", l->name, l->channels, (long long)l->last_applied,
+                           (long long)l->max_closed, NS_FIELD_NUM_BATCHES_TRACKED,
+                           (unsigned long long)nbt, l->n_pending);
+    }
+    rc = rc ? rc : ns_buf_printf(dst, "},\"domains\":[");
+    for (size_t d = 0; rc == 0 && d < st->n_domains; d++)
+        rc = ns_buf_printf(dst, "%s{\"domain\":\"%s\",\"generation\":%llu}", d ? "," : "",
+                           st->domains[d], (unsigned long long)st->domain_gen[d]);
+    return rc ? rc : ns_buf_printf(dst, "]");
+}
+
+/* The workers of 'p' that have (present 1) or have not arrived. */
+static int workers_text(ns_buf_t *dst, const nsd_pending_t *p, int present)
+{
+    int rc = ns_buf_printf(dst, "[");
+    int first = 1;
+    for (uint32_t w = 0; rc == 0 && w < p->world_size; w++)
+        if ((p->arrivals[w].present != 0) == present) {
+            rc = ns_buf_printf(dst, "%s%u", first ? "" : ",", w);
+            first = 0;
+        }
+    return rc ? rc : ns_buf_printf(dst, "]");
+}
+
+static int pending_text(ns_buf_t *dst, const nsd_run_state_t *st, uint64_t now_ms)
+{
+    int rc = ns_buf_printf(dst, "\"pending\":[");
+    int first = 1;
+    for (size_t i = 0; rc == 0 && i < st->n_layers; i++) {
+        const nsd_layer_t *l = st->layers[i];
+        for (size_t k = 0; rc == 0 && k < l->n_pending; k++) {
             const nsd_pending_t *p = l->pending[k];
-            json_t *arrived = json_array(), *waiting = json_array();
-            ok = arrived && waiting;
-            for (uint32_t w = 0; ok && w < p->world_size; w++)
-                ok = json_array_append_new(p->arrivals[w].present ? arrived : waiting,
-                                           json_integer(w)) == 0;
-            json_t *e =
-                ok ? json_pack("{s:s, s:I, s:I, s:I, s:o, s:o}", "layer", l->name, "step",
-                               (json_int_t)p->step, "age_ms",
-                               (json_int_t)(now_ms > p->created_ms ? now_ms - p->created_ms : 0),
-                               "world_size", (json_int_t)p->world_size, "arrived", arrived,
-                               "waiting_for", waiting)
-                   : NULL;
-            if (e == NULL) {
-                ok = 0;
-                break;
-            }
-            ok = json_array_append_new(pending, e) == 0;
+            rc = ns_buf_printf(
+                dst,
+                "%s{\"layer\":\"%s\",\"step\":%llu,\"age_ms\":%llu,"
+                "\"world_size\":%u,\"arrived\":",
+                first ? "" : ",", l->name, (unsigned long long)p->step,
+                (unsigned long long)(now_ms > p->created_ms ? now_ms - p->created_ms : 0),
+                p->world_size);
+            first = 0;
+            rc = rc ? rc : workers_text(dst, p, 1);
+            rc = rc ? rc : ns_buf_printf(dst, ",\"waiting_for\":");
+            rc = rc ? rc : workers_text(dst, p, 0);
+            rc = rc ? rc : ns_buf_printf(dst, "}");
         }
     }
-    for (uint32_t w = 0; ok && w < ws; w++) {
+    return rc ? rc : ns_buf_printf(dst, "]");
+}
+
+/* "workers": each worker's highest step and its lag behind the highest
+ * step any worker reported (null if it never reported). */
+static int workers_lag_text(ns_buf_t *dst, const nsd_run_state_t *st)
+{
+    int64_t highest = -1;
+    for (size_t i = 0; i < st->n_layers; i++)
+        if (st->layers[i]->max_seen > highest)
+            highest = st->layers[i]->max_seen;
+    int rc = ns_buf_printf(dst, "\"workers\":[");
+    for (uint32_t w = 0; rc == 0 && w < st->cfg.world_size; w++) {
         int64_t last = -1;
         for (size_t i = 0; i < st->n_layers; i++) {
             const nsd_layer_t *l = st->layers[i];
             if (w < l->n_workers && l->worker_last[w] > last)
                 last = l->worker_last[w];
         }
-        json_t *lag = last >= 0 ? json_integer(highest - last) : json_null();
-        ok = json_array_append_new(workers, json_pack("{s:I, s:I, s:o}", "worker", (json_int_t)w,
-                                                      "step", (json_int_t)last, "lag", lag)) == 0;
+        char lag[24] = "null";
+        if (last >= 0)
+            snprintf(lag, sizeof(lag), "%lld", (long long)(highest - last));
+        rc = ns_buf_printf(dst, "%s{\"worker\":%u,\"step\":%lld,\"lag\":%s}", w ? "," : "", w,
+                           (long long)last, lag);
     }
-    if (ok) {
-        json_t *status =
-            json_pack("{s:O, s:O, s:I, s:I, s:I, s:O, s:O}", "layers", layers, "domains", domains,
-                      "skipped_steps", (json_int_t)st->skipped_steps, "precise_generation",
-                      (json_int_t)st->precise_generation, "memory_bytes", (json_int_t)st->memory,
-                      "pending", pending, "workers", workers);
-        if (status != NULL &&
-            (json_object_set_new(status, "drift",
-                                 json_pack("{s:o}", "worst", nsd_run_drift_worst_json(run))) ||
-             json_object_set_new(status, "health", nsd_run_health_json(run)))) {
-            json_decref(status);
-            status = NULL;
-        }
-        root = status ? json_pack("{s:s, s:o, s:o}", "run", run->name, "config",
-                                  nsd_run_config_json(&st->cfg), "status", status)
-                      : NULL;
-    }
-    json_decref(layers);
-    json_decref(domains);
-    json_decref(pending);
-    json_decref(workers);
-    return root;
+    return rc ? rc : ns_buf_printf(dst, "]");
+}
+
+int nsd_run_text(nsd_run_t *run, uint64_t now_ms, ns_buf_t *dst)
+{
+    const nsd_run_state_t *st = &run->st;
+    int rc = ns_buf_reserve(dst, nsd_run_text_bytes(run));
+    rc = rc ? rc : ns_buf_printf(dst, "{\"run\":\"%s\",\"config\":", run->name);
+    rc = rc ? rc : put_json(dst, nsd_run_config_json(&st->cfg));
+    rc = rc ? rc : ns_buf_printf(dst, ",\"status\":{");
+    rc = rc ? rc : layers_text(dst, st);
+    rc = rc ? rc
+            : ns_buf_printf(dst,
+                            ",\"skipped_steps\":%llu,\"precise_generation\":%llu,"
+                            "\"memory_bytes\":%llu,",
+                            (unsigned long long)atomic_load(&st->skipped_steps),
+                            (unsigned long long)st->precise_generation,
+                            (unsigned long long)atomic_load(&st->memory));
+    rc = rc ? rc : pending_text(dst, st, now_ms);
+    rc = rc ? rc : ns_buf_printf(dst, ",");
+    rc = rc ? rc : workers_lag_text(dst, st);
+    rc = rc ? rc : ns_buf_printf(dst, ",\"drift\":{\"worst\":");
+    rc = rc ? rc : put_json(dst, nsd_run_drift_worst_json(run));
+    rc = rc ? rc : ns_buf_printf(dst, "},\"health\":");
+    rc = rc ? rc : put_json(dst, nsd_run_health_json(run));
+    return rc ? rc : ns_buf_printf(dst, "}}");
 }

@@ -205,6 +205,53 @@ START_TEST(test_checkpoint_text_equals_export)
 }
 END_TEST
 
+/* The checkpoint stream holds its reservation from before its copy until
+ * it is freed, pieces arriving one at a time; a run whose copy does not fit
+ * the budget is refused with NS_EMEMORY, nothing left reserved. */
+START_TEST(test_checkpoint_stream_reserved)
+{
+    nsd_limits_t lim = {.max_memory = 1u << 20, .threads = 1};
+    nsd_registry_t *reg = nsd_registry_create(&lim);
+    float m[4] = {1, 2, 3, 4}, v[4] = {1, 1, 2, 2};
+    fx_layer_t ls[3] = {{"a", 4, 4, m, v}, {"b", 4, 4, m, v}, {"c", 4, 4, m, v}};
+    ck_assert_int_eq(fx_send(reg, "r", 0, 0, NULL, ls, 3, 0, NULL, NULL), 0);
+    uint64_t free0 = nsd_registry_mem_free(reg);
+    ns_error_detail_t err = {0};
+    nsd_checkpoint_stream_t *s = nsd_registry_checkpoint_stream(reg, "r", &err);
+    ck_assert_ptr_nonnull(s);
+    uint64_t held = free0 - nsd_registry_mem_free(reg);
+    ck_assert_uint_gt(held, 0);
+    /* the pieces: the head, one per layer, the end */
+    ns_buf_t text = {0};
+    int done = 0, pieces = 0;
+    while (!done) {
+        ck_assert_int_eq(nsd_checkpoint_stream_next(s, &text, &done), 0);
+        pieces++;
+    }
+    ck_assert_int_eq(pieces, 1 + 3 + 1);
+    ck_assert_uint_le(text.len, held);
+    ck_assert_uint_eq(free0 - nsd_registry_mem_free(reg), held);
+    nsd_checkpoint_stream_free(s);
+    ck_assert_uint_eq(nsd_registry_mem_free(reg), free0);
+    /* the same text as the whole-buffer form */
+    ns_buf_t whole = {0};
+    ck_assert_int_eq(nsd_registry_checkpoint_text(reg, "r", &whole, NULL), 0);
+    ck_assert_uint_eq(whole.len, text.len);
+    ck_assert_int_eq(memcmp(whole.data, text.data, text.len), 0);
+    ns_buf_free(&whole);
+    ns_buf_free(&text);
+    /* a copy that cannot fit: refused, nothing reserved */
+    ck_assert_int_eq(nsd_registry_mem_reserve(reg, free0 - held / 2), 0);
+    uint64_t free1 = nsd_registry_mem_free(reg);
+    ck_assert_ptr_null(nsd_registry_checkpoint_stream(reg, "r", &err));
+    ck_assert_int_eq(err.code, NS_EMEMORY);
+    ck_assert_msg(strstr(err.message, "--max-memory") != NULL, "%s", err.message);
+    ck_assert_uint_eq(nsd_registry_mem_free(reg), free1);
+    nsd_registry_mem_release(reg, free0 - held / 2);
+    nsd_registry_free(reg);
+}
+END_TEST
+
 /* A broken checkpoint is refused with the field named, and changes nothing. */
 START_TEST(test_checkpoint_validation)
 {
@@ -866,6 +913,7 @@ static Suite *make_suite(void)
     tcase_set_timeout(tc, 60);
     tcase_add_test(tc, test_run_life_cycle);
     tcase_add_test(tc, test_checkpoint_text_equals_export);
+    tcase_add_test(tc, test_checkpoint_stream_reserved);
     tcase_add_test(tc, test_stall_report);
     tcase_add_test(tc, test_stats_errors);
     tcase_add_test(tc, test_checkpoint_validation);
