@@ -34,20 +34,19 @@
 /*! nsd_checkpoint_export() : @return a new reference, or NULL when out of memory. */
 json_t *nsd_checkpoint_export(const nsd_run_t *run);
 
-/* A copy of what an export reads of a run, made under the run's lock and
- * exported without it (the store's snapshots: the lock is held for copies,
- * not for building JSON). */
-typedef struct nsd_checkpoint_copy_s nsd_checkpoint_copy_t;
+typedef struct nsd_checkpoint_stream_s nsd_checkpoint_stream_t; /* as registry.h */
 
-/*! nsd_checkpoint_copy() : the run's lock held. @return NULL when out of memory. */
-nsd_checkpoint_copy_t *nsd_checkpoint_copy(const nsd_run_t *run);
+/*! nsd_checkpoint_stream_copy() :
+ *  The compact copy GET /checkpoint streams from (checkpoint_stream.c), for
+ *  the store's snapshots: not counted in --max-memory (a pass copies one run
+ *  at a time), written out with no lock held by nsd_checkpoint_stream_text().
+ *  The run's lock held shared and every layer's. @return NULL when out of
+ *  memory. */
+nsd_checkpoint_stream_t *nsd_checkpoint_stream_copy(const nsd_run_t *run);
 
-/*! nsd_checkpoint_export_copy() : what nsd_checkpoint_export() gave when the
- *  copy was made; no lock needed. @return a new reference, or NULL. */
-json_t *nsd_checkpoint_export_copy(const nsd_checkpoint_copy_t *copy);
-
-/*! nsd_checkpoint_copy_free() : accepts NULL. */
-void nsd_checkpoint_copy_free(nsd_checkpoint_copy_t *copy);
+/*! nsd_checkpoint_stream_text() : the rest of the stream's text appended to
+ *  'dst' (freed on error). @return 0 or NS_ENOMEM. */
+int nsd_checkpoint_stream_text(nsd_checkpoint_stream_t *s, ns_buf_t *dst);
 
 /*! nsd_checkpoint_parse() :
  *  Parse and fully validate a checkpoint into a fresh state 'dst' (no

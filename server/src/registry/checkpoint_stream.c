@@ -1,6 +1,6 @@
 /* checkpoint_stream.c - a run's checkpoint (the format in checkpoint.h) as
  * compact JSON text, written a piece at a time from a compact copy, for
- * GET /v1/runs/{run}/checkpoint.
+ * GET /v1/runs/{run}/checkpoint and the store's snapshots.
  *
  * DESIGN
  *  A tree of the whole run cost about 15 times the text (a 100k-layer run
@@ -442,6 +442,21 @@ nsd_checkpoint_stream_t *nsd_registry_checkpoint_stream(nsd_registry_t *reg, con
     return s;
 }
 
+nsd_checkpoint_stream_t *nsd_checkpoint_stream_copy(const nsd_run_t *run)
+{
+    return stream_create(run, NULL, 0);
+}
+
+int nsd_checkpoint_stream_text(nsd_checkpoint_stream_t *s, ns_buf_t *dst)
+{
+    int rc = 0, done = 0;
+    while (rc == 0 && !done)
+        rc = nsd_checkpoint_stream_next(s, dst, &done);
+    if (rc != 0)
+        ns_buf_free(dst);
+    return rc != 0 ? NS_ENOMEM : 0;
+}
+
 int nsd_registry_checkpoint_text(nsd_registry_t *reg, const char *name, ns_buf_t *dst,
                                  ns_error_detail_t *err)
 {
@@ -452,13 +467,7 @@ int nsd_registry_checkpoint_text(nsd_registry_t *reg, const char *name, ns_buf_t
             *err = why;
         return why.code != 0 ? why.code : NS_ENOMEM;
     }
-    int rc = 0, done = 0;
-    while (rc == 0 && !done)
-        rc = nsd_checkpoint_stream_next(s, dst, &done);
+    int rc = nsd_checkpoint_stream_text(s, dst);
     nsd_checkpoint_stream_free(s);
-    if (rc != 0) {
-        ns_buf_free(dst);
-        return ns_error_set(err, rc, "", "out of memory");
-    }
-    return 0;
+    return rc != 0 ? ns_error_set(err, rc, "", "out of memory") : 0;
 }

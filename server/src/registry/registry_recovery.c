@@ -7,15 +7,15 @@
 #include "checkpoint.h"
 
 /* A snapshot whose state is copied under the locks (the run's shared,
- * every layer's) and exported as JSON after they are released (the store's
- * hooks): ingest into the run waits for a copy of its arrays, not for the
- * JSON of them. The held steps are the layers' own, borrowed while the
+ * every layer's) and written as text after they are released (the store's
+ * hooks): ingest into the run waits for a compact copy of its arrays, not
+ * for their text. The held steps are the layers' own, borrowed while the
  * layers are locked. */
 static int snapshot_copied(nsd_registry_t *reg, nsd_run_t *run, const char *name,
                            ns_error_detail_t *err)
 {
     const nsd_persist_t *p = &reg->ctx.persist;
-    nsd_checkpoint_copy_t *copy = nsd_checkpoint_copy(run);
+    nsd_checkpoint_stream_t *copy = nsd_checkpoint_stream_copy(run);
     void *ticket = NULL;
     if (copy != NULL) {
         nsd_queue_t held = {0};
@@ -25,11 +25,11 @@ static int snapshot_copied(nsd_registry_t *reg, nsd_run_t *run, const char *name
     nsd_registry_end_read(run);
     if (copy == NULL)
         return ns_error_set(err, NS_ENOMEM, "", "out of memory");
-    json_t *state = ticket != NULL ? nsd_checkpoint_export_copy(copy) : NULL;
-    nsd_checkpoint_copy_free(copy);
+    ns_buf_t text = {0};
+    int ok = ticket != NULL && nsd_checkpoint_stream_text(copy, &text) == 0;
+    nsd_checkpoint_stream_free(copy);
     if (ticket != NULL)
-        p->snapshot_end(p->arg, ticket, state);
-    json_decref(state);
+        p->snapshot_end(p->arg, ticket, ok ? ns_buf_take(&text, NULL) : NULL);
     return 0;
 }
 

@@ -76,10 +76,11 @@ typedef struct nsd_persist_s {
      * finalized steps still held back (nsd_step_t in a queue, borrowed),
      * returns a ticket (NULL: out of memory; the hook arranges a later
      * pass); snapshot_end() with no lock held, the ticket and the copied
-     * state as JSON (borrowed; NULL when out of memory). Optional: without
+     * state as checkpoint JSON text (malloc'd, taken; NULL when out of
+     * memory). Optional: without
      * them run_snapshot and step_finalized are called under the lock. */
     void *(*snapshot_begin)(void *arg, const char *run, const nsd_queue_t *held);
-    void (*snapshot_end)(void *arg, void *ticket, json_t *state);
+    void (*snapshot_end)(void *arg, void *ticket, char *text);
 } nsd_persist_t;
 
 /* One layer of a /sync answer: the step's combined statistics (biased var),

@@ -177,13 +177,12 @@ static void *hook_snapshot_begin(void *arg, const char *run, const nsd_queue_t *
     return j;
 }
 
-/* The snapshot's JSON, made with no lock held; queued unless its run was
- * deleted or imported meanwhile. */
-static void hook_snapshot_end(void *arg, void *ticket, json_t *state)
+/* The snapshot's JSON text (taken; NULL: out of memory), made with no lock
+ * held; queued unless its run was deleted or imported meanwhile. */
+static void hook_snapshot_end(void *arg, void *ticket, char *text)
 {
     nsd_store_t *s = arg;
     job_t *j = ticket;
-    char *text = state != NULL ? json_dumps(state, JSON_COMPACT) : NULL;
     pthread_mutex_lock(&s->lock);
     int drop = s->ticket_void || text == NULL;
     if (text == NULL)

@@ -629,7 +629,7 @@ START_TEST(test_snapshot_copied_then_queued)
     void *ticket = hooks.snapshot_begin(hooks.arg, "p", &held);
     ck_assert_ptr_nonnull(ticket);
     ck_assert_int_eq(send(live, "p", 10, 0, "default", layers, ch, 2, 6, NULL, 0), 0);
-    hooks.snapshot_end(hooks.arg, ticket, state);
+    hooks.snapshot_end(hooks.arg, ticket, json_dumps(state, JSON_COMPACT));
     json_decref(state);
     nsd_step_free(h);
 
@@ -638,7 +638,7 @@ START_TEST(test_snapshot_copied_then_queued)
     held = (nsd_queue_t){0};
     ticket = hooks.snapshot_begin(hooks.arg, "q", &held);
     ck_assert_int_eq(nsd_registry_delete_run(live, "q", NULL), 0);
-    hooks.snapshot_end(hooks.arg, ticket, state);
+    hooks.snapshot_end(hooks.arg, ticket, json_dumps(state, JSON_COMPACT));
     json_decref(state);
 
     ck_assert_int_eq(wait_commit(s), 0);
