@@ -48,6 +48,11 @@ nsd_checkpoint_stream_t *nsd_checkpoint_stream_copy(const nsd_run_t *run);
  *  'dst' (freed on error). @return 0 or NS_ENOMEM. */
 int nsd_checkpoint_stream_text(nsd_checkpoint_stream_t *s, ns_buf_t *dst);
 
+/*! nsd_checkpoint_text() : the run's checkpoint text at once (a copy and its
+ *  text), the run's lock held. @return malloc'd text, or NULL when out of
+ *  memory. */
+char *nsd_checkpoint_text(const nsd_run_t *run);
+
 /*! nsd_checkpoint_parse() :
  *  Parse and fully validate a checkpoint into a fresh state 'dst' (no
  *  pending steps; dst->memory set, but not reserved in any context).

@@ -457,6 +457,15 @@ int nsd_checkpoint_stream_text(nsd_checkpoint_stream_t *s, ns_buf_t *dst)
     return rc != 0 ? NS_ENOMEM : 0;
 }
 
+char *nsd_checkpoint_text(const nsd_run_t *run)
+{
+    nsd_checkpoint_stream_t *s = nsd_checkpoint_stream_copy(run);
+    ns_buf_t text = {0};
+    int rc = s != NULL ? nsd_checkpoint_stream_text(s, &text) : NS_ENOMEM;
+    nsd_checkpoint_stream_free(s);
+    return rc == 0 ? ns_buf_take(&text, NULL) : NULL;
+}
+
 int nsd_registry_checkpoint_text(nsd_registry_t *reg, const char *name, ns_buf_t *dst,
                                  ns_error_detail_t *err)
 {

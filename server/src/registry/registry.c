@@ -589,9 +589,9 @@ int nsd_registry_checkpoint_import(nsd_registry_t *reg, const char *name, const 
     if (reg->ctx.persist.run_snapshot) {
         /* The store keeps the imported state whole (out of memory: logged as
          * a configuration only, the import itself succeeded). */
-        json_t *state = nsd_checkpoint_export(run);
-        if (state != NULL)
-            reg->ctx.persist.run_snapshot(reg->ctx.persist.arg, name, state); /* takes it */
+        char *text = nsd_checkpoint_text(run);
+        if (text != NULL)
+            reg->ctx.persist.run_snapshot(reg->ctx.persist.arg, name, text); /* takes it */
         else if (reg->ctx.persist.run_put)
             reg->ctx.persist.run_put(reg->ctx.persist.arg, name, &cfg, created);
     } else if (reg->ctx.persist.run_put) {

@@ -319,12 +319,12 @@ void nsd_registry_shutdown(nsd_registry_t *reg);
 
 /*! nsd_registry_snapshot() :
  *  Under the run's lock shared and every layer's lock, call the
- *  run_snapshot hook with the run's exported state, then step_finalized for
+ *  run_snapshot hook with the run's checkpoint text, then step_finalized for
  *  each finalized step still waiting for an earlier pending one (the export
  *  leaves those out), so a store that keeps the snapshot and drops its log
  *  of the run before it loses nothing. With the snapshot_begin/_end hooks,
  *  the locks are held only to copy the state and hand those steps to
- *  snapshot_begin; the JSON is made after they are released.
+ *  snapshot_begin; the text is written after they are released.
  *  @return 0, NS_ENOTFOUND, NS_ENOMEM. */
 int nsd_registry_snapshot(nsd_registry_t *reg, const char *run, ns_error_detail_t *err);
 

@@ -44,13 +44,13 @@ int nsd_registry_snapshot(nsd_registry_t *reg, const char *name, ns_error_detail
         return rc;
     if (reg->ctx.persist.snapshot_begin && reg->ctx.persist.snapshot_end)
         return snapshot_copied(reg, run, name, err);
-    json_t *state = nsd_checkpoint_export(run);
-    int ok = state != NULL;
+    char *text = nsd_checkpoint_text(run);
+    int ok = text != NULL;
     if (ok) {
         if (reg->ctx.persist.run_snapshot)
-            reg->ctx.persist.run_snapshot(reg->ctx.persist.arg, name, state); /* takes it */
+            reg->ctx.persist.run_snapshot(reg->ctx.persist.arg, name, text); /* takes it */
         else
-            json_decref(state);
+            free(text);
         nsd_run_persist_ready(run);
     }
     nsd_registry_end_read(run);

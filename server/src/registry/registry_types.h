@@ -64,12 +64,10 @@ typedef struct nsd_persist_s {
     void (*domain_added)(void *arg, const char *run, const char *domain);
     /* after a PreciseBN reset: 'domain' NULL for all domains */
     void (*precise_reset)(void *arg, const char *run, const char *domain);
-    /* the run's whole state as nsd_registry_checkpoint_export() gives it,
-     * after a checkpoint import and from nsd_registry_snapshot(); the hook
-     * takes the registry's one reference (it json_decref()s it when done),
-     * so only the thread that holds the state touches its refcount
-     * (jansson's json_decref reads it without an atomic). */
-    void (*run_snapshot)(void *arg, const char *run, json_t *state);
+    /* the run's whole state as checkpoint JSON text (GET /checkpoint's
+     * bytes; malloc'd, taken), after a checkpoint import and from
+     * nsd_registry_snapshot(). */
+    void (*run_snapshot)(void *arg, const char *run, char *text);
     /* nsd_registry_snapshot() in two halves, so the locks are held to
      * copy, never to encode: snapshot_begin() under the run's lock shared
      * and every layer's lock (no step of the run is logged meanwhile), with the

@@ -35,11 +35,12 @@ typedef struct job_s {
     int64_t step;                /* STEP: the step, -1 otherwise */
     unsigned char *body;         /* LOG: the row's body, NULL = SQL NULL */
     size_t body_len;
-    json_t *state; /* SNAPSHOT of an import: owned reference, written as JSON by the writer */
-    /* SNAPSHOT of a pass (store_snapshot.c): the state as JSON text, made
-     * off every lock; the seq it covers (log rows of the run below it are
-     * in it); the finalized steps still held back, as LOG jobs with seqs
-     * reserved from 'covers' on, written in the same transaction. */
+    /* SNAPSHOT: the state as checkpoint JSON text, made by the registry.
+     * Of a pass (store_snapshot.c), made off every lock, also the seq it
+     * covers (log rows of the run below it are in it; seqs start at 1) and
+     * the finalized steps still held back, as LOG jobs with seqs reserved
+     * from 'covers' on, written in the same transaction. Of an import, it
+     * covers its own seq (covers 0). */
     char *text;
     uint64_t covers;
     nsd_queue_t rows;

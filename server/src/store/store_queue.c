@@ -28,7 +28,6 @@ void nsd_store_job_free(job_t *j)
         return;
     free(j->body);
     free(j->text);
-    json_decref(j->state);
     nsd_store_jobs_free(&j->rows);
     free(j);
 }
@@ -135,13 +134,13 @@ static void hook_reset(void *arg, const char *run, const char *domain)
     enqueue(arg, log_job(run, KIND_RESET, domain, domain ? strlen(domain) : 0));
 }
 
-static void hook_snapshot(void *arg, const char *run, json_t *state)
+static void hook_snapshot(void *arg, const char *run, char *text)
 {
     job_t *j = nsd_store_job_new(JOB_SNAPSHOT, run);
     if (j != NULL)
-        j->state = state; /* the registry's reference, now the job's */
+        j->text = text; /* taken */
     else
-        json_decref(state);
+        free(text);
     enqueue(arg, j);
 }
 

@@ -157,11 +157,8 @@ static int write_job(nsd_store_t *s, const job_t *j, uint64_t *rows)
         sqlite3_bind_text(s->del_snap, 1, j->run, -1, SQLITE_STATIC);
         return rc ? rc : run_stmt(s->del_snap);
     case JOB_SNAPSHOT: {
-        /* An import's state is written as JSON here; a pass's came as text. */
-        char *text = j->text != NULL ? j->text : json_dumps(j->state, JSON_COMPACT);
-        if (text == NULL)
-            return SQLITE_NOMEM;
-        uint64_t seq = j->text != NULL ? j->covers : j->seq;
+        const char *text = j->text;
+        uint64_t seq = j->covers != 0 ? j->covers : j->seq;
         int64_t taken_ms = (int64_t)nsd_wall_ms();
         sqlite3_bind_text(s->ins_snap, 1, j->run, -1, SQLITE_STATIC);
         sqlite3_bind_int64(s->ins_snap, 2, (sqlite3_int64)seq);
@@ -169,8 +166,6 @@ static int write_job(nsd_store_t *s, const job_t *j, uint64_t *rows)
         sqlite3_bind_text(s->ins_snap, 4, text, -1, SQLITE_STATIC);
         sqlite3_bind_int64(s->ins_snap, 5, snapshot_sum(j->run, seq, taken_ms, text));
         rc = run_stmt(s->ins_snap);
-        if (text != j->text)
-            free(text);
         if (rc != SQLITE_OK)
             return rc;
         sqlite3_bind_text(s->del_log_before, 1, j->run, -1, SQLITE_STATIC);
