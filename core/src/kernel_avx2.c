@@ -658,6 +658,30 @@ static size_t find_bad_variance(const float *src, size_t src_len)
     return src_len;
 }
 
+static size_t find_outside(const float *src, size_t src_len, float lo, float hi)
+{
+    const __m256 vlo = _mm256_set1_ps(lo), vhi = _mm256_set1_ps(hi);
+    size_t i = 0;
+
+#define NS_IN_RANGE(v)                                                                             \
+    _mm256_and_ps(_mm256_cmp_ps(v, vlo, _CMP_GE_OQ), _mm256_cmp_ps(v, vhi, _CMP_LE_OQ))
+    for (; i + 32 <= src_len; i += 32) {
+        /* ok = lo <= x && x <= hi (ordered: false for NaN) */
+        __m256 f0 = NS_IN_RANGE(_mm256_loadu_ps(src + i));
+        __m256 f1 = NS_IN_RANGE(_mm256_loadu_ps(src + i + 8));
+        __m256 f2 = NS_IN_RANGE(_mm256_loadu_ps(src + i + 16));
+        __m256 f3 = NS_IN_RANGE(_mm256_loadu_ps(src + i + 24));
+        __m256 ok = _mm256_and_ps(_mm256_and_ps(f0, f1), _mm256_and_ps(f2, f3));
+        if (_mm256_movemask_ps(ok) != 0xFF)
+            break;
+    }
+#undef NS_IN_RANGE
+    for (; i < src_len; i++)
+        if (!(lo <= src[i] && src[i] <= hi))
+            return i;
+    return src_len;
+}
+
 const ns_kernels_t ns__kernels_avx2 = {
     .name = "avx2",
     .block_moments = block_moments,
@@ -668,4 +692,5 @@ const ns_kernels_t ns__kernels_avx2 = {
     .widen = widen,
     .find_nonfinite = find_nonfinite,
     .find_bad_variance = find_bad_variance,
+    .find_outside = find_outside,
 };

@@ -163,6 +163,14 @@ static size_t find_bad_variance(const float *src, size_t src_len)
     return src_len;
 }
 
+static size_t find_outside(const float *src, size_t src_len, float lo, float hi)
+{
+    for (size_t i = 0; i < src_len; i++)
+        if (!(lo <= src[i] && src[i] <= hi)) /* false for NaN */
+            return i;
+    return src_len;
+}
+
 const ns_kernels_t ns__kernels_scalar = {
     .name = "scalar",
     .block_moments = block_moments,
@@ -173,4 +181,5 @@ const ns_kernels_t ns__kernels_scalar = {
     .widen = widen,
     .find_nonfinite = find_nonfinite,
     .find_bad_variance = find_bad_variance,
+    .find_outside = find_outside,
 };

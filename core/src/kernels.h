@@ -112,6 +112,10 @@ typedef struct ns_kernels_s {
 
     /* Index of the first value that is not finite and >= 0, or src_len. */
     size_t (*find_bad_variance)(const float *src, size_t src_len);
+
+    /* Index of the first value x with !(lo <= x && x <= hi) (NaN included),
+     * or src_len. */
+    size_t (*find_outside)(const float *src, size_t src_len, float lo, float hi);
 } ns_kernels_t;
 
 extern const ns_kernels_t ns__kernels_scalar;

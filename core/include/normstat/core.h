@@ -293,6 +293,11 @@ NS_API size_t ns_find_nonfinite(const float *src, size_t src_len);
  *  (NaN, infinity, negative; -0.0 is accepted), or src_len if none. */
 NS_API size_t ns_find_bad_variance(const float *src, size_t src_len);
 
+/*! ns_find_outside() :
+ *  @return the index of the first value x that is not in [lo, hi] (NaN is
+ *  never in it), or src_len if none. lo may be -INFINITY, hi INFINITY. */
+NS_API size_t ns_find_outside(const float *src, size_t src_len, float lo, float hi);
+
 #ifdef __cplusplus
 }
 #endif

@@ -136,11 +136,11 @@ static void record(nsd_run_t *run, nsd_layer_t *l, long d, const nsd_step_t *f, 
     if (h == NULL)
         return;
     scratch_t s = scratch_split(nsd_history_scratch(h), c);
-    nsd_pop_ema_read(pop, c, run->st.cfg.ema_debias, s.ema_mean, s.ema_var);
-    nsd_history_entry_t *e = nsd_history_push(h, f->step, count, mean, var, s.ema_mean, s.ema_var);
+    const double *em, *ev; /* the running arrays themselves unless debiased */
+    row_ema(run, pop, c, &s, &em, &ev);
+    nsd_history_entry_t *e = nsd_history_push(h, f->step, count, mean, var, em, ev);
     if (row_population(run, l, d, &s))
-        e->has_drift =
-            ns_drift(s.ema_mean, s.ema_var, s.pop_mean, s.pop_var, c, NS_DRIFT_EPS, &e->drift) == 0;
+        e->has_drift = ns_drift(em, ev, s.pop_mean, s.pop_var, c, NS_DRIFT_EPS, &e->drift) == 0;
 }
 
 /* Keep the pooled row reading its only domain's history while the steps

@@ -1,9 +1,17 @@
 /* step.c - a finalized step of one layer (see step.h). */
 #include "step.h"
 
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+/* 'src' into dst[cap], cut at cap - 1 bytes as snprintf() would, without
+ * its cost (two names per finalized step and layer). */
+static void copy_name(char *dst, size_t cap, const char *src)
+{
+    size_t n = strnlen(src, cap - 1);
+    memcpy(dst, src, n);
+    dst[n] = '\0';
+}
 
 /* One block of 2 * channels doubles: mean, then var. */
 static double *arrays_alloc(size_t channels)
@@ -16,7 +24,7 @@ nsd_step_t *nsd_step_create(const char *layer, uint64_t step, size_t channels)
     nsd_step_t *s = calloc(1, sizeof(*s));
     if (s == NULL)
         return NULL;
-    snprintf(s->layer, sizeof(s->layer), "%s", layer);
+    copy_name(s->layer, sizeof(s->layer), layer);
     s->step = step;
     s->first_pending = -1;
     s->channels = channels;
@@ -63,7 +71,7 @@ nsd_step_domain_t *nsd_step_add_domain(nsd_step_t *s, uint32_t index, const char
     nsd_step_domain_t *d = &s->domains[pos];
     memset(d, 0, sizeof(*d));
     d->index = index;
-    snprintf(d->name, sizeof(d->name), "%s", name);
+    copy_name(d->name, sizeof(d->name), name);
     d->count = count;
     d->mean = block;
     d->var = block ? block + c : NULL;
