@@ -11,10 +11,13 @@
 
 /* A parsed safetensors buffer (safetensors.c). */
 struct ns_safetensors_s {
-    json_t *header;     /* owns the metadata strings */
-    const json_t *meta; /* borrowed from header, or NULL */
+    json_t *header;     /* the jansson path's tree (owns meta), or NULL */
+    const json_t *meta; /* borrowed from header or meta_owned, or NULL */
+    json_t *meta_owned; /* the scanner's "__metadata__" (it builds no tree) */
     size_t n_tensors;
-    ns_tensor_t *tensors; /* sorted by data offset */
+    ns_tensor_t *tensors;     /* sorted by data offset */
+    unsigned char *dtype_ids; /* scanner: tensor i's dtype spelling, an index of
+                                 safetensors.c's table; NULL on the jansson path */
 };
 
 /* The range of a world_size on the wire: any uint32 from 1. A run accepts

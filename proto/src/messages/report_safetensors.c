@@ -87,13 +87,6 @@ static int decode_meta(ns_report_t *report, const json_t *meta, ns_error_detail_
     return 0;
 }
 
-const char *ns__safetensors_dtype_name(const ns_safetensors_t *st, const ns_tensor_t *t)
-{
-    const char *s =
-        json_string_value(json_object_get(json_object_get(st->header, t->name), "dtype"));
-    return s ? s : "?";
-}
-
 uint64_t ns__load_le64(const uint8_t *p)
 {
     uint64_t v = 0;
