@@ -476,6 +476,36 @@ static size_t plain_var_beyond(const float *x, size_t n)
     return n;
 }
 
+/* narrow against the C conversion, bitwise: ties, subnormals, overflow. */
+START_TEST(narrow_every_value)
+{
+    uint64_t rng = ns_test_seed() ^ 0x4a770;
+    const double special[] = {0.0,      -0.0,           1.0 + 0x1p-24, 1.0 + 0x1p-23 + 0x1p-24,
+                              0x1p-149, 0x1p-150,       0x1.8p-150,    -0x1p-140,
+                              FLT_MAX,  0x1.ffffffp127, 0x1p128,       -1e300,
+                              INFINITY, -INFINITY,      NAN,           3.14159};
+    const size_t ns = sizeof(special) / sizeof(special[0]);
+    double src[1003];
+    float got[1003], want[1003];
+    for (int round = 0; round < 20; round++) {
+        for (size_t i = 0; i < 1003; i++)
+            src[i] = i % 5 == 0 ? special[ns_test_rand(&rng) % ns]
+                                : (ns_test_uniform(&rng) - 0.5) * ldexp(1.0, (int)(i % 300) - 150);
+        for (size_t i = 0; i < 1003; i++)
+            want[i] = (float)src[i];
+        for (int t = 0; t < ntables; t++)
+            for (size_t len = 0; len <= 1003; len += len < 40 ? 1 : 321) {
+                memset(got, 0xa5, sizeof(got));
+                tables[t]->narrow(got, src, len);
+                ck_assert_msg(memcmp(got, want, len * sizeof(float)) == 0, "%s: %zu values",
+                              tables[t]->name, len);
+                if (len < 1003) /* nothing written past the end */
+                    ck_assert_uint_eq(((const unsigned char *)got)[len * sizeof(float)], 0xa5);
+            }
+    }
+}
+END_TEST
+
 START_TEST(outside_every_position)
 {
     const float probes[] = {NAN,       -NAN,           INFINITY,        -INFINITY, 0x1p60f,
@@ -575,6 +605,7 @@ static Suite *kernels_suite(void)
     tcase_add_test(tc, validate_long_random);
     tcase_add_test(tc, outside_every_position);
     tcase_add_test(tc, outside_long_random);
+    tcase_add_test(tc, narrow_every_value);
     tcase_add_test(tc, dispatch_choice);
     suite_add_tcase(s, tc);
     return s;
