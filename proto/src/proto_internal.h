@@ -81,6 +81,14 @@ int ns__json_load(json_t **dst, const char *src, size_t src_len, ns_error_detail
  * " 1", "1.0" are refused), value <= max. @return 0 or -1. */
 int ns__parse_decimal(const char *s, uint64_t max, uint64_t *out);
 
+/* ns__json_count() : the structural bytes of JSON text that bound what
+ * decoding it may allocate (decode_bound.c): '{', '[' and ',' counted, and
+ * the most commas+1 inside one '[' ... ']' (the longest array). */
+typedef struct ns__json_counts_s {
+    uint64_t braces, brackets, commas, longest_array;
+} ns__json_counts_t;
+ns__json_counts_t ns__json_count(const char *p, size_t len);
+
 /* ns__safetensors_dtype_name() : the dtype of 't' as the header spelled it. */
 const char *ns__safetensors_dtype_name(const ns_safetensors_t *st, const ns_tensor_t *t);
 
