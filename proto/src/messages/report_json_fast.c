@@ -157,24 +157,41 @@ static int uint_field(cursor_t *c, uint64_t min, uint64_t max, uint64_t *out)
     return 1;
 }
 
+/* The bytes a number token may hold: NUM_CHAR, and NUM_FRACTION for those
+ * that make it a non-integer ('.', 'e', 'E', '+'). One lookup a byte. */
+enum { NUM_CHAR = 1, NUM_FRACTION = 2 };
+static const unsigned char number_byte[256] = {
+    ['0'] = NUM_CHAR,
+    ['1'] = NUM_CHAR,
+    ['2'] = NUM_CHAR,
+    ['3'] = NUM_CHAR,
+    ['4'] = NUM_CHAR,
+    ['5'] = NUM_CHAR,
+    ['6'] = NUM_CHAR,
+    ['7'] = NUM_CHAR,
+    ['8'] = NUM_CHAR,
+    ['9'] = NUM_CHAR,
+    ['-'] = NUM_CHAR,
+    ['.'] = NUM_CHAR | NUM_FRACTION,
+    ['e'] = NUM_CHAR | NUM_FRACTION,
+    ['E'] = NUM_CHAR | NUM_FRACTION,
+    ['+'] = NUM_CHAR | NUM_FRACTION,
+};
+
 /* One element of a mean or var array: the float32 nearest the decimal
  * (f32_parse.c), and for an integer the float nearest it. Gives up on float32 overflow (jansson's
  * path explains it) and on integers beyond 18 digits (jansson refuses those beyond int64). */
 static int float_value(cursor_t *c, float *out)
 {
     skip_ws(c);
-    const char *begin = c->p;
-    int integral = 1;
-    while (c->p < c->end) {
-        char ch = *c->p;
-        if (ch >= '0' && ch <= '9')
-            ;
-        else if (ch == '.' || ch == 'e' || ch == 'E' || ch == '+')
-            integral = 0;
-        else if (ch != '-')
-            break;
-        c->p++;
+    const char *begin = c->p, *p = c->p, *end = c->end;
+    unsigned seen = 0, k;
+    while (p < end && (k = number_byte[(unsigned char)*p]) != 0) {
+        seen |= k;
+        p++;
     }
+    c->p = p;
+    int integral = !(seen & NUM_FRACTION);
     size_t len = (size_t)(c->p - begin);
     if (integral && len > (size_t)(18 + (len && *begin == '-')))
         return 0;
