@@ -89,6 +89,9 @@ typedef struct ns__json_counts_s {
 } ns__json_counts_t;
 ns__json_counts_t ns__json_count(const char *p, size_t len);
 
+/* ns__count_byte() : how many times 'byte' occurs in p[0, len). */
+uint64_t ns__count_byte(const char *p, size_t len, char byte);
+
 /* ns__safetensors_dtype_name() : the dtype of 't' as the header spelled it. */
 const char *ns__safetensors_dtype_name(const ns_safetensors_t *st, const ns_tensor_t *t);
 

@@ -90,6 +90,22 @@ ns__json_counts_t ns__json_count(const char *p, size_t len)
     return n;
 }
 
+uint64_t ns__count_byte(const char *p, size_t len, char byte)
+{
+    uint64_t n = 0;
+    size_t i = 0;
+#if defined(__SSE2__)
+    const __m128i b = _mm_set1_epi8(byte);
+    for (; i + 16 <= len; i += 16) {
+        const __m128i x = _mm_loadu_si128((const __m128i *)(const void *)(p + i));
+        n += (uint64_t)__builtin_popcount((unsigned)_mm_movemask_epi8(_mm_cmpeq_epi8(x, b)));
+    }
+#endif
+    for (; i < len; i++)
+        n += p[i] == byte;
+    return n;
+}
+
 static uint64_t report_json_bound(const char *src, size_t len)
 {
     ns__json_counts_t n = ns__json_count(src, len);
@@ -112,7 +128,7 @@ static uint64_t safetensors_header(const unsigned char *src, size_t len)
 static uint64_t safetensors_bound(const unsigned char *src, size_t len, unsigned data_factor)
 {
     uint64_t header = safetensors_header(src, len);
-    uint64_t tensors = ns__json_count((const char *)src + 8 * (len >= 8), (size_t)header).braces;
+    uint64_t tensors = ns__count_byte((const char *)src + 8 * (len >= 8), (size_t)header, '{');
     uint64_t data = len - (len >= 8 ? 8 : len) - header;
     return FIXED_BYTES + JSON_TREE_PER_BYTE * header + tensors * TENSOR_INDEX_BYTES +
            tensors * (sizeof(ns_layer_report_t) + 2 * ALLOC_OVERHEAD) + data_factor * data;

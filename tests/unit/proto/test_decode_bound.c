@@ -19,6 +19,7 @@ typedef struct ns__json_counts_s {
     uint64_t braces, brackets, commas, longest_array;
 } ns__json_counts_t;
 ns__json_counts_t ns__json_count(const char *p, size_t len);
+uint64_t ns__count_byte(const char *p, size_t len, char byte);
 
 static size_t held(void)
 {
@@ -108,6 +109,8 @@ START_TEST(test_counts_match_bytewise)
         size_t off = ns_test_rand(&rng) % 16;
         ns__json_counts_t got = ns__json_count(text + off, len);
         ns__json_counts_t want = plain_counts(text + off, len);
+        ck_assert_uint_eq(ns__count_byte(text + off, len, '{'), want.braces);
+        ck_assert_uint_eq(ns__count_byte(text + off, len, '['), want.brackets);
         ck_assert_msg(got.braces == want.braces && got.brackets == want.brackets &&
                           got.commas == want.commas && got.longest_array == want.longest_array,
                       "round %d: %zu bytes at offset %zu", round, len, off);
