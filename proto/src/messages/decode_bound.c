@@ -56,6 +56,15 @@ static inline void count_byte(ns__json_counts_t *n, uint64_t *in_array, char ch)
     }
 }
 
+#if defined(__SSE2__)
+/* The sum of the 16 byte counters of v (each <= 255). */
+static inline uint64_t sum_bytes(__m128i v)
+{
+    const __m128i s = _mm_sad_epu8(v, _mm_setzero_si128());
+    return (uint64_t)_mm_extract_epi16(s, 0) + (uint64_t)_mm_extract_epi16(s, 4);
+}
+#endif
+
 ns__json_counts_t ns__json_count(const char *p, size_t len)
 {
     ns__json_counts_t n = {0};
@@ -63,26 +72,38 @@ ns__json_counts_t ns__json_count(const char *p, size_t len)
     size_t i = 0;
 #if defined(__SSE2__)
     /* 16 bytes at a time while they hold no bracket (nearly all of a body:
-     * numbers and commas): only '{' and ',' to count there, the same sums
-     * as byte by byte. A chunk with a bracket goes byte by byte. */
+     * numbers and commas). There only '{' and ',' count, and in_array does
+     * not change but by the commas, so a run of such chunks is counted in
+     * byte counters (a matching byte compares to -1), summed when a bracket
+     * or the end comes, or before a counter could pass 255. A chunk with a
+     * bracket goes byte by byte. The same sums as byte by byte. */
     const __m128i brace = _mm_set1_epi8('{'), comma = _mm_set1_epi8(',');
     const __m128i open = _mm_set1_epi8('['), close = _mm_set1_epi8(']');
+    __m128i braces = _mm_setzero_si128(), commas = _mm_setzero_si128();
+    unsigned run = 0;
     for (; i + 16 <= len; i += 16) {
         const __m128i x = _mm_loadu_si128((const __m128i *)(const void *)(p + i));
-        unsigned brackets = (unsigned)_mm_movemask_epi8(
-            _mm_or_si128(_mm_cmpeq_epi8(x, open), _mm_cmpeq_epi8(x, close)));
-        if (brackets != 0) {
-            for (size_t k = i; k < i + 16; k++)
-                count_byte(&n, &in_array, p[k]);
-            continue;
+        int bracket =
+            _mm_movemask_epi8(_mm_or_si128(_mm_cmpeq_epi8(x, open), _mm_cmpeq_epi8(x, close)));
+        if (!bracket) {
+            braces = _mm_sub_epi8(braces, _mm_cmpeq_epi8(x, brace));
+            commas = _mm_sub_epi8(commas, _mm_cmpeq_epi8(x, comma));
+            if (++run < 255)
+                continue;
         }
-        unsigned commas =
-            (unsigned)__builtin_popcount((unsigned)_mm_movemask_epi8(_mm_cmpeq_epi8(x, comma)));
-        n.braces +=
-            (uint64_t)__builtin_popcount((unsigned)_mm_movemask_epi8(_mm_cmpeq_epi8(x, brace)));
-        n.commas += commas;
-        in_array += in_array ? commas : 0;
+        uint64_t c = sum_bytes(commas);
+        n.braces += sum_bytes(braces);
+        n.commas += c;
+        in_array += in_array ? c : 0;
+        braces = commas = _mm_setzero_si128();
+        run = 0;
+        for (size_t k = i; bracket && k < i + 16; k++)
+            count_byte(&n, &in_array, p[k]);
     }
+    uint64_t c = sum_bytes(commas);
+    n.braces += sum_bytes(braces);
+    n.commas += c;
+    in_array += in_array ? c : 0;
 #endif
     for (; i < len; i++)
         count_byte(&n, &in_array, p[i]);
@@ -96,10 +117,17 @@ uint64_t ns__count_byte(const char *p, size_t len, char byte)
     size_t i = 0;
 #if defined(__SSE2__)
     const __m128i b = _mm_set1_epi8(byte);
-    for (; i + 16 <= len; i += 16) {
+    __m128i counts = _mm_setzero_si128();
+    for (unsigned run = 0; i + 16 <= len; i += 16) {
         const __m128i x = _mm_loadu_si128((const __m128i *)(const void *)(p + i));
-        n += (uint64_t)__builtin_popcount((unsigned)_mm_movemask_epi8(_mm_cmpeq_epi8(x, b)));
+        counts = _mm_sub_epi8(counts, _mm_cmpeq_epi8(x, b)); /* a match is -1 */
+        if (++run == 255) {
+            n += sum_bytes(counts);
+            counts = _mm_setzero_si128();
+            run = 0;
+        }
     }
+    n += sum_bytes(counts);
 #endif
     for (; i < len; i++)
         n += p[i] == byte;

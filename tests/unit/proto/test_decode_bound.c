@@ -116,6 +116,24 @@ START_TEST(test_counts_match_bytewise)
                       "round %d: %zu bytes at offset %zu", round, len, off);
         checks++;
     }
+    /* One array far longer than 255 chunks of 16 bytes without a bracket
+     * (byte counters would overflow unless summed in time). */
+    size_t long_len = 1 + 2 * 50000 + 2;
+    char *long_text = malloc(long_len);
+    ck_assert_ptr_nonnull(long_text);
+    long_text[0] = '[';
+    for (size_t i = 0; i < 50000; i++)
+        memcpy(long_text + 1 + 2 * i, i % 97 ? "1," : "{,", 2);
+    memcpy(long_text + long_len - 2, "1]", 2);
+    ns__json_counts_t lg = ns__json_count(long_text, long_len);
+    ns__json_counts_t lw = plain_counts(long_text, long_len);
+    ck_assert_uint_eq(lg.commas, 50000);
+    ck_assert_uint_eq(lg.longest_array, 50001);
+    ck_assert_uint_eq(lw.longest_array, 50001);
+    ck_assert_uint_eq(lg.braces, lw.braces);
+    ck_assert_uint_eq(ns__count_byte(long_text, long_len, ','), 50000);
+    ck_assert_uint_eq(ns__count_byte(long_text, long_len, '{'), lw.braces);
+    free(long_text);
     /* A report body: long arrays split across chunks. */
     size_t blen;
     char *body = json_report(7, 301, &blen);
