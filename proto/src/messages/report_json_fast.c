@@ -157,46 +157,30 @@ static int uint_field(cursor_t *c, uint64_t min, uint64_t max, uint64_t *out)
     return 1;
 }
 
-/* The bytes a number token may hold: NUM_CHAR, and NUM_FRACTION for those
- * that make it a non-integer ('.', 'e', 'E', '+'). One lookup a byte. */
-enum { NUM_CHAR = 1, NUM_FRACTION = 2 };
+/* The bytes a number token may hold: where one follows a number, the
+ * token is longer than the number (and not one). */
 static const unsigned char number_byte[256] = {
-    ['0'] = NUM_CHAR,
-    ['1'] = NUM_CHAR,
-    ['2'] = NUM_CHAR,
-    ['3'] = NUM_CHAR,
-    ['4'] = NUM_CHAR,
-    ['5'] = NUM_CHAR,
-    ['6'] = NUM_CHAR,
-    ['7'] = NUM_CHAR,
-    ['8'] = NUM_CHAR,
-    ['9'] = NUM_CHAR,
-    ['-'] = NUM_CHAR,
-    ['.'] = NUM_CHAR | NUM_FRACTION,
-    ['e'] = NUM_CHAR | NUM_FRACTION,
-    ['E'] = NUM_CHAR | NUM_FRACTION,
-    ['+'] = NUM_CHAR | NUM_FRACTION,
+    ['0'] = 1, ['1'] = 1, ['2'] = 1, ['3'] = 1, ['4'] = 1, ['5'] = 1, ['6'] = 1, ['7'] = 1,
+    ['8'] = 1, ['9'] = 1, ['-'] = 1, ['.'] = 1, ['e'] = 1, ['E'] = 1, ['+'] = 1,
 };
 
 /* One element of a mean or var array: the float32 nearest the decimal
- * (f32_parse.c), and for an integer the float nearest it. Gives up on float32 overflow (jansson's
- * path explains it) and on integers beyond 18 digits (jansson refuses those beyond int64). */
+ * (f32_parse.c), and for an integer the float nearest it, in one pass over
+ * its text. Gives up on float32 overflow (jansson's path explains it) and on
+ * integers beyond 18 digits (jansson refuses those beyond int64). */
 static int float_value(cursor_t *c, float *out)
 {
     skip_ws(c);
-    const char *begin = c->p, *p = c->p, *end = c->end;
-    unsigned seen = 0, k;
-    while (p < end && (k = number_byte[(unsigned char)*p]) != 0) {
-        seen |= k;
-        p++;
-    }
-    c->p = p;
-    int integral = !(seen & NUM_FRACTION);
-    size_t len = (size_t)(c->p - begin);
-    if (integral && len > (size_t)(18 + (len && *begin == '-')))
+    const char *begin = c->p, *stop;
+    int integral;
+    if (ns__f32_parse_prefix(begin, c->end, &stop, &integral, out) != 0)
         return 0;
-    if (ns__f32_parse(begin, len, out) != 0)
+    if (stop < c->end && number_byte[(unsigned char)*stop])
+        return 0; /* e.g. "1-2", "0.5.1": not one number */
+    size_t len = (size_t)(stop - begin);
+    if (integral && len > (size_t)(18 + (*begin == '-')))
         return 0;
+    c->p = stop;
     if (integral && *out == 0)
         *out = 0.0f; /* "-0" is jansson's integer 0, which has no sign */
     return 1;
