@@ -89,6 +89,11 @@ typedef struct ns__json_counts_s {
 } ns__json_counts_t;
 ns__json_counts_t ns__json_count(const char *p, size_t len);
 
+/* ns__json_array_length() : for the text after a '[', the commas before the
+ * first bracket plus one when that bracket is ']' (the most numbers the
+ * array can hold, never more than ns__json_count()'s longest_array), else 0. */
+uint64_t ns__json_array_length(const char *p, size_t len);
+
 /* ns__count_byte() : how many times 'byte' occurs in p[0, len). */
 uint64_t ns__count_byte(const char *p, size_t len, char byte);
 

@@ -134,6 +134,36 @@ uint64_t ns__count_byte(const char *p, size_t len, char byte)
     return n;
 }
 
+uint64_t ns__json_array_length(const char *p, size_t len)
+{
+    uint64_t commas = 0;
+    size_t i = 0;
+#if defined(__SSE2__)
+    const __m128i comma = _mm_set1_epi8(','), open = _mm_set1_epi8('['), close = _mm_set1_epi8(']');
+    __m128i counts = _mm_setzero_si128();
+    for (unsigned run = 0; i + 16 <= len; i += 16) {
+        const __m128i x = _mm_loadu_si128((const __m128i *)(const void *)(p + i));
+        if (_mm_movemask_epi8(_mm_or_si128(_mm_cmpeq_epi8(x, open), _mm_cmpeq_epi8(x, close))))
+            break; /* the bracket is in this chunk: byte by byte below */
+        counts = _mm_sub_epi8(counts, _mm_cmpeq_epi8(x, comma)); /* a comma is -1 */
+        if (++run == 255) {
+            commas += sum_bytes(counts);
+            counts = _mm_setzero_si128();
+            run = 0;
+        }
+    }
+    commas += sum_bytes(counts);
+#endif
+    for (; i < len; i++) {
+        if (p[i] == ']')
+            return commas + 1;
+        if (p[i] == '[')
+            return 0;
+        commas += p[i] == ',';
+    }
+    return 0;
+}
+
 static uint64_t report_json_bound(const char *src, size_t len)
 {
     ns__json_counts_t n = ns__json_count(src, len);

@@ -20,6 +20,21 @@ typedef struct ns__json_counts_s {
 } ns__json_counts_t;
 ns__json_counts_t ns__json_count(const char *p, size_t len);
 uint64_t ns__count_byte(const char *p, size_t len, char byte);
+uint64_t ns__json_array_length(const char *p, size_t len);
+
+/* Commas before the first bracket, plus one if that bracket closes, else 0. */
+static uint64_t plain_array_length(const char *p, size_t len)
+{
+    uint64_t commas = 0;
+    for (size_t i = 0; i < len; i++) {
+        if (p[i] == ']')
+            return commas + 1;
+        if (p[i] == '[')
+            return 0;
+        commas += p[i] == ',';
+    }
+    return 0;
+}
 
 static size_t held(void)
 {
@@ -110,6 +125,13 @@ START_TEST(test_counts_match_bytewise)
         ns__json_counts_t got = ns__json_count(text + off, len);
         ns__json_counts_t want = plain_counts(text + off, len);
         ck_assert_uint_eq(ns__count_byte(text + off, len, '{'), want.braces);
+        /* From every '[': the array's length, never above the longest. */
+        for (size_t k = 0; k < len; k++)
+            if (text[off + k] == '[') {
+                uint64_t a = ns__json_array_length(text + off + k + 1, len - k - 1);
+                ck_assert_uint_eq(a, plain_array_length(text + off + k + 1, len - k - 1));
+                ck_assert_uint_le(a, want.longest_array);
+            }
         ck_assert_uint_eq(ns__count_byte(text + off, len, '['), want.brackets);
         ck_assert_msg(got.braces == want.braces && got.brackets == want.brackets &&
                           got.commas == want.commas && got.longest_array == want.longest_array,
@@ -132,6 +154,7 @@ START_TEST(test_counts_match_bytewise)
     ck_assert_uint_eq(lw.longest_array, 50001);
     ck_assert_uint_eq(lg.braces, lw.braces);
     ck_assert_uint_eq(ns__count_byte(long_text, long_len, ','), 50000);
+    ck_assert_uint_eq(ns__json_array_length(long_text + 1, long_len - 1), 50001);
     ck_assert_uint_eq(ns__count_byte(long_text, long_len, '{'), lw.braces);
     free(long_text);
     /* A report body: long arrays split across chunks. */
