@@ -177,7 +177,12 @@ def main():
             rows[fmt] = col
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+    print_table(cols, rows, counts, have_valgrind, args.seconds)
+    print("\n(table 2b took %.0f s)" % (time.monotonic() - started))
 
+
+def print_table(cols, rows, counts, have_valgrind, seconds):
+    """The markdown table of the measurements: a pair of columns a format."""
     name = {"st": "safetensors", "json": "JSON"}
     print("### 2b. Per-channel server cost: one ResNet-50 report (26,560 channels), "
           "world_size 1, normstatd --threads 1 --no-persist\n")
@@ -189,7 +194,7 @@ def main():
     print("- allocations: malloc, calloc, realloc, posix_memalign, aligned_alloc calls of the "
           "process (tests/bench/malloc_count.c), the same difference")
     print("- CPU: the server's utime + stime per report over %.0f s of one connection, not "
-          "under valgrind (depends on the machine's load)\n" % args.seconds)
+          "under valgrind (depends on the machine's load)\n" % seconds)
     print("| row | " + " | ".join("%s per report | per channel" % name[f] for f in cols) + " |")
     print("|---|" + "---:|---:|" * len(cols))
 
@@ -235,7 +240,6 @@ def main():
         c = rows[f]["cpu"]
         cells += ["", ""] if c is None else ["%.0f us" % (c * 1e6), "%.2f ns" % (c * 1e9 / CHANNELS)]
     line("**server CPU** (not under valgrind)", cells)
-    print("\n(table 2b took %.0f s)" % (time.monotonic() - started))
 
 
 if __name__ == "__main__":
