@@ -27,13 +27,14 @@ typedef struct cursor_s {
     const char *p, *end;
 } cursor_t;
 
-static void skip_ws(cursor_t *c)
+static inline void skip_ws(cursor_t *c)
 {
     while (c->p < c->end && (*c->p == ' ' || *c->p == '\t' || *c->p == '\n' || *c->p == '\r'))
         c->p++;
 }
 
-static int eat(cursor_t *c, char ch)
+/* Inline: it runs between every two numbers of an array. */
+static inline int eat(cursor_t *c, char ch)
 {
     skip_ws(c);
     if (c->p < c->end && *c->p == ch) {
