@@ -17,8 +17,9 @@ libsqlite3-dev libcurl4-openssl-dev python3"
 test_pkgs="python3-torch python3-numpy python3-yaml python3-jsonschema python3-sklearn python3-venv
 nginx chromium prometheus openssl curl"
 command -v npm >/dev/null 2>&1 || test_pkgs="$test_pkgs nodejs npm"
-# The trainer benchmarks train torchvision's ResNet-50 (a built-in copy when absent).
-bench_pkgs="python3-torch python3-numpy python3-torchvision"
+# The trainer benchmarks train torchvision's ResNet-50 (a built-in copy when absent);
+# table 2b counts the daemon's instructions under valgrind's callgrind.
+bench_pkgs="python3-torch python3-numpy python3-torchvision valgrind"
 # `make test-docker` builds the image with buildah on a debootstrap base and runs
 # it with podman (runc: crun refuses hybrid cgroups) and podman-compose, whose
 # service names resolve through the dnsname CNI plugin.

@@ -455,10 +455,11 @@ static void lane_max(__m256d value, __m256d channel, double *max, size_t *at)
  * layer and step, far from any bottleneck); the last 1..3 channels go
  * through the same step from a padded copy (em = pm = 0, ev = pv = 1: dm = dv
  * = 0), masked out. Sums are reduced (l0 + l1) + (l2 + l3). */
-static void drift(const double *em, const double *ev, const double *pm, const double *pv,
-                  size_t channels, double eps, ns_drift_t *dst)
+static inline __attribute__((always_inline)) void
+drift_loop(const double *em, const double *ev, const double *pm, const double *pv_or_m2,
+           double denom, int in_place, size_t channels, double eps, ns_drift_t *dst)
 {
-    const __m256d veps = _mm256_set1_pd(eps);
+    const __m256d veps = _mm256_set1_pd(eps), vdenom = _mm256_set1_pd(denom);
     const __m256d all = _mm256_castsi256_pd(_mm256_set1_epi64x(-1));
     drift_acc_t a = {_mm256_setzero_pd(),
                      _mm256_setzero_pd(),
@@ -468,9 +469,13 @@ static void drift(const double *em, const double *ev, const double *pm, const do
                      _mm256_setzero_pd(),
                      _mm256_setr_pd(0.0, 1.0, 2.0, 3.0)};
     size_t c = 0;
-    for (; c + 4 <= channels; c += 4)
+    for (; c + 4 <= channels; c += 4) {
+        __m256d pv = _mm256_loadu_pd(pv_or_m2 + c);
+        if (in_place)
+            pv = _mm256_div_pd(pv, vdenom); /* m2 / denom, as ns_precise_read() */
         drift_step(&a, _mm256_loadu_pd(em + c), _mm256_loadu_pd(ev + c), _mm256_loadu_pd(pm + c),
-                   _mm256_loadu_pd(pv + c), veps, all);
+                   pv, veps, all);
+    }
     if (c < channels) {
         double t[4][4] = {{0, 0, 0, 0}, {1, 1, 1, 1}, {0, 0, 0, 0}, {1, 1, 1, 1}};
         int64_t mask[4] = {0, 0, 0, 0};
@@ -478,7 +483,7 @@ static void drift(const double *em, const double *ev, const double *pm, const do
             t[0][l] = em[c + l];
             t[1][l] = ev[c + l];
             t[2][l] = pm[c + l];
-            t[3][l] = pv[c + l];
+            t[3][l] = in_place ? pv_or_m2[c + l] / denom : pv_or_m2[c + l];
             mask[l] = -1;
         }
         drift_step(&a, _mm256_loadu_pd(t[0]), _mm256_loadu_pd(t[1]), _mm256_loadu_pd(t[2]),
@@ -489,6 +494,20 @@ static void drift(const double *em, const double *ev, const double *pm, const do
     dst->var_avg = hsum(a.sv) / (double)channels;
     lane_max(a.mm, a.im, &dst->mean_max, &dst->mean_max_channel);
     lane_max(a.mv, a.iv, &dst->var_max, &dst->var_max_channel);
+}
+
+static void drift(const double *em, const double *ev, const double *pm, const double *pv,
+                  size_t channels, double eps, ns_drift_t *dst)
+{
+    drift_loop(em, ev, pm, pv, 1.0, 0, channels, eps, dst);
+}
+
+/* drift() of pv = m2 / denom, divided in the lanes (IEEE division: the
+ * bits of the scalar quotient). */
+static void drift_precise(const double *em, const double *ev, const double *pm, const double *m2,
+                          double denom, size_t channels, double eps, ns_drift_t *dst)
+{
+    drift_loop(em, ev, pm, m2, denom, 1, channels, eps, dst);
 }
 
 /* The scalar reference's operations four channels at a time: mul and add,
@@ -607,6 +626,17 @@ static void widen(double *dst, const float *src, size_t n)
         dst[i] = src[i];
 }
 
+static void narrow(float *dst, const double *src, size_t n)
+{
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        _mm_storeu_ps(dst + i, _mm256_cvtpd_ps(_mm256_loadu_pd(src + i)));
+        _mm_storeu_ps(dst + i + 4, _mm256_cvtpd_ps(_mm256_loadu_pd(src + i + 4)));
+    }
+    for (; i < n; i++)
+        dst[i] = (float)src[i];
+}
+
 static size_t find_nonfinite(const float *src, size_t src_len)
 {
     const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
@@ -658,14 +688,41 @@ static size_t find_bad_variance(const float *src, size_t src_len)
     return src_len;
 }
 
+static size_t find_outside(const float *src, size_t src_len, float lo, float hi)
+{
+    const __m256 vlo = _mm256_set1_ps(lo), vhi = _mm256_set1_ps(hi);
+    size_t i = 0;
+
+#define NS_IN_RANGE(v)                                                                             \
+    _mm256_and_ps(_mm256_cmp_ps(v, vlo, _CMP_GE_OQ), _mm256_cmp_ps(v, vhi, _CMP_LE_OQ))
+    for (; i + 32 <= src_len; i += 32) {
+        /* ok = lo <= x && x <= hi (ordered: false for NaN) */
+        __m256 f0 = NS_IN_RANGE(_mm256_loadu_ps(src + i));
+        __m256 f1 = NS_IN_RANGE(_mm256_loadu_ps(src + i + 8));
+        __m256 f2 = NS_IN_RANGE(_mm256_loadu_ps(src + i + 16));
+        __m256 f3 = NS_IN_RANGE(_mm256_loadu_ps(src + i + 24));
+        __m256 ok = _mm256_and_ps(_mm256_and_ps(f0, f1), _mm256_and_ps(f2, f3));
+        if (_mm256_movemask_ps(ok) != 0xFF)
+            break;
+    }
+#undef NS_IN_RANGE
+    for (; i < src_len; i++)
+        if (!(lo <= src[i] && src[i] <= hi))
+            return i;
+    return src_len;
+}
+
 const ns_kernels_t ns__kernels_avx2 = {
     .name = "avx2",
     .block_moments = block_moments,
     .rows_moments = rows_moments,
     .combine = combine,
     .drift = drift,
+    .drift_precise = drift_precise,
     .step_update = step_update,
     .widen = widen,
+    .narrow = narrow,
     .find_nonfinite = find_nonfinite,
     .find_bad_variance = find_bad_variance,
+    .find_outside = find_outside,
 };

@@ -108,14 +108,18 @@ static void combine(const ns_arrival_t *src, size_t src_len, size_t channels, do
 
 /* One pass over the channels, one accumulator per sum; a maximum moves only
  * on a strictly larger value, so it keeps its first channel. */
-static void drift(const double *em, const double *ev, const double *pm, const double *pv,
-                  size_t channels, double eps, ns_drift_t *dst)
+/* The drift loop; pv[c] is pv_or_m2[c], or pv_or_m2[c] / denom when
+ * 'in_place' (a constant in each caller, so each gets its own loop). */
+static inline void drift_loop(const double *em, const double *ev, const double *pm,
+                              const double *pv_or_m2, double denom, int in_place, size_t channels,
+                              double eps, ns_drift_t *dst)
 {
     double sm = 0.0, sv = 0.0, mm = -1.0, mv = -1.0;
     size_t im = 0, iv = 0;
     for (size_t c = 0; c < channels; c++) {
-        const double dm = fabs(em[c] - pm[c]) / sqrt(pv[c] + eps);
-        const double dv = fabs(log((ev[c] + eps) / (pv[c] + eps)));
+        const double pv = in_place ? pv_or_m2[c] / denom : pv_or_m2[c];
+        const double dm = fabs(em[c] - pm[c]) / sqrt(pv + eps);
+        const double dv = fabs(log((ev[c] + eps) / (pv + eps)));
         sm += dm;
         sv += dv;
         if (dm > mm) {
@@ -135,6 +139,18 @@ static void drift(const double *em, const double *ev, const double *pm, const do
     dst->var_max_channel = iv;
 }
 
+static void drift(const double *em, const double *ev, const double *pm, const double *pv,
+                  size_t channels, double eps, ns_drift_t *dst)
+{
+    drift_loop(em, ev, pm, pv, 1.0, 0, channels, eps, dst);
+}
+
+static void drift_precise(const double *em, const double *ev, const double *pm, const double *m2,
+                          double denom, size_t channels, double eps, ns_drift_t *dst)
+{
+    drift_loop(em, ev, pm, m2, denom, 1, channels, eps, dst);
+}
+
 static void step_update(const double *mean, const double *var, size_t channels, double bessel,
                         const ns__ema_pass_t *ema, size_t n_ema, const ns__precise_pass_t *p)
 {
@@ -145,6 +161,12 @@ static void widen(double *dst, const float *src, size_t n)
 {
     for (size_t i = 0; i < n; i++)
         dst[i] = src[i];
+}
+
+static void narrow(float *dst, const double *src, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        dst[i] = (float)src[i];
 }
 
 static size_t find_nonfinite(const float *src, size_t src_len)
@@ -163,14 +185,25 @@ static size_t find_bad_variance(const float *src, size_t src_len)
     return src_len;
 }
 
+static size_t find_outside(const float *src, size_t src_len, float lo, float hi)
+{
+    for (size_t i = 0; i < src_len; i++)
+        if (!(lo <= src[i] && src[i] <= hi)) /* false for NaN */
+            return i;
+    return src_len;
+}
+
 const ns_kernels_t ns__kernels_scalar = {
     .name = "scalar",
     .block_moments = block_moments,
     .rows_moments = rows_moments,
     .combine = combine,
     .drift = drift,
+    .drift_precise = drift_precise,
     .step_update = step_update,
     .widen = widen,
+    .narrow = narrow,
     .find_nonfinite = find_nonfinite,
     .find_bad_variance = find_bad_variance,
+    .find_outside = find_outside,
 };

@@ -92,6 +92,11 @@ typedef struct ns_kernels_s {
     void (*drift)(const double *em, const double *ev, const double *pm, const double *pv,
                   size_t channels, double eps, ns_drift_t *dst);
 
+    /* drift() with pv[c] = m2[c] / denom evaluated in the pass (a PreciseBN
+     * accumulator read in place): the same bits as drift() of those pv. */
+    void (*drift_precise)(const double *em, const double *ev, const double *pm, const double *m2,
+                          double denom, size_t channels, double eps, ns_drift_t *dst);
+
     /* One step's statistics (mean, biased var) applied to 'n_ema' EMAs and
      * one accumulator in a single pass over the channels, each element
      * seeing the operations ns_ema_update() and ns_precise_add() apply, in
@@ -107,11 +112,18 @@ typedef struct ns_kernels_s {
     /* dst[i] = src[i], float32 widened to double (exact). */
     void (*widen)(double *dst, const float *src, size_t n);
 
+    /* dst[i] = (float)src[i], rounded to nearest (the C conversion). */
+    void (*narrow)(float *dst, const double *src, size_t n);
+
     /* Index of the first non-finite value, or src_len. */
     size_t (*find_nonfinite)(const float *src, size_t src_len);
 
     /* Index of the first value that is not finite and >= 0, or src_len. */
     size_t (*find_bad_variance)(const float *src, size_t src_len);
+
+    /* Index of the first value x with !(lo <= x && x <= hi) (NaN included),
+     * or src_len. */
+    size_t (*find_outside)(const float *src, size_t src_len, float lo, float hi);
 } ns_kernels_t;
 
 extern const ns_kernels_t ns__kernels_scalar;

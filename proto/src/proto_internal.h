@@ -11,10 +11,13 @@
 
 /* A parsed safetensors buffer (safetensors.c). */
 struct ns_safetensors_s {
-    json_t *header;     /* owns the metadata strings */
-    const json_t *meta; /* borrowed from header, or NULL */
+    json_t *header;     /* the jansson path's tree (owns meta), or NULL */
+    const json_t *meta; /* borrowed from header or meta_owned, or NULL */
+    json_t *meta_owned; /* the scanner's "__metadata__" (it builds no tree) */
     size_t n_tensors;
-    ns_tensor_t *tensors; /* sorted by data offset */
+    ns_tensor_t *tensors;     /* sorted by data offset */
+    unsigned char *dtype_ids; /* scanner: tensor i's dtype spelling, an index of
+                                 safetensors.c's table; NULL on the jansson path */
 };
 
 /* The range of a world_size on the wire: any uint32 from 1. A run accepts
@@ -77,6 +80,22 @@ int ns__json_load(json_t **dst, const char *src, size_t src_len, ns_error_detail
 /* ns__parse_decimal() : a __metadata__ integer: decimal digits only ("+1",
  * " 1", "1.0" are refused), value <= max. @return 0 or -1. */
 int ns__parse_decimal(const char *s, uint64_t max, uint64_t *out);
+
+/* ns__json_count() : the structural bytes of JSON text that bound what
+ * decoding it may allocate (decode_bound.c): '{', '[' and ',' counted, and
+ * the most commas+1 inside one '[' ... ']' (the longest array). */
+typedef struct ns__json_counts_s {
+    uint64_t braces, brackets, commas, longest_array;
+} ns__json_counts_t;
+ns__json_counts_t ns__json_count(const char *p, size_t len);
+
+/* ns__json_array_length() : for the text after a '[', the commas before the
+ * first bracket plus one when that bracket is ']' (the most numbers the
+ * array can hold, never more than ns__json_count()'s longest_array), else 0. */
+uint64_t ns__json_array_length(const char *p, size_t len);
+
+/* ns__count_byte() : how many times 'byte' occurs in p[0, len). */
+uint64_t ns__count_byte(const char *p, size_t len, char byte);
 
 /* ns__safetensors_dtype_name() : the dtype of 't' as the header spelled it. */
 const char *ns__safetensors_dtype_name(const ns_safetensors_t *st, const ns_tensor_t *t);

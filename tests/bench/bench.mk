@@ -16,13 +16,14 @@ $(BENCH_CORE): $(BENCH_CORE_OBJ) $(CORE_A)
 	$(if $(Q),@echo "  LD      $@")
 	$(Q)$(CC) $(NS_LDFLAGS) -o $@ $^ -lm
 
-.PHONY: bench bench-core bench-server bench-trainer bench-scale
+.PHONY: bench bench-core bench-server bench-profile bench-trainer bench-scale
 # Packages first, then a fresh make that sees them (as `make test` does); the
 # benchmarks one after the other, never in parallel (they share 2 cores).
 bench:
 	$(Q)sh mk/deps.sh build bench
 	$(Q)$(MAKE) --no-print-directory bench-core
 	$(Q)$(MAKE) --no-print-directory bench-server
+	$(Q)$(MAKE) --no-print-directory bench-profile
 	$(Q)$(MAKE) --no-print-directory bench-trainer
 	$(Q)$(MAKE) --no-print-directory bench-scale
 
@@ -66,6 +67,19 @@ $(BENCH_REGISTRY): $(BUILD)/tests/bench/bench_registry.o $(NSD_A) $(PROTO_A) $(C
 bench-server: $(BENCH_LOADGEN) $(BENCH_BARE) $(BENCH_REGISTRY) $(NSD_BIN)
 	$(Q)$(PYTHON) tests/bench/bench_server.py --build $(BUILD) --seconds $(BENCH_SECONDS) \
 	    --tables $(BENCH_TABLES) --python $(PYTHON)
+
+# Table 2b, where a report's server time goes: normstatd under callgrind
+# (instructions, reproducible on a shared machine) and under an allocation
+# counter (tests/bench/malloc_count.c, LD_PRELOAD), per report and channel.
+BENCH_MALLOC_COUNT := $(BUILD)/bench/malloc_count.so
+$(BENCH_MALLOC_COUNT): tests/bench/malloc_count.c
+	@mkdir -p $(@D)
+	$(if $(Q),@echo "  CC      $@")
+	$(Q)$(CC) -O2 -fPIC -shared -o $@ $<
+
+.PHONY: bench-profile
+bench-profile: $(BENCH_LOADGEN) $(BENCH_MALLOC_COUNT) $(NSD_BIN)
+	$(Q)$(PYTHON) tests/bench/bench_profile.py --build $(BUILD)
 
 # ---------------------------------------------------------------- trainer benchmarks
 # Tables 6-7: what StatsReporter adds to a CPU training step

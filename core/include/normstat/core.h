@@ -281,6 +281,15 @@ typedef struct ns_drift_s {
 NS_API int ns_drift(const double *ema_mean, const double *ema_var, const double *pop_mean,
                     const double *pop_var, size_t channels, double eps, ns_drift_t *dst);
 
+/*! ns_drift_precise() :
+ *  ns_drift() of an EMA from a PreciseBN accumulator's unbiased statistics,
+ *  read in the same pass (no arrays for them): the same bits as
+ *  ns_precise_read(acc, channels, 0, ...) followed by ns_drift().
+ *  @return 0; NS_ENOTFOUND if acc->n == 0; NS_EINVAL if acc->n == 1, on
+ *  NULL arguments, channels == 0 or an eps outside ns_drift()'s range. */
+NS_API int ns_drift_precise(const double *ema_mean, const double *ema_var, const ns_precise_t *acc,
+                            size_t channels, double eps, ns_drift_t *dst);
+
 /* ---------------------------------------------------------------- validation */
 
 /*! ns_find_nonfinite() :
@@ -292,6 +301,15 @@ NS_API size_t ns_find_nonfinite(const float *src, size_t src_len);
  *  @return the index of the first value that is not a finite number >= 0
  *  (NaN, infinity, negative; -0.0 is accepted), or src_len if none. */
 NS_API size_t ns_find_bad_variance(const float *src, size_t src_len);
+
+/*! ns_narrow_f32() :
+ *  dst[i] = (float)src[i] for i < n, rounded to nearest as the C conversion. */
+NS_API void ns_narrow_f32(float *dst, const double *src, size_t n);
+
+/*! ns_find_outside() :
+ *  @return the index of the first value x that is not in [lo, hi] (NaN is
+ *  never in it), or src_len if none. lo may be -INFINITY, hi INFINITY. */
+NS_API size_t ns_find_outside(const float *src, size_t src_len, float lo, float hi);
 
 #ifdef __cplusplus
 }

@@ -28,42 +28,145 @@
 #define TENSOR_INDEX_BYTES 256u  /* ns_tensor_t, its span and name, per tensor */
 #define FIXED_BYTES        8192u /* the message struct, scratch, small strings */
 
-typedef struct counts_s {
-    uint64_t braces, brackets, commas, longest_array;
-} counts_t;
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 
-static counts_t count_json(const char *p, size_t len)
+/* One byte of the count. */
+static inline void count_byte(ns__json_counts_t *n, uint64_t *in_array, char ch)
 {
-    counts_t n = {0};
-    uint64_t in_array = 0;
-    for (size_t i = 0; i < len; i++) {
-        switch (p[i]) {
-        case '{':
-            n.braces++;
-            break;
-        case '[':
-            n.brackets++;
-            in_array = 1;
-            break;
-        case ',':
-            n.commas++;
-            in_array += in_array ? 1 : 0;
-            break;
-        case ']':
-            n.longest_array = in_array > n.longest_array ? in_array : n.longest_array;
-            in_array = 0;
-            break;
-        default:
-            break;
-        }
+    switch (ch) {
+    case '{':
+        n->braces++;
+        break;
+    case '[':
+        n->brackets++;
+        *in_array = 1;
+        break;
+    case ',':
+        n->commas++;
+        *in_array += *in_array ? 1 : 0;
+        break;
+    case ']':
+        n->longest_array = *in_array > n->longest_array ? *in_array : n->longest_array;
+        *in_array = 0;
+        break;
+    default:
+        break;
     }
+}
+
+#if defined(__SSE2__)
+/* The sum of the 16 byte counters of v (each <= 255). */
+static inline uint64_t sum_bytes(__m128i v)
+{
+    const __m128i s = _mm_sad_epu8(v, _mm_setzero_si128());
+    return (uint64_t)_mm_extract_epi16(s, 0) + (uint64_t)_mm_extract_epi16(s, 4);
+}
+#endif
+
+ns__json_counts_t ns__json_count(const char *p, size_t len)
+{
+    ns__json_counts_t n = {0};
+    uint64_t in_array = 0;
+    size_t i = 0;
+#if defined(__SSE2__)
+    /* 16 bytes at a time while they hold no bracket (nearly all of a body:
+     * numbers and commas). There only '{' and ',' count, and in_array does
+     * not change but by the commas, so a run of such chunks is counted in
+     * byte counters (a matching byte compares to -1), summed when a bracket
+     * or the end comes, or before a counter could pass 255. A chunk with a
+     * bracket goes byte by byte. The same sums as byte by byte. */
+    const __m128i brace = _mm_set1_epi8('{'), comma = _mm_set1_epi8(',');
+    const __m128i open = _mm_set1_epi8('['), close = _mm_set1_epi8(']');
+    __m128i braces = _mm_setzero_si128(), commas = _mm_setzero_si128();
+    unsigned run = 0;
+    for (; i + 16 <= len; i += 16) {
+        const __m128i x = _mm_loadu_si128((const __m128i *)(const void *)(p + i));
+        int bracket =
+            _mm_movemask_epi8(_mm_or_si128(_mm_cmpeq_epi8(x, open), _mm_cmpeq_epi8(x, close)));
+        if (!bracket) {
+            braces = _mm_sub_epi8(braces, _mm_cmpeq_epi8(x, brace));
+            commas = _mm_sub_epi8(commas, _mm_cmpeq_epi8(x, comma));
+            if (++run < 255)
+                continue;
+        }
+        uint64_t c = sum_bytes(commas);
+        n.braces += sum_bytes(braces);
+        n.commas += c;
+        in_array += in_array ? c : 0;
+        braces = commas = _mm_setzero_si128();
+        run = 0;
+        for (size_t k = i; bracket && k < i + 16; k++)
+            count_byte(&n, &in_array, p[k]);
+    }
+    uint64_t c = sum_bytes(commas);
+    n.braces += sum_bytes(braces);
+    n.commas += c;
+    in_array += in_array ? c : 0;
+#endif
+    for (; i < len; i++)
+        count_byte(&n, &in_array, p[i]);
     n.longest_array = in_array > n.longest_array ? in_array : n.longest_array;
     return n;
 }
 
+uint64_t ns__count_byte(const char *p, size_t len, char byte)
+{
+    uint64_t n = 0;
+    size_t i = 0;
+#if defined(__SSE2__)
+    const __m128i b = _mm_set1_epi8(byte);
+    __m128i counts = _mm_setzero_si128();
+    for (unsigned run = 0; i + 16 <= len; i += 16) {
+        const __m128i x = _mm_loadu_si128((const __m128i *)(const void *)(p + i));
+        counts = _mm_sub_epi8(counts, _mm_cmpeq_epi8(x, b)); /* a match is -1 */
+        if (++run == 255) {
+            n += sum_bytes(counts);
+            counts = _mm_setzero_si128();
+            run = 0;
+        }
+    }
+    n += sum_bytes(counts);
+#endif
+    for (; i < len; i++)
+        n += p[i] == byte;
+    return n;
+}
+
+uint64_t ns__json_array_length(const char *p, size_t len)
+{
+    uint64_t commas = 0;
+    size_t i = 0;
+#if defined(__SSE2__)
+    const __m128i comma = _mm_set1_epi8(','), open = _mm_set1_epi8('['), close = _mm_set1_epi8(']');
+    __m128i counts = _mm_setzero_si128();
+    for (unsigned run = 0; i + 16 <= len; i += 16) {
+        const __m128i x = _mm_loadu_si128((const __m128i *)(const void *)(p + i));
+        if (_mm_movemask_epi8(_mm_or_si128(_mm_cmpeq_epi8(x, open), _mm_cmpeq_epi8(x, close))))
+            break; /* the bracket is in this chunk: byte by byte below */
+        counts = _mm_sub_epi8(counts, _mm_cmpeq_epi8(x, comma)); /* a comma is -1 */
+        if (++run == 255) {
+            commas += sum_bytes(counts);
+            counts = _mm_setzero_si128();
+            run = 0;
+        }
+    }
+    commas += sum_bytes(counts);
+#endif
+    for (; i < len; i++) {
+        if (p[i] == ']')
+            return commas + 1;
+        if (p[i] == '[')
+            return 0;
+        commas += p[i] == ',';
+    }
+    return 0;
+}
+
 static uint64_t report_json_bound(const char *src, size_t len)
 {
-    counts_t n = count_json(src, len);
+    ns__json_counts_t n = ns__json_count(src, len);
     uint64_t layers = 2 * n.braces * (sizeof(ns_layer_report_t) + ALLOC_OVERHEAD);
     uint64_t arrays = n.brackets * ALLOC_OVERHEAD + 4 * (n.commas + n.brackets);
     return FIXED_BYTES + sizeof(ns_report_t) + layers + arrays + 12 * n.longest_array;
@@ -83,7 +186,7 @@ static uint64_t safetensors_header(const unsigned char *src, size_t len)
 static uint64_t safetensors_bound(const unsigned char *src, size_t len, unsigned data_factor)
 {
     uint64_t header = safetensors_header(src, len);
-    uint64_t tensors = count_json((const char *)src + 8 * (len >= 8), (size_t)header).braces;
+    uint64_t tensors = ns__count_byte((const char *)src + 8 * (len >= 8), (size_t)header, '{');
     uint64_t data = len - (len >= 8 ? 8 : len) - header;
     return FIXED_BYTES + JSON_TREE_PER_BYTE * header + tensors * TENSOR_INDEX_BYTES +
            tensors * (sizeof(ns_layer_report_t) + 2 * ALLOC_OVERHEAD) + data_factor * data;

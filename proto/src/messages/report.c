@@ -73,7 +73,12 @@ static int value_error(const ns_layer_report_t *layer, int is_var, size_t index,
 int ns__report_finish(ns_report_t *report, ns_error_detail_t *err, ns__value_hint_fn hint,
                       void *hint_ctx)
 {
-    qsort(report->layers, report->n_layers, sizeof(*report->layers), layer_cmp);
+    size_t sorted = 1; /* the safetensors decoder's layers come sorted: then no sort */
+    while (sorted < report->n_layers &&
+           layer_cmp(&report->layers[sorted - 1], &report->layers[sorted]) <= 0)
+        sorted++;
+    if (sorted < report->n_layers)
+        qsort(report->layers, report->n_layers, sizeof(*report->layers), layer_cmp);
     for (size_t i = 0; i + 1 < report->n_layers; i++)
         if (strcmp(report->layers[i].name, report->layers[i + 1].name) == 0)
             return ns_error_set(err, NS_EINVAL, "layers", "layer \"%s\" appears twice",

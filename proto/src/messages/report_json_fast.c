@@ -27,13 +27,14 @@ typedef struct cursor_s {
     const char *p, *end;
 } cursor_t;
 
-static void skip_ws(cursor_t *c)
+static inline void skip_ws(cursor_t *c)
 {
     while (c->p < c->end && (*c->p == ' ' || *c->p == '\t' || *c->p == '\n' || *c->p == '\r'))
         c->p++;
 }
 
-static int eat(cursor_t *c, char ch)
+/* Inline: it runs between every two numbers of an array. */
+static inline int eat(cursor_t *c, char ch)
 {
     skip_ws(c);
     if (c->p < c->end && *c->p == ch) {
@@ -157,29 +158,30 @@ static int uint_field(cursor_t *c, uint64_t min, uint64_t max, uint64_t *out)
     return 1;
 }
 
+/* The bytes a number token may hold: where one follows a number, the
+ * token is longer than the number (and not one). */
+static const unsigned char number_byte[256] = {
+    ['0'] = 1, ['1'] = 1, ['2'] = 1, ['3'] = 1, ['4'] = 1, ['5'] = 1, ['6'] = 1, ['7'] = 1,
+    ['8'] = 1, ['9'] = 1, ['-'] = 1, ['.'] = 1, ['e'] = 1, ['E'] = 1, ['+'] = 1,
+};
+
 /* One element of a mean or var array: the float32 nearest the decimal
- * (f32_parse.c), and for an integer the float nearest it. Gives up on float32 overflow (jansson's
- * path explains it) and on integers beyond 18 digits (jansson refuses those beyond int64). */
+ * (f32_parse.c), and for an integer the float nearest it, in one pass over
+ * its text. Gives up on float32 overflow (jansson's path explains it) and on
+ * integers beyond 18 digits (jansson refuses those beyond int64). */
 static int float_value(cursor_t *c, float *out)
 {
     skip_ws(c);
-    const char *begin = c->p;
-    int integral = 1;
-    while (c->p < c->end) {
-        char ch = *c->p;
-        if (ch >= '0' && ch <= '9')
-            ;
-        else if (ch == '.' || ch == 'e' || ch == 'E' || ch == '+')
-            integral = 0;
-        else if (ch != '-')
-            break;
-        c->p++;
-    }
-    size_t len = (size_t)(c->p - begin);
-    if (integral && len > (size_t)(18 + (len && *begin == '-')))
+    const char *begin = c->p, *stop;
+    int integral;
+    if (ns__f32_parse_prefix(begin, c->end, &stop, &integral, out) != 0)
         return 0;
-    if (ns__f32_parse(begin, len, out) != 0)
+    if (stop < c->end && number_byte[(unsigned char)*stop])
+        return 0; /* e.g. "1-2", "0.5.1": not one number */
+    size_t len = (size_t)(stop - begin);
+    if (integral && len > (size_t)(18 + (*begin == '-')))
         return 0;
+    c->p = stop;
     if (integral && *out == 0)
         *out = 0.0f; /* "-0" is jansson's integer 0, which has no sign */
     return 1;
@@ -188,13 +190,22 @@ static int float_value(cursor_t *c, float *out)
 /* '[' number (',' number)* ']' into float32, allocated to its exact
  * length: decoding costs at most 4 bytes per number plus one allocation per
  * array (ns_report_decode_bound() relies on it). Short arrays are parsed
- * on the stack, longer ones grow on the heap and are trimmed. */
+ * on the stack, longer ones in one allocation of the length their commas
+ * give (grown by doubling if the text is not what it seemed, and trimmed). */
 static int float_array(cursor_t *c, float **out, size_t *len)
 {
     float stack[64], *v = stack;
     size_t n = 0, cap = sizeof(stack) / sizeof(stack[0]);
     if (!eat(c, '['))
         return 0;
+    /* Its length from its commas (one vector scan): one allocation of the
+     * exact size instead of doubling. */
+    uint64_t expect = ns__json_array_length(c->p, (size_t)(c->end - c->p));
+    if (expect > cap) {
+        if (!(v = malloc(expect * sizeof(*v))))
+            return 0;
+        cap = (size_t)expect;
+    }
     do {
         if (n == cap) {
             float *grown = realloc(v == stack ? NULL : v, (cap *= 2) * sizeof(*v));
@@ -209,7 +220,7 @@ static int float_array(cursor_t *c, float **out, size_t *len)
     } while (eat(c, ','));
     if (!eat(c, ']'))
         goto fail;
-    float *exact = v == stack ? malloc(n * sizeof(*v)) : realloc(v, n * sizeof(*v));
+    float *exact = v == stack ? malloc(n * sizeof(*v)) : n == cap ? v : realloc(v, n * sizeof(*v));
     if (!exact)
         goto fail;
     if (v == stack)

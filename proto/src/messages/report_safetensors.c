@@ -87,13 +87,6 @@ static int decode_meta(ns_report_t *report, const json_t *meta, ns_error_detail_
     return 0;
 }
 
-const char *ns__safetensors_dtype_name(const ns_safetensors_t *st, const ns_tensor_t *t)
-{
-    const char *s =
-        json_string_value(json_object_get(json_object_get(st->header, t->name), "dtype"));
-    return s ? s : "?";
-}
-
 uint64_t ns__load_le64(const uint8_t *p)
 {
     uint64_t v = 0;
@@ -109,22 +102,33 @@ static uint32_t load_le32(const uint8_t *p)
 }
 #endif
 
+/* "layers.<layer>.<part>", the field of an error, into buf (formatted only
+ * when there is one: most reports have none). */
+static const char *part_field(char buf[256], const char *layer, const char *part)
+{
+    snprintf(buf, 256, "layers.%s.%s", layer, part);
+    return buf;
+}
+
 /* A mean or var tensor as float32 values; F64 is narrowed (values beyond
  * float32's range become infinity and are refused later, as in JSON) and
  * also kept as sent in *wide (NULL for F32). */
-static int load_values(const ns_safetensors_t *st, const ns_tensor_t *t, const char *field,
-                       float **out, double **wide, size_t *len, ns_error_detail_t *err)
+static int load_values(const ns_safetensors_t *st, const ns_tensor_t *t, const char *layer,
+                       const char *part, float **out, double **wide, size_t *len,
+                       ns_error_detail_t *err)
 {
+    char buf[256];
     *wide = NULL;
     if (t->dtype != NS_DTYPE_F32 && t->dtype != NS_DTYPE_F64)
-        return ns_error_set(err, NS_EINVAL, field, "expected dtype F32 or F64, got %s",
-                            ns__safetensors_dtype_name(st, t));
+        return ns_error_set(err, NS_EINVAL, part_field(buf, layer, part),
+                            "expected dtype F32 or F64, got %s", ns__safetensors_dtype_name(st, t));
     if (t->ndim != 1 || t->shape[0] < 1)
-        return ns_error_set(err, NS_EINVAL, field, "expected shape [C] with C >= 1");
+        return ns_error_set(err, NS_EINVAL, part_field(buf, layer, part),
+                            "expected shape [C] with C >= 1");
     size_t n = (size_t)t->shape[0];
     float *values = malloc(n * sizeof(*values));
     if (!values)
-        return ns_error_set(err, NS_ENOMEM, field, "out of memory");
+        return ns_error_set(err, NS_ENOMEM, part_field(buf, layer, part), "out of memory");
     if (t->dtype == NS_DTYPE_F32) {
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
         memcpy(values, t->data, n * sizeof(float));
@@ -138,7 +142,7 @@ static int load_values(const ns_safetensors_t *st, const ns_tensor_t *t, const c
         double *kept = malloc(n * sizeof(*kept));
         if (!kept) {
             free(values);
-            return ns_error_set(err, NS_ENOMEM, field, "out of memory");
+            return ns_error_set(err, NS_ENOMEM, part_field(buf, layer, part), "out of memory");
         }
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
         memcpy(kept, t->data, n * sizeof(double));
@@ -162,25 +166,26 @@ static int load_values(const ns_safetensors_t *st, const ns_tensor_t *t, const c
 static int decode_layer(const ns_safetensors_t *st, ns_layer_report_t *layer,
                         const ns__st_piece_t *parts[N_PARTS], ns_error_detail_t *err)
 {
-    char field[256];
-    snprintf(field, sizeof(field), "layers.%s.count", layer->name);
+    char buf[256];
     const ns_tensor_t *count = parts[PART_COUNT] ? parts[PART_COUNT]->tensor : NULL;
     if (!count)
-        return ns_error_set(err, NS_EINVAL, field, "missing tensor");
+        return ns_error_set(err, NS_EINVAL, part_field(buf, layer->name, NS_FIELD_COUNT),
+                            "missing tensor");
     if (count->dtype != NS_DTYPE_I64)
-        return ns_error_set(err, NS_EINVAL, field, "expected dtype I64, got %s",
-                            ns__safetensors_dtype_name(st, count));
+        return ns_error_set(err, NS_EINVAL, part_field(buf, layer->name, NS_FIELD_COUNT),
+                            "expected dtype I64, got %s", ns__safetensors_dtype_name(st, count));
     if (!(count->ndim == 0 || (count->ndim == 1 && count->shape[0] == 1)))
-        return ns_error_set(err, NS_EINVAL, field, "expected shape [] (a scalar)");
+        return ns_error_set(err, NS_EINVAL, part_field(buf, layer->name, NS_FIELD_COUNT),
+                            "expected shape [] (a scalar)");
     int64_t n = (int64_t)ns__load_le64(count->data);
     if (n < 0)
-        return ns_error_set(err, NS_EINVAL, field, "expected a non-negative integer, got %lld",
-                            (long long)n);
+        return ns_error_set(err, NS_EINVAL, part_field(buf, layer->name, NS_FIELD_COUNT),
+                            "expected a non-negative integer, got %lld", (long long)n);
     layer->count = (uint64_t)n;
 
     if (!parts[PART_MEAN] || !parts[PART_VAR]) {
-        snprintf(field, sizeof(field), "layers.%s.%s", layer->name,
-                 parts[PART_MEAN] ? NS_FIELD_VAR : NS_FIELD_MEAN);
+        const char *field =
+            part_field(buf, layer->name, parts[PART_MEAN] ? NS_FIELD_VAR : NS_FIELD_MEAN);
         if (parts[PART_MEAN] || parts[PART_VAR])
             return ns_error_set(err, NS_EINVAL, field,
                                 "missing tensor (mean and var come together)");
@@ -189,18 +194,17 @@ static int decode_layer(const ns_safetensors_t *st, ns_layer_report_t *layer,
         return 0;
     }
     size_t n_mean, n_var;
-    snprintf(field, sizeof(field), "layers.%s.mean", layer->name);
-    int rc = load_values(st, parts[PART_MEAN]->tensor, field, &layer->mean, &layer->mean64, &n_mean,
-                         err);
+    int rc = load_values(st, parts[PART_MEAN]->tensor, layer->name, NS_FIELD_MEAN, &layer->mean,
+                         &layer->mean64, &n_mean, err);
     if (rc)
         return rc;
     layer->channels = n_mean;
-    snprintf(field, sizeof(field), "layers.%s.var", layer->name);
-    if ((rc = load_values(st, parts[PART_VAR]->tensor, field, &layer->var, &layer->var64, &n_var,
-                          err)))
+    if ((rc = load_values(st, parts[PART_VAR]->tensor, layer->name, NS_FIELD_VAR, &layer->var,
+                          &layer->var64, &n_var, err)))
         return rc;
     if (n_var != n_mean)
-        return ns_error_set(err, NS_EINVAL, field, "expected %zu values, got %zu", n_mean, n_var);
+        return ns_error_set(err, NS_EINVAL, part_field(buf, layer->name, NS_FIELD_VAR),
+                            "expected %zu values, got %zu", n_mean, n_var);
     /* Doubles are kept only as a pair: one F32 tensor makes the layer float32. */
     if ((layer->mean64 == NULL) != (layer->var64 == NULL)) {
         free(layer->mean64);

@@ -86,7 +86,11 @@ int ns__safetensors_layer_pieces(const ns_safetensors_t *st, const char *const *
         pieces[i].part = part;
         pieces[i].tensor = t;
     }
-    qsort(pieces, n, sizeof(*pieces), piece_cmp);
+    size_t sorted = 1; /* writers often emit layer order already: then no sort */
+    while (sorted < n && piece_cmp(&pieces[sorted - 1], &pieces[sorted]) <= 0)
+        sorted++;
+    if (sorted < n)
+        qsort(pieces, n, sizeof(*pieces), piece_cmp);
     *n_layers = 0;
     for (size_t i = 0; i < n; i++)
         *n_layers += i == 0 || strcmp(pieces[i].layer, pieces[i - 1].layer) != 0;

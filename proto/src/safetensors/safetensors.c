@@ -34,10 +34,21 @@ size_t ns__dtype_size(const char *name, ns_dtype_t *dtype)
     return 0;
 }
 
+const char *ns__safetensors_dtype_name(const ns_safetensors_t *st, const ns_tensor_t *t)
+{
+    size_t i = (size_t)(t - st->tensors);
+    if (st->dtype_ids != NULL && i < st->n_tensors)
+        return dtypes[st->dtype_ids[i]].name;
+    const char *s =
+        json_string_value(json_object_get(json_object_get(st->header, t->name), "dtype"));
+    return s ? s : "?";
+}
+
 /* Offsets kept while sorting: begin/end relative to the data area. */
 typedef struct span_s {
     uint64_t begin, end;
     size_t index;
+    unsigned char dtype_id; /* the scanner's: an index of dtypes[] */
 } span_t;
 
 static int span_cmp(const void *a, const void *b)
@@ -120,7 +131,7 @@ static int parse_tensor(ns_tensor_t *t, span_t *span, const char *name, const js
 /* The ranges, sorted, must tile the data area exactly (no overlap, no hole);
  * then the tensors are reordered by offset and pointed into the input. */
 static int tile(ns_safetensors_t *st, span_t *spans, size_t n, const uint8_t *data,
-                uint64_t data_len, ns_error_detail_t *err)
+                uint64_t data_len, int with_ids, ns_error_detail_t *err)
 {
     size_t in_order = 1; /* writers usually emit offset order: then no sort */
     while (in_order < n && span_cmp(&spans[in_order - 1], &spans[in_order]) < 0)
@@ -141,16 +152,22 @@ static int tile(ns_safetensors_t *st, span_t *spans, size_t n, const uint8_t *da
         return ns_error_set(err, NS_EINVAL, "",
                             "safetensors: tensors cover %llu of the %llu data bytes",
                             (unsigned long long)at, (unsigned long long)data_len);
-    ns_tensor_t *sorted = malloc((n ? n : 1) * sizeof(*sorted));
+    /* The scanner's dtype ids (one byte each) share the block. */
+    size_t ids = with_ids ? n : 0;
+    ns_tensor_t *sorted = malloc((n ? n : 1) * sizeof(*sorted) + ids);
     if (!sorted)
         return ns_error_set(err, NS_ENOMEM, "", "out of memory");
+    unsigned char *dtype_ids = with_ids ? (unsigned char *)(sorted + (n ? n : 1)) : NULL;
     for (size_t i = 0; i < n; i++) {
         sorted[i] = st->tensors[spans[i].index];
         sorted[i].data = data + spans[i].begin;
+        if (dtype_ids != NULL)
+            dtype_ids[i] = spans[i].dtype_id;
     }
     free(st->tensors);
     st->tensors = sorted;
     st->n_tensors = n;
+    st->dtype_ids = dtype_ids;
     return 0;
 }
 
@@ -160,8 +177,9 @@ static int tile(ns_safetensors_t *st, span_t *spans, size_t n, const uint8_t *da
  * three tensor fields, string metadata, no duplicate key. It only ever
  * accepts: anything else (including every error) goes to the jansson path,
  * which then reports it, so messages do not depend on the path taken. The
- * result matches the jansson path's: st->header holds "__metadata__" and one
- * {"dtype": ...} object per tensor (what the report decoder looks up). */
+ * result matches the jansson path's, without its tree: the metadata in
+ * st->meta_owned, each tensor's dtype spelling as an index of dtypes[] in
+ * st->dtype_ids (what ns__safetensors_dtype_name() returns). */
 
 typedef struct scan_s {
     const char *p, *end;
@@ -228,9 +246,10 @@ static int scan_key_is(const char *k, size_t len, const char *want)
 }
 
 /* One {"dtype", "shape", "data_offsets"} entry, checked as parse_tensor does. */
-static int scan_tensor(scan_t *s, ns_tensor_t *t, span_t *span, uint64_t data_len,
-                       const char **dtype, size_t *dtype_len)
+static int scan_tensor(scan_t *s, ns_tensor_t *t, span_t *span, uint64_t data_len)
 {
+    const char *dtype = NULL;
+    size_t dtype_len = 0;
     unsigned seen = 0;
     if (!scan_lit(s, '{'))
         return 0;
@@ -241,7 +260,7 @@ static int scan_tensor(scan_t *s, ns_tensor_t *t, span_t *span, uint64_t data_le
             return 0;
         if (scan_key_is(key, len, "dtype") && !(seen & 1)) {
             seen |= 1;
-            if (!scan_string(s, dtype, dtype_len))
+            if (!scan_string(s, &dtype, &dtype_len))
                 return 0;
         } else if (scan_key_is(key, len, "shape") && !(seen & 2)) {
             seen |= 2;
@@ -270,11 +289,17 @@ static int scan_tensor(scan_t *s, ns_tensor_t *t, span_t *span, uint64_t data_le
         return 0;
 
     char name[16];
-    if (*dtype_len >= sizeof(name))
+    if (dtype_len >= sizeof(name))
         return 0;
-    memcpy(name, *dtype, *dtype_len);
-    name[*dtype_len] = '\0';
-    size_t elem = ns__dtype_size(name, &t->dtype);
+    memcpy(name, dtype, dtype_len);
+    name[dtype_len] = '\0';
+    size_t elem = 0;
+    for (size_t k = 0; k < sizeof(dtypes) / sizeof(dtypes[0]) && !elem; k++)
+        if (strcmp(dtypes[k].name, name) == 0) {
+            t->dtype = dtypes[k].dtype;
+            elem = dtypes[k].size;
+            span->dtype_id = (unsigned char)k;
+        }
     if (!elem)
         return 0;
     uint64_t count = 1;
@@ -309,30 +334,33 @@ static int scan_meta(scan_t *s, json_t **meta)
     return scan_lit(s, '}');
 }
 
-/* The {"dtype": ...} object for a dtype spelling, shared by the tensors that
- * use it (a few distinct spellings are remembered). */
-typedef struct dtype_cache_s {
-    const char *text; /* spelling in the header */
-    size_t len;
-    json_t *entry;
-} dtype_cache_t;
-
-static json_t *dtype_entry(dtype_cache_t cache[4], const char *dtype, size_t len)
+/* Whether two tensors share a name (the jansson path then reports it): an
+ * open-addressing set of tensor indices over FNV-1a hashes of the names. */
+static int has_duplicate_name(const ns_tensor_t *tensors, size_t n)
 {
-    for (int i = 0; i < 4 && cache[i].entry; i++)
-        if (cache[i].len == len && memcmp(cache[i].text, dtype, len) == 0)
-            return json_incref(cache[i].entry);
-    json_t *e = json_object();
-    if (e && json_object_set_new_nocheck(e, "dtype", json_stringn_nocheck(dtype, len))) {
-        json_decref(e);
-        return NULL;
-    }
-    for (int i = 0; e && i < 4; i++)
-        if (!cache[i].entry) {
-            cache[i] = (dtype_cache_t){dtype, len, json_incref(e)};
-            break;
+    size_t cap = 16;
+    while (cap < 2 * n)
+        cap *= 2;
+    uint32_t local[512];
+    uint32_t *slot = cap <= 512 ? local : malloc(cap * sizeof(*slot));
+    if (!slot)
+        return 1;
+    memset(slot, 0xff, cap * sizeof(*slot)); /* UINT32_MAX: empty */
+    int dup = 0;
+    for (size_t i = 0; i < n && !dup; i++) {
+        uint64_t h = 1469598103934665603u;
+        for (const unsigned char *c = (const unsigned char *)tensors[i].name; *c; c++)
+            h = (h ^ *c) * 1099511628211u;
+        size_t k = (size_t)h & (cap - 1);
+        while (slot[k] != UINT32_MAX && !dup) {
+            dup = strcmp(tensors[slot[k]].name, tensors[i].name) == 0;
+            k = (k + 1) & (cap - 1);
         }
-    return e;
+        slot[k] = (uint32_t)i;
+    }
+    if (slot != local)
+        free(slot);
+    return dup;
 }
 
 /* @return 0 with *dst filled, or nonzero: use the jansson path. */
@@ -340,7 +368,6 @@ static int parse_fast(ns_safetensors_t **dst, const char *header, size_t header_
                       const uint8_t *data, uint64_t data_len)
 {
     scan_t s = {header, header + header_len};
-    dtype_cache_t cache[4] = {{NULL, 0, NULL}, {NULL, 0, NULL}, {NULL, 0, NULL}, {NULL, 0, NULL}};
     span_t *spans = NULL;
     size_t n = 0, cap = 0;
     /* First capacity: about one entry per 64 header bytes (ResNet-50's take
@@ -348,7 +375,7 @@ static int parse_fast(ns_safetensors_t **dst, const char *header, size_t header_
     size_t guess = header_len / 64 + 4 < 1024 ? header_len / 64 + 4 : 1024;
     int ok = 0;
     ns_safetensors_t *st = calloc(1, sizeof(*st));
-    if (!st || !(st->header = json_object()) || !scan_lit(&s, '{'))
+    if (!st || !scan_lit(&s, '{'))
         goto out;
     if (!scan_lit(&s, '}')) {
         do {
@@ -356,57 +383,44 @@ static int parse_fast(ns_safetensors_t **dst, const char *header, size_t header_
             size_t len;
             if (!scan_string(&s, &name, &len) || !scan_lit(&s, ':'))
                 goto out;
-            json_t *entry = NULL;
             if (scan_key_is(name, len, "__metadata__")) {
-                if (!scan_meta(&s, &entry)) {
-                    json_decref(entry);
-                    goto out;
-                }
-                st->meta = entry;
-            } else {
-                if (len >= sizeof(st->tensors->name))
-                    goto out;
-                if (n == cap) {
-                    size_t ncap = cap ? 2 * cap : guess;
-                    ns_tensor_t *t = realloc(st->tensors, ncap * sizeof(*t));
-                    if (t)
-                        st->tensors = t;
-                    span_t *sp = realloc(spans, ncap * sizeof(*sp));
-                    if (sp)
-                        spans = sp;
-                    if (!t || !sp)
-                        goto out;
-                    cap = ncap;
-                }
-                ns_tensor_t *t = &st->tensors[n];
-                memset(t, 0, sizeof(*t));
-                memcpy(t->name, name, len);
-                spans[n].index = n;
-                const char *dtype;
-                size_t dtype_len;
-                if (!scan_tensor(&s, t, &spans[n], data_len, &dtype, &dtype_len) ||
-                    !(entry = dtype_entry(cache, dtype, dtype_len)))
-                    goto out;
-                n++;
+                if (st->meta_owned != NULL || !scan_meta(&s, &st->meta_owned))
+                    goto out; /* a second one, or malformed */
+                st->meta = st->meta_owned;
+                continue;
             }
-            /* A key seen before replaces its entry: the size tells. */
-            size_t keys = json_object_size(st->header);
-            if (json_object_setn_new_nocheck(st->header, name, len, entry) ||
-                json_object_size(st->header) != keys + 1)
+            if (len >= sizeof(st->tensors->name) || n >= UINT32_MAX - 1)
                 goto out;
+            if (n == cap) {
+                size_t ncap = cap ? 2 * cap : guess;
+                ns_tensor_t *t = realloc(st->tensors, ncap * sizeof(*t));
+                if (t)
+                    st->tensors = t;
+                span_t *sp = realloc(spans, ncap * sizeof(*sp));
+                if (sp)
+                    spans = sp;
+                if (!t || !sp)
+                    goto out;
+                cap = ncap;
+            }
+            ns_tensor_t *t = &st->tensors[n];
+            memset(t, 0, sizeof(*t));
+            memcpy(t->name, name, len);
+            spans[n].index = n;
+            if (!scan_tensor(&s, t, &spans[n], data_len))
+                goto out;
+            n++;
         } while (scan_lit(&s, ','));
         if (!scan_lit(&s, '}'))
             goto out;
     }
     scan_ws(&s);
-    if (s.p != s.end)
+    if (s.p != s.end || has_duplicate_name(st->tensors, n))
         goto out;
     if (!st->tensors && !(st->tensors = malloc(sizeof(*st->tensors))))
         goto out;
-    ok = tile(st, spans, n, data, data_len, NULL) == 0;
+    ok = tile(st, spans, n, data, data_len, 1, NULL) == 0;
 out:
-    for (int i = 0; i < 4; i++)
-        json_decref(cache[i].entry);
     free(spans);
     if (!ok) {
         ns_safetensors_free(st);
@@ -481,7 +495,7 @@ static int parse_full(ns_safetensors_t **dst, const char *header, size_t header_
             i++;
         }
     }
-    if ((rc = tile(st, spans, n, data, data_len, err)))
+    if ((rc = tile(st, spans, n, data, data_len, 0, err)))
         goto fail;
     free(spans);
     *dst = st;
@@ -592,6 +606,7 @@ void ns_safetensors_free(ns_safetensors_t *st)
     if (!st)
         return;
     json_decref(st->header);
-    free(st->tensors);
+    json_decref(st->meta_owned);
+    free(st->tensors); /* and the dtype ids in its block */
     free(st);
 }

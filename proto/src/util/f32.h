@@ -17,6 +17,14 @@
  * 63 bytes that needs strtof could not be copied). Thread-safe. */
 int ns__f32_parse(const char *src, size_t src_len, float *dst);
 
+/* ns__f32_parse_prefix() :
+ * ns__f32_parse() of the JSON number that starts at 'src' and ends where its
+ * grammar ends (at most at 'end'); *stop is set there, *integral to 0 when
+ * it has a fraction or an exponent. The caller decides what may follow.
+ * @return as ns__f32_parse(); *stop is set unless NS_EINVAL. */
+int ns__f32_parse_prefix(const char *src, const char *end, const char **stop, int *integral,
+                         float *dst);
+
 /* ns__f32_format() :
  * Write finite 'value' as the shortest decimal that ns__f32_parse() (and
  * strtof) reads back to the same float, the nearest such decimal to 'value'

@@ -186,13 +186,16 @@ static inline int decimal_to_f32(const decimal_t *dec, int neg, const char *src,
     return isinf(f) ? NS_EVALUE : 0;
 }
 
-int ns__f32_parse(const char *src, size_t src_len, float *dst)
+int ns__f32_parse_prefix(const char *src, const char *end, const char **stop, int *integral,
+                         float *dst)
 {
-    const char *p = src, *end = src + src_len;
+    const char *p = src;
     decimal_t dec = {0, 0, 0, 1};
     int neg = 0;
 
-    /* JSON grammar: -?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)? */
+    /* JSON grammar: -?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?, each
+     * part taken whole when it is there (the grammar needs no going back). */
+    *integral = 1;
     if (p < end && *p == '-') {
         neg = 1;
         p++;
@@ -204,6 +207,7 @@ int ns__f32_parse(const char *src, size_t src_len, float *dst)
     else
         p = scan_integer(p, end, &dec);
     if (p < end && *p == '.') {
+        *integral = 0;
         p++;
         if (p == end || (unsigned)(*p - '0') > 9)
             return NS_EINVAL;
@@ -211,6 +215,7 @@ int ns__f32_parse(const char *src, size_t src_len, float *dst)
     }
     if (p < end && (*p == 'e' || *p == 'E')) {
         int eneg = 0, e = 0;
+        *integral = 0;
         p++;
         if (p < end && (*p == '+' || *p == '-'))
             eneg = *p++ == '-';
@@ -221,7 +226,19 @@ int ns__f32_parse(const char *src, size_t src_len, float *dst)
                 e = e * 10 + (*p - '0');
         dec.exp10 += eneg ? -e : e;
     }
-    if (p != end)
-        return NS_EINVAL;
-    return decimal_to_f32(&dec, neg, src, src_len, dst);
+    *stop = p;
+    return decimal_to_f32(&dec, neg, src, (size_t)(p - src), dst);
+}
+
+int ns__f32_parse(const char *src, size_t src_len, float *dst)
+{
+    const char *stop;
+    int integral;
+    float f;
+    int rc = ns__f32_parse_prefix(src, src + src_len, &stop, &integral, &f);
+    if (rc == NS_EINVAL || stop != src + src_len)
+        return NS_EINVAL; /* not a number, or more after one */
+    if (rc != NS_ENOMEM)
+        *dst = f;
+    return rc;
 }

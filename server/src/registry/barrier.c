@@ -16,14 +16,11 @@ size_t nsd_pending_bytes(uint32_t world_size)
 nsd_pending_t *nsd_pending_create(uint64_t step, uint32_t world_size, unsigned update,
                                   uint64_t now_ms)
 {
-    nsd_pending_t *p = calloc(1, sizeof(*p));
+    /* One allocation: the struct, then its arrivals. */
+    nsd_pending_t *p = calloc(1, sizeof(*p) + (size_t)world_size * sizeof(nsd_arrival_t));
     if (p == NULL)
         return NULL;
-    p->arrivals = calloc(world_size, sizeof(nsd_arrival_t));
-    if (p->arrivals == NULL) {
-        free(p);
-        return NULL;
-    }
+    p->arrivals = (nsd_arrival_t *)(void *)(p + 1);
     p->step = step;
     p->world_size = world_size;
     p->update = update;
@@ -42,9 +39,8 @@ void nsd_pending_free(nsd_pending_t *p)
         free(p->arrivals[w].mean64);
         free(p->arrivals[w].var64);
     }
-    free(p->arrivals);
     free(p->waiters);
-    free(p);
+    free(p); /* and its arrivals */
 }
 
 int nsd_pending_reserve_waiter(nsd_pending_t *p)
@@ -96,9 +92,11 @@ static int combine(const nsd_pending_t *p, uint32_t domain, size_t channels, int
 static int add_domains(nsd_step_t *s, const nsd_pending_t *p,
                        const char (*domains)[NS_NAME_MAX + 1], size_t n_domains)
 {
-    unsigned char *seen = calloc(n_domains ? n_domains : 1, 1);
+    unsigned char local[64]; /* most runs have a few domains: no allocation */
+    unsigned char *seen = n_domains <= sizeof(local) ? local : malloc(n_domains);
     if (seen == NULL)
         return NS_ENOMEM;
+    memset(seen, 0, n_domains <= sizeof(local) ? sizeof(local) : n_domains);
     size_t used = 0;
     for (uint32_t w = 0; w < p->world_size; w++)
         if (p->arrivals[w].present && p->arrivals[w].domain < n_domains &&
@@ -118,7 +116,8 @@ static int add_domains(nsd_step_t *s, const nsd_pending_t *p,
         if (seen[d] &&
             nsd_step_add_domain(s, d, domains[d], 0, one_domain ? s->mean : NULL, NULL) == NULL)
             rc = NS_ENOMEM;
-    free(seen);
+    if (seen != local)
+        free(seen);
     return rc;
 }
 
@@ -128,6 +127,7 @@ int nsd_barrier_finalize(const nsd_pending_t *p, const char *layer, size_t chann
 {
     *dst = NULL;
     int rc = NS_ENOMEM;
+    ns_arrival_t local[16]; /* the arrivals of up to 16 workers: no allocation */
     ns_arrival_t *scratch = NULL;
     nsd_step_t *s = nsd_step_create(layer, p->step, channels);
     if (s == NULL)
@@ -139,7 +139,7 @@ int nsd_barrier_finalize(const nsd_pending_t *p, const char *layer, size_t chann
     if (rc != 0)
         goto out;
     rc = NS_ENOMEM;
-    scratch = malloc((p->world_size ? p->world_size : 1) * sizeof(*scratch));
+    scratch = p->world_size <= 16 ? local : malloc(p->world_size * sizeof(*scratch));
     if (scratch == NULL)
         goto out;
     rc = combine(p, UINT32_MAX, channels, threads, scratch, &s->count, s->mean, s->var);
@@ -151,7 +151,8 @@ int nsd_barrier_finalize(const nsd_pending_t *p, const char *layer, size_t chann
             rc = combine(p, d->index, channels, threads, scratch, &d->count, d->mean, d->var);
     }
 out:
-    free(scratch);
+    if (scratch != local)
+        free(scratch);
     if (rc != 0) {
         nsd_step_free(s);
         return rc;

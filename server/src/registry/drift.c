@@ -58,6 +58,23 @@ static int row_population(const nsd_run_t *run, const nsd_layer_t *l, long d, co
            ns_precise_read(&acc, c, 0, s->pop_mean, s->pop_var) == 0;
 }
 
+/* Row d's drift of the EMA (em, ev) from its PreciseBN, the accumulator
+ * read in the same pass (ns_drift_precise()). @return 1, or 0 when it has
+ * fewer than 2 samples. */
+static int row_drift(const nsd_run_t *run, const nsd_layer_t *l, long d, const scratch_t *s,
+                     const double *em, const double *ev, ns_drift_t *dst)
+{
+    size_t c = l->channels;
+    if (d >= 0) {
+        const nsd_pop_t *pop = row_pop(l, d);
+        return pop != NULL && pop->precise.n >= 2 &&
+               ns_drift_precise(em, ev, &pop->precise, c, NS_DRIFT_EPS, dst) == 0;
+    }
+    ns_precise_t acc = {.mean = s->acc_mean, .m2 = s->acc_m2};
+    return nsd_pop_precise_pool(&acc, l->pops, layer_domains(run, l), c) == 0 && acc.n >= 2 &&
+           ns_drift_precise(em, ev, &acc, c, NS_DRIFT_EPS, dst) == 0;
+}
+
 int nsd_layer_population(const nsd_run_t *run, const nsd_layer_t *l, long d, double *scratch,
                          const double **mean, const double **var)
 {
@@ -77,11 +94,9 @@ int nsd_layer_drift(const nsd_run_t *run, const nsd_layer_t *l, long d, double *
     if (c == 0 || pop == NULL)
         return 0;
     scratch_t s = scratch_split(scratch, c);
-    if (!row_population(run, l, d, &s))
-        return 0;
     const double *em, *ev;
     row_ema(run, pop, c, &s, &em, &ev);
-    return ns_drift(em, ev, s.pop_mean, s.pop_var, c, NS_DRIFT_EPS, dst) == 0;
+    return row_drift(run, l, d, &s, em, ev, dst);
 }
 
 uint64_t nsd_layer_precise_batches(const nsd_run_t *run, const nsd_layer_t *l, long d)
@@ -136,11 +151,10 @@ static void record(nsd_run_t *run, nsd_layer_t *l, long d, const nsd_step_t *f, 
     if (h == NULL)
         return;
     scratch_t s = scratch_split(nsd_history_scratch(h), c);
-    nsd_pop_ema_read(pop, c, run->st.cfg.ema_debias, s.ema_mean, s.ema_var);
-    nsd_history_entry_t *e = nsd_history_push(h, f->step, count, mean, var, s.ema_mean, s.ema_var);
-    if (row_population(run, l, d, &s))
-        e->has_drift =
-            ns_drift(s.ema_mean, s.ema_var, s.pop_mean, s.pop_var, c, NS_DRIFT_EPS, &e->drift) == 0;
+    const double *em, *ev; /* the running arrays themselves unless debiased */
+    row_ema(run, pop, c, &s, &em, &ev);
+    nsd_history_entry_t *e = nsd_history_push(h, f->step, count, mean, var, em, ev);
+    e->has_drift = row_drift(run, l, d, &s, em, ev, &e->drift);
 }
 
 /* Keep the pooled row reading its only domain's history while the steps

@@ -68,13 +68,8 @@ nsd_history_entry_t *nsd_history_push(nsd_history_t *h, uint64_t step, uint64_t 
         h->len++;
     const double *src[NSD_HIST_VALUES] = {batch_mean, batch_var, ema_mean, ema_var};
     float *dst = slot_values(h, slot);
-    for (size_t k = 0; k < NSD_HIST_VALUES; k++) {
-        float *restrict out = dst + k * h->channels;
-        const double *restrict in = src[k];
-#pragma omp simd
-        for (size_t c = 0; c < h->channels; c++)
-            out[c] = (float)in[c];
-    }
+    for (size_t k = 0; k < NSD_HIST_VALUES; k++)
+        ns_narrow_f32(dst + k * h->channels, src[k], h->channels);
     nsd_history_entry_t *e = &h->entries[slot];
     memset(e, 0, sizeof(*e));
     e->step = step;

@@ -50,17 +50,26 @@ static void plan_free(plan_t *pl, size_t n)
 static int check_values(const ns_layer_report_t *lr, ns_error_detail_t *err)
 {
     char field[NS_NAME_MAX + 48];
-    for (size_t c = 0; lr->mean != NULL && c < lr->channels; c++)
-        if (!(fabs((double)lr->mean[c]) <= NS_MEAN_ABS_MAX)) {
-            snprintf(field, sizeof(field), "layers.%s." NS_FIELD_MEAN "[%zu]", lr->name, c);
-            return ns_error_set(err, NS_EVALUE, field, "%g is beyond +-2^60", (double)lr->mean[c]);
-        }
-    for (size_t c = 0; lr->var != NULL && c < lr->channels; c++)
-        if (!((double)lr->var[c] <= NS_VAR_MAX)) {
-            snprintf(field, sizeof(field), "layers.%s." NS_FIELD_VAR "[%zu]", lr->name, c);
-            return ns_error_set(err, NS_EVALUE, field, "%g is beyond 2^120", (double)lr->var[c]);
-        }
+    /* The bounds are powers of two, so float comparisons decide as double ones. */
+    size_t c =
+        ns_find_outside(lr->mean, lr->channels, -(float)NS_MEAN_ABS_MAX, (float)NS_MEAN_ABS_MAX);
+    if (lr->mean != NULL && c < lr->channels) {
+        snprintf(field, sizeof(field), "layers.%s." NS_FIELD_MEAN "[%zu]", lr->name, c);
+        return ns_error_set(err, NS_EVALUE, field, "%g is beyond +-2^60", (double)lr->mean[c]);
+    }
+    c = ns_find_outside(lr->var, lr->channels, -INFINITY, (float)NS_VAR_MAX);
+    if (lr->var != NULL && c < lr->channels) {
+        snprintf(field, sizeof(field), "layers.%s." NS_FIELD_VAR "[%zu]", lr->name, c);
+        return ns_error_set(err, NS_EVALUE, field, "%g is beyond 2^120", (double)lr->var[c]);
+    }
     return 0;
+}
+
+/* "layers.<name>", the field of a layer's error, into buf. */
+static const char *layer_field(char *buf, size_t cap, const char *name)
+{
+    snprintf(buf, cap, "layers.%s", name);
+    return buf;
 }
 
 /* Samples the layer's PreciseBN accumulators hold (current generation of
@@ -78,18 +87,21 @@ static uint64_t precise_committed(const nsd_layer_t *l)
 /* The step against those the layer holds: pending p (NULL: none yet) and
  * finalized. @return 0, or NS_EDUPLICATE, NS_ESTALE, NS_ECONFLICT or NS_EBUSY. */
 static int check_sequence(const nsd_run_t *run, const ns_report_t *rep, const nsd_layer_t *l,
-                          const nsd_pending_t *p, const char *field, ns_error_detail_t *err)
+                          const nsd_pending_t *p, ns_error_detail_t *err)
 {
+    char buf[NS_NAME_MAX + 16];
     int64_t last = rep->worker < l->n_workers ? l->worker_last[rep->worker] : -1;
     if (p != NULL && p->arrivals[rep->worker].present)
-        return ns_error_set(err, NS_EDUPLICATE, field, "worker %u already reported step %llu",
-                            rep->worker, (unsigned long long)rep->step);
+        return ns_error_set(err, NS_EDUPLICATE, layer_field(buf, sizeof(buf), l->name),
+                            "worker %u already reported step %llu", rep->worker,
+                            (unsigned long long)rep->step);
     if (last >= 0 && (int64_t)rep->step <= last)
-        return ns_error_set(err, NS_ESTALE, field,
+        return ns_error_set(err, NS_ESTALE, layer_field(buf, sizeof(buf), l->name),
                             "worker %u already reported step %lld; steps must increase",
                             rep->worker, (long long)last);
     if (p == NULL && (int64_t)rep->step <= l->max_closed)
-        return ns_error_set(err, NS_ESTALE, field, "step %llu is at or below finalized step %lld",
+        return ns_error_set(err, NS_ESTALE, layer_field(buf, sizeof(buf), l->name),
+                            "step %llu is at or below finalized step %lld",
                             (unsigned long long)rep->step, (long long)l->max_closed);
     if (p != NULL && p->update != rep->update)
         return ns_error_set(err, NS_ECONFLICT, "update",
@@ -97,7 +109,8 @@ static int check_sequence(const nsd_run_t *run, const ns_report_t *rep, const ns
                             (unsigned long long)rep->step);
     uint32_t max_pending = run->ctx->limits.max_pending_steps;
     if (p == NULL && l->n_pending >= max_pending)
-        return ns_error_set(err, NS_EBUSY, field, "%u steps already pending", max_pending);
+        return ns_error_set(err, NS_EBUSY, layer_field(buf, sizeof(buf), l->name),
+                            "%u steps already pending", max_pending);
     return 0;
 }
 
@@ -108,18 +121,19 @@ static int check_layer(const nsd_run_t *run, const ns_report_t *rep, plan_t *pl,
     const ns_layer_report_t *lr = pl->lr;
     const nsd_run_state_t *st = &run->st;
     nsd_layer_t *l = pl->layer; /* found (and locked in shared mode) by the caller */
-    char field[NS_NAME_MAX + 16];
-    snprintf(field, sizeof(field), "layers.%s", lr->name);
-
+    char buf[NS_NAME_MAX + 16];
+    /* Formatted only for an error (most reports have none). */
     if (!ns_name_valid(lr->name))
-        return ns_error_set(err, NS_EINVAL, field, "invalid layer name");
+        return ns_error_set(err, NS_EINVAL, layer_field(buf, sizeof(buf), lr->name),
+                            "invalid layer name");
     if (lr->count > 0 && (lr->channels == 0 || lr->mean == NULL || lr->var == NULL))
-        return ns_error_set(err, NS_EINVAL, field, "count > 0 needs mean and var");
+        return ns_error_set(err, NS_EINVAL, layer_field(buf, sizeof(buf), lr->name),
+                            "count > 0 needs mean and var");
     pl->channels = l ? l->channels : 0;
     if (lr->channels > 0) {
         if (pl->channels != 0 && lr->channels != pl->channels)
             return ns_error_set(
-                err, NS_ECHANNELS, field,
+                err, NS_ECHANNELS, layer_field(buf, sizeof(buf), lr->name),
                 "expected %zu channels (fixed by the layer's first report), got %zu", pl->channels,
                 lr->channels);
         if (pl->channels == 0) {
@@ -140,7 +154,7 @@ static int check_layer(const nsd_run_t *run, const ns_report_t *rep, plan_t *pl,
                             "worker %u outside world_size %u of step %llu", rep->worker, ws,
                             (unsigned long long)rep->step);
     if (l != NULL) {
-        int rc = check_sequence(run, rep, l, p, field, err);
+        int rc = check_sequence(run, rep, l, p, err);
         if (rc != 0)
             return rc;
     }
@@ -149,8 +163,8 @@ static int check_layer(const nsd_run_t *run, const ns_report_t *rep, plan_t *pl,
      * arrival will reach stay within int64 (an accepted step always
      * finalizes and applies). */
     if (lr->count > NS_COUNT_MAX) {
-        snprintf(field, sizeof(field), "layers.%s." NS_FIELD_COUNT, lr->name);
-        return ns_error_set(err, NS_EVALUE, field, "%llu is above 2^32",
+        snprintf(buf, sizeof(buf), "layers.%s." NS_FIELD_COUNT, lr->name);
+        return ns_error_set(err, NS_EVALUE, buf, "%llu is above 2^32",
                             (unsigned long long)lr->count);
     }
     int rc = check_values(lr, err);
@@ -159,8 +173,8 @@ static int check_layer(const nsd_run_t *run, const ns_report_t *rep, plan_t *pl,
     if (l != NULL && (rep->update & NS_UPDATE_PRECISE) && lr->count > 0) {
         uint64_t held = precise_committed(l);
         if (lr->count > (uint64_t)INT64_MAX - held) {
-            snprintf(field, sizeof(field), "layers.%s." NS_FIELD_COUNT, lr->name);
-            return ns_error_set(err, NS_EVALUE, field,
+            snprintf(buf, sizeof(buf), "layers.%s." NS_FIELD_COUNT, lr->name);
+            return ns_error_set(err, NS_EVALUE, buf,
                                 "the layer's PreciseBN accumulators (%llu samples with those "
                                 "pending) would exceed 2^63-1; reset them",
                                 (unsigned long long)held);

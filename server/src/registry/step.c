@@ -1,9 +1,17 @@
 /* step.c - a finalized step of one layer (see step.h). */
 #include "step.h"
 
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+/* 'src' into dst[cap], cut at cap - 1 bytes as snprintf() would, without
+ * its cost (two names per finalized step and layer). */
+static void copy_name(char *dst, size_t cap, const char *src)
+{
+    size_t n = strnlen(src, cap - 1);
+    memcpy(dst, src, n);
+    dst[n] = '\0';
+}
 
 /* One block of 2 * channels doubles: mean, then var. */
 static double *arrays_alloc(size_t channels)
@@ -13,19 +21,18 @@ static double *arrays_alloc(size_t channels)
 
 nsd_step_t *nsd_step_create(const char *layer, uint64_t step, size_t channels)
 {
-    nsd_step_t *s = calloc(1, sizeof(*s));
+    /* One allocation: the struct, then the pooled block (a step is made
+     * per layer and finalized step). */
+    nsd_step_t *s = malloc(sizeof(*s) + 2 * channels * sizeof(double));
     if (s == NULL)
         return NULL;
-    snprintf(s->layer, sizeof(s->layer), "%s", layer);
+    memset(s, 0, sizeof(*s));
+    copy_name(s->layer, sizeof(s->layer), layer);
     s->step = step;
     s->first_pending = -1;
     s->channels = channels;
     if (channels > 0) {
-        s->mean = arrays_alloc(channels);
-        if (s->mean == NULL) {
-            free(s);
-            return NULL;
-        }
+        s->mean = (double *)(void *)(s + 1);
         s->var = s->mean + channels;
     }
     return s;
@@ -35,11 +42,18 @@ nsd_step_domain_t *nsd_step_add_domain(nsd_step_t *s, uint32_t index, const char
                                        uint64_t count, const double *mean, const double *var)
 {
     size_t c = s->channels;
+    if (s->cap_domains == 0) {
+        s->domains = &s->first;
+        s->cap_domains = 1;
+    }
     if (s->n_domains == s->cap_domains) {
-        size_t cap = s->cap_domains ? 2 * s->cap_domains : 2;
-        nsd_step_domain_t *p = realloc(s->domains, cap * sizeof(*p));
+        size_t cap = 2 * s->cap_domains;
+        nsd_step_domain_t *p = malloc(cap * sizeof(*p));
         if (p == NULL)
             return NULL;
+        memcpy(p, s->domains, s->n_domains * sizeof(*p));
+        if (s->domains != &s->first)
+            free(s->domains);
         s->domains = p;
         s->cap_domains = cap;
     }
@@ -63,7 +77,7 @@ nsd_step_domain_t *nsd_step_add_domain(nsd_step_t *s, uint32_t index, const char
     nsd_step_domain_t *d = &s->domains[pos];
     memset(d, 0, sizeof(*d));
     d->index = index;
-    snprintf(d->name, sizeof(d->name), "%s", name);
+    copy_name(d->name, sizeof(d->name), name);
     d->count = count;
     d->mean = block;
     d->var = block ? block + c : NULL;
@@ -111,7 +125,7 @@ void nsd_step_free(nsd_step_t *s)
     for (size_t i = 0; i < s->n_domains; i++)
         if (!nsd_step_shares_pooled(s, &s->domains[i]))
             free(s->domains[i].mean); /* var shares the block */
-    free(s->domains);
-    free(s->mean);
-    free(s);
+    if (s->domains != &s->first)
+        free(s->domains);
+    free(s); /* and the pooled block after it */
 }

@@ -6,7 +6,8 @@
  * store encodes it as a log row and decodes it again for replay.
  *
  * Memory: mean and var of the pooled result and of each domain are one block
- * of 2 * channels doubles (var = mean + channels). A domain whose arrivals
+ * of 2 * channels doubles (var = mean + channels); the pooled block follows
+ * the struct in its allocation, and a step's first domain is held inline. A domain whose arrivals
  * are all of the step's arrivals shares the pooled block (mean == the
  * step's mean); nsd_step_free() frees that block once.
  * Threads: none; a step belongs to one owner at a time. */
@@ -49,6 +50,7 @@ typedef struct nsd_step_s {
     double *var;     /* pooled, biased */
     size_t n_domains, cap_domains;
     nsd_step_domain_t *domains; /* ascending index (the run's domain order) */
+    nsd_step_domain_t first;    /* domains' first home (one domain: no allocation) */
 } nsd_step_t;
 
 /*! nsd_step_create() :

@@ -13,6 +13,9 @@
  *    The logarithm alone, of the ratio as rounded, is within 8 ulp.
  *  - a maximum's channel is the first channel holding it: exact for dm; for
  *    dv any channel whose reference is within the bound of the maximum.
+ *  - drift_precise (PreciseBN's m2 divided in the pass) equals, bitwise, the
+ *    same table's drift of pv = m2 / (n - 1) divided here; and against the
+ *    long double reference within the bounds above.
  * Shapes are random from the printed seed (NS_TEST_SEED replays a run). */
 #include <math.h>
 #include <stdlib.h>
@@ -264,6 +267,61 @@ START_TEST(public_entry)
 }
 END_TEST
 
+/* drift_precise against drift of the quotients computed here: the same bits. */
+START_TEST(precise_in_place)
+{
+    uint64_t rng = ns_test_seed() ^ 0xd71f7;
+    const size_t sizes[] = {1, 2, 3, 4, 5, 7, 8, 9, 31, 64, 257, 1003};
+    for (size_t k = 0; k < sizeof(sizes) / sizeof(sizes[0]); k++) {
+        size_t n = sizes[k];
+        double *em = malloc(n * sizeof(double)), *ev = malloc(n * sizeof(double));
+        double *pm = malloc(n * sizeof(double)), *m2 = malloc(n * sizeof(double));
+        double *pv = malloc(n * sizeof(double));
+        ck_assert(em && ev && pm && m2 && pv);
+        uint64_t samples = 2 + ns_test_rand(&rng) % 100000;
+        for (size_t c = 0; c < n; c++) {
+            em[c] = ns_test_uniform(&rng) * 4 - 2;
+            pm[c] = ns_test_uniform(&rng) * 4 - 2;
+            ev[c] = ns_test_uniform(&rng) * 3;
+            m2[c] = ns_test_uniform(&rng) * 3 * (double)(samples - 1);
+            pv[c] = m2[c] / (double)(samples - 1);
+        }
+        ref_t r = reference(em, ev, pm, pv, n, NS_DRIFT_EPS);
+        for (int t = 0; t < ntables; t++) {
+            ns_drift_t a, b;
+            memset(&a, 0, sizeof(a));
+            memset(&b, 0, sizeof(b));
+            tables[t]->drift(em, ev, pm, pv, n, NS_DRIFT_EPS, &a);
+            tables[t]->drift_precise(em, ev, pm, m2, (double)(samples - 1), n, NS_DRIFT_EPS, &b);
+            ck_assert_msg(memcmp(&a, &b, sizeof(a)) == 0, "%s: %zu channels differ",
+                          tables[t]->name, n);
+            ck_assert(fabsl(b.mean_max - r.mean_max) <= 1e-15L * r.mean_max);
+            ck_assert_uint_eq(b.mean_max_channel, r.mean_max_channel);
+            ck_assert(dv_close(b.var_max, r.var_max));
+        }
+        /* The public entry: the accumulator's own fields, and its refusals. */
+        ns_precise_t acc = {.n = samples, .num_batches = 1, .mean = pm, .m2 = m2};
+        ns_drift_t pub, two;
+        ck_assert_int_eq(ns_drift_precise(em, ev, &acc, n, NS_DRIFT_EPS, &pub), 0);
+        ck_assert_int_eq(ns_drift(em, ev, pm, pv, n, NS_DRIFT_EPS, &two), 0);
+        ck_assert(memcmp(&pub, &two, sizeof(pub)) == 0);
+        acc.n = 1;
+        ck_assert_int_eq(ns_drift_precise(em, ev, &acc, n, NS_DRIFT_EPS, &pub), NS_EINVAL);
+        acc.n = 0;
+        ck_assert_int_eq(ns_drift_precise(em, ev, &acc, n, NS_DRIFT_EPS, &pub), NS_ENOTFOUND);
+        acc.n = samples;
+        ck_assert_int_eq(ns_drift_precise(em, ev, &acc, 0, NS_DRIFT_EPS, &pub), NS_EINVAL);
+        ck_assert_int_eq(ns_drift_precise(em, ev, &acc, n, 2.0, &pub), NS_EINVAL);
+        ck_assert_int_eq(ns_drift_precise(em, ev, NULL, n, NS_DRIFT_EPS, &pub), NS_EINVAL);
+        free(em);
+        free(ev);
+        free(pm);
+        free(m2);
+        free(pv);
+    }
+}
+END_TEST
+
 static Suite *drift_suite(void)
 {
     collect_tables();
@@ -275,6 +333,7 @@ static Suite *drift_suite(void)
     tcase_add_test(tc, random_shapes);
     tcase_add_test(tc, logarithm_range);
     tcase_add_test(tc, public_entry);
+    tcase_add_test(tc, precise_in_place);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -13,7 +13,8 @@
  *  - combine performs per channel exactly the scalar operations in the same
  *    order, so the vector tables must equal scalar bitwise; against long
  *    double see combine_random.
- *  - find_nonfinite / find_bad_variance are exact: the first bad index.
+ *  - find_nonfinite / find_bad_variance / find_outside are exact: the first
+ *    bad index (find_outside against the server's double comparisons).
  * Shapes are random from the printed seed (NS_TEST_SEED replays a run). */
 #include <float.h>
 #include <math.h>
@@ -458,6 +459,113 @@ START_TEST(validate_long_random)
 }
 END_TEST
 
+/* The server's bounds as it wrote them, in double: |mean| <= 2^60, var <= 2^120. */
+static size_t plain_mean_beyond(const float *x, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (!(fabs((double)x[i]) <= 0x1p60))
+            return i;
+    return n;
+}
+
+static size_t plain_var_beyond(const float *x, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (!((double)x[i] <= 0x1p120))
+            return i;
+    return n;
+}
+
+/* narrow against the C conversion, bitwise: ties, subnormals, overflow. */
+START_TEST(narrow_every_value)
+{
+    uint64_t rng = ns_test_seed() ^ 0x4a770;
+    const double special[] = {0.0,      -0.0,           1.0 + 0x1p-24, 1.0 + 0x1p-23 + 0x1p-24,
+                              0x1p-149, 0x1p-150,       0x1.8p-150,    -0x1p-140,
+                              FLT_MAX,  0x1.ffffffp127, 0x1p128,       -1e300,
+                              INFINITY, -INFINITY,      NAN,           3.14159};
+    const size_t ns = sizeof(special) / sizeof(special[0]);
+    double src[1003];
+    float got[1003], want[1003];
+    for (int round = 0; round < 20; round++) {
+        for (size_t i = 0; i < 1003; i++)
+            src[i] = i % 5 == 0 ? special[ns_test_rand(&rng) % ns]
+                                : (ns_test_uniform(&rng) - 0.5) * ldexp(1.0, (int)(i % 300) - 150);
+        for (size_t i = 0; i < 1003; i++)
+            want[i] = (float)src[i];
+        for (int t = 0; t < ntables; t++)
+            for (size_t len = 0; len <= 1003; len += len < 40 ? 1 : 321) {
+                memset(got, 0xa5, sizeof(got));
+                tables[t]->narrow(got, src, len);
+                ck_assert_msg(memcmp(got, want, len * sizeof(float)) == 0, "%s: %zu values",
+                              tables[t]->name, len);
+                if (len < 1003) /* nothing written past the end */
+                    ck_assert_uint_eq(((const unsigned char *)got)[len * sizeof(float)], 0xa5);
+            }
+    }
+}
+END_TEST
+
+START_TEST(outside_every_position)
+{
+    const float probes[] = {NAN,       -NAN,           INFINITY,        -INFINITY, 0x1p60f,
+                            -0x1p60f,  0x1.000002p60f, -0x1.000002p60f, 0x1p120f,  0x1.000002p120f,
+                            -0x1p121f, FLT_MAX,        -FLT_MAX,        -0.0f,     1e-45f,
+                            3.0f};
+    float x[80];
+    int checks = 0;
+    for (int t = 0; t < ntables; t++) {
+        for (size_t len = 1; len <= 80; len++) {
+            for (size_t i = 0; i < len; i++)
+                x[i] = (float)(i % 5) - 2.0f;
+            ck_assert_uint_eq(tables[t]->find_outside(x, len, -0x1p60f, 0x1p60f), len);
+            for (size_t pos = 0; pos < len; pos++) {
+                for (size_t k = 0; k < sizeof(probes) / sizeof(probes[0]); k++) {
+                    x[pos] = probes[k];
+                    if (pos + 5 < len)
+                        x[pos + 5] = NAN; /* a later hit must not matter */
+                    ck_assert_uint_eq(tables[t]->find_outside(x, len, -0x1p60f, 0x1p60f),
+                                      plain_mean_beyond(x, len));
+                    ck_assert_uint_eq(tables[t]->find_outside(x, len, -INFINITY, 0x1p120f),
+                                      plain_var_beyond(x, len));
+                    checks += 2;
+                    if (pos + 5 < len)
+                        x[pos + 5] = 1.0f;
+                }
+                x[pos] = (float)(pos % 5) - 2.0f;
+            }
+        }
+    }
+    ck_assert_int_gt(checks, 0);
+}
+END_TEST
+
+START_TEST(outside_long_random)
+{
+    uint64_t rng = ns_test_seed() ^ 0x0b5;
+    const size_t n = 100003;
+    float *x = malloc(sizeof(float) * n);
+    ck_assert_ptr_nonnull(x);
+    for (int iter = 0; iter < 100; iter++) {
+        for (size_t i = 0; i < n; i++)
+            x[i] = ((float)ns_test_uniform(&rng) - 0.5f) * 0x1p61f;
+        int hits = (int)(ns_test_rand(&rng) % 3);
+        for (int h = 0; h < hits; h++) {
+            const float bad[] = {NAN, 0x1.000002p60f, -0x1.000002p60f, 0x1p121f};
+            x[ns_test_rand(&rng) % n] = bad[ns_test_rand(&rng) % 4];
+        }
+        size_t len = n - ns_test_rand(&rng) % 40;
+        for (int t = 0; t < ntables; t++) {
+            ck_assert_uint_eq(tables[t]->find_outside(x, len, -0x1p60f, 0x1p60f),
+                              plain_mean_beyond(x, len));
+            ck_assert_uint_eq(tables[t]->find_outside(x, len, -INFINITY, 0x1p120f),
+                              plain_var_beyond(x, len));
+        }
+    }
+    free(x);
+}
+END_TEST
+
 /* ---------------------------------------------------------------- dispatch */
 
 START_TEST(dispatch_choice)
@@ -495,6 +603,9 @@ static Suite *kernels_suite(void)
     tcase_add_test(tc, combine_random);
     tcase_add_test(tc, validate_every_position);
     tcase_add_test(tc, validate_long_random);
+    tcase_add_test(tc, outside_every_position);
+    tcase_add_test(tc, outside_long_random);
+    tcase_add_test(tc, narrow_every_value);
     tcase_add_test(tc, dispatch_choice);
     suite_add_tcase(s, tc);
     return s;

@@ -30,6 +30,42 @@ static void check_text(const char *text)
 /* Known answers: bit patterns from the binary32 layout by hand, or (the
  * decimals with many digits) by exact rational rounding with Python's
  * fractions module; neither conversion under comparison made them. */
+/* The prefix form: where the number ends, whether it is an integer, and
+ * the value strtof gives the number's text alone. */
+START_TEST(prefix_stops_where_the_grammar_does)
+{
+    static const struct {
+        const char *text;
+        size_t number_len; /* 0: no number at the start */
+        int integral;
+    } cases[] = {
+        {"0.5,", 3, 0},        {"-12]", 3, 1},         {"1e5 ", 3, 0},     {"1E+05}", 5, 0},
+        {"-0.000001e-3x", 12, 0}, {"0.5.1", 3, 0},     {"1-2", 1, 1},      {"00", 1, 1},
+        {"123456789012", 12, 1}, {"7", 1, 1},          {"-", 0, 0},        {".5", 0, 0},
+        {"1.", 0, 0},          {"1e", 0, 0},           {"1e+", 0, 0},      {"x1", 0, 0},
+        {"3.4028235e38,", 12, 0}, {"1.17549435e-38]", 14, 0},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        const char *t = cases[i].text;
+        const char *stop = NULL;
+        int integral = -1;
+        float got = 0, want = 0;
+        int rc = ns__f32_parse_prefix(t, t + strlen(t), &stop, &integral, &got);
+        if (cases[i].number_len == 0) {
+            ck_assert_msg(rc == NS_EINVAL, "%s: rc %d", t, rc);
+            continue;
+        }
+        ck_assert_msg(rc == 0, "%s: rc %d", t, rc);
+        ck_assert_msg(stop == t + cases[i].number_len, "%s: stopped after %td", t, stop - t);
+        ck_assert_int_eq(integral, cases[i].integral);
+        char copy[32];
+        snprintf(copy, sizeof(copy), "%.*s", (int)cases[i].number_len, t);
+        want = strtof(copy, NULL);
+        ck_assert_msg(memcmp(&got, &want, sizeof(got)) == 0, "%s: %a, strtof %a", t, got, want);
+    }
+}
+END_TEST
+
 START_TEST(known_values)
 {
     static const struct {
@@ -314,6 +350,7 @@ static Suite *make_suite(void)
     TCase *tc = tcase_create("core");
     tcase_set_timeout(tc, 120);
     tcase_add_test(tc, known_values);
+    tcase_add_test(tc, prefix_stops_where_the_grammar_does);
     tcase_add_test(tc, overflow_and_syntax);
     tcase_add_test(tc, random_floats_printed);
     tcase_add_test(tc, random_decimals);

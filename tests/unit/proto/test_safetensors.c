@@ -19,6 +19,7 @@ int ns__report_decode_json_fast(ns_report_t **dst, const char *src, size_t src_l
 /* The safetensors parser's two paths (library-internal): the scanner alone
  * (nonzero: it leaves the input to jansson) and the jansson path alone. */
 int ns__safetensors_parse_fast(ns_safetensors_t **dst, const uint8_t *src, size_t src_len);
+const char *ns__safetensors_dtype_name(const ns_safetensors_t *st, const ns_tensor_t *t);
 int ns__safetensors_parse_full(ns_safetensors_t **dst, const uint8_t *src, size_t src_len,
                                ns_error_detail_t *err);
 
@@ -413,6 +414,9 @@ static void check_same_parse(const ns_safetensors_t *a, const ns_safetensors_t *
                           x->ndim == y->ndim && x->data == y->data && x->nbytes == y->nbytes &&
                           memcmp(x->shape, y->shape, sizeof(x->shape)) == 0,
                       "tensor %zu differs on %s", i, what);
+        /* The spelling error messages quote (the scanner keeps no tree). */
+        const char *dx = ns__safetensors_dtype_name(a, x), *dy = ns__safetensors_dtype_name(b, y);
+        ck_assert_msg(strcmp(dx, dy) == 0, "dtype %s vs %s of tensor %zu on %s", dx, dy, i, what);
     }
     for (size_t k = 0; k < sizeof(keys) / sizeof(keys[0]); k++) {
         const char *x = ns_safetensors_meta(a, keys[k]), *y = ns_safetensors_meta(b, keys[k]);
