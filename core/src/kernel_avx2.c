@@ -637,57 +637,6 @@ static void narrow(float *dst, const double *src, size_t n)
         dst[i] = (float)src[i];
 }
 
-static size_t find_nonfinite(const float *src, size_t src_len)
-{
-    const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
-    const __m256 inf = _mm256_set1_ps(INFINITY);
-    size_t i = 0;
-
-    for (; i + 32 <= src_len; i += 32) {
-        /* ok = |x| < inf (ordered: false for NaN), for x[i..i+31] */
-        __m256 f0 =
-            _mm256_cmp_ps(_mm256_and_ps(_mm256_loadu_ps(src + i), absmask), inf, _CMP_LT_OQ);
-        __m256 f1 =
-            _mm256_cmp_ps(_mm256_and_ps(_mm256_loadu_ps(src + i + 8), absmask), inf, _CMP_LT_OQ);
-        __m256 f2 =
-            _mm256_cmp_ps(_mm256_and_ps(_mm256_loadu_ps(src + i + 16), absmask), inf, _CMP_LT_OQ);
-        __m256 f3 =
-            _mm256_cmp_ps(_mm256_and_ps(_mm256_loadu_ps(src + i + 24), absmask), inf, _CMP_LT_OQ);
-        __m256 ok = _mm256_and_ps(_mm256_and_ps(f0, f1), _mm256_and_ps(f2, f3));
-        if (_mm256_movemask_ps(ok) != 0xFF)
-            break; /* a hit in x[i..i+31]: the loop below finds which */
-    }
-    for (; i < src_len; i++)
-        if (!(fabsf(src[i]) < INFINITY))
-            return i;
-    return src_len;
-}
-
-static size_t find_bad_variance(const float *src, size_t src_len)
-{
-    const __m256 zero = _mm256_setzero_ps();
-    const __m256 inf = _mm256_set1_ps(INFINITY);
-    size_t i = 0;
-
-#define NS_VAR_OK(v)                                                                               \
-    _mm256_and_ps(_mm256_cmp_ps(v, zero, _CMP_GE_OQ), _mm256_cmp_ps(v, inf, _CMP_LT_OQ))
-    for (; i + 32 <= src_len; i += 32) {
-        /* ok = x >= 0 && x < inf (ordered: false for NaN; -0.0 >= 0 holds) */
-        __m256 f0 = NS_VAR_OK(_mm256_loadu_ps(src + i));
-        __m256 f1 = NS_VAR_OK(_mm256_loadu_ps(src + i + 8));
-        __m256 f2 = NS_VAR_OK(_mm256_loadu_ps(src + i + 16));
-        __m256 f3 = NS_VAR_OK(_mm256_loadu_ps(src + i + 24));
-        __m256 ok = _mm256_and_ps(_mm256_and_ps(f0, f1), _mm256_and_ps(f2, f3));
-        if (_mm256_movemask_ps(ok) != 0xFF)
-            break;
-    }
-#undef NS_VAR_OK
-    for (; i < src_len; i++)
-        if (!(src[i] >= 0.0f && src[i] < INFINITY))
-            return i;
-    return src_len;
-}
-
 static size_t find_outside(const float *src, size_t src_len, float lo, float hi)
 {
     const __m256 vlo = _mm256_set1_ps(lo), vhi = _mm256_set1_ps(hi);
@@ -722,7 +671,5 @@ const ns_kernels_t ns__kernels_avx2 = {
     .step_update = step_update,
     .widen = widen,
     .narrow = narrow,
-    .find_nonfinite = find_nonfinite,
-    .find_bad_variance = find_bad_variance,
     .find_outside = find_outside,
 };

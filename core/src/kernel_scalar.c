@@ -169,22 +169,6 @@ static void narrow(float *dst, const double *src, size_t n)
         dst[i] = (float)src[i];
 }
 
-static size_t find_nonfinite(const float *src, size_t src_len)
-{
-    for (size_t i = 0; i < src_len; i++)
-        if (!isfinite(src[i]))
-            return i;
-    return src_len;
-}
-
-static size_t find_bad_variance(const float *src, size_t src_len)
-{
-    for (size_t i = 0; i < src_len; i++)
-        if (!(src[i] >= 0.0f && src[i] < INFINITY)) /* false for NaN; true for -0.0 */
-            return i;
-    return src_len;
-}
-
 static size_t find_outside(const float *src, size_t src_len, float lo, float hi)
 {
     for (size_t i = 0; i < src_len; i++)
@@ -203,7 +187,5 @@ const ns_kernels_t ns__kernels_scalar = {
     .step_update = step_update,
     .widen = widen,
     .narrow = narrow,
-    .find_nonfinite = find_nonfinite,
-    .find_bad_variance = find_bad_variance,
     .find_outside = find_outside,
 };

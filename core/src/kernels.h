@@ -115,14 +115,8 @@ typedef struct ns_kernels_s {
     /* dst[i] = (float)src[i], rounded to nearest (the C conversion). */
     void (*narrow)(float *dst, const double *src, size_t n);
 
-    /* Index of the first non-finite value, or src_len. */
-    size_t (*find_nonfinite)(const float *src, size_t src_len);
-
-    /* Index of the first value that is not finite and >= 0, or src_len. */
-    size_t (*find_bad_variance)(const float *src, size_t src_len);
-
     /* Index of the first value x with !(lo <= x && x <= hi) (NaN included),
-     * or src_len. */
+     * or src_len. Non-finite values are those outside [-FLT_MAX, FLT_MAX]. */
     size_t (*find_outside)(const float *src, size_t src_len, float lo, float hi);
 } ns_kernels_t;
 
