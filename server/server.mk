@@ -30,7 +30,12 @@ $(NSD_BIN): $(BUILD)/server/src/daemon/main.o $(NSD_A) $(BUILD)/lib/libnormstat.
             $(CORE_A)
 	@mkdir -p $(@D)
 	$(if $(Q),@echo "  LD      $@")
-	$(Q)$(CC) $(NS_LDFLAGS) -o $@ $^ $(NSD_LIBS)
+	$(Q)$(CC) $(NS_LDFLAGS) $(NSD_EXPORTS) -o $@ $^ $(NSD_LIBS)
+
+# libmicrohttpd's error pages become JSON through normstatd's own
+# MHD_create_response_from_buffer (http/mhd_errors.c), which the library's
+# calls bind to only if the executable exports it.
+NSD_EXPORTS := -Wl,--export-dynamic-symbol=MHD_create_response_from_buffer
 
 ALL_TARGETS += $(NSD_BIN) $(NSD_A)
 # The relay's modules call libnormstat, so it follows libnsd.a on the link line.

@@ -9,7 +9,10 @@ that two parties could read differently (two Content-Length values,
 Content-Length with Transfer-Encoding, a coding other than chunked) is 400
 with the JSON error body and the connection closed, before the body is
 read. A URL with thousands of parameters, an oversized URL and oversized
-headers are answered (400, 414, 431) instead of left hanging. A reset of a
+headers are answered (400, 414, 431) instead of left hanging; those and
+whatever else libmicrohttpd refuses before a handler runs (a malformed
+header line or chunk, an unsupported HTTP version) carry the JSON error
+body, never the library's HTML page. A reset of a
 domain the run has not seen is 404; a PUT racing DELETEs of its run creates
 it or answers 409, never 404.
 
@@ -224,7 +227,49 @@ class Strict(nsd.Case):
             r, closed = raw_exchange(port, data)
             self.check(r is not None and r.status == status, f"{desc} -> {status}",
                        r.short() if r else "no answer")
+            self.check_json_error(r, desc)
             self.check(closed, f"{desc}: the daemon closed the connection")
+        self.check_status(self.c.get("/livez"), 200, "/livez answers afterwards")
+
+    def check_json_error(self, r, desc, code="bad_request"):
+        """The API's JSON error body, never libmicrohttpd's HTML page."""
+        if r is None:
+            return
+        self.check(r.headers.get("content-type", "").startswith("application/json"),
+                   f"{desc}: Content-Type application/json", str(r.headers))
+        self.check(b"<html" not in r.body.lower(), f"{desc}: no HTML page", r.body[:120])
+        try:
+            err = nsd.json.loads(r.body.decode())["error"]
+            ok = err.get("code") == code and isinstance(err.get("message"), str) and err["message"]
+        except (ValueError, KeyError, TypeError, AttributeError):
+            ok, err = False, r.body[:200]
+        self.check(ok, f"{desc}: JSON error body with code {code} and a message", str(err))
+
+    def test_unparsable_http(self):
+        """What libmicrohttpd refuses before any handler runs is answered
+        with the same JSON error body as everything else."""
+        port = self.daemon.port
+        body = b'{"world_size": 1}'
+        cases = [
+            ("a header line without a colon", request("GET", b"/v1/runs", [b"Bad Header"]), 400,
+             "bad_request"),
+            ("HTTP/9.9", b"GET /v1/runs HTTP/9.9\r\nHost: x\r\n\r\n", 505, "bad_request"),
+            ("HTTP/0.9-style version HTTP/0.1", b"GET /v1/runs HTTP/0.1\r\nHost: x\r\n\r\n", 505,
+             "bad_request"),
+            ("a chunk size that is not hexadecimal",
+             request("PUT", b"/v1/runs/u1", ["Content-Type: application/json", "Transfer-Encoding: chunked"],
+                     b"zz\r\n" + body + b"\r\n0\r\n\r\n"), 400, "bad_request"),
+            ("a chunk size beyond 64 bits",
+             request("PUT", b"/v1/runs/u2", ["Content-Type: application/json", "Transfer-Encoding: chunked"],
+                     b"fffffffffffffffffffff\r\n" + body + b"\r\n0\r\n\r\n"), 413, "body_too_large"),
+        ]
+        for desc, data, status, code in cases:
+            r, closed = raw_exchange(port, data)
+            self.check(r is not None and r.status == status, f"{desc} -> {status}",
+                       r.short() if r else "no answer")
+            self.check_json_error(r, desc, code)
+            self.check(closed, f"{desc}: the daemon closed the connection")
+        self.check_eq(self.runs().count("u1") + self.runs().count("u2"), 0, "no run was created")
         self.check_status(self.c.get("/livez"), 200, "/livez answers afterwards")
 
     def test_reset_unknown_domain(self):
