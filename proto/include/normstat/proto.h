@@ -309,6 +309,19 @@ typedef struct ns_out_layer_s {
 NS_API int ns_stats_encode(ns_buf_t *dst, ns_format_t format, const ns_meta_t *meta, size_t n_meta,
                            const ns_out_layer_t *layers, size_t n_layers);
 
+/*! ns_stats_json_parts() / ns_stats_encode_json_part() :
+ *  The JSON encoding of ns_stats_encode() cut into parts that can be
+ *  encoded apart, in any order and by several threads at once: part 0 is
+ *  the opening and the meta, then one part per array of each layer (one
+ *  for a layer without arrays); the last part closes the answer. Parts
+ *  0 .. ns_stats_json_parts() - 1 appended one after the other are the
+ *  bytes ns_stats_encode() writes for NS_FORMAT_JSON.
+ *  @return (encode_json_part) 0, NS_EINVAL (no such part), NS_ETOOLARGE or
+ *  NS_ENOMEM; 'dst' then holds a partial text. */
+NS_API size_t ns_stats_json_parts(const ns_out_layer_t *layers, size_t n_layers);
+NS_API int ns_stats_encode_json_part(ns_buf_t *dst, const ns_meta_t *meta, size_t n_meta,
+                                     const ns_out_layer_t *layers, size_t n_layers, size_t part);
+
 /*! ns_error_encode_json() :
  *  {"error": {"code": "<wire name>", "message": "<message>"}}.
  *  @return 0 or NS_ENOMEM. */
