@@ -196,6 +196,24 @@ class Sync(nsd.Case):
         r = self.c.stats(run, layers="layer1.0.bn1,features.0.bn")
         self.check(r.status == 200 and r.json().get("layers") == full, "layers=both serves both", r.short())
 
+    def test_many_layers_answer(self):
+        """A JSON answer is sent from its parts (a head, then one per layer
+        array): with 100 layers as they are, with 300 (more parts than one
+        vectored write takes) joined; both read back whole and identical
+        for the two workers."""
+        rng = np.random.default_rng(21)
+        for n_layers in (100, 300):
+            layers = {f"blocks.{i}.bn": 2 + i % 5 for i in range(n_layers)}
+            run = nsd.run_name(f"many{n_layers}")
+            self.require(self.c.put(f"/v1/runs/{run}", {"world_size": 2}).status == 201, "create world 2")
+            data = make_step(rng, [7, 9], layers=layers)
+            reps = reports(1, data)
+            answers = self.sync_all(run, reps)
+            for w, a in enumerate(answers):
+                self.check_sync(a, 1, data, reps, f"{n_layers} layers, worker {w}")
+            self.check(len({a.body for a in answers}) == 1,
+                       f"{n_layers} layers: the 2 answers are identical bytes")
+
     def test_momentum_null_cumulative(self):
         rng = np.random.default_rng(12)
         run = nsd.run_name("cumul")
