@@ -108,38 +108,46 @@ static int json_layer_part(ns_buf_t *dst, const ns_out_layer_t *layers, size_t l
     return ns_buf_append(dst, "}", 1);
 }
 
-static size_t layer_parts(const ns_out_layer_t *layer)
+/* Units of the body: one per layer array, one for a layer without arrays. */
+static size_t layer_units(const ns_out_layer_t *layer)
 {
     return layer->n_arrays ? layer->n_arrays : 1;
 }
 
+static size_t json_units(const ns_out_layer_t *layers, size_t n_layers)
+{
+    size_t n = 0;
+    for (size_t l = 0; l < n_layers; l++)
+        n += layer_units(&layers[l]);
+    return n;
+}
+
 size_t ns_stats_json_parts(const ns_out_layer_t *layers, size_t n_layers)
 {
-    size_t n = 1;
-    for (size_t l = 0; l < n_layers; l++)
-        n += layer_parts(&layers[l]);
-    return n;
+    size_t units = json_units(layers, n_layers);
+    return 1 + (units < NS_STATS_JSON_PARTS_MAX - 1 ? units : NS_STATS_JSON_PARTS_MAX - 1);
 }
 
 int ns_stats_encode_json_part(ns_buf_t *dst, const ns_meta_t *meta, size_t n_meta,
                               const ns_out_layer_t *layers, size_t n_layers, size_t part)
 {
+    size_t units = json_units(layers, n_layers), n_parts = ns_stats_json_parts(layers, n_layers);
+    if (part >= n_parts)
+        return NS_EINVAL;
     int rc = 0;
-    size_t l = 0, a = 0;
     if (part == 0) {
         rc = json_head(dst, meta, n_meta);
     } else {
-        size_t first = 1; /* the first part of layer l */
-        while (l < n_layers && part >= first + layer_parts(&layers[l]))
-            first += layer_parts(&layers[l++]);
-        if (l == n_layers)
-            return NS_EINVAL;
-        a = part - first;
-        rc = json_layer_part(dst, layers, l, a);
+        /* Body part p holds units [u0, u1), the units dealt evenly. */
+        size_t body = n_parts - 1, u0 = (part - 1) * units / body, u1 = part * units / body;
+        size_t u = 0;
+        for (size_t l = 0; l < n_layers && u < u1 && rc == 0; l++)
+            for (size_t a = 0; a < layer_units(&layers[l]) && u < u1 && rc == 0; a++, u++)
+                if (u >= u0)
+                    rc = json_layer_part(dst, layers, l, a);
     }
     /* The last part closes "layers" and the answer. */
-    int last = part == 0 ? n_layers == 0 : l + 1 == n_layers && a + 1 >= layers[l].n_arrays;
-    return rc || !last ? rc : ns_buf_append(dst, "}}", 2);
+    return rc || part + 1 < n_parts ? rc : ns_buf_append(dst, "}}", 2);
 }
 
 static int encode_json(ns_buf_t *dst, const ns_meta_t *meta, size_t n_meta,

@@ -172,11 +172,10 @@ void nsd_respond(nsd_request_t *req, int status, const char *content_type, char 
 /*! nsd_respond_encoded() : 200 with the message in 'buf' (taken), encoded in 'format'. */
 void nsd_respond_encoded(nsd_request_t *req, ns_format_t format, ns_buf_t *buf);
 
-/*! nsd_respond_parts() : 200 with parts[0..n) sent one after the other, in
- *  'format', without copying them when there are few enough for one
- *  vectored write (else joined into one body); the parts are borrowed until
- *  release(arg) is called, once, when they are no longer needed (also when
- *  nothing could be queued). */
+/*! nsd_respond_parts() : 200 with parts[0..n) sent one after the other as
+ *  one body in 'format', never copied: they are borrowed until release(arg)
+ *  is called, once, when they are no longer needed (also when nothing could
+ *  be queued). */
 void nsd_respond_parts(nsd_request_t *req, ns_format_t format, const ns_buf_t *parts, size_t n,
                        void (*release)(void *), void *arg);
 

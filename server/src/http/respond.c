@@ -71,43 +71,33 @@ void nsd_respond(nsd_request_t *req, int status, const char *content_type, char 
     queue(req, status, resp, content_type);
 }
 
-/* More parts than this are joined into one body: a vectored write takes at
- * most IOV_MAX (1024 on Linux) buffers at once. */
-#define PARTS_IOV_MAX 512
-
 void nsd_respond_parts(nsd_request_t *req, ns_format_t format, const ns_buf_t *parts, size_t n,
                        void (*release)(void *), void *arg)
 {
-    const char *type = format == NS_FORMAT_SAFETENSORS ? "application/safetensors"
-                                                       : "application/json";
-    size_t total = 0;
-    for (size_t i = 0; i < n; i++)
-        total += parts[i].len;
-    if (req->responded || n > PARTS_IOV_MAX || n == 0) {
-        char *joined = req->responded ? NULL : malloc(total ? total : 1);
-        for (size_t i = 0, at = 0; joined != NULL && i < n; at += parts[i++].len)
-            memcpy(joined + at, parts[i].data, parts[i].len);
+    if (req->responded) {
         release(arg);
-        if (joined == NULL && !req->responded)
-            nsd_respond_error(req, NS_ENOMEM, NULL);
-        else if (joined != NULL)
-            nsd_respond(req, 200, type, joined, total);
         return;
     }
-    struct MHD_IoVec iov[PARTS_IOV_MAX];
-    for (size_t i = 0; i < n; i++) {
+    struct MHD_IoVec *iov = calloc(n ? n : 1, sizeof(*iov));
+    size_t total = 0;
+    for (size_t i = 0; iov != NULL && i < n; i++) {
         iov[i].iov_base = parts[i].data;
         iov[i].iov_len = parts[i].len;
+        total += parts[i].len;
     }
-    /* MHD copies the vector; the buffers stay ours until it calls release. */
-    struct MHD_Response *resp = MHD_create_response_from_iovec(iov, (unsigned)n, release, arg);
+    /* MHD copies the vector (and writes at most IOV_MAX buffers a call);
+     * the buffers stay ours until it calls release. */
+    struct MHD_Response *resp =
+        iov != NULL ? MHD_create_response_from_iovec(iov, (unsigned)n, release, arg) : NULL;
+    free(iov);
     if (resp == NULL) {
         release(arg);
         nsd_respond_error(req, NS_ENOMEM, NULL);
         return;
     }
     nsd_count_body_bytes(0, total);
-    queue(req, 200, resp, type);
+    queue(req, 200, resp,
+          format == NS_FORMAT_SAFETENSORS ? "application/safetensors" : "application/json");
 }
 
 void nsd_respond_static(nsd_request_t *req, int status, const char *content_type, const void *data,

@@ -200,6 +200,21 @@ START_TEST(test_json_parts)
                 "{\"step\":7,\"missing\":[1,3],\"layers\":{\"a\":{\"mean\":[0.5,-2],"
                 "\"var\":[0.5,-2],\"count\":9},\"b\":{\"count\":0},\"c\":{\"mean\":[0.5]}}}");
     check_parts(meta, 1, &l[1], 1, "{\"step\":7,\"layers\":{\"b\":{\"count\":0}}}");
+    /* More arrays than parts: dealt evenly into NS_STATS_JSON_PARTS_MAX. */
+    enum { MANY = 700 };
+    ns_out_layer_t *many = calloc(MANY, sizeof(*many));
+    char(*names)[16] = calloc(MANY, sizeof(*names));
+    for (size_t i = 0; i < MANY; i++) {
+        snprintf(names[i], sizeof(names[i]), "m%zu", i);
+        many[i] = l[i % 3];
+        many[i].name = names[i];
+    }
+    ck_assert_uint_eq(ns_stats_json_parts(many, MANY), NS_STATS_JSON_PARTS_MAX);
+    check_parts(meta, 2, many, MANY, NULL);
+    ck_assert_uint_eq(ns_stats_json_parts(many, 150), 1 + 150 / 3 * 4); /* one array a part */
+    check_parts(meta, 2, many, 150, NULL);
+    free(many);
+    free(names);
     uint64_t rng = ns_test_seed() ^ 0x9a27c0de;
     for (int iter = 0; iter < 50; iter++) {
         fixture_t f;
