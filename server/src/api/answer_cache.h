@@ -8,7 +8,8 @@
  * step, completeness, missing workers, each layer's name, count and arrays
  * byte for byte; never by a hash alone) and take a reference. Formatting
  * 2 x C numbers is the bulk of a big model's JSON /sync cost, so the answer
- * is encoded in parts (ns_stats_encode_json_part(): one per layer array):
+ * is encoded in parts (ns_stats_encode_json_part(): one per layer array, at
+ * most NS_STATS_JSON_PARTS_MAX):
  * each thread that needs the answer encodes the parts no thread has taken
  * yet, then waits for those still in progress, so the threads of the W
  * workers format the numbers together. The answer is sent from its parts,
