@@ -14,8 +14,9 @@
  * yet, then waits for those still in progress, so the threads of the W
  * workers format the numbers together. The answer is sent from its parts,
  * never copied. At most NSD_ANSWER_CACHE_ENTRIES answers are kept, the
- * latest made, and none whose arrays exceed NSD_ANSWER_CACHE_MAX_BYTES
- * (such an answer is made for its worker alone).
+ * latest made, and none larger than NSD_ANSWER_CACHE_MAX_BYTES with its
+ * text (arrays above half of it; such an answer is made for its worker
+ * alone).
  * Threads: any; one mutex for the cache, one per answer for its parts. */
 #ifndef NSD_ANSWER_CACHE_H
 #define NSD_ANSWER_CACHE_H

@@ -196,11 +196,22 @@ START_TEST(test_oldest_replaced_and_bounded)
     }
     for (int i = 0; i <= NSD_ANSWER_CACHE_ENTRIES; i++)
         nsd_answer_release(made[i]);
-    /* Arrays above the bound: made, not kept. */
-    size_t channels = NSD_ANSWER_CACHE_MAX_BYTES / (2 * sizeof(double)) + 1;
+    /* Arrays above half the bound (their text adds about 0.7 times their
+     * bytes): made, not kept. */
+    size_t channels = NSD_ANSWER_CACHE_MAX_BYTES / 2 / (2 * sizeof(double)) + 1;
     nsd_sync_result_t *big = result_make(1, channels, 3, 5), *big2 = result_make(1, channels, 3, 5);
     nsd_answer_t *a = nsd_answer_share("big", &big), *b = nsd_answer_share("big", &big2);
     ck_assert(a != NULL && b != NULL && a != b && big == NULL && big2 == NULL);
+    nsd_answer_release(a);
+    nsd_answer_release(b);
+    /* Just below: kept. */
+    channels = NSD_ANSWER_CACHE_MAX_BYTES / 2 / (2 * sizeof(double));
+    big = result_make(1, channels, 4, 6);
+    big2 = result_make(1, channels, 4, 6);
+    a = nsd_answer_share("big", &big);
+    b = nsd_answer_share("big", &big2);
+    ck_assert(a != NULL && a == b && big == NULL && big2 != NULL);
+    nsd_sync_result_free(big2);
     nsd_answer_release(a);
     nsd_answer_release(b);
 }
