@@ -230,11 +230,56 @@ SYNC_CASES = [(w, spec, iters, fmt) for w in (2, 4) for spec, iters in (("1x256"
               ("resnet50", 200)) for fmt in ("json", "st")]
 
 
-def sync(build, srv, world, spec, iters, seconds, tag, fmt):
+def sync(build, srv, world, spec, iters, seconds, tag, fmt, answer=None):
     quiesce(srv)
+    extra = ["--answer", answer] if answer else []
     return run_loadgen(build, "sync", "--port", srv.port, "--pid", srv.pid, "--format", fmt,
                        "--workers", world, "--layers", spec, "--iters", iters,
-                       "--seconds", seconds, "--run", tag)
+                       "--seconds", seconds, "--run", tag, *extra)
+
+
+# Table 3b: W=2 ResNet-50 /sync with each request format and answer format
+# (the answer asked for with Accept), in interleaved rounds.
+ANSWER_CASES = [("json", "json"), ("st", "json"), ("json", "st"), ("st", "st")]
+
+
+def answer_formats(build, srv, rounds, seconds):
+    res = {c: [] for c in ANSWER_CASES}
+    for _ in range(rounds):
+        for req, ans in ANSWER_CASES:
+            res[(req, ans)].append(sync(build, srv, 2, "resnet50", 60, seconds, "fmt", req, ans))
+    return res
+
+
+def median(values):
+    v = sorted(x for x in values if x is not None and x == x)
+    return v[len(v) // 2] if v else None
+
+
+def answer_format_tables(res, rounds):
+    name = {"json": "JSON", "st": "safetensors"}
+    rows, p50 = [], {}
+    for c in ANSWER_CASES:
+        rs = res[c]
+        p50[c] = median([r.get("p50_us") for r in rs])
+        cpu = median([1e3 * r["server_cpu"] / r["requests"] * 2 for r in rs
+                      if r.get("server_cpu", -1) >= 0 and r.get("requests")])
+        rows.append([name[c[0]], name[c[1]], f(p50[c]), f(median([r.get("p99_us") for r in rs])),
+                     " ".join(f(r.get("p50_us")) for r in rs), f(cpu, "%.2f"),
+                     f(median([r.get("answer_bytes") for r in rs]))])
+    ref = p50[("st", "st")]
+    for row, c in zip(rows, ANSWER_CASES):
+        row.append(f(ratio(p50[c], ref), "%.2fx"))
+    table("3b. /sync W=2, 53 layers (26,560 ch) by request and answer format (us, per worker "
+          "per step; median of %d interleaved rounds)" % rounds,
+          ["request", "answer", "/sync p50", "/sync p99", "p50 of each round",
+           "server CPU ms/step", "answer bytes", "p50 vs safetensors both ways"], rows)
+    js, sj = ratio(p50[("json", "json")], ref), ratio(p50[("st", "json")], ref)
+    table("3b. Answer format targets", ["target", "measured", "result"], [
+        ["JSON /sync p50 <= 2x safetensors (JSON request and answer)", f(js, "%.2fx"),
+         met(js is not None and js <= 2)],
+        ["JSON answer alone (safetensors request): p50 <= 2x safetensors", f(sj, "%.2fx"),
+         met(sj is not None and sj <= 2)]])
 
 
 def best(a, b, key="rps"):
@@ -277,6 +322,8 @@ def main():
     ap.add_argument("--python", default="/usr/bin/python3")
     ap.add_argument("--tables", default="2,3,4,5", help="which tables to print, e.g. 2,3")
     ap.add_argument("--thread-rounds", type=int, default=5, help="rounds of table 4e (median kept)")
+    ap.add_argument("--answer-rounds", type=int, default=5,
+                    help="rounds of table 3b (median kept)")
     a = ap.parse_args()
     want = set(a.tables.split(","))
     build, secs = a.build, a.seconds
@@ -317,6 +364,7 @@ def main():
                 sync_res = {}
                 for w, spec, iters, fmt in SYNC_CASES:
                     sync_res[(w, spec, fmt)] = sync(build, d, w, spec, iters, secs, "sync", fmt)
+                fmt_res = answer_formats(build, d, a.answer_rounds, secs)
             finally:
                 bare.stop()
                 d.stop()
@@ -402,6 +450,7 @@ def main():
                    "p50 gloo / ours", "p99 gloo / ours", "gloo per-layer p50",
                    "p50 per-layer gloo / ours", "samples ours / gloo"], rows)
             table("3. Sync targets", ["target", "measured", "result"], targets)
+            answer_format_tables(fmt_res, a.answer_rounds)
             for e in gloo_err:
                 print("\n(%s)" % e)
 

@@ -4,6 +4,7 @@
  *   loadgen ingest --port P --format json|st [--conns N] [--layers SPEC] [--workers W]
  *                  [--seconds S] [--max N] [--pid PID] [--run NAME] [--path batches|sync]
  *   loadgen sync   --port P --workers W [--layers SPEC] [--format json|st] [--iters N]
+ *                  [--answer json|st]
  *                  [--seconds S] [--warmup K] [--pid PID] [--run NAME]
  *                  [--ports P0,P1,... --group G]
  *   loadgen decode [--layers SPEC] [--seconds S]
@@ -16,6 +17,9 @@
  * size 1), connection i the part i of the layers (bench_model.h), so the
  * connections report different layers of one run; channel_rps counts the
  * channels of the acknowledged reports per second.
+ *
+ * --answer asks for the answer in that format (an Accept header; without it the
+ * answer follows the request's format); answer_bytes is the mean answer body.
  *
  * SPEC is "resnet50" (53 BatchNorm layers of torchvision's ResNet-50, 26,560
  * channels) or "NxC" (N layers of C channels). Each request is one worker's
@@ -65,6 +69,7 @@ typedef struct opts_s {
     int split;           /* ingest: one run, connection i reports part i of the layers */
     const char *ports;   /* sync: one port per group of workers */
     unsigned group;      /* sync: workers per port (their local ranks 0..G-1) */
+    int answer;          /* an ns_format_t sent as Accept, or -1: none */
 } opts_t;
 
 static void die(const char *what)
@@ -191,7 +196,7 @@ typedef struct gen_s {
     conn_t *conns;
     int n_conns;
     double t_start, t_stop;
-    uint64_t issued, done, ok, errors, reconnects, body_bytes;
+    uint64_t issued, done, ok, errors, reconnects, body_bytes, answer_bytes;
     uint64_t channels_ok; /* channels of the acknowledged reports */
     int stopping, failed, guard_closed;
     uint64_t last_k; /* sync: every worker sends steps [0, last_k) */
@@ -323,8 +328,10 @@ static int parse_head(conn_t *c)
     c->body_left = 0;
     c->close_after = 0;
     for (char *line = strstr(c->hdr_in, "\r\n") + 2; line < end; line = strstr(line, "\r\n") + 2) {
-        if (strncasecmp(line, "Content-Length:", 15) == 0)
+        if (strncasecmp(line, "Content-Length:", 15) == 0) {
             c->body_left = strtoull(line + 15, NULL, 10);
+            c->g->answer_bytes += c->body_left;
+        }
         else if (strncasecmp(line, "Connection:", 11) == 0 && strstr(line, "close") != NULL &&
                  strstr(line, "close") < strstr(line, "\r\n"))
             c->close_after = 1;
@@ -455,13 +462,16 @@ static void conn_next(conn_t *c)
     unsigned w = (unsigned)(c->k % c->n_tpl);
     uint64_t step = STEP_BASE + c->k / c->n_tpl;
     body_set_step(c->tpl[w], c->tpl_step[w], step);
+    const char *accept = g->o.answer < 0                  ? ""
+                         : g->o.answer == NS_FORMAT_JSON ? "Accept: application/json\r\n"
+                                                         : "Accept: application/safetensors\r\n";
     int hl =
         snprintf(c->hdr_out, sizeof(c->hdr_out),
                  "POST /v1/runs/%s/%s HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                 "Content-Type: %s\r\nContent-Length: %zu\r\n\r\n",
+                 "Content-Type: %s\r\n%sContent-Length: %zu\r\n\r\n",
                  c->run, g->o.path,
                  g->o.format == NS_FORMAT_JSON ? "application/json" : "application/safetensors",
-                 c->tpl_len[w]);
+                 accept, c->tpl_len[w]);
     uv_buf_t bufs[2] = {uv_buf_init(c->hdr_out, (unsigned)hl),
                         uv_buf_init(c->tpl[w], (unsigned)c->tpl_len[w])};
     c->k++;
@@ -602,11 +612,13 @@ static int run_http(const opts_t *o)
     printf("mode=%s format=%s layers=%s channels=%zu n_layers=%zu conns=%d workers=%u "
            "body_bytes=%zu requests=%" PRIu64 " ok=%" PRIu64 " errors=%" PRIu64
            " reconnects=%" PRIu64 " seconds=%.4f rps=%.3f mbps=%.3f client_cpu=%.4f "
-           "server_cpu=%.4f p50_us=%.1f p99_us=%.1f samples=%zu channel_rps=%.1f\n",
+           "server_cpu=%.4f p50_us=%.1f p99_us=%.1f samples=%zu channel_rps=%.1f "
+           "answer_bytes=%.0f\n",
            o->mode, o->format == NS_FORMAT_JSON ? "json" : "st", o->layers, m.total, m.n, g.n_conns,
            o->workers, body_len, g.done, g.ok, g.errors, g.reconnects, el, (double)g.ok / el,
            (double)g.body_bytes / el / 1e6, cpu, srv, pct(g.lat, g.n_lat, 0.50) * 1e6,
-           pct(g.lat, g.n_lat, 0.99) * 1e6, g.n_lat, (double)g.channels_ok / el);
+           pct(g.lat, g.n_lat, 0.99) * 1e6, g.n_lat, (double)g.channels_ok / el,
+           g.done ? (double)g.answer_bytes / (double)g.done : 0.0);
     fflush(stdout);
     return g.failed || g.ok == 0 ? 1 : 0;
 }
@@ -721,7 +733,8 @@ int main(int argc, char **argv)
                 .pid = 0,
                 .run = "bench",
                 .path = NULL,
-                .warmup = 5};
+                .warmup = 5,
+                .answer = -1};
     for (int i = 2; i < argc; i++) {
         const char *k = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (v == NULL)
@@ -761,6 +774,8 @@ int main(int argc, char **argv)
             o.ports = v;
         else if (strcmp(k, "--group") == 0)
             o.group = (unsigned)atoi(v);
+        else if (strcmp(k, "--answer") == 0)
+            o.answer = strcmp(v, "json") == 0 ? NS_FORMAT_JSON : NS_FORMAT_SAFETENSORS;
         else
             die("unknown option");
     }

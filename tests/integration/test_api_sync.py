@@ -196,6 +196,25 @@ class Sync(nsd.Case):
         r = self.c.stats(run, layers="layer1.0.bn1,features.0.bn")
         self.check(r.status == 200 and r.json().get("layers") == full, "layers=both serves both", r.short())
 
+    def test_many_layers_answer(self):
+        """A JSON answer is sent from its parts (a head, then one per layer
+        array): with 1 layer and with 60 (121 parts; a report holds every
+        layer's lock at once, and ThreadSanitizer's deadlock detector, make
+        tsan, follows at most 64), each reads back whole and identical for
+        the two workers."""
+        rng = np.random.default_rng(21)
+        for n_layers in (1, 60):
+            layers = {f"blocks.{i}.bn": 2 + i % 5 for i in range(n_layers)}
+            run = nsd.run_name(f"many{n_layers}")
+            self.require(self.c.put(f"/v1/runs/{run}", {"world_size": 2}).status == 201, "create world 2")
+            data = make_step(rng, [7, 9], layers=layers)
+            reps = reports(1, data)
+            answers = self.sync_all(run, reps)
+            for w, a in enumerate(answers):
+                self.check_sync(a, 1, data, reps, f"{n_layers} layers, worker {w}")
+            self.check(len({a.body for a in answers}) == 1,
+                       f"{n_layers} layers: the 2 answers are identical bytes")
+
     def test_momentum_null_cumulative(self):
         rng = np.random.default_rng(12)
         run = nsd.run_name("cumul")

@@ -309,6 +309,22 @@ typedef struct ns_out_layer_s {
 NS_API int ns_stats_encode(ns_buf_t *dst, ns_format_t format, const ns_meta_t *meta, size_t n_meta,
                            const ns_out_layer_t *layers, size_t n_layers);
 
+/*! ns_stats_json_parts() / ns_stats_encode_json_part() :
+ *  The JSON encoding of ns_stats_encode() cut into parts that can be
+ *  encoded apart, in any order and by several threads at once: part 0 is
+ *  the opening and the meta, then each part holds layer arrays (one per
+ *  part; with more arrays than NS_STATS_JSON_PARTS_MAX - 1, consecutive
+ *  ones dealt evenly into that many parts, so the parts fit one vectored
+ *  write); a layer without arrays counts as one. The last part closes the
+ *  answer. Parts 0 .. ns_stats_json_parts() - 1 appended one after the
+ *  other are the bytes ns_stats_encode() writes for NS_FORMAT_JSON.
+ *  @return (encode_json_part) 0, NS_EINVAL (no such part), NS_ETOOLARGE or
+ *  NS_ENOMEM; 'dst' then holds a partial text. */
+#define NS_STATS_JSON_PARTS_MAX 256
+NS_API size_t ns_stats_json_parts(const ns_out_layer_t *layers, size_t n_layers);
+NS_API int ns_stats_encode_json_part(ns_buf_t *dst, const ns_meta_t *meta, size_t n_meta,
+                                     const ns_out_layer_t *layers, size_t n_layers, size_t part);
+
 /*! ns_error_encode_json() :
  *  {"error": {"code": "<wire name>", "message": "<message>"}}.
  *  @return 0 or NS_ENOMEM. */

@@ -48,8 +48,8 @@ static int float_array(ns_buf_t *dst, const double *src, size_t n)
     return 0;
 }
 
-static int encode_json(ns_buf_t *dst, const ns_meta_t *meta, size_t n_meta,
-                       const ns_out_layer_t *layers, size_t n_layers)
+/* The head of a JSON answer: "{" and the meta members, then "layers":{. */
+static int json_head(ns_buf_t *dst, const ns_meta_t *meta, size_t n_meta)
 {
     int rc;
     if ((rc = ns_buf_append(dst, "{", 1)))
@@ -75,34 +75,89 @@ static int encode_json(ns_buf_t *dst, const ns_meta_t *meta, size_t n_meta,
         if (rc || (rc = ns_buf_append(dst, ",", 1)))
             return rc;
     }
-    if ((rc = ns_buf_append(dst, "\"layers\":{", 10)))
+    return ns_buf_append(dst, "\"layers\":{", 10);
+}
+
+/* Layer l's part for its array a (a == 0 also when it has none): the
+ * layer's opening with its first array, a later array, and after the last
+ * array the scalars and the layer's closing. */
+static int json_layer_part(ns_buf_t *dst, const ns_out_layer_t *layers, size_t l, size_t a)
+{
+    const ns_out_layer_t *layer = &layers[l];
+    int rc;
+    if (a == 0 && ((l && (rc = ns_buf_append(dst, ",", 1))) ||
+                   (rc = ns__buf_append_json_string(dst, layer->name)) ||
+                   (rc = ns_buf_append(dst, ":{", 2))))
         return rc;
-    for (size_t l = 0; l < n_layers; l++) {
-        const ns_out_layer_t *layer = &layers[l];
-        if ((l && (rc = ns_buf_append(dst, ",", 1))) ||
-            (rc = ns__buf_append_json_string(dst, layer->name)) ||
-            (rc = ns_buf_append(dst, ":{", 2)))
-            return rc;
-        for (size_t a = 0; a < layer->n_arrays; a++) {
-            if ((a && (rc = ns_buf_append(dst, ",", 1))) ||
-                (rc = ns__buf_append_json_string(dst, layer->array_names[a])) ||
-                (rc = ns_buf_append(dst, ":[", 2)))
-                return rc;
-            if ((rc = float_array(dst, layer->arrays[a], layer->channels)))
-                return rc;
-            if ((rc = ns_buf_append(dst, "]", 1)))
-                return rc;
-        }
-        for (size_t s = 0; s < layer->n_scalars; s++) {
-            if (((layer->n_arrays || s) && (rc = ns_buf_append(dst, ",", 1))) ||
-                (rc = ns__buf_append_json_string(dst, layer->scalar_names[s])) ||
-                (rc = ns_buf_printf(dst, ":%lld", (long long)layer->scalars[s])))
-                return rc;
-        }
-        if ((rc = ns_buf_append(dst, "}", 1)))
+    if (a < layer->n_arrays) {
+        if ((a && (rc = ns_buf_append(dst, ",", 1))) ||
+            (rc = ns__buf_append_json_string(dst, layer->array_names[a])) ||
+            (rc = ns_buf_append(dst, ":[", 2)) ||
+            (rc = float_array(dst, layer->arrays[a], layer->channels)) ||
+            (rc = ns_buf_append(dst, "]", 1)))
             return rc;
     }
-    return ns_buf_append(dst, "}}", 2);
+    if (a + 1 < layer->n_arrays)
+        return 0;
+    for (size_t s = 0; s < layer->n_scalars; s++) {
+        if (((layer->n_arrays || s) && (rc = ns_buf_append(dst, ",", 1))) ||
+            (rc = ns__buf_append_json_string(dst, layer->scalar_names[s])) ||
+            (rc = ns_buf_printf(dst, ":%lld", (long long)layer->scalars[s])))
+            return rc;
+    }
+    return ns_buf_append(dst, "}", 1);
+}
+
+/* Units of the body: one per layer array, one for a layer without arrays. */
+static size_t layer_units(const ns_out_layer_t *layer)
+{
+    return layer->n_arrays ? layer->n_arrays : 1;
+}
+
+static size_t json_units(const ns_out_layer_t *layers, size_t n_layers)
+{
+    size_t n = 0;
+    for (size_t l = 0; l < n_layers; l++)
+        n += layer_units(&layers[l]);
+    return n;
+}
+
+size_t ns_stats_json_parts(const ns_out_layer_t *layers, size_t n_layers)
+{
+    size_t units = json_units(layers, n_layers);
+    return 1 + (units < NS_STATS_JSON_PARTS_MAX - 1 ? units : NS_STATS_JSON_PARTS_MAX - 1);
+}
+
+int ns_stats_encode_json_part(ns_buf_t *dst, const ns_meta_t *meta, size_t n_meta,
+                              const ns_out_layer_t *layers, size_t n_layers, size_t part)
+{
+    size_t units = json_units(layers, n_layers), n_parts = ns_stats_json_parts(layers, n_layers);
+    if (part >= n_parts)
+        return NS_EINVAL;
+    int rc = 0;
+    if (part == 0) {
+        rc = json_head(dst, meta, n_meta);
+    } else {
+        /* Body part p holds units [u0, u1), the units dealt evenly. */
+        size_t body = n_parts - 1, u0 = (part - 1) * units / body, u1 = part * units / body;
+        size_t u = 0;
+        for (size_t l = 0; l < n_layers && u < u1 && rc == 0; l++)
+            for (size_t a = 0; a < layer_units(&layers[l]) && u < u1 && rc == 0; a++, u++)
+                if (u >= u0)
+                    rc = json_layer_part(dst, layers, l, a);
+    }
+    /* The last part closes "layers" and the answer. */
+    return rc || part + 1 < n_parts ? rc : ns_buf_append(dst, "}}", 2);
+}
+
+static int encode_json(ns_buf_t *dst, const ns_meta_t *meta, size_t n_meta,
+                       const ns_out_layer_t *layers, size_t n_layers)
+{
+    size_t n = ns_stats_json_parts(layers, n_layers);
+    int rc = 0;
+    for (size_t p = 0; p < n && rc == 0; p++)
+        rc = ns_stats_encode_json_part(dst, meta, n_meta, layers, n_layers, p);
+    return rc;
 }
 
 /* Only the scalars a PyTorch state_dict holds become tensors, so

@@ -1,18 +1,18 @@
 /* f32_format.c - shortest round-trip decimal text of a float32.
  *
  * The digits follow Giulietti's Schubfach ("The Schubfach way to render
- * doubles", 2020), specialised to float32 and computed with exact integer
- * arithmetic instead of truncated powers of ten: a float32 times a power of
- * ten always fits 192 bits, so every comparison below is exact and the
- * algorithm needs no error analysis of its own.
- *
- * For v = c * 2^q the values that read back as v form the interval
+ * doubles", 2020) in its float32 form (as in Java's FloatToDecimal): for
+ * v = c * 2^q the values that read back as v form the interval
  * R = [cbl, cbr] * 2^(q-2) (closed when c is even, open when odd), with
  * cb = 4c the value itself. k is chosen with 10^k <= width(R) < 10^(k+1), so
  * R holds at most one multiple of 10^(k+1) (then it is the shortest answer)
  * and at least one multiple of 10^k (otherwise the nearest of the two
- * bracketing v is). The scaled bounds are rounded to odd, which keeps
- * comparisons against even integers exact after dropping the fraction. */
+ * bracketing v is). The scaled bounds are 4v / 10^k rounded to odd, computed
+ * with one 64 x 64-bit multiplication by a 63-bit power of ten rounded up:
+ * the paper's proof (its appendix) bounds the error below what could change
+ * a comparison. The unit test compares every
+ * float32 in whole binades and millions of others with an exact 192-bit
+ * computation of the same digits and with strtof. */
 #include <stdint.h>
 #include <string.h>
 
@@ -20,68 +20,46 @@
 
 __extension__ typedef unsigned __int128 u128;
 
-/* 5^0 .. 5^45 as {high, low} 64-bit words: the largest scale a float32
- * needs (10^45 brings the smallest subnormal to one digit). Generated with
- * python3 -c "for k in range(46): v=5**k; print(hex(v>>64), hex(v%2**64))" */
-static const uint64_t pow5[46][2] = {
-    {0x0000000000000000u, 0x0000000000000001u}, {0x0000000000000000u, 0x0000000000000005u},
-    {0x0000000000000000u, 0x0000000000000019u}, {0x0000000000000000u, 0x000000000000007du},
-    {0x0000000000000000u, 0x0000000000000271u}, {0x0000000000000000u, 0x0000000000000c35u},
-    {0x0000000000000000u, 0x0000000000003d09u}, {0x0000000000000000u, 0x000000000001312du},
-    {0x0000000000000000u, 0x000000000005f5e1u}, {0x0000000000000000u, 0x00000000001dcd65u},
-    {0x0000000000000000u, 0x00000000009502f9u}, {0x0000000000000000u, 0x0000000002e90eddu},
-    {0x0000000000000000u, 0x000000000e8d4a51u}, {0x0000000000000000u, 0x0000000048c27395u},
-    {0x0000000000000000u, 0x000000016bcc41e9u}, {0x0000000000000000u, 0x000000071afd498du},
-    {0x0000000000000000u, 0x0000002386f26fc1u}, {0x0000000000000000u, 0x000000b1a2bc2ec5u},
-    {0x0000000000000000u, 0x000003782dace9d9u}, {0x0000000000000000u, 0x00001158e460913du},
-    {0x0000000000000000u, 0x000056bc75e2d631u}, {0x0000000000000000u, 0x0001b1ae4d6e2ef5u},
-    {0x0000000000000000u, 0x000878678326eac9u}, {0x0000000000000000u, 0x002a5a058fc295edu},
-    {0x0000000000000000u, 0x00d3c21bcecceda1u}, {0x0000000000000000u, 0x0422ca8b0a00a425u},
-    {0x0000000000000000u, 0x14adf4b7320334b9u}, {0x0000000000000000u, 0x6765c793fa10079du},
-    {0x0000000000000002u, 0x04fce5e3e2502611u}, {0x000000000000000au, 0x18f07d736b90be55u},
-    {0x0000000000000032u, 0x7cb2734119d3b7a9u}, {0x00000000000000fcu, 0x6f7c40458122964du},
-    {0x00000000000004eeu, 0x2d6d415b85acef81u}, {0x00000000000018a6u, 0xe32246c99c60ad85u},
-    {0x0000000000007b42u, 0x6fab61f00de36399u}, {0x000000000002684cu, 0x2e58e9b04570f1fdu},
-    {0x00000000000c097cu, 0xe7bc90715b34b9f1u}, {0x00000000003c2f70u, 0x86aed236c807a1b5u},
-    {0x00000000012ced32u, 0xa16a1b11e8262889u}, {0x0000000005e0a1fdu, 0x2712875988becaadu},
-    {0x000000001d6329f1u, 0xc35ca4bfabb9f561u}, {0x0000000092efd1b8u, 0xd0cf37be5aa1cae5u},
-    {0x00000002deaf189cu, 0x140c16b7c528f679u}, {0x0000000e596b7b0cu, 0x643c7196d9ccd05du},
-    {0x00000047bf19673du, 0xf52e37f2410011d1u}, {0x00000166bb7f0435u, 0xc9e717bb45005915u},
+#define K_MIN (-45) /* the range of k over every finite float32 */
+#define K_MAX 31
+
+/* g(k) = floor(10^-k * 2^(62 - floor(log2(10^-k)))) + 1 for K_MIN <= k <= K_MAX: the
+ * upper 63 bits of the 126-bit value the paper calls g, plus one. Generated with
+ * exact rationals: for k: F = floor(log2(10^-k)); g = floor(10^-k / 2^(F-125)) + 1;
+ * print((g >> 63) + 1). */
+static const uint64_t g_table[K_MAX - K_MIN + 1] = {
+    0x59aedfc10d7279c6u, 0x47bf19673df52e38u, 0x72cb5bd86321e38du,
+    0x5bd5e313828182d7u, 0x4977e8dc68679be0u, 0x758ca7c70d7292ffu,
+    0x5e0a1fd271287599u, 0x4b3b4ca85a86c47bu, 0x785ee10d5da46d91u,
+    0x604be73de4838adau, 0x4d0985cb1d3608afu, 0x7b426fab61f00de4u,
+    0x629b8c891b267183u, 0x4ee2d6d415b85acfu, 0x7e37be2022c0914cu,
+    0x64f964e68233a770u, 0x50c783eb9b5c85f3u, 0x409f9cbc7c4a04c3u,
+    0x6765c793fa10079eu, 0x52b7d2dcc80cd2e5u, 0x422ca8b0a00a4251u,
+    0x69e10de76676d081u, 0x54b40b1f852bda01u, 0x43c33c1937564801u,
+    0x6c6b935b8bbd4001u, 0x56bc75e2d6310001u, 0x4563918244f40001u,
+    0x6f05b59d3b200001u, 0x58d15e1762800001u, 0x470de4df82000001u,
+    0x71afd498d0000001u, 0x5af3107a40000001u, 0x48c2739500000001u,
+    0x746a528800000001u, 0x5d21dba000000001u, 0x4a817c8000000001u,
+    0x7735940000000001u, 0x5f5e100000000001u, 0x4c4b400000000001u,
+    0x7a12000000000001u, 0x61a8000000000001u, 0x4e20000000000001u,
+    0x7d00000000000001u, 0x6400000000000001u, 0x5000000000000001u,
+    0x4000000000000001u, 0x6666666666666667u, 0x51eb851eb851eb86u,
+    0x4189374bc6a7ef9eu, 0x68db8bac710cb296u, 0x53e2d6238da3c212u,
+    0x431bde82d7b634dbu, 0x6b5fca6af2bd215fu, 0x55e63b88c230e77fu,
+    0x44b82fa09b5a52ccu, 0x6df37f675ef6eae0u, 0x57f5ff85e5925580u,
+    0x465e6604b7a84466u, 0x709709a125da070au, 0x5a126e1a84ae6c08u,
+    0x480ebe7b9d58566du, 0x734aca5f6226f0aeu, 0x5c3bd5191b525a25u,
+    0x49c97747490eae84u, 0x760f253edb4ab0d3u, 0x5e72843249088d76u,
+    0x4b8ed0283a6d3df8u, 0x78e480405d7b9659u, 0x60b6cd004ac94514u,
+    0x4d5f0a66a23a9daau, 0x7bcb43d769f762a9u, 0x63090312bb2c4eeeu,
+    0x4f3a68dbc8f03f25u, 0x7ec3daf941806507u, 0x65697bfa9acd1da0u,
+    0x51212ffbaf0a7e19u, 0x40e7599625a1fe7bu,
 };
 
-/* floor(x) with its lowest bit set when x is not an integer ("round to
- * odd"), for x = cp * 2^b * 10^-k, cp < 2^26, exactly. */
-static uint32_t scale_odd(uint32_t cp, int b, int k)
-{
-    if (k <= 0) {
-        /* cp * 5^-k * 2^(b-k): a 64 x 128 -> 192-bit product, then a shift. */
-        int sh = k - b; /* >= 0 except for the few q with 1 <= v < 8 */
-        u128 lo = (u128)cp * pow5[-k][1];
-        u128 hi = (u128)cp * pow5[-k][0] + (uint64_t)(lo >> 64);
-        uint64_t w0 = (uint64_t)lo;
-        if (sh <= 0)
-            return (uint32_t)(w0 << -sh); /* an integer: the value is small */
-        /* The result is below 2^32, so it lives in bits sh.. of hi:w0. */
-        if (sh >= 64) {
-            int s2 = sh - 64;
-            uint64_t rest = (uint64_t)hi & ((s2 ? ((uint64_t)1 << s2) : 1) - 1);
-            uint32_t r = (uint32_t)(hi >> s2);
-            return r | (uint32_t)((s2 && rest) || w0);
-        }
-        u128 low = ((u128)(uint64_t)hi << 64) | w0;
-        uint32_t r = (uint32_t)(low >> sh);
-        return r | (uint32_t)((low & (((u128)1 << sh) - 1)) != 0);
-    }
-    /* k > 0 means v >= 10 and b - k >= 0: an integer divided by 5^k. */
-    u128 n = (u128)cp << (b - k);
-    u128 d = ((u128)pow5[k][0] << 64) | pow5[k][1];
-    u128 r = n / d;
-    return (uint32_t)r | (uint32_t)(n - r * d != 0);
-}
-
-/* floor(log10(2^q)) and floor(log10(3/4 * 2^q)) for -149 <= q <= 104; the
- * constants are log10(2) and log10(3/4) times 2^20, rounded so that no q in
- * range lands on the wrong side of an integer (checked by the unit test). */
+/* floor(log10(2^q)) and floor(log10(3/4 * 2^q)) for -149 <= q <= 104, and
+ * floor(log2(10^e)) for |e| <= 50; the constants are log10(2), log10(3/4)
+ * and log2(10) times a power of two, rounded so that no argument in range
+ * lands on the wrong side of an integer (checked by the unit test). */
 static int floor_log10_pow2(int q)
 {
     return (q * 315653) >> 20;
@@ -92,28 +70,40 @@ static int floor_log10_three_quarters_pow2(int q)
     return (q * 315653 - 131008) >> 20;
 }
 
-/* The digits and power of ten of the shortest decimal in R. */
-static uint32_t shortest(uint32_t bits, int *exp10)
+static int floor_log2_pow10(int e)
 {
-    uint32_t t = bits & 0x7fffffu, e = (bits >> 23) & 0xffu;
-    uint32_t c = e ? t | 0x800000u : t;
-    int q = e ? (int)e - 150 : -149;
-    int irregular = t == 0 && e > 1; /* the gap below is half the gap above */
-    uint32_t cb = c << 2, cbr = cb + 2, cbl = irregular ? cb - 1 : cb - 2;
-    int k = irregular ? floor_log10_three_quarters_pow2(q) : floor_log10_pow2(q);
-    uint32_t out = c & 1; /* an odd c excludes the bounds of R */
-    /* 4 * v / 10^k and the bounds alike, rounded to odd. */
-    uint32_t vb = scale_odd(cb, q, k);
-    uint32_t vbl = scale_odd(cbl, q, k);
-    uint32_t vbr = scale_odd(cbr, q, k);
-    uint32_t s = vb >> 2; /* floor(v / 10^k) */
+    return (e * 217706) >> 16;
+}
 
-    /* One digit fewer: the multiple of 10^(k+1) below or above v. */
-    uint32_t sp10 = s / 10 * 10, tp10 = sp10 + 10;
-    int upin = vbl + out <= sp10 << 2, wpin = (tp10 << 2) + out <= vbr;
-    if (upin != wpin) {
-        *exp10 = k;
-        return upin ? sp10 : tp10;
+/* The upper bits of g * cp, rounded to odd: 4v / 10^k (or a bound) with
+ * the fraction's presence kept in the lowest bit. */
+static uint32_t round_to_odd(uint64_t g, uint64_t cp)
+{
+    uint64_t x = (uint64_t)(((u128)g * cp) >> 64);
+    return (uint32_t)(x >> 31) | (uint32_t)((x & 0xffffffffu) != 0);
+}
+
+/* The digits f and power of ten *exp10 of the shortest decimal in R for
+ * v = c * 2^q. */
+static uint32_t shortest(uint32_t c, int q, int irregular, int *exp10)
+{
+    uint64_t cb = (uint64_t)c << 2, cbr = cb + 2, cbl = irregular ? cb - 1 : cb - 2;
+    int k = irregular ? floor_log10_three_quarters_pow2(q) : floor_log10_pow2(q);
+    int h = q + floor_log2_pow10(-k) + 33;
+    uint64_t g = g_table[k - K_MIN];
+    uint32_t out = c & 1; /* an odd c excludes the bounds of R */
+    uint32_t vb = round_to_odd(g, cb << h);
+    uint32_t vbl = round_to_odd(g, cbl << h);
+    uint32_t vbr = round_to_odd(g, cbr << h);
+    uint32_t s = vb >> 2; /* floor(v / 10^k) */
+    {
+        /* One digit fewer: the multiple of 10^(k+1) below or above v. */
+        uint32_t sp10 = s / 10 * 10, tp10 = sp10 + 10;
+        int upin = vbl + out <= sp10 << 2, wpin = (tp10 << 2) + out <= vbr;
+        if (upin != wpin) {
+            *exp10 = k;
+            return upin ? sp10 : tp10;
+        }
     }
     /* Otherwise s or s + 1, whichever is in R; the nearer if both are. */
     uint32_t u = s + 1;
@@ -125,103 +115,110 @@ static uint32_t shortest(uint32_t bits, int *exp10)
     return vb < mid || (vb == mid && !(s & 1)) ? s : u;
 }
 
-static const char digit_pairs[] = "00010203040506070809101112131415161718192021222324"
-                                  "25262728293031323334353637383940414243444546474849"
-                                  "50515253545556575859606162636465666768697071727374"
-                                  "75767778798081828384858687888990919293949596979899";
-
-/* Write the n decimal digits of f at dst. */
-static void put_digits(char *dst, uint32_t f, int n)
+/* The 8 decimal digits of v < 10^8 as ASCII, most significant in the
+ * lowest byte (memory order on a little-endian machine): the halves, pairs
+ * and digits split side by side in one 64-bit word, each division by a
+ * constant a multiplication exact for the lane's range. */
+static uint64_t ascii8(uint32_t v)
 {
-    char *p = dst + n;
-    while (f >= 100) {
-        uint32_t r = f % 100;
-        f /= 100;
-        p -= 2;
-        memcpy(p, digit_pairs + 2 * r, 2);
-    }
-    if (f >= 10) {
-        p -= 2;
-        memcpy(p, digit_pairs + 2 * f, 2);
-    } else {
-        *--p = (char)('0' + f);
-    }
+    uint64_t x = (uint64_t)(v / 10000) | (uint64_t)(v % 10000) << 32;
+    uint64_t q = ((x * 10486) >> 20) & 0x0000007f0000007full; /* / 100 below 10^4 */
+    x = q | (x - q * 100) << 16;
+    q = ((x * 103) >> 10) & 0x000f000f000f000full; /* / 10 below 100 */
+    x = q | (x - q * 10) << 8;
+    return x | 0x3030303030303030ull;
 }
+
+static void store64(char *p, uint64_t v)
+{
+#if __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+    v = __builtin_bswap64(v);
+#endif
+    memcpy(p, &v, 8);
+}
+
+static const uint32_t pow10[10] = {1,      10,      100,      1000,      10000,
+                                   100000, 1000000, 10000000, 100000000, 1000000000};
 
 static int count_digits(uint32_t f)
 {
-    int n = 1;
-    while (f >= 10) {
-        f /= 10;
-        n++;
+    int n = (32 - __builtin_clz(f | 1)) * 1233 >> 12; /* floor(log10(2^bits)) */
+    return n + (f >= pow10[n]);
+}
+
+/* The text of f * 10^k (0 < f < 10^9) at p, as "%.9g" lays it out; p has
+ * room for 32 bytes, of which the text takes at most 15 (writes past the
+ * text are scratch). @return the end of the text. */
+static char *put_decimal(char *p, uint32_t f, int k)
+{
+    int n = count_digits(f);
+    int e10 = k + n - 1;                   /* the exponent of the leading digit */
+    uint32_t x = f * pow10[9 - n];         /* 9 digits, the significant ones first */
+    char lead = (char)('0' + x / 100000000);
+    uint64_t rest = ascii8(x % 100000000); /* the other 8 */
+    uint64_t zeros = rest ^ 0x3030303030303030ull;
+    /* significant digits: 1 + the 8 less the trailing zeros (the high bytes) */
+    n = 1 + (zeros ? 8 - __builtin_clzll(zeros) / 8 : 0);
+    if (e10 >= 0 && e10 < 9) {
+        if (n <= e10 + 1) { /* an integer: its digits, zeros included */
+            *p = lead;
+            store64(p + 1, rest);
+            return p + e10 + 1;
+        }
+        char d[16];
+        d[0] = lead;
+        store64(d + 1, rest); /* d[0..8]: the 9 digits */
+        memcpy(p, d, 9);
+        memcpy(p + e10 + 2, d + e10 + 1, 8);
+        p[e10 + 1] = '.';
+        return p + n + 1;
     }
-    return n;
+    if (e10 < 0 && e10 >= -4) {
+        memcpy(p, "0.000000", 8);
+        p += 1 - e10; /* "0." and -e10 - 1 zeros */
+        *p = lead;
+        store64(p + 1, rest);
+        return p + n;
+    }
+    p[0] = lead;
+    p[1] = '.';
+    store64(p + 2, rest);
+    p += n > 1 ? n + 1 : 1;
+    *p++ = 'e';
+    int e = e10;
+    if (e < 0) {
+        *p++ = '-';
+        e = -e;
+    }
+    if (e >= 10)
+        *p++ = (char)('0' + e / 10);
+    *p++ = (char)('0' + e % 10);
+    return p;
 }
 
 size_t ns__f32_format(char *dst, float value)
 {
     uint32_t bits;
-    char *p = dst;
     memcpy(&bits, &value, sizeof(bits));
-    if (bits >> 31)
-        *p++ = '-';
-    bits &= 0x7fffffffu;
-    if (bits >= 0x7f800000u) {
+    uint32_t mag = bits & 0x7fffffffu;
+    if (mag >= 0x7f800000u) {
         memcpy(dst, "null", 5);
         return 4;
     }
-    if (bits == 0) {
+    char text[32], *p = text;
+    if (bits >> 31)
+        *p++ = '-';
+    if (mag == 0) {
         *p++ = '0';
-        *p = '\0';
-        return (size_t)(p - dst);
-    }
-    int k;
-    uint32_t f = shortest(bits, &k);
-    while (f % 10 == 0) {
-        f /= 10;
-        k++;
-    }
-    int n = count_digits(f);
-    int e10 = k + n - 1; /* the exponent of the leading digit */
-    if (e10 >= 0 && e10 < 9) {
-        if (n <= e10 + 1) { /* an integer: digits, then zeros */
-            put_digits(p, f, n);
-            memset(p + n, '0', (size_t)(e10 + 1 - n));
-            p += e10 + 1;
-        } else {
-            put_digits(p + 1, f, n);
-            memmove(p, p + 1, (size_t)e10 + 1);
-            p[e10 + 1] = '.';
-            p += n + 1;
-        }
-    } else if (e10 < 0 && e10 >= -4) {
-        int zeros = -e10 - 1;
-        memcpy(p, "0.0000", (size_t)(2 + zeros));
-        p += 2 + zeros;
-        put_digits(p, f, n);
-        p += n;
     } else {
-        put_digits(p + 1, f, n);
-        p[0] = p[1];
-        if (n > 1) {
-            p[1] = '.';
-            p += n + 1;
-        } else {
-            p += 1;
-        }
-        *p++ = 'e';
-        int x = e10;
-        if (x < 0) {
-            *p++ = '-';
-            x = -x;
-        }
-        if (x >= 10) {
-            memcpy(p, digit_pairs + 2 * x, 2);
-            p += 2;
-        } else {
-            *p++ = (char)('0' + x);
-        }
+        uint32_t t = mag & 0x7fffffu, e = mag >> 23;
+        int k;
+        uint32_t f = e == 0 ? shortest(t, -149, 0, &k) /* subnormal */
+                            /* the gap below 2^n is half the gap above: irregular */
+                            : shortest(t | 0x800000u, (int)e - 150, t == 0 && e > 1, &k);
+        p = put_decimal(p, f, k);
     }
     *p = '\0';
-    return (size_t)(p - dst);
+    memcpy(dst, text, NS__F32_FORMAT_MAX); /* one fixed-size copy: dst has this room */
+    return (size_t)(p - text);
 }

@@ -133,31 +133,40 @@ void nsd_h_batches(nsd_request_t *req)
 }
 
 /* A /sync's state: its answer format, and once its step is done the
- * result and the answer, encoded right away (while the commit is awaited). */
+ * result and the answer: JSON shared with the step's other workers
+ * (answer_cache.h), safetensors encoded right away (while the commit is
+ * awaited). */
 typedef struct sync_done_s {
-    nsd_sync_result_t *res;
+    nsd_sync_result_t *res; /* NULL once the shared answer took it */
+    nsd_answer_t *answer;   /* JSON */
     ns_format_t format;
-    int rc; /* of the encoding */
-    ns_buf_t body;
+    int rc;            /* of the encoding */
+    int commit_status; /* of the store's commit */
+    ns_buf_t body;     /* safetensors */
 } sync_done_t;
 
 static void free_done(void *p)
 {
     sync_done_t *d = p;
     nsd_sync_result_free(d->res);
+    nsd_answer_release(d->answer);
     ns_buf_free(&d->body);
     free(d);
 }
 
-static void encode_answer(const nsd_request_t *req, sync_done_t *d);
+static const nsd_sync_result_t *result_of(const sync_done_t *d)
+{
+    return d->res != NULL || d->answer == NULL ? d->res : nsd_answer_result(d->answer);
+}
+
+static void prepare_answer(const nsd_request_t *req, sync_done_t *d);
 
 /* The store's callback: the step (and everything before it) is committed. */
 static void on_sync_durable(void *arg, int status)
 {
     nsd_request_t *req = arg;
     sync_done_t *d = req->user;
-    if (status != 0)
-        d->res->status = status;
+    d->commit_status = status;
     nsd_request_wake(req);
 }
 
@@ -169,15 +178,21 @@ static void on_sync_done(void *arg, nsd_sync_result_t *result)
     nsd_request_t *req = arg;
     sync_done_t *d = req->user; /* made by nsd_h_sync() */
     d->res = result;
-    /* Encoded here, on the thread that finalized the step, one worker after
-     * the other: the first encodes, the others copy (answer_cache.h), and
-     * the encoding overlaps the wait for the commit. */
     if (result->status == 0)
-        encode_answer(req, d);
-    if (result->status == 0 && req->server->store != NULL)
+        prepare_answer(req, d);
+    /* The request may be answered and gone once woken: the answer is held
+     * by a reference of its own here. */
+    nsd_answer_t *answer = d->answer != NULL ? nsd_answer_ref(d->answer) : NULL;
+    if (result->status == 0 && d->rc == 0 && req->server->store != NULL)
         nsd_store_after_commit(req->server->store, on_sync_durable, req);
     else
         nsd_request_wake(req);
+    /* Encoded here too, while the commit is awaited or with the woken
+     * request's thread: the first of the step's workers encodes, the
+     * others find it done (their outcome read again by sync_answer()). */
+    if (answer != NULL)
+        (void)nsd_answer_encode(answer);
+    nsd_answer_release(answer);
 }
 
 /* "step 12: workers 2, 3 did not report within the run's sync_timeout_ms
@@ -193,132 +208,61 @@ static void timeout_message(char *dst, size_t dst_cap, const nsd_sync_result_t *
                  " did not report within the run's sync_timeout_ms (on_timeout drop)");
 }
 
-/* What a /sync answer is made of, as bytes (answer_cache.h): equal keys,
- * equal answers. */
-static int answer_key(ns_buf_t *key, ns_format_t format, const char *run,
-                      const nsd_sync_result_t *res)
-{
-    uint64_t head[5] = {(uint64_t)format, res->step, (uint64_t)res->complete, res->workers,
-                        res->n_missing};
-    int rc = ns_buf_append(key, run, strlen(run) + 1);
-    rc = rc ? rc : ns_buf_append(key, head, sizeof(head));
-    rc = rc ? rc : ns_buf_append(key, res->missing, res->n_missing * sizeof(*res->missing));
-    for (size_t i = 0; rc == 0 && i < res->n_layers; i++) {
-        const nsd_sync_layer_t *l = &res->layers[i];
-        int arrays = l->channels > 0 && l->mean != NULL && l->var != NULL;
-        uint64_t lh[3] = {l->count, l->channels, (uint64_t)arrays};
-        rc = ns_buf_append(key, l->name, strlen(l->name) + 1);
-        rc = rc ? rc : ns_buf_append(key, lh, sizeof(lh));
-        if (arrays) {
-            rc = rc ? rc : ns_buf_append(key, l->mean, l->channels * sizeof(double));
-            rc = rc ? rc : ns_buf_append(key, l->var, l->channels * sizeof(double));
-        }
-    }
-    return rc;
-}
-
-/* ns_stats_encode() of a /sync answer, JSON ones once per step: the other
- * workers of the step get a copy (answer_cache.h). */
-static int encode_shared(const char *run, const nsd_sync_result_t *res, ns_format_t format,
-                         const ns_meta_t *meta, size_t n_meta, const ns_out_layer_t *layers,
-                         ns_buf_t *dst)
-{
-    if (format != NS_FORMAT_JSON)
-        return ns_stats_encode(dst, format, meta, n_meta, layers, res->n_layers);
-    ns_buf_t key;
-    ns_buf_init(&key, 0);
-    int keyed = answer_key(&key, format, run, res) == 0;
-    if (keyed && nsd_answer_cache_find(&key, dst)) {
-        ns_buf_free(&key);
-        return 0;
-    }
-    int rc = ns_stats_encode(dst, format, meta, n_meta, layers, res->n_layers);
-    if (rc == 0 && keyed)
-        nsd_answer_cache_add(&key, dst);
-    ns_buf_free(&key);
-    return rc;
-}
-
 /* The answer of a finalized step: its layers, with the workers that did
- * not arrive when incomplete, in the request's answer format. */
-static void encode_answer(const nsd_request_t *req, sync_done_t *d)
+ * not arrive when incomplete, in the request's answer format. JSON: the
+ * answer shared by the step's workers, encoded later; safetensors: here. */
+static void prepare_answer(const nsd_request_t *req, sync_done_t *d)
 {
-    const nsd_sync_result_t *res = d->res;
-    ns_buf_init(&d->body, NSD_ANSWER_MAX);
-    ns_out_layer_t *layers = calloc(res->n_layers ? res->n_layers : 1, sizeof(*layers));
-    if (layers == NULL) {
-        d->rc = NS_ENOMEM;
+    if (d->format == NS_FORMAT_JSON) {
+        d->answer = nsd_answer_share(req->run, &d->res);
+        d->rc = d->answer != NULL ? 0 : NS_ENOMEM;
         return;
     }
-    for (size_t i = 0; i < res->n_layers; i++) {
-        const nsd_sync_layer_t *src = &res->layers[i];
-        ns_out_layer_t *dst = &layers[i];
-        dst->name = src->name;
-        dst->channels = src->channels;
-        if (src->channels > 0 && src->mean != NULL && src->var != NULL) {
-            dst->n_arrays = 2;
-            dst->array_names[0] = NS_FIELD_MEAN;
-            dst->arrays[0] = src->mean;
-            dst->array_names[1] = NS_FIELD_VAR;
-            dst->arrays[1] = src->var;
-        }
-        dst->n_scalars = 1;
-        dst->scalar_names[0] = NS_FIELD_COUNT;
-        dst->scalars[0] = (int64_t)src->count;
-    }
-    /* An incomplete step names the workers that did not arrive. */
-    char *missing = NULL;
-    if (!res->complete) {
-        ns_buf_t list;
-        ns_buf_init(&list, 0);
-        int lrc = 0;
-        for (size_t i = 0; lrc == 0 && i < res->n_missing; i++)
-            lrc = ns_buf_printf(&list, "%s%u", i ? "," : "", res->missing[i]);
-        missing = lrc == 0 ? ns_buf_take(&list, NULL) : NULL;
-        if (missing == NULL) {
-            free(layers);
-            d->rc = NS_ENOMEM;
-            return;
-        }
-    }
-    ns_meta_t meta[4] = {
-        {NS_FIELD_STEP, NS_META_INT, NULL, (int64_t)res->step},
-        {NS_FIELD_COMPLETE, NS_META_BOOL, NULL, res->complete ? 1 : 0},
-        {NS_FIELD_WORKERS, NS_META_INT, NULL, (int64_t)res->workers},
-        {NS_FIELD_MISSING, NS_META_INT_LIST, missing, 0},
-    };
-    d->rc = encode_shared(req->run, res, d->format, meta, missing ? 4 : 3, layers, &d->body);
-    free(layers);
-    free(missing);
+    nsd_answer_fields_t f;
+    ns_buf_init(&d->body, NSD_ANSWER_MAX);
+    d->rc = nsd_answer_fields(&f, d->res);
+    if (d->rc != 0)
+        return;
+    d->rc = ns_stats_encode(&d->body, d->format, f.meta, f.n_meta, f.layers, f.n_layers);
+    nsd_answer_fields_free(&f);
 }
 
 static void sync_answer(nsd_request_t *req)
 {
     sync_done_t *d = req->user;
-    nsd_sync_result_t *res = d->res;
+    const nsd_sync_result_t *res = result_of(d);
     if (res == NULL) {
         nsd_respond_error(req, NS_EINTERNAL, "sync finished without a result");
         return;
     }
-    if (res->status != 0) {
+    int status = res->status != 0 ? res->status : d->commit_status;
+    if (status != 0) {
         char msg[256];
-        if (res->status == NS_ETIMEDOUT && res->n_missing > 0)
+        if (status == NS_ETIMEDOUT && res->n_missing > 0)
             timeout_message(msg, sizeof(msg), res);
         else
             snprintf(msg, sizeof(msg), "step %llu: %s", (unsigned long long)res->step,
-                     ns_strerror(res->status));
+                     ns_strerror(status));
         nsd_log(NSD_LOG_DEBUG, "sync_failed", "run=%s step=%llu code=%s", req->run,
-                (unsigned long long)res->step, ns_error_name(res->status));
-        nsd_respond_error(req, res->status, msg);
+                (unsigned long long)res->step, ns_error_name(status));
+        nsd_respond_error(req, status, msg);
         return;
     }
+    if (d->rc == 0 && d->answer != NULL)
+        d->rc = nsd_answer_encode(d->answer); /* with the step's other workers */
     if (d->rc != 0) {
         nsd_respond_error(req, d->rc, NULL);
         return;
     }
     nsd_log(NSD_LOG_DEBUG, "sync_answered", "run=%s step=%llu complete=%d workers=%u", req->run,
             (unsigned long long)res->step, res->complete, res->workers);
-    nsd_respond_encoded(req, d->format, &d->body);
+    if (d->answer == NULL) {
+        nsd_respond_encoded(req, d->format, &d->body);
+        return;
+    }
+    size_t n;
+    const ns_buf_t *parts = nsd_answer_parts(d->answer, &n);
+    nsd_respond_parts(req, d->format, parts, n, nsd_answer_release, nsd_answer_ref(d->answer));
 }
 
 void nsd_h_sync(nsd_request_t *req)

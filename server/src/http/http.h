@@ -185,6 +185,13 @@ typedef int (*nsd_stream_next_fn)(void *state, ns_buf_t *dst, int *done);
 void nsd_respond_stream(nsd_request_t *req, const char *content_type, nsd_stream_next_fn next,
                         void (*free_state)(void *state), void *state);
 
+/*! nsd_respond_parts() : 200 with parts[0..n) sent one after the other as
+ *  one body in 'format', never copied: they are borrowed until release(arg)
+ *  is called, once, when they are no longer needed (also when nothing could
+ *  be queued). */
+void nsd_respond_parts(nsd_request_t *req, ns_format_t format, const ns_buf_t *parts, size_t n,
+                       void (*release)(void *), void *arg);
+
 /*! nsd_respond_json() : 'body' is taken (decref'd). NULL answers 503 out_of_memory. */
 void nsd_respond_json(nsd_request_t *req, int status, json_t *body);
 

@@ -71,6 +71,35 @@ void nsd_respond(nsd_request_t *req, int status, const char *content_type, char 
     queue(req, status, resp, content_type);
 }
 
+void nsd_respond_parts(nsd_request_t *req, ns_format_t format, const ns_buf_t *parts, size_t n,
+                       void (*release)(void *), void *arg)
+{
+    if (req->responded) {
+        release(arg);
+        return;
+    }
+    struct MHD_IoVec *iov = calloc(n ? n : 1, sizeof(*iov));
+    size_t total = 0;
+    for (size_t i = 0; iov != NULL && i < n; i++) {
+        iov[i].iov_base = parts[i].data;
+        iov[i].iov_len = parts[i].len;
+        total += parts[i].len;
+    }
+    /* MHD copies the vector (and writes at most IOV_MAX buffers a call);
+     * the buffers stay ours until it calls release. */
+    struct MHD_Response *resp =
+        iov != NULL ? MHD_create_response_from_iovec(iov, (unsigned)n, release, arg) : NULL;
+    free(iov);
+    if (resp == NULL) {
+        release(arg);
+        nsd_respond_error(req, NS_ENOMEM, NULL);
+        return;
+    }
+    nsd_count_body_bytes(0, total);
+    queue(req, 200, resp,
+          format == NS_FORMAT_SAFETENSORS ? "application/safetensors" : "application/json");
+}
+
 void nsd_respond_static(nsd_request_t *req, int status, const char *content_type, const void *data,
                         size_t len, const char *const headers[])
 {

@@ -1,7 +1,10 @@
 /* test_f32_format.c - shortest round-trip text of a float32 (f32_format.c):
  * strtof reads it back bit for bit, it has at most 9 digits, no shorter text
  * reads back (found by trying every precision with snprintf), it is the
- * nearest of its length, and jansson reads it as a JSON number. */
+ * nearest of its length, jansson reads it as a JSON number, and its digits
+ * and layout are those of an exact 192-bit computation (f32_format_exact.h)
+ * for whole binades, both ends and a sample of every binade, and random
+ * floats. NS_F32_EXHAUSTIVE=1 compares every float32 (a few minutes). */
 #include <float.h>
 #include <math.h>
 #include <stdio.h>
@@ -11,6 +14,7 @@
 #include <jansson.h>
 
 #include "../../../proto/src/util/f32.h"
+#include "f32_format_exact.h"
 #include "harness.h"
 
 /* Significant digits of a decimal: leading and trailing zeros do not count. */
@@ -214,6 +218,77 @@ START_TEST(valid_json)
 }
 END_TEST
 
+/* The reference text of a float: exact_shortest()'s digits laid out as the
+ * contract says, "%.9g"'s choice of notation written out plainly. */
+static void reference_text(float value, char *dst, size_t cap)
+{
+    uint32_t bits = bits_of(value), mag = bits & 0x7fffffffu;
+    const char *sign = bits >> 31 ? "-" : "";
+    if (mag == 0) {
+        snprintf(dst, cap, "%s0", sign);
+        return;
+    }
+    int k;
+    uint32_t f = exact_shortest(mag, &k);
+    while (f % 10 == 0) {
+        f /= 10;
+        k++;
+    }
+    static const char zeros[] = "00000000";
+    char d[16];
+    int n = snprintf(d, sizeof(d), "%u", (unsigned)f);
+    int e10 = k + n - 1; /* the exponent of the leading digit */
+    if (e10 >= 0 && e10 < 9 && n <= e10 + 1) /* an integer */
+        snprintf(dst, cap, "%s%s%.*s", sign, d, e10 + 1 - n, zeros);
+    else if (e10 >= 0 && e10 < 9)
+        snprintf(dst, cap, "%s%.*s.%s", sign, e10 + 1, d, d + e10 + 1);
+    else if (e10 < 0 && e10 >= -4)
+        snprintf(dst, cap, "%s0.%.*s%s", sign, -e10 - 1, zeros, d);
+    else
+        snprintf(dst, cap, "%s%c%s%se%d", sign, d[0], n > 1 ? "." : "", d + 1, e10);
+}
+
+static void check_exact(uint32_t bits)
+{
+    float f = float_of(bits);
+    char mine[NS__F32_FORMAT_MAX], ref[64];
+    ns__f32_format(mine, f);
+    reference_text(f, ref, sizeof(ref));
+    CHECK(strcmp(mine, ref) == 0, "%08x: \"%s\", the exact computation gives \"%s\"",
+          (unsigned)bits, mine, ref);
+}
+
+/* Every float of the binades BatchNorm statistics live in and of the
+ * subnormals, every binade's ends and a sample of its inside, and random
+ * bit patterns: the same text as the exact computation. */
+START_TEST(same_as_exact)
+{
+    for (uint32_t u = 0; u < 0x00800000u; u++) /* every subnormal */
+        check_exact(u);
+    for (uint32_t u = 0x3f000000u; u < 0x40000000u; u++) /* [0.5, 2) */
+        check_exact(u);
+    uint64_t rng = ns_test_seed() ^ 0x2545f4914f6cdd1du;
+    for (uint32_t e = 1; e < 255; e++) /* every binade: both ends, then a sample */
+        for (uint32_t i = 0; i < 3 * 1024; i++) {
+            uint32_t t = i < 1024 ? i : i < 2048 ? 0x7fffffu - (i - 1024)
+                                                 : (uint32_t)ns_test_rand(&rng) & 0x7fffffu;
+            check_exact(e << 23 | t);
+            check_exact(0x80000000u | e << 23 | t);
+        }
+    for (int i = 0; i < 4000000; i++) {
+        uint32_t bits = (uint32_t)ns_test_rand(&rng);
+        if ((bits & 0x7f800000u) != 0x7f800000u)
+            check_exact(bits);
+    }
+    const char *all = getenv("NS_F32_EXHAUSTIVE");
+    if (all != NULL && strcmp(all, "1") == 0)
+        for (uint64_t u = 0; u < 0x7f800000u; u++) {
+            check_exact((uint32_t)u);
+            check_exact(0x80000000u | (uint32_t)u);
+        }
+}
+END_TEST
+
 static Suite *make_suite(void)
 {
     Suite *s = suite_create("f32_format");
@@ -224,6 +299,7 @@ static Suite *make_suite(void)
     tcase_add_test(tc, random_round_trip);
     tcase_add_test(tc, random_shortest);
     tcase_add_test(tc, valid_json);
+    tcase_add_test(tc, same_as_exact);
     suite_add_tcase(s, tc);
     return s;
 }

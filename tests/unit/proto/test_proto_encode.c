@@ -148,6 +148,85 @@ START_TEST(test_json_shapes)
 }
 END_TEST
 
+/* The parts of the JSON encoding, each encoded alone and in reverse order,
+ * appended in order: the bytes of the whole encoding, a valid JSON text
+ * (jansson), and for a small answer the text written out by hand. */
+static void check_parts(const ns_meta_t *meta, size_t n_meta, const ns_out_layer_t *layers,
+                        size_t n_layers, const char *want)
+{
+    size_t n = ns_stats_json_parts(layers, n_layers);
+    ns_buf_t *parts = calloc(n, sizeof(*parts));
+    for (size_t p = n; p-- > 0;)
+        ck_assert_int_eq(ns_stats_encode_json_part(&parts[p], meta, n_meta, layers, n_layers, p),
+                         0);
+    ns_buf_t none = {0};
+    ck_assert_int_eq(ns_stats_encode_json_part(&none, meta, n_meta, layers, n_layers, n),
+                     NS_EINVAL);
+    ns_buf_free(&none);
+    ns_buf_t joined = {0}, whole = {0};
+    for (size_t p = 0; p < n; p++) {
+        ck_assert_uint_gt(parts[p].len, 0);
+        ck_assert_int_eq(ns_buf_append(&joined, parts[p].data, parts[p].len), 0);
+        ns_buf_free(&parts[p]);
+    }
+    free(parts);
+    ck_assert_int_eq(ns_stats_encode(&whole, NS_FORMAT_JSON, meta, n_meta, layers, n_layers), 0);
+    ck_assert_uint_eq(joined.len, whole.len);
+    ck_assert(memcmp(joined.data, whole.data, whole.len) == 0);
+    json_error_t jerr;
+    json_t *root = json_loadb(joined.data, joined.len, JSON_REJECT_DUPLICATES, &jerr);
+    ck_assert_msg(root != NULL, "%s in %s", jerr.text, joined.data);
+    ck_assert_uint_eq(json_object_size(json_object_get(root, "layers")), n_layers);
+    json_decref(root);
+    if (want != NULL)
+        ck_assert_str_eq(joined.data, want);
+    ns_buf_free(&joined);
+    ns_buf_free(&whole);
+}
+
+START_TEST(test_json_parts)
+{
+    check_parts(NULL, 0, NULL, 0, "{\"layers\":{}}");
+    double vals[2] = {0.5, -2};
+    ns_meta_t meta[2] = {{.key = "step", .kind = NS_META_INT, .num = 7},
+                         {.key = "missing", .kind = NS_META_INT_LIST, .str = "1,3"}};
+    ns_out_layer_t l[3] = {
+        {.name = "a", .channels = 2, .n_arrays = 2, .array_names = {"mean", "var"},
+         .arrays = {vals, vals}, .n_scalars = 1, .scalar_names = {"count"}, .scalars = {9}},
+        {.name = "b", .n_scalars = 1, .scalar_names = {"count"}, .scalars = {0}},
+        {.name = "c", .channels = 1, .n_arrays = 1, .array_names = {"mean"}, .arrays = {vals}}};
+    ck_assert_uint_eq(ns_stats_json_parts(l, 3), 5);
+    check_parts(meta, 2, l, 3,
+                "{\"step\":7,\"missing\":[1,3],\"layers\":{\"a\":{\"mean\":[0.5,-2],"
+                "\"var\":[0.5,-2],\"count\":9},\"b\":{\"count\":0},\"c\":{\"mean\":[0.5]}}}");
+    check_parts(meta, 1, &l[1], 1, "{\"step\":7,\"layers\":{\"b\":{\"count\":0}}}");
+    /* More arrays than parts: dealt evenly into NS_STATS_JSON_PARTS_MAX. */
+    enum { MANY = 700 };
+    ns_out_layer_t *many = calloc(MANY, sizeof(*many));
+    char(*names)[16] = calloc(MANY, sizeof(*names));
+    for (size_t i = 0; i < MANY; i++) {
+        snprintf(names[i], sizeof(names[i]), "m%zu", i);
+        many[i] = l[i % 3];
+        many[i].name = names[i];
+    }
+    ck_assert_uint_eq(ns_stats_json_parts(many, MANY), NS_STATS_JSON_PARTS_MAX);
+    check_parts(meta, 2, many, MANY, NULL);
+    ck_assert_uint_eq(ns_stats_json_parts(many, 150), 1 + 150 / 3 * 4); /* one array a part */
+    check_parts(meta, 2, many, 150, NULL);
+    free(many);
+    free(names);
+    uint64_t rng = ns_test_seed() ^ 0x9a27c0de;
+    for (int iter = 0; iter < 50; iter++) {
+        fixture_t f;
+        fixture_make(&f, &rng);
+        for (size_t i = 0; i < f.n_layers; i++) /* some layers with one array or none */
+            f.layers[i].n_arrays = (size_t)(ns_test_rand(&rng) % 3);
+        check_parts(f.meta, 4, f.layers, f.n_layers, NULL);
+        fixture_free(&f);
+    }
+}
+END_TEST
+
 /* The Python reader: standard library + numpy only, written from the
  * safetensors specification. Prints a JSON summary of the file. */
 static const char *py_reader =
@@ -358,6 +437,7 @@ static Suite *proto_encode_suite(void)
     tcase_set_timeout(tc, 60);
     tcase_add_test(tc, test_json_read_back);
     tcase_add_test(tc, test_json_shapes);
+    tcase_add_test(tc, test_json_parts);
     tcase_add_test(tc, test_safetensors_read_back);
     tcase_add_test(tc, test_ceiling_and_append);
     tcase_add_test(tc, test_error_body);
