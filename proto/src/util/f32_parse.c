@@ -4,17 +4,20 @@
  * Python's repr of the float32 widened to double, 17 digits), so the value
  * meant is the float nearest the decimal: strtof(), not (float)strtod(),
  * which rounds twice and differs when the double lands on a midpoint between
- * two floats. Three ways, cheapest first:
- *  1. Clinger: a mantissa <= 2^24 and a power of ten <= 10^10 are exact
- *     floats, so one float multiply or divide is correctly rounded.
- *  2. Up to 19 significant digits times a power of ten in double: at most a
+ * two floats. Two ways:
+ *  1. Up to 19 significant digits times a power of ten in double: at most a
  *     few units in the last place of a double away from the decimal, which
  *     rounds to the same float unless it is within those few units of a
  *     midpoint between floats (29 more bits make that about 1 in 10^7).
- *  3. Otherwise (near a midpoint, float subnormals) strtof on a copy of the
+ *  2. Otherwise (near a midpoint, float subnormals, zero, out of range)
+ *     strtof on a copy of the
  *     token, in the "C" locale: glibc's strtof honours LC_NUMERIC, and
  *     although normstatd never calls setlocale, a program linking the
- *     library may. */
+ *     library may.
+ * The digits are read in one pass into a wrapping 64-bit integer, eight at a
+ * time where eight follow; only a mantissa of more than 19 digits (rare:
+ * clients print at most 17) is read again, digit by digit, keeping the
+ * first 19 significant ones. */
 #include <float.h>
 #include <locale.h>
 #include <math.h>
@@ -26,9 +29,6 @@
 #include <normstat/wire_errors.h>
 
 #include "f32.h"
-
-/* Exact float powers of ten (5^10 < 2^24). */
-static const float pow10_f[] = {1e0f, 1e1f, 1e2f, 1e3f, 1e4f, 1e5f, 1e6f, 1e7f, 1e8f, 1e9f, 1e10f};
 
 /* 10^-65 .. 10^38 as the nearest doubles: below 10^-65 every 19-digit
  * mantissa gives less than half the smallest float subnormal; from 10^39
@@ -59,8 +59,9 @@ static void c_locale_create(void)
     c_locale = newlocale(LC_ALL_MASK, "C", (locale_t)0);
 }
 
-/* strtof of the token in the "C" locale. */
-static int parse_slow(const char *src, size_t src_len, float *dst)
+/* strtof of the token in the "C" locale. Out of line: its buffer and
+ * locale switch would otherwise weigh on every number's fast path. */
+__attribute__((noinline, cold)) static int parse_slow(const char *src, size_t src_len, float *dst)
 {
     char small[64], *text = small;
     if (src_len >= sizeof(small) && !(text = malloc(src_len + 1)))
@@ -103,7 +104,6 @@ typedef struct decimal_s {
     uint64_t m; /* the first 19 significant digits */
     int digits; /* how many m holds */
     int exp10;
-    int small; /* 0 once a digit past the 19th was dropped */
 } decimal_t;
 
 /* The digits of the integer part, from its first, nonzero one. @return their end. */
@@ -121,8 +121,7 @@ static inline const char *scan_integer(const char *p, const char *end, decimal_t
             d->m = d->m * 10 + (uint64_t)(*p - '0');
             d->digits++;
         } else {
-            d->exp10++;
-            d->small = 0; /* a digit past the 19th: dropped, kept in exp10 */
+            d->exp10++; /* a digit past the 19th: dropped, kept in exp10 */
         }
     }
     return p;
@@ -146,11 +145,26 @@ static inline const char *scan_fraction(const char *p, const char *end, decimal_
             d->m = d->m * 10 + (uint64_t)(*p - '0');
             d->digits++;
             d->exp10--;
-        } else {
-            d->small = 0;
-        }
+        } /* else a digit past the 19th: dropped */
     }
     return p;
+}
+
+/* decimal_to_f32() where the double estimate cannot decide: zero, beyond
+ * the table's powers, float subnormals and overflow, near a midpoint. */
+__attribute__((noinline, cold)) static int decimal_to_f32_rare(const decimal_t *dec, int neg,
+                                                               const char *src, size_t src_len,
+                                                               float *dst)
+{
+    float f;
+    if (dec->m == 0 || dec->exp10 < POW10_MIN)
+        f = 0.0f; /* below 2^64 * 10^-66, far under half of 2^-149 */
+    else if (dec->exp10 > POW10_MAX)
+        f = INFINITY; /* at least 10^39 */
+    else
+        return parse_slow(src, src_len, dst);
+    *dst = neg ? -f : f;
+    return isinf(f) ? NS_EVALUE : 0;
 }
 
 /* The float nearest m * 10^exp10, negated if neg; src is the whole token,
@@ -158,39 +172,62 @@ static inline const char *scan_fraction(const char *p, const char *end, decimal_
 static inline int decimal_to_f32(const decimal_t *dec, int neg, const char *src, size_t src_len,
                                  float *dst)
 {
-    uint64_t m = dec->m;
-    int exp10 = dec->exp10;
-    float f;
-    if (m == 0) {
-        f = 0.0f;
-    } else if (FLT_EVAL_METHOD == 0 && dec->small && m <= (1u << 24) && exp10 >= -10 &&
-               exp10 <= 10) {
-        f = exp10 < 0 ? (float)m / pow10_f[-exp10] : (float)m * pow10_f[exp10];
-    } else if (exp10 > POW10_MAX) {
-        f = INFINITY; /* at least 10^39 */
-    } else if (exp10 < POW10_MIN) {
-        f = 0.0f; /* below 2^64 * 10^-66, far under half of 2^-149 */
-    } else {
-        double d = (double)m * pow10_d[exp10 - POW10_MIN];
+    unsigned power = (unsigned)(dec->exp10 - POW10_MIN);
+    if (dec->m != 0 && power <= POW10_MAX - POW10_MIN) {
+        double d = (double)dec->m * pow10_d[power];
         uint64_t bits;
         memcpy(&bits, &d, sizeof(bits));
         /* A float keeps 23 of the 52 fraction bits; the 29 below decide the
          * rounding, and only a value near 1 followed by zeros (a midpoint)
          * can round differently from the exact decimal. */
         int64_t low = (int64_t)(bits & ((UINT64_C(1) << 29) - 1)) - (INT64_C(1) << 28);
-        if (d < 0x1p-126 || (low < MIDPOINT_MARGIN && low > -MIDPOINT_MARGIN))
-            return parse_slow(src, src_len, dst);
-        f = (float)d;
+        if (d >= 0x1p-126 && d <= FLT_MAX &&
+            (uint64_t)(low + MIDPOINT_MARGIN - 1) > 2 * MIDPOINT_MARGIN - 2) {
+            float f = (float)d;
+            *dst = neg ? -f : f;
+            return 0;
+        }
     }
-    *dst = neg ? -f : f;
-    return isinf(f) ? NS_EVALUE : 0;
+    return decimal_to_f32_rare(dec, neg, src, src_len, dst);
+}
+
+/* The decimal of the mantissa text [begin, end) (digits and at most one
+ * point, as the grammar checked) when it has more than 19 digits: the first
+ * 19 significant ones, the rest kept in the exponent. */
+__attribute__((noinline)) static decimal_t long_mantissa(const char *begin, const char *end)
+{
+    decimal_t dec = {0, 0, 0};
+    const char *p = begin;
+    if (*p == '0')
+        p++;
+    else
+        p = scan_integer(p, end, &dec);
+    if (p < end && *p == '.')
+        scan_fraction(p + 1, end, &dec);
+    return dec;
+}
+
+/* Digits at p, up to end, appended to *m (wrapping past 19 digits): eight
+ * at a time while eight are there, then one by one. @return their end. */
+static inline const char *scan_digits(const char *p, const char *end, uint64_t *m)
+{
+    uint64_t v = *m;
+    int64_t eight;
+    while (end - p >= 8 && (eight = eight_digits(p)) >= 0) {
+        v = v * 100000000u + (uint64_t)eight;
+        p += 8;
+    }
+    for (; p < end && (unsigned)(*p - '0') <= 9; p++)
+        v = v * 10 + (uint64_t)(*p - '0');
+    *m = v;
+    return p;
 }
 
 int ns__f32_parse_prefix(const char *src, const char *end, const char **stop, int *integral,
                          float *dst)
 {
     const char *p = src;
-    decimal_t dec = {0, 0, 0, 1};
+    uint64_t m = 0;
     int neg = 0;
 
     /* JSON grammar: -?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?, each
@@ -202,17 +239,27 @@ int ns__f32_parse_prefix(const char *src, const char *end, const char **stop, in
     }
     if (p == end || (unsigned)(*p - '0') > 9)
         return NS_EINVAL;
+    const char *mantissa = p;
     if (*p == '0')
         p++;
     else
-        p = scan_integer(p, end, &dec);
+        p = scan_digits(p, end, &m);
+    size_t n_digits = (size_t)(p - mantissa);
+    ptrdiff_t fraction_digits = 0;
     if (p < end && *p == '.') {
         *integral = 0;
-        p++;
-        if (p == end || (unsigned)(*p - '0') > 9)
+        const char *fraction = ++p;
+        p = scan_digits(p, end, &m);
+        if (p == fraction)
             return NS_EINVAL;
-        p = scan_fraction(p, end, &dec);
+        fraction_digits = p - fraction;
+        n_digits += (size_t)fraction_digits;
     }
+    decimal_t dec = {m, 0, 0};
+    if (n_digits > 19) /* leading zeros count here; long_mantissa skips them */
+        dec = long_mantissa(mantissa, p);
+    else
+        dec.exp10 = -(int)fraction_digits;
     if (p < end && (*p == 'e' || *p == 'E')) {
         int eneg = 0, e = 0;
         *integral = 0;

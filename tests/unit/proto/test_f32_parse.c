@@ -134,6 +134,11 @@ START_TEST(overflow_and_syntax)
     float got;
     ck_assert_int_eq(ns__f32_parse("2.5e1", 3, &got), 0);
     ck_assert(got == 2.5f);
+    /* digits past 'src_len', where eight at a time would reach them */
+    ck_assert_int_eq(ns__f32_parse("0.123456789012", 6, &got), 0);
+    CHECK(bits_of(got) == bits_of(strtof("0.1234", NULL)), "%a", (double)got);
+    ck_assert_int_eq(ns__f32_parse("12345678901234567890", 9, &got), 0);
+    CHECK(bits_of(got) == bits_of(strtof("123456789", NULL)), "%a", (double)got);
 }
 END_TEST
 
