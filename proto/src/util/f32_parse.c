@@ -15,9 +15,10 @@
  *     although normstatd never calls setlocale, a program linking the
  *     library may.
  * The digits are read in one pass into a wrapping 64-bit integer, eight at a
- * time where eight follow; only a mantissa of more than 19 digits (rare:
- * clients print at most 17) is read again, digit by digit, keeping the
- * first 19 significant ones. */
+ * time where eight follow, and a fraction after at most three integer
+ * digits sixteen bytes at a time (SSE2); only a mantissa of more than 19
+ * digits (rare: clients print at most 17) is read again, digit by digit,
+ * keeping the first 19 significant ones. */
 #include <float.h>
 #include <locale.h>
 #include <math.h>
@@ -25,6 +26,10 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#if defined(__SSE2__) && defined(__x86_64__)
+#include <emmintrin.h>
+#define F32_SIXTEEN_DIGITS 1
+#endif
 
 #include <normstat/wire_errors.h>
 
@@ -150,61 +155,44 @@ static inline const char *scan_fraction(const char *p, const char *end, decimal_
     return p;
 }
 
-/* decimal_to_f32() where the double estimate cannot decide: zero, beyond
- * the table's powers, float subnormals and overflow, near a midpoint. */
-__attribute__((noinline, cold)) static int decimal_to_f32_rare(const decimal_t *dec, int neg,
-                                                               const char *src, size_t src_len,
-                                                               float *dst)
+/* m * 10^exp10 (m > 0) as a double that rounds to the same float as the
+ * exact decimal, or 0 where it may not (near a midpoint between floats,
+ * float subnormals, overflow, beyond the table's powers). */
+static inline double f32_estimate(uint64_t m, int exp10)
 {
-    float f;
-    if (dec->m == 0 || dec->exp10 < POW10_MIN)
-        f = 0.0f; /* below 2^64 * 10^-66, far under half of 2^-149 */
-    else if (dec->exp10 > POW10_MAX)
-        f = INFINITY; /* at least 10^39 */
-    else
-        return parse_slow(src, src_len, dst);
-    *dst = neg ? -f : f;
-    return isinf(f) ? NS_EVALUE : 0;
+    unsigned power = (unsigned)(exp10 - POW10_MIN);
+    if (power > POW10_MAX - POW10_MIN)
+        return 0;
+    double d = (double)m * pow10_d[power];
+    uint64_t bits;
+    memcpy(&bits, &d, sizeof(bits));
+    /* A float keeps 23 of the 52 fraction bits; the 29 below decide the
+     * rounding, and only a value near 1 followed by zeros (a midpoint) can
+     * round differently from the exact decimal. */
+    int64_t low = (int64_t)(bits & ((UINT64_C(1) << 29) - 1)) - (INT64_C(1) << 28);
+    if (d >= 0x1p-126 && d <= FLT_MAX &&
+        (uint64_t)(low + MIDPOINT_MARGIN - 1) > 2 * MIDPOINT_MARGIN - 2)
+        return d;
+    return 0;
 }
 
 /* The float nearest m * 10^exp10, negated if neg; src is the whole token,
  * for strtof near a midpoint. @return 0, NS_EVALUE or NS_ENOMEM. */
-static inline int decimal_to_f32(const decimal_t *dec, int neg, const char *src, size_t src_len,
-                                 float *dst)
+static int decimal_to_f32(const decimal_t *dec, int neg, const char *src, size_t src_len,
+                          float *dst)
 {
-    unsigned power = (unsigned)(dec->exp10 - POW10_MIN);
-    if (dec->m != 0 && power <= POW10_MAX - POW10_MIN) {
-        double d = (double)dec->m * pow10_d[power];
-        uint64_t bits;
-        memcpy(&bits, &d, sizeof(bits));
-        /* A float keeps 23 of the 52 fraction bits; the 29 below decide the
-         * rounding, and only a value near 1 followed by zeros (a midpoint)
-         * can round differently from the exact decimal. */
-        int64_t low = (int64_t)(bits & ((UINT64_C(1) << 29) - 1)) - (INT64_C(1) << 28);
-        if (d >= 0x1p-126 && d <= FLT_MAX &&
-            (uint64_t)(low + MIDPOINT_MARGIN - 1) > 2 * MIDPOINT_MARGIN - 2) {
-            float f = (float)d;
-            *dst = neg ? -f : f;
-            return 0;
-        }
-    }
-    return decimal_to_f32_rare(dec, neg, src, src_len, dst);
-}
-
-/* The decimal of the mantissa text [begin, end) (digits and at most one
- * point, as the grammar checked) when it has more than 19 digits: the first
- * 19 significant ones, the rest kept in the exponent. */
-__attribute__((noinline)) static decimal_t long_mantissa(const char *begin, const char *end)
-{
-    decimal_t dec = {0, 0, 0};
-    const char *p = begin;
-    if (*p == '0')
-        p++;
+    float f;
+    double d;
+    if (dec->m == 0 || dec->exp10 < POW10_MIN)
+        f = 0.0f; /* below 2^64 * 10^-66, far under half of 2^-149 */
+    else if (dec->exp10 > POW10_MAX)
+        f = INFINITY; /* at least 10^39 */
+    else if ((d = f32_estimate(dec->m, dec->exp10)) != 0)
+        f = (float)d;
     else
-        p = scan_integer(p, end, &dec);
-    if (p < end && *p == '.')
-        scan_fraction(p + 1, end, &dec);
-    return dec;
+        return parse_slow(src, src_len, dst);
+    *dst = neg ? -f : f;
+    return isinf(f) ? NS_EVALUE : 0;
 }
 
 /* Digits at p, up to end, appended to *m (wrapping past 19 digits): eight
@@ -223,12 +211,121 @@ static inline const char *scan_digits(const char *p, const char *end, uint64_t *
     return p;
 }
 
+#ifdef F32_SIXTEEN_DIGITS
+/* The digits that start the sixteen bytes at p: @return how many (0..16),
+ * and in *padded their value followed by zeros to sixteen digits (the
+ * fraction's digits times 10^16). Digit pairs, then quads, then eights are
+ * combined in lanes, each step one multiply. */
+static inline unsigned sixteen_digits(const char *p, uint64_t *padded)
+{
+    const __m128i first = _mm_setr_epi8(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    __m128i t = _mm_sub_epi8(_mm_loadu_si128((const __m128i *)(const void *)p), _mm_set1_epi8('0'));
+    __m128i digit = _mm_cmpeq_epi8(_mm_min_epu8(t, _mm_set1_epi8(9)), t);
+    unsigned n = (unsigned)__builtin_ctz(~(unsigned)_mm_movemask_epi8(digit));
+    t = _mm_and_si128(t, _mm_cmplt_epi8(first, _mm_set1_epi8((char)n)));
+    __m128i pairs = _mm_add_epi16(
+        _mm_mullo_epi16(_mm_and_si128(t, _mm_set1_epi16(0xff)), _mm_set1_epi16(10)),
+        _mm_srli_epi16(t, 8));
+    __m128i quads = _mm_madd_epi16(pairs, _mm_set1_epi32(0x00010064)); /* 100 * a + b */
+    __m128i eights =
+        _mm_add_epi64(_mm_mul_epu32(quads, _mm_set1_epi32(10000)), _mm_srli_epi64(quads, 32));
+    uint64_t high = (uint64_t)_mm_cvtsi128_si64(eights);
+    uint64_t low = (uint64_t)_mm_cvtsi128_si64(_mm_unpackhi_epi64(eights, eights));
+    *padded = high * 100000000u + low;
+    return n;
+}
+#endif
+
+/* The fraction's digits at p appended to *m, after 'int_digits' integer
+ * digits: @return their end; *scale is the power of ten m now holds beyond
+ * the integer (their count, plus the padding zeros of sixteen_digits()). */
+static inline const char *scan_fraction_digits(const char *p, const char *end,
+                                               size_t int_digits, uint64_t *m, ptrdiff_t *scale)
+{
+    const char *begin = p;
+#ifdef F32_SIXTEEN_DIGITS
+    /* at most 3 + 16 digits: m * 10^16 + padded stays below 10^19 */
+    if (int_digits <= 3 && end - p >= 16) {
+        uint64_t padded;
+        unsigned n = sixteen_digits(p, &padded);
+        if (n == 0)
+            return p;
+        *m = *m * 10000000000000000u + padded;
+        if (n < 16) {
+            *scale = 16;
+            return p + n;
+        }
+        p = scan_digits(p + 16, end, m); /* more may follow */
+        *scale = p - begin;
+        return p;
+    }
+#else
+    (void)int_digits;
+#endif
+    p = scan_digits(p, end, m);
+    *scale = p - begin;
+    return p;
+}
+
+/* The exponent part at p (after 'e' or 'E'), added to *exp10. @return its
+ * end, or NULL if it has no digits. */
+static inline const char *scan_exponent(const char *p, const char *end, int *exp10)
+{
+    int eneg = 0, e = 0;
+    if (p < end && (*p == '+' || *p == '-'))
+        eneg = *p++ == '-';
+    if (p == end || (unsigned)(*p - '0') > 9)
+        return NULL;
+    for (; p < end && (unsigned)(*p - '0') <= 9; p++)
+        if (e < 100000) /* beyond any float; keeps exp10 from overflowing */
+            e = e * 10 + (*p - '0');
+    *exp10 += eneg ? -e : e;
+    return p;
+}
+
+/* ns__f32_parse_prefix() digit by digit, keeping the first 19 significant
+ * digits: for what the fast path leaves (more digits, or a value the double
+ * estimate cannot decide). */
+__attribute__((noinline, cold)) static int parse_careful(const char *src, const char *end,
+                                                         const char **stop, int *integral,
+                                                         float *dst)
+{
+    const char *p = src;
+    decimal_t dec = {0, 0, 0};
+    int neg = 0;
+    *integral = 1;
+    if (p < end && *p == '-') {
+        neg = 1;
+        p++;
+    }
+    if (p == end || (unsigned)(*p - '0') > 9)
+        return NS_EINVAL;
+    if (*p == '0')
+        p++;
+    else
+        p = scan_integer(p, end, &dec);
+    if (p < end && *p == '.') {
+        *integral = 0;
+        p++;
+        if (p == end || (unsigned)(*p - '0') > 9)
+            return NS_EINVAL;
+        p = scan_fraction(p, end, &dec);
+    }
+    if (p < end && (*p == 'e' || *p == 'E')) {
+        *integral = 0;
+        if (!(p = scan_exponent(p + 1, end, &dec.exp10)))
+            return NS_EINVAL;
+    }
+    *stop = p;
+    return decimal_to_f32(&dec, neg, src, (size_t)(p - src), dst);
+}
+
 int ns__f32_parse_prefix(const char *src, const char *end, const char **stop, int *integral,
                          float *dst)
 {
     const char *p = src;
     uint64_t m = 0;
-    int neg = 0;
+    int neg = 0, exp10 = 0;
 
     /* JSON grammar: -?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?, each
      * part taken whole when it is there (the grammar needs no going back). */
@@ -245,36 +342,34 @@ int ns__f32_parse_prefix(const char *src, const char *end, const char **stop, in
     else
         p = scan_digits(p, end, &m);
     size_t n_digits = (size_t)(p - mantissa);
-    ptrdiff_t fraction_digits = 0;
     if (p < end && *p == '.') {
+        ptrdiff_t scale;
         *integral = 0;
         const char *fraction = ++p;
-        p = scan_digits(p, end, &m);
+        p = scan_fraction_digits(p, end, n_digits, &m, &scale);
         if (p == fraction)
             return NS_EINVAL;
-        fraction_digits = p - fraction;
-        n_digits += (size_t)fraction_digits;
+        n_digits += (size_t)scale;
+        exp10 = -(int)(n_digits <= 19 ? scale : 0);
     }
-    decimal_t dec = {m, 0, 0};
-    if (n_digits > 19) /* leading zeros count here; long_mantissa skips them */
-        dec = long_mantissa(mantissa, p);
-    else
-        dec.exp10 = -(int)fraction_digits;
     if (p < end && (*p == 'e' || *p == 'E')) {
-        int eneg = 0, e = 0;
         *integral = 0;
-        p++;
-        if (p < end && (*p == '+' || *p == '-'))
-            eneg = *p++ == '-';
-        if (p == end || (unsigned)(*p - '0') > 9)
+        if (!(p = scan_exponent(p + 1, end, &exp10)))
             return NS_EINVAL;
-        for (; p < end && (unsigned)(*p - '0') <= 9; p++)
-            if (e < 100000) /* beyond any float; keeps exp10 from overflowing */
-                e = e * 10 + (*p - '0');
-        dec.exp10 += eneg ? -e : e;
     }
     *stop = p;
-    return decimal_to_f32(&dec, neg, src, (size_t)(p - src), dst);
+    if (n_digits <= 19) { /* leading zeros count here; parse_careful skips them */
+        if (m == 0) {
+            *dst = neg ? -0.0f : 0.0f;
+            return 0;
+        }
+        double d = f32_estimate(m, exp10);
+        if (d != 0) {
+            *dst = (float)(neg ? -d : d);
+            return 0;
+        }
+    }
+    return parse_careful(src, end, stop, integral, dst);
 }
 
 int ns__f32_parse(const char *src, size_t src_len, float *dst)
