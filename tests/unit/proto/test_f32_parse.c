@@ -13,8 +13,11 @@
 #include "harness.h"
 
 /* The reference: strtof, with inf meaning "out of range" (NS_EVALUE). */
+static void check_in_array(const char *text);
+
 static void check_text(const char *text)
 {
+    check_in_array(text);
     float want = strtof(text, NULL), got = 12345.0f;
     int rc = ns__f32_parse(text, strlen(text), &got);
     if (isinf(want)) {
@@ -25,6 +28,23 @@ static void check_text(const char *text)
     CHECK(rc == 0 && bits_of(got) == bits_of(want),
           "\"%s\": rc %d, got %a (%08x), strtof %a (%08x)", text, rc, (double)got,
           (unsigned)bits_of(got), (double)want, (unsigned)bits_of(want));
+}
+
+/* The same number followed by more of an array, as in a report (where the
+ * parser reads whole blocks of bytes past the number): it stops at the
+ * comma with the same value. */
+static void check_in_array(const char *text)
+{
+    char longer[256];
+    snprintf(longer, sizeof(longer), "%s,12345678901234567890]", text);
+    const char *stop = NULL;
+    int integral;
+    float got = 12345.0f, alone = 54321.0f;
+    int rc = ns__f32_parse_prefix(longer, longer + strlen(longer), &stop, &integral, &got);
+    int rc_alone = ns__f32_parse(text, strlen(text), &alone);
+    CHECK(rc == rc_alone && stop == longer + strlen(text) && bits_of(got) == bits_of(alone),
+          "\"%s\" in an array: rc %d/%d, stopped after %td, got %a alone %a", text, rc, rc_alone,
+          stop ? stop - longer : -1, (double)got, (double)alone);
 }
 
 /* Known answers: bit patterns from the binary32 layout by hand, or (the
