@@ -337,9 +337,8 @@ int ns__f32_parse_prefix(const char *src, const char *end, const char **stop, in
     if (p == end || (unsigned)(*p - '0') > 9)
         return NS_EINVAL;
     const char *mantissa = p;
-    if (*p == '0')
-        p++;
-    else
+    m = (uint64_t)(*p++ - '0'); /* one digit, as most floats have: no scan */
+    if (m != 0 && p < end && (unsigned)(*p - '0') <= 9)
         p = scan_digits(p, end, &m);
     size_t n_digits = (size_t)(p - mantissa);
     if (p < end && *p == '.') {
