@@ -9,16 +9,16 @@
  *     few units in the last place of a double away from the decimal, which
  *     rounds to the same float unless it is within those few units of a
  *     midpoint between floats (29 more bits make that about 1 in 10^7).
- *  2. Otherwise (near a midpoint, float subnormals, zero, out of range)
- *     strtof on a copy of the
- *     token, in the "C" locale: glibc's strtof honours LC_NUMERIC, and
- *     although normstatd never calls setlocale, a program linking the
- *     library may.
+ *  2. Otherwise (near a midpoint, float subnormals, overflow) strtof on a
+ *     copy of the token, in the "C" locale: glibc's strtof honours
+ *     LC_NUMERIC, and although normstatd never calls setlocale, a program
+ *     linking the library may.
  * The digits are read in one pass into a wrapping 64-bit integer, eight at a
  * time where eight follow, and a fraction after at most three integer
- * digits sixteen bytes at a time (SSE2); only a mantissa of more than 19
- * digits (rare: clients print at most 17) is read again, digit by digit,
- * keeping the first 19 significant ones. */
+ * digits sixteen bytes at a time (SSE2). What that pass cannot finish (more
+ * than 19 digits, rare: clients print at most 17; a value way 1 cannot
+ * decide) is parsed again digit by digit, keeping the first 19 significant
+ * digits (parse_careful), off the common path. */
 #include <float.h>
 #include <locale.h>
 #include <math.h>
