@@ -16,9 +16,9 @@
  * The digits are read in one pass into a wrapping 64-bit integer, eight at a
  * time where eight follow, and a fraction after at most three integer
  * digits sixteen bytes at a time (SSE2). What that pass cannot finish (more
- * than 19 digits, rare: clients print at most 17; a value way 1 cannot
- * decide) is parsed again digit by digit, keeping the first 19 significant
- * digits (parse_careful), off the common path. */
+ * than 19 digits, rare: clients print at most 17; a value the double
+ * estimate cannot decide) is parsed again digit by digit, keeping the first
+ * 19 significant digits (parse_careful), off the common path. */
 #include <float.h>
 #include <locale.h>
 #include <math.h>
