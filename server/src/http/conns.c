@@ -279,6 +279,14 @@ int nsd_conns_admit_socket(nsd_conns_t *conns, int fd, const struct sockaddr *ad
         return 0;
     }
     pthread_mutex_lock(&conns->lock);
+    /* A hand-off of this descriptor's earlier socket that libmicrohttpd
+     * dropped without starting it: that socket is closed, its slot free. */
+    handoff_t *stale = take_handoff(conns, fd);
+    if (stale != NULL) {
+        slot_give(conns, stale->addr, stale->reserved);
+        addr_unref(conns, stale->addr);
+        free(stale);
+    }
     h->fd = fd;
     h->addr = parked.addr;
     h->reserved = parked.reserved;
