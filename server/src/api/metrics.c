@@ -23,6 +23,7 @@
 #include "http/conns.h"
 #include "http/counters.h"
 #include "http/http.h"
+#include "http/listener.h"
 #include "registry/registry.h"
 #include "relay/relay.h"
 #include "store/store.h"
@@ -462,6 +463,17 @@ static int render_connections(ns_buf_t *dst, nsd_conns_t *conns)
     return rc;
 }
 
+/* Connections open on each HTTP thread (each of the listener's daemons). */
+static int render_http_threads(ns_buf_t *dst, const nsd_listener_t *listener)
+{
+    int rc = header(dst, "normstat_http_connections", "gauge",
+                    "Connections open on each HTTP thread (new ones go to the least loaded).");
+    for (unsigned i = 0; i < nsd_listener_threads(listener) && rc == 0; i++)
+        rc = ns_buf_printf(dst, "normstat_http_connections{thread=\"%u\"} %ld\n", i,
+                           nsd_listener_connections(listener, i));
+    return rc;
+}
+
 /* Relay mode's counters (zero, and the upstream up, in a daemon that is no relay). */
 static int render_relay(ns_buf_t *dst, nsd_relay_t *relay)
 {
@@ -513,6 +525,7 @@ void nsd_h_metrics(nsd_request_t *req)
                      "Requests begun and not yet answered (this one included).", "%ld",
                      atomic_load(&req->server->in_flight));
     rc = rc ? rc : render_connections(&buf, req->server->conns);
+    rc = rc ? rc : render_http_threads(&buf, req->server->listener);
     rc = rc ? rc : render_store(&buf, req->server->store);
     rc = rc ? rc
             : render_runs(&buf, req->server->registry, (size_t)req->server->opts->metrics_max_runs);

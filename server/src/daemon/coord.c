@@ -21,7 +21,7 @@
  *   - SIGTERM/SIGINT: graceful shutdown, in this order:
  *       1. mark shutting down: /readyz answers 503, responses carry
  *          "Connection: close";
- *       2. stop accepting connections (MHD_quiesce_daemon);
+ *       2. stop accepting connections (nsd_http_quiesce: the accept thread ends);
  *       3. nsd_registry_shutdown(): every waiting /sync is woken with
  *          NS_ESHUTDOWN and answered 503 shutting_down on an MHD thread
  *          (no connection stays suspended, which MHD_stop_daemon forbids);

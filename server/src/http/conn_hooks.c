@@ -71,12 +71,6 @@ void nsd_conn_hooks_teardown(nsd_server_t *server)
     server->conns = NULL;
 }
 
-enum MHD_Result nsd_conn_hook_accept(void *cls, const struct sockaddr *addr, socklen_t addr_len)
-{
-    nsd_server_t *server = cls;
-    return nsd_conns_admit(server->conns, addr, addr_len) ? MHD_YES : MHD_NO;
-}
-
 void nsd_conn_hook_notify(void *cls, struct MHD_Connection *conn, void **socket_context,
                           enum MHD_ConnectionNotificationCode code)
 {

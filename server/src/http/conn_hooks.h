@@ -1,5 +1,5 @@
-/* conn_hooks.h - conns.h wired into libmicrohttpd: the accept policy, the
- * connection notifications, the reserve's gate and the file descriptor
+/* conn_hooks.h - conns.h wired into libmicrohttpd: the connection
+ * notifications, the reserve's gate and the file descriptor
  * limit. Called by http.c only.
  *
  * Threads: the hooks run on MHD's pool threads; setup and teardown on the
@@ -23,9 +23,6 @@ int nsd_conn_hooks_setup(nsd_server_t *server, unsigned *mhd_limit);
 
 /*! nsd_conn_hooks_teardown() : after MHD_stop_daemon(). */
 void nsd_conn_hooks_teardown(nsd_server_t *server);
-
-/*! nsd_conn_hook_accept() : MHD_AcceptPolicyCallback; cls is the server. */
-enum MHD_Result nsd_conn_hook_accept(void *cls, const struct sockaddr *addr, socklen_t addr_len);
 
 /*! nsd_conn_hook_notify() : MHD_NotifyConnectionCallback; cls is the server. */
 void nsd_conn_hook_notify(void *cls, struct MHD_Connection *conn, void **socket_context,

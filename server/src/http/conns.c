@@ -77,8 +77,18 @@ struct nsd_conns_s {
     uint32_t open_general, open_reserve;
     uint64_t serial;
     int other_taken;
+    struct handoff_s *handoffs; /* admitted, not yet started */
     nsd_conns_stats_t stats;
 };
+
+/* An admission granted on another thread than the one that starts the
+ * connection (nsd_conns_admit_socket), found by its socket. */
+typedef struct handoff_s {
+    struct handoff_s *next;
+    int fd;
+    addr_entry_t *addr;
+    int reserved;
+} handoff_t;
 
 /* The admission granted by the accept policy, for nsd_conns_started(). */
 static __thread struct {
@@ -245,6 +255,61 @@ int nsd_conns_admit(nsd_conns_t *conns, const struct sockaddr *addr, socklen_t a
     return ok;
 }
 
+/* The hand-off of socket 'fd', out of the list; NULL if none. Under the lock. */
+static handoff_t *take_handoff(nsd_conns_t *conns, int fd)
+{
+    for (handoff_t **p = &conns->handoffs; *p != NULL; p = &(*p)->next) {
+        if ((*p)->fd == fd) {
+            handoff_t *h = *p;
+            *p = h->next;
+            return h;
+        }
+    }
+    return NULL;
+}
+
+int nsd_conns_admit_socket(nsd_conns_t *conns, int fd, const struct sockaddr *addr,
+                           socklen_t addr_len)
+{
+    handoff_t *h = malloc(sizeof(*h));
+    if (h == NULL)
+        return 0;
+    if (!nsd_conns_admit(conns, addr, addr_len)) {
+        free(h);
+        return 0;
+    }
+    pthread_mutex_lock(&conns->lock);
+    /* A hand-off of this descriptor's earlier socket that libmicrohttpd
+     * dropped without starting it: that socket is closed, its slot free. */
+    handoff_t *stale = take_handoff(conns, fd);
+    if (stale != NULL) {
+        slot_give(conns, stale->addr, stale->reserved);
+        addr_unref(conns, stale->addr);
+        free(stale);
+    }
+    h->fd = fd;
+    h->addr = parked.addr;
+    h->reserved = parked.reserved;
+    parked.addr = NULL;
+    parked.conns = NULL;
+    h->next = conns->handoffs;
+    conns->handoffs = h;
+    pthread_mutex_unlock(&conns->lock);
+    return 1;
+}
+
+void nsd_conns_abandon_socket(nsd_conns_t *conns, int fd)
+{
+    pthread_mutex_lock(&conns->lock);
+    handoff_t *h = take_handoff(conns, fd);
+    if (h != NULL) {
+        slot_give(conns, h->addr, h->reserved);
+        addr_unref(conns, h->addr);
+    }
+    pthread_mutex_unlock(&conns->lock);
+    free(h);
+}
+
 /* ---------------------------------------------------------------- records */
 
 nsd_conn_t *nsd_conns_started(nsd_conns_t *conns, int fd, const struct sockaddr *addr,
@@ -254,7 +319,12 @@ nsd_conn_t *nsd_conns_started(nsd_conns_t *conns, int fd, const struct sockaddr 
     pthread_mutex_lock(&conns->lock);
     addr_entry_t *e = NULL;
     int reserved = 0;
-    if (parked.conns == conns && parked.addr != NULL) {
+    handoff_t *h = take_handoff(conns, fd);
+    if (h != NULL) {
+        e = h->addr;
+        reserved = h->reserved;
+        free(h);
+    } else if (parked.conns == conns && parked.addr != NULL) {
         e = parked.addr;
         reserved = parked.reserved;
         parked.addr = NULL;
@@ -466,6 +536,11 @@ void nsd_conns_free(nsd_conns_t *conns)
     }
     while (conns->head != NULL)
         nsd_conns_closed(conns, conns->head);
+    while (conns->handoffs != NULL) {
+        handoff_t *h = conns->handoffs;
+        conns->handoffs = h->next;
+        free(h);
+    }
     for (size_t i = 0; i < ADDR_BUCKETS; i++)
         while (conns->buckets[i] != NULL) {
             addr_entry_t *e = conns->buckets[i];

@@ -81,6 +81,17 @@ void nsd_conns_free(nsd_conns_t *conns);
  *  @return 1 to accept, 0 to refuse (counted by reason). */
 int nsd_conns_admit(nsd_conns_t *conns, const struct sockaddr *addr, socklen_t addr_len);
 
+/*! nsd_conns_admit_socket() :
+ *  nsd_conns_admit() for socket 'fd' accepted on one thread and started on
+ *  another: the admission waits for the nsd_conns_started() of that socket.
+ *  @return 1 to accept, 0 to refuse (or out of memory). */
+int nsd_conns_admit_socket(nsd_conns_t *conns, int fd, const struct sockaddr *addr,
+                           socklen_t addr_len);
+
+/*! nsd_conns_abandon_socket() : 'fd' admitted by nsd_conns_admit_socket()
+ *  was never started (libmicrohttpd refused it): give its slot back. */
+void nsd_conns_abandon_socket(nsd_conns_t *conns, int fd);
+
 /*! nsd_conns_started() :
  *  libmicrohttpd added the connection admitted last on this thread, with
  *  socket 'fd'. @return its record, or NULL when out of memory (the socket

@@ -2,9 +2,10 @@
  * suspend/resume (the answers themselves: respond.c).
  *
  * DESIGN
- *  Threads: MHD's pool (--threads, epoll or poll) calls on_access and
- *  on_completed; a connection stays on one pool thread. The only thread of
- *  our own is the connection sweep of conns.c.
+ *  Threads: --threads single-threaded MHD daemons (epoll or poll) call
+ *  on_access and on_completed; a connection stays on the daemon the accept
+ *  thread of listener.c gave it to. Our other thread is the connection
+ *  sweep of conns.c.
  *  Request life: on_access allocates the nsd_request_t on its first call
  *  (in_flight + 1) and on_completed frees it (in_flight - 1), whatever
  *  happened in between; the coordinator's drain waits for in_flight == 0.
@@ -42,6 +43,7 @@
 #include "base/log.h"
 #include "base/size_limits.h"
 #include "counters.h"
+#include "listener.h"
 #include "store/store.h"
 #include "target.h"
 #include "tls.h"
@@ -483,46 +485,23 @@ static void mhd_logger(void *cls, const char *fmt, va_list ap)
 
 /* ---------------------------------------------------------------- daemon */
 
-int nsd_http_start(nsd_server_t *server, ns_error_detail_t *err)
+/* One single-threaded daemon without a listening socket: the listener
+ * hands it its connections. */
+static struct MHD_Daemon *start_daemon(nsd_server_t *server, unsigned i, unsigned flags,
+                                       unsigned mhd_limit)
 {
-    const nsd_addr_t *listen = &server->opts->listen;
-    server->listen_fd = -1;
-    struct addrinfo hints, *res = NULL;
-    memset(&hints, 0, sizeof(hints));
-    hints.ai_family = AF_UNSPEC;
-    hints.ai_socktype = SOCK_STREAM;
-    hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
-    char port[8];
-    snprintf(port, sizeof(port), "%u", (unsigned)listen->port);
-    int gai = getaddrinfo(listen->host, port, &hints, &res);
-    if (gai != 0 || res == NULL) {
-        return ns_error_set(err, NS_EINVAL, "", "cannot resolve %s: %s", listen->host,
-                            gai_strerror(gai));
-    }
-    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
-    flags |= MHD_is_feature_supported(MHD_FEATURE_EPOLL) == MHD_YES ? MHD_USE_EPOLL : MHD_USE_POLL;
-    flags |= nsd_tls_mhd_flags(server->tls);
-    if (res->ai_family == AF_INET6)
-        flags |= MHD_USE_IPv6;
-    unsigned threads = (unsigned)server->opts->threads;
-    unsigned mhd_limit;
-    if (nsd_conn_hooks_setup(server, &mhd_limit) != 0) {
-        freeaddrinfo(res);
-        return ns_error_set(err, NS_ENOMEM, "", "out of memory");
-    }
     /* MHD's own timeout only backs the idle deadline up (conns.c). */
     unsigned idle_s = (unsigned)((server->opts->idle_timeout + 999) / 1000) + 1;
-    /* One option and its values per line. */
+    /* One option and its values per line. Admission is judged by the
+     * listener before the hand-off, so no accept policy here. */
     /* clang-format off */
-    server->daemon = MHD_start_daemon(
-        flags, listen->port, nsd_conn_hook_accept, server, on_access, server,
+    return MHD_start_daemon(
+        flags, 0, NULL, NULL, on_access, server,
         /* First, so MHD's own start-up messages come through it too. */
         MHD_OPTION_EXTERNAL_LOGGER, mhd_logger, NULL,
-        MHD_OPTION_SOCK_ADDR, res->ai_addr,
-        MHD_OPTION_THREAD_POOL_SIZE, threads > 1 ? threads : 0u,
         MHD_OPTION_CONNECTION_TIMEOUT, idle_s,
         MHD_OPTION_CONNECTION_LIMIT, mhd_limit,
-        MHD_OPTION_NOTIFY_CONNECTION, nsd_conn_hook_notify, server,
+        MHD_OPTION_NOTIFY_CONNECTION, nsd_listener_notify, nsd_listener_slot(server->listener, i),
         MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)CONNECTION_MEMORY,
         MHD_OPTION_NOTIFY_COMPLETED, on_completed, server,
         MHD_OPTION_URI_LOG_CALLBACK, on_uri, server,
@@ -530,44 +509,59 @@ int nsd_http_start(nsd_server_t *server, ns_error_detail_t *err)
         MHD_OPTION_ARRAY, nsd_tls_mhd_options(server->tls),
         MHD_OPTION_END);
     /* clang-format on */
-    int family = res->ai_family;
-    freeaddrinfo(res);
-    if (server->daemon == NULL) {
-        nsd_conn_hooks_teardown(server);
-        return ns_error_set(err, NS_EIO, "",
-                            "cannot listen on %s:%u (in use, or not an address of this host)",
-                            listen->host, (unsigned)listen->port);
+}
+
+int nsd_http_start(nsd_server_t *server, ns_error_detail_t *err)
+{
+    const nsd_addr_t *listen = &server->opts->listen;
+    unsigned threads = server->opts->threads > 1 ? (unsigned)server->opts->threads : 1u;
+    int family = AF_INET;
+    int rc = nsd_listener_open(server, threads, &family, err);
+    if (rc != 0)
+        return rc;
+    unsigned mhd_limit;
+    if (nsd_conn_hooks_setup(server, &mhd_limit) != 0) {
+        nsd_listener_free(server->listener);
+        server->listener = NULL;
+        return ns_error_set(err, NS_ENOMEM, "", "out of memory");
     }
-    const union MHD_DaemonInfo *info =
-        MHD_get_daemon_info(server->daemon, MHD_DAEMON_INFO_BIND_PORT);
-    server->port = info != NULL ? info->port : listen->port;
+    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_NO_LISTEN_SOCKET | MHD_USE_ITC |
+                     MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
+    flags |= MHD_is_feature_supported(MHD_FEATURE_EPOLL) == MHD_YES ? MHD_USE_EPOLL : MHD_USE_POLL;
+    flags |= nsd_tls_mhd_flags(server->tls);
+    if (family == AF_INET6)
+        flags |= MHD_USE_IPv6;
+    for (unsigned i = 0; i < threads && rc == 0; i++) {
+        struct MHD_Daemon *d = start_daemon(server, i, flags, mhd_limit);
+        if (d == NULL)
+            rc = ns_error_set(err, NS_EIO, "", "cannot start HTTP thread %u of %u", i, threads);
+        else
+            nsd_listener_set_daemon(server->listener, i, d);
+    }
+    if (rc == 0 && nsd_listener_start(server->listener) != 0)
+        rc = ns_error_set(err, NS_ENOMEM, "", "cannot start the accept thread");
+    if (rc != 0) {
+        nsd_listener_free(server->listener);
+        server->listener = NULL;
+        nsd_conn_hooks_teardown(server);
+        return rc;
+    }
     snprintf(server->addr, sizeof(server->addr), family == AF_INET6 ? "[%s]:%u" : "%s:%u",
              listen->host, (unsigned)server->port);
     return 0;
 }
 
-/* The listening socket MHD hands back is shut down at once (connections
- * are refused from now on) but closed only after MHD_stop_daemon(): the
- * pool threads take it out of their epoll sets after this returns, and a
- * closed descriptor's number could by then name another socket. */
+/* No connection is accepted from now on; those accepted are served. */
 void nsd_http_quiesce(nsd_server_t *server)
 {
-    if (server->daemon == NULL || server->listen_fd >= 0)
-        return;
-    MHD_socket fd = MHD_quiesce_daemon(server->daemon);
-    if (fd != MHD_INVALID_SOCKET) {
-        shutdown(fd, SHUT_RDWR);
-        server->listen_fd = fd;
-    }
+    nsd_listener_quiesce(server->listener);
 }
 
 void nsd_http_stop(nsd_server_t *server)
 {
-    if (server->daemon != NULL)
-        MHD_stop_daemon(server->daemon);
-    server->daemon = NULL;
-    if (server->listen_fd >= 0)
-        close(server->listen_fd);
-    server->listen_fd = -1;
+    if (server->listener == NULL)
+        return;
+    nsd_listener_free(server->listener);
+    server->listener = NULL;
     nsd_conn_hooks_teardown(server);
 }

@@ -39,6 +39,7 @@ typedef struct nsd_tls_s nsd_tls_t;
 typedef struct nsd_conns_s nsd_conns_t;
 typedef struct nsd_conn_s nsd_conn_t;
 typedef struct nsd_relay_s nsd_relay_t;
+typedef struct nsd_listener_s nsd_listener_t;
 
 /* The daemon's shared state, created by main(). */
 typedef struct nsd_server_s {
@@ -48,8 +49,7 @@ typedef struct nsd_server_s {
     nsd_auth_t *auth;   /* bearer tokens required; NULL: none */
     nsd_tls_t *tls;     /* HTTPS with --tls-cert; NULL: plain HTTP */
     nsd_relay_t *relay; /* relay mode (--upstream): reports go there; NULL: none */
-    struct MHD_Daemon *daemon;
-    int listen_fd;      /* after nsd_http_quiesce: the listening socket, closed at stop; -1 */
+    nsd_listener_t *listener; /* listening socket and daemons, one per HTTP thread (listener.h) */
     nsd_conns_t *conns; /* connection limits and deadlines (conns.h) */
     uint16_t port;      /* bound port (after nsd_http_start) */
     char addr[300];     /* "HOST:PORT" as bound, for logs */
@@ -99,7 +99,7 @@ struct nsd_request_s {
 
 /*! nsd_http_start() :
  *  Bind --listen and start MHD's thread pool (--threads) with epoll where
- *  available. Fills server->daemon, port and addr.
+ *  available. Fills server->listener, port and addr.
  *  @return 0, or NS_EINVAL (--listen does not resolve) or NS_EIO (cannot
  *  listen) with the reason in 'err'. */
 int nsd_http_start(nsd_server_t *server, ns_error_detail_t *err);

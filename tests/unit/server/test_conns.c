@@ -2,6 +2,7 @@
  * (http/conns.c), on socket pairs: a connection the table shuts down is
  * seen closed (end-of-file) at the pair's other end. */
 #include <arpa/inet.h>
+#include <pthread.h>
 #include <netinet/in.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -168,6 +169,67 @@ START_TEST(test_sweep_shuts_overdue)
 }
 END_TEST
 
+typedef struct start_call_s {
+    nsd_conns_t *t;
+    int fd;
+    struct sockaddr_in addr;
+    nsd_conn_t *c;
+} start_call_t;
+
+static void *start_elsewhere(void *arg)
+{
+    start_call_t *call = arg;
+    call->c = nsd_conns_started(call->t, call->fd, (const struct sockaddr *)&call->addr,
+                                sizeof(call->addr));
+    return NULL;
+}
+
+/* Admitted on one thread (the accept thread), started on another (a daemon
+ * thread): the admission, reserve slot included, follows the socket. */
+START_TEST(test_handoff_to_another_thread)
+{
+    nsd_conns_t *t = table(1, 3, 60000);
+    struct sockaddr_in a = addr_of(2);
+    int sv[3][2];
+    for (int i = 0; i < 3; i++)
+        ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM, 0, sv[i]), 0);
+    const struct sockaddr *sa = (const struct sockaddr *)&a;
+    ck_assert(nsd_conns_admit_socket(t, sv[0][0], sa, sizeof(a))); /* the general slot */
+    ck_assert(nsd_conns_admit_socket(t, sv[1][0], sa, sizeof(a))); /* a reserved one */
+    start_call_t call[2];
+    for (int i = 1; i >= 0; i--) { /* started in another order than admitted */
+        call[i] = (start_call_t){t, sv[i][0], a, NULL};
+        pthread_t th;
+        ck_assert_int_eq(pthread_create(&th, NULL, start_elsewhere, &call[i]), 0);
+        pthread_join(th, NULL);
+        ck_assert_ptr_nonnull(call[i].c);
+    }
+    ck_assert(!nsd_conns_reserved(call[0].c));
+    ck_assert(nsd_conns_reserved(call[1].c));
+    nsd_conns_stats_t st;
+    nsd_conns_stats(t, &st);
+    ck_assert_uint_eq(st.open_general, 1);
+    ck_assert_uint_eq(st.open_reserve, 1);
+    /* A third is admitted to the second reserve slot; abandoned, it gives it back. */
+    ck_assert(nsd_conns_admit_socket(t, sv[2][0], sa, sizeof(a)));
+    nsd_conns_abandon_socket(t, sv[2][0]);
+    ck_assert(nsd_conns_admit_socket(t, sv[2][0], sa, sizeof(a)));
+    nsd_conns_abandon_socket(t, sv[2][0]);
+    nsd_conns_stats(t, &st);
+    ck_assert_uint_eq(st.open_reserve, 1);
+    ck_assert_uint_eq(st.accepted, 2);
+    for (int i = 0; i < 2; i++)
+        nsd_conns_closed(t, call[i].c);
+    nsd_conns_stats(t, &st);
+    ck_assert_uint_eq(st.open_general + st.open_reserve, 0);
+    for (int i = 0; i < 3; i++) {
+        close(sv[i][0]);
+        close(sv[i][1]);
+    }
+    nsd_conns_free(t);
+}
+END_TEST
+
 static Suite *conns_suite(void)
 {
     Suite *s = suite_create("conns");
@@ -176,6 +238,7 @@ static Suite *conns_suite(void)
     tcase_add_test(tc, test_eviction_of_the_heaviest_idle);
     tcase_add_test(tc, test_deadlines);
     tcase_add_test(tc, test_sweep_shuts_overdue);
+    tcase_add_test(tc, test_handoff_to_another_thread);
     tcase_set_timeout(tc, 30);
     suite_add_tcase(s, tc);
     return s;
