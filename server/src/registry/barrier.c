@@ -35,7 +35,8 @@ void nsd_pending_free(nsd_pending_t *p)
         return;
     for (uint32_t w = 0; w < p->world_size; w++) {
         free(p->arrivals[w].mean);
-        free(p->arrivals[w].var);
+        if (!p->arrivals[w].joint)
+            free(p->arrivals[w].var);
         free(p->arrivals[w].mean64);
         free(p->arrivals[w].var64);
     }

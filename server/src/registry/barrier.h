@@ -29,9 +29,11 @@
 #include "registry_types.h"
 #include "step.h"
 
-/* One worker's statistics of a pending step (arrays copied, owned). */
+/* One worker's statistics of a pending step (arrays owned: the report's,
+ * or, from a report that borrowed them, one copy holding both). */
 typedef struct nsd_arrival_s {
     int present;
+    int joint;       /* var lies in mean's allocation */
     uint32_t domain; /* index into the run's domains */
     uint64_t n;
     float *mean; /* [channels] or NULL (n == 0 without arrays) */

@@ -27,6 +27,7 @@ typedef struct plan_s {
     nsd_pop_t *new_pooled;
     double *new_last;
     nsd_pop_t *new_pop; /* this domain's state on this layer */
+    float *arrays;      /* mean then var, copied from a report that borrowed them */
     uint64_t bytes;
 } plan_t;
 
@@ -40,6 +41,7 @@ static void plan_free(plan_t *pl, size_t n)
         nsd_pop_free(pl[i].new_pooled);
         free(pl[i].new_last);
         nsd_pop_free(pl[i].new_pop);
+        free(pl[i].arrays);
     }
     free(pl);
 }
@@ -228,7 +230,10 @@ static int prepare_layer(nsd_run_t *run, const ns_report_t *rep, long dom, plan_
             return NS_ENOMEM;
         pl->bytes += pl->pending->bytes;
     }
-    /* The arrays themselves are taken from the report at commit. */
+    /* The arrays themselves are taken from the report at commit, or copied
+     * there when they lie in the request's body. */
+    if (lr->borrowed && (pl->arrays = malloc(2 * lr->channels * sizeof(float))) == NULL)
+        return NS_ENOMEM;
     pl->bytes += arrival_bytes(lr);
     /* Capacity only (state-neutral). */
     if (nsd_array_grow((void **)&l->pops, &l->cap_pops, st->n_domains + 1, sizeof(*l->pops)) ||
@@ -276,12 +281,22 @@ static void commit_layer(ns_report_t *rep, uint32_t dom, plan_t *pl, nsd_waiter_
     a->n = lr->count;
     if (p->update & NS_UPDATE_PRECISE)
         l->precise_due += lr->count;
-    a->mean = lr->mean;
-    a->var = lr->var;
+    a->joint = pl->arrays != NULL;
+    if (a->joint) {
+        memcpy(pl->arrays, lr->mean, lr->channels * sizeof(float));
+        memcpy(pl->arrays + lr->channels, lr->var, lr->channels * sizeof(float));
+        a->mean = pl->arrays;
+        a->var = pl->arrays + lr->channels;
+        pl->arrays = NULL;
+    } else {
+        a->mean = lr->mean;
+        a->var = lr->var;
+    }
     a->mean64 = lr->mean64;
     a->var64 = lr->var64;
     p->bytes += arrival_bytes(lr);
-    lr->mean = lr->var = NULL;
+    if (!lr->borrowed)
+        lr->mean = lr->var = NULL;
     lr->mean64 = lr->var64 = NULL;
     p->arrived++;
     l->worker_last[rep->worker] = (int64_t)rep->step;
