@@ -28,6 +28,7 @@ typedef struct plan_s {
     double *new_last;
     nsd_pop_t *new_pop; /* this domain's state on this layer */
     float *arrays;      /* mean then var, copied from a report that borrowed them */
+    int spare_arrays;   /* ... into a block the layer kept (taken at commit) */
     uint64_t bytes;
 } plan_t;
 
@@ -232,9 +233,12 @@ static int prepare_layer(nsd_run_t *run, const ns_report_t *rep, long dom, plan_
     }
     /* The arrays themselves are taken from the report at commit, or copied
      * there when they lie in the request's body. */
-    if (lr->borrowed && (pl->arrays = malloc(2 * lr->channels * sizeof(float))) == NULL)
+    if (lr->borrowed && l->n_spares > 0)
+        pl->spare_arrays = 1; /* counted already, and the layer stays locked */
+    else if (lr->borrowed && (pl->arrays = malloc(2 * lr->channels * sizeof(float))) == NULL)
         return NS_ENOMEM;
-    pl->bytes += arrival_bytes(lr);
+    else
+        pl->bytes += arrival_bytes(lr);
     /* Capacity only (state-neutral). */
     if (nsd_array_grow((void **)&l->pops, &l->cap_pops, st->n_domains + 1, sizeof(*l->pops)) ||
         nsd_layer_grow_workers(l, rep->worker + 1) ||
@@ -281,6 +285,8 @@ static void commit_layer(ns_report_t *rep, uint32_t dom, plan_t *pl, nsd_waiter_
     a->n = lr->count;
     if (p->update & NS_UPDATE_PRECISE)
         l->precise_due += lr->count;
+    if (pl->spare_arrays)
+        pl->arrays = nsd_layer_take_spare(l);
     a->joint = pl->arrays != NULL;
     if (a->joint) {
         memcpy(pl->arrays, lr->mean, lr->channels * sizeof(float));
@@ -314,7 +320,8 @@ static uint64_t plan_bytes(const nsd_run_t *run, const ns_report_t *rep, long do
 {
     const nsd_layer_t *l = pl->layer;
     size_t c = pl->channels, d = dom >= 0 ? (size_t)dom : run->st.n_domains;
-    uint64_t bytes = 2 * pl->lr->channels * sizeof(float);
+    int spare = pl->lr->borrowed && l != NULL && l->n_spares > 0;
+    uint64_t bytes = spare ? 0 : 2 * pl->lr->channels * sizeof(float);
     if (l == NULL)
         bytes += sizeof(nsd_layer_t);
     if (pl->fixes_channels)

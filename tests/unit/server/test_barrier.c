@@ -1,7 +1,8 @@
 /* test_barrier.c - the step barrier of the registry: completion, combination
  * against long double references, arrival-order independence, apply order,
  * timeouts with a fake clock, every rejection leaving state unchanged, and
- * arrays a report borrows copied before the report ends. */
+ * arrays a report borrows copied before the report ends (into blocks the
+ * layer keeps from step to step, counted in memory_bytes). */
 #include "nsd_fixture.h"
 
 #define C 5
@@ -132,38 +133,50 @@ static void send_borrowed(nsd_registry_t *reg, const four_t *f, uint64_t step, i
 START_TEST(test_borrowed_arrays_copied)
 {
     uint64_t rng = ns_test_seed();
-    four_t f;
-    four_make(&f, &rng);
     nsd_registry_t *reg = new_registry(4, NULL), *owned = new_registry(4, NULL);
-    fx_sync_t sync[4] = {{0}}, sync_owned[4] = {{0}};
-    for (int w = 0; w < 4; w++) {
-        send_borrowed(reg, &f, 10, w, &sync[w]);
-        ck_assert_int_eq(four_send(owned, &f, 10, w, 5, &sync_owned[w]), 0);
-        nsd_counters_t a, b;
-        nsd_registry_counters(reg, &a);
-        nsd_registry_counters(owned, &b);
-        ck_assert_uint_eq(a.memory_bytes, b.memory_bytes); /* the copy is counted */
-    }
-    const float *means[4] = {f.mean[0], f.mean[1], f.mean[2], f.mean[3]};
-    const float *vars[4] = {f.var[0], f.var[1], f.var[2], f.var[3]};
-    long double rm[C], rv[C];
-    uint64_t N = fx_ref_combine(4, f.n, means, vars, C, rm, rv);
-    for (int w = 0; w < 4; w++) {
-        const nsd_sync_result_t *res = sync[w].res;
-        ck_assert_int_eq(sync[w].calls, 1);
-        ck_assert_int_eq(res->status, 0);
-        ck_assert_uint_eq(res->layers[0].count, N);
-        for (size_t c = 0; c < C; c++) {
-            fx_close(res->layers[0].mean[c], rm[c], 1e-13, "mean", c);
-            fx_close(res->layers[0].var[c], rv[c], 1e-13, "var", c);
+    /* Steps 10 and 11: the second copies into the blocks the first kept. */
+    for (uint64_t step = 10; step <= 11; step++) {
+        four_t f;
+        four_make(&f, &rng);
+        fx_sync_t sync[4] = {{0}}, sync_owned[4] = {{0}};
+        for (int w = 0; w < 4; w++) {
+            send_borrowed(reg, &f, step, w, &sync[w]);
+            ck_assert_int_eq(four_send(owned, &f, step, w, 5, &sync_owned[w]), 0);
+            nsd_counters_t a, b;
+            nsd_registry_counters(reg, &a);
+            nsd_registry_counters(owned, &b);
+            /* The copies are counted as the reports' own arrays are; once
+             * step 10 closed its four blocks stay with the layer, and step
+             * 11's arrivals take them one by one until it closes too. */
+            uint64_t blocks = w == 3 ? 4 : step == 10 ? 0 : 3 - (uint64_t)w;
+            uint64_t kept = blocks * 2 * C * sizeof(float);
+            ck_assert_uint_eq(a.memory_bytes, b.memory_bytes + kept);
         }
-        ck_assert_mem_eq(res->layers[0].mean, sync_owned[w].res->layers[0].mean,
-                         C * sizeof(double));
-        ck_assert_mem_eq(res->layers[0].var, sync_owned[w].res->layers[0].var,
-                         C * sizeof(double));
-        fx_sync_clear(&sync[w]);
-        fx_sync_clear(&sync_owned[w]);
+        const float *means[4] = {f.mean[0], f.mean[1], f.mean[2], f.mean[3]};
+        const float *vars[4] = {f.var[0], f.var[1], f.var[2], f.var[3]};
+        long double rm[C], rv[C];
+        uint64_t N = fx_ref_combine(4, f.n, means, vars, C, rm, rv);
+        for (int w = 0; w < 4; w++) {
+            const nsd_sync_result_t *res = sync[w].res;
+            ck_assert_int_eq(sync[w].calls, 1);
+            ck_assert_int_eq(res->status, 0);
+            ck_assert_uint_eq(res->layers[0].count, N);
+            for (size_t c = 0; c < C; c++) {
+                fx_close(res->layers[0].mean[c], rm[c], 1e-13, "mean", c);
+                fx_close(res->layers[0].var[c], rv[c], 1e-13, "var", c);
+            }
+            ck_assert_mem_eq(res->layers[0].mean, sync_owned[w].res->layers[0].mean,
+                             C * sizeof(double));
+            ck_assert_mem_eq(res->layers[0].var, sync_owned[w].res->layers[0].var,
+                             C * sizeof(double));
+            fx_sync_clear(&sync[w]);
+            fx_sync_clear(&sync_owned[w]);
+        }
     }
+    ck_assert_int_eq(nsd_registry_delete_run(reg, "r", NULL), 0);
+    nsd_counters_t a;
+    nsd_registry_counters(reg, &a);
+    ck_assert_uint_eq(a.memory_bytes, 0); /* the kept blocks leave with the run */
     nsd_registry_free(reg);
     nsd_registry_free(owned);
 }
