@@ -72,6 +72,12 @@ typedef struct nsd_pending_s {
     size_t n_waiters, cap_waiters;
 } nsd_pending_t;
 
+/*! nsd_pending_reuse() :
+ *  Make a closed pending step (no waiters left) an empty one for 'step', as
+ *  nsd_pending_create() would: arrival arrays freed, slots cleared; the
+ *  waiter capacity stays. */
+void nsd_pending_reuse(nsd_pending_t *p, uint64_t step, unsigned update, uint64_t now_ms);
+
 /*! nsd_pending_bytes() : what nsd_pending_create() counts for 'world_size'. */
 size_t nsd_pending_bytes(uint32_t world_size);
 

@@ -107,6 +107,9 @@ typedef struct nsd_layer_s {
      * through each block's first bytes; counted in the run's memory. */
     float *spares;
     uint32_t n_spares;
+    /* The last closed pending step, emptied, for the next step to reuse
+     * (counted in the run's memory); NULL if none. */
+    nsd_pending_t *spare_pending;
 } nsd_layer_t;
 
 /* The replaceable part of a run (a checkpoint import swaps it whole).

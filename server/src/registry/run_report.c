@@ -21,6 +21,7 @@ typedef struct plan_s {
     size_t insert_pos;      /* for a new layer: position among existing ones */
     nsd_pending_t *pending; /* existing pending step, or new */
     int is_new_pending;
+    int pending_is_spare; /* the new pending step is the layer's spare (taken at commit) */
     int created_step;   /* the commit added this pending step to the layer */
     size_t channels;    /* the layer's channel count after this report */
     int fixes_channels; /* this report fixes the layer's channel count */
@@ -37,7 +38,7 @@ static void plan_free(plan_t *pl, size_t n)
     for (size_t i = 0; i < n; i++) {
         if (pl[i].is_new_layer)
             nsd_layer_free(pl[i].layer);
-        if (pl[i].is_new_pending)
+        if (pl[i].is_new_pending && !pl[i].pending_is_spare)
             nsd_pending_free(pl[i].pending);
         nsd_pop_free(pl[i].new_pooled);
         free(pl[i].new_last);
@@ -194,6 +195,13 @@ static uint64_t arrival_bytes(const ns_layer_report_t *lr)
     return 2 * lr->channels * (sizeof(float) + (lr->mean64 != NULL ? sizeof(double) : 0));
 }
 
+/* 1 if the layer's kept pending step can be the report's new one. */
+static int spare_pending_fits(const nsd_run_t *run, const nsd_layer_t *l)
+{
+    return l != NULL && l->spare_pending != NULL &&
+           l->spare_pending->world_size == run->st.cfg.world_size;
+}
+
 /* Phase 2: reserve memory and allocate what the layer needs. */
 static int prepare_layer(nsd_run_t *run, const ns_report_t *rep, long dom, plan_t *pl,
                          uint64_t now_ms, nsd_waiter_t *waiter)
@@ -225,7 +233,12 @@ static int prepare_layer(nsd_run_t *run, const ns_report_t *rep, long dom, plan_
             return NS_ENOMEM;
         pl->bytes += nsd_pop_bytes(c);
     }
-    if (pl->is_new_pending) {
+    if (pl->is_new_pending && spare_pending_fits(run, l)) {
+        /* Counted already; left with the layer until the commit. */
+        pl->pending = l->spare_pending;
+        pl->pending_is_spare = 1;
+        nsd_pending_reuse(pl->pending, rep->step, rep->update, now_ms);
+    } else if (pl->is_new_pending) {
         pl->pending = nsd_pending_create(rep->step, st->cfg.world_size, rep->update, now_ms);
         if (pl->pending == NULL)
             return NS_ENOMEM;
@@ -269,6 +282,8 @@ static void commit_layer(ns_report_t *rep, uint32_t dom, plan_t *pl, nsd_waiter_
     nsd_pending_t *p = pl->pending;
     if (pl->is_new_pending) {
         int found;
+        if (pl->pending_is_spare)
+            l->spare_pending = NULL; /* the layer's no longer */
         size_t pos = nsd_layer_pending_pos(l, rep->step, &found);
         memmove(l->pending + pos + 1, l->pending + pos, (l->n_pending - pos) * sizeof(*l->pending));
         l->pending[pos] = p;
@@ -328,7 +343,7 @@ static uint64_t plan_bytes(const nsd_run_t *run, const ns_report_t *rep, long do
         bytes += nsd_pop_bytes(c) + 2 * c * sizeof(double);
     if (c > 0 && (l == NULL || d >= l->cap_pops || l->pops[d] == NULL))
         bytes += nsd_pop_bytes(c);
-    if (pl->is_new_pending)
+    if (pl->is_new_pending && !spare_pending_fits(run, l))
         bytes += nsd_pending_bytes(run->st.cfg.world_size);
     (void)rep;
     return bytes;

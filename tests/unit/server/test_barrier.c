@@ -134,8 +134,9 @@ START_TEST(test_borrowed_arrays_copied)
 {
     uint64_t rng = ns_test_seed();
     nsd_registry_t *reg = new_registry(4, NULL), *owned = new_registry(4, NULL);
-    /* Steps 10 and 11: the second copies into the blocks the first kept. */
-    for (uint64_t step = 10; step <= 11; step++) {
+    /* Steps 10 to 12: the layer keeps blocks from its second closed step
+     * on (11), and step 12 copies into them. */
+    for (uint64_t step = 10; step <= 12; step++) {
         four_t f;
         four_make(&f, &rng);
         fx_sync_t sync[4] = {{0}}, sync_owned[4] = {{0}};
@@ -146,9 +147,9 @@ START_TEST(test_borrowed_arrays_copied)
             nsd_registry_counters(reg, &a);
             nsd_registry_counters(owned, &b);
             /* The copies are counted as the reports' own arrays are; once
-             * step 10 closed its four blocks stay with the layer, and step
-             * 11's arrivals take them one by one until it closes too. */
-            uint64_t blocks = w == 3 ? 4 : step == 10 ? 0 : 3 - (uint64_t)w;
+             * step 11 closed its four blocks stay with the layer, and step
+             * 12's arrivals take them one by one until it closes too. */
+            uint64_t blocks = w == 3 ? (step >= 11 ? 4 : 0) : step >= 12 ? 3 - (uint64_t)w : 0;
             uint64_t kept = blocks * 2 * C * sizeof(float);
             ck_assert_uint_eq(a.memory_bytes, b.memory_bytes + kept);
         }
@@ -174,9 +175,12 @@ START_TEST(test_borrowed_arrays_copied)
         }
     }
     ck_assert_int_eq(nsd_registry_delete_run(reg, "r", NULL), 0);
-    nsd_counters_t a;
+    ck_assert_int_eq(nsd_registry_delete_run(owned, "r", NULL), 0);
+    nsd_counters_t a, b;
     nsd_registry_counters(reg, &a);
-    ck_assert_uint_eq(a.memory_bytes, 0); /* the kept blocks leave with the run */
+    nsd_registry_counters(owned, &b);
+    ck_assert_uint_eq(a.memory_bytes, 0); /* what the layers kept leaves with the run */
+    ck_assert_uint_eq(b.memory_bytes, 0);
     nsd_registry_free(reg);
     nsd_registry_free(owned);
 }
