@@ -22,9 +22,9 @@ typedef struct plan_s {
     nsd_pending_t *pending; /* existing pending step, or new */
     int is_new_pending;
     int pending_is_spare; /* the new pending step is the layer's spare (taken at commit) */
-    int created_step;   /* the commit added this pending step to the layer */
-    size_t channels;    /* the layer's channel count after this report */
-    int fixes_channels; /* this report fixes the layer's channel count */
+    int created_step;     /* the commit added this pending step to the layer */
+    size_t channels;      /* the layer's channel count after this report */
+    int fixes_channels;   /* this report fixes the layer's channel count */
     nsd_pop_t *new_pooled;
     double *new_last;
     nsd_pop_t *new_pop; /* this domain's state on this layer */
