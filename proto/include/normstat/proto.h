@@ -115,7 +115,9 @@ typedef enum ns_scope_e { NS_SCOPE_GLOBAL = 0, NS_SCOPE_DOMAIN = 1 } ns_scope_t;
  * (an unbiased report is converted with (n-1)/n). mean64 and var64 are the
  * arrays in double when they travel as F64 (safetensors, both tensors F64),
  * else NULL: decoding keeps them (mean and var then hold them rounded to
- * float32) and the combination uses them; encoding writes them as F64. */
+ * float32) and the combination uses them; encoding writes them as F64.
+ * 'borrowed' (ns_report_decode_safetensors_borrowed()): mean and var point
+ * into the decoded body, valid while it lives; ns_report_free() leaves them. */
 typedef struct ns_layer_report_s {
     char name[NS_NAME_MAX + 1];
     uint64_t count;
@@ -124,6 +126,7 @@ typedef struct ns_layer_report_s {
     float *var;
     double *mean64;
     double *var64;
+    int borrowed;
 } ns_layer_report_t;
 
 /* One worker's report of one step: the body of /batches and /sync. Layers are
@@ -158,6 +161,14 @@ NS_API int ns_report_decode_json(ns_report_t **dst, const char *src, size_t src_
  *  and shape is checked before use. @return as ns_report_decode_json(). */
 NS_API int ns_report_decode_safetensors(ns_report_t **dst, const uint8_t *src, size_t src_len,
                                         ns_error_detail_t *err);
+
+/*! ns_report_decode_safetensors_borrowed() :
+ *  As ns_report_decode_safetensors(), but a layer whose mean and var are
+ *  little-endian F32 at 4-byte aligned offsets of a biased report is not
+ *  copied: its arrays point into 'src' (the layer's 'borrowed' is 1), so the
+ *  report must not outlive 'src'. Other layers are decoded as usual. */
+NS_API int ns_report_decode_safetensors_borrowed(ns_report_t **dst, const uint8_t *src,
+                                                 size_t src_len, ns_error_detail_t *err);
 
 /* What a body is decoded as, for ns_decode_bound(). */
 typedef enum ns_decode_kind_e {

@@ -32,8 +32,10 @@ void ns_report_free(ns_report_t *report)
     if (!report)
         return;
     for (size_t i = 0; i < report->n_layers; i++) {
-        free(report->layers[i].mean);
-        free(report->layers[i].var);
+        if (!report->layers[i].borrowed) {
+            free(report->layers[i].mean);
+            free(report->layers[i].var);
+        }
         free(report->layers[i].mean64);
         free(report->layers[i].var64);
     }

@@ -3,6 +3,7 @@
  * the scalar fields as strings in __metadata__. */
 #include <float.h>
 #include <math.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -163,8 +164,26 @@ static int load_values(const ns_safetensors_t *st, const ns_tensor_t *t, const c
     return 0;
 }
 
+/* 1 if mean and var can be read in place: F32 [C] of equal C, 4-byte
+ * aligned, on a little-endian machine. */
+static int borrowable(const ns_tensor_t *mean, const ns_tensor_t *var)
+{
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    return mean->dtype == NS_DTYPE_F32 && var->dtype == NS_DTYPE_F32 && mean->ndim == 1 &&
+           var->ndim == 1 && mean->shape[0] >= 1 && var->shape[0] == mean->shape[0] &&
+           (uintptr_t)mean->data % _Alignof(float) == 0 &&
+           (uintptr_t)var->data % _Alignof(float) == 0;
+#else
+    (void)mean;
+    (void)var;
+    return 0;
+#endif
+}
+
+/* 'borrow': arrays may point into the body (biased reports only: an
+ * unbiased variance is converted, which needs a copy). */
 static int decode_layer(const ns_safetensors_t *st, ns_layer_report_t *layer,
-                        const ns__st_piece_t *parts[N_PARTS], ns_error_detail_t *err)
+                        const ns__st_piece_t *parts[N_PARTS], int borrow, ns_error_detail_t *err)
 {
     char buf[256];
     const ns_tensor_t *count = parts[PART_COUNT] ? parts[PART_COUNT]->tensor : NULL;
@@ -191,6 +210,14 @@ static int decode_layer(const ns_safetensors_t *st, ns_layer_report_t *layer,
                                 "missing tensor (mean and var come together)");
         if (layer->count > 0)
             return ns_error_set(err, NS_EINVAL, field, "missing tensor (required when count > 0)");
+        return 0;
+    }
+    if (borrow && borrowable(parts[PART_MEAN]->tensor, parts[PART_VAR]->tensor)) {
+        /* Aligned F32 little-endian: the values are used where they lie. */
+        layer->mean = (float *)(void *)parts[PART_MEAN]->tensor->data;
+        layer->var = (float *)(void *)parts[PART_VAR]->tensor->data;
+        layer->channels = (size_t)parts[PART_MEAN]->tensor->shape[0];
+        layer->borrowed = 1;
         return 0;
     }
     size_t n_mean, n_var;
@@ -232,8 +259,8 @@ static int overflow_hint(void *ctx, const ns_layer_report_t *layer, int is_var, 
     return 0;
 }
 
-int ns_report_decode_safetensors(ns_report_t **dst, const uint8_t *src, size_t src_len,
-                                 ns_error_detail_t *err)
+static int decode(ns_report_t **dst, const uint8_t *src, size_t src_len, int borrow,
+                  ns_error_detail_t *err)
 {
     static const char *const part_names[] = {NS_FIELD_MEAN, NS_FIELD_VAR, NS_FIELD_COUNT, NULL};
     ns_safetensors_t *st = NULL;
@@ -266,7 +293,7 @@ int ns_report_decode_safetensors(ns_report_t **dst, const uint8_t *src, size_t s
         ns_layer_report_t *layer = &report->layers[l];
         const char *name = ns__safetensors_next_layer(pieces, st->n_tensors, &i, parts, N_PARTS);
         memcpy(layer->name, name, sizeof(layer->name));
-        if ((rc = decode_layer(st, layer, parts, err)))
+        if ((rc = decode_layer(st, layer, parts, borrow && !report->unbiased, err)))
             goto out;
     }
     if ((rc = ns__report_finish(report, err, overflow_hint, st)))
@@ -278,4 +305,16 @@ out:
     free(pieces);
     ns_safetensors_free(st);
     return rc;
+}
+
+int ns_report_decode_safetensors(ns_report_t **dst, const uint8_t *src, size_t src_len,
+                                 ns_error_detail_t *err)
+{
+    return decode(dst, src, src_len, 0, err);
+}
+
+int ns_report_decode_safetensors_borrowed(ns_report_t **dst, const uint8_t *src, size_t src_len,
+                                          ns_error_detail_t *err)
+{
+    return decode(dst, src, src_len, 1, err);
 }

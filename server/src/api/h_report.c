@@ -29,8 +29,16 @@ static ns_report_t *decode(nsd_request_t *req)
         nsd_respond_detail(req, NS_EMEMORY, &req->pending_detail);
         return NULL;
     }
-    int rc = st ? ns_report_decode_safetensors(&report, (const uint8_t *)body, req->body.len, &err)
-                : ns_report_decode_json_bounded(&report, body, req->body.len, 0, &err);
+    /* The registry copies what it keeps before the request ends, so the
+     * arrays may stay in the body; a relay holds reports longer. */
+    int rc;
+    if (!st)
+        rc = ns_report_decode_json_bounded(&report, body, req->body.len, 0, &err);
+    else if (req->server->relay == NULL)
+        rc = ns_report_decode_safetensors_borrowed(&report, (const uint8_t *)body, req->body.len,
+                                                   &err);
+    else
+        rc = ns_report_decode_safetensors(&report, (const uint8_t *)body, req->body.len, &err);
     /* Not in the fast path's form: jansson decodes it if its tree fits too. */
     if (rc == NS_EMEMORY && !st) {
         if (nsd_request_reserve_decoding(req, NS_DECODE_JSON_TREE) != 0) {

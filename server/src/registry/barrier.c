@@ -29,16 +29,35 @@ nsd_pending_t *nsd_pending_create(uint64_t step, uint32_t world_size, unsigned u
     return p;
 }
 
+/* Free the arrivals' arrays. */
+static void free_arrays(nsd_pending_t *p)
+{
+    for (uint32_t w = 0; w < p->world_size; w++) {
+        free(p->arrivals[w].mean);
+        if (!p->arrivals[w].joint)
+            free(p->arrivals[w].var);
+        free(p->arrivals[w].mean64);
+        free(p->arrivals[w].var64);
+    }
+}
+
+void nsd_pending_reuse(nsd_pending_t *p, uint64_t step, unsigned update, uint64_t now_ms)
+{
+    free_arrays(p);
+    memset(p->arrivals, 0, p->world_size * sizeof(*p->arrivals));
+    p->step = step;
+    p->arrived = 0;
+    p->update = update;
+    p->created_ms = now_ms;
+    p->bytes = nsd_pending_bytes(p->world_size);
+    p->n_waiters = 0;
+}
+
 void nsd_pending_free(nsd_pending_t *p)
 {
     if (p == NULL)
         return;
-    for (uint32_t w = 0; w < p->world_size; w++) {
-        free(p->arrivals[w].mean);
-        free(p->arrivals[w].var);
-        free(p->arrivals[w].mean64);
-        free(p->arrivals[w].var64);
-    }
+    free_arrays(p);
     free(p->waiters);
     free(p); /* and its arrivals */
 }

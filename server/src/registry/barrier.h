@@ -29,9 +29,11 @@
 #include "registry_types.h"
 #include "step.h"
 
-/* One worker's statistics of a pending step (arrays copied, owned). */
+/* One worker's statistics of a pending step (arrays owned: the report's,
+ * or, from a report that borrowed them, one copy holding both). */
 typedef struct nsd_arrival_s {
     int present;
+    int joint;       /* var lies in mean's allocation */
     uint32_t domain; /* index into the run's domains */
     uint64_t n;
     float *mean; /* [channels] or NULL (n == 0 without arrays) */
@@ -69,6 +71,12 @@ typedef struct nsd_pending_s {
     nsd_waitref_t *waiters;
     size_t n_waiters, cap_waiters;
 } nsd_pending_t;
+
+/*! nsd_pending_reuse() :
+ *  Make a closed pending step (no waiters left) an empty one for 'step', as
+ *  nsd_pending_create() would: arrival arrays freed, slots cleared; the
+ *  waiter capacity stays. */
+void nsd_pending_reuse(nsd_pending_t *p, uint64_t step, unsigned update, uint64_t now_ms);
 
 /*! nsd_pending_bytes() : what nsd_pending_create() counts for 'world_size'. */
 size_t nsd_pending_bytes(uint32_t world_size);

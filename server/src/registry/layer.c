@@ -43,6 +43,34 @@ int nsd_layer_grow_workers(nsd_layer_t *l, uint32_t need)
     return 0;
 }
 
+float *nsd_layer_take_spare(nsd_layer_t *l)
+{
+    float *block = l->spares;
+    if (block != NULL) {
+        memcpy(&l->spares, block, sizeof(l->spares));
+        l->n_spares--;
+    }
+    return block;
+}
+
+/* Keep the closing step's single-block arrivals for the next steps, up to
+ * 'cap' blocks: their bytes move from the step to the layer. Only from a
+ * layer's second closed step on, so a layer reported once keeps none. */
+static void keep_spares(nsd_layer_t *l, nsd_pending_t *p, uint32_t cap)
+{
+    for (uint32_t w = 0; w < p->world_size && l->n_spares < cap; w++) {
+        nsd_arrival_t *a = &p->arrivals[w];
+        if (!a->joint || a->mean == NULL || l->channels == 0)
+            continue;
+        memcpy(a->mean, &l->spares, sizeof(l->spares));
+        l->spares = a->mean;
+        l->n_spares++;
+        p->bytes -= 2 * l->channels * sizeof(float);
+        a->mean = a->var = NULL;
+        a->joint = 0;
+    }
+}
+
 nsd_layer_t *nsd_layer_create(const char *name)
 {
     nsd_layer_t *l = calloc(1, sizeof(*l));
@@ -75,6 +103,9 @@ void nsd_layer_free(nsd_layer_t *l)
     nsd_pop_free(l->pooled);
     free(l->last_mean);
     free(l->worker_last);
+    while (l->n_spares > 0)
+        free(nsd_layer_take_spare(l));
+    nsd_pending_free(l->spare_pending);
     pthread_mutex_destroy(&l->lock);
     free(l);
 }
@@ -277,6 +308,7 @@ void nsd_run_close_pending(nsd_run_t *run, nsd_layer_t *l, size_t idx, int drop,
     memmove(l->pending + idx, l->pending + idx + 1, (l->n_pending - idx - 1) * sizeof(*l->pending));
     l->n_pending--;
     box->pending_delta--;
+    int closed_before = l->max_closed >= 0; /* a layer in its steady state */
     if ((int64_t)p->step > l->max_closed)
         l->max_closed = (int64_t)p->step;
     /* Its arrivals leave the pending count; a finalized step comes back in
@@ -319,6 +351,16 @@ void nsd_run_close_pending(nsd_run_t *run, nsd_layer_t *l, size_t idx, int drop,
         nsd_layer_persist_step(run, l, f);
         fill_waiters(ctx, box, p, f);
         nsd_layer_ready_insert(l, f);
+    }
+    if (closed_before)
+        keep_spares(l, p, run->st.cfg.world_size);
+    if (closed_before && l->spare_pending == NULL && p->world_size == run->st.cfg.world_size) {
+        /* Kept for the next step (from the layer's second step on, so a
+         * layer reported once holds none): its own bytes stay counted. */
+        box->released += p->bytes - nsd_pending_bytes(p->world_size);
+        nsd_pending_reuse(p, 0, 0, 0);
+        l->spare_pending = p;
+        return;
     }
     box->released += p->bytes; /* nsd_run_settle() releases it */
     nsd_pending_free(p);

@@ -102,6 +102,14 @@ typedef struct nsd_layer_s {
      * step, 1 + d while every step had domain d alone, NSD_HISTORY_OWN once
      * the pooled state keeps its own. */
     uint32_t history_alias;
+    /* Arrival blocks (2 * channels floats) of closed steps kept for the next
+     * arrivals, at most world_size: a steady run allocates none. Linked
+     * through each block's first bytes; counted in the run's memory. */
+    float *spares;
+    uint32_t n_spares;
+    /* The last closed pending step, emptied, for the next step to reuse
+     * (counted in the run's memory); NULL if none. */
+    nsd_pending_t *spare_pending;
 } nsd_layer_t;
 
 /* The replaceable part of a run (a checkpoint import swaps it whole).
@@ -314,6 +322,10 @@ nsd_layer_t *nsd_layer_create(const char *name);
 /*! nsd_layer_free() : free a layer and everything it holds (pending steps
  *  and ready steps too, waiters not fired: clear them first). */
 void nsd_layer_free(nsd_layer_t *layer);
+
+/*! nsd_layer_take_spare() : a kept arrival block of 2 * channels floats
+ *  (its bytes stay counted), or NULL if none. */
+float *nsd_layer_take_spare(nsd_layer_t *l);
 
 /*! nsd_layer_pending_pos() : index of pending step 'step', or where it would go. */
 size_t nsd_layer_pending_pos(const nsd_layer_t *l, uint64_t step, int *found);

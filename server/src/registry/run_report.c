@@ -21,12 +21,15 @@ typedef struct plan_s {
     size_t insert_pos;      /* for a new layer: position among existing ones */
     nsd_pending_t *pending; /* existing pending step, or new */
     int is_new_pending;
-    int created_step;   /* the commit added this pending step to the layer */
-    size_t channels;    /* the layer's channel count after this report */
-    int fixes_channels; /* this report fixes the layer's channel count */
+    int pending_is_spare; /* the new pending step is the layer's spare (taken at commit) */
+    int created_step;     /* the commit added this pending step to the layer */
+    size_t channels;      /* the layer's channel count after this report */
+    int fixes_channels;   /* this report fixes the layer's channel count */
     nsd_pop_t *new_pooled;
     double *new_last;
     nsd_pop_t *new_pop; /* this domain's state on this layer */
+    float *arrays;      /* mean then var, copied from a report that borrowed them */
+    int spare_arrays;   /* ... into a block the layer kept (taken at commit) */
     uint64_t bytes;
 } plan_t;
 
@@ -35,11 +38,12 @@ static void plan_free(plan_t *pl, size_t n)
     for (size_t i = 0; i < n; i++) {
         if (pl[i].is_new_layer)
             nsd_layer_free(pl[i].layer);
-        if (pl[i].is_new_pending)
+        if (pl[i].is_new_pending && !pl[i].pending_is_spare)
             nsd_pending_free(pl[i].pending);
         nsd_pop_free(pl[i].new_pooled);
         free(pl[i].new_last);
         nsd_pop_free(pl[i].new_pop);
+        free(pl[i].arrays);
     }
     free(pl);
 }
@@ -191,6 +195,13 @@ static uint64_t arrival_bytes(const ns_layer_report_t *lr)
     return 2 * lr->channels * (sizeof(float) + (lr->mean64 != NULL ? sizeof(double) : 0));
 }
 
+/* 1 if the layer's kept pending step can be the report's new one. */
+static int spare_pending_fits(const nsd_run_t *run, const nsd_layer_t *l)
+{
+    return l != NULL && l->spare_pending != NULL &&
+           l->spare_pending->world_size == run->st.cfg.world_size;
+}
+
 /* Phase 2: reserve memory and allocate what the layer needs. */
 static int prepare_layer(nsd_run_t *run, const ns_report_t *rep, long dom, plan_t *pl,
                          uint64_t now_ms, nsd_waiter_t *waiter)
@@ -222,14 +233,25 @@ static int prepare_layer(nsd_run_t *run, const ns_report_t *rep, long dom, plan_
             return NS_ENOMEM;
         pl->bytes += nsd_pop_bytes(c);
     }
-    if (pl->is_new_pending) {
+    if (pl->is_new_pending && spare_pending_fits(run, l)) {
+        /* Counted already; left with the layer until the commit. */
+        pl->pending = l->spare_pending;
+        pl->pending_is_spare = 1;
+        nsd_pending_reuse(pl->pending, rep->step, rep->update, now_ms);
+    } else if (pl->is_new_pending) {
         pl->pending = nsd_pending_create(rep->step, st->cfg.world_size, rep->update, now_ms);
         if (pl->pending == NULL)
             return NS_ENOMEM;
         pl->bytes += pl->pending->bytes;
     }
-    /* The arrays themselves are taken from the report at commit. */
-    pl->bytes += arrival_bytes(lr);
+    /* The arrays themselves are taken from the report at commit, or copied
+     * there when they lie in the request's body. */
+    if (lr->borrowed && l->n_spares > 0)
+        pl->spare_arrays = 1; /* counted already, and the layer stays locked */
+    else if (lr->borrowed && (pl->arrays = malloc(2 * lr->channels * sizeof(float))) == NULL)
+        return NS_ENOMEM;
+    else
+        pl->bytes += arrival_bytes(lr);
     /* Capacity only (state-neutral). */
     if (nsd_array_grow((void **)&l->pops, &l->cap_pops, st->n_domains + 1, sizeof(*l->pops)) ||
         nsd_layer_grow_workers(l, rep->worker + 1) ||
@@ -260,6 +282,8 @@ static void commit_layer(ns_report_t *rep, uint32_t dom, plan_t *pl, nsd_waiter_
     nsd_pending_t *p = pl->pending;
     if (pl->is_new_pending) {
         int found;
+        if (pl->pending_is_spare)
+            l->spare_pending = NULL; /* the layer's no longer */
         size_t pos = nsd_layer_pending_pos(l, rep->step, &found);
         memmove(l->pending + pos + 1, l->pending + pos, (l->n_pending - pos) * sizeof(*l->pending));
         l->pending[pos] = p;
@@ -276,12 +300,24 @@ static void commit_layer(ns_report_t *rep, uint32_t dom, plan_t *pl, nsd_waiter_
     a->n = lr->count;
     if (p->update & NS_UPDATE_PRECISE)
         l->precise_due += lr->count;
-    a->mean = lr->mean;
-    a->var = lr->var;
+    if (pl->spare_arrays)
+        pl->arrays = nsd_layer_take_spare(l);
+    a->joint = pl->arrays != NULL;
+    if (a->joint) {
+        memcpy(pl->arrays, lr->mean, lr->channels * sizeof(float));
+        memcpy(pl->arrays + lr->channels, lr->var, lr->channels * sizeof(float));
+        a->mean = pl->arrays;
+        a->var = pl->arrays + lr->channels;
+        pl->arrays = NULL;
+    } else {
+        a->mean = lr->mean;
+        a->var = lr->var;
+    }
     a->mean64 = lr->mean64;
     a->var64 = lr->var64;
     p->bytes += arrival_bytes(lr);
-    lr->mean = lr->var = NULL;
+    if (!lr->borrowed)
+        lr->mean = lr->var = NULL;
     lr->mean64 = lr->var64 = NULL;
     p->arrived++;
     l->worker_last[rep->worker] = (int64_t)rep->step;
@@ -299,14 +335,15 @@ static uint64_t plan_bytes(const nsd_run_t *run, const ns_report_t *rep, long do
 {
     const nsd_layer_t *l = pl->layer;
     size_t c = pl->channels, d = dom >= 0 ? (size_t)dom : run->st.n_domains;
-    uint64_t bytes = 2 * pl->lr->channels * sizeof(float);
+    int spare = pl->lr->borrowed && l != NULL && l->n_spares > 0;
+    uint64_t bytes = spare ? 0 : 2 * pl->lr->channels * sizeof(float);
     if (l == NULL)
         bytes += sizeof(nsd_layer_t);
     if (pl->fixes_channels)
         bytes += nsd_pop_bytes(c) + 2 * c * sizeof(double);
     if (c > 0 && (l == NULL || d >= l->cap_pops || l->pops[d] == NULL))
         bytes += nsd_pop_bytes(c);
-    if (pl->is_new_pending)
+    if (pl->is_new_pending && !spare_pending_fits(run, l))
         bytes += nsd_pending_bytes(run->st.cfg.world_size);
     (void)rep;
     return bytes;

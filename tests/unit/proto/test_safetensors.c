@@ -89,6 +89,76 @@ static int parse_text(const char *header, const void *data, size_t data_len, ns_
     return rc;
 }
 
+/* A report of one layer "a" (3 channels, count 5) whose data area starts
+ * at a multiple of 8 in the file; 'meta' is the __metadata__ object. */
+static uint8_t *borrow_file(const char *meta, const char *dtype, size_t *len)
+{
+    static const float f32[6] = {1.5f, -2.25f, 3.0f, 0.5f, 0.25f, 4.0f};
+    static const double f64[6] = {1.5, -2.25, 3.0, 0.5, 0.25, 4.0};
+    const int64_t count = 5;
+    int wide = strcmp(dtype, "F64") == 0;
+    size_t w = wide ? 8 : 4;
+    uint8_t data[6 * 8 + 8];
+    memcpy(data, wide ? (const void *)f64 : (const void *)f32, 6 * w);
+    memcpy(data + 6 * w, &count, 8);
+    char header[512];
+    int n = snprintf(header, sizeof(header),
+                     "{\"__metadata__\":%s,\"a.mean\":{\"dtype\":\"%s\",\"shape\":[3],"
+                     "\"data_offsets\":[0,%zu]},\"a.var\":{\"dtype\":\"%s\",\"shape\":[3],"
+                     "\"data_offsets\":[%zu,%zu]},\"a.count\":{\"dtype\":\"I64\",\"shape\":[],"
+                     "\"data_offsets\":[%zu,%zu]}}",
+                     meta, dtype, 3 * w, dtype, 3 * w, 6 * w, 6 * w, 6 * w + 8);
+    while (n % 8 != 0)
+        header[n++] = ' '; /* padding, as writers align the data area */
+    header[n] = '\0';
+    return make_file(header, data, 6 * w + 8, len);
+}
+
+/* Decode 'file' placed 'shift' bytes into a buffer; the layer's arrays are
+ * checked against the values written and against where they lie. */
+static void check_borrow(const uint8_t *file, size_t len, size_t shift, int unbiased,
+                         int expect_borrowed)
+{
+    uint8_t *buf = malloc(len + 8);
+    memcpy(buf + shift, file, len);
+    ns_report_t *r = NULL;
+    ns_error_detail_t err = {0};
+    ck_assert_int_eq(ns_report_decode_safetensors_borrowed(&r, buf + shift, len, &err), 0);
+    ck_assert_uint_eq(r->n_layers, 1);
+    const ns_layer_report_t *l = &r->layers[0];
+    ck_assert_uint_eq(l->channels, 3);
+    ck_assert_uint_eq(l->count, 5);
+    ck_assert_int_eq(l->borrowed, expect_borrowed);
+    int inside = (const uint8_t *)l->mean >= buf && (const uint8_t *)l->mean < buf + len + 8;
+    ck_assert_int_eq(inside, expect_borrowed);
+    const float mean[3] = {1.5f, -2.25f, 3.0f};
+    /* Unbiased: var * (n-1)/n with n = 5, evaluated here in double. */
+    const double k = unbiased ? 4.0 / 5.0 : 1.0;
+    const float var[3] = {(float)(0.5 * k), (float)(0.25 * k), (float)(4.0 * k)};
+    ck_assert(memcmp(l->mean, mean, sizeof(mean)) == 0);
+    ck_assert(memcmp(l->var, var, sizeof(var)) == 0);
+    ns_report_free(r); /* borrowed arrays are left to the buffer */
+    free(buf);
+}
+
+START_TEST(test_borrowed_arrays)
+{
+    size_t len;
+    uint8_t *f = borrow_file("{\"step\":\"1\",\"worker\":\"0\"}", "F32", &len);
+    check_borrow(f, len, 0, 0, 1); /* aligned: read in place */
+    check_borrow(f, len, 1, 0, 0); /* misaligned: copied */
+    check_borrow(f, len, 2, 0, 0);
+    check_borrow(f, len, 4, 0, 1);
+    free(f);
+    f = borrow_file("{\"step\":\"1\",\"worker\":\"0\",\"unbiased\":\"true\"}", "F32", &len);
+    check_borrow(f, len, 0, 1, 0); /* converted: a copy */
+    free(f);
+    f = borrow_file("{\"step\":\"1\",\"worker\":\"0\"}", "F64", &len);
+    check_borrow(f, len, 0, 0, 0); /* narrowed: a copy */
+    free(f);
+}
+END_TEST
+
 START_TEST(test_accessors)
 {
     /* Header keys out of data order; tensors come back sorted by offset. */
@@ -351,6 +421,15 @@ START_TEST(test_fuzz)
             rc = ns_report_decode_safetensors(&r, exact, len, &err2);
             ck_assert(rc == 0 || rc == NS_EINVAL || rc == NS_EVALUE);
             ck_assert(rc == 0 ? r != NULL : (r == NULL && err2.code == rc && err2.message[0]));
+            /* Reading in place decides nothing differently. */
+            ns_report_t *b = NULL;
+            ns_error_detail_t err3 = {0};
+            ck_assert_int_eq(ns_report_decode_safetensors_borrowed(&b, exact, len, &err3), rc);
+            if (rc == 0)
+                ck_assert(reports_equal(r, b));
+            else
+                ck_assert_str_eq(err3.message, err2.message);
+            ns_report_free(b);
             ns_report_free(r);
             free(exact);
             total++;
@@ -807,6 +886,7 @@ static Suite *safetensors_suite(void)
     TCase *tc = tcase_create("safetensors");
     tcase_set_timeout(tc, 120);
     tcase_add_test(tc, test_accessors);
+    tcase_add_test(tc, test_borrowed_arrays);
     tcase_add_test(tc, test_dtype_sizes);
     tcase_add_test(tc, test_limits);
     tcase_add_test(tc, test_fuzz);

@@ -98,6 +98,32 @@ static inline ns_report_t *fx_report(uint64_t step, uint32_t worker, const fx_op
     return r;
 }
 
+/* Move the report's arrays into one buffer the report only borrows (as a
+ * safetensors body read in place). @return the buffer: the caller frees it
+ * once the report is consumed, and may overwrite it first. */
+static inline float *fx_borrow(ns_report_t *r)
+{
+    size_t total = 0;
+    for (size_t i = 0; i < r->n_layers; i++)
+        total += r->layers[i].mean ? 2 * r->layers[i].channels : 0;
+    float *body = malloc((total ? total : 1) * sizeof(float)), *at = body;
+    ck_assert_ptr_nonnull(body);
+    for (size_t i = 0; i < r->n_layers; i++) {
+        ns_layer_report_t *l = &r->layers[i];
+        if (l->mean == NULL || l->mean64 != NULL)
+            continue;
+        memcpy(at, l->mean, l->channels * sizeof(float));
+        memcpy(at + l->channels, l->var, l->channels * sizeof(float));
+        free(l->mean);
+        free(l->var);
+        l->mean = at;
+        l->var = at + l->channels;
+        l->borrowed = 1;
+        at += 2 * l->channels;
+    }
+    return body;
+}
+
 /* Report one layer; @return the registry's code. */
 static inline int fx_send(nsd_registry_t *reg, const char *run, uint64_t step, uint32_t worker,
                           const fx_opts_t *o, const fx_layer_t *layers, size_t n_layers,

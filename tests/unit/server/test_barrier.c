@@ -1,6 +1,8 @@
 /* test_barrier.c - the step barrier of the registry: completion, combination
  * against long double references, arrival-order independence, apply order,
- * timeouts with a fake clock, and every rejection leaving state unchanged. */
+ * timeouts with a fake clock, every rejection leaving state unchanged, and
+ * arrays a report borrows copied before the report ends (into blocks the
+ * layer keeps from step to step, counted in memory_bytes). */
 #include "nsd_fixture.h"
 
 #define C 5
@@ -100,6 +102,87 @@ START_TEST(test_four_workers_global_stats)
     for (int w = 0; w < 4; w++)
         fx_sync_clear(&sync[w]);
     nsd_registry_free(reg);
+}
+END_TEST
+
+/* Worker w's report of 'f' with its arrays in a buffer the report only
+ * borrows (as a safetensors body read in place); sent, then the buffer is
+ * overwritten as a finished request's body may be. */
+static void send_borrowed(nsd_registry_t *reg, const four_t *f, uint64_t step, int w,
+                          fx_sync_t *sync)
+{
+    fx_layer_t fl = {"bn1", f->n[w], C, f->mean[w], f->var[w]};
+    ns_report_t *r = fx_report(step, (uint32_t)w, NULL, &fl, 1);
+    ns_layer_report_t *l = &r->layers[0];
+    float *body = malloc(2 * C * sizeof(float));
+    ck_assert_ptr_nonnull(body);
+    memcpy(body, l->mean, C * sizeof(float));
+    memcpy(body + C, l->var, C * sizeof(float));
+    free(l->mean);
+    free(l->var);
+    l->mean = body;
+    l->var = body + C;
+    l->borrowed = 1;
+    ns_error_detail_t err = {0};
+    ck_assert_int_eq(nsd_registry_report(reg, "r", r, 5, fx_sync_cb, sync, &err), 0);
+    for (size_t i = 0; i < 2 * C; i++)
+        body[i] = NAN;
+    free(body);
+}
+
+START_TEST(test_borrowed_arrays_copied)
+{
+    uint64_t rng = ns_test_seed();
+    nsd_registry_t *reg = new_registry(4, NULL), *owned = new_registry(4, NULL);
+    /* Steps 10 to 12: the layer keeps blocks from its second closed step
+     * on (11), and step 12 copies into them. */
+    for (uint64_t step = 10; step <= 12; step++) {
+        four_t f;
+        four_make(&f, &rng);
+        fx_sync_t sync[4] = {{0}}, sync_owned[4] = {{0}};
+        for (int w = 0; w < 4; w++) {
+            send_borrowed(reg, &f, step, w, &sync[w]);
+            ck_assert_int_eq(four_send(owned, &f, step, w, 5, &sync_owned[w]), 0);
+            nsd_counters_t a, b;
+            nsd_registry_counters(reg, &a);
+            nsd_registry_counters(owned, &b);
+            /* The copies are counted as the reports' own arrays are; once
+             * step 11 closed its four blocks stay with the layer, and step
+             * 12's arrivals take them one by one until it closes too. */
+            uint64_t blocks = w == 3 ? (step >= 11 ? 4 : 0) : step >= 12 ? 3 - (uint64_t)w : 0;
+            uint64_t kept = blocks * 2 * C * sizeof(float);
+            ck_assert_uint_eq(a.memory_bytes, b.memory_bytes + kept);
+        }
+        const float *means[4] = {f.mean[0], f.mean[1], f.mean[2], f.mean[3]};
+        const float *vars[4] = {f.var[0], f.var[1], f.var[2], f.var[3]};
+        long double rm[C], rv[C];
+        uint64_t N = fx_ref_combine(4, f.n, means, vars, C, rm, rv);
+        for (int w = 0; w < 4; w++) {
+            const nsd_sync_result_t *res = sync[w].res;
+            ck_assert_int_eq(sync[w].calls, 1);
+            ck_assert_int_eq(res->status, 0);
+            ck_assert_uint_eq(res->layers[0].count, N);
+            for (size_t c = 0; c < C; c++) {
+                fx_close(res->layers[0].mean[c], rm[c], 1e-13, "mean", c);
+                fx_close(res->layers[0].var[c], rv[c], 1e-13, "var", c);
+            }
+            ck_assert_mem_eq(res->layers[0].mean, sync_owned[w].res->layers[0].mean,
+                             C * sizeof(double));
+            ck_assert_mem_eq(res->layers[0].var, sync_owned[w].res->layers[0].var,
+                             C * sizeof(double));
+            fx_sync_clear(&sync[w]);
+            fx_sync_clear(&sync_owned[w]);
+        }
+    }
+    ck_assert_int_eq(nsd_registry_delete_run(reg, "r", NULL), 0);
+    ck_assert_int_eq(nsd_registry_delete_run(owned, "r", NULL), 0);
+    nsd_counters_t a, b;
+    nsd_registry_counters(reg, &a);
+    nsd_registry_counters(owned, &b);
+    ck_assert_uint_eq(a.memory_bytes, 0); /* what the layers kept leaves with the run */
+    ck_assert_uint_eq(b.memory_bytes, 0);
+    nsd_registry_free(reg);
+    nsd_registry_free(owned);
 }
 END_TEST
 
@@ -522,6 +605,7 @@ static Suite *make_suite(void)
     TCase *tc = tcase_create("barrier");
     tcase_set_timeout(tc, 60);
     tcase_add_test(tc, test_four_workers_global_stats);
+    tcase_add_test(tc, test_borrowed_arrays_copied);
     tcase_add_test(tc, test_arrival_order_bitwise);
     tcase_add_test(tc, test_out_of_order_apply);
     tcase_add_test(tc, test_apply_waits_for_earlier_pending);
