@@ -983,6 +983,27 @@ def parallel(fns, limit=30.0):
     return results, errors
 
 
+def proc_memory(pid):
+    """VmRSS and VmHWM (peak) of a process, in bytes, from /proc."""
+    out = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            k, _, v = line.partition(":")
+            if k in ("VmRSS", "VmHWM"):
+                out[k] = int(v.split()[0]) * 1024
+    return out
+
+
+def reset_peak_memory(pid):
+    """VmHWM := VmRSS (Linux: 5 written to clear_refs). False if not allowed."""
+    try:
+        with open(f"/proc/{pid}/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
 def poll(fn, limit=10.0, every=0.02):
     """Call fn() until it returns a true value or 'limit' seconds pass;
     returns the last value. A bound, not a timing assertion."""

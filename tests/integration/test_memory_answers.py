@@ -52,26 +52,6 @@ PARTS = 4  # reports that build the run
 WAIT_S = 20.0  # bounded waits: matter only on failure
 
 
-def proc_status(pid):
-    out = {}
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            k, _, v = line.partition(":")
-            if k in ("VmRSS", "VmHWM"):
-                out[k] = int(v.split()[0]) * 1024
-    return out
-
-
-def reset_peak(pid):
-    """VmHWM := VmRSS (Linux: 5 written to clear_refs). False if not allowed."""
-    try:
-        with open(f"/proc/{pid}/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
 def layer_values(n):
     """Per layer a float32 mean and a positive float32 var, all distinct."""
     i = np.arange(n, dtype=np.float64)
@@ -124,7 +104,7 @@ class Answers(nsd.Case):
 
     def test_big_answers(self):
         pid = self.daemon.proc.pid
-        start = proc_status(pid)["VmRSS"]
+        start = nsd.proc_memory(pid)["VmRSS"]
         mean, var = layer_values(LAYERS)
         names = [f"l{i:06d}" for i in range(LAYERS)]
         for part in range(PARTS):  # one report each: a run's first report plans all it adds
@@ -138,7 +118,7 @@ class Answers(nsd.Case):
                          r.short())
         base = self.memory_bytes()
         print(f"note run of {LAYERS} one-channel layers: {base / MIB:.1f} MiB counted, "
-              f"RSS {proc_status(pid)['VmRSS'] / MIB:.1f} MiB")
+              f"RSS {nsd.proc_memory(pid)['VmRSS'] / MIB:.1f} MiB")
 
         # 1. a half-read answer holds its reservation; a second one does not fit
         s, head = self.half_read()
@@ -166,11 +146,11 @@ class Answers(nsd.Case):
         self.wait_memory(base, "the client gone mid-answer, its reservation is given back")
 
         # 2. a whole answer: peak RSS within its reservation, the values reported
-        can_reset = reset_peak(pid)
-        before = proc_status(pid)["VmRSS"]
+        can_reset = nsd.reset_peak_memory(pid)
+        before = nsd.proc_memory(pid)["VmRSS"]
         r = self.client(timeout=60).request("GET", "/v1/runs/big/checkpoint", timeout=60,
                                             validate=False)
-        after = proc_status(pid)
+        after = nsd.proc_memory(pid)
         self.require(r.status == 200, "GET /checkpoint of the whole run", r.short())
         if not can_reset:
             print("note VmHWM not reset (clear_refs not writable): the per-GET bound is not checked")
@@ -204,7 +184,7 @@ class Answers(nsd.Case):
         self.wait_memory(base, "nothing is left reserved after the answers")
 
         # 4. the documented bound, during and after
-        end = proc_status(pid)
+        end = nsd.proc_memory(pid)
         bound = start + BUDGET + SLACK
         print(f"note RSS: {start / MIB:.1f} MiB at start, VmHWM {end['VmHWM'] / MIB:.1f} MiB"
               f"{' (since the reset)' if can_reset else ''}, {end['VmRSS'] / MIB:.1f} MiB after")

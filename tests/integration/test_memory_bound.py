@@ -33,17 +33,6 @@ REPORTS, AT_ONCE = 12, 4
 BODY_BYTES = 14 * 1000 * 1000
 
 
-def proc_status(pid):
-    """VmRSS and VmHWM of a process, in bytes."""
-    out = {}
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            k, _, v = line.partition(":")
-            if k in ("VmRSS", "VmHWM"):
-                out[k] = int(v.split()[0]) * 1024
-    return out
-
-
 def one_channel_report(step, target):
     """A report of one-channel layers whose compact JSON is about 'target' bytes."""
     per_layer = len('"l0000000":{"count":4,"mean":[0.5],"var":[1.5]},')
@@ -60,14 +49,14 @@ class Budget(nsd.Case):
         pid = self.daemon.proc.pid
         body = one_channel_report(0, BODY_BYTES)
         self.require(13 * MIB <= len(body) <= 16 * MIB, "the report is 14 MB", f"{len(body)}")
-        before = proc_status(pid)["VmRSS"]
+        before = nsd.proc_memory(pid)["VmRSS"]
         statuses, errors, peak = [], [], [0]
         done = threading.Event()
 
         def sample():
             while not done.is_set():
                 try:
-                    peak[0] = max(peak[0], proc_status(pid)["VmRSS"])
+                    peak[0] = max(peak[0], nsd.proc_memory(pid)["VmRSS"])
                 except OSError:
                     return
                 time.sleep(0.005)
@@ -101,7 +90,7 @@ class Budget(nsd.Case):
             t.join(60)
         done.set()
         sampler.join(5)
-        after = proc_status(pid)
+        after = nsd.proc_memory(pid)
         print(f"note RSS: {before / MIB:.1f} MiB before, peak sampled {peak[0] / MIB:.1f} MiB, "
               f"VmHWM {after['VmHWM'] / MIB:.1f} MiB, {after['VmRSS'] / MIB:.1f} MiB after "
               f"({REPORTS} reports of {len(body) / 1e6:.1f} MB, {AT_ONCE} at a time)")
