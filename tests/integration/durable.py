@@ -56,6 +56,35 @@ class Case(nsd.Case):
             self.fail(f"{len(self._fails)} failed checks: " + "; ".join(map(str, self._fails[:5])))
 
 
+class KillCycles:
+    """What the threads of a kill -9 test share with the test that kills and
+    restarts the daemon under them. Each epoch is one daemon: a thread that
+    loses its connection parks until the test has checked the restarted
+    daemon and bumped the epoch (or set stop)."""
+
+    def __init__(self, layers):
+        self.cond = threading.Condition()
+        self.epoch = 0  # bumped when a (re)started daemon is checked and released to the threads
+        self.port = None
+        self.resume = {l: 0 for l in layers}  # finalized step per layer at the epoch's start
+        self.stop = False
+        self.stop_at = None  # threads do not report steps beyond this
+        self.parked = set()
+        self.finished = set()
+        self.failures = []  # unexpected answers: (desc, detail)
+        self.sync_bad = []
+
+    def park(self, who, epoch):
+        """Under self.cond: wait parked while the daemon of 'epoch' is being
+        replaced. @return the new epoch, or None when the test stops."""
+        self.parked.add(who)
+        self.cond.notify_all()
+        while not self.stop and self.epoch == epoch:
+            self.cond.wait(1.0)
+        self.parked.discard(who)
+        return None if self.stop else self.epoch
+
+
 class Durable(nsd.Daemon):
     """A normstatd on a fixed data directory that is never removed by the
     harness (nsd.Daemon deletes its temporary one); persist=False adds

@@ -133,23 +133,14 @@ class Reference:
         return {d: self.states[layer][d][L - 1] for d in DOMAIN_WORKERS} if L > 0 else None
 
 
-class Shared:
+class Shared(durable.KillCycles):
     def __init__(self, workers):
-        self.cond = threading.Condition()
-        self.epoch = 0  # bumped when a (re)started daemon is checked and released to the workers
-        self.port = None
-        self.resume = {l: 0 for l in LAYERS}  # finalized step per layer at the epoch's start
-        self.stop = False
-        self.stop_at = None  # workers do not report steps beyond this
-        self.parked = set()
+        super().__init__(LAYERS)
         self.acked = 0  # highest step a /sync answered 200 for
         self.acks = 0  # /sync 200 answers in this cycle
         self.total_acks = 0
         self.steps_sent = 0
-        self.finished = set()
-        self.failures = []  # unexpected answers: (desc, detail)
         self.sync_checked = 0
-        self.sync_bad = []
         self.batches_202 = 0
         self.rereported = 0  # reports repeated after a restart (their step had not finalized)
 
@@ -164,14 +155,9 @@ def worker_main(sh, w):
     while True:
         with sh.cond:
             if broken:
-                sh.parked.add(w)
-                sh.cond.notify_all()
-                while not sh.stop and sh.epoch == my_epoch:
-                    sh.cond.wait(1.0)
-                sh.parked.discard(w)
-                if sh.stop:
+                my_epoch = sh.park(w, my_epoch)
+                if my_epoch is None:
                     break
-                my_epoch = sh.epoch
                 resume = dict(sh.resume)
                 s = min(resume.values()) + 1
                 sh.rereported += max(0, sent_max - s + 1)  # reported before the kill, not finalized

@@ -107,22 +107,13 @@ class Reference:
         return st[L - 1]
 
 
-class Shared:
+class Shared(durable.KillCycles):
     def __init__(self):
-        self.cond = threading.Condition()
-        self.epoch = 0
-        self.port = None
-        self.resume = {l: 0 for l in LAYERS}
-        self.stop = False
-        self.stop_at = None
-        self.parked = set()
-        self.finished = set()
+        super().__init__(LAYERS)
         self.acked = {l: 0 for l in LAYERS}  # highest step a /sync of the layer answered 200 for
         self.acks = 0
         self.total_acks = 0
         self.reports = 0
-        self.failures = []
-        self.sync_bad = []
 
 
 def sync_answer_bad(r, s, layers):
@@ -149,14 +140,9 @@ def thread_main(sh, g):
     while True:
         with sh.cond:
             if broken:
-                sh.parked.add(g)
-                sh.cond.notify_all()
-                while not sh.stop and sh.epoch == my_epoch:
-                    sh.cond.wait(1.0)
-                sh.parked.discard(g)
-                if sh.stop:
+                my_epoch = sh.park(g, my_epoch)
+                if my_epoch is None:
                     break
-                my_epoch = sh.epoch
                 resume = {l: sh.resume[l] for l in group}
                 s = min(resume.values()) + 1
                 broken = False
