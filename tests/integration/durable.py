@@ -118,25 +118,7 @@ class Durable(nsd.Daemon):
             argv.append("--no-persist")
         argv += self.args
         self.argv = argv
-        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.PIPE, cwd=tempfile.gettempdir())
-        nsd._daemons.append(self)
-        self._listening = threading.Event()
-
-        def read():
-            for raw in self.proc.stderr:
-                line = raw.decode("utf-8", "replace").rstrip("\n")
-                with self._lock:
-                    self.lines.append(line)
-                if self.port is None and "event=listening" in line:
-                    m = re.search(r"\baddr=\"?[0-9.]+:(\d+)", line)
-                    if m:
-                        self.port = int(m.group(1))
-                        self._listening.set()
-            self._listening.set()
-
-        self._reader = threading.Thread(target=read, daemon=True)
-        self._reader.start()
+        self._popen(argv, tempfile.gettempdir())
 
     def start(self, limit=nsd.START_LIMIT_S):
         """Start and wait (bounded) until /readyz answers 200."""

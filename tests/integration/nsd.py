@@ -74,6 +74,30 @@ class Daemon:
         self._reader = None
         self.data_dir = None
 
+    def _popen(self, argv, cwd, env=None):
+        """Run argv; a thread collects its stderr lines into self.lines and
+        sets self.port (and self._listening) at its event=listening line, or
+        self._listening alone when the process ends first."""
+        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.PIPE, cwd=cwd, env=env)
+        _daemons.append(self)
+        self._listening = threading.Event()
+
+        def read():
+            for raw in self.proc.stderr:
+                line = raw.decode("utf-8", "replace").rstrip("\n")
+                with self._lock:
+                    self.lines.append(line)
+                if self.port is None and "event=listening" in line:
+                    m = re.search(r"\baddr=\"?[0-9.]+:(\d+)", line)
+                    if m:
+                        self.port = int(m.group(1))
+                        self._listening.set()
+            self._listening.set()  # EOF: the process ended
+
+        self._reader = threading.Thread(target=read, daemon=True)
+        self._reader.start()
+
     def start(self):
         exe = binary_path()
         if not os.access(exe, os.X_OK):
@@ -85,28 +109,9 @@ class Daemon:
             argv.append("--no-persist")
         argv += self.args
         self.argv = argv
-        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.PIPE, cwd=self.data_dir,
-                                     env=self.env)
-        _daemons.append(self)
-        listening = threading.Event()
-
-        def read():
-            for raw in self.proc.stderr:
-                line = raw.decode("utf-8", "replace").rstrip("\n")
-                with self._lock:
-                    self.lines.append(line)
-                if self.port is None and "event=listening" in line:
-                    m = re.search(r"\baddr=\"?[0-9.]+:(\d+)", line)
-                    if m:
-                        self.port = int(m.group(1))
-                        listening.set()
-            listening.set()  # EOF: the process ended
-
-        self._reader = threading.Thread(target=read, daemon=True)
-        self._reader.start()
+        self._popen(argv, self.data_dir, self.env)
         deadline = time.monotonic() + START_LIMIT_S
-        listening.wait(START_LIMIT_S)
+        self._listening.wait(START_LIMIT_S)
         if self.port is None:
             self.kill()
             raise RuntimeError(f"normstatd did not log event=listening within {START_LIMIT_S}s; "
