@@ -6,7 +6,9 @@
 // (the page showed the trained run; the driver then waits for a line on stdin, sent
 // once a worker stopped reporting), "DONE". The page's values are read from the
 // DOM's data- attributes and compared with the API's JSON fetched here; the chart
-// geometry (bar widths, point positions) is checked against the same numbers.
+// geometry (bar widths, point positions) is checked against the same numbers. The
+// keyboard is driven with playwright's keyboard; the requests counted while the page
+// is hidden are those playwright sees the page send.
 // Every wait is a DOM condition with a bounded timeout. NS_PLAYWRIGHT names the
 // folder holding node_modules/playwright-core (make browser-deps installs it).
 import { createRequire } from "node:module";
@@ -226,6 +228,12 @@ async function keyboard(page, { domain, layers, chosen }) {
   const hist2 = await histOf(next);
   const got = await readout(page);
   checkReadout(got, hist2, step, `${up ? "ArrowUp" : "ArrowDown"} to channel ${next}`);
+  // the pooled EMA, computed here from the steps' batch means as PyTorch's BatchNorm does it
+  // (running_mean starts at 0, momentum 0.1, every step 0..K-1 finalized)
+  let ema = 0;
+  for (const s of hist2.steps.filter((x) => x.step <= step)) ema = 0.9 * ema + 0.1 * s.batch_mean;
+  check(steps[0] === 0 && steps.every((x, i) => x === i) && Math.abs(got.emaMean - ema) <= 1e-6 * Math.max(1, Math.abs(ema)),
+    "the readout's EMA mean is the EMA of the batch means up to that step, computed here", `${got.emaMean} vs ${ema}`);
   const before = hist.steps.find((s) => s.step === step);
   check(got.batchMean !== before.batch_mean, "the values shown changed with the channel",
     `${got.batchMean} vs ${before.batch_mean}`);
