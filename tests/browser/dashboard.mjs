@@ -281,8 +281,9 @@ async function hiddenTab(page, apiRequests) {
   const updated = await page.textContent("#updated");
   check(updated.includes("paused"), "the page says it is paused", updated);
 
+  const asked = page.waitForRequest((r) => new URL(r.url()).pathname === "/v1/runs", { timeout: WAIT_MS });
   await setVisibility("visible");
-  await page.waitForRequest((r) => new URL(r.url()).pathname === "/v1/runs", { timeout: WAIT_MS });
+  await asked;
   await page.waitForFunction((n) => document.body.dataset.refreshed !== n && document.body.dataset.polling === "live",
     refreshed, { timeout: WAIT_MS });
   check(apiRequests.length > paused, "visible again: the page refreshes", `${apiRequests.length - paused} requests`);
