@@ -79,6 +79,7 @@ include tests/tests.mk
 -include tests/bench/bench.mk
 -include tests/e2e/e2e.mk
 -include tests/browser/browser.mk
+-include deploy/monitoring/monitoring.mk
 -include tests/fuzz/fuzz.mk
 -include doc/doc.mk
 -include docker/docker.mk

@@ -17,7 +17,10 @@ const state = {
   domain: null, // a domain name, or "*" for all domains pooled
   layer: null,
   channel: null, // null: the layer's worst channel
+  step: null, // the step the charts' cursor is on; null: the latest
+  hist: null, // the /history drawn, so the cursor moves without a fetch
   timer: null,
+  busy: false, // a refresh is under way
   seq: 0, // the latest refresh; an older one still under way is discarded
 };
 
@@ -103,8 +106,18 @@ function bytes(n) {
 
 // ------------------------------------------------------------------ charts
 
+// The key of the bar that has the keyboard focus in container, if any.
+function focusedKey(container) {
+  const a = document.activeElement;
+  return a && container.contains(a) && a.dataset ? a.dataset.key ?? null : null;
+}
+
 // Horizontal bars, largest on top. items: [{label, value, key, title, cls}].
+// With opts.onClick the bars are a listbox: Tab reaches the chosen bar, arrow keys
+// move between bars, Enter or Space chooses; without, the chart is one image
+// whose label lists every bar for a screen reader.
 function barChart(container, items, opts) {
+  const keep = focusedKey(container); // a redraw must not take the focus away
   container.replaceChildren();
   if (items.length === 0) {
     container.append(emptyNote(opts.empty));
@@ -114,10 +127,14 @@ function barChart(container, items, opts) {
   const width = Math.max(container.clientWidth, 360); // one SVG unit per pixel: text keeps its size
   const barW = width - labelW - valueW;
   const max = Math.max(...items.map((i) => i.value || 0), opts.minScale || 0) || 1;
+  const valueText = (it) => (it.value === null ? opts.noValue || "no value" : fmt(it.value));
   const svg = el("svg:svg", {
     viewBox: `0 0 ${width} ${items.length * rowH + 4}`, class: "bars", "data-max": max,
-    "data-bar-width": barW,
+    "data-bar-width": barW, role: opts.onClick ? "listbox" : "img",
+    "aria-label": opts.onClick ? opts.label
+      : opts.label + ": " + items.map((it) => `${it.label} ${valueText(it)}`).join("; "),
   });
+  const focusable = keep ?? (items.find((it) => (it.cls || "").includes("chosen")) || items[0]).key;
   items.forEach((it, i) => {
     const w = it.value === null ? 0 : (barW * it.value) / max;
     const g = el("svg:g", {
@@ -129,18 +146,47 @@ function barChart(container, items, opts) {
         it.label.length > 30 ? "…" + it.label.slice(-29) : it.label),
       el("svg:rect", { x: labelW, y: 3, width: Math.max(w, 0), height: rowH - 6, rx: 2,
         class: "fill", "data-width": w }),
-      el("svg:text", { x: labelW + Math.max(w, 0) + 6, y: rowH / 2 + 4, class: "value" },
-        it.value === null ? "no PreciseBN yet" : fmt(it.value)));
-    if (opts.onClick) g.addEventListener("click", () => opts.onClick(it));
+      el("svg:text", { x: labelW + Math.max(w, 0) + 6, y: rowH / 2 + 4, class: "value" }, valueText(it)));
+    if (opts.onClick) {
+      // the whole row takes clicks and shows the focus ring
+      g.append(el("svg:rect", { x: 1, y: 1, width: width - 2, height: rowH - 2, rx: 3, class: "hit" }));
+      Object.entries({
+        role: "option", tabindex: it.key === focusable ? 0 : -1, "aria-label": `${it.label}: ${valueText(it)}`,
+        "aria-selected": String((it.cls || "").includes("chosen")),
+      }).forEach(([k, v]) => g.setAttribute(k, v));
+      g.addEventListener("click", () => opts.onClick(it));
+      g.addEventListener("keydown", (ev) => barKey(ev, svg, it, opts.onClick));
+    }
     svg.append(g);
   });
   container.append(svg);
+  const again = keep === null ? null : svg.querySelector(`g.bar[data-key="${CSS.escape(keep)}"]`);
+  if (again) again.focus({ preventScroll: true });
+}
+
+// Arrow keys, Home and End move the focus between the bars; Enter or Space chooses.
+function barKey(ev, svg, it, onChoose) {
+  const bars = [...svg.querySelectorAll("g.bar")];
+  const i = bars.indexOf(ev.currentTarget);
+  const to = { ArrowDown: i + 1, ArrowRight: i + 1, ArrowUp: i - 1, ArrowLeft: i - 1, Home: 0, End: bars.length - 1 }[ev.key];
+  if (ev.key === "Enter" || ev.key === " ") {
+    ev.preventDefault();
+    onChoose(it);
+  } else if (to !== undefined) {
+    ev.preventDefault();
+    const next = bars[Math.max(0, Math.min(bars.length - 1, to))];
+    bars.forEach((b) => b.setAttribute("tabindex", b === next ? 0 : -1));
+    next.focus();
+  }
 }
 
 // A line chart over steps. series: [{name, cls, points: [[x, y]], kind: "line"|"dots"|"hline"}].
 // The plot's scales are kept on the <svg> (data-x0 … data-py1), every point on a
 // <circle data-series data-x data-y>, so a reader can map pixels back to values.
+// opts.cursor: the chosen step, drawn as a vertical line; opts.onKey makes the
+// chart focusable and hands it the keys, opts.label names it for screen readers.
 function lineChart(container, series, opts) {
+  const hadFocus = container.contains(document.activeElement);
   container.replaceChildren();
   const pts = series.flatMap((s) => s.points);
   if (pts.length === 0) {
@@ -159,7 +205,8 @@ function lineChart(container, series, opts) {
   const sx = (x) => L + ((x - x0) / (x1 - x0)) * (W - L - R);
   const sy = (y) => H - B - ((y - y0) / (y1 - y0)) * (H - T - B);
   const svg = el("svg:svg", {
-    viewBox: `0 0 ${W} ${H}`, class: "lines",
+    viewBox: `0 0 ${W} ${H}`, class: "lines", role: opts.onKey ? "application" : "img",
+    "aria-label": opts.label, "aria-describedby": opts.describedBy, tabindex: opts.onKey ? 0 : null,
     "data-x0": x0, "data-x1": x1, "data-y0": y0, "data-y1": y1,
     "data-px0": sx(x0), "data-px1": sx(x1), "data-py0": sy(y0), "data-py1": sy(y1),
   });
@@ -190,7 +237,13 @@ function lineChart(container, series, opts) {
     }
     svg.append(g);
   }
+  if (opts.cursor !== null && opts.cursor !== undefined) {
+    svg.append(el("svg:line", { x1: sx(opts.cursor), x2: sx(opts.cursor), y1: T, y2: H - B,
+      class: "cursor", "data-x": opts.cursor }));
+  }
+  if (opts.onKey) svg.addEventListener("keydown", opts.onKey);
   container.append(svg, legend(series));
+  if (hadFocus && opts.onKey) svg.focus({ preventScroll: true });
 }
 
 function legend(series) {
@@ -241,7 +294,7 @@ function renderRuns(runs) {
       el("td", {}, r.domains ?? "–"), el("td", {}, r.step ?? "–"),
       el("td", { class: r.pending_steps ? "warn" : "" }, r.pending_steps ?? "–"),
       el("td", {}, bytes(r.memory_bytes)));
-    tr.addEventListener("click", () => choose({ run: r.run, layer: null, domain: null }));
+    tr.addEventListener("click", () => choose({ run: r.run, layer: null, domain: null, step: null }));
     return tr;
   }));
 }
@@ -291,13 +344,72 @@ function renderDriftBars(rows, status) {
         `avg ${fmt(r.drift.mean_avg)}; variance drift max ${fmt(r.drift.var_max)}, avg ${fmt(r.drift.var_avg)}`
       : `${r.layer}: no PreciseBN batch yet`,
   })), {
-    empty: "No layer has statistics yet.", rowHeight: 28,
-    onClick: (it) => choose({ layer: it.key, channel: null }),
+    empty: "No layer has statistics yet.", rowHeight: 28, noValue: "no PreciseBN yet",
+    label: "Layers by EMA vs PreciseBN drift, worst first: Enter chooses a layer",
+    onClick: (it) => choose({ layer: it.key, channel: null, step: null }),
   });
 }
 
+// The step the charts' cursor is on: the chosen one while /history has it, else the latest.
+function cursorStep(steps) {
+  if (steps.some((s) => s.step === state.step)) return state.step;
+  return steps.length ? steps[steps.length - 1].step : null;
+}
+
+// Left/Right (and Home/End) move the cursor over the drawn steps, without a fetch;
+// the cursor on the latest step follows new steps as they come.
+function moveStep(delta) {
+  const steps = state.hist ? state.hist.steps : [];
+  if (steps.length === 0) return;
+  const at = steps.findIndex((s) => s.step === cursorStep(steps));
+  const i = Math.max(0, Math.min(steps.length - 1, at + delta));
+  state.step = i === steps.length - 1 ? null : steps[i].step;
+  renderHistory(state.hist);
+}
+
+// Up/Down: the next or previous channel of the layer, fetched at once.
+function moveChannel(delta) {
+  if (!state.hist || state.channel === null) return;
+  const c = Math.max(0, Math.min(state.hist.channels - 1, state.channel + delta));
+  if (c !== state.channel) choose({ channel: c });
+}
+
+function chartKeys(withChannel) {
+  const moves = {
+    ArrowLeft: () => moveStep(-1), ArrowRight: () => moveStep(1),
+    Home: () => moveStep(-Infinity), End: () => moveStep(Infinity),
+    ...(withChannel ? { ArrowUp: () => moveChannel(1), ArrowDown: () => moveChannel(-1) } : {}),
+  };
+  return (ev) => {
+    if (!moves[ev.key]) return;
+    ev.preventDefault();
+    moves[ev.key]();
+  };
+}
+
+// The text alternative of the charts: the cursor step's values, also kept in data- attributes.
+function renderReadout(hist, at) {
+  const p = $("step-readout");
+  const s = hist ? hist.steps.find((x) => x.step === at) : null;
+  const values = !s ? {} : {
+    step: s.step, channel: hist.channel, "batch-mean": s.batch_mean, "ema-mean": s.ema_mean,
+    "population-mean": hist.population ? hist.population.mean : null,
+    "mean-drift-max": s.drift ? s.drift.mean_max : null,
+  };
+  for (const k of ["step", "channel", "batch-mean", "ema-mean", "population-mean", "mean-drift-max"]) {
+    if (values[k] === undefined || values[k] === null) p.removeAttribute("data-" + k);
+    else p.setAttribute("data-" + k, values[k]);
+  }
+  const text = !s ? "" : `Step ${s.step}, channel ${hist.channel} of ${hist.channels}: batch mean ${fmt(s.batch_mean, 6)}, ` +
+    `EMA mean ${fmt(s.ema_mean, 6)}, PreciseBN population mean ${fmt(values["population-mean"], 6)}` +
+    (s.drift ? `; mean drift max ${fmt(s.drift.mean_max)}, variance drift max ${fmt(s.drift.var_max)}` : "");
+  if (p.textContent !== text) p.textContent = text; // unchanged: nothing new to announce
+}
+
 function renderHistory(hist) {
+  state.hist = hist;
   const steps = hist ? hist.steps : [];
+  const at = cursorStep(steps);
   const title = hist ? `· ${hist.layer} (${hist.domain})` : "";
   $("drift-steps-title").textContent = title;
   $("step-chart-title").textContent = hist ? `${title}, channel ${hist.channel} of ${hist.channels}` : "";
@@ -306,14 +418,25 @@ function renderHistory(hist) {
     { name: "mean drift, max", cls: "s1", points: withDrift.map((s) => [s.step, s.drift.mean_max]) },
     { name: "mean drift, avg", cls: "s2", points: withDrift.map((s) => [s.step, s.drift.mean_avg]) },
     { name: "variance drift, max", cls: "s3", points: withDrift.map((s) => [s.step, s.drift.var_max]) },
-  ], { empty: "No finalized step with a PreciseBN estimate yet.", zeroBased: true });
+  ], {
+    empty: "No finalized step with a PreciseBN estimate yet.", zeroBased: true,
+    cursor: withDrift.some((s) => s.step === at) ? at : null, onKey: chartKeys(false),
+    describedBy: "step-readout",
+    label: `Drift over steps of ${hist ? hist.layer : "the chosen layer"}: Left and Right choose the step`,
+  });
   const pop = hist && hist.population;
   const last = steps.length ? steps[steps.length - 1].step : 0;
   lineChart($("step-chart"), [
     { name: "batch mean", cls: "s4", kind: "dots", points: steps.map((s) => [s.step, s.batch_mean]) },
     { name: "EMA mean", cls: "s1", points: steps.map((s) => [s.step, s.ema_mean]) },
     { name: "PreciseBN population mean", cls: "s5", kind: "hline", points: pop ? [[last, pop.mean]] : [] },
-  ], { empty: "No finalized step yet for this layer.", height: 300 });
+  ], {
+    empty: "No finalized step yet for this layer.", height: 300, cursor: at, onKey: chartKeys(true),
+    describedBy: "step-readout",
+    label: `Batch mean per step of ${hist ? hist.layer + ", channel " + hist.channel : "the chosen layer"}: ` +
+      "Left and Right choose the step, Up and Down the channel",
+  });
+  renderReadout(hist, at);
 }
 
 // One column per domain (and the pooled view), for the chosen layer and channel.
@@ -373,7 +496,7 @@ function renderStall(status) {
   barChart($("lag"), workers.map((w) => ({
     key: String(w.worker), label: `worker ${w.worker} (step ${w.step})`, value: w.lag ?? 0,
     cls: w.lag ? "warn" : "", title: `worker ${w.worker}: last step ${w.step}, ${w.lag ?? 0} steps behind`,
-  })), { empty: "No worker has reported yet.", labelWidth: 160, minScale: 1 });
+  })), { empty: "No worker has reported yet.", labelWidth: 160, minScale: 1, label: "Steps behind, per worker" });
 }
 
 function parseRejections(metrics) {
@@ -395,7 +518,7 @@ function renderRejections(status, metrics) {
     const div = el("div", { class: "rejections", "data-scope": scope });
     box.append(el("h3", {}, title), div);
     barChart(div, items.map(([reason, n]) => ({ key: reason, label: reason, value: n, cls: "warn" })),
-      { empty: "None.", labelWidth: 160 });
+      { empty: "None.", labelWidth: 160, label: `Rejections by reason, ${title}` });
   }
 }
 
@@ -442,9 +565,20 @@ async function refresh(seq) {
   renderDomains(columns);
 }
 
+// body[data-polling]: "live", "pausing" (hidden, a refresh still under way) or
+// "paused" (hidden: no request until the tab is shown again).
+function showPolling() {
+  document.body.dataset.polling = !document.hidden ? "live" : state.busy ? "pausing" : "paused";
+  if (document.hidden && !state.busy) $("updated").textContent = "paused while this tab is hidden";
+}
+
 async function tick() {
   clearTimeout(state.timer);
+  state.timer = null;
+  if (document.hidden) return showPolling(); // a background tab asks for nothing
   const seq = ++state.seq;
+  state.busy = true;
+  showPolling();
   try {
     await refresh(seq);
     if (seq !== state.seq) return; // overtaken: the newer refresh reports and schedules
@@ -461,7 +595,20 @@ async function tick() {
     $("error").textContent = "Refresh failed: " + e.message + " (retrying)";
     $("updated").textContent = auth ? "waiting for a token" : "refresh failed";
   }
-  state.timer = setTimeout(tick, POLL_MS);
+  state.busy = false;
+  if (!document.hidden) state.timer = setTimeout(tick, POLL_MS);
+  showPolling();
+}
+
+// Hidden: stop polling (a refresh under way finishes); shown: refresh at once.
+function visibilityChanged() {
+  if (document.hidden) {
+    clearTimeout(state.timer);
+    state.timer = null;
+    showPolling();
+  } else {
+    tick();
+  }
 }
 
 function choose(change) {
@@ -483,13 +630,14 @@ function start() {
     sessionStorage.setItem(TOKEN_KEY, state.token);
     tick();
   });
-  $("run-select").addEventListener("change", (ev) => choose({ run: ev.target.value, layer: null, domain: null }));
+  $("run-select").addEventListener("change", (ev) => choose({ run: ev.target.value, layer: null, domain: null, step: null }));
   $("domain-select").addEventListener("change", (ev) => choose({ domain: ev.target.value }));
-  $("layer-select").addEventListener("change", (ev) => choose({ layer: ev.target.value, channel: null }));
+  $("layer-select").addEventListener("change", (ev) => choose({ layer: ev.target.value, channel: null, step: null }));
   $("channel-input").addEventListener("change", (ev) => {
     const c = parseInt(ev.target.value, 10);
     if (Number.isInteger(c) && c >= 0) choose({ channel: c });
   });
+  document.addEventListener("visibilitychange", visibilityChanged);
   tick();
 }
 

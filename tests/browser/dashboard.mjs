@@ -6,7 +6,9 @@
 // (the page showed the trained run; the driver then waits for a line on stdin, sent
 // once a worker stopped reporting), "DONE". The page's values are read from the
 // DOM's data- attributes and compared with the API's JSON fetched here; the chart
-// geometry (bar widths, point positions) is checked against the same numbers.
+// geometry (bar widths, point positions) is checked against the same numbers. The
+// keyboard is driven with playwright's keyboard; the requests counted while the page
+// is hidden are those playwright sees the page send.
 // Every wait is a DOM condition with a bounded timeout. NS_PLAYWRIGHT names the
 // folder holding node_modules/playwright-core (make browser-deps installs it).
 import { createRequire } from "node:module";
@@ -45,7 +47,7 @@ const readBars = (page, sel) => page.$$eval(sel + " svg.bars", (svgs) => svgs.fl
   [...svg.querySelectorAll("g.bar")].map((g) => ({
     key: g.dataset.key,
     value: g.dataset.value === undefined ? null : Number(g.dataset.value),
-    width: Number(g.querySelector("rect").getAttribute("width")),
+    width: Number(g.querySelector("rect.fill").getAttribute("width")),
     barWidth: Number(svg.dataset.barWidth), max: Number(svg.dataset.max),
   }))));
 
@@ -102,7 +104,7 @@ async function trainedRun(page) {
 
   // Choose the second-worst layer by clicking its bar: the per-step chart follows.
   const layer = want[1].layer;
-  await page.click(`#drift-bars g.bar[data-key="${layer}"] rect`);
+  await page.click(`#drift-bars g.bar[data-key="${layer}"]`);
   await page.waitForFunction((l) => document.querySelector("#layer-select").value === l &&
     document.querySelector("#step-chart-title").textContent.includes(l), layer, { timeout: WAIT_MS });
   const channel = Number(await page.$eval("#channel-input", (i) => i.value));
@@ -139,6 +141,152 @@ async function trainedRun(page) {
   check(wantRejected.length > 0 && same(rejected.map((b) => [b.key, b.value]), wantRejected),
     "this run's rejections by reason, as the run status counts them",
     `${JSON.stringify(rejected.map((b) => [b.key, b.value]))} vs ${JSON.stringify(wantRejected)}`);
+  return { domain, layers: want.map((r) => r.layer), chosen: layer };
+}
+
+// ------------------------------------------------------------------ keyboard
+
+const focused = (page) => page.evaluate(() => {
+  const a = document.activeElement;
+  return { id: a.closest("[id]") ? a.closest("[id]").id : "", key: a.dataset ? a.dataset.key ?? null : null,
+    role: a.getAttribute("role"), tag: a.tagName };
+});
+
+// Press Tab until the focus is in the element of that id; false after 'limit' presses.
+async function tabTo(page, id, limit) {
+  for (let i = 0; i < limit; i++) {
+    await page.keyboard.press("Tab");
+    if ((await focused(page)).id === id) return true;
+  }
+  return false;
+}
+
+const readout = (page) => page.$eval("#step-readout", (p) => ({
+  text: p.textContent, step: Number(p.dataset.step), channel: Number(p.dataset.channel),
+  batchMean: Number(p.dataset.batchMean), emaMean: Number(p.dataset.emaMean),
+  populationMean: Number(p.dataset.populationMean),
+}));
+
+function checkReadout(got, hist, step, desc) {
+  const s = hist.steps.find((x) => x.step === step);
+  check(s && got.step === step && got.channel === hist.channel && got.batchMean === s.batch_mean &&
+    got.emaMean === s.ema_mean && got.populationMean === hist.population.mean,
+  desc + ": the readout gives /history's values at that step and channel",
+  `${JSON.stringify(got)} vs step ${step}, channel ${hist.channel}: ${JSON.stringify(s)}, population ${hist.population.mean}`);
+  check(got.text.includes(`Step ${step}, channel ${hist.channel} of ${hist.channels}`), desc + ": the readout's text names them", got.text);
+}
+
+// Tab to the drift bars, move with the arrow keys, Enter chooses the layer; Tab on to
+// the per-step chart, where Left/Right move the step and Up/Down the channel.
+async function keyboard(page, { domain, layers, chosen }) {
+  await page.focus("#channel-input");
+  check(await tabTo(page, "drift-bars", 10), "Tab reaches the drift bars", JSON.stringify(await focused(page)));
+  let f = await focused(page);
+  check(f.role === "option" && f.key === chosen, "Tab lands on the chosen layer's bar", JSON.stringify(f));
+  const ring = await page.$eval("#drift-bars g.bar:focus .hit", (r) => getComputedStyle(r).stroke).catch((e) => e.message);
+  check(ring !== "none" && !ring.includes("Error"), "the focused bar shows a focus ring", ring);
+  const target = layers[layers.indexOf(chosen) + 1];
+  await page.keyboard.press("ArrowDown");
+  f = await focused(page);
+  check(f.key === target, "ArrowDown moves the focus to the next bar", `${f.key} vs ${target}`);
+  await page.keyboard.press("Enter");
+  await page.waitForFunction((l) => document.querySelector("#layer-select").value === l &&
+    document.querySelector("#step-chart-title").textContent.includes(l) &&
+    document.querySelector(`#drift-bars g.bar[data-key="${l}"]`).getAttribute("aria-selected") === "true",
+  target, { timeout: WAIT_MS });
+  check(true, "Enter on a bar chooses its layer");
+  f = await focused(page);
+  check(f.id === "drift-bars" && f.key === target, "the chosen bar keeps the focus through the redraw", JSON.stringify(f));
+
+  check(await tabTo(page, "step-chart", 5), "Tab goes on to the per-step chart", JSON.stringify(await focused(page)));
+  const outline = await page.$eval("#step-chart svg", (s) => getComputedStyle(s).outlineStyle);
+  check(outline === "solid", "the focused chart shows a focus outline", outline);
+  const label = await page.$eval("#step-chart svg", (s) => s.getAttribute("aria-label") || "");
+  check(label.includes(target), "the chart's aria-label names the layer", label);
+
+  const drift = await api(`/v1/runs/${run}/drift`);
+  const channel = drift.layers.find((r) => r.layer === target && r.domain === domain).drift.mean_max_channel;
+  const histOf = (c) => api(`/v1/runs/${run}/history?layer=${target}&domain=${encodeURIComponent(domain)}&channel=${c}`);
+  const hist = await histOf(channel);
+  const steps = hist.steps.map((s) => s.step);
+  checkReadout(await readout(page), hist, steps[steps.length - 1], "the cursor starts on the latest step");
+  const back = 3; // the test's own choice: three steps before the latest
+  for (let i = 0; i < back; i++) await page.keyboard.press("ArrowLeft");
+  const step = steps[steps.length - 1 - back];
+  await page.waitForFunction((st) => Number(document.querySelector("#step-readout").dataset.step) === st, step,
+    { timeout: WAIT_MS });
+  checkReadout(await readout(page), hist, step, `ArrowLeft ${back} times`);
+  const cursor = await page.$eval("#step-chart svg line.cursor", (l) => Number(l.dataset.x)).catch(() => null);
+  check(cursor === step, "the chart's cursor is on that step", cursor);
+
+  // Up: the next channel (Down from the last one); the values shown are the new channel's
+  const up = channel + 1 < hist.channels;
+  const next = up ? channel + 1 : channel - 1;
+  await page.keyboard.press(up ? "ArrowUp" : "ArrowDown");
+  await page.waitForFunction((c) => Number(document.querySelector("#step-readout").dataset.channel) === c &&
+    Number(document.querySelector("#channel-input").value) === c, next, { timeout: WAIT_MS });
+  const hist2 = await histOf(next);
+  const got = await readout(page);
+  checkReadout(got, hist2, step, `${up ? "ArrowUp" : "ArrowDown"} to channel ${next}`);
+  // the pooled EMA, computed here from the steps' batch means as PyTorch's BatchNorm does it
+  // (running_mean starts at 0, momentum 0.1, every step 0..K-1 finalized)
+  let ema = 0;
+  for (const s of hist2.steps.filter((x) => x.step <= step)) ema = 0.9 * ema + 0.1 * s.batch_mean;
+  check(steps[0] === 0 && steps.every((x, i) => x === i) && Math.abs(got.emaMean - ema) <= 1e-6 * Math.max(1, Math.abs(ema)),
+    "the readout's EMA mean is the EMA of the batch means up to that step, computed here", `${got.emaMean} vs ${ema}`);
+  const before = hist.steps.find((s) => s.step === step);
+  check(got.batchMean !== before.batch_mean, "the values shown changed with the channel",
+    `${got.batchMean} vs ${before.batch_mean}`);
+  const lines = await readLines(page, "#step-chart");
+  checkSeries(lines["batch mean"] || [], hist2.steps.map((s) => [s.step, s.batch_mean]), `per-step chart, channel ${next}`);
+  f = await focused(page);
+  check(f.id === "step-chart" && f.tag.toLowerCase() === "svg", "the chart keeps the focus through the redraw", JSON.stringify(f));
+  await page.keyboard.press("End");
+  await page.waitForFunction((st) => Number(document.querySelector("#step-readout").dataset.step) === st,
+    steps[steps.length - 1], { timeout: WAIT_MS });
+  check(true, "End moves the cursor back to the latest step");
+}
+
+// ------------------------------------------------------------------ hidden tab
+
+// Headless chromium keeps every page visible (bringing another page to the front,
+// minimizing the window and CDP's lifecycle states all leave visibilityState alone),
+// so the page is told it is hidden the way a browser does: document.hidden and
+// visibilityState turn, then a visibilitychange event. The requests counted are the
+// real ones the page sends to the daemon's API.
+async function hiddenTab(page, apiRequests) {
+  const setVisibility = (v) => page.evaluate((state) => {
+    if (!Object.getOwnPropertyDescriptor(document, "visibilityState")) {
+      Object.defineProperty(document, "visibilityState", { configurable: true, get: () => window.__visibility });
+      Object.defineProperty(document, "hidden", { configurable: true, get: () => window.__visibility === "hidden" });
+    }
+    window.__visibility = state;
+    document.dispatchEvent(new Event("visibilitychange"));
+  }, v);
+  const seen = apiRequests.length;
+  await page.waitForFunction(() => document.body.dataset.polling === "live", null, { timeout: WAIT_MS });
+  await page.waitForRequest((r) => new URL(r.url()).pathname === "/v1/runs", { timeout: WAIT_MS });
+  check(apiRequests.length > seen, "a visible page polls the API", `${apiRequests.length} requests`);
+
+  await setVisibility("hidden");
+  await page.waitForFunction(() => document.body.dataset.polling === "paused", null, { timeout: WAIT_MS });
+  const paused = apiRequests.length;
+  const refreshed = await page.evaluate(() => document.body.dataset.refreshed);
+  // an observation window of several poll periods (2 s): a page still polling sends
+  // a refresh's requests in it
+  await page.waitForTimeout(4 * 2000);
+  check(apiRequests.length === paused, "no API request in 8 s while the tab is hidden",
+    `${apiRequests.length - paused} requests: ${apiRequests.slice(paused, paused + 6).join(" ")}`);
+  check(await page.evaluate(() => document.body.dataset.refreshed) === refreshed, "no refresh while hidden");
+  const updated = await page.textContent("#updated");
+  check(updated.includes("paused"), "the page says it is paused", updated);
+
+  const asked = page.waitForRequest((r) => new URL(r.url()).pathname === "/v1/runs", { timeout: WAIT_MS });
+  await setVisibility("visible");
+  await asked;
+  await page.waitForFunction((n) => document.body.dataset.refreshed !== n && document.body.dataset.polling === "live",
+    refreshed, { timeout: WAIT_MS });
+  check(apiRequests.length > paused, "visible again: the page refreshes", `${apiRequests.length - paused} requests`);
 }
 
 async function stalled(page) {
@@ -205,12 +353,21 @@ async function main() {
   page.on("requestfailed", (r) => errors.push("request failed: " + r.url()));
   const elsewhere = [];
   page.on("request", (r) => { if (!r.url().startsWith(url + "/")) elsewhere.push(r.url()); });
+  const apiRequests = []; // the page's requests to the API, not to /ui/ files
+  page.on("request", (r) => {
+    const path = new URL(r.url()).pathname;
+    if (path.startsWith("/v1/") || path === "/metrics") apiRequests.push(path);
+  });
   try {
     await tokenPrompt(context);
     progress("token prompt done");
     await page.goto(url + "/#token=" + encodeURIComponent(token));
-    await trainedRun(page);
+    const shown = await trainedRun(page);
     progress("trained run checked");
+    await keyboard(page, shown);
+    progress("keyboard checked");
+    await hiddenTab(page, apiRequests);
+    progress("hidden tab checked");
     console.log("PHASE trained");
     await stdinLines.next(); // a worker stopped reporting
     await stalled(page);

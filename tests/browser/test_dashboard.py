@@ -8,7 +8,14 @@ Then Debian's chromium, driven by playwright-core (dashboard.mjs), opens
 /#token=...: the page loads with no console error, the drift bars and the
 per-step charts show what /drift and /history serve, the per-domain table what
 /stats serves, and the run's rejections (one NaN report) what the run status
-serves. Then worker 2 stops reporting while 0 and 1 go on: the page's
+serves. From the keyboard: Tab reaches the drift bars, an arrow key and Enter
+choose a layer, Tab goes on to the per-step chart, where Left moves the chosen
+step and Up the channel; the readout under the chart gives /history's values
+(and an EMA of the batch means computed in the test) at that step and channel.
+Told the tab is hidden (document.hidden and a visibilitychange event: headless
+chromium never hides a page itself), the page sends no API request over four
+poll periods, and refreshes when visible again.
+Then worker 2 stops reporting while 0 and 1 go on: the page's
 stall report shows the pending step waiting for worker 2, and the worker lag
 the API's. A screenshot is saved as build/test-artifacts/dashboard.png.
 

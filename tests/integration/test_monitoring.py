@@ -5,13 +5,20 @@
   and stays quiet below it (promtool is Debian's package prometheus).
 * The Grafana board imports: unique panel ids, every query on the board's
   Prometheus data source variable, panels inside the 24-column grid.
+* The Grafana board type-checks (TypeScript, tsc --strict) against Grafana's own
+  schema, @grafana/schema: the board as a Dashboard, each panel's options and
+  field config as its panel plugin's Options and FieldConfig (unknown fields,
+  wrong types and unknown enum values are errors). A copy with one wrong field
+  must fail the same check, so the checker is known to be looking. No Grafana
+  server can be installed here (not in Debian), so no real import is done.
+  `make monitoring-deps` installs both npm packages (deploy/monitoring/package.json).
 * Every metric named by an alert expression or a Grafana query
   (grafana-dashboard.json: panels' targets and template variables) is in
   the /metrics of a real daemon fed with a two-domain run (steps applied,
   one pending, a rejected bad value), and every metric used with a `run`
   label has a series of that run there.
 
-No promtool is a failure naming the package, never a skip.
+No promtool, node or the npm packages is a failure naming what to install, never a skip.
 Run from the repository root: /usr/bin/python3 tests/integration/test_monitoring.py
 """
 
@@ -21,6 +28,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 
 import yaml
 
@@ -32,6 +40,24 @@ RULES = os.path.join(DIR, "normstat-alerts.yml")
 RULE_TESTS = os.path.join(DIR, "normstat-alerts.test.yml")
 BOARD = os.path.join(DIR, "grafana-dashboard.json")
 CMD_LIMIT_S = 30
+# Grafana's schema as TypeScript (@grafana/schema) and tsc, installed by `make monitoring-deps`
+SCHEMA_MODULES = os.path.abspath(os.environ.get("NS_MONITORING_NPM") or os.path.join(
+    nsd.REPO, os.environ.get("NS_BUILD", "build"), "monitoring"))
+# panel type: the module of @grafana/schema with its Options and (if any) FieldConfig
+PANEL_SCHEMAS = {
+    "timeseries": ("raw/composable/timeseries/panelcfg/x/TimeSeriesPanelCfg_types.gen", True),
+    "stat": ("raw/composable/stat/panelcfg/x/StatPanelCfg_types.gen", False),
+}
+# Grafana's JSON holds an enum's value ("list"), its TypeScript types the enum
+# (LegendDisplayMode.List): Json<T> turns string enums into their values' union.
+# Plugin options with a default may be left out (Grafana fills them in on import):
+# Partial, at every level, for those.
+TS_PRELUDE = """\
+type Json<T> = T extends string ? `${T}` : T extends (infer U)[] ? Json<U>[]
+  : T extends object ? { [K in keyof T]: Json<T[K]> } : T;
+type Defaulted<T> = T extends string ? `${T}` : T extends (infer U)[] ? Defaulted<U>[]
+  : T extends object ? { [K in keyof T]?: Defaulted<T[K]> } : T;
+"""
 
 # PromQL words that are not metric names when not followed by '('.
 KEYWORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "bool", "and", "or",
@@ -82,6 +108,33 @@ def board_exprs():
             q = v["query"]["query"] if isinstance(v["query"], dict) else v["query"]
             out.append(("variable " + v["name"], q))
     return out
+
+
+def walk_panels(panels):
+    for p in panels:
+        yield p
+        yield from walk_panels(p.get("panels", []))
+
+
+def board_typescript(board):
+    """The board as TypeScript declarations typed with Grafana's schema: tsc's errors are its mistakes."""
+    lines = ['import type { Dashboard } from "@grafana/schema";']
+    for kind, (module, _) in PANEL_SCHEMAS.items():
+        lines.append(f'import type * as {kind} from "@grafana/schema/dist/esm/{module}";')
+    lines.append(TS_PRELUDE)
+    lines.append("export const board: Json<Dashboard> = " + json.dumps(board, indent=1) + ";")
+    for p in walk_panels(board["panels"]):
+        if p["type"] == "row":
+            continue
+        kind = p["type"]
+        if kind not in PANEL_SCHEMAS:
+            continue  # test_board_schema fails on it
+        custom = p.get("fieldConfig", {}).get("defaults", {}).get("custom", {})
+        custom_type = f"Defaulted<{kind}.FieldConfig>" if PANEL_SCHEMAS[kind][1] else "Record<string, never>"
+        lines.append(f"export const options_{p['id']}: Defaulted<{kind}.Options> = "
+                     + json.dumps(p.get("options", {})) + ";")
+        lines.append(f"export const custom_{p['id']}: {custom_type} = " + json.dumps(custom) + ";")
+    return "\n".join(lines) + "\n"
 
 
 def report(step, worker, domain, mean, var, count=8):
@@ -144,6 +197,53 @@ class Monitoring(nsd.Case):
                        f"{p['title']}: queries the chosen data source")
             self.check(all(k in p["gridPos"] for k in "xywh") and p["gridPos"]["x"] + p["gridPos"]["w"] <= 24,
                        f"{p['title']}: placed within the 24-column grid")
+
+    def tsc(self, board):
+        """tsc --strict on the board's TypeScript: (exit status, its messages)."""
+        with tempfile.TemporaryDirectory(dir=SCHEMA_MODULES) as tmp:  # beside node_modules
+            src = os.path.join(tmp, "board.ts")
+            with open(src, "w") as f:
+                f.write(board_typescript(board))
+            p = subprocess.run([shutil.which("node"), os.path.join(SCHEMA_MODULES, "node_modules", "typescript", "bin",
+                                                                   "tsc"),
+                                "--noEmit", "--strict", "--target", "es2022", "--module", "esnext",
+                                "--moduleResolution", "bundler", "--skipLibCheck", src],
+                               capture_output=True, text=True, timeout=CMD_LIMIT_S * 2, cwd=tmp)
+            return p.returncode, (p.stdout + p.stderr).strip()
+
+    def test_board_schema(self):
+        """The board against Grafana's own dashboard and panel schema (@grafana/schema)."""
+        self.require(shutil.which("node") is not None, "node is installed", "install Debian's nodejs: sh mk/deps.sh test")
+        have = all(os.path.isfile(os.path.join(SCHEMA_MODULES, "node_modules", m, "package.json"))
+                   for m in ("typescript", "@grafana/schema"))
+        self.require(have, f"typescript and @grafana/schema are installed in {SCHEMA_MODULES}",
+                     "run `make monitoring-deps` (npm ci of deploy/monitoring/package-lock.json)")
+        with open(os.path.join(SCHEMA_MODULES, "node_modules", "@grafana", "schema", "package.json")) as f:
+            version = json.load(f)["version"]
+        with open(BOARD) as f:
+            board = json.load(f)
+        kinds = {p["type"] for p in walk_panels(board["panels"])} - {"row"}
+        self.check(kinds <= set(PANEL_SCHEMAS), f"every panel type has its schema: {sorted(kinds)}",
+                   f"no schema for {sorted(kinds - set(PANEL_SCHEMAS))}")
+        rc, out = self.tsc(board)
+        self.check(rc == 0, f"the board type-checks against @grafana/schema {version}", out[:3000])
+        # the checker must see mistakes: each of these copies has one, and must fail
+        # (what is wrong, where, the wrong value, what tsc's error must say)
+        wrong = [("a string grid width", ("panels", 1, "gridPos", "w"), "12",
+                  "Type 'string' is not assignable to type 'number'"),
+                 ("an unknown legend display mode", ("panels", 1, "options", "legend", "displayMode"), "grid",
+                  "Type '\"grid\"' is not assignable"),
+                 ("an unknown dashboard field", ("refreshInterval",), "30s",
+                  "'\"refreshInterval\"' does not exist in type")]
+        for desc, path, value, says in wrong:
+            bad = json.loads(json.dumps(board))
+            node = bad
+            for k in path[:-1]:
+                node = node[k]
+            node[path[-1]] = value
+            rc, out = self.tsc(bad)
+            self.check(rc != 0 and says in out and out.count("error TS") == 1,
+                       f"a board with {desc} fails the same check, on that one error", out[:800])
 
     def feed(self):
         """A two-domain run: steps 0-2 complete, step 3 pending for worker 1, one bad value."""
