@@ -95,7 +95,7 @@ int nsd_pop_apply(nsd_pop_t *pop, size_t channels, unsigned update, uint64_t n, 
 
 int nsd_pop_apply_with_pooled(nsd_pop_t *pop, nsd_pop_t *pooled, size_t channels, unsigned update,
                               uint64_t n, const double *mean, const double *var, double momentum,
-                              uint64_t step, int *pooled_changed)
+                              uint64_t step, ns_step_record_t *rec, int *pooled_changed)
 {
     ns_ema_t *ema[NS_STEP_EMA_MAX];
     size_t n_ema = 0;
@@ -105,8 +105,8 @@ int nsd_pop_apply_with_pooled(nsd_pop_t *pop, nsd_pop_t *pooled, size_t channels
     }
     int precise = (update & NS_UPDATE_PRECISE) && n > 0;
     int applied[NS_STEP_EMA_MAX] = {0, 0};
-    int rc = ns_step_update(ema, n_ema, precise ? &pop->precise : NULL, channels, n, mean, var,
-                            momentum, applied);
+    int rc = ns_step_update_record(ema, n_ema, precise ? &pop->precise : NULL, channels, n, mean,
+                                   var, momentum, applied, rec);
     if (rc < 0)
         return rc;
     if (applied[0])
