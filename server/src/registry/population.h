@@ -22,7 +22,7 @@ typedef struct nsd_pop_s {
     uint64_t last_count;  /* that step's combined count of this domain */
     double *last_mean;    /* [2 * channels] into data[]: its mean, then biased var */
     nsd_history_t *history; /* last applied steps (history.h); NULL until the first */
-    double data[];        /* 8 * channels */
+    double data[];        /* 6 arrays at a padded stride, then last_mean (population.c) */
 } nsd_pop_t;
 
 /*! nsd_pop_bytes() : the memory one state of 'channels' channels takes. */
