@@ -106,37 +106,55 @@ static void combine(const ns_arrival_t *src, size_t src_len, size_t channels, do
     }
 }
 
-/* One pass over the channels, one accumulator per sum; a maximum moves only
- * on a strictly larger value, so it keeps its first channel. */
-/* The drift loop; pv[c] is pv_or_m2[c], or pv_or_m2[c] / denom when
- * 'in_place' (a constant in each caller, so each gets its own loop). */
+/* Drift's running sums and first maxima, channel after channel; a maximum
+ * moves only on a strictly larger value, so it keeps its first channel. */
+typedef struct drift_acc_s {
+    double sm, sv, mm, mv;
+    size_t im, iv;
+} drift_acc_t;
+
+static const drift_acc_t drift_start = {0.0, 0.0, -1.0, -1.0, 0, 0};
+
+static inline void drift_add(drift_acc_t *a, size_t c, double em, double ev, double pm, double pv,
+                             double eps)
+{
+    const double dm = fabs(em - pm) / sqrt(pv + eps);
+    const double dv = fabs(log((ev + eps) / (pv + eps)));
+    a->sm += dm;
+    a->sv += dv;
+    if (dm > a->mm) {
+        a->mm = dm;
+        a->im = c;
+    }
+    if (dv > a->mv) {
+        a->mv = dv;
+        a->iv = c;
+    }
+}
+
+static void drift_finish(const drift_acc_t *a, size_t channels, ns_drift_t *dst)
+{
+    dst->mean_avg = a->sm / (double)channels;
+    dst->mean_max = a->mm;
+    dst->mean_max_channel = a->im;
+    dst->var_avg = a->sv / (double)channels;
+    dst->var_max = a->mv;
+    dst->var_max_channel = a->iv;
+}
+
+/* The drift loop, one pass over the channels; pv[c] is pv_or_m2[c], or
+ * pv_or_m2[c] / denom when 'in_place' (a constant in each caller, so each
+ * gets its own loop). */
 static inline void drift_loop(const double *em, const double *ev, const double *pm,
                               const double *pv_or_m2, double denom, int in_place, size_t channels,
                               double eps, ns_drift_t *dst)
 {
-    double sm = 0.0, sv = 0.0, mm = -1.0, mv = -1.0;
-    size_t im = 0, iv = 0;
+    drift_acc_t a = drift_start;
     for (size_t c = 0; c < channels; c++) {
         const double pv = in_place ? pv_or_m2[c] / denom : pv_or_m2[c];
-        const double dm = fabs(em[c] - pm[c]) / sqrt(pv + eps);
-        const double dv = fabs(log((ev[c] + eps) / (pv + eps)));
-        sm += dm;
-        sv += dv;
-        if (dm > mm) {
-            mm = dm;
-            im = c;
-        }
-        if (dv > mv) {
-            mv = dv;
-            iv = c;
-        }
+        drift_add(&a, c, em[c], ev[c], pm[c], pv, eps);
     }
-    dst->mean_avg = sm / (double)channels;
-    dst->mean_max = mm;
-    dst->mean_max_channel = im;
-    dst->var_avg = sv / (double)channels;
-    dst->var_max = mv;
-    dst->var_max_channel = iv;
+    drift_finish(&a, channels, dst);
 }
 
 static void drift(const double *em, const double *ev, const double *pm, const double *pv,
@@ -151,10 +169,23 @@ static void drift_precise(const double *em, const double *ev, const double *pm, 
     drift_loop(em, ev, pm, m2, denom, 1, channels, eps, dst);
 }
 
+/* Channel after channel: the update, the record's values, the drift's sums
+ * (drift_precise()'s operations on the values just written). */
 static void step_update(const double *mean, const double *var, size_t channels, double bessel,
-                        const ns__ema_pass_t *ema, size_t n_ema, const ns__precise_pass_t *p)
+                        const ns__ema_pass_t *ema, size_t n_ema, const ns__precise_pass_t *p,
+                        const ns__record_pass_t *r)
 {
-    ns__step_update_range(mean, var, 0, channels, bessel, ema, n_ema, p);
+    if (r == NULL || r->pm == NULL) {
+        ns__step_update_range(mean, var, 0, channels, bessel, ema, n_ema, p, r);
+        return;
+    }
+    drift_acc_t a = drift_start;
+    for (size_t c = 0; c < channels; c++) {
+        ns__step_update_one(mean, var, c, bessel, ema, n_ema, p, r);
+        const double em = r->em != NULL ? r->em[c] : 0.0, ev = r->ev != NULL ? r->ev[c] : 1.0;
+        drift_add(&a, c, em, ev, r->pm[c], r->pm2[c] / r->denom, r->eps);
+    }
+    drift_finish(&a, channels, r->drift);
 }
 
 static void widen(double *dst, const float *src, size_t n)

@@ -28,27 +28,40 @@ typedef struct ns__precise_pass_s {
     double dn_b, wb, cross;
 } ns__precise_pass_t;
 
-/* The step update's reference operations on channels [c0, c1): the scalar
- * kernel over every channel, the AVX2 one over the channels its vectors
- * leave (both compiled with -std=c11, so no contraction: the same bits). */
-static inline void ns__step_update_range(const double *mean, const double *var, size_t c0,
-                                         size_t c1, double bessel, const ns__ema_pass_t *ema,
-                                         size_t n_ema, const ns__precise_pass_t *p)
+/* What a step update also records in its pass (step_update.c): the step's
+ * values and an EMA's, rounded to float32, and the drift of that EMA from
+ * an accumulator's unbiased statistics. em, ev and pm, pm2 are read after
+ * the channel's update (they may be arrays the pass updates). em == NULL:
+ * the EMA's initial debiased view (0 and 1 in every channel). pm == NULL:
+ * no drift (drift is then not written). */
+typedef struct ns__record_pass_s {
+    float *out_bm, *out_bv, *out_em, *out_ev;
+    const double *em, *ev;
+    const double *pm, *pm2;
+    double denom, eps; /* pv = pm2 / denom */
+    ns_drift_t *drift;
+} ns__record_pass_t;
+
+/* The step update's reference operations on channel c: the scalar kernel
+ * over every channel, the AVX2 one over the channels its vectors leave
+ * (both compiled with -std=c11, so no contraction: the same bits). Then the
+ * record's float32 values of the channel (r == NULL: none). */
+static inline void ns__step_update_one(const double *mean, const double *var, size_t c,
+                                       double bessel, const ns__ema_pass_t *ema, size_t n_ema,
+                                       const ns__precise_pass_t *p, const ns__record_pass_t *r)
 {
-    for (size_t c = c0; c < c1; c++) {
-        const double xm = mean[c], xv = var[c];
-        const double unbiased = xv * bessel;
-        for (size_t e = 0; e < n_ema; e++) {
-            const ns__ema_pass_t *q = &ema[e];
-            q->rm[c] = q->keep * q->rm[c] + q->f * xm;
-            q->rv[c] = q->keep * q->rv[c] + q->f * unbiased;
-            if (q->zm != NULL) {
-                q->zm[c] = q->b * q->zm[c] + q->a * xm;
-                q->zv[c] = q->b * q->zv[c] + q->a * unbiased;
-            }
+    const double xm = mean[c], xv = var[c];
+    const double unbiased = xv * bessel;
+    for (size_t e = 0; e < n_ema; e++) {
+        const ns__ema_pass_t *q = &ema[e];
+        q->rm[c] = q->keep * q->rm[c] + q->f * xm;
+        q->rv[c] = q->keep * q->rv[c] + q->f * unbiased;
+        if (q->zm != NULL) {
+            q->zm[c] = q->b * q->zm[c] + q->a * xm;
+            q->zv[c] = q->b * q->zv[c] + q->a * unbiased;
         }
-        if (p->mean == NULL)
-            continue;
+    }
+    if (p->mean != NULL) {
         if (p->empty) {
             p->mean[c] = xm;
             p->m2[c] = xv * p->dn_b;
@@ -59,6 +72,22 @@ static inline void ns__step_update_range(const double *mean, const double *var, 
             p->m2[c] += m2b + delta * delta * p->cross;
         }
     }
+    if (r != NULL) {
+        r->out_bm[c] = (float)xm;
+        r->out_bv[c] = (float)xv;
+        r->out_em[c] = r->em != NULL ? (float)r->em[c] : 0.0f;
+        r->out_ev[c] = r->ev != NULL ? (float)r->ev[c] : 1.0f;
+    }
+}
+
+/* ns__step_update_one() over channels [c0, c1). */
+static inline void ns__step_update_range(const double *mean, const double *var, size_t c0,
+                                         size_t c1, double bessel, const ns__ema_pass_t *ema,
+                                         size_t n_ema, const ns__precise_pass_t *p,
+                                         const ns__record_pass_t *r)
+{
+    for (size_t c = c0; c < c1; c++)
+        ns__step_update_one(mean, var, c, bessel, ema, n_ema, p, r);
 }
 
 typedef struct ns_kernels_s {
@@ -105,9 +134,14 @@ typedef struct ns_kernels_s {
      *   rm = keep rm + f mean;  rv = keep rv + f unbiased
      *   zm = b zm + a mean;     zv = b zv + a unbiased          (if zm)
      *   empty: pm = mean; pm2 = var dn_b
-     *   else:  d = mean - pm; pm += d wb; pm2 += var dn_b + d d cross */
+     *   else:  d = mean - pm; pm += d wb; pm2 += var dn_b + d d cross
+     * and, with 'record' (NULL: none), in the same pass: the step's and the
+     * served EMA's values as float32 (narrow()'s bits), and when record->pm
+     * the drift as drift_precise() of the arrays after the update would
+     * compute it, in the same bits. */
     void (*step_update)(const double *mean, const double *var, size_t channels, double bessel,
-                        const ns__ema_pass_t *ema, size_t n_ema, const ns__precise_pass_t *precise);
+                        const ns__ema_pass_t *ema, size_t n_ema, const ns__precise_pass_t *precise,
+                        const ns__record_pass_t *record);
 
     /* dst[i] = src[i], float32 widened to double (exact). */
     void (*widen)(double *dst, const float *src, size_t n);

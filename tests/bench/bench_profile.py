@@ -31,14 +31,18 @@ import time
 
 CHANNELS = 26560  # ResNet-50's BatchNorm channels (tests/bench/bench_model.h)
 
-# (row, function whose inclusive cost it is); "rest" is the total minus the
-# decode and the registry: libmicrohttpd, the body copy, the answer.
+# (row, function or tuple of functions whose inclusive costs it is); "rest"
+# is the total minus the decode and the registry: libmicrohttpd, the body
+# copy, the answer.
 PARTS = [
     ("decode (bound, parse, values)", "h_report.c:decode"),
     ("registry: checks and commit", None),  # registry minus the rows below
     ("registry: finalize (combine)", "barrier.c:nsd_barrier_finalize"),
-    ("registry: EMA + PreciseBN (one fused pass)", "population.c:nsd_pop_apply_with_pooled"),
-    ("registry: history ring + drift", "drift.c:nsd_layer_history_note"),
+    ("registry: EMA + PreciseBN + history values + drift (one fused pass)",
+     "population.c:nsd_pop_apply_with_pooled"),
+    ("registry: history ring (slot, pooled row) and steps not fused",
+     ("drift.c:nsd_layer_history_note", "drift.c:nsd_layer_history_open",
+      "drift.c:nsd_layer_history_close")),
     ("registry: last-values copies", "layer.c:nsd_layer_ready_insert"),
 ]
 REGISTRY = "registry.c:nsd_registry_report"
@@ -208,7 +212,9 @@ def print_table(cols, rows, counts, have_valgrind, seconds):
 
     def ir_of(f, key):
         ir = rows[f].get("ir")
-        return None if ir is None else ir.get(key, 0)
+        if ir is None:
+            return None
+        return sum(ir.get(k, 0) for k in key) if isinstance(key, tuple) else ir.get(key, 0)
 
     line("**instructions, all**", sum((ir_cells(f, ir_of(f, "total")) for f in cols), []))
     for label, fn in PARTS:

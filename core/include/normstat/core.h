@@ -290,6 +290,34 @@ NS_API int ns_drift(const double *ema_mean, const double *ema_var, const double 
 NS_API int ns_drift_precise(const double *ema_mean, const double *ema_var, const ns_precise_t *acc,
                             size_t channels, double eps, ns_drift_t *dst);
 
+/* What ns_step_update_record() records in its pass (a history entry):
+ * the step's values and an EMA's as served, in float32, and that EMA's
+ * drift from an accumulator. */
+typedef struct ns_step_record_s {
+    const ns_ema_t *ema;         /* the EMA recorded (one of those updated, or another) */
+    int debiased;                /* its ns_ema_debiased() view, else its running arrays */
+    const ns_precise_t *precise; /* the drift's population (its unbiased statistics); NULL: none */
+    double eps;                  /* the drift's eps (ns_drift()'s range) */
+    float *batch_mean, *batch_var, *ema_mean, *ema_var; /* [channels] each, written */
+    int has_drift;    /* set: 1 when 'precise' held >= 2 samples after the step */
+    ns_drift_t drift; /* set when has_drift */
+} ns_step_record_t;
+
+/*! ns_step_update_record() :
+ *  ns_step_update(), and in the same pass over the channels: batch_mean,
+ *  batch_var = the step's mean and var, ema_mean, ema_var = rec->ema as
+ *  served after the update, rounded to float32 as ns_narrow_f32() rounds;
+ *  and, when rec->precise holds at least 2 samples after the update,
+ *  rec->drift = ns_drift_precise() of that EMA (in double) from it. The
+ *  same bits as those calls after ns_step_update(), with the arrays read
+ *  once. rec == NULL: ns_step_update().
+ *  @return 0, or NS_EINVAL (what ns_step_update() refuses; a record with
+ *  NULL arrays, a debiased view without zero-start arrays, an eps outside
+ *  ns_drift()'s range): nothing is changed. */
+NS_API int ns_step_update_record(ns_ema_t *const *ema, size_t n_ema, ns_precise_t *precise,
+                                 size_t channels, uint64_t n, const double *mean, const double *var,
+                                 double momentum, int *applied, ns_step_record_t *rec);
+
 /* ---------------------------------------------------------------- validation */
 
 /*! ns_find_nonfinite() :

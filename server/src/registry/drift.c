@@ -141,20 +141,34 @@ static nsd_history_t *history_ensure(nsd_run_t *run, nsd_pop_t *pop, size_t c)
     return pop->history;
 }
 
-/* One row's entry for the step: its combination, its EMA now, its drift. */
-static void record(nsd_run_t *run, nsd_layer_t *l, long d, const nsd_step_t *f, uint64_t count,
-                   const double *mean, const double *var)
+/* Row d's entry 'e' of history 'h' ('values': its slot) for the step just
+ * applied: its combination, its EMA now, its drift. */
+static void record_fill(nsd_run_t *run, nsd_layer_t *l, long d, nsd_history_t *h,
+                        nsd_history_entry_t *e, float *values, const double *mean,
+                        const double *var)
 {
     size_t c = l->channels;
     nsd_pop_t *pop = d < 0 ? l->pooled : l->pops[d];
-    nsd_history_t *h = history_ensure(run, pop, c);
-    if (h == NULL)
-        return;
     scratch_t s = scratch_split(nsd_history_scratch(h), c);
     const double *em, *ev; /* the running arrays themselves unless debiased */
     row_ema(run, pop, c, &s, &em, &ev);
-    nsd_history_entry_t *e = nsd_history_push(h, f->step, count, mean, var, em, ev);
+    const double *src[NSD_HIST_VALUES] = {mean, var, em, ev};
+    for (size_t k = 0; k < NSD_HIST_VALUES; k++)
+        ns_narrow_f32(values + k * c, src[k], c);
     e->has_drift = row_drift(run, l, d, &s, em, ev, &e->drift);
+}
+
+/* One row's entry for the step. */
+static void record(nsd_run_t *run, nsd_layer_t *l, long d, const nsd_step_t *f, uint64_t count,
+                   const double *mean, const double *var)
+{
+    nsd_pop_t *pop = d < 0 ? l->pooled : l->pops[d];
+    nsd_history_t *h = history_ensure(run, pop, l->channels);
+    if (h == NULL)
+        return;
+    float *values;
+    nsd_history_entry_t *e = nsd_history_push_slot(h, f->step, count, &values);
+    record_fill(run, l, d, h, e, values, mean, var);
 }
 
 /* Keep the pooled row reading its only domain's history while the steps
@@ -194,5 +208,55 @@ void nsd_layer_history_note(nsd_run_t *run, nsd_layer_t *l, const nsd_step_t *f)
             record(run, l, (long)d->index, f, d->count, d->mean, d->var);
     }
     if (pooled_own)
+        record(run, l, -1, f, f->count, f->mean, f->var);
+}
+
+ns_step_record_t *nsd_layer_history_open(nsd_run_t *run, nsd_layer_t *l, const nsd_step_t *f,
+                                         nsd_history_fused_t *h)
+{
+    memset(h, 0, sizeof(*h));
+    const nsd_step_domain_t *one = f->n_domains == 1 ? &f->domains[0] : NULL;
+    size_t c = l->channels;
+    if (run->ctx->limits.history_steps == 0 || f->channels == 0 || f->channels != c ||
+        l->pooled == NULL || one == NULL || one->index >= l->cap_pops ||
+        l->pops[one->index] == NULL || one->mean == NULL) {
+        h->later = 1; /* nsd_layer_history_note() after the update, as any step */
+        return NULL;
+    }
+    h->pooled_own = pooled_needs_own(run, l, f);
+    nsd_pop_t *pop = l->pops[one->index];
+    h->history = history_ensure(run, pop, c);
+    if (h->history == NULL)
+        return NULL;
+    float *v;
+    h->entry = nsd_history_push_slot(h->history, f->step, one->count, &v);
+    h->values = v;
+    h->rec = (ns_step_record_t){.ema = &pop->ema,
+                                .debiased = run->st.cfg.ema_debias,
+                                .precise = &pop->precise,
+                                .eps = NS_DRIFT_EPS,
+                                .batch_mean = v + NSD_HIST_BATCH_MEAN * c,
+                                .batch_var = v + NSD_HIST_BATCH_VAR * c,
+                                .ema_mean = v + NSD_HIST_EMA_MEAN * c,
+                                .ema_var = v + NSD_HIST_EMA_VAR * c};
+    return &h->rec;
+}
+
+void nsd_layer_history_close(nsd_run_t *run, nsd_layer_t *l, const nsd_step_t *f,
+                             nsd_history_fused_t *h, int recorded)
+{
+    if (h->later) {
+        nsd_layer_history_note(run, l, f);
+        return;
+    }
+    const nsd_step_domain_t *one = &f->domains[0];
+    if (h->entry != NULL && recorded) {
+        h->entry->has_drift = h->rec.has_drift;
+        if (h->rec.has_drift)
+            h->entry->drift = h->rec.drift;
+    } else if (h->entry != NULL) { /* the update refused: the entry as any step's */
+        record_fill(run, l, (long)one->index, h->history, h->entry, h->values, one->mean, one->var);
+    }
+    if (h->pooled_own)
         record(run, l, -1, f, f->count, f->mean, f->var);
 }

@@ -49,6 +49,33 @@ uint64_t nsd_layer_precise_batches(const nsd_run_t *run, const nsd_layer_t *l, l
  *  next step tries again. */
 void nsd_layer_history_note(nsd_run_t *run, nsd_layer_t *l, const nsd_step_t *f);
 
+/* A history entry the step update itself records (nsd_layer_history_open()). */
+typedef struct nsd_history_fused_s {
+    ns_step_record_t rec;
+    nsd_history_t *history;     /* the domain row's, NULL if none */
+    nsd_history_entry_t *entry; /* its new entry, NULL if none */
+    float *values;              /* the entry's slot */
+    int pooled_own;             /* the pooled row records its own entry after */
+    int later;                  /* not fused: nsd_layer_history_note() after */
+} nsd_history_fused_t;
+
+/*! nsd_layer_history_open() :
+ *  Before step 'f' of one domain, sharing the pooled arrays, is applied in
+ *  one pass (ns_step_update_record()): the domain row's new entry, which
+ *  that pass fills. @return the record to pass, or NULL for none (the step
+ *  may still be recorded by nsd_layer_history_close(), called in any case
+ *  after the update). */
+ns_step_record_t *nsd_layer_history_open(nsd_run_t *run, nsd_layer_t *l, const nsd_step_t *f,
+                                         nsd_history_fused_t *h);
+
+/*! nsd_layer_history_close() :
+ *  After the update: the entry's drift; what the pass did not record
+ *  ('recorded' 0: the update refused, the entry is filled here), and the
+ *  pooled row's entry when it records its own. The same history as
+ *  nsd_layer_history_note() after the update. */
+void nsd_layer_history_close(nsd_run_t *run, nsd_layer_t *l, const nsd_step_t *f,
+                             nsd_history_fused_t *h, int recorded);
+
 /*! nsd_layer_history() : the history row 'd' reads (-1 pooled), or NULL. */
 const nsd_history_t *nsd_layer_history(const nsd_layer_t *l, long d);
 

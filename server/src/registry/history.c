@@ -57,23 +57,31 @@ void nsd_history_copy(nsd_history_t *dst, const nsd_history_t *src)
     memcpy(dst->values, src->values, src->cap * NSD_HIST_VALUES * src->channels * sizeof(float));
 }
 
-nsd_history_entry_t *nsd_history_push(nsd_history_t *h, uint64_t step, uint64_t count,
-                                      const double *batch_mean, const double *batch_var,
-                                      const double *ema_mean, const double *ema_var)
+nsd_history_entry_t *nsd_history_push_slot(nsd_history_t *h, uint64_t step, uint64_t count,
+                                           float **values)
 {
     size_t slot = (h->head + h->len) % h->cap;
     if (h->len == h->cap)
         h->head = (h->head + 1) % h->cap; /* the oldest makes room */
     else
         h->len++;
-    const double *src[NSD_HIST_VALUES] = {batch_mean, batch_var, ema_mean, ema_var};
-    float *dst = slot_values(h, slot);
-    for (size_t k = 0; k < NSD_HIST_VALUES; k++)
-        ns_narrow_f32(dst + k * h->channels, src[k], h->channels);
+    *values = slot_values(h, slot);
     nsd_history_entry_t *e = &h->entries[slot];
     memset(e, 0, sizeof(*e));
     e->step = step;
     e->count = count;
+    return e;
+}
+
+nsd_history_entry_t *nsd_history_push(nsd_history_t *h, uint64_t step, uint64_t count,
+                                      const double *batch_mean, const double *batch_var,
+                                      const double *ema_mean, const double *ema_var)
+{
+    float *dst;
+    nsd_history_entry_t *e = nsd_history_push_slot(h, step, count, &dst);
+    const double *src[NSD_HIST_VALUES] = {batch_mean, batch_var, ema_mean, ema_var};
+    for (size_t k = 0; k < NSD_HIST_VALUES; k++)
+        ns_narrow_f32(dst + k * h->channels, src[k], h->channels);
     return e;
 }
 

@@ -61,6 +61,13 @@ nsd_history_entry_t *nsd_history_push(nsd_history_t *h, uint64_t step, uint64_t 
                                       const double *batch_mean, const double *batch_var,
                                       const double *ema_mean, const double *ema_var);
 
+/*! nsd_history_push_slot() :
+ *  nsd_history_push() without values: the new entry, and in *values its
+ *  NSD_HIST_VALUES arrays of channels floats (as nsd_history_at() lays them
+ *  out), which the caller fills. */
+nsd_history_entry_t *nsd_history_push_slot(nsd_history_t *h, uint64_t step, uint64_t count,
+                                           float **values);
+
 /*! nsd_history_len() : the entries held (at most the capacity). */
 size_t nsd_history_len(const nsd_history_t *h);
 

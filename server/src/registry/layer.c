@@ -202,20 +202,24 @@ static void apply_final(nsd_run_t *run, nsd_layer_t *l, const nsd_step_t *f)
     nsd_pop_t *pop1 = one != NULL && one->index < l->cap_pops ? l->pops[one->index] : NULL;
     if (c > 0 && pop1 != NULL && l->pooled != NULL && nsd_step_shares_pooled(f, one) &&
         one->count == f->count) {
-        /* One domain, the pooled arrays: both populations in one pass. */
+        /* One domain, the pooled arrays: both populations and the
+         * domain's history entry in one pass. */
         int pooled_changed = 0;
-        nsd_pop_apply_with_pooled(pop1, l->pooled, c, f->update, one->count, one->mean, one->var,
-                                  momentum, f->step, &pooled_changed);
+        nsd_history_fused_t hist;
+        ns_step_record_t *rec = nsd_layer_history_open(run, l, f, &hist);
+        int rc = nsd_pop_apply_with_pooled(pop1, l->pooled, c, f->update, one->count, one->mean,
+                                           one->var, momentum, f->step, rec, &pooled_changed);
+        nsd_layer_history_close(run, l, f, &hist, rc >= 0);
         if ((f->update & NS_UPDATE_EMA) && pooled_changed != 1) {
             atomic_fetch_add(&run->st.skipped_steps, 1);
             atomic_fetch_add(&ctx->steps_skipped, 1);
         }
     } else {
         apply_separately(run, l, f);
+        nsd_layer_history_note(run, l, f);
     }
     if (f->update & NS_UPDATE_PRECISE)
         l->precise_due -= f->count <= l->precise_due ? f->count : l->precise_due;
-    nsd_layer_history_note(run, l, f);
     l->last_applied = (int64_t)f->step;
     atomic_fetch_add(&ctx->steps_applied, 1);
     atomic_fetch_add(&run->steps_applied, 1);

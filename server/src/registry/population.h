@@ -22,7 +22,7 @@ typedef struct nsd_pop_s {
     uint64_t last_count;  /* that step's combined count of this domain */
     double *last_mean;    /* [2 * channels] into data[]: its mean, then biased var */
     nsd_history_t *history; /* last applied steps (history.h); NULL until the first */
-    double data[];        /* 8 * channels */
+    double data[];        /* 6 arrays at a padded stride, then last_mean (population.c) */
 } nsd_pop_t;
 
 /*! nsd_pop_bytes() : the memory one state of 'channels' channels takes. */
@@ -54,10 +54,13 @@ int nsd_pop_apply(nsd_pop_t *pop, size_t channels, unsigned update, uint64_t n, 
  *  EMA 'pooled' (NS_UPDATE_EMA only) from the same statistics, in one pass
  *  over the channels (a step whose arrivals are all of one domain: the
  *  domain's combination is the pooled one). The same bits as the two calls.
+ *  'rec' (NULL: none): a history entry the same pass records
+ *  (ns_step_update_record()).
  *  @return as nsd_pop_apply() for 'pop'; *pooled_changed as it for 'pooled'. */
 int nsd_pop_apply_with_pooled(nsd_pop_t *pop, nsd_pop_t *pooled, size_t channels,
                               unsigned update, uint64_t n, const double *mean, const double *var,
-                              double momentum, uint64_t step, int *pooled_changed);
+                              double momentum, uint64_t step, ns_step_record_t *rec,
+                              int *pooled_changed);
 
 /*! nsd_pop_set_last() :
  *  Keep a finalized step's combination of this domain as its last

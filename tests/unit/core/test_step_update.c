@@ -219,8 +219,8 @@ START_TEST(test_tables_match_scalar)
                 }
                 ns__precise_pass_t pp = {p.acc.mean, p.acc.m2, empty, 7.0, 0.3, 11.0};
                 ns__precise_pass_t pq = {q.acc.mean, q.acc.m2, empty, 7.0, 0.3, 11.0};
-                tables[t]->step_update(mean, var, c, 1.25, pe, 2, &pp);
-                ns__kernels_scalar.step_update(mean, var, c, 1.25, pr, 2, &pq);
+                tables[t]->step_update(mean, var, c, 1.25, pe, 2, &pp, NULL);
+                ns__kernels_scalar.step_update(mean, var, c, 1.25, pr, 2, &pq, NULL);
                 check_ema(&e[0], &r[0], c);
                 check_ema(&e[1], &r[1], c);
                 check_acc(&p, &q, c);

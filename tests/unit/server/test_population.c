@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include "nsd_fixture.h"
+#include "registry/population.h"
 
 #define C     4
 #define STEPS 5
@@ -539,6 +540,46 @@ START_TEST(test_checkpoint_round_trip_bits)
 }
 END_TEST
 
+/* A state's arrays lie inside nsd_pop_bytes() without overlapping, start
+ * at their initial values, survive a clone, and the six the step update
+ * walks together never start a multiple of 4 KiB apart (they would share
+ * L1 sets and alias in the store buffer: 512, 1024, 2048 channels). */
+START_TEST(test_state_layout)
+{
+    const size_t counts[] = {1, 7, 511, 512, 513, 1024, 2048, 3000, 4096};
+    for (size_t i = 0; i < sizeof(counts) / sizeof(counts[0]); i++) {
+        size_t c = counts[i];
+        nsd_pop_t *pop = nsd_pop_create(c, 3);
+        ck_assert_ptr_nonnull(pop);
+        const double *arr[7] = {pop->ema.running_mean, pop->ema.running_var, pop->ema.zero_mean,
+                                pop->ema.zero_var,     pop->precise.mean,    pop->precise.m2,
+                                pop->last_mean};
+        const size_t len[7] = {c, c, c, c, c, c, 2 * c};
+        const char *hi = (const char *)pop + nsd_pop_bytes(c);
+        for (int a = 0; a < 7; a++) {
+            const char *p = (const char *)arr[a];
+            ck_assert(p >= (const char *)pop->data && p + len[a] * sizeof(double) <= hi);
+            for (int b = a + 1; b < 7; b++) {
+                const char *q = (const char *)arr[b];
+                ck_assert(p + len[a] * sizeof(double) <= q || q + len[b] * sizeof(double) <= p);
+                if (a < 6 && b < 6)
+                    ck_assert_msg((size_t)(q - p) % 4096 != 0, "c=%zu arrays %d, %d", c, a, b);
+            }
+        }
+        for (size_t k = 0; k < c; k++)
+            ck_assert(arr[0][k] == 0.0 && arr[1][k] == 1.0 && arr[4][k] == 0.0 &&
+                      arr[5][k] == 0.0 && arr[6][k] == 0.0 && arr[6][c + k] == 0.0);
+        pop->precise.m2[c - 1] = 42.0;
+        nsd_pop_t *copy = nsd_pop_clone(pop, c);
+        ck_assert_ptr_nonnull(copy);
+        ck_assert(copy->precise.m2 != pop->precise.m2 && copy->precise.m2[c - 1] == 42.0 &&
+                  copy->ema.running_var[c - 1] == 1.0);
+        nsd_pop_free(copy);
+        nsd_pop_free(pop);
+    }
+}
+END_TEST
+
 static Suite *make_suite(void)
 {
     Suite *s = suite_create("population");
@@ -550,6 +591,7 @@ static Suite *make_suite(void)
     tcase_add_test(tc, test_precise_domains_and_generations);
     tcase_add_test(tc, test_sync_scope_domain);
     tcase_add_test(tc, test_checkpoint_round_trip_bits);
+    tcase_add_test(tc, test_state_layout);
     suite_add_tcase(s, tc);
     return s;
 }
