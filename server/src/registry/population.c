@@ -7,9 +7,17 @@
 
 #include <normstat/proto.h>
 
+#include "step.h"
+
 size_t nsd_pop_bytes(size_t channels)
 {
-    return sizeof(nsd_pop_t) + 8 * channels * sizeof(double);
+    size_t arrays = nsd_step_viewed(channels) ? 6 : 8;
+    return sizeof(nsd_pop_t) + arrays * channels * sizeof(double);
+}
+
+double *nsd_pop_last_copy(nsd_pop_t *pop, size_t channels)
+{
+    return nsd_step_viewed(channels) ? NULL : pop->data + 6 * channels;
 }
 
 /* Points the core structs at their slices of data[]. */
@@ -21,7 +29,6 @@ static void bind_arrays(nsd_pop_t *pop, size_t channels)
     pop->ema.zero_var = pop->data + 3 * channels;
     pop->precise.mean = pop->data + 4 * channels;
     pop->precise.m2 = pop->data + 5 * channels;
-    pop->last_mean = pop->data + 6 * channels;
 }
 
 nsd_pop_t *nsd_pop_create(size_t channels, uint64_t generation)
@@ -39,8 +46,9 @@ nsd_pop_t *nsd_pop_create(size_t channels, uint64_t generation)
     pop->precise_step = -1;
     pop->last_step = -1;
     pop->last_count = 0;
+    pop->last_mean = NULL;
+    pop->last = NULL;
     pop->history = NULL;
-    memset(pop->last_mean, 0, 2 * channels * sizeof(double));
     return pop;
 }
 
@@ -52,18 +60,13 @@ nsd_pop_t *nsd_pop_clone(const nsd_pop_t *pop, size_t channels)
     memcpy(dst, pop, nsd_pop_bytes(channels));
     bind_arrays(dst, channels);
     dst->history = NULL; /* the ring stays with 'pop': a copy freed must not free it */
+    dst->last = NULL;    /* so does the last step, a view the layer holds */
+    dst->last_mean = pop->last_mean != NULL ? nsd_pop_last_copy(dst, channels) : NULL;
+    if (dst->last_mean == NULL) {
+        dst->last_step = -1;
+        dst->last_count = 0;
+    }
     return dst;
-}
-
-void nsd_pop_set_last(nsd_pop_t *pop, size_t channels, uint64_t step, uint64_t count,
-                      const double *mean, const double *var)
-{
-    if (pop->last_step > (int64_t)step)
-        return;
-    pop->last_step = (int64_t)step;
-    pop->last_count = count;
-    memcpy(pop->last_mean, mean, channels * sizeof(double));
-    memcpy(pop->last_mean + channels, var, channels * sizeof(double));
 }
 
 void nsd_pop_free(nsd_pop_t *pop)

@@ -26,7 +26,6 @@ typedef struct plan_s {
     size_t channels;      /* the layer's channel count after this report */
     int fixes_channels;   /* this report fixes the layer's channel count */
     nsd_pop_t *new_pooled;
-    double *new_last;
     nsd_pop_t *new_pop; /* this domain's state on this layer */
     float *arrays;      /* mean then var, copied from a report that borrowed them */
     int spare_arrays;   /* ... into a block the layer kept (taken at commit) */
@@ -41,7 +40,6 @@ static void plan_free(plan_t *pl, size_t n)
         if (pl[i].is_new_pending && !pl[i].pending_is_spare)
             nsd_pending_free(pl[i].pending);
         nsd_pop_free(pl[i].new_pooled);
-        free(pl[i].new_last);
         nsd_pop_free(pl[i].new_pop);
         free(pl[i].arrays);
     }
@@ -219,10 +217,9 @@ static int prepare_layer(nsd_run_t *run, const ns_report_t *rep, long dom, plan_
     nsd_layer_t *l = pl->layer;
     if (pl->fixes_channels) {
         pl->new_pooled = nsd_pop_create(c, 0);
-        pl->new_last = malloc(2 * c * sizeof(double));
-        if (pl->new_pooled == NULL || pl->new_last == NULL)
+        if (pl->new_pooled == NULL)
             return NS_ENOMEM;
-        pl->bytes += nsd_pop_bytes(c) + 2 * c * sizeof(double);
+        pl->bytes += nsd_pop_bytes(c);
     }
     /* This domain's population state, once the layer has channels. */
     size_t d = dom >= 0 ? (size_t)dom : st->n_domains;
@@ -271,9 +268,7 @@ static void commit_layer(ns_report_t *rep, uint32_t dom, plan_t *pl, nsd_waiter_
     if (pl->fixes_channels) {
         l->channels = pl->channels;
         l->pooled = pl->new_pooled;
-        l->last_mean = pl->new_last;
         pl->new_pooled = NULL;
-        pl->new_last = NULL;
     }
     if (pl->new_pop != NULL) {
         l->pops[dom] = pl->new_pop;
@@ -340,7 +335,7 @@ static uint64_t plan_bytes(const nsd_run_t *run, const ns_report_t *rep, long do
     if (l == NULL)
         bytes += sizeof(nsd_layer_t);
     if (pl->fixes_channels)
-        bytes += nsd_pop_bytes(c) + 2 * c * sizeof(double);
+        bytes += nsd_pop_bytes(c);
     if (c > 0 && (l == NULL || d >= l->cap_pops || l->pops[d] == NULL))
         bytes += nsd_pop_bytes(c);
     if (pl->is_new_pending && !spare_pending_fits(run, l))
