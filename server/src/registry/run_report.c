@@ -32,7 +32,11 @@ typedef struct plan_s {
     uint64_t bytes;
 } plan_t;
 
-static void plan_free(plan_t *pl, size_t n)
+/* A report of up to this many layers plans on the stack (8 KiB): no
+ * allocation per report. */
+#define PLANS_ON_STACK (8192 / sizeof(plan_t))
+
+static void plan_free(plan_t *pl, size_t n, plan_t *on_stack)
 {
     for (size_t i = 0; i < n; i++) {
         if (pl[i].is_new_layer)
@@ -43,7 +47,8 @@ static void plan_free(plan_t *pl, size_t n)
         nsd_pop_free(pl[i].new_pop);
         free(pl[i].arrays);
     }
-    free(pl);
+    if (pl != on_stack)
+        free(pl);
 }
 
 /* The first value of a layer's report beyond the bounds that keep every
@@ -480,11 +485,14 @@ int nsd_run_report(nsd_run_t *run, ns_report_t *rep, uint64_t now_ms, unsigned m
         return ns_error_set(err, NS_EINVAL, "domain", "invalid domain name");
     long dom = nsd_run_find_domain(&run->st, rep->domain);
 
-    plan_t *pl = calloc(rep->n_layers, sizeof(*pl));
+    plan_t local[PLANS_ON_STACK];
+    plan_t *pl = rep->n_layers <= PLANS_ON_STACK ? local : malloc(rep->n_layers * sizeof(*pl));
     if (pl == NULL)
         return ns_error_set(err, NS_ENOMEM, "", "out of memory");
+    memset(pl, 0, rep->n_layers * sizeof(*pl));
     if (!find_layers(run, rep, dom, pl) && shared) {
-        free(pl);
+        if (pl != local)
+            free(pl);
         return NSD_REPORT_NEEDS_EXCLUSIVE;
     }
     for (size_t i = 0; shared && i < rep->n_layers; i++)
@@ -498,13 +506,13 @@ int nsd_run_report(nsd_run_t *run, ns_report_t *rep, uint64_t now_ms, unsigned m
     if (rc != 0) {
         for (size_t i = rep->n_layers; shared && i > 0; i--)
             nsd_layer_unlock(pl[i - 1].layer);
-        plan_free(pl, rep->n_layers);
+        plan_free(pl, rep->n_layers, local);
         return rc;
     }
     commit_report(run, rep, dom, pl, bytes, mode, waiter, box);
     atomic_store(&run->last_active_ms, now_ms);
     finish_layers(run, rep, pl, shared, box);
     nsd_run_settle(run, box);
-    plan_free(pl, rep->n_layers);
+    plan_free(pl, rep->n_layers, local);
     return 0;
 }
