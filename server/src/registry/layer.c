@@ -326,8 +326,8 @@ void nsd_run_apply_ready(nsd_run_t *run, nsd_layer_t *l)
 /* Step 'f' as the last values of 'pop' (the pooled scope's or a domain's):
  * its block 'values' (mean, then var) and 'count', viewed (pop->last moves
  * to 'f'), or copied into the pop with few channels. */
-static void keep_last(nsd_run_t *run, nsd_layer_t *l, nsd_pop_t *pop, nsd_step_t *f,
-                      uint64_t count, const double *values)
+static void keep_last(nsd_run_t *run, nsd_layer_t *l, nsd_pop_t *pop, nsd_step_t *f, uint64_t count,
+                      const double *values)
 {
     double *copy = nsd_pop_last_copy(pop, f->channels);
     if (copy != NULL) {

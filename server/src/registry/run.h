@@ -110,9 +110,10 @@ typedef struct nsd_layer_s {
     nsd_pop_t **pops; /* [cap_pops] by domain index, NULL = never touched */
     size_t cap_pops;
     nsd_pop_t *pooled; /* the "*" EMA; NULL while channels == 0 */
-    /* The last values of the pooled scope are pooled's (population.h),
-     * as each domain's are its pop's. A step no holder needs any more, kept as the buffer of the layer's
-     * next finalized step (counted); NULL if none. */
+    /* The pooled scope's last values are pooled's (population.h), as each
+     * domain's are its pop's. spare_step: a step no one holds any more,
+     * kept as the buffer of the layer's next finalized step (counted);
+     * NULL if none. */
     nsd_step_t *spare_step;
     /* Whose history the pooled view reads (drift.h): 0 before the first
      * step, 1 + d while every step had domain d alone, NSD_HISTORY_OWN once

@@ -114,8 +114,8 @@ static int send(nsd_registry_t *reg, const arrival_t *a, size_t c, uint64_t step
 
 /* 'source=last' of the layer (pooled or 'domain') equals the long double
  * combination of arrivals a[0..k) at 'step', to the float64 rounding. */
-static void check_last(nsd_registry_t *reg, const char *domain, const arrival_t *const *a,
-                       size_t k, size_t c, uint64_t step)
+static void check_last(nsd_registry_t *reg, const char *domain, const arrival_t *const *a, size_t k,
+                       size_t c, uint64_t step)
 {
     uint64_t n[2];
     const float *mm[2], *vv[2];
