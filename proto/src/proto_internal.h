@@ -9,11 +9,22 @@
 
 #include <normstat/proto.h>
 
+/* What the scanner keeps of "__metadata__" without a tree (a report's fits). */
+#define NS__ST_META_MAX  16
+#define NS__ST_META_TEXT 1024
+
 /* A parsed safetensors buffer (safetensors.c). */
 struct ns_safetensors_s {
     json_t *header;     /* the jansson path's tree (owns meta), or NULL */
     const json_t *meta; /* borrowed from header or meta_owned, or NULL */
-    json_t *meta_owned; /* the scanner's "__metadata__" (it builds no tree) */
+    json_t *meta_owned; /* the scanner's "__metadata__" when it outgrows the table */
+    /* The scanner's "__metadata__" as a table (meta_table 1, meta NULL):
+     * n_meta keys and values, NUL-terminated in meta_text at these offsets,
+     * in header order. */
+    int meta_table;
+    uint32_t n_meta;
+    uint16_t meta_key[NS__ST_META_MAX], meta_value[NS__ST_META_MAX];
+    char meta_text[NS__ST_META_TEXT];
     size_t n_tensors;
     ns_tensor_t *tensors;     /* sorted by data offset */
     unsigned char *dtype_ids; /* scanner: tensor i's dtype spelling, an index of
@@ -105,7 +116,7 @@ uint64_t ns__load_le64(const uint8_t *p);
 
 /* The safetensors decoders' shared part (safetensors_layers.c).
  * ns__safetensors_meta_step_worker(): NS_EINVAL naming the first member of
- * __metadata__ 'meta' (may be NULL) not in 'known', else its required "step"
+ * st's __metadata__ (may be absent) not in 'known', else its required "step"
  * and "worker". ns__safetensors_layer_pieces(): each tensor named
  * <layer>.<part>, 'part' one of 'parts' (NULL-terminated; 'naming' says so in
  * the error), with a valid layer name, sorted by (layer, part); @return 0 with
@@ -117,8 +128,15 @@ typedef struct ns__st_piece_s {
     int part; /* index in 'parts' */
     const ns_tensor_t *tensor;
 } ns__st_piece_t;
-int ns__safetensors_meta_step_worker(const json_t *meta, const char *const *known, uint64_t *step,
-                                     uint32_t *worker, ns_error_detail_t *err);
+int ns__safetensors_meta_step_worker(const ns_safetensors_t *st, const char *const *known,
+                                     uint64_t *step, uint32_t *worker, ns_error_detail_t *err);
+
+/* ns__safetensors_meta_get() : the __metadata__ value of 'key', or NULL.
+ * ns__safetensors_meta_check_known() : NS_EINVAL naming (after 'prefix')
+ * the first member not in 'known' (NULL-terminated), else 0. */
+const char *ns__safetensors_meta_get(const ns_safetensors_t *st, const char *key);
+int ns__safetensors_meta_check_known(const ns_safetensors_t *st, const char *const *known,
+                                     const char *prefix, ns_error_detail_t *err);
 int ns__safetensors_layer_pieces(const ns_safetensors_t *st, const char *const *parts,
                                  const char *naming, ns__st_piece_t **pieces, size_t *n_layers,
                                  ns_error_detail_t *err);

@@ -4,9 +4,11 @@ Checks PUT /v1/runs/{run} (201 create, 200 update, each config field, bad
 bodies 400 naming the field with the run unchanged), GET /v1/runs and
 /v1/runs/{run}, DELETE (204, then 404), run-name validation, 404/405
 routing, /livez /healthz /readyz, /v1/version, /metrics at start-up and
-HTTP/1.1 keep-alive, against a real normstatd.
+HTTP/1.1 keep-alive and the bytes of an accepted report's 202, against a
+real normstatd.
 """
 
+import json
 import os
 import re
 import sys
@@ -401,6 +403,21 @@ class Runs(nsd.Case):
                    and c.conn is not None and c.conn.sock is sock1 and c.reconnects == 0,
                    "keep-alive survives a suspended and resumed /sync",
                    f"{out.get('r') and out['r'].short()} {r8.status}")
+
+    def test_batches_answer_bytes(self):
+        """An accepted report's 202 is exactly the compact JSON of
+        {"accepted", "step", "worker", "layers"} (written as text, without a
+        tree): compared with Python's json.dumps, steps up to 2^63 - 1."""
+        c = self.client()
+        for step, worker in ((0, 0), (2**62 + 1, 3), (2**63 - 1, 7)):
+            run = nsd.run_name("answer")
+            c.put(f"/v1/runs/{run}", {"world_size": 8})
+            layers = {"x": {"count": 2, "mean": [1.0], "var": [1.0]}, "y": {"count": 0}}
+            r = c.post(f"/v1/runs/{run}/batches", {"step": step, "worker": worker, "layers": layers})
+            want = json.dumps({"accepted": True, "step": step, "worker": worker, "layers": 2},
+                              separators=(",", ":")).encode()
+            self.check(r.status == 202 and r.body == want, f"202 of step {step}, worker {worker}",
+                       f"{r.status} {r.body!r}, want {want!r}")
 
 
 def _leaves(v):

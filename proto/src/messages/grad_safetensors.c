@@ -92,7 +92,7 @@ int ns_grad_decode_safetensors(ns_grad_t **dst, const uint8_t *src, size_t src_l
         rc = ns_error_set(err, NS_ENOMEM, "", "out of memory");
         goto out;
     }
-    if ((rc = ns__safetensors_meta_step_worker(st->meta, known, &grad->step, &grad->worker, err)))
+    if ((rc = ns__safetensors_meta_step_worker(st, known, &grad->step, &grad->worker, err)))
         goto out;
     if ((rc = ns__safetensors_layer_pieces(st, part_names, "<layer>.sum_dy or <layer>.sum_dy_xmu",
                                            &pieces, &n_layers, err)))

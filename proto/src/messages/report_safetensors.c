@@ -30,29 +30,29 @@ int ns__parse_decimal(const char *s, uint64_t max, uint64_t *out)
     return 0;
 }
 
-/* 'meta' (may be NULL): the scalar fields of a report. */
-static int decode_meta(ns_report_t *report, const json_t *meta, ns_error_detail_t *err)
+/* st's __metadata__ (may be absent): the scalar fields of a report. */
+static int decode_meta(ns_report_t *report, const ns_safetensors_t *st, ns_error_detail_t *err)
 {
     static const char *const known[] = {"step",  "worker",     "domain", "unbiased", "update",
                                         "scope", "world_size", "format", NULL};
     const char *s;
     uint64_t u;
-    int rc = ns__safetensors_meta_step_worker(meta, known, &report->step, &report->worker, err);
+    int rc = ns__safetensors_meta_step_worker(st, known, &report->step, &report->worker, err);
     if (rc)
         return rc;
-    if ((s = json_string_value(json_object_get(meta, "domain")))) {
+    if ((s = ns__safetensors_meta_get(st, "domain"))) {
         if (!ns_name_valid(s))
             return ns_error_set(err, NS_EINVAL, "__metadata__.domain",
                                 "expected a name matching " NAME_RULE);
         memcpy(report->domain, s, strlen(s) + 1);
     }
-    if ((s = json_string_value(json_object_get(meta, "unbiased")))) {
+    if ((s = ns__safetensors_meta_get(st, "unbiased"))) {
         if (strcmp(s, "true") != 0 && strcmp(s, "false") != 0)
             return ns_error_set(err, NS_EINVAL, "__metadata__.unbiased",
                                 "expected \"true\" or \"false\", got \"%.64s\"", s);
         report->unbiased = s[0] == 't';
     }
-    if ((s = json_string_value(json_object_get(meta, "update")))) {
+    if ((s = ns__safetensors_meta_get(st, "update"))) {
         unsigned bits = 0;
         for (const char *p = s;;) {
             const char *comma = strchr(p, ',');
@@ -70,7 +70,7 @@ static int decode_meta(ns_report_t *report, const json_t *meta, ns_error_detail_
         }
         report->update = bits;
     }
-    if ((s = json_string_value(json_object_get(meta, "scope")))) {
+    if ((s = ns__safetensors_meta_get(st, "scope"))) {
         if (strcmp(s, "global") == 0)
             report->scope = NS_SCOPE_GLOBAL;
         else if (strcmp(s, "domain") == 0)
@@ -79,7 +79,7 @@ static int decode_meta(ns_report_t *report, const json_t *meta, ns_error_detail_
             return ns_error_set(err, NS_EINVAL, "__metadata__.scope",
                                 "expected \"global\" or \"domain\", got \"%.64s\"", s);
     }
-    if ((s = json_string_value(json_object_get(meta, "world_size")))) {
+    if ((s = ns__safetensors_meta_get(st, "world_size"))) {
         if (ns__parse_decimal(s, NS__WORLD_SIZE_WIRE_MAX, &u) || u < 1)
             return ns_error_set(err, NS_EINVAL, "__metadata__.world_size",
                                 "expected an integer in [1, 4294967295], got \"%.64s\"", s);
@@ -277,7 +277,7 @@ static int decode(ns_report_t **dst, const uint8_t *src, size_t src_len, int bor
         rc = ns_error_set(err, NS_ENOMEM, "", "out of memory");
         goto out;
     }
-    if ((rc = decode_meta(report, st->meta, err)))
+    if ((rc = decode_meta(report, st, err)))
         goto out;
     if ((rc = ns__safetensors_layer_pieces(st, part_names,
                                            "<layer>.mean, <layer>.var or <layer>.count", &pieces,

@@ -9,22 +9,22 @@
 
 #define NAME_RULE "[A-Za-z0-9_.:-]{1,128}"
 
-int ns__safetensors_meta_step_worker(const json_t *meta, const char *const *known, uint64_t *step,
-                                     uint32_t *worker, ns_error_detail_t *err)
+int ns__safetensors_meta_step_worker(const ns_safetensors_t *st, const char *const *known,
+                                     uint64_t *step, uint32_t *worker, ns_error_detail_t *err)
 {
     const char *s;
     uint64_t u;
-    if (!meta)
+    if (!st->meta_table && !st->meta)
         return ns_error_set(err, NS_EINVAL, "__metadata__.step", "missing required field");
-    int rc = ns__json_check_known(meta, known, "__metadata__.", err);
+    int rc = ns__safetensors_meta_check_known(st, known, "__metadata__.", err);
     if (rc)
         return rc;
-    if (!(s = json_string_value(json_object_get(meta, "step"))))
+    if (!(s = ns__safetensors_meta_get(st, "step")))
         return ns_error_set(err, NS_EINVAL, "__metadata__.step", "missing required field");
     if (ns__parse_decimal(s, INT64_MAX, step))
         return ns_error_set(err, NS_EINVAL, "__metadata__.step",
                             "expected a non-negative integer, got \"%.64s\"", s);
-    if (!(s = json_string_value(json_object_get(meta, "worker"))))
+    if (!(s = ns__safetensors_meta_get(st, "worker")))
         return ns_error_set(err, NS_EINVAL, "__metadata__.worker", "missing required field");
     if (ns__parse_decimal(s, UINT32_MAX, &u))
         return ns_error_set(err, NS_EINVAL, "__metadata__.worker",

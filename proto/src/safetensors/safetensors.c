@@ -315,11 +315,63 @@ static int scan_tensor(scan_t *s, ns_tensor_t *t, span_t *span, uint64_t data_le
     return 1;
 }
 
-/* "__metadata__": {string: string, ...} into a new object at *meta. */
-static int scan_meta(scan_t *s, json_t **meta)
+/* 1 if the metadata table holds 'key' (klen bytes). */
+static int table_has(const ns_safetensors_t *st, const char *key, size_t klen)
 {
-    if (!scan_lit(s, '{') || !(*meta = json_object()))
+    for (uint32_t i = 0; i < st->n_meta; i++) {
+        const char *k = st->meta_text + st->meta_key[i];
+        if (strlen(k) == klen && memcmp(k, key, klen) == 0)
+            return 1;
+    }
+    return 0;
+}
+
+/* The table moved into a new object, meta_owned (metadata it cannot hold). */
+static int table_to_object(ns_safetensors_t *st)
+{
+    if (!(st->meta_owned = json_object()))
         return 0;
+    for (uint32_t i = 0; i < st->n_meta; i++)
+        if (json_object_set_new_nocheck(st->meta_owned, st->meta_text + st->meta_key[i],
+                                        json_string_nocheck(st->meta_text + st->meta_value[i])))
+            return 0;
+    st->meta_table = 0;
+    st->n_meta = 0;
+    st->meta = st->meta_owned;
+    return 1;
+}
+
+/* One member of the metadata, new: into the table while it fits (no
+ * allocation), else into meta_owned. */
+static int meta_add(ns_safetensors_t *st, const char *key, size_t klen, const char *value,
+                    size_t vlen)
+{
+    size_t used = st->n_meta ? st->meta_value[st->n_meta - 1] +
+                                   strlen(st->meta_text + st->meta_value[st->n_meta - 1]) + 1
+                             : 0;
+    if (st->meta_table && st->n_meta < NS__ST_META_MAX &&
+        klen + vlen + 2 <= NS__ST_META_TEXT - used) {
+        memcpy(st->meta_text + used, key, klen);
+        st->meta_text[used + klen] = '\0';
+        memcpy(st->meta_text + used + klen + 1, value, vlen);
+        st->meta_text[used + klen + 1 + vlen] = '\0';
+        st->meta_key[st->n_meta] = (uint16_t)used;
+        st->meta_value[st->n_meta] = (uint16_t)(used + klen + 1);
+        st->n_meta++;
+        return 1;
+    }
+    if (st->meta_table && !table_to_object(st))
+        return 0;
+    return json_object_setn_new_nocheck(st->meta_owned, key, klen,
+                                        json_stringn_nocheck(value, vlen)) == 0;
+}
+
+/* "__metadata__": {string: string, ...} into st's table (or meta_owned). */
+static int scan_meta(scan_t *s, ns_safetensors_t *st)
+{
+    if (!scan_lit(s, '{'))
+        return 0;
+    st->meta_table = 1;
     if (scan_lit(s, '}'))
         return 1;
     do {
@@ -327,8 +379,10 @@ static int scan_meta(scan_t *s, json_t **meta)
         size_t klen, vlen;
         if (!scan_string(s, &key, &klen) || !scan_lit(s, ':') || !scan_string(s, &value, &vlen))
             return 0;
-        if (json_object_getn(*meta, key, klen) ||
-            json_object_setn_new_nocheck(*meta, key, klen, json_stringn_nocheck(value, vlen)))
+        if (st->meta_table ? table_has(st, key, klen)
+                           : json_object_getn(st->meta, key, klen) != NULL)
+            return 0; /* a duplicate: the jansson path reports it */
+        if (!meta_add(st, key, klen, value, vlen))
             return 0;
     } while (scan_lit(s, ','));
     return scan_lit(s, '}');
@@ -384,9 +438,8 @@ static int parse_fast(ns_safetensors_t **dst, const char *header, size_t header_
             if (!scan_string(&s, &name, &len) || !scan_lit(&s, ':'))
                 goto out;
             if (scan_key_is(name, len, "__metadata__")) {
-                if (st->meta_owned != NULL || !scan_meta(&s, &st->meta_owned))
+                if (st->meta_table || st->meta_owned != NULL || !scan_meta(&s, st))
                     goto out; /* a second one, or malformed */
-                st->meta = st->meta_owned;
                 continue;
             }
             if (len >= sizeof(st->tensors->name) || n >= UINT32_MAX - 1)
@@ -594,11 +647,38 @@ const ns_tensor_t *ns_safetensors_find(const ns_safetensors_t *st, const char *n
     return NULL;
 }
 
+const char *ns__safetensors_meta_get(const ns_safetensors_t *st, const char *key)
+{
+    for (uint32_t i = 0; st->meta_table && i < st->n_meta; i++)
+        if (strcmp(st->meta_text + st->meta_key[i], key) == 0)
+            return st->meta_text + st->meta_value[i];
+    return st->meta ? json_string_value(json_object_get(st->meta, key)) : NULL;
+}
+
+int ns__safetensors_meta_check_known(const ns_safetensors_t *st, const char *const *known,
+                                     const char *prefix, ns_error_detail_t *err)
+{
+    if (!st->meta_table)
+        return st->meta ? ns__json_check_known(st->meta, known, prefix, err) : 0;
+    for (uint32_t m = 0; m < st->n_meta; m++) {
+        const char *key = st->meta_text + st->meta_key[m];
+        size_t i = 0;
+        while (known[i] && strcmp(known[i], key) != 0)
+            i++;
+        if (!known[i]) {
+            char field[256];
+            snprintf(field, sizeof(field), "%s%.160s", prefix, key);
+            return ns_error_set(err, NS_EINVAL, field, "unknown field");
+        }
+    }
+    return 0;
+}
+
 const char *ns_safetensors_meta(const ns_safetensors_t *st, const char *key)
 {
-    if (!st || !st->meta || !key)
+    if (!st || !key)
         return NULL;
-    return json_string_value(json_object_get(st->meta, key));
+    return ns__safetensors_meta_get(st, key);
 }
 
 void ns_safetensors_free(ns_safetensors_t *st)

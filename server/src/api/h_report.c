@@ -92,6 +92,26 @@ static void relay_sync_answer(nsd_request_t *req)
 
 /* A local worker's report to a relay: /batches is answered 202 once the relay
  * accepted it, /sync when the upstream answered the node's report. */
+/* The 202 of an accepted report, written as text: the tree and the dump
+ * cost some fifteen allocations a report. The same bytes as jansson's
+ * compact dump of {"accepted", "step", "worker", "layers"}. */
+static void respond_accepted(nsd_request_t *req, uint64_t step, uint32_t worker, size_t n_layers)
+{
+    enum { ANSWER_MAX = 96 }; /* 3 integers of up to 20 digits and the keys */
+    char *text = malloc(ANSWER_MAX);
+    int len = text == NULL
+                  ? -1
+                  : snprintf(text, ANSWER_MAX,
+                             "{\"accepted\":true,\"step\":%llu,\"worker\":%u,\"layers\":%zu}",
+                             (unsigned long long)step, worker, n_layers);
+    if (len < 0 || len >= ANSWER_MAX) {
+        free(text);
+        nsd_respond_error(req, NS_ENOMEM, NULL);
+        return;
+    }
+    nsd_respond(req, 202, "application/json", text, (size_t)len);
+}
+
 static void relay_report(nsd_request_t *req, ns_report_t *report, int sync)
 {
     ns_error_detail_t err = {0};
@@ -107,9 +127,7 @@ static void relay_report(nsd_request_t *req, ns_report_t *report, int sync)
         return;
     }
     if (!sync)
-        nsd_respond_json(req, 202,
-                         json_pack("{s:b, s:I, s:I, s:I}", "accepted", 1, "step", (json_int_t)step,
-                                   "worker", (json_int_t)worker, "layers", (json_int_t)n_layers));
+        respond_accepted(req, step, worker, n_layers);
 }
 
 /* ---------------------------------------------------------------- handlers */
@@ -135,9 +153,7 @@ void nsd_h_batches(nsd_request_t *req)
     }
     nsd_log(NSD_LOG_DEBUG, "report_accepted", "run=%s step=%llu worker=%u layers=%zu sync=0",
             req->run, (unsigned long long)step, worker, n_layers);
-    nsd_respond_json(req, 202,
-                     json_pack("{s:b, s:I, s:I, s:I}", "accepted", 1, "step", (json_int_t)step,
-                               "worker", (json_int_t)worker, "layers", (json_int_t)n_layers));
+    respond_accepted(req, step, worker, n_layers);
 }
 
 /* A /sync's state: its answer format, and once its step is done the

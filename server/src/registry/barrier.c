@@ -144,13 +144,16 @@ int nsd_barrier_finalize(const nsd_pending_t *p, const char *layer, size_t chann
                          const char (*domains)[NS_NAME_MAX + 1], size_t n_domains, int threads,
                          nsd_step_t **dst)
 {
-    *dst = NULL;
     int rc = NS_ENOMEM;
     ns_arrival_t local[16]; /* the arrivals of up to 16 workers: no allocation */
     ns_arrival_t *scratch = NULL;
-    nsd_step_t *s = nsd_step_create(layer, p->step, channels);
+    nsd_step_t *reused = *dst;
+    nsd_step_t *s = reused != NULL ? reused : nsd_step_create(layer, p->step, channels);
+    *dst = NULL;
     if (s == NULL)
         goto out;
+    if (reused != NULL)
+        nsd_step_reuse(s, layer, p->step);
     s->update = p->update;
     s->complete = p->arrived == p->world_size;
     s->workers = p->arrived;
@@ -172,10 +175,13 @@ int nsd_barrier_finalize(const nsd_pending_t *p, const char *layer, size_t chann
 out:
     if (scratch != local)
         free(scratch);
-    if (rc != 0) {
+    if (rc != 0 && reused != NULL) {
+        nsd_step_reuse(s, layer, p->step);
+        *dst = s;
+    } else if (rc != 0) {
         nsd_step_free(s);
-        return rc;
+    } else {
+        *dst = s;
     }
-    *dst = s;
-    return 0;
+    return rc;
 }

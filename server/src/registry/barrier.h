@@ -96,7 +96,10 @@ int nsd_pending_reserve_waiter(nsd_pending_t *p);
 
 /*! nsd_barrier_finalize() :
  *  Combine the arrivals of 'p' of layer 'layer' ('channels' per arrival, 0
- *  if no arrival has arrays; 'domains' the run's n_domains domain names).
+ *  if no arrival has arrays; 'domains' the run's n_domains domain names)
+ *  into *dst: a step of 'channels' to refill (a layer's recycled one, its
+ *  contents dropped), or NULL for a new one. On error a step passed in stays in
+ *  *dst, emptied again; a new one is freed (*dst NULL).
  *  @return 0 and *dst, NS_ENOMEM, or NS_EINVAL from libnscore. */
 int nsd_barrier_finalize(const nsd_pending_t *p, const char *layer, size_t channels,
                          const char (*domains)[NS_NAME_MAX + 1], size_t n_domains, int threads,

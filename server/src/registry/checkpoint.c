@@ -67,11 +67,12 @@ static json_t *layer_json(const nsd_run_state_t *st, const nsd_layer_t *l)
         }
     }
     json_t *last = json_null();
-    if (l->has_last && c > 0)
-        last = json_pack("{s:I, s:I, s:o, s:o}", NS_FIELD_STEP, (json_int_t)l->last_step,
-                         NS_FIELD_COUNT, (json_int_t)l->last_count, NS_FIELD_MEAN,
-                         doubles_json(l->last_mean, c), NS_FIELD_VAR,
-                         doubles_json(l->last_mean + c, c));
+    const nsd_pop_t *lp = l->pooled; /* the pooled scope's last values */
+    if (lp != NULL && lp->last_mean != NULL && c > 0)
+        last = json_pack("{s:I, s:I, s:o, s:o}", NS_FIELD_STEP, (json_int_t)lp->last_step,
+                         NS_FIELD_COUNT, (json_int_t)lp->last_count, NS_FIELD_MEAN,
+                         doubles_json(lp->last_mean, c), NS_FIELD_VAR,
+                         doubles_json(lp->last_mean + c, c));
     json_t *pooled = l->pooled ? ema_json(l->pooled, c) : json_null();
     return json_pack("{s:I, s:I, s:I, s:o, s:o, s:o}", "channels", (json_int_t)c, NS_FIELD_STEP,
                      (json_int_t)l->last_applied, "finalized_step", (json_int_t)l->max_closed,
@@ -312,6 +313,34 @@ static int parse_last(json_t *o, const char *path, size_t c, int64_t *step, uint
     return 0;
 }
 
+/* A last step of the checkpoint ('o', at 'path'): the layer's (d < 0) or
+ * domain d's last values, copied with few channels, else an owned step of
+ * one block that they view. @return 0 or NS_E* (err). */
+static int import_last(nsd_run_state_t *st, nsd_layer_t *l, long d, json_t *o, const char *path,
+                       ns_error_detail_t *err)
+{
+    size_t c = l->channels;
+    nsd_pop_t *pop = d < 0 ? l->pooled : l->pops[d];
+    double *copy = nsd_pop_last_copy(pop, c);
+    nsd_step_t *s = copy != NULL ? NULL : nsd_step_create(l->name, 0, c);
+    if (copy == NULL && s == NULL)
+        return ns_error_set(err, NS_ENOMEM, "", "out of memory");
+    double *values = s != NULL ? s->mean : copy;
+    int64_t step = 0;
+    uint64_t count = 0;
+    if (parse_last(o, path, c, &step, &count, values, err)) {
+        nsd_step_free(s);
+        return err->code;
+    }
+    if (s != NULL) {
+        s->step = (uint64_t)step;
+        s->count = count;
+        st->memory += s->bytes;
+    }
+    nsd_layer_adopt_last(pop, s, (uint64_t)step, count, values);
+    return 0;
+}
+
 /* One domain's state of layer 'l' (at 'path'). @return 0 or NS_E* (err). */
 static int parse_layer_domain(nsd_run_state_t *st, nsd_layer_t *l, const char *path,
                               const char *dname, json_t *dv, ns_error_detail_t *err)
@@ -340,7 +369,7 @@ static int parse_layer_domain(nsd_run_state_t *st, nsd_layer_t *l, const char *p
     if (dlast == NULL || json_is_null(dlast))
         return 0;
     snprintf(sub2, sizeof(sub2), "%s.last", sub);
-    return parse_last(dlast, sub2, c, &pop->last_step, &pop->last_count, pop->last_mean, err);
+    return import_last(st, l, d, dlast, sub2, err);
 }
 
 /* The statistics of a layer with channels: pooled EMA, last step, domains. */
@@ -350,23 +379,19 @@ static int parse_layer_stats(nsd_run_state_t *st, nsd_layer_t *l, const char *pa
     size_t c = l->channels;
     char sub[2 * NS_NAME_MAX + 48];
     l->pooled = nsd_pop_create(c, 0);
-    l->last_mean = malloc(2 * c * sizeof(double));
     l->pops = calloc(st->n_domains ? st->n_domains : 1, sizeof(*l->pops));
-    if (l->pooled == NULL || l->last_mean == NULL || l->pops == NULL)
+    if (l->pooled == NULL || l->pops == NULL)
         return ns_error_set(err, NS_ENOMEM, "", "out of memory");
     l->cap_pops = st->n_domains ? st->n_domains : 1;
-    st->memory += nsd_pop_bytes(c) + 2 * c * sizeof(double);
+    st->memory += nsd_pop_bytes(c);
     snprintf(sub, sizeof(sub), "%s.pooled", path);
     if (parse_ema(json_object_get(o, "pooled"), sub, c, l->max_closed, l->pooled, err))
         return err->code;
     json_t *last = json_object_get(o, "last");
     if (!json_is_null(last)) {
-        int64_t step;
         snprintf(sub, sizeof(sub), "%s.last", path);
-        if (parse_last(last, sub, c, &step, &l->last_count, l->last_mean, err))
+        if (import_last(st, l, -1, last, sub, err))
             return err->code;
-        l->last_step = (uint64_t)step;
-        l->has_last = 1;
     }
     const char *dname;
     json_t *dv;

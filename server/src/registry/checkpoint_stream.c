@@ -92,7 +92,7 @@ static size_t layer_pops(const nsd_run_state_t *st, const nsd_layer_t *l)
 
 static int layer_has_last(const nsd_layer_t *l)
 {
-    return l->has_last && l->last_mean != NULL && l->channels > 0;
+    return l->pooled != NULL && l->pooled->last_mean != NULL && l->channels > 0;
 }
 
 static size_t layer_values(const nsd_layer_t *l, size_t n_pops)
@@ -173,7 +173,10 @@ static void copy_pop(nsd_checkpoint_stream_t *s, pop_copy_t *p, size_t d, const 
     v = put(v, pop->ema.zero_var, c);
     v = put(v, pop->precise.mean, c);
     v = put(v, pop->precise.m2, c);
-    put(v, pop->last_mean, 2 * c);
+    if (pop->last_mean != NULL)
+        put(v, pop->last_mean, 2 * c);
+    else
+        memset(v, 0, 2 * c * sizeof(double)); /* not written: last_step < 0 */
     s->n_values += 8 * c;
 }
 
@@ -191,8 +194,8 @@ static void copy_layer(nsd_checkpoint_stream_t *s, const nsd_run_state_t *st, co
     dst->finalized_step = (long long)l->max_closed;
     dst->has_pooled = l->pooled != NULL;
     dst->has_last = layer_has_last(l);
-    dst->last_step = (long long)l->last_step;
-    dst->last_count = (long long)l->last_count;
+    dst->last_step = dst->has_last ? (long long)l->pooled->last_step : -1;
+    dst->last_count = dst->has_last ? (long long)l->pooled->last_count : 0;
     double *v = s->values + s->n_values;
     if (dst->has_pooled) {
         dst->pooled = ema_scalars(l->pooled);
@@ -203,7 +206,7 @@ static void copy_layer(nsd_checkpoint_stream_t *s, const nsd_run_state_t *st, co
         s->n_values += 4 * c;
     }
     if (dst->has_last) {
-        put(v, l->last_mean, 2 * c);
+        put(v, l->pooled->last_mean, 2 * c);
         s->n_values += 2 * c;
     }
     dst->first_pop = s->n_pops;

@@ -87,6 +87,53 @@ nsd_layer_t *nsd_layer_create(const char *name)
     return l;
 }
 
+void nsd_layer_adopt_last(nsd_pop_t *pop, nsd_step_t *s, uint64_t step, uint64_t count,
+                          const double *values)
+{
+    if (s != NULL)
+        s->refs = 1;
+    pop->last = s;
+    pop->last_mean = values;
+    pop->last_step = (int64_t)step;
+    pop->last_count = count;
+}
+
+void nsd_layer_count_steps(nsd_run_t *run, int64_t bytes)
+{
+    if (bytes == 0)
+        return;
+    atomic_fetch_add(&run->ctx->memory, (uint64_t)bytes);
+    atomic_fetch_add(&run->st.memory, (uint64_t)bytes);
+}
+
+/* One more holder of finalized step 's' (the layer locked). */
+static nsd_step_t *step_hold(nsd_step_t *s)
+{
+    s->refs++;
+    return s;
+}
+
+/* One holder less (NULL: none). After the last one the step is kept as
+ * the buffer of the layer's next finalized step, or freed if one is kept. */
+static void step_release(nsd_run_t *run, nsd_layer_t *l, nsd_step_t *s)
+{
+    if (s == NULL || --s->refs > 0)
+        return;
+    if (l->spare_step == NULL && s->channels == l->channels && nsd_step_viewed(l->channels)) {
+        l->spare_step = s;
+        return;
+    }
+    nsd_layer_count_steps(run, -(int64_t)s->bytes);
+    nsd_step_free(s);
+}
+
+/* step_release() as the layer is freed (its memory leaves with the run's). */
+static void step_drop(nsd_step_t *s)
+{
+    if (s != NULL && --s->refs == 0)
+        nsd_step_free(s);
+}
+
 void nsd_layer_free(nsd_layer_t *l)
 {
     if (l == NULL)
@@ -95,13 +142,18 @@ void nsd_layer_free(nsd_layer_t *l)
         nsd_pending_free(l->pending[i]);
     free(l->pending);
     for (size_t i = 0; i < l->n_ready; i++)
-        nsd_step_free(l->ready[i]);
+        step_drop(l->ready[i]);
     free(l->ready);
-    for (size_t i = 0; i < l->cap_pops; i++)
+    for (size_t i = 0; i < l->cap_pops; i++) {
+        if (l->pops[i] != NULL)
+            step_drop(l->pops[i]->last);
         nsd_pop_free(l->pops[i]);
+    }
     free(l->pops);
+    if (l->pooled != NULL)
+        step_drop(l->pooled->last);
     nsd_pop_free(l->pooled);
-    free(l->last_mean);
+    nsd_step_free(l->spare_step);
     free(l->worker_last);
     while (l->n_spares > 0)
         free(nsd_layer_take_spare(l));
@@ -259,7 +311,7 @@ size_t nsd_run_apply_ready_below(nsd_run_t *run, nsd_layer_t *l, uint64_t bound)
     size_t k = 0;
     while (k < l->n_ready && l->ready[k]->step < bound) {
         apply_final(run, l, l->ready[k]);
-        nsd_step_free(l->ready[k]);
+        step_release(run, l, l->ready[k]); /* the last values may still view it */
         k++;
     }
     if (k > 0) {
@@ -275,23 +327,41 @@ void nsd_run_apply_ready(nsd_run_t *run, nsd_layer_t *l)
     nsd_run_apply_ready_below(run, l, l->n_pending > 0 ? l->pending[0]->step : UINT64_MAX);
 }
 
-/* A finalized step joins the layer: last statistics (pooled and of each
- * domain that had arrivals), then the ready queue
- * in step order (a timed-out earlier step may finalize late). Room in
- * l->ready was reserved. Shared by the live path and replay. */
-void nsd_layer_ready_insert(nsd_layer_t *l, nsd_step_t *f)
+/* Step 'f' as the last values of 'pop' (the pooled scope's or a domain's):
+ * its block 'values' (mean, then var) and 'count', viewed (pop->last moves
+ * to 'f'), or copied into the pop with few channels. */
+static void keep_last(nsd_run_t *run, nsd_layer_t *l, nsd_pop_t *pop, nsd_step_t *f, uint64_t count,
+                      const double *values)
 {
-    if (f->channels > 0 && l->last_mean != NULL && (!l->has_last || f->step >= l->last_step)) {
-        l->has_last = 1;
-        l->last_step = f->step;
-        l->last_count = f->count;
-        memcpy(l->last_mean, f->mean, 2 * f->channels * sizeof(double));
+    double *copy = nsd_pop_last_copy(pop, f->channels);
+    if (copy != NULL) {
+        memcpy(copy, values, 2 * f->channels * sizeof(double));
+        pop->last_mean = copy;
+    } else {
+        nsd_step_t *old = pop->last;
+        pop->last = step_hold(f);
+        pop->last_mean = values;
+        step_release(run, l, old);
     }
+    pop->last_step = (int64_t)f->step;
+    pop->last_count = count;
+}
+
+/* A finalized step joins the layer: the last values (pooled, and of each
+ * domain that had arrivals) become views of it unless a higher step holds
+ * them (a timed-out earlier step may finalize late), then the ready queue
+ * in step order. Room in l->ready was reserved. Shared by the live path
+ * and replay. */
+void nsd_layer_ready_insert(nsd_run_t *run, nsd_layer_t *l, nsd_step_t *f)
+{
+    step_hold(f); /* the ready queue's */
+    if (f->channels > 0 && l->pooled != NULL && l->pooled->last_step <= (int64_t)f->step)
+        keep_last(run, l, l->pooled, f, f->count, f->mean);
     for (size_t i = 0; f->channels > 0 && i < f->n_domains; i++) {
         const nsd_step_domain_t *d = &f->domains[i];
         nsd_pop_t *pop = d->index < l->cap_pops ? l->pops[d->index] : NULL;
-        if (pop != NULL && d->mean != NULL)
-            nsd_pop_set_last(pop, f->channels, f->step, d->count, d->mean, d->var);
+        if (pop != NULL && d->mean != NULL && pop->last_step <= (int64_t)f->step)
+            keep_last(run, l, pop, f, d->count, d->mean);
     }
     if (f->update & NS_UPDATE_PRECISE)
         l->precise_due += f->count;
@@ -301,6 +371,33 @@ void nsd_layer_ready_insert(nsd_layer_t *l, nsd_step_t *f)
     memmove(l->ready + pos + 1, l->ready + pos, (l->n_ready - pos) * sizeof(*l->ready));
     l->ready[pos] = f;
     l->n_ready++;
+}
+
+/* Finalize 'p' into the layer's spare step, else a new one, counted in the
+ * run's memory with what it grew by. @return 0 and *dst, or an error
+ * (*dst NULL, the spare kept). */
+static int finalize_step(nsd_run_t *run, nsd_layer_t *l, const nsd_pending_t *p, nsd_step_t **dst)
+{
+    nsd_step_t *f = l->spare_step;
+    l->spare_step = NULL;
+    if (f != NULL && f->channels != l->channels) { /* kept before the layer had channels */
+        nsd_layer_count_steps(run, -(int64_t)f->bytes);
+        nsd_step_free(f);
+        f = NULL;
+    }
+    size_t before = f != NULL ? f->bytes : 0;
+    int rc = NS_ENOMEM;
+    if (nsd_array_grow((void **)&l->ready, &l->cap_ready, l->n_ready + 1, sizeof(*l->ready)) == 0)
+        rc = nsd_barrier_finalize(p, l->name, l->channels, run->st.domains, run->st.n_domains,
+                                  run->ctx->limits.threads, &f);
+    if (f != NULL)
+        nsd_layer_count_steps(run, (int64_t)f->bytes - (int64_t)before);
+    if (rc != 0) {
+        l->spare_step = f;
+        f = NULL;
+    }
+    *dst = f;
+    return rc;
 }
 
 /* Close pending step 'idx' of the layer: finalize it (drop == 0) or discard
@@ -323,17 +420,7 @@ void nsd_run_close_pending(nsd_run_t *run, nsd_layer_t *l, size_t idx, int drop,
                 p->arrivals[w].n <= l->precise_due ? p->arrivals[w].n : l->precise_due;
 
     nsd_step_t *f = NULL;
-    int status = NS_ETIMEDOUT;
-    if (!drop) {
-        status = nsd_barrier_finalize(p, l->name, l->channels, run->st.domains, run->st.n_domains,
-                                      ctx->limits.threads, &f);
-        if (status == 0 && nsd_array_grow((void **)&l->ready, &l->cap_ready, l->n_ready + 1,
-                                          sizeof(*l->ready)) != 0) {
-            nsd_step_free(f);
-            f = NULL;
-            status = NS_ENOMEM;
-        }
-    }
+    int status = drop ? NS_ETIMEDOUT : finalize_step(run, l, p, &f);
     if (f == NULL) {
         /* Dropped (or lost to a failed allocation): waiters learn why. */
         for (size_t k = 0; k < p->n_waiters; k++) {
@@ -354,7 +441,7 @@ void nsd_run_close_pending(nsd_run_t *run, nsd_layer_t *l, size_t idx, int drop,
          * wait for the commit of every layer's step. */
         nsd_layer_persist_step(run, l, f);
         fill_waiters(ctx, box, p, f);
-        nsd_layer_ready_insert(l, f);
+        nsd_layer_ready_insert(run, l, f);
     }
     if (closed_before)
         keep_spares(l, p, run->st.cfg.world_size);

@@ -7,6 +7,8 @@
 
 #include <normstat/proto.h>
 
+#include "step.h"
+
 /* Doubles from one array of data[] to the next: the channels, and one cache
  * line more when that is a multiple of 4 KiB (512, 1024, 2048 channels:
  * much of a ResNet). The step update reads and writes six of these arrays
@@ -20,8 +22,14 @@ static size_t array_stride(size_t channels)
 
 size_t nsd_pop_bytes(size_t channels)
 {
-    /* six arrays at the stride, then last_mean's two (mean, var) adjacent */
-    return sizeof(nsd_pop_t) + (6 * array_stride(channels) + 2 * channels) * sizeof(double);
+    /* six arrays at the stride, then the copied last values' two (mean, var) */
+    size_t copied = nsd_step_viewed(channels) ? 0 : 2 * channels;
+    return sizeof(nsd_pop_t) + (6 * array_stride(channels) + copied) * sizeof(double);
+}
+
+double *nsd_pop_last_copy(nsd_pop_t *pop, size_t channels)
+{
+    return nsd_step_viewed(channels) ? NULL : pop->data + 6 * array_stride(channels);
 }
 
 /* Points the core structs at their slices of data[]. */
@@ -34,7 +42,6 @@ static void bind_arrays(nsd_pop_t *pop, size_t channels)
     pop->ema.zero_var = pop->data + 3 * s;
     pop->precise.mean = pop->data + 4 * s;
     pop->precise.m2 = pop->data + 5 * s;
-    pop->last_mean = pop->data + 6 * s;
 }
 
 nsd_pop_t *nsd_pop_create(size_t channels, uint64_t generation)
@@ -52,8 +59,9 @@ nsd_pop_t *nsd_pop_create(size_t channels, uint64_t generation)
     pop->precise_step = -1;
     pop->last_step = -1;
     pop->last_count = 0;
+    pop->last_mean = NULL;
+    pop->last = NULL;
     pop->history = NULL;
-    memset(pop->last_mean, 0, 2 * channels * sizeof(double));
     return pop;
 }
 
@@ -65,18 +73,13 @@ nsd_pop_t *nsd_pop_clone(const nsd_pop_t *pop, size_t channels)
     memcpy(dst, pop, nsd_pop_bytes(channels));
     bind_arrays(dst, channels);
     dst->history = NULL; /* the ring stays with 'pop': a copy freed must not free it */
+    dst->last = NULL;    /* so does the last step, a view the layer holds */
+    dst->last_mean = pop->last_mean != NULL ? nsd_pop_last_copy(dst, channels) : NULL;
+    if (dst->last_mean == NULL) {
+        dst->last_step = -1;
+        dst->last_count = 0;
+    }
     return dst;
-}
-
-void nsd_pop_set_last(nsd_pop_t *pop, size_t channels, uint64_t step, uint64_t count,
-                      const double *mean, const double *var)
-{
-    if (pop->last_step > (int64_t)step)
-        return;
-    pop->last_step = (int64_t)step;
-    pop->last_count = count;
-    memcpy(pop->last_mean, mean, channels * sizeof(double));
-    memcpy(pop->last_mean + channels, var, channels * sizeof(double));
 }
 
 void nsd_pop_free(nsd_pop_t *pop)

@@ -20,9 +20,14 @@ typedef struct nsd_pop_s {
     int64_t precise_step; /* last step merged into this generation, -1 if none */
     int64_t last_step;    /* highest finalized step with arrivals of this domain, -1 if none */
     uint64_t last_count;  /* that step's combined count of this domain */
-    double *last_mean;    /* [2 * channels] into data[]: its mean, then biased var */
+    /* That step's mean, then biased var ([2 * channels]), NULL if none: a
+     * view into the finalized step 'last', which the pop holds a reference
+     * to (run.h, DESIGN), or with few channels (nsd_step_viewed() 0) a copy
+     * in data[] ('last' NULL). */
+    const double *last_mean;
+    struct nsd_step_s *last;
     nsd_history_t *history; /* last applied steps (history.h); NULL until the first */
-    double data[];        /* 6 arrays at a padded stride, then last_mean (population.c) */
+    double data[];        /* 6 arrays at a padded stride, + 2 * channels of copied last values */
 } nsd_pop_t;
 
 /*! nsd_pop_bytes() : the memory one state of 'channels' channels takes. */
@@ -33,11 +38,17 @@ size_t nsd_pop_bytes(size_t channels);
  *  @return NULL when out of memory. */
 nsd_pop_t *nsd_pop_create(size_t channels, uint64_t generation);
 
-/*! nsd_pop_clone() : a copy of 'pop' with its own arrays and no history (the
- *  statistics a snapshot reads); NULL when out of memory. */
+/*! nsd_pop_clone() : a copy of 'pop' with its own arrays, no history, and
+ *  its last values only if copied (a viewed step stays the layer's): the
+ *  statistics a snapshot reads. NULL when out of memory. */
 nsd_pop_t *nsd_pop_clone(const nsd_pop_t *pop, size_t channels);
 
-/*! nsd_pop_free() : accepts NULL; frees its history too. */
+/*! nsd_pop_last_copy() : where a pop of few channels keeps its copied last
+ *  values (2 * channels), NULL for one that views them. */
+double *nsd_pop_last_copy(nsd_pop_t *pop, size_t channels);
+
+/*! nsd_pop_free() : accepts NULL; frees its history too (its last step's
+ *  reference is the layer's to drop first). */
 void nsd_pop_free(nsd_pop_t *pop);
 
 /*! nsd_pop_apply() :
@@ -61,13 +72,6 @@ int nsd_pop_apply_with_pooled(nsd_pop_t *pop, nsd_pop_t *pooled, size_t channels
                               unsigned update, uint64_t n, const double *mean, const double *var,
                               double momentum, uint64_t step, ns_step_record_t *rec,
                               int *pooled_changed);
-
-/*! nsd_pop_set_last() :
- *  Keep a finalized step's combination of this domain as its last
- *  statistics, unless a higher step is already kept (a timed-out earlier
- *  step may finalize late). */
-void nsd_pop_set_last(nsd_pop_t *pop, size_t channels, uint64_t step, uint64_t count,
-                      const double *mean, const double *var);
 
 /*! nsd_pop_precise_reset() : a fresh accumulator numbered 'generation'. */
 void nsd_pop_precise_reset(nsd_pop_t *pop, size_t channels, uint64_t generation);

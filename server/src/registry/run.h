@@ -24,9 +24,25 @@
  *    returns before anything changed), allocate everything it needs
  *    (failure frees it all, nothing changed), then commit, which cannot fail,
  *    followed by finalization of completed steps and applying in step order.
- *  - Memory: population arrays, last-step arrays and pending arrivals are
- *    accounted in run->st.memory and the registry-wide ctx->memory (both
- *    atomic), reserved before allocation against limits.max_memory.
+ *  - Memory: population arrays and pending arrivals are accounted in
+ *    run->st.memory and the registry-wide ctx->memory (both atomic),
+ *    reserved before allocation against limits.max_memory.
+ *  - Last values are views, not copies. A finalized step (step.h) is held
+ *    by reference (step->refs, under the layer's lock) by the layer's ready
+ *    queue until applied, by l->pooled->last while it is the layer's
+ *    highest finalized step, and by each domain's pop->last while it is
+ *    the highest with that domain (pop->last_mean points at its block). Readers copy
+ *    from the step under the layer's lock. When the last reference goes,
+ *    the step becomes l->spare_step, refilled by the layer's next
+ *    finalization (its domain blocks kept: a steady layer allocates no
+ *    step), or is freed if a spare is kept already. Every step a layer
+ *    holds, queued, viewed or spare, is counted in the run's memory
+ *    (step->bytes) from when it is made until freed; a finalization is not
+ *    refused for it (the pending step it comes from was counted, and is
+ *    released then). A checkpoint import builds owned steps of one block.
+ *    A layer whose arrays are smaller than a step's own bytes
+ *    (nsd_step_viewed() 0) copies its last values into its pops' data
+ *    instead and keeps no step: less memory for many tiny layers.
  * Threads: each function says which locks it expects; "run locked" means
  *    run->lock exclusively, or shared with the layers it touches locked. */
 #ifndef NSD_RUN_H
@@ -94,10 +110,11 @@ typedef struct nsd_layer_s {
     nsd_pop_t **pops; /* [cap_pops] by domain index, NULL = never touched */
     size_t cap_pops;
     nsd_pop_t *pooled; /* the "*" EMA; NULL while channels == 0 */
-    /* last finalized step's global statistics (highest step finalized) */
-    int has_last;
-    uint64_t last_step, last_count;
-    double *last_mean; /* [2 * channels]: mean then var (biased) */
+    /* The pooled scope's last values are pooled's (population.h), as each
+     * domain's are its pop's. spare_step: a step no one holds any more,
+     * kept as the buffer of the layer's next finalized step (counted);
+     * NULL if none. */
+    nsd_step_t *spare_step;
     /* Whose history the pooled view reads (drift.h): 0 before the first
      * step, 1 + d while every step had domain d alone, NSD_HISTORY_OWN once
      * the pooled state keeps its own. */
@@ -339,10 +356,22 @@ int nsd_layer_grow_workers(nsd_layer_t *l, uint32_t need);
  *  layer (layer locked). */
 void nsd_layer_persist_step(const nsd_run_t *run, const nsd_layer_t *l, nsd_step_t *f);
 
-/*! nsd_layer_ready_insert() : a finalized step joins the layer (last
- *  statistics, then the ready queue in step order); room in l->ready was
- *  reserved. Shared by the live path and replay. */
-void nsd_layer_ready_insert(nsd_layer_t *l, nsd_step_t *f);
+/*! nsd_layer_ready_insert() : a finalized step joins the layer (the last
+ *  values' views, then the ready queue in step order); room in l->ready was
+ *  reserved, 'f' is counted in the run's memory. Shared by the live path
+ *  and replay. */
+void nsd_layer_ready_insert(nsd_run_t *run, nsd_layer_t *l, nsd_step_t *f);
+
+/*! nsd_layer_adopt_last() : the last values of a checkpoint import, of
+ *  population 'pop' of the layer: 'values' (mean then var, 2 * channels),
+ *  either its copy arrays (s NULL, nsd_pop_last_copy()) or the block of
+ *  step 's' (held by no one, counted by the caller), viewed from now. */
+void nsd_layer_adopt_last(nsd_pop_t *pop, nsd_step_t *s, uint64_t step, uint64_t count,
+                          const double *values);
+
+/*! nsd_layer_count_steps() : 'bytes' of finalized steps made (> 0) or
+ *  freed (< 0) by the layer, into the run's and the registry's memory. */
+void nsd_layer_count_steps(nsd_run_t *run, int64_t bytes);
 
 /*! nsd_run_close_pending() : close pending step 'idx' of the layer:
  *  finalize it (drop == 0) or discard it (drop == 1). Applying is left to

@@ -58,16 +58,11 @@ static int replay_layer(nsd_run_t *run, const char *name, size_t c, nsd_layer_t 
     if (c == 0 || l->channels != 0)
         return 0;
     nsd_pop_t *pooled = nsd_pop_create(c, 0);
-    double *last = malloc(2 * c * sizeof(double));
-    if (pooled == NULL || last == NULL) {
-        nsd_pop_free(pooled);
-        free(last);
+    if (pooled == NULL)
         return NS_ENOMEM;
-    }
     l->channels = c;
     l->pooled = pooled;
-    l->last_mean = last;
-    replay_account(run, nsd_pop_bytes(c) + 2 * c * sizeof(double));
+    replay_account(run, nsd_pop_bytes(c));
     return 0;
 }
 
@@ -133,7 +128,8 @@ int nsd_run_replay_step(nsd_run_t *run, const nsd_step_t *rec, ns_error_detail_t
         l->max_closed = (int64_t)f->step;
     if ((int64_t)f->step > l->max_seen)
         l->max_seen = (int64_t)f->step;
-    nsd_layer_ready_insert(l, f);
+    nsd_layer_count_steps(run, (int64_t)f->bytes);
+    nsd_layer_ready_insert(run, l, f);
     nsd_run_apply_ready_below(run, l,
                               rec->first_pending >= 0 ? (uint64_t)rec->first_pending : UINT64_MAX);
     return 0;

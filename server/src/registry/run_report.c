@@ -26,14 +26,17 @@ typedef struct plan_s {
     size_t channels;      /* the layer's channel count after this report */
     int fixes_channels;   /* this report fixes the layer's channel count */
     nsd_pop_t *new_pooled;
-    double *new_last;
     nsd_pop_t *new_pop; /* this domain's state on this layer */
     float *arrays;      /* mean then var, copied from a report that borrowed them */
     int spare_arrays;   /* ... into a block the layer kept (taken at commit) */
     uint64_t bytes;
 } plan_t;
 
-static void plan_free(plan_t *pl, size_t n)
+/* A report of up to this many layers plans on the stack (8 KiB): no
+ * allocation per report. */
+#define PLANS_ON_STACK (8192 / sizeof(plan_t))
+
+static void plan_free(plan_t *pl, size_t n, plan_t *on_stack)
 {
     for (size_t i = 0; i < n; i++) {
         if (pl[i].is_new_layer)
@@ -41,11 +44,11 @@ static void plan_free(plan_t *pl, size_t n)
         if (pl[i].is_new_pending && !pl[i].pending_is_spare)
             nsd_pending_free(pl[i].pending);
         nsd_pop_free(pl[i].new_pooled);
-        free(pl[i].new_last);
         nsd_pop_free(pl[i].new_pop);
         free(pl[i].arrays);
     }
-    free(pl);
+    if (pl != on_stack)
+        free(pl);
 }
 
 /* The first value of a layer's report beyond the bounds that keep every
@@ -219,10 +222,9 @@ static int prepare_layer(nsd_run_t *run, const ns_report_t *rep, long dom, plan_
     nsd_layer_t *l = pl->layer;
     if (pl->fixes_channels) {
         pl->new_pooled = nsd_pop_create(c, 0);
-        pl->new_last = malloc(2 * c * sizeof(double));
-        if (pl->new_pooled == NULL || pl->new_last == NULL)
+        if (pl->new_pooled == NULL)
             return NS_ENOMEM;
-        pl->bytes += nsd_pop_bytes(c) + 2 * c * sizeof(double);
+        pl->bytes += nsd_pop_bytes(c);
     }
     /* This domain's population state, once the layer has channels. */
     size_t d = dom >= 0 ? (size_t)dom : st->n_domains;
@@ -271,9 +273,7 @@ static void commit_layer(ns_report_t *rep, uint32_t dom, plan_t *pl, nsd_waiter_
     if (pl->fixes_channels) {
         l->channels = pl->channels;
         l->pooled = pl->new_pooled;
-        l->last_mean = pl->new_last;
         pl->new_pooled = NULL;
-        pl->new_last = NULL;
     }
     if (pl->new_pop != NULL) {
         l->pops[dom] = pl->new_pop;
@@ -340,7 +340,7 @@ static uint64_t plan_bytes(const nsd_run_t *run, const ns_report_t *rep, long do
     if (l == NULL)
         bytes += sizeof(nsd_layer_t);
     if (pl->fixes_channels)
-        bytes += nsd_pop_bytes(c) + 2 * c * sizeof(double);
+        bytes += nsd_pop_bytes(c);
     if (c > 0 && (l == NULL || d >= l->cap_pops || l->pops[d] == NULL))
         bytes += nsd_pop_bytes(c);
     if (pl->is_new_pending && !spare_pending_fits(run, l))
@@ -485,11 +485,14 @@ int nsd_run_report(nsd_run_t *run, ns_report_t *rep, uint64_t now_ms, unsigned m
         return ns_error_set(err, NS_EINVAL, "domain", "invalid domain name");
     long dom = nsd_run_find_domain(&run->st, rep->domain);
 
-    plan_t *pl = calloc(rep->n_layers, sizeof(*pl));
+    plan_t local[PLANS_ON_STACK];
+    plan_t *pl = rep->n_layers <= PLANS_ON_STACK ? local : malloc(rep->n_layers * sizeof(*pl));
     if (pl == NULL)
         return ns_error_set(err, NS_ENOMEM, "", "out of memory");
+    memset(pl, 0, rep->n_layers * sizeof(*pl));
     if (!find_layers(run, rep, dom, pl) && shared) {
-        free(pl);
+        if (pl != local)
+            free(pl);
         return NSD_REPORT_NEEDS_EXCLUSIVE;
     }
     for (size_t i = 0; shared && i < rep->n_layers; i++)
@@ -503,13 +506,13 @@ int nsd_run_report(nsd_run_t *run, ns_report_t *rep, uint64_t now_ms, unsigned m
     if (rc != 0) {
         for (size_t i = rep->n_layers; shared && i > 0; i--)
             nsd_layer_unlock(pl[i - 1].layer);
-        plan_free(pl, rep->n_layers);
+        plan_free(pl, rep->n_layers, local);
         return rc;
     }
     commit_report(run, rep, dom, pl, bytes, mode, waiter, box);
     atomic_store(&run->last_active_ms, now_ms);
     finish_layers(run, rep, pl, shared, box);
     nsd_run_settle(run, box);
-    plan_free(pl, rep->n_layers);
+    plan_free(pl, rep->n_layers, local);
     return 0;
 }

@@ -97,14 +97,14 @@ static int serve_last(const nsd_run_t *run, const nsd_layer_t *l, const nsd_stat
     (void)run;
     (void)q;
     size_t c = l->channels;
-    const nsd_pop_t *pop = d >= 0 && (size_t)d < l->cap_pops ? l->pops[d] : NULL;
-    if (d < 0 ? !l->has_last : pop == NULL || pop->last_step < 0)
+    /* The pooled scope's last values are the pooled state's. */
+    const nsd_pop_t *pop = d < 0 ? l->pooled : (size_t)d < l->cap_pops ? l->pops[d] : NULL;
+    if (pop == NULL || pop->last_mean == NULL)
         return 0;
-    const double *src = d < 0 ? l->last_mean : pop->last_mean;
-    memcpy(mean, src, c * sizeof(double));
-    memcpy(var, src + c, c * sizeof(double));
-    sv->step = d < 0 ? (int64_t)l->last_step : pop->last_step;
-    sv->samples = d < 0 ? l->last_count : pop->last_count;
+    memcpy(mean, pop->last_mean, c * sizeof(double)); /* one block: var follows */
+    memcpy(var, pop->last_mean + c, c * sizeof(double));
+    sv->step = pop->last_step;
+    sv->samples = pop->last_count;
     return 1;
 }
 

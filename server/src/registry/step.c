@@ -31,11 +31,45 @@ nsd_step_t *nsd_step_create(const char *layer, uint64_t step, size_t channels)
     s->step = step;
     s->first_pending = -1;
     s->channels = channels;
+    s->bytes = sizeof(*s) + 2 * channels * sizeof(double);
     if (channels > 0) {
         s->mean = (double *)(void *)(s + 1);
         s->var = s->mean + channels;
     }
     return s;
+}
+
+void nsd_step_reuse(nsd_step_t *s, const char *layer, uint64_t step)
+{
+    for (size_t i = 0; i < s->n_domains; i++) {
+        double *block = s->domains[i].mean;
+        if (block != NULL && !nsd_step_shares_pooled(s, &s->domains[i])) {
+            memcpy(block, &s->kept_blocks, sizeof(s->kept_blocks));
+            s->kept_blocks = block;
+        }
+    }
+    copy_name(s->layer, sizeof(s->layer), layer);
+    s->step = step;
+    s->update = 0;
+    s->complete = 0;
+    s->workers = 0;
+    s->first_pending = -1;
+    s->count = 0;
+    s->n_domains = 0;
+}
+
+/* A domain block: a kept one, else a new one (counted in s->bytes). */
+static double *take_block(nsd_step_t *s)
+{
+    double *block = s->kept_blocks;
+    if (block != NULL) {
+        memcpy(&s->kept_blocks, block, sizeof(s->kept_blocks));
+        return block;
+    }
+    block = arrays_alloc(s->channels);
+    if (block != NULL)
+        s->bytes += 2 * s->channels * sizeof(double);
+    return block;
 }
 
 nsd_step_domain_t *nsd_step_add_domain(nsd_step_t *s, uint32_t index, const char *name,
@@ -52,8 +86,11 @@ nsd_step_domain_t *nsd_step_add_domain(nsd_step_t *s, uint32_t index, const char
         if (p == NULL)
             return NULL;
         memcpy(p, s->domains, s->n_domains * sizeof(*p));
-        if (s->domains != &s->first)
+        if (s->domains != &s->first) {
             free(s->domains);
+            s->bytes -= s->cap_domains * sizeof(*p);
+        }
+        s->bytes += cap * sizeof(*p); /* the inline first one is the struct's */
         s->domains = p;
         s->cap_domains = cap;
     }
@@ -61,7 +98,7 @@ nsd_step_domain_t *nsd_step_add_domain(nsd_step_t *s, uint32_t index, const char
     if (c > 0 && mean == s->mean) {
         block = s->mean;
     } else if (c > 0) {
-        block = arrays_alloc(c);
+        block = take_block(s);
         if (block == NULL)
             return NULL;
         if (mean != NULL && var != NULL) {
@@ -125,6 +162,8 @@ void nsd_step_free(nsd_step_t *s)
     for (size_t i = 0; i < s->n_domains; i++)
         if (!nsd_step_shares_pooled(s, &s->domains[i]))
             free(s->domains[i].mean); /* var shares the block */
+    while (s->kept_blocks != NULL)
+        free(take_block(s));
     if (s->domains != &s->first)
         free(s->domains);
     free(s); /* and the pooled block after it */

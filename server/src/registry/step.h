@@ -9,8 +9,14 @@
  * of 2 * channels doubles (var = mean + channels); the pooled block follows
  * the struct in its allocation, and a step's first domain is held inline. A domain whose arrivals
  * are all of the step's arrivals shares the pooled block (mean == the
- * step's mean); nsd_step_free() frees that block once.
- * Threads: none; a step belongs to one owner at a time. */
+ * step's mean); nsd_step_free() frees that block once. 'bytes' is what the
+ * step holds in all, kept blocks included.
+ * Reuse: nsd_step_reuse() empties a step for the next finalized step of the
+ * same channels; the domain blocks it held are kept for the next domains,
+ * so a layer's steady state allocates nothing.
+ * Threads: none; a step belongs to one owner at a time (a layer's steps are
+ * shared by its ready queue and its last-values views: 'refs', under the
+ * layer's lock, see run.h). */
 #ifndef NSD_STEP_H
 #define NSD_STEP_H
 
@@ -51,6 +57,9 @@ typedef struct nsd_step_s {
     size_t n_domains, cap_domains;
     nsd_step_domain_t *domains; /* ascending index (the run's domain order) */
     nsd_step_domain_t first;    /* domains' first home (one domain: no allocation) */
+    size_t bytes;               /* allocated: struct, blocks (kept ones too), domains */
+    unsigned refs;              /* holders in a layer (run.h); 0 outside one */
+    double *kept_blocks;        /* emptied domain blocks, linked through their first bytes */
 } nsd_step_t;
 
 /*! nsd_step_create() :
@@ -58,10 +67,16 @@ typedef struct nsd_step_s {
  *  domain, count 0, first_pending -1. @return NULL when out of memory. */
 nsd_step_t *nsd_step_create(const char *layer, uint64_t step, size_t channels);
 
+/*! nsd_step_reuse() :
+ *  Empty 's' (channels kept) as nsd_step_create() would make it for
+ *  'layer' and 'step'; its domain blocks are kept for the next
+ *  nsd_step_add_domain() calls. */
+void nsd_step_reuse(nsd_step_t *s, const char *layer, uint64_t step);
+
 /*! nsd_step_add_domain() :
  *  Insert a domain, keeping ascending index (equal indexes keep their
- *  order). 'mean' == s->mean shares the pooled block; otherwise a block is
- *  allocated and, when 'mean' and 'var' are not NULL, filled from them
+ *  order). 'mean' == s->mean shares the pooled block; otherwise a kept block
+ *  is taken, or one allocated, and, when 'mean' and 'var' are not NULL, filled from them
  *  (channels each). @return the new domain (valid until the next insert),
  *  or NULL when out of memory (the step unchanged). */
 nsd_step_domain_t *nsd_step_add_domain(nsd_step_t *s, uint32_t index, const char *name,
@@ -78,6 +93,15 @@ const nsd_step_domain_t *nsd_step_find_domain(const nsd_step_t *s, uint32_t inde
 static inline int nsd_step_shares_pooled(const nsd_step_t *s, const nsd_step_domain_t *d)
 {
     return s->channels > 0 && d->mean == s->mean;
+}
+
+/*! nsd_step_viewed() : 1 if a layer of 'channels' keeps its last values as
+ *  views of its finalized steps and recycles them (run.h): their arrays
+ *  outweigh a step's own bytes. A smaller layer copies its last values and
+ *  keeps no step, which costs it less memory (a run of many tiny layers). */
+static inline int nsd_step_viewed(size_t channels)
+{
+    return 2 * channels * sizeof(double) >= sizeof(nsd_step_t);
 }
 
 /*! nsd_step_free() : accepts NULL. */

@@ -485,7 +485,8 @@ END_TEST
 static void check_same_parse(const ns_safetensors_t *a, const ns_safetensors_t *b, const char *what)
 {
     static const char *const keys[] = {"step",   "worker", "domain", "unbiased", "update", "scope",
-                                       "world_size", "format", "k", "empty", "x", ""};
+                                       "world_size", "format", "k", "empty", "x", "",
+                                       "k0", "k3", "k15", "k16", "k19"};
     ck_assert_uint_eq(ns_safetensors_count(a), ns_safetensors_count(b));
     for (size_t i = 0; i < ns_safetensors_count(a); i++) {
         const ns_tensor_t *x = ns_safetensors_at(a, i), *y = ns_safetensors_at(b, i);
@@ -596,6 +597,32 @@ static size_t mutate_header(char *h, size_t len, size_t cap, uint64_t *rng)
     return len;
 }
 
+/* Metadata text beyond what the scanner keeps without a tree (1 KiB): a
+ * 1,500-byte value comes back whole, with the members around it. */
+START_TEST(test_long_metadata)
+{
+    enum { LONG = 1500 };
+    char value[LONG + 1], header[LONG + 256];
+    memset(value, 'v', LONG);
+    value[LONG] = '\0';
+    snprintf(header, sizeof(header),
+             "{\"x\":{\"dtype\":\"U8\",\"shape\":[4],\"data_offsets\":[0,4]},"
+             "\"__metadata__\":{\"k\":\"1\",\"long\":\"%s\",\"k19\":\"2\"}}",
+             value);
+    const uint8_t data[4] = {1, 2, 3, 4};
+    size_t len;
+    uint8_t *file = make_file(header, data, sizeof(data), &len);
+    ns_safetensors_t *fast = NULL;
+    ck_assert_int_eq(ns__safetensors_parse_fast(&fast, file, len), 0);
+    ck_assert_str_eq(ns_safetensors_meta(fast, "long"), value);
+    ck_assert_str_eq(ns_safetensors_meta(fast, "k"), "1");
+    ck_assert_str_eq(ns_safetensors_meta(fast, "k19"), "2");
+    ck_assert_ptr_null(ns_safetensors_meta(fast, "missing"));
+    ns_safetensors_free(fast);
+    free(file);
+}
+END_TEST
+
 START_TEST(test_scanner_vs_jansson)
 {
     /* Valid files: the checked-in cases, the accessor header, and spellings
@@ -620,6 +647,18 @@ START_TEST(test_scanner_vs_jansson)
         "\"__metadata__\":{\"k\":\"caf\\u00e9\",\"x\":\"\xc3\xa9\"}}",
         "{\"x\":{\"dtype\":\"U8\",\"shape\":[36],\"data_offsets\":[0,36]},"
         "\"__metadata__\":{\"k\":\"1\",\"k\":\"2\"}}",
+        /* More metadata members than the scanner's table holds (16): into a
+         * jansson object on the way; then a duplicate beyond that point. */
+        "{\"x\":{\"dtype\":\"U8\",\"shape\":[36],\"data_offsets\":[0,36]},"
+        "\"__metadata__\":{\"k0\":\"0\",\"k1\":\"1\",\"k2\":\"2\",\"k3\":\"3\",\"k4\":\"4\",\"k5\":"
+        "\"5\",\"k6\":\"6\",\"k7\":\"7\",\"k8\":\"8\",\"k9\":\"9\",\"k10\":\"10\",\"k11\":\"11\","
+        "\"k12\":\"12\",\"k13\":\"13\",\"k14\":\"14\",\"k15\":\"15\",\"k16\":\"16\",\"k17\":\"17\","
+        "\"k18\":\"18\",\"k19\":\"19\"}}",
+        "{\"x\":{\"dtype\":\"U8\",\"shape\":[36],\"data_offsets\":[0,36]},"
+        "\"__metadata__\":{\"k0\":\"0\",\"k1\":\"1\",\"k2\":\"2\",\"k3\":\"3\",\"k4\":\"4\",\"k5\":"
+        "\"5\",\"k6\":\"6\",\"k7\":\"7\",\"k8\":\"8\",\"k9\":\"9\",\"k10\":\"10\",\"k11\":\"11\","
+        "\"k12\":\"12\",\"k13\":\"13\",\"k14\":\"14\",\"k15\":\"15\",\"k16\":\"16\",\"k17\":\"17\","
+        "\"k3\":\"x\"}}",
         "{\"x\":{\"dtype\":\"U8\",\"shape\":[-0],\"data_offsets\":[0,36]}}",
         "{\"x\":{\"dtype\":\"U8\",\"shape\":[36],\"data_offsets\":[0,36],\"dtype\":\"U8\"}}",
         "{\"x\":{\"dtype\":\"U8\",\"shape\":[36],\"data_offsets\":[0,36]},"
@@ -697,9 +736,10 @@ START_TEST(test_scanner_vs_jansson)
     fprintf(stderr, "scanner vs jansson: %zu headers, %zu valid, %zu by the scanner\n", total,
             valid_total, fast);
     /* The plain seeds (3 files, the accessor and whitespace headers, the empty
-     * and U8 ones) must take the scanner; the escaped, non-ASCII, duplicate,
-     * -0, leading-zero, real, 5-dim and trailing-text ones must not. */
-    ck_assert_uint_eq(fast_seeds, 7);
+     * and U8 ones, the one of 20 metadata members) must take the scanner; the
+     * escaped, non-ASCII, duplicate (2), -0, leading-zero, real, 5-dim and
+     * trailing-text ones must not. */
+    ck_assert_uint_eq(fast_seeds, 8);
     ck_assert_uint_gt(fast, valid_total / 2); /* most valid edits keep to the grammar */
     ck_assert_uint_gt(valid_total - fast, 0);
 }
@@ -892,6 +932,7 @@ static Suite *safetensors_suite(void)
     tcase_add_test(tc, test_fuzz);
     tcase_add_test(tc, test_fuzz_json_report);
     tcase_add_test(tc, test_fast_path_numbers);
+    tcase_add_test(tc, test_long_metadata);
     tcase_add_test(tc, test_scanner_vs_jansson);
     tcase_add_test(tc, test_scanner_resnet50);
     suite_add_tcase(s, tc);
