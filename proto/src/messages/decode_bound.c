@@ -71,37 +71,45 @@ ns__json_counts_t ns__json_count(const char *p, size_t len)
     uint64_t in_array = 0;
     size_t i = 0;
 #if defined(__SSE2__)
-    /* 16 bytes at a time while they hold no bracket (nearly all of a body:
-     * numbers and commas). There only '{' and ',' count, and in_array does
-     * not change but by the commas, so a run of such chunks is counted in
-     * byte counters (a matching byte compares to -1), summed when a bracket
-     * or the end comes, or before a counter could pass 255. A chunk with a
-     * bracket goes byte by byte. The same sums as byte by byte. */
-    const __m128i brace = _mm_set1_epi8('{'), comma = _mm_set1_epi8(',');
-    const __m128i open = _mm_set1_epi8('['), close = _mm_set1_epi8(']');
-    __m128i braces = _mm_setzero_si128(), commas = _mm_setzero_si128();
+    /* 64 bytes at a time while they hold none of '{' '}' '[' ']' (nearly
+     * all of a body: numbers and commas). There only the commas count, and
+     * in_array does not change but by them, so a run of such blocks is
+     * counted in byte counters (a comma compares to -1), summed when
+     * another block comes, or before a counter could pass 255. One test
+     * finds all four brackets: with the bits 0x26 cleared they are 0x59,
+     * as are only 'Y', '_', 'y' and DEL, rare between numbers; a block with
+     * any of them goes byte by byte. The same sums as byte by byte. */
+    const __m128i comma = _mm_set1_epi8(','), fold = _mm_set1_epi8((char)0xd9),
+                  folded = _mm_set1_epi8(0x59);
+    __m128i commas = _mm_setzero_si128();
     unsigned run = 0;
-    for (; i + 16 <= len; i += 16) {
-        const __m128i x = _mm_loadu_si128((const __m128i *)(const void *)(p + i));
-        int bracket =
-            _mm_movemask_epi8(_mm_or_si128(_mm_cmpeq_epi8(x, open), _mm_cmpeq_epi8(x, close)));
-        if (!bracket) {
-            braces = _mm_sub_epi8(braces, _mm_cmpeq_epi8(x, brace));
-            commas = _mm_sub_epi8(commas, _mm_cmpeq_epi8(x, comma));
-            if (++run < 255)
+    for (; i + 64 <= len; i += 64) {
+        const __m128i *block = (const __m128i *)(const void *)(p + i);
+        __m128i x0 = _mm_loadu_si128(block), x1 = _mm_loadu_si128(block + 1),
+                x2 = _mm_loadu_si128(block + 2), x3 = _mm_loadu_si128(block + 3);
+        __m128i rare = _mm_or_si128(
+            _mm_or_si128(_mm_cmpeq_epi8(_mm_and_si128(x0, fold), folded),
+                         _mm_cmpeq_epi8(_mm_and_si128(x1, fold), folded)),
+            _mm_or_si128(_mm_cmpeq_epi8(_mm_and_si128(x2, fold), folded),
+                         _mm_cmpeq_epi8(_mm_and_si128(x3, fold), folded)));
+        if (!_mm_movemask_epi8(rare)) {
+            commas = _mm_sub_epi8(commas, _mm_cmpeq_epi8(x0, comma));
+            commas = _mm_sub_epi8(commas, _mm_cmpeq_epi8(x1, comma));
+            commas = _mm_sub_epi8(commas, _mm_cmpeq_epi8(x2, comma));
+            commas = _mm_sub_epi8(commas, _mm_cmpeq_epi8(x3, comma));
+            if (++run < 63) /* 4 a block: 63 blocks keep a counter under 256 */
                 continue;
         }
         uint64_t c = sum_bytes(commas);
-        n.braces += sum_bytes(braces);
         n.commas += c;
         in_array += in_array ? c : 0;
-        braces = commas = _mm_setzero_si128();
+        commas = _mm_setzero_si128();
         run = 0;
-        for (size_t k = i; bracket && k < i + 16; k++)
-            count_byte(&n, &in_array, p[k]);
+        if (_mm_movemask_epi8(rare))
+            for (size_t k = i; k < i + 64; k++)
+                count_byte(&n, &in_array, p[k]);
     }
     uint64_t c = sum_bytes(commas);
-    n.braces += sum_bytes(braces);
     n.commas += c;
     in_array += in_array ? c : 0;
 #endif
