@@ -477,7 +477,7 @@ static inline const char *parse_block(const char *p, const char *end, float *dst
         if (f == 0 || len > 15) /* no fraction digit, or more may follow the block */
             return NULL;
     }
-    __m128i integer = lanes_below(k);
+    __m128i integer = k == 1 ? _mm_cvtsi32_si128(0xff) : lanes_below(k);
     __m128i fraction = _mm_andnot_si128(integer, _mm_and_si128(is_digit, lanes_below(len)));
     uint64_t m = lanes_value(_mm_or_si128(_mm_and_si128(t, fraction),
                                           _mm_slli_si128(_mm_and_si128(t, integer), 1)));
@@ -527,10 +527,10 @@ int ns__f32_parse_array(const char **pos, const char *end, float *dst, size_t ds
                         size_t *n)
 {
     const char *p = *pos;
-    size_t i = 0;
+    float *out = dst, *const out_end = dst + dst_cap;
     int rc = -1;
     for (;;) {
-        if (i == dst_cap) {
+        if (out == out_end) {
             rc = 0;
             break;
         }
@@ -538,9 +538,9 @@ int ns__f32_parse_array(const char **pos, const char *end, float *dst, size_t ds
         const char *r = NULL;
 #ifdef F32_SIXTEEN_DIGITS
         if (end - p > 16)
-            r = parse_block(p, end, &dst[i]);
+            r = parse_block(p, end, out);
         if (r != NULL && *r == ',') {
-            i++;
+            out++;
             p = r + 1;
             continue;
         }
@@ -549,10 +549,10 @@ int ns__f32_parse_array(const char **pos, const char *end, float *dst, size_t ds
             if (number_byte[(unsigned char)*r])
                 break; /* e.g. "0.5.1": not one number */
             p = r;
-        } else if (!array_element(&p, end, &dst[i])) {
+        } else if (!array_element(&p, end, out)) {
             break;
         }
-        i++;
+        out++;
         p = skip_space(p, end);
         if (p < end && *p == ',') {
             p++;
@@ -565,6 +565,6 @@ int ns__f32_parse_array(const char **pos, const char *end, float *dst, size_t ds
         break;
     }
     *pos = p;
-    *n = i;
+    *n = (size_t)(out - dst);
     return rc;
 }
