@@ -18,7 +18,14 @@
  * digits sixteen bytes at a time (SSE2). What that pass cannot finish (more
  * than 19 digits, rare: clients print at most 17; a value the double
  * estimate cannot decide) is parsed again digit by digit, keeping the first
- * 19 significant digits (parse_careful), off the common path. */
+ * 19 significant digits (parse_careful), off the common path.
+ * A whole array (ns__f32_parse_array) is read in one loop without a call
+ * per number: a number in the shape printed floats take ("%.9g", the
+ * shortest form: at most 3 integer digits and 14 digits in all) is read
+ * from one 16-byte block (parse_block), its digits as one integer and the
+ * same double estimate; any other shape, or a value the estimate cannot
+ * decide, goes through ns__f32_parse_prefix() as above, so each element
+ * gets the same bits either way. */
 #include <float.h>
 #include <locale.h>
 #include <math.h>
