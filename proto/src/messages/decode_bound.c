@@ -10,7 +10,9 @@
  *  layers sized by the '{' count, plus as much again for qsort's buffer;
  *  per float array one exact allocation (4 bytes a number, a number per
  *  ',' or '[') with its allocator overhead; while one array longer than 64
- *  numbers is parsed, its doubling buffer (at most 12 bytes a number).
+ *  numbers is parsed, its doubling buffer (at most 12 bytes a number; a
+ *  layer's second array takes the first's length, at most 4 bytes a number
+ *  of the longest array before it is trimmed or refused).
  *  jansson: a tree costs about 20 bytes per body byte at its worst (a
  *  one-character number is a 32-byte value and an 8-byte slot; measured
  *  13 for a safetensors header); counted as 24. safetensors: the header
