@@ -484,8 +484,10 @@ static inline const char *parse_block(const char *p, const char *end, float *dst
         if (f == 0 || len > 15) /* no fraction digit, or more may follow the block */
             return NULL;
     }
+    /* bytes below k: the integer's digits; from k + 1 to len: the fraction's */
     __m128i integer = k == 1 ? _mm_cvtsi32_si128(0xff) : lanes_below(k);
-    __m128i fraction = _mm_andnot_si128(integer, _mm_and_si128(is_digit, lanes_below(len)));
+    __m128i fraction = _mm_andnot_si128(k == 1 ? _mm_cvtsi32_si128(0xffff) : lanes_below(k + 1),
+                                        lanes_below(len));
     uint64_t m = lanes_value(_mm_or_si128(_mm_and_si128(t, fraction),
                                           _mm_slli_si128(_mm_and_si128(t, integer), 1)));
     const char *r = q + len;
@@ -536,6 +538,9 @@ int ns__f32_parse_array(const char **pos, const char *end, float *dst, size_t ds
     const char *p = *pos;
     float *out = dst, *const out_end = dst + dst_cap;
     int rc = -1;
+#ifdef F32_SIXTEEN_DIGITS
+    const char *const block_end = end - p > 16 ? end - 16 : p; /* before it: 17 bytes */
+#endif
     for (;;) {
         if (out == out_end) {
             rc = 0;
@@ -543,16 +548,18 @@ int ns__f32_parse_array(const char **pos, const char *end, float *dst, size_t ds
         }
         /* most elements: a block-shaped number and a comma right after */
         const char *r = NULL;
+        float f = 0;
 #ifdef F32_SIXTEEN_DIGITS
-        if (end - p > 16)
-            r = parse_block(p, end, out);
-        if (r != NULL && *r == ',') {
-            out++;
-            p = r + 1;
-            continue;
-        }
+        if (p < block_end)
+            r = parse_block(p, end, &f);
 #endif
         if (r != NULL) {
+            *out = f;
+            if (*r == ',') {
+                out++;
+                p = r + 1;
+                continue;
+            }
             if (number_byte[(unsigned char)*r])
                 break; /* e.g. "0.5.1": not one number */
             p = r;
