@@ -65,6 +65,29 @@ static inline uint64_t sum_bytes(__m128i v)
     const __m128i s = _mm_sad_epu8(v, _mm_setzero_si128());
     return (uint64_t)_mm_extract_epi16(s, 0) + (uint64_t)_mm_extract_epi16(s, 4);
 }
+
+/* Whether the 64 bytes x0..x3 may hold a bracket or a brace: with the bits
+ * 0x26 cleared, '{' '}' '[' ']' are all 0x59, as are only 'Y', '_', 'y'
+ * and DEL, rare between numbers. */
+static inline int may_hold_bracket(__m128i x0, __m128i x1, __m128i x2, __m128i x3)
+{
+    const __m128i fold = _mm_set1_epi8((char)0xd9), folded = _mm_set1_epi8(0x59);
+    __m128i rare = _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(_mm_and_si128(x0, fold), folded),
+                                             _mm_cmpeq_epi8(_mm_and_si128(x1, fold), folded)),
+                                _mm_or_si128(_mm_cmpeq_epi8(_mm_and_si128(x2, fold), folded),
+                                             _mm_cmpeq_epi8(_mm_and_si128(x3, fold), folded)));
+    return _mm_movemask_epi8(rare);
+}
+
+/* counts (byte counters) plus the commas of x0..x3: at most 4 a counter. */
+static inline __m128i add_commas(__m128i counts, __m128i x0, __m128i x1, __m128i x2, __m128i x3)
+{
+    const __m128i comma = _mm_set1_epi8(',');
+    counts = _mm_sub_epi8(counts, _mm_cmpeq_epi8(x0, comma)); /* a comma is -1 */
+    counts = _mm_sub_epi8(counts, _mm_cmpeq_epi8(x1, comma));
+    counts = _mm_sub_epi8(counts, _mm_cmpeq_epi8(x2, comma));
+    return _mm_sub_epi8(counts, _mm_cmpeq_epi8(x3, comma));
+}
 #endif
 
 ns__json_counts_t ns__json_count(const char *p, size_t len)
@@ -73,33 +96,22 @@ ns__json_counts_t ns__json_count(const char *p, size_t len)
     uint64_t in_array = 0;
     size_t i = 0;
 #if defined(__SSE2__)
-    /* 64 bytes at a time while they hold none of '{' '}' '[' ']' (nearly
-     * all of a body: numbers and commas). There only the commas count, and
-     * in_array does not change but by them, so a run of such blocks is
-     * counted in byte counters (a comma compares to -1), summed when
-     * another block comes, or before a counter could pass 255. One test
-     * finds all four brackets: with the bits 0x26 cleared they are 0x59,
-     * as are only 'Y', '_', 'y' and DEL, rare between numbers; a block with
-     * any of them goes byte by byte. The same sums as byte by byte. */
-    const __m128i comma = _mm_set1_epi8(','), fold = _mm_set1_epi8((char)0xd9),
-                  folded = _mm_set1_epi8(0x59);
+    /* 64 bytes at a time while they hold no bracket or brace (nearly all
+     * of a body: numbers and commas; may_hold_bracket()). There only the
+     * commas count, and in_array does not change but by them, so a run of
+     * such blocks is counted in byte counters, summed when another block
+     * comes, or before a counter could pass 255. A block that may hold a
+     * bracket goes byte by byte. The same sums as byte by byte. */
     __m128i commas = _mm_setzero_si128();
     unsigned run = 0;
     for (; i + 64 <= len; i += 64) {
         const __m128i *block = (const __m128i *)(const void *)(p + i);
         __m128i x0 = _mm_loadu_si128(block), x1 = _mm_loadu_si128(block + 1),
                 x2 = _mm_loadu_si128(block + 2), x3 = _mm_loadu_si128(block + 3);
-        __m128i rare = _mm_or_si128(
-            _mm_or_si128(_mm_cmpeq_epi8(_mm_and_si128(x0, fold), folded),
-                         _mm_cmpeq_epi8(_mm_and_si128(x1, fold), folded)),
-            _mm_or_si128(_mm_cmpeq_epi8(_mm_and_si128(x2, fold), folded),
-                         _mm_cmpeq_epi8(_mm_and_si128(x3, fold), folded)));
-        if (!_mm_movemask_epi8(rare)) {
-            commas = _mm_sub_epi8(commas, _mm_cmpeq_epi8(x0, comma));
-            commas = _mm_sub_epi8(commas, _mm_cmpeq_epi8(x1, comma));
-            commas = _mm_sub_epi8(commas, _mm_cmpeq_epi8(x2, comma));
-            commas = _mm_sub_epi8(commas, _mm_cmpeq_epi8(x3, comma));
-            if (++run < 63) /* 4 a block: 63 blocks keep a counter under 256 */
+        int rare = may_hold_bracket(x0, x1, x2, x3);
+        if (!rare) {
+            commas = add_commas(commas, x0, x1, x2, x3);
+            if (++run < 63) /* 63 blocks keep a counter under 256 */
                 continue;
         }
         uint64_t c = sum_bytes(commas);
@@ -107,7 +119,7 @@ ns__json_counts_t ns__json_count(const char *p, size_t len)
         in_array += in_array ? c : 0;
         commas = _mm_setzero_si128();
         run = 0;
-        if (_mm_movemask_epi8(rare))
+        if (rare)
             for (size_t k = i; k < i + 64; k++)
                 count_byte(&n, &in_array, p[k]);
     }
@@ -149,28 +161,17 @@ uint64_t ns__json_array_length(const char *p, size_t len)
     uint64_t commas = 0;
     size_t i = 0;
 #if defined(__SSE2__)
-    /* 64 bytes at a time up to the block with a bracket (found as in
-     * ns__json_count(), with the other bytes of its class), which goes byte
-     * by byte below. */
-    const __m128i comma = _mm_set1_epi8(','), fold = _mm_set1_epi8((char)0xd9),
-                  folded = _mm_set1_epi8(0x59);
+    /* 64 bytes at a time up to the block that may hold a bracket
+     * (may_hold_bracket()), which goes byte by byte below. */
     __m128i counts = _mm_setzero_si128();
     for (unsigned run = 0; i + 64 <= len; i += 64) {
         const __m128i *block = (const __m128i *)(const void *)(p + i);
         __m128i x0 = _mm_loadu_si128(block), x1 = _mm_loadu_si128(block + 1),
                 x2 = _mm_loadu_si128(block + 2), x3 = _mm_loadu_si128(block + 3);
-        __m128i rare = _mm_or_si128(
-            _mm_or_si128(_mm_cmpeq_epi8(_mm_and_si128(x0, fold), folded),
-                         _mm_cmpeq_epi8(_mm_and_si128(x1, fold), folded)),
-            _mm_or_si128(_mm_cmpeq_epi8(_mm_and_si128(x2, fold), folded),
-                         _mm_cmpeq_epi8(_mm_and_si128(x3, fold), folded)));
-        if (_mm_movemask_epi8(rare))
+        if (may_hold_bracket(x0, x1, x2, x3))
             break;
-        counts = _mm_sub_epi8(counts, _mm_cmpeq_epi8(x0, comma)); /* a comma is -1 */
-        counts = _mm_sub_epi8(counts, _mm_cmpeq_epi8(x1, comma));
-        counts = _mm_sub_epi8(counts, _mm_cmpeq_epi8(x2, comma));
-        counts = _mm_sub_epi8(counts, _mm_cmpeq_epi8(x3, comma));
-        if (++run == 63) { /* 4 a block: a counter stays under 256 */
+        counts = add_commas(counts, x0, x1, x2, x3);
+        if (++run == 63) { /* a counter stays under 256 */
             commas += sum_bytes(counts);
             counts = _mm_setzero_si128();
             run = 0;

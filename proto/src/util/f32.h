@@ -36,8 +36,7 @@ int ns__f32_parse_prefix(const char *src, const char *end, const char **stop, in
  * written and the array goes on at *pos (call again with room); -1: not an
  * array of numbers that are finite float32 (an empty one included), or a
  * token too long to copy for strtof. Thread-safe. */
-int ns__f32_parse_array(const char **pos, const char *end, float *dst, size_t dst_cap,
-                        size_t *n);
+int ns__f32_parse_array(const char **pos, const char *end, float *dst, size_t dst_cap, size_t *n);
 
 /* ns__f32_format() :
  * Write finite 'value' as the shortest decimal that ns__f32_parse() (and

@@ -486,10 +486,10 @@ static inline const char *parse_block(const char *p, const char *end, float *dst
     }
     /* bytes below k: the integer's digits; from k + 1 to len: the fraction's */
     __m128i integer = k == 1 ? _mm_cvtsi32_si128(0xff) : lanes_below(k);
-    __m128i fraction = _mm_andnot_si128(k == 1 ? _mm_cvtsi32_si128(0xffff) : lanes_below(k + 1),
-                                        lanes_below(len));
-    uint64_t m = lanes_value(_mm_or_si128(_mm_and_si128(t, fraction),
-                                          _mm_slli_si128(_mm_and_si128(t, integer), 1)));
+    __m128i fraction =
+        _mm_andnot_si128(k == 1 ? _mm_cvtsi32_si128(0xffff) : lanes_below(k + 1), lanes_below(len));
+    uint64_t m = lanes_value(
+        _mm_or_si128(_mm_and_si128(t, fraction), _mm_slli_si128(_mm_and_si128(t, integer), 1)));
     const char *r = q + len;
     float f;
     if ((*r | 0x20) != 'e') {
@@ -532,8 +532,7 @@ static int array_element(const char **pos, const char *end, float *dst)
     return 1;
 }
 
-int ns__f32_parse_array(const char **pos, const char *end, float *dst, size_t dst_cap,
-                        size_t *n)
+int ns__f32_parse_array(const char **pos, const char *end, float *dst, size_t dst_cap, size_t *n)
 {
     const char *p = *pos;
     float *out = dst, *const out_end = dst + dst_cap;

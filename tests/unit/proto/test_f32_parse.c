@@ -84,8 +84,8 @@ static void check_array(const char *src, size_t len, const char *close, const ch
     CHECK(rc == 1 && n == count && pos == close, "\"%s\" %s: rc %d n %zu stopped after %td", text,
           form, rc, n, pos - src);
     for (size_t i = 0; i < count; i++)
-        CHECK(bits_of(got[i]) == bits_of(want), "\"%s\" %s [%zu]: %08x, strtof %08x", text, form,
-              i, (unsigned)bits_of(got[i]), (unsigned)bits_of(want));
+        CHECK(bits_of(got[i]) == bits_of(want), "\"%s\" %s [%zu]: %08x, strtof %08x", text, form, i,
+              (unsigned)bits_of(got[i]), (unsigned)bits_of(want));
 }
 
 /* The number as an array element: followed by room (where a block of 16
@@ -115,14 +115,39 @@ static void check_array_forms(const char *text)
  * numbers, which are refused. */
 START_TEST(array_shapes_and_boundaries)
 {
+    /* a report's shapes, then one of each */
     static const char *const valid[] = {
         "0.71958822,-0.0388242528,1.23456789e-05,-1.5E+03,7,-0,-0.0,0e5,999,100.5",
-        "1.5", "-1.5", "12.25", "-123.125", "1234.5", "0.123456789012", "0.1234567890123",
-        "0.12345678901234", "-0.1234567890123456789", "1e5", "1E-05", "-1.5e+38", "1.5e-45",
-        "7.1e-46", "1e-46", "3.4028235e38", "1.17549435e-38", "1.6777217e7", "-1.6777219e+7",
-        "16777217", "1.0000000596046447753906251", "9.99999999e-5", "1e0", "1e-0", "0.0",
-        "123456789012345678", "-123456789012345678", "5e-324", " 1.5 , -2.5 ",
         "\n\t0.71958822\r\n,\n-0.0388242528\n,1.25e-3 ,7 ",
+        " 1.5 , -2.5 ",
+        "1.5",
+        "-1.5",
+        "12.25",
+        "-123.125",
+        "1234.5",
+        "0.123456789012",
+        "0.1234567890123",
+        "0.12345678901234",
+        "-0.1234567890123456789",
+        "1e5",
+        "1E-05",
+        "-1.5e+38",
+        "1.5e-45",
+        "7.1e-46",
+        "1e-46",
+        "3.4028235e38",
+        "1.17549435e-38",
+        "1.6777217e7",
+        "-1.6777219e+7",
+        "16777217",
+        "1.0000000596046447753906251",
+        "9.99999999e-5",
+        "1e0",
+        "1e-0",
+        "0.0",
+        "123456789012345678",
+        "-123456789012345678",
+        "5e-324",
     };
     for (size_t i = 0; i < sizeof(valid) / sizeof(valid[0]); i++) {
         /* the elements, one by one, as the reference reads them */
@@ -143,7 +168,8 @@ START_TEST(array_shapes_and_boundaries)
             size_t n = 99;
             int rc = ns__f32_parse_array(&pos, src + len, got, 16, &n);
             if (!ok) {
-                CHECK(rc == -1, "[%s, room %d: rc %d, refused by the reference", valid[i], room, rc);
+                CHECK(rc == -1, "[%s, room %d: rc %d, refused by the reference", valid[i], room,
+                      rc);
             } else {
                 CHECK(rc == 1 && n == count && pos == src + strlen(valid[i]) + 1,
                       "[%s, room %d: rc %d n %zu/%zu", valid[i], room, rc, n, count);
@@ -154,14 +180,44 @@ START_TEST(array_shapes_and_boundaries)
             free(src);
         }
     }
-    /* not arrays of numbers (the text after the '[') */
+    /* not arrays of numbers (the text after the '['), and last one that is:
+     * its ']' ends the array, and what follows is the caller's */
     static const char *const bad[] = {
-        "]",       " ]",     "1,]",       ",1]",       "1 2]",    "1,2",      "1.5.2]",
-        "1e5e1]",  "1e5.5]", "-]",        "1,-]",      "01]",     "-01.5]",   "1.]",
-        "1.e5]",   ".5]",    "+1]",       "1e]",       "1e+]",    "[1]]",     "1;2]",
-        "1.5-2]",  "1.5+]",  "0x10]",     "1,,2]",     "\"1\"]",  "null]",    "1e100]",
-        "-3.5e38]", "1e39]", "12345678901234567890]", "-1234567890123456789]", "1.5",
-        "0.25,0.5e", "1.5]x" /* the ']' ends the array; what follows is the caller's */,
+        "]",
+        " ]",
+        "1,]",
+        ",1]",
+        "1 2]",
+        "1,2",
+        "1.5.2]",
+        "1e5e1]",
+        "1e5.5]",
+        "-]",
+        "1,-]",
+        "01]",
+        "-01.5]",
+        "1.]",
+        "1.e5]",
+        ".5]",
+        "+1]",
+        "1e]",
+        "1e+]",
+        "[1]]",
+        "1;2]",
+        "1.5-2]",
+        "1.5+]",
+        "0x10]",
+        "1,,2]",
+        "\"1\"]",
+        "null]",
+        "1e100]",
+        "-3.5e38]",
+        "1e39]",
+        "12345678901234567890]",
+        "-1234567890123456789]",
+        "1.5",
+        "0.25,0.5e",
+        "1.5]x",
     };
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
         for (int room = 0; room < 2; room++) {
