@@ -10,7 +10,9 @@
  *  layers sized by the '{' count, plus as much again for qsort's buffer;
  *  per float array one exact allocation (4 bytes a number, a number per
  *  ',' or '[') with its allocator overhead; while one array longer than 64
- *  numbers is parsed, its doubling buffer (at most 12 bytes a number).
+ *  numbers is parsed, its doubling buffer (at most 12 bytes a number; a
+ *  layer's second array takes the first's length, at most 4 bytes a number
+ *  of the longest array before it is trimmed or refused).
  *  jansson: a tree costs about 20 bytes per body byte at its worst (a
  *  one-character number is a 32-byte value and an 8-byte slot; measured
  *  13 for a safetensors header); counted as 24. safetensors: the header
@@ -63,6 +65,29 @@ static inline uint64_t sum_bytes(__m128i v)
     const __m128i s = _mm_sad_epu8(v, _mm_setzero_si128());
     return (uint64_t)_mm_extract_epi16(s, 0) + (uint64_t)_mm_extract_epi16(s, 4);
 }
+
+/* Whether the 64 bytes x0..x3 may hold a bracket or a brace: with the bits
+ * 0x26 cleared, '{' '}' '[' ']' are all 0x59, as are only 'Y', '_', 'y'
+ * and DEL, rare between numbers. */
+static inline int may_hold_bracket(__m128i x0, __m128i x1, __m128i x2, __m128i x3)
+{
+    const __m128i fold = _mm_set1_epi8((char)0xd9), folded = _mm_set1_epi8(0x59);
+    __m128i rare = _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(_mm_and_si128(x0, fold), folded),
+                                             _mm_cmpeq_epi8(_mm_and_si128(x1, fold), folded)),
+                                _mm_or_si128(_mm_cmpeq_epi8(_mm_and_si128(x2, fold), folded),
+                                             _mm_cmpeq_epi8(_mm_and_si128(x3, fold), folded)));
+    return _mm_movemask_epi8(rare);
+}
+
+/* counts (byte counters) plus the commas of x0..x3: at most 4 a counter. */
+static inline __m128i add_commas(__m128i counts, __m128i x0, __m128i x1, __m128i x2, __m128i x3)
+{
+    const __m128i comma = _mm_set1_epi8(',');
+    counts = _mm_sub_epi8(counts, _mm_cmpeq_epi8(x0, comma)); /* a comma is -1 */
+    counts = _mm_sub_epi8(counts, _mm_cmpeq_epi8(x1, comma));
+    counts = _mm_sub_epi8(counts, _mm_cmpeq_epi8(x2, comma));
+    return _mm_sub_epi8(counts, _mm_cmpeq_epi8(x3, comma));
+}
 #endif
 
 ns__json_counts_t ns__json_count(const char *p, size_t len)
@@ -71,37 +96,34 @@ ns__json_counts_t ns__json_count(const char *p, size_t len)
     uint64_t in_array = 0;
     size_t i = 0;
 #if defined(__SSE2__)
-    /* 16 bytes at a time while they hold no bracket (nearly all of a body:
-     * numbers and commas). There only '{' and ',' count, and in_array does
-     * not change but by the commas, so a run of such chunks is counted in
-     * byte counters (a matching byte compares to -1), summed when a bracket
-     * or the end comes, or before a counter could pass 255. A chunk with a
+    /* 64 bytes at a time while they hold no bracket or brace (nearly all
+     * of a body: numbers and commas; may_hold_bracket()). There only the
+     * commas count, and in_array does not change but by them, so a run of
+     * such blocks is counted in byte counters, summed when another block
+     * comes, or before a counter could pass 255. A block that may hold a
      * bracket goes byte by byte. The same sums as byte by byte. */
-    const __m128i brace = _mm_set1_epi8('{'), comma = _mm_set1_epi8(',');
-    const __m128i open = _mm_set1_epi8('['), close = _mm_set1_epi8(']');
-    __m128i braces = _mm_setzero_si128(), commas = _mm_setzero_si128();
+    __m128i commas = _mm_setzero_si128();
     unsigned run = 0;
-    for (; i + 16 <= len; i += 16) {
-        const __m128i x = _mm_loadu_si128((const __m128i *)(const void *)(p + i));
-        int bracket =
-            _mm_movemask_epi8(_mm_or_si128(_mm_cmpeq_epi8(x, open), _mm_cmpeq_epi8(x, close)));
-        if (!bracket) {
-            braces = _mm_sub_epi8(braces, _mm_cmpeq_epi8(x, brace));
-            commas = _mm_sub_epi8(commas, _mm_cmpeq_epi8(x, comma));
-            if (++run < 255)
+    for (; i + 64 <= len; i += 64) {
+        const __m128i *block = (const __m128i *)(const void *)(p + i);
+        __m128i x0 = _mm_loadu_si128(block), x1 = _mm_loadu_si128(block + 1),
+                x2 = _mm_loadu_si128(block + 2), x3 = _mm_loadu_si128(block + 3);
+        int rare = may_hold_bracket(x0, x1, x2, x3);
+        if (!rare) {
+            commas = add_commas(commas, x0, x1, x2, x3);
+            if (++run < 63) /* 63 blocks keep a counter under 256 */
                 continue;
         }
         uint64_t c = sum_bytes(commas);
-        n.braces += sum_bytes(braces);
         n.commas += c;
         in_array += in_array ? c : 0;
-        braces = commas = _mm_setzero_si128();
+        commas = _mm_setzero_si128();
         run = 0;
-        for (size_t k = i; bracket && k < i + 16; k++)
-            count_byte(&n, &in_array, p[k]);
+        if (rare)
+            for (size_t k = i; k < i + 64; k++)
+                count_byte(&n, &in_array, p[k]);
     }
     uint64_t c = sum_bytes(commas);
-    n.braces += sum_bytes(braces);
     n.commas += c;
     in_array += in_array ? c : 0;
 #endif
@@ -139,14 +161,17 @@ uint64_t ns__json_array_length(const char *p, size_t len)
     uint64_t commas = 0;
     size_t i = 0;
 #if defined(__SSE2__)
-    const __m128i comma = _mm_set1_epi8(','), open = _mm_set1_epi8('['), close = _mm_set1_epi8(']');
+    /* 64 bytes at a time up to the block that may hold a bracket
+     * (may_hold_bracket()), which goes byte by byte below. */
     __m128i counts = _mm_setzero_si128();
-    for (unsigned run = 0; i + 16 <= len; i += 16) {
-        const __m128i x = _mm_loadu_si128((const __m128i *)(const void *)(p + i));
-        if (_mm_movemask_epi8(_mm_or_si128(_mm_cmpeq_epi8(x, open), _mm_cmpeq_epi8(x, close))))
-            break; /* the bracket is in this chunk: byte by byte below */
-        counts = _mm_sub_epi8(counts, _mm_cmpeq_epi8(x, comma)); /* a comma is -1 */
-        if (++run == 255) {
+    for (unsigned run = 0; i + 64 <= len; i += 64) {
+        const __m128i *block = (const __m128i *)(const void *)(p + i);
+        __m128i x0 = _mm_loadu_si128(block), x1 = _mm_loadu_si128(block + 1),
+                x2 = _mm_loadu_si128(block + 2), x3 = _mm_loadu_si128(block + 3);
+        if (may_hold_bracket(x0, x1, x2, x3))
+            break;
+        counts = add_commas(counts, x0, x1, x2, x3);
+        if (++run == 63) { /* a counter stays under 256 */
             commas += sum_bytes(counts);
             counts = _mm_setzero_si128();
             run = 0;

@@ -158,68 +158,41 @@ static int uint_field(cursor_t *c, uint64_t min, uint64_t max, uint64_t *out)
     return 1;
 }
 
-/* The bytes a number token may hold: where one follows a number, the
- * token is longer than the number (and not one). */
-static const unsigned char number_byte[256] = {
-    ['0'] = 1, ['1'] = 1, ['2'] = 1, ['3'] = 1, ['4'] = 1, ['5'] = 1, ['6'] = 1, ['7'] = 1,
-    ['8'] = 1, ['9'] = 1, ['-'] = 1, ['.'] = 1, ['e'] = 1, ['E'] = 1, ['+'] = 1,
-};
-
-/* One element of a mean or var array: the float32 nearest the decimal
- * (f32_parse.c), and for an integer the float nearest it, in one pass over
- * its text. Gives up on float32 overflow (jansson's path explains it) and on
- * integers beyond 18 digits (jansson refuses those beyond int64). */
-static int float_value(cursor_t *c, float *out)
-{
-    skip_ws(c);
-    const char *begin = c->p, *stop;
-    int integral;
-    if (ns__f32_parse_prefix(begin, c->end, &stop, &integral, out) != 0)
-        return 0;
-    if (stop < c->end && number_byte[(unsigned char)*stop])
-        return 0; /* e.g. "1-2", "0.5.1": not one number */
-    size_t len = (size_t)(stop - begin);
-    if (integral && len > (size_t)(18 + (*begin == '-')))
-        return 0;
-    c->p = stop;
-    if (integral && *out == 0)
-        *out = 0.0f; /* "-0" is jansson's integer 0, which has no sign */
-    return 1;
-}
-
-/* '[' number (',' number)* ']' into float32, allocated to its exact
- * length: decoding costs at most 4 bytes per number plus one allocation per
- * array (ns_report_decode_bound() relies on it). Short arrays are parsed
- * on the stack, longer ones in one allocation of the length their commas
- * give (grown by doubling if the text is not what it seemed, and trimmed). */
-static int float_array(cursor_t *c, float **out, size_t *len)
+/* '[' number (',' number)* ']' into float32 (ns__f32_parse_array()),
+ * allocated to its exact length: decoding costs at most 4 bytes per number
+ * plus one allocation per array (ns_report_decode_bound() relies on it).
+ * 'known' is the length the array must have (the layer's other array's),
+ * else 0: then its commas give it (one vector scan). Short arrays are
+ * parsed on the stack, longer ones in one allocation of that length (an
+ * unknown one grown by doubling if the text is not what it seemed, and
+ * trimmed). */
+static int float_array(cursor_t *c, size_t known, float **out, size_t *len)
 {
     float stack[64], *v = stack;
     size_t n = 0, cap = sizeof(stack) / sizeof(stack[0]);
     if (!eat(c, '['))
         return 0;
-    /* Its length from its commas (one vector scan): one allocation of the
-     * exact size instead of doubling. */
-    uint64_t expect = ns__json_array_length(c->p, (size_t)(c->end - c->p));
+    uint64_t expect = known ? known : ns__json_array_length(c->p, (size_t)(c->end - c->p));
     if (expect > cap) {
         if (!(v = malloc(expect * sizeof(*v))))
             return 0;
         cap = (size_t)expect;
     }
-    do {
-        if (n == cap) {
-            float *grown = realloc(v == stack ? NULL : v, (cap *= 2) * sizeof(*v));
-            if (!grown)
-                goto fail;
-            if (v == stack)
-                memcpy(grown, stack, sizeof(stack));
-            v = grown;
-        }
-        if (!float_value(c, &v[n++]))
+    for (;;) {
+        size_t got;
+        int rc = ns__f32_parse_array(&c->p, c->end, v + n, cap - n, &got);
+        n += got;
+        if (rc > 0)
+            break;
+        if (rc < 0 || known)
+            goto fail; /* longer than its other array: jansson says so */
+        float *grown = realloc(v == stack ? NULL : v, (cap *= 2) * sizeof(*v));
+        if (!grown)
             goto fail;
-    } while (eat(c, ','));
-    if (!eat(c, ']'))
-        goto fail;
+        if (v == stack)
+            memcpy(grown, stack, sizeof(stack));
+        v = grown;
+    }
     float *exact = v == stack ? malloc(n * sizeof(*v)) : n == cap ? v : realloc(v, n * sizeof(*v));
     if (!exact)
         goto fail;
@@ -255,11 +228,11 @@ static int layer_object(cursor_t *c, ns_layer_report_t *layer)
                 return 0;
         } else if (KEY_IS(key, len, NS_FIELD_MEAN) && !(seen & 2)) {
             seen |= 2;
-            if (!float_array(c, &layer->mean, &n_mean))
+            if (!float_array(c, n_var, &layer->mean, &n_mean))
                 return 0;
         } else if (KEY_IS(key, len, NS_FIELD_VAR) && !(seen & 4)) {
             seen |= 4;
-            if (!float_array(c, &layer->var, &n_var))
+            if (!float_array(c, n_mean, &layer->var, &n_var))
                 return 0;
         } else {
             return 0;

@@ -25,6 +25,19 @@ int ns__f32_parse(const char *src, size_t src_len, float *dst);
 int ns__f32_parse_prefix(const char *src, const char *end, const char **stop, int *integral,
                          float *dst);
 
+/* ns__f32_parse_array() :
+ * The elements of a JSON array of numbers, from *pos (just after its '[')
+ * up to 'end', into dst[0, dst_cap): each as ns__f32_parse_prefix() reads
+ * it, with whitespace around it, ',' between and ']' after the last. An
+ * integer element is what JSON decoders make of it: "-0" is 0 (an integer
+ * has no sign), and one of more than 18 digits is refused (it may not fit
+ * int64). *n is set to the elements written, *pos to where reading stopped.
+ * @return 1: the array ended (*pos after its ']'); 0: dst_cap elements were
+ * written and the array goes on at *pos (call again with room); -1: not an
+ * array of numbers that are finite float32 (an empty one included), or a
+ * token too long to copy for strtof. Thread-safe. */
+int ns__f32_parse_array(const char **pos, const char *end, float *dst, size_t dst_cap, size_t *n);
+
 /* ns__f32_format() :
  * Write finite 'value' as the shortest decimal that ns__f32_parse() (and
  * strtof) reads back to the same float, the nearest such decimal to 'value'

@@ -18,7 +18,14 @@
  * digits sixteen bytes at a time (SSE2). What that pass cannot finish (more
  * than 19 digits, rare: clients print at most 17; a value the double
  * estimate cannot decide) is parsed again digit by digit, keeping the first
- * 19 significant digits (parse_careful), off the common path. */
+ * 19 significant digits (parse_careful), off the common path.
+ * A whole array (ns__f32_parse_array) is read in one loop without a call
+ * per number: a number in the shape printed floats take ("%.9g", the
+ * shortest form: at most 3 integer digits and 14 digits in all) is read
+ * from one 16-byte block (parse_block), its digits as one integer and the
+ * same double estimate; any other shape, or a value the estimate cannot
+ * decide, goes through ns__f32_parse_prefix() as above, so each element
+ * gets the same bits either way. */
 #include <float.h>
 #include <locale.h>
 #include <math.h>
@@ -155,6 +162,18 @@ static inline const char *scan_fraction(const char *p, const char *end, decimal_
     return p;
 }
 
+/* Whether the double estimate d (at most a few units in its last place
+ * from the decimal) rounds to the same float as the decimal: a float keeps
+ * 23 of the 52 fraction bits; the 29 below decide the rounding, and only a
+ * value near 1 followed by zeros (a midpoint) can round differently. */
+static inline int f32_decided(double d)
+{
+    uint64_t bits;
+    memcpy(&bits, &d, sizeof(bits));
+    int64_t low = (int64_t)(bits & ((UINT64_C(1) << 29) - 1)) - (INT64_C(1) << 28);
+    return (uint64_t)(low + MIDPOINT_MARGIN - 1) > 2 * MIDPOINT_MARGIN - 2;
+}
+
 /* m * 10^exp10 (m > 0) as a double that rounds to the same float as the
  * exact decimal, or 0 where it may not (near a midpoint between floats,
  * float subnormals, overflow, beyond the table's powers). */
@@ -164,14 +183,7 @@ static inline double f32_estimate(uint64_t m, int exp10)
     if (power > POW10_MAX - POW10_MIN)
         return 0;
     double d = (double)m * pow10_d[power];
-    uint64_t bits;
-    memcpy(&bits, &d, sizeof(bits));
-    /* A float keeps 23 of the 52 fraction bits; the 29 below decide the
-     * rounding, and only a value near 1 followed by zeros (a midpoint) can
-     * round differently from the exact decimal. */
-    int64_t low = (int64_t)(bits & ((UINT64_C(1) << 29) - 1)) - (INT64_C(1) << 28);
-    if (d >= 0x1p-126 && d <= FLT_MAX &&
-        (uint64_t)(low + MIDPOINT_MARGIN - 1) > 2 * MIDPOINT_MARGIN - 2)
+    if (d >= 0x1p-126 && d <= FLT_MAX && f32_decided(d))
         return d;
     return 0;
 }
@@ -212,26 +224,42 @@ static inline const char *scan_digits(const char *p, const char *end, uint64_t *
 }
 
 #ifdef F32_SIXTEEN_DIGITS
+/* Each byte lane's index, 0..15. */
+static inline __m128i lane_index(void)
+{
+    return _mm_setr_epi8(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+}
+
+/* The sixteen digit values (0..9) of t read as one decimal, the first the
+ * most significant. Pairs: one 16-bit multiply by 10 * 256 + 1 leaves
+ * 10 * first + second in the high byte; then quads and eights, each one
+ * multiply-add of neighbouring lanes. */
+static inline uint64_t lanes_value(__m128i t)
+{
+    __m128i pairs = _mm_srli_epi16(_mm_mullo_epi16(t, _mm_set1_epi16(10 * 256 + 1)), 8);
+    __m128i quads = _mm_madd_epi16(pairs, _mm_set1_epi32(1 << 16 | 100));
+    __m128i eights = _mm_madd_epi16(_mm_packs_epi32(quads, quads), _mm_set1_epi32(1 << 16 | 10000));
+    uint64_t both = (uint64_t)_mm_cvtsi128_si64(eights);
+    return (both & 0xffffffffu) * 100000000u + (both >> 32);
+}
+
+/* The bytes at p less '0', and a bit per byte that is a digit. */
+static inline __m128i block_digits(const char *p, unsigned *digit)
+{
+    __m128i t = _mm_sub_epi8(_mm_loadu_si128((const __m128i *)(const void *)p), _mm_set1_epi8('0'));
+    *digit = (unsigned)_mm_movemask_epi8(_mm_cmpeq_epi8(_mm_min_epu8(t, _mm_set1_epi8(9)), t));
+    return t;
+}
+
 /* The digits that start the sixteen bytes at p: @return how many (0..16),
  * and in *padded their value followed by zeros to sixteen digits (the
- * fraction's digits times 10^16). Digit pairs, then quads, then eights are
- * combined in lanes, each step one multiply. */
+ * fraction's digits times 10^16). */
 static inline unsigned sixteen_digits(const char *p, uint64_t *padded)
 {
-    const __m128i first = _mm_setr_epi8(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-    __m128i t = _mm_sub_epi8(_mm_loadu_si128((const __m128i *)(const void *)p), _mm_set1_epi8('0'));
-    __m128i digit = _mm_cmpeq_epi8(_mm_min_epu8(t, _mm_set1_epi8(9)), t);
-    unsigned n = (unsigned)__builtin_ctz(~(unsigned)_mm_movemask_epi8(digit));
-    t = _mm_and_si128(t, _mm_cmplt_epi8(first, _mm_set1_epi8((char)n)));
-    __m128i pairs = _mm_add_epi16(
-        _mm_mullo_epi16(_mm_and_si128(t, _mm_set1_epi16(0xff)), _mm_set1_epi16(10)),
-        _mm_srli_epi16(t, 8));
-    __m128i quads = _mm_madd_epi16(pairs, _mm_set1_epi32(0x00010064)); /* 100 * a + b */
-    __m128i eights =
-        _mm_add_epi64(_mm_mul_epu32(quads, _mm_set1_epi32(10000)), _mm_srli_epi64(quads, 32));
-    uint64_t high = (uint64_t)_mm_cvtsi128_si64(eights);
-    uint64_t low = (uint64_t)_mm_cvtsi128_si64(_mm_unpackhi_epi64(eights, eights));
-    *padded = high * 100000000u + low;
+    unsigned digit;
+    __m128i t = block_digits(p, &digit);
+    unsigned n = (unsigned)__builtin_ctz(~digit);
+    *padded = lanes_value(_mm_and_si128(t, _mm_cmplt_epi8(lane_index(), _mm_set1_epi8((char)n))));
     return n;
 }
 #endif
@@ -381,5 +409,175 @@ int ns__f32_parse(const char *src, size_t src_len, float *dst)
         return NS_EINVAL; /* not a number, or more after one */
     if (rc != NS_ENOMEM)
         *dst = f;
+    return rc;
+}
+
+/* ------------------------------------------------------------ arrays */
+
+/* The bytes a number token may hold: where one follows a number, the
+ * token is longer than the number (and not one). */
+static const unsigned char number_byte[256] = {
+    ['0'] = 1, ['1'] = 1, ['2'] = 1, ['3'] = 1, ['4'] = 1, ['5'] = 1, ['6'] = 1, ['7'] = 1,
+    ['8'] = 1, ['9'] = 1, ['-'] = 1, ['.'] = 1, ['e'] = 1, ['E'] = 1, ['+'] = 1,
+};
+
+static inline const char *skip_space(const char *p, const char *end)
+{
+    while (p < end && (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r'))
+        p++;
+    return p;
+}
+
+#ifdef F32_SIXTEEN_DIGITS
+/* 16 bytes of 0xff then 16 of 0: loaded from 16 - n, lanes below n set. */
+static const unsigned char lanes_below_table[32] = {
+    0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+};
+
+static inline __m128i lanes_below(unsigned n)
+{
+    return _mm_loadu_si128((const __m128i *)(const void *)(lanes_below_table + 16 - n));
+}
+
+/* The exponent after 'e' at p: at most two digits, as printed floats have.
+ * @return its end, or NULL for another form (the general path reads it). */
+static inline const char *block_exponent(const char *p, const char *end, int *exp10)
+{
+    int eneg = 0, e;
+    if (p < end && (*p == '-' || *p == '+'))
+        eneg = *p++ == '-';
+    if (p == end || (unsigned)(*p - '0') > 9)
+        return NULL;
+    e = *p++ - '0';
+    if (p < end && (unsigned)(*p - '0') <= 9)
+        e = e * 10 + (*p++ - '0');
+    if (p < end && (unsigned)(*p - '0') <= 9)
+        return NULL;
+    *exp10 += eneg ? -e : e;
+    return p;
+}
+
+/* The number at p in the shapes printed floats take, read from one 16-byte
+ * block after the sign (the caller ensures 17 bytes are there):
+ * -?D{1,3}(.D+)?(e[+-]?D{1,2})?, its digits and point within the block's
+ * first 15 bytes ("%.9g" and the shortest form print at most 9 significant
+ * digits). The integer digits move one byte up, over the point: the block
+ * then holds the k + f digits of the significand m at bytes 1..k+f and
+ * zeros elsewhere, whose value as sixteen digits is m * 10^(15-k-f), so the
+ * number is that value times 10^(k-15+exponent), whatever f is. An integer
+ * zero has no sign (as array_element() makes it). @return the number's end
+ * (before 'end') with *dst set, or NULL for the general path (another shape, a value the
+ * double estimate cannot decide). */
+static inline const char *parse_block(const char *p, const char *end, float *dst)
+{
+    int neg = *p == '-';
+    const char *q = p + neg;
+    __m128i t = _mm_sub_epi8(_mm_loadu_si128((const __m128i *)(const void *)q), _mm_set1_epi8('0'));
+    __m128i is_digit = _mm_cmpeq_epi8(_mm_min_epu8(t, _mm_set1_epi8(9)), t);
+    unsigned digit = (unsigned)_mm_movemask_epi8(is_digit);
+    unsigned k = (unsigned)__builtin_ctz(~digit), len = k;
+    if (k - 1 > 2 || (k > 1 && q[0] == '0')) /* 1..3 integer digits, no leading zero */
+        return NULL;
+    if (q[k] == '.') {
+        unsigned f = (unsigned)__builtin_ctz(~(digit >> (k + 1)));
+        len = k + 1 + f;
+        if (f == 0 || len > 15) /* no fraction digit, or more may follow the block */
+            return NULL;
+    }
+    /* bytes below k: the integer's digits; from k + 1 to len: the fraction's */
+    __m128i integer = k == 1 ? _mm_cvtsi32_si128(0xff) : lanes_below(k);
+    __m128i fraction =
+        _mm_andnot_si128(k == 1 ? _mm_cvtsi32_si128(0xffff) : lanes_below(k + 1), lanes_below(len));
+    uint64_t m = lanes_value(
+        _mm_or_si128(_mm_and_si128(t, fraction), _mm_slli_si128(_mm_and_si128(t, integer), 1)));
+    const char *r = q + len;
+    float f;
+    if ((*r | 0x20) != 'e') {
+        /* 10^-14 <= value < 10^3 when m > 0: no range to check */
+        double d = (double)(int64_t)m * pow10_d[(int)k - 15 - POW10_MIN];
+        if (!f32_decided(d))
+            return NULL;
+        f = (float)d;
+        if (m == 0 && len == k)
+            neg = 0; /* an integer zero */
+    } else {
+        int exp10 = (int)k - 15;
+        if (!(r = block_exponent(r + 1, end, &exp10)) || r == end)
+            return NULL;
+        double d = m ? f32_estimate(m, exp10) : 1;
+        if (d == 0)
+            return NULL;
+        f = m ? (float)d : 0.0f;
+    }
+    *dst = neg ? -f : f;
+    return r;
+}
+#endif
+
+/* One element of an array at *pos by the general parser: whitespace, the
+ * number, and what may follow it. @return 1 with *pos after the number, or 0. */
+static int array_element(const char **pos, const char *end, float *dst)
+{
+    const char *p = skip_space(*pos, end), *stop;
+    int integral;
+    if (ns__f32_parse_prefix(p, end, &stop, &integral, dst) != 0)
+        return 0;
+    if (integral && stop - p > 18 + (*p == '-'))
+        return 0; /* an integer that may not fit int64 */
+    if (stop < end && number_byte[(unsigned char)*stop])
+        return 0; /* e.g. "1-2", "0.5.1": not one number */
+    if (integral && *dst == 0)
+        *dst = 0.0f; /* "-0" is the integer 0, which has no sign */
+    *pos = stop;
+    return 1;
+}
+
+int ns__f32_parse_array(const char **pos, const char *end, float *dst, size_t dst_cap, size_t *n)
+{
+    const char *p = *pos;
+    float *out = dst, *const out_end = dst + dst_cap;
+    int rc = -1;
+#ifdef F32_SIXTEEN_DIGITS
+    const char *const block_end = end - p > 16 ? end - 16 : p; /* before it: 17 bytes */
+#endif
+    for (;;) {
+        if (out == out_end) {
+            rc = 0;
+            break;
+        }
+        /* most elements: a block-shaped number and a comma right after */
+        const char *r = NULL;
+        float f = 0;
+#ifdef F32_SIXTEEN_DIGITS
+        if (p < block_end)
+            r = parse_block(p, end, &f);
+#endif
+        if (r != NULL) {
+            *out = f;
+            if (*r == ',') {
+                out++;
+                p = r + 1;
+                continue;
+            }
+            if (number_byte[(unsigned char)*r])
+                break; /* e.g. "0.5.1": not one number */
+            p = r;
+        } else if (!array_element(&p, end, out)) {
+            break;
+        }
+        out++;
+        p = skip_space(p, end);
+        if (p < end && *p == ',') {
+            p++;
+            continue;
+        }
+        if (p < end && *p == ']') {
+            p++;
+            rc = 1;
+        }
+        break;
+    }
+    *pos = p;
+    *n = (size_t)(out - dst);
     return rc;
 }

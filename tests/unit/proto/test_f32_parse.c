@@ -14,10 +14,12 @@
 
 /* The reference: strtof, with inf meaning "out of range" (NS_EVALUE). */
 static void check_in_array(const char *text);
+static void check_array_forms(const char *text);
 
 static void check_text(const char *text)
 {
     check_in_array(text);
+    check_array_forms(text);
     float want = strtof(text, NULL), got = 12345.0f;
     int rc = ns__f32_parse(text, strlen(text), &got);
     if (isinf(want)) {
@@ -46,6 +48,227 @@ static void check_in_array(const char *text)
           "\"%s\" in an array: rc %d/%d, stopped after %td, got %a alone %a", text, rc, rc_alone,
           stop ? stop - longer : -1, (double)got, (double)alone);
 }
+
+/* What the array element 'text' reads as: strtof's value, an integer as
+ * JSON decoders keep it ("-0" is 0; more than 18 digits may not fit int64:
+ * refused), and a value beyond float32 refused. @return 1 with *want, or 0. */
+static int array_expect(const char *text, float *want)
+{
+    float f = strtof(text, NULL);
+    if (isinf(f))
+        return 0;
+    if (!strpbrk(text, ".eE")) {
+        if (strlen(text) - (text[0] == '-') > 18)
+            return 0;
+        if (f == 0)
+            f = 0.0f;
+    }
+    *want = f;
+    return 1;
+}
+
+/* ns__f32_parse_array() over 'len' bytes of src, which must hold 'count'
+ * copies of 'text' and end at 'close' (the byte after the ']'). */
+static void check_array(const char *src, size_t len, const char *close, const char *text,
+                        size_t count, const char *form)
+{
+    float want, got[4] = {0};
+    int ok = array_expect(text, &want);
+    const char *pos = src;
+    size_t n = 99;
+    int rc = ns__f32_parse_array(&pos, src + len, got, 4, &n);
+    if (!ok) {
+        CHECK(rc == -1, "\"%s\" %s: rc %d, refused by the reference", text, form, rc);
+        return;
+    }
+    CHECK(rc == 1 && n == count && pos == close, "\"%s\" %s: rc %d n %zu stopped after %td", text,
+          form, rc, n, pos - src);
+    for (size_t i = 0; i < count; i++)
+        CHECK(bits_of(got[i]) == bits_of(want), "\"%s\" %s [%zu]: %08x, strtof %08x", text, form, i,
+              (unsigned)bits_of(got[i]), (unsigned)bits_of(want));
+}
+
+/* The number as an array element: followed by room (where a block of 16
+ * bytes is read at once), between whitespace, and last in its buffer (an
+ * exact allocation, so reading past it is caught by the sanitizers). */
+static void check_array_forms(const char *text)
+{
+    char buf[400];
+    int len = snprintf(buf, sizeof(buf), "%s,%s]%40s", text, text, "");
+    check_array(buf, (size_t)len, buf + len - 40, text, 2, "with room");
+    len = snprintf(buf, sizeof(buf), "%s ,\n\t%s\r\n]%40s", text, text, "");
+    check_array(buf, (size_t)len, buf + len - 40, text, 2, "with whitespace");
+    size_t exact_len = strlen(text) + 1;
+    char *exact = malloc(exact_len);
+    CHECK(exact != NULL, "out of memory");
+    memcpy(exact, text, exact_len - 1);
+    exact[exact_len - 1] = ']';
+    check_array(exact, exact_len, exact + exact_len, text, 1, "at the end");
+    free(exact);
+}
+
+/* Arrays as a report holds them: each element against strtof (one by one,
+ * array_expect()), with room after the array and ending the buffer; the
+ * number shapes the block path reads and those it leaves to the general
+ * path (4 integer digits, more than 14 digits, 3-digit exponents,
+ * subnormals, midpoints, overflow); and arrays that are not arrays of
+ * numbers, which are refused. */
+START_TEST(array_shapes_and_boundaries)
+{
+    /* a report's shapes, then one of each */
+    static const char *const valid[] = {
+        "0.71958822,-0.0388242528,1.23456789e-05,-1.5E+03,7,-0,-0.0,0e5,999,100.5",
+        "\n\t0.71958822\r\n,\n-0.0388242528\n,1.25e-3 ,7 ",
+        " 1.5 , -2.5 ",
+        "1.5",
+        "-1.5",
+        "12.25",
+        "-123.125",
+        "1234.5",
+        "0.123456789012",
+        "0.1234567890123",
+        "0.12345678901234",
+        "-0.1234567890123456789",
+        "1e5",
+        "1E-05",
+        "-1.5e+38",
+        "1.5e-45",
+        "7.1e-46",
+        "1e-46",
+        "3.4028235e38",
+        "1.17549435e-38",
+        "1.6777217e7",
+        "-1.6777219e+7",
+        "16777217",
+        "1.0000000596046447753906251",
+        "9.99999999e-5",
+        "1e0",
+        "1e-0",
+        "0.0",
+        "123456789012345678",
+        "-123456789012345678",
+        "5e-324",
+    };
+    for (size_t i = 0; i < sizeof(valid) / sizeof(valid[0]); i++) {
+        /* the elements, one by one, as the reference reads them */
+        char list[256], copy[256];
+        snprintf(list, sizeof(list), "%s", valid[i]);
+        float want[16];
+        size_t count = 0;
+        int ok = 1;
+        for (char *save = NULL, *t = strtok_r(list, ",", &save); t; t = strtok_r(NULL, ",", &save))
+            ok &= array_expect(t, &want[count++]);
+        for (int room = 0; room < 2; room++) {
+            int len = snprintf(copy, sizeof(copy), room ? "%s]%20s" : "%s]", valid[i], "");
+            char *src = malloc((size_t)len);
+            ck_assert_ptr_nonnull(src);
+            memcpy(src, copy, (size_t)len);
+            const char *pos = src;
+            float got[16];
+            size_t n = 99;
+            int rc = ns__f32_parse_array(&pos, src + len, got, 16, &n);
+            if (!ok) {
+                CHECK(rc == -1, "[%s, room %d: rc %d, refused by the reference", valid[i], room,
+                      rc);
+            } else {
+                CHECK(rc == 1 && n == count && pos == src + strlen(valid[i]) + 1,
+                      "[%s, room %d: rc %d n %zu/%zu", valid[i], room, rc, n, count);
+                for (size_t k = 0; k < count; k++)
+                    CHECK(bits_of(got[k]) == bits_of(want[k]), "[%s, room %d [%zu]: %08x vs %08x",
+                          valid[i], room, k, (unsigned)bits_of(got[k]), (unsigned)bits_of(want[k]));
+            }
+            free(src);
+        }
+    }
+    /* not arrays of numbers (the text after the '['), and last one that is:
+     * its ']' ends the array, and what follows is the caller's */
+    static const char *const bad[] = {
+        "]",
+        " ]",
+        "1,]",
+        ",1]",
+        "1 2]",
+        "1,2",
+        "1.5.2]",
+        "1e5e1]",
+        "1e5.5]",
+        "-]",
+        "1,-]",
+        "01]",
+        "-01.5]",
+        "1.]",
+        "1.e5]",
+        ".5]",
+        "+1]",
+        "1e]",
+        "1e+]",
+        "[1]]",
+        "1;2]",
+        "1.5-2]",
+        "1.5+]",
+        "0x10]",
+        "1,,2]",
+        "\"1\"]",
+        "null]",
+        "1e100]",
+        "-3.5e38]",
+        "1e39]",
+        "12345678901234567890]",
+        "-1234567890123456789]",
+        "1.5",
+        "0.25,0.5e",
+        "1.5]x",
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+        for (int room = 0; room < 2; room++) {
+            char copy[128];
+            int len = snprintf(copy, sizeof(copy), room ? "%s%20s" : "%s", bad[i], "");
+            char *src = malloc((size_t)len + 1);
+            ck_assert_ptr_nonnull(src);
+            memcpy(src, copy, (size_t)len);
+            const char *pos = src;
+            float got[16];
+            size_t n = 99;
+            int rc = ns__f32_parse_array(&pos, src + len, got, 16, &n);
+            int want = strcmp(bad[i], "1.5]x") == 0 ? 1 : -1;
+            CHECK(rc == want, "[%s, room %d: rc %d", bad[i], room, rc);
+            free(src);
+        }
+}
+END_TEST
+
+/* Room for fewer elements than the array has: it stops after dst_cap, at
+ * the next element, and goes on from there. */
+START_TEST(array_in_parts)
+{
+    static const char text[] = "1.5,-2.5, 3.25e1,4,0.0625]                    ";
+    const float want[] = {1.5f, -2.5f, 32.5f, 4.0f, 0.0625f};
+    const char *end = text + sizeof(text) - 1, *pos = text;
+    float got[5];
+    size_t n = 99, total = 0;
+    ck_assert_int_eq(ns__f32_parse_array(&pos, end, got, 0, &n), 0);
+    ck_assert(n == 0 && pos == text);
+    ck_assert_int_eq(ns__f32_parse_array(&pos, end, got, 2, &n), 0);
+    total += n;
+    ck_assert(n == 2 && pos == text + 9); /* at " 3.25e1" */
+    ck_assert_int_eq(ns__f32_parse_array(&pos, end, got + total, 2, &n), 0);
+    total += n;
+    ck_assert_int_eq(ns__f32_parse_array(&pos, end, got + total, 2, &n), 1);
+    total += n;
+    ck_assert(total == 5 && pos == text + 26);
+    for (int i = 0; i < 5; i++)
+        ck_assert_uint_eq(bits_of(got[i]), bits_of(want[i]));
+    /* exactly the room it needs */
+    pos = text;
+    ck_assert_int_eq(ns__f32_parse_array(&pos, end, got, 5, &n), 1);
+    ck_assert(n == 5 && pos == text + 26);
+    /* a bad element after a full part */
+    static const char bad[] = "1,2,]";
+    pos = bad;
+    ck_assert_int_eq(ns__f32_parse_array(&pos, bad + 5, got, 2, &n), 0);
+    ck_assert_int_eq(ns__f32_parse_array(&pos, bad + 5, got, 2, &n), -1);
+}
+END_TEST
 
 /* Known answers: bit patterns from the binary32 layout by hand, or (the
  * decimals with many digits) by exact rational rounding with Python's
@@ -381,6 +604,8 @@ static Suite *make_suite(void)
     tcase_add_test(tc, random_decimals);
     tcase_add_test(tc, midpoints_and_boundaries);
     tcase_add_test(tc, report_values_are_strtof);
+    tcase_add_test(tc, array_shapes_and_boundaries);
+    tcase_add_test(tc, array_in_parts);
     suite_add_tcase(s, tc);
     return s;
 }

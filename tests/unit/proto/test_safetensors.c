@@ -920,6 +920,92 @@ START_TEST(test_fast_path_numbers)
 }
 END_TEST
 
+/* A report of one layer with 'n' channels, its arrays in the order given,
+ * element 'at' of the array 'bad_key' replaced by 'bad' (raw text), and
+ * 'extra' elements more in the second array. */
+static void array_body(ns_buf_t *b, int var_first, int n, const char *bad_key, int at,
+                       const char *bad, int extra)
+{
+    static const char *const keys[2][2] = {{"mean", "var"}, {"var", "mean"}};
+    ns_buf_init(b, 0);
+    ns_buf_printf(b, "{\"step\":3,\"worker\":0,\"layers\":{\"l\":{\"count\":9");
+    for (int a = 0; a < 2; a++) {
+        const char *key = keys[var_first][a];
+        ns_buf_printf(b, ",\"%s\":[", key);
+        for (int i = 0; i < n + (a == 1 ? extra : 0); i++) {
+            ns_buf_printf(b, i ? "," : "");
+            if (bad_key && strcmp(key, bad_key) == 0 && i == at)
+                ns_buf_printf(b, "%s", bad);
+            else
+                ns_buf_printf(b, "%.9g", (i % 2 && key[0] == 'm' ? -0.25 : 1.0) / (i + 3.0));
+        }
+        ns_buf_printf(b, "]");
+    }
+    ns_buf_printf(b, "}}}");
+}
+
+/* Malformed elements at the start, the middle and the end of either array
+ * (where the fast path reads 16-byte blocks, and next to the body's end),
+ * and arrays of different lengths in either order: the fast path leaves
+ * each to jansson's, so the answer is the same code and message, and an
+ * element of the wrong kind or range is named by its field. */
+START_TEST(test_fast_path_array_errors)
+{
+    static const struct {
+        const char *text;
+        int named; /* the error names the element (not a syntax error) */
+    } bad[] = {
+        {"1.5.2", 0}, {"1e5e1", 0},   {"01", 0},
+        {"1 2", 0},   {"-", 0},       {"", 0},
+        {"1.", 0},    {"+1", 0},      {"0x10", 0},
+        {"1e", 0},    {"\"x\"", 1},   {"null", 1},
+        {"true", 1},  {"[1]", 1},     {"{}", 1},
+        {"1e39", 1},  {"-3.5e38", 1}, {"12345678901234567890", 1},
+    };
+    ns_buf_t body = {0};
+    static const char *const keys[] = {"mean", "var"};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+        for (int k = 0; k < 2; k++)
+            for (int var_first = 0; var_first < 2; var_first++)
+                for (int where = 0; where < 3; where++) {
+                    int n = 40, at = where == 0 ? 0 : where == 1 ? n / 2 : n - 1;
+                    array_body(&body, var_first, n, keys[k], at, bad[i].text, 0);
+                    ck_assert_int_ne(decode_both(body.data, body.len), 0);
+                    if (bad[i].named) {
+                        ns_report_t *r = NULL;
+                        ns_error_detail_t err = {0};
+                        char field[64];
+                        snprintf(field, sizeof(field), "layers.l.%s[%d]", keys[k], at);
+                        ck_assert_int_ne(ns_report_decode_json(&r, body.data, body.len, &err), 0);
+                        ck_assert_str_eq(err.field, field);
+                        ck_assert_msg(strstr(err.message, field) != NULL, "%s", err.message);
+                    }
+                    ns_buf_free(&body);
+                }
+    /* one array longer or shorter than the other, in either order */
+    for (int var_first = 0; var_first < 2; var_first++)
+        for (int extra = -2; extra <= 2; extra++) {
+            array_body(&body, var_first, 100, NULL, 0, NULL, extra);
+            int rc = decode_both(body.data, body.len);
+            ns_report_t *r = NULL;
+            ns_error_detail_t err = {0};
+            int fast = ns__report_decode_json_fast(&r, body.data, body.len, &err);
+            if (extra == 0) {
+                ck_assert_int_eq(rc, 0);
+                ck_assert_int_eq(fast, 0); /* either order takes the fast path */
+                ck_assert_uint_eq(r->layers[0].channels, 100);
+            } else {
+                ck_assert_int_ne(rc, 0);
+                ck_assert_int_ne(fast, 0);
+                ck_assert_int_eq(ns_report_decode_json(&r, body.data, body.len, &err), rc);
+                ck_assert_str_eq(err.field, "layers.l.var");
+            }
+            ns_report_free(r);
+            ns_buf_free(&body);
+        }
+}
+END_TEST
+
 static Suite *safetensors_suite(void)
 {
     Suite *s = suite_create("safetensors");
@@ -933,6 +1019,7 @@ static Suite *safetensors_suite(void)
     tcase_add_test(tc, test_fuzz_json_report);
     tcase_add_test(tc, test_fast_path_numbers);
     tcase_add_test(tc, test_long_metadata);
+    tcase_add_test(tc, test_fast_path_array_errors);
     tcase_add_test(tc, test_scanner_vs_jansson);
     tcase_add_test(tc, test_scanner_resnet50);
     suite_add_tcase(s, tc);
