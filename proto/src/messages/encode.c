@@ -1,6 +1,7 @@
 /* encode.c - statistics and /sync responses as JSON or safetensors. */
 #include <float.h>
 #include <math.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -13,16 +14,32 @@ static float narrow(double d)
     return d > FLT_MAX ? INFINITY : d < -FLT_MAX ? -INFINITY : (float)d;
 }
 
+/* Whether 'extra' more bytes stay within dst's ceiling. */
+static int fits(const ns_buf_t *dst, size_t extra)
+{
+    return dst->cap_max == 0 || (dst->len <= dst->cap_max && extra <= dst->cap_max - dst->len);
+}
+
 /* The values as JSON numbers, comma-separated: each the shortest text that
  * reads back as the same float32 (JSON has no NaN or infinity: null),
- * written straight into room reserved a block at a time. */
+ * written straight into room reserved for the whole array at once (one
+ * allocation, no copies as it grows), a block at a time near the ceiling. */
 static int float_array(ns_buf_t *dst, const double *src, size_t n)
 {
-    enum { BLOCK = 256 };
+    enum { BLOCK = 256, WORST = 1 + NS__F32_FORMAT_MAX /* a comma and a number */ };
+    if (n <= SIZE_MAX / WORST - 1 && fits(dst, n * WORST + NS__F32_PUT_ROOM)) {
+        int rc = ns_buf_reserve(dst, n * WORST + NS__F32_PUT_ROOM);
+        if (rc)
+            return rc;
+        char *end = ns__f32_put_list(dst->data + dst->len, src, n);
+        dst->len = (size_t)(end - dst->data);
+        *end = '\0';
+        return 0;
+    }
     for (size_t c0 = 0; c0 < n; c0 += BLOCK) {
         size_t c1 = n - c0 < BLOCK ? n : c0 + BLOCK;
-        size_t worst = (c1 - c0) * (1 + NS__F32_FORMAT_MAX);
-        if (dst->cap_max != 0 && (dst->len > dst->cap_max || worst > dst->cap_max - dst->len)) {
+        size_t worst = (c1 - c0) * WORST + NS__F32_PUT_ROOM;
+        if (!fits(dst, worst)) {
             /* Near the ceiling: number by number, so a text that fits fits. */
             for (size_t c = c0; c < c1; c++) {
                 char num[1 + NS__F32_FORMAT_MAX] = ",";
@@ -37,11 +54,9 @@ static int float_array(ns_buf_t *dst, const double *src, size_t n)
         if (rc)
             return rc;
         char *p = dst->data + dst->len;
-        for (size_t c = c0; c < c1; c++) {
-            if (c)
-                *p++ = ',';
-            p += ns__f32_format(p, narrow(src[c]));
-        }
+        if (c0)
+            *p++ = ',';
+        p = ns__f32_put_list(p, src + c0, c1 - c0);
         dst->len = (size_t)(p - dst->data);
         *p = '\0';
     }

@@ -37,4 +37,22 @@ int ns__f32_parse_prefix(const char *src, const char *end, const char **stop, in
  * write "null"); here they give "null" too. Thread-safe. */
 size_t ns__f32_format(char *dst, float value);
 
+/* Room ns__f32_put() may write: the text and scratch bytes after it. */
+#define NS__F32_PUT_ROOM 32
+
+/* ns__f32_put() :
+ * ns__f32_format()'s text at 'dst', which has room for NS__F32_PUT_ROOM
+ * bytes: what follows the text is scratch, not a NUL. For writers of many
+ * numbers into one buffer (no copy through a local buffer).
+ * @return the text's length. Thread-safe. */
+size_t ns__f32_put(char *dst, float value);
+
+/* ns__f32_put_list() :
+ * The n values narrowed to float32, comma-separated, each as
+ * ns__f32_put() writes it (beyond float32's range: infinity, "null"), at
+ * 'dst', which has room for n * (1 + NS__F32_FORMAT_MAX) + NS__F32_PUT_ROOM
+ * bytes; what follows the list is scratch.
+ * @return the end of the list. Thread-safe. */
+char *ns__f32_put_list(char *dst, const double *src, size_t n);
+
 #endif /* NS_PROTO_F32_H */
