@@ -15,8 +15,11 @@
  * computation of the same digits and with strtof. */
 #include <float.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <string.h>
+
+#include <normstat/core.h>
 
 #include "f32.h"
 
@@ -170,22 +173,14 @@ static char *put_scientific(char *p, char lead, uint64_t rest, int n, int e10)
     return p;
 }
 
-/* The text of f * 10^k (0 < f < 10^9) at p, as "%.9g" lays it out; p has
- * room for NS__F32_PUT_ROOM bytes, of which the text takes at most 15
- * (writes past the text are scratch). Fixed notation, the common case:
- * "0.000000" and the digits after it below 1; at or above 1 the digits,
- * those after the point moved one byte up (one store), and the point.
- * @return the end of the text. */
-static inline char *put_decimal(char *p, uint32_t f, int k)
+/* The text lead.rest * 10^e10 (n significant digits) at p, as "%.9g" lays
+ * it out; p has room for NS__F32_PUT_ROOM bytes, of which the text takes
+ * at most 15 (writes past the text are scratch). Fixed notation, the
+ * common case: "0.000000" and the digits after it below 1; at or above 1
+ * the digits, those after the point moved one byte up (one store), and
+ * the point. @return the end of the text. */
+static inline char *put_text(char *p, char lead, uint64_t rest, int n, int e10)
 {
-    int n = count_digits(f);
-    int e10 = k + n - 1;           /* the exponent of the leading digit */
-    uint32_t x = f * pow10[9 - n]; /* 9 digits, the significant ones first */
-    char lead = (char)('0' + x / 100000000);
-    uint64_t rest = ascii8(x % 100000000); /* the other 8 */
-    uint64_t zeros = rest ^ 0x3030303030303030ull;
-    /* significant digits: 1 + the 8 less the trailing zeros (the high bytes) */
-    n = 1 + (zeros ? 8 - __builtin_clzll(zeros) / 8 : 0);
     if (e10 < -4 || e10 > 8)
         return put_scientific(p, lead, rest, n, e10);
     if (e10 < 0) {
@@ -201,6 +196,21 @@ static inline char *put_decimal(char *p, uint32_t f, int k)
     p[e10 + 1] = '.';
     /* An integer (no significant digit after the point) ends before it. */
     return p + (n > e10 + 1 ? n + 1 : e10 + 1);
+}
+
+/* The text of f * 10^k (0 < f < 10^9) at p, as put_text() lays it out.
+ * @return the end of the text. */
+static inline char *put_decimal(char *p, uint32_t f, int k)
+{
+    int n = count_digits(f);
+    int e10 = k + n - 1;           /* the exponent of the leading digit */
+    uint32_t x = f * pow10[9 - n]; /* 9 digits, the significant ones first */
+    char lead = (char)('0' + x / 100000000);
+    uint64_t rest = ascii8(x % 100000000); /* the other 8 */
+    uint64_t zeros = rest ^ 0x3030303030303030ull;
+    /* significant digits: 1 + the 8 less the trailing zeros (the high bytes) */
+    n = 1 + (zeros ? 8 - __builtin_clzll(zeros) / 8 : 0);
+    return put_text(p, lead, rest, n, e10);
 }
 
 /* ns__f32_put(), inlined into the array loop too. */
@@ -236,11 +246,59 @@ size_t ns__f32_put(char *dst, float value)
     return put_f32(dst, value);
 }
 
+/* Served arrays are float32; a double beyond its range becomes infinity. */
+static float narrow(double d)
+{
+    return d > FLT_MAX ? INFINITY : d < -FLT_MAX ? -INFINITY : (float)d;
+}
+
+#if defined(__x86_64__) || defined(__i386__)
+/* Whether libnscore chose its AVX2 kernels (the CPU and the OS support AVX2,
+ * NS_SIMD=scalar not set): then the digits come four at a time. */
+static pthread_once_t simd_once = PTHREAD_ONCE_INIT;
+static int simd_avx2;
+
+static void simd_choose(void)
+{
+    simd_avx2 = strcmp(ns_core_kernel(), "avx2") == 0;
+}
+
+/* Values [i, i + 4) of src, the first preceded by a comma unless i == 0. */
+static char *put_four(char *dst, const double *src, size_t i)
+{
+    float v[4];
+    uint32_t bits[4];
+    ns_f32_parts_t t;
+    for (int j = 0; j < 4; j++) {
+        v[j] = narrow(src[i + j]);
+        memcpy(&bits[j], &v[j], sizeof(bits[j]));
+    }
+    unsigned done = ns__f32_text4_avx2(bits, g_table, K_MIN, pow10, &t);
+    for (int j = 0; j < 4; j++) {
+        *dst = ',';
+        dst += i + (size_t)j != 0;
+        if (done >> j & 1) {
+            *dst = '-';
+            dst = put_text(dst + (bits[j] >> 31), t.lead[j], t.rest[j], t.n[j], t.e10[j]);
+        } else {
+            dst += put_f32(dst, v[j]);
+        }
+    }
+    return dst;
+}
+#endif
+
 char *ns__f32_put_list(char *dst, const double *src, size_t n)
 {
-    for (size_t i = 0; i < n; i++) {
-        double d = src[i];
-        float v = d > FLT_MAX ? INFINITY : d < -FLT_MAX ? -INFINITY : (float)d;
+    size_t i = 0;
+#if defined(__x86_64__) || defined(__i386__)
+    pthread_once(&simd_once, simd_choose);
+    if (simd_avx2)
+        for (; n - i >= 4; i += 4)
+            dst = put_four(dst, src, i);
+#endif
+    for (; i < n; i++) {
+        float v = narrow(src[i]);
         *dst = ',';
         dst += i != 0; /* the comma stays before every value but the first */
         dst += put_f32(dst, v);

@@ -308,8 +308,9 @@ static void reference_served(double d, char *dst, size_t cap)
 
 /* ns__f32_put_list(): the reference texts joined by commas, for lists of
  * every length up to 40 (random floats of every binade, doubles between
- * floats, beyond float32's range, infinities, NaN, zeros), nothing
- * written past the room it is given. */
+ * floats, beyond float32's range, infinities, NaN, zeros, powers of two,
+ * mixed in the groups of four the AVX2 path takes), nothing written past
+ * the room it is given. check-units runs it with NS_SIMD=scalar too. */
 START_TEST(list_same_as_exact)
 {
     enum { MAX_N = 40 };
@@ -330,8 +331,10 @@ START_TEST(list_same_as_exact)
             case 1:
                 src[i] = (r >> 8) % 3 == 0 ? INFINITY : (r >> 8) % 3 == 1 ? -INFINITY : NAN;
                 break;
-            case 2:
-                src[i] = (r >> 8) % 2 ? 0.0 : -0.0;
+            case 2: /* zeros, powers of two (their gap below is half the one above) */
+                src[i] = (r >> 8) % 4 == 0   ? 0.0
+                         : (r >> 8) % 4 == 1 ? -0.0
+                                             : float_of((uint32_t)(r >> 16) & 0xff800000u);
                 break;
             case 3:
                 src[i] = ((double)(r >> 11) / 9007199254740992.0 - 0.5) * 3.0;
