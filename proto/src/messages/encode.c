@@ -1,18 +1,10 @@
 /* encode.c - statistics and /sync responses as JSON or safetensors. */
-#include <float.h>
-#include <math.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
 
 #include "util/f32.h"
 #include "proto_internal.h"
-
-/* Served arrays are float32; a double beyond its range becomes infinity. */
-static float narrow(double d)
-{
-    return d > FLT_MAX ? INFINITY : d < -FLT_MAX ? -INFINITY : (float)d;
-}
 
 /* Whether 'extra' more bytes stay within dst's ceiling. */
 static int fits(const ns_buf_t *dst, size_t extra)
@@ -43,7 +35,7 @@ static int float_array(ns_buf_t *dst, const double *src, size_t n)
             /* Near the ceiling: number by number, so a text that fits fits. */
             for (size_t c = c0; c < c1; c++) {
                 char num[1 + NS__F32_FORMAT_MAX] = ",";
-                size_t k = ns__f32_format(num + 1, narrow(src[c]));
+                size_t k = ns__f32_format(num + 1, ns__f32_narrow(src[c]));
                 int rc = ns_buf_append(dst, c ? num : num + 1, c ? k + 1 : k);
                 if (rc)
                     return rc;
@@ -259,7 +251,7 @@ static void write_tensors(uint8_t *p, const ns_out_layer_t *layers, size_t n_lay
         const ns_out_layer_t *layer = &layers[l];
         for (size_t a = 0; a < layer->n_arrays; a++)
             for (size_t c = 0; c < layer->channels; c++, p += 4) {
-                float f = narrow(layer->arrays[a][c]);
+                float f = ns__f32_narrow(layer->arrays[a][c]);
                 uint32_t bits;
                 memcpy(&bits, &f, sizeof(bits));
                 ns__store_le32(p, bits);

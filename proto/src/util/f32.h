@@ -2,8 +2,17 @@
 #ifndef NS_PROTO_F32_H
 #define NS_PROTO_F32_H
 
+#include <float.h>
+#include <math.h>
 #include <stddef.h>
 #include <stdint.h>
+
+/* A served double as float32: beyond float32's range it becomes infinity
+ * (JSON: null), otherwise it is rounded once. */
+static inline float ns__f32_narrow(double d)
+{
+    return d > FLT_MAX ? INFINITY : d < -FLT_MAX ? -INFINITY : (float)d;
+}
 
 /* Longest text ns__f32_format() writes, plus its NUL: "-1.23456789e-45". */
 #define NS__F32_FORMAT_MAX 16

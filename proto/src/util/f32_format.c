@@ -13,8 +13,6 @@
  * a comparison. The unit test compares every
  * float32 in whole binades and millions of others with an exact 192-bit
  * computation of the same digits and with strtof. */
-#include <float.h>
-#include <math.h>
 #include <pthread.h>
 #include <stdint.h>
 #include <string.h>
@@ -246,12 +244,6 @@ size_t ns__f32_put(char *dst, float value)
     return put_f32(dst, value);
 }
 
-/* Served arrays are float32; a double beyond its range becomes infinity. */
-static float narrow(double d)
-{
-    return d > FLT_MAX ? INFINITY : d < -FLT_MAX ? -INFINITY : (float)d;
-}
-
 #if defined(__x86_64__) || defined(__i386__)
 /* Whether libnscore chose its AVX2 kernels (the CPU and the OS support AVX2,
  * NS_SIMD=scalar not set): then the digits come four at a time. */
@@ -270,7 +262,7 @@ static char *put_four(char *dst, const double *src, size_t i)
     uint32_t bits[4];
     ns_f32_parts_t t;
     for (int j = 0; j < 4; j++) {
-        v[j] = narrow(src[i + j]);
+        v[j] = ns__f32_narrow(src[i + j]);
         memcpy(&bits[j], &v[j], sizeof(bits[j]));
     }
     unsigned done = ns__f32_text4_avx2(bits, g_table, K_MIN, pow10, &t);
@@ -298,7 +290,7 @@ char *ns__f32_put_list(char *dst, const double *src, size_t n)
             dst = put_four(dst, src, i);
 #endif
     for (; i < n; i++) {
-        float v = narrow(src[i]);
+        float v = ns__f32_narrow(src[i]);
         *dst = ',';
         dst += i != 0; /* the comma stays before every value but the first */
         dst += put_f32(dst, v);
