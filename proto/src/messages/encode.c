@@ -1,32 +1,41 @@
 /* encode.c - statistics and /sync responses as JSON or safetensors. */
-#include <float.h>
-#include <math.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <string.h>
 
 #include "util/f32.h"
 #include "proto_internal.h"
 
-/* Served arrays are float32; a double beyond its range becomes infinity. */
-static float narrow(double d)
+/* Whether 'extra' more bytes stay within dst's ceiling. */
+static int fits(const ns_buf_t *dst, size_t extra)
 {
-    return d > FLT_MAX ? INFINITY : d < -FLT_MAX ? -INFINITY : (float)d;
+    return dst->cap_max == 0 || (dst->len <= dst->cap_max && extra <= dst->cap_max - dst->len);
 }
 
 /* The values as JSON numbers, comma-separated: each the shortest text that
  * reads back as the same float32 (JSON has no NaN or infinity: null),
- * written straight into room reserved a block at a time. */
+ * written straight into room reserved for the whole array at once (one
+ * allocation, no copies as it grows), a block at a time near the ceiling. */
 static int float_array(ns_buf_t *dst, const double *src, size_t n)
 {
-    enum { BLOCK = 256 };
+    enum { BLOCK = 256, WORST = 1 + NS__F32_FORMAT_MAX /* a comma and a number */ };
+    if (n <= SIZE_MAX / WORST - 1 && fits(dst, n * WORST + NS__F32_PUT_ROOM)) {
+        int rc = ns_buf_reserve(dst, n * WORST + NS__F32_PUT_ROOM);
+        if (rc)
+            return rc;
+        char *end = ns__f32_put_list(dst->data + dst->len, src, n);
+        dst->len = (size_t)(end - dst->data);
+        *end = '\0';
+        return 0;
+    }
     for (size_t c0 = 0; c0 < n; c0 += BLOCK) {
         size_t c1 = n - c0 < BLOCK ? n : c0 + BLOCK;
-        size_t worst = (c1 - c0) * (1 + NS__F32_FORMAT_MAX);
-        if (dst->cap_max != 0 && (dst->len > dst->cap_max || worst > dst->cap_max - dst->len)) {
+        size_t worst = (c1 - c0) * WORST + NS__F32_PUT_ROOM;
+        if (!fits(dst, worst)) {
             /* Near the ceiling: number by number, so a text that fits fits. */
             for (size_t c = c0; c < c1; c++) {
                 char num[1 + NS__F32_FORMAT_MAX] = ",";
-                size_t k = ns__f32_format(num + 1, narrow(src[c]));
+                size_t k = ns__f32_format(num + 1, ns__f32_narrow(src[c]));
                 int rc = ns_buf_append(dst, c ? num : num + 1, c ? k + 1 : k);
                 if (rc)
                     return rc;
@@ -37,11 +46,9 @@ static int float_array(ns_buf_t *dst, const double *src, size_t n)
         if (rc)
             return rc;
         char *p = dst->data + dst->len;
-        for (size_t c = c0; c < c1; c++) {
-            if (c)
-                *p++ = ',';
-            p += ns__f32_format(p, narrow(src[c]));
-        }
+        if (c0)
+            *p++ = ',';
+        p = ns__f32_put_list(p, src + c0, c1 - c0);
         dst->len = (size_t)(p - dst->data);
         *p = '\0';
     }
@@ -244,7 +251,7 @@ static void write_tensors(uint8_t *p, const ns_out_layer_t *layers, size_t n_lay
         const ns_out_layer_t *layer = &layers[l];
         for (size_t a = 0; a < layer->n_arrays; a++)
             for (size_t c = 0; c < layer->channels; c++, p += 4) {
-                float f = narrow(layer->arrays[a][c]);
+                float f = ns__f32_narrow(layer->arrays[a][c]);
                 uint32_t bits;
                 memcpy(&bits, &f, sizeof(bits));
                 ns__store_le32(p, bits);

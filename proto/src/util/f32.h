@@ -2,7 +2,17 @@
 #ifndef NS_PROTO_F32_H
 #define NS_PROTO_F32_H
 
+#include <float.h>
+#include <math.h>
 #include <stddef.h>
+#include <stdint.h>
+
+/* A served double as float32: beyond float32's range it becomes infinity
+ * (JSON: null), otherwise it is rounded once. */
+static inline float ns__f32_narrow(double d)
+{
+    return d > FLT_MAX ? INFINITY : d < -FLT_MAX ? -INFINITY : (float)d;
+}
 
 /* Longest text ns__f32_format() writes, plus its NUL: "-1.23456789e-45". */
 #define NS__F32_FORMAT_MAX 16
@@ -49,5 +59,42 @@ int ns__f32_parse_array(const char **pos, const char *end, float *dst, size_t ds
  * @return its length. Non-finite values are the caller's to handle (they
  * write "null"); here they give "null" too. Thread-safe. */
 size_t ns__f32_format(char *dst, float value);
+
+/* Room ns__f32_put() may write: the text and scratch bytes after it. */
+#define NS__F32_PUT_ROOM 32
+
+/* ns__f32_put() :
+ * ns__f32_format()'s text at 'dst', which has room for NS__F32_PUT_ROOM
+ * bytes: what follows the text is scratch, not a NUL. For writers of many
+ * numbers into one buffer (no copy through a local buffer).
+ * @return the text's length. Thread-safe. */
+size_t ns__f32_put(char *dst, float value);
+
+/* ns__f32_put_list() :
+ * The n values narrowed to float32, comma-separated, each as
+ * ns__f32_put() writes it (beyond float32's range: infinity, "null"), at
+ * 'dst', which has room for n * (1 + NS__F32_FORMAT_MAX) + NS__F32_PUT_ROOM
+ * bytes; what follows the list is scratch.
+ * @return the end of the list. Thread-safe. */
+char *ns__f32_put_list(char *dst, const double *src, size_t n);
+
+/* The text of four numbers f * 10^k in parts (f32_format.c lays them out):
+ * the leading digit, the 8 digits after it (ASCII, lowest byte first; the
+ * trailing zeros not significant), the significant digits, the exponent of
+ * the leading digit. */
+typedef struct {
+    uint64_t rest[4];
+    char lead[4];
+    int n[4], e10[4];
+} ns_f32_parts_t;
+
+/* ns__f32_text4_avx2() (f32_format_avx2.c, x86 only, AVX2 CPUs only) :
+ * The parts of the shortest decimal text of the four float32 'bits' (sign
+ * aside), as f32_format.c computes them, with its tables 'g_table'
+ * (indexed from k_min) and 'pow10' (10^0 .. 10^9). Lanes of zeros,
+ * subnormals, powers of two, infinities and NaNs are left to the caller.
+ * @return a mask of the lanes done (bit j: lane j). */
+unsigned ns__f32_text4_avx2(const uint32_t bits[4], const uint64_t *g_table, int k_min,
+                            const uint32_t *pow10, ns_f32_parts_t *parts);
 
 #endif /* NS_PROTO_F32_H */

@@ -13,8 +13,11 @@
  * a comparison. The unit test compares every
  * float32 in whole binades and millions of others with an exact 192-bit
  * computation of the same digits and with strtof. */
+#include <pthread.h>
 #include <stdint.h>
 #include <string.h>
+
+#include <normstat/core.h>
 
 #include "f32.h"
 
@@ -56,18 +59,14 @@ static const uint64_t g_table[K_MAX - K_MIN + 1] = {
     0x51212ffbaf0a7e19u, 0x40e7599625a1fe7bu,
 };
 
-/* floor(log10(2^q)) and floor(log10(3/4 * 2^q)) for -149 <= q <= 104, and
- * floor(log2(10^e)) for |e| <= 50; the constants are log10(2), log10(3/4)
- * and log2(10) times a power of two, rounded so that no argument in range
- * lands on the wrong side of an integer (checked by the unit test). */
-static int floor_log10_pow2(int q)
+/* floor(log10(2^q)), or floor(log10(3/4 * 2^q)) when 'three_quarters' is
+ * 1, for -149 <= q <= 104, and floor(log2(10^e)) for |e| <= 50; the
+ * constants are log10(2), log10(3/4) and log2(10) times a power of two,
+ * rounded so that no argument in range lands on the wrong side of an
+ * integer (checked by the unit test). */
+static int floor_log10_pow2(int q, uint32_t three_quarters)
 {
-    return (q * 315653) >> 20;
-}
-
-static int floor_log10_three_quarters_pow2(int q)
-{
-    return (q * 315653 - 131008) >> 20;
+    return (q * 315653 - 131008 * (int)three_quarters) >> 20;
 }
 
 static int floor_log2_pow10(int e)
@@ -83,43 +82,47 @@ static uint32_t round_to_odd(uint64_t g, uint64_t cp)
     return (uint32_t)(x >> 31) | (uint32_t)((x & 0xffffffffu) != 0);
 }
 
-/* The digits f and power of ten *exp10 of the shortest decimal in R for
- * v = c * 2^q. */
-static uint32_t shortest(uint32_t c, int q, int irregular, int *exp10)
+/* The digits f of the shortest decimal f * 10^k in R for v = c * 2^q,
+ * with k as computed here (*exp10). The candidate is chosen by arithmetic,
+ * not by branches: which one wins follows the digits of v, which no branch
+ * predictor can guess. Kept out of line: inlined into the array loop, the
+ * compiler turns the layout's branches into selects too and the loop ran
+ * a third slower. */
+static __attribute__((noinline)) uint32_t shortest(uint32_t c, int q, uint32_t irregular,
+                                                   int *exp10)
 {
-    uint64_t cb = (uint64_t)c << 2, cbr = cb + 2, cbl = irregular ? cb - 1 : cb - 2;
-    int k = irregular ? floor_log10_three_quarters_pow2(q) : floor_log10_pow2(q);
+    uint64_t cb = (uint64_t)c << 2, cbr = cb + 2, cbl = cb - 2 + irregular;
+    int k = floor_log10_pow2(q, irregular);
     int h = q + floor_log2_pow10(-k) + 33;
     uint64_t g = g_table[k - K_MIN];
     uint32_t out = c & 1; /* an odd c excludes the bounds of R */
     uint32_t vb = round_to_odd(g, cb << h);
-    uint32_t vbl = round_to_odd(g, cbl << h);
-    uint32_t vbr = round_to_odd(g, cbr << h);
+    uint32_t vbl = round_to_odd(g, cbl << h) + out; /* the bounds, R's own or not */
+    uint32_t vbr = round_to_odd(g, cbr << h) - out;
     uint32_t s = vb >> 2; /* floor(v / 10^k) */
-    {
-        /* One digit fewer: the multiple of 10^(k+1) below or above v. */
-        uint32_t sp10 = s / 10 * 10, tp10 = sp10 + 10;
-        int upin = vbl + out <= sp10 << 2, wpin = (tp10 << 2) + out <= vbr;
-        if (upin != wpin) {
-            *exp10 = k;
-            return upin ? sp10 : tp10;
-        }
-    }
-    /* Otherwise s or s + 1, whichever is in R; the nearer if both are. */
-    uint32_t u = s + 1;
-    int uin = vbl + out <= s << 2, win = (u << 2) + out <= vbr;
     *exp10 = k;
-    if (uin != win)
-        return uin ? s : u;
-    uint32_t mid = (s + u) << 1; /* compared with vb, both times 4 */
-    return vb < mid || (vb == mid && !(s & 1)) ? s : u;
+    /* One digit fewer: the multiple of 10^(k+1) below or above v, when
+     * exactly one of them is in R. */
+    uint32_t sp10 = s / 10 * 10, tp10 = sp10 + 10;
+    uint32_t upin = vbl <= sp10 << 2, wpin = tp10 << 2 <= vbr;
+    uint32_t ten = upin ? sp10 : tp10;
+    /* Otherwise s or s + 1, whichever is in R; the nearer if both are
+     * (4s + 2 is their midpoint, compared with vb, both times 4). */
+    uint32_t u = s + 1;
+    uint32_t uin = vbl <= s << 2, win = u << 2 <= vbr;
+    uint32_t mid = (s + u) << 1;
+    uint32_t nearer_s = vb < mid || (vb == mid && !(s & 1));
+    uint32_t take_s = (uin & (win ^ 1)) | ((uin ^ win ^ 1) & nearer_s);
+    uint32_t one = s + 1 - take_s;
+    uint32_t use_ten = 0u - (upin ^ wpin); /* all ones or zero */
+    return (ten & use_ten) | (one & ~use_ten);
 }
 
 /* The 8 decimal digits of v < 10^8 as ASCII, most significant in the
  * lowest byte (memory order on a little-endian machine): the halves, pairs
  * and digits split side by side in one 64-bit word, each division by a
  * constant a multiplication exact for the lane's range. */
-static uint64_t ascii8(uint32_t v)
+static inline uint64_t ascii8(uint32_t v)
 {
     uint64_t x = (uint64_t)(v / 10000) | (uint64_t)(v % 10000) << 32;
     uint64_t q = ((x * 10486) >> 20) & 0x0000007f0000007full; /* / 100 below 10^4 */
@@ -146,40 +149,12 @@ static int count_digits(uint32_t f)
     return n + (f >= pow10[n]);
 }
 
-/* The text of f * 10^k (0 < f < 10^9) at p, as "%.9g" lays it out; p has
- * room for 32 bytes, of which the text takes at most 15 (writes past the
- * text are scratch). @return the end of the text. */
-static char *put_decimal(char *p, uint32_t f, int k)
+/* The text of lead.rest * 10^e10 in scientific notation at p, as "%.9g"
+ * writes it ("1e-45", "3.4028235e38"): n significant digits, the first
+ * 'lead', the others the first bytes of 'rest' (ASCII, lowest byte first).
+ * @return the end of the text. */
+static char *put_scientific(char *p, char lead, uint64_t rest, int n, int e10)
 {
-    int n = count_digits(f);
-    int e10 = k + n - 1;                   /* the exponent of the leading digit */
-    uint32_t x = f * pow10[9 - n];         /* 9 digits, the significant ones first */
-    char lead = (char)('0' + x / 100000000);
-    uint64_t rest = ascii8(x % 100000000); /* the other 8 */
-    uint64_t zeros = rest ^ 0x3030303030303030ull;
-    /* significant digits: 1 + the 8 less the trailing zeros (the high bytes) */
-    n = 1 + (zeros ? 8 - __builtin_clzll(zeros) / 8 : 0);
-    if (e10 >= 0 && e10 < 9) {
-        if (n <= e10 + 1) { /* an integer: its digits, zeros included */
-            *p = lead;
-            store64(p + 1, rest);
-            return p + e10 + 1;
-        }
-        char d[16];
-        d[0] = lead;
-        store64(d + 1, rest); /* d[0..8]: the 9 digits */
-        memcpy(p, d, 9);
-        memcpy(p + e10 + 2, d + e10 + 1, 8);
-        p[e10 + 1] = '.';
-        return p + n + 1;
-    }
-    if (e10 < 0 && e10 >= -4) {
-        memcpy(p, "0.000000", 8);
-        p += 1 - e10; /* "0." and -e10 - 1 zeros */
-        *p = lead;
-        store64(p + 1, rest);
-        return p + n;
-    }
     p[0] = lead;
     p[1] = '.';
     store64(p + 2, rest);
@@ -196,29 +171,138 @@ static char *put_decimal(char *p, uint32_t f, int k)
     return p;
 }
 
-size_t ns__f32_format(char *dst, float value)
+/* The text lead.rest * 10^e10 (n significant digits) at p, as "%.9g" lays
+ * it out; p has room for NS__F32_PUT_ROOM bytes, of which the text takes
+ * at most 15 (writes past the text are scratch). Fixed notation, the
+ * common case: "0.000000" and the digits after it below 1; at or above 1
+ * the digits, those after the point moved one byte up (one store), and
+ * the point. @return the end of the text. */
+static inline char *put_text(char *p, char lead, uint64_t rest, int n, int e10)
+{
+    if (e10 < -4 || e10 > 8)
+        return put_scientific(p, lead, rest, n, e10);
+    if (e10 < 0) {
+        memcpy(p, "0.000000", 8);
+        p += 1 - e10; /* "0." and -e10 - 1 zeros */
+        *p = lead;
+        store64(p + 1, rest);
+        return p + n;
+    }
+    *p = lead;
+    store64(p + 1, rest);
+    store64(p + e10 + 2, rest >> (8 * e10 & 63)); /* rest from its byte e10 */
+    p[e10 + 1] = '.';
+    /* An integer (no significant digit after the point) ends before it. */
+    return p + (n > e10 + 1 ? n + 1 : e10 + 1);
+}
+
+/* The text of f * 10^k (0 < f < 10^9) at p, as put_text() lays it out.
+ * @return the end of the text. */
+static inline char *put_decimal(char *p, uint32_t f, int k)
+{
+    int n = count_digits(f);
+    int e10 = k + n - 1;           /* the exponent of the leading digit */
+    uint32_t x = f * pow10[9 - n]; /* 9 digits, the significant ones first */
+    char lead = (char)('0' + x / 100000000);
+    uint64_t rest = ascii8(x % 100000000); /* the other 8 */
+    uint64_t zeros = rest ^ 0x3030303030303030ull;
+    /* significant digits: 1 + the 8 less the trailing zeros (the high bytes) */
+    n = 1 + (zeros ? 8 - __builtin_clzll(zeros) / 8 : 0);
+    return put_text(p, lead, rest, n, e10);
+}
+
+/* ns__f32_put(), inlined into the array loop too. */
+static inline size_t put_f32(char *dst, float value)
 {
     uint32_t bits;
     memcpy(&bits, &value, sizeof(bits));
     uint32_t mag = bits & 0x7fffffffu;
     if (mag >= 0x7f800000u) {
-        memcpy(dst, "null", 5);
+        memcpy(dst, "null", 4);
         return 4;
     }
-    char text[32], *p = text;
-    if (bits >> 31)
-        *p++ = '-';
+    char *p = dst;
+    *p = '-';
+    p += bits >> 31;
     if (mag == 0) {
-        *p++ = '0';
-    } else {
-        uint32_t t = mag & 0x7fffffu, e = mag >> 23;
-        int k;
-        uint32_t f = e == 0 ? shortest(t, -149, 0, &k) /* subnormal */
-                            /* the gap below 2^n is half the gap above: irregular */
-                            : shortest(t | 0x800000u, (int)e - 150, t == 0 && e > 1, &k);
-        p = put_decimal(p, f, k);
+        *p = '0';
+        return (size_t)(p + 1 - dst);
     }
-    *p = '\0';
+    uint32_t t = mag & 0x7fffffu, e = mag >> 23;
+    /* A subnormal: c = t and q = -149; a power of two: the gap below it is
+     * half the gap above (irregular). */
+    uint32_t c = e ? t | 0x800000u : t;
+    int q = (int)(e + !e) - 150;
+    int k;
+    uint32_t f = shortest(c, q, t == 0 && e > 1, &k);
+    p = put_decimal(p, f, k);
+    return (size_t)(p - dst);
+}
+
+size_t ns__f32_put(char *dst, float value)
+{
+    return put_f32(dst, value);
+}
+
+#if defined(__x86_64__) || defined(__i386__)
+/* Whether libnscore chose its AVX2 kernels (the CPU and the OS support AVX2,
+ * NS_SIMD=scalar not set): then the digits come four at a time. */
+static pthread_once_t simd_once = PTHREAD_ONCE_INIT;
+static int simd_avx2;
+
+static void simd_choose(void)
+{
+    simd_avx2 = strcmp(ns_core_kernel(), "avx2") == 0;
+}
+
+/* Values [i, i + 4) of src, the first preceded by a comma unless i == 0. */
+static char *put_four(char *dst, const double *src, size_t i)
+{
+    float v[4];
+    uint32_t bits[4];
+    ns_f32_parts_t t;
+    for (int j = 0; j < 4; j++) {
+        v[j] = ns__f32_narrow(src[i + j]);
+        memcpy(&bits[j], &v[j], sizeof(bits[j]));
+    }
+    unsigned done = ns__f32_text4_avx2(bits, g_table, K_MIN, pow10, &t);
+    for (int j = 0; j < 4; j++) {
+        *dst = ',';
+        dst += i + (size_t)j != 0;
+        if (done >> j & 1) {
+            *dst = '-';
+            dst = put_text(dst + (bits[j] >> 31), t.lead[j], t.rest[j], t.n[j], t.e10[j]);
+        } else {
+            dst += put_f32(dst, v[j]);
+        }
+    }
+    return dst;
+}
+#endif
+
+char *ns__f32_put_list(char *dst, const double *src, size_t n)
+{
+    size_t i = 0;
+#if defined(__x86_64__) || defined(__i386__)
+    pthread_once(&simd_once, simd_choose);
+    if (simd_avx2)
+        for (; n - i >= 4; i += 4)
+            dst = put_four(dst, src, i);
+#endif
+    for (; i < n; i++) {
+        float v = ns__f32_narrow(src[i]);
+        *dst = ',';
+        dst += i != 0; /* the comma stays before every value but the first */
+        dst += put_f32(dst, v);
+    }
+    return dst;
+}
+
+size_t ns__f32_format(char *dst, float value)
+{
+    char text[NS__F32_PUT_ROOM];
+    size_t n = ns__f32_put(text, value);
+    text[n] = '\0';
     memcpy(dst, text, NS__F32_FORMAT_MAX); /* one fixed-size copy: dst has this room */
-    return (size_t)(p - text);
+    return n;
 }

@@ -204,16 +204,21 @@ static void on_sync_done(void *arg, nsd_sync_result_t *result)
     d->res = result;
     if (result->status == 0)
         prepare_answer(req, d);
+    if (result->status != 0 || d->rc != 0 || req->server->store == NULL) {
+        /* Answered at once: encoded by the threads of the woken requests,
+         * the step's workers in parallel. Encoding here would keep the
+         * step's later workers asleep until it is done (the registry calls
+         * back one request after the other, often this thread's own first). */
+        nsd_request_wake(req);
+        return;
+    }
     /* The request may be answered and gone once woken: the answer is held
      * by a reference of its own here. */
     nsd_answer_t *answer = d->answer != NULL ? nsd_answer_ref(d->answer) : NULL;
-    if (result->status == 0 && d->rc == 0 && req->server->store != NULL)
-        nsd_store_after_commit(req->server->store, on_sync_durable, req);
-    else
-        nsd_request_wake(req);
-    /* Encoded here too, while the commit is awaited or with the woken
-     * request's thread: the first of the step's workers encodes, the
-     * others find it done (their outcome read again by sync_answer()). */
+    nsd_store_after_commit(req->server->store, on_sync_durable, req);
+    /* Encoded while the commit is awaited: the first of the step's workers
+     * encodes, the others find it done (their outcome read again by
+     * sync_answer()). */
     if (answer != NULL)
         (void)nsd_answer_encode(answer);
     nsd_answer_release(answer);

@@ -237,7 +237,7 @@ static void reference_text(float value, char *dst, size_t cap)
     static const char zeros[] = "00000000";
     char d[16];
     int n = snprintf(d, sizeof(d), "%u", (unsigned)f);
-    int e10 = k + n - 1; /* the exponent of the leading digit */
+    int e10 = k + n - 1;                     /* the exponent of the leading digit */
     if (e10 >= 0 && e10 < 9 && n <= e10 + 1) /* an integer */
         snprintf(dst, cap, "%s%s%.*s", sign, d, e10 + 1 - n, zeros);
     else if (e10 >= 0 && e10 < 9)
@@ -248,14 +248,21 @@ static void reference_text(float value, char *dst, size_t cap)
         snprintf(dst, cap, "%s%c%s%se%d", sign, d[0], n > 1 ? "." : "", d + 1, e10);
 }
 
+/* ns__f32_format() and ns__f32_put() give the reference text; put writes
+ * nothing past its room. */
 static void check_exact(uint32_t bits)
 {
     float f = float_of(bits);
-    char mine[NS__F32_FORMAT_MAX], ref[64];
+    char mine[NS__F32_FORMAT_MAX], ref[64], put[NS__F32_PUT_ROOM + 16];
     ns__f32_format(mine, f);
     reference_text(f, ref, sizeof(ref));
     CHECK(strcmp(mine, ref) == 0, "%08x: \"%s\", the exact computation gives \"%s\"",
           (unsigned)bits, mine, ref);
+    memset(put, '#', sizeof(put));
+    size_t n = ns__f32_put(put, f);
+    CHECK(n == strlen(ref) && memcmp(put, ref, n) == 0, "%08x: put \"%.*s\", exact \"%s\"",
+          (unsigned)bits, (int)(n < 32 ? n : 32), put, ref);
+    CHECK(put[NS__F32_PUT_ROOM] == '#', "%08x: put wrote past its room", (unsigned)bits);
 }
 
 /* Every float of the binades BatchNorm statistics live in and of the
@@ -289,6 +296,74 @@ START_TEST(same_as_exact)
 }
 END_TEST
 
+/* The reference text of a double served as float32: beyond float32's
+ * range or NaN it is null, otherwise the float it rounds to. */
+static void reference_served(double d, char *dst, size_t cap)
+{
+    if (d != d || d > FLT_MAX || d < -FLT_MAX)
+        snprintf(dst, cap, "null");
+    else
+        reference_text((float)d, dst, cap);
+}
+
+/* ns__f32_put_list(): the reference texts joined by commas, for lists of
+ * every length up to 40 (random floats of every binade, doubles between
+ * floats, beyond float32's range, infinities, NaN, zeros, powers of two,
+ * mixed in the groups of four the AVX2 path takes), nothing written past
+ * the room it is given. check-units runs it with NS_SIMD=scalar too. */
+START_TEST(list_same_as_exact)
+{
+    enum { MAX_N = 40 };
+    uint64_t rng = ns_test_seed() ^ 0x9e3779b97f4a7c15u;
+    double src[MAX_N];
+    char out[MAX_N * (1 + NS__F32_FORMAT_MAX) + NS__F32_PUT_ROOM + 16];
+    char ref[MAX_N * 32], one[64];
+    for (int round = 0; round < 20000; round++) {
+        size_t n = (size_t)round % (MAX_N + 1);
+        for (size_t i = 0; i < n; i++) {
+            uint64_t r = ns_test_rand(&rng);
+            switch (r % 8) {
+            case 0: /* beyond float32's range, some by less than half its last gap */
+                src[i] = (r >> 8) % 3 == 0   ? 1e39 * (double)(r >> 40)
+                         : (r >> 8) % 3 == 1 ? -3.5e38
+                                             : FLT_MAX * (1 + 0x1p-30) * ((r >> 9) % 2 ? 1 : -1);
+                break;
+            case 1:
+                src[i] = (r >> 8) % 3 == 0 ? INFINITY : (r >> 8) % 3 == 1 ? -INFINITY : NAN;
+                break;
+            case 2: /* zeros, powers of two (their gap below is half the one above) */
+                src[i] = (r >> 8) % 4 == 0   ? 0.0
+                         : (r >> 8) % 4 == 1 ? -0.0
+                                             : float_of((uint32_t)(r >> 16) & 0xff800000u);
+                break;
+            case 3:
+                src[i] = ((double)(r >> 11) / 9007199254740992.0 - 0.5) * 3.0;
+                break;
+            default: {
+                uint32_t bits = (uint32_t)(r >> 16);
+                if ((bits & 0x7f800000u) == 0x7f800000u)
+                    bits &= 0xbfffffffu; /* a finite float */
+                src[i] = float_of(bits);
+            }
+            }
+        }
+        size_t len = 0;
+        ref[0] = '\0';
+        for (size_t i = 0; i < n; i++) {
+            reference_served(src[i], one, sizeof(one));
+            len += (size_t)snprintf(ref + len, sizeof(ref) - len, "%s%s", i ? "," : "", one);
+        }
+        size_t room = n * (1 + NS__F32_FORMAT_MAX) + NS__F32_PUT_ROOM;
+        memset(out, '#', sizeof(out));
+        char *end = ns__f32_put_list(out, src, n);
+        CHECK((size_t)(end - out) == len && memcmp(out, ref, len) == 0,
+              "list of %zu: \"%.*s\", the references give \"%s\"", n,
+              (int)(end - out < 0 ? 0 : end - out), out, ref);
+        CHECK(out[room] == '#', "list of %zu wrote past its room", n);
+    }
+}
+END_TEST
+
 static Suite *make_suite(void)
 {
     Suite *s = suite_create("f32_format");
@@ -300,6 +375,7 @@ static Suite *make_suite(void)
     tcase_add_test(tc, random_shortest);
     tcase_add_test(tc, valid_json);
     tcase_add_test(tc, same_as_exact);
+    tcase_add_test(tc, list_same_as_exact);
     suite_add_tcase(s, tc);
     return s;
 }
