@@ -107,6 +107,8 @@ struct nsd_store_s {
     pthread_cond_t ckpt_cond;
     pthread_t ckpt_thread;
     int ckpt_started, ckpt_stopping, ckpt_due;
+    int ckpt_running;   /* a checkpoint is copying (the thread's or the writer's) */
+    uint64_t wal_bytes; /* the WAL's size after the last commit (under lock) */
     sqlite3 *ckpt_db;
     uint64_t page_size;
 
@@ -189,6 +191,12 @@ void nsd_store_snapshots_stop(nsd_store_t *s);
  *  start before the writer runs, stop after it is joined. */
 void nsd_store_checkpoints_start(nsd_store_t *s);
 void nsd_store_checkpoints_stop(nsd_store_t *s);
+
+/*! nsd_store_wal_bound() : called by the writer before a transaction
+ *  (lock held, released meanwhile): once the WAL holds NSD_STORE_WAL_BOUND_BYTES, wait
+ *  for the checkpoint thread's pass and copy what is left, so that the
+ *  transaction starts the WAL over. */
+void nsd_store_wal_bound(nsd_store_t *s);
 
 /*! nsd_store_log_lost() : log changes a hook lost to out of memory (no lock held). */
 void nsd_store_log_lost(uint64_t lost);

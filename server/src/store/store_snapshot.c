@@ -13,26 +13,51 @@
 
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "base/clock.h"
 #include "base/log.h"
 #include "registry/registry.h"
 
-/* Each run with log rows (or every run): the registry snapshots it. */
-static void take_snapshots(nsd_store_t *s, int all)
+/* The runs 'sql' names, read to the end first: a read transaction held
+ * through the pass would keep every checkpoint from copying the WAL past it
+ * (store_checkpoint.c). @return how many (*dst malloc'd), 0 on any error. */
+static size_t runs_with_rows(nsd_store_t *s, const char *sql, char (**dst)[NS_NAME_MAX + 1])
 {
     sqlite3_stmt *st = NULL;
-    const char *sql = all ? "SELECT DISTINCT run FROM log UNION SELECT run FROM snapshot"
-                          : "SELECT DISTINCT run FROM log";
-    size_t n = 0;
+    char(*runs)[NS_NAME_MAX + 1] = NULL;
+    size_t n = 0, cap = 0;
     if (s->snap_db != NULL && sqlite3_prepare_v2(s->snap_db, sql, -1, &st, NULL) == SQLITE_OK) {
         while (sqlite3_step(st) == SQLITE_ROW) {
             const char *run = (const char *)sqlite3_column_text(st, 0);
-            if (run != NULL && nsd_registry_snapshot(s->reg, run, NULL) == 0)
-                n++;
+            if (run == NULL || strlen(run) > NS_NAME_MAX)
+                continue;
+            if (n == cap) {
+                size_t want = cap ? 2 * cap : 16;
+                void *grown = realloc(runs, want * sizeof(*runs));
+                if (grown == NULL)
+                    break; /* the runs read so far are snapshotted */
+                runs = grown;
+                cap = want;
+            }
+            snprintf(runs[n++], sizeof(runs[0]), "%s", run);
         }
     }
     sqlite3_finalize(st);
+    *dst = runs;
+    return n;
+}
+
+/* Each run with log rows (or every run): the registry snapshots it. */
+static void take_snapshots(nsd_store_t *s, int all)
+{
+    const char *sql = all ? "SELECT DISTINCT run FROM log UNION SELECT run FROM snapshot"
+                          : "SELECT DISTINCT run FROM log";
+    char(*runs)[NS_NAME_MAX + 1] = NULL;
+    size_t n = 0, n_runs = runs_with_rows(s, sql, &runs);
+    for (size_t i = 0; i < n_runs; i++)
+        n += nsd_registry_snapshot(s->reg, runs[i], NULL) == 0;
+    free(runs);
     if (all) {
         /* Runs changed since the last commit may have no row at all yet. */
         json_t *list = nsd_registry_list_json(s->reg, NULL, 0);

@@ -314,6 +314,7 @@ static nsd_queue_t take_deferred(nsd_queue_t *batch)
  * on return, released while writing. @return 0 if it committed. */
 static int commit_one(nsd_store_t *s, nsd_queue_t *batch)
 {
+    nsd_store_wal_bound(s);
     int inject = s->fail_commits > 0;
     if (inject)
         s->fail_commits--;
