@@ -54,6 +54,13 @@ typedef struct aside_s {
     int snapshot;  /* its snapshot moved too */
 } aside_t;
 
+/* A run whose log rows below 'below' a committed snapshot covers: they are
+ * deleted a chunk at a time (store_purge.c). */
+typedef struct purge_s {
+    char run[NS_NAME_MAX + 1];
+    uint64_t below;
+} purge_t;
+
 typedef struct waiter_s {
     nsd_qnode_t link;
     uint64_t seq;
@@ -92,6 +99,8 @@ struct nsd_store_s {
     uint64_t lost;         /* changes lost that way, logged by the writer */
     unsigned fail_commits; /* testing */
     uint64_t log_bytes;    /* log body bytes committed since the last snapshot pass */
+    uint64_t text_bytes;   /* snapshot text queued by the pass under way */
+    uint64_t pass_text_bytes; /* ... by the last pass (store_snapshot.c sizes passes by it) */
     /* The snapshot being encoded (one at a time): a DELETE or an import of
      * its run queued meanwhile voids it, so it never overwrites them. */
     job_t *ticket;
@@ -117,8 +126,10 @@ struct nsd_store_s {
     _Atomic uint64_t n_bytes;
     _Atomic uint64_t last_snapshot_ms; /* 0 = none */
 
-    /* writer thread only */
-    sqlite3_stmt *ins_log, *del_log_run, *del_log_before, *ins_snap, *del_snap;
+    /* writer thread only (purges: noted under lock too) */
+    sqlite3_stmt *ins_log, *del_log_run, *del_log_chunk, *ins_snap, *del_snap;
+    purge_t *purges;
+    size_t n_purges, cap_purges;
 };
 
 /*! nsd_store_fail() : fill 'err' (may be NULL) with 'path' and the reason.
@@ -181,10 +192,14 @@ void nsd_store_log_set_aside(const nsd_store_t *s);
 void nsd_store_enqueue_locked(nsd_store_t *s, job_t *j);
 
 /*! nsd_store_snapshots_start() / _stop() : the snapshot thread, which runs
- *  a pass every snapshot_interval_ms, once 64 MiB of log were committed, or
+ *  a pass every snapshot_interval_ms, once enough log was committed, or
  *  when a hook lost a change (store_snapshot.c). */
 int nsd_store_snapshots_start(nsd_store_t *s);
 void nsd_store_snapshots_stop(nsd_store_t *s);
+
+/*! nsd_store_pass_log_bytes() : the log bytes committed since the last
+ *  pass that make the next one due (lock held). */
+uint64_t nsd_store_pass_log_bytes(const nsd_store_t *s);
 
 /*! nsd_store_checkpoints_start() / _stop() : WAL checkpoints on a thread
  *  of their own instead of inside the writer's commits (store_checkpoint.c);
@@ -197,6 +212,21 @@ void nsd_store_checkpoints_stop(nsd_store_t *s);
  *  for the checkpoint thread's pass and copy what is left, so that the
  *  transaction starts the WAL over. */
 void nsd_store_wal_bound(nsd_store_t *s);
+
+/*! nsd_store_purge_note() : the snapshots of a committed batch: their runs'
+ *  older rows may go (lock held). */
+void nsd_store_purge_note(nsd_store_t *s, const nsd_queue_t *committed);
+
+/*! nsd_store_purge_seed() : note the runs whose snapshot still has older
+ *  rows (before the writer starts). @return an SQLite code. */
+int nsd_store_purge_seed(nsd_store_t *s);
+
+/*! nsd_store_purge_pending() : whether rows wait to be deleted (lock held). */
+int nsd_store_purge_pending(const nsd_store_t *s);
+
+/*! nsd_store_purge_some() : delete one chunk of them in a transaction of its
+ *  own (lock held on entry and return, released meanwhile). */
+void nsd_store_purge_some(nsd_store_t *s);
 
 /*! nsd_store_log_lost() : log changes a hook lost to out of memory (no lock held). */
 void nsd_store_log_lost(uint64_t lost);

@@ -182,12 +182,14 @@ static void hook_snapshot_end(void *arg, void *ticket, char *text)
 {
     nsd_store_t *s = arg;
     job_t *j = ticket;
+    size_t len = text != NULL ? strlen(text) : 0; /* not under the store's lock */
     pthread_mutex_lock(&s->lock);
     int drop = s->ticket_void || text == NULL;
     if (text == NULL)
         s->snapshot_all = 1;
     s->ticket = NULL;
     if (!drop) {
+        s->text_bytes += len;
         j->text = text;
         nsd_store_enqueue_locked(s, j);
     }

@@ -1,7 +1,14 @@
 /* store_snapshot.c - the store's snapshot thread: every snapshot_interval
- * ms, once 64 MiB of log were committed since the last pass, or when a hook
- * lost a change, it asks the registry to snapshot each run that has log
- * rows (see the DESIGN in store_writer.c).
+ * ms, once enough log was committed since the last pass (64 MiB, or 8 times
+ * the last pass's snapshots if more), or when a hook lost a change, it asks
+ * the registry to snapshot each run that has log rows (see the DESIGN in
+ * store_writer.c).
+ *
+ * Why relative to the snapshots: a snapshot is JSON with 17 digits a value,
+ * several times the CPU a byte of log costs (a ResNet-50 run's is 7 MB); a
+ * pass every 64 MiB of a few such runs' steps cost the CPU of half the
+ * writer's. Eight times its size keeps a pass's cost a small part of the
+ * log's, and replay at start-up bounded by the same factor.
  *
  * A pass never stalls ingest or commits: for each run the registry copies
  * the state under the run's lock (snapshot_begin, store_queue.c, reserves
@@ -18,6 +25,10 @@
 #include "base/clock.h"
 #include "base/log.h"
 #include "registry/registry.h"
+
+/* A pass is due once the log committed since the last one holds this many
+ * times the bytes of that pass's snapshots (or NSD_SNAPSHOT_LOG_BYTES). */
+#define SNAPSHOT_LOG_FACTOR 8
 
 /* The runs 'sql' names, read to the end first: a read transaction held
  * through the pass would keep every checkpoint from copying the WAL past it
@@ -51,8 +62,12 @@ static size_t runs_with_rows(nsd_store_t *s, const char *sql, char (**dst)[NS_NA
 /* Each run with log rows (or every run): the registry snapshots it. */
 static void take_snapshots(nsd_store_t *s, int all)
 {
-    const char *sql = all ? "SELECT DISTINCT run FROM log UNION SELECT run FROM snapshot"
-                          : "SELECT DISTINCT run FROM log";
+    /* Rows older than a run's snapshot may still wait for their deletion
+     * (store_purge.c): a run needs a pass for rows newer than its snapshot. */
+    static const char newer[] = "SELECT l.run FROM (SELECT run, max(seq) AS last FROM log "
+                                "GROUP BY run) l LEFT JOIN snapshot s ON s.run = l.run "
+                                "WHERE s.seq IS NULL OR l.last >= s.seq";
+    const char *sql = all ? "SELECT DISTINCT run FROM log UNION SELECT run FROM snapshot" : newer;
     char(*runs)[NS_NAME_MAX + 1] = NULL;
     size_t n = 0, n_runs = runs_with_rows(s, sql, &runs);
     for (size_t i = 0; i < n_runs; i++)
@@ -75,6 +90,13 @@ static void take_snapshots(nsd_store_t *s, int all)
         nsd_log(NSD_LOG_DEBUG, "store_snapshot", "runs=%zu", n);
 }
 
+/* How many bytes of log are due for a pass. Lock held. */
+uint64_t nsd_store_pass_log_bytes(const nsd_store_t *s)
+{
+    uint64_t rel = SNAPSHOT_LOG_FACTOR * s->pass_text_bytes;
+    return rel > NSD_SNAPSHOT_LOG_BYTES ? rel : NSD_SNAPSHOT_LOG_BYTES;
+}
+
 static uint64_t next_pass_at(const nsd_store_t *s)
 {
     return s->cfg.snapshot_interval_ms ? nsd_now_ms() + s->cfg.snapshot_interval_ms : UINT64_MAX;
@@ -84,7 +106,7 @@ static uint64_t next_pass_at(const nsd_store_t *s)
 static int pass_due(const nsd_store_t *s, uint64_t now, uint64_t next)
 {
     return s->snapshot_all || now >= next ||
-           (s->cfg.snapshot_interval_ms && s->log_bytes >= NSD_SNAPSHOT_LOG_BYTES);
+           (s->cfg.snapshot_interval_ms && s->log_bytes >= nsd_store_pass_log_bytes(s));
 }
 
 static void *snapshot_main(void *arg)
@@ -108,11 +130,13 @@ static void *snapshot_main(void *arg)
         s->snapshot_all = 0;
         s->lost = 0;
         s->log_bytes = 0;
+        s->text_bytes = 0;
         pthread_mutex_unlock(&s->lock);
         nsd_store_log_lost(lost);
         take_snapshots(s, all);
         next = next_pass_at(s);
         pthread_mutex_lock(&s->lock);
+        s->pass_text_bytes = s->text_bytes;
     }
     pthread_mutex_unlock(&s->lock);
     return NULL;

@@ -9,7 +9,8 @@
  *    snapshot(run PRIMARY KEY, seq, taken_ms, body, crc)
  *        a run's whole state (checkpoint JSON, doubles with 17 significant
  *        digits: exact) as of 'seq': log rows of the run below 'seq' are
- *        deleted in the same transaction that writes it, later ones are
+ *        skipped by recovery and deleted after its commit, a chunk per
+ *        transaction while no answer waits (store_purge.c); later ones are
  *        replayed on top of it;
  *    meta(key PRIMARY KEY, value)  bookkeeping ("created", "opened");
  *    damaged_log, damaged_snapshot  runs set aside by --skip-damaged-runs.
@@ -83,8 +84,10 @@ static int prepare_all(nsd_store_t *s)
         rc ? rc
            : sqlite3_prepare_v2(s->db, "DELETE FROM log WHERE run = ?1", -1, &s->del_log_run, NULL);
     rc = rc ? rc
-            : sqlite3_prepare_v2(s->db, "DELETE FROM log WHERE run = ?1 AND seq < ?2", -1,
-                                 &s->del_log_before, NULL);
+            : sqlite3_prepare_v2(s->db,
+                                 "DELETE FROM log WHERE seq IN (SELECT seq FROM log "
+                                 "WHERE run = ?1 AND seq < ?2 LIMIT ?3)",
+                                 -1, &s->del_log_chunk, NULL);
     rc = rc ? rc
             : sqlite3_prepare_v2(s->db,
                                  "INSERT OR REPLACE INTO snapshot(run, seq, taken_ms, body, crc) "
@@ -166,12 +169,8 @@ static int write_job(nsd_store_t *s, const job_t *j, uint64_t *rows)
         sqlite3_bind_text(s->ins_snap, 4, text, -1, SQLITE_STATIC);
         sqlite3_bind_int64(s->ins_snap, 5, snapshot_sum(j->run, seq, taken_ms, text));
         rc = run_stmt(s->ins_snap);
-        if (rc != SQLITE_OK)
-            return rc;
-        sqlite3_bind_text(s->del_log_before, 1, j->run, -1, SQLITE_STATIC);
-        sqlite3_bind_int64(s->del_log_before, 2, (sqlite3_int64)seq);
-        rc = run_stmt(s->del_log_before);
-        /* The steps still held back, logged again after the snapshot. */
+        /* The older rows go later (store_purge.c); the steps still held
+         * back are logged again after the snapshot. */
         for (const nsd_qnode_t *n = j->rows.head; rc == SQLITE_OK && n != NULL; n = n->next)
             rc = write_job(s, JOB_OF(n), rows);
         return rc;
@@ -247,7 +246,8 @@ static void batch_committed(nsd_store_t *s, nsd_queue_t *batch, uint64_t rows, u
             bytes += JOB_OF(r)->body_len;
     }
     atomic_fetch_add(&s->n_bytes, bytes);
-    if (s->log_bytes >= NSD_SNAPSHOT_LOG_BYTES)
+    nsd_store_purge_note(s, batch);
+    if (s->log_bytes >= nsd_store_pass_log_bytes(s))
         pthread_cond_signal(&s->snap_cond);
     if (snaps > 0) {
         atomic_fetch_add(&s->n_snapshots, snaps);
@@ -364,7 +364,10 @@ static void *writer_main(void *arg)
     for (;;) {
         uint64_t now = nsd_now_ms();
         int have = !nsd_queue_empty(&s->jobs) || !nsd_queue_empty(&s->retry);
-        if (s->stopping && !have)
+        /* Older rows go whenever no answer waits for a commit. */
+        int purge = nsd_store_purge_pending(s) && nsd_queue_empty(&s->waiters) &&
+                    !atomic_load(&s->failing);
+        if (s->stopping && !have && !purge)
             break;
         if (have && atomic_load(&s->failing) && now < s->retry_at_ms) {
             if (s->stopping && now >= s->stop_deadline_ms)
@@ -374,9 +377,14 @@ static void *writer_main(void *arg)
                 until = s->stop_deadline_ms;
             wait_until(s, now, until);
         } else if (have && now < commit_due_at(s)) {
-            wait_until(s, now, commit_due_at(s));
+            if (purge)
+                nsd_store_purge_some(s);
+            else
+                wait_until(s, now, commit_due_at(s));
         } else if (have) {
             commit_queued(s);
+        } else if (purge) {
+            nsd_store_purge_some(s);
         } else if (s->stopping) {
             break;
         } else {
@@ -402,6 +410,8 @@ int nsd_store_start(nsd_store_t *s, nsd_registry_t *reg)
                 sqlite3_errmsg(s->db));
         return NS_EIO;
     }
+    if (nsd_store_purge_seed(s) != SQLITE_OK) /* the rows stay, skipped by recovery */
+        nsd_log(NSD_LOG_WARN, "store_purge_failed", "reason=seed error=%s", sqlite3_errmsg(s->db));
     nsd_store_checkpoints_start(s);
     pthread_mutex_lock(&s->lock);
     int rc = pthread_create(&s->thread, NULL, writer_main, s);
@@ -456,7 +466,8 @@ void nsd_store_free(nsd_store_t *s)
         nsd_store_stop(s, 0);
     sqlite3_finalize(s->ins_log);
     sqlite3_finalize(s->del_log_run);
-    sqlite3_finalize(s->del_log_before);
+    sqlite3_finalize(s->del_log_chunk);
+    free(s->purges);
     sqlite3_finalize(s->ins_snap);
     sqlite3_finalize(s->del_snap);
     if (s->db != NULL)
