@@ -16,6 +16,7 @@
  * thread's pass and copies the rest itself (the frames of the last commit or
  * two): the transaction then starts the WAL over, and the file stays about
  * that size. */
+#define _GNU_SOURCE /* pthread_setname_np: the thread shows in top and /proc */
 #include "store_internal.h"
 
 #include "base/log.h"
@@ -42,6 +43,7 @@ static int on_wal(void *arg, sqlite3 *db, const char *name, int pages)
 static void *checkpoint_main(void *arg)
 {
     nsd_store_t *s = arg;
+    pthread_setname_np(pthread_self(), "ns-store-ckpt");
     pthread_mutex_lock(&s->lock);
     for (;;) {
         while ((!s->ckpt_due || s->ckpt_running) && !s->ckpt_stopping)

@@ -16,6 +16,7 @@
  * held and queues the job (snapshot_end), which the writer commits like any
  * other. Which runs have log rows is read through a connection of this
  * thread's own (WAL readers never block the writer). */
+#define _GNU_SOURCE /* pthread_setname_np: the thread shows in top and /proc */
 #include "store_internal.h"
 
 #include <stdio.h>
@@ -112,6 +113,7 @@ static int pass_due(const nsd_store_t *s, uint64_t now, uint64_t next)
 static void *snapshot_main(void *arg)
 {
     nsd_store_t *s = arg;
+    pthread_setname_np(pthread_self(), "ns-store-snap");
     uint64_t next = next_pass_at(s);
     pthread_mutex_lock(&s->lock);
     while (!s->snap_stopping) {

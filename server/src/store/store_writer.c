@@ -63,6 +63,7 @@
  *  until a deadline if failing), calls the remaining callbacks and joins. A
  *  commit in progress always finishes; a kill -9 at any moment leaves the
  *  last committed transaction (SQLite's atomic commit). */
+#define _GNU_SOURCE /* pthread_setname_np: the thread shows in top and /proc */
 #include "store_internal.h"
 
 #include <stdio.h>
@@ -360,6 +361,7 @@ void nsd_store_log_lost(uint64_t lost)
 static void *writer_main(void *arg)
 {
     nsd_store_t *s = arg;
+    pthread_setname_np(pthread_self(), "ns-store-write");
     pthread_mutex_lock(&s->lock);
     for (;;) {
         uint64_t now = nsd_now_ms();
