@@ -42,6 +42,7 @@ typedef struct job_s {
      * from 'covers' on, written in the same transaction. Of an import, it
      * covers its own seq (covers 0). */
     char *text;
+    size_t text_len; /* strlen(text), counted once outside the store's lock */
     uint64_t covers;
     nsd_queue_t rows;
 } job_t;

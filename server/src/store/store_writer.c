@@ -75,6 +75,10 @@
 #include "base/log.h"
 #include "registry/registry.h"
 
+/* A group commit takes the queued jobs up to this many bytes (at least one
+ * job); what is left is committed right after. */
+#define COMMIT_BYTES (16u << 20)
+
 static int prepare_all(nsd_store_t *s)
 {
     int rc = sqlite3_prepare_v2(s->db,
@@ -225,6 +229,15 @@ static uint64_t commit_due_at(const nsd_store_t *s)
     return s->first_enqueued_ms + s->cfg.commit_interval_ms;
 }
 
+/* The bytes a job writes: its body, its snapshot text, its rows. */
+static size_t job_bytes(const job_t *j)
+{
+    size_t n = j->body_len + j->text_len;
+    for (const nsd_qnode_t *r = j->rows.head; r != NULL; r = r->next)
+        n += JOB_OF(r)->body_len;
+    return n;
+}
+
 /* A batch was committed: count it, free it, settle the waiters it covers.
  * Called with the lock held; returns without it. */
 static void batch_committed(nsd_store_t *s, nsd_queue_t *batch, uint64_t rows, uint64_t us)
@@ -242,9 +255,7 @@ static void batch_committed(nsd_store_t *s, nsd_queue_t *batch, uint64_t rows, u
         const job_t *j = JOB_OF(n);
         snaps += j->type == JOB_SNAPSHOT;
         s->log_bytes += j->body_len;
-        bytes += j->body_len + (j->text != NULL ? strlen(j->text) : 0);
-        for (const nsd_qnode_t *r = j->rows.head; r != NULL; r = r->next)
-            bytes += JOB_OF(r)->body_len;
+        bytes += job_bytes(j);
     }
     atomic_fetch_add(&s->n_bytes, bytes);
     nsd_store_purge_note(s, batch);
@@ -339,8 +350,16 @@ static int commit_one(nsd_store_t *s, nsd_queue_t *batch)
 static void commit_queued(nsd_store_t *s)
 {
     nsd_queue_t batch = nsd_queue_take(&s->retry);
-    nsd_queue_concat(&batch, &s->jobs);
-    s->queued = 0;
+    /* Queued jobs up to COMMIT_BYTES: the WAL holds at most one commit past
+     * its bound, and an answer waits for no more than the jobs before it. */
+    size_t bytes = 0;
+    for (nsd_qnode_t *n; bytes < COMMIT_BYTES && (n = nsd_queue_pop(&s->jobs)) != NULL;) {
+        bytes += job_bytes(JOB_OF(n));
+        nsd_queue_push(&batch, n);
+        s->queued--;
+    }
+    if (!nsd_queue_empty(&s->jobs))
+        s->first_enqueued_ms = 0; /* the rest is due at once */
     nsd_queue_t later = take_deferred(&batch);
     if (nsd_queue_empty(&batch) || commit_one(s, &batch) == 0) {
         if (!nsd_queue_empty(&later))

@@ -1,7 +1,8 @@
 /* test_store_wal.c - the store's WAL stays bounded (its checkpoints copy it
- * into the database file and it starts over), whether each commit is awaited
- * or the writer never idles, and every step written across those restarts
- * reads back bit for bit. */
+ * into the database file and it starts over), whether each commit is awaited,
+ * the writer never idles, or 100 MiB wait for it at once (a group commit
+ * takes at most 16 MiB of them), and every step written across those
+ * restarts reads back bit for bit. */
 #include <check.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -117,9 +118,14 @@ static void wait_queue_below(nsd_store_t *s)
     ck_abort_msg("the writer took no job within %d s", WAIT_LIMIT_S);
 }
 
-/* 160 MiB of steps through a store: each commit awaited (paced), or queued
- * as fast as the writer takes them; then the WAL's size and every row. */
-static void write_and_check(int paced)
+enum { PACED, NEVER_IDLE, BACKLOG };
+/* The steps of a backlog queued before the writer takes any: 100 MiB. */
+#define BACKLOG_STEPS 200
+
+/* Steps through a store: each commit awaited (PACED), queued as fast as the
+ * writer takes them, or all queued at once; then the WAL's size and every
+ * row. */
+static void write_and_check(int mode)
 {
     make_variants();
     char dir[] = "/tmp/nsd-test-store-wal-XXXXXX", db[256], wal[300];
@@ -127,7 +133,11 @@ static void write_and_check(int paced)
     snprintf(db, sizeof(db), "%s/%s", dir, NSD_STORE_FILE);
     snprintf(wal, sizeof(wal), "%s-wal", db);
 
-    nsd_store_config_t cfg = {.commit_interval_ms = 0, .snapshot_interval_ms = 0, .retry_ms = 20};
+    /* A backlog: the writer waits for a commit window longer than the test
+     * until the final wait_commit() asks for the commit. */
+    nsd_store_config_t cfg = {.commit_interval_ms = mode == BACKLOG ? 600000 : 0,
+                              .snapshot_interval_ms = 0,
+                              .retry_ms = 20};
     nsd_store_error_t err = {0};
     nsd_store_t *s = NULL;
     ck_assert_msg(nsd_store_open(&s, dir, &cfg, &err) == 0, "open: %s", err.reason);
@@ -137,25 +147,29 @@ static void write_and_check(int paced)
     nsd_store_hooks(s, &hooks);
     ck_assert_int_eq(nsd_store_start(s, reg), 0);
 
-    for (uint64_t k = 0; k < STEPS; k++) {
-        if (!paced)
+    uint64_t steps = mode == BACKLOG ? BACKLOG_STEPS : STEPS;
+    for (uint64_t k = 0; k < steps; k++) {
+        if (mode == NEVER_IDLE)
             wait_queue_below(s);
         nsd_step_t *st = make_step(k);
         hooks.step_finalized(hooks.arg, "r", st);
         nsd_step_free(st);
-        if (paced && (k + 1) % STEPS_COMMIT == 0)
+        if (mode == PACED && (k + 1) % STEPS_COMMIT == 0)
             ck_assert_int_eq(wait_commit(s), 0);
     }
     ck_assert_int_eq(wait_commit(s), 0);
+    /* The file never shrinks while the store is open (closing removes
+     * it): its size now is the most the WAL ever held. */
+    long long wal_max = file_size(wal);
     ck_assert_int_eq(nsd_store_stop(s, 10000), 0);
     nsd_store_free(s);
     nsd_registry_free(reg);
 
-    /* Without checkpoints the WAL holds all 160 MiB; with them it starts
-     * over near the bound (the last commit or two past it). The file never
-     * shrinks: its size is the most it ever held. */
-    long long wal_max = file_size(wal);
+    /* Without checkpoints the WAL holds all of it (and one commit of a
+     * whole backlog would); with them it starts over near the bound, one
+     * commit past it at most. */
     long long bound = (long long)NSD_STORE_WAL_BOUND_BYTES + (16LL << 20);
+    ck_assert_msg(wal_max > 0, "no WAL file while the store was open");
     ck_assert_msg(wal_max <= bound, "WAL grew to %lld bytes (bound %lld)", wal_max, bound);
 
     /* Every step reads back with the very bits written. */
@@ -184,7 +198,7 @@ static void write_and_check(int paced)
     }
     sqlite3_finalize(q);
     sqlite3_close(h);
-    ck_assert_uint_eq(n, STEPS);
+    ck_assert_uint_eq(n, steps);
     char cmd[300];
     snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
     ck_assert_int_eq(system(cmd), 0);
@@ -192,13 +206,19 @@ static void write_and_check(int paced)
 
 START_TEST(test_wal_bounded_commits_awaited)
 {
-    write_and_check(1);
+    write_and_check(PACED);
 }
 END_TEST
 
 START_TEST(test_wal_bounded_writer_never_idle)
 {
-    write_and_check(0);
+    write_and_check(NEVER_IDLE);
+}
+END_TEST
+
+START_TEST(test_wal_bounded_after_a_backlog)
+{
+    write_and_check(BACKLOG);
 }
 END_TEST
 
@@ -209,6 +229,7 @@ static Suite *make_suite(void)
     tcase_set_timeout(tc, 120);
     tcase_add_test(tc, test_wal_bounded_commits_awaited);
     tcase_add_test(tc, test_wal_bounded_writer_never_idle);
+    tcase_add_test(tc, test_wal_bounded_after_a_backlog);
     suite_add_tcase(s, tc);
     return s;
 }
