@@ -12,10 +12,11 @@
  * begins while every frame of it is copied. Under a steady load the writer
  * commits again while this thread copies the previous commit, so that never
  * happens by itself and the WAL would grow without end. So once it holds
- * NSD_STORE_WAL_BOUND_BYTES, the writer, before its next transaction, waits for this
- * thread's pass and copies the rest itself (the frames of the last commit or
- * two): the transaction then starts the WAL over, and the file stays about
- * that size. */
+ * NSD_STORE_WAL_BOUND_BYTES (store.h), the writer, before its next
+ * transaction, waits for this thread's pass and copies the rest itself (the
+ * frames of the last commit or two): the transaction then starts the WAL
+ * over, and the file stays within a commit (COMMIT_BYTES, store_writer.c)
+ * of that size. */
 #define _GNU_SOURCE /* pthread_setname_np: the thread shows in top and /proc */
 #include "store_internal.h"
 

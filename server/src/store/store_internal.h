@@ -18,7 +18,7 @@
 /* Pages of a new store: a ResNet-50 step's rows (about 0.4 MB) are a few
  * WAL frames and write calls instead of a hundred. */
 #define NSD_STORE_PAGE_SIZE 65536
-#define BUSY_TIMEOUT_MS  5000
+#define BUSY_TIMEOUT_MS     5000
 
 /* The log table's kind column (values are on disk: never renumber). */
 enum { KIND_PUT = 1, KIND_DOMAIN = 2, KIND_STEP = 3, KIND_RESET = 4 };
@@ -90,17 +90,18 @@ struct nsd_store_s {
     nsd_queue_t jobs; /* job_t queued, in seq order */
     uint64_t queued;
     uint64_t first_enqueued_ms; /* when the oldest queued job arrived */
+    int backlog;                /* the last commit left queued jobs: they are due */
     uint64_t next_seq;          /* the seq the next job gets */
     uint64_t enqueued;          /* the last seq handed out */
     uint64_t committed;         /* the last seq committed */
     nsd_queue_t retry;          /* job_t of a failed batch, retried first */
     uint64_t retry_at_ms;
-    nsd_queue_t waiters;   /* waiter_t, ascending seq */
-    int snapshot_all;      /* a hook lost a change: snapshot every run */
-    uint64_t lost;         /* changes lost that way, logged by the writer */
-    unsigned fail_commits; /* testing */
-    uint64_t log_bytes;    /* log body bytes committed since the last snapshot pass */
-    uint64_t text_bytes;   /* snapshot text queued by the pass under way */
+    nsd_queue_t waiters;      /* waiter_t, ascending seq */
+    int snapshot_all;         /* a hook lost a change: snapshot every run */
+    uint64_t lost;            /* changes lost that way, logged by the writer */
+    unsigned fail_commits;    /* testing */
+    uint64_t log_bytes;       /* log body bytes committed since the last snapshot pass */
+    uint64_t text_bytes;      /* snapshot text queued by the pass under way */
     uint64_t pass_text_bytes; /* ... by the last pass (store_snapshot.c sizes passes by it) */
     /* The snapshot being encoded (one at a time): a DELETE or an import of
      * its run queued meanwhile voids it, so it never overwrites them. */
@@ -209,9 +210,9 @@ void nsd_store_checkpoints_start(nsd_store_t *s);
 void nsd_store_checkpoints_stop(nsd_store_t *s);
 
 /*! nsd_store_wal_bound() : called by the writer before a transaction
- *  (lock held, released meanwhile): once the WAL holds NSD_STORE_WAL_BOUND_BYTES, wait
- *  for the checkpoint thread's pass and copy what is left, so that the
- *  transaction starts the WAL over. */
+ *  (lock held, released meanwhile): once the WAL holds
+ *  NSD_STORE_WAL_BOUND_BYTES, wait for the checkpoint thread's pass and copy
+ *  what is left, so that the transaction starts the WAL over. */
 void nsd_store_wal_bound(nsd_store_t *s);
 
 /*! nsd_store_purge_note() : the snapshots of a committed batch: their runs'

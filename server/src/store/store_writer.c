@@ -219,12 +219,13 @@ static void wait_until(nsd_store_t *s, uint64_t now, uint64_t until_ms)
 }
 
 /* When the queued jobs are due: at once when a failed batch waits, a
- * durable answer waits, the store is stopping or there is no commit
- * window; otherwise a window after the oldest queued job. Lock held. */
+ * durable answer waits, the store is stopping, there is no commit window or
+ * the last commit left jobs behind (COMMIT_BYTES); otherwise a window after
+ * the oldest queued job. Lock held. */
 static uint64_t commit_due_at(const nsd_store_t *s)
 {
     if (!nsd_queue_empty(&s->retry) || !nsd_queue_empty(&s->waiters) || s->stopping ||
-        s->cfg.commit_interval_ms == 0)
+        s->cfg.commit_interval_ms == 0 || s->backlog)
         return 0;
     return s->first_enqueued_ms + s->cfg.commit_interval_ms;
 }
@@ -358,8 +359,7 @@ static void commit_queued(nsd_store_t *s)
         nsd_queue_push(&batch, n);
         s->queued--;
     }
-    if (!nsd_queue_empty(&s->jobs))
-        s->first_enqueued_ms = 0; /* the rest is due at once */
+    s->backlog = !nsd_queue_empty(&s->jobs); /* the rest is due at once */
     nsd_queue_t later = take_deferred(&batch);
     if (nsd_queue_empty(&batch) || commit_one(s, &batch) == 0) {
         if (!nsd_queue_empty(&later))
@@ -386,8 +386,8 @@ static void *writer_main(void *arg)
         uint64_t now = nsd_now_ms();
         int have = !nsd_queue_empty(&s->jobs) || !nsd_queue_empty(&s->retry);
         /* Older rows go whenever no answer waits for a commit. */
-        int purge = nsd_store_purge_pending(s) && nsd_queue_empty(&s->waiters) &&
-                    !atomic_load(&s->failing);
+        int purge =
+            nsd_store_purge_pending(s) && nsd_queue_empty(&s->waiters) && !atomic_load(&s->failing);
         if (s->stopping && !have && !purge)
             break;
         if (have && atomic_load(&s->failing) && now < s->retry_at_ms) {

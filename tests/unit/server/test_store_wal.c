@@ -176,9 +176,10 @@ static void write_and_check(int mode)
     sqlite3 *h = NULL;
     sqlite3_stmt *q = NULL;
     ck_assert_int_eq(sqlite3_open_v2(db, &h, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
-    ck_assert_int_eq(
-        sqlite3_prepare_v2(h, "SELECT step, body FROM log WHERE run = 'r' ORDER BY seq", -1, &q, NULL),
-        SQLITE_OK);
+    ck_assert_int_eq(sqlite3_prepare_v2(h,
+                                        "SELECT step, body FROM log WHERE run = 'r' ORDER BY seq",
+                                        -1, &q, NULL),
+                     SQLITE_OK);
     uint64_t n = 0;
     while (sqlite3_step(q) == SQLITE_ROW) {
         uint64_t k = (uint64_t)sqlite3_column_int64(q, 0);
