@@ -108,6 +108,35 @@ def proc_cpu(pid):
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def thread_cpu(pid):
+    """CPU seconds of each kind of thread: request (libmicrohttpd's), the store's writer,
+    snapshot and checkpoint threads (named by the store), and the rest."""
+    kinds = {"ns-store-write": "writer", "ns-store-snap": "snapshot", "ns-store-ckpt": "checkpoint"}
+    out = {}
+    for tid in os.listdir("/proc/%d/task" % pid):
+        try:
+            with open("/proc/%d/task/%s/stat" % (pid, tid)) as fh:
+                head, tail = fh.read().rsplit(")", 1)
+        except OSError:
+            continue
+        name = head.split("(", 1)[1]
+        kind = "request" if name.startswith("MHD") else kinds.get(name, "other")
+        fields = tail.split()
+        out[kind] = out.get(kind, 0.0) + (int(fields[11]) + int(fields[12])) / os.sysconf(
+            "SC_CLK_TCK")
+    return out
+
+
+CPU_KINDS = ("request", "writer", "snapshot", "checkpoint", "other")
+
+
+def cpu_row(label, c0, c1, reports):
+    """Server CPU per report by kind of thread, ms (the backlog's drain included)."""
+    d = {k: c1.get(k, 0.0) - c0.get(k, 0.0) for k in CPU_KINDS}
+    return [label] + [f(d[k] * 1e3 / reports if reports else None, "%.3f") for k in CPU_KINDS] + \
+        [f(sum(d.values()) * 1e3 / reports if reports else None, "%.3f")]
+
+
 QUIESCE = {"limit": 10.0}
 
 
@@ -497,6 +526,13 @@ def main():
                   ["row", "commits", "rows per commit", "KB per commit", "ms per commit (mean)"],
                   [commit_row(label + (" --no-fsync" if mode == "nofsync" else ""), c0, c1)
                    for mode in ("fsync", "nofsync") for label, c0, c1 in runs[mode]["commits"]])
+            table("5c. Server CPU per ingested report by thread, ms (persistence on, the store's "
+                  "backlog drained; WAL file after the ingest rows: %s MB, %s MB with --no-fsync)"
+                  % (f(fs.get("wal_mb"), "%.0f"), f(nf.get("wal_mb"), "%.0f")),
+                  ["row", "request threads", "store writer", "snapshots", "WAL checkpoints",
+                   "other", "all"],
+                  [cpu_row(label + (" --no-fsync" if mode == "nofsync" else ""), c0, c1, n)
+                   for mode in ("fsync", "nofsync") for label, c0, c1, n in runs[mode]["cpu"]])
     except Exception as e:  # an error, not a missed target
         ERRORS.append("%s: %s" % (type(e).__name__, e))
     finally:
@@ -514,13 +550,21 @@ def durability_pass(build, nsd, a, secs, ddir, extra):
     and the store's counters over each row."""
     os.makedirs(ddir)
     d = Server([nsd, "--listen", "127.0.0.1:0", "--data-dir", ddir] + extra, "normstatd")
-    out = {"commits": [], "sync": {}}
+    out = {"commits": [], "sync": {}, "cpu": []}
     try:
         c0 = store_counters(d)
+        quiesce(d)
+        t0 = thread_cpu(d.pid)
         out["st"] = ingest(build, d, "st", secs, a.conns, "dur")
         out["commits"].append(("ingest safetensors (world_size 1)", c0, store_counters(d)))
+        quiesce(d, 60)
+        t1 = thread_cpu(d.pid)
+        out["cpu"].append(("ingest safetensors", t0, t1, out["st"].get("ok", 0)))
         out["json"] = ingest(build, d, "json", secs, a.conns, "dur")
         out["drain"] = quiesce(d, 60)
+        out["cpu"].append(("ingest JSON", t1, thread_cpu(d.pid), out["json"].get("ok", 0)))
+        wal = os.path.join(ddir, "normstat.db-wal")
+        out["wal_mb"] = os.path.getsize(wal) / 1e6 if os.path.exists(wal) else 0.0
         for w, spec, iters, fmt in SYNC_CASES:
             c0 = store_counters(d)
             out["sync"][(w, spec, fmt)] = sync(build, d, w, spec, iters, secs, "dsync", fmt)

@@ -38,6 +38,9 @@
 
 /* The database file inside --data-dir. */
 #define NSD_STORE_FILE "normstat.db"
+/* The WAL file next to it (normstat.db-wal) starts over once it holds this
+ * much and its checkpoint has copied it: on disk it stays about this size. */
+#define NSD_STORE_WAL_BOUND_BYTES (64u << 20)
 /* PRAGMA user_version of the schema this build writes; a later release
  * migrates from it. A file with a higher version is refused. Version 2
  * added each row's checksum; version 3, STEP bodies with float32-exact

@@ -18,7 +18,7 @@
 /* Pages of a new store: a ResNet-50 step's rows (about 0.4 MB) are a few
  * WAL frames and write calls instead of a hundred. */
 #define NSD_STORE_PAGE_SIZE 65536
-#define BUSY_TIMEOUT_MS  5000
+#define BUSY_TIMEOUT_MS     5000
 
 /* The log table's kind column (values are on disk: never renumber). */
 enum { KIND_PUT = 1, KIND_DOMAIN = 2, KIND_STEP = 3, KIND_RESET = 4 };
@@ -42,6 +42,7 @@ typedef struct job_s {
      * from 'covers' on, written in the same transaction. Of an import, it
      * covers its own seq (covers 0). */
     char *text;
+    size_t text_len; /* strlen(text), counted once outside the store's lock */
     uint64_t covers;
     nsd_queue_t rows;
 } job_t;
@@ -53,6 +54,13 @@ typedef struct aside_s {
     uint64_t rows; /* log rows moved */
     int snapshot;  /* its snapshot moved too */
 } aside_t;
+
+/* A run whose log rows below 'below' a committed snapshot covers: they are
+ * deleted a chunk at a time (store_purge.c). */
+typedef struct purge_s {
+    char run[NS_NAME_MAX + 1];
+    uint64_t below;
+} purge_t;
 
 typedef struct waiter_s {
     nsd_qnode_t link;
@@ -82,16 +90,19 @@ struct nsd_store_s {
     nsd_queue_t jobs; /* job_t queued, in seq order */
     uint64_t queued;
     uint64_t first_enqueued_ms; /* when the oldest queued job arrived */
+    int backlog;                /* the last commit left queued jobs: they are due */
     uint64_t next_seq;          /* the seq the next job gets */
     uint64_t enqueued;          /* the last seq handed out */
     uint64_t committed;         /* the last seq committed */
     nsd_queue_t retry;          /* job_t of a failed batch, retried first */
     uint64_t retry_at_ms;
-    nsd_queue_t waiters;   /* waiter_t, ascending seq */
-    int snapshot_all;      /* a hook lost a change: snapshot every run */
-    uint64_t lost;         /* changes lost that way, logged by the writer */
-    unsigned fail_commits; /* testing */
-    uint64_t log_bytes;    /* log body bytes committed since the last snapshot pass */
+    nsd_queue_t waiters;      /* waiter_t, ascending seq */
+    int snapshot_all;         /* a hook lost a change: snapshot every run */
+    uint64_t lost;            /* changes lost that way, logged by the writer */
+    unsigned fail_commits;    /* testing */
+    uint64_t log_bytes;       /* log body bytes committed since the last snapshot pass */
+    uint64_t text_bytes;      /* snapshot text queued by the pass under way */
+    uint64_t pass_text_bytes; /* ... by the last pass (store_snapshot.c sizes passes by it) */
     /* The snapshot being encoded (one at a time): a DELETE or an import of
      * its run queued meanwhile voids it, so it never overwrites them. */
     job_t *ticket;
@@ -107,6 +118,8 @@ struct nsd_store_s {
     pthread_cond_t ckpt_cond;
     pthread_t ckpt_thread;
     int ckpt_started, ckpt_stopping, ckpt_due;
+    int ckpt_running;   /* a checkpoint is copying (the thread's or the writer's) */
+    uint64_t wal_bytes; /* the WAL's size after the last commit (under lock) */
     sqlite3 *ckpt_db;
     uint64_t page_size;
 
@@ -115,8 +128,10 @@ struct nsd_store_s {
     _Atomic uint64_t n_bytes;
     _Atomic uint64_t last_snapshot_ms; /* 0 = none */
 
-    /* writer thread only */
-    sqlite3_stmt *ins_log, *del_log_run, *del_log_before, *ins_snap, *del_snap;
+    /* writer thread only (purges: noted under lock too) */
+    sqlite3_stmt *ins_log, *del_log_run, *del_log_chunk, *ins_snap, *del_snap;
+    purge_t *purges;
+    size_t n_purges, cap_purges;
 };
 
 /*! nsd_store_fail() : fill 'err' (may be NULL) with 'path' and the reason.
@@ -179,16 +194,41 @@ void nsd_store_log_set_aside(const nsd_store_t *s);
 void nsd_store_enqueue_locked(nsd_store_t *s, job_t *j);
 
 /*! nsd_store_snapshots_start() / _stop() : the snapshot thread, which runs
- *  a pass every snapshot_interval_ms, once 64 MiB of log were committed, or
+ *  a pass every snapshot_interval_ms, once enough log was committed, or
  *  when a hook lost a change (store_snapshot.c). */
 int nsd_store_snapshots_start(nsd_store_t *s);
 void nsd_store_snapshots_stop(nsd_store_t *s);
+
+/*! nsd_store_pass_log_bytes() : the log bytes committed since the last
+ *  pass that make the next one due (lock held). */
+uint64_t nsd_store_pass_log_bytes(const nsd_store_t *s);
 
 /*! nsd_store_checkpoints_start() / _stop() : WAL checkpoints on a thread
  *  of their own instead of inside the writer's commits (store_checkpoint.c);
  *  start before the writer runs, stop after it is joined. */
 void nsd_store_checkpoints_start(nsd_store_t *s);
 void nsd_store_checkpoints_stop(nsd_store_t *s);
+
+/*! nsd_store_wal_bound() : called by the writer before a transaction
+ *  (lock held, released meanwhile): once the WAL holds
+ *  NSD_STORE_WAL_BOUND_BYTES, wait for the checkpoint thread's pass and copy
+ *  what is left, so that the transaction starts the WAL over. */
+void nsd_store_wal_bound(nsd_store_t *s);
+
+/*! nsd_store_purge_note() : the snapshots of a committed batch: their runs'
+ *  older rows may go (lock held). */
+void nsd_store_purge_note(nsd_store_t *s, const nsd_queue_t *committed);
+
+/*! nsd_store_purge_seed() : note the runs whose snapshot still has older
+ *  rows (before the writer starts). @return an SQLite code. */
+int nsd_store_purge_seed(nsd_store_t *s);
+
+/*! nsd_store_purge_pending() : whether rows wait to be deleted (lock held). */
+int nsd_store_purge_pending(const nsd_store_t *s);
+
+/*! nsd_store_purge_some() : delete one chunk of them in a transaction of its
+ *  own (lock held on entry and return, released meanwhile). */
+void nsd_store_purge_some(nsd_store_t *s);
 
 /*! nsd_store_log_lost() : log changes a hook lost to out of memory (no lock held). */
 void nsd_store_log_lost(uint64_t lost);

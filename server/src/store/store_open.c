@@ -195,6 +195,11 @@ static int set_journal(nsd_store_t *s, nsd_store_error_t *err)
         return nsd_store_fail(err, s->path, "cannot set %s (%s)", sync + 7, sqlite3_errmsg(db));
     if (nsd_store_exec(db, "PRAGMA temp_store=MEMORY") != SQLITE_OK) /* as create_new() */
         return nsd_store_fail(err, s->path, "cannot set temp_store (%s)", sqlite3_errmsg(db));
+    /* Some builds of SQLite (Debian's) zero every page a DELETE frees, which
+     * writes the log rows a snapshot replaces a second time; nothing here is
+     * secret. */
+    if (nsd_store_exec(db, "PRAGMA secure_delete=OFF") != SQLITE_OK)
+        return nsd_store_fail(err, s->path, "cannot set secure_delete (%s)", sqlite3_errmsg(db));
     return 0;
 }
 

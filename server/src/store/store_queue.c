@@ -137,10 +137,12 @@ static void hook_reset(void *arg, const char *run, const char *domain)
 static void hook_snapshot(void *arg, const char *run, char *text)
 {
     job_t *j = nsd_store_job_new(JOB_SNAPSHOT, run);
-    if (j != NULL)
+    if (j != NULL) {
         j->text = text; /* taken */
-    else
+        j->text_len = strlen(text);
+    } else {
         free(text);
+    }
     enqueue(arg, j);
 }
 
@@ -182,13 +184,16 @@ static void hook_snapshot_end(void *arg, void *ticket, char *text)
 {
     nsd_store_t *s = arg;
     job_t *j = ticket;
+    size_t len = text != NULL ? strlen(text) : 0; /* not under the store's lock */
     pthread_mutex_lock(&s->lock);
     int drop = s->ticket_void || text == NULL;
     if (text == NULL)
         s->snapshot_all = 1;
     s->ticket = NULL;
     if (!drop) {
+        s->text_bytes += len;
         j->text = text;
+        j->text_len = len;
         nsd_store_enqueue_locked(s, j);
     }
     pthread_mutex_unlock(&s->lock);

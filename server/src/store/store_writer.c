@@ -9,7 +9,8 @@
  *    snapshot(run PRIMARY KEY, seq, taken_ms, body, crc)
  *        a run's whole state (checkpoint JSON, doubles with 17 significant
  *        digits: exact) as of 'seq': log rows of the run below 'seq' are
- *        deleted in the same transaction that writes it, later ones are
+ *        skipped by recovery and deleted after its commit, a chunk per
+ *        transaction while no answer waits (store_purge.c); later ones are
  *        replayed on top of it;
  *    meta(key PRIMARY KEY, value)  bookkeeping ("created", "opened");
  *    damaged_log, damaged_snapshot  runs set aside by --skip-damaged-runs.
@@ -62,6 +63,7 @@
  *  until a deadline if failing), calls the remaining callbacks and joins. A
  *  commit in progress always finishes; a kill -9 at any moment leaves the
  *  last committed transaction (SQLite's atomic commit). */
+#define _GNU_SOURCE /* pthread_setname_np: the thread shows in top and /proc */
 #include "store_internal.h"
 
 #include <stdio.h>
@@ -73,6 +75,10 @@
 #include "base/log.h"
 #include "registry/registry.h"
 
+/* A group commit takes the queued jobs up to this many bytes (at least one
+ * job); what is left is committed right after. */
+#define COMMIT_BYTES (16u << 20)
+
 static int prepare_all(nsd_store_t *s)
 {
     int rc = sqlite3_prepare_v2(s->db,
@@ -83,8 +89,10 @@ static int prepare_all(nsd_store_t *s)
         rc ? rc
            : sqlite3_prepare_v2(s->db, "DELETE FROM log WHERE run = ?1", -1, &s->del_log_run, NULL);
     rc = rc ? rc
-            : sqlite3_prepare_v2(s->db, "DELETE FROM log WHERE run = ?1 AND seq < ?2", -1,
-                                 &s->del_log_before, NULL);
+            : sqlite3_prepare_v2(s->db,
+                                 "DELETE FROM log WHERE seq IN (SELECT seq FROM log "
+                                 "WHERE run = ?1 AND seq < ?2 LIMIT ?3)",
+                                 -1, &s->del_log_chunk, NULL);
     rc = rc ? rc
             : sqlite3_prepare_v2(s->db,
                                  "INSERT OR REPLACE INTO snapshot(run, seq, taken_ms, body, crc) "
@@ -166,12 +174,8 @@ static int write_job(nsd_store_t *s, const job_t *j, uint64_t *rows)
         sqlite3_bind_text(s->ins_snap, 4, text, -1, SQLITE_STATIC);
         sqlite3_bind_int64(s->ins_snap, 5, snapshot_sum(j->run, seq, taken_ms, text));
         rc = run_stmt(s->ins_snap);
-        if (rc != SQLITE_OK)
-            return rc;
-        sqlite3_bind_text(s->del_log_before, 1, j->run, -1, SQLITE_STATIC);
-        sqlite3_bind_int64(s->del_log_before, 2, (sqlite3_int64)seq);
-        rc = run_stmt(s->del_log_before);
-        /* The steps still held back, logged again after the snapshot. */
+        /* The older rows go later (store_purge.c); the steps still held
+         * back are logged again after the snapshot. */
         for (const nsd_qnode_t *n = j->rows.head; rc == SQLITE_OK && n != NULL; n = n->next)
             rc = write_job(s, JOB_OF(n), rows);
         return rc;
@@ -215,14 +219,24 @@ static void wait_until(nsd_store_t *s, uint64_t now, uint64_t until_ms)
 }
 
 /* When the queued jobs are due: at once when a failed batch waits, a
- * durable answer waits, the store is stopping or there is no commit
- * window; otherwise a window after the oldest queued job. Lock held. */
+ * durable answer waits, the store is stopping, there is no commit window or
+ * the last commit left jobs behind (COMMIT_BYTES); otherwise a window after
+ * the oldest queued job. Lock held. */
 static uint64_t commit_due_at(const nsd_store_t *s)
 {
     if (!nsd_queue_empty(&s->retry) || !nsd_queue_empty(&s->waiters) || s->stopping ||
-        s->cfg.commit_interval_ms == 0)
+        s->cfg.commit_interval_ms == 0 || s->backlog)
         return 0;
     return s->first_enqueued_ms + s->cfg.commit_interval_ms;
+}
+
+/* The bytes a job writes: its body, its snapshot text, its rows. */
+static size_t job_bytes(const job_t *j)
+{
+    size_t n = j->body_len + j->text_len;
+    for (const nsd_qnode_t *r = j->rows.head; r != NULL; r = r->next)
+        n += JOB_OF(r)->body_len;
+    return n;
 }
 
 /* A batch was committed: count it, free it, settle the waiters it covers.
@@ -242,12 +256,11 @@ static void batch_committed(nsd_store_t *s, nsd_queue_t *batch, uint64_t rows, u
         const job_t *j = JOB_OF(n);
         snaps += j->type == JOB_SNAPSHOT;
         s->log_bytes += j->body_len;
-        bytes += j->body_len + (j->text != NULL ? strlen(j->text) : 0);
-        for (const nsd_qnode_t *r = j->rows.head; r != NULL; r = r->next)
-            bytes += JOB_OF(r)->body_len;
+        bytes += job_bytes(j);
     }
     atomic_fetch_add(&s->n_bytes, bytes);
-    if (s->log_bytes >= NSD_SNAPSHOT_LOG_BYTES)
+    nsd_store_purge_note(s, batch);
+    if (s->log_bytes >= nsd_store_pass_log_bytes(s))
         pthread_cond_signal(&s->snap_cond);
     if (snaps > 0) {
         atomic_fetch_add(&s->n_snapshots, snaps);
@@ -314,6 +327,7 @@ static nsd_queue_t take_deferred(nsd_queue_t *batch)
  * on return, released while writing. @return 0 if it committed. */
 static int commit_one(nsd_store_t *s, nsd_queue_t *batch)
 {
+    nsd_store_wal_bound(s);
     int inject = s->fail_commits > 0;
     if (inject)
         s->fail_commits--;
@@ -337,8 +351,15 @@ static int commit_one(nsd_store_t *s, nsd_queue_t *batch)
 static void commit_queued(nsd_store_t *s)
 {
     nsd_queue_t batch = nsd_queue_take(&s->retry);
-    nsd_queue_concat(&batch, &s->jobs);
-    s->queued = 0;
+    /* Queued jobs up to COMMIT_BYTES: the WAL holds at most one commit past
+     * its bound, and an answer waits for no more than the jobs before it. */
+    size_t bytes = 0;
+    for (nsd_qnode_t *n; bytes < COMMIT_BYTES && (n = nsd_queue_pop(&s->jobs)) != NULL;) {
+        bytes += job_bytes(JOB_OF(n));
+        nsd_queue_push(&batch, n);
+        s->queued--;
+    }
+    s->backlog = !nsd_queue_empty(&s->jobs); /* the rest is due at once */
     nsd_queue_t later = take_deferred(&batch);
     if (nsd_queue_empty(&batch) || commit_one(s, &batch) == 0) {
         if (!nsd_queue_empty(&later))
@@ -359,11 +380,15 @@ void nsd_store_log_lost(uint64_t lost)
 static void *writer_main(void *arg)
 {
     nsd_store_t *s = arg;
+    pthread_setname_np(pthread_self(), "ns-store-write");
     pthread_mutex_lock(&s->lock);
     for (;;) {
         uint64_t now = nsd_now_ms();
         int have = !nsd_queue_empty(&s->jobs) || !nsd_queue_empty(&s->retry);
-        if (s->stopping && !have)
+        /* Older rows go whenever no answer waits for a commit. */
+        int purge =
+            nsd_store_purge_pending(s) && nsd_queue_empty(&s->waiters) && !atomic_load(&s->failing);
+        if (s->stopping && !have && !purge)
             break;
         if (have && atomic_load(&s->failing) && now < s->retry_at_ms) {
             if (s->stopping && now >= s->stop_deadline_ms)
@@ -373,9 +398,14 @@ static void *writer_main(void *arg)
                 until = s->stop_deadline_ms;
             wait_until(s, now, until);
         } else if (have && now < commit_due_at(s)) {
-            wait_until(s, now, commit_due_at(s));
+            if (purge)
+                nsd_store_purge_some(s);
+            else
+                wait_until(s, now, commit_due_at(s));
         } else if (have) {
             commit_queued(s);
+        } else if (purge) {
+            nsd_store_purge_some(s);
         } else if (s->stopping) {
             break;
         } else {
@@ -401,6 +431,8 @@ int nsd_store_start(nsd_store_t *s, nsd_registry_t *reg)
                 sqlite3_errmsg(s->db));
         return NS_EIO;
     }
+    if (nsd_store_purge_seed(s) != SQLITE_OK) /* the rows stay, skipped by recovery */
+        nsd_log(NSD_LOG_WARN, "store_purge_failed", "reason=seed error=%s", sqlite3_errmsg(s->db));
     nsd_store_checkpoints_start(s);
     pthread_mutex_lock(&s->lock);
     int rc = pthread_create(&s->thread, NULL, writer_main, s);
@@ -455,7 +487,8 @@ void nsd_store_free(nsd_store_t *s)
         nsd_store_stop(s, 0);
     sqlite3_finalize(s->ins_log);
     sqlite3_finalize(s->del_log_run);
-    sqlite3_finalize(s->del_log_before);
+    sqlite3_finalize(s->del_log_chunk);
+    free(s->purges);
     sqlite3_finalize(s->ins_snap);
     sqlite3_finalize(s->del_snap);
     if (s->db != NULL)

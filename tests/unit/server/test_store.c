@@ -19,6 +19,8 @@
 #include "registry/registry.h"
 #include "registry/step.h"
 #include "store/store.h"
+#include "store/store_codec.h"
+#include "store/store_internal.h" /* nsd_store_add_functions(): rows with valid sums */
 
 /* Waits on the store are bounded so a broken writer fails instead of hanging. */
 #define WAIT_LIMIT_S 30
@@ -594,6 +596,91 @@ START_TEST(test_periodic_snapshots)
 }
 END_TEST
 
+/* Rows older than a snapshot that a kill left in the log (their deletion
+ * comes after the snapshot's commit): recovery skips them and the next start
+ * deletes them. */
+START_TEST(test_rows_below_a_snapshot_skipped_then_deleted)
+{
+    char *base = make_dir(), dir[300], path[400];
+    snprintf(dir, sizeof(dir), "%s/data", base);
+    nsd_store_t *s = open_ok(dir, 1, 1);
+    nsd_registry_t *live = live_registry(s);
+    ns_run_config_t c = cfg_of(1, 0.25);
+    ck_assert_int_eq(nsd_registry_put_run(live, "p", &c, NULL, NULL), 0);
+    const char *layers[] = {"a", "b"};
+    size_t ch[] = {5, 3};
+    for (uint64_t step = 0; step < 30; step++)
+        ck_assert_int_eq(send(live, "p", step, 0, "default", layers, ch, 2, 6, NULL, 0), 0);
+    ck_assert_int_eq(wait_commit(s), 0);
+    nsd_store_stats_t st;
+    for (int i = 0; i < WAIT_LIMIT_S * 100; i++) {
+        nsd_store_stats(s, &st);
+        if (st.snapshots > 0)
+            break;
+        sleep_ms(10);
+    }
+    ck_assert_uint_gt(st.snapshots, 0);
+    ck_assert_int_eq(nsd_store_stop(s, 1000), 0);
+    nsd_registry_set_persist(live, NULL);
+    nsd_store_free(s);
+    db_path(path, sizeof(path), dir);
+    const char *below = "SELECT count(*) FROM log l JOIN snapshot s ON l.run = s.run "
+                        "WHERE l.seq < s.seq";
+    ck_assert_int_eq(sql_int(path, below), 0); /* a stop finishes the deletion */
+
+    /* As a kill before the deletion leaves it: a step's row (with a valid
+     * checksum) under the snapshot's seq; replayed, it would change layer a. */
+    nsd_step_t *old = nsd_step_create("a", 3, 5);
+    ck_assert_ptr_nonnull(old);
+    old->count = 6;
+    old->workers = 1;
+    for (size_t i = 0; i < 5; i++) {
+        old->mean[i] = 100.0 + (double)i;
+        old->var[i] = 7.0;
+    }
+    size_t body_len = 0;
+    unsigned char *body = nsd_step_encode(old, &body_len);
+    ck_assert_ptr_nonnull(body);
+    nsd_step_free(old);
+    sqlite3 *db = NULL;
+    sqlite3_stmt *ins = NULL;
+    ck_assert_int_eq(sqlite3_open(path, &db), SQLITE_OK);
+    ck_assert_int_eq(nsd_store_add_functions(db), SQLITE_OK);
+    ck_assert_int_eq(sqlite3_prepare_v2(db,
+                                        "INSERT INTO log(seq, run, kind, layer, step, body, crc) "
+                                        "VALUES(1, 'p', 3, 'a', 3, ?1, "
+                                        "ns_log_sum(1, 'p', 3, 'a', 3, ?1))",
+                                        -1, &ins, NULL),
+                     SQLITE_OK);
+    sqlite3_bind_blob(ins, 1, body, (int)body_len, SQLITE_STATIC);
+    ck_assert_int_eq(sqlite3_step(ins), SQLITE_DONE);
+    sqlite3_finalize(ins);
+    sqlite3_close(db);
+    free(body);
+    ck_assert_int_eq(sql_int(path, below), 1);
+
+    /* Recovery skips it; the store started on it deletes it. */
+    s = open_ok(dir, 1, 0);
+    nsd_registry_t *back = nsd_registry_create(NULL);
+    nsd_store_recovery_t rec;
+    nsd_store_error_t err = {0};
+    ck_assert_msg(nsd_store_recover(s, back, &rec, &err) == 0, "recover: %s", err.reason);
+    assert_same_state(live, back, "p");
+    nsd_persist_t hooks;
+    nsd_store_hooks(s, &hooks);
+    nsd_registry_set_persist(back, &hooks);
+    ck_assert_int_eq(nsd_store_start(s, back), 0);
+    ck_assert_int_eq(nsd_store_stop(s, 1000), 0);
+    nsd_registry_set_persist(back, NULL);
+    nsd_store_free(s);
+    ck_assert_int_eq(sql_int(path, below), 0);
+    nsd_registry_free(back);
+    nsd_registry_free(live);
+    remove_tree(base);
+    free(base);
+}
+END_TEST
+
 /* A pass's snapshot copied under the run's lock and queued later: a step
  * that finalized in between stays in the log and is replayed on top of it
  * (a snapshot that took the queue's seq would have dropped it), a held
@@ -900,6 +987,7 @@ static Suite *make_suite(void)
     tcase_add_test(tc, test_recovery_from_log_is_bit_identical);
     tcase_add_test(tc, test_recovery_from_snapshots_is_bit_identical);
     tcase_add_test(tc, test_periodic_snapshots);
+    tcase_add_test(tc, test_rows_below_a_snapshot_skipped_then_deleted);
     tcase_add_test(tc, test_snapshot_copied_then_queued);
     tcase_add_test(tc, test_recovered_ema_matches_reference);
     tcase_add_test(tc, test_failed_commit_is_retried);
