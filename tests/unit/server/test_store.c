@@ -20,10 +20,10 @@
 #include "registry/step.h"
 #include "store/store.h"
 #include "store/store_codec.h"
+#include "store_fixture.h"
 #include "store/store_internal.h" /* nsd_store_add_functions(): rows with valid sums */
 
 /* Waits on the store are bounded so a broken writer fails instead of hanging. */
-#define WAIT_LIMIT_S 30
 
 static uint64_t rng, seed0;
 
@@ -154,40 +154,6 @@ static nsd_registry_t *recovered(const char *dir, nsd_store_recovery_t *out)
     nsd_store_stop(s, 0);
     nsd_store_free(s);
     return reg;
-}
-
-typedef struct waitflag_s {
-    pthread_mutex_t lock;
-    pthread_cond_t cond;
-    int done, status;
-} waitflag_t;
-
-static void on_commit(void *arg, int status)
-{
-    waitflag_t *w = arg;
-    pthread_mutex_lock(&w->lock);
-    w->done = 1;
-    w->status = status;
-    pthread_cond_signal(&w->cond);
-    pthread_mutex_unlock(&w->lock);
-}
-
-/* nsd_store_after_commit() and wait for its callback. @return its status. */
-static int wait_commit(nsd_store_t *s)
-{
-    waitflag_t w = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0};
-    nsd_store_after_commit(s, on_commit, &w);
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    ts.tv_sec += WAIT_LIMIT_S;
-    pthread_mutex_lock(&w.lock);
-    while (!w.done)
-        if (pthread_cond_timedwait(&w.cond, &w.lock, &ts) != 0)
-            break;
-    int done = w.done, status = w.status;
-    pthread_mutex_unlock(&w.lock);
-    ck_assert_msg(done, "no commit callback within %d s", WAIT_LIMIT_S);
-    return status;
 }
 
 /* Send one report built as JSON (random values), /batches style. */

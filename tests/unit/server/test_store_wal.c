@@ -18,8 +18,8 @@
 #include "registry/step.h"
 #include "store/store.h"
 #include "store/store_codec.h"
+#include "store_fixture.h"
 
-#define WAIT_LIMIT_S 30
 /* 512 KiB of doubles a step (none a float32: 8 bytes a value are stored). */
 #define CHANNELS 32768
 /* 160 MiB of log in all, committed 2 MiB at a time: 2.5 times the bound. */
@@ -33,40 +33,6 @@ static double wide_double(void)
 {
     double x = (double)(ns_test_rand(&rng) >> 11) * 0x1p-53 * 4.0 - 2.0;
     return (double)(float)x == x ? x + 0x1p-40 : x;
-}
-
-typedef struct waitflag_s {
-    pthread_mutex_t lock;
-    pthread_cond_t cond;
-    int done, status;
-} waitflag_t;
-
-static void on_commit(void *arg, int status)
-{
-    waitflag_t *w = arg;
-    pthread_mutex_lock(&w->lock);
-    w->done = 1;
-    w->status = status;
-    pthread_cond_signal(&w->cond);
-    pthread_mutex_unlock(&w->lock);
-}
-
-/* nsd_store_after_commit() and wait for its callback. @return its status. */
-static int wait_commit(nsd_store_t *s)
-{
-    waitflag_t w = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0};
-    nsd_store_after_commit(s, on_commit, &w);
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    ts.tv_sec += WAIT_LIMIT_S;
-    pthread_mutex_lock(&w.lock);
-    while (!w.done)
-        if (pthread_cond_timedwait(&w.cond, &w.lock, &ts) != 0)
-            break;
-    int done = w.done, status = w.status;
-    pthread_mutex_unlock(&w.lock);
-    ck_assert_msg(done, "no commit callback within %d s", WAIT_LIMIT_S);
-    return status;
 }
 
 static long long file_size(const char *path)
