@@ -519,21 +519,20 @@ START_TEST(test_recovery_from_snapshots_is_bit_identical)
 }
 END_TEST
 
-/* The writer's own periodic snapshots truncate the log and keep the state. */
-START_TEST(test_periodic_snapshots)
+/* A store on 'dir' and a live registry logging to it: run "p" (layers a, b
+ * of 5 and 3 channels) given steps 0 .. steps-1, committed, and waited for
+ * (bounded) until the writer's periodic snapshot of it is committed too. */
+static nsd_registry_t *live_until_snapshot(const char *dir, uint64_t steps, nsd_store_t **store)
 {
-    char *base = make_dir(), dir[300], path[400];
-    snprintf(dir, sizeof(dir), "%s/data", base);
     nsd_store_t *s = open_ok(dir, 1, 1);
     nsd_registry_t *live = live_registry(s);
     ns_run_config_t c = cfg_of(1, 0.25);
     ck_assert_int_eq(nsd_registry_put_run(live, "p", &c, NULL, NULL), 0);
     const char *layers[] = {"a", "b"};
     size_t ch[] = {5, 3};
-    for (uint64_t step = 0; step < 50; step++)
+    for (uint64_t step = 0; step < steps; step++)
         ck_assert_int_eq(send(live, "p", step, 0, "default", layers, ch, 2, 6, NULL, 0), 0);
     ck_assert_int_eq(wait_commit(s), 0);
-    /* Wait (bounded) until a snapshot was committed. */
     nsd_store_stats_t st;
     for (int i = 0; i < WAIT_LIMIT_S * 100; i++) {
         nsd_store_stats(s, &st);
@@ -542,6 +541,19 @@ START_TEST(test_periodic_snapshots)
         sleep_ms(10);
     }
     ck_assert_uint_gt(st.snapshots, 0);
+    *store = s;
+    return live;
+}
+
+/* The writer's own periodic snapshots truncate the log and keep the state. */
+START_TEST(test_periodic_snapshots)
+{
+    char *base = make_dir(), dir[300], path[400];
+    snprintf(dir, sizeof(dir), "%s/data", base);
+    nsd_store_t *s;
+    nsd_registry_t *live = live_until_snapshot(dir, 50, &s);
+    const char *layers[] = {"a", "b"};
+    size_t ch[] = {5, 3};
     for (uint64_t step = 50; step < 60; step++)
         ck_assert_int_eq(send(live, "p", step, 0, "default", layers, ch, 2, 6, NULL, 0), 0);
     ck_assert_int_eq(wait_commit(s), 0);
@@ -569,23 +581,8 @@ START_TEST(test_rows_below_a_snapshot_skipped_then_deleted)
 {
     char *base = make_dir(), dir[300], path[400];
     snprintf(dir, sizeof(dir), "%s/data", base);
-    nsd_store_t *s = open_ok(dir, 1, 1);
-    nsd_registry_t *live = live_registry(s);
-    ns_run_config_t c = cfg_of(1, 0.25);
-    ck_assert_int_eq(nsd_registry_put_run(live, "p", &c, NULL, NULL), 0);
-    const char *layers[] = {"a", "b"};
-    size_t ch[] = {5, 3};
-    for (uint64_t step = 0; step < 30; step++)
-        ck_assert_int_eq(send(live, "p", step, 0, "default", layers, ch, 2, 6, NULL, 0), 0);
-    ck_assert_int_eq(wait_commit(s), 0);
-    nsd_store_stats_t st;
-    for (int i = 0; i < WAIT_LIMIT_S * 100; i++) {
-        nsd_store_stats(s, &st);
-        if (st.snapshots > 0)
-            break;
-        sleep_ms(10);
-    }
-    ck_assert_uint_gt(st.snapshots, 0);
+    nsd_store_t *s;
+    nsd_registry_t *live = live_until_snapshot(dir, 30, &s);
     ck_assert_int_eq(nsd_store_stop(s, 1000), 0);
     nsd_registry_set_persist(live, NULL);
     nsd_store_free(s);
