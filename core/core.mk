@@ -1,11 +1,12 @@
 # core/core.mk - libnscore, the SIMD statistics core (static and shared).
 
 CORE_SOVERSION := 0
-CORE_SRCS := $(filter-out core/src/kernel_avx2.c,$(wildcard core/src/*.c))
+CORE_AVX2_SRCS := core/src/kernel_avx2.c core/src/kernel_avx2_step.c
+CORE_SRCS := $(filter-out $(CORE_AVX2_SRCS),$(wildcard core/src/*.c))
 ifneq ($(filter x86_64 i%86,$(ARCH)),)
-CORE_SRCS += core/src/kernel_avx2.c
-# Only the AVX2 file is built for AVX2; the dispatcher keeps baseline flags.
-$(BUILD)/core/src/kernel_avx2.o: NS_ISA_FLAGS := -mavx2 -mfma
+CORE_SRCS += $(CORE_AVX2_SRCS)
+# Only the AVX2 files are built for AVX2; the dispatcher keeps baseline flags.
+$(CORE_AVX2_SRCS:%.c=$(BUILD)/%.o): NS_ISA_FLAGS := -mavx2 -mfma
 endif
 CORE_OBJS := $(CORE_SRCS:%.c=$(BUILD)/%.o)
 CORE_A    := $(BUILD)/lib/libnscore.a
