@@ -2,9 +2,8 @@
  *
  * Every ISA (kernel_scalar.c; kernel_avx2.c with kernel_avx2_step.c)
  * defines one table with the same signatures; dispatch.c picks one table
- * once per process. Kernels never
- * allocate and never check arguments: the public wrappers do. The scalar
- * table is the reference; the vector kernels may differ from it only by
+ * once per process. Kernels never allocate and never check arguments: the
+ * public wrappers do. The scalar table is the reference; the vector kernels may differ from it only by
  * rounding (a different but fixed summation order), bounded as documented in
  * tests/unit/core/test_kernels.c. */
 #ifndef NS_CORE_KERNELS_H
