@@ -51,8 +51,8 @@ int ns__f32_parse_array(const char **pos, const char *end, float *dst, size_t ds
 /* ns__f32_parse_run_avx2() (f32_parse_avx2.c, x86 only, AVX2 CPUs only) :
  * The elements at *pos of the shape -?D{1,3}.D+ (at most 15 bytes after
  * the sign) each followed by a comma, two at a time, into dst[0, cap), as
- * ns__f32_parse_array() reads them; a number may start only before 'limit'
- * (17 bytes readable from it). Stops before the first element of another
+ * ns__f32_parse_array() reads them; a pair may start only before 'limit'
+ * (48 bytes readable from it). Stops before the first element of another
  * shape, one the double estimate cannot decide, or when fewer than 2 of
  * cap are left. @return the elements written; *pos is after the last one's
  * comma. */

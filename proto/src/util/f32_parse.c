@@ -559,8 +559,8 @@ int ns__f32_parse_array(const char **pos, const char *end, float *dst, size_t ds
 #endif
 #ifdef F32_PARSE_AVX2
     pthread_once(&simd_once, simd_choose);
-    const int avx2 = simd_avx2 && end - p > 16;
-    const char *const run_limit = avx2 ? end - 16 : p;
+    const int avx2 = simd_avx2 && end - p > 48;
+    const char *const run_limit = avx2 ? end - 48 : p; /* before it: 48 bytes */
 #endif
     for (;;) {
 #ifdef F32_PARSE_AVX2

@@ -35,16 +35,17 @@ static const unsigned char align_ctrl[4][16][16] __attribute__((aligned(16))) = 
 /* 10^(k-15) for k = 0..3, as the block path's table has them. */
 static const double block_scale[4] = {1e-15, 1e-14, 1e-13, 1e-12};
 
-/* One number's shape at p: its digits less '0' (the 16 bytes after the
- * sign), k, and its end, which must be a comma. */
+/* One number's shape: its digits less '0' (the 16 bytes after the sign),
+ * k and its length after the sign. */
 typedef struct {
     __m128i t;
-    const char *end; /* at the comma */
     unsigned k, len, neg;
 } shape_t;
 
-/* @return 1 if the number at p has the shape this file reads. */
-static inline int shape_of(const char *p, shape_t *s)
+/* @return 1 if the text [p, comma) is a number of the shape this file
+ * reads. Where it ends comes from the comma, not from its digits, so the
+ * next number's place does not wait for this one's. */
+static inline int shape_of(const char *p, const char *comma, shape_t *s)
 {
     s->neg = *p == '-';
     const char *q = p + s->neg;
@@ -52,16 +53,13 @@ static inline int shape_of(const char *p, shape_t *s)
     unsigned digit =
         (unsigned)_mm_movemask_epi8(_mm_cmpeq_epi8(_mm_min_epu8(s->t, _mm_set1_epi8(9)), s->t));
     unsigned k = (unsigned)__builtin_ctz(~digit);
+    s->k = k;
+    s->len = (unsigned)(comma - q);
     if (k - 1 > 2 || (k > 1 && q[0] == '0') || q[k] != '.')
         return 0; /* 1..3 integer digits without a leading zero, then the point */
-    unsigned f = (unsigned)__builtin_ctz(~(digit >> (k + 1)));
-    unsigned len = k + 1 + f;
-    if (f == 0 || len > 15 || q[len] != ',')
-        return 0; /* no fraction digit, more than the block, or not a comma after */
-    s->k = k;
-    s->len = len;
-    s->end = q + len;
-    return 1;
+    /* the point, then only digits up to the comma (at least one), in the block */
+    return s->len >= k + 2 && s->len <= 15 &&
+           (unsigned)__builtin_ctz(~(digit | 1u << k)) == s->len;
 }
 
 size_t ns__f32_parse_run_avx2(const char **pos, const char *limit, float *dst, size_t cap)
@@ -76,12 +74,20 @@ size_t ns__f32_parse_run_avx2(const char **pos, const char *limit, float *dst, s
     /* undecided: the low 29 bits within MIDPOINT_MARGIN - 1 (15) of 2^28 */
     const __m256i mid = _mm256_set1_epi64x((INT64_C(1) << 28) - 15);
     const __m256i margin = _mm256_set1_epi64x(30);
+    const __m256i comma_byte = _mm256_set1_epi8(',');
     while (cap - n >= 2 && p < limit) {
-        shape_t a, b;
-        if (!shape_of(p, &a))
+        /* the next two commas within 32 bytes: the numbers' ends */
+        unsigned commas = (unsigned)_mm256_movemask_epi8(_mm256_cmpeq_epi8(
+            _mm256_loadu_si256((const __m256i *)(const void *)p), comma_byte));
+        if (commas == 0)
             break;
-        const char *pb = a.end + 1;
-        int b_ok = pb < limit && shape_of(pb, &b);
+        const char *comma_a = p + __builtin_ctz(commas);
+        commas &= commas - 1;
+        const char *comma_b = commas ? p + __builtin_ctz(commas) : comma_a;
+        shape_t a, b;
+        if (!shape_of(p, comma_a, &a))
+            break;
+        int b_ok = commas != 0 && shape_of(comma_a + 1, comma_b, &b);
         if (!b_ok)
             b = a; /* lanes computed and dropped */
         __m256i t = _mm256_inserti128_si256(_mm256_castsi128_si256(a.t), b.t, 1);
@@ -105,16 +111,18 @@ size_t ns__f32_parse_run_avx2(const char **pos, const char *limit, float *dst, s
         __m256i decided = _mm256_or_si256(_mm256_cmpgt_epi64(_mm256_setzero_si256(), x),
                                           _mm256_cmpgt_epi64(x, margin));
         unsigned ok = (unsigned)_mm256_movemask_pd(_mm256_castsi256_pd(decided));
-        float f[4];
-        _mm_storeu_ps(f, _mm256_cvtpd_ps(d));
+        /* the floats in lanes 0 and 2, their signs set without a branch */
+        __m128i f = _mm_castps_si128(_mm256_cvtpd_ps(d));
+        uint32_t bits_a = (uint32_t)_mm_cvtsi128_si32(f) | a.neg << 31;
+        uint32_t bits_b = (uint32_t)_mm_extract_epi32(f, 2) | b.neg << 31;
         if (!(ok & 1))
             break;
-        dst[n++] = a.neg ? -f[0] : f[0];
-        p = a.end + 1;
+        memcpy(&dst[n++], &bits_a, sizeof(bits_a));
+        p = comma_a + 1;
         if (!b_ok || !(ok & 4))
             break;
-        dst[n++] = b.neg ? -f[2] : f[2];
-        p = b.end + 1;
+        memcpy(&dst[n++], &bits_b, sizeof(bits_b));
+        p = comma_b + 1;
     }
     *pos = p;
     return n;
