@@ -89,15 +89,16 @@ static void check_array(const char *src, size_t len, const char *close, const ch
 }
 
 /* The number as an array element: followed by room (where a block of 16
- * bytes is read at once), between whitespace, and last in its buffer (an
- * exact allocation, so reading past it is caught by the sanitizers). */
+ * bytes, or 48 for two numbers, is read at once), between whitespace, and
+ * last in its buffer (an exact allocation, so reading past it is caught by
+ * the sanitizers). */
 static void check_array_forms(const char *text)
 {
     char buf[400];
-    int len = snprintf(buf, sizeof(buf), "%s,%s]%40s", text, text, "");
-    check_array(buf, (size_t)len, buf + len - 40, text, 2, "with room");
-    len = snprintf(buf, sizeof(buf), "%s ,\n\t%s\r\n]%40s", text, text, "");
-    check_array(buf, (size_t)len, buf + len - 40, text, 2, "with whitespace");
+    int len = snprintf(buf, sizeof(buf), "%s,%s]%64s", text, text, "");
+    check_array(buf, (size_t)len, buf + len - 64, text, 2, "with room");
+    len = snprintf(buf, sizeof(buf), "%s ,\n\t%s\r\n]%64s", text, text, "");
+    check_array(buf, (size_t)len, buf + len - 64, text, 2, "with whitespace");
     size_t exact_len = strlen(text) + 1;
     char *exact = malloc(exact_len);
     CHECK(exact != NULL, "out of memory");
