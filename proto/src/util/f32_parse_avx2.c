@@ -2,10 +2,12 @@
  * ns__f32_parse_array() (f32_parse.c): the numbers its block path reads in
  * the shape "%.9g" and the shortest form print in fixed notation,
  * -?D{1,3}.D+ within 16 bytes after the sign, each followed by a comma.
- * Each number's 16 bytes go to one 128-bit lane; one pshufb moves the
- * integer digits one byte up over the point (the same padded digits as the
- * block path: m * 10^(15-k-f) for k integer and f fraction digits), and
- * pmaddubsw/pmaddwd combine them into two 8-digit halves. The double
+ * The two commas come first (one 32-byte compare), so a pair's place does
+ * not wait for the previous pair's digits. Each number's 16 bytes go to
+ * one 128-bit lane; one pshufb moves the integer digits one byte up over
+ * the point (the same padded digits as the block path: m * 10^(15-k-f) for
+ * k integer and f fraction digits), and pmaddubsw/pmaddwd combine them
+ * into two 8-digit halves. The double
  * estimate is the block path's, so each float is the same bits; a value it
  * cannot decide (near a midpoint between floats) is left to the caller.
  * The only file of libnsproto besides f32_format_avx2.c built for AVX2;
