@@ -5,11 +5,12 @@ PROTO_SOVERSION := 0
 # proto/src by part: util/ (buffer, errors, float text, JSON loading),
 # safetensors/ (the container), messages/ (reports, gradients, run configuration,
 # answers); proto_internal.h beside them is shared by all three.
-PROTO_SRCS := $(filter-out proto/src/util/f32_format_avx2.c,$(wildcard proto/src/*/*.c))
+PROTO_SRCS := $(filter-out proto/src/util/%_avx2.c,$(wildcard proto/src/*/*.c))
 ifneq ($(filter x86_64 i%86,$(ARCH)),)
-PROTO_SRCS += proto/src/util/f32_format_avx2.c
-# Only the AVX2 file is built for AVX2 (f32_format.c calls it on AVX2 CPUs).
-$(BUILD)/proto/src/util/f32_format_avx2.o: NS_ISA_FLAGS := -mavx2
+PROTO_SRCS += proto/src/util/f32_format_avx2.c proto/src/util/f32_parse_avx2.c
+# Only the AVX2 files are built for AVX2 (f32_format.c and f32_parse.c call
+# them on AVX2 CPUs).
+$(BUILD)/proto/src/util/f32_format_avx2.o $(BUILD)/proto/src/util/f32_parse_avx2.o: NS_ISA_FLAGS := -mavx2
 endif
 PROTO_OBJS := $(PROTO_SRCS:%.c=$(BUILD)/%.o)
 PROTO_A    := $(BUILD)/lib/libnsproto.a

@@ -48,6 +48,16 @@ int ns__f32_parse_prefix(const char *src, const char *end, const char **stop, in
  * token too long to copy for strtof. Thread-safe. */
 int ns__f32_parse_array(const char **pos, const char *end, float *dst, size_t dst_cap, size_t *n);
 
+/* ns__f32_parse_run_avx2() (f32_parse_avx2.c, x86 only, AVX2 CPUs only) :
+ * The elements at *pos of the shape -?D{1,3}.D+ (at most 15 bytes after
+ * the sign) each followed by a comma, two at a time, into dst[0, cap), as
+ * ns__f32_parse_array() reads them; a pair may start only before 'limit'
+ * (48 bytes readable from it). Stops before the first element of another
+ * shape, one the double estimate cannot decide, or when fewer than 2 of
+ * cap are left. @return the elements written; *pos is after the last one's
+ * comma. */
+size_t ns__f32_parse_run_avx2(const char **pos, const char *limit, float *dst, size_t cap);
+
 /* ns__f32_format() :
  * Write finite 'value' as the shortest decimal that ns__f32_parse() (and
  * strtof) reads back to the same float, the nearest such decimal to 'value'

@@ -25,7 +25,10 @@
  * from one 16-byte block (parse_block), its digits as one integer and the
  * same double estimate; any other shape, or a value the estimate cannot
  * decide, goes through ns__f32_parse_prefix() as above, so each element
- * gets the same bits either way. */
+ * gets the same bits either way. Where libnscore chose its AVX2 kernels,
+ * runs of fixed-notation numbers each followed by a comma are read two at
+ * a time (f32_parse_avx2.c, the same digits and estimate), the loop here
+ * taking the element it stops at. */
 #include <float.h>
 #include <locale.h>
 #include <math.h>
@@ -38,6 +41,7 @@
 #define F32_SIXTEEN_DIGITS 1
 #endif
 
+#include <normstat/core.h>
 #include <normstat/wire_errors.h>
 
 #include "f32.h"
@@ -514,6 +518,19 @@ static inline const char *parse_block(const char *p, const char *end, float *dst
 }
 #endif
 
+#if defined(__x86_64__) || defined(__i386__)
+/* Whether libnscore chose its AVX2 kernels (the CPU and the OS support AVX2,
+ * NS_SIMD=scalar not set): then numbers come two at a time. */
+static pthread_once_t simd_once = PTHREAD_ONCE_INIT;
+static int simd_avx2;
+
+static void simd_choose(void)
+{
+    simd_avx2 = strcmp(ns_core_kernel(), "avx2") == 0;
+}
+#define F32_PARSE_AVX2 1
+#endif
+
 /* One element of an array at *pos by the general parser: whitespace, the
  * number, and what may follow it. @return 1 with *pos after the number, or 0. */
 static int array_element(const char **pos, const char *end, float *dst)
@@ -540,7 +557,16 @@ int ns__f32_parse_array(const char **pos, const char *end, float *dst, size_t ds
 #ifdef F32_SIXTEEN_DIGITS
     const char *const block_end = end - p > 16 ? end - 16 : p; /* before it: 17 bytes */
 #endif
+#ifdef F32_PARSE_AVX2
+    pthread_once(&simd_once, simd_choose);
+    const int avx2 = simd_avx2 && end - p > 48;
+    const char *const run_limit = avx2 ? end - 48 : p; /* before it: 48 bytes */
+#endif
     for (;;) {
+#ifdef F32_PARSE_AVX2
+        if (avx2 && p < run_limit)
+            out += ns__f32_parse_run_avx2(&p, run_limit, out, (size_t)(out_end - out));
+#endif
         if (out == out_end) {
             rc = 0;
             break;

@@ -89,15 +89,16 @@ static void check_array(const char *src, size_t len, const char *close, const ch
 }
 
 /* The number as an array element: followed by room (where a block of 16
- * bytes is read at once), between whitespace, and last in its buffer (an
- * exact allocation, so reading past it is caught by the sanitizers). */
+ * bytes, or 48 for two numbers, is read at once), between whitespace, and
+ * last in its buffer (an exact allocation, so reading past it is caught by
+ * the sanitizers). */
 static void check_array_forms(const char *text)
 {
     char buf[400];
-    int len = snprintf(buf, sizeof(buf), "%s,%s]%40s", text, text, "");
-    check_array(buf, (size_t)len, buf + len - 40, text, 2, "with room");
-    len = snprintf(buf, sizeof(buf), "%s ,\n\t%s\r\n]%40s", text, text, "");
-    check_array(buf, (size_t)len, buf + len - 40, text, 2, "with whitespace");
+    int len = snprintf(buf, sizeof(buf), "%s,%s]%64s", text, text, "");
+    check_array(buf, (size_t)len, buf + len - 64, text, 2, "with room");
+    len = snprintf(buf, sizeof(buf), "%s ,\n\t%s\r\n]%64s", text, text, "");
+    check_array(buf, (size_t)len, buf + len - 64, text, 2, "with whitespace");
     size_t exact_len = strlen(text) + 1;
     char *exact = malloc(exact_len);
     CHECK(exact != NULL, "out of memory");
@@ -234,6 +235,83 @@ START_TEST(array_shapes_and_boundaries)
             CHECK(rc == want, "[%s, room %d: rc %d", bad[i], room, rc);
             free(src);
         }
+}
+END_TEST
+
+/* One element of a generated array: mostly the fixed-notation shapes read
+ * two at a time (random floats as "%.9g" and the shortest form print them,
+ * decimals a few units from a midpoint between floats, which the double
+ * estimate cannot decide), and among them the shapes that stop a run
+ * (exponents, integers, 4 integer digits, leading spaces, long fractions). */
+static void array_element_text(uint64_t *rng, char *dst, size_t cap)
+{
+    uint64_t r = ns_test_rand(rng);
+    unsigned kind = (unsigned)(r % 16);
+    double unit = (double)(ns_test_rand(rng) >> 11) * 0x1p-53;
+    const char *sign = r >> 8 & 1 ? "-" : "";
+    if (kind < 6) { /* a float as clients print it, 1e-3 .. 1000 */
+        snprintf(dst, cap, "%s%.9g", sign, (double)(float)(pow(10, unit * 6 - 3)));
+    } else if (kind < 11) {
+        /* the decimal of 14 or 15 significant digits nearest a midpoint
+         * between floats (1 .. 1000, mostly below 10, where it may be within
+         * a unit of a double of it) */
+        float f = (float)(1 + unit * (kind < 9 ? 9 : 999)), g = nextafterf(f, INFINITY);
+        double mid = ((double)f + (double)g) / 2;
+        snprintf(dst, cap, "%s%.*f", sign, f >= 100 ? 11 : f >= 10 ? 12 : 13, mid);
+    } else if (kind == 11) {
+        snprintf(dst, cap, "%s%.9g", sign, (double)(float)(unit * 1e-4));
+    } else if (kind == 12) {
+        snprintf(dst, cap, "%s%u", sign, (unsigned)(r >> 20 & 0xfff));
+    } else if (kind == 13) {
+        snprintf(dst, cap, "%s%.4f", sign, 1000 + unit * 9000);
+    } else if (kind == 14) {
+        snprintf(dst, cap, " %s%.6f", sign, unit * 10);
+    } else {
+        snprintf(dst, cap, "%s%.17g", sign, (double)(float)unit);
+    }
+}
+
+/* Long arrays of mixed elements, read with room for a random number of
+ * elements at a time: each element strtof's value, whichever path took it
+ * (pairs, a single one before another shape, the element-by-element loop);
+ * the buffer ends at the array's ']' (the sanitizers catch reading past). */
+START_TEST(array_runs_of_mixed_elements)
+{
+    uint64_t rng = ns_test_seed() ^ 0xbf58476d1ce4e5b9u;
+    enum { ELEMENTS = 200, ROUNDS = 2000 };
+    static char text[ELEMENTS * 40 + 2];
+    static float want[ELEMENTS], got[ELEMENTS];
+    for (int round = 0; round < ROUNDS; round++) {
+        size_t len = 0;
+        for (size_t i = 0; i < ELEMENTS; i++) {
+            char element[40];
+            array_element_text(&rng, element, sizeof(element));
+            int ok = array_expect(element, &want[i]);
+            CHECK(ok, "\"%s\": refused by the reference", element);
+            len += (size_t)snprintf(text + len, sizeof(text) - len, "%s%s", i ? "," : "", element);
+        }
+        text[len++] = ']';
+        char *src = malloc(len);
+        ck_assert_ptr_nonnull(src);
+        memcpy(src, text, len);
+        const char *pos = src;
+        size_t total = 0, n = 0;
+        int rc = 0;
+        while (rc == 0 && total < ELEMENTS) {
+            size_t room = 1 + (size_t)(ns_test_rand(&rng) % 9);
+            if (room > ELEMENTS - total)
+                room = ELEMENTS - total;
+            rc = ns__f32_parse_array(&pos, src + len, got + total, room, &n);
+            CHECK(n <= room, "round %d: %zu written with room for %zu", round, n, room);
+            total += n;
+        }
+        CHECK(rc == 1 && total == ELEMENTS && pos == src + len, "round %d: rc %d, %zu elements",
+              round, rc, total);
+        for (size_t i = 0; i < total && i < ELEMENTS; i++)
+            CHECK(bits_of(got[i]) == bits_of(want[i]), "round %d [%zu]: %08x, strtof %08x", round,
+                  i, (unsigned)bits_of(got[i]), (unsigned)bits_of(want[i]));
+        free(src);
+    }
 }
 END_TEST
 
@@ -606,6 +684,7 @@ static Suite *make_suite(void)
     tcase_add_test(tc, report_values_are_strtof);
     tcase_add_test(tc, array_shapes_and_boundaries);
     tcase_add_test(tc, array_in_parts);
+    tcase_add_test(tc, array_runs_of_mixed_elements);
     suite_add_tcase(s, tc);
     return s;
 }
