@@ -35,7 +35,7 @@ $(FUZZ_DIR)/obj/%.o: %.c
 	$(if $(Q),@echo "  FUZZCC  $<")
 	$(Q)$(FUZZ_CC) $(FUZZ_CFLAGS) $(FUZZ_ISA) -fsanitize=fuzzer-no-link,address,undefined \
 	    -fno-sanitize-recover=undefined $(call pkg_cflags,jansson) -MMD -MP -c -o $@ $<
-$(FUZZ_DIR)/obj/core/src/kernel_avx2.o: FUZZ_ISA := -mavx2 -mfma
+$(FUZZ_DIR)/obj/core/src/kernel_avx2.o $(FUZZ_DIR)/obj/core/src/kernel_avx2_step.o: FUZZ_ISA := -mavx2 -mfma
 $(FUZZ_DIR)/obj/proto/src/util/f32_format_avx2.o $(FUZZ_DIR)/obj/proto/src/util/f32_parse_avx2.o: \
     FUZZ_ISA := -mavx2
 

@@ -14,6 +14,10 @@ static inline float ns__f32_narrow(double d)
     return d > FLT_MAX ? INFINITY : d < -FLT_MAX ? -INFINITY : (float)d;
 }
 
+/* Whether the AVX2 paths run (simd_choice.c): libnscore chose its AVX2
+ * kernels. */
+int ns__proto_avx2(void);
+
 /* Longest text ns__f32_format() writes, plus its NUL: "-1.23456789e-45". */
 #define NS__F32_FORMAT_MAX 16
 

@@ -13,11 +13,8 @@
  * a comparison. The unit test compares every
  * float32 in whole binades and millions of others with an exact 192-bit
  * computation of the same digits and with strtof. */
-#include <pthread.h>
 #include <stdint.h>
 #include <string.h>
-
-#include <normstat/core.h>
 
 #include "f32.h"
 
@@ -245,16 +242,6 @@ size_t ns__f32_put(char *dst, float value)
 }
 
 #if defined(__x86_64__) || defined(__i386__)
-/* Whether libnscore chose its AVX2 kernels (the CPU and the OS support AVX2,
- * NS_SIMD=scalar not set): then the digits come four at a time. */
-static pthread_once_t simd_once = PTHREAD_ONCE_INIT;
-static int simd_avx2;
-
-static void simd_choose(void)
-{
-    simd_avx2 = strcmp(ns_core_kernel(), "avx2") == 0;
-}
-
 /* Values [i, i + 4) of src, the first preceded by a comma unless i == 0. */
 static char *put_four(char *dst, const double *src, size_t i)
 {
@@ -284,8 +271,7 @@ char *ns__f32_put_list(char *dst, const double *src, size_t n)
 {
     size_t i = 0;
 #if defined(__x86_64__) || defined(__i386__)
-    pthread_once(&simd_once, simd_choose);
-    if (simd_avx2)
+    if (ns__proto_avx2()) /* the digits four at a time */
         for (; n - i >= 4; i += 4)
             dst = put_four(dst, src, i);
 #endif

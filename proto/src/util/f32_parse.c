@@ -519,15 +519,7 @@ static inline const char *parse_block(const char *p, const char *end, float *dst
 #endif
 
 #if defined(__x86_64__) || defined(__i386__)
-/* Whether libnscore chose its AVX2 kernels (the CPU and the OS support AVX2,
- * NS_SIMD=scalar not set): then numbers come two at a time. */
-static pthread_once_t simd_once = PTHREAD_ONCE_INIT;
-static int simd_avx2;
-
-static void simd_choose(void)
-{
-    simd_avx2 = strcmp(ns_core_kernel(), "avx2") == 0;
-}
+/* Where ns__proto_avx2(), numbers come two at a time. */
 #define F32_PARSE_AVX2 1
 #endif
 
@@ -558,8 +550,7 @@ int ns__f32_parse_array(const char **pos, const char *end, float *dst, size_t ds
     const char *const block_end = end - p > 16 ? end - 16 : p; /* before it: 17 bytes */
 #endif
 #ifdef F32_PARSE_AVX2
-    pthread_once(&simd_once, simd_choose);
-    const int avx2 = simd_avx2 && end - p > 48;
+    const int avx2 = ns__proto_avx2() && end - p > 48;
     const char *const run_limit = avx2 ? end - 48 : p; /* before it: 48 bytes */
 #endif
     for (;;) {
