@@ -1,0 +1,89 @@
+/* request_keep.c - request contexts kept on their connection (see
+ * request_keep.h). */
+#include "request_keep.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "conns.h"
+#include "registry/registry.h"
+
+/* Free a context whose reservations were released. */
+static void request_free(nsd_request_t *req)
+{
+    ns_buf_free(&req->body);
+    pthread_mutex_destroy(&req->wait_lock);
+    free(req->query);
+    free(req);
+}
+
+/* Whether a completed request's body buffer may stay on its connection. */
+static int body_keepable(const nsd_request_t *req)
+{
+    uint64_t max_memory = req->server->opts->max_memory;
+    return req->body.data != NULL && req->body.cap <= NSD_KEPT_BODY_MAX &&
+           (max_memory == 0 || req->body_reserved <= max_memory / 64);
+}
+
+nsd_request_t *nsd_request_new(nsd_server_t *srv, nsd_conn_t *link)
+{
+    void **slot = nsd_conns_kept(link);
+    nsd_request_t *req = slot != NULL ? *slot : NULL;
+    if (req == NULL) {
+        req = calloc(1, sizeof(*req));
+        if (req == NULL)
+            return NULL;
+        ns_buf_init(&req->body, srv->opts->max_body);
+    } else {
+        *slot = NULL;
+        ns_buf_t body = req->body;
+        uint64_t body_reserved = req->body_reserved;
+        memset(req, 0, sizeof(*req));
+        req->body = body;
+        req->body.len = 0;
+        if (req->body.data != NULL)
+            req->body.data[0] = '\0';
+        /* Still counted: the reservation is this request's now. */
+        req->body_reserved = body_reserved;
+        req->reserved = body_reserved;
+    }
+    req->server = srv;
+    req->link = link;
+    pthread_mutex_init(&req->wait_lock, NULL);
+    return req;
+}
+
+void nsd_request_done(nsd_request_t *req)
+{
+    void **slot = req->close_after ? NULL : nsd_conns_kept(req->link);
+    if (slot == NULL || *slot != NULL) {
+        nsd_request_release(req);
+        request_free(req);
+        return;
+    }
+    if (!body_keepable(req)) {
+        ns_buf_free(&req->body);
+        req->body_reserved = 0;
+    }
+    /* All but the kept buffer's reservation goes back. */
+    req->reserved -= req->body_reserved;
+    nsd_request_release(req);
+    req->reserved = req->body_reserved;
+    free(req->query);
+    req->query = NULL;
+    pthread_mutex_destroy(&req->wait_lock);
+    *slot = req;
+}
+
+void nsd_request_kept_free(nsd_server_t *srv, nsd_conn_t *link)
+{
+    void **slot = nsd_conns_kept(link);
+    nsd_request_t *req = slot != NULL ? *slot : NULL;
+    if (req == NULL)
+        return;
+    *slot = NULL;
+    req->server = srv;
+    nsd_request_release(req);
+    ns_buf_free(&req->body);
+    free(req);
+}
