@@ -11,6 +11,7 @@
 /* Free a context whose reservations were released. */
 static void request_free(nsd_request_t *req)
 {
+    ns_report_scratch_free(req->scratch);
     ns_buf_free(&req->body);
     pthread_mutex_destroy(&req->wait_lock);
     free(req->query);
@@ -38,14 +39,18 @@ nsd_request_t *nsd_request_new(nsd_server_t *srv, nsd_conn_t *link)
         *slot = NULL;
         ns_buf_t body = req->body;
         uint64_t body_reserved = req->body_reserved;
+        ns_report_scratch_t *scratch = req->scratch;
+        uint64_t scratch_reserved = req->scratch_reserved;
         memset(req, 0, sizeof(*req));
         req->body = body;
         req->body.len = 0;
         if (req->body.data != NULL)
             req->body.data[0] = '\0';
-        /* Still counted: the reservation is this request's now. */
+        req->scratch = scratch;
+        /* Still counted: the reservations are this request's now. */
         req->body_reserved = body_reserved;
-        req->reserved = body_reserved;
+        req->scratch_reserved = scratch_reserved;
+        req->reserved = body_reserved + scratch_reserved;
     }
     req->server = srv;
     req->link = link;
@@ -65,14 +70,32 @@ void nsd_request_done(nsd_request_t *req)
         ns_buf_free(&req->body);
         req->body_reserved = 0;
     }
-    /* All but the kept buffer's reservation goes back. */
-    req->reserved -= req->body_reserved;
+    /* The scratch grew within this request's decoding reservation; kept
+     * only while that covers it. */
+    uint64_t scratch_bytes = ns_report_scratch_bytes(req->scratch);
+    if (req->scratch != NULL &&
+        (scratch_bytes > NSD_KEPT_BODY_MAX || req->reserved < req->body_reserved + scratch_bytes)) {
+        ns_report_scratch_free(req->scratch);
+        req->scratch = NULL;
+        scratch_bytes = 0;
+    }
+    req->scratch_reserved = scratch_bytes;
+    /* All but what the kept buffers count goes back. */
+    uint64_t kept = req->body_reserved + req->scratch_reserved;
+    req->reserved -= kept;
     nsd_request_release(req);
-    req->reserved = req->body_reserved;
+    req->reserved = kept;
     free(req->query);
     req->query = NULL;
     pthread_mutex_destroy(&req->wait_lock);
     *slot = req;
+}
+
+ns_report_scratch_t *nsd_request_scratch(nsd_request_t *req)
+{
+    if (req->scratch == NULL)
+        req->scratch = ns_report_scratch_new();
+    return req->scratch;
 }
 
 void nsd_request_kept_free(nsd_server_t *srv, nsd_conn_t *link)
@@ -84,6 +107,7 @@ void nsd_request_kept_free(nsd_server_t *srv, nsd_conn_t *link)
     *slot = NULL;
     req->server = srv;
     nsd_request_release(req);
+    ns_report_scratch_free(req->scratch);
     ns_buf_free(&req->body);
     free(req);
 }

@@ -1,13 +1,15 @@
-/* request_keep.h - a request's context and body buffer kept on its
- * connection for the next request (keep-alive), so that a steady stream of
- * reports allocates neither; http.c and conn_hooks.c call these, on the
- * connection's own thread.
+/* request_keep.h - a request's context, body buffer and decoding scratch
+ * (ns_report_scratch_t) kept on its connection for the next request
+ * (keep-alive), so that a steady stream of reports allocates none of them;
+ * http.c and conn_hooks.c call these, on the connection's own thread.
  *
  * What is kept stays counted: the body buffer's --max-memory reservation
- * (body_budget.c) is held while it is kept and becomes the next request's.
- * A connection keeps at most one context, and a body buffer only up to
- * NSD_KEPT_BODY_MAX bytes and 1/64 of --max-memory; everything is freed
- * when the connection closes (at the latest its --idle-timeout). */
+ * (body_budget.c) and the scratch's size (taken from the decoding's
+ * reservation) are held while kept and become the next request's. A
+ * connection keeps at most one context, a body buffer only up to
+ * NSD_KEPT_BODY_MAX bytes and 1/64 of --max-memory, a scratch up to
+ * NSD_KEPT_BODY_MAX bytes; everything is freed when the connection closes
+ * (at the latest its --idle-timeout). */
 #ifndef NSD_REQUEST_KEEP_H
 #define NSD_REQUEST_KEEP_H
 
