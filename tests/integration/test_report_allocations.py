@@ -70,7 +70,7 @@ class Allocations(nsd.Case):
         """The daemon's allocation count after n reports to /v1/runs/r/<path>."""
         out = os.path.join(tmp, f"count-{path}-{n}")
         env = dict(os.environ, LD_PRELOAD=lib, NS_MALLOC_COUNT_OUT=out)
-        d = nsd.Daemon("--threads", "1", env=env).start()
+        d = nsd.Daemon("--threads", "1", "--log-level", "warn", env=env).start()
         c = d.client()
         refused = []
         try:
@@ -99,8 +99,11 @@ class Allocations(nsd.Case):
                 a2 = self.allocations(lib, tmp, path, N2)
                 per = (a2 - a1) / (N2 - N1)
                 print(f"note /{path}: {per:.2f} allocations per report in steady state")
+                # A stray allocation of a background thread (the connection
+                # sweep, the log) may fall in either run: half an allocation
+                # per report of slack, far below one more per report.
                 if allowed is not None:
-                    self.check(per <= allowed,
+                    self.check(per < allowed + 0.5,
                                f"/{path}: at most {allowed} allocations per report",
                                f"{per:.2f}")
 

@@ -205,9 +205,15 @@ static void scan_ws(scan_t *s)
         s->p++;
 }
 
-/* Consume 'c' if it comes next (after whitespace). */
-static int scan_lit(scan_t *s, char c)
+/* Consume 'c' if it comes next (after whitespace: writers rarely put any,
+ * so 'c' itself is looked for first). Inlined, as are the string and number
+ * scans: a header is thousands of short tokens. */
+static inline __attribute__((always_inline)) int scan_lit(scan_t *s, char c)
 {
+    if (s->p < s->end && *s->p == c) {
+        s->p++;
+        return 1;
+    }
     scan_ws(s);
     if (s->p < s->end && *s->p == c) {
         s->p++;
@@ -223,31 +229,11 @@ static int string_stop(unsigned char c)
     return c == '"' || c == '\\' || c < 0x20 || c >= 0x80;
 }
 
-/* Whether any of the 8 bytes in 'w' is a string_stop() byte: word-wide
- * tests for a zero byte (of w ^ '"' and w ^ '\\'), a byte below 0x20 and
- * a high bit; exact as a whole, so the bytes are then looked at one by one. */
-static int word_has_stop(uint64_t w)
-{
-    const uint64_t ones = 0x0101010101010101u, highs = 0x8080808080808080u;
-    uint64_t quote = w ^ (ones * '"'), slash = w ^ (ones * '\\');
-    uint64_t zero_quote = (quote - ones) & ~quote;
-    uint64_t zero_slash = (slash - ones) & ~slash;
-    uint64_t control = (w - ones * 0x20) & ~w;
-    return ((zero_quote | zero_slash | control | w) & highs) != 0;
-}
-
-static int scan_string(scan_t *s, const char **v, size_t *len)
+static inline __attribute__((always_inline)) int scan_string(scan_t *s, const char **v, size_t *len)
 {
     if (!scan_lit(s, '"'))
         return 0;
     const char *b = s->p;
-    uint64_t w;
-    while ((size_t)(s->end - s->p) >= sizeof(w)) {
-        memcpy(&w, s->p, sizeof(w));
-        if (word_has_stop(w))
-            break;
-        s->p += sizeof(w);
-    }
     while (s->p < s->end && !string_stop((unsigned char)*s->p))
         s->p++;
     if (s->p == s->end || *s->p != '"')
@@ -258,7 +244,7 @@ static int scan_string(scan_t *s, const char **v, size_t *len)
     return 1;
 }
 
-static int scan_uint(scan_t *s, uint64_t *v)
+static inline __attribute__((always_inline)) int scan_uint(scan_t *s, uint64_t *v)
 {
     scan_ws(s);
     const char *b = s->p;

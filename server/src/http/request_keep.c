@@ -28,7 +28,10 @@ static int body_keepable(const nsd_request_t *req)
 
 nsd_request_t *nsd_request_new(nsd_server_t *srv, nsd_conn_t *link)
 {
-    void **slot = nsd_conns_kept(link);
+    void **slots = nsd_conns_kept(link);
+    void **slot = NULL;
+    for (int i = 0; slots != NULL && i < NSD_CONNS_KEPT && slot == NULL; i++)
+        slot = slots[i] != NULL ? &slots[i] : NULL;
     nsd_request_t *req = slot != NULL ? *slot : NULL;
     if (req == NULL) {
         req = calloc(1, sizeof(*req));
@@ -60,8 +63,11 @@ nsd_request_t *nsd_request_new(nsd_server_t *srv, nsd_conn_t *link)
 
 void nsd_request_done(nsd_request_t *req)
 {
-    void **slot = req->close_after ? NULL : nsd_conns_kept(req->link);
-    if (slot == NULL || *slot != NULL) {
+    void **slots = req->close_after ? NULL : nsd_conns_kept(req->link);
+    void **slot = NULL;
+    for (int i = 0; slots != NULL && i < NSD_CONNS_KEPT && slot == NULL; i++)
+        slot = slots[i] == NULL ? &slots[i] : NULL;
+    if (slot == NULL) {
         nsd_request_release(req);
         request_free(req);
         return;
@@ -100,14 +106,16 @@ ns_report_scratch_t *nsd_request_scratch(nsd_request_t *req)
 
 void nsd_request_kept_free(nsd_server_t *srv, nsd_conn_t *link)
 {
-    void **slot = nsd_conns_kept(link);
-    nsd_request_t *req = slot != NULL ? *slot : NULL;
-    if (req == NULL)
-        return;
-    *slot = NULL;
-    req->server = srv;
-    nsd_request_release(req);
-    ns_report_scratch_free(req->scratch);
-    ns_buf_free(&req->body);
-    free(req);
+    void **slots = nsd_conns_kept(link);
+    for (int i = 0; slots != NULL && i < NSD_CONNS_KEPT; i++) {
+        nsd_request_t *req = slots[i];
+        if (req == NULL)
+            continue;
+        slots[i] = NULL;
+        req->server = srv;
+        nsd_request_release(req);
+        ns_report_scratch_free(req->scratch);
+        ns_buf_free(&req->body);
+        free(req);
+    }
 }

@@ -6,10 +6,10 @@
  * What is kept stays counted: the body buffer's --max-memory reservation
  * (body_budget.c) and the scratch's size (taken from the decoding's
  * reservation) are held while kept and become the next request's. A
- * connection keeps at most one context, a body buffer only up to
- * NSD_KEPT_BODY_MAX bytes and 1/64 of --max-memory, a scratch up to
- * NSD_KEPT_BODY_MAX bytes; everything is freed when the connection closes
- * (at the latest its --idle-timeout). */
+ * connection keeps at most NSD_CONNS_KEPT contexts (conns.h), a body
+ * buffer only up to NSD_KEPT_BODY_MAX bytes and 1/64 of --max-memory, a
+ * scratch up to NSD_KEPT_BODY_MAX bytes; everything is freed when the
+ * connection closes (at the latest its --idle-timeout). */
 #ifndef NSD_REQUEST_KEEP_H
 #define NSD_REQUEST_KEEP_H
 
