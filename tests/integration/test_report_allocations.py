@@ -37,8 +37,9 @@ WAIT_S = 20.0  # bounded waits: matter only on failure
 
 # Allocations a report still makes per endpoint, by the same difference:
 # libmicrohttpd's response and its headers (4), the answer text (1); /sync
-# also the step's result and its answer.
-ALLOWED = {"batches": 5, "sync": None}  # None: measured and printed only
+# also the step's result, its waiter and the answer's fields and buffers
+# (23 in all; 29 when the safetensors answer's header doubled its way up).
+ALLOWED = {"batches": 5, "sync": 23}
 
 SANITIZED = os.environ.get("NS_SANITIZED") == "1" or "TSAN_OPTIONS" in os.environ
 
