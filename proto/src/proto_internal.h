@@ -29,7 +29,23 @@ struct ns_safetensors_s {
     ns_tensor_t *tensors;     /* sorted by data offset */
     unsigned char *dtype_ids; /* scanner: tensor i's dtype spelling, an index of
                                  safetensors.c's table; NULL on the jansson path */
+    /* Parsed by ns__safetensors_reparse() (keep 1): the arrays stay for the
+     * next parse; 'tensors' (and the ids) is a block of tensors_bytes. */
+    int keep;
+    ns_tensor_t *scan;   /* the scanner's tensors in header order */
+    ns_tensor_t *sorted; /* the block 'tensors' points to once parsed */
+    void *spans;
+    size_t scan_cap, spans_cap, tensors_bytes;
 };
+
+/* ns__safetensors_reparse() :
+ *  ns_safetensors_parse() into *st, reusing the arrays of the previous parse
+ *  into it (*st NULL: a new one). Headers the scanner cannot take are parsed
+ *  by the jansson path into a new *st. Free with ns_safetensors_free().
+ *  ns__safetensors_bytes(): what *st holds on the heap. */
+int ns__safetensors_reparse(ns_safetensors_t **st, const uint8_t *src, size_t src_len,
+                            ns_error_detail_t *err);
+size_t ns__safetensors_bytes(const ns_safetensors_t *st);
 
 /* The range of a world_size on the wire: any uint32 from 1. A run accepts
  * less (NS_WORLD_SIZE_MAX), which the daemon checks; a body beyond this range
@@ -42,6 +58,8 @@ int ns__buf_append_json_string(ns_buf_t *buf, const char *s);
 /* ns__report_create() : an empty report with the wire's defaults (doc/design.md) and room for
  * 'n_layers' zeroed layers. @return NULL when out of memory. */
 ns_report_t *ns__report_create(size_t n_layers);
+/* ns__report_defaults() : the wire's defaults into a zeroed report. */
+void ns__report_defaults(ns_report_t *report);
 
 /* ns__report_finish() : sort layers by name, reject duplicates, check every
  * value (non-finite, negative variance: NS_EVALUE) and convert unbiased
@@ -140,6 +158,12 @@ int ns__safetensors_meta_check_known(const ns_safetensors_t *st, const char *con
 int ns__safetensors_layer_pieces(const ns_safetensors_t *st, const char *const *parts,
                                  const char *naming, ns__st_piece_t **pieces, size_t *n_layers,
                                  ns_error_detail_t *err);
+/* ns__safetensors_layer_pieces_into() : the same into *pieces, a buffer of
+ * *cap pieces kept by the caller (grown as needed; it stays the caller's
+ * on error too). */
+int ns__safetensors_layer_pieces_into(const ns_safetensors_t *st, const char *const *parts,
+                                      const char *naming, ns__st_piece_t **pieces, size_t *cap,
+                                      size_t *n_layers, ns_error_detail_t *err);
 const char *ns__safetensors_next_layer(const ns__st_piece_t *pieces, size_t n, size_t *i,
                                        const ns__st_piece_t **by_part, size_t n_parts);
 

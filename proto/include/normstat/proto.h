@@ -141,6 +141,7 @@ typedef struct ns_report_s {
     int64_t world_size;           /* -1 when absent; used when a report creates a run */
     size_t n_layers;
     ns_layer_report_t *layers;
+    void *scratch; /* decoded into a ns_report_scratch_t (which owns it), else NULL */
 } ns_report_t;
 
 /*! ns_report_decode_json() :
@@ -170,6 +171,28 @@ NS_API int ns_report_decode_safetensors(ns_report_t **dst, const uint8_t *src, s
 NS_API int ns_report_decode_safetensors_borrowed(ns_report_t **dst, const uint8_t *src,
                                                  size_t src_len, ns_error_detail_t *err);
 
+/* What a decoder keeps from one report to the next (a connection's), so
+ * that a stream of reports of one shape allocates nothing: the report and
+ * its layers, the safetensors header's tensor arrays, the layer index. */
+typedef struct ns_report_scratch_s ns_report_scratch_t;
+
+/*! ns_report_scratch_new() : @return an empty scratch, or NULL (no memory). */
+NS_API ns_report_scratch_t *ns_report_scratch_new(void);
+/*! ns_report_scratch_free() : free it and what it keeps; accepts NULL. The
+ *  report decoded into it must have been freed (ns_report_free()). */
+NS_API void ns_report_scratch_free(ns_report_scratch_t *scratch);
+/*! ns_report_scratch_bytes() : what it holds on the heap now. */
+NS_API size_t ns_report_scratch_bytes(const ns_report_scratch_t *scratch);
+
+/*! ns_report_decode_safetensors_into() :
+ *  ns_report_decode_safetensors_borrowed() into 'scratch': *dst is the
+ *  scratch's report (arrays borrowed from 'src' where they can be), valid
+ *  until ns_report_free(*dst), which must come before the next decode into
+ *  the scratch and frees only the arrays decoding allocated. */
+NS_API int ns_report_decode_safetensors_into(ns_report_scratch_t *scratch, ns_report_t **dst,
+                                             const uint8_t *src, size_t src_len,
+                                             ns_error_detail_t *err);
+
 /* What a body is decoded as, for ns_decode_bound(). */
 typedef enum ns_decode_kind_e {
     NS_DECODE_REPORT_JSON = 0,    /* ns_report_decode_json(), its fast path */
@@ -196,7 +219,8 @@ NS_API uint64_t ns_decode_bound(const void *src, size_t src_len, ns_decode_kind_
 NS_API int ns_report_decode_json_bounded(ns_report_t **dst, const char *src, size_t src_len,
                                          uint64_t max_bytes, ns_error_detail_t *err);
 
-/*! ns_report_free() : free a decoded report; accepts NULL. */
+/*! ns_report_free() : free a decoded report; accepts NULL. One decoded into
+ *  a scratch gives its layers back to it. */
 NS_API void ns_report_free(ns_report_t *report);
 
 /* ---------------------------------------------------------------- run config */

@@ -273,6 +273,15 @@ static int encode_safetensors(ns_buf_t *dst, const ns_meta_t *meta, size_t n_met
     int rc;
 
     ns_buf_init(&h, dst->cap_max);
+    /* Sized once for the usual entry (a ResNet-50 answer's header would
+     * double its way up in nine reallocations); it still grows if needed. */
+    size_t guess = 256 + n_meta * 64;
+    for (size_t l = 0; l < n_layers; l++)
+        guess += (layers[l].n_arrays + layers[l].n_scalars) * (strlen(layers[l].name) + 96);
+    if (h.cap_max != 0 && guess > h.cap_max)
+        guess = h.cap_max; /* a header too big fails where it did before */
+    if ((rc = ns_buf_reserve(&h, guess)))
+        goto fail;
     if ((rc = header_metadata(&h, meta, n_meta, layers, n_layers)) ||
         (rc = header_tensors(&h, layers, n_layers, &at)) ||
         (rc = ns__safetensors_frame(dst, &h, at, &p)))

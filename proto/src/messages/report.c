@@ -7,6 +7,14 @@
 
 #include "proto_internal.h"
 
+void ns__report_defaults(ns_report_t *report)
+{
+    memcpy(report->domain, "default", sizeof("default"));
+    report->update = NS_UPDATE_EMA | NS_UPDATE_PRECISE;
+    report->scope = NS_SCOPE_GLOBAL;
+    report->world_size = -1;
+}
+
 ns_report_t *ns__report_create(size_t n_layers)
 {
     ns_report_t *report = calloc(1, sizeof(*report));
@@ -20,10 +28,7 @@ ns_report_t *ns__report_create(size_t n_layers)
         }
     }
     report->n_layers = n_layers;
-    memcpy(report->domain, "default", sizeof("default"));
-    report->update = NS_UPDATE_EMA | NS_UPDATE_PRECISE;
-    report->scope = NS_SCOPE_GLOBAL;
-    report->world_size = -1;
+    ns__report_defaults(report);
     return report;
 }
 
@@ -39,6 +44,9 @@ void ns_report_free(ns_report_t *report)
         free(report->layers[i].mean64);
         free(report->layers[i].var64);
     }
+    report->n_layers = 0;
+    if (report->scratch != NULL)
+        return; /* the struct and its layers are the scratch's */
     free(report->layers);
     free(report);
 }

@@ -259,10 +259,28 @@ static int overflow_hint(void *ctx, const ns_layer_report_t *layer, int is_var, 
     return 0;
 }
 
+static const char *const part_names[] = {NS_FIELD_MEAN, NS_FIELD_VAR, NS_FIELD_COUNT, NULL};
+#define PART_NAMING "<layer>.mean, <layer>.var or <layer>.count"
+
+/* The layers of 'report' (n_layers zeroed ones) from the pieces, checked. */
+static int decode_layers(ns_report_t *report, const ns_safetensors_t *st,
+                         const ns__st_piece_t *pieces, int borrow, ns_error_detail_t *err)
+{
+    int rc;
+    for (size_t i = 0, l = 0; i < st->n_tensors; l++) {
+        const ns__st_piece_t *parts[N_PARTS];
+        ns_layer_report_t *layer = &report->layers[l];
+        const char *name = ns__safetensors_next_layer(pieces, st->n_tensors, &i, parts, N_PARTS);
+        memcpy(layer->name, name, sizeof(layer->name));
+        if ((rc = decode_layer(st, layer, parts, borrow && !report->unbiased, err)))
+            return rc;
+    }
+    return ns__report_finish(report, err, overflow_hint, (void *)st);
+}
+
 static int decode(ns_report_t **dst, const uint8_t *src, size_t src_len, int borrow,
                   ns_error_detail_t *err)
 {
-    static const char *const part_names[] = {NS_FIELD_MEAN, NS_FIELD_VAR, NS_FIELD_COUNT, NULL};
     ns_safetensors_t *st = NULL;
     ns_report_t *report = NULL;
     ns__st_piece_t *pieces = NULL;
@@ -279,24 +297,14 @@ static int decode(ns_report_t **dst, const uint8_t *src, size_t src_len, int bor
     }
     if ((rc = decode_meta(report, st, err)))
         goto out;
-    if ((rc = ns__safetensors_layer_pieces(st, part_names,
-                                           "<layer>.mean, <layer>.var or <layer>.count", &pieces,
-                                           &n_layers, err)))
+    if ((rc = ns__safetensors_layer_pieces(st, part_names, PART_NAMING, &pieces, &n_layers, err)))
         goto out;
     if (!(report->layers = calloc(n_layers, sizeof(*report->layers)))) {
         rc = ns_error_set(err, NS_ENOMEM, "", "out of memory");
         goto out;
     }
     report->n_layers = n_layers;
-    for (size_t i = 0, l = 0; i < st->n_tensors; l++) {
-        const ns__st_piece_t *parts[N_PARTS];
-        ns_layer_report_t *layer = &report->layers[l];
-        const char *name = ns__safetensors_next_layer(pieces, st->n_tensors, &i, parts, N_PARTS);
-        memcpy(layer->name, name, sizeof(layer->name));
-        if ((rc = decode_layer(st, layer, parts, borrow && !report->unbiased, err)))
-            goto out;
-    }
-    if ((rc = ns__report_finish(report, err, overflow_hint, st)))
+    if ((rc = decode_layers(report, st, pieces, borrow, err)))
         goto out;
     *dst = report;
     report = NULL;
@@ -305,6 +313,78 @@ out:
     free(pieces);
     ns_safetensors_free(st);
     return rc;
+}
+
+/* ---------------------------------------------------------------- into a scratch */
+
+struct ns_report_scratch_s {
+    ns_safetensors_t *st; /* its arrays kept (ns__safetensors_reparse()) */
+    ns__st_piece_t *pieces;
+    size_t pieces_cap;
+    ns_report_t report;
+    size_t layers_cap;
+};
+
+ns_report_scratch_t *ns_report_scratch_new(void)
+{
+    return calloc(1, sizeof(ns_report_scratch_t));
+}
+
+void ns_report_scratch_free(ns_report_scratch_t *scratch)
+{
+    if (!scratch)
+        return;
+    ns_safetensors_free(scratch->st);
+    free(scratch->pieces);
+    free(scratch->report.layers);
+    free(scratch);
+}
+
+size_t ns_report_scratch_bytes(const ns_report_scratch_t *scratch)
+{
+    if (!scratch)
+        return 0;
+    return sizeof(*scratch) + ns__safetensors_bytes(scratch->st) +
+           scratch->pieces_cap * sizeof(*scratch->pieces) +
+           scratch->layers_cap * sizeof(*scratch->report.layers);
+}
+
+int ns_report_decode_safetensors_into(ns_report_scratch_t *scratch, ns_report_t **dst,
+                                      const uint8_t *src, size_t src_len, ns_error_detail_t *err)
+{
+    ns_report_t *report = &scratch->report;
+    ns_layer_report_t *layers = report->layers;
+    size_t n_layers;
+    int rc;
+
+    *dst = NULL;
+    memset(report, 0, sizeof(*report));
+    report->layers = layers;
+    report->scratch = scratch;
+    ns__report_defaults(report);
+    if ((rc = ns__safetensors_reparse(&scratch->st, src, src_len, err)))
+        return rc;
+    if ((rc = decode_meta(report, scratch->st, err)))
+        return rc;
+    if ((rc = ns__safetensors_layer_pieces_into(scratch->st, part_names, PART_NAMING,
+                                                &scratch->pieces, &scratch->pieces_cap, &n_layers,
+                                                err)))
+        return rc;
+    if (n_layers > scratch->layers_cap) {
+        layers = realloc(report->layers, n_layers * sizeof(*layers));
+        if (!layers)
+            return ns_error_set(err, NS_ENOMEM, "", "out of memory");
+        report->layers = layers;
+        scratch->layers_cap = n_layers;
+    }
+    memset(report->layers, 0, n_layers * sizeof(*report->layers));
+    report->n_layers = n_layers;
+    if ((rc = decode_layers(report, scratch->st, scratch->pieces, 1, err))) {
+        ns_report_free(report); /* what the layers allocated */
+        return rc;
+    }
+    *dst = report;
+    return 0;
 }
 
 int ns_report_decode_safetensors(ns_report_t **dst, const uint8_t *src, size_t src_len,

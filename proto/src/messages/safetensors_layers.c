@@ -53,12 +53,30 @@ int ns__safetensors_layer_pieces(const ns_safetensors_t *st, const char *const *
                                  const char *naming, ns__st_piece_t **dst, size_t *n_layers,
                                  ns_error_detail_t *err)
 {
+    size_t cap = 0;
+    *dst = NULL;
+    int rc = ns__safetensors_layer_pieces_into(st, parts, naming, dst, &cap, n_layers, err);
+    if (rc != 0) {
+        free(*dst);
+        *dst = NULL;
+    }
+    return rc;
+}
+
+int ns__safetensors_layer_pieces_into(const ns_safetensors_t *st, const char *const *parts,
+                                      const char *naming, ns__st_piece_t **dst, size_t *cap,
+                                      size_t *n_layers, ns_error_detail_t *err)
+{
     size_t n = st->n_tensors;
     int rc = 0;
-    *dst = NULL;
-    ns__st_piece_t *pieces = calloc(n ? n : 1, sizeof(*pieces));
-    if (!pieces)
-        return ns_error_set(err, NS_ENOMEM, "", "out of memory");
+    if (*cap < (n ? n : 1)) {
+        ns__st_piece_t *grown = realloc(*dst, (n ? n : 1) * sizeof(**dst));
+        if (!grown)
+            return ns_error_set(err, NS_ENOMEM, "", "out of memory");
+        *dst = grown;
+        *cap = n ? n : 1;
+    }
+    ns__st_piece_t *pieces = *dst;
     for (size_t i = 0; i < n; i++) {
         const ns_tensor_t *t = &st->tensors[i];
         const char *dot = strrchr(t->name, '.');
@@ -98,10 +116,7 @@ int ns__safetensors_layer_pieces(const ns_safetensors_t *st, const char *const *
         rc = ns_error_set(err, NS_EINVAL, "layers", "must not be empty");
         goto fail;
     }
-    *dst = pieces;
-    return 0;
 fail:
-    free(pieces);
     return rc;
 }
 

@@ -154,9 +154,20 @@ static int tile(ns_safetensors_t *st, span_t *spans, size_t n, const uint8_t *da
                             (unsigned long long)at, (unsigned long long)data_len);
     /* The scanner's dtype ids (one byte each) share the block. */
     size_t ids = with_ids ? n : 0;
-    ns_tensor_t *sorted = malloc((n ? n : 1) * sizeof(*sorted) + ids);
-    if (!sorted)
+    size_t need = (n ? n : 1) * sizeof(ns_tensor_t) + ids;
+    ns_tensor_t *sorted;
+    if (st->keep) {
+        if (st->tensors_bytes < need) {
+            ns_tensor_t *grown = realloc(st->sorted, need);
+            if (!grown)
+                return ns_error_set(err, NS_ENOMEM, "", "out of memory");
+            st->sorted = grown;
+            st->tensors_bytes = need;
+        }
+        sorted = st->sorted;
+    } else if (!(sorted = malloc(need))) {
         return ns_error_set(err, NS_ENOMEM, "", "out of memory");
+    }
     unsigned char *dtype_ids = with_ids ? (unsigned char *)(sorted + (n ? n : 1)) : NULL;
     for (size_t i = 0; i < n; i++) {
         sorted[i] = st->tensors[spans[i].index];
@@ -164,7 +175,10 @@ static int tile(ns_safetensors_t *st, span_t *spans, size_t n, const uint8_t *da
         if (dtype_ids != NULL)
             dtype_ids[i] = spans[i].dtype_id;
     }
-    free(st->tensors);
+    if (st->keep)
+        st->scan = st->tensors; /* for the next parse */
+    else
+        free(st->tensors);
     st->tensors = sorted;
     st->n_tensors = n;
     st->dtype_ids = dtype_ids;
@@ -191,9 +205,15 @@ static void scan_ws(scan_t *s)
         s->p++;
 }
 
-/* Consume 'c' if it comes next (after whitespace). */
-static int scan_lit(scan_t *s, char c)
+/* Consume 'c' if it comes next (after whitespace: writers rarely put any,
+ * so 'c' itself is looked for first). Inlined, as are the string and number
+ * scans: a header is thousands of short tokens. */
+static inline __attribute__((always_inline)) int scan_lit(scan_t *s, char c)
 {
+    if (s->p < s->end && *s->p == c) {
+        s->p++;
+        return 1;
+    }
     scan_ws(s);
     if (s->p < s->end && *s->p == c) {
         s->p++;
@@ -209,7 +229,7 @@ static int string_stop(unsigned char c)
     return c == '"' || c == '\\' || c < 0x20 || c >= 0x80;
 }
 
-static int scan_string(scan_t *s, const char **v, size_t *len)
+static inline __attribute__((always_inline)) int scan_string(scan_t *s, const char **v, size_t *len)
 {
     if (!scan_lit(s, '"'))
         return 0;
@@ -224,7 +244,7 @@ static int scan_string(scan_t *s, const char **v, size_t *len)
     return 1;
 }
 
-static int scan_uint(scan_t *s, uint64_t *v)
+static inline __attribute__((always_inline)) int scan_uint(scan_t *s, uint64_t *v)
 {
     scan_ws(s);
     const char *b = s->p;
@@ -418,18 +438,23 @@ static int has_duplicate_name(const ns_tensor_t *tensors, size_t n)
 }
 
 /* @return 0 with *dst filled, or nonzero: use the jansson path. */
-static int parse_fast(ns_safetensors_t **dst, const char *header, size_t header_len,
-                      const uint8_t *data, uint64_t data_len)
+/* The scan into 'st', empty but for the arrays it keeps (keep 1).
+ * @return 1 when parsed, 0 where the jansson path decides. */
+static int scan_into(ns_safetensors_t *st, const char *header, size_t header_len,
+                     const uint8_t *data, uint64_t data_len)
 {
     scan_t s = {header, header + header_len};
-    span_t *spans = NULL;
+    span_t *spans = st->keep ? st->spans : NULL;
     size_t n = 0, cap = 0;
+    if (st->keep) {
+        st->tensors = st->scan;
+        cap = st->scan_cap < st->spans_cap ? st->scan_cap : st->spans_cap;
+    }
     /* First capacity: about one entry per 64 header bytes (ResNet-50's take
      * ~80), bounded so that a huge header cannot claim memory up front. */
     size_t guess = header_len / 64 + 4 < 1024 ? header_len / 64 + 4 : 1024;
     int ok = 0;
-    ns_safetensors_t *st = calloc(1, sizeof(*st));
-    if (!st || !scan_lit(&s, '{'))
+    if (!scan_lit(&s, '{'))
         goto out;
     if (!scan_lit(&s, '}')) {
         do {
@@ -452,6 +477,12 @@ static int parse_fast(ns_safetensors_t **dst, const char *header, size_t header_
                 span_t *sp = realloc(spans, ncap * sizeof(*sp));
                 if (sp)
                     spans = sp;
+                if (st->keep) { /* the kept arrays follow */
+                    st->scan = st->tensors;
+                    st->spans = spans;
+                    st->scan_cap = t ? ncap : st->scan_cap;
+                    st->spans_cap = sp ? ncap : st->spans_cap;
+                }
                 if (!t || !sp)
                     goto out;
                 cap = ncap;
@@ -472,10 +503,23 @@ static int parse_fast(ns_safetensors_t **dst, const char *header, size_t header_
         goto out;
     if (!st->tensors && !(st->tensors = malloc(sizeof(*st->tensors))))
         goto out;
+    if (st->keep && st->scan == NULL) {
+        st->scan = st->tensors;
+        st->scan_cap = 1;
+    }
     ok = tile(st, spans, n, data, data_len, 1, NULL) == 0;
 out:
-    free(spans);
-    if (!ok) {
+    if (!st->keep)
+        free(spans);
+    return ok;
+}
+
+/* @return 0 with *dst filled, or nonzero: use the jansson path. */
+static int parse_fast(ns_safetensors_t **dst, const char *header, size_t header_len,
+                      const uint8_t *data, uint64_t data_len)
+{
+    ns_safetensors_t *st = calloc(1, sizeof(*st));
+    if (!st || !scan_into(st, header, header_len, data, data_len)) {
         ns_safetensors_free(st);
         return 1;
     }
@@ -627,6 +671,52 @@ int ns_safetensors_parse(ns_safetensors_t **dst, const uint8_t *src, size_t src_
     return parse_full(dst, header, (size_t)header_len, data, data_len, err);
 }
 
+int ns__safetensors_reparse(ns_safetensors_t **dst, const uint8_t *src, size_t src_len,
+                            ns_error_detail_t *err)
+{
+    ns_safetensors_t *st = *dst;
+    uint64_t header_len;
+    int rc;
+    if (st != NULL && !st->keep) { /* the jansson path's: nothing to reuse */
+        ns_safetensors_free(st);
+        st = *dst = NULL;
+    }
+    if ((rc = check_lengths(src, src_len, &header_len, err)))
+        return rc;
+    if (st == NULL) {
+        if (!(st = calloc(1, sizeof(*st))))
+            return ns_error_set(err, NS_ENOMEM, "", "out of memory");
+        st->keep = 1;
+        *dst = st;
+    }
+    /* Emptied but for the kept arrays. */
+    json_decref(st->meta_owned);
+    st->meta_owned = NULL;
+    st->meta = NULL;
+    st->meta_table = 0;
+    st->n_meta = 0;
+    st->n_tensors = 0;
+    st->dtype_ids = NULL;
+    const char *header = (const char *)src + 8;
+    const uint8_t *data = src + 8 + header_len;
+    uint64_t data_len = src_len - 8 - header_len;
+    if (scan_into(st, header, (size_t)header_len, data, data_len))
+        return 0;
+    ns_safetensors_free(st);
+    *dst = NULL;
+    return parse_full(dst, header, (size_t)header_len, data, data_len, err);
+}
+
+size_t ns__safetensors_bytes(const ns_safetensors_t *st)
+{
+    if (st == NULL)
+        return 0;
+    if (!st->keep)
+        return sizeof(*st) + st->n_tensors * (sizeof(ns_tensor_t) + 1);
+    return sizeof(*st) + st->scan_cap * sizeof(ns_tensor_t) + st->spans_cap * sizeof(span_t) +
+           st->tensors_bytes;
+}
+
 size_t ns_safetensors_count(const ns_safetensors_t *st)
 {
     return st ? st->n_tensors : 0;
@@ -687,6 +777,14 @@ void ns_safetensors_free(ns_safetensors_t *st)
         return;
     json_decref(st->header);
     json_decref(st->meta_owned);
-    free(st->tensors); /* and the dtype ids in its block */
+    if (st->keep) {
+        if (st->tensors != st->scan && st->tensors != st->sorted)
+            free(st->tensors);
+        free(st->scan);
+        free(st->sorted);
+        free(st->spans);
+    } else {
+        free(st->tensors); /* and the dtype ids in its block */
+    }
     free(st);
 }

@@ -30,10 +30,15 @@ static ns_report_t *decode(nsd_request_t *req)
         return NULL;
     }
     /* The registry copies what it keeps before the request ends, so the
-     * arrays may stay in the body; a relay holds reports longer. */
+     * arrays may stay in the body and the report in the connection's
+     * scratch (freed by the registry before the next request); a relay
+     * holds reports longer. */
     int rc;
     if (!st)
         rc = ns_report_decode_json_bounded(&report, body, req->body.len, 0, &err);
+    else if (req->server->relay == NULL && nsd_request_scratch(req) != NULL)
+        rc = ns_report_decode_safetensors_into(req->scratch, &report, (const uint8_t *)body,
+                                               req->body.len, &err);
     else if (req->server->relay == NULL)
         rc = ns_report_decode_safetensors_borrowed(&report, (const uint8_t *)body, req->body.len,
                                                    &err);

@@ -6,6 +6,7 @@
 
 #include "base/log.h"
 #include "conns.h"
+#include "request_keep.h"
 
 /* Descriptors the daemon needs besides its connections: the store, the
  * log, epoll and its pipes, the listening socket. */
@@ -76,6 +77,7 @@ void nsd_conn_hook_notify(void *cls, struct MHD_Connection *conn, void **socket_
 {
     nsd_server_t *server = cls;
     if (code == MHD_CONNECTION_NOTIFY_CLOSED) {
+        nsd_request_kept_free(server, *socket_context);
         nsd_conns_closed(server->conns, *socket_context);
         *socket_context = NULL;
         return;

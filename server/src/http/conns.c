@@ -64,6 +64,8 @@ struct nsd_conn_s {
     uint64_t since_ms;    /* accepted */
     uint64_t serial;      /* accepted as the table's serial-th: orders ages exactly */
     uint64_t deadline_ms; /* 0: none */
+    /* Request contexts for the next requests (request_keep.c). */
+    void *kept[NSD_CONNS_KEPT];
 };
 
 struct nsd_conns_s {
@@ -384,6 +386,11 @@ void nsd_conns_closed(nsd_conns_t *conns, nsd_conn_t *c)
         c->next->prev = c->prev;
     pthread_mutex_unlock(&conns->lock);
     free(c);
+}
+
+void **nsd_conns_kept(nsd_conn_t *c)
+{
+    return c != NULL ? c->kept : NULL;
 }
 
 /* ---------------------------------------------------------------- phases */

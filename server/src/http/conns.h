@@ -102,6 +102,15 @@ nsd_conn_t *nsd_conns_started(nsd_conns_t *conns, int fd, const struct sockaddr 
 /*! nsd_conns_closed() : libmicrohttpd closed the connection; frees 'c'. */
 void nsd_conns_closed(nsd_conns_t *conns, nsd_conn_t *c);
 
+/*! nsd_conns_kept() :
+ *  The record's NSD_CONNS_KEPT slots for what its next requests reuse
+ *  (request_keep.h), NULL for a NULL record. Only the connection's own
+ *  thread touches them, never under the mutex; empty them before
+ *  nsd_conns_closed(). Two, as libmicrohttpd may begin a request before it
+ *  completed the one before. */
+#define NSD_CONNS_KEPT 2
+void **nsd_conns_kept(nsd_conn_t *c);
+
 /*! nsd_conns_request_line() : a request line arrived: its headers are due. */
 void nsd_conns_request_line(nsd_conns_t *conns, nsd_conn_t *c);
 

@@ -44,6 +44,7 @@
 #include "base/size_limits.h"
 #include "counters.h"
 #include "listener.h"
+#include "request_keep.h"
 #include "store/store.h"
 #include "target.h"
 #include "tls.h"
@@ -318,15 +319,6 @@ static void after_handler(nsd_request_t *req)
         nsd_respond_error(req, NS_EINTERNAL, "the handler gave no answer");
 }
 
-static void request_free(nsd_request_t *req)
-{
-    nsd_request_release(req);
-    ns_buf_free(&req->body);
-    pthread_mutex_destroy(&req->wait_lock);
-    free(req->query);
-    free(req);
-}
-
 /* MHD_OPTION_URI_LOG_CALLBACK: the request target as received, before MHD
  * parses it; the result becomes the request's *con_cls. */
 static void *on_uri(void *cls, const char *uri, struct MHD_Connection *conn)
@@ -334,16 +326,12 @@ static void *on_uri(void *cls, const char *uri, struct MHD_Connection *conn)
     nsd_server_t *srv = cls;
     nsd_conn_t *link = nsd_conn_hook_record(conn);
     nsd_conns_request_line(srv->conns, link);
-    nsd_request_t *req = calloc(1, sizeof(*req));
+    nsd_request_t *req = nsd_request_new(srv, link);
     if (req == NULL)
         return NULL;
-    req->server = srv;
     req->conn = conn;
-    req->link = link;
-    pthread_mutex_init(&req->wait_lock, NULL);
-    ns_buf_init(&req->body, srv->opts->max_body);
     if (nsd_target_record(req, uri) != 0) {
-        request_free(req);
+        nsd_request_done(req);
         return NULL;
     }
     return req;
@@ -451,7 +439,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
         return;
     if (!req->begun) {
         /* MHD refused the request before our access handler saw it. */
-        request_free(req);
+        nsd_request_done(req);
         *con_cls = NULL;
         return;
     }
@@ -465,7 +453,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     }
     if (req->user_free != NULL)
         req->user_free(req->user);
-    request_free(req);
+    nsd_request_done(req);
     *con_cls = NULL;
     atomic_fetch_sub(&srv->in_flight, 1);
 }

@@ -87,6 +87,8 @@ struct nsd_request_s {
     uint64_t discarded;               /* body bytes read and dropped */
     uint64_t reserved;                /* of --max-memory, until completed (body_budget.c) */
     uint64_t body_reserved;           /* of which for the body's buffer */
+    ns_report_scratch_t *scratch;     /* decoding's, kept with the request (request_keep.c) */
+    uint64_t scratch_reserved;        /* of 'reserved', for what the scratch kept */
     char allow[64];                   /* Allow header of a 405 */
     int responded;
     int status;
@@ -151,6 +153,10 @@ int nsd_request_reserve_body(nsd_request_t *req, uint64_t total);
 /*! nsd_request_reserve_decoding() : what decoding the body as 'kind' may
  *  allocate (ns_decode_bound()), before it is decoded. */
 int nsd_request_reserve_decoding(nsd_request_t *req, ns_decode_kind_t kind);
+
+/*! nsd_request_scratch() : the scratch to decode a report into, kept with
+ *  the request on its connection (request_keep.h); NULL when out of memory. */
+ns_report_scratch_t *nsd_request_scratch(nsd_request_t *req);
 
 /*! nsd_request_release() : give back every reservation (at completion). */
 void nsd_request_release(nsd_request_t *req);
