@@ -173,6 +173,10 @@ const char *ns__safetensors_next_layer(const ns__st_piece_t *pieces, size_t n, s
  * prefixed by 'prefix'. ns__json_get_uint(): an integer in [min, max]; reals
  * such as 1.5 or 1.0 are refused. */
 const char *ns__json_describe(const json_t *v, char *dst, size_t dst_cap);
+/* ns__check_known_key(): 0 if 'key' is one of the NULL-terminated 'known',
+ * else NS_EINVAL "unknown field" naming prefix + key. */
+int ns__check_known_key(const char *key, const char *const *known, const char *prefix,
+                        ns_error_detail_t *err);
 int ns__json_check_known(const json_t *obj, const char *const *known, const char *prefix,
                          ns_error_detail_t *err);
 int ns__json_get_uint(const json_t *v, const char *field, uint64_t min, uint64_t max,

@@ -36,6 +36,17 @@ const char *ns__json_describe(const json_t *v, char *dst, size_t dst_cap)
     return "?";
 }
 
+int ns__check_known_key(const char *key, const char *const *known, const char *prefix,
+                        ns_error_detail_t *err)
+{
+    for (size_t i = 0; known[i]; i++)
+        if (strcmp(known[i], key) == 0)
+            return 0;
+    char field[256];
+    snprintf(field, sizeof(field), "%s%.160s", prefix, key);
+    return ns_error_set(err, NS_EINVAL, field, "unknown field");
+}
+
 int ns__json_check_known(const json_t *obj, const char *const *known, const char *prefix,
                          ns_error_detail_t *err)
 {
@@ -43,14 +54,9 @@ int ns__json_check_known(const json_t *obj, const char *const *known, const char
     json_t *value;
     json_object_foreach((json_t *)obj, key, value)
     {
-        size_t i = 0;
-        while (known[i] && strcmp(known[i], key) != 0)
-            i++;
-        if (!known[i]) {
-            char field[256];
-            snprintf(field, sizeof(field), "%s%.160s", prefix, key);
-            return ns_error_set(err, NS_EINVAL, field, "unknown field");
-        }
+        int rc = ns__check_known_key(key, known, prefix, err);
+        if (rc != 0)
+            return rc;
     }
     return 0;
 }

@@ -751,15 +751,9 @@ int ns__safetensors_meta_check_known(const ns_safetensors_t *st, const char *con
     if (!st->meta_table)
         return st->meta ? ns__json_check_known(st->meta, known, prefix, err) : 0;
     for (uint32_t m = 0; m < st->n_meta; m++) {
-        const char *key = st->meta_text + st->meta_key[m];
-        size_t i = 0;
-        while (known[i] && strcmp(known[i], key) != 0)
-            i++;
-        if (!known[i]) {
-            char field[256];
-            snprintf(field, sizeof(field), "%s%.160s", prefix, key);
-            return ns_error_set(err, NS_EINVAL, field, "unknown field");
-        }
+        int rc = ns__check_known_key(st->meta_text + st->meta_key[m], known, prefix, err);
+        if (rc != 0)
+            return rc;
     }
     return 0;
 }
